@@ -1,0 +1,247 @@
+"""Workflow schema: a YAML file validated on load into frozen pydantic models.
+
+A wrong key, type or unit is a :class:`WorkflowError` whose one-line message names the key
+(``integrate.unit: must be one of q_nm^-1, q_A^-1, 2th_deg (got 'q_nm')``).  Relative paths are
+resolved against the YAML file's folder, so a run folder can be moved as a whole.  The models are
+the single source of the defaults; ``workflows/xrdct.yaml`` documents them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RADIAL_UNITS = ("q_nm^-1", "q_A^-1", "2th_deg")
+
+
+class WorkflowError(ValueError):
+    """A workflow that cannot run, explained in one line naming the offending key or file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Inputs(_Section):
+    """Where the data are.  Paths may be relative to the workflow file."""
+
+    frames: str = Field(description="frame file template with an {index} field, index = acquisition order from 0")
+    poni: Path
+    mask: Path | None = None
+    dark: Path | None = None
+    flat: Path | None = None
+    monitor: Path | None = Field(None, description="text file, one I0 value per frame in acquisition order")
+    scan_file: Path | None = Field(None, description="CSV written by the acquisition: index,iz,iomega,ix,... per frame")
+
+    @field_validator("frames")
+    @classmethod
+    def _has_index_field(cls, v: str) -> str:
+        fields = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+        if fields != ["index"]:
+            raise ValueError(f"must contain exactly one {{index}} field, e.g. frame_{{index:06d}}.cbf (got {v!r})")
+        return v
+
+
+class Scan(_Section):
+    """The acquisition grid: nz slices x nomega angles x nx translations."""
+
+    nz: int = Field(gt=0)
+    nomega: int = Field(gt=1)
+    nx: int = Field(gt=1)
+    fast_axis: Literal["x", "omega"] = "x"
+    order: Literal["raster", "snake"] = "snake"
+    omega_range_deg: Literal[180, 360] = 180
+    x_step_mm: float = Field(1.0, gt=0)
+    z_step_mm: float = Field(1.0, gt=0)
+
+    @property
+    def nframes(self) -> int:
+        return self.nz * self.nomega * self.nx
+
+
+class Geometry(_Section):
+    polarization_factor: float | None = Field(0.99, ge=-1, le=1)
+    solid_angle: bool = True
+
+
+class Integrate(_Section):
+    npt_rad: int = Field(1000, gt=1)
+    unit: str = "q_nm^-1"
+    split: Literal["no", "bbox", "full"] = "full"
+    error_model: Literal["poisson", "azimuthal", "none"] = "poisson"
+    outlier: Literal["none", "sigma-clip", "median"] = "none"
+    clip_threshold: float = Field(5.0, gt=0, description="sigma-clip: discard |I-<I>| > threshold*sigma")
+    max_iter: int = Field(5, ge=1, description="sigma-clip: iterations")
+    percentile: tuple[float, float] = Field((40.0, 60.0), description="median: average between these percentiles")
+    radial_range: tuple[float, float] | None = None
+    engine: Literal["auto", "numpy", "cupy"] = "auto"
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, v: str) -> str:
+        if v not in RADIAL_UNITS:
+            raise ValueError(f"must be one of {', '.join(RADIAL_UNITS)} (got {v!r})")
+        return v
+
+    @field_validator("percentile")
+    @classmethod
+    def _ordered(cls, v):
+        if not 0 <= v[0] <= v[1] <= 100:
+            raise ValueError(f"needs 0 <= low <= high <= 100 (got {v})")
+        return v
+
+
+class Store(_Section):
+    path: Path
+    omega_chunk: int = Field(16, gt=0, description="omega rows per chunk (and per decode-integrate task)")
+    q_chunk: int = Field(256, gt=0, description="q bins per chunk of reduced/ and recon/")
+    overwrite: bool = False
+
+
+class Sinogram(_Section):
+    normalize_monitor: bool = True
+    center: float | Literal["auto"] = Field("auto", description="rotation axis in pixels from the first x, or auto")
+
+
+class Recon(_Section):
+    algorithm: Literal["fbp"] = "fbp"
+    filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
+
+
+class PDF(_Section):
+    """PDFgetX3-style ad hoc transform parameters, Q in 1/Angstrom, r in Angstrom."""
+
+    enabled: bool = True
+    composition: str = "Ni"
+    qmin: float = Field(1.0, ge=0)
+    qmax: float = Field(20.0, gt=0)
+    qmaxinst: float | None = None
+    rpoly: float = Field(0.9, gt=0)
+    rmin: float = Field(0.5, ge=0)
+    rmax: float = Field(20.0, gt=0)
+    rstep: float = Field(0.01, gt=0)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.qmin >= self.qmax:
+            raise ValueError(f"qmin ({self.qmin}) must be below qmax ({self.qmax})")
+        if self.qmaxinst is not None and self.qmaxinst < self.qmax:
+            raise ValueError(f"qmaxinst ({self.qmaxinst}) must be >= qmax ({self.qmax})")
+        if self.rmin >= self.rmax:
+            raise ValueError(f"rmin ({self.rmin}) must be below rmax ({self.rmax})")
+        return self
+
+
+class Compute(_Section):
+    n_workers: int | None = Field(None, gt=0, description="LocalCluster workers (default: cores / threads_per_worker)")
+    threads_per_worker: int = Field(1, gt=0)
+    memory_limit: str = "auto"
+    dashboard_address: str = "127.0.0.1:0"
+
+
+class Workflow(_Section):
+    inputs: Inputs
+    scan: Scan
+    geometry: Geometry = Geometry()
+    integrate: Integrate = Integrate()
+    store: Store
+    sinogram: Sinogram = Sinogram()
+    recon: Recon = Recon()
+    pdf: PDF = PDF()
+    compute: Compute = Compute()
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_as_path(cls, v):
+        return {"path": v} if isinstance(v, (str, Path)) else v
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: two runs with the same digest do the same work."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def frame_path(self, index: int) -> Path:
+        return Path(self.inputs.frames.format(index=index))
+
+
+def _one_line(err: ValidationError, source: str) -> WorkflowError:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        parts.append(f"{key}: {msg}")
+    return WorkflowError(f"{source}: " + "; ".join(parts))
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if nxt is None or isinstance(nxt, (str, Path)):
+            # `store: path` shorthand: expand before descending
+            nxt = {"path": nxt} if isinstance(nxt, (str, Path)) else {}
+            cur[k] = nxt
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["integrate.npt_rad=3000", ...]`` -> ``{"integrate.npt_rad": 3000}`` (values parsed as YAML)."""
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise WorkflowError(f"--set {p!r}: expected key=value, e.g. integrate.npt_rad=2000")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+_PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
+              ("inputs", "monitor"), ("inputs", "scan_file"), ("inputs", "frames"), ("store", "path"))
+
+
+def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict | None = None,
+                       source: str = "workflow") -> Workflow:
+    """Validate a plain dict (as read from YAML) into a :class:`Workflow`."""
+    if not isinstance(raw, dict):
+        raise WorkflowError(f"{source}: expected a mapping of sections (inputs, scan, ...), got {type(raw).__name__}")
+    raw = json.loads(json.dumps(raw, default=str))  # deep copy, plain types
+    for k, v in (overrides or {}).items():
+        _set_dotted(raw, k, v)
+    if isinstance(raw.get("store"), str):
+        raw["store"] = {"path": raw["store"]}
+    if base_dir is not None:
+        for sec, key in _PATH_KEYS:
+            val = raw.get(sec, {}).get(key) if isinstance(raw.get(sec), dict) else None
+            if isinstance(val, str) and val and not Path(val).is_absolute():
+                raw[sec][key] = str((base_dir / val))
+    try:
+        return Workflow.model_validate(raw)
+    except ValidationError as err:
+        raise _one_line(err, source) from None
+
+
+def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
+    """Read and validate a workflow YAML file (safe loader only; no Python objects are built)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkflowError(f"{path}: workflow file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return workflow_from_dict(raw, base_dir=path.parent.resolve(), overrides=overrides, source=str(path))
+

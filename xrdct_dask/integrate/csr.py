@@ -1,0 +1,193 @@
+"""The integration plan: pyFAI geometry turned into sparse matrices and per-pixel corrections.
+
+pyFAI owns the geometry, the pixel splitting and the corrections; this module only asks it for
+them (``setup_sparse_integrator``, ``solidAngleArray``, ``polarization``) and packs them in the
+layouts the engines stream through:
+
+* CSR (bins x pixels), as pyFAI builds it: one row per radial bin.
+* CSC (the same matrix by pixel): one column per pixel, so a frame can be consumed in pixel order
+  (straight out of the decoder) and scattered into the ~3 bins that pixel touches.
+
+The plan is plain numpy data, identical for the CPU and GPU engines, and cheap to pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+PIXEL_SPLITS = ("no", "bbox", "full")
+
+
+@dataclass(frozen=True, eq=False)
+class IntegrationPlan:
+    """Everything an engine needs to integrate frames of one geometry.
+
+    Shapes: ``npix = ny * nx``, ``nbins = npt_rad``; ``nnz`` is the number of (bin, pixel) pairs.
+
+    Attributes
+    ----------
+    radial : float64 (nbins,)     bin centres in ``unit``
+    shape : (ny, nx)              frame shape
+    csr_data, csr_indices, csr_indptr : f32 (nnz,), i32 (nnz,), i32 (nbins+1,)
+        pixel-splitting coefficients c_qp (fraction of pixel p falling in bin q), masked pixels dropped.
+    csc_data, csc_rows, csc_indptr : f32 (nnz,), i32 (nnz,), i64 (npix+1,)
+        the same matrix stored by pixel.
+    norm : f32 (npix,)            flat * solid angle * polarization (0 where masked)
+    dark : f32 (npix,) or None    dark current, counts
+    mask : bool (npix,)           static mask (file, detector, invalid corrections)
+    static_sums : f64 (4, nbins)  sums over all unmasked pixels of [c, c*norm, c^2*norm^2, c*dark]
+    """
+
+    radial: np.ndarray
+    unit: str
+    shape: tuple[int, int]
+    csr_data: np.ndarray
+    csr_indices: np.ndarray
+    csr_indptr: np.ndarray
+    csc_data: np.ndarray
+    csc_rows: np.ndarray
+    csc_indptr: np.ndarray
+    norm: np.ndarray
+    dark: np.ndarray | None
+    mask: np.ndarray
+    static_sums: np.ndarray
+    split: str = "full"
+    checksum: str = field(default="")
+
+    @property
+    def nbins(self) -> int:
+        return self.radial.size
+
+    @property
+    def npix(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return self.csr_data.size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.csr_data, self.csr_indices, self.csr_indptr, self.csc_data,
+                                      self.csc_rows, self.csc_indptr, self.norm, self.mask))
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Any fabio-readable image (EDF, TIFF, CBF, NPY) as a 2D array."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    import fabio
+
+    with fabio.open(str(path)) as img:
+        return np.asarray(img.data)
+
+
+def load_poni(poni):
+    """An AzimuthalIntegrator from a PONI path (or an integrator, returned as is)."""
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    if isinstance(poni, AzimuthalIntegrator):
+        return poni
+    import pyFAI
+
+    path = Path(poni)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: PONI file not found")
+    try:
+        return pyFAI.load(str(path))
+    except Exception as err:  # pyFAI raises a zoo of types on garbage
+        raise ValueError(f"{path}: not a readable PONI file ({err})") from None
+
+
+def build_plan(ai, shape: tuple[int, int], npt_rad: int, unit: str = "q_nm^-1", *, mask=None,
+               dark=None, flat=None, polarization_factor: float | None = None, solid_angle: bool = True,
+               split: str = "full", radial_range: tuple[float, float] | None = None) -> IntegrationPlan:
+    """Ask pyFAI for the sparse integration matrix and corrections of one geometry.
+
+    Parameters
+    ----------
+    ai : pyFAI AzimuthalIntegrator
+    shape : (ny, nx)
+        frame shape; must match the detector of ``ai``.
+    mask : array (ny, nx), nonzero = masked; OR-ed with the detector's own mask.
+    dark, flat : arrays (ny, nx) in counts / relative; pixels where they are not finite are masked.
+    """
+    if split not in PIXEL_SPLITS:
+        raise ValueError(f"split must be one of {PIXEL_SPLITS}, got {split!r}")
+    det_shape = tuple(ai.detector.max_shape) if ai.detector.max_shape is not None else None
+    if det_shape is not None and tuple(shape) != det_shape:
+        raise ValueError(f"the PONI's detector is {det_shape[0]} x {det_shape[1]} pixels "
+                         f"but the frames are {shape[0]} x {shape[1]}")
+    shape = tuple(int(s) for s in shape)
+    npix = shape[0] * shape[1]
+
+    full_mask = np.zeros(shape, dtype=bool)
+    if ai.detector.mask is not None:
+        full_mask |= ai.detector.mask.astype(bool)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != shape:
+            raise ValueError(f"mask is {mask.shape} but the frames are {shape}")
+        full_mask |= mask != 0
+
+    norm = np.ones(shape, dtype=np.float64)
+    if solid_angle:
+        norm *= ai.solidAngleArray(shape)
+    if polarization_factor is not None:
+        norm *= ai.polarization(shape, factor=polarization_factor)
+    if flat is not None:
+        flat = np.asarray(flat, dtype=np.float64)
+        if flat.shape != shape:
+            raise ValueError(f"flat is {flat.shape} but the frames are {shape}")
+        norm *= flat
+    if dark is not None:
+        dark = np.asarray(dark, dtype=np.float64)
+        if dark.shape != shape:
+            raise ValueError(f"dark is {dark.shape} but the frames are {shape}")
+        full_mask |= ~np.isfinite(dark)
+    full_mask |= ~np.isfinite(norm) | (norm == 0)
+    norm = np.where(full_mask, 0.0, norm).astype(np.float32)
+
+    engine = ai.setup_sparse_integrator(shape, npt_rad, mask=full_mask, unit=unit, split=split, algo="CSR",
+                                        pos0_range=radial_range, scale=True, empty=0.0)
+    data, indices, indptr = (np.ascontiguousarray(a) for a in engine.lut)
+    csr = sp.csr_matrix((data.astype(np.float32), indices.astype(np.int32), indptr.astype(np.int32)),
+                        shape=(npt_rad, npix))
+    csr.sum_duplicates()
+    csr.eliminate_zeros()
+    csc = csr.tocsc()
+    csc.sort_indices()
+
+    c = csr.data.astype(np.float64)
+    rows = np.repeat(np.arange(npt_rad), np.diff(csr.indptr))
+    cols = csr.indices
+    n = norm.ravel().astype(np.float64)[cols]
+    d = np.zeros_like(c) if dark is None else np.where(full_mask, 0.0, dark).ravel()[cols]
+    static = np.zeros((4, npt_rad))
+    for k, w in enumerate((c, c * n, (c * n) ** 2, c * d)):
+        static[k] = np.bincount(rows, weights=w, minlength=npt_rad)
+
+    # bin centres in the requested unit (pyFAI keeps them in SI internally; `unit.scale` converts)
+    import pyFAI.units
+
+    radial = np.asarray(engine.bin_centers, dtype=np.float64) * pyFAI.units.to_unit(unit).scale
+    h = hashlib.sha256()
+    for a in (csr.data, csr.indices, csr.indptr, norm, full_mask):
+        h.update(np.ascontiguousarray(a).tobytes())
+    if dark is not None:
+        h.update(np.ascontiguousarray(dark, dtype=np.float32).tobytes())
+    return IntegrationPlan(
+        radial=radial, unit=unit, shape=shape,
+        csr_data=csr.data.astype(np.float32), csr_indices=csr.indices.astype(np.int32),
+        csr_indptr=csr.indptr.astype(np.int32),
+        csc_data=csc.data.astype(np.float32), csc_rows=csc.indices.astype(np.int32),
+        csc_indptr=csc.indptr.astype(np.int64),
+        norm=norm.ravel(), dark=None if dark is None else np.where(full_mask, 0, dark).astype(np.float32).ravel(),
+        mask=full_mask.ravel(), static_sums=static, split=split, checksum=h.hexdigest()[:16],
+    )

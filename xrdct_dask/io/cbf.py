@@ -1,0 +1,115 @@
+"""CBF files as bytes: split a file into its header and its compressed binary payload.
+
+Only the binary section's MIME header is parsed here (it says where the payload starts, how long
+it is and what shape it decodes to); the imgCIF/Pilatus header text is left to fabio, which reads
+it in :func:`read_header`.  Decoding lives in :mod:`xrdct_dask.io.decode` so that a batch of
+payloads can go to the GPU still compressed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+BINARY_MARKER = b"\x0c\x1a\x04\xd5"
+_SECTION = b"--CIF-BINARY-FORMAT-SECTION--"
+
+
+class CorruptFrameError(ValueError):
+    """A frame file that cannot be decoded; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class CbfPayload:
+    """The compressed pixels of one CBF file.
+
+    Attributes
+    ----------
+    data : bytes-like
+        byte-offset compressed payload, exactly ``X-Binary-Size`` bytes.
+    shape : (ny, nx)
+        decoded image shape (slow, fast), from ``X-Binary-Size-Second/Fastest-Dimension``.
+    md5 : str or None
+        base64 ``Content-MD5`` of the payload, when the file has one.
+    """
+
+    data: memoryview
+    shape: tuple[int, int]
+    md5: str | None = None
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def check_md5(self) -> bool:
+        """True when the file has no Content-MD5 or it matches the payload."""
+        if self.md5 is None:
+            return True
+        return base64.b64encode(hashlib.md5(self.data).digest()).decode() == self.md5
+
+
+def parse_cbf(raw: bytes | memoryview, name: str = "<bytes>") -> CbfPayload:
+    """Locate the byte-offset payload inside the bytes of a CBF file.
+
+    Raises :class:`CorruptFrameError` naming ``name`` when the binary section is missing, not
+    byte-offset int32, or shorter than ``X-Binary-Size``.
+    """
+    raw = bytes(raw) if not isinstance(raw, bytes) else raw
+    mv = memoryview(raw)
+    start = raw.find(_SECTION)
+    if start < 0:
+        raise CorruptFrameError(f"{name}: no CIF binary section (not a CBF file?)")
+    marker = raw.find(BINARY_MARKER, start)
+    if marker < 0:
+        raise CorruptFrameError(f"{name}: binary section has no start marker (truncated header?)")
+    fields = {}
+    for line in raw[start:marker].split(b"\n")[1:]:
+        key, sep, val = line.decode("ascii", "replace").strip().partition(":")
+        if sep:
+            fields[key.strip().lower()] = val.strip().strip('"')
+    try:
+        nbytes = int(fields["x-binary-size"])
+        nfast = int(fields["x-binary-size-fastest-dimension"])
+        nslow = int(fields["x-binary-size-second-dimension"])
+    except (KeyError, ValueError) as err:
+        raise CorruptFrameError(f"{name}: binary header lacks a valid {err} field") from None
+    if "byte_offset" not in fields.get("conversions", "x-cbf_byte_offset").lower():
+        raise CorruptFrameError(f"{name}: compression {fields.get('conversions')!r} is not byte-offset")
+    etype = fields.get("x-binary-element-type", "signed 32-bit integer")
+    if "32-bit" not in etype:
+        raise CorruptFrameError(f"{name}: element type {etype!r} is not a 32-bit integer")
+    nelem = int(fields.get("x-binary-number-of-elements", nfast * nslow))
+    if nelem != nfast * nslow:
+        raise CorruptFrameError(f"{name}: {nelem} elements but the dimensions say {nslow} x {nfast}")
+    begin = marker + len(BINARY_MARKER)
+    if begin + nbytes > len(mv):
+        raise CorruptFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {len(mv) - begin} remain")
+    return CbfPayload(mv[begin:begin + nbytes], (nslow, nfast), fields.get("content-md5"))
+
+
+def read_cbf_payload(path: str | Path) -> CbfPayload:
+    """Read one CBF file and return its compressed payload (no decoding)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: frame file not found") from None
+    return parse_cbf(raw, str(path))
+
+
+def read_header(path: str | Path) -> dict:
+    """The header of a CBF file as fabio reads it (Pilatus ``# key value`` lines included)."""
+    import fabio
+
+    with fabio.open(str(path)) as img:
+        header = dict(img.header)
+    contents = header.get("_array_data.header_contents", "")
+    for line in contents.splitlines():
+        line = line.strip().lstrip("#").strip()
+        if line:
+            key, _, val = line.partition(" ")
+            header.setdefault(key.rstrip(":"), val.strip())
+    return header
+
