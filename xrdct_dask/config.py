@@ -126,6 +126,7 @@ class PDF(_Section):
     rmin: float = Field(0.5, ge=0)
     rmax: float = Field(20.0, gt=0)
     rstep: float = Field(0.01, gt=0)
+    lorch: bool = Field(False, description="Lorch window on F(Q): less termination ripple, broader peaks")
 
     @model_validator(mode="after")
     def _ranges(self):

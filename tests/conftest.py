@@ -1,0 +1,41 @@
+"""Shared fixtures: simulated scans (made once per session, in tmp dirs) and the real CBF frame."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("XRDCT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def real_cbf() -> Path:
+    """The Pilatus 2M frame from ../shared/data (skipped where that folder is absent)."""
+    p = SHARED_DATA / "pilatus2m_l-cyst_00001.cbf"
+    if not p.is_file():
+        pytest.skip(f"real detector frame not available at {p} (set XRDCT_SHARED_DATA)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def sim_scan(tmp_path_factory):
+    """A small simulated scan (2 slices x 32 angles x 24 steps, binned detector, snake order)."""
+    from xrdct_dask.testing.synthetic import simulate_scan
+
+    return simulate_scan(tmp_path_factory.mktemp("scan"), nz=2, nomega=32, nx=24, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_ai():
+    from xrdct_dask.testing.synthetic import make_integrator
+
+    return make_integrator("small")
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(12345)

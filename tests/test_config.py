@@ -1,0 +1,76 @@
+"""Workflow files: validated on load, one-line errors naming the key, paths relative to the file."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides, workflow_from_dict
+
+MINIMAL = {
+    "inputs": {"frames": "frames/frame_{index:06d}.cbf", "poni": "geometry.poni"},
+    "scan": {"nz": 2, "nomega": 8, "nx": 6},
+    "store": "run.zarr",
+}
+
+
+def write(tmp_path, data) -> Path:
+    p = tmp_path / "wf.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_minimal_workflow_gets_documented_defaults(tmp_path):
+    wf = load_workflow(write(tmp_path, MINIMAL))
+    assert wf.integrate.npt_rad == 1000 and wf.integrate.unit == "q_nm^-1" and wf.integrate.split == "full"
+    assert wf.scan.order == "snake" and wf.scan.omega_range_deg == 180
+    # relative paths resolve against the workflow file's folder
+    assert wf.inputs.poni == tmp_path / "geometry.poni"
+    assert wf.store.path == tmp_path / "run.zarr"
+    assert wf.frame_path(7) == tmp_path / "frames" / "frame_000007.cbf"
+
+
+def test_repo_workflow_example_is_valid():
+    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "xrdct.yaml")
+    assert wf.pdf.composition == "Ni"
+
+
+@pytest.mark.parametrize("patch, key", [
+    ({"integrate": {"npt_rad": 100, "unti": "q_nm^-1"}}, "integrate.unti: unknown key"),
+    ({"integrate": {"unit": "q_nm"}}, "integrate.unit: must be one of"),
+    ({"scan": {"nz": 2, "nomega": 8, "nx": 6, "omega_range_deg": 90}}, "scan.omega_range_deg"),
+    ({"scan": {"nz": 0, "nomega": 8, "nx": 6}}, "scan.nz"),
+    ({"inputs": {"frames": "frame.cbf", "poni": "g.poni"}}, "inputs.frames: must contain exactly one {index}"),
+    ({"pdf": {"qmin": 20, "qmax": 10}}, "pdf: qmin (20.0) must be below qmax (10.0)"),
+    ({"bogus": 1}, "bogus: unknown key"),
+])
+def test_bad_key_or_unit_is_one_line_naming_the_key(tmp_path, patch, key):
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(write(tmp_path, {**MINIMAL, **patch}))
+    msg = str(err.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_missing_section_and_bad_yaml(tmp_path):
+    with pytest.raises(WorkflowError, match="scan: required key is missing"):
+        load_workflow(write(tmp_path, {k: v for k, v in MINIMAL.items() if k != "scan"}))
+    p = tmp_path / "bad.yaml"
+    p.write_text("inputs: [unclosed")
+    with pytest.raises(WorkflowError, match="not valid YAML"):
+        load_workflow(p)
+    with pytest.raises(WorkflowError, match="not found"):
+        load_workflow(tmp_path / "nope.yaml")
+
+
+def test_overrides_use_dotted_keys_and_yaml_values(tmp_path):
+    ov = parse_overrides(["integrate.npt_rad=3000", "store.overwrite=true", "pdf.composition=NaCl"])
+    wf = load_workflow(write(tmp_path, MINIMAL), ov)
+    assert wf.integrate.npt_rad == 3000 and wf.store.overwrite is True and wf.pdf.composition == "NaCl"
+    with pytest.raises(WorkflowError, match="key=value"):
+        parse_overrides(["integrate.npt_rad"])
+
+
+def test_digest_changes_with_content():
+    a = workflow_from_dict(MINIMAL)
+    b = workflow_from_dict(MINIMAL, overrides={"integrate.npt_rad": 2000})
+    assert a.digest() != b.digest() and a.digest() == workflow_from_dict(MINIMAL).digest()

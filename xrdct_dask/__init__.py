@@ -1,0 +1,24 @@
+"""xrdct_dask: XRD-CT and PDF-CT reduction as one dask graph.
+
+    frames (CBF) -> decode -> integrate (pyFAI geometry) -> reduced/ (zarr)
+                 -> sinograms -> reconstruction per q -> recon/ -> G(r) per voxel -> pdf/
+
+Entry points: :func:`run` (a workflow YAML or :class:`~xrdct_dask.config.Workflow`),
+:class:`~xrdct_dask.integrate.Integrator`, :func:`~xrdct_dask.io.read_frame`, the ``xrdct`` CLI.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import Workflow, WorkflowError, load_workflow
+
+
+def run(workflow, **kwargs):
+    """Run a workflow and return the store path (see :func:`xrdct_dask.workflow.run`)."""
+    from .workflow import run as _run
+
+    return _run(workflow, **kwargs)
+
+
+__all__ = ["Workflow", "WorkflowError", "load_workflow", "run", "__version__"]

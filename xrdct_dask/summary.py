@@ -1,0 +1,81 @@
+"""The run's summary picture: what a beamline scientist looks at first.
+
+Top row: the q-summed sinogram of a slice and the mean diffraction pattern with the q bins shown
+below marked.  Middle row: reconstructed maps at the strongest peaks of the mean pattern.  Bottom
+row: G(r) of a few voxels (when the PDF stage ran).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import store
+
+
+def strongest_peaks(pattern: np.ndarray, n: int = 3, min_separation: int = 5) -> list[int]:
+    """Indices of the ``n`` highest local maxima of a pattern, at least ``min_separation`` bins apart."""
+    from scipy.signal import find_peaks
+
+    p = np.nan_to_num(pattern)
+    idx, props = find_peaks(p, distance=min_separation, prominence=0.02 * (p.max() - p.min() + 1e-30))
+    order = np.argsort(props["prominences"])[::-1]
+    return sorted(int(i) for i in idx[order[:n]])
+
+
+def write_summary(path: str | Path, z: int | None = None, out: str | Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    q = store.open_array(path, "q", "r")[:]
+    attrs = store.read_attrs(path)
+    unit = attrs.get("workflow", {}).get("integrate", {}).get("unit", "q_nm^-1")
+    nz = store.open_array(path, f"{store.REDUCED}/total", "r").shape[0]
+    z = nz // 2 if z is None else z
+    total = store.open_array(path, f"{store.REDUCED}/total", "r")[z]
+    recon = store.open_array(path, f"{store.RECON}/intensity", "r")[z]
+    mean = np.nanmean(recon.reshape(-1, q.size), axis=0)
+    peaks = strongest_peaks(mean, 3)
+    has_pdf = (path / store.PDF).exists() and attrs.get("stage_status", {}).get(store.PDF) == "done"
+    rows = 3 if has_pdf else 2
+    fig, ax = plt.subplots(rows, 3, figsize=(13, 3.6 * rows))
+    ax[0, 0].imshow(total, aspect="auto", cmap="viridis")
+    ax[0, 0].set(title=f"sinogram, slice {z} (sum over q)", xlabel="x", ylabel="omega step")
+    ax[0, 1].plot(q, mean, lw=0.8)
+    for k in peaks:
+        ax[0, 1].axvline(q[k], color="C3", lw=0.6)
+    ax[0, 1].set(title="mean voxel pattern", xlabel=unit, ylabel="intensity")
+    red = store.open_array(path, f"{store.REDUCED}/frame_ok", "r")[:]
+    ax[0, 2].imshow(red.reshape(-1, red.shape[-1]), aspect="auto", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax[0, 2].set(title=f"frame_ok (all slices): {int((~red).sum())} flagged", xlabel="x", ylabel="z * omega")
+    for k, qi in enumerate(peaks[:3]):
+        im = ax[1, k].imshow(recon[:, :, qi], cmap="magma")
+        ax[1, k].set(title=f"recon at {unit} = {q[qi]:.2f}")
+        fig.colorbar(im, ax=ax[1, k], fraction=0.046)
+    for k in range(len(peaks), 3):
+        ax[1, k].axis("off")
+    if has_pdf:
+        g = store.open_array(path, f"{store.PDF}/G", "r")[z]
+        r = store.open_array(path, "r", "r")[:]
+        energy = np.nansum(recon, axis=-1)
+        picks = np.argsort(energy.ravel())[::-1][:: max(1, energy.size // 40)][:4]
+        for i in picks:
+            yy, xx = np.unravel_index(i, energy.shape)
+            ax[2, 0].plot(r, g[yy, xx], lw=0.7, label=f"voxel ({yy},{xx})")
+        ax[2, 0].set(title="G(r) of a few voxels", xlabel="r (A)", ylabel="G(r)")
+        ax[2, 0].legend(fontsize=7)
+        rmax_i = int(np.nanargmax(np.nanmean(np.abs(g.reshape(-1, r.size)), axis=0)))
+        ax[2, 1].imshow(g[:, :, rmax_i], cmap="RdBu_r")
+        ax[2, 1].set(title=f"G at r = {r[rmax_i]:.2f} A")
+        ax[2, 2].plot(r, np.nanmean(g.reshape(-1, r.size), axis=0), lw=0.8)
+        ax[2, 2].set(title="mean G(r) of the slice", xlabel="r (A)")
+    fig.suptitle(f"{path.name}: {attrs.get('run_summary', {}).get('frames', '?')} frames", fontsize=11)
+    fig.tight_layout()
+    out = Path(out) if out else path.parent / "summary.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

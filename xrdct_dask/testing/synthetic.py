@@ -1,0 +1,379 @@
+"""Synthetic XRD-CT scans with ground truth: phases, phantom, pencil-beam forward model, CBF frames.
+
+Physics, in the order the data are made:
+
+1. **Phase patterns** I(Q) per atom, from structures by the Debye scattering equation
+   ``I(Q) = 1/N [sum_i f_i^2 + 2 sum_{i<j} f_i f_j sin(Q r_ij)/(Q r_ij) exp(-sigma^2 Q^2 / 2)]``
+   with X-ray form factors f(Q) from xraydb and pair-distance broadening sigma ~ 0.1 A (thermal +
+   static disorder), for nanocrystalline clusters (fcc Ni a = 3.524 A,
+   bcc Fe a = 2.8665 A, rock-salt NaCl a = 5.640 A) and a random-packed amorphous Si cluster.
+   Q runs to 25 1/A, so the patterns carry what the PDF needs.
+2. **Phantom**: ``nz`` slices of ``nx x nx`` voxels; each phase has its own map of volume fractions.
+3. **Pencil beam**: at (z, omega, x) the 1D pattern is the sum along the beam of fraction x pattern,
+   i.e. the Radon transform of each phase map (skimage ``radon``) times the phase pattern.
+   Attenuation is off.
+4. **Detector**: each 1D pattern is rendered to a 2D frame with pyFAI ``calcfrom1d`` (solid angle
+   and polarization applied), scaled by a fluctuating monitor, Poisson-sampled, with module gaps
+   (-1), bad pixels (-2), zingers and single-crystal spots, and written as byte-offset CBF by
+   fabio in acquisition order (raster or snake).
+
+:func:`simulate_scan` writes a ready-to-run folder: frames, PONI, mask, monitor, scan table, ground
+truth (``truth.npz``) and ``workflow.yaml``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io.scan import acquisition_order
+
+ENERGY_KEV = 90.0
+WAVELENGTH_A = 12.398419843320026 / ENERGY_KEV
+Q_GRID_A = np.linspace(0.2, 26.0, 6000)  # 1/A, fine enough for sharp-ish nanocrystal peaks
+BEAMSTOP_Q_A = 0.9  # 1/A: pixels below are in the beamstop's shadow (masked, no counts)
+
+DETECTORS = {
+    # name: (shape (ny, nx), pixel size m, binning of the Pilatus 2M it mimics)
+    "pilatus2m": ((1679, 1475), 172e-6, 1),
+    "small": ((209, 184), 172e-6 * 8, 8),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# 1. structures and their Debye patterns
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Phase:
+    """A phase of the phantom: name, formula, kind, and its pattern per atom on ``Q_GRID_A``."""
+
+    name: str
+    composition: str
+    kind: str  # "crystalline" | "amorphous"
+    lattice_a: float | None
+    q_A: np.ndarray = field(repr=False)
+    intensity: np.ndarray = field(repr=False)
+
+
+def cubic_cluster(a: float, basis: list[tuple[str, tuple[float, float, float]]], radius: float):
+    """Atoms of a cubic crystal (lattice ``a`` in A, fractional ``basis``) inside a sphere."""
+    n = int(np.ceil(radius / a)) + 1
+    g = np.arange(-n, n + 1)
+    cells = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    pos, el = [], []
+    for element, frac in basis:
+        p = (cells + np.asarray(frac)) * a
+        keep = np.linalg.norm(p, axis=1) <= radius
+        pos.append(p[keep])
+        el += [element] * int(keep.sum())
+    return np.concatenate(pos), np.array(el)
+
+
+def random_packed_cluster(element: str, radius: float, density: float, dmin: float, seed: int = 7):
+    """Random sequential addition of hard spheres (min distance ``dmin`` A) at ``density`` atoms/A^3."""
+    rng = np.random.default_rng(seed)
+    target = int(density * 4 / 3 * np.pi * radius**3)
+    pos = np.empty((target, 3))
+    n = 0
+    for _ in range(200 * target):
+        p = rng.uniform(-radius, radius, 3)
+        if p @ p > radius**2:
+            continue
+        if n and np.min(np.sum((pos[:n] - p) ** 2, axis=1)) < dmin**2:
+            continue
+        pos[n] = p
+        n += 1
+        if n == target:
+            break
+    return pos[:n], np.array([element] * n)
+
+
+def form_factor(element: str, q_A: np.ndarray) -> np.ndarray:
+    """Atomic X-ray form factor f0(Q) in electrons (xraydb; its argument is sin(theta)/lambda = Q/4pi)."""
+    import xraydb
+
+    return np.asarray(xraydb.f0(element, q_A / (4 * np.pi)), dtype=np.float64)
+
+
+def debye_pattern(positions: np.ndarray, elements: np.ndarray, q_A: np.ndarray, sigma_A: float,
+                  rbin_A: float = 0.002) -> np.ndarray:
+    """Debye scattering per atom of a cluster, with Gaussian pair-distance broadening ``sigma_A``.
+
+    Pair distances are histogrammed (``rbin_A``) per element pair, then
+    ``I(Q) = 1/N [sum_i f_i^2 + 2 sum_pairs f_a f_b h_ab(r) sinc(Q r) exp(-sigma^2 Q^2 / 2)]``.
+    """
+    from scipy.spatial.distance import cdist, pdist
+
+    kinds = sorted(set(elements))
+    f = {k: form_factor(k, q_A) for k in kinds}
+    n = len(elements)
+    total = sum(f[k] ** 2 * np.count_nonzero(elements == k) for k in kinds)
+    dw = np.exp(-0.5 * (sigma_A * q_A) ** 2)
+    for i, a in enumerate(kinds):
+        for b in kinds[i:]:
+            pa, pb = positions[elements == a], positions[elements == b]
+            d = pdist(pa) if a == b else cdist(pa, pb).ravel()
+            hist, edges = np.histogram(d, bins=np.arange(0.5, d.max() + 2 * rbin_A, rbin_A))
+            r = 0.5 * (edges[1:] + edges[:-1])
+            nz = hist > 0
+            r, hist = r[nz], hist[nz].astype(float)
+            s = np.zeros_like(q_A)
+            for k in range(0, q_A.size, 500):  # sum_r h(r) sin(Qr)/(Qr), chunked over Q
+                qr = np.outer(q_A[k:k + 500], r)
+                s[k:k + 500] = (np.sin(qr) / qr) @ hist
+            total = total + 2 * f[a] * f[b] * s * dw
+    return total / n
+
+
+@functools.cache
+def phase_library() -> tuple[Phase, ...]:
+    """The four phases of the phantom (computed once per process, ~2 s)."""
+    q = Q_GRID_A
+    specs = [
+        ("Ni", "Ni", "crystalline", 3.524, cubic_cluster(3.524, [("Ni", (0, 0, 0)), ("Ni", (0.5, 0.5, 0)),
+                                                               ("Ni", (0.5, 0, 0.5)), ("Ni", (0, 0.5, 0.5))], 20.0), 0.09),
+        ("Fe", "Fe", "crystalline", 2.8665, cubic_cluster(2.8665, [("Fe", (0, 0, 0)), ("Fe", (0.5, 0.5, 0.5))], 20.0), 0.09),
+        ("NaCl", "NaCl", "crystalline", 5.640, cubic_cluster(5.640, [
+            ("Na", (0, 0, 0)), ("Na", (0.5, 0.5, 0)), ("Na", (0.5, 0, 0.5)), ("Na", (0, 0.5, 0.5)),
+            ("Cl", (0.5, 0, 0)), ("Cl", (0, 0.5, 0)), ("Cl", (0, 0, 0.5)), ("Cl", (0.5, 0.5, 0.5))], 20.0), 0.10),
+        ("aSi", "Si", "amorphous", None, random_packed_cluster("Si", 16.0, 0.05, 2.25), 0.15),
+    ]
+    return tuple(Phase(name, comp, kind, a, q, debye_pattern(pos, el, q, sig))
+                 for name, comp, kind, a, (pos, el), sig in specs)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. phantom and 3. pencil-beam forward model
+# --------------------------------------------------------------------------------------------
+def make_phantom(nz: int, nx: int) -> np.ndarray:
+    """Volume fractions ``(nphase, nz, nx, nx)`` (axes: phase, z, y, x) of the library's phases.
+
+    A disk-shaped sample (radius 0.42 nx) of amorphous matrix holding a Ni disk, an Fe bar and a
+    NaCl ellipse that drift slowly with z; fractions sum to 1 inside the sample, 0 outside.
+    """
+    y, x = np.mgrid[0:nx, 0:nx].astype(float)
+    c = (nx - 1) / 2
+    xr, yr = (x - c) / nx, (y - c) / nx  # in units of the field of view
+    maps = np.zeros((4, nz, nx, nx))
+    for z in range(nz):
+        t = z / max(nz - 1, 1)
+        sample = xr**2 + yr**2 <= 0.42**2
+        ni = (xr + 0.17 - 0.04 * t) ** 2 + (yr + 0.12) ** 2 <= 0.12**2
+        fe = (np.abs(xr - 0.15) <= 0.08) & (np.abs(yr + 0.10 + 0.05 * t) <= 0.16)
+        nacl = ((xr - 0.02) / 0.22) ** 2 + ((yr - 0.22 + 0.03 * t) / 0.09) ** 2 <= 1
+        crystals = [ni & sample, fe & sample & ~ni, nacl & sample & ~ni & ~fe]
+        for k, m in enumerate(crystals):
+            maps[k, z] = m
+        maps[3, z] = sample & ~(crystals[0] | crystals[1] | crystals[2])
+    return maps
+
+
+def omega_angles_deg(nomega: int, omega_range_deg: float = 180.0) -> np.ndarray:
+    """Rotation angles of the scan: ``nomega`` steps over ``omega_range_deg``, endpoint excluded."""
+    return np.arange(nomega) * (omega_range_deg / nomega)
+
+
+def project(maps: np.ndarray, omega_deg: np.ndarray) -> np.ndarray:
+    """Line integrals of each map (pencil beam, voxel units): ``(..., nx, nx) -> (..., nomega, nx)``.
+
+    Uses skimage's ``radon`` (``circle=True``), so the sinogram axis convention is skimage's: the
+    rotation axis sits at pixel ``nx // 2``.
+    """
+    from skimage.transform import radon
+
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    out = np.stack([radon(m, theta=omega_deg, circle=True).T for m in flat])
+    return out.reshape(*maps.shape[:-2], omega_deg.size, maps.shape[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# 4. detector, acquisition order, files
+# --------------------------------------------------------------------------------------------
+def make_integrator(detector: str = "small", dist_m: float = 0.2):
+    """A pyFAI integrator for a Pilatus 2M (or its 8x8-binned twin), beam near the centre."""
+    import pyFAI
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {list(DETECTORS)}, got {detector!r}")
+    shape, pixel, _ = DETECTORS[detector]
+    det = pyFAI.detector_factory("Pilatus2M") if detector == "pilatus2m" else \
+        Detector(pixel1=pixel, pixel2=pixel, max_shape=shape)
+    return AzimuthalIntegrator(dist=dist_m, poni1=0.52 * shape[0] * pixel, poni2=0.49 * shape[1] * pixel,
+                               rot1=0.002, rot2=-0.001, detector=det, wavelength=WAVELENGTH_A * 1e-10)
+
+
+def detector_mask(detector: str) -> np.ndarray:
+    """Module gaps (1) of a Pilatus 2M, block-reduced for the binned detector."""
+    import pyFAI
+
+    gaps = pyFAI.detector_factory("Pilatus2M").mask.astype(bool)
+    shape, _, b = DETECTORS[detector]
+    if b == 1:
+        return gaps
+    return gaps[:shape[0] * b, :shape[1] * b].reshape(shape[0], b, shape[1], b).any(axis=(1, 3))
+
+
+def phase_patterns_as_measured(integrator, detector: str = "small") -> np.ndarray:
+    """Each phase's pattern as the instrument records it: rendered noise-free on the detector
+    (solid angle, polarization, pixel size) and integrated by ``integrator``.  ``(nphase, nbins)``,
+    the basis to unmix reconstructed voxel patterns into phase fractions."""
+    ai = make_integrator(detector)
+    shape = DETECTORS[detector][0]
+    frames = np.stack([ai.calcfrom1d(Q_GRID_A * 10, p.intensity, shape=shape, dim1_unit="q_nm^-1",
+                                     correctSolidAngle=True, polarization_factor=0.99) for p in phase_library()])
+    return integrator.integrate(frames).intensity
+
+
+@dataclass
+class SimulatedScan:
+    """Paths of a simulated scan folder and its ground truth."""
+
+    root: Path
+    workflow: Path
+    frames_template: str
+    poni: Path
+    mask: Path
+    monitor: Path
+    scan_file: Path
+    truth: Path
+    nz: int
+    nomega: int
+    nx: int
+    detector: str
+    phases: tuple[str, ...]
+
+    def load_truth(self) -> dict:
+        with np.load(self.truth, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def frame_path(self, index: int) -> Path:
+        return self.root / self.frames_template.format(index=index)
+
+
+def _render(ai, shape, q_nm, pattern, scale, rng, gaps, bad, zinger_rate, spot_rate):
+    expected = ai.calcfrom1d(q_nm, pattern * scale, shape=shape, dim1_unit="q_nm^-1", correctSolidAngle=True,
+                             polarization_factor=0.99)
+    frame = rng.poisson(np.maximum(expected, 0)).astype(np.int32)
+    if rng.random() < zinger_rate:  # cosmic rays / zingers: single hot pixels
+        k = rng.integers(1, 4)
+        frame[rng.integers(0, shape[0], k), rng.integers(0, shape[1], k)] += rng.integers(10**5, 10**6, k, dtype=np.int32)
+    if rng.random() < spot_rate:  # a single-crystal reflection: a small bright blob
+        cy, cx = rng.integers(5, shape[0] - 5), rng.integers(5, shape[1] - 5)
+        yy, xx = np.mgrid[-3:4, -3:4]
+        frame[cy - 3:cy + 4, cx - 3:cx + 4] += (2e4 * np.exp(-(yy**2 + xx**2) / 2.0)).astype(np.int32)
+    frame[gaps] = -1
+    frame[bad] = -2
+    return frame
+
+
+def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 24, *, detector: str = "small",
+                  order: str = "snake", fast_axis: str = "x", omega_range_deg: int = 180, npt_rad: int = 1000,
+                  seed: int = 0, peak_counts: float = 1.0e5, zinger_rate: float = 0.02, spot_rate: float = 0.02,
+                  threads: int = 4, progress=None) -> SimulatedScan:
+    """Simulate a whole XRD-CT scan into ``out_dir`` and return its paths.
+
+    Writes ``frames/frame_{index:06d}.cbf`` in acquisition order, ``geometry.poni``, ``mask.edf``
+    (gaps, beamstop and bad pixels = 1), ``monitor.txt``, ``scan.csv``, ``truth.npz`` (phase maps
+    ``(nphase, nz, nx, nx)``, phase patterns per atom on ``q_A``, sinograms of each phase) and a
+    ready ``workflow.yaml``.  ``peak_counts`` sets the expected counts of the brightest pixel.
+    """
+    from fabio.cbfimage import CbfImage
+    from fabio.edfimage import EdfImage
+
+    out = Path(out_dir)
+    (out / "frames").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    phases = phase_library()
+    maps = make_phantom(nz, nx)
+    omega = omega_angles_deg(nomega, omega_range_deg)
+    sinos = project(maps, omega)  # (nphase, nz, nomega, nx)
+    pat = np.stack([p.intensity for p in phases])  # (nphase, nq)
+
+    ai = make_integrator(detector)
+    shape = DETECTORS[detector][0]
+    # beamstop shadow: no counts below BEAMSTOP_Q_A (the nanoclusters' small-angle scattering)
+    q_pix_A = ai.center_array(shape, unit="q_nm^-1") / 10
+    gaps = detector_mask(detector) | (q_pix_A < BEAMSTOP_Q_A)
+    bad = np.zeros(shape, bool)
+    bad.flat[rng.choice(bad.size, max(3, bad.size // 20000), replace=False)] = True
+    bad &= ~gaps
+    ai.write(str(out / "geometry.poni"))
+    EdfImage(data=(gaps | bad).astype(np.uint8)).write(str(out / "mask.edf"))
+
+    # scale so that the brightest expected pixel of the scan is ~peak_counts
+    corr = ai.solidAngleArray(shape) * ai.polarization(shape, 0.99)
+    brightest = np.einsum("pzwx,p->zwx", sinos, pat[:, Q_GRID_A >= BEAMSTOP_Q_A].max(axis=1)).max()
+    scale = peak_counts / (brightest * corr.max())
+
+    order_idx = acquisition_order(nz, nomega, nx, fast_axis, order)
+    nframes = len(order_idx)
+    monitor = 1e5 * (1 + 0.05 * np.sin(2 * np.pi * np.arange(nframes) / 97.0)) * rng.normal(1, 0.01, nframes)
+    x_mm = np.arange(nx) * 1.0
+    z_mm = np.arange(nz) * 1.0
+    q_nm = Q_GRID_A * 10
+    seeds = rng.integers(0, 2**31, nframes)
+
+    def write(i):
+        iz, iw, ix = order_idx[i]
+        pattern = np.tensordot(sinos[:, iz, iw, ix], pat, axes=1)
+        frame = _render(ai, shape, q_nm, pattern, scale * monitor[i] / 1e5, np.random.default_rng(seeds[i]),
+                        gaps, bad, zinger_rate, spot_rate)
+        header = {"_array_data.header_convention": "PILATUS_1.2",
+                  "_array_data.header_contents": "\r\n".join([
+                      "# Detector: PILATUS 2M (simulated by xrdct_dask)",
+                      f"# Pixel_size {DETECTORS[detector][1]:.6g} m x {DETECTORS[detector][1]:.6g} m",
+                      "# Exposure_time 0.0040000 s",
+                      f"# Wavelength {WAVELENGTH_A:.5f} A",
+                      f"# Flux {monitor[i]:.6e}",
+                      f"# Start_angle {omega[iw]:.4f} deg.",
+                      f"# Scan_point iz={iz} iomega={iw} ix={ix}",
+                      f"# Sample_x_mm {x_mm[ix]:.4f}",
+                      f"# Sample_z_mm {z_mm[iz]:.4f}"])}
+        CbfImage(data=frame, header=header).write(str(out / "frames" / f"frame_{i:06d}.cbf"))
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for k, _ in enumerate(pool.map(write, range(nframes))):
+            if progress is not None:
+                progress(k + 1, nframes)
+
+    np.savetxt(out / "monitor.txt", monitor, fmt="%.6e", header="I0 monitor, one value per frame in acquisition order")
+    with open(out / "scan.csv", "w") as fh:
+        fh.write("index,iz,iomega,ix,z_mm,omega_deg,x_mm,monitor\n")
+        for i, (iz, iw, ix) in enumerate(order_idx):
+            fh.write(f"{i},{iz},{iw},{ix},{z_mm[iz]:.4f},{omega[iw]:.6f},{x_mm[ix]:.4f},{monitor[i]:.6e}\n")
+    np.savez_compressed(out / "truth.npz", phase_maps=maps, phase_patterns=pat, q_A=Q_GRID_A,
+                        phase_names=np.array([p.name for p in phases]), sinograms=sinos.astype(np.float32),
+                        omega_deg=omega, intensity_scale=np.array(scale))
+    (out / "truth.json").write_text(json.dumps({
+        "phases": [{"name": p.name, "composition": p.composition, "kind": p.kind, "lattice_a_angstrom": p.lattice_a}
+                   for p in phases],
+        "energy_kev": ENERGY_KEV, "wavelength_angstrom": WAVELENGTH_A, "detector": detector, "seed": seed,
+        "scan": {"nz": nz, "nomega": nomega, "nx": nx, "order": order, "fast_axis": fast_axis,
+                 "omega_range_deg": omega_range_deg}}, indent=2))
+
+    wf = {
+        "inputs": {"frames": "frames/frame_{index:06d}.cbf", "poni": "geometry.poni", "mask": "mask.edf",
+                   "monitor": "monitor.txt", "scan_file": "scan.csv"},
+        "scan": {"nz": nz, "nomega": nomega, "nx": nx, "fast_axis": fast_axis, "order": order,
+                 "omega_range_deg": omega_range_deg},
+        "integrate": {"npt_rad": npt_rad, "unit": "q_nm^-1"},
+        "recon": {"algorithm": "fbp", "filter": "ramp"},
+        "pdf": {"composition": "Ni", "qmin": 1.0, "qmax": 20.0, "rpoly": 0.9, "rmin": 0.5, "rmax": 20.0,
+                "rstep": 0.01, "lorch": True},
+        "store": {"path": "run.zarr", "omega_chunk": min(16, nomega)},
+    }
+    import yaml
+
+    (out / "workflow.yaml").write_text("# written by `xrdct simulate`; paths are relative to this file\n"
+                                       + yaml.safe_dump(wf, sort_keys=False))
+    return SimulatedScan(root=out, workflow=out / "workflow.yaml", frames_template="frames/frame_{index:06d}.cbf",
+                         poni=out / "geometry.poni", mask=out / "mask.edf", monitor=out / "monitor.txt",
+                         scan_file=out / "scan.csv", truth=out / "truth.npz", nz=nz, nomega=nomega, nx=nx,
+                         detector=detector, phases=tuple(p.name for p in phases))
