@@ -23,7 +23,6 @@ from .io.status import FrameStatus
 
 log = logging.getLogger(__name__)
 
-BATCH_FRAMES = 32  # frames per engine call: the tile accumulators stay in cache
 MIN_RELATIVE_SCALE = 0.05  # pdf: voxels below this fraction of the slice's strongest scatterer get G = 0
 
 
@@ -115,13 +114,36 @@ def _read(ctx: RunContext, index: int, shape: tuple[int, int]):
     return payload, FrameStatus.OK
 
 
+def prefetch(pool, fn, items, depth: int = 3):
+    """``map(fn, items)`` on ``pool`` with at most ``depth`` results in flight (bounded memory).
+
+    The first ``depth`` calls are submitted now, not at the first ``next()``: reading starts while
+    the engine is still busy with another task."""
+    from collections import deque
+
+    items = iter(items)
+    q = deque(pool.submit(fn, it) for _, it in zip(range(depth), items))
+
+    def results():
+        while q:
+            yield q.popleft().result()
+            nxt = next(items, None)
+            if nxt is not None:
+                q.append(pool.submit(fn, nxt))
+
+    return results()
+
+
 def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     """Read, decode and integrate the frames of one block and write them to ``reduced/``.
 
-    Frames are streamed in batches of :data:`BATCH_FRAMES` (file reads on a thread pool overlap
-    the engine), so memory does not grow with the block.  Bad frames get NaN patterns and a
-    status code; the block always completes.
+    Frames are streamed in batches of ``integrator.batch_frames``: file reads run on a thread pool a few
+    batches ahead, the engine pipelines the batches (on a GPU, the upload of the next batch
+    overlaps the compute of the current one), so memory does not grow with the block.  Bad frames
+    get NaN patterns and a status code; the block always completes.
     """
+    from collections import deque
+
     t0 = time.perf_counter()
     integ = integrator_for(ctx.workflow)
     idx = block_indices(ctx, block)
@@ -137,21 +159,29 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     norm = np.where(bad_monitor, 1.0, monitor / ctx.monitor_reference)
     shape = integ.shape
     nbytes = 0
+    step = integ.batch_frames
+    batches = [np.arange(a, min(a + step, flat_idx.size)) for a in range(0, flat_idx.size, step)]
+    pending: deque = deque()  # (good rows) of batches handed to the engine, awaiting results
+
+    def engine_batches(reads):
+        nonlocal nbytes
+        for rows, results in zip(batches, reads):
+            status[rows] = [st for _, st in results]
+            good = np.asarray([k for k, (_, st) in zip(rows, results) if st == FrameStatus.OK], dtype=np.int64)
+            if good.size == 0:
+                continue
+            payloads = [results[k - rows[0]][0] for k in good]
+            nbytes += sum(len(p.data) for p in payloads)
+            pending.append(good)
+            yield payloads, norm[good]
+
     with ThreadPoolExecutor(ctx.read_threads) as pool:
-        batches = [range(a, min(a + BATCH_FRAMES, flat_idx.size)) for a in range(0, flat_idx.size, BATCH_FRAMES)]
-        pending = pool.map(lambda b: [_read(ctx, flat_idx[k], shape) for k in b], batches)
-        for rows, results in zip(batches, pending):
-            rows = np.asarray(rows)
-            good = [k for k, (p, st) in zip(rows, results) if st == FrameStatus.OK]
-            for k, (_, st) in zip(rows, results):
-                status[k] = st
-            if good:
-                payloads = [results[k - rows[0]][0] for k in good]
-                nbytes += sum(len(p.data) for p in payloads)
-                res, dec_status = integ.integrate_payloads(payloads, monitor=norm[good])
-                intensity[good] = res.intensity
-                sigma[good] = res.sigma
-                status[good] = np.where(dec_status != 0, FrameStatus.TRUNCATED, FrameStatus.OK)
+        reads = prefetch(pool, lambda rows: [_read(ctx, flat_idx[k], shape) for k in rows], batches)
+        for res_i, res_s, dec_status in integ.integrate_batches(engine_batches(reads)):
+            good = pending.popleft()
+            intensity[good] = res_i
+            sigma[good] = res_s
+            status[good] = np.where(dec_status != 0, FrameStatus.TRUNCATED, FrameStatus.OK)
     status[(status == FrameStatus.OK) & bad_monitor] = FrameStatus.BAD_MONITOR
     bad = status != FrameStatus.OK
     intensity[bad] = np.nan

@@ -167,33 +167,78 @@ class IntegratorPlugin(_worker_plugin_base()):
         stages.clear_integrators()
 
 
+def gpu_count() -> int:
+    """CUDA devices visible here (0 without cupy or a driver)."""
+    from .backend import cp, gpu_available
+
+    return int(cp.cuda.runtime.getDeviceCount()) if gpu_available() else 0
+
+
+def local_cluster(wf: Workflow):
+    """A cluster on this machine for one run.
+
+    Without GPUs (or with ``integrate.engine: numpy``): a LocalCluster of single-threaded workers.
+    With GPUs: one worker per GPU (``CUDA_VISIBLE_DEVICES`` = its GPU, resource ``GPU=1``, two
+    threads so that one task reads files while another integrates) plus CPU workers (resource
+    ``CPU=1``) on the remaining cores for sinograms, reconstruction and PDF.
+    """
+    import os
+
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    c = wf.compute
+    ncores = os.cpu_count() or 1
+    ngpu = gpu_count() if wf.integrate.engine in ("auto", "cupy") else 0
+    if ngpu == 0:
+        nworkers = c.n_workers or max(1, ncores // c.threads_per_worker)
+        return LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
+                            dashboard_address=c.dashboard_address, host="127.0.0.1")
+    workers = {f"gpu-{i}": {"cls": Nanny, "options": {
+        "nthreads": 2, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}, "host": "127.0.0.1",
+        "memory_limit": c.memory_limit}} for i in range(ngpu)}
+    ncpu = c.n_workers or max(1, (ncores - 2 * ngpu) // c.threads_per_worker)
+    workers |= {f"cpu-{k}": {"cls": Nanny, "options": {
+        "nthreads": c.threads_per_worker, "resources": {"CPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ""},
+        "host": "127.0.0.1", "memory_limit": c.memory_limit}} for k in range(ncpu)}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": c.dashboard_address, "host": "127.0.0.1"}}
+    return SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu")
+
+
 def _client(wf: Workflow, scheduler_address: str | None, cluster=None):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if cluster is not None:
         return Client(cluster), None
     if scheduler_address:
         return Client(scheduler_address), None
-    c = wf.compute
-    import os
-
-    ncores = os.cpu_count() or 1
-    nworkers = c.n_workers or max(1, ncores // c.threads_per_worker)
-    lc = LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
-                      dashboard_address=c.dashboard_address, host="127.0.0.1")
+    lc = local_cluster(wf)
     return Client(lc), lc
+
+
+def stage_resources(client) -> dict[str, dict]:
+    """Resources each stage asks for, given what the workers offer: integration goes to ``GPU``
+    workers when there are any, the other stages to ``CPU`` workers when those are marked."""
+    offered = set()
+    for w in client.scheduler_info()["workers"].values():
+        offered |= set(w.get("resources", {}))
+    gpu = {"resources": {"GPU": 1}} if "GPU" in offered else {}
+    cpu = {"resources": {"CPU": 1}} if "CPU" in offered else {}
+    return {"decode-integrate": gpu, "center": cpu, "recon": cpu, "pdf": cpu}
 
 
 def compute_with_progress(client, graph: dict, progress: bool = True) -> dict:
     """Submit every stage's tasks and wait, showing one progress bar per stage.
 
-    Returns ``{stage: [result, ...]}``; a failing task raises here with its key in the message.
+    Stages are routed by :func:`stage_resources`.  Returns ``{stage: [result, ...]}``; a failing
+    task raises here with its key in the message.
     """
     from distributed import as_completed
 
     order = [k for k in graph if graph[k]]
-    flat = [d for k in order for d in graph[k]]
-    futures = client.compute(flat)
+    res = stage_resources(client)
+    futures = []
+    for k in order:  # one submission per stage, in dependency order: each gets its own resources
+        futures += client.compute(graph[k], optimize_graph=False, **res.get(k, {}))
     stage_of = {}
     i = 0
     for k in order:

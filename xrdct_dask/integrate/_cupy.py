@@ -1,0 +1,199 @@
+"""GPU engine: the plan on the device, batched decode + fused CSR integration (cupy RawKernels).
+
+Resident per engine (built once per worker through the integrator cache / worker plugin): the
+CSR matrix, norm and dark, the static sums, the decoder's scratch, two pipeline slots of pinned
+host buffers, device buffers and CUDA streams.  :meth:`CupyEngine.integrate_batches` overlaps
+the host packing and upload of batch k+1 with the decode + integration of batch k.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import cp
+
+_ROWS = 4  # bins per block (blockDim.y); blockDim.x = 32 frames
+
+
+@functools.cache
+def _module():
+    return cp.RawModule(code=(Path(__file__).parent / "kernels" / "csr_integrate.cu").read_text())
+
+
+class _Slot:
+    """One pipeline slot: pinned host in/out buffers, device buffers, a stream and its event."""
+
+    def __init__(self, npix: int, nbins: int):
+        from ..io.gpu_decode import GpuDecoder
+
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.decoder = GpuDecoder()  # its scratch is this slot's: the two streams never share it
+        self.event = None
+        self.host_in = None
+        self.dev_in = None
+        self.frames = None
+        self.host_out = None
+        self.npix, self.nbins = npix, nbins
+
+    def reserve(self, nbytes: int, nframes: int):
+        from ..io.gpu_decode import pinned_empty
+
+        if self.host_in is None or self.host_in.size < nbytes:
+            cap = int(nbytes * 1.25)
+            self.host_in = pinned_empty(cap)
+            self.dev_in = cp.empty(cap, dtype=cp.uint8)
+        if self.frames is None or self.frames.shape[0] < nframes:
+            self.frames = cp.empty((nframes, self.npix), dtype=cp.int32)
+            out = cp.cuda.alloc_pinned_memory(2 * nframes * self.nbins * 4)
+            self.host_out = np.frombuffer(out, dtype=np.float32, count=2 * nframes * self.nbins).reshape(
+                2, nframes, self.nbins)
+            st = cp.cuda.alloc_pinned_memory(nframes * 4)
+            self.host_status = np.frombuffer(st, dtype=np.int32, count=nframes)
+
+    def wait(self):
+        if self.event is not None:
+            self.event.synchronize()
+
+
+class CupyEngine:
+    """GPU engine behind :class:`~xrdct_dask.integrate.Integrator` (see module docstring)."""
+
+    xp = cp
+
+    def __init__(self, plan, options):
+        from ..io.gpu_decode import GpuDecoder
+
+        self.plan = plan
+        self.error_model = options.error_model
+        self.outlier = options.outlier
+        self.options = options
+        self.d_data = cp.asarray(plan.csr_data)
+        self.d_indices = cp.asarray(plan.csr_indices)
+        self.d_indptr = cp.asarray(plan.csr_indptr)
+        self.d_norm = cp.asarray(plan.norm)
+        self.has_dark = plan.dark is not None
+        self.d_dark = cp.asarray(plan.dark) if self.has_dark else cp.zeros(1, cp.float32)
+        self.d_static = cp.asarray(plan.static_sums)  # (4, nbins): c, c n, (c n)^2, c dark
+        m = _module()
+        self._k = {name: m.get_function(name) for name in
+                   ("csr_poisson_i32", "csr_poisson_f32", "csr_clip_i32", "csr_clip_f32")}
+        self.decoder = GpuDecoder()
+        self._slots = [_Slot(plan.npix, plan.nbins) for _ in range(2)]
+        self._out = {}
+        # one pipeline per engine: tasks on several threads of a worker take turns (reads still overlap)
+        self._lock = threading.RLock()
+
+    # -------------------------------------------------------------------------------- sums
+    def _buf(self, key, shape):
+        a = self._out.get(key)
+        if a is None or a.shape != shape:
+            a = cp.empty(shape, dtype=cp.float64)
+            self._out[key] = a
+        return a
+
+    def _sums_device(self, d_frames, monitor, stream=None):
+        """Sums (cupy, (n, nbins) each) of device frames (n, npix) int32 or float32."""
+        from . import Sums
+
+        n = int(d_frames.shape[0])
+        nb = self.plan.nbins
+        kind = "i32" if d_frames.dtype == cp.int32 else "f32"
+        grid = ((nb + _ROWS - 1) // _ROWS, (n + 31) // 32)
+        block = (32, _ROWS)
+        stream = stream or cp.cuda.get_current_stream()
+        d_mon = cp.asarray(np.asarray(monitor, dtype=np.float64))[:, None]
+        with stream:
+            common = (self.d_data, self.d_indices, self.d_indptr, np.int32(nb), d_frames, np.int64(d_frames.shape[1]),
+                      np.int32(n), self.d_norm, self.d_dark, np.int32(self.has_dark))
+            if self.outlier == "none" and self.error_model in ("poisson", "none"):
+                out = self._buf(("p", n, id(stream)), (6, n, nb))
+                self._k[f"csr_poisson_{kind}"](grid, block, common + (np.int32(self.error_model != "none"), out))
+                st = self.d_static
+                return Sums(signal=out[0] - (st[3] - out[5]), variance=out[1], normalization=(st[1] - out[3]) * d_mon,
+                            count=st[0] - out[2], norm_sq=(st[2] - out[4]) * d_mon * d_mon)
+            cycles = self.options.max_iter if self.outlier == "sigma-clip" else 0
+            out = self._buf(("c", n, id(stream)), (5, n, nb))
+            self._k[f"csr_clip_{kind}"](grid, block, common + (np.int32(self.error_model == "azimuthal"),
+                                                               np.float64(self.options.clip_threshold),
+                                                               np.int32(cycles), out))
+            return Sums(signal=out[0], variance=out[1], normalization=out[2] * d_mon, count=out[3],
+                        norm_sq=out[4] * d_mon * d_mon)
+
+    def sums(self, frames, monitor):
+        """Frames on host or device, (n, ny, nx) integer counts (int32) or floats."""
+        d = cp.asarray(frames)
+        d = d.reshape(d.shape[0], -1)
+        if d.dtype != cp.int32:
+            d = d.astype(cp.float32) if d.dtype.kind == "f" else d.astype(cp.int32)
+        with self._lock:
+            return self._sums_device(cp.ascontiguousarray(d), monitor)
+
+    # ----------------------------------------------------------------------- payload batches
+    def _launch(self, slot: _Slot, datas: Sequence, monitor):
+        """Pack, upload, decode, integrate and start the download of one batch on ``slot``."""
+        from ..io.gpu_decode import aligned_layout, pack_aligned
+        from . import finish
+
+        n = len(datas)
+        begin, end, total = aligned_layout([len(d) for d in datas])
+        slot.wait()  # the slot's previous batch has left its buffers
+        slot.reserve(total, n)
+        pack_aligned(datas, slot.host_in, begin)
+        npix = self.plan.npix
+        out_off = np.arange(n + 1, dtype=np.int64) * npix
+        with slot.stream:
+            d_in = slot.dev_in[:total]
+            d_in.set(slot.host_in[:total], stream=slot.stream)
+            d_begin, d_end, d_off = (cp.asarray(a) for a in (begin, end, out_off))
+            frames = slot.frames[:n]
+            status = slot.decoder.decode(d_in, d_begin, d_end, d_off, frames.reshape(-1), n, slot.stream)
+            s = self._sums_device(frames, monitor, slot.stream)
+            intensity, sigma = finish(s, self.error_model, cp)
+            bad = (status != 0)[:, None]
+            intensity = cp.where(bad, cp.float32(np.nan), intensity)
+            sigma = cp.where(bad, cp.float32(np.nan), sigma)
+            host = slot.host_out[:, :n]
+            intensity.get(out=host[0], stream=slot.stream, blocking=False)
+            sigma.get(out=host[1], stream=slot.stream, blocking=False)
+            status.get(out=slot.host_status[:n], stream=slot.stream, blocking=False)
+            slot.event = slot.stream.record()
+        return slot, n
+
+    def integrate_batches(self, batches: Iterable[tuple[Sequence, np.ndarray]]) -> Iterator[tuple]:
+        """Pipelined: yields ``(intensity, sigma, status)`` host arrays per ``(payloads, monitor)`` batch,
+        in order.  Batch k+1 is packed and uploaded while batch k decodes and integrates."""
+        with self._lock:
+            pending = None
+            for k, (datas, monitor) in enumerate(batches):
+                launched = self._launch(self._slots[k % 2], datas, monitor)
+                if pending is not None:
+                    yield self._collect(*pending)
+                pending = launched
+            if pending is not None:
+                yield self._collect(*pending)
+
+    @staticmethod
+    def _collect(slot: _Slot, n: int):
+        slot.wait()
+        return slot.host_out[0, :n].copy(), slot.host_out[1, :n].copy(), slot.host_status[:n].copy()
+
+    def sums_payloads(self, datas, monitor):
+        """Decode + integrate one batch; returns (Sums on device, status on device)."""
+        from ..io.gpu_decode import aligned_layout, pack_aligned, pinned_empty
+
+        n = len(datas)
+        begin, end, total = aligned_layout([len(d) for d in datas])
+        host = pinned_empty(total)
+        host[:] = 0
+        pack_aligned(datas, host, begin)
+        d_frames = cp.empty((n, self.plan.npix), dtype=cp.int32)
+        out_off = np.arange(n + 1, dtype=np.int64) * self.plan.npix
+        with self._lock:
+            status = self.decoder.decode(cp.asarray(host), cp.asarray(begin), cp.asarray(end), cp.asarray(out_off),
+                                         d_frames.reshape(-1), n)
+            return self._sums_device(d_frames, monitor), status

@@ -1,0 +1,179 @@
+// Batched CSR integration of frames (n, npix) (int32 counts or float32), frame-major, on the device.
+//
+// One thread per (radial bin q, frame f); a warp holds 32 frames of the same bin, so the matrix
+// entries (c, col) are broadcast and each thread gathers its own frame's pixel.  Consecutive
+// entries of a row are neighbouring pixels of a ring, so the gathered lines are reused from L1.
+// Sums are kept in double precision in registers and written once:
+//
+//   out[0] signal   sum c * raw              (dark is removed with the plan's static sums)
+//   out[1] variance sum c^2 * max(raw, 1)   (Poisson, pyFAI's Cython preproc)
+//   out[2..5] over pixels invalid in this frame only (raw < 0): sum c, c*n, (c*n)^2, c*dark
+//
+// Static-masked pixels are not in the matrix.  Layout of out: (6, nframes, nbins).
+
+// Frames are int32 counts or float32 (NaN = invalid); a pixel is valid when raw >= 0.
+__device__ __forceinline__ bool valid(int r) { return r >= 0; }
+__device__ __forceinline__ bool valid(float r) { return r >= 0.0f && isfinite(r); }  // false for NaN, inf
+
+template <typename T>
+__device__ void poisson_impl(const float* __restrict__ data, const int* __restrict__ indices,
+                             const int* __restrict__ indptr, int nbins, const T* __restrict__ frames,
+                             long long npix, int nframes, const float* __restrict__ norm,
+                             const float* __restrict__ dark, int has_dark, int do_var, double* __restrict__ out) {
+    int q = blockIdx.x * blockDim.y + threadIdx.y;
+    int f = blockIdx.y * blockDim.x + threadIdx.x;
+    if (q >= nbins || f >= nframes) return;
+    const T* fr = frames + (long long)f * npix;
+    double s = 0.0, v = 0.0, bc = 0.0, bcn = 0.0, bc2n2 = 0.0, bcd = 0.0;
+    int j1 = indptr[q + 1];
+    for (int j = indptr[q]; j < j1; ++j) {
+        int col = indices[j];
+        double c = (double)data[j];
+        T r = fr[col];
+        if (valid(r)) {
+            double rd = (double)r;
+            s += c * rd;
+            if (do_var) v += c * c * (rd > 1.0 ? rd : 1.0);
+        } else {
+            double n = (double)norm[col];
+            bc += c;
+            bcn += c * n;
+            bc2n2 += c * c * n * n;
+            if (has_dark) bcd += c * (double)dark[col];
+        }
+    }
+    size_t o = (size_t)f * nbins + q, st = (size_t)nframes * nbins;
+    out[o] = s;
+    out[st + o] = v;
+    out[2 * st + o] = bc;
+    out[3 * st + o] = bcn;
+    out[4 * st + o] = bc2n2;
+    out[5 * st + o] = bcd;
+}
+
+extern "C" __global__ void csr_poisson_i32(const float* data, const int* indices, const int* indptr, int nbins,
+                                           const int* frames, long long npix, int nframes, const float* norm,
+                                           const float* dark, int has_dark, int do_var, double* out) {
+    poisson_impl<int>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
+}
+
+extern "C" __global__ void csr_poisson_f32(const float* data, const int* indices, const int* indptr, int nbins,
+                                           const float* frames, long long npix, int nframes, const float* norm,
+                                           const float* dark, int has_dark, int do_var, double* out) {
+    poisson_impl<float>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
+}
+
+#define MAX_ITER 32
+
+// One pass over bin q of frame f: sums over valid entries not rejected by any previous
+// sigma-clip iteration (history of mean and limit).  Azimuthal variance follows pyFAI's one-pass
+// weighted update  VV += w_b^2 (b - <A>)(b - <A u b>)  with w = c * norm, in CSR order.
+template <typename T>
+__device__ void bin_pass(const float* __restrict__ data, const int* __restrict__ indices, int j0, int j1,
+                         const T* __restrict__ fr, const float* __restrict__ norm,
+                         const float* __restrict__ dark, int has_dark, int azimuthal,
+                         const double* h_avg, const double* h_lim, int nh,
+                         double* sg, double* vr, double* nm, double* n2, double* ct) {
+    double acc_s = 0.0, acc_v = 0.0, acc_n = 0.0, acc_n2 = 0.0, acc_c = 0.0;
+    for (int j = j0; j < j1; ++j) {
+        int col = indices[j];
+        T r = fr[col];
+        double nrm = (double)norm[col];
+        if (!valid(r) || nrm == 0.0) continue;
+        double rd = (double)r;
+        double s = rd - (has_dark ? (double)dark[col] : 0.0);
+        double x = s / nrm;
+        bool dropped = false;
+        for (int k = 0; k < nh; ++k) dropped |= fabs(x - h_avg[k]) > h_lim[k];
+        if (dropped) continue;
+        double c = (double)data[j];
+        double w = c * nrm;
+        if (azimuthal) {
+            if (acc_n2 <= 0.0) {
+                acc_s = c * s;
+                acc_n = w;
+                acc_n2 = w * w;
+            } else {
+                double d1 = acc_s / acc_n - x;
+                acc_s += c * s;
+                acc_n += w;
+                acc_n2 += w * w;
+                double d2 = acc_s / acc_n - x;
+                acc_v += w * w * d1 * d2;
+            }
+        } else {
+            acc_s += c * s;
+            acc_v += c * c * (rd > 1.0 ? rd : 1.0);
+            acc_n += w;
+            acc_n2 += w * w;
+        }
+        acc_c += c;
+    }
+    *sg = acc_s; *vr = acc_v; *nm = acc_n; *n2 = acc_n2; *ct = acc_c;
+}
+
+// Azimuthal error model and/or sigma-clipping (pyFAI sigma_clip_ng semantics, per bin):
+// entries with |s/n - <I>| > max(thres, chauvenet(N)) * std are dropped, up to `cycles` times.
+// out: (5, nframes, nbins) = signal (dark removed), variance, normalization, count, norm_sq.
+template <typename T>
+__device__ void clip_impl(const float* __restrict__ data, const int* __restrict__ indices,
+                          const int* __restrict__ indptr, int nbins, const T* __restrict__ frames,
+                          long long npix, int nframes, const float* __restrict__ norm,
+                          const float* __restrict__ dark, int has_dark, int azimuthal, double thres,
+                          int cycles, double* __restrict__ out) {
+    int q = blockIdx.x * blockDim.y + threadIdx.y;
+    int f = blockIdx.y * blockDim.x + threadIdx.x;
+    if (q >= nbins || f >= nframes) return;
+    const T* fr = frames + (long long)f * npix;
+    int j0 = indptr[q], j1 = indptr[q + 1];
+    double h_avg[MAX_ITER], h_lim[MAX_ITER];
+    int nh = 0;
+    double sg, vr, nm, n2, ct;
+    bin_pass<T>(data, indices, j0, j1, fr, norm, dark, has_dark, azimuthal, h_avg, h_lim, nh, &sg, &vr, &nm, &n2, &ct);
+    cycles = cycles < MAX_ITER ? cycles : MAX_ITER;
+    for (int it = 0; it < cycles; ++it) {
+        if (nm == 0.0 || ct == 0.0 || n2 <= 0.0) break;
+        double aver = sg / nm;
+        double sd = sqrt(vr / n2);
+        double chauv = sqrt(2.0 * log(fmax(3.0, ct) / sqrt(2.0 * 3.141592653589793)));
+        double lim = fmax(thres, chauv) * sd;
+        int nbad = 0;
+        for (int j = j0; j < j1; ++j) {
+            int col = indices[j];
+            T r = fr[col];
+            double nrm = (double)norm[col];
+            if (!valid(r) || nrm == 0.0) continue;
+            double x = ((double)r - (has_dark ? (double)dark[col] : 0.0)) / nrm;
+            bool dropped = false;
+            for (int k = 0; k < nh; ++k) dropped |= fabs(x - h_avg[k]) > h_lim[k];
+            if (!dropped && fabs(x - aver) > lim) ++nbad;
+        }
+        if (nbad == 0) break;
+        h_avg[nh] = aver;
+        h_lim[nh] = lim;
+        ++nh;
+        bin_pass<T>(data, indices, j0, j1, fr, norm, dark, has_dark, azimuthal, h_avg, h_lim, nh, &sg, &vr, &nm, &n2, &ct);
+    }
+    size_t o = (size_t)f * nbins + q, st = (size_t)nframes * nbins;
+    out[o] = sg;
+    out[st + o] = vr;
+    out[2 * st + o] = nm;
+    out[3 * st + o] = ct;
+    out[4 * st + o] = n2;
+}
+
+extern "C" __global__ void csr_clip_i32(const float* data, const int* indices, const int* indptr, int nbins,
+                                        const int* frames, long long npix, int nframes, const float* norm,
+                                        const float* dark, int has_dark, int azimuthal, double thres, int cycles,
+                                        double* out) {
+    clip_impl<int>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, azimuthal, thres,
+                   cycles, out);
+}
+
+extern "C" __global__ void csr_clip_f32(const float* data, const int* indices, const int* indptr, int nbins,
+                                        const float* frames, long long npix, int nframes, const float* norm,
+                                        const float* dark, int has_dark, int azimuthal, double thres, int cycles,
+                                        double* out) {
+    clip_impl<float>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, azimuthal, thres,
+                     cycles, out);
+}

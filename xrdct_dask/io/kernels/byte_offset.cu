@@ -1,0 +1,144 @@
+// Batched CBF byte-offset decoding: many frames per launch, one thread per chunk of bytes.
+//
+// Format: each pixel is a delta to the previous one: one signed byte, or 0x80 then int16, or
+// 0x80 0x8000 then int32, or 0x80 0x8000 0x80000000 then int64 (little endian).  Token lengths
+// are 1, 3, 7 or 15 bytes, and every escaped token starts with the byte 0x80.
+//
+// Parallel decoding rests on one observation: byte p is certainly the start of a token when no
+// byte 0x80 occurs in the 14 bytes before it (a token covering p would have to start there with
+// 0x80).  So every chunk of CHUNK bytes begins at its first such "safe" byte, and a thread decodes
+// from its safe start to the next chunk's safe start: both lie on the true token chain, so the
+// chain from one lands exactly on the other.  Where 0x80 bytes are dense a chunk may have no safe
+// byte; its thread then does nothing and the previous thread walks on (slower, still exact).
+//
+// Pass 1 counts tokens and sums deltas per chunk; exclusive scans (cupy.cumsum) give each chunk
+// its first pixel index and start value; pass 2 decodes again and writes pixels.  Frames start at
+// CHUNK-aligned offsets (begin[f]) of the packed buffer and end at end[f], so a chunk belongs to
+// one frame.  Reads never leave
+// [begin[f], end[f]); a frame whose payload holds fewer than npix complete tokens is flagged.
+
+#define MAX_TOKEN 15
+
+__device__ __forceinline__ int frame_of(const long long* begin, int nframes, long long pos) {
+    // largest f with begin[f] <= pos (begin is sorted, CHUNK-aligned, length nframes)
+    int lo = 0, hi = nframes;
+    while (hi - lo > 1) {
+        int mid = (lo + hi) >> 1;
+        if (begin[mid] <= pos) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+__device__ __forceinline__ long long safe_start(const unsigned char* buf, long long b, long long e, long long p) {
+    // first p' >= p (p' <= e) with no 0x80 in [max(b, p'-14), p'-1]; the frame start b is safe
+    if (p <= b) return b;
+    if (p >= e) return e;
+    long long last = -1;
+    long long q0 = p - (MAX_TOKEN - 1) > b ? p - (MAX_TOKEN - 1) : b;
+    for (long long q = q0; q < p; ++q)
+        if (buf[q] == 0x80) last = q;
+    while (p < e && last >= 0 && last >= p - (MAX_TOKEN - 1)) {
+        if (buf[p] == 0x80) last = p;
+        ++p;
+    }
+    return p;
+}
+
+// Decode one token at p (p < e).  Returns its length, 0 if it is incomplete before e.
+__device__ __forceinline__ int token(const unsigned char* buf, long long p, long long e, long long* delta) {
+    int d8 = (signed char)buf[p];
+    if (d8 != -128) { *delta = d8; return 1; }
+    if (p + 3 > e) return 0;
+    int d16 = (short)(buf[p + 1] | (buf[p + 2] << 8));
+    if (d16 != -32768) { *delta = d16; return 3; }
+    if (p + 7 > e) return 0;
+    int d32 = (int)((unsigned)buf[p + 3] | ((unsigned)buf[p + 4] << 8) | ((unsigned)buf[p + 5] << 16) |
+                    ((unsigned)buf[p + 6] << 24));
+    if (d32 != (int)0x80000000) { *delta = d32; return 7; }
+    if (p + 15 > e) return 0;
+    unsigned long long d64 = 0;
+    for (int k = 0; k < 8; ++k) d64 |= (unsigned long long)buf[p + 7 + k] << (8 * k);
+    *delta = (long long)d64;
+    return 15;
+}
+
+__device__ __forceinline__ void segment(const unsigned char* buf, const long long* begin, const long long* end,
+                                        int nframes, int chunk, long long g, int* f_out, long long* s,
+                                        long long* t, long long* e_out) {
+    long long pos = g * (long long)chunk;
+    int f = frame_of(begin, nframes, pos);
+    long long b = begin[f], e = end[f];
+    *f_out = f;
+    *e_out = e;
+    if (pos >= e) { *s = *t = e; return; }  // alignment padding after the frame
+    *s = safe_start(buf, b, e, pos);
+    long long next = pos + chunk;
+    *t = next >= e ? e : safe_start(buf, b, e, next);
+}
+
+extern "C" __global__ void bo_count(const unsigned char* buf, const long long* begin, const long long* end,
+                                    int nframes, int chunk, long long nchunks, long long* tok_count,
+                                    unsigned long long* delta_sum) {
+    long long g = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (g >= nchunks) return;
+    int f;
+    long long s, t, e;
+    segment(buf, begin, end, nframes, chunk, g, &f, &s, &t, &e);
+    long long n = 0;
+    unsigned long long acc = 0;
+    long long p = s;
+    while (p < t) {
+        long long d;
+        int len = token(buf, p, e, &d);
+        if (len == 0) break;  // incomplete last token: not counted
+        acc += (unsigned long long)d;
+        ++n;
+        p += len;
+    }
+    tok_count[g] = n;
+    delta_sum[g] = acc;
+}
+
+// tok_base / val_base: exclusive prefix sums of tok_count / delta_sum over all chunks;
+// the first chunk of frame f is begin[f] / chunk.
+extern "C" __global__ void bo_write(const unsigned char* buf, const long long* begin, const long long* end,
+                                    int nframes, int chunk, long long nchunks, const long long* tok_base,
+                                    const unsigned long long* val_base, const long long* out_off, int* out) {
+    long long g = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (g >= nchunks) return;
+    int f;
+    long long s, t, e;
+    segment(buf, begin, end, nframes, chunk, g, &f, &s, &t, &e);
+    if (s >= t) return;
+    long long first = begin[f] / chunk;
+    long long idx = tok_base[g] - tok_base[first];
+    unsigned long long val = val_base[g] - val_base[first];
+    long long npix = out_off[f + 1] - out_off[f];
+    int* dst = out + out_off[f];
+    long long p = s;
+    while (p < t && idx < npix) {
+        long long d;
+        int len = token(buf, p, e, &d);
+        if (len == 0) break;
+        val += (unsigned long long)d;
+        dst[idx++] = (int)(unsigned int)(val & 0xFFFFFFFFull);  // modulo 2**32, as CBFlib
+        p += len;
+    }
+}
+
+// status[f] = 1 when frame f holds fewer than npix complete tokens (truncated / corrupt), else 0.
+extern "C" __global__ void bo_status(const long long* begin, const long long* end, int nframes, int chunk,
+                                     const long long* tok_base, const long long* tok_count,
+                                     const long long* out_off, int* status) {
+    int f = blockIdx.x * blockDim.x + threadIdx.x;
+    if (f >= nframes) return;
+    long long first = begin[f] / chunk;
+    long long total;
+    if (end[f] <= begin[f]) {
+        total = 0;
+    } else {
+        long long last = (end[f] - 1) / chunk;
+        total = tok_base[last] + tok_count[last] - tok_base[first];
+    }
+    status[f] = total < (out_off[f + 1] - out_off[f]) ? 1 : 0;
+}
