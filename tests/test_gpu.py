@@ -15,7 +15,7 @@ from xrdct_dask.backend import gpu_available
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")]
 
 from .test_decode import DecoderTests  # noqa: E402
-from .test_integrate import SHAPE, IntegratorTests  # noqa: E402
+from .test_integrate import SHAPE, IntegratorTests, frames, mask  # noqa: E402,F401  (fixtures)
 
 
 class TestGpuDecoder(DecoderTests):

@@ -81,7 +81,7 @@ class CupyEngine:
         self.d_static = cp.asarray(plan.static_sums)  # (4, nbins): c, c n, (c n)^2, c dark
         m = _module()
         self._k = {name: m.get_function(name) for name in
-                   ("csr_poisson_i32", "csr_poisson_f32", "csr_clip_i32", "csr_clip_f32")}
+                   ("csr_poisson_i32", "csr_poisson_f32", "csr_clip_i32", "csr_clip_f32", "transpose32")}
         self.decoder = GpuDecoder()
         self._slots = [_Slot(plan.npix, plan.nbins) for _ in range(2)]
         self._out = {}
@@ -96,6 +96,20 @@ class CupyEngine:
             self._out[key] = a
         return a
 
+    def _pixel_major(self, d_frames, stream):
+        """(n, npix) -> (npix, n) into a buffer kept per stream (4-byte words)."""
+        n, npix = (int(x) for x in d_frames.shape)
+        key = ("t", id(stream))
+        buf = self._out.get(key)
+        if buf is None or buf.size < n * npix:
+            buf = cp.empty(n * npix, dtype=cp.uint32)
+            self._out[key] = buf
+        out = buf[:n * npix]
+        with stream:
+            self._k["transpose32"](((npix + 31) // 32, (n + 31) // 32), (32, 8),
+                                   (d_frames.view(cp.uint32), out, np.int32(n), np.int64(npix)))
+        return out.view(d_frames.dtype)
+
     def _sums_device(self, d_frames, monitor, stream=None):
         """Sums (cupy, (n, nbins) each) of device frames (n, npix) int32 or float32."""
         from . import Sums
@@ -108,7 +122,8 @@ class CupyEngine:
         stream = stream or cp.cuda.get_current_stream()
         d_mon = cp.asarray(np.asarray(monitor, dtype=np.float64))[:, None]
         with stream:
-            common = (self.d_data, self.d_indices, self.d_indptr, np.int32(nb), d_frames, np.int64(d_frames.shape[1]),
+            pix_major = self._pixel_major(cp.ascontiguousarray(d_frames), stream)
+            common = (self.d_data, self.d_indices, self.d_indptr, np.int32(nb), pix_major, np.int64(d_frames.shape[1]),
                       np.int32(n), self.d_norm, self.d_dark, np.int32(self.has_dark))
             if self.outlier == "none" and self.error_model in ("poisson", "none"):
                 out = self._buf(("p", n, id(stream)), (6, n, nb))

@@ -62,9 +62,12 @@ def pack_aligned(payloads: Sequence, out: np.ndarray, begin: np.ndarray) -> None
 
 
 class GpuDecoder:
-    """Decode packed batches on the device; scratch arrays are kept and grown, never per call."""
+    """Decode packed batches on the device; scratch arrays are kept and grown, never per call.
 
-    def __init__(self):
+    ``chunk``: bytes per thread; payloads must start at multiples of it (:func:`aligned_layout`)."""
+
+    def __init__(self, chunk: int = CHUNK):
+        self.chunk = int(chunk)
         m = _module()
         self._count = m.get_function("bo_count")
         self._write = m.get_function("bo_write")
@@ -85,19 +88,20 @@ class GpuDecoder:
         ``d_out_off``: int64 (nframes+1,) pixel offsets.  Returns device int32 status (nframes,).
         """
         stream = stream or cp.cuda.get_current_stream()
-        nchunks = (int(d_buf.size) + CHUNK - 1) // CHUNK
+        chunk = self.chunk
+        nchunks = (int(d_buf.size) + chunk - 1) // chunk
         with stream:
             count = self._buf("count", nchunks, cp.int64)
             dsum = self._buf("dsum", nchunks, cp.uint64)
             grid = ((nchunks + _THREADS - 1) // _THREADS,)
-            args = (d_buf, d_begin, d_end, np.int32(nframes), np.int32(CHUNK), np.int64(nchunks))
+            args = (d_buf, d_begin, d_end, np.int32(nframes), np.int32(chunk), np.int64(nchunks))
             self._count(grid, (_THREADS,), args + (count, dsum))
             tok_base = cp.cumsum(count) - count        # exclusive scans
             val_base = cp.cumsum(dsum) - dsum
             self._write(grid, (_THREADS,), args + (tok_base, val_base, d_out_off, d_out))
             status = self._buf("status", nframes, cp.int32)
             self._status(((nframes + 127) // 128,), (128,),
-                         (d_begin, d_end, np.int32(nframes), np.int32(CHUNK), tok_base, count, d_out_off, status))
+                         (d_begin, d_end, np.int32(nframes), np.int32(chunk), tok_base, count, d_out_off, status))
         return status
 
 

@@ -1,8 +1,8 @@
-// Batched CSR integration of frames (n, npix) (int32 counts or float32), frame-major, on the device.
+// Batched CSR integration of frames (int32 counts or float32) on the device.
 //
-// One thread per (radial bin q, frame f); a warp holds 32 frames of the same bin, so the matrix
-// entries (c, col) are broadcast and each thread gathers its own frame's pixel.  Consecutive
-// entries of a row are neighbouring pixels of a ring, so the gathered lines are reused from L1.
+// Frames are first transposed to pixel-major (npix, n): then one thread per (radial bin q, frame f),
+// a warp holding 32 frames of the same bin, reads for each matrix entry (c, col) -- broadcast to
+// the warp -- the 32 frames' values of pixel col as one coalesced 128-byte line.
 // Sums are kept in double precision in registers and written once:
 //
 //   out[0] signal   sum c * raw              (dark is removed with the plan's static sums)
@@ -10,6 +10,25 @@
 //   out[2..5] over pixels invalid in this frame only (raw < 0): sum c, c*n, (c*n)^2, c*dark
 //
 // Static-masked pixels are not in the matrix.  Layout of out: (6, nframes, nbins).
+
+// (n, npix) -> (npix, n) for 4-byte words, 32x32 tiles through shared memory (both sides coalesced).
+extern "C" __global__ void transpose32(const unsigned int* __restrict__ in, unsigned int* __restrict__ out,
+                                       int n, long long npix) {
+    __shared__ unsigned int tile[32][33];
+    long long p0 = (long long)blockIdx.x * 32;
+    int f0 = blockIdx.y * 32;
+    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+        int f = f0 + k;
+        long long p = p0 + threadIdx.x;
+        if (f < n && p < npix) tile[k][threadIdx.x] = in[(long long)f * npix + p];
+    }
+    __syncthreads();
+    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+        long long p = p0 + k;
+        int f = f0 + threadIdx.x;
+        if (f < n && p < npix) out[p * n + f] = tile[threadIdx.x][k];
+    }
+}
 
 // Frames are int32 counts or float32 (NaN = invalid); a pixel is valid when raw >= 0.
 __device__ __forceinline__ bool valid(int r) { return r >= 0; }
@@ -23,13 +42,13 @@ __device__ void poisson_impl(const float* __restrict__ data, const int* __restri
     int q = blockIdx.x * blockDim.y + threadIdx.y;
     int f = blockIdx.y * blockDim.x + threadIdx.x;
     if (q >= nbins || f >= nframes) return;
-    const T* fr = frames + (long long)f * npix;
+    const T* fr = frames + f;  // pixel p of frame f at fr[p * nframes]
     double s = 0.0, v = 0.0, bc = 0.0, bcn = 0.0, bc2n2 = 0.0, bcd = 0.0;
     int j1 = indptr[q + 1];
     for (int j = indptr[q]; j < j1; ++j) {
         int col = indices[j];
         double c = (double)data[j];
-        T r = fr[col];
+        T r = fr[(long long)col * nframes];
         if (valid(r)) {
             double rd = (double)r;
             s += c * rd;
@@ -70,14 +89,14 @@ extern "C" __global__ void csr_poisson_f32(const float* data, const int* indices
 // weighted update  VV += w_b^2 (b - <A>)(b - <A u b>)  with w = c * norm, in CSR order.
 template <typename T>
 __device__ void bin_pass(const float* __restrict__ data, const int* __restrict__ indices, int j0, int j1,
-                         const T* __restrict__ fr, const float* __restrict__ norm,
+                         const T* __restrict__ fr, int nframes, const float* __restrict__ norm,
                          const float* __restrict__ dark, int has_dark, int azimuthal,
                          const double* h_avg, const double* h_lim, int nh,
                          double* sg, double* vr, double* nm, double* n2, double* ct) {
     double acc_s = 0.0, acc_v = 0.0, acc_n = 0.0, acc_n2 = 0.0, acc_c = 0.0;
     for (int j = j0; j < j1; ++j) {
         int col = indices[j];
-        T r = fr[col];
+        T r = fr[(long long)col * nframes];
         double nrm = (double)norm[col];
         if (!valid(r) || nrm == 0.0) continue;
         double rd = (double)r;
@@ -124,12 +143,12 @@ __device__ void clip_impl(const float* __restrict__ data, const int* __restrict_
     int q = blockIdx.x * blockDim.y + threadIdx.y;
     int f = blockIdx.y * blockDim.x + threadIdx.x;
     if (q >= nbins || f >= nframes) return;
-    const T* fr = frames + (long long)f * npix;
+    const T* fr = frames + f;
     int j0 = indptr[q], j1 = indptr[q + 1];
     double h_avg[MAX_ITER], h_lim[MAX_ITER];
     int nh = 0;
     double sg, vr, nm, n2, ct;
-    bin_pass<T>(data, indices, j0, j1, fr, norm, dark, has_dark, azimuthal, h_avg, h_lim, nh, &sg, &vr, &nm, &n2, &ct);
+    bin_pass<T>(data, indices, j0, j1, fr, nframes, norm, dark, has_dark, azimuthal, h_avg, h_lim, nh, &sg, &vr, &nm, &n2, &ct);
     cycles = cycles < MAX_ITER ? cycles : MAX_ITER;
     for (int it = 0; it < cycles; ++it) {
         if (nm == 0.0 || ct == 0.0 || n2 <= 0.0) break;
@@ -140,7 +159,7 @@ __device__ void clip_impl(const float* __restrict__ data, const int* __restrict_
         int nbad = 0;
         for (int j = j0; j < j1; ++j) {
             int col = indices[j];
-            T r = fr[col];
+            T r = fr[(long long)col * nframes];
             double nrm = (double)norm[col];
             if (!valid(r) || nrm == 0.0) continue;
             double x = ((double)r - (has_dark ? (double)dark[col] : 0.0)) / nrm;
@@ -152,7 +171,7 @@ __device__ void clip_impl(const float* __restrict__ data, const int* __restrict_
         h_avg[nh] = aver;
         h_lim[nh] = lim;
         ++nh;
-        bin_pass<T>(data, indices, j0, j1, fr, norm, dark, has_dark, azimuthal, h_avg, h_lim, nh, &sg, &vr, &nm, &n2, &ct);
+        bin_pass<T>(data, indices, j0, j1, fr, nframes, norm, dark, has_dark, azimuthal, h_avg, h_lim, nh, &sg, &vr, &nm, &n2, &ct);
     }
     size_t o = (size_t)f * nbins + q, st = (size_t)nframes * nbins;
     out[o] = sg;

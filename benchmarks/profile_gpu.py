@@ -1,0 +1,79 @@
+"""Development profile of the GPU kernels (not a benchmark of record): decode time per chunk size,
+transpose and integration kernel times, on full-size simulated Pilatus 2M frames.  Run under
+``ncu -k regex:"bo_|csr_|transpose"`` for hardware counters.
+
+    python benchmarks/profile_gpu.py [--frames 128] [--once]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=128)
+    ap.add_argument("--once", action="store_true", help="one call of each kernel (for ncu)")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "profile_gpu")
+    args = ap.parse_args()
+    import cupy as cp
+    import fabio
+
+    from xrdct_dask.integrate import Integrator
+    from xrdct_dask.io import read_cbf_payload
+    from xrdct_dask.io.gpu_decode import GpuDecoder, aligned_layout, pack_aligned, pinned_empty
+    from xrdct_dask.testing.synthetic import simulate_scan
+
+    scan_dir = args.workdir / "scan"
+    if not (scan_dir / "workflow.yaml").exists():
+        simulate_scan(scan_dir, nz=1, nomega=4, nx=16, detector="pilatus2m", npt_rad=2000, threads=os.cpu_count())
+    paths = sorted((scan_dir / "frames").iterdir())
+    datas = [bytes(read_cbf_payload(p).data) for p in paths]
+    n = args.frames
+    batch = [datas[k % len(datas)] for k in range(n)]
+    npix = 1679 * 1475
+    esc = np.mean([np.count_nonzero(np.frombuffer(d, np.uint8) == 0x80) / len(d) for d in datas])
+    print(f"{len(datas)} distinct frames, mean {np.mean([len(d) for d in datas]) / 1e6:.2f} MB, 0x80 density {esc:.3%}")
+
+    def timed(fn, reps):
+        fn()
+        cp.cuda.Device().synchronize()
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            cp.cuda.Device().synchronize()
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts))
+
+    reps = 1 if args.once else 7
+    d_out = cp.empty(n * npix, dtype=cp.int32)
+    d_off = cp.asarray(np.arange(n + 1, dtype=np.int64) * npix)
+    for chunk in ((256,) if args.once else (64, 128, 256, 512, 1024)):
+        begin, end, total = aligned_layout([len(d) for d in batch], chunk)
+        host = pinned_empty(total)
+        pack_aligned(batch, host, begin)
+        d_in, d_b, d_e = cp.asarray(host), cp.asarray(begin), cp.asarray(end)
+        dec = GpuDecoder(chunk)
+        t = timed(lambda: dec.decode(d_in, d_b, d_e, d_off, d_out, n), reps)
+        print(f"decode chunk {chunk:5d}: {t * 1e3:7.2f} ms per {n} frames = {n / t:9,.0f} frames/s")
+    mask = fabio.open(str(scan_dir / "mask.edf")).data != 0
+    integ = Integrator(scan_dir / "geometry.poni", (1679, 1475), 2000, mask=mask, polarization_factor=0.99,
+                       engine="cupy")
+    eng = integ._impl
+    frames = d_out.reshape(n, npix)
+    stream = cp.cuda.get_current_stream()
+    t_tr = timed(lambda: eng._pixel_major(frames, stream), reps)
+    t_all = timed(lambda: eng._sums_device(frames, np.ones(n)), reps)
+    print(f"transpose {t_tr * 1e3:.2f} ms; transpose+integrate {t_all * 1e3:.2f} ms per {n} frames = "
+          f"{n / t_all:,.0f} frames/s ({eng.plan.nnz / 1e6:.1f} M nnz)")
+
+
+if __name__ == "__main__":
+    main()
