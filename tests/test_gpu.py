@@ -62,13 +62,13 @@ def test_gpu_equals_cpu_engine(sim_scan, kw):
     from xrdct_dask.integrate import Integrator
     from xrdct_dask.io import read_frame
 
-    frames = np.stack([read_frame(sim_scan.frame_path(i)) for i in range(64)])
+    stack = np.stack([read_frame(sim_scan.frame_path(i)) for i in range(64)])
     mon = np.linspace(0.8, 1.2, 64)
     cpu = Integrator(sim_scan.poni, SHAPE, 700, mask=sim_scan.mask, polarization_factor=0.99, engine="numpy", **kw)
     gpu = Integrator(sim_scan.poni, SHAPE, 700, mask=sim_scan.mask, polarization_factor=0.99, engine="cupy", **kw)
     assert gpu.engine == "cupy"
-    a = cpu.integrate(frames, monitor=mon)
-    b = gpu.integrate(cp.asarray(frames), monitor=mon)  # frames already on the device
+    a = cpu.integrate(stack, monitor=mon)
+    b = gpu.integrate(cp.asarray(stack), monitor=mon)  # frames already on the device
     good = a.intensity != 0
     np.testing.assert_allclose(b.intensity[good], a.intensity[good], rtol=1e-5)
     np.testing.assert_allclose(b.sigma[good], a.sigma[good], rtol=1e-5)

@@ -43,7 +43,7 @@ class _Slot:
     def reserve(self, nbytes: int, nframes: int):
         from ..io.gpu_decode import pinned_empty
 
-        if self.host_in is None or self.host_in.size < nbytes:
+        if nbytes and (self.host_in is None or self.host_in.size < nbytes):
             cap = int(nbytes * 1.25)
             self.host_in = pinned_empty(cap)
             self.dev_in = cp.empty(cap, dtype=cp.uint8)
@@ -149,21 +149,32 @@ class CupyEngine:
             return self._sums_device(cp.ascontiguousarray(d), monitor)
 
     # ----------------------------------------------------------------------- payload batches
-    def _launch(self, slot: _Slot, datas: Sequence, monitor):
-        """Pack, upload, decode, integrate and start the download of one batch on ``slot``."""
+    def _launch(self, slot: _Slot, datas: Sequence | None, monitor, packed=None):
+        """Pack, upload, decode, integrate and start the download of one batch on ``slot``.
+
+        ``packed = (pinned uint8 host buffer, begin, end)`` skips the host copy: the bytes were
+        read straight into page-locked memory at chunk-aligned offsets."""
         from ..io.gpu_decode import aligned_layout, pack_aligned
         from . import finish
 
-        n = len(datas)
-        begin, end, total = aligned_layout([len(d) for d in datas])
         slot.wait()  # the slot's previous batch has left its buffers
-        slot.reserve(total, n)
-        pack_aligned(datas, slot.host_in, begin)
+        if packed is None:
+            n = len(datas)
+            begin, end, total = aligned_layout([len(d) for d in datas], slot.decoder.chunk)
+            slot.reserve(total, n)
+            pack_aligned(datas, slot.host_in, begin)
+            host = slot.host_in[:total]
+        else:
+            host, begin, end = packed
+            n, total = len(begin), int(host.size)
+            slot.reserve(0, n)
+            if slot.dev_in is None or slot.dev_in.size < total:
+                slot.dev_in = cp.empty(int(total * 1.25), dtype=cp.uint8)
         npix = self.plan.npix
         out_off = np.arange(n + 1, dtype=np.int64) * npix
         with slot.stream:
             d_in = slot.dev_in[:total]
-            d_in.set(slot.host_in[:total], stream=slot.stream)
+            d_in.set(host, stream=slot.stream)
             d_begin, d_end, d_off = (cp.asarray(a) for a in (begin, end, out_off))
             frames = slot.frames[:n]
             status = slot.decoder.decode(d_in, d_begin, d_end, d_off, frames.reshape(-1), n, slot.stream)
@@ -179,13 +190,16 @@ class CupyEngine:
             slot.event = slot.stream.record()
         return slot, n
 
-    def integrate_batches(self, batches: Iterable[tuple[Sequence, np.ndarray]]) -> Iterator[tuple]:
+    def integrate_batches(self, batches: Iterable[tuple], packed: bool = False) -> Iterator[tuple]:
         """Pipelined: yields ``(intensity, sigma, status)`` host arrays per ``(payloads, monitor)`` batch,
-        in order.  Batch k+1 is packed and uploaded while batch k decodes and integrates."""
+        in order.  Batch k+1 is packed and uploaded while batch k decodes and integrates.
+
+        With ``packed=True`` each batch is ``((pinned buffer, begin, end), monitor)`` instead."""
         with self._lock:
             pending = None
             for k, (datas, monitor) in enumerate(batches):
-                launched = self._launch(self._slots[k % 2], datas, monitor)
+                slot = self._slots[k % 2]
+                launched = self._launch(slot, None, monitor, datas) if packed else self._launch(slot, datas, monitor)
                 if pending is not None:
                     yield self._collect(*pending)
                 pending = launched
@@ -202,7 +216,7 @@ class CupyEngine:
         from ..io.gpu_decode import aligned_layout, pack_aligned, pinned_empty
 
         n = len(datas)
-        begin, end, total = aligned_layout([len(d) for d in datas])
+        begin, end, total = aligned_layout([len(d) for d in datas], self.decoder.chunk)
         host = pinned_empty(total)
         host[:] = 0
         pack_aligned(datas, host, begin)

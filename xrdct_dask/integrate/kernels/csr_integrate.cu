@@ -35,6 +35,24 @@ __device__ __forceinline__ bool valid(int r) { return r >= 0; }
 __device__ __forceinline__ bool valid(float r) { return r >= 0.0f && isfinite(r); }  // false for NaN, inf
 
 template <typename T>
+__device__ __forceinline__ void accumulate(float cf, T r, int col, const float* __restrict__ norm,
+                                           const float* __restrict__ dark, int has_dark, int do_var, double& s,
+                                           double& v, double& bc, double& bcn, double& bc2n2, double& bcd) {
+    double c = (double)cf;
+    if (valid(r)) {
+        double rd = (double)r;
+        s += c * rd;
+        if (do_var) v += c * c * (rd > 1.0 ? rd : 1.0);
+    } else {  // invalid in this frame only: remove its share from the static sums
+        double n = (double)norm[col];
+        bc += c;
+        bcn += c * n;
+        bc2n2 += c * c * n * n;
+        if (has_dark) bcd += c * (double)dark[col];
+    }
+}
+
+template <typename T>
 __device__ void poisson_impl(const float* __restrict__ data, const int* __restrict__ indices,
                              const int* __restrict__ indptr, int nbins, const T* __restrict__ frames,
                              long long npix, int nframes, const float* __restrict__ norm,
@@ -44,23 +62,23 @@ __device__ void poisson_impl(const float* __restrict__ data, const int* __restri
     if (q >= nbins || f >= nframes) return;
     const T* fr = frames + f;  // pixel p of frame f at fr[p * nframes]
     double s = 0.0, v = 0.0, bc = 0.0, bcn = 0.0, bc2n2 = 0.0, bcd = 0.0;
-    int j1 = indptr[q + 1];
-    for (int j = indptr[q]; j < j1; ++j) {
-        int col = indices[j];
-        double c = (double)data[j];
-        T r = fr[(long long)col * nframes];
-        if (valid(r)) {
-            double rd = (double)r;
-            s += c * rd;
-            if (do_var) v += c * c * (rd > 1.0 ? rd : 1.0);
-        } else {
-            double n = (double)norm[col];
-            bc += c;
-            bcn += c * n;
-            bc2n2 += c * c * n * n;
-            if (has_dark) bcd += c * (double)dark[col];
-        }
+    int j = indptr[q], j1 = indptr[q + 1];
+    // U entries at a time: their index, coefficient and pixel loads are all in flight together
+    const int U = 8;
+    for (; j + U <= j1; j += U) {
+        int cols[U];
+        float cs[U];
+        T rs[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) { cols[u] = indices[j + u]; cs[u] = data[j + u]; }
+#pragma unroll
+        for (int u = 0; u < U; ++u) rs[u] = fr[(long long)cols[u] * nframes];
+#pragma unroll
+        for (int u = 0; u < U; ++u) accumulate(cs[u], rs[u], cols[u], norm, dark, has_dark, do_var, s, v, bc, bcn, bc2n2, bcd);
     }
+    for (; j < j1; ++j)
+        accumulate(data[j], fr[(long long)indices[j] * nframes], indices[j], norm, dark, has_dark, do_var, s, v, bc,
+                   bcn, bc2n2, bcd);
     size_t o = (size_t)f * nbins + q, st = (size_t)nframes * nbins;
     out[o] = s;
     out[st + o] = v;

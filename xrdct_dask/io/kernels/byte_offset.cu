@@ -142,3 +142,53 @@ extern "C" __global__ void bo_status(const long long* begin, const long long* en
     }
     status[f] = total < (out_off[f + 1] - out_off[f]) ? 1 : 0;
 }
+
+// Pass 2 with coalesced stores: the threads of a block decode into a shared-memory stage that
+// covers the block's contiguous range of output positions, then the block copies the stage to
+// global memory with consecutive threads writing consecutive words.  Output positions of written
+// pixels increase with the chunk index, so the ranges of two blocks never interleave; positions
+// beyond the stage's capacity are written directly.  (Positions inside the range that no thread
+// wrote exist only in truncated frames, whose pixels are undefined anyway.)
+extern "C" __global__ void bo_write_staged(const unsigned char* buf, const long long* begin, const long long* end,
+                                           int nframes, int chunk, long long nchunks, const long long* tok_base,
+                                           const unsigned long long* val_base, const long long* out_off,
+                                           int* out, int stage_words) {
+    extern __shared__ int stage[];
+    __shared__ unsigned long long lo_sh;
+    __shared__ unsigned long long hi_sh;
+    if (threadIdx.x == 0) { lo_sh = ~0ull; hi_sh = 0ull; }
+    __syncthreads();
+    long long g = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    int f = 0;
+    long long s = 0, t = 0, e = 0, idx = 0, npix = 0, base = 0;
+    unsigned long long val = 0;
+    if (g < nchunks) {
+        segment(buf, begin, end, nframes, chunk, g, &f, &s, &t, &e);
+        long long first = begin[f] / chunk;
+        idx = tok_base[g] - tok_base[first];
+        val = val_base[g] - val_base[first];
+        npix = out_off[f + 1] - out_off[f];
+        base = out_off[f];
+        if (s < t && idx < npix) atomicMin(&lo_sh, (unsigned long long)(base + idx));
+    }
+    __syncthreads();
+    long long lo = (long long)lo_sh;
+    long long p = s, last = -1;
+    while (p < t && idx < npix) {
+        long long d;
+        int len = token(buf, p, e, &d);
+        if (len == 0) break;
+        val += (unsigned long long)d;
+        long long pos = base + idx++;
+        int word = (int)(unsigned int)(val & 0xFFFFFFFFull);
+        if (pos - lo < stage_words) stage[pos - lo] = word; else out[pos] = word;
+        last = pos;
+        p += len;
+    }
+    if (last >= 0) atomicMax(&hi_sh, (unsigned long long)(last + 1));
+    __syncthreads();
+    if (lo_sh == ~0ull) return;
+    long long n = (long long)hi_sh - lo;
+    if (n > stage_words) n = stage_words;
+    for (long long k = threadIdx.x; k < n; k += blockDim.x) out[lo + k] = stage[k];
+}
