@@ -70,9 +70,14 @@ def main():
     frames = d_out.reshape(n, npix)
     stream = cp.cuda.get_current_stream()
     t_tr = timed(lambda: eng._pixel_major(frames, stream), reps)
-    t_all = timed(lambda: eng._sums_device(frames, np.ones(n)), reps)
-    print(f"transpose {t_tr * 1e3:.2f} ms; transpose+integrate {t_all * 1e3:.2f} ms per {n} frames = "
-          f"{n / t_all:,.0f} frames/s ({eng.plan.nnz / 1e6:.1f} M nnz)")
+    from xrdct_dask.integrate import _cupy
+
+    for fpt in ((_cupy.FPT,) if args.once else (1, 2, 4)):
+        _cupy.FPT = fpt
+        e2 = _cupy.CupyEngine(eng.plan, integ)
+        t_all = timed(lambda: e2._sums_device(frames, np.ones(n)), reps)
+        print(f"FPT {fpt}: transpose {t_tr * 1e3:.2f} ms; transpose+integrate {t_all * 1e3:.2f} ms per {n} frames = "
+              f"{n / t_all:,.0f} frames/s ({eng.plan.nnz / 1e6:.1f} M nnz)")
 
 
 if __name__ == "__main__":

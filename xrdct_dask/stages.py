@@ -175,7 +175,9 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
             pending.append(good)
             yield payloads, norm[good]
 
-    with ThreadPoolExecutor(ctx.read_threads) as pool:
+    # a GPU eats frames faster than a few threads read them from the page cache
+    nthreads = ctx.read_threads * (4 if integ.engine == "cupy" else 1)
+    with ThreadPoolExecutor(nthreads) as pool:
         reads = prefetch(pool, lambda rows: [_read(ctx, flat_idx[k], shape) for k in rows], batches)
         for res_i, res_s, dec_status in integ.integrate_batches(engine_batches(reads)):
             good = pending.popleft()

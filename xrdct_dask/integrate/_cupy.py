@@ -17,12 +17,18 @@ import numpy as np
 
 from ..backend import cp
 
-_ROWS = 4  # bins per block (blockDim.y); blockDim.x = 32 frames
+_ROWS = 4  # bins per block (blockDim.y); blockDim.x = 32 lanes
+FPT = 2  # frames per lane in the Poisson kernel: a block column covers 32 * FPT frames
+
+
+def _module():
+    return _compiled(FPT)
 
 
 @functools.cache
-def _module():
-    return cp.RawModule(code=(Path(__file__).parent / "kernels" / "csr_integrate.cu").read_text())
+def _compiled(fpt: int):
+    return cp.RawModule(code=(Path(__file__).parent / "kernels" / "csr_integrate.cu").read_text(),
+                        options=(f"-DFPT={fpt}",))
 
 
 class _Slot:
@@ -54,6 +60,11 @@ class _Slot:
                 2, nframes, self.nbins)
             st = cp.cuda.alloc_pinned_memory(nframes * 4)
             self.host_status = np.frombuffer(st, dtype=np.int32, count=nframes)
+            # small per-batch arrays (begin, end, out_off, monitor) go up from pinned memory,
+            # asynchronously: a pageable copy would block the host until the stream drains
+            meta = cp.cuda.alloc_pinned_memory(4 * (nframes + 1) * 8)
+            self.host_meta = np.frombuffer(meta, dtype=np.int64, count=4 * (nframes + 1)).reshape(4, nframes + 1)
+            self.dev_meta = cp.empty((4, nframes + 1), dtype=cp.int64)
 
     def wait(self):
         if self.event is not None:
@@ -80,6 +91,7 @@ class CupyEngine:
         self.d_dark = cp.asarray(plan.dark) if self.has_dark else cp.zeros(1, cp.float32)
         self.d_static = cp.asarray(plan.static_sums)  # (4, nbins): c, c n, (c n)^2, c dark
         m = _module()
+        self.fpt = FPT
         self._k = {name: m.get_function(name) for name in
                    ("csr_poisson_i32", "csr_poisson_f32", "csr_clip_i32", "csr_clip_f32", "transpose32")}
         self.decoder = GpuDecoder()
@@ -120,14 +132,16 @@ class CupyEngine:
         grid = ((nb + _ROWS - 1) // _ROWS, (n + 31) // 32)
         block = (32, _ROWS)
         stream = stream or cp.cuda.get_current_stream()
-        d_mon = cp.asarray(np.asarray(monitor, dtype=np.float64))[:, None]
+        with stream:
+            d_mon = (monitor if isinstance(monitor, cp.ndarray) else cp.asarray(np.asarray(monitor, np.float64)))[:, None]
         with stream:
             pix_major = self._pixel_major(cp.ascontiguousarray(d_frames), stream)
             common = (self.d_data, self.d_indices, self.d_indptr, np.int32(nb), pix_major, np.int64(d_frames.shape[1]),
                       np.int32(n), self.d_norm, self.d_dark, np.int32(self.has_dark))
             if self.outlier == "none" and self.error_model in ("poisson", "none"):
                 out = self._buf(("p", n, id(stream)), (6, n, nb))
-                self._k[f"csr_poisson_{kind}"](grid, block, common + (np.int32(self.error_model != "none"), out))
+                pgrid = (grid[0], (n + 32 * self.fpt - 1) // (32 * self.fpt))
+                self._k[f"csr_poisson_{kind}"](pgrid, block, common + (np.int32(self.error_model != "none"), out))
                 st = self.d_static
                 return Sums(signal=out[0] - (st[3] - out[5]), variance=out[1], normalization=(st[1] - out[3]) * d_mon,
                             count=st[0] - out[2], norm_sq=(st[2] - out[4]) * d_mon * d_mon)
@@ -171,14 +185,19 @@ class CupyEngine:
             if slot.dev_in is None or slot.dev_in.size < total:
                 slot.dev_in = cp.empty(int(total * 1.25), dtype=cp.uint8)
         npix = self.plan.npix
-        out_off = np.arange(n + 1, dtype=np.int64) * npix
+        meta = slot.host_meta
+        meta[0, :n], meta[1, :n] = begin, end
+        meta[2, :n + 1] = np.arange(n + 1, dtype=np.int64) * npix
+        meta[3, :n] = np.asarray(monitor, dtype=np.float64).view(np.int64)
         with slot.stream:
             d_in = slot.dev_in[:total]
             d_in.set(host, stream=slot.stream)
-            d_begin, d_end, d_off = (cp.asarray(a) for a in (begin, end, out_off))
+            slot.dev_meta.set(meta, stream=slot.stream)
+            d_begin, d_end, d_off = slot.dev_meta[0, :n], slot.dev_meta[1, :n], slot.dev_meta[2, :n + 1]
+            d_mon = slot.dev_meta[3, :n].view(cp.float64)
             frames = slot.frames[:n]
             status = slot.decoder.decode(d_in, d_begin, d_end, d_off, frames.reshape(-1), n, slot.stream)
-            s = self._sums_device(frames, monitor, slot.stream)
+            s = self._sums_device(frames, d_mon, slot.stream)
             intensity, sigma = finish(s, self.error_model, cp)
             bad = (status != 0)[:, None]
             intensity = cp.where(bad, cp.float32(np.nan), intensity)

@@ -98,7 +98,7 @@ class GpuDecoder:
             self._count(grid, (_THREADS,), args + (count, dsum))
             tok_base = cp.cumsum(count) - count        # exclusive scans
             val_base = cp.cumsum(dsum) - dsum
-            stage = _THREADS * chunk  # words: one per byte of the block's chunks (tokens >= 1 byte)
+            stage = min(_THREADS * chunk, 12288)  # words (<= 48 KB): one per byte of the block's chunks
             self._write(grid, (_THREADS,), args + (tok_base, val_base, d_out_off, d_out, np.int32(stage)),
                         shared_mem=4 * stage)
             status = self._buf("status", nframes, cp.int32)

@@ -30,6 +30,10 @@ extern "C" __global__ void transpose32(const unsigned int* __restrict__ in, unsi
     }
 }
 
+#ifndef FPT
+#define FPT 2  // frames per thread of the Poisson kernel (compile-time: the accumulators stay in registers)
+#endif
+
 // Frames are int32 counts or float32 (NaN = invalid); a pixel is valid when raw >= 0.
 __device__ __forceinline__ bool valid(int r) { return r >= 0; }
 __device__ __forceinline__ bool valid(float r) { return r >= 0.0f && isfinite(r); }  // false for NaN, inf
@@ -52,52 +56,76 @@ __device__ __forceinline__ void accumulate(float cf, T r, int col, const float* 
     }
 }
 
-template <typename T>
+// FPT frames per thread (f, f + 32, ...): the entry's index and coefficient are loaded once for
+// all of them, and FPT coalesced pixel lines per entry are in flight.
+template <typename T, int NF>
 __device__ void poisson_impl(const float* __restrict__ data, const int* __restrict__ indices,
                              const int* __restrict__ indptr, int nbins, const T* __restrict__ frames,
                              long long npix, int nframes, const float* __restrict__ norm,
                              const float* __restrict__ dark, int has_dark, int do_var, double* __restrict__ out) {
     int q = blockIdx.x * blockDim.y + threadIdx.y;
-    int f = blockIdx.y * blockDim.x + threadIdx.x;
-    if (q >= nbins || f >= nframes) return;
-    const T* fr = frames + f;  // pixel p of frame f at fr[p * nframes]
-    double s = 0.0, v = 0.0, bc = 0.0, bcn = 0.0, bc2n2 = 0.0, bcd = 0.0;
+    int f0 = blockIdx.y * (32 * NF) + threadIdx.x;
+    if (q >= nbins || f0 >= nframes) return;
+    double s[NF], v[NF], bc[NF], bcn[NF], bc2n2[NF], bcd[NF];
+    bool on[NF];
+#pragma unroll
+    for (int k = 0; k < NF; ++k) {
+        s[k] = v[k] = bc[k] = bcn[k] = bc2n2[k] = bcd[k] = 0.0;
+        on[k] = f0 + 32 * k < nframes;
+    }
     int j = indptr[q], j1 = indptr[q + 1];
-    // U entries at a time: their index, coefficient and pixel loads are all in flight together
-    const int U = 8;
+    const int U = 8;  // U entries at a time: index, coefficient and pixel loads in flight together
     for (; j + U <= j1; j += U) {
         int cols[U];
         float cs[U];
-        T rs[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) { cols[u] = indices[j + u]; cs[u] = data[j + u]; }
+        T rs[U][NF];
 #pragma unroll
-        for (int u = 0; u < U; ++u) rs[u] = fr[(long long)cols[u] * nframes];
+        for (int u = 0; u < U; ++u)
 #pragma unroll
-        for (int u = 0; u < U; ++u) accumulate(cs[u], rs[u], cols[u], norm, dark, has_dark, do_var, s, v, bc, bcn, bc2n2, bcd);
+            for (int k = 0; k < NF; ++k)
+                rs[u][k] = on[k] ? frames[(long long)cols[u] * nframes + f0 + 32 * k] : (T)0;
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int k = 0; k < NF; ++k)
+                accumulate(cs[u], rs[u][k], cols[u], norm, dark, has_dark, do_var, s[k], v[k], bc[k], bcn[k],
+                           bc2n2[k], bcd[k]);
     }
-    for (; j < j1; ++j)
-        accumulate(data[j], fr[(long long)indices[j] * nframes], indices[j], norm, dark, has_dark, do_var, s, v, bc,
-                   bcn, bc2n2, bcd);
-    size_t o = (size_t)f * nbins + q, st = (size_t)nframes * nbins;
-    out[o] = s;
-    out[st + o] = v;
-    out[2 * st + o] = bc;
-    out[3 * st + o] = bcn;
-    out[4 * st + o] = bc2n2;
-    out[5 * st + o] = bcd;
+    for (; j < j1; ++j) {
+        int col = indices[j];
+        float c = data[j];
+#pragma unroll
+        for (int k = 0; k < NF; ++k) {
+            T r = on[k] ? frames[(long long)col * nframes + f0 + 32 * k] : (T)0;
+            accumulate(c, r, col, norm, dark, has_dark, do_var, s[k], v[k], bc[k], bcn[k], bc2n2[k], bcd[k]);
+        }
+    }
+    size_t st = (size_t)nframes * nbins;
+#pragma unroll
+    for (int k = 0; k < NF; ++k) {
+        if (!on[k]) continue;
+        size_t o = (size_t)(f0 + 32 * k) * nbins + q;
+        out[o] = s[k];
+        out[st + o] = v[k];
+        out[2 * st + o] = bc[k];
+        out[3 * st + o] = bcn[k];
+        out[4 * st + o] = bc2n2[k];
+        out[5 * st + o] = bcd[k];
+    }
 }
 
 extern "C" __global__ void csr_poisson_i32(const float* data, const int* indices, const int* indptr, int nbins,
                                            const int* frames, long long npix, int nframes, const float* norm,
                                            const float* dark, int has_dark, int do_var, double* out) {
-    poisson_impl<int>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
+    poisson_impl<int, FPT>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
 }
 
 extern "C" __global__ void csr_poisson_f32(const float* data, const int* indices, const int* indptr, int nbins,
                                            const float* frames, long long npix, int nframes, const float* norm,
                                            const float* dark, int has_dark, int do_var, double* out) {
-    poisson_impl<float>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
+    poisson_impl<float, FPT>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
 }
 
 #define MAX_ITER 32
