@@ -69,7 +69,7 @@ def main() -> int:
 
     from xrdct_dask.integrate import Integrator, finish
     from xrdct_dask.io import decode_payload, read_cbf_payload
-    from xrdct_dask.io.gpu_decode import GpuDecoder, aligned_layout, pack_aligned, pinned_empty
+    from xrdct_dask.io.gpu_decode import GpuDecoder, aligned_layout, chunk_layout, pack_aligned, pinned_empty
     from xrdct_dask.testing.synthetic import simulate_scan
 
     dev = cp.cuda.runtime.getDeviceProperties(0)
@@ -118,7 +118,9 @@ def main() -> int:
         d_off = cp.asarray(np.arange(n + 1, dtype=np.int64) * npix)
         d_out = cp.empty(n * npix, dtype=cp.int32)
         dec = GpuDecoder()
-        t = gpu_time(lambda: dec.decode(d_in, d_begin, d_end, d_off, d_out, n), args.repeats)
+        first = chunk_layout(begin, end, dec.chunk)
+        d_first = cp.asarray(first)
+        t = gpu_time(lambda: dec.decode(d_in, d_begin, d_end, d_first, int(first[-1]), d_off, d_out, n), args.repeats)
         ours = n / t
         got = d_out.get().reshape(n, -1)
         exact = all(np.array_equal(got[k], decode_payload(payloads[k % nd]).ravel()) for k in range(min(n, nd)))

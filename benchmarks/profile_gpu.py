@@ -27,7 +27,7 @@ def main():
 
     from xrdct_dask.integrate import Integrator
     from xrdct_dask.io import read_cbf_payload
-    from xrdct_dask.io.gpu_decode import GpuDecoder, aligned_layout, pack_aligned, pinned_empty
+    from xrdct_dask.io.gpu_decode import GpuDecoder, aligned_layout, chunk_layout, pack_aligned, pinned_empty
     from xrdct_dask.testing.synthetic import simulate_scan
 
     scan_dir = args.workdir / "scan"
@@ -56,12 +56,13 @@ def main():
     d_out = cp.empty(n * npix, dtype=cp.int32)
     d_off = cp.asarray(np.arange(n + 1, dtype=np.int64) * npix)
     for chunk in ((256,) if args.once else (64, 128, 256, 512, 1024)):
-        begin, end, total = aligned_layout([len(d) for d in batch], chunk)
+        begin, end, total = aligned_layout([len(d) for d in batch])
         host = pinned_empty(total)
         pack_aligned(batch, host, begin)
-        d_in, d_b, d_e = cp.asarray(host), cp.asarray(begin), cp.asarray(end)
+        first = chunk_layout(begin, end, chunk)
+        d_in, d_b, d_e, d_f = cp.asarray(host), cp.asarray(begin), cp.asarray(end), cp.asarray(first)
         dec = GpuDecoder(chunk)
-        t = timed(lambda: dec.decode(d_in, d_b, d_e, d_off, d_out, n), reps)
+        t = timed(lambda: dec.decode(d_in, d_b, d_e, d_f, int(first[-1]), d_off, d_out, n), reps)
         print(f"decode chunk {chunk:5d}: {t * 1e3:7.2f} ms per {n} frames = {n / t:9,.0f} frames/s")
     mask = fabio.open(str(scan_dir / "mask.edf")).data != 0
     integ = Integrator(scan_dir / "geometry.poni", (1679, 1475), 2000, mask=mask, polarization_factor=0.99,

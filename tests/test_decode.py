@@ -117,3 +117,25 @@ def test_read_frame_is_fabio_exact_and_errors_name_the_file(sim_scan, tmp_path):
         read_frame(junk)
     with pytest.raises(FileNotFoundError, match="missing.cbf"):
         read_frame(tmp_path / "missing.cbf")
+
+
+def test_read_into_pinned_locates_payloads_in_place(sim_scan, tmp_path):
+    """The GPU reader puts whole files in one arena and finds each payload inside its file image."""
+    from xrdct_dask.io.gpu_decode import read_into_pinned
+
+    good = [sim_scan.frame_path(i) for i in range(3)]
+    raw = good[0].read_bytes()
+    cut = tmp_path / "cut.cbf"
+    cut.write_bytes(raw[:-5000])
+    junk = tmp_path / "junk.cbf"
+    junk.write_bytes(b"\x00" * 100)
+    paths = good + [cut, junk, tmp_path / "missing.cbf", None]
+    arena, total, begin, end, shapes, md5s, errors = read_into_pinned(paths, lambda n: np.zeros(n, np.uint8))
+    assert total <= arena.size
+    for k, p in enumerate(good):
+        ref = read_cbf_payload(p)
+        assert errors[k] is None and tuple(shapes[k]) == ref.shape and md5s[k] == ref.md5
+        assert bytes(arena[begin[k]:end[k]]) == bytes(ref.data)
+    assert isinstance(errors[3], CorruptFrameError) and "truncated" in str(errors[3])
+    assert isinstance(errors[4], CorruptFrameError)
+    assert isinstance(errors[5], FileNotFoundError) and isinstance(errors[6], FileNotFoundError)

@@ -96,15 +96,10 @@ def _read(ctx: RunContext, index: int, shape: tuple[int, int]):
     path = ctx.workflow.frame_path(int(index))
     try:
         payload = read_cbf_payload(path)
-    except FileNotFoundError:
-        return None, FrameStatus.MISSING
-    except CorruptFrameError as err:
-        status = FrameStatus.TRUNCATED if "truncated" in str(err) else FrameStatus.CORRUPT_HEADER
-        log.warning("%s", err)
-        return None, status
-    except OSError as err:
-        log.warning("%s: %s", path, err)
-        return None, FrameStatus.CORRUPT_HEADER
+    except (OSError, CorruptFrameError) as err:
+        if not isinstance(err, FileNotFoundError):
+            log.warning("%s: %s", path, err)
+        return None, _status_of(err)
     if payload.shape != shape:
         log.warning("%s: frame is %s, the detector %s", path, payload.shape, shape)
         return None, FrameStatus.WRONG_SHAPE
@@ -134,6 +129,67 @@ def prefetch(pool, fn, items, depth: int = 3):
     return results()
 
 
+_GPU_READ_POOL = None
+
+
+def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pending, stats):
+    """GPU path: whole files are read straight into the engine's page-locked arenas (threads,
+    two batches ahead), payload ranges located in place, and the batches handed to the engine's
+    pipeline without any host copy.  Fills ``status`` for unreadable frames, appends the good rows
+    of each batch to ``pending``; yields the engine's results."""
+    global _GPU_READ_POOL
+    from .io.gpu_decode import read_into_pinned
+
+    if _GPU_READ_POOL is None:
+        _GPU_READ_POOL = (ThreadPoolExecutor(2, thread_name_prefix="xrdct-batch"),
+                          ThreadPoolExecutor(4 * ctx.read_threads, thread_name_prefix="xrdct-read"))
+    batch_pool, file_pool = _GPU_READ_POOL
+    eng = integ._impl
+    shape = integ.shape
+
+    def read(item):
+        k, rows = item
+        paths = [ctx.workflow.frame_path(int(flat_idx[r])) if flat_idx[r] >= 0 else None for r in rows]
+        return rows, read_into_pinned(paths, lambda nbytes: eng.pinned_arena(k, nbytes), file_pool)
+
+    def engine_batches():
+        for rows, (arena, _total, begin, end, shapes, md5s, errors) in prefetch(batch_pool, read, enumerate(batches), 2):
+            keep = []
+            for j, r in enumerate(rows):
+                err = errors[j]
+                if err is None and tuple(shapes[j]) != tuple(shape):
+                    status[r] = FrameStatus.WRONG_SHAPE
+                elif err is None:
+                    if ctx.check_md5:
+                        from .io.cbf import CbfPayload
+
+                        if not CbfPayload(memoryview(arena)[begin[j]:end[j]], shape, md5s[j]).check_md5():
+                            status[r] = FrameStatus.BAD_CHECKSUM
+                            continue
+                    status[r] = FrameStatus.OK
+                    keep.append(j)
+                else:
+                    status[r] = _status_of(err)
+            if not keep:
+                continue
+            keep = np.asarray(keep)
+            good = rows[keep]
+            stats["bytes"] += int((end[keep] - begin[keep]).sum())
+            pending.append(good)
+            yield (arena, begin[keep], end[keep]), norm[good]
+
+    yield from integ.integrate_batches(engine_batches(), packed=True)
+
+
+
+def _status_of(err: Exception) -> FrameStatus:
+    if isinstance(err, FileNotFoundError):
+        return FrameStatus.MISSING
+    if isinstance(err, CorruptFrameError) and "truncated" in str(err):
+        return FrameStatus.TRUNCATED
+    return FrameStatus.CORRUPT_HEADER
+
+
 def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     """Read, decode and integrate the frames of one block and write them to ``reduced/``.
 
@@ -158,32 +214,35 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     bad_monitor = ~(np.isfinite(monitor) & (monitor > 0))
     norm = np.where(bad_monitor, 1.0, monitor / ctx.monitor_reference)
     shape = integ.shape
-    nbytes = 0
+    stats = {"bytes": 0}
     step = integ.batch_frames
     batches = [np.arange(a, min(a + step, flat_idx.size)) for a in range(0, flat_idx.size, step)]
     pending: deque = deque()  # (good rows) of batches handed to the engine, awaiting results
 
     def engine_batches(reads):
-        nonlocal nbytes
         for rows, results in zip(batches, reads):
             status[rows] = [st for _, st in results]
             good = np.asarray([k for k, (_, st) in zip(rows, results) if st == FrameStatus.OK], dtype=np.int64)
             if good.size == 0:
                 continue
             payloads = [results[k - rows[0]][0] for k in good]
-            nbytes += sum(len(p.data) for p in payloads)
+            stats["bytes"] += sum(len(p.data) for p in payloads)
             pending.append(good)
             yield payloads, norm[good]
 
-    # a GPU eats frames faster than a few threads read them from the page cache
-    nthreads = ctx.read_threads * (4 if integ.engine == "cupy" else 1)
-    with ThreadPoolExecutor(nthreads) as pool:
+    if integ.engine == "cupy":
+        results = _gpu_batches(ctx, integ, flat_idx, batches, norm, status, pending, stats)
+    else:
+        pool = ThreadPoolExecutor(ctx.read_threads)
         reads = prefetch(pool, lambda rows: [_read(ctx, flat_idx[k], shape) for k in rows], batches)
-        for res_i, res_s, dec_status in integ.integrate_batches(engine_batches(reads)):
-            good = pending.popleft()
-            intensity[good] = res_i
-            sigma[good] = res_s
-            status[good] = np.where(dec_status != 0, FrameStatus.TRUNCATED, FrameStatus.OK)
+        results = integ.integrate_batches(engine_batches(reads))
+    for res_i, res_s, dec_status in results:
+        good = pending.popleft()
+        intensity[good] = res_i
+        sigma[good] = res_s
+        status[good] = np.where(dec_status != 0, FrameStatus.TRUNCATED, FrameStatus.OK)
+    if integ.engine != "cupy":
+        pool.shutdown()
     status[(status == FrameStatus.OK) & bad_monitor] = FrameStatus.BAD_MONITOR
     bad = status != FrameStatus.OK
     intensity[bad] = np.nan
@@ -192,7 +251,7 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
                         monitor.reshape(nw, nx).astype(np.float32), status.reshape(nw, nx))
     counts = {FrameStatus(s).name: int(n) for s, n in zip(*np.unique(status, return_counts=True))}
     return {"stage": "decode-integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),
-            "bytes": nbytes, "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine}
+            "bytes": stats["bytes"], "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine}
 
 
 def find_center(z: int, ctx: RunContext, *deps) -> float:

@@ -170,10 +170,15 @@ class Integrator:
         sigma[bad] = np.nan
         return Integrated(self.radial, intensity, sigma), to_host(status)
 
-    def integrate_batches(self, batches):
+    def integrate_batches(self, batches, packed: bool = False):
         """Integrate an iterable of ``(payloads, monitor)`` batches; yields ``(intensity, sigma,
         status)`` host arrays per batch, in order.  The GPU engine pipelines the batches (upload of
-        the next overlaps compute of the current); the CPU engine takes them one by one."""
+        the next overlaps compute of the current); the CPU engine takes them one by one.
+
+        ``packed=True`` (GPU engine): each batch is ``((pinned buffer, begin, end), monitor)``."""
+        if packed:
+            yield from self._impl.integrate_batches(batches, packed=True)
+            return
         if hasattr(self._impl, "integrate_batches"):
             yield from self._impl.integrate_batches(
                 ([getattr(p, "data", p) for p in payloads], self._monitor(m, len(payloads))) for payloads, m in batches)

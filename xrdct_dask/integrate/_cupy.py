@@ -62,9 +62,9 @@ class _Slot:
             self.host_status = np.frombuffer(st, dtype=np.int32, count=nframes)
             # small per-batch arrays (begin, end, out_off, monitor) go up from pinned memory,
             # asynchronously: a pageable copy would block the host until the stream drains
-            meta = cp.cuda.alloc_pinned_memory(4 * (nframes + 1) * 8)
-            self.host_meta = np.frombuffer(meta, dtype=np.int64, count=4 * (nframes + 1)).reshape(4, nframes + 1)
-            self.dev_meta = cp.empty((4, nframes + 1), dtype=cp.int64)
+            meta = cp.cuda.alloc_pinned_memory(5 * (nframes + 1) * 8)
+            self.host_meta = np.frombuffer(meta, dtype=np.int64, count=5 * (nframes + 1)).reshape(5, nframes + 1)
+            self.dev_meta = cp.empty((5, nframes + 1), dtype=cp.int64)
 
     def wait(self):
         if self.event is not None:
@@ -75,6 +75,17 @@ class CupyEngine:
     """GPU engine behind :class:`~xrdct_dask.integrate.Integrator` (see module docstring)."""
 
     xp = cp
+    RING = 4  # pinned read arenas: reads of batches k+1, k+2 while batches k-1, k are on the GPU
+
+    def pinned_arena(self, k: int, nbytes: int) -> np.ndarray:
+        """Page-locked buffer number ``k % RING`` with at least ``nbytes`` (kept and reused)."""
+        from ..io.gpu_decode import pinned_empty
+
+        i = k % self.RING
+        a = self._arenas[i]
+        if a is None or a.size < nbytes:
+            a = self._arenas[i] = pinned_empty(int(nbytes * 1.25) + 4096)
+        return a
 
     def __init__(self, plan, options):
         from ..io.gpu_decode import GpuDecoder
@@ -96,6 +107,7 @@ class CupyEngine:
                    ("csr_poisson_i32", "csr_poisson_f32", "csr_clip_i32", "csr_clip_f32", "transpose32")}
         self.decoder = GpuDecoder()
         self._slots = [_Slot(plan.npix, plan.nbins) for _ in range(2)]
+        self._arenas: list = [None] * self.RING
         self._out = {}
         # one pipeline per engine: tasks on several threads of a worker take turns (reads still overlap)
         self._lock = threading.RLock()
@@ -167,20 +179,21 @@ class CupyEngine:
         """Pack, upload, decode, integrate and start the download of one batch on ``slot``.
 
         ``packed = (pinned uint8 host buffer, begin, end)`` skips the host copy: the bytes were
-        read straight into page-locked memory at chunk-aligned offsets."""
-        from ..io.gpu_decode import aligned_layout, pack_aligned
+        read straight into page-locked memory (:func:`~xrdct_dask.io.gpu_decode.read_into_pinned`)."""
+        from ..io.gpu_decode import aligned_layout, chunk_layout, pack_aligned
         from . import finish
 
         slot.wait()  # the slot's previous batch has left its buffers
         if packed is None:
             n = len(datas)
-            begin, end, total = aligned_layout([len(d) for d in datas], slot.decoder.chunk)
+            begin, end, total = aligned_layout([len(d) for d in datas])
             slot.reserve(total, n)
             pack_aligned(datas, slot.host_in, begin)
             host = slot.host_in[:total]
         else:
             host, begin, end = packed
-            n, total = len(begin), int(host.size)
+            n = len(begin)
+            total = int(np.max(end)) if n else 16
             slot.reserve(0, n)
             if slot.dev_in is None or slot.dev_in.size < total:
                 slot.dev_in = cp.empty(int(total * 1.25), dtype=cp.uint8)
@@ -189,14 +202,16 @@ class CupyEngine:
         meta[0, :n], meta[1, :n] = begin, end
         meta[2, :n + 1] = np.arange(n + 1, dtype=np.int64) * npix
         meta[3, :n] = np.asarray(monitor, dtype=np.float64).view(np.int64)
+        meta[4, :n + 1] = first = chunk_layout(begin, end, slot.decoder.chunk)
         with slot.stream:
             d_in = slot.dev_in[:total]
-            d_in.set(host, stream=slot.stream)
+            d_in.set(host[:total], stream=slot.stream)
             slot.dev_meta.set(meta, stream=slot.stream)
             d_begin, d_end, d_off = slot.dev_meta[0, :n], slot.dev_meta[1, :n], slot.dev_meta[2, :n + 1]
             d_mon = slot.dev_meta[3, :n].view(cp.float64)
             frames = slot.frames[:n]
-            status = slot.decoder.decode(d_in, d_begin, d_end, d_off, frames.reshape(-1), n, slot.stream)
+            status = slot.decoder.decode(d_in, d_begin, d_end, slot.dev_meta[4, :n + 1], int(first[-1]), d_off,
+                                         frames.reshape(-1), n, slot.stream)
             s = self._sums_device(frames, d_mon, slot.stream)
             intensity, sigma = finish(s, self.error_model, cp)
             bad = (status != 0)[:, None]
@@ -232,16 +247,17 @@ class CupyEngine:
 
     def sums_payloads(self, datas, monitor):
         """Decode + integrate one batch; returns (Sums on device, status on device)."""
-        from ..io.gpu_decode import aligned_layout, pack_aligned, pinned_empty
+        from ..io.gpu_decode import aligned_layout, chunk_layout, pack_aligned, pinned_empty
 
         n = len(datas)
-        begin, end, total = aligned_layout([len(d) for d in datas], self.decoder.chunk)
+        begin, end, total = aligned_layout([len(d) for d in datas])
         host = pinned_empty(total)
         host[:] = 0
         pack_aligned(datas, host, begin)
+        first = chunk_layout(begin, end, self.decoder.chunk)
         d_frames = cp.empty((n, self.plan.npix), dtype=cp.int32)
         out_off = np.arange(n + 1, dtype=np.int64) * self.plan.npix
         with self._lock:
-            status = self.decoder.decode(cp.asarray(host), cp.asarray(begin), cp.asarray(end), cp.asarray(out_off),
-                                         d_frames.reshape(-1), n)
+            status = self.decoder.decode(cp.asarray(host), cp.asarray(begin), cp.asarray(end), cp.asarray(first),
+                                         int(first[-1]), cp.asarray(out_off), d_frames.reshape(-1), n)
             return self._sums_device(d_frames, monitor), status

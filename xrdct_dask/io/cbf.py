@@ -50,14 +50,8 @@ class CbfPayload:
         return base64.b64encode(hashlib.md5(self.data).digest()).decode() == self.md5
 
 
-def parse_cbf(raw: bytes | memoryview, name: str = "<bytes>") -> CbfPayload:
-    """Locate the byte-offset payload inside the bytes of a CBF file.
-
-    Raises :class:`CorruptFrameError` naming ``name`` when the binary section is missing, not
-    byte-offset int32, or shorter than ``X-Binary-Size``.
-    """
-    raw = bytes(raw) if not isinstance(raw, bytes) else raw
-    mv = memoryview(raw)
+def _binary_header(raw: bytes, name: str) -> tuple[int, int, tuple[int, int], str | None]:
+    """Parse the MIME header of the binary section: ``(payload offset, nbytes, shape, md5)``."""
     start = raw.find(_SECTION)
     if start < 0:
         raise CorruptFrameError(f"{name}: no CIF binary section (not a CBF file?)")
@@ -80,13 +74,40 @@ def parse_cbf(raw: bytes | memoryview, name: str = "<bytes>") -> CbfPayload:
     etype = fields.get("x-binary-element-type", "signed 32-bit integer")
     if "32-bit" not in etype:
         raise CorruptFrameError(f"{name}: element type {etype!r} is not a 32-bit integer")
-    nelem = int(fields.get("x-binary-number-of-elements", nfast * nslow))
-    if nelem != nfast * nslow:
+    try:
+        nelem = int(fields.get("x-binary-number-of-elements", nfast * nslow))
+    except ValueError:
+        raise CorruptFrameError(f"{name}: X-Binary-Number-of-Elements is not a number") from None
+    if nelem != nfast * nslow or nfast <= 0 or nslow <= 0 or nbytes < 0:
         raise CorruptFrameError(f"{name}: {nelem} elements but the dimensions say {nslow} x {nfast}")
-    begin = marker + len(BINARY_MARKER)
-    if begin + nbytes > len(mv):
-        raise CorruptFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {len(mv) - begin} remain")
-    return CbfPayload(mv[begin:begin + nbytes], (nslow, nfast), fields.get("content-md5"))
+    return marker + len(BINARY_MARKER), nbytes, (nslow, nfast), fields.get("content-md5")
+
+
+def parse_cbf(raw: bytes | memoryview, name: str = "<bytes>") -> CbfPayload:
+    """Locate the byte-offset payload inside the bytes of a CBF file.
+
+    Raises :class:`CorruptFrameError` naming ``name`` when the binary section is missing, not
+    byte-offset int32, or shorter than ``X-Binary-Size``.
+    """
+    raw = bytes(raw) if not isinstance(raw, bytes) else raw
+    begin, nbytes, shape, md5 = _binary_header(raw, name)
+    if begin + nbytes > len(raw):
+        raise CorruptFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {len(raw) - begin} remain")
+    return CbfPayload(memoryview(raw)[begin:begin + nbytes], shape, md5)
+
+
+def locate_payload(region: memoryview, name: str = "<bytes>", header_max: int = 65536):
+    """Where the payload lies in a CBF file image (e.g. in pinned memory), without copying it.
+
+    Returns ``(offset, nbytes, shape, md5)``; raises :class:`CorruptFrameError` as :func:`parse_cbf`.
+    """
+    head = bytes(region[:header_max])
+    if head.find(BINARY_MARKER) < 0 and len(region) > header_max:
+        head = bytes(region)  # an unusually long header
+    begin, nbytes, shape, md5 = _binary_header(head, name)
+    if begin + nbytes > len(region):
+        raise CorruptFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {len(region) - begin} remain")
+    return begin, nbytes, shape, md5
 
 
 def read_cbf_payload(path: str | Path) -> CbfPayload:

@@ -1,7 +1,8 @@
 """Batched byte-offset decoding on the GPU (cupy RawModule over ``kernels/byte_offset.cu``).
 
-A batch of compressed payloads is packed into one (pinned) host buffer, each payload starting at
-a multiple of :data:`CHUNK` bytes; only these compressed bytes cross PCIe.  Two kernel passes and
+A batch of compressed payloads sits in one (pinned) host buffer at known byte ranges -- packed by
+:func:`pack_aligned`, or the whole files read straight into page-locked memory by
+:func:`read_into_pinned` -- and only these compressed bytes cross PCIe.  Two kernel passes and
 two scans (see the .cu file) decode every frame of the batch at once into int32 pixels on the
 device.  A malformed payload sets its frame's status to 1 (as the CPU decoder) and never makes a
 thread read outside its frame's bytes.
@@ -28,14 +29,23 @@ def _module():
     return cp.RawModule(code=src)
 
 
-def aligned_layout(sizes: Sequence[int] | np.ndarray, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, int]:
-    """Chunk-aligned begin/end byte offsets (int64) of payloads of ``sizes`` bytes, and the total."""
+def aligned_layout(sizes: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Begin/end byte offsets (int64) of payloads of ``sizes`` bytes packed at 16-byte alignment,
+    and the total size."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    padded = (sizes + chunk - 1) // chunk * chunk
+    padded = (sizes + 15) // 16 * 16
     begin = np.zeros(sizes.size, dtype=np.int64)
     np.cumsum(padded[:-1], out=begin[1:])
     total = int(padded.sum()) if sizes.size else 0
-    return begin, begin + sizes, max(total, chunk)
+    return begin, begin + sizes, max(total, 16)
+
+
+def chunk_layout(begin: np.ndarray, end: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """First chunk of each payload: int64 (n+1,) prefix sums of ceil((end - begin) / chunk)."""
+    nchunks = (np.maximum(np.asarray(end) - np.asarray(begin), 0) + chunk - 1) // chunk
+    first = np.zeros(len(nchunks) + 1, dtype=np.int64)
+    np.cumsum(nchunks, out=first[1:])
+    return first
 
 
 def pinned_empty(nbytes: int) -> np.ndarray:
@@ -81,29 +91,31 @@ class GpuDecoder:
             self._scratch[name] = a
         return a[:n]
 
-    def decode(self, d_buf, d_begin, d_end, d_out_off, d_out, nframes: int, stream=None):
+    def decode(self, d_buf, d_begin, d_end, d_first_chunk, nchunks: int, d_out_off, d_out, nframes: int,
+               stream=None):
         """Decode ``nframes`` payloads of ``d_buf`` (device uint8) into ``d_out`` (device int32).
 
-        ``d_begin``/``d_end``: int64 (nframes,) byte ranges (begins multiples of CHUNK);
+        ``d_begin``/``d_end``: int64 (nframes,) byte ranges; ``d_first_chunk``: int64 (nframes+1,)
+        from :func:`chunk_layout` with this decoder's chunk (``nchunks`` = its last value);
         ``d_out_off``: int64 (nframes+1,) pixel offsets.  Returns device int32 status (nframes,).
         """
         stream = stream or cp.cuda.get_current_stream()
         chunk = self.chunk
-        nchunks = (int(d_buf.size) + chunk - 1) // chunk
+        nchunks = max(int(nchunks), 1)
         with stream:
             count = self._buf("count", nchunks, cp.int64)
             dsum = self._buf("dsum", nchunks, cp.uint64)
             grid = ((nchunks + _THREADS - 1) // _THREADS,)
-            args = (d_buf, d_begin, d_end, np.int32(nframes), np.int32(chunk), np.int64(nchunks))
+            args = (d_buf, d_begin, d_end, d_first_chunk, np.int32(nframes), np.int32(chunk), np.int64(nchunks))
             self._count(grid, (_THREADS,), args + (count, dsum))
             tok_base = cp.cumsum(count) - count        # exclusive scans
             val_base = cp.cumsum(dsum) - dsum
-            stage = min(_THREADS * chunk, 12288)  # words (<= 48 KB): one per byte of the block's chunks
+            stage = min(_THREADS * chunk, 11264)  # words (44 KB < 48 KB): one per byte of the block's chunks
             self._write(grid, (_THREADS,), args + (tok_base, val_base, d_out_off, d_out, np.int32(stage)),
                         shared_mem=4 * stage)
             status = self._buf("status", nframes, cp.int32)
             self._status(((nframes + 127) // 128,), (128,),
-                         (d_begin, d_end, np.int32(nframes), np.int32(chunk), tok_base, count, d_out_off, status))
+                         (d_first_chunk, np.int32(nframes), tok_base, count, d_out_off, status))
         return status
 
 
@@ -118,9 +130,63 @@ def decode_payloads_gpu(payloads: Sequence, npix: Sequence[int], decoder: GpuDec
     host = pinned_empty(total)
     host[:] = 0
     pack_aligned(payloads, host, begin)
+    first = chunk_layout(begin, end, decoder.chunk)
     out_off = np.zeros(len(payloads) + 1, dtype=np.int64)
     np.cumsum(np.asarray(npix, dtype=np.int64), out=out_off[1:])
     d_out = cp.zeros(int(out_off[-1]), dtype=cp.int32)
-    status = decoder.decode(cp.asarray(host), cp.asarray(begin), cp.asarray(end), cp.asarray(out_off), d_out,
-                            len(payloads))
+    status = decoder.decode(cp.asarray(host), cp.asarray(begin), cp.asarray(end), cp.asarray(first), int(first[-1]),
+                            cp.asarray(out_off), d_out, len(payloads))
     return d_out, out_off, cp.asnumpy(status)
+
+
+def read_into_pinned(paths: Sequence, get_arena, pool=None):
+    """Read whole CBF files into one page-locked arena (no per-frame allocation, no copy).
+
+    ``get_arena(nbytes)`` returns a pinned uint8 array of at least ``nbytes``.  Returns
+    ``(arena, total_bytes, begin, end, shapes, md5s, errors)``: the payload of file k is
+    ``arena[begin[k]:end[k]]`` (inside the file image), ``errors[k]`` None or the exception met
+    (missing file, corrupt header, truncated payload).
+    """
+    import os
+
+    from .cbf import CorruptFrameError, locate_payload
+
+    n = len(paths)
+    sizes = np.zeros(n, dtype=np.int64)
+    errors: list = [None] * n
+    for k, p in enumerate(paths):
+        if p is None:
+            errors[k] = FileNotFoundError("no frame recorded at this scan point")
+            continue
+        try:
+            sizes[k] = os.stat(p).st_size
+        except OSError as err:
+            errors[k] = FileNotFoundError(f"{p}: frame file not found") if isinstance(err, FileNotFoundError) else err
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum((sizes + 15) // 16 * 16, out=offsets[1:])
+    arena = get_arena(int(offsets[-1]))
+    begin = np.zeros(n, dtype=np.int64)
+    end = np.zeros(n, dtype=np.int64)
+    shapes = [None] * n
+    md5s = [None] * n
+    mv = memoryview(arena)
+
+    def read(k):
+        if errors[k] is not None:
+            return
+        try:
+            with open(paths[k], "rb", buffering=0) as fh:
+                got = fh.readinto(mv[offsets[k]:offsets[k] + sizes[k]])
+            region = mv[offsets[k]:offsets[k] + got]
+            off, nbytes, shape, md5 = locate_payload(region, str(paths[k]))
+            begin[k], end[k] = offsets[k] + off, offsets[k] + off + nbytes
+            shapes[k], md5s[k] = shape, md5
+        except (OSError, CorruptFrameError) as err:
+            errors[k] = err
+
+    if pool is not None:
+        list(pool.map(read, range(n)))
+    else:
+        for k in range(n):
+            read(k)
+    return arena, int(offsets[-1]), begin, end, shapes, md5s, errors

@@ -12,19 +12,19 @@
 // byte; its thread then does nothing and the previous thread walks on (slower, still exact).
 //
 // Pass 1 counts tokens and sums deltas per chunk; exclusive scans (cupy.cumsum) give each chunk
-// its first pixel index and start value; pass 2 decodes again and writes pixels.  Frames start at
-// CHUNK-aligned offsets (begin[f]) of the packed buffer and end at end[f], so a chunk belongs to
-// one frame.  Reads never leave
+// its first pixel index and start value; pass 2 decodes again and writes pixels.  Frame f's
+// payload is buf[begin[f]:end[f]] (anywhere in the buffer: e.g. inside the file image read
+// straight into pinned memory); its chunks are numbered first_chunk[f] .. first_chunk[f+1]-1.  Reads never leave
 // [begin[f], end[f]); a frame whose payload holds fewer than npix complete tokens is flagged.
 
 #define MAX_TOKEN 15
 
-__device__ __forceinline__ int frame_of(const long long* begin, int nframes, long long pos) {
-    // largest f with begin[f] <= pos (begin is sorted, CHUNK-aligned, length nframes)
+__device__ __forceinline__ int frame_of(const long long* first_chunk, int nframes, long long g) {
+    // largest f with first_chunk[f] <= g (first_chunk: nframes + 1 sorted chunk counts' prefix sums)
     int lo = 0, hi = nframes;
     while (hi - lo > 1) {
         int mid = (lo + hi) >> 1;
-        if (begin[mid] <= pos) lo = mid; else hi = mid;
+        if (first_chunk[mid] <= g) lo = mid; else hi = mid;
     }
     return lo;
 }
@@ -63,27 +63,27 @@ __device__ __forceinline__ int token(const unsigned char* buf, long long p, long
 }
 
 __device__ __forceinline__ void segment(const unsigned char* buf, const long long* begin, const long long* end,
-                                        int nframes, int chunk, long long g, int* f_out, long long* s,
-                                        long long* t, long long* e_out) {
-    long long pos = g * (long long)chunk;
-    int f = frame_of(begin, nframes, pos);
+                                        const long long* first_chunk, int nframes, int chunk, long long g,
+                                        int* f_out, long long* s, long long* t, long long* e_out) {
+    int f = frame_of(first_chunk, nframes, g);
     long long b = begin[f], e = end[f];
+    long long pos = b + (g - first_chunk[f]) * (long long)chunk;
     *f_out = f;
     *e_out = e;
-    if (pos >= e) { *s = *t = e; return; }  // alignment padding after the frame
+    if (pos >= e) { *s = *t = e; return; }
     *s = safe_start(buf, b, e, pos);
     long long next = pos + chunk;
     *t = next >= e ? e : safe_start(buf, b, e, next);
 }
 
 extern "C" __global__ void bo_count(const unsigned char* buf, const long long* begin, const long long* end,
-                                    int nframes, int chunk, long long nchunks, long long* tok_count,
-                                    unsigned long long* delta_sum) {
+                                    const long long* first_chunk, int nframes, int chunk, long long nchunks,
+                                    long long* tok_count, unsigned long long* delta_sum) {
     long long g = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (g >= nchunks) return;
     int f;
     long long s, t, e;
-    segment(buf, begin, end, nframes, chunk, g, &f, &s, &t, &e);
+    segment(buf, begin, end, first_chunk, nframes, chunk, g, &f, &s, &t, &e);
     long long n = 0;
     unsigned long long acc = 0;
     long long p = s;
@@ -99,18 +99,18 @@ extern "C" __global__ void bo_count(const unsigned char* buf, const long long* b
     delta_sum[g] = acc;
 }
 
-// tok_base / val_base: exclusive prefix sums of tok_count / delta_sum over all chunks;
-// the first chunk of frame f is begin[f] / chunk.
+// tok_base / val_base: exclusive prefix sums of tok_count / delta_sum over all chunks.
 extern "C" __global__ void bo_write(const unsigned char* buf, const long long* begin, const long long* end,
-                                    int nframes, int chunk, long long nchunks, const long long* tok_base,
-                                    const unsigned long long* val_base, const long long* out_off, int* out) {
+                                    const long long* first_chunk, int nframes, int chunk, long long nchunks,
+                                    const long long* tok_base, const unsigned long long* val_base,
+                                    const long long* out_off, int* out) {
     long long g = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (g >= nchunks) return;
     int f;
     long long s, t, e;
-    segment(buf, begin, end, nframes, chunk, g, &f, &s, &t, &e);
+    segment(buf, begin, end, first_chunk, nframes, chunk, g, &f, &s, &t, &e);
     if (s >= t) return;
-    long long first = begin[f] / chunk;
+    long long first = first_chunk[f];
     long long idx = tok_base[g] - tok_base[first];
     unsigned long long val = val_base[g] - val_base[first];
     long long npix = out_off[f + 1] - out_off[f];
@@ -127,17 +127,16 @@ extern "C" __global__ void bo_write(const unsigned char* buf, const long long* b
 }
 
 // status[f] = 1 when frame f holds fewer than npix complete tokens (truncated / corrupt), else 0.
-extern "C" __global__ void bo_status(const long long* begin, const long long* end, int nframes, int chunk,
-                                     const long long* tok_base, const long long* tok_count,
-                                     const long long* out_off, int* status) {
+extern "C" __global__ void bo_status(const long long* first_chunk, int nframes, const long long* tok_base,
+                                     const long long* tok_count, const long long* out_off, int* status) {
     int f = blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= nframes) return;
-    long long first = begin[f] / chunk;
+    long long first = first_chunk[f];
     long long total;
-    if (end[f] <= begin[f]) {
+    if (first_chunk[f + 1] <= first) {
         total = 0;
     } else {
-        long long last = (end[f] - 1) / chunk;
+        long long last = first_chunk[f + 1] - 1;
         total = tok_base[last] + tok_count[last] - tok_base[first];
     }
     status[f] = total < (out_off[f + 1] - out_off[f]) ? 1 : 0;
@@ -150,7 +149,8 @@ extern "C" __global__ void bo_status(const long long* begin, const long long* en
 // beyond the stage's capacity are written directly.  (Positions inside the range that no thread
 // wrote exist only in truncated frames, whose pixels are undefined anyway.)
 extern "C" __global__ void bo_write_staged(const unsigned char* buf, const long long* begin, const long long* end,
-                                           int nframes, int chunk, long long nchunks, const long long* tok_base,
+                                           const long long* first_chunk, int nframes, int chunk,
+                                           long long nchunks, const long long* tok_base,
                                            const unsigned long long* val_base, const long long* out_off,
                                            int* out, int stage_words) {
     extern __shared__ int stage[];
@@ -163,8 +163,8 @@ extern "C" __global__ void bo_write_staged(const unsigned char* buf, const long 
     long long s = 0, t = 0, e = 0, idx = 0, npix = 0, base = 0;
     unsigned long long val = 0;
     if (g < nchunks) {
-        segment(buf, begin, end, nframes, chunk, g, &f, &s, &t, &e);
-        long long first = begin[f] / chunk;
+        segment(buf, begin, end, first_chunk, nframes, chunk, g, &f, &s, &t, &e);
+        long long first = first_chunk[f];
         idx = tok_base[g] - tok_base[first];
         val = val_base[g] - val_base[first];
         npix = out_off[f + 1] - out_off[f];
