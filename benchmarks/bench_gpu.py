@@ -289,6 +289,11 @@ def main() -> int:
             dt = time.perf_counter() - t
         cluster.close()
         frames_done = sum(r["frames"] for r in res["decode-integrate"])
+        tasks = res["decode-integrate"]
+        out["graph_task_seconds"] = {k: round(sum(r[k] for r in tasks), 3) for k in
+                                     ("seconds", "seconds_setup", "seconds_engine", "seconds_write")}
+        out["graph_wall_seconds"] = dt
+        out["graph_tasks"] = len(tasks)
         out |= {"graph_frames": frames_done, "graph_fps": frames_done / dt,
                 "graph_engines": sorted({r["engine"] for r in res["decode-integrate"]})}
         if "end2end_fps" in out:

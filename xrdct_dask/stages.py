@@ -236,6 +236,7 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
         pool = ThreadPoolExecutor(ctx.read_threads)
         reads = prefetch(pool, lambda rows: [_read(ctx, flat_idx[k], shape) for k in rows], batches)
         results = integ.integrate_batches(engine_batches(reads))
+    t_engine = time.perf_counter()
     for res_i, res_s, dec_status in results:
         good = pending.popleft()
         intensity[good] = res_i
@@ -243,6 +244,7 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
         status[good] = np.where(dec_status != 0, FrameStatus.TRUNCATED, FrameStatus.OK)
     if integ.engine != "cupy":
         pool.shutdown()
+    t_write = time.perf_counter()
     status[(status == FrameStatus.OK) & bad_monitor] = FrameStatus.BAD_MONITOR
     bad = status != FrameStatus.OK
     intensity[bad] = np.nan
@@ -251,7 +253,9 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
                         monitor.reshape(nw, nx).astype(np.float32), status.reshape(nw, nx))
     counts = {FrameStatus(s).name: int(n) for s, n in zip(*np.unique(status, return_counts=True))}
     return {"stage": "decode-integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),
-            "bytes": stats["bytes"], "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine}
+            "bytes": stats["bytes"], "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine,
+            "seconds_setup": t_engine - t0, "seconds_engine": t_write - t_engine,
+            "seconds_write": time.perf_counter() - t_write}
 
 
 def find_center(z: int, ctx: RunContext, *deps) -> float:

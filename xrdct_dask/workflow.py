@@ -161,7 +161,11 @@ class IntegratorPlugin(_worker_plugin_base()):
         self.workflow = workflow
 
     def setup(self, worker):
-        stages.integrator_for(self.workflow)
+        integ = stages.integrator_for(self.workflow)
+        if hasattr(integ._impl, "warm"):  # GPU: pinned arenas and device buffers before the first task
+            first = self.workflow.frame_path(0)
+            size = first.stat().st_size if first.exists() else 4 * integ.plan.npix
+            integ._impl.warm(integ.batch_frames, int(size * 1.1) + 4096)
 
     def teardown(self, worker):
         stages.clear_integrators()

@@ -77,6 +77,15 @@ class CupyEngine:
     xp = cp
     RING = 4  # pinned read arenas: reads of batches k+1, k+2 while batches k-1, k are on the GPU
 
+    def warm(self, nframes: int, bytes_per_frame: int) -> None:
+        """Allocate the pipeline's pinned and device buffers up front (worker start-up, not a task)."""
+        for k in range(self.RING):
+            self.pinned_arena(k, nframes * bytes_per_frame)
+        for slot in self._slots:
+            slot.reserve(0, nframes)
+            if slot.dev_in is None or slot.dev_in.size < nframes * bytes_per_frame:
+                slot.dev_in = cp.empty(int(nframes * bytes_per_frame * 1.25), dtype=cp.uint8)
+
     def pinned_arena(self, k: int, nbytes: int) -> np.ndarray:
         """Page-locked buffer number ``k % RING`` with at least ``nbytes`` (kept and reused)."""
         from ..io.gpu_decode import pinned_empty
