@@ -225,7 +225,9 @@ def stage_resources(client) -> dict[str, dict]:
     offered = set()
     for w in client.scheduler_info()["workers"].values():
         offered |= set(w.get("resources", {}))
-    gpu = {"resources": {"GPU": 1}} if "GPU" in offered else {}
+    # half a GPU per task: two tasks share a GPU worker, one writing or reading while the other
+    # holds the GPU pipeline (the engine serialises GPU use with a lock)
+    gpu = {"resources": {"GPU": 0.5}} if "GPU" in offered else {}
     cpu = {"resources": {"CPU": 1}} if "CPU" in offered else {}
     return {"decode-integrate": gpu, "center": cpu, "recon": cpu, "pdf": cpu}
 

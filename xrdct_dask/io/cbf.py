@@ -96,7 +96,7 @@ def parse_cbf(raw: bytes | memoryview, name: str = "<bytes>") -> CbfPayload:
     return CbfPayload(memoryview(raw)[begin:begin + nbytes], shape, md5)
 
 
-def locate_payload(region: memoryview, name: str = "<bytes>", header_max: int = 65536):
+def locate_payload(region: memoryview, name: str = "<bytes>", header_max: int = 16384):
     """Where the payload lies in a CBF file image (e.g. in pinned memory), without copying it.
 
     Returns ``(offset, nbytes, shape, md5)``; raises :class:`CorruptFrameError` as :func:`parse_cbf`.
