@@ -141,7 +141,7 @@ def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pendin
     from .io.gpu_decode import read_into_pinned
 
     if _GPU_READ_POOL is None:
-        _GPU_READ_POOL = (ThreadPoolExecutor(2, thread_name_prefix="xrdct-batch"),
+        _GPU_READ_POOL = (ThreadPoolExecutor(4, thread_name_prefix="xrdct-batch"),
                           ThreadPoolExecutor(8 * ctx.read_threads, thread_name_prefix="xrdct-read"))
     batch_pool, file_pool = _GPU_READ_POOL
     eng = integ._impl
