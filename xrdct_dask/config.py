@@ -144,6 +144,8 @@ class Compute(_Section):
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "auto"
     dashboard_address: str = "127.0.0.1:0"
+    workers_per_gpu: int = Field(2, ge=1, description="local GPU runs: worker processes sharing each GPU "
+                                                      "(each its own engine and GIL for reading frames)")
 
 
 class Workflow(_Section):

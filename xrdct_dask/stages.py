@@ -147,10 +147,12 @@ def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pendin
     eng = integ._impl
     shape = integ.shape
 
+    owner = threading.get_ident()  # arenas belong to this task's thread, not to the reader threads
+
     def read(item):
         k, rows = item
         paths = [ctx.workflow.frame_path(int(flat_idx[r])) if flat_idx[r] >= 0 else None for r in rows]
-        return rows, read_into_pinned(paths, lambda nbytes: eng.pinned_arena(k, nbytes), file_pool)
+        return rows, read_into_pinned(paths, lambda nbytes: eng.pinned_arena(k, nbytes, owner), file_pool)
 
     def engine_batches():
         for rows, (arena, _total, begin, end, shapes, md5s, errors) in prefetch(batch_pool, read, enumerate(batches), 2):

@@ -182,9 +182,11 @@ def local_cluster(wf: Workflow):
     """A cluster on this machine for one run.
 
     Without GPUs (or with ``integrate.engine: numpy``): a LocalCluster of single-threaded workers.
-    With GPUs: one worker per GPU (``CUDA_VISIBLE_DEVICES`` = its GPU, resource ``GPU=1``, two
-    threads so that one task reads files while another integrates) plus CPU workers (resource
-    ``CPU=1``) on the remaining cores for sinograms, reconstruction and PDF.
+    With GPUs: ``compute.workers_per_gpu`` worker processes per GPU (``CUDA_VISIBLE_DEVICES`` = its
+    GPU, resource ``GPU=1``, two threads so that one task reads and writes while another holds the
+    GPU pipeline; several processes because reading and parsing frames is Python work under one
+    GIL per process) plus CPU workers (resource ``CPU=1``) on the remaining cores for sinograms,
+    reconstruction and PDF.
     """
     import os
 
@@ -197,10 +199,10 @@ def local_cluster(wf: Workflow):
         nworkers = c.n_workers or max(1, ncores // c.threads_per_worker)
         return LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
                             dashboard_address=c.dashboard_address, host="127.0.0.1")
-    workers = {f"gpu-{i}": {"cls": Nanny, "options": {
+    workers = {f"gpu-{i}-{k}": {"cls": Nanny, "options": {
         "nthreads": 2, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}, "host": "127.0.0.1",
-        "memory_limit": c.memory_limit}} for i in range(ngpu)}
-    ncpu = c.n_workers or max(1, (ncores - 2 * ngpu) // c.threads_per_worker)
+        "memory_limit": c.memory_limit}} for i in range(ngpu) for k in range(c.workers_per_gpu)}
+    ncpu = c.n_workers or max(1, (ncores - 2 * ngpu * c.workers_per_gpu) // c.threads_per_worker)
     workers |= {f"cpu-{k}": {"cls": Nanny, "options": {
         "nthreads": c.threads_per_worker, "resources": {"CPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ""},
         "host": "127.0.0.1", "memory_limit": c.memory_limit}} for k in range(ncpu)}

@@ -78,22 +78,24 @@ class CupyEngine:
     RING = 4  # pinned read arenas: reads of batches k+1, k+2 while batches k-1, k are on the GPU
 
     def warm(self, nframes: int, bytes_per_frame: int) -> None:
-        """Allocate the pipeline's pinned and device buffers up front (worker start-up, not a task)."""
-        for k in range(self.RING):
-            self.pinned_arena(k, nframes * bytes_per_frame)
+        """Allocate the pipeline's device buffers up front (worker start-up, not a task)."""
         for slot in self._slots:
             slot.reserve(0, nframes)
             if slot.dev_in is None or slot.dev_in.size < nframes * bytes_per_frame:
                 slot.dev_in = cp.empty(int(nframes * bytes_per_frame * 1.25), dtype=cp.uint8)
 
-    def pinned_arena(self, k: int, nbytes: int) -> np.ndarray:
-        """Page-locked buffer number ``k % RING`` with at least ``nbytes`` (kept and reused)."""
+    def pinned_arena(self, k: int, nbytes: int, owner: int | None = None) -> np.ndarray:
+        """Page-locked buffer number ``k % RING`` of ``owner`` (a task's thread id, default the
+        caller's), at least ``nbytes``, kept and reused.  Each task has its own ring: two tasks
+        never share a buffer."""
         from ..io.gpu_decode import pinned_empty
 
+        with self._lock:
+            ring = self._arenas.setdefault(owner or threading.get_ident(), [None] * self.RING)
         i = k % self.RING
-        a = self._arenas[i]
+        a = ring[i]
         if a is None or a.size < nbytes:
-            a = self._arenas[i] = pinned_empty(int(nbytes * 1.25) + 4096)
+            a = ring[i] = pinned_empty(int(nbytes * 1.25) + 4096)
         return a
 
     def __init__(self, plan, options):
@@ -116,7 +118,7 @@ class CupyEngine:
                    ("csr_poisson_i32", "csr_poisson_f32", "csr_clip_i32", "csr_clip_f32", "transpose32")}
         self.decoder = GpuDecoder()
         self._slots = [_Slot(plan.npix, plan.nbins) for _ in range(2)]
-        self._arenas: list = [None] * self.RING
+        self._arenas: dict[int, list] = {}
         self._out = {}
         # one pipeline per engine: tasks on several threads of a worker take turns (reads still overlap)
         self._lock = threading.RLock()

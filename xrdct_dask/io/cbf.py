@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 BINARY_MARKER = b"\x0c\x1a\x04\xd5"
+_FIELD = re.compile(rb"^[ \t]*([A-Za-z][A-Za-z0-9-]*)[ \t]*[:=][ \t]*(.*?)[ \t;]*\r?$", re.MULTILINE)
 _SECTION = b"--CIF-BINARY-FORMAT-SECTION--"
 
 
@@ -58,11 +60,8 @@ def _binary_header(raw: bytes, name: str) -> tuple[int, int, tuple[int, int], st
     marker = raw.find(BINARY_MARKER, start)
     if marker < 0:
         raise CorruptFrameError(f"{name}: binary section has no start marker (truncated header?)")
-    fields = {}
-    for line in raw[start:marker].split(b"\n")[1:]:
-        key, sep, val = line.decode("ascii", "replace").strip().partition(":")
-        if sep:
-            fields[key.strip().lower()] = val.strip().strip('"')
+    fields = {m.group(1).decode("ascii", "replace").lower(): m.group(2).decode("ascii", "replace").strip('"')
+              for m in _FIELD.finditer(raw, start, marker)}
     try:
         nbytes = int(fields["x-binary-size"])
         nfast = int(fields["x-binary-size-fastest-dimension"])
