@@ -90,7 +90,7 @@ class CupyEngine:
         never share a buffer."""
         from ..io.gpu_decode import pinned_empty
 
-        with self._lock:
+        with self._arena_lock:  # not the pipeline lock: reader threads call this while a task holds that
             ring = self._arenas.setdefault(owner or threading.get_ident(), [None] * self.RING)
         i = k % self.RING
         a = ring[i]
@@ -119,6 +119,7 @@ class CupyEngine:
         self.decoder = GpuDecoder()
         self._slots = [_Slot(plan.npix, plan.nbins) for _ in range(2)]
         self._arenas: dict[int, list] = {}
+        self._arena_lock = threading.Lock()
         self._out = {}
         # one pipeline per engine: tasks on several threads of a worker take turns (reads still overlap)
         self._lock = threading.RLock()
