@@ -21,6 +21,14 @@ class CorruptFrameError(ValueError):
     """A frame file that cannot be decoded; the message names the file and what is wrong."""
 
 
+class TruncatedFrameError(CorruptFrameError):
+    """The file ends inside its binary payload (cut during transfer or writing)."""
+
+
+class SizeMismatchError(CorruptFrameError):
+    """The file is whole but ``X-Binary-Size`` disagrees with where its binary section ends."""
+
+
 @dataclass(frozen=True)
 class CbfPayload:
     """The compressed pixels of one CBF file.
@@ -53,8 +61,11 @@ class CbfPayload:
 def parse_cbf(raw: bytes | memoryview, name: str = "<bytes>") -> CbfPayload:
     """Locate the byte-offset payload inside the bytes of a CBF file.
 
-    Raises :class:`CorruptFrameError` naming ``name`` when the binary section is missing, not
-    byte-offset int32, or shorter than ``X-Binary-Size``.
+    Raises :class:`CorruptFrameError` naming ``name`` when the binary section is missing or not
+    byte-offset int32; its subclass :class:`TruncatedFrameError` when the file ends inside the
+    payload, and :class:`SizeMismatchError` when the file is whole but ``X-Binary-Size`` does not
+    match the section (or cannot hold the pixels: byte-offset needs one byte per pixel at least).
+    The decoded size is thereby bounded by the file size.
     """
     raw = bytes(raw) if not isinstance(raw, bytes) else raw
     mv = memoryview(raw)
@@ -75,17 +86,32 @@ def parse_cbf(raw: bytes | memoryview, name: str = "<bytes>") -> CbfPayload:
         nslow = int(fields["x-binary-size-second-dimension"])
     except (KeyError, ValueError) as err:
         raise CorruptFrameError(f"{name}: binary header lacks a valid {err} field") from None
+    if nbytes < 0 or nfast <= 0 or nslow <= 0:
+        raise CorruptFrameError(f"{name}: binary header gives {nbytes} bytes for {nslow} x {nfast} pixels")
     if "byte_offset" not in fields.get("conversions", "x-cbf_byte_offset").lower():
         raise CorruptFrameError(f"{name}: compression {fields.get('conversions')!r} is not byte-offset")
     etype = fields.get("x-binary-element-type", "signed 32-bit integer")
     if "32-bit" not in etype:
         raise CorruptFrameError(f"{name}: element type {etype!r} is not a 32-bit integer")
-    nelem = int(fields.get("x-binary-number-of-elements", nfast * nslow))
+    try:
+        nelem = int(fields.get("x-binary-number-of-elements", nfast * nslow))
+    except ValueError:
+        raise CorruptFrameError(f"{name}: binary header lacks a valid 'x-binary-number-of-elements' field") from None
     if nelem != nfast * nslow:
         raise CorruptFrameError(f"{name}: {nelem} elements but the dimensions say {nslow} x {nfast}")
     begin = marker + len(BINARY_MARKER)
-    if begin + nbytes > len(mv):
-        raise CorruptFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {len(mv) - begin} remain")
+    end = begin + nbytes
+    # an intact file closes the section after the payload and its zero padding; searched from the
+    # end of the file, so this costs nothing for a whole 2.5 MB frame
+    closing = raw.rfind(_SECTION + b"--", begin)
+    if closing >= 0 and (end > closing or raw[end:closing].rstrip(b"\r\n").strip(b"\x00")):
+        raise SizeMismatchError(f"{name}: X-Binary-Size says {nbytes} bytes but the binary section holds "
+                                f"{closing - begin} (payload and padding)")
+    if end > len(mv):
+        raise TruncatedFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {len(mv) - begin} "
+                                  f"remain")
+    if nbytes < nelem:  # byte-offset spends at least one byte per pixel
+        raise SizeMismatchError(f"{name}: X-Binary-Size {nbytes} bytes cannot hold {nslow} x {nfast} pixels")
     return CbfPayload(mv[begin:begin + nbytes], (nslow, nfast), fields.get("content-md5"))
 
 
