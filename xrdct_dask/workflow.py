@@ -37,23 +37,35 @@ def check_inputs(wf: Workflow):
     first = wf.frame_path(0)
     if not first.parent.is_dir():
         raise WorkflowError(f"inputs.frames: folder {first.parent} does not exist")
-    if not first.is_file():
-        raise WorkflowError(f"inputs.frames: first frame {first} not found")
-    # the frame shape from the first readable frame: one bad frame is flagged later, not fatal here
-    shape, first_err = None, None
-    for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
-        try:
-            shape = read_cbf_payload(wf.frame_path(i)).shape
-            break
-        except (CorruptFrameError, OSError) as err:
-            first_err = first_err or err
-    if shape is None:
-        raise WorkflowError(f"inputs.frames: none of the first {FRAMES_PROBED} frames is readable ({first_err})")
     try:
         ai = load_poni(wf.inputs.poni)
     except (FileNotFoundError, ValueError) as err:
         raise WorkflowError(f"inputs.poni: {err}") from None
+    # pyFAI reads any text as a PONI with default geometry: insist on the keys a calibration writes
+    text = Path(wf.inputs.poni).read_text(errors="replace").lower()
+    lacking = [k for k in ("distance", "poni1", "poni2") if f"{k}:" not in text]
+    if lacking:
+        raise WorkflowError(f"inputs.poni: {wf.inputs.poni} is not a PONI file (no {', '.join(lacking)} key)")
     det_shape = ai.detector.max_shape
+    # the frame shape: the first readable frame of the PONI's shape (else the first readable one);
+    # a missing or broken frame among them is flagged by its task later, not fatal here
+    shape, first_err, seen = None, None, False
+    for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
+        try:
+            s = read_cbf_payload(wf.frame_path(i)).shape
+        except FileNotFoundError:
+            continue
+        except (CorruptFrameError, OSError) as err:
+            seen, first_err = True, first_err or err
+            continue
+        seen, shape = True, shape or s
+        if det_shape is None or tuple(s) == tuple(det_shape):
+            shape = s
+            break
+    if not seen:
+        raise WorkflowError(f"inputs.frames: first frame {first} not found")
+    if shape is None:
+        raise WorkflowError(f"inputs.frames: none of the first {FRAMES_PROBED} frames is readable ({first_err})")
     if det_shape is not None and tuple(det_shape) != tuple(shape):
         raise WorkflowError(f"inputs.poni: the PONI's detector is {det_shape[0]} x {det_shape[1]} pixels but the "
                             f"frames are {shape[0]} x {shape[1]}")
