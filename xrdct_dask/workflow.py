@@ -109,7 +109,7 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
         r_A = op.r_A
     omega = np.arange(s.nomega) * (s.omega_range_deg / s.nomega)
     path = Path(wf.store.path)
-    flags = None
+    flags = grid = None
     if wf.inputs.scan_file is not None:
         try:
             grid, dup = read_scan_file(wf.inputs.scan_file, s.nz, s.nomega, s.nx)
@@ -118,16 +118,23 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
         if dup.any():
             log.warning("%s: %d scan points recorded twice; the last record is used", wf.inputs.scan_file, dup.sum())
         flags = _scan_flags(grid, dup, s)
-    else:
-        iz, iw, ix = np.meshgrid(np.arange(s.nz), np.arange(s.nomega), np.arange(s.nx), indexing="ij")
-        grid = grid_index(iz, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+    iw, ix = np.indices((s.nomega, s.nx))
+
+    def grid_of(z: int) -> np.ndarray:  # acquisition indices of slice z; the scan arithmetic slab by slab
+        return grid[z] if grid is not None else grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+
+    mon = None
     if wf.inputs.monitor is not None:
-        mon = read_monitor(wf.inputs.monitor, s.nframes if wf.inputs.scan_file is None else int(grid.max()) + 1)
-        monitor = np.where(grid >= 0, mon[np.clip(grid, 0, None)], np.nan)
+        mon = read_monitor(wf.inputs.monitor, s.nframes if grid is None else int(grid.max()) + 1)
+        used = mon if grid is None else mon[grid[grid >= 0]]  # every frame, or those the scan file places
+        good = used[np.isfinite(used) & (used > 0)]
+        reference = float(np.median(good)) if good.size else 1.0
     else:
-        monitor = np.ones(grid.shape)
-    good = np.isfinite(monitor) & (monitor > 0)
-    reference = float(np.median(monitor[good])) if good.any() else 1.0
+        reference = 1.0
+
+    def monitor_of(z: int) -> np.ndarray:
+        g = grid_of(z)
+        return np.ones(g.shape) if mon is None else np.where(g >= 0, mon[np.clip(g, 0, None)], np.nan)
     attrs = {
         "workflow": wf.model_dump(mode="json"),
         "workflow_yaml": wf.to_yaml(),
@@ -145,8 +152,11 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
                        omega_deg=omega, x_mm=np.arange(s.nx) * s.x_step_mm, z_mm=np.arange(s.nz) * s.z_step_mm,
                        r_A=r_A, omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs,
                        overwrite=wf.store.overwrite if overwrite is None else overwrite)
-    store.open_array(path, f"{store.REDUCED}/monitor")[...] = monitor.astype(np.float32)
-    store.open_array(path, f"{store.REDUCED}/frame_index")[...] = grid
+    mon_arr = store.open_array(path, f"{store.REDUCED}/monitor")
+    idx_arr = store.open_array(path, f"{store.REDUCED}/frame_index")
+    for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays it did not read
+        mon_arr[z] = monitor_of(z).astype(np.float32)
+        idx_arr[z] = grid_of(z)
     if flags is not None:
         store.open_array(path, f"{store.REDUCED}/scan_flag")[...] = flags
     store.mark_template_complete(path)
