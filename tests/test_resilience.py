@@ -238,6 +238,30 @@ def test_existing_store_of_other_work_is_refused_naming_the_change(tiny_scan, re
     assert all(not v for v in build_graph(ctx, done=store.task_state(reference)).values())
 
 
+def test_store_left_while_preparing_is_recreated_not_resumed(tiny_scan, tmp_path):
+    """A run killed while writing the template (no template_complete mark) starts afresh."""
+    from xrdct_dask.workflow import open_run
+
+    wf = workflow_for(tiny_scan, tmp_path / "run.zarr")
+    open_run(wf)
+    stray = tmp_path / "run.zarr" / "tasks" / "integrate" / "c" / "0" / "0"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"left by a killed run")
+    root = zarr.open_group(str(tmp_path / "run.zarr"), mode="r+")
+    del root.attrs["template_complete"]
+    open_run(wf)
+    assert not stray.exists() and store.task_state(tmp_path / "run.zarr").counts()["decode-integrate"] == (0, 24)
+
+
+def test_cli_expands_quoted_globs_of_runs(tmp_path):
+    from xrdct_dask.cli import _expand_runs
+
+    for name in ("a", "b"):
+        (tmp_path / name / "run.zarr").mkdir(parents=True)
+    assert _expand_runs([f"{tmp_path}/*/run.zarr", "x.zarr"]) == [tmp_path / "a" / "run.zarr",
+                                                                  tmp_path / "b" / "run.zarr", Path("x.zarr")]
+
+
 # ------------------------------------------------------------------------------------------
 # bad input
 # ------------------------------------------------------------------------------------------
@@ -591,3 +615,15 @@ def test_workflow_yaml_builds_no_python_objects(tmp_path):
     with pytest.raises(WorkflowError, match="not valid YAML"):
         load_workflow(p)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_library_never_unpickles_or_evaluates_user_files():
+    """Static check of the package source: no pickle/marshal loads, eval/exec, unsafe YAML, or
+    numpy loads with allow_pickle=True (user files are data, never code)."""
+    import re
+
+    bad = re.compile(r"pickle\.loads?\(|marshal\.loads?\(|\beval\(|\bexec\(|yaml\.load\(|yaml\.unsafe_load|"
+                     r"allow_pickle\s*=\s*True|yaml\.Loader\b|UnsafeLoader")
+    hits = [f"{p.relative_to(REPO)}:{n}" for p in (REPO / "xrdct_dask").rglob("*.py")
+            for n, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line)]
+    assert not hits, hits
