@@ -455,6 +455,65 @@ def test_fuzz_read_path_of_mutated_real_pilatus_frame(real_cbf, ops):
     assert kind in ("corrupt", "shape", 0, 1)
 
 
+def _has(module: str, name: str | None = None) -> bool:
+    import importlib
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec(module) is None:
+            return False
+        return name is None or hasattr(importlib.import_module(module), name)
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has("xrdct_dask.io.cbf", "locate_payload"), reason="no in-place payload locator here")
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_mutations())
+def test_fuzz_in_place_locator_agrees_with_parse_cbf(tiny_scan, ops):
+    """The GPU path locates payloads inside file images in pinned memory: on any mutated file it
+    must reach the verdict parse_cbf reaches (same error class, or the same payload bytes)."""
+    from xrdct_dask.io.cbf import locate_payload
+
+    raw = _mutate(tiny_scan.frame_path(7).read_bytes(), ops)
+    try:
+        p = parse_cbf(raw, "f")
+        want = (bytes(p.data), p.shape)
+    except CorruptFrameError as err:
+        want = type(err)
+    try:
+        off, nbytes, shape, _ = locate_payload(memoryview(bytearray(raw)), "f")
+        got = (raw[off:off + nbytes], tuple(shape))
+    except CorruptFrameError as err:
+        got = type(err)
+    assert got == want
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not _has("xrdct_dask.io.gpu_decode"), reason="no GPU decoder here")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_mutations())
+def test_fuzz_gpu_decoder_on_mutated_cbf_agrees_with_cpu(tiny_scan, ops):
+    """Whatever parse_cbf lets through (mutated payload bytes included), the GPU decoder returns
+    the CPU decoder's status and, for status 0, its pixels; it never hangs (timeout) or faults."""
+    from xrdct_dask.backend import gpu_available
+
+    if not gpu_available():
+        pytest.skip("needs cupy and a CUDA GPU")
+    from xrdct_dask.io.gpu_decode import decode_payloads_gpu
+
+    kind, payload = _read_path(_mutate(tiny_scan.frame_path(7).read_bytes(), ops), (209, 184))
+    if payload is None:
+        return  # rejected before any decoder runs, on both paths
+    buf, n = payload
+    d_out, off, status = decode_payloads_gpu([buf.tobytes()], [n])
+    assert int(status[0]) == kind
+    if kind == 0:
+        cpu, _, _ = decode_batch(*pack_payloads([buf.tobytes()]), [n])
+        np.testing.assert_array_equal(d_out.get()[off[0]:off[1]], cpu)
+
+
 # ------------------------------------------------------------------------------------------
 # reprocess
 # ------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ The formulas are those the run follows (``nz, nomega, nx`` scan, ``wc`` = store.
                            ceil(nz / S) waves, at most two in flight: <= max_tasks tasks held
     bytes read             integrate F * frame_bytes; center nz nomega nx (4 + 1);
                            recon nz nomega nx (4 nq + ceil(nq/qc)); pdf nz nx^2 nq 4
-    held per task          integrate wc nx (8 nq + 10) + 2 min(32, wc nx) frame_bytes; center nomega nx 5;
+    held per task          integrate wc nx (8 nq + 10) + 2 min(128, wc nx) frame_bytes; center nomega nx 5;
                            recon nomega nx (4 qc + 1) + nx^2 qc 4; pdf nx^2 (nq + nr) 4
     bytes written          prepare F (8 + 4) (+ 1 with a scan file); integrate F (8 nq + 10);
                            recon nz nx^2 nq 4; pdf nz nx^2 nr 4       (uncompressed, upper bounds)
@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import Workflow
-from .stages import BATCH_FRAMES
+
+BATCH_FRAMES = 128  # frames per engine call on a GPU (32 on a CPU): the larger, for an upper bound
 
 PILATUS2M_SHAPE = (1679, 1475)
 CBF_OVERHEAD_BYTES = 8192  # imgCIF header + binary-section header + padding of a Pilatus CBF

@@ -97,16 +97,10 @@ def _read(ctx: RunContext, index: int, shape: tuple[int, int]):
     path = ctx.workflow.frame_path(int(index))
     try:
         payload = read_cbf_payload(path)
-    except FileNotFoundError:
-        return None, FrameStatus.MISSING
-    except CorruptFrameError as err:
-        status = (FrameStatus.TRUNCATED if isinstance(err, TruncatedFrameError) else
-                  FrameStatus.SIZE_MISMATCH if isinstance(err, SizeMismatchError) else FrameStatus.CORRUPT_HEADER)
-        log.warning("%s", err)
-        return None, status
-    except OSError as err:
-        log.warning("%s: %s", path, err)
-        return None, FrameStatus.CORRUPT_HEADER
+    except (OSError, CorruptFrameError) as err:
+        if not isinstance(err, FileNotFoundError):
+            log.warning("%s: %s", path, err)
+        return None, _status_of(err)
     if payload.shape != shape:
         log.warning("%s: frame is %s, the detector %s", path, payload.shape, shape)
         return None, FrameStatus.WRONG_SHAPE
@@ -114,6 +108,17 @@ def _read(ctx: RunContext, index: int, shape: tuple[int, int]):
         log.warning("%s: Content-MD5 does not match the payload", path)
         return None, FrameStatus.BAD_CHECKSUM
     return payload, FrameStatus.OK
+
+
+def _status_of(err: Exception) -> FrameStatus:
+    """The status of a frame whose reading raised ``err`` (by exception type, never by message)."""
+    if isinstance(err, FileNotFoundError):
+        return FrameStatus.MISSING
+    if isinstance(err, TruncatedFrameError):
+        return FrameStatus.TRUNCATED
+    if isinstance(err, SizeMismatchError):
+        return FrameStatus.SIZE_MISMATCH
+    return FrameStatus.CORRUPT_HEADER
 
 
 def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:

@@ -439,9 +439,13 @@ def execute(ctxs: list[stages.RunContext], *, scheduler_address: str | None = No
             for i, c in enumerate(ctxs)]
 
 
-def compute_waves(client, wave_builders: list, totals: dict[str, int], progress: bool = True, stores=()):
+def compute_waves(client, wave_builders: list, totals: dict[str, int], progress: bool = True, stores=(),
+                  resources: dict[str, dict] | None = None):
     """Submit waves of ``(tag, stage, delayed)`` items, two in flight, and yield ``(tag, stage,
-    result)`` as tasks finish, with one progress bar per stage (``totals``: tasks per stage)."""
+    result)`` as tasks finish, with one progress bar per stage (``totals``: tasks per stage).
+
+    Each wave is submitted stage by stage in the order its items come (dependency order), with
+    ``resources[stage]`` as extra ``client.compute`` arguments (e.g. ``{"resources": {"GPU": 1}}``)."""
     from collections import deque
 
     from distributed import as_completed
@@ -452,13 +456,16 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
     ac = as_completed()
 
     def submit():
-        items = queue.popleft()()
-        futures = client.compute([d for *_, d in items])
+        by_stage: dict[str, list] = {}
+        for tag, stage, d in queue.popleft()():
+            by_stage.setdefault(stage, []).append((tag, d))
         keys = set()
-        for (tag, stage, _), f in zip(items, futures):
-            meta[f.key] = (tag, stage, f)
-            keys.add(f.key)
-        ac.update(futures)
+        for stage, items in by_stage.items():  # the graph of a later stage holds the keys of earlier ones
+            futures = client.compute([d for _, d in items], optimize_graph=False, **(resources or {}).get(stage, {}))
+            for (tag, _), f in zip(items, futures):
+                meta[f.key] = (tag, stage, f)
+                keys.add(f.key)
+            ac.update(futures)
         inflight.append(keys)
 
     bar = None

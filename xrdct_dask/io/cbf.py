@@ -100,19 +100,37 @@ def parse_cbf(raw: bytes | memoryview, name: str = "<bytes>") -> CbfPayload:
     if nelem != nfast * nslow:
         raise CorruptFrameError(f"{name}: {nelem} elements but the dimensions say {nslow} x {nfast}")
     begin = marker + len(BINARY_MARKER)
-    end = begin + nbytes
-    # an intact file closes the section after the payload and its zero padding; searched from the
-    # end of the file, so this costs nothing for a whole 2.5 MB frame
-    closing = raw.rfind(_SECTION + b"--", begin)
-    if closing >= 0 and (end > closing or raw[end:closing].rstrip(b"\r\n").strip(b"\x00")):
-        raise SizeMismatchError(f"{name}: X-Binary-Size says {nbytes} bytes but the binary section holds "
-                                f"{closing - begin} (payload and padding)")
-    if end > len(mv):
-        raise TruncatedFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {len(mv) - begin} "
-                                  f"remain")
-    if nbytes < nelem:  # byte-offset spends at least one byte per pixel
-        raise SizeMismatchError(f"{name}: X-Binary-Size {nbytes} bytes cannot hold {nslow} x {nfast} pixels")
+    check_extent(mv, begin, nbytes, (nslow, nfast), name)
     return CbfPayload(mv[begin:begin + nbytes], (nslow, nfast), fields.get("content-md5"))
+
+
+_CLOSING = _SECTION + b"--"
+_TAIL_BYTES = 16384  # the closing boundary of a whole file lies within its padding (<= 4095 B) of the end
+
+
+def check_extent(buf, begin: int, nbytes: int, shape: tuple[int, int], name: str = "<bytes>") -> None:
+    """Check that ``buf[begin:begin + nbytes]`` is exactly the payload of the CBF file image ``buf``
+    (bytes or a memoryview, e.g. of pinned memory; only its last 16 kB are copied).
+
+    Raises :class:`SizeMismatchError` when the file is whole (it ends with the closing boundary)
+    but the payload would run into the boundary or leave non-padding bytes before it, or when
+    ``nbytes`` cannot hold the pixels (byte-offset spends one byte per pixel at least: this also
+    bounds what a decoder allocates by the file size); :class:`TruncatedFrameError` when the file
+    ends inside the payload.
+    """
+    n = len(buf)
+    end = begin + nbytes
+    tail_start = max(begin, n - _TAIL_BYTES)
+    k = bytes(buf[tail_start:n]).rfind(_CLOSING)
+    if k >= 0:
+        closing = tail_start + k
+        if end > closing or bytes(buf[end:closing]).rstrip(b"\r\n").strip(b"\x00"):
+            raise SizeMismatchError(f"{name}: X-Binary-Size says {nbytes} bytes but the binary section holds "
+                                    f"{closing - begin} (payload and padding)")
+    if end > n:
+        raise TruncatedFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {n - begin} remain")
+    if nbytes < shape[0] * shape[1]:
+        raise SizeMismatchError(f"{name}: X-Binary-Size {nbytes} bytes cannot hold {shape[0]} x {shape[1]} pixels")
 
 
 def read_cbf_payload(path: str | Path) -> CbfPayload:
