@@ -20,6 +20,7 @@ from .io.cbf import CorruptFrameError, read_cbf_payload
 
 log = logging.getLogger(__name__)
 
+STAGE_ORDER = ("decode-integrate", "center", "recon", "pdf")  # dependency order of the graph's stages
 FRAMES_PROBED = 64  # check_inputs takes the frame shape from the first readable of these
 
 
@@ -228,8 +229,7 @@ def open_run(wf: Workflow, overwrite: bool | None = None) -> stages.RunContext:
                 if digest != attrs.get("input_digest"):
                     raise WorkflowError(f"inputs.frames: the frame files changed since {path} was created (input "
                                         f"digest differs); set store.overwrite=true to start again")
-            done = {k: v for k, v in state.counts().items()}
-            log.info("resuming %s: %s", path, ", ".join(f"{k} {d}/{t} done" for k, (d, t) in done.items()))
+            log.info("resuming %s: %s", path, ", ".join(f"{k} {d}/{t} done" for k, (d, t) in state.counts().items()))
             return ctx
         log.warning("%s: template incomplete (a run stopped while preparing it): creating it again", path)
         overwrite = True
@@ -405,6 +405,11 @@ def execute(ctxs: list[stages.RunContext], *, scheduler_address: str | None = No
         for k, v in d.items():
             totals[k] = totals.get(k, 0) + v
     token = uuid.uuid4().hex[:8]
+    if progress:
+        for c, st in zip(ctxs, states):
+            done, total = (sum(x) for x in zip(*st.counts().values()))
+            if done:
+                print(f"{c.store_path}: {done} of {total} tasks already done (their chunks are kept)")
 
     def wave(k: int) -> list:
         by_ctx: dict[int, list[int]] = {}
@@ -444,7 +449,7 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
     """Submit waves of ``(tag, stage, delayed)`` items, two in flight, and yield ``(tag, stage,
     result)`` as tasks finish, with one progress bar per stage (``totals``: tasks per stage).
 
-    Each wave is submitted stage by stage in the order its items come (dependency order), with
+    Each wave is submitted stage by stage in :data:`STAGE_ORDER` (dependency order), with
     ``resources[stage]`` as extra ``client.compute`` arguments (e.g. ``{"resources": {"GPU": 1}}``)."""
     from collections import deque
 
@@ -460,7 +465,9 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
         for tag, stage, d in queue.popleft()():
             by_stage.setdefault(stage, []).append((tag, d))
         keys = set()
-        for stage, items in by_stage.items():  # the graph of a later stage holds the keys of earlier ones
+        order = sorted(by_stage, key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else len(STAGE_ORDER))
+        for stage in order:  # the graph of a later stage holds the keys of earlier ones: submit those first
+            items = by_stage[stage]
             futures = client.compute([d for _, d in items], optimize_graph=False, **(resources or {}).get(stage, {}))
             for (tag, _), f in zip(items, futures):
                 meta[f.key] = (tag, stage, f)
