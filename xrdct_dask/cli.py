@@ -75,9 +75,71 @@ def run(
     try:
         wf = load_workflow(workflow, parse_overrides(set_))
         path = wfmod.run(wf, scheduler_address=scheduler_address)
-    except (WorkflowError, FileExistsError) as err:
+    except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
         _fail(str(err))
     typer.echo(f"store: {path}")
+
+
+def _expand_runs(runs: list[str]) -> list[Path]:
+    """Run stores named on the command line; quoted globs (``'scans/*/run.zarr'``) are expanded here."""
+    import glob
+
+    out: list[Path] = []
+    for r in runs:
+        hits = sorted(glob.glob(r)) if any(c in r for c in "*?[") else [r]
+        if not hits:
+            _fail(f"{r}: no run store matches")
+        out += [Path(h) for h in hits]
+    return out
+
+
+@app.command()
+def reprocess(
+    runs: Annotated[list[str], typer.Argument(help="run stores (RUN.zarr), or quoted globs; several run as one graph")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="change a key: --set integrate.npt_rad=3000")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="rerun from this stage at least: integrate | recon | pdf")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="the new store (one run only); default RUN-<digest>.zarr beside it")] = None,
+    scheduler_address: Annotated[Optional[str], typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Rerun old runs from their stored workflow with changes, recomputing only the stages downstream of them."""
+    from . import reprocess as rp
+    from . import workflow as wfmod
+
+    _logging(verbose)
+    try:
+        paths = rp.reprocess(_expand_runs(runs), parse_overrides(set_), from_, out,
+                             scheduler_address=scheduler_address)
+    except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
+        _fail(str(err))
+    for p in paths:
+        typer.echo(f"store: {p}")
+
+
+@app.command()
+def plan(
+    workflow: Annotated[Path, typer.Argument(help="workflow YAML")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set scan.nz=1000")] = None,
+    gpu_frames_per_s: Annotated[Optional[float], typer.Option(help="decode + integrate frames/s of one GPU")] = None,
+    cpu_frames_per_s_per_core: Annotated[Optional[float], typer.Option(help="frames/s of one CPU core")] = None,
+    frame_bytes: Annotated[Optional[int], typer.Option(help="bytes per frame file (default: the first frame's size)")] = None,
+    results: Annotated[Path, typer.Option(help="read throughputs from here when not given")] = Path("benchmarks/RESULTS.md"),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
+) -> None:
+    """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
+    import json
+
+    from .plan import format_plan, plan_workflow
+
+    try:
+        wf = load_workflow(workflow, parse_overrides(set_))
+    except WorkflowError as err:
+        _fail(str(err))
+    p = plan_workflow(wf, frame_bytes=frame_bytes, gpu_frames_per_s=gpu_frames_per_s,
+                      cpu_frames_per_s_per_core=cpu_frames_per_s_per_core, results=results)
+    typer.echo(format_plan(p))
+    if json_out is not None:
+        json_out.write_text(json.dumps(p.to_dict(), indent=1))
 
 
 @app.command()

@@ -38,6 +38,8 @@ class Inputs(_Section):
     flat: Path | None = None
     monitor: Path | None = Field(None, description="text file, one I0 value per frame in acquisition order")
     scan_file: Path | None = Field(None, description="CSV written by the acquisition: index,iz,iomega,ix,... per frame")
+    check_md5: bool = Field(False, description="verify each frame's Content-MD5 (one md5 per frame); "
+                                               "a mismatch flags the frame BAD_CHECKSUM")
 
     @field_validator("frames")
     @classmethod
@@ -146,6 +148,8 @@ class Compute(_Section):
     dashboard_address: str = "127.0.0.1:0"
     workers_per_gpu: int = Field(2, ge=1, description="local GPU runs: worker processes sharing each GPU "
                                                       "(each its own engine and GIL for reading frames)")
+    max_tasks: int = Field(200_000, ge=10, description="tasks the scheduler holds at once: larger runs go in "
+                                                       "waves of z-slabs, two waves of max_tasks/2 in flight")
 
 
 class Workflow(_Section):
@@ -170,6 +174,13 @@ class Workflow(_Section):
     def digest(self) -> str:
         """sha256 of the canonical JSON form: two runs with the same digest do the same work."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def work_digest(self) -> str:
+        """sha256 of what determines the store's contents: the digest without ``compute`` (how
+        many workers) and ``store.path``/``store.overwrite`` (where).  A run resumes a store only
+        when its work digest matches the one the store records."""
+        data = json.loads(self.model_dump_json(exclude={"compute": True, "store": {"path", "overwrite"}}))
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def frame_path(self, index: int) -> Path:
         return Path(self.inputs.frames.format(index=index))

@@ -18,8 +18,8 @@ import numpy as np
 
 from . import store
 from .config import Workflow
-from .io.cbf import CorruptFrameError, read_cbf_payload
-from .io.status import FrameStatus
+from .io.cbf import CorruptFrameError, SizeMismatchError, TruncatedFrameError, read_cbf_payload
+from .io.status import FrameStatus, usable
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +183,14 @@ def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pendin
     yield from integ.integrate_batches(engine_batches(), packed=True)
 
 
-
 def _status_of(err: Exception) -> FrameStatus:
+    """The status of a frame whose reading raised ``err`` (by exception type, never by message)."""
     if isinstance(err, FileNotFoundError):
         return FrameStatus.MISSING
-    if isinstance(err, CorruptFrameError) and "truncated" in str(err):
+    if isinstance(err, TruncatedFrameError):
         return FrameStatus.TRUNCATED
+    if isinstance(err, SizeMismatchError):
+        return FrameStatus.SIZE_MISMATCH
     return FrameStatus.CORRUPT_HEADER
 
 
@@ -248,11 +250,16 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
         pool.shutdown()
     t_write = time.perf_counter()
     status[(status == FrameStatus.OK) & bad_monitor] = FrameStatus.BAD_MONITOR
-    bad = status != FrameStatus.OK
+    # a good frame the scan file placed (recorded twice, or out of acquisition order) keeps that note
+    flag = store.open_array(ctx.store_path, f"{store.REDUCED}/scan_flag", "r")[
+        block.z, block.omega_start:block.omega_stop].reshape(-1)
+    status = np.where((status == FrameStatus.OK) & (flag > 0), flag, status).astype(np.int8)
+    bad = ~usable(status)
     intensity[bad] = np.nan
     sigma[bad] = np.nan
     store.write_reduced(ctx.store_path, block, intensity.reshape(nw, nx, nq), sigma.reshape(nw, nx, nq),
                         monitor.reshape(nw, nx).astype(np.float32), status.reshape(nw, nx))
+    store.mark_done(ctx.store_path, "integrate", (block.z, block.omega_start // ctx.workflow.store.omega_chunk))
     counts = {FrameStatus(s).name: int(n) for s, n in zip(*np.unique(status, return_counts=True))}
     return {"stage": "decode-integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),
             "bytes": stats["bytes"], "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine,
@@ -266,12 +273,15 @@ def find_center(z: int, ctx: RunContext, *deps) -> float:
 
     c = ctx.workflow.sinogram.center
     if c != "auto":
+        store.mark_done(ctx.store_path, "center", (z,), float(c))
         return float(c)
     total = store.open_array(ctx.store_path, f"{store.REDUCED}/total", "r")[z]
     ok = store.open_array(ctx.store_path, f"{store.REDUCED}/frame_ok", "r")[z]
     omega = store.open_array(ctx.store_path, "omega", "r")[:]
     total, _ = fill_bad_frames(total[..., None], ok)
-    return estimate_center(total[..., 0], omega)
+    center = estimate_center(total[..., 0], omega)
+    store.mark_done(ctx.store_path, "center", (z,), center)
+    return center
 
 
 def reconstruct_block(z: int, qs: slice, center: float, ctx: RunContext, *deps) -> dict:
@@ -286,7 +296,8 @@ def reconstruct_block(z: int, qs: slice, center: float, ctx: RunContext, *deps) 
     omega = store.open_array(ctx.store_path, "omega", "r")[:]
     sino, info = prepare_sinogram(sino, ok, omega, center=center)
     vol = fbp(sino, omega, ctx.workflow.recon.filter, center=info["center"])
-    store.open_array(ctx.store_path, f"{store.RECON}/intensity")[z, :, :, qs] = vol
+    store.write_region(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), vol)
+    store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.workflow.store.q_chunk))
     return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
             "seconds": time.perf_counter() - t0}
 
@@ -321,5 +332,6 @@ def pdf_slice(z: int, ctx: RunContext, *deps) -> dict:
     min_scale = MIN_RELATIVE_SCALE * float(np.max(scale, initial=0.0))
     for y0 in range(0, ny, rows):
         out[y0:y0 + rows] = compute_pdf(vol[y0:y0 + rows], op, min_scale=min_scale).G
-    store.open_array(ctx.store_path, f"{store.PDF}/G")[z] = out
+    store.write_region(ctx.store_path, f"{store.PDF}/G", z, out)
+    store.mark_done(ctx.store_path, "pdf", (z,))
     return {"stage": "pdf", "z": z, "seconds": time.perf_counter() - t0}

@@ -10,18 +10,29 @@
       reduced/frame_index int64 (z, omega, x)   acquisition index of the frame at each point (-1: none)
       reduced/frame_ok   bool (z, omega, x)     false = missing or corrupt frame
       reduced/frame_status int8 (z, omega, x)   xrdct_dask.io.status.FrameStatus code (-1 = not yet written)
+      reduced/scan_flag  int8 (z, omega, x)     DUPLICATE / OUT_OF_ORDER where the scan file placed the frame, else 0
       recon/intensity    f32 (z, y, x, q)       chunks (1, nx, nx, q_chunk)
       pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, nr)
-      attrs: workflow, versions, input digest, engine, stage status
+      tasks/integrate    u8 (z, omega_block)    1 = that block of reduced/ is completely written
+      tasks/center       f64 (z)                rotation axis of the slice (pixels); NaN = not yet found
+      tasks/recon        u8 (z, q_block)        1 = that q block of recon/ is completely written
+      tasks/pdf          u8 (z)                 1 = that slice of pdf/G is completely written
+      attrs: workflow, versions, input digest, engine, stage status, template_complete
 
 The store is created whole before any compute (template first); every task writes only its own
 chunk-aligned region, so a retried task rewrites identical bytes and tasks never share a chunk.
+Each task sets its one-element marker in ``tasks/`` (its own chunk) only after its data are
+written, and zarr writes every chunk by write-then-rename: after a crash at any instant the
+markers name exactly the tasks whose output is whole, which is what a resumed run skips.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +40,16 @@ import numpy as np
 import zarr
 
 REDUCED, RECON, PDF = "reduced", "recon", "pdf"
+TASKS = "tasks"
 FORMAT = "xrdct-dask/1"
+
+
+class StoreWriteError(OSError):
+    """A chunk of the store could not be written (full disk, read-only or vanished file system).
+
+    Raised by the write functions of this module with the array and region named; the task that
+    hit it set no done-marker, so a rerun rewrites that chunk.
+    """
 
 
 @dataclass(frozen=True, order=True)
@@ -121,7 +141,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
                   ("total", (nz, nomega, nx), (1, wc, nx), "float32", ["z", "omega", "x"]),
                   ("frame_index", (nz, nomega, nx), (1, wc, nx), "int64", ["z", "omega", "x"]),
                   ("frame_ok", (nz, nomega, nx), (1, wc, nx), "bool", ["z", "omega", "x"]),
-                  ("frame_status", (nz, nomega, nx), (1, wc, nx), "int8", ["z", "omega", "x"])],
+                  ("frame_status", (nz, nomega, nx), (1, wc, nx), "int8", ["z", "omega", "x"]),
+                  ("scan_flag", (nz, nomega, nx), (1, wc, nx), "int8", ["z", "omega", "x"])],
         RECON: [("intensity", (nz, nx, nx, nq), (1, nx, nx, qc), "float32", ["z", "y", "x", "q"])],
     }
     if r_A is not None:
@@ -134,28 +155,144 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
         for name, shape, chunks, dtype, dimnames in arrays:
             fill = {"bool": False, "int8": -1, "int64": -1}.get(dtype, np.nan)
             g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dimnames)
+    _create_task_markers(root, nz, -(-nomega // wc), -(-nq // qc), coords["z"], pdf=r_A is not None)
     root.attrs.update({"format": FORMAT, "stage_status": {REDUCED: "pending", RECON: "pending", PDF: "pending"},
                        **attrs})
     return root
+
+
+# ------------------------------------------------------------------------------------------
+# done-markers: one element (and one chunk) per task, written after the task's data
+# ------------------------------------------------------------------------------------------
+def _create_task_markers(root, nz: int, n_omega_blocks: int, n_q_blocks: int, z_coord, pdf: bool) -> None:
+    g = root.create_group(TASKS)
+    _coord(g, "z", *z_coord)
+    specs = [("integrate", (nz, n_omega_blocks), "uint8", ["z", "omega_block"]),
+             ("center", (nz,), "float64", ["z"]),
+             ("recon", (nz, n_q_blocks), "uint8", ["z", "q_block"])]
+    if pdf:
+        specs.append(("pdf", (nz,), "uint8", ["z"]))
+    for name, shape, dtype, dims in specs:
+        g.create_array(name, shape=shape, chunks=(1,) * len(shape), dtype=dtype,
+                       fill_value=np.nan if dtype == "float64" else 0, dimension_names=dims)
+
+
+@dataclass
+class TaskState:
+    """Which tasks of a run are done: bool ``integrate (nz, n_omega_blocks)``, ``recon (nz,
+    n_q_blocks)``, ``pdf (nz,)`` (None without PDF) and ``center (nz,)`` (NaN = not found yet)."""
+
+    integrate: np.ndarray
+    center: np.ndarray
+    recon: np.ndarray
+    pdf: np.ndarray | None
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """``{stage: (done, total)}``."""
+        out = {"decode-integrate": (int(self.integrate.sum()), self.integrate.size),
+               "center": (int(np.isfinite(self.center).sum()), self.center.size),
+               "recon": (int(self.recon.sum()), self.recon.size)}
+        if self.pdf is not None:
+            out["pdf"] = (int(self.pdf.sum()), self.pdf.size)
+        return out
+
+    @property
+    def complete(self) -> bool:
+        return all(d == t for d, t in self.counts().values())
+
+
+def task_state(path) -> TaskState:
+    """Read the done-markers of a store (one small read per task; ~1e5 files at 1000^3)."""
+    g = zarr.open_group(str(Path(path) / TASKS), mode="r")
+    pdf = g["pdf"][...].astype(bool) if "pdf" in g.array_keys() else None
+    return TaskState(integrate=g["integrate"][...].astype(bool), center=g["center"][...],
+                     recon=g["recon"][...].astype(bool), pdf=pdf)
+
+
+def mark_done(path, stage: str, index: tuple[int, ...], value: float = 1) -> None:
+    """Set the marker of one task (``stage`` in integrate | center | recon | pdf) after its data."""
+    write_region(path, f"{TASKS}/{stage}", index, value)
+
+
+def mark_template_complete(path) -> None:
+    """Record that the template and the per-frame inputs (monitor, frame_index, scan_flag) are
+    written: a store without this mark is recreated, not resumed."""
+    zarr.open_group(str(path), mode="r+").attrs["template_complete"] = True
+
+
+def check_writable(path) -> None:
+    """Raise :class:`StoreWriteError` unless files can be created in folder ``path``."""
+    probe = Path(path) / f".xrdct-write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise StoreWriteError(err.errno or errno.EIO,
+                              f"{path} is not writable ({err.strerror or err})") from None
+
+
+def link_group(src, dst, group: str, names: list[str] | None = None) -> int:
+    """Make arrays of group ``group`` of store ``dst`` share the chunk files of store ``src``.
+
+    Chunk files are hard-linked (copied where the two stores are on different file systems):
+    no bytes move, and since zarr replaces a chunk by rename rather than writing into it, a later
+    write to either store never changes the other.  The arrays must already exist in ``dst`` with
+    the same shape, chunks and dtype.  Returns the number of chunk files shared.
+    """
+    src, dst = Path(src), Path(dst)
+    sg = zarr.open_group(str(src / group), mode="r")
+    n = 0
+    for name in names if names is not None else sorted(sg.array_keys()):
+        a, b = sg[name], zarr.open_array(str(dst / group / name), mode="r")
+        if (a.shape, a.chunks, a.dtype) != (b.shape, b.chunks, b.dtype):
+            raise ValueError(f"{group}/{name}: {src} has shape {a.shape} chunks {a.chunks} {a.dtype} but {dst} has "
+                             f"{b.shape} {b.chunks} {b.dtype}; they cannot share chunks")
+        top = src / group / name / "c"
+        for dirpath, _, files in os.walk(top):
+            rel = Path(dirpath).relative_to(src)
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                if f.endswith(".partial"):  # an interrupted write of the source: not a chunk
+                    continue
+                target = dst / rel / f
+                target.unlink(missing_ok=True)
+                try:
+                    os.link(Path(dirpath) / f, target)
+                except OSError:  # another file system, or links not allowed
+                    shutil.copyfile(Path(dirpath) / f, target)
+                n += 1
+    return n
 
 
 def open_array(path: str | Path, name: str, mode: str = "r+") -> zarr.Array:
     return zarr.open_array(str(Path(path) / name), mode=mode)
 
 
+def write_region(path, name: str, region, value) -> None:
+    """``store[name][region] = value``; an OSError becomes a :class:`StoreWriteError` naming both."""
+    try:
+        open_array(path, name)[region] = value
+    except OSError as err:
+        raise StoreWriteError(err.errno or errno.EIO,
+                              f"{Path(path) / name}: cannot write {region} ({err.strerror or err})") from None
+
+
 def write_reduced(path, block: FrameBlock, intensity, sigma, monitor, frame_status) -> None:
     """Write one block: intensity, sigma ``(nw, nx, nq)``; monitor, frame_status ``(nw, nx)``.
 
     ``frame_status`` is written last: a block whose status reads -1 was not (completely) written.
+    ``frame_ok`` is :func:`~xrdct_dask.io.status.usable` of the status.
     """
+    from .io.status import usable
+
     reg = region_for(block)
-    ok = frame_status == 0
-    open_array(path, f"{REDUCED}/intensity")[reg] = intensity[None]
-    open_array(path, f"{REDUCED}/sigma")[reg] = sigma[None]
-    open_array(path, f"{REDUCED}/monitor")[reg] = monitor[None]
-    open_array(path, f"{REDUCED}/total")[reg] = np.where(ok, np.nansum(intensity, axis=-1), np.nan)[None]
-    open_array(path, f"{REDUCED}/frame_ok")[reg] = ok[None]
-    open_array(path, f"{REDUCED}/frame_status")[reg] = frame_status.astype(np.int8)[None]
+    ok = usable(frame_status)
+    write_region(path, f"{REDUCED}/intensity", reg, intensity[None])
+    write_region(path, f"{REDUCED}/sigma", reg, sigma[None])
+    write_region(path, f"{REDUCED}/monitor", reg, monitor[None])
+    write_region(path, f"{REDUCED}/total", reg, np.where(ok, np.nansum(intensity, axis=-1), np.nan)[None])
+    write_region(path, f"{REDUCED}/frame_ok", reg, ok[None])
+    write_region(path, f"{REDUCED}/frame_status", reg, frame_status.astype(np.int8)[None])
 
 
 def consolidate(path) -> None:

@@ -20,6 +20,13 @@ from .io.cbf import CorruptFrameError, read_cbf_payload
 
 log = logging.getLogger(__name__)
 
+STAGE_ORDER = ("decode-integrate", "center", "recon", "pdf")  # dependency order of the graph's stages
+FRAMES_PROBED = 64  # check_inputs takes the frame shape from the first readable of these
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on (the store cannot be written); what is marked done is whole."""
+
 
 def check_inputs(wf: Workflow):
     """Fail fast, before any compute, with one line naming the problem.
@@ -31,17 +38,35 @@ def check_inputs(wf: Workflow):
     first = wf.frame_path(0)
     if not first.parent.is_dir():
         raise WorkflowError(f"inputs.frames: folder {first.parent} does not exist")
-    if not first.is_file():
-        raise WorkflowError(f"inputs.frames: first frame {first} not found")
-    try:
-        shape = read_cbf_payload(first).shape
-    except CorruptFrameError as err:
-        raise WorkflowError(f"inputs.frames: {err}") from None
     try:
         ai = load_poni(wf.inputs.poni)
     except (FileNotFoundError, ValueError) as err:
         raise WorkflowError(f"inputs.poni: {err}") from None
+    # pyFAI reads any text as a PONI with default geometry: insist on the keys a calibration writes
+    text = Path(wf.inputs.poni).read_text(errors="replace").lower()
+    lacking = [k for k in ("distance", "poni1", "poni2") if f"{k}:" not in text]
+    if lacking:
+        raise WorkflowError(f"inputs.poni: {wf.inputs.poni} is not a PONI file (no {', '.join(lacking)} key)")
     det_shape = ai.detector.max_shape
+    # the frame shape: the first readable frame of the PONI's shape (else the first readable one);
+    # a missing or broken frame among them is flagged by its task later, not fatal here
+    shape, first_err, seen = None, None, False
+    for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
+        try:
+            s = read_cbf_payload(wf.frame_path(i)).shape
+        except FileNotFoundError:
+            continue
+        except (CorruptFrameError, OSError) as err:
+            seen, first_err = True, first_err or err
+            continue
+        seen, shape = True, shape or s
+        if det_shape is None or tuple(s) == tuple(det_shape):
+            shape = s
+            break
+    if not seen:
+        raise WorkflowError(f"inputs.frames: first frame {first} not found")
+    if shape is None:
+        raise WorkflowError(f"inputs.frames: none of the first {FRAMES_PROBED} frames is readable ({first_err})")
     if det_shape is not None and tuple(det_shape) != tuple(shape):
         raise WorkflowError(f"inputs.poni: the PONI's detector is {det_shape[0]} x {det_shape[1]} pixels but the "
                             f"frames are {shape[0]} x {shape[1]}")
@@ -85,24 +110,37 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
         r_A = op.r_A
     omega = np.arange(s.nomega) * (s.omega_range_deg / s.nomega)
     path = Path(wf.store.path)
+    flags = grid = None
     if wf.inputs.scan_file is not None:
-        grid, dup = read_scan_file(wf.inputs.scan_file, s.nz, s.nomega, s.nx)
+        try:
+            grid, dup = read_scan_file(wf.inputs.scan_file, s.nz, s.nomega, s.nx)
+        except ValueError as err:
+            raise WorkflowError(f"inputs.scan_file: {err}") from None
         if dup.any():
             log.warning("%s: %d scan points recorded twice; the last record is used", wf.inputs.scan_file, dup.sum())
-    else:
-        iz, iw, ix = np.meshgrid(np.arange(s.nz), np.arange(s.nomega), np.arange(s.nx), indexing="ij")
-        grid = grid_index(iz, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+        flags = _scan_flags(grid, dup, s)
+    iw, ix = np.indices((s.nomega, s.nx))
+
+    def grid_of(z: int) -> np.ndarray:  # acquisition indices of slice z; the scan arithmetic slab by slab
+        return grid[z] if grid is not None else grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+
+    mon = None
     if wf.inputs.monitor is not None:
-        mon = read_monitor(wf.inputs.monitor, s.nframes if wf.inputs.scan_file is None else int(grid.max()) + 1)
-        monitor = np.where(grid >= 0, mon[np.clip(grid, 0, None)], np.nan)
+        mon = read_monitor(wf.inputs.monitor, s.nframes if grid is None else int(grid.max()) + 1)
+        used = mon if grid is None else mon[grid[grid >= 0]]  # every frame, or those the scan file places
+        good = used[np.isfinite(used) & (used > 0)]
+        reference = float(np.median(good)) if good.size else 1.0
     else:
-        monitor = np.ones(grid.shape)
-    good = np.isfinite(monitor) & (monitor > 0)
-    reference = float(np.median(monitor[good])) if good.any() else 1.0
+        reference = 1.0
+
+    def monitor_of(z: int) -> np.ndarray:
+        g = grid_of(z)
+        return np.ones(g.shape) if mon is None else np.where(g >= 0, mon[np.clip(g, 0, None)], np.nan)
     attrs = {
         "workflow": wf.model_dump(mode="json"),
         "workflow_yaml": wf.to_yaml(),
         "workflow_digest": wf.digest(),
+        "work_digest": wf.work_digest(),
         "versions": store.versions(),
         "input_digest": store.input_digest([wf.frame_path(i) for i in range(min(s.nframes, 100_000))]),
         "engine": integ.engine,
@@ -115,32 +153,144 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
                        omega_deg=omega, x_mm=np.arange(s.nx) * s.x_step_mm, z_mm=np.arange(s.nz) * s.z_step_mm,
                        r_A=r_A, omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs,
                        overwrite=wf.store.overwrite if overwrite is None else overwrite)
-    store.open_array(path, f"{store.REDUCED}/monitor")[...] = monitor.astype(np.float32)
-    store.open_array(path, f"{store.REDUCED}/frame_index")[...] = grid
-    return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A)
+    mon_arr = store.open_array(path, f"{store.REDUCED}/monitor")
+    idx_arr = store.open_array(path, f"{store.REDUCED}/frame_index")
+    for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays it did not read
+        mon_arr[z] = monitor_of(z).astype(np.float32)
+        idx_arr[z] = grid_of(z)
+    if flags is not None:
+        store.open_array(path, f"{store.REDUCED}/scan_flag")[...] = flags
+    store.mark_template_complete(path)
+    store.consolidate(path)
+    return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A,
+                             check_md5=wf.inputs.check_md5)
 
 
-def build_graph(ctx: stages.RunContext) -> dict:
-    """The whole run as dask delayed objects, keyed by stage: ``{stage: [delayed, ...]}``."""
+def _scan_flags(grid: np.ndarray, dup: np.ndarray, s) -> np.ndarray:
+    """int8 ``(nz, nomega, nx)``: DUPLICATE where the scan file records a point twice, OUT_OF_ORDER
+    where it places a frame elsewhere than the scan arithmetic (fast axis, snake) would, else 0."""
+    from .io.scan import grid_index
+    from .io.status import FrameStatus
+
+    flags = np.zeros(grid.shape, np.int8)
+    iw, ix = np.indices(grid.shape[1:])
+    for z in range(grid.shape[0]):  # slab by slab: no (nz, nomega, nx) temporaries
+        expected = grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+        flags[z][(grid[z] >= 0) & (grid[z] != expected)] = FrameStatus.OUT_OF_ORDER
+    flags[dup] = FrameStatus.DUPLICATE
+    n = int((flags == FrameStatus.OUT_OF_ORDER).sum())
+    if n:
+        log.warning("%d frames arrived out of the scan's order; placed by the scan file", n)
+    return flags
+
+
+def context_from_store(wf: Workflow, path) -> stages.RunContext:
+    """The :class:`stages.RunContext` of an existing store (resume, reprocess)."""
+    attrs = store.read_attrs(path)
+    return stages.RunContext(workflow=wf, store_path=Path(path), monitor_reference=float(attrs["monitor_reference"]),
+                             wavelength_A=float(attrs["wavelength_angstrom"]), check_md5=wf.inputs.check_md5)
+
+
+def open_run(wf: Workflow, overwrite: bool | None = None) -> stages.RunContext:
+    """The store of ``wf``, resumed or created, and its context; nothing is computed.
+
+    An existing store with a complete template and the same work digest
+    (:meth:`Workflow.work_digest`) is resumed: its done-markers say which tasks are skipped.
+    A store whose template was never completed (a run killed while preparing) is recreated.
+    Any other existing store is refused unless ``store.overwrite`` is set.
+    """
+    path = Path(wf.store.path)
+    overwrite = wf.store.overwrite if overwrite is None else overwrite
+    if path.exists() and not overwrite:
+        try:
+            attrs = store.read_attrs(path)
+        except Exception:
+            raise FileExistsError(f"{path} exists and is not a zarr store: remove it or choose another store.path") \
+                from None
+        if attrs.get("format") != store.FORMAT:
+            raise FileExistsError(f"{path} exists and is not an xrdct-dask store: choose another store.path")
+        if attrs.get("template_complete"):
+            if attrs.get("work_digest") != wf.work_digest():
+                from .reprocess import changed_keys
+
+                changed = changed_keys(attrs.get("workflow", {}), wf.model_dump(mode="json"))
+                raise FileExistsError(
+                    f"{path} holds a run of another workflow (changed: {', '.join(changed) or 'unknown'}): pass "
+                    f"store.overwrite=true to replace it, or `xrdct reprocess {path} --set ...` for a new run from it")
+            try:
+                store.check_writable(path)
+            except store.StoreWriteError as err:
+                raise WorkflowError(f"store.path: {err.strerror}") from None
+            ctx = context_from_store(wf, path)
+            state = store.task_state(path)
+            if not state.integrate.all():
+                check_inputs(wf)
+                digest = store.input_digest([wf.frame_path(i) for i in range(min(wf.scan.nframes, 100_000))])
+                if digest != attrs.get("input_digest"):
+                    raise WorkflowError(f"inputs.frames: the frame files changed since {path} was created (input "
+                                        f"digest differs); set store.overwrite=true to start again")
+            log.info("resuming %s: %s", path, ", ".join(f"{k} {d}/{t} done" for k, (d, t) in state.counts().items()))
+            return ctx
+        log.warning("%s: template incomplete (a run stopped while preparing it): creating it again", path)
+        overwrite = True
+    ai, _ = check_inputs(wf)
+    parent = path.parent
+    try:
+        if not parent.is_dir():
+            raise store.StoreWriteError(2, f"{parent} is not a folder")
+        store.check_writable(parent)
+    except store.StoreWriteError as err:
+        raise WorkflowError(f"store.path: cannot create {path}: {err.strerror}") from None
+    return prepare_store(wf, ai, overwrite=overwrite)
+
+
+def build_graph(ctx: stages.RunContext, zs=None, done: store.TaskState | None = None, token: str = "") -> dict:
+    """The run (or slices ``zs`` of it) as dask delayed objects, keyed by stage: ``{stage: [delayed, ...]}``.
+
+    With ``done`` (:func:`store.task_state`), tasks whose done-marker is set are left out: a slice
+    whose blocks are all integrated reuses its stored centre, and so on down the chain.  ``token``
+    suffixes the task names so that several runs (or a rerun) never share a key on a scheduler.
+    """
     import dask
 
     wf = ctx.workflow
     s = wf.scan
-    nq = stages.integrator_for(wf).plan.nbins
-    blocks = store.frame_blocks(s.nz, s.nomega, wf.store.omega_chunk)
-    integ = {b: dask.delayed(stages.integrate_block, pure=False)(b, ctx, dask_key_name=b.key) for b in blocks}
-    centers, recons, pdfs = {}, [], []
-    for z in range(s.nz):
-        deps = [d for b, d in integ.items() if b.z == z]
-        centers[z] = dask.delayed(stages.find_center, pure=False)(z, ctx, *deps, dask_key_name=("center", z))
-        rz = [dask.delayed(stages.reconstruct_block, pure=False)(z, qs, centers[z], ctx,
-                                                                  dask_key_name=("recon", z, qs.start))
-              for qs in store.q_blocks(nq, wf.store.q_chunk)]
-        recons += rz
-        if wf.pdf.enabled:
-            pdfs.append(dask.delayed(stages.pdf_slice, pure=False)(z, ctx, *rz, dask_key_name=("pdf", z)))
-    return {"decode-integrate": list(integ.values()), "center": list(centers.values()), "recon": recons,
-            "pdf": pdfs}
+    nq = int(store.open_array(ctx.store_path, "q", "r").shape[0])
+    wc, qc = wf.store.omega_chunk, wf.store.q_chunk
+    sfx = f"-{token}" if token else ""
+    out = {"decode-integrate": [], "center": [], "recon": [], "pdf": []}
+    for z in range(s.nz) if zs is None else zs:
+        blocks = [store.FrameBlock(z, w, min(w + wc, s.nomega)) for w in range(0, s.nomega, wc)]
+        if done is not None:
+            blocks = [b for b in blocks if not done.integrate[z, b.omega_start // wc]]
+        integ = [dask.delayed(stages.integrate_block, pure=False)(b, ctx, dask_key_name=(b.key[0] + sfx,) + b.key[1:])
+                 for b in blocks]
+        out["decode-integrate"] += integ
+        if done is not None and not integ and np.isfinite(done.center[z]):
+            center = float(done.center[z])
+        else:
+            center = dask.delayed(stages.find_center, pure=False)(z, ctx, *integ, dask_key_name=("center" + sfx, z))
+            out["center"].append(center)
+        qbs = [qs for qs in store.q_blocks(nq, qc) if done is None or not done.recon[z, qs.start // qc]]
+        rz = [dask.delayed(stages.reconstruct_block, pure=False)(z, qs, center, ctx,
+                                                                  dask_key_name=("recon" + sfx, z, qs.start))
+              for qs in qbs]
+        out["recon"] += rz
+        if wf.pdf.enabled and (done is None or done.pdf is None or not done.pdf[z]):
+            out["pdf"].append(dask.delayed(stages.pdf_slice, pure=False)(z, ctx, *rz, dask_key_name=("pdf" + sfx, z)))
+    return out
+
+
+def pending_tasks(ctx: stages.RunContext, done: store.TaskState) -> list[int]:
+    """Tasks still to run in each slice (what :func:`build_graph` would build), from the markers alone."""
+    wf = ctx.workflow
+    out = []
+    for z in range(wf.scan.nz):
+        n_int = int((~done.integrate[z]).sum())
+        n_center = int(n_int > 0 or not np.isfinite(done.center[z]))
+        n_pdf = int(wf.pdf.enabled and (done.pdf is None or not done.pdf[z]))
+        out.append(n_int + n_center + int((~done.recon[z]).sum()) + n_pdf)
+    return out
 
 
 def _worker_plugin_base():
@@ -157,8 +307,10 @@ class IntegratorPlugin(_worker_plugin_base()):
 
     idempotent = False
 
-    def __init__(self, workflow: Workflow):
+    def __init__(self, workflow: Workflow, unique: bool = False):
         self.workflow = workflow
+        if unique:  # several workflows in one graph: one plugin each
+            self.name = f"xrdct-integrator-{workflow.digest()[:12]}"
 
     def setup(self, worker):
         integ = stages.integrator_for(self.workflow)
@@ -235,44 +387,16 @@ def stage_resources(client) -> dict[str, dict]:
 
 
 def compute_with_progress(client, graph: dict, progress: bool = True) -> dict:
-    """Submit every stage's tasks and wait, showing one progress bar per stage.
+    """Submit every stage's tasks of one graph and wait, showing one progress bar per stage.
 
     Stages are routed by :func:`stage_resources`.  Returns ``{stage: [result, ...]}``; a failing
     task raises here with its key in the message.
     """
-    from distributed import as_completed
-
-    order = [k for k in graph if graph[k]]
-    res = stage_resources(client)
-    futures = []
-    for k in order:  # one submission per stage, in dependency order: each gets its own resources
-        futures += client.compute(graph[k], optimize_graph=False, **res.get(k, {}))
-    stage_of = {}
-    i = 0
-    for k in order:
-        for f in futures[i:i + len(graph[k])]:
-            stage_of[f.key] = k
-        i += len(graph[k])
-    results: dict[str, list] = {k: [] for k in order}
-    bar = None
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        tasks = {k: bar.add_task(k, total=len(graph[k])) for k in order}
-        bar.start()
-    try:
-        for fut in as_completed(futures):
-            k = stage_of[fut.key]
-            if fut.status == "error":
-                exc = fut.exception()
-                raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
-            results[k].append(fut.result())
-            if bar is not None:
-                bar.advance(tasks[k])
-    finally:
-        if bar is not None:
-            bar.stop()
+    items = [(0, k, d) for k, ds in graph.items() for d in ds]
+    results: dict[str, list] = {k: [] for k in graph if graph[k]}
+    for _, stage, res in compute_waves(client, [lambda: items], {k: len(v) for k, v in graph.items()}, progress,
+                                       resources=stage_resources(client)):
+        results[stage].append(res)
     return results
 
 
@@ -282,33 +406,204 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
 
     ``workflow`` is a :class:`Workflow` or the path of its YAML file.  Without a
     ``scheduler_address`` (or ``cluster``), a LocalCluster is started for the run and closed after.
+    A store left by an interrupted run of the same work is resumed: only the tasks whose
+    done-marker is missing run (see :func:`open_run`).
     """
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
     if overrides and isinstance(workflow, Workflow):
         from .config import workflow_from_dict
 
         wf = workflow_from_dict(wf.model_dump(mode="json"), overrides=overrides)
-    ai, _ = check_inputs(wf)
     t0 = time.perf_counter()
-    ctx = prepare_store(wf, ai)
-    client, local = _client(wf, scheduler_address, cluster)
-    try:
-        log.info("dashboard: %s", client.dashboard_link)
-        if progress:
-            print(f"dask dashboard: {client.dashboard_link}")
-        client.register_plugin(IntegratorPlugin(wf))
-        graph = build_graph(ctx)
-        results = compute_with_progress(client, graph, progress)
-    finally:
-        client.close()
-        if local is not None:
-            local.close()
+    ctx = open_run(wf)
+    execute([ctx], scheduler_address=scheduler_address, cluster=cluster, progress=progress, summary=summary, t0=t0)
+    return ctx.store_path
+
+
+def pending_by_stage(ctx: stages.RunContext, done: store.TaskState) -> list[dict[str, int]]:
+    """Per slice, the tasks :func:`build_graph` builds from these markers, by stage."""
+    wf = ctx.workflow
+    out = []
+    for z in range(wf.scan.nz):
+        n_int = int((~done.integrate[z]).sum())
+        d = {"decode-integrate": n_int, "center": int(n_int > 0 or not np.isfinite(done.center[z])),
+             "recon": int((~done.recon[z]).sum())}
+        if wf.pdf.enabled:
+            d["pdf"] = int(done.pdf is None or not done.pdf[z])
+        out.append(d)
+    return out
+
+
+def execute(ctxs: list[stages.RunContext], *, scheduler_address: str | None = None, cluster=None,
+            progress: bool = True, summary: bool = True, t0: float | None = None) -> list[dict]:
+    """Compute what is not yet done in one or more prepared stores, as one graph, and finish them.
+
+    Slices with pending tasks (of every store together) are grouped into waves of at most
+    ``compute.max_tasks / 2`` tasks (:func:`xrdct_dask.plan.waves`); two waves are in flight at a
+    time.  Returns each store's run summary.  A task that cannot write the store stops the run
+    with :class:`RunStopped`; every other task failure raises RuntimeError naming the task.
+    """
+    import uuid
+
+    from .plan import waves
+
+    t0 = time.perf_counter() if t0 is None else t0
+    states = [store.task_state(c.store_path) for c in ctxs]
+    units = [(i, z, d) for i, (c, st) in enumerate(zip(ctxs, states))
+             for z, d in enumerate(pending_by_stage(c, st)) if sum(d.values())]
+    groups = waves([sum(d.values()) for *_, d in units], min(c.workflow.compute.max_tasks for c in ctxs))
+    totals: dict[str, int] = {}
+    for *_, d in units:
+        for k, v in d.items():
+            totals[k] = totals.get(k, 0) + v
+    token = uuid.uuid4().hex[:8]
+    if progress:
+        for c, st in zip(ctxs, states):
+            done, total = (sum(x) for x in zip(*st.counts().values()))
+            if done:
+                print(f"{c.store_path}: {done} of {total} tasks already done (their chunks are kept)")
+
+    def wave(k: int) -> list:
+        by_ctx: dict[int, list[int]] = {}
+        for u in groups[k]:
+            i, z, _ = units[u]
+            by_ctx.setdefault(i, []).append(z)
+        items = []
+        for i, zs in by_ctx.items():
+            g = build_graph(ctxs[i], zs=zs, done=states[i], token=f"{token}{i}")
+            items += [(i, stage, d) for stage, ds in g.items() for d in ds]
+        return items
+
+    results: list[dict[str, list]] = [{} for _ in ctxs]
+    if units:
+        client, local = _client(ctxs[0].workflow, scheduler_address, cluster)
+        try:
+            log.info("dashboard: %s", client.dashboard_link)
+            if progress:
+                print(f"dask dashboard: {client.dashboard_link}")
+            need = {c.workflow.digest(): c.workflow for c, st in zip(ctxs, states) if not st.integrate.all()}
+            for wf in need.values():
+                client.register_plugin(IntegratorPlugin(wf, unique=len(need) > 1))
+            for i, stage, res in compute_waves(client, [lambda k=k: wave(k) for k in range(len(groups))], totals,
+                                               progress, stores=[c.store_path for c in ctxs],
+                                               resources=stage_resources(client)):
+                results[i].setdefault(stage, []).append(res)
+        finally:
+            client.close()
+            if local is not None:
+                local.close()
     wall = time.perf_counter() - t0
-    for stage in (store.REDUCED, store.RECON) + ((store.PDF,) if wf.pdf.enabled else ()):
-        store.set_stage_status(ctx.store_path, stage, "done")
-    info = run_summary(results, wall)
+    return [finish_run(c, results[i], states[i], wall, progress=progress, summary=summary)
+            for i, c in enumerate(ctxs)]
+
+
+def compute_waves(client, wave_builders: list, totals: dict[str, int], progress: bool = True, stores=(),
+                  resources: dict[str, dict] | None = None):
+    """Submit waves of ``(tag, stage, delayed)`` items, two in flight, and yield ``(tag, stage,
+    result)`` as tasks finish, with one progress bar per stage (``totals``: tasks per stage).
+
+    Each wave is submitted stage by stage in :data:`STAGE_ORDER` (dependency order), with
+    ``resources[stage]`` as extra ``client.compute`` arguments (e.g. ``{"resources": {"GPU": 1}}``)."""
+    from collections import deque
+
+    from distributed import as_completed
+
+    queue = deque(wave_builders)
+    meta: dict = {}
+    inflight: list[set] = []
+    ac = as_completed()
+
+    def submit():
+        by_stage: dict[str, list] = {}
+        for tag, stage, d in queue.popleft()():
+            by_stage.setdefault(stage, []).append((tag, d))
+        keys = set()
+        order = sorted(by_stage, key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else len(STAGE_ORDER))
+        for stage in order:  # the graph of a later stage holds the keys of earlier ones: submit those first
+            items = by_stage[stage]
+            futures = client.compute([d for _, d in items], optimize_graph=False, **(resources or {}).get(stage, {}))
+            for (tag, _), f in zip(items, futures):
+                meta[f.key] = (tag, stage, f)
+                keys.add(f.key)
+            ac.update(futures)
+        inflight.append(keys)
+
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        bars = {k: bar.add_task(k, total=v) for k, v in totals.items() if v}
+        bar.start()
+    try:
+        while queue and len(inflight) < 2:
+            submit()
+        for fut in ac:
+            tag, stage, _ = meta.pop(fut.key)
+            if fut.status == "error":
+                exc = fut.exception()
+                if isinstance(exc, OSError):
+                    raise RunStopped(_stop_message(exc, fut.key, stores[tag] if stores else None)) from exc
+                raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
+            yield tag, stage, fut.result()
+            if bar is not None:
+                bar.advance(bars[stage])
+            for keys in inflight:
+                keys.discard(fut.key)
+            inflight[:] = [k for k in inflight if k]
+            while queue and len(inflight) < 2:
+                submit()
+    except BaseException:
+        client.cancel([f for *_, f in meta.values()])
+        raise
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _stop_message(exc: OSError, key, path) -> str:
+    done = ""
+    if path is not None:
+        try:
+            counts = store.task_state(path).counts()
+            done = (f"; {sum(d for d, _ in counts.values())} of {sum(t for _, t in counts.values())} tasks are "
+                    f"whole and marked done, nothing else is")
+        except Exception:  # the store may be unreadable too
+            pass
+    return (f"the store cannot be written: {exc.strerror or exc} (task {key}){done}. Free space or fix the "
+            f"store's permissions, then rerun the same command to resume")
+
+
+def status_counts(path) -> dict[str, int]:
+    """How many frames of a store have each status (read slice by slice)."""
+    from .io.status import FrameStatus
+
+    arr = store.open_array(path, f"{store.REDUCED}/frame_status", "r")
+    counts: dict[str, int] = {}
+    for z in range(arr.shape[0]):
+        for code, n in zip(*np.unique(arr[z], return_counts=True)):
+            name = FrameStatus(int(code)).name if int(code) >= 0 else "NOT_WRITTEN"
+            counts[name] = counts.get(name, 0) + int(n)
+    return counts
+
+
+def finish_run(ctx: stages.RunContext, results: dict, before: store.TaskState, wall: float, *,
+               progress: bool = True, summary: bool = True) -> dict:
+    """Stage status and run summary into the store's attrs (and the summary picture)."""
     import zarr
 
+    after = store.task_state(ctx.store_path)
+    counts = after.counts()
+    full = {k: d == t for k, (d, t) in counts.items()}
+    stage_done = {store.REDUCED: full["decode-integrate"], store.RECON: full["recon"] and full["center"]}
+    if ctx.workflow.pdf.enabled:
+        stage_done[store.PDF] = full["pdf"]
+    for stage, ok in stage_done.items():
+        store.set_stage_status(ctx.store_path, stage, "done" if ok else "partial")
+    info = run_summary(results, wall)
+    info["frame_status"] = status_counts(ctx.store_path)
+    info["tasks"] = {k: {"executed": len(results.get(k, [])), "skipped": d}
+                     for k, (d, _) in before.counts().items()}
     zarr.open_group(str(ctx.store_path), mode="r+").attrs["run_summary"] = info
     store.consolidate(ctx.store_path)
     if progress:
@@ -316,10 +611,12 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
     if summary:
         from .summary import write_summary
 
-        png = write_summary(ctx.store_path)
+        derived = "parent" in store.read_attrs(ctx.store_path)  # a reprocessed run: keep its parent's picture
+        png = write_summary(ctx.store_path, out=ctx.store_path.parent / f"{ctx.store_path.stem}-summary.png"
+                            if derived else None)
         if progress:
             print(f"summary picture: {png}")
-    return ctx.store_path
+    return info
 
 
 def run_summary(results: dict, wall_s: float) -> dict:
@@ -337,7 +634,15 @@ def run_summary(results: dict, wall_s: float) -> dict:
 
 def format_summary(info: dict) -> str:
     bad = {k: v for k, v in info["frame_status"].items() if k != "OK"}
-    lines = [f"{info['frames']} frames in {info['wall_seconds']:.1f} s ({info['frames_per_second']:.0f} frames/s "
-             f"end to end, engine {', '.join(info['engines'])})"]
-    lines.append("frames flagged: " + (", ".join(f"{k.lower()} {v}" for k, v in sorted(bad.items())) if bad else "none"))
+    if info["frames"]:
+        lines = [f"{info['frames']} frames in {info['wall_seconds']:.1f} s ({info['frames_per_second']:.0f} frames/s "
+                 f"end to end, engine {', '.join(info['engines'])})"]
+    else:
+        lines = [f"no frames integrated now; {info['wall_seconds']:.1f} s"]
+    lines.append("frames flagged: " + (", ".join(f"{k.lower().replace('_', ' ')} {v}" for k, v in sorted(bad.items()))
+                                       if bad else "none"))
+    skipped = sum(t["skipped"] for t in info.get("tasks", {}).values())
+    if skipped:
+        executed = sum(t["executed"] for t in info["tasks"].values())
+        lines.append(f"tasks: {skipped} already done (kept from an earlier run or the parent), {executed} ran now")
     return "\n".join(lines)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .cbf import CbfPayload, CorruptFrameError, parse_cbf, read_cbf_payload, read_header
+from .cbf import (CbfPayload, CorruptFrameError, SizeMismatchError, TruncatedFrameError, parse_cbf, read_cbf_payload,
+                  read_header)
 from .decode import decode_batch, decode_payload, pack_payloads
 
-__all__ = ["CbfPayload", "CorruptFrameError", "decode_batch", "decode_payload", "pack_payloads",
-           "parse_cbf", "read_cbf_payload", "read_frame", "read_header"]
+__all__ = ["CbfPayload", "CorruptFrameError", "SizeMismatchError", "TruncatedFrameError", "decode_batch",
+           "decode_payload", "pack_payloads", "parse_cbf", "read_cbf_payload", "read_frame", "read_header"]
 
 
 def read_frame(path: str | Path) -> np.ndarray:

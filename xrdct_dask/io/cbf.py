@@ -23,6 +23,14 @@ class CorruptFrameError(ValueError):
     """A frame file that cannot be decoded; the message names the file and what is wrong."""
 
 
+class TruncatedFrameError(CorruptFrameError):
+    """The file ends inside its binary payload (cut during transfer or writing)."""
+
+
+class SizeMismatchError(CorruptFrameError):
+    """The file is whole but ``X-Binary-Size`` disagrees with where its binary section ends."""
+
+
 @dataclass(frozen=True)
 class CbfPayload:
     """The compressed pixels of one CBF file.
@@ -68,6 +76,8 @@ def _binary_header(raw: bytes, name: str) -> tuple[int, int, tuple[int, int], st
         nslow = int(fields["x-binary-size-second-dimension"])
     except (KeyError, ValueError) as err:
         raise CorruptFrameError(f"{name}: binary header lacks a valid {err} field") from None
+    if nbytes < 0 or nfast <= 0 or nslow <= 0:
+        raise CorruptFrameError(f"{name}: binary header gives {nbytes} bytes for {nslow} x {nfast} pixels")
     if "byte_offset" not in fields.get("conversions", "x-cbf_byte_offset").lower():
         raise CorruptFrameError(f"{name}: compression {fields.get('conversions')!r} is not byte-offset")
     etype = fields.get("x-binary-element-type", "signed 32-bit integer")
@@ -85,13 +95,14 @@ def _binary_header(raw: bytes, name: str) -> tuple[int, int, tuple[int, int], st
 def parse_cbf(raw: bytes | memoryview, name: str = "<bytes>") -> CbfPayload:
     """Locate the byte-offset payload inside the bytes of a CBF file.
 
-    Raises :class:`CorruptFrameError` naming ``name`` when the binary section is missing, not
-    byte-offset int32, or shorter than ``X-Binary-Size``.
+    Raises :class:`CorruptFrameError` naming ``name`` when the binary section is missing or not
+    byte-offset int32; its subclass :class:`TruncatedFrameError` when the file ends inside the
+    payload, and :class:`SizeMismatchError` when the file is whole but ``X-Binary-Size`` does not
+    match the section (see :func:`check_extent`).
     """
     raw = bytes(raw) if not isinstance(raw, bytes) else raw
     begin, nbytes, shape, md5 = _binary_header(raw, name)
-    if begin + nbytes > len(raw):
-        raise CorruptFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {len(raw) - begin} remain")
+    check_extent(raw, begin, nbytes, shape, name)
     return CbfPayload(memoryview(raw)[begin:begin + nbytes], shape, md5)
 
 
@@ -104,9 +115,37 @@ def locate_payload(region: memoryview, name: str = "<bytes>", header_max: int = 
     if head.find(BINARY_MARKER) < 0 and len(region) > header_max:
         head = bytes(region)  # an unusually long header
     begin, nbytes, shape, md5 = _binary_header(head, name)
-    if begin + nbytes > len(region):
-        raise CorruptFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {len(region) - begin} remain")
+    check_extent(region, begin, nbytes, shape, name)
     return begin, nbytes, shape, md5
+
+
+_CLOSING = _SECTION + b"--"
+_TAIL_BYTES = 16384  # the closing boundary of a whole file lies within its padding (<= 4095 B) of the end
+
+
+def check_extent(buf, begin: int, nbytes: int, shape: tuple[int, int], name: str = "<bytes>") -> None:
+    """Check that ``buf[begin:begin + nbytes]`` is exactly the payload of the CBF file image ``buf``
+    (bytes or a memoryview, e.g. of pinned memory; only its last 16 kB are copied).
+
+    Raises :class:`SizeMismatchError` when the file is whole (it ends with the closing boundary)
+    but the payload would run into the boundary or leave non-padding bytes before it, or when
+    ``nbytes`` cannot hold the pixels (byte-offset spends one byte per pixel at least: this also
+    bounds what a decoder allocates by the file size); :class:`TruncatedFrameError` when the file
+    ends inside the payload.
+    """
+    n = len(buf)
+    end = begin + nbytes
+    tail_start = max(begin, n - _TAIL_BYTES)
+    k = bytes(buf[tail_start:n]).rfind(_CLOSING)
+    if k >= 0:
+        closing = tail_start + k
+        if end > closing or bytes(buf[end:closing]).rstrip(b"\r\n").strip(b"\x00"):
+            raise SizeMismatchError(f"{name}: X-Binary-Size says {nbytes} bytes but the binary section holds "
+                                    f"{closing - begin} (payload and padding)")
+    if end > n:
+        raise TruncatedFrameError(f"{name}: truncated, payload needs {nbytes} bytes but only {n - begin} remain")
+    if nbytes < shape[0] * shape[1]:
+        raise SizeMismatchError(f"{name}: X-Binary-Size {nbytes} bytes cannot hold {shape[0]} x {shape[1]} pixels")
 
 
 def read_cbf_payload(path: str | Path) -> CbfPayload:

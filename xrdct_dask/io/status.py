@@ -1,8 +1,15 @@
-"""Per-frame status codes, stored in ``reduced/frame_status`` (int8) and counted in run summaries."""
+"""Per-frame status codes, stored in ``reduced/frame_status`` (int8) and counted in run summaries.
+
+Codes 1-7 mark frames that could not be used: their patterns are NaN, ``frame_ok`` is false and
+every later stage treats them as missing.  DUPLICATE and OUT_OF_ORDER describe how the scan file
+placed a good frame: the frame is used (``frame_ok`` true) and the code is kept for the record.
+"""
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+import numpy as np
 
 
 class FrameStatus(IntEnum):
@@ -13,7 +20,18 @@ class FrameStatus(IntEnum):
     WRONG_SHAPE = 4      # decodes to a shape other than the detector's
     BAD_CHECKSUM = 5     # Content-MD5 does not match the payload (when checking is on)
     BAD_MONITOR = 6      # monitor missing, zero, negative or not finite
+    SIZE_MISMATCH = 7    # X-Binary-Size disagrees with where the binary section ends
+    DUPLICATE = 8        # usable: the scan file records this point more than once (the last record is used)
+    OUT_OF_ORDER = 9     # usable: the frame arrived at another acquisition index; placed by the scan file
 
     @property
     def label(self) -> str:
         return self.name.lower().replace("_", " ")
+
+
+USABLE = (FrameStatus.OK, FrameStatus.DUPLICATE, FrameStatus.OUT_OF_ORDER)
+
+
+def usable(status) -> np.ndarray:
+    """``frame_ok`` of status codes (any shape): true where the frame's pattern is used."""
+    return np.isin(np.asarray(status), [int(s) for s in USABLE])

@@ -1,0 +1,255 @@
+"""A run on paper: frames, tasks, waves, bytes, chunks, files and hours, without building a graph.
+
+Everything here is arithmetic on the workflow (plus one ``stat`` of the first frame, or the PONI's
+detector shape, for the bytes per frame), so a 1000 x 1571 x 1000 scan plans in milliseconds.
+The formulas are those the run follows (``nz, nomega, nx`` scan, ``wc`` = store.omega_chunk,
+``qc`` = store.q_chunk, ``nq`` = integrate.npt_rad, ``nr`` = points of the PDF's r grid):
+
+    frames                 F  = nz nomega nx
+    decode-integrate tasks nz ceil(nomega / wc)        (wc nx frames each)
+    center tasks           nz
+    recon tasks            nz ceil(nq / qc)
+    pdf tasks              nz                         (when pdf.enabled)
+    tasks per slice        T  = ceil(nomega / wc) + 1 + ceil(nq / qc) + [1]
+    waves                  slices go in waves of S = max(1, floor(max_tasks / 2 / T)) slices,
+                           ceil(nz / S) waves, at most two in flight: <= max_tasks tasks held
+    bytes read             integrate F * frame_bytes; center nz nomega nx (4 + 1);
+                           recon nz nomega nx (4 nq + ceil(nq/qc)); pdf nz nx^2 nq 4
+    held per task          integrate wc nx (8 nq + 10) + 2 min(128, wc nx) frame_bytes; center nomega nx 5;
+                           recon nomega nx (4 qc + 1) + nx^2 qc 4; pdf nx^2 (nq + nr) 4
+    bytes written          prepare F (8 + 4) (+ 1 with a scan file); integrate F (8 nq + 10);
+                           recon nz nx^2 nq 4; pdf nz nx^2 nr 4       (uncompressed, upper bounds)
+    hours                  GPU-hours F / (frames/s per GPU) / 3600; CPU core-hours likewise
+
+Throughputs come from options or from ``benchmarks/RESULTS.md``, whose lines may carry them as
+``gpu_frames_per_s = 12000`` and ``cpu_frames_per_s_per_core = 45`` (the last of each counts).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import Workflow
+
+BATCH_FRAMES = 128  # frames per engine call on a GPU (32 on a CPU): the larger, for an upper bound
+
+PILATUS2M_SHAPE = (1679, 1475)
+CBF_OVERHEAD_BYTES = 8192  # imgCIF header + binary-section header + padding of a Pilatus CBF
+BYTES_PER_PIXEL_ESTIMATE = 1.0  # byte-offset at diffraction count rates: nearly all deltas fit one byte
+RESULTS_KEYS = ("gpu_frames_per_s", "cpu_frames_per_s_per_core")
+
+
+def tasks_per_slice(nomega: int, omega_chunk: int, nq: int, q_chunk: int, pdf: bool) -> dict[str, int]:
+    """Tasks of one z slice by stage (the graph has no task spanning slices)."""
+    out = {"decode-integrate": math.ceil(nomega / omega_chunk), "center": 1, "recon": math.ceil(nq / q_chunk)}
+    if pdf:
+        out["pdf"] = 1
+    return out
+
+
+def waves(unit_tasks: list[int], max_tasks: int) -> list[list[int]]:
+    """Group consecutive units (z slices) into waves of at most ``max_tasks // 2`` tasks.
+
+    Returns lists of unit positions.  A unit larger than half the budget is a wave by itself.  The
+    runner keeps two waves in flight, so the scheduler holds at most ``max_tasks`` tasks while the
+    next wave is already queued when the last tasks of the previous one finish.
+    """
+    budget = max(1, max_tasks // 2)
+    out: list[list[int]] = []
+    cur: list[int] = []
+    n = 0
+    for i, t in enumerate(unit_tasks):
+        if cur and n + t > budget:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += t
+    if cur:
+        out.append(cur)
+    return out
+
+
+@dataclass
+class StagePlan:
+    tasks: int
+    bytes_read: int
+    bytes_written: int
+    bytes_per_task: int  # the arrays one task holds at once (a worker needs at least this per thread)
+
+
+@dataclass
+class RunPlan:
+    """The figures :func:`plan_workflow` derives; ``to_dict`` gives them JSON-ready."""
+
+    scan: tuple[int, int, int]
+    frames: int
+    frame_bytes: int
+    frame_bytes_source: str
+    detector_shape: tuple[int, int]
+    nq: int
+    nr: int
+    stages: dict[str, StagePlan]
+    tasks: int
+    tasks_per_slice: int
+    slices_per_wave: int
+    waves: int
+    max_tasks_held: int
+    chunks: dict[str, int]
+    files: int
+    gpu_frames_per_s: float | None = None
+    cpu_frames_per_s_per_core: float | None = None
+    throughput_source: str = ""
+    gpu_hours: float | None = None
+    cpu_core_hours: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_throughputs(path: str | Path) -> dict[str, float]:
+    """``gpu_frames_per_s`` / ``cpu_frames_per_s_per_core`` figures in a results file (last one wins)."""
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    out = {}
+    for key in RESULTS_KEYS:
+        hits = re.findall(rf"{key}\s*[=:]\s*\**\s*([0-9][0-9_,]*\.?[0-9]*(?:[eE][+-]?[0-9]+)?)", p.read_text())
+        if hits:
+            out[key] = float(hits[-1].replace(",", "").replace("_", ""))
+    return out
+
+
+def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int]]:
+    first = wf.frame_path(0)
+    if first.is_file():
+        from .io.cbf import CorruptFrameError, read_cbf_payload
+
+        try:
+            shape = read_cbf_payload(first).shape
+        except (CorruptFrameError, OSError):
+            shape = detector_shape
+        return first.stat().st_size, f"size of {first.name}", tuple(shape) if shape else PILATUS2M_SHAPE
+    shape, source = detector_shape, "given detector shape"
+    if shape is None:
+        try:
+            from .integrate.csr import load_poni
+
+            shape = tuple(load_poni(wf.inputs.poni).detector.max_shape)
+            source = "PONI detector"
+        except Exception:
+            shape, source = PILATUS2M_SHAPE, "Pilatus 2M assumed (no frame, no readable PONI)"
+    npix = shape[0] * shape[1]
+    return int(npix * BYTES_PER_PIXEL_ESTIMATE + CBF_OVERHEAD_BYTES), f"estimated from {source}", tuple(shape)
+
+
+def _nr(wf: Workflow) -> int:
+    if not wf.pdf.enabled:
+        return 0
+    from .pdf.transform import r_grid
+
+    return int(r_grid(wf.pdf.rmin, wf.pdf.rmax, wf.pdf.rstep).size)
+
+
+def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shape: tuple[int, int] | None = None,
+                  gpu_frames_per_s: float | None = None, cpu_frames_per_s_per_core: float | None = None,
+                  results: str | Path | None = None) -> RunPlan:
+    """The figures of a run of ``wf`` (see the module docstring for every formula)."""
+    s, st = wf.scan, wf.store
+    nz, nw, nx = s.nz, s.nomega, s.nx
+    nq, wc, qc = wf.integrate.npt_rad, min(st.omega_chunk, s.nomega), min(st.q_chunk, wf.integrate.npt_rad)
+    nr = _nr(wf)
+    pdf = wf.pdf.enabled
+    F = nz * nw * nx
+    fb, fb_source, shape = _frame_bytes(wf, detector_shape)
+    if frame_bytes is not None:
+        fb, fb_source = int(frame_bytes), "given"
+    nwb, nqb = math.ceil(nw / wc), math.ceil(nq / qc)
+    per_slice = tasks_per_slice(nw, wc, nq, qc, pdf)
+    t_slice = sum(per_slice.values())
+    stages = {
+        "prepare": StagePlan(0, 0, F * (8 + 4 + (1 if wf.inputs.scan_file else 0)), 0),
+        # a task streams its frames in batches (one read ahead) and holds its whole output block
+        "decode-integrate": StagePlan(nz * nwb, F * fb, F * (8 * nq + 10),
+                                      wc * nx * (8 * nq + 10) + 2 * min(BATCH_FRAMES, wc * nx) * fb),
+        "center": StagePlan(nz, nz * nw * nx * 5, nz * 8, nw * nx * 5),
+        "recon": StagePlan(nz * nqb, nz * nw * nx * (4 * nq + nqb), nz * nx * nx * nq * 4,
+                           nw * nx * (4 * qc + 1) + nx * nx * qc * 4),
+    }
+    if pdf:
+        stages["pdf"] = StagePlan(nz, nz * nx * nx * nq * 4, nz * nx * nx * nr * 4, nx * nx * (nq + nr) * 4)
+    tasks = sum(p.tasks for p in stages.values())
+    spw = max(1, (wf.compute.max_tasks // 2) // t_slice)
+    nwaves = len(waves([t_slice] * nz, wf.compute.max_tasks))
+    chunks = {
+        "reduced/intensity": nz * nwb * nqb, "reduced/sigma": nz * nwb * nqb,
+        **{f"reduced/{a}": nz * nwb for a in ("monitor", "total", "frame_index", "frame_ok", "frame_status")},
+        "reduced/scan_flag": nz * nwb if wf.inputs.scan_file else 0,
+        "recon/intensity": nz * nqb,
+        "tasks/integrate": nz * nwb, "tasks/center": nz, "tasks/recon": nz * nqb,
+    }
+    if pdf:
+        chunks["pdf/G"] = nz
+        chunks["tasks/pdf"] = nz
+    # metadata: root + 4 groups + their arrays and coordinate copies, each one zarr.json
+    nmeta = 1 + 4 + 6 + len(chunks) + 12
+    figures = read_throughputs(results) if results is not None else {}
+    source = f"{results}" if figures else ""
+    gpu = gpu_frames_per_s if gpu_frames_per_s is not None else figures.get("gpu_frames_per_s")
+    cpu = cpu_frames_per_s_per_core if cpu_frames_per_s_per_core is not None else \
+        figures.get("cpu_frames_per_s_per_core")
+    if gpu_frames_per_s is not None or cpu_frames_per_s_per_core is not None:
+        source = "options" + (f" and {results}" if figures else "")
+    notes = []
+    if fb_source.startswith("estimated"):
+        notes.append(f"frame bytes {fb_source}: {BYTES_PER_PIXEL_ESTIMATE:g} byte/pixel + {CBF_OVERHEAD_BYTES} B header")
+    if t_slice > wf.compute.max_tasks // 2:
+        notes.append(f"one slice has {t_slice} tasks, more than compute.max_tasks/2: raise store.omega_chunk")
+    return RunPlan(
+        scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
+        nr=nr, stages=stages, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
+        max_tasks_held=min(tasks, 2 * spw * t_slice) if nwaves > 1 else tasks, chunks=chunks,
+        files=sum(chunks.values()) + nmeta, gpu_frames_per_s=gpu, cpu_frames_per_s_per_core=cpu,
+        throughput_source=source, gpu_hours=F / gpu / 3600 if gpu else None,
+        cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
+
+
+def _b(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def format_plan(p: RunPlan) -> str:
+    """The plan as the ``xrdct plan`` table (SI units: 1 TB = 1e12 bytes)."""
+    nz, nw, nx = p.scan
+    lines = [f"scan {nz} x {nw} x {nx} (z x omega x x) = {p.frames:,} frames of {p.detector_shape[0]} x "
+             f"{p.detector_shape[1]} pixels, {_b(p.frame_bytes)} each ({p.frame_bytes_source})",
+             f"{p.nq} q bins, {p.nr} r points",
+             f"{'stage':>17} {'tasks':>10} {'read':>10} {'written':>10} {'held/task':>10}"]
+    for name, s in p.stages.items():
+        lines.append(f"{name:>17} {s.tasks:>10,} {_b(s.bytes_read):>10} {_b(s.bytes_written):>10} "
+                     f"{_b(s.bytes_per_task):>10}")
+    tot_r = sum(s.bytes_read for s in p.stages.values())
+    tot_w = sum(s.bytes_written for s in p.stages.values())
+    lines.append(f"{'total':>17} {p.tasks:>10,} {_b(tot_r):>10} {_b(tot_w):>10}")
+    lines.append(f"waves: {p.waves} of up to {min(p.slices_per_wave, nz)} slices ({p.tasks_per_slice} tasks per slice); "
+                 f"the scheduler holds at most {p.max_tasks_held:,} tasks")
+    lines.append(f"store: {sum(p.chunks.values()):,} chunks, {p.files:,} files (written uncompressed at most)")
+    if p.gpu_hours is not None:
+        lines.append(f"decode + integrate: {p.gpu_hours:,.1f} GPU-hours at {p.gpu_frames_per_s:,.0f} frames/s per GPU")
+    if p.cpu_core_hours is not None:
+        lines.append(f"decode + integrate: {p.cpu_core_hours:,.0f} CPU core-hours at "
+                     f"{p.cpu_frames_per_s_per_core:,.1f} frames/s per core")
+    if p.gpu_hours is None and p.cpu_core_hours is None:
+        lines.append("hours: no throughput given (--gpu-frames-per-s, --cpu-frames-per-s-per-core, or "
+                     "gpu_frames_per_s = N in benchmarks/RESULTS.md)")
+    elif p.throughput_source:
+        lines.append(f"throughput from {p.throughput_source}")
+    lines += [f"note: {n}" for n in p.notes]
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""Reprocess finished runs: a new store from a run's own workflow and provenance, plus changes.
+
+The stored workflow (root attr ``workflow``) is the recipe; ``--set key=value`` changes it.  Each
+key belongs to the first stage it affects:
+
+    inputs.*, scan.*, geometry.*, integrate.*, store.omega_chunk, store.q_chunk  -> integrate
+    sinogram.*, recon.*                                                         -> recon
+    pdf.*                                                                       -> pdf
+    compute.*, store.path, store.overwrite                                      -> none (how/where, not what)
+
+The new store reruns from the earliest changed stage (or ``from_stage``, if earlier).  Stages
+upstream of it are not recomputed: their chunk files and done-markers are hard-linked from the
+parent (:func:`xrdct_dask.store.link_group`: no bytes copied, and the parent is never written),
+so the usual resume logic of :func:`xrdct_dask.workflow.execute` runs exactly the downstream
+tasks.  A recon or pdf rerun therefore needs neither the frames nor the PONI: the q grid,
+wavelength and monitor reference come from the parent.  The new store records ``parent``
+(path, workflow and work digests) and ``reprocess`` (what changed, from which stage, what was
+reused).  Several runs are reprocessed as one graph (one :func:`~xrdct_dask.workflow.execute`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import store
+from .config import Workflow, WorkflowError, workflow_from_dict
+
+log = logging.getLogger(__name__)
+
+STAGES = ("integrate", "recon", "pdf")
+IGNORED = ("compute", "store.path", "store.overwrite")
+STAGE_OF_KEY = (  # dotted prefix -> first stage whose output it changes (checked in order)
+    ("store.omega_chunk", "integrate"), ("store.q_chunk", "integrate"),
+    ("inputs", "integrate"), ("scan", "integrate"), ("geometry", "integrate"), ("integrate", "integrate"),
+    ("sinogram", "recon"), ("recon", "recon"), ("pdf", "pdf"),
+)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in IGNORED)
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose value differs between two workflow dicts (how/where keys left out)."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in set(a) | set(b) if not _ignored(k) and a.get(k) != b.get(k))
+
+
+def stage_of(key: str) -> str:
+    for prefix, stage in STAGE_OF_KEY:
+        if key == prefix or key.startswith(prefix + "."):
+            return stage
+    raise WorkflowError(f"{key}: no stage depends on this key")
+
+
+def first_stage(keys) -> str | None:
+    stages = {stage_of(k) for k in keys}
+    return next((s for s in STAGES if s in stages), None)
+
+
+@dataclass
+class Reprocess:
+    """What :func:`plan_reprocess` decided for one parent run."""
+
+    parent: Path
+    out: Path
+    workflow: Workflow
+    changed: dict[str, list]  # dotted key -> [old, new]
+    start: str  # integrate | recon | pdf
+
+    @property
+    def reused(self) -> list[str]:
+        return [store.REDUCED] if self.start == "recon" else [store.REDUCED, store.RECON] if self.start == "pdf" else []
+
+
+def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage: str | None = None,
+                   out: str | Path | None = None) -> Reprocess:
+    """Decide the new workflow, what changed and where to start, for one parent store."""
+    parent = Path(parent)
+    if from_stage is not None and from_stage not in STAGES:
+        raise WorkflowError(f"--from must be one of {', '.join(STAGES)} (got {from_stage!r})")
+    try:
+        attrs = store.read_attrs(parent)
+    except Exception:
+        raise WorkflowError(f"{parent}: not a zarr store") from None
+    if attrs.get("format") != store.FORMAT or "workflow" not in attrs:
+        raise WorkflowError(f"{parent}: not an xrdct-dask run (no stored workflow)")
+    overrides = dict(overrides or {})
+    for k in overrides:
+        if k in ("store", "store.path", "store.overwrite"):
+            raise WorkflowError(f"--set {k}: the new store's path is --out, and it is never overwritten")
+    old = attrs["workflow"]
+    wf = workflow_from_dict(old, overrides=overrides, source=f"{parent} (stored workflow)")
+    if out is None:
+        out = parent.with_name(f"{parent.stem}-{wf.work_digest()[:8]}.zarr")
+    out = Path(out).resolve()
+    wf = workflow_from_dict(old, overrides={**overrides, "store.path": str(out), "store.overwrite": False},
+                            source=f"{parent} (stored workflow)")
+    flat_old, flat_new = flatten(old), flatten(wf.model_dump(mode="json"))
+    changed = {k: [flat_old.get(k), flat_new.get(k)] for k in changed_keys(old, wf.model_dump(mode="json"))}
+    candidates = [s for s in (first_stage(changed), from_stage) if s is not None]
+    if not candidates:
+        raise WorkflowError(f"{parent}: nothing to reprocess: the overrides change no stage's parameters "
+                            f"(use --from integrate|recon|pdf to rerun anyway)")
+    start = min(candidates, key=STAGES.index)
+    if start != "integrate":
+        state = store.task_state(parent)
+        need = {"recon": ("decode-integrate",), "pdf": ("decode-integrate", "center", "recon")}[start]
+        missing = [k for k in need if state.counts()[k][0] < state.counts()[k][1]]
+        if missing:
+            raise WorkflowError(f"{parent}: its {', '.join(missing)} tasks are not all done: resume it first "
+                                f"(xrdct run) or reprocess --from integrate")
+    return Reprocess(parent=parent.resolve(), out=out, workflow=wf, changed=changed, start=start)
+
+
+def prepare_child(rp: Reprocess):
+    """Create (or resume) the new store of ``rp``; returns its :class:`~xrdct_dask.stages.RunContext`."""
+    import zarr
+
+    from . import workflow as wfmod
+
+    wf, out = rp.workflow, rp.out
+    if out.exists():
+        attrs = store.read_attrs(out)
+        if attrs.get("template_complete") and attrs.get("work_digest") == wf.work_digest() and \
+                attrs.get("parent", {}).get("path") == str(rp.parent):
+            return wfmod.context_from_store(wf, out)  # an interrupted reprocess: resume it
+        raise FileExistsError(f"{out} exists: choose another --out or remove it")
+    if rp.start == "integrate":
+        ctx = wfmod.open_run(wf)
+    else:
+        ctx = _derive_store(rp)
+    root = zarr.open_group(str(out), mode="r+")
+    pattrs = store.read_attrs(rp.parent)
+    root.attrs["parent"] = {"path": str(rp.parent), "workflow_digest": pattrs.get("workflow_digest"),
+                            "work_digest": pattrs.get("work_digest")}
+    root.attrs["reprocess"] = {"changed": rp.changed, "from": rp.start, "reused": rp.reused,
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    store.consolidate(out)
+    return ctx
+
+
+def _derive_store(rp: Reprocess):
+    """A new store whose upstream groups share the parent's chunks (start = recon or pdf)."""
+    from . import stages
+    from . import workflow as wfmod
+    from .pdf import PDFParameterError, operator_for
+
+    wf, parent, out = rp.workflow, rp.parent, rp.out
+    pattrs = store.read_attrs(parent)
+    coord = {n: store.open_array(parent, n, "r")[:] for n in ("q", "omega", "x", "z")}
+    wavelength_A = float(pattrs["wavelength_angstrom"])
+    r_A = None
+    if wf.pdf.enabled:
+        try:
+            r_A = operator_for(stages.radial_to_q_A(coord["q"], wf.integrate.unit, wavelength_A), wf.pdf).r_A
+        except PDFParameterError as err:
+            raise WorkflowError(str(err)) from None
+    s = wf.scan
+    keep = ("monitor_reference", "wavelength_angstrom", "poni", "input_digest", "engine")
+    attrs = {k: pattrs[k] for k in keep if k in pattrs} | {
+        "workflow": wf.model_dump(mode="json"), "workflow_yaml": wf.to_yaml(), "workflow_digest": wf.digest(),
+        "work_digest": wf.work_digest(), "versions": store.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        store.check_writable(out.parent)
+    except store.StoreWriteError as err:
+        raise WorkflowError(f"--out: cannot create {out}: {err.strerror}") from None
+    store.create_store(out, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
+                       omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
+                       omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs)
+    n = store.link_group(parent, out, store.REDUCED) + store.link_group(parent, out, store.TASKS, ["integrate"])
+    if rp.start == "pdf":
+        n += store.link_group(parent, out, store.RECON) + store.link_group(parent, out, store.TASKS, ["center", "recon"])
+    log.info("%s: %d chunk files shared with %s", out, n, parent)
+    store.mark_template_complete(out)
+    store.consolidate(out)
+    return wfmod.context_from_store(wf, out)
+
+
+def reprocess(parents: list[str | Path], overrides: dict | None = None, from_stage: str | None = None,
+              out: str | Path | None = None, *, scheduler_address: str | None = None, cluster=None,
+              progress: bool = True, summary: bool = True) -> list[Path]:
+    """Reprocess one or more runs as one graph; returns the new stores' paths (``out`` only for one run)."""
+    from . import workflow as wfmod
+
+    parents = [Path(p) for p in parents]
+    if not parents:
+        raise WorkflowError("no run to reprocess")
+    if out is not None and len(parents) > 1:
+        raise WorkflowError("--out names one store: leave it out when reprocessing several runs")
+    t0 = time.perf_counter()
+    plans = [plan_reprocess(p, overrides, from_stage, out) for p in parents]
+    outs = [rp.out for rp in plans]
+    if len(set(outs)) != len(outs):
+        raise WorkflowError("two runs would be reprocessed into the same store: give them different names")
+    for rp in plans:
+        if progress:
+            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in rp.changed.items()) or "nothing changed"
+            print(f"{rp.parent} -> {rp.out}: from {rp.start} ({what})")
+    ctxs = [prepare_child(rp) for rp in plans]
+    wfmod.execute(ctxs, scheduler_address=scheduler_address, cluster=cluster, progress=progress, summary=summary,
+                  t0=t0)
+    return outs
