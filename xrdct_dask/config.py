@@ -144,6 +144,9 @@ class Compute(_Section):
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "auto"
     dashboard_address: str = "127.0.0.1:0"
+    cluster: str | None = Field(None, description="cluster profile (cluster/*.yaml name or path) instead of a LocalCluster")
+    jobs: int = Field(1, gt=0, description="batch jobs to start with a cluster profile (adaptive: the maximum)")
+    adaptive: bool = Field(False, description="with a cluster profile: scale between 0 and `jobs` jobs with the load")
 
 
 class Workflow(_Section):

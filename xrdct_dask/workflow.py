@@ -1,9 +1,12 @@
 """Run a workflow: check inputs, create the store, build ONE dask graph, compute it with progress.
 
-    decode-integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf (z)
+    decode-integrate (z, omega block) --> sinogram (z) --> recon (z, q block) --> pdf (z)
 
 Each arrow is a dependency inside the same graph: reconstruction of a slice starts as soon as
-its frames are integrated, while other slices are still being integrated.
+its frames are integrated, while other slices are still being integrated.  Task keys start with
+the stage name (``("recon", z, q0)``), which is what the dask dashboard groups and colours by.
+Where workers advertise a ``GPU`` resource (GPU profiles in ``cluster/``), the GPU stages
+(:data:`GPU_STAGES`) ask for one, so a GPU runs one such task at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from .config import Workflow, WorkflowError, load_workflow
 from .io.cbf import CorruptFrameError, read_cbf_payload
 
 log = logging.getLogger(__name__)
+
+#: stages whose engine may run on a GPU; a stage asks for the worker resource GPU=1 only when the
+#: cluster offers it (see gpu_resources), so CPU-only clusters run the same graph unannotated
+GPU_STAGES = ("decode-integrate",)
 
 
 def check_inputs(wf: Workflow):
@@ -120,26 +127,38 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
     return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A)
 
 
-def build_graph(ctx: stages.RunContext) -> dict:
-    """The whole run as dask delayed objects, keyed by stage: ``{stage: [delayed, ...]}``."""
+def build_graph(ctx: stages.RunContext, resources: dict | None = None) -> dict:
+    """The whole run as dask delayed objects, keyed by stage: ``{stage: [delayed, ...]}``.
+
+    ``resources``: ``{stage: {"GPU": 1}}``, worker resources a stage's tasks ask for.
+    """
+    import contextlib
+
     import dask
+
+    def needs(stage):
+        r = (resources or {}).get(stage)
+        return dask.annotate(resources=r) if r else contextlib.nullcontext()
 
     wf = ctx.workflow
     s = wf.scan
     nq = stages.integrator_for(wf).plan.nbins
     blocks = store.frame_blocks(s.nz, s.nomega, wf.store.omega_chunk)
-    integ = {b: dask.delayed(stages.integrate_block, pure=False)(b, ctx, dask_key_name=b.key) for b in blocks}
+    with needs("decode-integrate"):
+        integ = {b: dask.delayed(stages.integrate_block, pure=False)(b, ctx, dask_key_name=b.key) for b in blocks}
     centers, recons, pdfs = {}, [], []
     for z in range(s.nz):
         deps = [d for b, d in integ.items() if b.z == z]
-        centers[z] = dask.delayed(stages.find_center, pure=False)(z, ctx, *deps, dask_key_name=("center", z))
-        rz = [dask.delayed(stages.reconstruct_block, pure=False)(z, qs, centers[z], ctx,
-                                                                  dask_key_name=("recon", z, qs.start))
-              for qs in store.q_blocks(nq, wf.store.q_chunk)]
+        centers[z] = dask.delayed(stages.find_center, pure=False)(z, ctx, *deps, dask_key_name=("sinogram", z))
+        with needs("recon"):
+            rz = [dask.delayed(stages.reconstruct_block, pure=False)(z, qs, centers[z], ctx,
+                                                                      dask_key_name=("recon", z, qs.start))
+                  for qs in store.q_blocks(nq, wf.store.q_chunk)]
         recons += rz
         if wf.pdf.enabled:
-            pdfs.append(dask.delayed(stages.pdf_slice, pure=False)(z, ctx, *rz, dask_key_name=("pdf", z)))
-    return {"decode-integrate": list(integ.values()), "center": list(centers.values()), "recon": recons,
+            with needs("pdf"):
+                pdfs.append(dask.delayed(stages.pdf_slice, pure=False)(z, ctx, *rz, dask_key_name=("pdf", z)))
+    return {"decode-integrate": list(integ.values()), "sinogram": list(centers.values()), "recon": recons,
             "pdf": pdfs}
 
 
@@ -161,20 +180,40 @@ class IntegratorPlugin(_worker_plugin_base()):
         self.workflow = workflow
 
     def setup(self, worker):
-        stages.integrator_for(self.workflow)
+        integ = stages.integrator_for(self.workflow)
+        # distributed's worker logger: this line lands in the worker's own log (a batch job's .err file)
+        logging.getLogger("distributed.worker").info(
+            "xrdct: decode-integrate engine %s (resources %s)", integ.engine,
+            dict(getattr(worker.state, "total_resources", {}) or {}))
 
     def teardown(self, worker):
         stages.clear_integrators()
 
 
-def _client(wf: Workflow, scheduler_address: str | None, cluster=None):
+def _client(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: int | None = None,
+            adaptive: bool | None = None, cluster_options: dict | None = None):
+    """``(client, cluster started here or None)``: a given cluster object, a running scheduler, a
+    cluster profile (``cluster`` as a name/path, or ``compute.cluster``), or a LocalCluster."""
     from distributed import Client, LocalCluster
 
-    if cluster is not None:
+    if cluster is not None and not isinstance(cluster, (str, Path)):
         return Client(cluster), None
     if scheduler_address:
         return Client(scheduler_address), None
     c = wf.compute
+    profile = cluster if cluster is not None else c.cluster
+    if profile is not None:
+        from .cluster import describe, make_cluster
+
+        jc = make_cluster(profile, **(cluster_options or {}))
+        n = jobs or c.jobs
+        if c.adaptive if adaptive is None else adaptive:
+            jc.adapt(minimum_jobs=0, maximum_jobs=n)
+            log.info("cluster %s: adaptive, 0..%d jobs of %s", profile, n, describe(jc))
+        else:
+            jc.scale(jobs=n)
+            log.info("cluster %s: %d jobs of %s", profile, n, describe(jc))
+        return Client(jc), jc
     import os
 
     ncores = os.cpu_count() or 1
@@ -182,6 +221,52 @@ def _client(wf: Workflow, scheduler_address: str | None, cluster=None):
     lc = LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
                       dashboard_address=c.dashboard_address, host="127.0.0.1")
     return Client(lc), lc
+
+
+def gpu_resources(client, wf: Workflow, cluster=None) -> dict:
+    """``{stage: {"GPU": 1}}`` for the :data:`GPU_STAGES` when the cluster offers a GPU resource.
+
+    A dask-jobqueue cluster says what its (maybe not yet started) workers will advertise; any
+    other cluster or scheduler is asked about the workers connected now.  No GPU anywhere: ``{}``,
+    and the graph runs unannotated, as on a laptop.
+    """
+    from .cluster import declared_resources
+
+    declared = declared_resources(cluster) if cluster is not None else None
+    if declared is None:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+        offered = any((w.get("resources") or {}).get("GPU", 0) > 0 for w in workers)
+    else:
+        offered = declared.get("GPU", 0) > 0
+    if not offered:
+        return {}
+    wanted = [st for st in GPU_STAGES if not (st == "decode-integrate" and wf.integrate.engine == "numpy")]
+    return {st: {"GPU": 1} for st in wanted}
+
+
+def engine_report(placement: dict, engine_of: dict) -> list[str]:
+    """Which engine ran where, one line per engine.
+
+    ``placement``: ``{key: [worker address, ...]}`` (``Client.who_has``); ``engine_of``:
+    ``{key: engine}``.  Returns e.g. ``["engine numpy: 12 tasks on 2 workers (host-a x2)"]``.
+    """
+    from collections import Counter, defaultdict
+
+    from distributed.comm.addressing import get_address_host
+
+    tasks: Counter = Counter()
+    workers: dict[str, set] = defaultdict(set)
+    for key, engine in engine_of.items():
+        tasks[engine] += 1
+        for addr in placement.get(key, ())[:1]:
+            workers[engine].add(addr)
+    lines = []
+    for engine in sorted(tasks):
+        hosts = Counter(get_address_host(a) for a in workers[engine])
+        where = ", ".join(f"{h} x{n}" if n > 1 else h for h, n in sorted(hosts.items())) or "unknown workers"
+        lines.append(f"engine {engine}: {tasks[engine]} decode-integrate tasks on {len(workers[engine])} "
+                     f"worker(s) ({where})")
+    return lines
 
 
 def compute_with_progress(client, graph: dict, progress: bool = True) -> dict:
@@ -201,6 +286,7 @@ def compute_with_progress(client, graph: dict, progress: bool = True) -> dict:
             stage_of[f.key] = k
         i += len(graph[k])
     results: dict[str, list] = {k: [] for k in order}
+    engine_of = {}
     bar = None
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -214,21 +300,34 @@ def compute_with_progress(client, graph: dict, progress: bool = True) -> dict:
             if fut.status == "error":
                 exc = fut.exception()
                 raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
-            results[k].append(fut.result())
+            res = fut.result()
+            results[k].append(res)
+            if isinstance(res, dict) and "engine" in res:
+                engine_of[fut.key] = res["engine"]
             if bar is not None:
                 bar.advance(tasks[k])
     finally:
         if bar is not None:
             bar.stop()
+    if engine_of:
+        for line in engine_report(client.who_has([f for f in futures if f.key in engine_of]), engine_of):
+            log.info("%s", line)
+            if progress:
+                print(line)
     return results
 
 
 def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, scheduler_address: str | None = None,
-        cluster=None, progress: bool = True, summary: bool = True) -> Path:
+        cluster=None, jobs: int | None = None, adaptive: bool | None = None, cluster_options: dict | None = None,
+        progress: bool = True, summary: bool = True) -> Path:
     """Run a whole workflow (integrate -> reconstruct -> PDF) and return the store path.
 
-    ``workflow`` is a :class:`Workflow` or the path of its YAML file.  Without a
-    ``scheduler_address`` (or ``cluster``), a LocalCluster is started for the run and closed after.
+    ``workflow`` is a :class:`Workflow` or the path of its YAML file.  Where it runs:
+    ``cluster`` a dask cluster object (used as is), or a cluster profile name/path
+    (``cluster/slurm-gpu.yaml``: started with ``jobs`` jobs, or adaptively up to ``jobs``, with
+    ``cluster_options`` overriding the profile's keys, and closed after); else
+    ``scheduler_address`` (a running scheduler); else ``compute.cluster`` of the workflow; else a
+    LocalCluster started for the run and closed after.
     """
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
     if overrides and isinstance(workflow, Workflow):
@@ -238,13 +337,18 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
     ai, _ = check_inputs(wf)
     t0 = time.perf_counter()
     ctx = prepare_store(wf, ai)
-    client, local = _client(wf, scheduler_address, cluster)
+    client, local = _client(wf, scheduler_address, cluster, jobs=jobs, adaptive=adaptive,
+                            cluster_options=cluster_options)
     try:
         log.info("dashboard: %s", client.dashboard_link)
         if progress:
             print(f"dask dashboard: {client.dashboard_link}")
         client.register_plugin(IntegratorPlugin(wf))
-        graph = build_graph(ctx)
+        given = cluster if cluster is not None and not isinstance(cluster, (str, Path)) else None
+        resources = gpu_resources(client, wf, local if local is not None else given)
+        log.info("stages asking for a GPU: %s", ", ".join(resources) if resources else
+                 "none (no worker offers a GPU resource)")
+        graph = build_graph(ctx, resources)
         results = compute_with_progress(client, graph, progress)
     finally:
         client.close()
