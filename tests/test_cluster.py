@@ -111,12 +111,15 @@ def test_gpu_profile_declares_the_gpu_resource_before_any_job_runs():
         c.close()
 
 
-def test_pbs_gpu_resource_spec_gets_the_worker_resource():
-    raw = {"jobqueue": {"pbs": {"cores": 8, "processes": 1, "memory": "60GiB",
-                                "resource-spec": "select=1:ncpus=8:ngpus=1:mem=64gb"}}}
+def test_pbs_gpu_resource_spec_gets_one_worker_process_with_the_gpu_resource():
+    """processes left out: dask-jobqueue would start ~sqrt(8) = 3 processes on the one GPU; make_cluster sets 1."""
+    raw = {"jobqueue": {"pbs": {"cores": 8, "memory": "60GiB", "resource-spec": "select=1:ncpus=8:ngpus=1:mem=64gb"}}}
     script = job_script(raw)
     assert "#PBS -l select=1:ncpus=8:ngpus=1:mem=64gb" in script
-    assert "--resources GPU=1" in worker_command(script)
+    cmd = worker_command(script)
+    assert "--resources GPU=1" in cmd and "--nworkers" not in cmd and "--nthreads 8" in cmd
+    cpu = worker_command(job_script({"jobqueue": {"pbs": {"cores": 9, "memory": "9GiB"}}}))
+    assert "--nworkers 3" in cpu and "--resources" not in cpu
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -220,7 +223,7 @@ def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_pa
     ai, _ = check_inputs(wf)
     ctx = prepare_store(wf, ai)
     kw = {"resources": {"GPU": 1}} if gpu_workers else {}
-    with LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0", host="127.0.0.1", **kw) as lc, \
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0", **kw) as lc, \
             Client(lc) as client:
         resources = gpu_resources(client, wf, lc)
         assert resources == ({"decode-integrate": {"GPU": 1}} if gpu_workers else {})

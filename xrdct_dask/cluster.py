@@ -247,7 +247,7 @@ def _complete(options: dict, kind: str, src: str) -> tuple[dict, list[str]]:
     extra = [str(s) for s in d.get("job-extra-directives") or []]
     skip = list(d.get("job-directives-skip") or [])
     wargs = list(d.get("worker-extra-args") or [])
-    processes = d.get("processes") or 1
+    processes = d.get("processes")
     if kind == "slurm":
         per = [n for n in ("--mem-per-gpu", "--mem-per-cpu") if _directive(extra, n)]
         if _directive(extra, "--mem") and per:
@@ -261,6 +261,14 @@ def _complete(options: dict, kind: str, src: str) -> tuple[dict, list[str]]:
         m = re.search(r"ngpus=(\d+)", spec)
         gpus = int(m.group(1)) if m else 0
     res = worker_resources(wargs)
+    fixed: dict = {}
+    if gpus and processes is None:
+        processes = fixed["processes"] = 1  # not dask-jobqueue's default of ~sqrt(cores) processes
+        notes.append("GPU job: processes set to 1")
+    elif processes is None:
+        from distributed.deploy.local import nprocesses_nthreads
+
+        processes, _ = nprocesses_nthreads(d["cores"])  # what dask-jobqueue will choose
     if gpus:
         if gpus != 1 or processes != 1:
             raise ProfileError(f"{src}: a GPU job runs one worker process that owns one GPU (got {gpus} GPU(s), "
@@ -272,7 +280,7 @@ def _complete(options: dict, kind: str, src: str) -> tuple[dict, list[str]]:
             raise ProfileError(f"{src}: worker-extra-args advertise GPU={res['GPU']:g} but each job has 1 GPU")
     elif res.get("GPU"):
         raise ProfileError(f"{src}: workers advertise GPU={res['GPU']:g} but the job asks the batch system for no GPU")
-    out = {**options, "job-directives-skip": skip, "worker-extra-args": wargs}
+    out = {**options, **fixed, "job-directives-skip": skip, "worker-extra-args": wargs}
     # GB vs GiB (dask-jobqueue #252): what the workers may use must fit in what the job is granted
     use = parse_bytes(str(d["memory"]).replace(" ", ""))
     grant, how = _granted(d, kind, extra, gpus, skip)
