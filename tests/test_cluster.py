@@ -197,6 +197,22 @@ def test_cli_cluster_script_and_list():
     assert r.exit_code == 0 and "slurm-gpu" in r.output and "invalid" not in r.output
 
 
+def test_cli_run_with_a_broken_profile_fails_before_anything_is_written(tiny_scan, tmp_path):
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+
+    store = tmp_path / "never.zarr"
+    base = ["run", str(tiny_scan.workflow), "--set", f"store.path={store}"]
+    r = CliRunner().invoke(app, base + ["--cluster", "slurm-gpu", "--cluster-set", "gres=gpu:1"])
+    assert r.exit_code == 2 and "override.gres: unknown key" in r.output
+    r = CliRunner().invoke(app, base + ["--cluster", "no-such-profile"])
+    assert r.exit_code == 2 and "cluster profile 'no-such-profile' not found" in r.output
+    r = CliRunner().invoke(app, base + ["--cluster", "slurm-cpu", "--scheduler-address", "tcp://127.0.0.1:1"])
+    assert r.exit_code == 2 and "not both" in r.output
+    assert not store.exists()
+
+
 # ------------------------------------------------------------------------------------------
 # GPU stages ask for the GPU only where the cluster offers it
 # ------------------------------------------------------------------------------------------
@@ -330,7 +346,7 @@ def _arrays(path: Path) -> dict:
 
 @pytest.mark.slurm
 def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan, tmp_path):
-    """The same workflow on LocalCluster and on 2 SLURM jobs (profile local-slurm): identical stores.
+    """The same workflow on LocalCluster and on SLURM jobs (`xrdct run --cluster local-slurm`): identical stores.
 
     Same code, same inputs, single-threaded BLAS in every dask worker: every array must match
     exactly (NaN where NaN), and the run must really have used the SLURM jobs' workers.
@@ -342,9 +358,16 @@ def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as lc:
         local = run(load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "local.zarr")}), cluster=lc,
                     progress=False, summary=False)
-    logs = tmp_path / "slurm-logs"
-    slurm = run(load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "slurm.zarr")}), cluster="local-slurm",
-                jobs=2, cluster_options={"log_directory": str(logs)}, progress=False, summary=False)
+    # through the command line, as a user would: profile by name, adaptive up to 2 jobs
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+
+    logs, slurm = tmp_path / "slurm-logs", tmp_path / "slurm.zarr"
+    r = CliRunner().invoke(app, ["run", str(tiny_scan.workflow), "--set", f"store.path={slurm}", "--cluster",
+                                 "local-slurm", "--jobs", "2", "--adaptive", "--cluster-set", f"log_directory={logs}"])
+    assert r.exit_code == 0, r.output
+    assert "engine numpy: 1 decode-integrate tasks on 1 worker(s) (127.0.0.1)" in r.output
     a, b = _arrays(local), _arrays(slurm)
     assert set(a) == set(b) and {"reduced/intensity", "recon/intensity", "pdf/G"} <= set(a)
     for name in sorted(a):

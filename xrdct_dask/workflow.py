@@ -335,6 +335,12 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
 
         wf = workflow_from_dict(wf.model_dump(mode="json"), overrides=overrides)
     ai, _ = check_inputs(wf)
+    profile = cluster if isinstance(cluster, (str, Path)) else (
+        wf.compute.cluster if cluster is None and not scheduler_address else None)
+    if profile is not None:  # a broken cluster profile fails here, before the store is created
+        from .cluster import load_profile
+
+        load_profile(profile, **(cluster_options or {}))
     t0 = time.perf_counter()
     ctx = prepare_store(wf, ai)
     client, local = _client(wf, scheduler_address, cluster, jobs=jobs, adaptive=adaptive,
