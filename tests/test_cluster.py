@@ -379,3 +379,29 @@ def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan
     assert errs, f"no SLURM job logs in {logs}"
     text = "".join(p.read_text() for p in errs)
     assert "Registered to:" in text and "xrdct: decode-integrate engine numpy" in text
+
+
+# ------------------------------------------------------------------------------------------
+# on a GPU machine: a GPU worker takes the decode-integrate tasks and says so
+# ------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_gpu_worker_runs_decode_integrate_with_the_cupy_engine(tiny_scan, tmp_path, capsys):
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("cupy sees no CUDA device")
+    except cp.cuda.runtime.CUDARuntimeError as err:
+        pytest.skip(f"no usable CUDA device: {err}")
+    pytest.importorskip("xrdct_dask.integrate._cupy", reason="the cupy integration engine is not in this checkout")
+    import zarr
+    from distributed import LocalCluster
+
+    from xrdct_dask import load_workflow, run
+
+    wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "gpu.zarr"), "integrate.engine": "auto"})
+    with LocalCluster(n_workers=1, threads_per_worker=4, resources={"GPU": 1}, dashboard_address=":0",
+                      host="127.0.0.1") as lc:
+        path = run(wf, cluster=lc, summary=False)
+    out = capsys.readouterr().out
+    assert "engine cupy: 1 decode-integrate tasks on 1 worker(s) (127.0.0.1)" in out, out
+    assert zarr.open_group(str(path), mode="r").attrs["run_summary"]["engines"] == ["cupy"]
