@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean slurm-up slurm-down notebooks
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,31 @@ demo: $(STAMP)
 	$(BIN)/xrdct demo --out-dir demo
 
 # pytest exits 5 when nothing was collected (e.g. a marker filter): not a failure here
-test: $(STAMP)
+test: $(STAMP) slurm-up
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The slurm-marked tests need a SLURM: as root, start the one-node SLURM of cluster/local-slurm/
+# (installs Debian's slurm-wlm + munge with apt-get when missing) and leave it running for the
+# next run (`make slurm-down` stops it).  Never fails: the tests skip and say why, from the log.
+# XRDCT_LOCAL_SLURM=0 skips this step.
+XRDCT_LOCAL_SLURM ?= 1
+slurm-up:
+	@mkdir -p build
+	@if [ "$(XRDCT_LOCAL_SLURM)" = 0 ]; then \
+		echo "local SLURM not started: XRDCT_LOCAL_SLURM=0" > build/local-slurm.log; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "local SLURM not started: make test is not running as root" > build/local-slurm.log; \
+	else \
+		cluster/local-slurm/start.sh > build/local-slurm.log 2>&1 \
+			|| echo "local SLURM did not start (cluster/local-slurm/start.sh failed, see build/local-slurm.log)" >> build/local-slurm.log; \
+	fi; tail -n 1 build/local-slurm.log
+
+slurm-down:
+	cluster/local-slurm/stop.sh
+
+# the notebooks as nbmake runs them (tests/test_notebooks.py also checks that they show figures)
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest -q --nbmake notebooks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu.py

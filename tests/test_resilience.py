@@ -96,7 +96,7 @@ def executed(path) -> dict[str, dict]:
 def test_reference_run_is_complete_and_marked(reference):
     state = store.task_state(reference)
     assert state.complete
-    assert state.counts() == {"decode-integrate": (24, 24), "center": (2, 2), "recon": (8, 8), "pdf": (2, 2)}
+    assert state.counts() == {"decode-integrate": (24, 24), "sinogram": (2, 2), "recon": (8, 8), "pdf": (2, 2)}
     assert store.read_attrs(reference)["stage_status"] == {"reduced": "done", "recon": "done", "pdf": "done"}
 
 
@@ -564,7 +564,7 @@ def test_reprocess_many_runs_as_one_graph_from_pdf(reference, corrupted, cluster
     for parent, out in zip(parents, outs):
         assert out.parent == parent.parent and out.name.startswith("run-")
         ran = store.read_attrs(out)["run_summary"]["tasks"]
-        assert {k: v["executed"] for k, v in ran.items()} == {"decode-integrate": 0, "center": 0, "recon": 0, "pdf": 2}
+        assert {k: v["executed"] for k, v in ran.items()} == {"decode-integrate": 0, "sinogram": 0, "recon": 0, "pdf": 2}
         assert_same_arrays(out, parent, ["recon/intensity", "reduced/intensity", "tasks/center"])
         r = zarr.open_array(str(out / "r"), mode="r")[...]
         assert r[-1] == pytest.approx(12.0) and zarr.open_array(str(out / "pdf" / "G")).shape[-1] == r.size
@@ -615,7 +615,7 @@ def test_plan_of_a_1000_cubed_scan_matches_the_formulas_in_seconds(tmp_path):
     assert p["detector_shape"] == [1679, 1475] and p["nr"] == nr
     fb = 1679 * 1475 + 8192
     assert p["frame_bytes"] == fb
-    tasks = {"decode-integrate": nz * nwb, "center": nz, "recon": nz * nqb, "pdf": nz}
+    tasks = {"decode-integrate": nz * nwb, "sinogram": nz, "recon": nz * nqb, "pdf": nz}
     assert {k: v["tasks"] for k, v in p["stages"].items() if k != "prepare"} == tasks
     assert p["tasks"] == sum(tasks.values()) == 109_000 and p["tasks_per_slice"] == 109
     assert p["slices_per_wave"] == 100_000 // 109 == 917 and p["waves"] == math.ceil(nz / 917) == 2

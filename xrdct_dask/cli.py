@@ -66,16 +66,27 @@ def run(
     workflow: Annotated[Path, typer.Argument(help="workflow YAML")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set integrate.npt_rad=2000")] = None,
     scheduler_address: Annotated[Optional[str], typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
+    cluster: Annotated[Optional[str], typer.Option(
+        "--cluster", help="batch-system profile: a cluster/*.yaml name (slurm-cpu, slurm-gpu, pbs) or a path")] = None,
+    jobs: Annotated[Optional[int], typer.Option(help="batch jobs to start with --cluster (adaptive: the maximum)")] = None,
+    adaptive: Annotated[Optional[bool], typer.Option(
+        "--adaptive/--no-adaptive", help="with --cluster: scale between 0 and --jobs jobs with the load")] = None,
+    cluster_set: Annotated[Optional[list[str]], typer.Option(
+        "--cluster-set", help="override a profile key: --cluster-set queue=gpu --cluster-set walltime=08:00:00")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a workflow: decode + integrate -> sinograms -> reconstruction -> G(r), into one zarr store."""
     from . import workflow as wfmod
+    from .cluster import ProfileError
 
     _logging(verbose)
+    if cluster is not None and scheduler_address is not None:
+        _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
     try:
         wf = load_workflow(workflow, parse_overrides(set_))
-        path = wfmod.run(wf, scheduler_address=scheduler_address)
-    except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
+        path = wfmod.run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
+                         cluster_options=_cluster_options(cluster_set))
+    except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
         _fail(str(err))
     typer.echo(f"store: {path}")
 
@@ -162,6 +173,50 @@ def demo(
     typer.echo(f"\nstore:   {path}\npicture: {path.parent / 'summary.png'}\n"
                f"open it: python -c \"import xarray as xr; print(xr.open_zarr('{path}', group='recon'))\"\n"
                f"total {time.perf_counter() - t0:.0f} s")
+
+
+cluster_app = typer.Typer(no_args_is_help=True, help="Batch-system profiles (cluster/*.yaml) for dask-jobqueue.")
+app.add_typer(cluster_app, name="cluster")
+
+
+def _cluster_options(pairs: list[str] | None) -> dict:
+    """``["queue=gpu", "cores=4"]`` -> ``{"queue": "gpu", "cores": 4}`` (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            _fail(f"--cluster-set {p!r}: expected key=value, e.g. queue=gpu")
+        k, v = p.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+@cluster_app.command("script")
+def cluster_script(
+    profile: Annotated[str, typer.Option("--profile", "-p", help="profile name (cluster/*.yaml) or path")],
+    cluster_set: Annotated[Optional[list[str]], typer.Option("--cluster-set", help="override a key: queue=gpu")] = None,
+) -> None:
+    """Print the job script a worker job is submitted with (dask-jobqueue's dry run; starts nothing)."""
+    from .cluster import ProfileError, job_script
+
+    try:
+        typer.echo(job_script(profile, **_cluster_options(cluster_set)).rstrip())
+    except ProfileError as err:
+        _fail(str(err))
+
+
+@cluster_app.command("list")
+def cluster_list() -> None:
+    """The profiles found (./cluster, the checkout's cluster/, $XRDCT_CLUSTER_PROFILES)."""
+    from .cluster import ProfileError, list_profiles, load_profile
+
+    for name, path in list_profiles().items():
+        try:
+            p = load_profile(path)
+            typer.echo(f"{name:12s} {p.kind:6s} {p.description}  ({path})")
+        except ProfileError as err:
+            typer.echo(f"{name:12s} invalid: {err}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -150,6 +150,9 @@ class Compute(_Section):
                                                       "(each its own engine and GIL for reading frames)")
     max_tasks: int = Field(200_000, ge=10, description="tasks the scheduler holds at once: larger runs go in "
                                                        "waves of z-slabs, two waves of max_tasks/2 in flight")
+    cluster: str | None = Field(None, description="cluster profile (cluster/*.yaml name or path) instead of a LocalCluster")
+    jobs: int = Field(1, gt=0, description="batch jobs to start with a cluster profile (adaptive: the maximum)")
+    adaptive: bool = Field(False, description="with a cluster profile: scale between 0 and `jobs` jobs with the load")
 
 
 class Workflow(_Section):

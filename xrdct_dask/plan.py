@@ -44,7 +44,7 @@ RESULTS_KEYS = ("gpu_frames_per_s", "cpu_frames_per_s_per_core")
 
 def tasks_per_slice(nomega: int, omega_chunk: int, nq: int, q_chunk: int, pdf: bool) -> dict[str, int]:
     """Tasks of one z slice by stage (the graph has no task spanning slices)."""
-    out = {"decode-integrate": math.ceil(nomega / omega_chunk), "center": 1, "recon": math.ceil(nq / q_chunk)}
+    out = {"decode-integrate": math.ceil(nomega / omega_chunk), "sinogram": 1, "recon": math.ceil(nq / q_chunk)}
     if pdf:
         out["pdf"] = 1
     return out
@@ -175,7 +175,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         # a task streams its frames in batches (one read ahead) and holds its whole output block
         "decode-integrate": StagePlan(nz * nwb, F * fb, F * (8 * nq + 10),
                                       wc * nx * (8 * nq + 10) + 2 * min(BATCH_FRAMES, wc * nx) * fb),
-        "center": StagePlan(nz, nz * nw * nx * 5, nz * 8, nw * nx * 5),
+        "sinogram": StagePlan(nz, nz * nw * nx * 5, nz * 8, nw * nx * 5),
         "recon": StagePlan(nz * nqb, nz * nw * nx * (4 * nq + nqb), nz * nx * nx * nq * 4,
                            nw * nx * (4 * qc + 1) + nx * nx * qc * 4),
     }

@@ -121,7 +121,7 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
     start = min(candidates, key=STAGES.index)
     if start != "integrate":
         state = store.task_state(parent)
-        need = {"recon": ("decode-integrate",), "pdf": ("decode-integrate", "center", "recon")}[start]
+        need = {"recon": ("decode-integrate",), "pdf": ("decode-integrate", "sinogram", "recon")}[start]
         missing = [k for k in need if state.counts()[k][0] < state.counts()[k][1]]
         if missing:
             raise WorkflowError(f"{parent}: its {', '.join(missing)} tasks are not all done: resume it first "

@@ -264,7 +264,17 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     return {"stage": "decode-integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),
             "bytes": stats["bytes"], "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine,
             "seconds_setup": t_engine - t0, "seconds_engine": t_write - t_engine,
-            "seconds_write": time.perf_counter() - t_write}
+            "seconds_write": time.perf_counter() - t_write, "worker": _worker_address()}
+
+
+def _worker_address() -> str | None:
+    """The dask worker running this task (None outside a worker): for the engine report."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
 
 
 def find_center(z: int, ctx: RunContext, *deps) -> float:

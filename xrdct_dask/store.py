@@ -190,7 +190,7 @@ class TaskState:
     def counts(self) -> dict[str, tuple[int, int]]:
         """``{stage: (done, total)}``."""
         out = {"decode-integrate": (int(self.integrate.sum()), self.integrate.size),
-               "center": (int(np.isfinite(self.center).sum()), self.center.size),
+               "sinogram": (int(np.isfinite(self.center).sum()), self.center.size),
                "recon": (int(self.recon.sum()), self.recon.size)}
         if self.pdf is not None:
             out["pdf"] = (int(self.pdf.sum()), self.pdf.size)

@@ -1,9 +1,12 @@
 """Run a workflow: check inputs, create the store, build ONE dask graph, compute it with progress.
 
-    decode-integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf (z)
+    decode-integrate (z, omega block) --> sinogram (z) --> recon (z, q block) --> pdf (z)
 
 Each arrow is a dependency inside the same graph: reconstruction of a slice starts as soon as
-its frames are integrated, while other slices are still being integrated.
+its frames are integrated, while other slices are still being integrated.  Task keys start with
+the stage name (``("recon", z, q0)``), which is what the dask dashboard groups and colours by.
+Where workers advertise a ``GPU`` resource (GPU profiles in ``cluster/``), the GPU stages
+(:data:`GPU_STAGES`) ask for one, so a GPU runs one such task at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .io.cbf import CorruptFrameError, read_cbf_payload
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("decode-integrate", "center", "recon", "pdf")  # dependency order of the graph's stages
+STAGE_ORDER = ("decode-integrate", "sinogram", "recon", "pdf")  # dependency order of the graph's stages
 FRAMES_PROBED = 64  # check_inputs takes the frame shape from the first readable of these
 
 
@@ -258,7 +261,7 @@ def build_graph(ctx: stages.RunContext, zs=None, done: store.TaskState | None = 
     nq = int(store.open_array(ctx.store_path, "q", "r").shape[0])
     wc, qc = wf.store.omega_chunk, wf.store.q_chunk
     sfx = f"-{token}" if token else ""
-    out = {"decode-integrate": [], "center": [], "recon": [], "pdf": []}
+    out = {"decode-integrate": [], "sinogram": [], "recon": [], "pdf": []}
     for z in range(s.nz) if zs is None else zs:
         blocks = [store.FrameBlock(z, w, min(w + wc, s.nomega)) for w in range(0, s.nomega, wc)]
         if done is not None:
@@ -269,8 +272,8 @@ def build_graph(ctx: stages.RunContext, zs=None, done: store.TaskState | None = 
         if done is not None and not integ and np.isfinite(done.center[z]):
             center = float(done.center[z])
         else:
-            center = dask.delayed(stages.find_center, pure=False)(z, ctx, *integ, dask_key_name=("center" + sfx, z))
-            out["center"].append(center)
+            center = dask.delayed(stages.find_center, pure=False)(z, ctx, *integ, dask_key_name=("sinogram" + sfx, z))
+            out["sinogram"].append(center)
         qbs = [qs for qs in store.q_blocks(nq, qc) if done is None or not done.recon[z, qs.start // qc]]
         rz = [dask.delayed(stages.reconstruct_block, pure=False)(z, qs, center, ctx,
                                                                   dask_key_name=("recon" + sfx, z, qs.start))
@@ -314,10 +317,14 @@ class IntegratorPlugin(_worker_plugin_base()):
 
     def setup(self, worker):
         integ = stages.integrator_for(self.workflow)
-        if hasattr(integ._impl, "warm"):  # GPU: pinned arenas and device buffers before the first task
+        if hasattr(integ._impl, "warm"):  # GPU: device buffers before the first task
             first = self.workflow.frame_path(0)
             size = first.stat().st_size if first.exists() else 4 * integ.plan.npix
             integ._impl.warm(integ.batch_frames, int(size * 1.1) + 4096)
+        # distributed's worker logger: this line lands in the worker's own log (a batch job's .err file)
+        logging.getLogger("distributed.worker").info(
+            "xrdct: decode-integrate engine %s (resources %s)", integ.engine,
+            dict(getattr(worker.state, "total_resources", {}) or {}))
 
     def teardown(self, worker):
         stages.clear_integrators()
@@ -362,28 +369,77 @@ def local_cluster(wf: Workflow):
     return SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu")
 
 
-def _client(wf: Workflow, scheduler_address: str | None, cluster=None):
+def _client(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: int | None = None,
+            adaptive: bool | None = None, cluster_options: dict | None = None):
+    """``(client, cluster started here or None)``: a given cluster object, a running scheduler, a
+    cluster profile (``cluster`` as a name/path, or ``compute.cluster``), or a cluster on this
+    machine (:func:`local_cluster`)."""
     from distributed import Client
 
-    if cluster is not None:
+    if cluster is not None and not isinstance(cluster, (str, Path)):
         return Client(cluster), None
     if scheduler_address:
         return Client(scheduler_address), None
+    c = wf.compute
+    profile = cluster if cluster is not None else c.cluster
+    if profile is not None:
+        from .cluster import describe, make_cluster
+
+        jc = make_cluster(profile, **(cluster_options or {}))
+        n = jobs or c.jobs
+        if c.adaptive if adaptive is None else adaptive:
+            jc.adapt(minimum_jobs=0, maximum_jobs=n)
+            log.info("cluster %s: adaptive, 0..%d jobs of %s", profile, n, describe(jc))
+        else:
+            jc.scale(jobs=n)
+            log.info("cluster %s: %d jobs of %s", profile, n, describe(jc))
+        return Client(jc), jc
     lc = local_cluster(wf)
     return Client(lc), lc
 
 
-def stage_resources(client) -> dict[str, dict]:
-    """Resources each stage asks for, given what the workers offer: integration goes to ``GPU``
-    workers when there are any, the other stages to ``CPU`` workers when those are marked."""
-    offered = set()
-    for w in client.scheduler_info()["workers"].values():
-        offered |= set(w.get("resources", {}))
-    # half a GPU per task: two tasks share a GPU worker, one writing or reading while the other
-    # holds the GPU pipeline (the engine serialises GPU use with a lock)
-    gpu = {"resources": {"GPU": 0.5}} if "GPU" in offered else {}
+def stage_resources(client, wf: Workflow | None = None, cluster=None) -> dict[str, dict]:
+    """``client.compute`` arguments of each stage: integration asks for ``GPU`` when the workers
+    offer it (and the workflow does not pin the numpy engine), the other stages for ``CPU`` when
+    the workers are marked so.  A dask-jobqueue cluster says what its (maybe not yet started)
+    workers will advertise; otherwise the workers connected now are asked.  A CPU-only cluster
+    gets no annotations at all: the same graph runs as on a laptop."""
+    from .cluster import declared_resources
+
+    declared = declared_resources(cluster) if cluster is not None and not isinstance(cluster, (str, Path)) else None
+    offered: set = set()
+    if declared is not None:
+        offered = {k for k, v in declared.items() if v}
+    else:
+        for w in client.scheduler_info(n_workers=-1)["workers"].values():
+            offered |= {k for k, v in (w.get("resources") or {}).items() if v}
+    # half a GPU per task: two tasks share a GPU worker, one reading or writing while the other
+    # holds the GPU pipeline (the engine serialises its use of the GPU)
+    use_gpu = "GPU" in offered and (wf is None or wf.integrate.engine != "numpy")
+    gpu = {"resources": {"GPU": 0.5}} if use_gpu else {}
     cpu = {"resources": {"CPU": 1}} if "CPU" in offered else {}
-    return {"decode-integrate": gpu, "center": cpu, "recon": cpu, "pdf": cpu}
+    return {"decode-integrate": gpu, "sinogram": cpu, "recon": cpu, "pdf": cpu}
+
+
+def engine_report(results: list[dict]) -> list[str]:
+    """Which engine ran where, one line per engine, from the decode-integrate task results
+    (their ``engine`` and ``worker``): e.g. ``["engine cupy: 12 decode-integrate tasks on 2
+    worker(s) (node01 x2)"]``."""
+    from collections import Counter, defaultdict
+
+    tasks: Counter = Counter()
+    workers: dict[str, set] = defaultdict(set)
+    for r in results:
+        tasks[r["engine"]] += 1
+        if r.get("worker"):
+            workers[r["engine"]].add(r["worker"])
+    lines = []
+    for engine in sorted(tasks):
+        hosts = Counter(a.split("://")[-1].rsplit(":", 1)[0] for a in workers[engine])
+        where = ", ".join(f"{h} x{n}" if n > 1 else h for h, n in sorted(hosts.items())) or "this process"
+        lines.append(f"engine {engine}: {tasks[engine]} decode-integrate tasks on {len(workers[engine]) or 1} "
+                     f"worker(s) ({where})")
+    return lines
 
 
 def compute_with_progress(client, graph: dict, progress: bool = True) -> dict:
@@ -401,7 +457,8 @@ def compute_with_progress(client, graph: dict, progress: bool = True) -> dict:
 
 
 def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, scheduler_address: str | None = None,
-        cluster=None, progress: bool = True, summary: bool = True) -> Path:
+        cluster=None, jobs: int | None = None, adaptive: bool | None = None, cluster_options: dict | None = None,
+        progress: bool = True, summary: bool = True) -> Path:
     """Run a whole workflow (integrate -> reconstruct -> PDF) and return the store path.
 
     ``workflow`` is a :class:`Workflow` or the path of its YAML file.  Without a
@@ -415,8 +472,15 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
 
         wf = workflow_from_dict(wf.model_dump(mode="json"), overrides=overrides)
     t0 = time.perf_counter()
+    profile = cluster if isinstance(cluster, (str, Path)) else (
+        wf.compute.cluster if cluster is None and not scheduler_address else None)
+    if profile is not None:  # a broken cluster profile fails here, before the store is created
+        from .cluster import load_profile
+
+        load_profile(profile, **(cluster_options or {}))
     ctx = open_run(wf)
-    execute([ctx], scheduler_address=scheduler_address, cluster=cluster, progress=progress, summary=summary, t0=t0)
+    execute([ctx], scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
+            cluster_options=cluster_options, progress=progress, summary=summary, t0=t0)
     return ctx.store_path
 
 
@@ -426,7 +490,7 @@ def pending_by_stage(ctx: stages.RunContext, done: store.TaskState) -> list[dict
     out = []
     for z in range(wf.scan.nz):
         n_int = int((~done.integrate[z]).sum())
-        d = {"decode-integrate": n_int, "center": int(n_int > 0 or not np.isfinite(done.center[z])),
+        d = {"decode-integrate": n_int, "sinogram": int(n_int > 0 or not np.isfinite(done.center[z])),
              "recon": int((~done.recon[z]).sum())}
         if wf.pdf.enabled:
             d["pdf"] = int(done.pdf is None or not done.pdf[z])
@@ -435,6 +499,7 @@ def pending_by_stage(ctx: stages.RunContext, done: store.TaskState) -> list[dict
 
 
 def execute(ctxs: list[stages.RunContext], *, scheduler_address: str | None = None, cluster=None,
+            jobs: int | None = None, adaptive: bool | None = None, cluster_options: dict | None = None,
             progress: bool = True, summary: bool = True, t0: float | None = None) -> list[dict]:
     """Compute what is not yet done in one or more prepared stores, as one graph, and finish them.
 
@@ -476,7 +541,7 @@ def execute(ctxs: list[stages.RunContext], *, scheduler_address: str | None = No
 
     results: list[dict[str, list]] = [{} for _ in ctxs]
     if units:
-        client, local = _client(ctxs[0].workflow, scheduler_address, cluster)
+        client, local = _client(ctxs[0].workflow, scheduler_address, cluster, jobs, adaptive, cluster_options)
         try:
             log.info("dashboard: %s", client.dashboard_link)
             if progress:
@@ -486,7 +551,7 @@ def execute(ctxs: list[stages.RunContext], *, scheduler_address: str | None = No
                 client.register_plugin(IntegratorPlugin(wf, unique=len(need) > 1))
             for i, stage, res in compute_waves(client, [lambda k=k: wave(k) for k in range(len(groups))], totals,
                                                progress, stores=[c.store_path for c in ctxs],
-                                               resources=stage_resources(client)):
+                                               resources=stage_resources(client, ctxs[0].workflow, local)):
                 results[i].setdefault(stage, []).append(res)
         finally:
             client.close()
@@ -595,12 +660,13 @@ def finish_run(ctx: stages.RunContext, results: dict, before: store.TaskState, w
     after = store.task_state(ctx.store_path)
     counts = after.counts()
     full = {k: d == t for k, (d, t) in counts.items()}
-    stage_done = {store.REDUCED: full["decode-integrate"], store.RECON: full["recon"] and full["center"]}
+    stage_done = {store.REDUCED: full["decode-integrate"], store.RECON: full["recon"] and full["sinogram"]}
     if ctx.workflow.pdf.enabled:
         stage_done[store.PDF] = full["pdf"]
     for stage, ok in stage_done.items():
         store.set_stage_status(ctx.store_path, stage, "done" if ok else "partial")
     info = run_summary(results, wall)
+    info["engine_report"] = engine_report(results.get("decode-integrate", []))
     info["frame_status"] = status_counts(ctx.store_path)
     info["tasks"] = {k: {"executed": len(results.get(k, [])), "skipped": d}
                      for k, (d, _) in before.counts().items()}
@@ -641,6 +707,7 @@ def format_summary(info: dict) -> str:
         lines = [f"no frames integrated now; {info['wall_seconds']:.1f} s"]
     lines.append("frames flagged: " + (", ".join(f"{k.lower().replace('_', ' ')} {v}" for k, v in sorted(bad.items()))
                                        if bad else "none"))
+    lines += info.get("engine_report", [])
     skipped = sum(t["skipped"] for t in info.get("tasks", {}).values())
     if skipped:
         executed = sum(t["executed"] for t in info["tasks"].values())
