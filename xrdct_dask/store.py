@@ -11,7 +11,11 @@
       reduced/frame_ok   bool (z, omega, x)     false = missing or corrupt frame
       reduced/frame_status int8 (z, omega, x)   xrdct_dask.io.status.FrameStatus code (-1 = not yet written)
       recon/intensity    f32 (z, y, x, q)       chunks (1, nx, nx, q_chunk)
-      pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, nr)
+      pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, r_chunk)
+      pdf/scale, pdf/fq_highq_rms, pdf/lowr_slope, pdf/lowr_residual, pdf/ok   (z, y, x) per-voxel
+                                                S(Q) scale and quality figures (see xrdct_dask.pdf)
+      pdf/G_sinogram     f32 (z, omega, x, r)   pdf-then-recon only: G(r) of every frame
+      pdf/aux_sinogram   f32 (z, omega, x, channel)  pdf-then-recon only: scale + quality inputs
       attrs: workflow, versions, input digest, engine, stage status
 
 The store is created whole before any compute (template first); every task writes only its own
@@ -94,7 +98,8 @@ def _coord(group, name: str, values: np.ndarray, attrs: dict) -> None:
 
 def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.ndarray, radial_unit: str,
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
-                 omega_chunk: int, q_chunk: int, attrs: dict, overwrite: bool = False) -> zarr.Group:
+                 omega_chunk: int, q_chunk: int, attrs: dict, overwrite: bool = False,
+                 r_chunk: int | None = None) -> zarr.Group:
     """Create every array with its final shape, chunks, dims and coordinates (no data yet)."""
     path = Path(path)
     if path.exists() and not overwrite:
@@ -125,7 +130,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
         RECON: [("intensity", (nz, nx, nx, nq), (1, nx, nx, qc), "float32", ["z", "y", "x", "q"])],
     }
     if r_A is not None:
-        groups[PDF] = [("G", (nz, nx, nx, r_A.size), (1, nx, nx, r_A.size), "float32", ["z", "y", "x", "r"])]
+        rc = min(r_chunk or r_A.size, r_A.size)
+        groups[PDF] = [("G", (nz, nx, nx, r_A.size), (1, nx, nx, rc), "float32", ["z", "y", "x", "r"])]
     for gname, arrays in groups.items():
         g = root.create_group(gname)
         dims = {d for *_, dn in arrays for d in dn}
@@ -137,6 +143,34 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     root.attrs.update({"format": FORMAT, "stage_status": {REDUCED: "pending", RECON: "pending", PDF: "pending"},
                        **attrs})
     return root
+
+
+PDF_VOXEL_FIGURES = ("scale", "fq_highq_rms", "lowr_slope", "lowr_residual")
+
+
+def create_pdf_arrays(path: str | Path, *, nz: int, nomega: int, nx: int, nr: int, omega_chunk: int, r_chunk: int,
+                      sinograms: bool, aux_channels: list[str], attrs: dict) -> None:
+    """Add to the ``pdf`` group made by :func:`create_store` the per-voxel figures next to G
+    (``scale``, ``fq_highq_rms``, ``lowr_slope``, ``lowr_residual`` f32 and ``ok`` bool, all
+    (z, y, x)), and with ``sinograms`` (order pdf-then-recon) ``G_sinogram`` (z, omega, x, r) and
+    ``aux_sinogram`` (z, omega, x, channel); the transform's parameters go to the group's attrs."""
+    root = zarr.open_group(str(path), mode="r+")
+    g = root[PDF]
+    for name in PDF_VOXEL_FIGURES:
+        g.create_array(name, shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="float32", fill_value=np.nan,
+                       dimension_names=["z", "y", "x"])
+    g.create_array("ok", shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="bool", fill_value=False,
+                   dimension_names=["z", "y", "x"])
+    if sinograms:
+        _coord(g, "omega", root["omega"][:], dict(root["omega"].attrs))
+        _coord(g, "channel", np.arange(len(aux_channels)), {"long_name": "aux_sinogram channel",
+                                                             "names": list(aux_channels)})
+        wc, rc = min(omega_chunk, nomega), min(r_chunk, nr)
+        g.create_array("G_sinogram", shape=(nz, nomega, nx, nr), chunks=(1, wc, nx, rc), dtype="float32",
+                       fill_value=np.nan, dimension_names=["z", "omega", "x", "r"])
+        g.create_array("aux_sinogram", shape=(nz, nomega, nx, len(aux_channels)), chunks=(1, wc, nx, len(aux_channels)),
+                       dtype="float32", fill_value=np.nan, dimension_names=["z", "omega", "x", "channel"])
+    g.attrs.update(attrs)
 
 
 def open_array(path: str | Path, name: str, mode: str = "r+") -> zarr.Array:

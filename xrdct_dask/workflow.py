@@ -2,6 +2,11 @@
 
     decode-integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf (z)
 
+or, with ``pdf.order: pdf-then-recon``, a branch of the same graph:
+
+    decode-integrate (z, omega block) --> pdf-frames (z, omega block) --> pdf-aux (z) --> pdf (z, r block)
+    center (z) --> pdf-aux (z), pdf (z, r block)     (the G(r) sinograms use the slice's rotation axis)
+
 Each arrow is a dependency inside the same graph: reconstruction of a slice starts as soon as
 its frames are integrated, while other slices are still being integrated.
 """
@@ -76,10 +81,14 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
     integ = stages.integrator_for(wf)
     radial = integ.radial
     wavelength_A = (ai.wavelength or 0) * 1e10
-    r_A = None
+    r_A = op = None
     if wf.pdf.enabled:
+        from .pdf.background import load_background
+
         try:
             op = operator_for(stages.radial_to_q_A(radial, wf.integrate.unit, wavelength_A), wf.pdf)
+            if wf.pdf.background == "file":
+                load_background(wf.pdf.background_file, radial)
         except PDFParameterError as err:
             raise WorkflowError(str(err)) from None
         r_A = op.r_A
@@ -114,7 +123,18 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
     store.create_store(path, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                        omega_deg=omega, x_mm=np.arange(s.nx) * s.x_step_mm, z_mm=np.arange(s.nz) * s.z_step_mm,
                        r_A=r_A, omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs,
-                       overwrite=wf.store.overwrite if overwrite is None else overwrite)
+                       overwrite=wf.store.overwrite if overwrite is None else overwrite, r_chunk=wf.pdf.r_chunk)
+    if op is not None:
+        p = wf.pdf
+        store.create_pdf_arrays(path, nz=s.nz, nomega=s.nomega, nx=s.nx, nr=op.r_A.size,
+                                omega_chunk=wf.store.omega_chunk, r_chunk=p.r_chunk,
+                                sinograms=p.order == "pdf-then-recon", aux_channels=stages.pdf_aux_channels(op),
+                                attrs={"transform": "PDFgetX3 ad hoc (xrdct_dask.pdf)", **op.params,
+                                       "order": p.order, "normalization": p.normalization, "scale": p.scale,
+                                       "background": p.background, "bgscale": p.bgscale,
+                                       "background_file": str(p.background_file) if p.background_file else None,
+                                       "units": {"Q": "1/angstrom", "r": "angstrom", "G": "1/angstrom^2",
+                                                 "lowr_slope": "1/angstrom^3", "fq_highq_rms": "1/angstrom"}})
     store.open_array(path, f"{store.REDUCED}/monitor")[...] = monitor.astype(np.float32)
     store.open_array(path, f"{store.REDUCED}/frame_index")[...] = grid
     return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A)
@@ -129,7 +149,7 @@ def build_graph(ctx: stages.RunContext) -> dict:
     nq = stages.integrator_for(wf).plan.nbins
     blocks = store.frame_blocks(s.nz, s.nomega, wf.store.omega_chunk)
     integ = {b: dask.delayed(stages.integrate_block, pure=False)(b, ctx, dask_key_name=b.key) for b in blocks}
-    centers, recons, pdfs = {}, [], []
+    centers, recons, pdfs, pdf_frames = {}, [], [], []
     for z in range(s.nz):
         deps = [d for b, d in integ.items() if b.z == z]
         centers[z] = dask.delayed(stages.find_center, pure=False)(z, ctx, *deps, dask_key_name=("center", z))
@@ -137,10 +157,25 @@ def build_graph(ctx: stages.RunContext) -> dict:
                                                                   dask_key_name=("recon", z, qs.start))
               for qs in store.q_blocks(nq, wf.store.q_chunk)]
         recons += rz
-        if wf.pdf.enabled:
+        if wf.pdf.enabled and wf.pdf.order == "recon-then-pdf":
             pdfs.append(dask.delayed(stages.pdf_slice, pure=False)(z, ctx, *rz, dask_key_name=("pdf", z)))
-    return {"decode-integrate": list(integ.values()), "center": list(centers.values()), "recon": recons,
-            "pdf": pdfs}
+        elif wf.pdf.enabled:  # pdf-then-recon: transform the frames, reconstruct N + figures, then G blocks
+            # the edge background needs the slice's first/last x steps of every angle: wait for the slice
+            fz = [dask.delayed(stages.pdf_frames_block, pure=False)(
+                b, ctx, *([centers[z]] if wf.pdf.background == "edge" else [d]),
+                dask_key_name=("pdf-frames", b.z, b.omega_start)) for b, d in integ.items() if b.z == z]
+            pdf_frames += fz
+            aux = dask.delayed(stages.reconstruct_pdf_aux, pure=False)(z, centers[z], ctx, *fz,
+                                                                       dask_key_name=("pdf-aux", z))
+            pdfs.append(aux)
+            pdfs += [dask.delayed(stages.reconstruct_pdf_block, pure=False)(z, rs, centers[z], ctx, aux,
+                                                                            dask_key_name=("pdf", z, rs.start))
+                     for rs in store.q_blocks(stages.pdf_operator(ctx).r_A.size, wf.pdf.r_chunk)]
+    graph = {"decode-integrate": list(integ.values()), "center": list(centers.values()), "recon": recons}
+    if pdf_frames:
+        graph["pdf-frames"] = pdf_frames
+    graph["pdf"] = pdfs
+    return graph
 
 
 def _worker_plugin_base():
