@@ -280,22 +280,26 @@ def pdf_then_recon_run(sim_scan, tmp_path_factory):
     from xrdct_dask.config import load_workflow
 
     out = tmp_path_factory.mktemp("pdf") / "run.zarr"
-    wf = load_workflow(sim_scan.workflow, {"store.path": str(out), "pdf.order": "pdf-then-recon",
-                                           "pdf.normalization": "fixed", "pdf.scale": 1.0, "pdf.rmax": 8.0,
+    wf = load_workflow(sim_scan.workflow, {"store.path": str(out), "pdf.order": "pdf-then-recon", "pdf.rmax": 8.0,
                                            "pdf.r_chunk": 256})
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as cluster:
         path = run(wf, cluster=cluster, progress=False, summary=False)
     return path, wf, sim_scan
 
 
+def _figures(root):
+    return {k: root[f"pdf/{k}"][:] for k in ("G", "scale", "ok", "fq_highq_rms", "lowr_slope", "lowr_residual")}
+
+
 def test_workflow_pdf_then_recon_matches_recon_then_pdf(pdf_then_recon_run):
-    """The store's pdf/G (frames transformed, G(r) sinograms reconstructed) equals the transform of
-    the same run's recon/ voxels (1e-3 of max |G|), and the Ni region shows the fcc shells."""
+    """pdf-then-recon, a branch of the graph: the frames' G(r) sinograms reconstructed.  The Ni
+    region shows the fcc shells; the recon-then-pdf stage on the same run's recon/ gives the same
+    G (1e-3 of max |G|) and figures, for the fixed scale (a linear map) and per voxel."""
     import xarray as xr
     import zarr
     from scipy.ndimage import binary_erosion
 
-    from xrdct_dask.stages import radial_to_q_A
+    from xrdct_dask import stages, store
 
     path, wf, scan = pdf_then_recon_run
     pdf = xr.open_zarr(path, group="pdf")
@@ -303,19 +307,42 @@ def test_workflow_pdf_then_recon_matches_recon_then_pdf(pdf_then_recon_run):
     assert pdf["G_sinogram"].dims == ("z", "omega", "x", "r") and pdf["G_sinogram"].shape[:3] == (2, 32, 24)
     for name in ("scale", "fq_highq_rms", "lowr_slope", "lowr_residual", "ok"):
         assert pdf[name].dims == ("z", "y", "x")
-    assert pdf.attrs["order"] == "pdf-then-recon" and pdf.attrs["normalization"] == "fixed"
+    assert pdf.attrs["order"] == "pdf-then-recon" and pdf.attrs["normalization"] == "per-pattern"
     assert pdf.attrs["poly_degree"] == pytest.approx(0.9 * 20.0 / np.pi) and pdf.attrs["qmaxinst"] == 20.0
     root = zarr.open_group(str(path), mode="r")
     assert root.attrs["stage_status"]["pdf"] == "done"
-    q_A = radial_to_q_A(root["q"][:], wf.integrate.unit, root.attrs["wavelength_angstrom"])
-    op = build_operator(q_A, "Ni", 1.0, 20.0, 0.9, 0.5, 8.0, 0.01, lorch=True)
-    g = root["pdf/G"][:]
-    for z in range(2):
-        ref = compute_pdf(np.nan_to_num(root["recon/intensity"][z]), op, normalization="fixed", fixed_scale=1.0).G
-        assert rel_max(g[z], ref) < 1e-3
+    ptr = _figures(root)
     ni = scan.load_truth()["phase_maps"][0] > 0.99
     core = np.stack([binary_erosion(m) for m in ni])
-    np.testing.assert_allclose(g_peaks(root["r"][:], g[core].mean(axis=0)), NI_SHELLS, atol=0.02)
+    assert ptr["ok"][core].all()
+    np.testing.assert_allclose(g_peaks(root["r"][:], ptr["G"][core].mean(axis=0)), NI_SHELLS, atol=0.02)
+
+    def context(normalization):
+        w = wf.model_copy(update={"pdf": wf.pdf.model_copy(update={"normalization": normalization})})
+        return stages.RunContext(workflow=w, store_path=path, monitor_reference=root.attrs["monitor_reference"],
+                                 wavelength_A=root.attrs["wavelength_angstrom"])
+
+    # the fixed scale: re-run the reconstruction steps of this order, then the other order's stage
+    ctx = context("fixed")
+    for z in range(2):
+        center = stages.find_center(z, ctx)
+        stages.reconstruct_pdf_aux(z, center, ctx)
+        for rs in store.q_blocks(root["r"].shape[0], wf.pdf.r_chunk):
+            stages.reconstruct_pdf_block(z, rs, center, ctx)
+    fixed_ptr = _figures(root)
+    for z in range(2):
+        stages.pdf_slice(z, ctx)
+    fixed_rtp = _figures(root)
+    assert rel_max(fixed_ptr["G"], fixed_rtp["G"]) < 1e-3
+    for k in ("scale", "lowr_slope", "fq_highq_rms"):
+        assert rel_max(fixed_ptr[k], fixed_rtp[k]) < 1e-3, k
+    # per voxel: the per-pattern G written by the run against the recon-then-pdf stage
+    for z in range(2):
+        stages.pdf_slice(z, context("per-pattern"))
+    rtp = _figures(root)
+    assert (rtp["ok"] == ptr["ok"]).mean() > 0.99  # a voxel right at the threshold may flip
+    both = rtp["ok"] & ptr["ok"]
+    assert rel_max(ptr["G"][both], rtp["G"][both]) < 1e-3
 
 
 @pytest.mark.parametrize("override, msg", [

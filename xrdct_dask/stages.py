@@ -247,19 +247,22 @@ def _pdf_linear(patterns: np.ndarray, op, xp, background, bgscale: float) -> np.
     return out
 
 
-def _write_pdf_figures(ctx: RunContext, z: int, res, shape) -> None:
+def _write_pdf_figures(ctx: RunContext, z: int, figures: dict, shape) -> None:
+    for name, value in figures.items():
+        store.open_array(ctx.store_path, f"{store.PDF}/{name}")[z] = value.reshape(shape)
+
+
+def _host_figures(res) -> dict:
     from .backend import to_host
 
-    for name in store.PDF_VOXEL_FIGURES:
-        store.open_array(ctx.store_path, f"{store.PDF}/{name}")[z] = to_host(getattr(res, name)).reshape(shape)
-    store.open_array(ctx.store_path, f"{store.PDF}/ok")[z] = to_host(res.ok).reshape(shape)
+    return {name: to_host(getattr(res, name)) for name in (*store.PDF_VOXEL_FIGURES, "ok")}
 
 
 def pdf_slice(z: int, ctx: RunContext, *deps) -> dict:
     """recon-then-pdf: G(r) of every voxel of slice ``z`` from ``recon/`` into ``pdf/G`` and the
-    per-voxel scale and quality figures next to it."""
-    from .backend import xp_for_engine
-    from .pdf import finish
+    per-voxel scale and quality figures next to it (batches of voxels on the engine's device)."""
+    from .backend import to_host, xp_for_engine
+    from .pdf import compute_pdf, pattern_scale
     from .pdf.background import edge_background_voxels
 
     t0 = time.perf_counter()
@@ -269,14 +272,22 @@ def pdf_slice(z: int, ctx: RunContext, *deps) -> dict:
     vol = store.open_array(ctx.store_path, f"{store.RECON}/intensity", "r")[z]  # (ny, nx, nq)
     ny, nx, nq = vol.shape
     bg = edge_background_voxels(vol, p.edge_width) if p.background == "edge" else _pdf_file_background(ctx)
-    lin = _pdf_linear(np.nan_to_num(vol, nan=0.0).reshape(-1, nq), op, xp, bg, p.bgscale)
-    n = lin[:, op.columns["scale"]][:, 0]
+    flat = np.nan_to_num(vol, nan=0.0).reshape(-1, nq)
     # voxels scattering less than min_relative_scale of the slice's strongest hold no sample: G = 0
-    min_scale = p.min_relative_scale * float(np.max(n, initial=0.0))
-    res = finish(lin, op, p.normalization, p.scale, min_scale)
-    store.open_array(ctx.store_path, f"{store.PDF}/G")[z] = res.G.reshape(ny, nx, -1)
-    _write_pdf_figures(ctx, z, res, (ny, nx))
-    return {"stage": "pdf", "z": z, "voxels_ok": int(res.ok.sum()), "seconds": time.perf_counter() - t0,
+    min_scale = p.min_relative_scale * float(np.max(pattern_scale(flat, op, bg, p.bgscale), initial=0.0))
+    g = np.empty((flat.shape[0], op.nr), np.float32)
+    figures = {}
+    batch = PDF_BATCH_VOXELS["cupy" if xp is not np else "numpy"]
+    for a in range(0, flat.shape[0], batch):
+        res = compute_pdf(xp.asarray(flat[a:a + batch]), op, min_scale, background=bg, bgscale=p.bgscale,
+                          normalization=p.normalization, fixed_scale=p.scale)
+        g[a:a + batch] = to_host(res.G)
+        for name, value in _host_figures(res).items():
+            figures.setdefault(name, []).append(value)
+    store.open_array(ctx.store_path, f"{store.PDF}/G")[z] = g.reshape(ny, nx, -1)
+    figures = {k: np.concatenate(v) for k, v in figures.items()}
+    _write_pdf_figures(ctx, z, figures, (ny, nx))
+    return {"stage": "pdf", "z": z, "voxels_ok": int(figures["ok"].sum()), "seconds": time.perf_counter() - t0,
             "engine": "cupy" if xp is not np else "numpy"}
 
 
@@ -340,7 +351,7 @@ def reconstruct_pdf_aux(z: int, center: float, ctx: RunContext, *deps) -> dict:
     top = vol[..., 1 + nl:].reshape(-1, vol.shape[-1] - 1 - nl) * p.scale
     min_scale = p.min_relative_scale * float(np.max(n, initial=0.0))
     res = finish_parts(n, low, top, op, normalization=p.normalization, fixed_scale=p.scale, min_scale=min_scale)
-    _write_pdf_figures(ctx, z, res, (ny, nx))
+    _write_pdf_figures(ctx, z, _host_figures(res), (ny, nx))
     return {"stage": "pdf-aux", "z": z, "voxels_ok": int(res.ok.sum()), "seconds": time.perf_counter() - t0}
 
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import get_array_module, to_host
 
 _FORMULA = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*)")
 
@@ -364,7 +364,7 @@ def linear_transform(intensity, op: PDFOperator, background=None, bgscale: float
     m = op.matrix_for(xp, dtype)
     y = flat @ m
     if background is not None and bgscale != 0:
-        b = xp.asarray(np.asarray(background, dtype=np.float64)[op.sel] @ op.matrix, dtype=dtype)
+        b = xp.asarray(to_host(background).astype(np.float64)[op.sel] @ op.matrix, dtype=dtype)
         y -= b * bgscale
     return y.reshape(*lead, m.shape[1])
 
@@ -425,9 +425,7 @@ def finish_parts(n, g_low, f_top, op: PDFOperator, g=None, *, normalization: str
     inv = (1 / denom)[..., None]
     out_g = None
     if g is not None:
-        out_g = g * inv
-        out_g[~ok] = 0
-        out_g = out_g.astype(xp.float32, copy=False)
+        out_g = xp.where(ok[..., None], g * inv, 0).astype(xp.float32, copy=False)
     glow = g_low.astype(xp.float64) * inv
     r_low = xp.asarray(op.r_low_A)
     slope = (glow @ r_low) / float(op.r_low_A @ op.r_low_A)
@@ -454,7 +452,7 @@ def pattern_scale(intensity, op: PDFOperator, background=None, bgscale: float = 
     v = op.matrix[:, op.columns["scale"]][:, 0]
     n = xp.asarray(intensity, dtype=xp.float64)[..., op.sel] @ xp.asarray(v)
     if background is not None and bgscale != 0:
-        n = n - bgscale * float(np.asarray(background, dtype=np.float64)[op.sel] @ v)
+        n = n - bgscale * float(to_host(background).astype(np.float64)[op.sel] @ v)
     return n
 
 
