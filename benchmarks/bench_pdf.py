@@ -64,7 +64,7 @@ BATCH = 4096  # voxels per GEMM on the CPU, as stages.PDF_BATCH_VOXELS["numpy"]
 GPU_PEAKS = {
     "H100 SXM": (66.9, 33.5, 66.9),
     "H100 PCIe": (51.2, 25.6, 51.2),
-    "H100 NVL": (60.0, 30.0, 60.0),
+    "H100 NVL": (60.0, 30.0, 60.0),  # also H200 NVL
     "H200": (66.9, 33.5, 66.9),
 }
 
@@ -125,16 +125,22 @@ def bench_cpu(op, q, nvox_slice: int, args) -> dict:
             "gemm_gflops": flops / t_gemm / 1e9, "voxels_per_s": nvox / t_full}
 
 
-def gpu_peak(cp) -> tuple[str, tuple[float, float, float], str]:
+def gpu_peak(cp) -> tuple[str, tuple[float, float, float] | None, str]:
+    """(device name, assumed (FP32, FP64, FP64 tensor) peaks in TFLOP/s or None, where they come from)."""
     props = cp.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    key = ("H200" if "H200" in name else "H100 PCIe" if "H100" in name and "PCIe" in name else
-           "H100 NVL" if "H100" in name and "NVL" in name else "H100 SXM" if "H100" in name else None)
+    key = None
+    if "H100" in name or "H200" in name:
+        key = ("H100 NVL" if "NVL" in name else "H100 PCIe" if "PCIe" in name else
+               "H200" if "H200" in name else "H100 SXM")
     if key is not None:
         return name, GPU_PEAKS[key], f"{key} data sheet"
-    # unknown device: FP32 = SMs x 128 lanes x 2 (FMA) x clock (Hopper/Ada/Ampere-GA10x layout)
-    fp32 = props["multiProcessorCount"] * 128 * 2 * props["clockRate"] * 1e3 / 1e12
-    return name, (fp32, fp32 / 2, fp32 / 2), "SMs x 128 x 2 x clock (assumed layout)"
+    try:  # unknown device: FP32 = SMs x 128 lanes x 2 (FMA) x clock (the Hopper/Ada/GA10x layout)
+        clock_khz = props.get("clockRate") or cp.cuda.Device(0).attributes["ClockRate"]
+        fp32 = props["multiProcessorCount"] * 128 * 2 * clock_khz * 1e3 / 1e12
+        return name, (fp32, fp32 / 2, fp32 / 2), "SMs x 128 x 2 x clock (assumed layout)"
+    except Exception:
+        return name, None, "unknown"
 
 
 def bench_gpu(op, q, nvox: int, args) -> dict | None:
@@ -150,9 +156,11 @@ def bench_gpu(op, q, nvox: int, args) -> dict | None:
         return None
     name, peaks, basis = gpu_peak(cp)
     host = make_slice(nvox, q)
+    peaks = peaks or (float("nan"),) * 3
     out = {"device": name, "peak_basis": basis, "peak_tflops": dict(zip(("fp32", "fp64", "fp64_tensor"), peaks)),
            "results": {}}
-    for dt in args.gpu_dtypes.split(","):
+
+    def one_dtype(dt: str) -> dict:
         dtype = np.dtype(dt).type
         x = cp.asarray(host.astype(dtype))
         m = op.matrix_for(cp, dtype)
@@ -178,16 +186,32 @@ def bench_gpu(op, q, nvox: int, args) -> dict | None:
             return cp.asnumpy(res.G)
 
         t_e2e = median_time(end_to_end, args.repeats)
+        # the same with page-locked host buffers (what a worker with reused pinned buffers gets)
+        import cupyx
+
+        pin_in = cupyx.empty_pinned(host.shape, dtype)
+        pin_in[...] = host
+        pin_out = cupyx.empty_pinned((nvox, op.nr), np.float32)
+
+        def end_to_end_pinned():
+            x.set(pin_in)
+            compute_pdf(x, op, min_scale=1.0, dtype=dtype).G.get(out=pin_out)
+
+        t_e2e_pinned = median_time(end_to_end_pinned, args.repeats)
         flops = 2.0 * nvox * m.shape[0] * m.shape[1]
         rate = flops / t_gemm / 1e12
         peak = peaks[0] if dt == "float32" else peaks[1]
-        res = {"gemm_s": t_gemm, "full_s": t_full, "full_with_transfers_s": t_e2e, "gemm_tflops": rate,
+        res = {"gemm_s": t_gemm, "full_s": t_full, "full_with_transfers_s": t_e2e,
+               "full_with_pinned_transfers_s": t_e2e_pinned, "gemm_tflops": rate,
                "gemm_fraction_of_peak": rate / peak, "full_over_gemm": t_full / t_gemm}
         if dt == "float64":
             res["gemm_fraction_of_fp64_tensor_peak"] = rate / peaks[2]
-        out["results"][dt] = res
-        del x
+        return res
+
+    for dt in args.gpu_dtypes.split(","):
+        out["results"][dt] = one_dtype(dt)
         cp.get_default_memory_pool().free_all_blocks()
+        cp.get_default_pinned_memory_pool().free_all_blocks()
     return out
 
 
@@ -211,8 +235,8 @@ def main() -> int:
         ext = f" (extrapolated from {cpu['voxels_timed']} voxels)" if cpu["extrapolated"] else ""
         print(f"CPU numpy {cpu['dtype']}, {cpu['threads']} BLAS thread(s){ext}:")
         print(f"  bare GEMM (anchor)   {cpu['gemm_s_per_slice']:9.2f} s/slice  {cpu['gemm_gflops']:8.1f} GFLOP/s")
-        print(f"  full transform       {cpu['full_s_per_slice']:9.2f} s/slice  ratio to GEMM {cpu['full_over_gemm']:.2f}"
-              f"  ({cpu['voxels_per_s']:.0f} voxels/s)")
+        print(f"  full transform       {cpu['full_s_per_slice']:9.2f} s/slice  "
+              f"ratio to GEMM {cpu['full_over_gemm']:.2f}  ({cpu['voxels_per_s']:.0f} voxels/s)")
     if not args.skip_gpu:
         gpu = bench_gpu(op, q, nvox, args)
         if gpu is not None:
@@ -221,13 +245,15 @@ def main() -> int:
             print(f"GPU {gpu['device']}: assumed peaks ({gpu['peak_basis']}) FP32 {pk['fp32']:.1f}, FP64 "
                   f"{pk['fp64']:.1f}, FP64 tensor {pk['fp64_tensor']:.1f} TFLOP/s")
             for dt, r in gpu["results"].items():
+                kind = "FP32" if dt == "float32" else "FP64"
                 line = (f"  {dt}: bare GEMM (anchor) {r['gemm_s'] * 1e3:8.1f} ms  {r['gemm_tflops']:6.1f} TFLOP/s = "
-                        f"{100 * r['gemm_fraction_of_peak']:.0f} % of {'FP32' if dt == 'float32' else 'FP64'} peak")
+                        f"{100 * r['gemm_fraction_of_peak']:.0f} % of {kind} peak")
                 if "gemm_fraction_of_fp64_tensor_peak" in r:
                     line += f" ({100 * r['gemm_fraction_of_fp64_tensor_peak']:.0f} % of FP64 tensor peak)"
                 print(line)
                 print(f"  {dt}: full transform   {r['full_s'] * 1e3:8.1f} ms  ratio to GEMM {r['full_over_gemm']:.2f}; "
-                      f"with host<->device copies {r['full_with_transfers_s'] * 1e3:.1f} ms")
+                      f"with host<->device copies {r['full_with_transfers_s'] * 1e3:.1f} ms "
+                      f"(pinned buffers {r['full_with_pinned_transfers_s'] * 1e3:.1f} ms)")
                 if cpu is not None:
                     print(f"  {dt}: speed-up of the full transform over the CPU run above: "
                           f"{cpu['full_s_per_slice'] / r['full_s']:.0f}x")
