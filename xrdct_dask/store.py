@@ -146,6 +146,12 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
 
 
 PDF_VOXEL_FIGURES = ("scale", "fq_highq_rms", "lowr_slope", "lowr_residual")
+_PDF_FIGURE_ATTRS = {
+    "scale": {"long_name": "self-scattering level N of S(Q) (data units per atom)"},
+    "fq_highq_rms": {"units": "1/angstrom", "long_name": "rms of F(Q) over the top 10 % of [qmin, qmax]"},
+    "lowr_slope": {"units": "1/angstrom^3", "long_name": "slope of G on [rpoly, lowr_max] through 0 (-4 pi rho0)"},
+    "lowr_residual": {"units": "1/angstrom^2", "long_name": "rms of G about that line on [rpoly, lowr_max]"},
+}
 
 
 def create_pdf_arrays(path: str | Path, *, nz: int, nomega: int, nx: int, nr: int, omega_chunk: int, r_chunk: int,
@@ -156,20 +162,26 @@ def create_pdf_arrays(path: str | Path, *, nz: int, nomega: int, nx: int, nr: in
     ``aux_sinogram`` (z, omega, x, channel); the transform's parameters go to the group's attrs."""
     root = zarr.open_group(str(path), mode="r+")
     g = root[PDF]
+    g["G"].attrs.update({"units": "1/angstrom^2", "long_name": "G(r) = 4 pi r [rho(r) - rho0]"})
     for name in PDF_VOXEL_FIGURES:
-        g.create_array(name, shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="float32", fill_value=np.nan,
-                       dimension_names=["z", "y", "x"])
+        a = g.create_array(name, shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="float32", fill_value=np.nan,
+                           dimension_names=["z", "y", "x"])
+        a.attrs.update(_PDF_FIGURE_ATTRS[name])
     g.create_array("ok", shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="bool", fill_value=False,
-                   dimension_names=["z", "y", "x"])
+                   dimension_names=["z", "y", "x"]).attrs["long_name"] = "G computed (scattering strong enough)"
     if sinograms:
         _coord(g, "omega", root["omega"][:], dict(root["omega"].attrs))
         _coord(g, "channel", np.arange(len(aux_channels)), {"long_name": "aux_sinogram channel",
                                                              "names": list(aux_channels)})
         wc, rc = min(omega_chunk, nomega), min(r_chunk, nr)
         g.create_array("G_sinogram", shape=(nz, nomega, nx, nr), chunks=(1, wc, nx, rc), dtype="float32",
-                       fill_value=np.nan, dimension_names=["z", "omega", "x", "r"])
-        g.create_array("aux_sinogram", shape=(nz, nomega, nx, len(aux_channels)), chunks=(1, wc, nx, len(aux_channels)),
-                       dtype="float32", fill_value=np.nan, dimension_names=["z", "omega", "x", "channel"])
+                       fill_value=np.nan, dimension_names=["z", "omega", "x", "r"]).attrs.update(
+            {"units": "1/angstrom^2", "long_name": "G(r) of each frame with the fixed scale pdf.scale (the frame's "
+                                                   "own G: times pdf.scale / aux_sinogram channel 0)"})
+        g.create_array("aux_sinogram", shape=(nz, nomega, nx, len(aux_channels)),
+                       chunks=(1, wc, nx, len(aux_channels)), dtype="float32", fill_value=np.nan,
+                       dimension_names=["z", "omega", "x", "channel"]).attrs.update(
+            {"long_name": "per frame: scale N, then G(r_low) and F(q_top) with the fixed scale pdf.scale"})
     g.attrs.update(attrs)
 
 

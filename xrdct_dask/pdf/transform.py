@@ -1,40 +1,47 @@
 """I(Q) -> S(Q) -> F(Q) -> G(r), the ad hoc way of PDFgetX3, batched as one matrix product.
 
-The definitions follow PDFgetX3 (Juhas, Davis, Farrow & Billinge, J. Appl. Cryst. 46 (2013)
-560-566) and its manual (diffpy.pdfgetx "Options and parameters"):
+PDFgetX3 (Juhas, Davis, Farrow & Billinge, J. Appl. Cryst. 46 (2013) 560-566) and its manual
+(diffpy.pdfgetx, "Options and parameters"; quoted below) define the chain; this module follows it:
 
 * the measured intensity per atom is ``I_m = N [<f^2> + <f>^2 (S - 1)] + b(Q)`` with an unknown
-  smooth scale and an unknown smooth additive part b (Compton, multiple scattering, air ...);
-  <f>^2 and <f^2> come from the composition and xraydb's f0 (Waasmaier-Kirfel);
-* a background pattern (empty container, air, or the edge voxels/frames of the slice) scaled by
-  ``bgscale`` is subtracted first: ``I = I_sample - bgscale * I_background``;
+  scale N and an unknown smooth additive part b (Compton, multiple scattering, air ...); <f>^2
+  and <f^2> come from the composition and xraydb's f0 (Waasmaier-Kirfel);
+* "bgscale: scaling of the background intensities loaded from the backgroundfile" (an empty
+  sample holder): ``I = I_sample - bgscale * I_background``.  Here the background can also be the
+  slice's own rim voxels or first/last x steps (air only);
 * ``S(Q) - 1 = (I/N - <f^2>) / <f>^2`` and ``F(Q) = Q [S(Q) - 1]``;
-* every slowly varying error is removed by fitting a polynomial to F(Q) over
-  ``qmin <= Q <= qmaxinst`` and subtracting it ("rpoly: r-limit for the maximum frequency in the
-  F(Q) correction polynomial"; "qmaxinst: also used as an upper boundary for the polynomial fit").
-  A polynomial of degree n has at most n zeros on [0, qmaxinst], as many as sin(Q r) has for
-  r = n pi / qmaxinst, so its degree is ``n = rpoly * qmaxinst / pi``: the correction only changes
-  G(r) below ~rpoly.  The polynomial vanishes at Q = 0 (so does F), i.e. it is
-  ``sum_{k=1..n} c_k Q^k``; a fractional n blends the fits of degree floor(n) and ceil(n), so G(r)
-  changes continuously with rpoly;
-* ``G(r) = 2/pi * integral_qmin^qmax F(Q) W(Q) sin(Q r) dQ`` (trapezoid rule on the data's own,
-  possibly non-uniform, Q grid), with the optional Lorch window as PDFgetX3 defines it,
-  ``W(Q) = sin(pi x) / (pi x)``, ``x = (Q - qmin) / (qmax - qmin)``.
+* "rpoly: r-limit for the maximum frequency in the F(Q) correction polynomial. The PDF is
+  unreliable at shorter r"; "qmaxinst: ... also used as an upper boundary for the polynomial fit
+  correction of the S(Q) data".  So a polynomial fitted to F(Q) over ``qmin <= Q <= qmaxinst`` is
+  subtracted (one with P(0) = 0 is a polynomial P(Q)/Q in S(Q): the same correction).  A
+  polynomial of degree n has at most n zeros on [0, qmaxinst], as many as sin(Q r) has for
+  r = n pi / qmaxinst: the degree that keeps its frequencies below rpoly is
+  ``n = rpoly * qmaxinst / pi``, and the correction only changes G(r) below ~rpoly.  Our reading
+  of the details the manual leaves open: the polynomial vanishes at Q = 0 as F does
+  (``sum_{k=1..n} c_k Q^k``), a fractional n blends the fits of degree floor(n) and ceil(n) (G
+  changes continuously with rpoly), and the fit is weighted by dQ;
+* qmin, qmax: "the lower (upper) Q-limit for the Fourier transformation of the F(Q) curve":
+  ``G(r) = 2/pi * integral_qmin^qmax F(Q) W(Q) sin(Q r) dQ`` (trapezoid rule on the data's own,
+  possibly non-uniform, Q grid, as PyStoG integrates), with the optional Lorch window as the manual
+  writes it, ``W(Q) = sin(pi x) / (pi x)``, ``x = (Q - qmin) / (qmax - qmin)`` (Lorch's original
+  ``x = Q / qmax`` when qmin = 0).
 
-Where this module deviates from a one-pattern-at-a-time PDFgetX3 run, it says so:
+Where this module goes beyond a one-pattern-at-a-time PDFgetX3 run, it says so:
 
 * **Batched and linear.**  Given N, every step is linear in I(Q), so the transform of a batch of
   patterns ``(..., nq)`` is ONE product with a precomputed ``(nq, nr + extras)`` matrix (numpy
   here, cuBLAS through cupy on a GPU).  To keep it exactly linear the self-scattering term
   ``Q <f^2>/<f>^2`` is removed by the same least-squares fit as the polynomial (it is one more
   basis function).  For a single element ``<f^2>/<f>^2 = 1`` and that term is the polynomial's
-  own Q^1: identical to PDFgetX3.  For several elements it also absorbs a misfit of the ratio.
-* **The scale N** ("S(Q) -> 1 at high Q") is the least-squares level of ``N <f^2>`` fitted to
-  I(Q) over the upper half of [qmin, qmaxinst] (dQ-weighted), a linear functional of I.
-  ``normalization="fixed"`` uses one given N for every pattern instead: then G is a linear map of
-  I(Q), which is what lets the PDF be taken before the tomographic reconstruction.
-* The polynomial fit is weighted by dQ, so the same pattern on a 2theta grid and on a Q grid
-  gives the same G(r) (PDFgetX3 first resamples onto a uniform Q grid).
+  own Q^1: identical to subtracting it first.  For several elements it also absorbs a misfit of
+  the ratio, which is smooth anyway.
+* **The scale N.**  The manual does not say how the absolute scale is fixed; here it is "S(Q) -> 1
+  at high Q": the dQ-weighted least-squares level of ``N <f^2>`` fitted to I(Q) over the upper
+  half of [qmin, qmaxinst], a linear functional of I.  ``normalization="fixed"`` uses one given N
+  for every pattern instead: then G is a linear map of I(Q), which is what lets the PDF be taken
+  before the tomographic reconstruction.
+* The dQ weights make the result independent of the grid: the same pattern on a 2theta grid and
+  on a Q grid gives the same G(r) (PDFgetX3 first resamples onto a uniform Q grid).
 
 Per pattern the same product also yields quality figures: the rms of F(Q) over the top 10 % of
 [qmin, qmax] (noise and truncation level: F should have decayed there), and at low r, where G
