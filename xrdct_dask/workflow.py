@@ -85,6 +85,8 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
     if wf.pdf.enabled:
         from .pdf.background import load_background
 
+        if wf.integrate.unit == "2th_deg" and not wavelength_A > 0:
+            raise WorkflowError("inputs.poni: no wavelength in the PONI, needed to turn 2th_deg into Q for the PDF")
         try:
             op = operator_for(stages.radial_to_q_A(radial, wf.integrate.unit, wavelength_A), wf.pdf)
             if wf.pdf.background == "file":
