@@ -454,10 +454,12 @@ def compute_pdf(intensity, op: PDFOperator, min_scale: float = 0.0, *, backgroun
 
 
 def pattern_scale(intensity, op: PDFOperator, background=None, bgscale: float = 1.0):
-    """The self-scattering level N of each pattern ``(..., nq_in) -> (...)`` (float64)."""
+    """The self-scattering level N of each pattern ``(..., nq_in) -> (...)`` (float64; the dot
+    product runs in the patterns' own float dtype, so a float32 slice is not copied)."""
     xp = get_array_module(intensity)
     v = op.matrix[:, op.columns["scale"]][:, 0]
-    n = xp.asarray(intensity, dtype=xp.float64)[..., op.sel] @ xp.asarray(v)
+    dt = intensity.dtype if intensity.dtype.kind == "f" else np.float64
+    n = (intensity[..., op.sel] @ xp.asarray(v, dtype=dt)).astype(xp.float64)
     if background is not None and bgscale != 0:
         n = n - bgscale * float(to_host(background).astype(np.float64)[op.sel] @ v)
     return n
