@@ -129,6 +129,24 @@ class PDF(_Section):
     rmax: float = Field(20.0, gt=0)
     rstep: float = Field(0.01, gt=0)
     lorch: bool = Field(False, description="Lorch window on F(Q): less termination ripple, broader peaks")
+    order: Literal["recon-then-pdf", "pdf-then-recon"] = Field(
+        "recon-then-pdf", description="G(r) of every reconstructed voxel, or of every frame and then reconstruct G(r)")
+    normalization: Literal["per-pattern", "fixed"] = Field(
+        "per-pattern", description="scale N of S(Q): each voxel's own self-scattering level, or pdf.scale for all "
+                                   "(fixed: G is linear in I(Q), both orders agree)")
+    scale: float = Field(1.0, gt=0, description="fixed N (intensity per atom) for normalization: fixed")
+    background: Literal["none", "file", "edge"] = Field(
+        "none", description="pattern subtracted before the transform: a measured file, or the mean of the edge "
+                            "voxels (recon-then-pdf) / edge frames (pdf-then-recon) of each slice")
+    background_file: Path | None = Field(None, description="two columns: radial position in integrate.unit, intensity")
+    bgscale: float = Field(1.0, description="I = I_sample - bgscale * I_background")
+    edge_width: int = Field(2, gt=0, description="voxels (or x steps) at the edge that make the edge background")
+    lowr_max: float | None = Field(None, gt=0, description="quality: G on [rpoly, lowr_max] should be -4 pi rho0 r "
+                                                            "(null: 2 rpoly); keep it below the shortest distance")
+    min_relative_scale: float = Field(0.05, ge=0, lt=1, description="per-pattern: voxels scattering less than this "
+                                                                    "fraction of the slice's strongest get G = 0")
+    r_chunk: int = Field(512, gt=0, description="r bins per chunk of pdf/G (and per pdf-then-recon task)")
+    engine: Literal["auto", "numpy", "cupy"] = "auto"
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -138,6 +156,10 @@ class PDF(_Section):
             raise ValueError(f"qmaxinst ({self.qmaxinst}) must be >= qmax ({self.qmax})")
         if self.rmin >= self.rmax:
             raise ValueError(f"rmin ({self.rmin}) must be below rmax ({self.rmax})")
+        if self.background == "file" and self.background_file is None:
+            raise ValueError("background: file needs background_file")
+        if self.lowr_max is not None and self.lowr_max <= self.rpoly:
+            raise ValueError(f"lowr_max ({self.lowr_max}) must be above rpoly ({self.rpoly})")
         return self
 
 
@@ -227,7 +249,8 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 
 _PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
-              ("inputs", "monitor"), ("inputs", "scan_file"), ("inputs", "frames"), ("store", "path"))
+              ("inputs", "monitor"), ("inputs", "scan_file"), ("inputs", "frames"), ("store", "path"),
+              ("pdf", "background_file"))
 
 
 def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict | None = None,

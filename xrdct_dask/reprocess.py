@@ -166,12 +166,13 @@ def _derive_store(rp: Reprocess):
     pattrs = store.read_attrs(parent)
     coord = {n: store.open_array(parent, n, "r")[:] for n in ("q", "omega", "x", "z")}
     wavelength_A = float(pattrs["wavelength_angstrom"])
-    r_A = None
+    r_A = op = None
     if wf.pdf.enabled:
         try:
-            r_A = operator_for(stages.radial_to_q_A(coord["q"], wf.integrate.unit, wavelength_A), wf.pdf).r_A
+            op = operator_for(stages.radial_to_q_A(coord["q"], wf.integrate.unit, wavelength_A), wf.pdf)
         except PDFParameterError as err:
             raise WorkflowError(str(err)) from None
+        r_A = op.r_A
     s = wf.scan
     keep = ("monitor_reference", "wavelength_angstrom", "poni", "input_digest", "engine")
     attrs = {k: pattrs[k] for k in keep if k in pattrs} | {
@@ -183,7 +184,9 @@ def _derive_store(rp: Reprocess):
         raise WorkflowError(f"--out: cannot create {out}: {err.strerror}") from None
     store.create_store(out, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                        omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
-                       omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs)
+                       omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs, r_chunk=wf.pdf.r_chunk)
+    if op is not None:
+        wfmod.create_pdf_arrays(wf, out, op)
     n = store.link_group(parent, out, store.REDUCED) + store.link_group(parent, out, store.TASKS, ["integrate"])
     if rp.start == "pdf":
         n += store.link_group(parent, out, store.RECON) + store.link_group(parent, out, store.TASKS, ["center", "recon"])

@@ -23,7 +23,6 @@ from .io.status import FrameStatus, usable
 
 log = logging.getLogger(__name__)
 
-MIN_RELATIVE_SCALE = 0.05  # pdf: voxels below this fraction of the slice's strongest scatterer get G = 0
 
 
 @dataclass(frozen=True)
@@ -323,25 +322,182 @@ def radial_to_q_A(radial: np.ndarray, unit: str, wavelength_A: float) -> np.ndar
     raise ValueError(f"cannot convert radial unit {unit!r} to Q")
 
 
+# ------------------------------------------------------------------------------------------
+# pdf: recon-then-pdf (pdf_slice) or pdf-then-recon (pdf_frames_block -> reconstruct_pdf_aux ->
+# reconstruct_pdf_block).  The transform is linear given the scale N (xrdct_dask.pdf), so the
+# second order transforms every frame, reconstructs G(r) and the linear quality inputs like any
+# sinogram, and divides by the reconstructed N per voxel: the same G as the first order.
+# ------------------------------------------------------------------------------------------
+PDF_BATCH_VOXELS = {"numpy": 4096, "cupy": 65536}  # patterns per GEMM
+
+
+def _pdf_dtype(xp):
+    """GEMM precision of the PDF stage: float32 on a GPU (its fast path); float64 on the CPU, where
+    an sgemm's rounding follows how the BLAS library was started (threads, kernels) and a resumed
+    run would differ from an uninterrupted one in the last bits of G."""
+    return np.float32 if xp is not np else np.float64
+
+
+def pdf_operator(ctx: RunContext):
+    """The workflow's :class:`~xrdct_dask.pdf.PDFOperator` on the store's radial grid (cached)."""
+    from .pdf import operator_for
+
+    radial = store.open_array(ctx.store_path, "q", "r")[:]
+    return operator_for(radial_to_q_A(radial, ctx.workflow.integrate.unit, ctx.wavelength_A), ctx.workflow.pdf)
+
+
+def pdf_aux_channels(op) -> list[str]:
+    """Names of the channels of ``pdf/aux_sinogram``: N, then N G(r) and N F(Q) of the quality figures."""
+    return (["scale"] + [f"G(r={r:.4f})" for r in op.r_low_A] + [f"F(Q={q:.4f})" for q in op.q_top_A])
+
+
+def _pdf_file_background(ctx: RunContext):
+    from .pdf.background import load_background
+
+    p = ctx.workflow.pdf
+    if p.background != "file":
+        return None
+    return load_background(p.background_file, store.open_array(ctx.store_path, "q", "r")[:])
+
+
+def _pdf_linear(patterns: np.ndarray, op, xp, background, bgscale: float) -> np.ndarray:
+    """``linear_transform`` of host patterns ``(n, nq)`` in batches on the engine's device -> host."""
+    from .backend import to_host
+    from .pdf import linear_transform
+
+    batch = PDF_BATCH_VOXELS["cupy" if xp is not np else "numpy"]
+    out = np.empty((patterns.shape[0], op.matrix.shape[1]), np.float32)
+    for a in range(0, patterns.shape[0], batch):
+        out[a:a + batch] = to_host(linear_transform(xp.asarray(patterns[a:a + batch]), op, background, bgscale,
+                                                    dtype=_pdf_dtype(xp)))
+    return out
+
+
+def _write_pdf_figures(ctx: RunContext, z: int, figures: dict, shape) -> None:
+    for name, value in figures.items():
+        store.open_array(ctx.store_path, f"{store.PDF}/{name}")[z] = value.reshape(shape)
+
+
+def _host_figures(res) -> dict:
+    from .backend import to_host
+
+    return {name: to_host(getattr(res, name)) for name in (*store.PDF_VOXEL_FIGURES, "ok")}
+
+
 def pdf_slice(z: int, ctx: RunContext, *deps) -> dict:
-    """G(r) of every voxel of slice ``z`` from ``recon/`` into ``pdf/G`` (voxels in row batches)."""
-    from .pdf import compute_pdf, operator_for
-    from .pdf.transform import pattern_scale
+    """recon-then-pdf: G(r) of every voxel of slice ``z`` from ``recon/`` into ``pdf/G`` and the
+    per-voxel scale and quality figures next to it (batches of voxels on the engine's device)."""
+    from .backend import to_host, xp_for_engine
+    from .pdf import compute_pdf, pattern_scale
+    from .pdf.background import edge_background_voxels
 
     t0 = time.perf_counter()
-    radial = store.open_array(ctx.store_path, "q", "r")[:]
-    q_A = radial_to_q_A(radial, ctx.workflow.integrate.unit, ctx.wavelength_A)
-    op = operator_for(q_A, ctx.workflow.pdf)
+    p = ctx.workflow.pdf
+    op = pdf_operator(ctx)
+    xp = xp_for_engine(p.engine)
     vol = store.open_array(ctx.store_path, f"{store.RECON}/intensity", "r")[z]  # (ny, nx, nq)
-    ny, nx, _ = vol.shape
-    vol = np.nan_to_num(vol, nan=0.0)
-    out = np.zeros((ny, nx, op.r_A.size), np.float32)
-    rows = max(1, 4096 // nx)
-    # voxels scattering less than MIN_RELATIVE_SCALE of the slice's strongest hold no sample: G = 0
-    scale = np.concatenate([pattern_scale(vol[y0:y0 + rows], op).ravel() for y0 in range(0, ny, rows)])
-    min_scale = MIN_RELATIVE_SCALE * float(np.max(scale, initial=0.0))
-    for y0 in range(0, ny, rows):
-        out[y0:y0 + rows] = compute_pdf(vol[y0:y0 + rows], op, min_scale=min_scale).G
-    store.write_region(ctx.store_path, f"{store.PDF}/G", z, out)
+    ny, nx, nq = vol.shape
+    bg = edge_background_voxels(vol, p.edge_width) if p.background == "edge" else _pdf_file_background(ctx)
+    flat = np.nan_to_num(vol, nan=0.0).reshape(-1, nq).astype(_pdf_dtype(xp), copy=False)
+    # voxels scattering less than min_relative_scale of the slice's strongest hold no sample: G = 0
+    min_scale = p.min_relative_scale * float(np.max(pattern_scale(flat, op, bg, p.bgscale), initial=0.0))
+    g = np.empty((flat.shape[0], op.nr), np.float32)
+    figures = {}
+    batch = PDF_BATCH_VOXELS["cupy" if xp is not np else "numpy"]
+    for a in range(0, flat.shape[0], batch):
+        res = compute_pdf(xp.asarray(flat[a:a + batch]), op, min_scale, background=bg, bgscale=p.bgscale,
+                          normalization=p.normalization, fixed_scale=p.scale, dtype=_pdf_dtype(xp))
+        g[a:a + batch] = to_host(res.G)
+        for name, value in _host_figures(res).items():
+            figures.setdefault(name, []).append(value)
+    store.open_array(ctx.store_path, f"{store.PDF}/G")[z] = g.reshape(ny, nx, -1)
+    figures = {k: np.concatenate(v) for k, v in figures.items()}
+    _write_pdf_figures(ctx, z, figures, (ny, nx))
     store.mark_done(ctx.store_path, "pdf", (z,))
-    return {"stage": "pdf", "z": z, "seconds": time.perf_counter() - t0}
+    return {"stage": "pdf", "z": z, "voxels_ok": int(figures["ok"].sum()), "seconds": time.perf_counter() - t0,
+            "engine": "cupy" if xp is not np else "numpy"}
+
+
+def pdf_frames_block(block: store.FrameBlock, ctx: RunContext, *deps) -> dict:
+    """pdf-then-recon, step 1: the transform of every frame of a block into ``pdf/G_sinogram``
+    (G(r) with the fixed scale pdf.scale) and ``pdf/aux_sinogram`` (N, and the quality inputs
+    divided by pdf.scale).  Missing frames stay NaN and are filled like any sinogram's."""
+    from .backend import xp_for_engine
+    from .pdf.background import edge_columns, mean_good_patterns
+
+    t0 = time.perf_counter()
+    p = ctx.workflow.pdf
+    op = pdf_operator(ctx)
+    xp = xp_for_engine(p.engine)
+    red = ctx.store_path / store.REDUCED
+    frames = store.open_array(red, "intensity", "r")[block.z, block.omega_start:block.omega_stop]  # (nw, nx, nq)
+    nw, nx, nq = frames.shape
+    if p.background == "edge":  # the slice's first/last x steps: air (and container) only
+        cols = edge_columns(nx, p.edge_width)
+        edge = store.open_array(red, "intensity", "r").get_orthogonal_selection((block.z, slice(None), cols))
+        ok = store.open_array(red, "frame_ok", "r").get_orthogonal_selection((block.z, slice(None), cols))
+        bg = mean_good_patterns(edge, ok)
+    else:
+        bg = _pdf_file_background(ctx)
+    lin = _pdf_linear(frames.reshape(-1, nq), op, xp, bg, p.bgscale)
+    col = op.columns
+    g = lin[:, col["G"]] / np.float32(p.scale)
+    aux = np.concatenate([lin[:, col["scale"]], lin[:, col["G_low"]] / np.float32(p.scale),
+                          lin[:, col["F_top"]] / np.float32(p.scale)], axis=1)
+    region = (block.z, slice(block.omega_start, block.omega_stop))
+    store.open_array(ctx.store_path, f"{store.PDF}/G_sinogram")[region] = g.reshape(nw, nx, -1)
+    store.open_array(ctx.store_path, f"{store.PDF}/aux_sinogram")[region] = aux.reshape(nw, nx, -1)
+    return {"stage": "pdf-frames", "z": block.z, "omega_start": block.omega_start, "frames": nw * nx,
+            "seconds": time.perf_counter() - t0, "engine": "cupy" if xp is not np else "numpy"}
+
+
+def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center: float) -> np.ndarray:
+    from .recon import fbp
+    from .sinogram import prepare_sinogram
+
+    sino = store.open_array(ctx.store_path, f"{store.PDF}/{name}", "r")[z, :, :, sel]
+    ok = store.open_array(ctx.store_path / store.REDUCED, "frame_ok", "r")[z]
+    omega = store.open_array(ctx.store_path, "omega", "r")[:]
+    sino, info = prepare_sinogram(sino, ok, omega, center=center)
+    return fbp(sino, omega, ctx.workflow.recon.filter, center=info["center"])
+
+
+def reconstruct_pdf_aux(z: int, center: float, ctx: RunContext, *deps) -> dict:
+    """pdf-then-recon, step 2: reconstruct N and the quality inputs of slice ``z``; write the
+    per-voxel scale, ok mask and quality figures (the G blocks then divide by this N)."""
+    from .pdf import finish_parts
+
+    t0 = time.perf_counter()
+    p = ctx.workflow.pdf
+    op = pdf_operator(ctx)
+    vol = _reconstruct_pdf_sinogram(ctx, z, "aux_sinogram", slice(None), center).astype(np.float64)
+    ny, nx, _ = vol.shape
+    nl = op.r_low_A.size
+    n = vol[..., 0].reshape(-1)
+    low = vol[..., 1:1 + nl].reshape(-1, nl) * p.scale  # back to N G(r_low), N F(q_top)
+    top = vol[..., 1 + nl:].reshape(-1, vol.shape[-1] - 1 - nl) * p.scale
+    min_scale = p.min_relative_scale * float(np.max(n, initial=0.0))
+    res = finish_parts(n, low, top, op, normalization=p.normalization, fixed_scale=p.scale, min_scale=min_scale)
+    _write_pdf_figures(ctx, z, _host_figures(res), (ny, nx))
+    return {"stage": "pdf-aux", "z": z, "voxels_ok": int(res.ok.sum()), "seconds": time.perf_counter() - t0}
+
+
+def reconstruct_pdf_block(z: int, rs: slice, center: float, ctx: RunContext, *deps) -> dict:
+    """pdf-then-recon, step 3: reconstruct G(r) bins ``rs`` of slice ``z`` into ``pdf/G``
+    (per-pattern: times pdf.scale over the voxel's reconstructed N; G = 0 where not ok)."""
+    t0 = time.perf_counter()
+    p = ctx.workflow.pdf
+    vol = _reconstruct_pdf_sinogram(ctx, z, "G_sinogram", rs, center)  # G with the fixed scale
+    if p.normalization == "per-pattern":
+        n = store.open_array(ctx.store_path, f"{store.PDF}/scale", "r")[z].astype(np.float64)
+        ok = store.open_array(ctx.store_path, f"{store.PDF}/ok", "r")[z]
+        factor = np.where(ok, p.scale / np.where(ok, n, 1.0), 0.0)
+        vol = (vol * factor[..., None]).astype(np.float32)
+    store.open_array(ctx.store_path, f"{store.PDF}/G")[z, :, :, rs] = vol
+    return {"stage": "pdf", "z": z, "r": (rs.start, rs.stop), "seconds": time.perf_counter() - t0}
+
+
+def mark_pdf_done(z: int, ctx: RunContext, *deps) -> dict:
+    """pdf-then-recon, last step: slice ``z`` of ``pdf/`` is whole once all its G blocks are."""
+    store.mark_done(ctx.store_path, "pdf", (z,))
+    return {"stage": "pdf-done", "z": z, "seconds": 0.0}

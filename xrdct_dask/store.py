@@ -12,11 +12,15 @@
       reduced/frame_status int8 (z, omega, x)   xrdct_dask.io.status.FrameStatus code (-1 = not yet written)
       reduced/scan_flag  int8 (z, omega, x)     DUPLICATE / OUT_OF_ORDER where the scan file placed the frame, else 0
       recon/intensity    f32 (z, y, x, q)       chunks (1, nx, nx, q_chunk)
-      pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, nr)
+      pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, r_chunk)
+      pdf/scale, pdf/fq_highq_rms, pdf/lowr_slope, pdf/lowr_residual, pdf/ok   (z, y, x) per-voxel
+                                                S(Q) scale and quality figures (see xrdct_dask.pdf)
+      pdf/G_sinogram     f32 (z, omega, x, r)   pdf-then-recon only: G(r) of every frame
+      pdf/aux_sinogram   f32 (z, omega, x, channel)  pdf-then-recon only: scale + quality inputs
       tasks/integrate    u8 (z, omega_block)    1 = that block of reduced/ is completely written
       tasks/center       f64 (z)                rotation axis of the slice (pixels); NaN = not yet found
       tasks/recon        u8 (z, q_block)        1 = that q block of recon/ is completely written
-      tasks/pdf          u8 (z)                 1 = that slice of pdf/G is completely written
+      tasks/pdf          u8 (z)                 1 = that slice of pdf/ is completely written
       attrs: workflow, versions, input digest, engine, stage status, template_complete
 
 The store is created whole before any compute (template first); every task writes only its own
@@ -114,7 +118,8 @@ def _coord(group, name: str, values: np.ndarray, attrs: dict) -> None:
 
 def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.ndarray, radial_unit: str,
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
-                 omega_chunk: int, q_chunk: int, attrs: dict, overwrite: bool = False) -> zarr.Group:
+                 omega_chunk: int, q_chunk: int, attrs: dict, overwrite: bool = False,
+                 r_chunk: int | None = None) -> zarr.Group:
     """Create every array with its final shape, chunks, dims and coordinates (no data yet)."""
     path = Path(path)
     if path.exists() and not overwrite:
@@ -146,7 +151,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
         RECON: [("intensity", (nz, nx, nx, nq), (1, nx, nx, qc), "float32", ["z", "y", "x", "q"])],
     }
     if r_A is not None:
-        groups[PDF] = [("G", (nz, nx, nx, r_A.size), (1, nx, nx, r_A.size), "float32", ["z", "y", "x", "r"])]
+        rc = min(r_chunk or r_A.size, r_A.size)
+        groups[PDF] = [("G", (nz, nx, nx, r_A.size), (1, nx, nx, rc), "float32", ["z", "y", "x", "r"])]
     for gname, arrays in groups.items():
         g = root.create_group(gname)
         dims = {d for *_, dn in arrays for d in dn}
@@ -262,6 +268,46 @@ def link_group(src, dst, group: str, names: list[str] | None = None) -> int:
                     shutil.copyfile(Path(dirpath) / f, target)
                 n += 1
     return n
+
+
+PDF_VOXEL_FIGURES = ("scale", "fq_highq_rms", "lowr_slope", "lowr_residual")
+_PDF_FIGURE_ATTRS = {
+    "scale": {"long_name": "self-scattering level N of S(Q) (data units per atom)"},
+    "fq_highq_rms": {"units": "1/angstrom", "long_name": "rms of F(Q) over the top 10 % of [qmin, qmax]"},
+    "lowr_slope": {"units": "1/angstrom^3", "long_name": "slope of G on [rpoly, lowr_max] through 0 (-4 pi rho0)"},
+    "lowr_residual": {"units": "1/angstrom^2", "long_name": "rms of G about that line on [rpoly, lowr_max]"},
+}
+
+
+def create_pdf_arrays(path: str | Path, *, nz: int, nomega: int, nx: int, nr: int, omega_chunk: int, r_chunk: int,
+                      sinograms: bool, aux_channels: list[str], attrs: dict) -> None:
+    """Add to the ``pdf`` group made by :func:`create_store` the per-voxel figures next to G
+    (``scale``, ``fq_highq_rms``, ``lowr_slope``, ``lowr_residual`` f32 and ``ok`` bool, all
+    (z, y, x)), and with ``sinograms`` (order pdf-then-recon) ``G_sinogram`` (z, omega, x, r) and
+    ``aux_sinogram`` (z, omega, x, channel); the transform's parameters go to the group's attrs."""
+    root = zarr.open_group(str(path), mode="r+")
+    g = root[PDF]
+    g["G"].attrs.update({"units": "1/angstrom^2", "long_name": "G(r) = 4 pi r [rho(r) - rho0]"})
+    for name in PDF_VOXEL_FIGURES:
+        a = g.create_array(name, shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="float32", fill_value=np.nan,
+                           dimension_names=["z", "y", "x"])
+        a.attrs.update(_PDF_FIGURE_ATTRS[name])
+    g.create_array("ok", shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="bool", fill_value=False,
+                   dimension_names=["z", "y", "x"]).attrs["long_name"] = "G computed (scattering strong enough)"
+    if sinograms:
+        _coord(g, "omega", root["omega"][:], dict(root["omega"].attrs))
+        _coord(g, "channel", np.arange(len(aux_channels)), {"long_name": "aux_sinogram channel",
+                                                             "names": list(aux_channels)})
+        wc, rc = min(omega_chunk, nomega), min(r_chunk, nr)
+        g.create_array("G_sinogram", shape=(nz, nomega, nx, nr), chunks=(1, wc, nx, rc), dtype="float32",
+                       fill_value=np.nan, dimension_names=["z", "omega", "x", "r"]).attrs.update(
+            {"units": "1/angstrom^2", "long_name": "G(r) of each frame with the fixed scale pdf.scale (the frame's "
+                                                   "own G: times pdf.scale / aux_sinogram channel 0)"})
+        g.create_array("aux_sinogram", shape=(nz, nomega, nx, len(aux_channels)),
+                       chunks=(1, wc, nx, len(aux_channels)), dtype="float32", fill_value=np.nan,
+                       dimension_names=["z", "omega", "x", "channel"]).attrs.update(
+            {"long_name": "per frame: scale N, then G(r_low) and F(q_top) with the fixed scale pdf.scale"})
+    g.attrs.update(attrs)
 
 
 def open_array(path: str | Path, name: str, mode: str = "r+") -> zarr.Array:

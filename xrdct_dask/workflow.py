@@ -2,6 +2,11 @@
 
     decode-integrate (z, omega block) --> sinogram (z) --> recon (z, q block) --> pdf (z)
 
+or, with ``pdf.order: pdf-then-recon``, a branch of the same graph:
+
+    decode-integrate (z, omega block) --> pdf-frames (z, omega block) --> pdf-aux (z) --> pdf (z, r block)
+    center (z) --> pdf-aux (z), pdf (z, r block)     (the G(r) sinograms use the slice's rotation axis)
+
 Each arrow is a dependency inside the same graph: reconstruction of a slice starts as soon as
 its frames are integrated, while other slices are still being integrated.  Task keys start with
 the stage name (``("recon", z, q0)``), which is what the dask dashboard groups and colours by.
@@ -23,7 +28,7 @@ from .io.cbf import CorruptFrameError, read_cbf_payload
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("decode-integrate", "sinogram", "recon", "pdf")  # dependency order of the graph's stages
+STAGE_ORDER = ("decode-integrate", "sinogram", "recon", "pdf-frames", "pdf")  # dependency order of the graph's stages
 FRAMES_PROBED = 64  # check_inputs takes the frame shape from the first readable of these
 
 
@@ -104,10 +109,16 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
     integ = stages.integrator_for(wf)
     radial = integ.radial
     wavelength_A = (ai.wavelength or 0) * 1e10
-    r_A = None
+    r_A = op = None
     if wf.pdf.enabled:
+        from .pdf.background import load_background
+
+        if wf.integrate.unit == "2th_deg" and not wavelength_A > 0:
+            raise WorkflowError("inputs.poni: no wavelength in the PONI, needed to turn 2th_deg into Q for the PDF")
         try:
             op = operator_for(stages.radial_to_q_A(radial, wf.integrate.unit, wavelength_A), wf.pdf)
+            if wf.pdf.background == "file":
+                load_background(wf.pdf.background_file, radial)
         except PDFParameterError as err:
             raise WorkflowError(str(err)) from None
         r_A = op.r_A
@@ -155,7 +166,9 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
     store.create_store(path, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                        omega_deg=omega, x_mm=np.arange(s.nx) * s.x_step_mm, z_mm=np.arange(s.nz) * s.z_step_mm,
                        r_A=r_A, omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs,
-                       overwrite=wf.store.overwrite if overwrite is None else overwrite)
+                       overwrite=wf.store.overwrite if overwrite is None else overwrite, r_chunk=wf.pdf.r_chunk)
+    if op is not None:
+        create_pdf_arrays(wf, path, op)
     mon_arr = store.open_array(path, f"{store.REDUCED}/monitor")
     idx_arr = store.open_array(path, f"{store.REDUCED}/frame_index")
     for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays it did not read
@@ -167,6 +180,21 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
     store.consolidate(path)
     return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A,
                              check_md5=wf.inputs.check_md5)
+
+
+def create_pdf_arrays(wf: Workflow, path, op) -> None:
+    """The ``pdf/`` arrays next to G (figures; the sinograms of the pdf-then-recon order) and the
+    transform's parameters in the group's attrs."""
+    s, p = wf.scan, wf.pdf
+    store.create_pdf_arrays(path, nz=s.nz, nomega=s.nomega, nx=s.nx, nr=op.r_A.size,
+                            omega_chunk=wf.store.omega_chunk, r_chunk=p.r_chunk,
+                            sinograms=p.order == "pdf-then-recon", aux_channels=stages.pdf_aux_channels(op),
+                            attrs={"transform": "PDFgetX3 ad hoc (xrdct_dask.pdf)", **op.params,
+                                   "order": p.order, "normalization": p.normalization, "scale": p.scale,
+                                   "background": p.background, "bgscale": p.bgscale,
+                                   "background_file": str(p.background_file) if p.background_file else None,
+                                   "units": {"Q": "1/angstrom", "r": "angstrom", "G": "1/angstrom^2",
+                                             "lowr_slope": "1/angstrom^3", "fq_highq_rms": "1/angstrom"}})
 
 
 def _scan_flags(grid: np.ndarray, dup: np.ndarray, s) -> np.ndarray:
@@ -279,8 +307,26 @@ def build_graph(ctx: stages.RunContext, zs=None, done: store.TaskState | None = 
                                                                   dask_key_name=("recon" + sfx, z, qs.start))
               for qs in qbs]
         out["recon"] += rz
-        if wf.pdf.enabled and (done is None or done.pdf is None or not done.pdf[z]):
+        if not wf.pdf.enabled or (done is not None and done.pdf is not None and done.pdf[z]):
+            continue
+        if wf.pdf.order == "recon-then-pdf":
             out["pdf"].append(dask.delayed(stages.pdf_slice, pure=False)(z, ctx, *rz, dask_key_name=("pdf" + sfx, z)))
+            continue
+        # pdf-then-recon: transform every frame, reconstruct N + quality figures, then the G blocks;
+        # the edge background needs the slice's first/last x steps of every angle (after the centre)
+        all_blocks = [store.FrameBlock(z, w, min(w + wc, s.nomega)) for w in range(0, s.nomega, wc)]
+        after = [center] if (wf.pdf.background == "edge" or not integ) else integ
+        fz = [dask.delayed(stages.pdf_frames_block, pure=False)(
+            b, ctx, *after, dask_key_name=("pdf-frames" + sfx, b.z, b.omega_start)) for b in all_blocks]
+        out.setdefault("pdf-frames", []).extend(fz)
+        aux = dask.delayed(stages.reconstruct_pdf_aux, pure=False)(z, center, ctx, *fz, dask_key_name=("pdf-aux" + sfx, z))
+        gz = [dask.delayed(stages.reconstruct_pdf_block, pure=False)(z, rs, center, ctx, aux,
+                                                                      dask_key_name=("pdf" + sfx, z, rs.start))
+              for rs in store.q_blocks(stages.pdf_operator(ctx).r_A.size, wf.pdf.r_chunk)]
+        out["pdf"] += [aux] + gz + [dask.delayed(stages.mark_pdf_done, pure=False)(
+            z, ctx, *gz, dask_key_name=("pdf-done" + sfx, z))]
+    if "pdf-frames" in out:  # keep the dependency order of the stages
+        out = {k: out[k] for k in ("decode-integrate", "sinogram", "recon", "pdf-frames", "pdf")}
     return out
 
 
@@ -418,7 +464,7 @@ def stage_resources(client, wf: Workflow | None = None, cluster=None) -> dict[st
     use_gpu = "GPU" in offered and (wf is None or wf.integrate.engine != "numpy")
     gpu = {"resources": {"GPU": 0.5}} if use_gpu else {}
     cpu = {"resources": {"CPU": 1}} if "CPU" in offered else {}
-    return {"decode-integrate": gpu, "sinogram": cpu, "recon": cpu, "pdf": cpu}
+    return {"decode-integrate": gpu, "sinogram": cpu, "recon": cpu, "pdf-frames": cpu, "pdf": cpu}
 
 
 def engine_report(results: list[dict]) -> list[str]:
@@ -492,8 +538,15 @@ def pending_by_stage(ctx: stages.RunContext, done: store.TaskState) -> list[dict
         n_int = int((~done.integrate[z]).sum())
         d = {"decode-integrate": n_int, "sinogram": int(n_int > 0 or not np.isfinite(done.center[z])),
              "recon": int((~done.recon[z]).sum())}
-        if wf.pdf.enabled:
-            d["pdf"] = int(done.pdf is None or not done.pdf[z])
+        if wf.pdf.enabled and (done.pdf is None or not done.pdf[z]):
+            if wf.pdf.order == "recon-then-pdf":
+                d["pdf"] = 1
+            else:
+                nb = done.integrate.shape[1]
+                nrb = -(-stages.pdf_operator(ctx).r_A.size // wf.pdf.r_chunk)
+                d["pdf-frames"], d["pdf"] = nb, nrb + 2  # aux + G blocks + done marker
+        elif wf.pdf.enabled:
+            d["pdf"] = 0
         out.append(d)
     return out
 

@@ -1,6 +1,9 @@
-"""Pair distribution functions G(r) from I(Q), batched over voxels."""
+"""Pair distribution functions G(r) from I(Q), PDFgetX3's ad hoc way, batched over voxels."""
 
-from .transform import PDFOperator, PDFParameterError, PDFResult, build_operator, compute_pdf, operator_for, parse_composition
+from .transform import (PDFOperator, PDFParameterError, PDFResult, build_operator, compute_pdf, finish,
+                        finish_parts, g_from_fq, g_from_sq, linear_transform, operator_for, parse_composition,
+                        pattern_scale, structure_functions)
 
-__all__ = ["PDFOperator", "PDFParameterError", "PDFResult", "build_operator", "compute_pdf", "operator_for",
-           "parse_composition"]
+__all__ = ["PDFOperator", "PDFParameterError", "PDFResult", "build_operator", "compute_pdf", "finish",
+           "finish_parts", "g_from_fq", "g_from_sq", "linear_transform", "operator_for", "parse_composition",
+           "pattern_scale", "structure_functions"]
