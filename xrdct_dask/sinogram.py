@@ -207,6 +207,8 @@ def stripe_columns(sino, snr: float = 3.0, floor_fraction: float = 2e-3, trim: f
     ``|p(x) - prediction|`` over three predictions from its neighbours: the midpoint
     ``(p(x-1) + p(x+1)) / 2`` and the linear extrapolations from the left (x-2, x-1) and the right
     (x+1, x+2); a kink is predicted by the extrapolation from its smooth side, a stripe by none.
+    A stripe is also a bump or a dip: above or below both neighbours (so the steep, monotone
+    edges of the sample are not taken for stripes; the outermost columns never are).
     Stripes are the columns whose deviation exceeds ``snr`` times its noise: the standard error of
     the trimmed mean (per-frame noise from the column's robust frame-to-frame differences along
     omega, 1.4826 median |s(w+1) - s(w)| / sqrt(2)) times 1.5 for the prediction's own noise,
@@ -228,9 +230,11 @@ def stripe_columns(sino, snr: float = 3.0, floor_fraction: float = 2e-3, trim: f
     left = 2 * pp[1:-3] - pp[:-4]
     right = 2 * pp[3:-1] - pp[4:]
     dev = np.minimum(np.minimum(np.abs(c - mid), np.abs(c - left)), np.abs(c - right))
+    bump = (c - pp[1:-3]) * (c - pp[3:-1]) > 0  # above or below both neighbours
+    bump[[0, -1]] = False  # the outermost columns have a neighbour on one side only
     frame_noise = 1.4826 * np.median(np.abs(np.diff(total, axis=0)), axis=0) / np.sqrt(2)
     stderr = 1.5 * frame_noise / np.sqrt(nomega - 2 * cut)
-    return dev > snr * np.maximum(stderr, floor_fraction * np.max(np.abs(p)))
+    return bump & (dev > snr * np.maximum(stderr, floor_fraction * np.max(np.abs(p))))
 
 
 def remove_stripes(sino, snr: float = 3.0, columns=None):
