@@ -266,14 +266,14 @@ def remove_stripes(sino, snr: float = 3.0, columns=None):
     if cols.size == 0 or cols.size == nx:
         return s, cols.tolist()
     x1, x2, t = (a[0, cols] for a in _interp_plan(~mask[None, :]))
-    block = s[:, cols]  # (nomega, ncol, nq): the stripe columns
-    order = xp.argsort(block, axis=0)
-    lo = xp.sort(s[:, x1], axis=0)  # sorted neighbours, (nomega, ncol, nq)
+    cols_d, x1, x2 = xp.asarray(cols), xp.asarray(x1), xp.asarray(x2)
+    order = xp.argsort(s[:, cols_d], axis=0)  # (nomega, ncol, nq): the stripe columns' omega order
+    lo = xp.sort(s[:, x1], axis=0)  # the neighbours' sorted values, (nomega, ncol, nq)
     hi = xp.sort(s[:, x2], axis=0)
     tt = xp.asarray(t, dtype=xp.float32)[None, :, None]
     fixed = (1 - tt) * lo + tt * hi
     out = s.copy()
-    out[:, cols] = xp.take_along_axis(fixed, xp.argsort(order, axis=0), axis=0)
+    out[:, cols_d] = xp.take_along_axis(fixed, xp.argsort(order, axis=0), axis=0)
     return out, cols.tolist()
 
 

@@ -7,8 +7,11 @@ The ramp filter is built in real space and transformed (Kak & Slaney ch. 3, eq. 
 removes the DC bias of a sampled frequency ramp; apodisation windows multiply it.
 
 The q axis is processed in chunks: each chunk is zero-padded and filtered with real FFTs
-(float32), then back-projected by :func:`.projector.backproject` (numba tiles on the CPU, a CUDA
-RawKernel on cupy arrays), so memory stays at a few chunk-sized buffers whatever ``nq`` is.
+(float32) on a grid just large enough for the convolution to be exact where the image's pixels
+read it (:func:`detector_window`; iradon pads to a power of two >= twice the diagonal, 2.5x
+larger at 400 px), then back-projected by :func:`.projector.backproject` (numba tiles on the
+CPU, a CUDA RawKernel on cupy arrays), so memory stays at a few chunk-sized buffers whatever
+``nq`` is.
 """
 
 from __future__ import annotations
@@ -23,8 +26,22 @@ CPU_Q_CHUNK = 64  # q bins per filter + back-projection pass on the CPU: a tile'
 GPU_Q_CHUNK = 256  # on the GPU: (nomega, nfft, 256) float32 buffers, ~1.3 GB at 600 x 2048
 
 
-def fourier_filter(size: int, name: str = "ramp") -> np.ndarray:
-    """Frequency response (size,) of the FBP filter on an FFT grid of ``size`` points (iradon's)."""
+def iradon_fft_size(nx: int) -> int:
+    """The FFT length skimage's iradon(circle=True) uses for ``nx`` detector pixels: a power of two
+    >= twice the square's diagonal, and >= 64."""
+    return max(64, int(2 ** np.ceil(np.log2(2 * np.ceil(np.sqrt(2) * nx)))))
+
+
+def fourier_filter(size: int, name: str = "ramp", reference_size: int | None = None) -> np.ndarray:
+    """Frequency response (size,) of the FBP filter on an FFT grid of ``size`` points.
+
+    The ramp is iradon's (real-space kernel h(0) = 1/4, h(odd d) = -1/(pi d)^2, transformed);
+    Shepp-Logan and cosine windows are functions of the frequency alone.  iradon's Hamming and
+    Hann windows are ``np.hamming(N)`` / ``np.hanning(N)`` on its own grid of ``N`` points, whose
+    ``N - 1`` spacing makes them depend on ``N``; they are evaluated here as functions of the
+    frequency as on a grid of ``reference_size`` points (default ``size``: iradon's own response),
+    so a smaller grid gives iradon's result.
+    """
     if name not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {name!r}")
     if name == "none":
@@ -34,37 +51,56 @@ def fourier_filter(size: int, name: str = "ramp") -> np.ndarray:
     h[0] = 0.25
     h[1::2] = -1.0 / (np.pi * n) ** 2  # spatial ramp: h(0)=1/4, h(odd k)=-1/(pi k)^2
     filt = 2.0 * np.real(np.fft.fft(h))
+    ref = size if reference_size is None else reference_size
+    # position in np.hamming(ref)'s index after fftshift: m = k + ref/2 for the signed frequency k
+    m = np.fft.fftfreq(size) * ref + ref / 2
     if name == "shepp-logan":
         w = np.pi * np.fft.fftfreq(size)[1:]
         filt[1:] *= np.sin(w) / w
     elif name == "cosine":
         filt *= np.fft.fftshift(np.sin(np.linspace(0, np.pi, size, endpoint=False)))
     elif name == "hamming":
-        filt *= np.fft.fftshift(np.hamming(size))
+        filt *= 0.54 - 0.46 * np.cos(2 * np.pi * m / (ref - 1))
     elif name == "hann":
-        filt *= np.fft.fftshift(np.hanning(size))
+        filt *= 0.5 - 0.5 * np.cos(2 * np.pi * m / (ref - 1))
     return filt
 
 
-def rfft_response(size: int, name: str = "ramp") -> np.ndarray:
+def rfft_response(size: int, name: str = "ramp", reference_size: int | None = None) -> np.ndarray:
     """The filter as a real multiplier of ``rfft`` output, ``(size // 2 + 1,)``.
 
     ``Re(ifft(fft(s) H))`` of a real ``s`` equals ``irfft(rfft(s) H_even)`` with
     ``H_even[k] = (H[k] + H[-k]) / 2``: the fftshift-ed windows are not exactly even, and this is
     what iradon's ``.real`` keeps of them.
     """
-    h = fourier_filter(size, name)
+    h = fourier_filter(size, name, reference_size)
     even = 0.5 * (h + np.roll(h[::-1], 1))
     return even[: size // 2 + 1]
 
 
-def detector_padding(nx: int) -> tuple[int, int, int]:
-    """``(ndiag, pad_before, nfft)`` of iradon(circle=True): the detector axis padded to the square's
-    diagonal ``ceil(sqrt(2) nx)``, then zero-padded to a power of two >= 2 ndiag (and >= 64) for the FFT."""
-    ndiag = int(np.ceil(np.sqrt(2) * nx))
-    pad_before = ndiag // 2 - nx // 2
-    nfft = max(64, int(2 ** np.ceil(np.log2(2 * ndiag))))
-    return ndiag, pad_before, nfft
+def _fast_len4(m: int) -> int:
+    """Smallest 5-smooth FFT length >= m that is a multiple of 4 (the real-space ramp puts the odd
+    distances 1, 3, ... on both halves of the grid, which needs an even half)."""
+    import scipy.fft
+
+    k = scipy.fft.next_fast_len(max(m, 64), real=True)
+    while k % 4:
+        k = scipy.fft.next_fast_len(k + 1, real=True)
+    return k
+
+
+def detector_window(nx: int, axis_px: float, n: int) -> tuple[int, int, int]:
+    """``(lo, hi, nfft)``: the detector positions ``lo <= pos < hi`` (in pixels of the measured
+    sinogram, which spans ``[0, nx)``; outside it is zero-padded) that the pixels of the inscribed
+    circle of an ``n x n`` image read, with one bin of margin, and an FFT length for which the
+    circular convolution equals the linear one on that window: every input-to-output distance
+    ``d`` stays below ``nfft / 2``, so the filter kernel is sampled at ``d`` itself, as by iradon's
+    larger power-of-two grid."""
+    r = n // 2
+    lo = int(np.floor(axis_px - r)) - 1
+    hi = int(np.ceil(axis_px + r)) + 2
+    dmax = max(hi - 1, nx - 1 - lo)
+    return lo, hi, _fast_len4(2 * dmax + 2)
 
 
 def _fft(xp):
@@ -75,27 +111,28 @@ def _fft(xp):
     return xp.fft
 
 
-def filter_block(sino, filter_name: str = "ramp", threads: int | None = None):
-    """Pad the detector axis as iradon(circle=True) does and filter it.
+def filter_block(sino, filter_name: str = "ramp", axis_px: float | None = None, n: int | None = None,
+                 threads: int | None = None):
+    """Filter the detector axis of a sinogram block and cut out what the back-projector reads.
 
-    ``sino`` (nomega, nx, nq) -> ``(filtered (nomega, ndiag, nq) float32 C-contiguous, pad_before)``.
+    sino (nomega, nx, nq); ``axis_px`` the rotation axis in its pixels (default ``nx // 2``);
+    ``n`` the image size (default ``nx``).  Returns ``(filtered (nomega, hi - lo, nq) float32
+    C-contiguous, axis in the filtered window's pixels)`` (:func:`detector_window`).
     """
     xp = get_array_module(sino)
     nomega, nx, nq = sino.shape
-    ndiag, pad_before, nfft = detector_padding(nx)
+    axis_px = nx // 2 if axis_px is None else float(axis_px)
+    lo, hi, nfft = detector_window(nx, axis_px, nx if n is None else n)
     buf = xp.zeros((nomega, nfft, nq), dtype=xp.float32)
-    buf[:, pad_before:pad_before + nx] = sino
+    buf[:, :nx] = sino
     fft = _fft(xp)
-    kw = {"workers": threads or default_threads()} if xp is np else {}
+    kw = {"workers": threads or default_threads(), "overwrite_x": True} if xp is np else {}
     spec = fft.rfft(buf, axis=1, **kw)
-    spec *= xp.asarray(rfft_response(nfft, filter_name), dtype=xp.float32)[None, :, None]
-    out = fft.irfft(spec, n=nfft, axis=1, **kw)[:, :ndiag]
-    return xp.ascontiguousarray(out, dtype=xp.float32), pad_before
-
-
-def padded_filtered(sino, filter_name: str = "ramp"):
-    """Alias of :func:`filter_block` (kept for callers of the first version)."""
-    return filter_block(sino, filter_name)
+    response = rfft_response(nfft, filter_name, reference_size=iradon_fft_size(nx))
+    spec *= xp.asarray(response, dtype=spec.dtype)[None, :, None]
+    full = fft.irfft(spec, n=nfft, axis=1, **kw)
+    window = xp.asarray(np.arange(lo, hi) % nfft)  # negative positions: the zero padding at the end
+    return xp.ascontiguousarray(xp.take(full, window, axis=1), dtype=xp.float32), axis_px - lo
 
 
 def fbp(sino, omega_deg, filter_name: str = "ramp", center: float | None = None, *, q_chunk: int | None = None,
@@ -131,9 +168,9 @@ def fbp(sino, omega_deg, filter_name: str = "ramp", center: float | None = None,
     chunk = q_chunk or (CPU_Q_CHUNK if xp is np else GPU_Q_CHUNK)
     out = xp.zeros((nx, nx, nq), dtype=xp.float32)
     scale = np.pi / (2 * nomega)
+    axis_px = nx // 2 if center is None else float(center)
     for q0 in range(0, nq, chunk):
-        filtered, pad_before = filter_block(sino[:, :, q0:q0 + chunk], filter_name, threads)
-        axis_idx = pad_before + (nx // 2 if center is None else float(center))
+        filtered, axis_idx = filter_block(sino[:, :, q0:q0 + chunk], filter_name, axis_px, nx, threads)
         backproject(filtered, np.cos(theta), np.sin(theta), axis_idx, nx, scale=scale, out=out, q0=q0,
                     threads=threads)
     return out
