@@ -255,6 +255,7 @@ def test_prepare_chain_applies_switched_on_steps_in_order(rng):
     recorded[10, 30, 2] *= 40
     out, info = sg.prepare_sinogram(recorded, ok, omega, zingers=True, background=True, stripes=True, jitter=True)
     assert info["steps"] == ["fill_bad", "zingers", "background", "stripes", "jitter", "center"]
+    assert [k for k in sg.PREP_STEPS if k in info["steps"]] == info["steps"]  # the documented order
     assert info["zingers"] >= 1 and isinstance(info["stripe_columns"], list) and len(info["shifts_px"]) == 60 and abs(info["center"] - NX // 2) < 0.25
     assert out.dtype == np.float32 and out.shape == sino.shape
     with pytest.raises(ValueError, match="omega has 3 angles but the sinogram has 60 rows"):
@@ -284,6 +285,40 @@ def test_prep_functions_on_cupy_equal_numpy(rng):
 
 
 # ------------------------------------------------------------------------------------------ scan orders
+@pytest.mark.parametrize("order,fast_axis", [("raster", "x"), ("snake", "x"), ("raster", "omega"),
+                                              ("snake", "omega"), ("interlaced", "x")])
+@pytest.mark.parametrize("passes", [2, 3])
+def test_scan_layout_is_a_bijection(order, fast_axis, passes):
+    """Every grid point (iz, iomega, ix) is acquired exactly once and grid_index inverts the order."""
+    from xrdct_dask.io.scan import acquisition_order, grid_index
+
+    grid = acquisition_order(2, 7, 5, fast_axis, order, passes)
+    assert len({tuple(g) for g in grid}) == 2 * 7 * 5
+    np.testing.assert_array_equal(grid_index(*grid.T, 7, 5, fast_axis, order, passes), np.arange(len(grid)))
+
+
+def test_interlaced_order_visits_omega_in_interleaved_passes():
+    """Pass p of an interlaced scan takes iomega = p, p + passes, ...; x snakes line by line."""
+    from xrdct_dask.io.scan import acquisition_order
+
+    grid = acquisition_order(1, 6, 3, "x", "interlaced", passes=3)
+    np.testing.assert_array_equal(grid[::3, 1], [0, 3, 1, 4, 2, 5])
+    np.testing.assert_array_equal(grid[:6, 2], [0, 1, 2, 2, 1, 0])
+
+
+def test_interlaced_config_is_validated():
+    from xrdct_dask.config import WorkflowError, workflow_from_dict
+
+    base = {"inputs": {"frames": "f_{index}.cbf", "poni": "g.poni"}, "store": "run.zarr",
+            "scan": {"nz": 1, "nomega": 8, "nx": 4, "order": "interlaced"}}
+    assert workflow_from_dict(base).scan.interlace_passes == 2
+    with pytest.raises(WorkflowError, match="interlaced interleaves omega lines: it needs fast_axis x"):
+        workflow_from_dict(base, overrides={"scan.fast_axis": "omega"})
+    with pytest.raises(WorkflowError, match="scan.interlace_passes: 4 passes need inputs.scan_file"):
+        workflow_from_dict(base, overrides={"scan.interlace_passes": 4})
+    assert workflow_from_dict(base, overrides={"scan.interlace_passes": 4, "inputs.scan_file": "s.csv"})
+
+
 def _reduce_and_reconstruct(scan, tmp_path, overrides: dict):
     """The workflow's stages in this process (no cluster): store, integrate, centre, reconstruct."""
     from xrdct_dask import stages, store, workflow
