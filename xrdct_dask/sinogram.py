@@ -12,12 +12,14 @@ grid order: row ``w`` is angle ``omega_deg[w]``, column ``x`` is translation ste
 2. bad frames (``frame_ok`` false, or no finite value) filled from their neighbours, and counted;
 3. zingers: isolated spikes (one frame, one q bin) replaced by their 3 x 3 median;
 4. air / container background: the mean of sample-free edge columns subtracted from every column;
-5. stripes (ring artefacts): sorting-based stripe removal (Vo et al., Opt. Express 26, 28396 (2018));
+5. stripes (ring artefacts): stripe columns found on the q-summed sinogram, their omega-sorted
+   values interpolated from the neighbouring columns (after Vo et al., Opt. Express 26, 28396 (2018));
 6. jitter: each projection shifted so that its centre of mass follows the fitted sinusoid;
 7. centre of rotation: least-squares sinusoid through the projections' centres of mass.
 
-Steps 6 and 7 are estimated once per slice on the q-summed sinogram (the workflow's
-``find_center``) and applied with the same numbers to every q block of the slice.
+The stripe columns, the shifts and the centre are estimated once per slice on the q-summed
+sinogram (the workflow's ``find_center``) and applied with the same numbers to every q block of
+the slice, so that all q bins of a voxel are treated alike.
 """
 
 from __future__ import annotations
@@ -216,7 +218,6 @@ def stripe_columns(sino, snr: float = 3.0, floor_fraction: float = 2e-3, trim: f
 
     sino (nomega, nx, nq) or (nomega, nx) -> mask (nx,) bool, host.
     """
-    xp = get_array_module(sino)
     total = sino.sum(axis=-1) if sino.ndim == 3 else sino
     total = np.asarray(to_host(total), dtype=np.float64)
     nomega, nx = total.shape
@@ -283,7 +284,6 @@ def remove_stripes(sino, snr: float = 3.0, columns=None):
 def centers_of_mass(sino) -> np.ndarray:
     """Centre of mass of each projection, in pixels from the first x: ``(nomega,)`` host float64
     (NaN for a projection without positive mass).  Uses the q-summed, non-negative signal."""
-    xp = get_array_module(sino)
     total = sino.sum(axis=-1) if sino.ndim == 3 else sino
     total = np.clip(np.nan_to_num(to_host(total).astype(np.float64)), 0, None)
     mass = total.sum(axis=1)
@@ -316,8 +316,8 @@ def estimate_center(sino, omega_deg) -> float:
     """
     try:
         coef, _ = fit_sinusoid(centers_of_mass(sino), omega_deg)
-    except ValueError:
-        return (sino.shape[1] - 1) / 2
+    except ValueError:  # no signal to fit: iradon's default axis
+        return float(sino.shape[1] // 2)
     return float(coef[0])
 
 
@@ -327,8 +327,13 @@ def estimate_jitter(sino, omega_deg, max_shift_px: float = 3.0) -> np.ndarray:
 
     A displacement that is itself a sinusoid of omega (a fixed offset of the whole sample) cannot
     be told from the sample's position and is left in the image; everything else is jitter.
+    Without signal to fit (fewer than 3 projections with mass), no shift.
     """
-    _, resid = fit_sinusoid(centers_of_mass(sino), omega_deg)
+    com = centers_of_mass(sino)
+    try:
+        _, resid = fit_sinusoid(com, omega_deg)
+    except ValueError:
+        return np.zeros(com.size)
     return np.clip(resid, -max_shift_px, max_shift_px)
 
 
@@ -370,16 +375,16 @@ def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monit
                      fill_bad: bool = True, zingers: bool = False, zinger_threshold: float = 8.0,
                      background: bool = False, background_columns: int = 2, background_per_projection: bool = False,
                      stripes: bool = False, stripe_snr: float = 3.0, known_stripes=None,
-                     jitter: bool | np.ndarray = False,
-                     max_jitter_px: float = 3.0, center: float | str = "auto"):
+                     jitter: bool | np.ndarray = False, max_jitter_px: float = 3.0, center: float | str = "auto"):
     """Apply the corrections switched on, in the order of the module docstring.
 
     sino (nomega, nx, nq) numpy or cupy; frame_ok (nomega, nx) bool; omega_deg (nomega,) degrees.
-    ``jitter`` is False, True (estimate here) or the shifts ``(nomega,)`` estimated for the slice;
-    ``center`` is ``"auto"`` (estimate here, after the other corrections) or a number of pixels.
+    ``known_stripes`` the slice's stripe columns (default: found in this block); ``jitter`` False,
+    True (estimate here) or the slice's shifts ``(nomega,)``; ``center`` ``"auto"`` (estimate here,
+    after the other corrections) or a number of pixels.
 
-    Returns ``(sino float32, info)`` with ``info = {"center": float, "filled": int, "zingers": int, "stripe_columns": list,
-    "shifts_px": list | None, "steps": [names of the steps applied]}``.
+    Returns ``(sino float32, info)``, ``info = {"center": float, "filled": int, "zingers": int,
+    "stripe_columns": list, "shifts_px": list | None, "steps": [names of the steps applied]}``.
     """
     xp = get_array_module(sino)
     _check_block(sino)
