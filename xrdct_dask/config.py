@@ -57,7 +57,8 @@ class Scan(_Section):
     nomega: int = Field(gt=1)
     nx: int = Field(gt=1)
     fast_axis: Literal["x", "omega"] = "x"
-    order: Literal["raster", "snake"] = "snake"
+    order: Literal["raster", "snake", "interlaced"] = "snake"
+    interlace_passes: int = Field(2, ge=1, description="interlaced order: omega lines visited in this many interleaved passes")
     omega_range_deg: Literal[180, 360] = 180
     x_step_mm: float = Field(1.0, gt=0)
     z_step_mm: float = Field(1.0, gt=0)
@@ -65,6 +66,14 @@ class Scan(_Section):
     @property
     def nframes(self) -> int:
         return self.nz * self.nomega * self.nx
+
+    @model_validator(mode="after")
+    def _interlaced(self):
+        if self.order == "interlaced" and self.fast_axis != "x":
+            raise ValueError("order interlaced interleaves omega lines: it needs fast_axis x")
+        if self.order == "interlaced" and self.interlace_passes > self.nomega:
+            raise ValueError(f"interlace_passes ({self.interlace_passes}) must be <= nomega ({self.nomega})")
+        return self
 
 
 class Geometry(_Section):
@@ -107,13 +116,28 @@ class Store(_Section):
 
 
 class Sinogram(_Section):
+    """Sinogram preparation (xrdct_dask.sinogram.prepare_sinogram): every correction switchable."""
+
     normalize_monitor: bool = True
     center: float | Literal["auto"] = Field("auto", description="rotation axis in pixels from the first x, or auto")
+    fill_bad: bool = Field(True, description="fill frames flagged bad from their neighbours (else: zeros)")
+    zingers: bool = Field(True, description="replace isolated spikes (one frame, one q bin) by their 3x3 median")
+    zinger_threshold: float = Field(8.0, gt=0, description="spike: exceeds all 8 neighbours by this many noise levels")
+    background: bool = Field(False, description="subtract the mean of sample-free edge columns (air, container)")
+    background_columns: int = Field(2, ge=1, description="sample-free columns used at each edge")
+    background_per_projection: bool = Field(False, description="one background per projection instead of per scan")
+    stripes: bool = Field(False, description="sorting-based stripe (ring artefact) removal")
+    stripe_snr: float = Field(3.0, gt=0, description="stripe: a column off all predictions from its neighbours by this many noise levels")
+    jitter: bool = Field(False, description="per-projection shift correction from the centre of mass")
+    max_jitter_px: float = Field(3.0, gt=0, description="largest jitter correction, pixels")
 
 
 class Recon(_Section):
-    algorithm: Literal["fbp"] = "fbp"
+    algorithm: Literal["fbp", "sirt", "cgls"] = "fbp"
     filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
+    iterations: int | None = Field(None, ge=1, description="sirt/cgls iterations (default: 100 sirt, 20 cgls)")
+    nonneg: bool = Field(True, description="sirt/cgls: non-negative voxel intensities")
+    engine: Literal["auto", "numpy", "cupy"] = "auto"
 
 
 class PDF(_Section):
@@ -192,6 +216,17 @@ class Workflow(_Section):
     @classmethod
     def _store_as_path(cls, v):
         return {"path": v} if isinstance(v, (str, Path)) else v
+
+    @model_validator(mode="after")
+    def _interlace_layout(self):
+        # workflow.prepare_store lays the grid out with io.scan's default number of passes
+        from .io.scan import INTERLACE_PASSES
+
+        s = self.scan
+        if s.order == "interlaced" and s.interlace_passes != INTERLACE_PASSES and self.inputs.scan_file is None:
+            raise ValueError(f"scan.interlace_passes: {s.interlace_passes} passes need inputs.scan_file "
+                             f"(index,iz,iomega,ix per frame); without it the layout uses {INTERLACE_PASSES}")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)

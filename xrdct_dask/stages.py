@@ -276,39 +276,53 @@ def _worker_address() -> str | None:
         return None
 
 
-def find_center(z: int, ctx: RunContext, *deps) -> float:
-    """Rotation axis of slice ``z`` (pixels), from the q-summed sinogram or the workflow's value."""
-    from .sinogram import estimate_center, fill_bad_frames
+def find_center(z: int, ctx: RunContext, *deps) -> dict:
+    """Geometry of slice ``z`` from its q-summed sinogram, prepared as the q blocks will be: the
+    rotation axis (pixels; or the workflow's value), with ``sinogram.jitter`` the shift of every
+    projection, with ``sinogram.stripes`` the stripe columns.  Every q block of the slice is then
+    corrected with these same numbers."""
+    from .sinogram import prep_options, prepare_sinogram
 
-    c = ctx.workflow.sinogram.center
-    if c != "auto":
-        store.mark_done(ctx.store_path, "center", (z,), float(c))
-        return float(c)
+    t0 = time.perf_counter()
     total = store.open_array(ctx.store_path, f"{store.REDUCED}/total", "r")[z]
     ok = store.open_array(ctx.store_path, f"{store.REDUCED}/frame_ok", "r")[z]
     omega = store.open_array(ctx.store_path, "omega", "r")[:]
-    total, _ = fill_bad_frames(total[..., None], ok)
-    center = estimate_center(total[..., 0], omega)
-    store.mark_done(ctx.store_path, "center", (z,), center)
-    return center
+    _, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(ctx.workflow.sinogram))
+    store.mark_done(ctx.store_path, "center", (z,), float(info["center"]))
+    return {"stage": "center", "z": z, "center": info["center"], "shifts_px": info["shifts_px"],
+            "stripe_columns": info["stripe_columns"], "filled": info["filled"], "seconds": time.perf_counter() - t0}
 
 
-def reconstruct_block(z: int, qs: slice, center: float, ctx: RunContext, *deps) -> dict:
-    """Prepare the sinograms of slice ``z``, q bins ``qs``, reconstruct them all, write ``recon/``."""
-    from .recon import fbp
-    from .sinogram import prepare_sinogram
+def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict:
+    """Prepare the sinograms of slice ``z``, q bins ``qs``, reconstruct them all, write ``recon/``.
+
+    ``center`` is :func:`find_center`'s result (or a number of pixels).  Runs on the GPU when
+    ``recon.engine`` resolves to cupy.
+    """
+    from .backend import to_host, xp_for_engine
+    from .recon import reconstruct
+    from .sinogram import prep_options, prepare_sinogram
 
     t0 = time.perf_counter()
+    wf = ctx.workflow
+    geo = center if isinstance(center, dict) else {"center": float(center)}
     red = ctx.store_path / store.REDUCED
-    sino = store.open_array(red, "intensity", "r")[z, :, :, qs]
+    xp = xp_for_engine(wf.recon.engine)
+    sino = xp.asarray(store.open_array(red, "intensity", "r")[z, :, :, qs])
     ok = store.open_array(red, "frame_ok", "r")[z]
     omega = store.open_array(ctx.store_path, "omega", "r")[:]
-    sino, info = prepare_sinogram(sino, ok, omega, center=center)
-    vol = fbp(sino, omega, ctx.workflow.recon.filter, center=info["center"])
-    store.write_region(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), vol)
+    opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo.get("stripe_columns")}
+    if wf.sinogram.jitter and geo.get("shifts_px"):  # the slice's shifts, from its q-summed sinogram
+        opts["jitter"] = np.asarray(geo["shifts_px"])
+    sino, info = prepare_sinogram(sino, ok, omega, **opts)
+    r = wf.recon
+    vol = reconstruct(sino, omega, r.algorithm, filter_name=r.filter, center=info["center"], iterations=r.iterations,
+                      nonneg=r.nonneg, threads=wf.compute.threads_per_worker)
+    store.write_region(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), to_host(vol))
     store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.workflow.store.q_chunk))
     return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
-            "seconds": time.perf_counter() - t0}
+            "zingers": info["zingers"], "steps": info["steps"], "algorithm": r.algorithm,
+            "engine": "cupy" if xp is not np else "numpy", "seconds": time.perf_counter() - t0}
 
 
 def radial_to_q_A(radial: np.ndarray, unit: str, wavelength_A: float) -> np.ndarray:
@@ -451,14 +465,20 @@ def pdf_frames_block(block: store.FrameBlock, ctx: RunContext, *deps) -> dict:
             "seconds": time.perf_counter() - t0, "engine": "cupy" if xp is not np else "numpy"}
 
 
-def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center: float) -> np.ndarray:
+def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center) -> np.ndarray:
+    """FBP of a G(r) or aux sinogram block with the slice's geometry (centre, jitter shifts) and
+    bad frames filled; the intensity-only corrections (zingers, stripes, air) stay with I(q)."""
     from .recon import fbp
     from .sinogram import prepare_sinogram
 
+    geo = center if isinstance(center, dict) else {"center": float(center)}
     sino = store.open_array(ctx.store_path, f"{store.PDF}/{name}", "r")[z, :, :, sel]
     ok = store.open_array(ctx.store_path / store.REDUCED, "frame_ok", "r")[z]
     omega = store.open_array(ctx.store_path, "omega", "r")[:]
-    sino, info = prepare_sinogram(sino, ok, omega, center=center)
+    opts = {"center": geo["center"]}
+    if ctx.workflow.sinogram.jitter and geo.get("shifts_px"):
+        opts["jitter"] = np.asarray(geo["shifts_px"])
+    sino, info = prepare_sinogram(sino, ok, omega, **opts)
     return fbp(sino, omega, ctx.workflow.recon.filter, center=info["center"])
 
 

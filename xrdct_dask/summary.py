@@ -1,7 +1,7 @@
 """The run's summary picture: what a beamline scientist looks at first.
 
-Top row: the q-summed sinogram of a slice and the mean diffraction pattern with the q bins shown
-below marked.  Middle row: reconstructed maps at the strongest peaks of the mean pattern.  Bottom
+Top row: the q-summed sinogram of a slice as measured and after the workflow's sinogram
+preparation (side by side), and the mean diffraction pattern with the q bins shown below marked.  Middle row: reconstructed maps at the strongest peaks of the mean pattern.  Bottom
 row: G(r) of a few voxels (when the PDF stage ran).
 """
 
@@ -24,6 +24,21 @@ def strongest_peaks(pattern: np.ndarray, n: int = 3, min_separation: int = 5) ->
     return sorted(int(i) for i in idx[order[:n]])
 
 
+def prepared_sinogram(path: str | Path, z: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The q-summed sinogram of slice ``z`` as measured and as the reconstruction saw it (the
+    workflow's ``sinogram`` section, from the store's attrs): ``(before, after, info)``."""
+    from .config import Sinogram
+    from .sinogram import prep_options, prepare_sinogram
+
+    path = Path(path)
+    total = store.open_array(path, f"{store.REDUCED}/total", "r")[z]
+    ok = store.open_array(path, f"{store.REDUCED}/frame_ok", "r")[z]
+    omega = store.open_array(path, "omega", "r")[:]
+    section = Sinogram.model_validate(store.read_attrs(path).get("workflow", {}).get("sinogram", {}))
+    after, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(section))
+    return total, after[..., 0], info
+
+
 def write_summary(path: str | Path, z: int | None = None, out: str | Path | None = None) -> Path:
     import matplotlib
 
@@ -43,8 +58,15 @@ def write_summary(path: str | Path, z: int | None = None, out: str | Path | None
     has_pdf = (path / store.PDF).exists() and attrs.get("stage_status", {}).get(store.PDF) == "done"
     rows = 3 if has_pdf else 2
     fig, ax = plt.subplots(rows, 3, figsize=(13, 3.6 * rows))
-    ax[0, 0].imshow(total, aspect="auto", cmap="viridis")
-    ax[0, 0].set(title=f"sinogram, slice {z} (sum over q)", xlabel="x", ylabel="omega step")
+    _, prepared, prep = prepared_sinogram(path, z)
+    gap = np.full((total.shape[0], 1), np.nan)
+    finite = np.isfinite(total)
+    lo, hi = (np.nanpercentile(total, (0.5, 99.5)) if finite.any() else (0, 1))
+    ax[0, 0].imshow(np.hstack([total, gap, prepared]), aspect="auto", cmap="viridis", vmin=lo, vmax=hi,
+                    interpolation="nearest")
+    ax[0, 0].set(title=f"sinogram, slice {z} (sum over q): measured | prepared", xlabel="x | x", ylabel="omega step")
+    ax[0, 0].text(0.99, 0.01, f"{', '.join(prep['steps'])}; centre {prep['center']:.2f} px", fontsize=7,
+                  color="w", ha="right", va="bottom", transform=ax[0, 0].transAxes)
     ax[0, 1].plot(q, mean, lw=0.8)
     for k in peaks:
         ax[0, 1].axvline(q[k], color="C3", lw=0.6)

@@ -297,7 +297,10 @@ def build_graph(ctx: stages.RunContext, zs=None, done: store.TaskState | None = 
         integ = [dask.delayed(stages.integrate_block, pure=False)(b, ctx, dask_key_name=(b.key[0] + sfx,) + b.key[1:])
                  for b in blocks]
         out["decode-integrate"] += integ
-        if done is not None and not integ and np.isfinite(done.center[z]):
+        # a resumed slice reuses its stored centre, unless its preparation also needs the slice's
+        # jitter shifts or stripe columns (found with the centre, not stored)
+        reuse = not (wf.sinogram.jitter or wf.sinogram.stripes)
+        if done is not None and not integ and reuse and np.isfinite(done.center[z]):
             center = float(done.center[z])
         else:
             center = dask.delayed(stages.find_center, pure=False)(z, ctx, *integ, dask_key_name=("sinogram" + sfx, z))

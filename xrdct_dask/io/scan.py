@@ -1,7 +1,10 @@
 """Scan geometry: which acquired frame sits at grid point (z, omega, x), and its monitor.
 
 Frames are numbered in acquisition order from 0.  The fast axis (x or omega) runs innermost; in
-snake order it reverses on every odd line, lines being counted over the whole scan.  A scan file
+snake order it reverses on every odd line, lines being counted over the whole scan.  In
+interlaced order (fast axis x) the omega lines of each slice are visited in ``passes``
+interleaved passes, pass p taking iomega = p, p + passes, p + 2 passes, ... (each pass a coarse
+tomogram of the whole angular range, as in interlaced XRD-CT), and x snakes.  A scan file
 (CSV with ``index,iz,iomega,ix`` columns, as written by the acquisition) overrides the
 arithmetic, which handles frames recorded out of order or scan points skipped.
 """
@@ -13,10 +16,32 @@ from pathlib import Path
 import numpy as np
 
 
-def acquisition_order(nz: int, nomega: int, nx: int, fast_axis: str = "x", order: str = "snake") -> np.ndarray:
+ORDERS = ("raster", "snake", "interlaced")
+INTERLACE_PASSES = 2  # default number of interleaved omega passes of an interlaced scan
+
+
+def interlaced_lines(nomega: int, passes: int = INTERLACE_PASSES) -> np.ndarray:
+    """The omega indices in the order an interlaced scan visits them: ``(nomega,)`` permutation."""
+    if not 1 <= passes <= nomega:
+        raise ValueError(f"an interlaced scan needs 1 <= passes <= nomega = {nomega}, got {passes}")
+    return np.concatenate([np.arange(p, nomega, passes) for p in range(passes)])
+
+
+def _check_order(fast_axis: str, order: str) -> None:
+    if fast_axis not in ("x", "omega") or order not in ORDERS:
+        raise ValueError(f"fast_axis must be x|omega and order one of {'|'.join(ORDERS)}, got {fast_axis!r}, {order!r}")
+    if order == "interlaced" and fast_axis != "x":
+        raise ValueError("an interlaced scan interleaves omega lines: it needs fast_axis x")
+
+
+def acquisition_order(nz: int, nomega: int, nx: int, fast_axis: str = "x", order: str = "snake",
+                      passes: int = INTERLACE_PASSES) -> np.ndarray:
     """Grid indices of each acquired frame: ``(nframes, 3)`` rows ``(iz, iomega, ix)``."""
-    if fast_axis not in ("x", "omega") or order not in ("raster", "snake"):
-        raise ValueError(f"fast_axis must be x|omega and order raster|snake, got {fast_axis!r}, {order!r}")
+    _check_order(fast_axis, order)
+    if order == "interlaced":
+        iz, k, ix = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(nomega), np.arange(nx), indexing="ij"))
+        ix = np.where((iz * nomega + k) % 2 == 1, nx - 1 - ix, ix)
+        return np.stack([iz, interlaced_lines(nomega, passes)[k], ix], axis=1)
     nslow, nfast = (nomega, nx) if fast_axis == "x" else (nx, nomega)
     iz, islow, ifast = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(nslow), np.arange(nfast),
                                                        indexing="ij"))
@@ -26,9 +51,16 @@ def acquisition_order(nz: int, nomega: int, nx: int, fast_axis: str = "x", order
     return np.stack([iz, iomega, ix], axis=1)
 
 
-def grid_index(iz, iomega, ix, nomega: int, nx: int, fast_axis: str = "x", order: str = "snake"):
+def grid_index(iz, iomega, ix, nomega: int, nx: int, fast_axis: str = "x", order: str = "snake",
+               passes: int = INTERLACE_PASSES):
     """Acquisition index of grid points (broadcasting arrays), the inverse of :func:`acquisition_order`."""
+    _check_order(fast_axis, order)
     iz, iomega, ix = (np.asarray(a, dtype=np.int64) for a in (iz, iomega, ix))
+    if order == "interlaced":  # the line number of omega step iomega within its slice
+        visit = np.empty(nomega, np.int64)
+        visit[interlaced_lines(nomega, passes)] = np.arange(nomega)
+        iomega = visit[iomega]
+        order = "snake"
     if fast_axis == "x":
         line, fast, nfast = iz * nomega + iomega, ix, nx
     else:
