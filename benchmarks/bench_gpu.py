@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--anchor-frames", type=int, default=64)
     ap.add_argument("--e2e-frames", type=int, default=4096)
     ap.add_argument("--graph-frames", type=int, default=20000)
+    ap.add_argument("--workers-per-gpu", type=int, default=None, help="override compute.workers_per_gpu")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--skip", default="", help="comma list of sections to skip")
     ap.add_argument("--json", type=Path, default=None)
@@ -274,7 +275,8 @@ def main() -> int:
             "inputs.frames": str(gdir / "frames" / "frame_{index:06d}.cbf"), "inputs.monitor": None,
             "inputs.scan_file": None, "scan.nz": 1, "scan.nomega": nomega, "scan.nx": nxg,
             "store.path": str(gdir / "run.zarr"), "store.overwrite": True, "store.omega_chunk": 16,
-            "integrate.npt_rad": args.npt, "integrate.engine": "cupy", "pdf.enabled": False})
+            "integrate.npt_rad": args.npt, "integrate.engine": "cupy", "pdf.enabled": False,
+            **({"compute.workers_per_gpu": args.workers_per_gpu} if args.workers_per_gpu else {})})
         ai_chk, _ = wfm.check_inputs(wf)
         ctx = wfm.prepare_store(wf, ai_chk)
         graph = wfm.build_graph(ctx)
