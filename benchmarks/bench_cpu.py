@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--npt", type=int, default=2000)
+    ap.add_argument("--omega-chunk", type=int, default=4, help="omega rows per task (x 25 frames)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -107,7 +108,7 @@ def main() -> int:
 
     wf = load_workflow(scan.workflow, {"store.path": str(work / "run.zarr"), "store.overwrite": True,
                                         "integrate.npt_rad": args.npt, "pdf.enabled": False,
-                                        "store.omega_chunk": 1})
+                                        "store.omega_chunk": args.omega_chunk})
     ai_chk, _ = wfm.check_inputs(wf)
     ctx = wfm.prepare_store(wf, ai_chk)
     graph = wfm.build_graph(ctx)

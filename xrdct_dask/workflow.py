@@ -366,6 +366,7 @@ class IntegratorPlugin(_worker_plugin_base()):
 
     def setup(self, worker):
         integ = stages.integrator_for(self.workflow)
+        integ.warm_up()  # JIT-compiled / cached kernels loaded now, not in the first task
         if hasattr(integ._impl, "warm"):  # GPU: device buffers before the first task
             first = self.workflow.frame_path(0)
             size = first.stat().st_size if first.exists() else 4 * integ.plan.npix

@@ -170,6 +170,15 @@ class Integrator:
         sigma[bad] = np.nan
         return Integrated(self.radial, intensity, sigma), to_host(status)
 
+    def warm_up(self) -> None:
+        """Run the engine once on a blank compressed frame: numba loads (or compiles) its kernels,
+        a GPU compiles its modules, before any timed or real work."""
+        import fabio.compression
+
+        blank = bytes(fabio.compression.compByteOffset(np.zeros(self.plan.npix, dtype=np.int64)))
+        self.integrate_payloads([blank])
+        list(self.integrate_batches([([blank], None)]))
+
     def integrate_batches(self, batches, packed: bool = False):
         """Integrate an iterable of ``(payloads, monitor)`` batches; yields ``(intensity, sigma,
         status)`` host arrays per batch, in order.  The GPU engine pipelines the batches (upload of
