@@ -41,7 +41,7 @@ class DecoderTests:
     """Subclass and implement ``decode(payloads, npix) -> (list of int32 arrays, status array)``."""
 
     def decode(self, payloads: list[bytes], npix: list[int]):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define decode(payloads, npix): it runs one decoder")
 
     @pytest.mark.parametrize("case", list(CASES))
     def test_format_cases_match_fabio(self, case):
