@@ -40,10 +40,8 @@ def prepared_sinogram(path: str | Path, z: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def write_summary(path: str | Path, z: int | None = None, out: str | Path | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure draws with Agg without touching pyplot's backend (inline plots in Jupyter stay)
+    from matplotlib.figure import Figure
 
     path = Path(path)
     q = store.open_array(path, "q", "r")[:]
@@ -57,7 +55,8 @@ def write_summary(path: str | Path, z: int | None = None, out: str | Path | None
     peaks = strongest_peaks(mean, 3)
     has_pdf = (path / store.PDF).exists() and attrs.get("stage_status", {}).get(store.PDF) == "done"
     rows = 3 if has_pdf else 2
-    fig, ax = plt.subplots(rows, 3, figsize=(13, 3.6 * rows))
+    fig = Figure(figsize=(13, 3.6 * rows))
+    ax = fig.subplots(rows, 3)
     _, prepared, prep = prepared_sinogram(path, z)
     gap = np.full((total.shape[0], 1), np.nan)
     finite = np.isfinite(total)
@@ -99,5 +98,4 @@ def write_summary(path: str | Path, z: int | None = None, out: str | Path | None
     fig.tight_layout()
     out = Path(out) if out else path.parent / "summary.png"
     fig.savefig(out, dpi=90)
-    plt.close(fig)
     return out
