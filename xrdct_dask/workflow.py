@@ -387,7 +387,7 @@ def gpu_count() -> int:
     return int(cp.cuda.runtime.getDeviceCount()) if gpu_available() else 0
 
 
-def local_cluster(wf: Workflow):
+def local_cluster(wf: Workflow, gpus: list[int] | None = None):
     """A cluster on this machine for one run.
 
     Without GPUs (or with ``integrate.engine: numpy``): a LocalCluster of single-threaded workers.
@@ -395,7 +395,7 @@ def local_cluster(wf: Workflow):
     GPU, resource ``GPU=1``, two threads so that one task reads and writes while another holds the
     GPU pipeline; several processes because reading and parsing frames is Python work under one
     GIL per process) plus CPU workers (resource ``CPU=1``) on the remaining cores for sinograms,
-    reconstruction and PDF.
+    reconstruction and PDF.  ``gpus``: the device numbers to use (default: all of them).
     """
     import os
 
@@ -403,14 +403,16 @@ def local_cluster(wf: Workflow):
 
     c = wf.compute
     ncores = os.cpu_count() or 1
-    ngpu = gpu_count() if wf.integrate.engine in ("auto", "cupy") else 0
+    if gpus is None:
+        gpus = list(range(gpu_count())) if wf.integrate.engine in ("auto", "cupy") else []
+    ngpu = len(gpus)
     if ngpu == 0:
         nworkers = c.n_workers or max(1, ncores // c.threads_per_worker)
         return LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
                             dashboard_address=c.dashboard_address, host="127.0.0.1")
     workers = {f"gpu-{i}-{k}": {"cls": Nanny, "options": {
         "nthreads": 2, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}, "host": "127.0.0.1",
-        "memory_limit": c.memory_limit}} for i in range(ngpu) for k in range(c.workers_per_gpu)}
+        "memory_limit": c.memory_limit}} for i in gpus for k in range(c.workers_per_gpu)}
     ncpu = c.n_workers or max(1, (ncores - 2 * ngpu * c.workers_per_gpu) // c.threads_per_worker)
     workers |= {f"cpu-{k}": {"cls": Nanny, "options": {
         "nthreads": c.threads_per_worker, "resources": {"CPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ""},
