@@ -118,7 +118,6 @@ class Store(_Section):
 class Sinogram(_Section):
     """Sinogram preparation (xrdct_dask.sinogram.prepare_sinogram): every correction switchable."""
 
-    normalize_monitor: bool = True
     center: float | Literal["auto"] = Field("auto", description="rotation axis in pixels from the first x, or auto")
     fill_bad: bool = Field(True, description="fill frames flagged bad from their neighbours (else: zeros)")
     zingers: bool = Field(True, description="replace isolated spikes (one frame, one q bin) by their 3x3 median")
