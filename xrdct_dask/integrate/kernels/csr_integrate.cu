@@ -242,3 +242,79 @@ extern "C" __global__ void csr_clip_f32(const float* data, const int* indices, c
     clip_impl<float>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, azimuthal, thres,
                      cycles, out);
 }
+
+
+// Frame-major variant (no transpose): one warp per (bin q, group of G frames); the lanes walk the
+// row's entries 32 at a time (consecutive entries of a row are neighbouring pixels, so for each
+// frame the 32 lanes read one or two lines), each lane keeps G frames' sums, and a warp shuffle
+// reduces them at the end of the row.  Pixels invalid in one frame only (raw < 0) are rare: their
+// shares go to out[2..5] with atomics.  ``out`` (6, nframes, nbins) must be zeroed before.
+#ifndef GROUP
+#define GROUP 16
+#endif
+
+template <typename T>
+__device__ void rows_impl(const float* __restrict__ data, const int* __restrict__ indices,
+                          const int* __restrict__ indptr, int nbins, const T* __restrict__ frames,
+                          long long npix, int nframes, const float* __restrict__ norm,
+                          const float* __restrict__ dark, int has_dark, int do_var, double* __restrict__ out) {
+    long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    int ngroups = (nframes + GROUP - 1) / GROUP;
+    long long q = warp / ngroups;
+    int f0 = (int)(warp % ngroups) * GROUP;
+    if (q >= nbins) return;
+    size_t st = (size_t)nframes * nbins;
+    double s[GROUP], v[GROUP];
+#pragma unroll
+    for (int k = 0; k < GROUP; ++k) { s[k] = 0.0; v[k] = 0.0; }
+    int j1 = indptr[q + 1];
+    for (int j = indptr[q] + lane; j < j1; j += 32) {
+        int col = indices[j];
+        double c = (double)data[j];
+        T rs[GROUP];
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k)
+            rs[k] = (f0 + k < nframes) ? frames[(long long)(f0 + k) * npix + col] : (T)0;
+#pragma unroll
+        for (int k = 0; k < GROUP; ++k) {
+            if (valid(rs[k])) {
+                double rd = (double)rs[k];
+                s[k] += c * rd;
+                if (do_var) v[k] += c * c * (rd > 1.0 ? rd : 1.0);
+            } else if (f0 + k < nframes) {
+                double n = (double)norm[col];
+                size_t o = (size_t)(f0 + k) * nbins + q;
+                atomicAdd(out + 2 * st + o, c);
+                atomicAdd(out + 3 * st + o, c * n);
+                atomicAdd(out + 4 * st + o, c * c * n * n);
+                if (has_dark) atomicAdd(out + 5 * st + o, c * (double)dark[col]);
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < GROUP; ++k) {
+        double a = s[k], b = v[k];
+        for (int d = 16; d > 0; d >>= 1) {
+            a += __shfl_down_sync(0xffffffffu, a, d);
+            b += __shfl_down_sync(0xffffffffu, b, d);
+        }
+        if (lane == 0 && f0 + k < nframes) {
+            size_t o = (size_t)(f0 + k) * nbins + q;
+            out[o] = a;
+            out[st + o] = b;
+        }
+    }
+}
+
+extern "C" __global__ void csr_rows_i32(const float* data, const int* indices, const int* indptr, int nbins,
+                                        const int* frames, long long npix, int nframes, const float* norm,
+                                        const float* dark, int has_dark, int do_var, double* out) {
+    rows_impl<int>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
+}
+
+extern "C" __global__ void csr_rows_f32(const float* data, const int* indices, const int* indptr, int nbins,
+                                        const float* frames, long long npix, int nframes, const float* norm,
+                                        const float* dark, int has_dark, int do_var, double* out) {
+    rows_impl<float>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
+}
