@@ -18,9 +18,7 @@ import numpy as np
 from ..backend import cp
 
 _ROWS = 4  # bins per block (blockDim.y); blockDim.x = 32 lanes
-FPT = 2  # frames per lane in the pixel-major Poisson kernel: a block column covers 32 * FPT frames
-GROUP = 16  # frames per warp in the frame-major ("rows") Poisson kernel
-POISSON_KERNEL = "rows"
+FPT = 2  # frames per lane in the Poisson kernel: a block column covers 32 * FPT frames
 
 
 def _module():
@@ -30,7 +28,7 @@ def _module():
 @functools.cache
 def _compiled(fpt: int):
     return cp.RawModule(code=(Path(__file__).parent / "kernels" / "csr_integrate.cu").read_text(),
-                        options=(f"-DFPT={fpt}", f"-DGROUP={GROUP}"))
+                        options=(f"-DFPT={fpt}",))
 
 
 class _Slot:
@@ -117,11 +115,7 @@ class CupyEngine:
         m = _module()
         self.fpt = FPT
         self._k = {name: m.get_function(name) for name in
-                   ("csr_poisson_i32", "csr_poisson_f32", "csr_clip_i32", "csr_clip_f32", "transpose32",
-                    "csr_rows_i32", "csr_rows_f32")}
-        # Poisson path: "rows" reads frame-major frames directly (lanes over a row's entries);
-        # "pixel-major" transposes first (one thread per frame).  See benchmarks/profile_gpu.py.
-        self.poisson_kernel = POISSON_KERNEL
+                   ("csr_poisson_i32", "csr_poisson_f32", "csr_clip_i32", "csr_clip_f32", "transpose32")}
         self.decoder = GpuDecoder()
         self._slots = [_Slot(plan.npix, plan.nbins) for _ in range(2)]
         self._arenas: dict[int, list] = {}
@@ -165,23 +159,10 @@ class CupyEngine:
         with stream:
             d_mon = (monitor if isinstance(monitor, cp.ndarray) else cp.asarray(np.asarray(monitor, np.float64)))[:, None]
         with stream:
-            poisson = self.outlier == "none" and self.error_model in ("poisson", "none")
-            if poisson and self.poisson_kernel == "rows":
-                d_frames = cp.ascontiguousarray(d_frames)
-                out = self._buf(("r", n, id(stream)), (6, n, nb))
-                out.fill(0)
-                warps = nb * ((n + GROUP - 1) // GROUP)
-                self._k[f"csr_rows_{kind}"](((warps * 32 + 255) // 256,), (256,), (
-                    self.d_data, self.d_indices, self.d_indptr, np.int32(nb), d_frames, np.int64(d_frames.shape[1]),
-                    np.int32(n), self.d_norm, self.d_dark, np.int32(self.has_dark),
-                    np.int32(self.error_model != "none"), out))
-                st = self.d_static
-                return Sums(signal=out[0] - (st[3] - out[5]), variance=out[1], normalization=(st[1] - out[3]) * d_mon,
-                            count=st[0] - out[2], norm_sq=(st[2] - out[4]) * d_mon * d_mon)
             pix_major = self._pixel_major(cp.ascontiguousarray(d_frames), stream)
             common = (self.d_data, self.d_indices, self.d_indptr, np.int32(nb), pix_major, np.int64(d_frames.shape[1]),
                       np.int32(n), self.d_norm, self.d_dark, np.int32(self.has_dark))
-            if poisson:
+            if self.outlier == "none" and self.error_model in ("poisson", "none"):
                 out = self._buf(("p", n, id(stream)), (6, n, nb))
                 pgrid = (grid[0], (n + 32 * self.fpt - 1) // (32 * self.fpt))
                 self._k[f"csr_poisson_{kind}"](pgrid, block, common + (np.int32(self.error_model != "none"), out))
