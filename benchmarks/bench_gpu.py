@@ -260,47 +260,18 @@ def main() -> int:
 
     # ---------------------------------------------------------------- dask graph into zarr
     if "graph" not in skip:
-        from xrdct_dask import workflow as wfm
-        from xrdct_dask.config import load_workflow
+        from _graph import graph_rate, link_frames
 
-        nxg = 100
-        nomega = max(1, args.graph_frames // nxg)
+        nomega = max(1, args.graph_frames // 100)
         gdir = work / "graph"
-        (gdir / "frames").mkdir(parents=True, exist_ok=True)
-        for i in range(nomega * nxg):  # hard links: the distinct frames' bytes stay in page cache
-            dst = gdir / "frames" / f"frame_{i:06d}.cbf"
-            if not dst.exists():
-                os.link(paths[i % nd], dst)
-        wf = load_workflow(scan.workflow, {
-            "inputs.frames": str(gdir / "frames" / "frame_{index:06d}.cbf"), "inputs.monitor": None,
-            "inputs.scan_file": None, "scan.nz": 1, "scan.nomega": nomega, "scan.nx": nxg,
-            "store.path": str(gdir / "run.zarr"), "store.overwrite": True, "store.omega_chunk": 16,
-            "integrate.npt_rad": args.npt, "integrate.engine": "cupy", "pdf.enabled": False,
-            **({"compute.workers_per_gpu": args.workers_per_gpu} if args.workers_per_gpu else {})})
-        ai_chk, _ = wfm.check_inputs(wf)
-        ctx = wfm.prepare_store(wf, ai_chk)
-        graph = wfm.build_graph(ctx)
-        from distributed import Client
-
-        cluster = wfm.local_cluster(wf)
-        with Client(cluster) as client:
-            client.register_plugin(wfm.IntegratorPlugin(wf))
-            client.run(lambda: None)
-            t = time.perf_counter()
-            res = wfm.compute_with_progress(client, {"decode-integrate": graph["decode-integrate"]}, progress=False)
-            dt = time.perf_counter() - t
-        cluster.close()
-        frames_done = sum(r["frames"] for r in res["decode-integrate"])
-        tasks = res["decode-integrate"]
-        out["graph_task_seconds"] = {k: round(sum(r[k] for r in tasks), 3) for k in
-                                     ("seconds", "seconds_setup", "seconds_engine", "seconds_write")}
-        out["graph_wall_seconds"] = dt
-        out["graph_tasks"] = len(tasks)
-        out |= {"graph_frames": frames_done, "graph_fps": frames_done / dt,
-                "graph_engines": sorted({r["engine"] for r in res["decode-integrate"]})}
+        link_frames(paths, gdir / "frames", nomega * 100)
+        g = graph_rate(scan, gdir / "frames", nomega * 100, args.npt, gdir / "run.zarr",
+                       workers_per_gpu=args.workers_per_gpu)
+        out |= {"graph_frames": g["frames"], "graph_fps": g["frames_per_s"], "graph_engines": g["engines"],
+                "graph_task_seconds": g["task_seconds"], "graph_wall_seconds": g["seconds"], "graph_tasks": g["tasks"]}
         if "end2end_fps" in out:
             out["graph_fraction_of_engine"] = out["graph_fps"] / out["end2end_fps"]
-        print(f"dask graph into zarr ({frames_done} frames, 1 GPU worker): {out['graph_fps']:,.0f} frames/s "
+        print(f"dask graph into zarr ({g['frames']} frames, 1 GPU): {out['graph_fps']:,.0f} frames/s "
               f"= {out.get('graph_fraction_of_engine', float('nan')):.0%} of the engine's end-to-end rate")
 
     print(json.dumps(out, indent=2))

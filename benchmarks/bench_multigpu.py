@@ -21,36 +21,6 @@ import time
 from pathlib import Path
 
 
-def rate_on(k: int, scan, frames_dir: Path, nframes: int, npt: int, work: Path) -> dict:
-    """Frames/s of the decode-integrate stage with the first ``k`` GPUs."""
-    from distributed import Client
-
-    from xrdct_dask import workflow as wfm
-    from xrdct_dask.config import load_workflow
-
-    nx = 100
-    wf = load_workflow(scan.workflow, {
-        "inputs.frames": str(frames_dir / "frame_{index:06d}.cbf"), "inputs.monitor": None,
-        "inputs.scan_file": None, "scan.nz": 1, "scan.nomega": nframes // nx, "scan.nx": nx,
-        "store.path": str(work / f"run-{k}gpu.zarr"), "store.overwrite": True, "store.omega_chunk": 16,
-        "integrate.npt_rad": npt, "integrate.engine": "cupy", "pdf.enabled": False})
-    ai, _ = wfm.check_inputs(wf)
-    ctx = wfm.prepare_store(wf, ai, overwrite=True)
-    graph = wfm.build_graph(ctx)
-    cluster = wfm.local_cluster(wf, gpus=list(range(k)))
-    try:
-        with Client(cluster) as client:
-            client.register_plugin(wfm.IntegratorPlugin(wf))
-            t = time.perf_counter()
-            res = wfm.compute_with_progress(client, {"decode-integrate": graph["decode-integrate"]}, progress=False)
-            dt = time.perf_counter() - t
-    finally:
-        cluster.close()
-    frames = sum(r["frames"] for r in res["decode-integrate"])
-    workers = sorted({r.get("worker") for r in res["decode-integrate"]})
-    return {"gpus": k, "frames": frames, "seconds": dt, "frames_per_s": frames / dt, "workers_used": len(workers)}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames-per-gpu", type=int, default=200_000, help="frames per GPU (>= 60 s of work each)")
@@ -60,6 +30,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import cupy as cp
+
+    from _graph import graph_rate, link_frames
 
     from xrdct_dask.testing.synthetic import simulate_scan
 
@@ -72,13 +44,9 @@ def main() -> int:
     results = []
     for k in sorted({1, ngpu}):
         n = args.frames_per_gpu * k // 100 * 100
-        frames_dir = work / f"frames-{n}"
-        frames_dir.mkdir(exist_ok=True)
-        for i in range(n):  # hard links: the distinct frames' bytes stay in the page cache
-            dst = frames_dir / f"frame_{i:06d}.cbf"
-            if not dst.exists():
-                os.link(distinct[i % len(distinct)], dst)
-        results.append(rate_on(k, scan, frames_dir, n, args.npt, work))
+        frames_dir = link_frames(distinct, work / f"frames-{n}", n)
+        results.append({"gpus": k, **graph_rate(scan, frames_dir, n, args.npt, work / f"run-{k}gpu.zarr",
+                                                gpus=list(range(k)))})
         print(f"{k} GPU(s): {results[-1]['frames']} frames in {results[-1]['seconds']:.1f} s = "
               f"{results[-1]['frames_per_s']:,.0f} frames/s")
     one = results[0]["frames_per_s"]

@@ -34,6 +34,19 @@ def _geometry(sino, omega_deg, center):
     return np.cos(theta), np.sin(theta), axis, nx
 
 
+def _setup(sino, omega_deg, center, iterations):
+    """Common start of the iterative solvers: ``(xp, squeeze, b float32 (nomega, nd, nq), cos, sin,
+    axis, n)``; a 2D sinogram is one q bin."""
+    xp = get_array_module(sino)
+    squeeze = sino.ndim == 2
+    if squeeze:
+        sino = sino[..., None]
+    cos_t, sin_t, axis, n = _geometry(sino, omega_deg, center)
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    return xp, squeeze, xp.ascontiguousarray(sino, dtype=xp.float32), cos_t, sin_t, axis, n
+
+
 def _sum_yx(a, xp):
     """Sum over the first two axes in float64: one number per q bin, shape (nq,)."""
     return xp.sum(a, axis=(0, 1), dtype=xp.float64)
@@ -47,14 +60,7 @@ def sirt(sino, omega_deg, center: float | None = None, iterations: int = 100, *,
     pixels from the first x (default ``nx // 2``, iradon's).  Returns the image (nx, nx, nq) float32
     in the units of FBP's (a line integral of 1 over one pixel is a voxel value of 1).
     """
-    xp = get_array_module(sino)
-    squeeze = sino.ndim == 2
-    if squeeze:
-        sino = sino[..., None]
-    cos_t, sin_t, axis, n = _geometry(sino, omega_deg, center)
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    b = xp.ascontiguousarray(sino, dtype=xp.float32)
+    xp, squeeze, b, cos_t, sin_t, axis, n = _setup(sino, omega_deg, center, iterations)
     nomega, nd, nq = b.shape
     kw = {"threads": threads}
     row = project(xp.ones((n, n, 1), xp.float32), cos_t, sin_t, axis, nd, **kw)  # (nomega, nd, 1): ray lengths
@@ -76,14 +82,7 @@ def sirt(sino, omega_deg, center: float | None = None, iterations: int = 100, *,
 def cgls(sino, omega_deg, center: float | None = None, iterations: int = 20, *, nonneg: bool = False,
          threads: int | None = None):
     """CGLS of every q bin of a sinogram block (shapes and units as :func:`sirt`)."""
-    xp = get_array_module(sino)
-    squeeze = sino.ndim == 2
-    if squeeze:
-        sino = sino[..., None]
-    cos_t, sin_t, axis, n = _geometry(sino, omega_deg, center)
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    b = xp.ascontiguousarray(sino, dtype=xp.float32)
+    xp, squeeze, b, cos_t, sin_t, axis, n = _setup(sino, omega_deg, center, iterations)
     nd = b.shape[1]
     kw = {"threads": threads}
     x = xp.zeros((n, n, b.shape[2]), xp.float32)
