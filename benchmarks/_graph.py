@@ -20,7 +20,7 @@ def link_frames(distinct: list[Path], frames_dir: Path, n: int) -> Path:
 
 
 def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path, *, gpus: list[int] | None = None,
-               workers_per_gpu: int | None = None, nx: int = 100) -> dict:
+               workers_per_gpu: int | None = None, nx: int = 100, omega_chunk: int = 16) -> dict:
     """Frames/s of the decode-integrate stage (cupy engine) for a 1 x nframes/nx x nx scan of the
     frames in ``frames_dir``, on :func:`xrdct_dask.workflow.local_cluster` with ``gpus``."""
     from distributed import Client
@@ -31,7 +31,7 @@ def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path,
     wf = load_workflow(scan.workflow, {
         "inputs.frames": str(frames_dir / "frame_{index:06d}.cbf"), "inputs.monitor": None,
         "inputs.scan_file": None, "scan.nz": 1, "scan.nomega": nframes // nx, "scan.nx": nx,
-        "store.path": str(store_path), "store.overwrite": True, "store.omega_chunk": 16,
+        "store.path": str(store_path), "store.overwrite": True, "store.omega_chunk": omega_chunk,
         "integrate.npt_rad": npt, "integrate.engine": "cupy", "pdf.enabled": False,
         **({"compute.workers_per_gpu": workers_per_gpu} if workers_per_gpu else {})})
     ai, _ = wfm.check_inputs(wf)
@@ -41,13 +41,17 @@ def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path,
         with Client(cluster) as client:
             client.register_plugin(wfm.IntegratorPlugin(wf))
             t = time.perf_counter()
+            t_epoch = time.time()
             res = wfm.compute_with_progress(client, {"decode-integrate": graph["decode-integrate"]}, progress=False)
             dt = time.perf_counter() - t
     finally:
         cluster.close()
     tasks = res["decode-integrate"]
     frames = sum(r["frames"] for r in tasks)
-    return {"frames": frames, "seconds": dt, "frames_per_s": frames / dt, "tasks": len(tasks),
+    timeline = sorted((r.get("worker"), round(r["started"] - t_epoch, 3), round(r["finished"] - t_epoch, 3),
+                       r["frames"], round(r["seconds_setup"], 3), round(r["seconds_engine"], 3),
+                       round(r["seconds_write"], 3)) for r in tasks)
+    return {"frames": frames, "seconds": dt, "timeline": timeline, "frames_per_s": frames / dt, "tasks": len(tasks),
             "engines": sorted({r["engine"] for r in tasks}), "workers_used": len({r.get("worker") for r in tasks}),
             "task_seconds": {k: round(sum(r[k] for r in tasks), 3)
                              for k in ("seconds", "seconds_setup", "seconds_engine", "seconds_write")}}

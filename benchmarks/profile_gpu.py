@@ -70,15 +70,30 @@ def main():
     eng = integ._impl
     frames = d_out.reshape(n, npix)
     stream = cp.cuda.get_current_stream()
-    t_tr = timed(lambda: eng._pixel_major(frames, stream), reps)
     from xrdct_dask.integrate import _cupy
 
-    for fpt in ((_cupy.FPT,) if args.once else (1, 2, 4)):
-        _cupy.FPT = fpt
+    t_tr = timed(lambda: eng._pixel_major(frames, stream), reps)
+    ref = [x.get() for x in eng._sums_device(frames, np.ones(n))[:2]]
+
+    length = np.diff(eng.plan.csr_indptr)
+    print(f"{eng.plan.nnz / 1e6:.2f} M nnz in {length.size} rows: mean {length.mean():.0f}, max {length.max()} entries; "
+          f"transpose {t_tr * 1e3:.2f} ms per {n} frames")
+    variants = [(_cupy.FPT, _cupy.CHUNK_ENTRIES, ())] if args.once else [
+        (fpt, ch, d) for fpt in (2, 4) for ch in (256, 512, 1024) for d in ((), ("F64SUMS",))]
+    fpt0, ch0 = _cupy.FPT, _cupy.CHUNK_ENTRIES
+    for fpt, ch, defines in variants:
+        _cupy.FPT, _cupy.CHUNK_ENTRIES = fpt, ch
         e2 = _cupy.CupyEngine(eng.plan, integ)
+        if defines:
+            m = _cupy._compiled(fpt, *defines)
+            e2._k = {k: m.get_function(k) for k in e2._k}
+        got = e2._sums_device(frames, np.ones(n))
+        err = max(float(np.max(np.abs(g.get() - r) / np.maximum(np.abs(r), 1e-30))) for g, r in zip(got[:2], ref))
         t_all = timed(lambda: e2._sums_device(frames, np.ones(n)), reps)
-        print(f"FPT {fpt}: transpose {t_tr * 1e3:.2f} ms; transpose+integrate {t_all * 1e3:.2f} ms per {n} frames = "
-              f"{n / t_all:,.0f} frames/s ({eng.plan.nnz / 1e6:.1f} M nnz)")
+        print(f"FPT {fpt} chunk {min(ch, 99999):5d} {'+'.join(defines) or 'f32+f64':8s}: {e2.nchunks:6d} chunks; "
+              f"transpose+integrate {t_all * 1e3:.2f} ms per {n} frames = {n / t_all:,.0f} frames/s "
+              f"(kernels {(t_all - t_tr) * 1e3:.2f} ms); max rel diff vs default {err:.1e}")
+    _cupy.FPT, _cupy.CHUNK_ENTRIES = fpt0, ch0
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def test_read_frame_is_fabio_exact_and_errors_name_the_file(sim_scan, tmp_path):
 
 
 def test_read_into_pinned_locates_payloads_in_place(sim_scan, tmp_path):
-    """The GPU reader puts whole files in one arena and finds each payload inside its file image."""
+    """The GPU reader puts whole files in one arena and finds each payload inside its file image;
+    a file larger than the slots (sized from the first file) makes the batch be read again."""
     from xrdct_dask.io.gpu_decode import read_into_pinned
 
     good = [sim_scan.frame_path(i) for i in range(3)]
@@ -129,13 +130,76 @@ def test_read_into_pinned_locates_payloads_in_place(sim_scan, tmp_path):
     cut.write_bytes(raw[:-5000])
     junk = tmp_path / "junk.cbf"
     junk.write_bytes(b"\x00" * 100)
-    paths = good + [cut, junk, tmp_path / "missing.cbf", None]
-    arena, total, begin, end, shapes, md5s, errors = read_into_pinned(paths, lambda n: np.zeros(n, np.uint8))
-    assert total <= arena.size
-    for k, p in enumerate(good):
-        ref = read_cbf_payload(p)
-        assert errors[k] is None and tuple(shapes[k]) == ref.shape and md5s[k] == ref.md5
-        assert bytes(arena[begin[k]:end[k]]) == bytes(ref.data)
-    assert isinstance(errors[3], CorruptFrameError) and "truncated" in str(errors[3])
-    assert isinstance(errors[4], CorruptFrameError)
-    assert isinstance(errors[5], FileNotFoundError) and isinstance(errors[6], FileNotFoundError)
+    padded = tmp_path / "padded.cbf"  # whole, 3x larger than the first file: trailing padding after the boundary
+    padded.write_bytes(good[1].read_bytes() + b"\x00" * (2 * len(raw)))
+    paths = good + [cut, junk, tmp_path / "missing.cbf", None, padded]
+    for md5 in (False, True):
+        arena, total, begin, end, shapes, md5s, errors, slot = read_into_pinned(
+            paths, lambda n: np.zeros(n, np.uint8), md5=md5)
+        assert total <= arena.size and slot >= 3 * len(raw)
+        for k, p in list(enumerate(good)) + [(7, good[1])]:
+            ref = read_cbf_payload(p)
+            assert errors[k] is None and tuple(shapes[k]) == ref.shape and md5s[k] == (ref.md5 if md5 else None)
+            assert bytes(arena[begin[k]:end[k]]) == bytes(ref.data)
+        assert isinstance(errors[3], CorruptFrameError) and "truncated" in str(errors[3])
+        assert isinstance(errors[4], CorruptFrameError)
+        assert isinstance(errors[5], FileNotFoundError) and isinstance(errors[6], FileNotFoundError)
+
+
+def test_compiled_locate_agrees_with_locate_payload(sim_scan):
+    """The compiled fast path (io.locate) takes real and simulated files as they are, and on
+    thousands of mutated headers and tails it either gives what cbf.locate_payload gives or
+    declines (never accepts a file that locate_payload rejects, never a different answer)."""
+    from xrdct_dask.io.cbf import locate_payload
+    from xrdct_dask.io.locate import locate_batch
+
+    from .conftest import SHARED_DATA
+
+    real_frame_path = SHARED_DATA / "pilatus2m_l-cyst_00001.cbf"
+    real_frame_path = real_frame_path if real_frame_path.is_file() else None
+    images = [sim_scan.frame_path(0).read_bytes()]
+    if real_frame_path is not None:
+        images.append(real_frame_path.read_bytes())
+    rng = np.random.default_rng(11)
+    edits = [b"\r\n", b"\n", b" ", b";", b'"', b"0", b"9", b":", b"=", b"X", b"x", b"-", b"\x00", b"\t", b"\x0c\x1a\x04\xd5",
+             b"--CIF-BINARY-FORMAT-SECTION--", b"--CIF-BINARY-FORMAT-SECTION----", b"BYTE_OFFSET", b"32-bit"]
+    cases = []
+    for raw in images:
+        cases.append(raw)
+        head_end = raw.find(b"\x0c\x1a\x04\xd5") + 4
+        for _ in range(600):
+            b = bytearray(raw)
+            for _ in range(rng.integers(1, 4)):
+                region = rng.random()
+                if region < 0.7:  # the MIME header of the binary section
+                    i = int(rng.integers(max(0, head_end - 700), head_end))
+                elif region < 0.85:  # the tail: payload end, padding, closing boundary
+                    i = int(rng.integers(len(b) - 4200, len(b)))
+                else:  # cut the file
+                    del b[int(rng.integers(head_end, len(b))):]
+                    continue
+                e = edits[rng.integers(len(edits))]
+                if rng.random() < 0.5:
+                    b[i:i + len(e)] = e  # overwrite
+                else:
+                    b[i:i] = e  # insert
+            cases.append(bytes(b))
+    buf = np.frombuffer(b"".join(cases), np.uint8)
+    sizes = np.array([len(c) for c in cases])
+    bases = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    ok, begin, end, ny, nx = locate_batch(buf, bases, sizes)
+    assert ok[0] and (real_frame_path is None or ok[601])  # files as written take the fast path
+    declined = 0
+    for k, raw in enumerate(cases):
+        try:
+            off, nbytes, shape, _ = locate_payload(memoryview(raw))
+        except CorruptFrameError:
+            assert not ok[k], f"case {k}: fast path accepted a file locate_payload rejects"
+            continue
+        if ok[k]:
+            assert (begin[k] - bases[k], end[k] - begin[k], (ny[k], nx[k])) == (off, nbytes, shape), f"case {k}"
+        else:
+            declined += 1
+    rejected = len(cases) - ok.sum() - declined
+    print(f"{len(cases)} cases: fast path {ok.sum()}, declined {declined}, rejected {rejected}")
+    assert ok.sum() > len(cases) // 4 and rejected > len(cases) // 10  # both kinds of case are exercised

@@ -157,3 +157,23 @@ def test_single_frame_and_bad_frame_payload(small_ai, mask, sim_scan):
     assert status.tolist() == [0, 1]
     np.testing.assert_allclose(res.intensity[0], one.intensity, rtol=1e-6)
     assert np.isnan(res.intensity[1]).all()
+
+
+def test_row_chunks_cover_each_entry_once():
+    """The GPU kernel's load balancing: every CSR entry lies in exactly one chunk of its own row,
+    chunks hold at most `size` entries, and a row's chunks are contiguous and in order."""
+    from xrdct_dask.integrate._cupy import row_chunks
+
+    rng = np.random.default_rng(3)
+    length = rng.integers(0, 50, 200)
+    length[[0, 7, 199]] = 0  # empty rows, first and last included
+    indptr = np.concatenate([[0], np.cumsum(length)])
+    lo, hi, row_chunk = row_chunks(indptr, 16)
+    assert row_chunk[0] == 0 and row_chunk[-1] == lo.size
+    assert np.all(hi - lo <= 16) and np.all(hi > lo)
+    for q in range(length.size):
+        c0, c1 = row_chunk[q], row_chunk[q + 1]
+        assert c1 - c0 == -(-length[q] // 16)
+        if c1 > c0:
+            assert lo[c0] == indptr[q] and hi[c1 - 1] == indptr[q + 1]
+            np.testing.assert_array_equal(lo[c0 + 1:c1], hi[c0:c1 - 1])

@@ -139,47 +139,50 @@ def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pendin
     global _GPU_READ_POOL
     from .io.gpu_decode import read_into_pinned
 
-    if _GPU_READ_POOL is None:
+    if _GPU_READ_POOL is None:  # a few reader threads: more only queue on the GIL and the file system
         _GPU_READ_POOL = (ThreadPoolExecutor(4, thread_name_prefix="xrdct-batch"),
-                          ThreadPoolExecutor(8 * ctx.read_threads, thread_name_prefix="xrdct-read"))
+                          ThreadPoolExecutor(2 * ctx.read_threads, thread_name_prefix="xrdct-read"))
     batch_pool, file_pool = _GPU_READ_POOL
     eng = integ._impl
-    shape = integ.shape
-
-    owner = threading.get_ident()  # arenas belong to this task's thread, not to the reader threads
+    shape = np.asarray(integ.shape)
+    ring = eng.arena_ring()  # this task's pinned arenas, until its last batch has left them
+    slot = [0]  # file slot size in the arenas: from the first file, grown by read_into_pinned if needed
 
     def read(item):
         k, rows = item
         paths = [ctx.workflow.frame_path(int(flat_idx[r])) if flat_idx[r] >= 0 else None for r in rows]
-        return rows, read_into_pinned(paths, lambda nbytes: eng.pinned_arena(k, nbytes, owner), file_pool)
+        got = read_into_pinned(paths, lambda nbytes: eng.arena(ring, k, nbytes), file_pool, slot[0], ctx.check_md5)
+        slot[0] = max(slot[0], got[-1])
+        return rows, got
 
     def engine_batches():
-        for rows, (arena, _total, begin, end, shapes, md5s, errors) in prefetch(batch_pool, read, enumerate(batches), 2):
-            keep = []
-            for j, r in enumerate(rows):
-                err = errors[j]
-                if err is None and tuple(shapes[j]) != tuple(shape):
-                    status[r] = FrameStatus.WRONG_SHAPE
-                elif err is None:
-                    if ctx.check_md5:
-                        from .io.cbf import CbfPayload
+        for rows, (arena, _total, begin, end, shapes, md5s, errors, _slot) in prefetch(
+                batch_pool, read, enumerate(batches), 2):
+            failed = np.array([e is not None for e in errors])
+            for j in np.nonzero(failed)[0]:
+                status[rows[j]] = _status_of(errors[j])
+            wrong = ~failed & np.any(shapes != shape, axis=1)
+            status[rows[wrong]] = FrameStatus.WRONG_SHAPE
+            keep = ~failed & ~wrong
+            if ctx.check_md5:
+                from .io.cbf import CbfPayload
 
-                        if not CbfPayload(memoryview(arena)[begin[j]:end[j]], shape, md5s[j]).check_md5():
-                            status[r] = FrameStatus.BAD_CHECKSUM
-                            continue
-                    status[r] = FrameStatus.OK
-                    keep.append(j)
-                else:
-                    status[r] = _status_of(err)
-            if not keep:
+                for j in np.nonzero(keep)[0]:
+                    if not CbfPayload(memoryview(arena)[begin[j]:end[j]], tuple(shape), md5s[j]).check_md5():
+                        status[rows[j]] = FrameStatus.BAD_CHECKSUM
+                        keep[j] = False
+            status[rows[keep]] = FrameStatus.OK
+            if not keep.any():
                 continue
-            keep = np.asarray(keep)
             good = rows[keep]
             stats["bytes"] += int((end[keep] - begin[keep]).sum())
             pending.append(good)
             yield (arena, begin[keep], end[keep]), norm[good]
 
     yield from integ.integrate_batches(engine_batches(), packed=True)
+    # back to the pool only after a complete pass: after an error a read issued ahead may still be
+    # filling an arena, so that ring is dropped instead
+    eng.release_ring(ring)
 
 
 def _status_of(err: Exception) -> FrameStatus:
@@ -204,6 +207,7 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     from collections import deque
 
     t0 = time.perf_counter()
+    started = time.time()
     integ = integrator_for(ctx.workflow)
     idx = block_indices(ctx, block)
     nw, nx = idx.shape
@@ -263,7 +267,8 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     return {"stage": "decode-integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),
             "bytes": stats["bytes"], "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine,
             "seconds_setup": t_engine - t0, "seconds_engine": t_write - t_engine,
-            "seconds_write": time.perf_counter() - t_write, "worker": _worker_address()}
+            "seconds_write": time.perf_counter() - t_write, "worker": _worker_address(),
+            "started": started, "finished": time.time()}
 
 
 def _worker_address() -> str | None:

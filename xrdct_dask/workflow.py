@@ -370,7 +370,7 @@ class IntegratorPlugin(_worker_plugin_base()):
         if hasattr(integ._impl, "warm"):  # GPU: device buffers before the first task
             first = self.workflow.frame_path(0)
             size = first.stat().st_size if first.exists() else 4 * integ.plan.npix
-            integ._impl.warm(integ.batch_frames, int(size * 1.1) + 4096)
+            integ._impl.warm(integ.batch_frames, int(size * 1.1) + 4096, rings=int(getattr(worker.state, "nthreads", 2)))
         # distributed's worker logger: this line lands in the worker's own log (a batch job's .err file)
         logging.getLogger("distributed.worker").info(
             "xrdct: decode-integrate engine %s (resources %s)", integ.engine,

@@ -17,8 +17,27 @@ import numpy as np
 
 from ..backend import cp
 
-_ROWS = 4  # bins per block (blockDim.y); blockDim.x = 32 lanes
+_ROWS = 4  # bins (row chunks) per block (blockDim.y); blockDim.x = 32 lanes
 FPT = 2  # frames per lane in the Poisson kernel: a block column covers 32 * FPT frames
+CHUNK_ENTRIES = 1024  # matrix entries per row chunk of the Poisson kernel (rows hold 0..~2x the mean)
+GROUP = 256  # frames per Poisson launch: bounds its scratch of partial sums (6 x chunks x GROUP doubles)
+
+
+def row_chunks(indptr: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split the rows of a CSR matrix into chunks of at most ``size`` entries, evenly per row.
+
+    Returns int32 ``(lo, hi, row_chunk)``: chunk c covers entries ``lo[c]:hi[c]`` of one row; the
+    chunks of row q are ``row_chunk[q]:row_chunk[q + 1]`` (an empty row has none)."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    length = np.diff(indptr)
+    per = (length + size - 1) // size
+    row_chunk = np.zeros(length.size + 1, dtype=np.int64)
+    np.cumsum(per, out=row_chunk[1:])
+    rows = np.repeat(np.arange(length.size), per)
+    k = np.arange(rows.size) - row_chunk[rows]
+    lo = indptr[rows] + k * length[rows] // per[rows]
+    hi = indptr[rows] + (k + 1) * length[rows] // per[rows]
+    return lo.astype(np.int32), hi.astype(np.int32), row_chunk.astype(np.int32)
 
 
 def _module():
@@ -26,9 +45,9 @@ def _module():
 
 
 @functools.cache
-def _compiled(fpt: int):
+def _compiled(fpt: int, *defines: str):
     return cp.RawModule(code=(Path(__file__).parent / "kernels" / "csr_integrate.cu").read_text(),
-                        options=(f"-DFPT={fpt}",))
+                        options=(f"-DFPT={fpt}",) + tuple(f"-D{d}" for d in defines))
 
 
 class _Slot:
@@ -77,22 +96,37 @@ class CupyEngine:
     xp = cp
     RING = 4  # pinned read arenas: reads of batches k+1, k+2 while batches k-1, k are on the GPU
 
-    def warm(self, nframes: int, bytes_per_frame: int) -> None:
-        """Allocate the pipeline's device buffers up front (worker start-up, not a task)."""
+    def warm(self, nframes: int, bytes_per_frame: int, rings: int = 0) -> None:
+        """Allocate the pipeline's device buffers, and ``rings`` rings of pinned read arenas for
+        ``nframes`` files of ``bytes_per_frame``, up front (worker start-up, not a task: pinning
+        ~2 GB of host memory per ring takes a good part of a second)."""
         for slot in self._slots:
             slot.reserve(0, nframes)
             if slot.dev_in is None or slot.dev_in.size < nframes * bytes_per_frame:
                 slot.dev_in = cp.empty(int(nframes * bytes_per_frame * 1.25), dtype=cp.uint8)
+        new = [self.arena_ring() for _ in range(rings)]
+        for ring in new:
+            for k in range(self.RING):
+                self.arena(ring, k, nframes * bytes_per_frame)
+        for ring in new:
+            self.release_ring(ring)
 
-    def pinned_arena(self, k: int, nbytes: int, owner: int | None = None) -> np.ndarray:
-        """Page-locked buffer number ``k % RING`` of ``owner`` (a task's thread id, default the
-        caller's), at least ``nbytes``, kept and reused.  Each task has its own ring: two tasks
-        never share a buffer."""
+    def arena_ring(self) -> list:
+        """Check out a ring of ``RING`` page-locked read arenas for one task (give it back with
+        :meth:`release_ring`): two tasks never share a buffer, and arenas are reused across tasks."""
+        with self._arena_lock:  # not the pipeline lock: a task takes a ring while another holds that
+            return self._free_rings.pop() if self._free_rings else [None] * self.RING
+
+    def release_ring(self, ring: list) -> None:
+        with self._arena_lock:
+            self._free_rings.append(ring)
+
+    @staticmethod
+    def arena(ring: list, k: int, nbytes: int) -> np.ndarray:
+        """Arena ``k % len(ring)`` of a checked-out ring, grown to at least ``nbytes``."""
         from ..io.gpu_decode import pinned_empty
 
-        with self._arena_lock:  # not the pipeline lock: reader threads call this while a task holds that
-            ring = self._arenas.setdefault(owner or threading.get_ident(), [None] * self.RING)
-        i = k % self.RING
+        i = k % len(ring)
         a = ring[i]
         if a is None or a.size < nbytes:
             a = ring[i] = pinned_empty(int(nbytes * 1.25) + 4096)
@@ -112,13 +146,17 @@ class CupyEngine:
         self.has_dark = plan.dark is not None
         self.d_dark = cp.asarray(plan.dark) if self.has_dark else cp.zeros(1, cp.float32)
         self.d_static = cp.asarray(plan.static_sums)  # (4, nbins): c, c n, (c n)^2, c dark
+        lo, hi, row_chunk = row_chunks(plan.csr_indptr, CHUNK_ENTRIES)
+        self.nchunks = int(lo.size)
+        self.d_lo, self.d_hi, self.d_row_chunk = cp.asarray(lo), cp.asarray(hi), cp.asarray(row_chunk)
         m = _module()
         self.fpt = FPT
         self._k = {name: m.get_function(name) for name in
-                   ("csr_poisson_i32", "csr_poisson_f32", "csr_clip_i32", "csr_clip_f32", "transpose32")}
+                   ("csr_poisson_i32", "csr_poisson_f32", "csr_reduce", "csr_clip_i32", "csr_clip_f32",
+                                "transpose32")}
         self.decoder = GpuDecoder()
         self._slots = [_Slot(plan.npix, plan.nbins) for _ in range(2)]
-        self._arenas: dict[int, list] = {}
+        self._free_rings: list[list] = []
         self._arena_lock = threading.Lock()
         self._out = {}
         # one pipeline per engine: tasks on several threads of a worker take turns (reads still overlap)
@@ -160,15 +198,24 @@ class CupyEngine:
             d_mon = (monitor if isinstance(monitor, cp.ndarray) else cp.asarray(np.asarray(monitor, np.float64)))[:, None]
         with stream:
             pix_major = self._pixel_major(cp.ascontiguousarray(d_frames), stream)
-            common = (self.d_data, self.d_indices, self.d_indptr, np.int32(nb), pix_major, np.int64(d_frames.shape[1]),
-                      np.int32(n), self.d_norm, self.d_dark, np.int32(self.has_dark))
             if self.outlier == "none" and self.error_model in ("poisson", "none"):
                 out = self._buf(("p", n, id(stream)), (6, n, nb))
-                pgrid = (grid[0], (n + 32 * self.fpt - 1) // (32 * self.fpt))
-                self._k[f"csr_poisson_{kind}"](pgrid, block, common + (np.int32(self.error_model != "none"), out))
+                part = self._buf(("part", id(stream)), (6 * self.nchunks * GROUP,))
+                for g0 in range(0, n, GROUP):
+                    g = min(GROUP, n - g0)
+                    pgrid = ((self.nchunks + _ROWS - 1) // _ROWS, (g + 32 * self.fpt - 1) // (32 * self.fpt))
+                    self._k[f"csr_poisson_{kind}"](pgrid, block, (
+                        self.d_data, self.d_indices, self.d_lo, self.d_hi, np.int32(self.nchunks), pix_major[g0:],
+                        np.int64(n), np.int32(g), self.d_norm, self.d_dark, np.int32(self.has_dark),
+                        np.int32(self.error_model != "none"), part))
+                    self._k["csr_reduce"](((g + 31) // 32, (nb + 7) // 8), (32, 8), (
+                        part, self.d_row_chunk, np.int32(nb), np.int32(self.nchunks), np.int32(g), np.int32(g0),
+                        np.int32(n), out))
                 st = self.d_static
                 return Sums(signal=out[0] - (st[3] - out[5]), variance=out[1], normalization=(st[1] - out[3]) * d_mon,
                             count=st[0] - out[2], norm_sq=(st[2] - out[4]) * d_mon * d_mon)
+            common = (self.d_data, self.d_indices, self.d_indptr, np.int32(nb), pix_major, np.int64(d_frames.shape[1]),
+                      np.int32(n), self.d_norm, self.d_dark, np.int32(self.has_dark))
             cycles = self.options.max_iter if self.outlier == "sigma-clip" else 0
             out = self._buf(("c", n, id(stream)), (5, n, nb))
             self._k[f"csr_clip_{kind}"](grid, block, common + (np.int32(self.error_model == "azimuthal"),

@@ -139,54 +139,81 @@ def decode_payloads_gpu(payloads: Sequence, npix: Sequence[int], decoder: GpuDec
     return d_out, out_off, cp.asnumpy(status)
 
 
-def read_into_pinned(paths: Sequence, get_arena, pool=None):
+def read_into_pinned(paths: Sequence, get_arena, pool=None, slot_bytes: int = 0, md5: bool = False):
     """Read whole CBF files into one page-locked arena (no per-frame allocation, no copy).
 
+    Each file gets a slot of ``slot_bytes`` (default: 1.25 x the first file's size); a file that
+    does not fit makes the batch be read again with slots that fit it.  Per file the Python work
+    is one ``open``, one ``readv`` straight into the arena and one ``close`` (on the reader threads
+    of ``pool``); the payloads are then located in one compiled call for the whole batch
+    (:func:`~xrdct_dask.io.locate.locate_batch`), and only unusual files go through
+    :func:`~xrdct_dask.io.cbf.locate_payload` (which also gives each file's Content-MD5, so
+    ``md5=True`` sends every file there).
+
     ``get_arena(nbytes)`` returns a pinned uint8 array of at least ``nbytes``.  Returns
-    ``(arena, total_bytes, begin, end, shapes, md5s, errors)``: the payload of file k is
-    ``arena[begin[k]:end[k]]`` (inside the file image), ``errors[k]`` None or the exception met
-    (missing file, corrupt header, truncated payload).
+    ``(arena, total_bytes, begin, end, shapes, md5s, errors, slot_bytes)``: the payload of file k
+    is ``arena[begin[k]:end[k]]``, ``shapes`` int64 ``(n, 2)``, ``md5s[k]`` None unless asked,
+    ``errors[k]`` None or the exception met (missing file, corrupt header, truncated payload).
     """
     import os
 
     from .cbf import CorruptFrameError, locate_payload
+    from .locate import locate_batch
 
     n = len(paths)
-    sizes = np.zeros(n, dtype=np.int64)
-    errors: list = [None] * n
-    for k, p in enumerate(paths):
-        if p is None:
-            errors[k] = FileNotFoundError("no frame recorded at this scan point")
-            continue
-        try:
-            sizes[k] = os.stat(p).st_size
-        except OSError as err:
-            errors[k] = FileNotFoundError(f"{p}: frame file not found") if isinstance(err, FileNotFoundError) else err
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum((sizes + 15) // 16 * 16, out=offsets[1:])
-    arena = get_arena(int(offsets[-1]))
-    begin = np.zeros(n, dtype=np.int64)
-    end = np.zeros(n, dtype=np.int64)
-    shapes = [None] * n
-    md5s = [None] * n
+    if slot_bytes <= 0:
+        first = next((p for p in paths if p is not None and os.path.exists(p)), None)
+        slot_bytes = int(os.stat(first).st_size * 1.25) if first is not None else 4096
+    slot = (int(slot_bytes) + 4095) // 4096 * 4096
+    arena = get_arena(n * slot)
     mv = memoryview(arena)
+    sizes = np.full(n, -1, dtype=np.int64)
+    bigger = np.zeros(n, dtype=np.int64)  # sizes of files that did not fit their slot
+    errors: list = [None] * n
 
     def read(k):
-        if errors[k] is not None:
+        if paths[k] is None:
+            errors[k] = FileNotFoundError("no frame recorded at this scan point")
             return
         try:
-            with open(paths[k], "rb", buffering=0) as fh:
-                got = fh.readinto(mv[offsets[k]:offsets[k] + sizes[k]])
-            region = mv[offsets[k]:offsets[k] + got]
-            off, nbytes, shape, md5 = locate_payload(region, str(paths[k]))
-            begin[k], end[k] = offsets[k] + off, offsets[k] + off + nbytes
-            shapes[k], md5s[k] = shape, md5
-        except (OSError, CorruptFrameError) as err:
+            fd = os.open(paths[k], os.O_RDONLY)
+        except FileNotFoundError:
+            errors[k] = FileNotFoundError(f"{paths[k]}: frame file not found")
+            return
+        except OSError as err:
             errors[k] = err
+            return
+        try:
+            got = os.readv(fd, [mv[k * slot:(k + 1) * slot]])
+            if got == slot:
+                full = os.fstat(fd).st_size
+                if full > slot:
+                    bigger[k] = full
+            sizes[k] = got
+        except OSError as err:
+            errors[k] = err
+        finally:
+            os.close(fd)
 
     if pool is not None:
         list(pool.map(read, range(n)))
     else:
         for k in range(n):
             read(k)
-    return arena, int(offsets[-1]), begin, end, shapes, md5s, errors
+    if bigger.any():  # rare: a frame much larger than the first one; read the batch again
+        return read_into_pinned(paths, get_arena, pool, int(bigger.max() * 1.25), md5)
+    bases = np.arange(n, dtype=np.int64) * slot
+    ok, begin, end, ny, nx = locate_batch(arena, bases, sizes)
+    shapes = np.stack([ny, nx], axis=1)
+    md5s = [None] * n
+    for k in np.nonzero(~ok | md5)[0]:
+        if errors[k] is not None:
+            continue
+        try:
+            off, nbytes, shape, md5s[k] = locate_payload(mv[bases[k]:bases[k] + sizes[k]], str(paths[k]))
+            begin[k], end[k] = bases[k] + off, bases[k] + off + nbytes
+            shapes[k] = shape
+        except CorruptFrameError as err:
+            errors[k] = err
+    total = int(end.max()) if n else 0
+    return arena, max(total, 16), begin, end, shapes, md5s, errors, slot

@@ -1,9 +1,10 @@
 // Batched CSR integration of frames (int32 counts or float32) on the device.
 //
-// Frames are first transposed to pixel-major (npix, n): then one thread per (radial bin q, frame f),
-// a warp holding 32 frames of the same bin, reads for each matrix entry (c, col) -- broadcast to
-// the warp -- the 32 frames' values of pixel col as one coalesced 128-byte line.
-// Sums are kept in double precision in registers and written once:
+// Frames are first transposed to pixel-major (npix, n): then one thread per (matrix row chunk,
+// frame f), a warp holding 32 frames of the same chunk, reads for each matrix entry (c, col) --
+// broadcast to the warp -- the 32 frames' values of pixel col as one coalesced 128-byte line.
+// Sums are kept in double precision in registers (the Poisson kernel adds groups of 8 entries'
+// float32 products to them) and written once:
 //
 //   out[0] signal   sum c * raw              (dark is removed with the plan's static sums)
 //   out[1] variance sum c^2 * max(raw, 1)   (Poisson, pyFAI's Cython preproc)
@@ -56,16 +57,23 @@ __device__ __forceinline__ void accumulate(float cf, T r, int col, const float* 
     }
 }
 
+// The Poisson kernel works on row chunks, not rows: a row (radial bin) of the full-splitting
+// matrix holds 0 to ~2x the mean number of entries, so one warp per row leaves the GPU half idle
+// behind the longest rows.  Chunk c covers entries [lo[c], hi[c]) of one row (at most a fixed
+// number); warp (c, frame group) writes its partial sums to part (6, nchunks, ld_part), and
+// csr_reduce adds a row's chunks in a fixed order (deterministic, no atomics).
+//
 // FPT frames per thread (f, f + 32, ...): the entry's index and coefficient are loaded once for
-// all of them, and FPT coalesced pixel lines per entry are in flight.
+// all of them, and FPT coalesced pixel lines per entry are in flight.  Frames are pixel-major with
+// row stride ld (frames of this launch: nframes, starting at the given pointer).
 template <typename T, int NF>
 __device__ void poisson_impl(const float* __restrict__ data, const int* __restrict__ indices,
-                             const int* __restrict__ indptr, int nbins, const T* __restrict__ frames,
-                             long long npix, int nframes, const float* __restrict__ norm,
-                             const float* __restrict__ dark, int has_dark, int do_var, double* __restrict__ out) {
-    int q = blockIdx.x * blockDim.y + threadIdx.y;
+                             const int* __restrict__ lo, const int* __restrict__ hi, int nchunks,
+                             const T* __restrict__ frames, long long ld, int nframes, const float* __restrict__ norm,
+                             const float* __restrict__ dark, int has_dark, int do_var, double* __restrict__ part) {
+    int c = blockIdx.x * blockDim.y + threadIdx.y;
     int f0 = blockIdx.y * (32 * NF) + threadIdx.x;
-    if (q >= nbins || f0 >= nframes) return;
+    if (c >= nchunks || f0 >= nframes) return;
     double s[NF], v[NF], bc[NF], bcn[NF], bc2n2[NF], bcd[NF];
     bool on[NF];
 #pragma unroll
@@ -73,7 +81,7 @@ __device__ void poisson_impl(const float* __restrict__ data, const int* __restri
         s[k] = v[k] = bc[k] = bcn[k] = bc2n2[k] = bcd[k] = 0.0;
         on[k] = f0 + 32 * k < nframes;
     }
-    int j = indptr[q], j1 = indptr[q + 1];
+    int j = lo[c], j1 = hi[c];
     const int U = 8;  // U entries at a time: index, coefficient and pixel loads in flight together
     for (; j + U <= j1; j += U) {
         int cols[U];
@@ -85,47 +93,87 @@ __device__ void poisson_impl(const float* __restrict__ data, const int* __restri
         for (int u = 0; u < U; ++u)
 #pragma unroll
             for (int k = 0; k < NF; ++k)
-                rs[u][k] = on[k] ? frames[(long long)cols[u] * nframes + f0 + 32 * k] : (T)0;
+                rs[u][k] = on[k] ? frames[(long long)cols[u] * ld + f0 + 32 * k] : (T)0;
+#ifndef F64SUMS  // the U entries' valid terms summed in float32 (relative error <= U * 2^-24), then added in double
+#pragma unroll
+        for (int k = 0; k < NF; ++k) {
+            float sf = 0.0f, vf = 0.0f;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                if (valid(rs[u][k])) {
+                    float rf = (float)rs[u][k];
+                    sf += cs[u] * rf;
+                    vf += cs[u] * cs[u] * fmaxf(rf, 1.0f);
+                } else {
+                    double dummy_s = 0.0, dummy_v = 0.0;
+                    accumulate(cs[u], rs[u][k], cols[u], norm, dark, has_dark, 0, dummy_s, dummy_v, bc[k], bcn[k],
+                               bc2n2[k], bcd[k]);
+                }
+            }
+            s[k] += (double)sf;
+            if (do_var) v[k] += (double)vf;
+        }
+#else
 #pragma unroll
         for (int u = 0; u < U; ++u)
 #pragma unroll
             for (int k = 0; k < NF; ++k)
                 accumulate(cs[u], rs[u][k], cols[u], norm, dark, has_dark, do_var, s[k], v[k], bc[k], bcn[k],
                            bc2n2[k], bcd[k]);
+#endif
     }
     for (; j < j1; ++j) {
         int col = indices[j];
-        float c = data[j];
+        float cf = data[j];
 #pragma unroll
         for (int k = 0; k < NF; ++k) {
-            T r = on[k] ? frames[(long long)col * nframes + f0 + 32 * k] : (T)0;
-            accumulate(c, r, col, norm, dark, has_dark, do_var, s[k], v[k], bc[k], bcn[k], bc2n2[k], bcd[k]);
+            T r = on[k] ? frames[(long long)col * ld + f0 + 32 * k] : (T)0;
+            accumulate(cf, r, col, norm, dark, has_dark, do_var, s[k], v[k], bc[k], bcn[k], bc2n2[k], bcd[k]);
         }
     }
-    size_t st = (size_t)nframes * nbins;
+    size_t st = (size_t)nchunks * nframes;
 #pragma unroll
     for (int k = 0; k < NF; ++k) {
         if (!on[k]) continue;
-        size_t o = (size_t)(f0 + 32 * k) * nbins + q;
-        out[o] = s[k];
-        out[st + o] = v[k];
-        out[2 * st + o] = bc[k];
-        out[3 * st + o] = bcn[k];
-        out[4 * st + o] = bc2n2[k];
-        out[5 * st + o] = bcd[k];
+        size_t o = (size_t)c * nframes + f0 + 32 * k;
+        part[o] = s[k];
+        part[st + o] = v[k];
+        part[2 * st + o] = bc[k];
+        part[3 * st + o] = bcn[k];
+        part[4 * st + o] = bc2n2[k];
+        part[5 * st + o] = bcd[k];
     }
 }
 
-extern "C" __global__ void csr_poisson_i32(const float* data, const int* indices, const int* indptr, int nbins,
-                                           const int* frames, long long npix, int nframes, const float* norm,
-                                           const float* dark, int has_dark, int do_var, double* out) {
-    poisson_impl<int, FPT>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
+extern "C" __global__ void csr_poisson_i32(const float* data, const int* indices, const int* lo, const int* hi,
+                                           int nchunks, const int* frames, long long ld, int nframes,
+                                           const float* norm, const float* dark, int has_dark, int do_var,
+                                           double* part) {
+    poisson_impl<int, FPT>(data, indices, lo, hi, nchunks, frames, ld, nframes, norm, dark, has_dark, do_var, part);
 }
 
-extern "C" __global__ void csr_poisson_f32(const float* data, const int* indices, const int* indptr, int nbins,
-                                           const float* frames, long long npix, int nframes, const float* norm,
-                                           const float* dark, int has_dark, int do_var, double* out) {
-    poisson_impl<float, FPT>(data, indices, indptr, nbins, frames, npix, nframes, norm, dark, has_dark, do_var, out);
+extern "C" __global__ void csr_poisson_f32(const float* data, const int* indices, const int* lo, const int* hi,
+                                           int nchunks, const float* frames, long long ld, int nframes,
+                                           const float* norm, const float* dark, int has_dark, int do_var,
+                                           double* part) {
+    poisson_impl<float, FPT>(data, indices, lo, hi, nchunks, frames, ld, nframes, norm, dark, has_dark, do_var, part);
+}
+
+// out[k, f0 + f, q] = sum over the chunks of row q (row_chunk[q] .. row_chunk[q+1]) of
+// part[k, chunk, f], k < 6, in chunk order.  part: (6, nchunks, nframes); out: (6, ntotal, nbins).
+// Threads: x over frames (coalesced reads of part), y over rows.
+extern "C" __global__ void csr_reduce(const double* __restrict__ part, const int* __restrict__ row_chunk, int nbins,
+                                      int nchunks, int nframes, int f0, int ntotal, double* __restrict__ out) {
+    int f = blockIdx.x * blockDim.x + threadIdx.x;
+    int q = blockIdx.y * blockDim.y + threadIdx.y;
+    if (f >= nframes || q >= nbins) return;
+    int c0 = row_chunk[q], c1 = row_chunk[q + 1];
+    size_t st = (size_t)nchunks * nframes;
+    for (int k = 0; k < 6; ++k) {
+        double acc = 0.0;
+        for (int c = c0; c < c1; ++c) acc += part[k * st + (size_t)c * nframes + f];
+        out[((size_t)k * ntotal + f0 + f) * nbins + q] = acc;
+    }
 }
 
 #define MAX_ITER 32
