@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 
-def _worker(files, threads, method, barrier, out):
-    from xrdct_dask.io.gpu_decode import read_into_pinned
+def _worker(files, threads, method, barrier, out, memory):
+    from xrdct_dask.io.gpu_decode import pinned_empty, read_into_pinned
 
-    arena = np.zeros(128 * 4 * 2**20, np.uint8)
+    arena = np.zeros(128 * 4 * 2**20, np.uint8) if memory == "pageable" else pinned_empty(128 * 4 * 2**20, memory)
     mv = memoryview(arena)
     pool = ThreadPoolExecutor(threads)
     slot = 4 * 2**20
@@ -48,21 +48,24 @@ def main():
     ap.add_argument("--files", type=int, default=4096)
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--threads", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--memory", nargs="+", default=["pageable"], choices=["pageable", "alloc", "register"],
+                    help="arena: numpy memory, or pinned by cudaHostAlloc / cudaHostRegister")
+    ap.add_argument("--methods", nargs="+", default=["located", "bare"])
     args = ap.parse_args()
     files = [str(p) for p in sorted(args.frames.glob("*.cbf"))[:args.files]]
-    ctx = mp.get_context("fork")
-    for method in ("located", "bare"):
+    ctx = mp.get_context("spawn")  # CUDA (pinned arenas) does not survive fork
+    for method, memory in ((m, k) for m in args.methods for k in args.memory):
         for procs in args.procs:
             for threads in args.threads:
                 barrier, out = ctx.Barrier(procs), ctx.Queue()
                 share = [files[i::procs] for i in range(procs)]
-                ps = [ctx.Process(target=_worker, args=(share[i], threads, method, barrier, out)) for i in range(procs)]
+                ps = [ctx.Process(target=_worker, args=(share[i], threads, method, barrier, out, memory)) for i in range(procs)]
                 for p in ps:
                     p.start()
                 dt = max(out.get() for _ in ps)
                 for p in ps:
                     p.join()
-                print(f"{method:8s} {procs} procs x {threads} threads: {len(files) / dt:8,.0f} files/s "
+                print(f"{method:8s} {memory:8s} {procs} procs x {threads} threads: {len(files) / dt:8,.0f} files/s "
                       f"({len(files) / dt / procs:,.0f} per process)", flush=True)
 
 

@@ -112,6 +112,42 @@ def test_pipelined_batches_equal_single_calls(sim_scan):
     assert st.tolist() == [1, 0, 0] and np.isnan(i[0]).all() and np.isfinite(i[1]).all()
 
 
+def test_tasks_on_two_threads_share_one_engine(sim_scan):
+    """Two tasks' batch streams on one engine at once (each takes its own pipeline of streams and
+    buffers) give the results each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xrdct_dask.integrate import Integrator
+    from xrdct_dask.io import read_cbf_payload
+
+    payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(96)]
+    gpu = Integrator(sim_scan.poni, SHAPE, 400, mask=sim_scan.mask, polarization_factor=0.99, engine="cupy")
+
+    def run(part):
+        return np.concatenate([r[0] for r in gpu.integrate_batches(
+            [(part[a:a + 16], np.linspace(0.9, 1.1, len(part[a:a + 16]))) for a in range(0, len(part), 16)])])
+
+    alone = [run(payloads[:48]), run(payloads[48:])]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(run, [payloads[:48], payloads[48:]]))
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pinned_kinds_upload_the_same_bytes():
+    """Arenas pinned by cudaHostRegister and by cudaHostAlloc both upload what was written."""
+    import cupy as cp
+
+    from xrdct_dask.io.gpu_decode import pinned_empty
+
+    for how in ("register", "alloc"):
+        a = pinned_empty(10_000_019, how)
+        a[:] = np.arange(a.size) % 251
+        d = cp.empty(a.size, cp.uint8)
+        d.set(a)
+        np.testing.assert_array_equal(d.get(), a)
+
+
 def test_workflow_on_gpu_equals_cpu_run(sim_scan, tmp_path):
     """The whole simulated workflow with the cupy engine gives the CPU run's store to 1e-5."""
     import zarr

@@ -100,10 +100,13 @@ class CupyEngine:
         """Allocate the pipeline's device buffers, and ``rings`` rings of pinned read arenas for
         ``nframes`` files of ``bytes_per_frame``, up front (worker start-up, not a task: pinning
         ~2 GB of host memory per ring takes a good part of a second)."""
-        for slot in self._slots:
+        pipes = [self._take_pipeline() for _ in range(max(rings, 1))]
+        for slot in (s for pipe in pipes for s in pipe):
             slot.reserve(0, nframes)
             if slot.dev_in is None or slot.dev_in.size < nframes * bytes_per_frame:
                 slot.dev_in = cp.empty(int(nframes * bytes_per_frame * 1.25), dtype=cp.uint8)
+        for pipe in pipes:
+            self._give_pipeline(pipe)
         new = [self.arena_ring() for _ in range(rings)]
         for ring in new:
             for k in range(self.RING):
@@ -155,12 +158,24 @@ class CupyEngine:
                    ("csr_poisson_i32", "csr_poisson_f32", "csr_reduce", "csr_clip_i32", "csr_clip_f32",
                                 "transpose32")}
         self.decoder = GpuDecoder()
-        self._slots = [_Slot(plan.npix, plan.nbins) for _ in range(2)]
+        self._pipelines: list[list[_Slot]] = []  # free pipelines of two slots; one per task that runs
         self._free_rings: list[list] = []
         self._arena_lock = threading.Lock()
         self._out = {}
-        # one pipeline per engine: tasks on several threads of a worker take turns (reads still overlap)
+        # the single-call paths (sums, sums_payloads) share one decoder and the current stream
         self._lock = threading.RLock()
+
+    def _take_pipeline(self) -> list[_Slot]:
+        """Two pipeline slots (streams, pinned and device buffers) for one task's batches: tasks on
+        several threads of a worker run side by side, each on its own streams."""
+        with self._arena_lock:
+            if self._pipelines:
+                return self._pipelines.pop()
+        return [_Slot(self.plan.npix, self.plan.nbins) for _ in range(2)]
+
+    def _give_pipeline(self, pipe: list[_Slot]) -> None:
+        with self._arena_lock:
+            self._pipelines.append(pipe)
 
     # -------------------------------------------------------------------------------- sums
     def _buf(self, key, shape):
@@ -288,16 +303,19 @@ class CupyEngine:
         in order.  Batch k+1 is packed and uploaded while batch k decodes and integrates.
 
         With ``packed=True`` each batch is ``((pinned buffer, begin, end), monitor)`` instead."""
-        with self._lock:
-            pending = None
-            for k, (datas, monitor) in enumerate(batches):
-                slot = self._slots[k % 2]
-                launched = self._launch(slot, None, monitor, datas) if packed else self._launch(slot, datas, monitor)
-                if pending is not None:
-                    yield self._collect(*pending)
-                pending = launched
+        pipe = self._take_pipeline()
+        pending = None
+        for k, (datas, monitor) in enumerate(batches):
+            slot = pipe[k % 2]
+            launched = self._launch(slot, None, monitor, datas) if packed else self._launch(slot, datas, monitor)
             if pending is not None:
                 yield self._collect(*pending)
+            pending = launched
+        if pending is not None:
+            yield self._collect(*pending)
+        for slot in pipe:
+            slot.wait()
+        self._give_pipeline(pipe)  # only after a complete pass: a pipeline left mid-way is dropped
 
     @staticmethod
     def _collect(slot: _Slot, n: int):
