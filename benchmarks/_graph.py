@@ -39,7 +39,7 @@ def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path,
     cluster = wfm.local_cluster(wf, gpus=gpus)
     try:
         with Client(cluster) as client:
-            client.register_plugin(wfm.IntegratorPlugin(wf))
+            client.register_plugin(wfm.IntegratorPlugin(wf, gpu_only=True))
             t = time.perf_counter()
             t_epoch = time.time()
             res = wfm.compute_with_progress(client, {"decode-integrate": graph["decode-integrate"]}, progress=False)

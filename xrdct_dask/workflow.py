@@ -359,18 +359,24 @@ class IntegratorPlugin(_worker_plugin_base()):
 
     idempotent = False
 
-    def __init__(self, workflow: Workflow, unique: bool = False):
+    def __init__(self, workflow: Workflow, unique: bool = False, gpu_only: bool = False):
         self.workflow = workflow
+        self.gpu_only = gpu_only  # decode-integrate tasks need a GPU worker: the others need no integrator
         if unique:  # several workflows in one graph: one plugin each
             self.name = f"xrdct-integrator-{workflow.digest()[:12]}"
 
     def setup(self, worker):
+        if self.gpu_only and not dict(getattr(worker.state, "total_resources", {}) or {}).get("GPU"):
+            return  # a CPU worker beside GPU workers: it runs no decode-integrate task
         integ = stages.integrator_for(self.workflow)
         integ.warm_up()  # JIT-compiled / cached kernels loaded now, not in the first task
         if hasattr(integ._impl, "warm"):  # GPU: device buffers before the first task
+            from .io.gpu_decode import read_into_pinned
+
             first = self.workflow.frame_path(0)
             size = first.stat().st_size if first.exists() else 4 * integ.plan.npix
             integ._impl.warm(integ.batch_frames, int(size * 1.1) + 4096, rings=int(getattr(worker.state, "nthreads", 2)))
+            read_into_pinned([first], lambda n: np.zeros(n, np.uint8))  # the compiled payload locator
         # distributed's worker logger: this line lands in the worker's own log (a batch job's .err file)
         logging.getLogger("distributed.worker").info(
             "xrdct: decode-integrate engine %s (resources %s)", integ.engine,
@@ -606,11 +612,12 @@ def execute(ctxs: list[stages.RunContext], *, scheduler_address: str | None = No
             if progress:
                 print(f"dask dashboard: {client.dashboard_link}")
             need = {c.workflow.digest(): c.workflow for c, st in zip(ctxs, states) if not st.integrate.all()}
+            resources = stage_resources(client, ctxs[0].workflow, local)
             for wf in need.values():
-                client.register_plugin(IntegratorPlugin(wf, unique=len(need) > 1))
+                client.register_plugin(IntegratorPlugin(wf, unique=len(need) > 1,
+                                                        gpu_only=bool(resources["decode-integrate"])))
             for i, stage, res in compute_waves(client, [lambda k=k: wave(k) for k in range(len(groups))], totals,
-                                               progress, stores=[c.store_path for c in ctxs],
-                                               resources=stage_resources(client, ctxs[0].workflow, local)):
+                                               progress, stores=[c.store_path for c in ctxs], resources=resources):
                 results[i].setdefault(stage, []).append(res)
         finally:
             client.close()
