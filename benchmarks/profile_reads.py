@@ -19,7 +19,7 @@ import numpy as np
 def _worker(files, threads, method, barrier, out, memory):
     from xrdct_dask.io.gpu_decode import pinned_empty, read_into_pinned
 
-    arena = np.zeros(128 * 4 * 2**20, np.uint8) if memory == "pageable" else pinned_empty(128 * 4 * 2**20, memory)
+    arena = np.zeros(128 * 4 * 2**20, np.uint8) if memory == "pageable" else pinned_empty(128 * 4 * 2**20)
     mv = memoryview(arena)
     pool = ThreadPoolExecutor(threads)
     slot = 4 * 2**20
@@ -48,8 +48,8 @@ def main():
     ap.add_argument("--files", type=int, default=4096)
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--threads", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--memory", nargs="+", default=["pageable"], choices=["pageable", "alloc", "register"],
-                    help="arena: numpy memory, or pinned by cudaHostAlloc / cudaHostRegister")
+    ap.add_argument("--memory", nargs="+", default=["pageable"], choices=["pageable", "pinned"],
+                    help="arena: numpy memory, or page-locked memory from cudaHostAlloc")
     ap.add_argument("--methods", nargs="+", default=["located", "bare"])
     args = ap.parse_args()
     files = [str(p) for p in sorted(args.frames.glob("*.cbf"))[:args.files]]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,29 +49,10 @@ def chunk_layout(begin: np.ndarray, end: np.ndarray, chunk: int = CHUNK) -> np.n
     return first
 
 
-PINNED = os.environ.get("XRDCT_PINNED", "register")
-
-
-def pinned_empty(nbytes: int, how: str | None = None) -> np.ndarray:
-    """A page-locked host uint8 array (DMA without staging copies).
-
-    ``how`` (default ``$XRDCT_PINNED``, else "register"): "register" pins ordinary process memory
-    in place (``cudaHostRegister``, unpinned when the array is freed); "alloc" takes memory from
-    the driver (``cudaHostAlloc``).  Both upload at the same speed; file reads into registered
-    memory are plain memory writes for the kernel (or a sandbox such as gVisor), which it may
-    not do as fast into driver-allocated pages (see benchmarks/profile_reads.py).
-    """
-    nbytes = max(int(nbytes), 1)
-    if (how or PINNED) == "alloc":
-        mem = cp.cuda.alloc_pinned_memory(nbytes)
-        return np.frombuffer(mem, dtype=np.uint8, count=nbytes)
-    raw = np.empty(nbytes + 4096, dtype=np.uint8)
-    off = (-raw.ctypes.data) % 4096
-    arr = raw[off:off + nbytes]
-    ptr = arr.ctypes.data
-    cp.cuda.runtime.hostRegister(ptr, nbytes, 0)
-    weakref.finalize(raw, cp.cuda.runtime.hostUnregister, ptr)
-    return arr
+def pinned_empty(nbytes: int) -> np.ndarray:
+    """A page-locked host uint8 array (DMA without staging copies)."""
+    mem = cp.cuda.alloc_pinned_memory(max(int(nbytes), 1))
+    return np.frombuffer(mem, dtype=np.uint8, count=int(nbytes))
 
 
 _COPY_POOL = ThreadPoolExecutor(8, thread_name_prefix="xrdct-pack")
