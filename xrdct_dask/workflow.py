@@ -416,9 +416,12 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
         nworkers = c.n_workers or max(1, ncores // c.threads_per_worker)
         return LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
                             dashboard_address=c.dashboard_address, host="127.0.0.1")
+    # GPU workers hold several GB of page-locked buffers, fixed at start-up (not growing with the
+    # scan): the "auto" share of RAM would pause them for it, so they get no limit unless one is set
+    gpu_limit = 0 if c.memory_limit == "auto" else c.memory_limit
     workers = {f"gpu-{i}-{k}": {"cls": Nanny, "options": {
         "nthreads": 2, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}, "host": "127.0.0.1",
-        "memory_limit": c.memory_limit}} for i in gpus for k in range(c.workers_per_gpu)}
+        "memory_limit": gpu_limit}} for i in gpus for k in range(c.workers_per_gpu)}
     ncpu = c.n_workers or max(1, (ncores - 2 * ngpu * c.workers_per_gpu) // c.threads_per_worker)
     workers |= {f"cpu-{k}": {"cls": Nanny, "options": {
         "nthreads": c.threads_per_worker, "resources": {"CPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ""},
