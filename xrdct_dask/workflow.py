@@ -376,20 +376,7 @@ class IntegratorPlugin(_worker_plugin_base()):
             first = self.workflow.frame_path(0)
             size = first.stat().st_size if first.exists() else 4 * integ.plan.npix
             integ._impl.warm(integ.batch_frames, int(size * 1.1) + 4096, rings=int(getattr(worker.state, "nthreads", 2)))
-            if first.exists():  # one full batch through every pipeline: first-use costs out of the first tasks
-                eng = integ._impl
-                got = read_into_pinned([first] * integ.batch_frames, lambda n: np.zeros(n, np.uint8))
-                if got[6][0] is None:
-                    arena, _, begin, end = got[:4]
-                    ring = eng.arena_ring()
-                    pinned = eng.arena(ring, 0, arena.size)
-                    pinned[:arena.size] = arena
-                    batch = ((pinned, begin, end), np.ones(begin.size))
-                    pipes = [eng._take_pipeline() for _ in range(len(eng._pipelines) or 1)]
-                    for pipe in pipes:
-                        eng._give_pipeline(pipe)
-                        list(eng.integrate_batches([batch, batch], packed=True))
-                    eng.release_ring(ring)
+            read_into_pinned([first], lambda n: np.zeros(n, np.uint8))  # the compiled payload locator
         # distributed's worker logger: this line lands in the worker's own log (a batch job's .err file)
         logging.getLogger("distributed.worker").info(
             "xrdct: decode-integrate engine %s (resources %s)", integ.engine,
