@@ -38,30 +38,28 @@ _BITS32 = np.frombuffer(b"32-bit", np.uint8)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
+def _at(buf, i, pat):
+    """``pat`` starts at ``buf[i]``."""
+    for j in range(pat.size):
+        if buf[i + j] != pat[j]:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
 def _find(buf, lo, hi, pat):
     """First index >= lo where ``pat`` starts and ends before ``hi``, else -1."""
-    m = pat.size
-    for i in range(lo, hi - m + 1):
-        ok = True
-        for j in range(m):
-            if buf[i + j] != pat[j]:
-                ok = False
-                break
-        if ok:
+    for i in range(lo, hi - pat.size + 1):
+        if _at(buf, i, pat):
             return i
     return -1
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _rfind(buf, lo, hi, pat):
-    m = pat.size
-    for i in range(hi - m, lo - 1, -1):
-        ok = True
-        for j in range(m):
-            if buf[i + j] != pat[j]:
-                ok = False
-                break
-        if ok:
+    """Last such index, else -1."""
+    for i in range(hi - pat.size, lo - 1, -1):
+        if _at(buf, i, pat):
             return i
     return -1
 
