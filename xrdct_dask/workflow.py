@@ -474,8 +474,8 @@ def stage_resources(client, wf: Workflow | None = None, cluster=None) -> dict[st
     else:
         for w in client.scheduler_info(n_workers=-1)["workers"].values():
             offered |= {k for k, v in (w.get("resources") or {}).items() if v}
-    # half a GPU per task: two tasks share a GPU worker, one reading or writing while the other
-    # holds the GPU pipeline (the engine serialises its use of the GPU)
+    # half a GPU per task: two tasks share a GPU worker, each on its own pipeline of streams, so
+    # one reads or writes while the other computes
     use_gpu = "GPU" in offered and (wf is None or wf.integrate.engine != "numpy")
     gpu = {"resources": {"GPU": 0.5}} if use_gpu else {}
     cpu = {"resources": {"CPU": 1}} if "CPU" in offered else {}

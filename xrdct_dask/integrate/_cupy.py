@@ -1,8 +1,8 @@
 """GPU engine: the plan on the device, batched decode + fused CSR integration (cupy RawKernels).
 
 Resident per engine (built once per worker through the integrator cache / worker plugin): the
-CSR matrix, norm and dark, the static sums, the decoder's scratch, two pipeline slots of pinned
-host buffers, device buffers and CUDA streams.  :meth:`CupyEngine.integrate_batches` overlaps
+CSR matrix, norm and dark, the static sums, and a pool of pipelines (each two slots of pinned
+host buffers, device buffers and a CUDA stream; one pipeline per running task).  :meth:`CupyEngine.integrate_batches` overlaps
 the host packing and upload of batch k+1 with the decode + integration of batch k.
 """
 
@@ -117,7 +117,7 @@ class CupyEngine:
     def arena_ring(self) -> list:
         """Check out a ring of ``RING`` page-locked read arenas for one task (give it back with
         :meth:`release_ring`): two tasks never share a buffer, and arenas are reused across tasks."""
-        with self._arena_lock:  # not the pipeline lock: a task takes a ring while another holds that
+        with self._arena_lock:  # task threads take and give back rings and pipelines concurrently
             return self._free_rings.pop() if self._free_rings else [None] * self.RING
 
     def release_ring(self, ring: list) -> None:
