@@ -3,6 +3,7 @@ through the dask graph into zarr on a local GPU cluster."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -19,10 +20,36 @@ def link_frames(distinct: list[Path], frames_dir: Path, n: int) -> Path:
     return frames_dir
 
 
+def _one_run(client, wfm, wf, ai, token: str) -> dict:
+    graph = wfm.build_graph(wfm.prepare_store(wf, ai, overwrite=True), token=token)
+    t = time.perf_counter()
+    t_epoch = time.time()
+    res = wfm.compute_with_progress(client, {"decode-integrate": graph["decode-integrate"]}, progress=False)
+    dt = time.perf_counter() - t
+    tasks = res["decode-integrate"]
+    frames = sum(r["frames"] for r in tasks)
+    timeline = sorted((r.get("worker"), round(r["started"] - t_epoch, 3), round(r["finished"] - t_epoch, 3),
+                       r["frames"], round(r["seconds_setup"], 3), round(r["seconds_engine"], 3),
+                       round(r["seconds_write"], 3)) for r in tasks)
+    return {"frames": frames, "seconds": dt, "timeline": timeline, "frames_per_s": frames / dt, "tasks": len(tasks),
+            "engines": sorted({r["engine"] for r in tasks}), "workers_used": len({r.get("worker") for r in tasks}),
+            "task_seconds": {k: round(sum(r[k] for r in tasks), 3)
+                             for k in ("seconds", "seconds_setup", "seconds_engine", "seconds_write")},
+            "epoch": t_epoch}
+
+
 def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path, *, gpus: list[int] | None = None,
-               workers_per_gpu: int | None = None, nx: int = 100, omega_chunk: int = 16) -> dict:
+               workers_per_gpu: int | None = None, read_threads: int | None = None, nx: int = 100,
+               omega_chunk: int = 16, repeats: int = 1, profile: Path | None = None) -> dict:
     """Frames/s of the decode-integrate stage (cupy engine) for a 1 x nframes/nx x nx scan of the
-    frames in ``frames_dir``, on :func:`xrdct_dask.workflow.local_cluster` with ``gpus``."""
+    frames in ``frames_dir``, on :func:`xrdct_dask.workflow.local_cluster` with ``gpus``, timed from
+    submission (the workers are up and their integrator plugin set up) to the last result.
+
+    ``repeats`` > 1 runs the same scan again on the same cluster (a beamline's cluster that stays up
+    between scans): ``warm_frames_per_s`` is the median of those later runs.  ``profile``: write
+    dask's statistical profile of the task threads during the first run there (JSON)."""
+    import statistics
+
     from distributed import Client
 
     from xrdct_dask import workflow as wfm
@@ -33,25 +60,23 @@ def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path,
         "inputs.scan_file": None, "scan.nz": 1, "scan.nomega": nframes // nx, "scan.nx": nx,
         "store.path": str(store_path), "store.overwrite": True, "store.omega_chunk": omega_chunk,
         "integrate.npt_rad": npt, "integrate.engine": "cupy", "pdf.enabled": False,
-        **({"compute.workers_per_gpu": workers_per_gpu} if workers_per_gpu else {})})
+        **({"compute.workers_per_gpu": workers_per_gpu} if workers_per_gpu else {}),
+        **({"compute.read_threads": read_threads} if read_threads else {})})
     ai, _ = wfm.check_inputs(wf)
-    graph = wfm.build_graph(wfm.prepare_store(wf, ai, overwrite=True))
     cluster = wfm.local_cluster(wf, gpus=gpus)
     try:
         with Client(cluster) as client:
             client.register_plugin(wfm.IntegratorPlugin(wf, gpu_only=True))
-            t = time.perf_counter()
-            t_epoch = time.time()
-            res = wfm.compute_with_progress(client, {"decode-integrate": graph["decode-integrate"]}, progress=False)
-            dt = time.perf_counter() - t
+            runs = [_one_run(client, wfm, wf, ai, f"r{k}") for k in range(max(1, repeats))]
+            if profile is not None:
+                time.sleep(1.5)  # the workers' profile history closes its current cycle each second
+                first = runs[0]
+                prof = client.profile(start=first["epoch"], stop=first["epoch"] + first["seconds"])
+                Path(profile).write_text(json.dumps(prof))
     finally:
         cluster.close()
-    tasks = res["decode-integrate"]
-    frames = sum(r["frames"] for r in tasks)
-    timeline = sorted((r.get("worker"), round(r["started"] - t_epoch, 3), round(r["finished"] - t_epoch, 3),
-                       r["frames"], round(r["seconds_setup"], 3), round(r["seconds_engine"], 3),
-                       round(r["seconds_write"], 3)) for r in tasks)
-    return {"frames": frames, "seconds": dt, "timeline": timeline, "frames_per_s": frames / dt, "tasks": len(tasks),
-            "engines": sorted({r["engine"] for r in tasks}), "workers_used": len({r.get("worker") for r in tasks}),
-            "task_seconds": {k: round(sum(r[k] for r in tasks), 3)
-                             for k in ("seconds", "seconds_setup", "seconds_engine", "seconds_write")}}
+    out = runs[0]
+    if len(runs) > 1:
+        out["warm_frames_per_s"] = statistics.median(r["frames_per_s"] for r in runs[1:])
+        out["warm_timeline"] = runs[-1]["timeline"]
+    return out

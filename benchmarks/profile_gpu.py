@@ -73,6 +73,27 @@ def main():
     from xrdct_dask.integrate import _cupy
 
     t_tr = timed(lambda: eng._pixel_major(frames, stream), reps)
+    t_copy = timed(lambda: frames.copy(), reps)
+    gb = 2 * frames.nbytes / 1e9
+    print(f"copy of the batch (the bandwidth ceiling): {t_copy * 1e3:.2f} ms = {gb / t_copy / 1e3:.2f} TB/s")
+    if not args.once:
+        from xrdct_dask.integrate import _cupy as _c
+
+        stride = (npix + 31) // 32 * 32
+        padded = cp.zeros((n, stride), dtype=cp.int32)
+        padded[:, :npix] = frames
+        ref_t = eng._pixel_major(frames, stream).copy()
+        tw0 = _c.TILE_WIDTH
+        for tw in (1, 2, 4):
+            _c.TILE_WIDTH = tw
+            eng._k[f"transpose32x{tw}"] = _c._module().get_function(f"transpose32x{tw}")
+            for name, src, kw in (("rows of npix", frames, {}), ("rows padded to 32", padded, {"npix": npix})):
+                t = timed(lambda: eng._pixel_major(src, stream, **kw), reps)
+                ok = bool(cp.array_equal(eng._pixel_major(src, stream, **kw), ref_t))
+                print(f"transpose tile 32x{32 * tw:3d}, {name:17s}: {t * 1e3:.2f} ms = {gb / t / 1e3:.2f} TB/s, "
+                      f"{'equal' if ok else 'DIFFERENT'}")
+        _c.TILE_WIDTH = tw0
+        del padded, ref_t
     ref = [x.get() for x in eng._sums_device(frames, np.ones(n))[:2]]
 
     length = np.diff(eng.plan.csr_indptr)

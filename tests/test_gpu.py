@@ -134,6 +134,30 @@ def test_tasks_on_two_threads_share_one_engine(sim_scan):
         np.testing.assert_array_equal(a, b)
 
 
+def test_worker_warm_up_readies_every_pipeline_and_changes_no_result(sim_scan):
+    """The worker plugin's warm-up reads the first frame into every pinned arena of ``tasks``
+    rings and integrates it through as many pipelines; the patterns a task computes afterwards are
+    those a cold engine computes, bit for bit."""
+    from xrdct_dask import stages
+    from xrdct_dask.config import load_workflow
+    from xrdct_dask.io import read_cbf_payload
+
+    wf = load_workflow(sim_scan.workflow, {"integrate.engine": "cupy"})
+    stages.clear_integrators()
+    integ = stages.integrator_for(wf)
+    payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(40)]
+    batches = [(payloads[a:a + 16], np.linspace(0.9, 1.1, len(payloads[a:a + 16]))) for a in range(0, 40, 16)]
+    cold = np.concatenate([r[0] for r in integ.integrate_batches(batches)])
+    stages.warm_gpu_engine(wf, integ, 3)
+    eng = integ._impl
+    assert len(eng._pipelines) == 3 and len(eng._free_rings) == 3
+    assert all(a is not None and a.size >= integ.batch_frames * sim_scan.frame_path(0).stat().st_size
+               for ring in eng._free_rings for a in ring)
+    warm = np.concatenate([r[0] for r in integ.integrate_batches(batches)])
+    np.testing.assert_array_equal(warm, cold)
+    stages.clear_integrators()
+
+
 def test_workflow_on_gpu_equals_cpu_run(sim_scan, tmp_path):
     """The whole simulated workflow with the cupy engine gives the CPU run's store to 1e-5."""
     import zarr

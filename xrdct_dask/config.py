@@ -193,6 +193,8 @@ class Compute(_Section):
     dashboard_address: str = "127.0.0.1:0"
     workers_per_gpu: int = Field(2, ge=1, description="local GPU runs: worker processes sharing each GPU "
                                                       "(each its own engine and GIL for reading frames)")
+    read_threads: int = Field(8, gt=0, description="threads per worker process reading frame files (on a "
+                                                   "GPU worker shared by its tasks)")
     max_tasks: int = Field(200_000, ge=10, description="tasks the scheduler holds at once: larger runs go in "
                                                        "waves of z-slabs, two waves of max_tasks/2 in flight")
     cluster: str | None = Field(None, description="cluster profile (cluster/*.yaml name or path) instead of a LocalCluster")

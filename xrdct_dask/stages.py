@@ -33,7 +33,7 @@ class RunContext:
     store_path: Path
     monitor_reference: float
     wavelength_A: float
-    read_threads: int = 4
+    read_threads: int = 8
     check_md5: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -141,18 +141,18 @@ def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pendin
 
     if _GPU_READ_POOL is None:  # a few reader threads: more only queue on the GIL and the file system
         _GPU_READ_POOL = (ThreadPoolExecutor(4, thread_name_prefix="xrdct-batch"),
-                          ThreadPoolExecutor(2 * ctx.read_threads, thread_name_prefix="xrdct-read"))
+                          ThreadPoolExecutor(ctx.read_threads, thread_name_prefix="xrdct-read"))
     batch_pool, file_pool = _GPU_READ_POOL
     eng = integ._impl
     shape = np.asarray(integ.shape)
     ring = eng.arena_ring()  # this task's pinned arenas, until its last batch has left them
-    slot = [0]  # file slot size in the arenas: from the first file, grown by read_into_pinned if needed
 
     def read(item):
         k, rows = item
         paths = [ctx.workflow.frame_path(int(flat_idx[r])) if flat_idx[r] >= 0 else None for r in rows]
-        got = read_into_pinned(paths, lambda nbytes: eng.arena(ring, k, nbytes), file_pool, slot[0], ctx.check_md5)
-        slot[0] = max(slot[0], got[-1])
+        got = read_into_pinned(paths, lambda nbytes: eng.arena(ring, k, nbytes), file_pool, eng.slot_bytes,
+                               ctx.check_md5)
+        eng.slot_bytes = max(eng.slot_bytes, got[-1])  # a larger file grows the slots of every later task
         return rows, got
 
     def engine_batches():
@@ -183,6 +183,42 @@ def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pendin
     # back to the pool only after a complete pass: after an error a read issued ahead may still be
     # filling an arena, so that ring is dropped instead
     eng.release_ring(ring)
+
+
+def warm_gpu_engine(wf: Workflow, integ, tasks: int, sample: int = 64) -> None:
+    """Prepare the GPU engine of a worker for ``tasks`` concurrent decode-integrate tasks.
+
+    The file slots of the pinned read arenas are sized from the largest of ``sample`` frame files
+    spread over the scan (x 1.25): compressed sizes follow the sample (air at the edges of a
+    scan line, dense phases in its middle), and an arena that must grow in a task is a new
+    page-locked allocation (~0.6 s per 400 MB, holding up every CUDA call of the process).  Then
+    each pipeline integrates a batch of the first frame read (as a task reads) into every arena of
+    its ring: buffers allocated and used once before the first task."""
+    from .io.gpu_decode import read_into_pinned
+
+    n = integ.batch_frames
+    eng = integ._impl
+    total = wf.scan.nframes
+    sizes = [p.stat().st_size for p in (wf.frame_path(int(i)) for i in np.unique(
+        np.linspace(0, total - 1, min(sample, total)).astype(np.int64))) if p.exists()]
+    first = wf.frame_path(0)
+    if not sizes or not first.exists():  # no frame yet (a scan still being written): allocate only
+        eng.warm(n, 4 * integ.plan.npix, rings=tasks)
+        return
+    eng.slot_bytes = max(eng.slot_bytes, (int(max(sizes) * 1.25) + 4095) // 4096 * 4096)
+
+    def fill(get_arena):
+        arena, _total, begin, end, _shapes, _md5s, errors, _slot = read_into_pinned([first] * n, get_arena,
+                                                                                    slot_bytes=eng.slot_bytes)
+        if errors[0] is not None:
+            raise errors[0]
+        return arena, begin, end
+
+    try:
+        eng.warm(n, eng.slot_bytes, rings=tasks, fill=fill)
+    except (OSError, CorruptFrameError) as err:  # an unreadable first frame: its task will say so
+        log.warning("%s: %s; GPU buffers allocated but not used before the first task", first, err)
+        eng.warm(n, eng.slot_bytes, rings=tasks)
 
 
 def _status_of(err: Exception) -> FrameStatus:

@@ -33,6 +33,7 @@ markers name exactly the tasks whose output is whole, which is what a resumed ru
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -311,7 +312,24 @@ def create_pdf_arrays(path: str | Path, *, nz: int, nomega: int, nx: int, nr: in
 
 
 def open_array(path: str | Path, name: str, mode: str = "r+") -> zarr.Array:
-    return zarr.open_array(str(Path(path) / name), mode=mode)
+    """``store[name]``, opened once per process while its metadata file is unchanged.
+
+    Every task opens ~10 arrays; re-reading and parsing their ``zarr.json`` each time cost more
+    than some of the writes.  The cache is keyed by that file's inode, size and mtime, so a store
+    recreated in place (``store.overwrite``) or an array whose metadata changed is opened anew."""
+    full = Path(path) / name
+    if mode not in ("r", "r+"):  # creating modes always go to zarr
+        return zarr.open_array(str(full), mode=mode)
+    try:
+        st = os.stat(full / "zarr.json")
+    except OSError:  # not a zarr v3 array (or gone): zarr says what is wrong
+        return zarr.open_array(str(full), mode=mode)
+    return _open_array(str(full), mode, (st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=512)
+def _open_array(full: str, mode: str, _stamp: tuple) -> zarr.Array:
+    return zarr.open_array(full, mode=mode)
 
 
 def write_region(path, name: str, region, value) -> None:

@@ -179,7 +179,7 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
     store.mark_template_complete(path)
     store.consolidate(path)
     return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A,
-                             check_md5=wf.inputs.check_md5)
+                             check_md5=wf.inputs.check_md5, read_threads=wf.compute.read_threads)
 
 
 def create_pdf_arrays(wf: Workflow, path, op) -> None:
@@ -219,7 +219,8 @@ def context_from_store(wf: Workflow, path) -> stages.RunContext:
     """The :class:`stages.RunContext` of an existing store (resume, reprocess)."""
     attrs = store.read_attrs(path)
     return stages.RunContext(workflow=wf, store_path=Path(path), monitor_reference=float(attrs["monitor_reference"]),
-                             wavelength_A=float(attrs["wavelength_angstrom"]), check_md5=wf.inputs.check_md5)
+                             wavelength_A=float(attrs["wavelength_angstrom"]), check_md5=wf.inputs.check_md5,
+                             read_threads=wf.compute.read_threads)
 
 
 def open_run(wf: Workflow, overwrite: bool | None = None) -> stages.RunContext:
@@ -370,13 +371,8 @@ class IntegratorPlugin(_worker_plugin_base()):
             return  # a CPU worker beside GPU workers: it runs no decode-integrate task
         integ = stages.integrator_for(self.workflow)
         integ.warm_up()  # JIT-compiled / cached kernels loaded now, not in the first task
-        if hasattr(integ._impl, "warm"):  # GPU: device buffers before the first task
-            from .io.gpu_decode import read_into_pinned
-
-            first = self.workflow.frame_path(0)
-            size = first.stat().st_size if first.exists() else 4 * integ.plan.npix
-            integ._impl.warm(integ.batch_frames, int(size * 1.1) + 4096, rings=int(getattr(worker.state, "nthreads", 2)))
-            read_into_pinned([first], lambda n: np.zeros(n, np.uint8))  # the compiled payload locator
+        if hasattr(integ._impl, "warm"):  # GPU: buffers allocated and used once before the first task
+            stages.warm_gpu_engine(self.workflow, integ, int(getattr(worker.state, "nthreads", 2)))
         # distributed's worker logger: this line lands in the worker's own log (a batch job's .err file)
         logging.getLogger("distributed.worker").info(
             "xrdct: decode-integrate engine %s (resources %s)", integ.engine,

@@ -20,6 +20,7 @@ from ..backend import cp
 _ROWS = 4  # bins (row chunks) per block (blockDim.y); blockDim.x = 32 lanes
 FPT = 2  # frames per lane in the Poisson kernel: a block column covers 32 * FPT frames
 CHUNK_ENTRIES = 1024  # matrix entries per row chunk of the Poisson kernel (rows hold 0..~2x the mean)
+TILE_WIDTH = 2  # transpose tiles: 32 frames x 32*TILE_WIDTH pixels per block
 GROUP = 256  # frames per Poisson launch: bounds its scratch of partial sums (6 x chunks x GROUP doubles)
 
 
@@ -96,21 +97,32 @@ class CupyEngine:
     xp = cp
     RING = 4  # pinned read arenas: reads of batches k+1, k+2 while batches k-1, k are on the GPU
 
-    def warm(self, nframes: int, bytes_per_frame: int, rings: int = 0) -> None:
-        """Allocate the pipeline's device buffers, and ``rings`` rings of pinned read arenas for
-        ``nframes`` files of ``bytes_per_frame``, up front (worker start-up, not a task: pinning
-        ~2 GB of host memory per ring takes a good part of a second)."""
-        pipes = [self._take_pipeline() for _ in range(max(rings, 1))]
+    def warm(self, nframes: int, bytes_per_frame: int, rings: int = 0, fill=None) -> None:
+        """Set up ``rings`` pipelines and rings of pinned read arenas for batches of ``nframes``
+        files of ``bytes_per_frame`` before the first task (worker start-up: pinning ~2 GB of host
+        memory per ring takes a good part of a second).
+
+        ``fill(get_arena) -> (arena, begin, end)`` reads a batch of real payloads into an arena
+        (as a task does); each pipeline then integrates one such batch from every arena of its
+        ring, so that every device buffer (per slot and per stream) is allocated and every page of
+        the arenas has been written and sent once before a task's time counts."""
+        rings = max(rings, 1)
+        pipes = [self._take_pipeline() for _ in range(rings)]
+        new = [self.arena_ring() for _ in range(rings)]
         for slot in (s for pipe in pipes for s in pipe):
             slot.reserve(0, nframes)
             if slot.dev_in is None or slot.dev_in.size < nframes * bytes_per_frame:
                 slot.dev_in = cp.empty(int(nframes * bytes_per_frame * 1.25), dtype=cp.uint8)
-        for pipe in pipes:
-            self._give_pipeline(pipe)
-        new = [self.arena_ring() for _ in range(rings)]
-        for ring in new:
+        for pipe, ring in zip(pipes, new):
             for k in range(self.RING):
                 self.arena(ring, k, nframes * bytes_per_frame)
+            if fill is not None:
+                batches = (fill(lambda nbytes, k=k: self.arena(ring, k, nbytes)) for k in range(self.RING))
+                for _ in self.integrate_batches(((b, np.ones(len(b[1]))) for b in batches), packed=True,
+                                                pipeline=pipe):
+                    pass
+            else:
+                self._give_pipeline(pipe)
         for ring in new:
             self.release_ring(ring)
 
@@ -156,10 +168,13 @@ class CupyEngine:
         self.fpt = FPT
         self._k = {name: m.get_function(name) for name in
                    ("csr_poisson_i32", "csr_poisson_f32", "csr_reduce", "csr_clip_i32", "csr_clip_f32",
-                                "transpose32")}
+                                f"transpose32x{TILE_WIDTH}")}
         self.decoder = GpuDecoder()
         self._pipelines: list[list[_Slot]] = []  # free pipelines of two slots; one per task that runs
         self._free_rings: list[list] = []
+        # bytes per file slot in the read arenas (a multiple of 4096), shared by the tasks so that
+        # their arenas keep one size: set at warm-up from the scan's files, grown by larger files
+        self.slot_bytes = 0
         self._arena_lock = threading.Lock()
         self._out = {}
         # the single-call paths (sums, sums_payloads) share one decoder and the current stream
@@ -185,9 +200,11 @@ class CupyEngine:
             self._out[key] = a
         return a
 
-    def _pixel_major(self, d_frames, stream):
-        """(n, npix) -> (npix, n) into a buffer kept per stream (4-byte words)."""
-        n, npix = (int(x) for x in d_frames.shape)
+    def _pixel_major(self, d_frames, stream, npix: int | None = None):
+        """(n, npix) -> (npix, n) into a buffer kept per stream (4-byte words).  ``d_frames`` may be
+        (n, stride) with rows padded beyond ``npix``."""
+        n, stride = (int(x) for x in d_frames.shape)
+        npix = stride if npix is None else npix
         key = ("t", id(stream))
         buf = self._out.get(key)
         if buf is None or buf.size < n * npix:
@@ -195,8 +212,9 @@ class CupyEngine:
             self._out[key] = buf
         out = buf[:n * npix]
         with stream:
-            self._k["transpose32"](((npix + 31) // 32, (n + 31) // 32), (32, 8),
-                                   (d_frames.view(cp.uint32), out, np.int32(n), np.int64(npix)))
+            tw = 32 * TILE_WIDTH
+            self._k[f"transpose32x{TILE_WIDTH}"](((npix + tw - 1) // tw, (n + 31) // 32), (32, 8), (
+                d_frames.view(cp.uint32), out, np.int32(n), np.int64(npix), np.int64(stride)))
         return out.view(d_frames.dtype)
 
     def _sums_device(self, d_frames, monitor, stream=None):
@@ -298,12 +316,13 @@ class CupyEngine:
             slot.event = slot.stream.record()
         return slot, n
 
-    def integrate_batches(self, batches: Iterable[tuple], packed: bool = False) -> Iterator[tuple]:
+    def integrate_batches(self, batches: Iterable[tuple], packed: bool = False, pipeline=None) -> Iterator[tuple]:
         """Pipelined: yields ``(intensity, sigma, status)`` host arrays per ``(payloads, monitor)`` batch,
         in order.  Batch k+1 is packed and uploaded while batch k decodes and integrates.
 
-        With ``packed=True`` each batch is ``((pinned buffer, begin, end), monitor)`` instead."""
-        pipe = self._take_pipeline()
+        With ``packed=True`` each batch is ``((pinned buffer, begin, end), monitor)`` instead.
+        ``pipeline``: one checked out already (default: the next free one, or a new one)."""
+        pipe = pipeline or self._take_pipeline()
         pending = None
         for k, (datas, monitor) in enumerate(batches):
             slot = pipe[k % 2]

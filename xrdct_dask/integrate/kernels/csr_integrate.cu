@@ -12,24 +12,42 @@
 //
 // Static-masked pixels are not in the matrix.  Layout of out: (6, nframes, nbins).
 
-// (n, npix) -> (npix, n) for 4-byte words, 32x32 tiles through shared memory (both sides coalesced).
-extern "C" __global__ void transpose32(const unsigned int* __restrict__ in, unsigned int* __restrict__ out,
-                                       int n, long long npix) {
-    __shared__ unsigned int tile[32][33];
-    long long p0 = (long long)blockIdx.x * 32;
+// (n, npix) -> (npix, n) for 4-byte words through shared memory, both sides coalesced.  A block
+// (32 x 8 threads) moves a tile of 32 frames x 32*TW pixels; frame f of the input starts at word
+// f * stride (stride >= npix: rows padded to whole 128-byte lines read in fewer memory sectors).
+template <int TW>
+__device__ __forceinline__ void transpose_tile(const unsigned int* __restrict__ in, unsigned int* __restrict__ out,
+                                               int n, long long npix, long long stride) {
+    __shared__ unsigned int tile[32][32 * TW + 1];
+    long long p0 = (long long)blockIdx.x * 32 * TW;
     int f0 = blockIdx.y * 32;
-    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+#pragma unroll
+    for (int k = threadIdx.y; k < 32; k += 8) {
         int f = f0 + k;
-        long long p = p0 + threadIdx.x;
-        if (f < n && p < npix) tile[k][threadIdx.x] = in[(long long)f * npix + p];
+#pragma unroll
+        for (int w = 0; w < TW; ++w) {
+            long long p = p0 + w * 32 + threadIdx.x;
+            if (f < n && p < npix) tile[k][w * 32 + threadIdx.x] = in[(long long)f * stride + p];
+        }
     }
     __syncthreads();
-    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+#pragma unroll
+    for (int k = threadIdx.y; k < 32 * TW; k += 8) {
         long long p = p0 + k;
         int f = f0 + threadIdx.x;
         if (f < n && p < npix) out[p * n + f] = tile[threadIdx.x][k];
     }
 }
+
+#define TRANSPOSE(TW)                                                                                          \
+    extern "C" __global__ void transpose32x##TW(const unsigned int* __restrict__ in,                          \
+                                                unsigned int* __restrict__ out, int n, long long npix,         \
+                                                long long stride) {                                            \
+        transpose_tile<TW>(in, out, n, npix, stride);                                                          \
+    }
+TRANSPOSE(1)
+TRANSPOSE(2)
+TRANSPOSE(4)
 
 #ifndef FPT
 #define FPT 2  // frames per thread of the Poisson kernel (compile-time: the accumulators stay in registers)
