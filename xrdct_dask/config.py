@@ -191,8 +191,9 @@ class Compute(_Section):
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "auto"
     dashboard_address: str = "127.0.0.1:0"
-    workers_per_gpu: int = Field(2, ge=1, description="local GPU runs: worker processes sharing each GPU "
-                                                      "(each its own engine and GIL for reading frames)")
+    workers_per_gpu: int | None = Field(None, ge=1, description="local GPU runs: worker processes sharing each GPU "
+                                                             "(each its own engine and GIL for reading frames); "
+                                                             "default: one per 20 GB of GPU memory, 1 to 4")
     read_threads: int = Field(8, gt=0, description="threads per worker process reading frame files (on a "
                                                    "GPU worker shared by its tasks)")
     max_tasks: int = Field(200_000, ge=10, description="tasks the scheduler holds at once: larger runs go in "

@@ -23,7 +23,8 @@
       tasks/pdf          u8 (z)                 1 = that slice of pdf/ is completely written
       attrs: workflow, versions, input digest, engine, stage status, template_complete
 
-The store is created whole before any compute (template first); every task writes only its own
+Data arrays are compressed with Blosc LZ4 and byte shuffle (``COMPRESSORS``).  The store is
+created whole before any compute (template first); every task writes only its own
 chunk-aligned region, so a retried task rewrites identical bytes and tasks never share a chunk.
 Each task sets its one-element marker in ``tasks/`` (its own chunk) only after its data are
 written, and zarr writes every chunk by write-then-rename: after a crash at any instant the
@@ -43,6 +44,12 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec
+
+# Data arrays: byte-shuffled LZ4 in Blosc.  On float32 patterns it compresses better than zarr's
+# default (zstd, no shuffle: 1.9x against 1.6x) and ~10x faster; a decode-integrate task writes
+# ~26 MB per 1,600 frames, and at GPU rates the default's compression was a fifth of its time.
+COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 REDUCED, RECON, PDF = "reduced", "recon", "pdf"
 TASKS = "tasks"
@@ -161,7 +168,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
             _coord(g, d, *coords[d])
         for name, shape, chunks, dtype, dimnames in arrays:
             fill = {"bool": False, "int8": -1, "int64": -1}.get(dtype, np.nan)
-            g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dimnames)
+            g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dimnames,
+                           compressors=COMPRESSORS)
     _create_task_markers(root, nz, -(-nomega // wc), -(-nq // qc), coords["z"], pdf=r_A is not None)
     root.attrs.update({"format": FORMAT, "stage_status": {REDUCED: "pending", RECON: "pending", PDF: "pending"},
                        **attrs})
@@ -291,7 +299,7 @@ def create_pdf_arrays(path: str | Path, *, nz: int, nomega: int, nx: int, nr: in
     g["G"].attrs.update({"units": "1/angstrom^2", "long_name": "G(r) = 4 pi r [rho(r) - rho0]"})
     for name in PDF_VOXEL_FIGURES:
         a = g.create_array(name, shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="float32", fill_value=np.nan,
-                           dimension_names=["z", "y", "x"])
+                           dimension_names=["z", "y", "x"], compressors=COMPRESSORS)
         a.attrs.update(_PDF_FIGURE_ATTRS[name])
     g.create_array("ok", shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="bool", fill_value=False,
                    dimension_names=["z", "y", "x"]).attrs["long_name"] = "G computed (scattering strong enough)"
@@ -301,12 +309,12 @@ def create_pdf_arrays(path: str | Path, *, nz: int, nomega: int, nx: int, nr: in
                                                              "names": list(aux_channels)})
         wc, rc = min(omega_chunk, nomega), min(r_chunk, nr)
         g.create_array("G_sinogram", shape=(nz, nomega, nx, nr), chunks=(1, wc, nx, rc), dtype="float32",
-                       fill_value=np.nan, dimension_names=["z", "omega", "x", "r"]).attrs.update(
+                       fill_value=np.nan, dimension_names=["z", "omega", "x", "r"], compressors=COMPRESSORS).attrs.update(
             {"units": "1/angstrom^2", "long_name": "G(r) of each frame with the fixed scale pdf.scale (the frame's "
                                                    "own G: times pdf.scale / aux_sinogram channel 0)"})
         g.create_array("aux_sinogram", shape=(nz, nomega, nx, len(aux_channels)),
                        chunks=(1, wc, nx, len(aux_channels)), dtype="float32", fill_value=np.nan,
-                       dimension_names=["z", "omega", "x", "channel"]).attrs.update(
+                       dimension_names=["z", "omega", "x", "channel"], compressors=COMPRESSORS).attrs.update(
             {"long_name": "per frame: scale N, then G(r_low) and F(q_top) with the fixed scale pdf.scale"})
     g.attrs.update(attrs)
 

@@ -389,12 +389,25 @@ def gpu_count() -> int:
     return int(cp.cuda.runtime.getDeviceCount()) if gpu_available() else 0
 
 
+GPU_GB_PER_WORKER = 20  # a GPU worker's engine holds ~13 GB: two pipelines of 128-frame batches
+
+
+def workers_per_gpu_for(device: int) -> int:
+    """Default GPU worker processes for a device: one per ``GPU_GB_PER_WORKER`` GB of its memory,
+    1 to 4.  Several processes read frames side by side (one GIL each); on one H100/H200 four gave
+    the highest graph rate (benchmarks/RESULTS.md)."""
+    from .backend import cp
+
+    total = cp.cuda.runtime.getDeviceProperties(device)["totalGlobalMem"]
+    return int(min(4, max(1, total // (GPU_GB_PER_WORKER * 10**9))))
+
+
 def local_cluster(wf: Workflow, gpus: list[int] | None = None):
     """A cluster on this machine for one run.
 
     Without GPUs (or with ``integrate.engine: numpy``): a LocalCluster of single-threaded workers.
-    With GPUs: ``compute.workers_per_gpu`` worker processes per GPU (``CUDA_VISIBLE_DEVICES`` = its
-    GPU, resource ``GPU=1``, two threads so that one task reads and writes while another holds the
+    With GPUs: ``compute.workers_per_gpu`` (default :func:`workers_per_gpu_for`) worker processes
+    per GPU (``CUDA_VISIBLE_DEVICES`` = its GPU, resource ``GPU=1``, two threads so that one task reads and writes while another holds the
     GPU pipeline; several processes because reading and parsing frames is Python work under one
     GIL per process) plus CPU workers (resource ``CPU=1``) on the remaining cores for sinograms,
     reconstruction and PDF.  ``gpus``: the device numbers to use (default: all of them).
@@ -415,10 +428,11 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
     # GPU workers hold several GB of page-locked buffers, fixed at start-up (not growing with the
     # scan): the "auto" share of RAM would pause them for it, so they get no limit unless one is set
     gpu_limit = 0 if c.memory_limit == "auto" else c.memory_limit
+    per_gpu = c.workers_per_gpu or workers_per_gpu_for(gpus[0])
     workers = {f"gpu-{i}-{k}": {"cls": Nanny, "options": {
         "nthreads": 2, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}, "host": "127.0.0.1",
-        "memory_limit": gpu_limit}} for i in gpus for k in range(c.workers_per_gpu)}
-    ncpu = c.n_workers or max(1, (ncores - 2 * ngpu * c.workers_per_gpu) // c.threads_per_worker)
+        "memory_limit": gpu_limit}} for i in gpus for k in range(per_gpu)}
+    ncpu = c.n_workers or max(1, (ncores - 2 * ngpu * per_gpu) // c.threads_per_worker)
     workers |= {f"cpu-{k}": {"cls": Nanny, "options": {
         "nthreads": c.threads_per_worker, "resources": {"CPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ""},
         "host": "127.0.0.1", "memory_limit": c.memory_limit}} for k in range(ncpu)}

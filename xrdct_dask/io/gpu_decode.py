@@ -194,11 +194,15 @@ def read_into_pinned(paths: Sequence, get_arena, pool=None, slot_bytes: int = 0,
         finally:
             os.close(fd)
 
-    if pool is not None:
-        list(pool.map(read, range(n)))
-    else:
-        for k in range(n):
+    def read_range(span):
+        for k in range(*span):
             read(k)
+
+    if pool is not None:  # a few contiguous runs of files per call: one future each, not one per file
+        parts = 16
+        list(pool.map(read_range, [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]))
+    else:
+        read_range((0, n))
     if bigger.any():  # rare: a frame much larger than the first one; read the batch again
         return read_into_pinned(paths, get_arena, pool, int(bigger.max() * 1.25), md5)
     bases = np.arange(n, dtype=np.int64) * slot
