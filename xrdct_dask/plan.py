@@ -22,7 +22,7 @@ The formulas are those the run follows (``nz, nomega, nx`` scan, ``wc`` = store.
     hours                  GPU-hours F / (frames/s per GPU) / 3600; CPU core-hours likewise
 
 Throughputs come from options or from ``benchmarks/RESULTS.md``, whose lines may carry them as
-``gpu_frames_per_s = 12000`` and ``cpu_frames_per_s_per_core = 45`` (the last of each counts).
+``gpu_frames_per_s = 9700`` and ``cpu_frames_per_s_per_core = 45`` (the last of each counts).
 """
 
 from __future__ import annotations
