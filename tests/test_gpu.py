@@ -151,8 +151,9 @@ def test_worker_warm_up_readies_every_pipeline_and_changes_no_result(sim_scan):
     stages.warm_gpu_engine(wf, integ, 3)
     eng = integ._impl
     assert len(eng._pipelines) == 3 and len(eng._free_rings) == 3
-    assert all(a is not None and a.size >= integ.batch_frames * sim_scan.frame_path(0).stat().st_size
-               for ring in eng._free_rings for a in ring)
+    largest = max(sim_scan.frame_path(i).stat().st_size for i in range(wf.scan.nframes))
+    assert eng.slot_bytes >= largest  # sized from the scan's files, not from frame 0 alone
+    assert all(a is not None and a.size >= integ.batch_frames * eng.slot_bytes for ring in eng._free_rings for a in ring)
     warm = np.concatenate([r[0] for r in integ.integrate_batches(batches)])
     np.testing.assert_array_equal(warm, cold)
     stages.clear_integrators()

@@ -139,7 +139,9 @@ def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pendin
     global _GPU_READ_POOL
     from .io.gpu_decode import read_into_pinned
 
-    if _GPU_READ_POOL is None:  # a few reader threads: more only queue on the GIL and the file system
+    # per process, shared by its tasks (the first run's compute.read_threads sizes it): a few reader
+    # threads, more only queue on the GIL and the file system
+    if _GPU_READ_POOL is None:
         _GPU_READ_POOL = (ThreadPoolExecutor(4, thread_name_prefix="xrdct-batch"),
                           ThreadPoolExecutor(ctx.read_threads, thread_name_prefix="xrdct-read"))
     batch_pool, file_pool = _GPU_READ_POOL
@@ -202,10 +204,12 @@ def warm_gpu_engine(wf: Workflow, integ, tasks: int, sample: int = 64) -> None:
     sizes = [p.stat().st_size for p in (wf.frame_path(int(i)) for i in np.unique(
         np.linspace(0, total - 1, min(sample, total)).astype(np.int64))) if p.exists()]
     first = wf.frame_path(0)
-    if not sizes or not first.exists():  # no frame yet (a scan still being written): allocate only
-        eng.warm(n, 4 * integ.plan.npix, rings=tasks)
+    # byte-offset at diffraction count rates: about one byte per pixel, plus the CBF header
+    estimate = integ.plan.npix + 8192
+    eng.slot_bytes = max(eng.slot_bytes, (int(max(sizes, default=estimate) * 1.25) + 4095) // 4096 * 4096)
+    if not first.exists():  # no frame yet (a scan still being written): allocate only
+        eng.warm(n, eng.slot_bytes, rings=tasks)
         return
-    eng.slot_bytes = max(eng.slot_bytes, (int(max(sizes) * 1.25) + 4095) // 4096 * 4096)
 
     def fill(get_arena):
         arena, _total, begin, end, _shapes, _md5s, errors, _slot = read_into_pinned([first] * n, get_arena,
