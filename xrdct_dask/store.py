@@ -47,8 +47,8 @@ import zarr
 from zarr.codecs import BloscCodec
 
 # Data arrays: byte-shuffled LZ4 in Blosc.  On float32 patterns it compresses better than zarr's
-# default (zstd, no shuffle: 1.9x against 1.6x) and ~10x faster; a decode-integrate task writes
-# ~26 MB per 1,600 frames, and at GPU rates the default's compression was a fifth of its time.
+# default (zstd, no shuffle) and several times faster: a decode-integrate task writes ~26 MB per
+# 1,600 frames, and at GPU rates the default's compression was a large part of its time.
 COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 REDUCED, RECON, PDF = "reduced", "recon", "pdf"
