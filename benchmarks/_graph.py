@@ -21,7 +21,7 @@ def link_frames(distinct: list[Path], frames_dir: Path, n: int) -> Path:
 
 
 def _one_run(client, wfm, wf, ai, token: str) -> dict:
-    graph = wfm.build_graph(wfm.prepare_store(wf, ai, overwrite=True), token=token)
+    graph = wfm.build_graph(wfm.open_run(wf), token=token)
     t = time.perf_counter()
     t_epoch = time.time()
     res = wfm.compute_with_progress(client, {"decode-integrate": graph["decode-integrate"]}, progress=False)

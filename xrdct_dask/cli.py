@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import WorkflowError, load_workflow, parse_overrides
+from .config import WorkflowError, load_workflow, parse_overrides, parse_value
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="XRD-CT / PDF-CT reduction: simulate a scan, run a workflow, look at the result.")
@@ -88,7 +88,14 @@ def run(
                          cluster_options=_cluster_options(cluster_set))
     except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        _interrupted()
     typer.echo(f"store: {path}")
+
+
+def _interrupted() -> None:
+    typer.secho("interrupted: what is marked done is kept; run the same command to resume", fg="yellow", err=True)
+    raise typer.Exit(130)
 
 
 def _expand_runs(runs: list[str]) -> list[Path]:
@@ -123,6 +130,8 @@ def reprocess(
                              scheduler_address=scheduler_address)
     except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        _interrupted()
     for p in paths:
         typer.echo(f"store: {p}")
 
@@ -162,6 +171,7 @@ def demo(
 ) -> None:
     """Simulate a small scan and run the whole workflow on it (a few minutes on a laptop)."""
     from . import workflow as wfmod
+    from .summary import summary_path
     from .testing.synthetic import simulate_scan
 
     _logging(False)
@@ -170,7 +180,7 @@ def demo(
     scan = simulate_scan(out_dir, nz, nomega, nx)
     typer.echo(f"  done in {time.perf_counter() - t0:.0f} s; running {scan.workflow}")
     path = wfmod.run(load_workflow(scan.workflow, {"store.overwrite": True}))
-    typer.echo(f"\nstore:   {path}\npicture: {path.parent / 'summary.png'}\n"
+    typer.echo(f"\nstore:   {path}\npicture: {summary_path(path)}\n"
                f"open it: python -c \"import xarray as xr; print(xr.open_zarr('{path}', group='recon'))\"\n"
                f"total {time.perf_counter() - t0:.0f} s")
 
@@ -181,14 +191,15 @@ app.add_typer(cluster_app, name="cluster")
 
 def _cluster_options(pairs: list[str] | None) -> dict:
     """``["queue=gpu", "cores=4"]`` -> ``{"queue": "gpu", "cores": 4}`` (values parsed as YAML)."""
-    import yaml
-
     out = {}
     for p in pairs or []:
         if "=" not in p:
             _fail(f"--cluster-set {p!r}: expected key=value, e.g. queue=gpu")
         k, v = p.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        try:
+            out[k.strip().replace("-", "_")] = parse_value(v, f"--cluster-set {p}")
+        except WorkflowError as err:
+            _fail(str(err))
     return out
 
 

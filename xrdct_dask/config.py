@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -41,13 +42,43 @@ class Inputs(_Section):
     check_md5: bool = Field(False, description="verify each frame's Content-MD5 (one md5 per frame); "
                                                "a mismatch flags the frame BAD_CHECKSUM")
 
+    monitor_max_ratio: float = Field(100.0, gt=1, description="a monitor value more than this factor above or below "
+                                                               "the scan's median flags its frame BAD_MONITOR")
+
     @field_validator("frames")
     @classmethod
     def _has_index_field(cls, v: str) -> str:
-        fields = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
-        if fields != ["index"]:
-            raise ValueError(f"must contain exactly one {{index}} field, e.g. frame_{{index:06d}}.cbf (got {v!r})")
+        check_frames_template(v)
         return v
+
+
+# ``{index}`` or ``{index:06d}``-like: an integer presentation of at most MAX_INDEX_WIDTH characters
+_INDEX_SPEC = re.compile(r"(?:.?[<>=^])?[+\- ]?#?0?(?P<width>\d*)[,_]?[bdoxXn]?")
+MAX_INDEX_WIDTH = 32
+
+
+def check_frames_template(v: str) -> None:
+    """Raise ValueError unless ``v`` has exactly one ``{index}`` field with an integer format spec
+    (``frame_{index:06d}.cbf``): no conversion, no precision, no nested field, a width of at most
+    :data:`MAX_INDEX_WIDTH`.  A spec like ``{index:>999999999}`` would make every path a gigabyte
+    string (a hang), ``{index:.0s}`` or ``{index:c}`` a traceback at the first frame."""
+    example = "e.g. frame_{index:06d}.cbf"
+    try:
+        parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+    except ValueError as err:
+        raise ValueError(f"is not a valid template ({err}): {example} (got {v!r})") from None
+    if [f for f, _, _ in parts] != ["index"]:
+        raise ValueError(f"must contain exactly one {{index}} field, {example} (got {v!r})")
+    _, spec, conv = parts[0]
+    m = _INDEX_SPEC.fullmatch(spec or "")
+    if conv is not None or m is None or "{" in (spec or ""):
+        raise ValueError(f"the {{index}} field must have an integer format such as {{index:06d}} (got {v!r})")
+    if m["width"] and int(m["width"]) > MAX_INDEX_WIDTH:
+        raise ValueError(f"the {{index}} field's width {int(m['width'])} is above {MAX_INDEX_WIDTH} (got {v!r})")
+    try:
+        v.format(index=0), v.format(index=10**12)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"cannot format frame indices with {v!r} ({err})") from None
 
 
 class Scan(_Section):
@@ -248,7 +279,9 @@ class Workflow(_Section):
         return Path(self.inputs.frames.format(index=index))
 
 
-def _one_line(err: ValidationError, source: str) -> WorkflowError:
+def _one_line(err: ValidationError, source: str, overrides: dict | None = None) -> WorkflowError:
+    """One line naming every broken key; a key set on the command line is blamed on its ``--set``,
+    not on the file."""
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -257,8 +290,10 @@ def _one_line(err: ValidationError, source: str) -> WorkflowError:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        parts.append(f"{key}: {msg}")
-    return WorkflowError(f"{source}: " + "; ".join(parts))
+        given = next((k for k in overrides or {} if key == k or key.startswith(k + ".") or k.startswith(key + ".")),
+                     None)
+        parts.append(f"--set {given}={json.dumps(overrides[given])}: {key}: {msg}" if given else f"{source}: {key}: {msg}")
+    return WorkflowError("; ".join(parts))
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -274,14 +309,38 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+def parse_value(text: str, option: str) -> Any:
+    """A command-line value parsed as YAML (``3000``, ``true``, ``[1, 2]``, ``a string``), limited to
+    plain data: YAML tags (``!!python/...``, ``!!binary``, ``!!set``) are refused in one line, and
+    what YAML would read as a date stays the text given."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{option}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+    def plain(v) -> bool:
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and plain(x) for k, x in v.items())
+        if isinstance(v, list):
+            return all(plain(x) for x in v)
+        return v is None or isinstance(v, (str, bool, int, float))
+
+    if not plain(value) and "!" not in text:  # an implicit YAML date or time: the text itself
+        return text.strip()
+    if not plain(value):
+        raise WorkflowError(f"{option}: a value must be a number, true/false, a string or a list of them "
+                            f"(YAML gave a {type(value).__name__})")
+    return value
+
+
+def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str, Any]:
     """``["integrate.npt_rad=3000", ...]`` -> ``{"integrate.npt_rad": 3000}`` (values parsed as YAML)."""
     out = {}
     for p in pairs or []:
         if "=" not in p:
-            raise WorkflowError(f"--set {p!r}: expected key=value, e.g. integrate.npt_rad=2000")
+            raise WorkflowError(f"{option} {p!r}: expected key=value, e.g. integrate.npt_rad=2000")
         k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = parse_value(v, f"{option} {p}")
     return out
 
 
@@ -308,7 +367,7 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
     try:
         return Workflow.model_validate(raw)
     except ValidationError as err:
-        raise _one_line(err, source) from None
+        raise _one_line(err, source, overrides) from None
 
 
 def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:

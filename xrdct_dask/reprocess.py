@@ -89,6 +89,21 @@ class Reprocess:
         return [store.REDUCED] if self.start == "recon" else [store.REDUCED, store.RECON] if self.start == "pdf" else []
 
 
+def changed_inputs(recorded: dict, wf: Workflow) -> dict[str, list]:
+    """Input files whose contents differ from what the parent recorded: ``{"inputs.poni (contents)":
+    [old sha256[:12], new]}``.  Files that are gone are not compared (a recon or pdf rerun needs
+    neither the frames nor the PONI)."""
+    from .workflow import input_files
+
+    out = {}
+    for key, p in input_files(wf).items():
+        if key in recorded and p.is_file() and str(p) == recorded[key].get("path"):
+            now = store.file_digest(p)
+            if now != recorded[key].get("sha256"):
+                out[f"{key} (contents)"] = [recorded[key]["sha256"][:12], now[:12]]
+    return out
+
+
 def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage: str | None = None,
                    out: str | Path | None = None) -> Reprocess:
     """Decide the new workflow, what changed and where to start, for one parent store."""
@@ -114,6 +129,7 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
                             source=f"{parent} (stored workflow)")
     flat_old, flat_new = flatten(old), flatten(wf.model_dump(mode="json"))
     changed = {k: [flat_old.get(k), flat_new.get(k)] for k in changed_keys(old, wf.model_dump(mode="json"))}
+    changed |= changed_inputs(attrs.get("input_contents") or {}, wf)
     candidates = [s for s in (first_stage(changed), from_stage) if s is not None]
     if not candidates:
         raise WorkflowError(f"{parent}: nothing to reprocess: the overrides change no stage's parameters "
@@ -131,32 +147,26 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
 
 def prepare_child(rp: Reprocess):
     """Create (or resume) the new store of ``rp``; returns its :class:`~xrdct_dask.stages.RunContext`."""
-    import zarr
-
     from . import workflow as wfmod
 
     wf, out = rp.workflow, rp.out
-    if out.exists():
-        attrs = store.read_attrs(out)
-        if attrs.get("template_complete") and attrs.get("work_digest") == wf.work_digest() and \
-                attrs.get("parent", {}).get("path") == str(rp.parent):
-            return wfmod.context_from_store(wf, out)  # an interrupted reprocess: resume it
+    attrs = store.root_attrs(out) if store.is_store(out) else None
+    if attrs is not None and attrs.get("template_complete") and attrs.get("work_digest") == wf.work_digest() \
+            and attrs.get("parent", {}).get("path") == str(rp.parent):
+        return wfmod.open_run(wf)  # an interrupted reprocess: resume it
+    if out.exists() and (attrs is None or attrs.get("template_complete")):
         raise FileExistsError(f"{out} exists: choose another --out or remove it")
-    if rp.start == "integrate":
-        ctx = wfmod.open_run(wf)
-    else:
-        ctx = _derive_store(rp)
-    root = zarr.open_group(str(out), mode="r+")
     pattrs = store.read_attrs(rp.parent)
-    root.attrs["parent"] = {"path": str(rp.parent), "workflow_digest": pattrs.get("workflow_digest"),
-                            "work_digest": pattrs.get("work_digest")}
-    root.attrs["reprocess"] = {"changed": rp.changed, "from": rp.start, "reused": rp.reused,
-                               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    store.consolidate(out)
-    return ctx
+    lineage = {"parent": {"path": str(rp.parent), "workflow_digest": pattrs.get("workflow_digest"),
+                          "work_digest": pattrs.get("work_digest")},
+               "reprocess": {"changed": rp.changed, "from": rp.start, "reused": rp.reused,
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
+    if rp.start == "integrate":
+        return wfmod.open_run(wf, extra_attrs=lineage)
+    return _derive_store(rp, lineage)
 
 
-def _derive_store(rp: Reprocess):
+def _derive_store(rp: Reprocess, lineage: dict):
     """A new store whose upstream groups share the parent's chunks (start = recon or pdf)."""
     from . import stages
     from . import workflow as wfmod
@@ -174,25 +184,37 @@ def _derive_store(rp: Reprocess):
             raise WorkflowError(str(err)) from None
         r_A = op.r_A
     s = wf.scan
-    keep = ("monitor_reference", "wavelength_angstrom", "poni", "input_digest", "engine")
+    keep = ("monitor_reference", "wavelength_angstrom", "poni", "input_contents", "frame_sample", "engine")
     attrs = {k: pattrs[k] for k in keep if k in pattrs} | {
         "workflow": wf.model_dump(mode="json"), "workflow_yaml": wf.to_yaml(), "workflow_digest": wf.digest(),
-        "work_digest": wf.work_digest(), "versions": store.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        "work_digest": wf.work_digest(), "versions": store.versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S")} | lineage
     try:
         store.check_writable(out.parent)
     except store.StoreWriteError as err:
         raise WorkflowError(f"--out: cannot create {out}: {err.strerror}") from None
-    store.create_store(out, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
-                       omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
-                       omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs, r_chunk=wf.pdf.r_chunk)
-    if op is not None:
-        wfmod.create_pdf_arrays(wf, out, op)
-    n = store.link_group(parent, out, store.REDUCED) + store.link_group(parent, out, store.TASKS, ["integrate"])
-    if rp.start == "pdf":
-        n += store.link_group(parent, out, store.RECON) + store.link_group(parent, out, store.TASKS, ["center", "recon"])
-    log.info("%s: %d chunk files shared with %s", out, n, parent)
-    store.mark_template_complete(out)
-    store.consolidate(out)
+
+    def build(tmp):
+        store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
+                           omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
+                           omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs,
+                           r_chunk=wf.pdf.r_chunk)
+        if op is not None:
+            wfmod.create_pdf_arrays(wf, tmp, op)
+        n = store.link_group(parent, tmp, store.REDUCED) + store.link_group(parent, tmp, store.TASKS, ["integrate"])
+        if rp.start == "pdf":
+            n += store.link_group(parent, tmp, store.RECON) + store.link_group(parent, tmp, store.TASKS,
+                                                                                ["center", "recon"])
+        log.info("%s: %d chunk files shared with %s", out, n, parent)
+        store.mark_template_complete(tmp)
+        store.consolidate(tmp)
+
+    try:
+        store.create_aside(out, build)
+    except store.StoreExistsError as err:
+        raise WorkflowError(str(err).replace("store.path:", "--out:")) from None
+    except store.StoreWriteError as err:
+        raise WorkflowError(f"--out: {err.strerror}") from None
     return wfmod.context_from_store(wf, out)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import store
 from .config import Workflow
-from .io.cbf import CorruptFrameError, SizeMismatchError, TruncatedFrameError, read_cbf_payload
+from .io.cbf import CorruptFrameError, NotRegularFileError, SizeMismatchError, TruncatedFrameError, read_cbf_payload
 from .io.status import FrameStatus, usable
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _read(ctx: RunContext, index: int, shape: tuple[int, int]):
         payload = read_cbf_payload(path)
     except (OSError, CorruptFrameError) as err:
         if not isinstance(err, FileNotFoundError):
-            log.warning("%s: %s", path, err)
+            log.warning("%s", _frame_message(path, err))
         return None, _status_of(err)
     if payload.shape != shape:
         log.warning("%s: frame is %s, the detector %s", path, payload.shape, shape)
@@ -221,18 +221,27 @@ def warm_gpu_engine(wf: Workflow, integ, tasks: int, sample: int = 64) -> None:
     try:
         eng.warm(n, eng.slot_bytes, rings=tasks, fill=fill)
     except (OSError, CorruptFrameError) as err:  # an unreadable first frame: its task will say so
-        log.warning("%s: %s; GPU buffers allocated but not used before the first task", first, err)
+        log.warning("%s; GPU buffers allocated but not used before the first task", _frame_message(first, err))
         eng.warm(n, eng.slot_bytes, rings=tasks)
+
+
+def _frame_message(path, err: Exception) -> str:
+    """``err`` naming ``path`` once (the readers' messages already start with it)."""
+    return str(err) if str(path) in str(err) else f"{path}: {err}"
 
 
 def _status_of(err: Exception) -> FrameStatus:
     """The status of a frame whose reading raised ``err`` (by exception type, never by message)."""
     if isinstance(err, FileNotFoundError):
         return FrameStatus.MISSING
+    if isinstance(err, NotRegularFileError):
+        return FrameStatus.NOT_A_FILE
     if isinstance(err, TruncatedFrameError):
         return FrameStatus.TRUNCATED
     if isinstance(err, SizeMismatchError):
         return FrameStatus.SIZE_MISMATCH
+    if isinstance(err, OSError):  # EIO, EACCES, ESTALE...: the file is there but could not be read now
+        return FrameStatus.IO_ERROR
     return FrameStatus.CORRUPT_HEADER
 
 
@@ -258,8 +267,13 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     status = np.zeros(flat_idx.size, np.int8)
     monitor = store.open_array(ctx.store_path, f"{store.REDUCED}/monitor", "r")[
         block.z, block.omega_start:block.omega_stop].reshape(-1).astype(np.float64)
-    bad_monitor = ~(np.isfinite(monitor) & (monitor > 0))
-    norm = np.where(bad_monitor, 1.0, monitor / ctx.monitor_reference)
+    # a monitor reading far from the scan's median (a beam dump, a glitching counter) would scale the
+    # frame's pattern by orders of magnitude: such frames are flagged, not normalised
+    ratio = monitor / ctx.monitor_reference
+    limit = ctx.workflow.inputs.monitor_max_ratio
+    with np.errstate(invalid="ignore"):
+        bad_monitor = ~(np.isfinite(ratio) & (ratio > 0) & (ratio <= limit) & (ratio >= 1 / limit))
+    norm = np.where(bad_monitor, 1.0, ratio)
     shape = integ.shape
     stats = {"bytes": 0}
     step = integ.batch_frames

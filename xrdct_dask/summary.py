@@ -7,11 +7,14 @@ row: G(r) of a few voxels (when the PDF stage ran).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from . import store
+
+log = logging.getLogger(__name__)
 
 
 def strongest_peaks(pattern: np.ndarray, n: int = 3, min_separation: int = 5) -> list[int]:
@@ -39,11 +42,39 @@ def prepared_sinogram(path: str | Path, z: int) -> tuple[np.ndarray, np.ndarray,
     return total, after[..., 0], info
 
 
-def write_summary(path: str | Path, z: int | None = None, out: str | Path | None = None) -> Path:
+SOFTWARE = "xrdct-dask summary"  # the PNG's Software text: a picture this program may replace
+
+
+def summary_path(path: str | Path) -> Path:
+    """``run-summary.png`` beside ``run.zarr``: named after its store, so stores sharing a folder
+    keep their own pictures."""
+    path = Path(path)
+    return path.parent / f"{path.stem}-summary.png"
+
+
+def is_our_picture(png: Path) -> bool:
+    """True for a PNG this program wrote (its Software text), which it may overwrite."""
+    try:
+        from PIL import Image
+
+        with Image.open(png) as im:
+            return im.text.get("Software", "") == SOFTWARE
+    except Exception:  # not a PNG, unreadable
+        return False
+
+
+def write_summary(path: str | Path, z: int | None = None, out: str | Path | None = None) -> Path | None:
+    """Draw the summary picture of store ``path`` (slice ``z``, default the middle one) into ``out``
+    (default :func:`summary_path`) and return its path; None, with a warning, where ``out`` is a
+    file this program did not write (it is never overwritten)."""
     # a bare Figure draws with Agg without touching pyplot's backend (inline plots in Jupyter stay)
     from matplotlib.figure import Figure
 
     path = Path(path)
+    out = Path(out) if out else summary_path(path)
+    if out.exists() and not is_our_picture(out):
+        log.warning("%s exists and was not written by xrdct-dask: the summary picture is not drawn over it", out)
+        return None
     q = store.open_array(path, "q", "r")[:]
     attrs = store.read_attrs(path)
     unit = attrs.get("workflow", {}).get("integrate", {}).get("unit", "q_nm^-1")
@@ -96,6 +127,5 @@ def write_summary(path: str | Path, z: int | None = None, out: str | Path | None
         ax[2, 2].set(title="mean G(r) of the slice", xlabel="r (A)")
     fig.suptitle(f"{path.name}: {attrs.get('run_summary', {}).get('frames', '?')} frames", fontsize=11)
     fig.tight_layout()
-    out = Path(out) if out else path.parent / "summary.png"
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=90, metadata={"Software": SOFTWARE})
     return out

@@ -16,7 +16,11 @@ Where workers advertise a ``GPU`` resource (GPU profiles in ``cluster/``), the G
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +59,15 @@ def check_inputs(wf: Workflow):
     lacking = [k for k in ("distance", "poni1", "poni2") if f"{k}:" not in text]
     if lacking:
         raise WorkflowError(f"inputs.poni: {wf.inputs.poni} is not a PONI file (no {', '.join(lacking)} key)")
+    numbers = {"Distance": ai.dist, "Poni1": ai.poni1, "Poni2": ai.poni2, "Rot1": ai.rot1, "Rot2": ai.rot2,
+               "Rot3": ai.rot3} | ({"Wavelength": ai.wavelength} if ai.wavelength is not None else {})
+    bad = [f"{k} = {v}" for k, v in numbers.items() if not np.isfinite(v)]
+    if not bad and not ai.dist > 0:
+        bad = [f"Distance = {ai.dist} (must be > 0)"]
+    if not bad and ai.wavelength is not None and not ai.wavelength > 0:
+        bad = [f"Wavelength = {ai.wavelength} (must be > 0)"]
+    if bad:
+        raise WorkflowError(f"inputs.poni: {wf.inputs.poni} has {', '.join(bad)}: not a usable geometry")
     det_shape = ai.detector.max_shape
     # the frame shape: the first readable frame of the PONI's shape (else the first readable one);
     # a missing or broken frame among them is flagged by its task later, not fatal here
@@ -100,9 +113,81 @@ def check_inputs(wf: Workflow):
     return ai, shape
 
 
-def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
-    """Create the store template, fill the monitor, and return the :class:`stages.RunContext`."""
-    from .io.scan import grid_index, read_monitor, read_scan_file
+def input_files(wf: Workflow) -> dict[str, Path]:
+    """The run's inputs by workflow key (the frames by their folder): what a store must never hold."""
+    i = wf.inputs
+    out = {"inputs.frames": wf.frame_path(0).parent}
+    for key in ("poni", "mask", "dark", "flat", "monitor", "scan_file"):
+        if getattr(i, key) is not None:
+            out[f"inputs.{key}"] = Path(getattr(i, key))
+    if wf.pdf.enabled and wf.pdf.background == "file" and wf.pdf.background_file is not None:
+        out["pdf.background_file"] = Path(wf.pdf.background_file)
+    return out
+
+
+def input_contents(wf: Workflow) -> dict[str, dict]:
+    """``{key: {"path", "sha256"}}`` of every input file but the frames: part of a run's identity
+    (a PONI edited in place is a different run, like a changed workflow key)."""
+    return {k: {"path": str(p), "sha256": store.file_digest(p)} for k, p in input_files(wf).items()
+            if k != "inputs.frames" and p.is_file()}
+
+
+FRAMES_SAMPLED = 256  # frame files whose sizes a store records: a different data set is noticed on resume
+
+
+def frame_sample(wf: Workflow) -> dict:
+    """Sizes in bytes (-1: no file) of up to ``FRAMES_SAMPLED`` frames spread over the scan."""
+    n = wf.scan.nframes
+    idx = np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))
+    sizes = []
+    for i in idx:
+        try:
+            sizes.append(os.stat(wf.frame_path(int(i))).st_size)
+        except OSError:
+            sizes.append(-1)
+    return {"index": idx.tolist(), "bytes": sizes}
+
+
+def check_same_inputs(wf: Workflow, path: Path, attrs: dict) -> None:
+    """Refuse (one line naming the file) to resume a store whose inputs changed since it was made:
+    an input file's contents, or the size of a sampled frame that existed then (frames that were
+    missing may have arrived since: they are read by the resumed run)."""
+    hint = (f"set store.overwrite=true to start again, or `xrdct reprocess {path}` for a new run from it")
+    recorded = attrs.get("input_contents")
+    if recorded is not None:
+        now = input_contents(wf)
+        for key in sorted(set(recorded) | set(now)):
+            if recorded.get(key, {}).get("sha256") != now.get(key, {}).get("sha256"):
+                what = now.get(key, recorded.get(key, {})).get("path", key)
+                raise WorkflowError(f"{key}: {what} changed since {path} was created (its contents differ): {hint}")
+    sample = attrs.get("frame_sample")
+    if sample is not None:
+        for i, was in zip(sample["index"], sample["bytes"]):
+            if was < 0:
+                continue
+            try:
+                size = os.stat(wf.frame_path(int(i))).st_size
+            except OSError:
+                continue  # gone now: its block, if not done yet, flags it missing
+            if size != was:
+                raise WorkflowError(f"inputs.frames: {wf.frame_path(int(i))} is {size} bytes, {was} when {path} "
+                                    f"was created: the frames changed; {hint}")
+
+
+def _monitor(wf: Workflow, nframes: int) -> np.ndarray:
+    from .io.scan import read_monitor
+
+    try:
+        return read_monitor(wf.inputs.monitor, nframes)
+    except ValueError as err:
+        raise WorkflowError(f"inputs.monitor: {err}") from None
+
+
+def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.RunContext:
+    """Create the store template beside ``store.path``, fill the monitor and frame indices, and
+    rename it into place (:func:`store.create_aside`); return the :class:`stages.RunContext`.
+    ``extra_attrs`` go to the root with the others (e.g. a reprocessed run's lineage)."""
+    from .io.scan import grid_index, read_scan_file
     from .pdf import PDFParameterError, operator_for
 
     s = wf.scan
@@ -140,7 +225,7 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
 
     mon = None
     if wf.inputs.monitor is not None:
-        mon = read_monitor(wf.inputs.monitor, s.nframes if grid is None else int(grid.max()) + 1)
+        mon = _monitor(wf, s.nframes if grid is None else int(grid.max()) + 1)
         used = mon if grid is None else mon[grid[grid >= 0]]  # every frame, or those the scan file places
         good = used[np.isfinite(used) & (used > 0)]
         reference = float(np.median(good)) if good.size else 1.0
@@ -156,28 +241,36 @@ def prepare_store(wf: Workflow, ai, overwrite: bool | None = None):
         "workflow_digest": wf.digest(),
         "work_digest": wf.work_digest(),
         "versions": store.versions(),
-        "input_digest": store.input_digest([wf.frame_path(i) for i in range(min(s.nframes, 100_000))]),
+        "input_contents": input_contents(wf),
+        "frame_sample": frame_sample(wf),
         "engine": integ.engine,
         "monitor_reference": reference,
         "wavelength_angstrom": wavelength_A,
         "poni": {k: v for k, v in ai.get_config().items() if k != "detector_config"} | {"detector": ai.detector.name},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    store.create_store(path, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
-                       omega_deg=omega, x_mm=np.arange(s.nx) * s.x_step_mm, z_mm=np.arange(s.nz) * s.z_step_mm,
-                       r_A=r_A, omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs,
-                       overwrite=wf.store.overwrite if overwrite is None else overwrite, r_chunk=wf.pdf.r_chunk)
-    if op is not None:
-        create_pdf_arrays(wf, path, op)
-    mon_arr = store.open_array(path, f"{store.REDUCED}/monitor")
-    idx_arr = store.open_array(path, f"{store.REDUCED}/frame_index")
-    for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays it did not read
-        mon_arr[z] = monitor_of(z).astype(np.float32)
-        idx_arr[z] = grid_of(z)
-    if flags is not None:
-        store.open_array(path, f"{store.REDUCED}/scan_flag")[...] = flags
-    store.mark_template_complete(path)
-    store.consolidate(path)
+    } | (extra_attrs or {})
+
+    def build(tmp: Path) -> None:
+        store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
+                           omega_deg=omega, x_mm=np.arange(s.nx) * s.x_step_mm, z_mm=np.arange(s.nz) * s.z_step_mm,
+                           r_A=r_A, omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs,
+                           r_chunk=wf.pdf.r_chunk)
+        if op is not None:
+            create_pdf_arrays(wf, tmp, op)
+        mon_arr = store.open_array(tmp, f"{store.REDUCED}/monitor")
+        idx_arr = store.open_array(tmp, f"{store.REDUCED}/frame_index")
+        for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays it did not read
+            mon_arr[z] = monitor_of(z).astype(np.float32)
+            idx_arr[z] = grid_of(z)
+        if flags is not None:
+            store.open_array(tmp, f"{store.REDUCED}/scan_flag")[...] = flags
+        store.mark_template_complete(tmp)
+        store.consolidate(tmp)
+
+    try:
+        store.create_aside(path, build, input_files(wf))
+    except store.StoreWriteError as err:
+        raise WorkflowError(f"store.path: {err.strerror}") from None
     return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A,
                              check_md5=wf.inputs.check_md5, read_threads=wf.compute.read_threads)
 
@@ -223,57 +316,104 @@ def context_from_store(wf: Workflow, path) -> stages.RunContext:
                              read_threads=wf.compute.read_threads)
 
 
-def open_run(wf: Workflow, overwrite: bool | None = None) -> stages.RunContext:
+def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | None = None) -> stages.RunContext:
     """The store of ``wf``, resumed or created, and its context; nothing is computed.
 
-    An existing store with a complete template and the same work digest
-    (:meth:`Workflow.work_digest`) is resumed: its done-markers say which tasks are skipped.
-    A store whose template was never completed (a run killed while preparing) is recreated.
-    Any other existing store is refused unless ``store.overwrite`` is set.
+    An existing store with a complete template, the same work digest
+    (:meth:`Workflow.work_digest`) and the same input contents (:func:`check_same_inputs`) is
+    resumed: its done-markers say which tasks are skipped, and blocks with frames to read again
+    (:func:`reopen_retried`) are redone.  A store of this program whose template was never
+    completed is recreated.  A store of other work is refused unless ``store.overwrite`` is set
+    (which always starts afresh); and nothing but a store of this program, holding nothing else,
+    is ever replaced (:func:`store.check_replaceable`): any other folder is refused in one line.
     """
     path = Path(wf.store.path)
     overwrite = wf.store.overwrite if overwrite is None else overwrite
-    if path.exists() and not overwrite:
-        try:
-            attrs = store.read_attrs(path)
-        except Exception:
-            raise FileExistsError(f"{path} exists and is not a zarr store: remove it or choose another store.path") \
-                from None
-        if attrs.get("format") != store.FORMAT:
-            raise FileExistsError(f"{path} exists and is not an xrdct-dask store: choose another store.path")
-        if attrs.get("template_complete"):
-            if attrs.get("work_digest") != wf.work_digest():
-                from .reprocess import changed_keys
+    for left in store.leftovers(path):
+        log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
+    attrs = store.root_attrs(path) if store.is_store(path) else None
+    if attrs is not None and attrs.get("template_complete") and not overwrite:
+        if attrs.get("work_digest") != wf.work_digest():
+            from .reprocess import changed_keys
 
-                changed = changed_keys(attrs.get("workflow", {}), wf.model_dump(mode="json"))
-                raise FileExistsError(
-                    f"{path} holds a run of another workflow (changed: {', '.join(changed) or 'unknown'}): pass "
-                    f"store.overwrite=true to replace it, or `xrdct reprocess {path} --set ...` for a new run from it")
-            try:
-                store.check_writable(path)
-            except store.StoreWriteError as err:
-                raise WorkflowError(f"store.path: {err.strerror}") from None
-            ctx = context_from_store(wf, path)
-            state = store.task_state(path)
-            if not state.integrate.all():
-                check_inputs(wf)
-                digest = store.input_digest([wf.frame_path(i) for i in range(min(wf.scan.nframes, 100_000))])
-                if digest != attrs.get("input_digest"):
-                    raise WorkflowError(f"inputs.frames: the frame files changed since {path} was created (input "
-                                        f"digest differs); set store.overwrite=true to start again")
-            log.info("resuming %s: %s", path, ", ".join(f"{k} {d}/{t} done" for k, (d, t) in state.counts().items()))
-            return ctx
+            changed = changed_keys(attrs.get("workflow", {}), wf.model_dump(mode="json"))
+            raise FileExistsError(
+                f"{path} holds a run of another workflow (changed: {', '.join(changed) or 'unknown'}): pass "
+                f"store.overwrite=true to replace it, or `xrdct reprocess {path} --set ...` for a new run from it")
+        check_same_inputs(wf, path, attrs)
+        return _resume(wf, path)
+    if attrs is not None and not attrs.get("template_complete"):
         log.warning("%s: template incomplete (a run stopped while preparing it): creating it again", path)
-        overwrite = True
     ai, _ = check_inputs(wf)
-    parent = path.parent
     try:
-        if not parent.is_dir():
-            raise store.StoreWriteError(2, f"{parent} is not a folder")
+        store.check_replaceable(path, input_files(wf))
+    except store.StoreExistsError as err:
+        raise WorkflowError(str(err)) from None
+    parent = Path(os.path.abspath(path)).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
         store.check_writable(parent)
+    except FileExistsError:
+        raise WorkflowError(f"store.path: cannot create {path}: {parent} is a file, not a folder") from None
+    except OSError as err:
+        raise WorkflowError(f"store.path: cannot create {path}: {err.strerror or err}") from None
+    return prepare_store(wf, ai, extra_attrs)
+
+
+def _resume(wf: Workflow, path: Path) -> stages.RunContext:
+    try:
+        store.check_writable(path)
     except store.StoreWriteError as err:
-        raise WorkflowError(f"store.path: cannot create {path}: {err.strerror}") from None
-    return prepare_store(wf, ai, overwrite=overwrite)
+        raise WorkflowError(f"store.path: {err.strerror}") from None
+    ctx = context_from_store(wf, path)
+    state = store.task_state(path)
+    retried = reopen_retried(ctx, state)
+    if retried:
+        log.warning("%s: %d frames missing or unreadable before are read again (%d blocks redone)", path,
+                    *retried)
+        state = store.task_state(path)
+    if not state.integrate.all():
+        check_inputs(wf)
+    log.info("resuming %s: %s", path, ", ".join(f"{k} {d}/{t} done" for k, (d, t) in state.counts().items()))
+    return ctx
+
+
+def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int, int]:
+    """Clear the done-markers of integrated blocks holding frames worth reading again: an I/O error,
+    or a missing frame whose file exists now (:data:`~xrdct_dask.io.status.RETRIED`).  The
+    slice's centre, reconstruction and G(r) are cleared too: they are made from those blocks.
+    Returns ``(frames, blocks)`` reopened.  Read slice by slice."""
+    from .io.status import FrameStatus
+
+    wf = ctx.workflow
+    wc = wf.store.omega_chunk
+    red = ctx.store_path / store.REDUCED
+    status_arr = store.open_array(red, "frame_status", "r")
+    index_arr = store.open_array(red, "frame_index", "r")
+    frames = blocks = 0
+    for z in np.nonzero(state.integrate.any(axis=1))[0]:
+        st = status_arr[z]
+        retry = st == FrameStatus.IO_ERROR
+        missing = np.argwhere((st == FrameStatus.MISSING) & state.integrate[z].repeat(wc)[:st.shape[0], None])
+        if missing.size:
+            idx = index_arr[z]
+            for w, x in missing:
+                if idx[w, x] >= 0 and wf.frame_path(int(idx[w, x])).is_file():
+                    retry[w, x] = True
+        rows = np.nonzero(retry.any(axis=1))[0]
+        reopen = sorted({int(w) // wc for w in rows if state.integrate[z, int(w) // wc]})
+        if not reopen:
+            continue
+        for b in reopen:
+            store.mark_done(ctx.store_path, "integrate", (int(z), b), 0)
+        store.mark_done(ctx.store_path, "center", (int(z),), np.nan)
+        for b in range(state.recon.shape[1]):
+            store.mark_done(ctx.store_path, "recon", (int(z), b), 0)
+        if state.pdf is not None:
+            store.mark_done(ctx.store_path, "pdf", (int(z),), 0)
+        frames += int(retry.sum())
+        blocks += len(reopen)
+    return frames, blocks
 
 
 def build_graph(ctx: stages.RunContext, zs=None, done: store.TaskState | None = None, token: str = "") -> dict:
@@ -382,6 +522,44 @@ class IntegratorPlugin(_worker_plugin_base()):
         stages.clear_integrators()
 
 
+class RunLogPlugin(_worker_plugin_base()):
+    """Distributed worker plugin for a run's logging on its workers.
+
+    A task that cannot write the store raises :class:`~xrdct_dask.store.StoreWriteError`; the
+    client stops the run with one line naming the cause, so the worker's own "Compute Failed"
+    block with its traceback is left out for that exception (every other failure keeps it).
+    ``level``: the level of the ``distributed`` loggers in the workers (a local cluster follows
+    the client's, so a quiet command line is not interleaved with worker chatter); None leaves
+    a cluster's own logging as it is."""
+
+    name = "xrdct-run-logging"
+    idempotent = False
+
+    def __init__(self, level: int | None = None):
+        self.level = level
+
+    def setup(self, worker):
+        wl = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _StoreErrorFilter) for f in wl.filters):
+            wl.addFilter(_StoreErrorFilter())
+        if self.level is not None:
+            logging.getLogger("distributed").setLevel(self.level)
+
+
+def _worker_log_level() -> int:
+    """The ``distributed`` log level of a local cluster's workers: the client's, except that a
+    quiet client (ERROR and above: the command line without -v) hears nothing from its workers
+    but CRITICAL, since the client itself reports every failure in one line (a worker's own
+    shutdown chatter, e.g. a heartbeat to a scheduler closing after Ctrl-C, is noise there)."""
+    level = logging.getLogger("distributed").getEffectiveLevel()
+    return logging.CRITICAL if level >= logging.ERROR else level
+
+
+class _StoreErrorFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("Compute Failed") and "StoreWriteError" in str(record.args))
+
+
 def gpu_count() -> int:
     """CUDA devices visible here (0 without cupy or a driver)."""
     from .backend import cp, gpu_available
@@ -400,6 +578,21 @@ def workers_per_gpu_for(device: int) -> int:
 
     total = cp.cuda.runtime.getDeviceProperties(device)["totalGlobalMem"]
     return int(min(4, max(1, total // (GPU_GB_PER_WORKER * 10**9))))
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Worker processes started inside inherit an ignored SIGINT (Python keeps an ignored SIGINT
+    ignored): a Ctrl-C in the terminal reaches the client alone, which stops the run and closes the
+    workers in order, instead of every worker printing its own KeyboardInterrupt traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def local_cluster(wf: Workflow, gpus: list[int] | None = None):
@@ -423,8 +616,9 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
     ngpu = len(gpus)
     if ngpu == 0:
         nworkers = c.n_workers or max(1, ncores // c.threads_per_worker)
-        return LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
-                            dashboard_address=c.dashboard_address, host="127.0.0.1")
+        with _workers_ignore_sigint():
+            return LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker,
+                                memory_limit=c.memory_limit, dashboard_address=c.dashboard_address, host="127.0.0.1")
     # GPU workers hold several GB of page-locked buffers, fixed at start-up (not growing with the
     # scan): the "auto" share of RAM would pause them for it, so they get no limit unless one is set
     gpu_limit = 0 if c.memory_limit == "auto" else c.memory_limit
@@ -437,7 +631,8 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
         "nthreads": c.threads_per_worker, "resources": {"CPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ""},
         "host": "127.0.0.1", "memory_limit": c.memory_limit}} for k in range(ncpu)}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": c.dashboard_address, "host": "127.0.0.1"}}
-    return SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu")
+    with _workers_ignore_sigint():
+        return SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu")
 
 
 def _client(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: int | None = None,
@@ -624,6 +819,7 @@ def execute(ctxs: list[stages.RunContext], *, scheduler_address: str | None = No
             log.info("dashboard: %s", client.dashboard_link)
             if progress:
                 print(f"dask dashboard: {client.dashboard_link}")
+            client.register_plugin(RunLogPlugin(_worker_log_level() if local is not None else None))
             need = {c.workflow.digest(): c.workflow for c, st in zip(ctxs, states) if not st.integrate.all()}
             resources = stage_resources(client, ctxs[0].workflow, local)
             for wf in need.values():
@@ -733,7 +929,10 @@ def status_counts(path) -> dict[str, int]:
 
 def finish_run(ctx: stages.RunContext, results: dict, before: store.TaskState, wall: float, *,
                progress: bool = True, summary: bool = True) -> dict:
-    """Stage status and run summary into the store's attrs (and the summary picture)."""
+    """Stage status and run summary into the store's attrs (and the summary picture).
+
+    The summary describes the whole store (frames integrated, their status), not only what this
+    invocation computed: a resumed or repeated run reports the run, and what it added now."""
     import zarr
 
     after = store.task_state(ctx.store_path)
@@ -744,9 +943,11 @@ def finish_run(ctx: stages.RunContext, results: dict, before: store.TaskState, w
         stage_done[store.PDF] = full["pdf"]
     for stage, ok in stage_done.items():
         store.set_stage_status(ctx.store_path, stage, "done" if ok else "partial")
-    info = run_summary(results, wall)
-    info["engine_report"] = engine_report(results.get("decode-integrate", []))
+    previous = store.read_attrs(ctx.store_path).get("run_summary") or {}
+    info = run_summary(results, wall, previous)
+    info["engine_report"] = engine_report(results.get("decode-integrate", [])) or previous.get("engine_report", [])
     info["frame_status"] = status_counts(ctx.store_path)
+    info["frames"] = sum(n for k, n in info["frame_status"].items() if k != "NOT_WRITTEN")
     info["tasks"] = {k: {"executed": len(results.get(k, [])), "skipped": d}
                      for k, (d, _) in before.counts().items()}
     zarr.open_group(str(ctx.store_path), mode="r+").attrs["run_summary"] = info
@@ -756,34 +957,42 @@ def finish_run(ctx: stages.RunContext, results: dict, before: store.TaskState, w
     if summary:
         from .summary import write_summary
 
-        derived = "parent" in store.read_attrs(ctx.store_path)  # a reprocessed run: keep its parent's picture
-        png = write_summary(ctx.store_path, out=ctx.store_path.parent / f"{ctx.store_path.stem}-summary.png"
-                            if derived else None)
-        if progress:
+        png = write_summary(ctx.store_path)
+        if progress and png is not None:
             print(f"summary picture: {png}")
     return info
 
 
-def run_summary(results: dict, wall_s: float) -> dict:
+RUNS_KEPT = 20  # invocations listed in a store's run_summary["runs"]
+
+
+def run_summary(results: dict, wall_s: float, previous: dict | None = None) -> dict:
+    """This invocation's figures (frames integrated now, seconds, rate, engines, task seconds),
+    with the earlier invocations of the same store listed under ``runs``."""
     integ = results.get("decode-integrate", [])
     frames = sum(r["frames"] for r in integ)
     status: dict[str, int] = {}
     for r in integ:
         for k, v in r["status"].items():
             status[k] = status.get(k, 0) + v
-    return {"frames": frames, "frame_status": status, "wall_seconds": wall_s,
-            "frames_per_second": frames / wall_s if wall_s else 0.0,
-            "engines": sorted({r["engine"] for r in integ}),
+    previous = previous or {}
+    engines = sorted({r["engine"] for r in integ} | set(previous.get("engines", [])))
+    this = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "frames_integrated": frames, "wall_seconds": wall_s}
+    return {"frames_this_run": frames, "frame_status_this_run": status, "wall_seconds": wall_s,
+            "frames_per_second": frames / wall_s if wall_s else 0.0, "engines": engines,
+            "runs": (list(previous.get("runs", [])) + [this])[-RUNS_KEPT:],
             "task_seconds": {k: float(sum(r["seconds"] for r in v if isinstance(r, dict))) for k, v in results.items()}}
 
 
 def format_summary(info: dict) -> str:
-    bad = {k: v for k, v in info["frame_status"].items() if k != "OK"}
-    if info["frames"]:
-        lines = [f"{info['frames']} frames in {info['wall_seconds']:.1f} s ({info['frames_per_second']:.0f} frames/s "
-                 f"end to end, engine {', '.join(info['engines'])})"]
+    bad = {k: v for k, v in info["frame_status"].items() if k not in ("OK", "NOT_WRITTEN")}
+    now, total = info["frames_this_run"], info["frames"]
+    if now:
+        lines = [f"{now} frames integrated in {info['wall_seconds']:.1f} s ({info['frames_per_second']:.0f} frames/s "
+                 f"end to end, engine {', '.join(info['engines'])})"
+                 + (f"; {total} frames in the store" if total != now else "")]
     else:
-        lines = [f"no frames integrated now; {info['wall_seconds']:.1f} s"]
+        lines = [f"all {total} frames of the store were integrated by earlier runs; {info['wall_seconds']:.1f} s now"]
     lines.append("frames flagged: " + (", ".join(f"{k.lower().replace('_', ' ')} {v}" for k, v in sorted(bad.items()))
                                        if bad else "none"))
     lines += info.get("engine_report", [])

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,52 @@ class TruncatedFrameError(CorruptFrameError):
 
 class SizeMismatchError(CorruptFrameError):
     """The file is whole but ``X-Binary-Size`` disagrees with where its binary section ends."""
+
+
+class NotRegularFileError(OSError):
+    """A frame path names something other than a regular file (a FIFO, a device, a folder): it is
+    never read, since reading a pipe or a device can block forever."""
+
+
+OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular(fd: int, path) -> os.stat_result:
+    """``fstat`` of an open frame file; raises :class:`NotRegularFileError` unless it is a regular file."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(f"{path}: {_kind(st.st_mode)}, not a frame file")
+    return st
+
+
+def read_file(path: str | Path) -> bytes:
+    """The bytes of a regular file, opened so that nothing can block (``O_NONBLOCK``: a named pipe
+    or a device in place of a frame raises :class:`NotRegularFileError` instead of hanging)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # not even opened: a device may act on open
+            raise NotRegularFileError(f"{path}: {_kind(os.stat(path).st_mode)}, not a frame file")
+        fd = os.open(path, OPEN_FLAGS)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: frame file not found") from None
+    try:
+        size = check_regular(fd, path).st_size
+        parts = []
+        while True:  # the file may have grown since fstat: read to its end
+            chunk = os.read(fd, max(size, 1 << 16))
+            if not chunk:
+                break
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -150,12 +198,7 @@ def check_extent(buf, begin: int, nbytes: int, shape: tuple[int, int], name: str
 
 def read_cbf_payload(path: str | Path) -> CbfPayload:
     """Read one CBF file and return its compressed payload (no decoding)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: frame file not found") from None
-    return parse_cbf(raw, str(path))
+    return parse_cbf(read_file(path), str(path))
 
 
 def read_header(path: str | Path) -> dict:

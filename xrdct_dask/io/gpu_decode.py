@@ -156,7 +156,7 @@ def read_into_pinned(paths: Sequence, get_arena, pool=None, slot_bytes: int = 0,
     is ``arena[begin[k]:end[k]]``, ``shapes`` int64 ``(n, 2)``, ``md5s[k]`` None unless asked,
     ``errors[k]`` None or the exception met (missing file, corrupt header, truncated payload).
     """
-    from .cbf import CorruptFrameError, locate_payload
+    from .cbf import OPEN_FLAGS, CorruptFrameError, check_regular, locate_payload
     from .locate import locate_batch
 
     n = len(paths)
@@ -174,8 +174,8 @@ def read_into_pinned(paths: Sequence, get_arena, pool=None, slot_bytes: int = 0,
         if paths[k] is None:
             errors[k] = FileNotFoundError("no frame recorded at this scan point")
             return
-        try:
-            fd = os.open(paths[k], os.O_RDONLY)
+        try:  # non-blocking: a named pipe or a device in place of a frame must not hang the reader
+            fd = os.open(paths[k], OPEN_FLAGS)
         except FileNotFoundError:
             errors[k] = FileNotFoundError(f"{paths[k]}: frame file not found")
             return
@@ -184,12 +184,16 @@ def read_into_pinned(paths: Sequence, get_arena, pool=None, slot_bytes: int = 0,
             return
         try:
             got = os.readv(fd, [mv[k * slot:(k + 1) * slot]])
-            if got == slot:
-                full = os.fstat(fd).st_size
+            if got == slot or got == 0:  # larger than the slot, or empty: fstat says which (and if regular)
+                full = check_regular(fd, paths[k]).st_size
                 if full > slot:
                     bigger[k] = full
             sizes[k] = got
         except OSError as err:
+            try:
+                check_regular(fd, paths[k])
+            except OSError as special:
+                err = special
             errors[k] = err
         finally:
             os.close(fd)

@@ -1,6 +1,6 @@
 """Per-frame status codes, stored in ``reduced/frame_status`` (int8) and counted in run summaries.
 
-Codes 1-7 mark frames that could not be used: their patterns are NaN, ``frame_ok`` is false and
+Codes 1-7, 10 and 11 mark frames that could not be used: their patterns are NaN, ``frame_ok`` is false and
 every later stage treats them as missing.  DUPLICATE and OUT_OF_ORDER describe how the scan file
 placed a good frame: the frame is used (``frame_ok`` true) and the code is kept for the record.
 """
@@ -23,6 +23,8 @@ class FrameStatus(IntEnum):
     SIZE_MISMATCH = 7    # X-Binary-Size disagrees with where the binary section ends
     DUPLICATE = 8        # usable: the scan file records this point more than once (the last record is used)
     OUT_OF_ORDER = 9     # usable: the frame arrived at another acquisition index; placed by the scan file
+    IO_ERROR = 10        # the file could not be read (EIO, permissions, a vanished mount): retried by a rerun
+    NOT_A_FILE = 11      # a named pipe, device or folder in place of the frame file: never opened for reading
 
     @property
     def label(self) -> str:
@@ -30,6 +32,9 @@ class FrameStatus(IntEnum):
 
 
 USABLE = (FrameStatus.OK, FrameStatus.DUPLICATE, FrameStatus.OUT_OF_ORDER)
+# frames a rerun reads again (their blocks are redone): the file may have come back since.  A
+# MISSING frame is retried only where its file exists now; corrupt frames stay flagged.
+RETRIED = (FrameStatus.MISSING, FrameStatus.IO_ERROR)
 
 
 def usable(status) -> np.ndarray:

@@ -201,7 +201,7 @@ def copy_scan(scan: SimulatedScan, dest: str | Path) -> SimulatedScan:
     from dataclasses import replace
 
     dest = Path(dest)
-    shutil.copytree(scan.root, dest, ignore=shutil.ignore_patterns("*.zarr", "summary.png"))
+    shutil.copytree(scan.root, dest, ignore=shutil.ignore_patterns("*.zarr", "*summary.png"))
     return replace(scan, root=dest, workflow=dest / scan.workflow.name, poni=dest / scan.poni.name,
                    mask=dest / scan.mask.name, monitor=dest / scan.monitor.name, scan_file=dest / scan.scan_file.name,
                    truth=dest / scan.truth.name)
