@@ -206,7 +206,7 @@ def test_wheel_in_a_fresh_venv_works_outside_the_checkout(tmp_path):
     # the wheel holds every data file of the package (profiles, template, figures, CUDA kernels) and the licence
     names = set(zipfile.ZipFile(wheel).namelist())
     data = {p.relative_to(REPO).as_posix() for p in (REPO / "xrdct_dask").rglob("*")
-            if p.is_file() and p.suffix not in (".py", ".pyc")}
+            if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts}
     assert data and data <= names, data - names
     assert any(n.endswith("licenses/LICENSE") for n in names)
 
