@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean slurm-up slurm-down notebooks
+.PHONY: demo test install bench clean slurm-up slurm-down notebooks throughputs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ slurm-down:
 # the notebooks as nbmake runs them (tests/test_notebooks.py also checks that they show figures)
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest -q --nbmake notebooks
+
+# the figures lines of benchmarks/RESULTS.md that `xrdct plan` ships (tests/test_packaging.py keeps them equal)
+throughputs: $(STAMP)
+	$(BIN)/python -c "import json; from xrdct_dask.plan import read_throughputs; from xrdct_dask.resources import THROUGHPUTS; \
+		THROUGHPUTS.write_text(json.dumps({'source': 'benchmarks/RESULTS.md', **read_throughputs('benchmarks/RESULTS.md')}, indent=1) + '\n')"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu.py

@@ -1,4 +1,4 @@
-"""Cluster profiles (cluster/*.yaml) -> dask-jobqueue job scripts, GPU resources, and a real SLURM run.
+"""Cluster profiles (xrdct_dask/profiles/, your own) -> dask-jobqueue job scripts, GPU resources, a real SLURM run.
 
 The job-script tests read what sbatch/qsub would be given; the slurm-marked tests submit to the
 one-node SLURM of cluster/local-slurm/start.sh (``make test`` starts it when run as root) and
@@ -17,6 +17,7 @@ import pytest
 
 from xrdct_dask.cluster import (ProfileError, declared_resources, job_script, list_profiles, load_profile,
                                 make_cluster, pbs_bytes, slurm_bytes, slurm_gpus, worker_resources)
+from xrdct_dask.resources import PROFILES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 2**30
@@ -39,7 +40,7 @@ def test_shipped_profiles_validate_and_give_job_scripts():
     found = list_profiles()
     assert {"slurm-cpu", "slurm-gpu", "pbs", "local-slurm"} <= set(found)
     for name, path in found.items():
-        assert path.parent == REPO / "cluster" or path.parent == Path.cwd() / "cluster"
+        assert path.parent in (PROFILES_DIR, Path.cwd() / "cluster"), path
         p = load_profile(name)
         assert p.kind in ("slurm", "pbs") and p.description, name
         script = job_script(name)

@@ -30,8 +30,10 @@ def test_minimal_workflow_gets_documented_defaults(tmp_path):
     assert wf.frame_path(7) == tmp_path / "frames" / "frame_000007.cbf"
 
 
-def test_repo_workflow_example_is_valid():
-    wf = load_workflow(Path(__file__).parents[1] / "workflows" / "xrdct.yaml")
+def test_shipped_workflow_template_is_valid():
+    from xrdct_dask.resources import WORKFLOW_TEMPLATE
+
+    wf = load_workflow(WORKFLOW_TEMPLATE)
     assert wf.pdf.composition == "Ni"
 
 

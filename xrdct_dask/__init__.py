@@ -9,7 +9,12 @@ Entry points: :func:`run` (a workflow YAML or :class:`~xrdct_dask.config.Workflo
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("xrdct-dask")  # one source: pyproject.toml's [project] version
+except PackageNotFoundError:  # a checkout on sys.path that was never installed
+    __version__ = "0+unknown"
 
 from .config import Workflow, WorkflowError, load_workflow
 

@@ -16,6 +16,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="XRD-CT / PDF-CT reduction: simulate a scan, run a workflow, look at the result.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("xrdct-dask")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        typer.echo(f"xrdct-dask {v} ({Path(__file__).resolve().parent})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the installed version and where it is, then exit")] = False,
+) -> None:
+    pass
+
+
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg="red", err=True)
     raise typer.Exit(2)
@@ -67,7 +87,7 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set integrate.npt_rad=2000")] = None,
     scheduler_address: Annotated[Optional[str], typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
     cluster: Annotated[Optional[str], typer.Option(
-        "--cluster", help="batch-system profile: a cluster/*.yaml name (slurm-cpu, slurm-gpu, pbs) or a path")] = None,
+        "--cluster", help="batch-system profile: a name from `xrdct cluster list` (slurm-cpu, slurm-gpu, pbs) or a path")] = None,
     jobs: Annotated[Optional[int], typer.Option(help="batch jobs to start with --cluster (adaptive: the maximum)")] = None,
     adaptive: Annotated[Optional[bool], typer.Option(
         "--adaptive/--no-adaptive", help="with --cluster: scale between 0 and --jobs jobs with the load")] = None,
@@ -143,7 +163,8 @@ def plan(
     gpu_frames_per_s: Annotated[Optional[float], typer.Option(help="decode + integrate frames/s of one GPU")] = None,
     cpu_frames_per_s_per_core: Annotated[Optional[float], typer.Option(help="frames/s of one CPU core")] = None,
     frame_bytes: Annotated[Optional[int], typer.Option(help="bytes per frame file (default: the first frame's size)")] = None,
-    results: Annotated[Path, typer.Option(help="read throughputs from here when not given")] = Path("benchmarks/RESULTS.md"),
+    results: Annotated[Optional[Path], typer.Option(
+        help="read throughputs from this RESULTS.md (default: the benchmarks/RESULTS.md figures shipped with the package)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
 ) -> None:
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
@@ -153,13 +174,28 @@ def plan(
 
     try:
         wf = load_workflow(workflow, parse_overrides(set_))
-    except WorkflowError as err:
+        p = plan_workflow(wf, frame_bytes=frame_bytes, gpu_frames_per_s=gpu_frames_per_s,
+                          cpu_frames_per_s_per_core=cpu_frames_per_s_per_core, results=results)
+    except (WorkflowError, FileNotFoundError) as err:
         _fail(str(err))
-    p = plan_workflow(wf, frame_bytes=frame_bytes, gpu_frames_per_s=gpu_frames_per_s,
-                      cpu_frames_per_s_per_core=cpu_frames_per_s_per_core, results=results)
     typer.echo(format_plan(p))
     if json_out is not None:
         json_out.write_text(json.dumps(p.to_dict(), indent=1))
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="file to write (a folder: PATH/workflow.yaml); never overwritten")] = Path(
+        "workflow.yaml"),
+) -> None:
+    """Write the documented workflow (every key, its default and unit) to edit for your scan."""
+    from .resources import write_workflow_template
+
+    try:
+        out = write_workflow_template(path)
+    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+        _fail(str(err))
+    typer.echo(f"wrote {out}: set inputs, scan and store, then `xrdct plan {out}` and `xrdct run {out}`")
 
 
 @app.command()
@@ -185,7 +221,7 @@ def demo(
                f"total {time.perf_counter() - t0:.0f} s")
 
 
-cluster_app = typer.Typer(no_args_is_help=True, help="Batch-system profiles (cluster/*.yaml) for dask-jobqueue.")
+cluster_app = typer.Typer(no_args_is_help=True, help="Batch-system profiles (dask-jobqueue keys) for --cluster.")
 app.add_typer(cluster_app, name="cluster")
 
 
@@ -205,7 +241,7 @@ def _cluster_options(pairs: list[str] | None) -> dict:
 
 @cluster_app.command("script")
 def cluster_script(
-    profile: Annotated[str, typer.Option("--profile", "-p", help="profile name (cluster/*.yaml) or path")],
+    profile: Annotated[str, typer.Option("--profile", "-p", help="profile name (xrdct cluster list) or path")],
     cluster_set: Annotated[Optional[list[str]], typer.Option("--cluster-set", help="override a key: queue=gpu")] = None,
 ) -> None:
     """Print the job script a worker job is submitted with (dask-jobqueue's dry run; starts nothing)."""
@@ -219,7 +255,7 @@ def cluster_script(
 
 @cluster_app.command("list")
 def cluster_list() -> None:
-    """The profiles found (./cluster, the checkout's cluster/, $XRDCT_CLUSTER_PROFILES)."""
+    """The profiles found (./cluster, $XRDCT_CLUSTER_PROFILES, those shipped with the package; first wins)."""
     from .cluster import ProfileError, list_profiles, load_profile
 
     for name, path in list_profiles().items():

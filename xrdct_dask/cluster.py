@@ -1,4 +1,7 @@
-"""Dask clusters on batch systems, from profiles that are data: ``cluster/*.yaml`` -> :func:`make_cluster`.
+"""Dask clusters on batch systems, from profiles that are data: ``<name>.yaml`` -> :func:`make_cluster`.
+
+Profiles are looked up by name in ``./cluster``, then ``$XRDCT_CLUSTER_PROFILES``, then the ones
+shipped in the package (``xrdct_dask/profiles/``: slurm-cpu, slurm-gpu, pbs, local-slurm).
 
 A profile is dask-jobqueue's own configuration, one batch system per file::
 
@@ -40,6 +43,8 @@ from pathlib import Path
 
 import yaml
 
+from .resources import PROFILES_DIR
+
 log = logging.getLogger(__name__)
 
 KINDS = ("slurm", "pbs")
@@ -50,7 +55,6 @@ DEPRECATED_KEYS = {"extra": "worker-extra-args", "env-extra": "job-script-prolog
 KWARG_TO_KEY = {"job_name": "name"}
 PLACEHOLDER_ADDRESS = "tcp://<scheduler-address>:8786"
 
-_REPO_PROFILES = Path(__file__).resolve().parents[1] / "cluster"
 _counter = itertools.count()
 
 
@@ -59,11 +63,11 @@ class ProfileError(ValueError):
 
 
 def profile_dirs() -> list[Path]:
-    """Where profile names are looked up, first match wins: ``$XRDCT_CLUSTER_PROFILES``
-    (os.pathsep-separated folders), ``./cluster``, the checkout's ``cluster/``."""
+    """Where profile names are looked up, first match wins: ``./cluster`` (this project's own),
+    ``$XRDCT_CLUSTER_PROFILES`` (os.pathsep-separated folders: a site's), the shipped ``xrdct_dask/profiles/``."""
     env = [Path(p) for p in os.environ.get("XRDCT_CLUSTER_PROFILES", "").split(os.pathsep) if p]
     out = []
-    for d in [*env, Path.cwd() / "cluster", _REPO_PROFILES]:
+    for d in [Path.cwd() / "cluster", *env, PROFILES_DIR]:
         if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
             out.append(d)
     return out

@@ -3,7 +3,7 @@
 A wrong key, type or unit is a :class:`WorkflowError` whose one-line message names the key
 (``integrate.unit: must be one of q_nm^-1, q_A^-1, 2th_deg (got 'q_nm')``).  Relative paths are
 resolved against the YAML file's folder, so a run folder can be moved as a whole.  The models are
-the single source of the defaults; ``workflows/xrdct.yaml`` documents them.
+the single source of the defaults; ``xrdct_dask/data/workflow.yaml`` documents them (``xrdct init`` writes it).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class Compute(_Section):
                                                    "GPU worker shared by its tasks)")
     max_tasks: int = Field(200_000, ge=10, description="tasks the scheduler holds at once: larger runs go in "
                                                        "waves of z-slabs, two waves of max_tasks/2 in flight")
-    cluster: str | None = Field(None, description="cluster profile (cluster/*.yaml name or path) instead of a LocalCluster")
+    cluster: str | None = Field(None, description="cluster profile (a name from `xrdct cluster list`, or a path) instead of a LocalCluster")
     jobs: int = Field(1, gt=0, description="batch jobs to start with a cluster profile (adaptive: the maximum)")
     adaptive: bool = Field(False, description="with a cluster profile: scale between 0 and `jobs` jobs with the load")
 

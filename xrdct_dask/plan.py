@@ -21,8 +21,12 @@ The formulas are those the run follows (``nz, nomega, nx`` scan, ``wc`` = store.
                            recon nz nx^2 nq 4; pdf nz nx^2 nr 4       (uncompressed, upper bounds)
     hours                  GPU-hours F / (frames/s per GPU) / 3600; CPU core-hours likewise
 
-Throughputs come from options or from ``benchmarks/RESULTS.md``, whose lines may carry them as
-``gpu_frames_per_s = 9700`` and ``cpu_frames_per_s_per_core = 45`` (the last of each counts).
+Throughputs come from options, else from a results file (``xrdct plan --results RESULTS.md``),
+else from the figures shipped with the package (``xrdct_dask/data/throughputs.json``, a copy of
+those of ``benchmarks/RESULTS.md``).  A results file carries them in lines such as
+``gpu_frames_per_s = 9700`` (decode + integrate through the graph, per GPU),
+``whole_workflow_frames_per_s = 5000`` (the whole workflow, per GPU: preferred for the GPU-hours
+when present) and ``cpu_frames_per_s_per_core = 45``; the last line of each key counts.
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import Workflow
+from .resources import shipped_throughputs
 
 BATCH_FRAMES = 128  # frames per engine call on a GPU (32 on a CPU): the larger, for an upper bound
 
 PILATUS2M_SHAPE = (1679, 1475)
 CBF_OVERHEAD_BYTES = 8192  # imgCIF header + binary-section header + padding of a Pilatus CBF
 BYTES_PER_PIXEL_ESTIMATE = 1.0  # byte-offset at diffraction count rates: nearly all deltas fit one byte
-RESULTS_KEYS = ("gpu_frames_per_s", "cpu_frames_per_s_per_core")
+RESULTS_KEYS = ("gpu_frames_per_s", "whole_workflow_frames_per_s", "cpu_frames_per_s_per_core")
+#: the figure of a results file the GPU-hours use, first found
+GPU_FIGURES = ("whole_workflow_frames_per_s", "gpu_frames_per_s")
 
 
 def tasks_per_slice(nomega: int, omega_chunk: int, nq: int, q_chunk: int, pdf: bool) -> dict[str, int]:
@@ -102,6 +109,7 @@ class RunPlan:
     gpu_frames_per_s: float | None = None
     cpu_frames_per_s_per_core: float | None = None
     throughput_source: str = ""
+    gpu_figure: str = ""  # what gpu_frames_per_s is: "given", "whole_workflow_frames_per_s" or "gpu_frames_per_s"
     gpu_hours: float | None = None
     cpu_core_hours: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -111,13 +119,16 @@ class RunPlan:
 
 
 def read_throughputs(path: str | Path) -> dict[str, float]:
-    """``gpu_frames_per_s`` / ``cpu_frames_per_s_per_core`` figures in a results file (last one wins)."""
+    """The figures (:data:`RESULTS_KEYS`, frames/s) in a results file, the last line of each key.
+
+    Raises :class:`FileNotFoundError` naming the file when it does not exist.
+    """
     p = Path(path)
     if not p.is_file():
-        return {}
+        raise FileNotFoundError(f"{p}: results file not found (throughputs are read from lines 'gpu_frames_per_s = N')")
     out = {}
     for key in RESULTS_KEYS:
-        hits = re.findall(rf"{key}\s*[=:]\s*\**\s*([0-9][0-9_,]*\.?[0-9]*(?:[eE][+-]?[0-9]+)?)", p.read_text())
+        hits = re.findall(rf"\b{key}\s*[=:]\s*\**\s*([0-9][0-9_,]*\.?[0-9]*(?:[eE][+-]?[0-9]+)?)", p.read_text())
         if hits:
             out[key] = float(hits[-1].replace(",", "").replace("_", ""))
     return out
@@ -196,13 +207,20 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         chunks["tasks/pdf"] = nz
     # metadata: root + 4 groups + their arrays and coordinate copies, each one zarr.json
     nmeta = 1 + 4 + 6 + len(chunks) + 12
-    figures = read_throughputs(results) if results is not None else {}
-    source = f"{results}" if figures else ""
-    gpu = gpu_frames_per_s if gpu_frames_per_s is not None else figures.get("gpu_frames_per_s")
+    if results is not None:
+        figures, figures_source = read_throughputs(results), f"{results}"
+    else:
+        figures, figures_source = shipped_throughputs(), "the figures shipped with xrdct_dask (benchmarks/RESULTS.md)"
+    gpu, gpu_figure = gpu_frames_per_s, "given"
+    if gpu is None:
+        gpu_figure = next((k for k in GPU_FIGURES if k in figures), "")
+        gpu = figures.get(gpu_figure)
     cpu = cpu_frames_per_s_per_core if cpu_frames_per_s_per_core is not None else \
         figures.get("cpu_frames_per_s_per_core")
-    if gpu_frames_per_s is not None or cpu_frames_per_s_per_core is not None:
-        source = "options" + (f" and {results}" if figures else "")
+    sources = ["options"] if gpu_frames_per_s is not None or cpu_frames_per_s_per_core is not None else []
+    if (gpu_frames_per_s is None and gpu is not None) or (cpu_frames_per_s_per_core is None and cpu is not None):
+        sources.append(figures_source)
+    source = " and ".join(sources)
     notes = []
     if fb_source.startswith("estimated"):
         notes.append(f"frame bytes {fb_source}: {BYTES_PER_PIXEL_ESTIMATE:g} byte/pixel + {CBF_OVERHEAD_BYTES} B header")
@@ -213,7 +231,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         nr=nr, stages=stages, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
         max_tasks_held=min(tasks, 2 * spw * t_slice) if nwaves > 1 else tasks, chunks=chunks,
         files=sum(chunks.values()) + nmeta, gpu_frames_per_s=gpu, cpu_frames_per_s_per_core=cpu,
-        throughput_source=source, gpu_hours=F / gpu / 3600 if gpu else None,
+        throughput_source=source, gpu_figure=gpu_figure if gpu else "", gpu_hours=F / gpu / 3600 if gpu else None,
         cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
 
 
@@ -223,6 +241,11 @@ def _b(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} PB"
+
+
+def _h(hours: float) -> str:
+    """Hours to read at a glance: 1,234 / 87.3 / 0.0035."""
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.1f}" if hours >= 0.1 else f"{hours:.2g}"
 
 
 def format_plan(p: RunPlan) -> str:
@@ -242,13 +265,15 @@ def format_plan(p: RunPlan) -> str:
                  f"the scheduler holds at most {p.max_tasks_held:,} tasks")
     lines.append(f"store: {sum(p.chunks.values()):,} chunks, {p.files:,} files (written uncompressed at most)")
     if p.gpu_hours is not None:
-        lines.append(f"decode + integrate: {p.gpu_hours:,.1f} GPU-hours at {p.gpu_frames_per_s:,.0f} frames/s per GPU")
+        what = "whole workflow" if p.gpu_figure == "whole_workflow_frames_per_s" else "decode + integrate"
+        lines.append(f"{what}: {_h(p.gpu_hours)} GPU-hours at {p.gpu_frames_per_s:,.0f} frames/s per GPU "
+                     f"({p.gpu_figure})")
     if p.cpu_core_hours is not None:
-        lines.append(f"decode + integrate: {p.cpu_core_hours:,.0f} CPU core-hours at "
+        lines.append(f"decode + integrate: {_h(p.cpu_core_hours)} CPU core-hours at "
                      f"{p.cpu_frames_per_s_per_core:,.1f} frames/s per core")
     if p.gpu_hours is None and p.cpu_core_hours is None:
         lines.append("hours: no throughput given (--gpu-frames-per-s, --cpu-frames-per-s-per-core, or "
-                     "gpu_frames_per_s = N in benchmarks/RESULTS.md)")
+                     "a line gpu_frames_per_s = N in the --results file)")
     elif p.throughput_source:
         lines.append(f"throughput from {p.throughput_source}")
     lines += [f"note: {n}" for n in p.notes]
