@@ -139,7 +139,8 @@ def export_pdf_files(run: str | Path, outdir: str | Path, *, voxels=None, mask=N
 
     I(Q) is the selection's mean reconstructed pattern on [qmin, qmaxinst] minus ``bgscale`` times
     the run's background (a file, or the rim of each voxel's slice for ``edge``); S(Q) and F(Q)
-    are after the correction polynomial (S = 1 + F/Q), G(r) on the run's r grid.  Q in 1/A.
+    are after the correction polynomial (S = 1 + F/Q, as in PDFgetX3's files), G(r) on the run's
+    r grid.  Q in 1/A.
     ``outdir`` is created if missing; existing files are never replaced.
     """
     from . import __version__
@@ -176,7 +177,9 @@ def export_pdf_files(run: str | Path, outdir: str | Path, *, voxels=None, mask=N
         i_mean = np.concatenate(patterns).mean(axis=0)
         res = compute_pdf(i_mean, op, normalization=p.normalization, fixed_scale=p.scale, dtype=np.float64)
         n = float(res.scale) if p.normalization == "per-pattern" else p.scale
-        s, _, f = structure_functions(i_mean, op, scale=n)
+        _, _, f = structure_functions(i_mean, op, scale=n)
+        # PDFgetX3's .sq is S after the correction: S = 1 + F/Q (its S(Q) files satisfy this)
+        s = 1 + f / np.where(op.q_A > 0, op.q_A, np.inf)
         curves = {"iq": (op.q_A, i_mean[op.sel]), "sq": (op.q_A, s), "fq": (op.q_A, f), "gr": (op.r_A, res.G)}
         stem = f"{run.stem}_{sel.label}"
         comments = [f"xrdct_dask export of {run} ({int(sel.index.sum())} voxel(s): {sel.label})",

@@ -13,7 +13,6 @@ read (the ``qmax`` line is how they learn the termination Q).
 from __future__ import annotations
 
 import configparser
-import math
 from pathlib import Path
 
 import numpy as np
@@ -157,9 +156,3 @@ def write_curve(path: str | Path, x, y, header: str) -> Path:
     except FileExistsError:
         raise FileExistsError(f"{path} already exists; not overwritten (choose another --pdf-files folder)") from None
     return path
-
-
-def r_grid_for(params: dict) -> np.ndarray:
-    """The r grid (A) that ``params`` (rmin, rmax, rstep) describe, as PDFgetX3 writes it."""
-    n = int(math.floor((params["rmax"] - params["rmin"]) / params["rstep"] + 0.5)) + 1
-    return params["rmin"] + params["rstep"] * np.arange(n)
