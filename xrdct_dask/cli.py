@@ -199,6 +199,34 @@ def init(
 
 
 @app.command()
+def export(
+    run_store: Annotated[Path, typer.Argument(metavar="RUN", help="run store (RUN.zarr)")],
+    out: Annotated[Optional[Path], typer.Argument(help="output file (formats other than --pdf-files; none yet)")] = None,
+    pdf_files: Annotated[Optional[Path], typer.Option(
+        "--pdf-files", help="folder for PDFgetX3-layout .iq .sq .fq .gr files (PDFgui, diffpy.srfit)")] = None,
+    voxels: Annotated[Optional[str], typer.Option(help="voxels z,y,x;z,y,x... (one file set each)")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help=".npy boolean (z,y,x) or (y,x) mask: its mean pattern")] = None,
+    region: Annotated[Optional[str], typer.Option(help="box z0:z1,y0:y1,x0:x1: its mean pattern")] = None,
+) -> None:
+    """Export a run: --pdf-files writes PDFgetX3-layout files of voxels, a mask's or a region's mean."""
+    from .export import ExportError, export_pdf_files, parse_region, parse_voxels
+    from .pdf import PDFParameterError
+
+    if pdf_files is None:
+        _fail("xrdct export needs an output: --pdf-files OUTDIR (with --voxels, --mask or --region)"
+              + (f"; {out}: no file format is implemented yet" if out is not None else ""))
+    if out is not None:
+        _fail(f"give --pdf-files OUTDIR or an output file, not both (got {out})")
+    try:
+        paths = export_pdf_files(run_store, pdf_files, voxels=parse_voxels(voxels) if voxels is not None else None,
+                                 mask=mask, region=parse_region(region) if region is not None else None)
+    except (ExportError, PDFParameterError, FileExistsError) as err:
+        _fail(str(err))
+    for p in paths:
+        typer.echo(str(p))
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option(help="where to put the simulated scan and the run")] = Path("demo"),
     nz: Annotated[int, typer.Option()] = 3,

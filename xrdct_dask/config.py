@@ -171,8 +171,16 @@ class Recon(_Section):
 
 
 class PDF(_Section):
-    """PDFgetX3-style ad hoc transform parameters, Q in 1/Angstrom, r in Angstrom."""
+    """PDFgetX3-style ad hoc transform parameters, Q in 1/Angstrom, r in Angstrom.
 
+    ``config`` names a PDFgetX3 configuration file (its ``[DEFAULT]``, then ``config_section``
+    on top) that sets composition, Q and r limits, rpoly, bgscale and the background file; keys
+    written in the workflow's ``pdf`` section win over the file's.
+    """
+
+    config: Path | None = Field(None, description="PDFgetX3 configuration file (.cfg, or a PDFgetX3 output file) "
+                                                  "setting the keys not given here")
+    config_section: str | None = Field(None, description="section of pdf.config applied over its [DEFAULT]")
     enabled: bool = True
     composition: str = "Ni"
     qmin: float = Field(1.0, ge=0)
@@ -185,6 +193,10 @@ class PDF(_Section):
     lorch: bool = Field(False, description="Lorch window on F(Q): less termination ripple, broader peaks")
     order: Literal["recon-then-pdf", "pdf-then-recon"] = Field(
         "recon-then-pdf", description="G(r) of every reconstructed voxel, or of every frame and then reconstruct G(r)")
+    scale_method: Literal["pdfgetx3", "upper-half-fit"] = Field(
+        "pdfgetx3", description="per-pattern N: pdfgetx3 (mean of I/<f^2> over Q >= 0.6 qmaxinst, PDFgetX3's "
+                                "scale) or upper-half-fit (least squares of N <f^2> to I over the upper half of "
+                                "[qmin, qmaxinst], this package's scale before)")
     normalization: Literal["per-pattern", "fixed"] = Field(
         "per-pattern", description="scale N of S(Q): each voxel's own self-scattering level, or pdf.scale for all "
                                    "(fixed: G is linear in I(Q), both orders agree)")
@@ -202,6 +214,17 @@ class PDF(_Section):
     r_chunk: int = Field(512, gt=0, description="r bins per chunk of pdf/G (and per pdf-then-recon task)")
     engine: Literal["auto", "numpy", "cupy"] = "auto"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pdfgetx3_config(cls, data):
+        # the file is read only for keys the section does not give (a stored workflow gives all)
+        if isinstance(data, dict) and data.get("config"):
+            from .pdf.pdfgetx3 import WORKFLOW_KEYS, read_config
+
+            if any(k not in data for k in WORKFLOW_KEYS if k != "background_file"):
+                data = {**read_config(data["config"], data.get("config_section")), **data}
+        return data
+
     @model_validator(mode="after")
     def _ranges(self):
         if self.qmin >= self.qmax:
@@ -214,6 +237,8 @@ class PDF(_Section):
             raise ValueError("background: file needs background_file")
         if self.lowr_max is not None and self.lowr_max <= self.rpoly:
             raise ValueError(f"lowr_max ({self.lowr_max}) must be above rpoly ({self.rpoly})")
+        if self.config_section is not None and self.config is None:
+            raise ValueError("config_section needs config (a PDFgetX3 configuration file)")
         return self
 
 
@@ -249,6 +274,21 @@ class Workflow(_Section):
     @classmethod
     def _store_as_path(cls, v):
         return {"path": v} if isinstance(v, (str, Path)) else v
+
+    @model_validator(mode="after")
+    def _pdfgetx3_background_unit(self):
+        # a background file named by a PDFgetX3 configuration is in that file's dataformat
+        p = self.pdf
+        if p.config is not None and Path(p.config).is_file() and p.background == "file" and p.background_file:
+            from .pdf.pdfgetx3 import config_dataformat, read_config
+
+            from_cfg = read_config(p.config, p.config_section).get("background_file")
+            unit = config_dataformat(p.config, p.config_section)
+            if from_cfg is not None and Path(from_cfg) == Path(p.background_file) and unit not in (None, self.integrate.unit):
+                raise ValueError(f"pdf.config: its backgroundfile is in {unit} (dataformat) but integrate.unit is "
+                                 f"{self.integrate.unit}; integrate in {unit} or give pdf.background_file in "
+                                 f"{self.integrate.unit}")
+        return self
 
     @model_validator(mode="after")
     def _interlace_layout(self):
@@ -346,7 +386,7 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
 
 _PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
               ("inputs", "monitor"), ("inputs", "scan_file"), ("inputs", "frames"), ("store", "path"),
-              ("pdf", "background_file"))
+              ("pdf", "background_file"), ("pdf", "config"))
 
 
 def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict | None = None,

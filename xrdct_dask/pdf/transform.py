@@ -35,11 +35,21 @@ Where this module goes beyond a one-pattern-at-a-time PDFgetX3 run, it says so:
   basis function).  For a single element ``<f^2>/<f>^2 = 1`` and that term is the polynomial's
   own Q^1: identical to subtracting it first.  For several elements it also absorbs a misfit of
   the ratio, which is smooth anyway.
-* **The scale N.**  The manual does not say how the absolute scale is fixed; here it is "S(Q) -> 1
-  at high Q": the dQ-weighted least-squares level of ``N <f^2>`` fitted to I(Q) over the upper
-  half of [qmin, qmaxinst], a linear functional of I.  ``normalization="fixed"`` uses one given N
-  for every pattern instead: then G is a linear map of I(Q), which is what lets the PDF be taken
-  before the tomographic reconstruction.
+* **The scale N** (``scale_method``).  The manual does not say how the absolute scale is fixed.
+  ``"pdfgetx3"`` (default) is what PDFgetX3 does, found on a measured Ni pattern and PDFgetX3's own
+  S(Q) for it (tests/data/): its S(Q) equals ``1 + I/(N <f>^2) - (<f^2> - <f>^2)/<f>^2`` minus the
+  correction polynomial, to the file's 6 digits, with one constant N, and that N is the mean of
+  ``I/<f^2>`` over the top 40 % of [0, qmaxinst] (``Q >= 0.6 qmaxinst``: "S(Q) -> 1 at high Q",
+  the high-Q window of PDFgetX2's ``highqratio = 0.6``), here dQ-weighted so that the grid does not
+  matter.  ``"upper-half-fit"`` (this module's only choice before) fits ``N <f^2>`` to I by least
+  squares over the upper half of [qmin, qmaxinst], weighted by ``<f^2>``: it leans on the lower
+  part of that window where the signal is strong, so noise at the top of the pattern moves it
+  less, but the Compton intensity rising with Q is not in the model, so N is smaller and G larger
+  than PDFgetX3's (1.63x on that Ni pattern).  Both are linear functionals of I.
+  ``normalization="fixed"`` uses one given N for every pattern instead: then G is a linear map of
+  I(Q), which is what lets the PDF be taken before the tomographic reconstruction.
+* **Limits beyond the data** are clipped to the data's Q range with one warning line, as PDFgetX3
+  does ("qmax reset to the data boundary"); the clipped values are the ones in ``op.params``.
 * The dQ weights make the result independent of the grid: the same pattern on a 2theta grid and
   on a Q grid gives the same G(r) (PDFgetX3 first resamples onto a uniform Q grid).
 
@@ -55,6 +65,7 @@ data); it must end below the shortest interatomic distance (default ``lowr_max =
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -65,12 +76,17 @@ from ..backend import get_array_module, to_host
 
 _FORMULA = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*)")
 
-HIGHQ_FRACTION = 0.5  # N from the upper half of [qmin, qmaxinst]
+HIGHQ_FRACTION = 0.5  # upper-half-fit: N from the upper half of [qmin, qmaxinst]
+PDFGETX3_HIGHQ_START = 0.6  # pdfgetx3: N from Q >= 0.6 qmaxinst
+UNIT_MIXUP_FACTOR = 10.0  # a limit this many times beyond the data's end is a unit mix-up (1/nm for 1/A)
+SCALE_METHODS = ("pdfgetx3", "upper-half-fit")
 FQ_TOP_FRACTION = 0.1  # quality: F(Q) level over the top 10 % of [qmin, qmax]
 FQ_TOP_POINTS = 64  # at most this many Q points for that figure
 N_LOWR = 16  # quality: G(r) on this many points of [rpoly, lowr_max]
 MAX_R_POINTS = 200_000  # an r grid larger than this is a typo (rstep in nm?), not a request
 NORMALIZATIONS = ("per-pattern", "fixed")
+
+log = logging.getLogger(__name__)
 
 
 class PDFParameterError(ValueError):
@@ -258,10 +274,45 @@ def _device_id(xp) -> int:
     return int(xp.cuda.runtime.getDevice())
 
 
+def clip_limits(q_A: np.ndarray, qmin: float, qmax: float, qmaxinst: float | None = None):
+    """Q limits (1/A) clipped to the data's range ``q_A[0]..q_A[-1]``, as PDFgetX3 does.
+
+    Returns ``(qmin, qmax, qmaxinst, notes)``; ``notes`` lists what was clipped ("qmax 31.5 ->
+    31.490"), empty when nothing was.  ``qmaxinst`` defaults to ``qmax``.  Limits that cannot be
+    right raise a one-line :class:`PDFParameterError`: qmax not above qmin, qmaxinst below qmax,
+    a limit more than ``UNIT_MIXUP_FACTOR`` times beyond the data's end (Q in 1/nm given as 1/A),
+    or a range that misses the data.
+    """
+    q_A = np.asarray(q_A, dtype=np.float64)
+    if q_A.ndim != 1 or q_A.size < 2 or not np.all(np.diff(q_A) > 0):
+        raise PDFParameterError("pdf: the Q grid must be 1-D and strictly increasing")
+    qmaxinst = qmax if qmaxinst is None else qmaxinst
+    if not qmin < qmax:
+        raise PDFParameterError(f"pdf.qmin ({qmin}) must be below pdf.qmax ({qmax})")
+    if qmaxinst < qmax:
+        raise PDFParameterError(f"pdf.qmaxinst ({qmaxinst}) must be >= pdf.qmax ({qmax})")
+    lo, hi = float(q_A[0]), float(q_A[-1])
+    for name, value in (("qmax", qmax), ("qmaxinst", qmaxinst)):
+        if value > UNIT_MIXUP_FACTOR * hi:
+            raise PDFParameterError(f"pdf.{name} = {value} 1/A is more than {UNIT_MIXUP_FACTOR:g}x the data's end "
+                                    f"(Q = {hi:.3f} 1/A): Q limits are in 1/A, not 1/nm")
+    if qmin >= hi or qmax <= lo:
+        raise PDFParameterError(f"pdf.qmin..qmax = {qmin}..{qmax} 1/A misses the data, which span "
+                                f"Q = {lo:.3f}..{hi:.3f} 1/A")
+    notes = []
+    clipped = {}
+    for name, value, bound in (("qmin", qmin, max(qmin, lo)), ("qmax", qmax, min(qmax, hi)),
+                               ("qmaxinst", qmaxinst, min(qmaxinst, hi))):
+        clipped[name] = bound
+        if bound != value and not (name == "qmaxinst" and qmaxinst == qmax):
+            notes.append(f"{name} {value:g} -> {bound:.4g}")
+    return clipped["qmin"], clipped["qmax"], clipped["qmaxinst"], notes
+
+
 def check_parameters(q_A: np.ndarray, composition: str, qmin: float, qmax: float, rpoly: float, rmin: float,
                      rmax: float, rstep: float, qmaxinst: float | None = None, lowr_max: float | None = None) -> float:
-    """Raise a one-line :class:`PDFParameterError` for parameters that cannot work on this Q grid;
-    return the effective qmaxinst."""
+    """Raise a one-line :class:`PDFParameterError` for parameters that cannot work on this Q grid
+    (limits already inside the data, see :func:`clip_limits`); return the effective qmaxinst."""
     q_A = np.asarray(q_A, dtype=np.float64)
     qmaxinst = qmax if qmaxinst is None else qmaxinst
     if q_A.ndim != 1 or q_A.size < 2 or not np.all(np.diff(q_A) > 0):
@@ -274,11 +325,9 @@ def check_parameters(q_A: np.ndarray, composition: str, qmin: float, qmax: float
         raise PDFParameterError(f"pdf.qmin ({qmin}) must be below pdf.qmax ({qmax})")
     if qmaxinst < qmax:
         raise PDFParameterError(f"pdf.qmaxinst ({qmaxinst}) must be >= pdf.qmax ({qmax})")
-    if qmaxinst > q_A[-1] + 1e-9:
-        raise PDFParameterError(f"pdf.qmax{'inst' if qmaxinst != qmax else ''} = {qmaxinst} 1/A is above the "
-                                f"data, which end at Q = {q_A[-1]:.3f} 1/A")
-    if qmin < q_A[0] - 1e-9:
-        raise PDFParameterError(f"pdf.qmin = {qmin} 1/A is below the data, which start at Q = {q_A[0]:.3f} 1/A")
+    if qmaxinst > q_A[-1] + 1e-9 or qmin < q_A[0] - 1e-9:
+        raise PDFParameterError(f"pdf: Q limits {qmin}..{qmaxinst} 1/A outside the data "
+                                f"({q_A[0]:.3f}..{q_A[-1]:.3f} 1/A); clip them with clip_limits")
     if not (rmin < rmax and rstep > 0 and rmin >= 0):
         raise PDFParameterError(f"pdf r grid needs 0 <= rmin < rmax and rstep > 0 (got {rmin}, {rmax}, {rstep})")
     if (rmax - rmin) / rstep > MAX_R_POINTS:
@@ -295,14 +344,22 @@ def check_parameters(q_A: np.ndarray, composition: str, qmin: float, qmax: float
 
 def build_operator(q_A: np.ndarray, composition: str, qmin: float, qmax: float, rpoly: float,
                    rmin: float, rmax: float, rstep: float, qmaxinst: float | None = None,
-                   lorch: bool = False, lowr_max: float | None = None) -> PDFOperator:
+                   lorch: bool = False, lowr_max: float | None = None, scale_method: str = "pdfgetx3") -> PDFOperator:
     """Check the parameters against the data's Q grid (1/A, increasing) and build the matrices.
 
-    Q in 1/A, r in A; ``qmaxinst`` defaults to ``qmax``, ``lowr_max`` to ``2 rpoly``.
+    Q in 1/A, r in A; ``qmaxinst`` defaults to ``qmax``, ``lowr_max`` to ``2 rpoly``;
+    ``scale_method`` is how each pattern's N is found (``SCALE_METHODS``, module docstring).
+    Q limits beyond the data are clipped to it with one warning line (:func:`clip_limits`).
 
     Raises :class:`PDFParameterError` (one line) before anything is computed.
     """
     q_all = np.asarray(q_A, dtype=np.float64)
+    if scale_method not in SCALE_METHODS:
+        raise PDFParameterError(f"pdf.scale_method must be one of {SCALE_METHODS} (got {scale_method!r})")
+    qmin, qmax, qmaxinst, notes = clip_limits(q_all, qmin, qmax, qmaxinst)
+    if notes:
+        log.warning("pdf: Q limits clipped to the data (Q = %.4g..%.4g 1/A), as PDFgetX3 does: %s",
+                    q_all[0], q_all[-1], ", ".join(notes))
     qmaxinst = check_parameters(q_all, composition, qmin, qmax, rpoly, rmin, rmax, rstep, qmaxinst, lowr_max)
     lowr_max = 2 * rpoly if lowr_max is None else lowr_max
     i0 = int(np.searchsorted(q_all, qmin - 1e-12, side="left"))
@@ -338,16 +395,20 @@ def build_operator(q_A: np.ndarray, composition: str, qmin: float, qmax: float, 
         top = top[np.linspace(0, top.size - 1, FQ_TOP_POINTS).round().astype(int)]
     pick = np.zeros((q.size, top.size))
     pick[top, np.arange(top.size)] = 1.0
-    # N: least squares of N <f^2> to I over the upper half of the fit range (dQ weights)
-    high = q >= qmin + HIGHQ_FRACTION * (qmaxinst - qmin)
-    wh = np.where(high, w_fit, 0.0)
-    scale_vec = wh * favg2 / np.sum(wh * favg2 * favg2)
+    if scale_method == "pdfgetx3":
+        # N = dQ-weighted mean of I/<f^2> over Q >= 0.6 qmaxinst ("S -> 1 at high Q", PDFgetX3)
+        wh = np.where(q >= PDFGETX3_HIGHQ_START * qmaxinst, w_fit, 0.0)
+        scale_vec = wh / favg2 / np.sum(wh)
+    else:
+        # N: least squares of N <f^2> to I over the upper half of the fit range (dQ weights)
+        wh = np.where(q >= qmin + HIGHQ_FRACTION * (qmaxinst - qmin), w_fit, 0.0)
+        scale_vec = wh * favg2 / np.sum(wh * favg2 * favg2)
     matrix = np.concatenate([corrected(sine_matrix(q, r, qmin, qmax, lorch)),
                              corrected(sine_matrix(q, r_low, qmin, qmax, lorch)),
                              corrected(pick), scale_vec[:, None]], axis=1)
     params = {"composition": composition, "qmin": qmin, "qmax": qmax, "qmaxinst": qmaxinst, "rpoly": rpoly,
               "rmin": rmin, "rmax": rmax, "rstep": rstep, "lorch": bool(lorch), "lowr_max": lowr_max,
-              "poly_degree": degree}
+              "poly_degree": degree, "scale_method": scale_method}
     return PDFOperator(sel=sel, q_A=q, r_A=r, r_low_A=r_low, q_top_A=q[top], matrix=matrix, f2avg=f2avg,
                        favg2=favg2, to_fq=to_fq, proj_u=proj_u, proj_z=proj_z, degree=degree, params=params)
 
@@ -483,13 +544,15 @@ def structure_functions(intensity, op: PDFOperator, scale=None, background=None,
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_operator(q_key: bytes, composition, qmin, qmax, rpoly, rmin, rmax, rstep, qmaxinst, lorch, lowr_max):
+def _cached_operator(q_key: bytes, composition, qmin, qmax, rpoly, rmin, rmax, rstep, qmaxinst, lorch, lowr_max,
+                     scale_method):
     q = np.frombuffer(q_key, dtype=np.float64)
-    return build_operator(q, composition, qmin, qmax, rpoly, rmin, rmax, rstep, qmaxinst, lorch, lowr_max)
+    return build_operator(q, composition, qmin, qmax, rpoly, rmin, rmax, rstep, qmaxinst, lorch, lowr_max, scale_method)
 
 
 def operator_for(q_A: np.ndarray, params) -> PDFOperator:
     """Cached :func:`build_operator` from a config section with the PDF fields."""
     return _cached_operator(np.ascontiguousarray(q_A, dtype=np.float64).tobytes(), params.composition,
                             params.qmin, params.qmax, params.rpoly, params.rmin, params.rmax, params.rstep,
-                            params.qmaxinst, getattr(params, "lorch", False), getattr(params, "lowr_max", None))
+                            params.qmaxinst, getattr(params, "lorch", False), getattr(params, "lowr_max", None),
+                            getattr(params, "scale_method", "pdfgetx3"))
