@@ -12,7 +12,8 @@ handles are open per process (least recently used closed first).
 
 The fast path reads a frame's chunk as stored (``read_direct_chunk``: one chunk = one frame, as
 Eiger and Lima write) and decodes it with the ``bitshuffle`` package's codec (HDF5 filter 32008,
-bitshuffle + LZ4), the ``lz4`` package (filter 32004) or zlib (deflate).  The chunks of a batch
+bitshuffle + LZ4; its C function through ctypes, without the GIL and in place; its wheels are
+built with AVX2, hdf5plugin's with SSE2 only), the ``lz4`` package (filter 32004) or zlib (deflate).  The chunks of a batch
 are packed into one byte buffer with offsets, as the CBF payloads are, so a GPU engine can take
 the same compressed bytes.  Before bitshuffle sees a chunk its block structure is checked here
 (bitshuffle trusts the 4-byte block lengths and reads past the buffer on a corrupt one).
@@ -28,6 +29,8 @@ decoded is :attr:`FrameStatus.CORRUPT_HEADER` / ``TRUNCATED`` / ``SIZE_MISMATCH`
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import os
 import re
 import stat
@@ -69,15 +72,17 @@ def check_regular(path: Path) -> None:
 
 class H5FileCache:
     """Open ``h5py.File`` handles (read-only, HDF5's default locking: a file open twice in one process
-    must be opened with the same flags), at most ``maxsize`` per process, least recently
-    used closed first; datasets looked up once per open file.  Thread-safe; a forked child
-    starts with an empty cache (HDF5 handles do not survive ``fork``)."""
+    must be opened with the same flags), at most ``maxsize`` per process, the least recently used
+    closed first; datasets looked up once per open file.  A file in use (:meth:`using`) is never
+    closed under its user: the bound is then exceeded until it is released.  Thread-safe; a forked
+    child starts with an empty cache (HDF5 handles do not survive ``fork``)."""
 
     def __init__(self, maxsize: int = MAX_OPEN_FILES):
         if maxsize < 1:
             raise ValueError(f"the open-file bound must be >= 1, got {maxsize}")
         self.maxsize = maxsize
         self._files: collections.OrderedDict[str, tuple[h5py.File, dict]] = collections.OrderedDict()
+        self._pins: collections.Counter[str] = collections.Counter()
         self._lock = threading.RLock()
         self._pid = os.getpid()
 
@@ -89,6 +94,7 @@ class H5FileCache:
         with self._lock:
             if self._pid != os.getpid():
                 self._files.clear()
+                self._pins.clear()
                 self._pid = os.getpid()
             hit = self._files.get(key)
             if hit is not None and hit[0].id.valid:
@@ -99,9 +105,8 @@ class H5FileCache:
                 f = h5py.File(key, "r")
             except OSError as err:
                 raise CorruptFrameError(f"{path}: not a readable HDF5 file ({err})") from None
-            while len(self._files) >= self.maxsize:
-                _, (old, _) = self._files.popitem(last=False)
-                old.close()
+            for old in [k for k in self._files if not self._pins[k]][:max(0, len(self._files) + 1 - self.maxsize)]:
+                self._files.pop(old)[0].close()
             entry = (f, {})
             self._files[key] = entry
             return entry
@@ -110,12 +115,25 @@ class H5FileCache:
         return self._entry(path)[0]
 
     def dataset(self, path: Path, name: str) -> h5py.Dataset:
+        """``file[name]``; valid until the file is evicted (hold it across other opens with :meth:`using`)."""
         with self._lock:
             f, dsets = self._entry(path)
             d = dsets.get(name)
             if d is None:
                 d = dsets[name] = f[name]
             return d
+
+    @contextlib.contextmanager
+    def using(self, path: Path, name: str):
+        """``with FILES.using(file, name) as dataset:`` -- the file stays open inside the block."""
+        with self._lock:
+            d = self.dataset(path, name)
+            self._pins[str(path)] += 1
+        try:
+            yield d
+        finally:
+            with self._lock:
+                self._pins[str(path)] -= 1
 
     def clear(self) -> None:
         with self._lock:
@@ -239,7 +257,11 @@ def segment_map(file: Path, path: str, depth: int = 0) -> tuple[SegmentMap, tupl
     file, path, kind = resolve_path(file, path)
     if kind != "dataset":
         raise ValueError(f"{file}::{path} is a group, not a frames dataset")
-    d = FILES.dataset(file, path)
+    with FILES.using(file, path) as d:
+        return _segment_map(d, file, path, depth)
+
+
+def _segment_map(d: h5py.Dataset, file: Path, path: str, depth: int):
     if d.ndim not in (2, 3):
         raise ValueError(f"{file}::{path} has shape {d.shape}: frames need (nframes, ny, nx)")
     n = d.shape[0] if d.ndim == 3 else 1
@@ -337,18 +359,18 @@ def _nx_signal(file: Path, group: str) -> str | None:
             break
         nxt = _attr_str(g, "default")
         if not nxt or nxt not in g:
-            return None
+            break
         g = g[nxt]
-    sig = _attr_str(g, "signal")
+    sig, gname = _attr_str(g, "signal"), g.name
     if sig and sig in g:
         try:
-            f2, p2, kind = resolve_path(file, f"{g.name}/{sig}")
+            f2, p2, kind = resolve_path(file, f"{gname}/{sig}")
         except (KeyError, FileNotFoundError):
             return None
         if kind == "dataset" and FILES.dataset(f2, p2).ndim >= 2:
-            return f"{g.name}/{sig}"
-    if eiger_links(file, g.name):
-        return g.name
+            return f"{gname}/{sig}"
+    if eiger_links(file, gname):
+        return gname
     return None
 
 
@@ -488,34 +510,36 @@ def read_raw_chunks(m: SegmentMap, indices, shape: tuple[int, int], dtype, out: 
             reasons[k] = f"file not found (frame {i} of {name})"
             continue
         try:
-            d = FILES.dataset(seg.file, seg.dataset)
+            with FILES.using(seg.file, seg.dataset) as d:
+                if s not in fid_of:
+                    fid_of[s] = dataset_filter(d)
+                    if fid_of[s] is None:
+                        raise ValueError(f"{seg}: chunks {d.chunks} with filters {list(d._filters)}: the raw path "
+                                         "needs one frame per chunk, bitshuffle-LZ4 / LZ4 / deflate / none; "
+                                         "read with read_frames")
+                nlocal = d.shape[0] if d.ndim == 3 else 1
+                coord = (j, 0, 0) if d.ndim == 3 else (0, 0)
+                info = d.id.get_chunk_info_by_coord(coord) if j < nlocal else None
         except FileNotFoundError:
             status[k] = _MISSING
             reasons[k] = "file not found"
             continue
-        if s not in fid_of:
-            fid_of[s] = dataset_filter(d)
-            if fid_of[s] is None:
-                raise ValueError(f"{seg}: chunks {d.chunks} with filters {list(d._filters)}: the raw path needs one "
-                                 f"frame per chunk, bitshuffle-LZ4 / LZ4 / deflate / none; read with read_frames")
-        coord = (j, 0, 0) if d.ndim == 3 else (0, 0)
-        info = d.id.get_chunk_info_by_coord(coord) if j < (d.shape[0] if d.ndim == 3 else 1) else None
         if info is None or info.byte_offset is None:
             status[k] = _MISSING
-            reasons[k] = "chunk not written" if info is not None else f"past the dataset's {d.shape[0]} frames"
+            reasons[k] = "chunk not written" if info is not None else f"past the dataset's {nlocal} frames"
             continue
         # filter_mask bit 0 set: the (only) filter was skipped for this chunk, stored as is
         filt[k] = FILTER_NONE if info.filter_mask & 1 else fid_of[s]
         sizes[k] = info.size
-        where[k] = (d, coord)
+        where[k] = (seg, coord)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(sizes, out=offsets[1:])
     total = int(offsets[-1])
     buf = out[:total] if out is not None and out.size >= total else np.empty(total, np.uint8)
     for k in range(n):
         if where[k] is not None:
-            d, coord = where[k]
-            d.id.read_direct_chunk(coord, out=buf[offsets[k]:offsets[k + 1]])
+            seg, coord = where[k]
+            FILES.dataset(seg.file, seg.dataset).id.read_direct_chunk(coord, out=buf[offsets[k]:offsets[k + 1]])
     return RawChunks(buf, offsets, filt, status, shape, np.dtype(dtype), names, reasons)
 
 
@@ -613,13 +637,67 @@ _REASONS = {_TRUNC: "chunk ends inside its compressed blocks", _SIZE: "chunk siz
             _CORRUPT: "chunk cannot be decoded"}
 
 
-def decode_chunks(chunks: RawChunks, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def _bshuf_c():
+    """The ``bitshuffle`` package's compiled ``bshuf_decompress_lz4`` (its public C API, exported by
+    its extension module), called through ctypes: no GIL held while it runs, output written in
+    place.  None when the symbol is not there (then its Python API decodes, plus one copy)."""
+    import ctypes
+
+    import bitshuffle.ext
+
+    try:
+        fn = ctypes.CDLL(bitshuffle.ext.__file__).bshuf_decompress_lz4
+    except (OSError, AttributeError):
+        return None
+    # int64_t bshuf_decompress_lz4(const void* in, void* out, size_t size, size_t elem_size, size_t block_size)
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
+    return fn
+
+
+def _decode_one(buf: np.ndarray, fid: int, dest: np.ndarray, block: int, frame_bytes: int) -> int:
+    """Decode one chunk into ``dest`` (an (ny, nx) C-contiguous view); returns a status code."""
+    try:
+        if fid == FILTER_BSLZ4:
+            c = _bshuf_c()
+            if c is not None and dest.flags.c_contiguous:
+                got = c(buf[12:].ctypes.data, dest.ctypes.data, dest.size, dest.itemsize, block)
+                return _OK if got == buf.size - 12 else (_SIZE if got >= 0 else _CORRUPT)
+            import bitshuffle
+
+            dest[...] = bitshuffle.decompress_lz4(buf[12:], dest.shape, dest.dtype, block)
+            return _OK
+        if fid == FILTER_LZ4:
+            raw = _lz4_h5(memoryview(buf), frame_bytes)
+        elif fid == FILTER_DEFLATE:
+            d = zlib.decompressobj()
+            raw = d.decompress(buf, frame_bytes + 1)
+            if not d.eof:
+                raise EOFError("deflate stream ends early")
+        else:
+            raw = buf
+        if len(raw) != frame_bytes:
+            raise OverflowError(f"{len(raw)} bytes for a {frame_bytes}-byte frame")
+        dest[...] = np.frombuffer(raw, dest.dtype).reshape(dest.shape)
+        return _OK
+    except EOFError:
+        return _TRUNC
+    except OverflowError:
+        return _SIZE
+    except Exception:  # noqa: BLE001 -- whatever a codec raises on bad bytes marks this frame, not the batch
+        return _CORRUPT
+
+
+def decode_chunks(chunks: RawChunks, out: np.ndarray | None = None, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Decode a batch of raw chunks on the CPU.
 
     Parameters
     ----------
     chunks : RawChunks
     out : (n, ny, nx) array of ``chunks.dtype``, optional
+    threads : int
+        frames decoded concurrently (bitshuffle-LZ4 runs without the GIL); 1 = this thread only.
 
     Returns
     -------
@@ -628,48 +706,34 @@ def decode_chunks(chunks: RawChunks, out: np.ndarray | None = None) -> tuple[np.
     status : int8 (n,)
         FrameStatus codes: OK, MISSING (from the chunks), TRUNCATED / SIZE_MISMATCH / CORRUPT_HEADER.
 
-    One compiled pass checks the framing of all bitshuffle-LZ4 chunks, then one codec call per
-    frame (``bitshuffle.decompress_lz4``) decodes it.
+    One compiled pass checks the framing of all bitshuffle-LZ4 chunks (bitshuffle trusts the
+    block lengths), then one codec call per frame decodes it in place.
     """
-    import bitshuffle
-
     n = len(chunks)
     ny, nx = chunks.shape
     dt = chunks.dtype
     if out is None:
         out = np.zeros((n, ny, nx), dt)
+    elif out.shape != (n, ny, nx) or out.dtype != dt:
+        raise ValueError(f"out is {out.shape} {out.dtype}, the chunks decode to {(n, ny, nx)} {dt}")
     status = chunks.status.copy()
     block = np.zeros(n, np.int64)
     frame_bytes = ny * nx * dt.itemsize
     _check_bslz4(chunks.buffer, chunks.offsets, chunks.filter_id, status, frame_bytes, dt.itemsize, block)
     buf, off = chunks.buffer, chunks.offsets
-    for f in range(n):
-        if status[f] != _OK:
-            continue
-        data = buf[off[f]:off[f + 1]]
-        fid = chunks.filter_id[f]
-        try:
-            if fid == FILTER_BSLZ4:
-                out[f] = bitshuffle.decompress_lz4(data[12:], (ny, nx), dt, int(block[f]))
-                continue
-            if fid == FILTER_LZ4:
-                raw = _lz4_h5(memoryview(data), frame_bytes)
-            elif fid == FILTER_DEFLATE:
-                d = zlib.decompressobj()
-                raw = d.decompress(data, frame_bytes + 1)
-                if not d.eof:
-                    raise EOFError("deflate stream ends early")
-            else:
-                raw = data
-            if len(raw) != frame_bytes:
-                raise OverflowError(f"{len(raw)} bytes for a {frame_bytes}-byte frame")
-            out[f] = np.frombuffer(raw, dt).reshape(ny, nx)
-        except EOFError:
-            status[f] = _TRUNC
-        except OverflowError:
-            status[f] = _SIZE
-        except Exception:  # noqa: BLE001 -- whatever a codec raises on bad bytes marks this frame, not the batch
-            status[f] = _CORRUPT
+    todo = np.flatnonzero(status == _OK)
+
+    def one(f):
+        status[f] = _decode_one(buf[off[f]:off[f + 1]], int(chunks.filter_id[f]), out[f], int(block[f]), frame_bytes)
+
+    if threads > 1 and todo.size > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, todo.size)) as pool:
+            list(pool.map(one, todo))
+    else:
+        for f in todo:
+            one(f)
     return out, status
 
 
@@ -710,9 +774,9 @@ def read_frames_h5(m: SegmentMap, indices, shape: tuple[int, int], dtype, name: 
         seg, j = m.segments[int(m.segment[i])], int(m.local[i])
         if seg.missing:
             raise FileNotFoundError(f"{seg} frame {j}: file not found")
-        d = FILES.dataset(seg.file, seg.dataset)
         try:
-            out[k] = d[j] if d.ndim == 3 else d[...]
+            with FILES.using(seg.file, seg.dataset) as d:
+                out[k] = d[j] if d.ndim == 3 else d[...]
         except OSError as err:  # a filter failed on a corrupt chunk
             raise CorruptFrameError(f"{seg} frame {j}: cannot be read ({err})") from None
     return out
