@@ -40,6 +40,9 @@ def simulate(
     omega_range: Annotated[int, typer.Option(help="180 | 360 degrees")] = 180,
     npt_rad: Annotated[int, typer.Option(help="radial bins in the written workflow")] = 1000,
     seed: Annotated[int, typer.Option()] = 0,
+    format_: Annotated[str, typer.Option("--format", help="cbf (one file per frame) | h5 (Eiger-like master + "
+                                                          "bitshuffle-LZ4 data files)")] = "cbf",
+    frames_per_file: Annotated[int, typer.Option(help="--format h5: frames per data file")] = 100,
 ) -> None:
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
@@ -53,8 +56,8 @@ def simulate(
         task = bar.add_task("simulating frames", total=nz * nomega * nx)
         try:
             scan = simulate_scan(out_dir, nz, nomega, nx, detector=detector, order=order, fast_axis=fast_axis,
-                                 omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed,
-                                 progress=lambda k, n: bar.update(task, completed=k))
+                                 omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed, fmt=format_,
+                                 frames_per_file=frames_per_file, progress=lambda k, n: bar.update(task, completed=k))
         except ValueError as err:
             _fail(str(err))
     typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {scan.root}")
@@ -151,6 +154,28 @@ def plan(
     typer.echo(format_plan(p))
     if json_out is not None:
         json_out.write_text(json.dumps(p.to_dict(), indent=1))
+
+
+@app.command()
+def export(
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store to export")],
+    out: Annotated[Optional[Path], typer.Argument(metavar="[OUT.h5]", help="NeXus / HDF5 file to write")] = None,
+    group: Annotated[Optional[list[str]], typer.Option(
+        "--group", help="store group to export (repeat: --group recon --group pdf); default: reduced, recon, pdf")] = None,
+    compression: Annotated[str, typer.Option(help="gzip (every reader) | lz4 (hdf5plugin) | none")] = "gzip",
+    overwrite: Annotated[bool, typer.Option(help="replace OUT.h5 if it is an earlier export of this program")] = False,
+) -> None:
+    """Write a run store as NeXus (NXentry / NXdata with axes and units) for silx, PyMca, DAWN, h5py."""
+    from .export import DEFAULT_GROUPS, ExportError, export_nexus
+
+    if out is None:
+        _fail("nothing to do: give OUT.h5 (xrdct export RUN.zarr OUT.h5)")
+    try:
+        path = export_nexus(run_store, out, tuple(group) if group else DEFAULT_GROUPS, compression=compression,
+                            overwrite=overwrite)
+    except ExportError as err:
+        _fail(str(err))
+    typer.echo(f"nexus: {path}")
 
 
 @app.command()
