@@ -351,3 +351,19 @@ def test_simulated_hdf5_scan_equals_its_cbf_twin(scan_both_ways):
         assert (d.attrs["image_nr_low"], d.attrs["image_nr_high"]) == (11, 20)
     with pytest.raises(ValueError, match="no file per frame"):
         h5.frame_path(0)
+
+
+def test_cli_simulate_format_h5(tmp_path):
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+    from xrdct_dask.io import read_frames as read_frames_io
+
+    r = CliRunner().invoke(app, ["simulate", str(tmp_path / "s"), "--nz", "1", "--nomega", "2", "--nx", "3",
+                                 "--format", "h5", "--frames-per-file", "4"])
+    assert r.exit_code == 0, r.output
+    src = open_source(tmp_path / "s" / "frames" / "scan_master.h5")
+    assert src.nframes == 6 and len(src.segments) == 2
+    assert read_frames_io(src, [5]).shape == (1, *src.frame_shape)
+    r = CliRunner().invoke(app, ["simulate", str(tmp_path / "t"), "--format", "tiff"])
+    assert r.exit_code == 2 and "--format must be cbf or h5 (got tiff)" in r.output

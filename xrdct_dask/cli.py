@@ -51,6 +51,8 @@ def simulate(
 
     if omega_range not in (180, 360):
         _fail(f"--omega-range must be 180 or 360 (got {omega_range})")
+    if format_ not in ("cbf", "h5"):
+        _fail(f"--format must be cbf or h5 (got {format_})")
     t0 = time.perf_counter()
     with Progress() as bar:
         task = bar.add_task("simulating frames", total=nz * nomega * nx)
