@@ -12,12 +12,12 @@ handles are open per process (least recently used closed first).
 
 The fast path reads a frame's chunk as stored (``read_direct_chunk``: one chunk = one frame, as
 Eiger and Lima write) and decodes it with the ``bitshuffle`` package's codec (HDF5 filter 32008,
-bitshuffle + LZ4; its C function through ctypes, without the GIL and in place; its wheels are
-built with AVX2, hdf5plugin's with SSE2 only), the ``lz4`` package (filter 32004) or zlib (deflate).  The chunks of a batch
-are packed into one byte buffer with offsets, as the CBF payloads are, so a GPU engine can take
-the same compressed bytes.  Before bitshuffle sees a chunk its block structure is checked here
-(bitshuffle trusts the 4-byte block lengths and reads past the buffer on a corrupt one).
-Datasets the fast path cannot take (chunks of several frames, other filters) are read by h5py
+bitshuffle + LZ4; its C function through ctypes, without the GIL and in place; its wheels are built
+with AVX2, hdf5plugin's with SSE2 only), the ``lz4`` package (filter 32004) or zlib (deflate).  The
+chunks of a batch are packed into one byte buffer with offsets, as the CBF payloads are, so a GPU
+engine can take the same compressed bytes.  Before bitshuffle sees a chunk its block structure is
+checked here (bitshuffle trusts the 4-byte block lengths and reads past the buffer on a corrupt
+one). Datasets the fast path cannot take (chunks of several frames, other filters) are read by h5py
 with hdf5plugin's filters, segment by segment.
 
 Status, as for CBF files: a missing file, a frame not mapped by a VDS, an unwritten chunk or an

@@ -231,8 +231,8 @@ def place_on_grid(omega_deg, x_mm, z_mm, omega_grid_deg, x_grid_mm, z_grid_mm, *
     Omega is compared modulo ``omega_period_deg`` (a reading of 359.98 deg is the grid's 0; None:
     no wrap).  A frame farther than the tolerance from every grid value of an axis (default: half
     the smallest step of that grid; a one-value grid takes everything) is off grid: ``-1`` on all
-    three axes and ``off_grid`` true (exactly halfway between two default-tolerance points: off grid).  A grid point reached by several frames keeps the last and is
-    marked ``duplicate``.
+    three axes and ``off_grid`` true (exactly halfway between two default-tolerance points: off
+    grid).  A grid point reached by several frames keeps the last and is marked ``duplicate``.
     """
     om, xx, zz = (np.asarray(a, np.float64).reshape(-1) for a in (omega_deg, x_mm, z_mm))
     if not om.size == xx.size == zz.size:
