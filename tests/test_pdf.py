@@ -586,6 +586,6 @@ def test_export_pdfgetx3_files(pdf_then_recon_run, tmp_path):
     with pytest.raises(ExportError, match="outside the reconstruction"):
         export_pdf_files(path, tmp_path / "x", voxels=[(z, 999, x)])
     res = CliRunner().invoke(app, ["export", str(path)])
-    assert res.exit_code == 2 and "needs an output: --pdf-files" in res.output
+    assert res.exit_code == 2 and "nothing to do: give OUT.h5 (NeXus) and/or --pdf-files OUTDIR" in res.output
     res = CliRunner().invoke(app, ["export", str(path), "--pdf-files", str(tmp_path / "cli"), "--voxels", f"{z},{y},{x}"])
     assert res.exit_code == 0 and res.output.count(".gr") == 1

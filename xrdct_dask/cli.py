@@ -60,6 +60,9 @@ def simulate(
     omega_range: Annotated[int, typer.Option(help="180 | 360 degrees")] = 180,
     npt_rad: Annotated[int, typer.Option(help="radial bins in the written workflow")] = 1000,
     seed: Annotated[int, typer.Option()] = 0,
+    format_: Annotated[str, typer.Option("--format", help="cbf (one file per frame) | h5 (Eiger-like master + "
+                                                          "bitshuffle-LZ4 data files)")] = "cbf",
+    frames_per_file: Annotated[int, typer.Option(help="--format h5: frames per data file")] = 100,
 ) -> None:
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
@@ -68,13 +71,15 @@ def simulate(
 
     if omega_range not in (180, 360):
         _fail(f"--omega-range must be 180 or 360 (got {omega_range})")
+    if format_ not in ("cbf", "h5"):
+        _fail(f"--format must be cbf or h5 (got {format_})")
     t0 = time.perf_counter()
     with Progress() as bar:
         task = bar.add_task("simulating frames", total=nz * nomega * nx)
         try:
             scan = simulate_scan(out_dir, nz, nomega, nx, detector=detector, order=order, fast_axis=fast_axis,
-                                 omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed,
-                                 progress=lambda k, n: bar.update(task, completed=k))
+                                 omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed, fmt=format_,
+                                 frames_per_file=frames_per_file, progress=lambda k, n: bar.update(task, completed=k))
         except ValueError as err:
             _fail(str(err))
     typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {scan.root}")
@@ -200,30 +205,36 @@ def init(
 
 @app.command()
 def export(
-    run_store: Annotated[Path, typer.Argument(metavar="RUN", help="run store (RUN.zarr)")],
-    out: Annotated[Optional[Path], typer.Argument(help="output file (formats other than --pdf-files; none yet)")] = None,
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store to export")],
+    out: Annotated[Optional[Path], typer.Argument(metavar="[OUT.h5]", help="NeXus / HDF5 file to write")] = None,
+    group: Annotated[Optional[list[str]], typer.Option(
+        "--group", help="store group to export (repeat: --group recon --group pdf); default: reduced, recon, pdf")] = None,
+    compression: Annotated[str, typer.Option(help="gzip (every reader) | lz4 (hdf5plugin) | none")] = "gzip",
+    overwrite: Annotated[bool, typer.Option(help="replace OUT.h5 if it is an earlier export of this program")] = False,
     pdf_files: Annotated[Optional[Path], typer.Option(
         "--pdf-files", help="folder for PDFgetX3-layout .iq .sq .fq .gr files (PDFgui, diffpy.srfit)")] = None,
-    voxels: Annotated[Optional[str], typer.Option(help="voxels z,y,x;z,y,x... (one file set each)")] = None,
-    mask: Annotated[Optional[Path], typer.Option(help=".npy boolean (z,y,x) or (y,x) mask: its mean pattern")] = None,
-    region: Annotated[Optional[str], typer.Option(help="box z0:z1,y0:y1,x0:x1: its mean pattern")] = None,
+    voxels: Annotated[Optional[str], typer.Option(help="--pdf-files of voxels z,y,x;z,y,x... (one file set each)")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="--pdf-files of a .npy bool (z,y,x) or (y,x) mask's mean")] = None,
+    region: Annotated[Optional[str], typer.Option(help="--pdf-files of a box z0:z1,y0:y1,x0:x1's mean")] = None,
 ) -> None:
-    """Export a run: --pdf-files writes PDFgetX3-layout files of voxels, a mask's or a region's mean."""
-    from .export import ExportError, export_pdf_files, parse_region, parse_voxels
+    """Export a run: OUT.h5 as NeXus (NXentry / NXdata with axes and units, for silx, PyMca, DAWN,
+    h5py), and/or --pdf-files OUTDIR in PDFgetX3's layout for voxels, a mask's or a region's mean."""
+    from .export import DEFAULT_GROUPS, ExportError, export_nexus, export_pdf_files, parse_region, parse_voxels
     from .pdf import PDFParameterError
 
-    if pdf_files is None:
-        _fail("xrdct export needs an output: --pdf-files OUTDIR (with --voxels, --mask or --region)"
-              + (f"; {out}: no file format is implemented yet" if out is not None else ""))
-    if out is not None:
-        _fail(f"give --pdf-files OUTDIR or an output file, not both (got {out})")
+    if out is None and pdf_files is None:
+        _fail("nothing to do: give OUT.h5 (NeXus) and/or --pdf-files OUTDIR (with --voxels, --mask or --region)")
     try:
-        paths = export_pdf_files(run_store, pdf_files, voxels=parse_voxels(voxels) if voxels is not None else None,
-                                 mask=mask, region=parse_region(region) if region is not None else None)
+        if out is not None:
+            nexus = export_nexus(run_store, out, tuple(group) if group else DEFAULT_GROUPS, compression=compression,
+                                 overwrite=overwrite)
+            typer.echo(f"nexus: {nexus}")
+        if pdf_files is not None:
+            for p in export_pdf_files(run_store, pdf_files, voxels=parse_voxels(voxels) if voxels else None,
+                                      mask=mask, region=parse_region(region) if region else None):
+                typer.echo(str(p))
     except (ExportError, PDFParameterError, FileExistsError) as err:
         _fail(str(err))
-    for p in paths:
-        typer.echo(str(p))
 
 
 @app.command()

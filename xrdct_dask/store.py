@@ -300,6 +300,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     _create_task_markers(root, nz, -(-nomega // wc), -(-nq // qc), coords["z"], pdf=r_A is not None)
     root.attrs.update({"stage_status": {REDUCED: "pending", RECON: "pending", PDF: "pending"}, **attrs,
                        "format": FORMAT, "template_complete": False})
+    describe_variables(root)
     return root
 
 
@@ -444,6 +445,7 @@ def create_pdf_arrays(path: str | Path, *, nz: int, nomega: int, nx: int, nr: in
                        dimension_names=["z", "omega", "x", "channel"], compressors=COMPRESSORS).attrs.update(
             {"long_name": "per frame: scale N, then G(r_low) and F(q_top) with the fixed scale pdf.scale"})
     g.attrs.update(attrs)
+    describe_variables(root)
 
 
 def open_array(path: str | Path, name: str, mode: str = "r+") -> zarr.Array:
@@ -515,3 +517,67 @@ def set_stage_status(path, stage: str, status: str) -> None:
 
 def read_attrs(path) -> dict:
     return json.loads(json.dumps(dict(zarr.open_group(str(path), mode="r").attrs)))
+
+
+# ------------------------------------------------------------------------------------------
+# units and long names of every variable (CF / NeXus readers show them)
+# ------------------------------------------------------------------------------------------
+_RADIAL_NAMES = {"q": "scattering vector magnitude q", "2th": "scattering angle 2theta",
+                 "r": "radial distance on the detector", "d*2": "inverse d-spacing squared", "chi": "azimuthal angle"}
+VARIABLE_ATTRS = {
+    # (group, name) or name: (units, long_name); "1" = dimensionless (UDUNITS)
+    (REDUCED, "intensity"): ("counts", "azimuthally integrated intensity, normalised to the reference monitor"),
+    (REDUCED, "sigma"): ("counts", "standard deviation of the integrated intensity"),
+    (REDUCED, "monitor"): ("counts", "incident-beam monitor I0 of the frame"),
+    (REDUCED, "total"): ("counts", "integrated intensity summed over the radial bins"),
+    (REDUCED, "frame_index"): ("1", "acquisition index of the frame at this scan point (-1: no frame)"),
+    (REDUCED, "frame_ok"): ("1", "frame used (true) or missing / corrupt (false)"),
+    (REDUCED, "frame_status"): ("1", "frame status code (xrdct_dask.io.status.FrameStatus; -1: not yet written)"),
+    (REDUCED, "scan_flag"): ("1", "how the scan file placed the frame (FrameStatus code; 0: as planned)"),
+    (RECON, "intensity"): ("counts/voxel", "reconstructed diffraction intensity per voxel"),
+    (PDF, "G"): ("1/angstrom^2", "G(r) = 4 pi r [rho(r) - rho0]"),
+    (PDF, "ok"): ("1", "G computed (scattering strong enough)"),
+    (PDF, "scale"): ("1", "self-scattering level N of S(Q) (data units per atom)"),
+    (PDF, "G_sinogram"): ("1/angstrom^2", "G(r) of each frame"),
+    (PDF, "aux_sinogram"): ("1", "per frame: scale N, G(r_low), F(q_top)"),
+    (TASKS, "integrate"): ("1", "1 = this block of reduced/ is completely written"),
+    (TASKS, "center"): ("pixel", "rotation axis of the slice (NaN: not yet found)"),
+    (TASKS, "recon"): ("1", "1 = this q block of recon/ is completely written"),
+    (TASKS, "pdf"): ("1", "1 = this slice of pdf/ is completely written"),
+    "z": ("mm", "slice position"), "omega": ("deg", "rotation angle"), "x": ("mm", "translation / voxel column"),
+    "y": ("mm", "voxel row"), "r": ("angstrom", "interatomic distance r"), "channel": ("1", "aux_sinogram channel"),
+}
+
+
+def frame_status_attrs() -> dict:
+    """CF flag attributes describing the codes of ``frame_status`` (and ``scan_flag``)."""
+    from .io.status import USABLE, FrameStatus
+
+    codes = {-1: "not_written"} | {int(s): s.name.lower() for s in FrameStatus}
+    return {"flag_values": list(codes), "flag_meanings": " ".join(codes.values()),
+            "codes": {str(k): v.replace("_", " ") for k, v in codes.items()},
+            "usable_codes": [int(s) for s in USABLE]}
+
+
+def describe_variables(root) -> None:
+    """Give every array of the store (a zarr group or its path) ``units`` and ``long_name`` attrs
+    where it has none (existing attrs are kept), and describe the ``frame_status`` codes
+    (:func:`frame_status_attrs`).  Called at the end of :func:`create_store`; safe to call again."""
+    if not isinstance(root, zarr.Group):
+        root = zarr.open_group(str(root), mode="r+")
+
+    def visit(group, gname: str) -> None:
+        for name, arr in group.arrays():
+            units, long_name = VARIABLE_ATTRS.get((gname, name), VARIABLE_ATTRS.get(name, (None, None)))
+            if name == "q" and "radial_unit" in arr.attrs:
+                kind, _, unit = str(arr.attrs["radial_unit"]).partition("_")
+                units, long_name = unit, _RADIAL_NAMES.get(kind, f"radial coordinate ({arr.attrs['radial_unit']})")
+            new = {k: v for k, v in (("units", units), ("long_name", long_name)) if v is not None and k not in arr.attrs}
+            if gname == REDUCED and name in ("frame_status", "scan_flag") and "flag_values" not in arr.attrs:
+                new.update(frame_status_attrs())
+            if new:
+                arr.attrs.update(new)
+        for name, sub in group.groups():
+            visit(sub, name)
+
+    visit(root, "")

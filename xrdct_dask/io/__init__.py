@@ -1,4 +1,6 @@
-"""Frame readers: raw compressed bytes + header (cbf.py), decoders (decode.py), scan tables (scan.py)."""
+"""Frame readers: raw compressed bytes + header (cbf.py), decoders (decode.py), scan tables (scan.py),
+the frame-source contract ``read_frames(source, indices)`` for CBF templates and HDF5 (source.py,
+hdf5.py; imported on first use: h5py stays out of a plain ``import xrdct_dask.io``)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,18 @@ from .cbf import (CbfPayload, CorruptFrameError, SizeMismatchError, TruncatedFra
                   read_header)
 from .decode import decode_batch, decode_payload, pack_payloads
 
-__all__ = ["CbfPayload", "CorruptFrameError", "SizeMismatchError", "TruncatedFrameError", "decode_batch",
-           "decode_payload", "pack_payloads", "parse_cbf", "read_cbf_payload", "read_frame", "read_header"]
+__all__ = ["CbfPayload", "CorruptFrameError", "FrameSource", "SizeMismatchError", "TruncatedFrameError", "decode_batch",
+           "decode_payload", "open_source", "pack_payloads", "parse_cbf", "read_cbf_payload", "read_frame",
+           "read_frames", "read_header"]
+_SOURCE = ("FrameSource", "open_source", "read_frames")
+
+
+def __getattr__(name: str):
+    if name in _SOURCE:
+        from . import source
+
+        return getattr(source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_frame(path: str | Path) -> np.ndarray:

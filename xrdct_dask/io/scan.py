@@ -6,7 +6,9 @@ interlaced order (fast axis x) the omega lines of each slice are visited in ``pa
 interleaved passes, pass p taking iomega = p, p + passes, p + 2 passes, ... (each pass a coarse
 tomogram of the whole angular range, as in interlaced XRD-CT), and x snakes.  A scan file
 (CSV with ``index,iz,iomega,ix`` columns, as written by the acquisition) overrides the
-arithmetic, which handles frames recorded out of order or scan points skipped.
+arithmetic, which handles frames recorded out of order or scan points skipped; its optional
+``omega_deg, x_mm, z_mm, monitor`` columns are the measured values
+(:mod:`xrdct_dask.io.positioners` reads them and places frames by them).
 """
 
 from __future__ import annotations
@@ -70,15 +72,43 @@ def grid_index(iz, iomega, ix, nomega: int, nx: int, fast_axis: str = "x", order
     return line * nfast + fast
 
 
+SCAN_COLUMNS = ("index", "iz", "iomega", "ix")
+POSITION_COLUMNS = ("omega_deg", "x_mm", "z_mm", "monitor")  # optional: measured per frame
+
+
+def read_scan_table(path: str | Path) -> dict[str, np.ndarray]:
+    """The columns of a scan CSV (header line, comma separated) as arrays, one row per frame.
+
+    ``index`` (acquisition order) is required; ``iz, iomega, ix`` (grid indices, int64) come all
+    three or not at all; ``omega_deg, x_mm, z_mm, monitor`` (float64, measured) are optional;
+    other columns are returned as read.
+    """
+    table = np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True, dtype=None, encoding="ascii"))
+    names = table.dtype.names or ()
+    if "index" not in names:
+        raise ValueError(f"{path}: scan file lacks the column 'index' (acquisition order of each row)")
+    grid_cols = [c for c in SCAN_COLUMNS[1:] if c in names]
+    if grid_cols and len(grid_cols) != 3:
+        missing = sorted(set(SCAN_COLUMNS[1:]) - set(grid_cols))
+        raise ValueError(f"{path}: scan file has {', '.join(grid_cols)} but lacks {', '.join(missing)}")
+    out = {}
+    for c in names:
+        kind = np.int64 if c in SCAN_COLUMNS else np.float64 if c in POSITION_COLUMNS else None
+        try:
+            out[c] = np.asarray(table[c], dtype=kind) if kind else np.asarray(table[c])
+        except (ValueError, TypeError):
+            raise ValueError(f"{path}: column {c!r} holds values that are not numbers") from None
+    return out
+
+
 def read_scan_file(path: str | Path, nz: int, nomega: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
     """Grid ``(nz, nomega, nx)`` of acquisition indices (-1 = no frame) from a scan CSV, and a
     bool grid of points recorded more than once (the last record wins)."""
-    table = np.genfromtxt(path, delimiter=",", names=True, dtype=None, encoding="ascii")
-    for col in ("index", "iz", "iomega", "ix"):
-        if col not in table.dtype.names:
+    table = read_scan_table(path)
+    for col in SCAN_COLUMNS:
+        if col not in table:
             raise ValueError(f"{path}: scan file lacks the column {col!r} (needs index,iz,iomega,ix)")
-    table = np.atleast_1d(table)
-    iz, iw, ix = (np.asarray(table[c], dtype=np.int64) for c in ("iz", "iomega", "ix"))
+    iz, iw, ix = (table[c] for c in ("iz", "iomega", "ix"))
     inside = (iz >= 0) & (iz < nz) & (iw >= 0) & (iw < nomega) & (ix >= 0) & (ix < nx)
     if not inside.all():
         bad = int((~inside).sum())
@@ -86,7 +116,7 @@ def read_scan_file(path: str | Path, nz: int, nomega: int, nx: int) -> tuple[np.
     grid = np.full((nz, nomega, nx), -1, dtype=np.int64)
     seen = np.zeros((nz, nomega, nx), dtype=np.int32)
     np.add.at(seen, (iz, iw, ix), 1)
-    grid[iz, iw, ix] = np.asarray(table["index"], dtype=np.int64)
+    grid[iz, iw, ix] = table["index"]
     return grid, seen > 1
 
 

@@ -248,13 +248,22 @@ class SimulatedScan:
     nx: int
     detector: str
     phases: tuple[str, ...]
+    fmt: str = "cbf"
 
     def load_truth(self) -> dict:
         with np.load(self.truth, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
     def frame_path(self, index: int) -> Path:
+        """The CBF file of frame ``index`` (``fmt="cbf"`` scans only)."""
+        if self.fmt != "cbf":
+            raise ValueError(f"{self.root}: an {self.fmt} scan has no file per frame (frames: {self.frames_template})")
         return self.root / self.frames_template.format(index=index)
+
+    @property
+    def frames(self) -> str:
+        """The frame source (``inputs.frames``) with the scan's folder prepended."""
+        return str(self.root / self.frames_template)
 
 
 def _render(ai, shape, q_nm, pattern, scale, rng, gaps, bad, zinger_rate, spot_rate):
@@ -276,10 +285,13 @@ def _render(ai, shape, q_nm, pattern, scale, rng, gaps, bad, zinger_rate, spot_r
 def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 24, *, detector: str = "small",
                   order: str = "snake", fast_axis: str = "x", omega_range_deg: int = 180, npt_rad: int = 1000,
                   seed: int = 0, peak_counts: float = 1.0e5, zinger_rate: float = 0.02, spot_rate: float = 0.02,
-                  threads: int = 4, progress=None) -> SimulatedScan:
+                  threads: int = 4, progress=None, fmt: str = "cbf", frames_per_file: int = 100) -> SimulatedScan:
     """Simulate a whole XRD-CT scan into ``out_dir`` and return its paths.
 
-    Writes ``frames/frame_{index:06d}.cbf`` in acquisition order, ``geometry.poni``, ``mask.edf``
+    Writes the frames in acquisition order -- ``fmt="cbf"``: ``frames/frame_{index:06d}.cbf``;
+    ``fmt="h5"``: an Eiger-like ``frames/scan_master.h5`` with data files ``scan_data_000001.h5``,
+    ... of ``frames_per_file`` frames each (see :func:`write_hdf5_scan`), same pixel values --
+    and ``geometry.poni``, ``mask.edf``
     (gaps, beamstop and bad pixels = 1), ``monitor.txt``, ``scan.csv``, ``truth.npz`` (phase maps
     ``(nphase, nz, nx, nx)``, phase patterns per atom on ``q_A``, sinograms of each phase) and a
     ready ``workflow.yaml``.  ``peak_counts`` sets the expected counts of the brightest pixel.
@@ -287,6 +299,10 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     from fabio.cbfimage import CbfImage
     from fabio.edfimage import EdfImage
 
+    if fmt not in ("cbf", "h5"):
+        raise ValueError(f"fmt must be cbf or h5, got {fmt!r}")
+    if frames_per_file < 1:
+        raise ValueError(f"frames_per_file must be >= 1, got {frames_per_file}")
     out = Path(out_dir)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -320,11 +336,15 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     q_nm = Q_GRID_A * 10
     seeds = rng.integers(0, 2**31, nframes)
 
-    def write(i):
+    def render(i):
         iz, iw, ix = order_idx[i]
         pattern = np.tensordot(sinos[:, iz, iw, ix], pat, axes=1)
-        frame = _render(ai, shape, q_nm, pattern, scale * monitor[i] / 1e5, np.random.default_rng(seeds[i]),
-                        gaps, bad, zinger_rate, spot_rate)
+        return _render(ai, shape, q_nm, pattern, scale * monitor[i] / 1e5, np.random.default_rng(seeds[i]),
+                       gaps, bad, zinger_rate, spot_rate)
+
+    def write(i):
+        iz, iw, ix = order_idx[i]
+        frame = render(i)
         header = {"_array_data.header_convention": "PILATUS_1.2",
                   "_array_data.header_contents": "\r\n".join([
                       "# Detector: PILATUS 2M (simulated by xrdct_dask)",
@@ -338,10 +358,19 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                       f"# Sample_z_mm {z_mm[iz]:.4f}"])}
         CbfImage(data=frame, header=header).write(str(out / "frames" / f"frame_{i:06d}.cbf"))
 
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        for k, _ in enumerate(pool.map(write, range(nframes))):
-            if progress is not None:
-                progress(k + 1, nframes)
+    if fmt == "cbf":
+        frames_template = "frames/frame_{index:06d}.cbf"
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for k, _ in enumerate(pool.map(write, range(nframes))):
+                if progress is not None:
+                    progress(k + 1, nframes)
+    else:
+        frames_template = "frames/scan_master.h5::/entry/data/data"
+        positions = {"omega": (omega[order_idx[:, 1]], "deg"), "x": (x_mm[order_idx[:, 2]], "mm"),
+                     "z": (z_mm[order_idx[:, 0]], "mm")}
+        write_hdf5_scan(out / "frames", render, nframes, shape, positions=positions, monitor=monitor,
+                        frames_per_file=frames_per_file, threads=threads, progress=progress,
+                        pixel_size_m=DETECTORS[detector][1], wavelength_A=WAVELENGTH_A)
 
     np.savetxt(out / "monitor.txt", monitor, fmt="%.6e", header="I0 monitor, one value per frame in acquisition order")
     with open(out / "scan.csv", "w") as fh:
@@ -359,7 +388,7 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                  "omega_range_deg": omega_range_deg}}, indent=2))
 
     wf = {
-        "inputs": {"frames": "frames/frame_{index:06d}.cbf", "poni": "geometry.poni", "mask": "mask.edf",
+        "inputs": {"frames": frames_template, "poni": "geometry.poni", "mask": "mask.edf",
                    "monitor": "monitor.txt", "scan_file": "scan.csv"},
         "scan": {"nz": nz, "nomega": nomega, "nx": nx, "fast_axis": fast_axis, "order": order,
                  "omega_range_deg": omega_range_deg},
@@ -373,7 +402,88 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
 
     (out / "workflow.yaml").write_text("# written by `xrdct simulate`; paths are relative to this file\n"
                                        + yaml.safe_dump(wf, sort_keys=False))
-    return SimulatedScan(root=out, workflow=out / "workflow.yaml", frames_template="frames/frame_{index:06d}.cbf",
+    return SimulatedScan(root=out, workflow=out / "workflow.yaml", frames_template=frames_template,
                          poni=out / "geometry.poni", mask=out / "mask.edf", monitor=out / "monitor.txt",
                          scan_file=out / "scan.csv", truth=out / "truth.npz", nz=nz, nomega=nomega, nx=nx,
-                         detector=detector, phases=tuple(p.name for p in phases))
+                         detector=detector, phases=tuple(p.name for p in phases), fmt=fmt)
+
+
+def write_hdf5_scan(folder: str | Path, render, nframes: int, shape: tuple[int, int], *, positions: dict,
+                    monitor: np.ndarray, frames_per_file: int = 100, threads: int = 4, progress=None,
+                    pixel_size_m: float = 172e-6, wavelength_A: float = WAVELENGTH_A, prefix: str = "scan") -> Path:
+    """Write frames as an Eiger-like HDF5 scan and return the master file.
+
+    ``{prefix}_data_000001.h5, ...``: ``/entry/data/data`` int32 ``(k, ny, nx)``, chunks of one
+    frame compressed with bitshuffle + LZ4 (HDF5 filter 32008, hdf5plugin), at most
+    ``frames_per_file`` frames each, ``image_nr_low/high`` attrs (1-based) as Eiger writes.
+    ``{prefix}_master.h5``: NXentry ``/entry`` whose NXdata ``/entry/data`` holds the Eiger
+    external links ``data_000001, ...`` and ``data``, a virtual dataset over all data files (what
+    BLISS / Lima write; h5py and silx read frames through it); per-frame positioners
+    ``/entry/measurement/{name}`` (hard-linked from ``/entry/instrument/positioners/{name}``,
+    with ``units``) and ``/entry/measurement/monitor``.  All file names are relative, so the
+    folder can move.
+
+    Parameters
+    ----------
+    render : callable
+        ``render(i) -> (ny, nx) int32`` frame ``i`` in acquisition order (called from ``threads`` threads).
+    positions : dict
+        ``{name: (values (nframes,), units)}``.
+    """
+    import h5py
+    import hdf5plugin
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ny, nx = shape
+    names = []
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for k, first in enumerate(range(0, nframes, frames_per_file)):
+            last = min(first + frames_per_file, nframes)
+            name = f"{prefix}_data_{k + 1:06d}.h5"
+            names.append((name, first, last))
+            with h5py.File(folder / name, "w") as f:
+                f.attrs["default"] = "entry"
+                entry = f.create_group("entry")
+                entry.attrs.update({"NX_class": "NXentry", "default": "data"})
+                data = entry.create_group("data")
+                data.attrs.update({"NX_class": "NXdata", "signal": "data"})
+                d = data.create_dataset("data", shape=(last - first, ny, nx), dtype=np.int32, chunks=(1, ny, nx),
+                                        **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+                d.attrs.update({"image_nr_low": np.int32(first + 1), "image_nr_high": np.int32(last)})
+                for j, frame in enumerate(pool.map(render, range(first, last))):
+                    d[j] = frame
+                    if progress is not None:
+                        progress(first + j + 1, nframes)
+    master = folder / f"{prefix}_master.h5"
+    with h5py.File(master, "w") as f:
+        f.attrs["default"] = "entry"
+        entry = f.create_group("entry")
+        entry.attrs.update({"NX_class": "NXentry", "default": "data"})
+        data = entry.create_group("data")
+        data.attrs.update({"NX_class": "NXdata", "signal": "data"})
+        layout = h5py.VirtualLayout(shape=(nframes, ny, nx), dtype=np.int32)
+        for k, (name, first, last) in enumerate(names):
+            data[f"data_{k + 1:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+            layout[first:last] = h5py.VirtualSource(name, "/entry/data/data", shape=(last - first, ny, nx))
+        data.create_virtual_dataset("data", layout, fillvalue=-1)
+        inst = entry.create_group("instrument")
+        inst.attrs["NX_class"] = "NXinstrument"
+        det = inst.create_group("detector")
+        det.attrs["NX_class"] = "NXdetector"
+        for key in ("x_pixel_size", "y_pixel_size"):
+            det.create_dataset(key, data=pixel_size_m).attrs["units"] = "m"
+        det.create_dataset("description", data="PILATUS 2M (simulated by xrdct_dask)")
+        beam = inst.create_group("beam")
+        beam.attrs["NX_class"] = "NXbeam"
+        beam.create_dataset("incident_wavelength", data=wavelength_A).attrs["units"] = "angstrom"
+        pos = inst.create_group("positioners")
+        pos.attrs["NX_class"] = "NXcollection"
+        meas = entry.create_group("measurement")
+        meas.attrs["NX_class"] = "NXcollection"
+        for key, (values, units) in positions.items():
+            ds = meas.create_dataset(key, data=np.asarray(values, np.float64))
+            ds.attrs["units"] = units
+            pos[key] = ds  # a hard link: one dataset, two names (BLISS lists scanned motors in both)
+        meas.create_dataset("monitor", data=np.asarray(monitor, np.float64)).attrs["units"] = "counts"
+    return master

@@ -16,14 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
-from .config import WorkflowError, workflow_from_dict
+from .. import store
+from ..config import WorkflowError, workflow_from_dict
+from . import ExportError
 
 PDF_TYPES = ("iq", "sq", "fq", "gr")
-
-
-class ExportError(ValueError):
-    """An export that cannot be done, in one line naming the run, key or file."""
 
 
 @dataclass(frozen=True)
@@ -143,11 +140,11 @@ def export_pdf_files(run: str | Path, outdir: str | Path, *, voxels=None, mask=N
     r grid.  Q in 1/A.
     ``outdir`` is created if missing; existing files are never replaced.
     """
-    from . import __version__
-    from .pdf import compute_pdf, operator_for, structure_functions
-    from .pdf.background import edge_background_voxels, load_background
-    from .pdf.pdfgetx3 import format_header, write_curve
-    from .stages import radial_to_q_A
+    from .. import __version__
+    from ..pdf import compute_pdf, operator_for, structure_functions
+    from ..pdf.background import edge_background_voxels, load_background
+    from ..pdf.pdfgetx3 import format_header, write_curve
+    from ..stages import radial_to_q_A
 
     run = Path(run)
     bad = [t for t in types if t not in PDF_TYPES]

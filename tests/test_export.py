@@ -1,0 +1,154 @@
+"""NeXus export of a run store and the store's own metadata (units, long_name, status codes).
+
+The store is made by ``store.create_store`` (the layout every run has) and filled with random
+values, so the export is checked on every group without running the workflow.  Oracles: h5py and
+``silx.io`` (the reader of silx view) open the file, find the default NXdata, and its signal and
+axes equal the zarr arrays exactly (a copy: no tolerance).
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from xrdct_dask import store
+from xrdct_dask.export import ExportError, _h5_chunks, export_nexus
+from xrdct_dask.io.status import FrameStatus
+
+NZ, NW, NX, NQ, NR = 2, 12, 10, 40, 30
+
+
+@pytest.fixture()
+def run_store(tmp_path, rng):
+    path = tmp_path / "run.zarr"
+    store.create_store(path, nz=NZ, nomega=NW, nx=NX, radial=np.linspace(1, 40, NQ), radial_unit="q_nm^-1",
+                       omega_deg=np.arange(NW) * 15.0, x_mm=np.arange(NX) * 0.5, z_mm=np.arange(NZ) * 1.0,
+                       r_A=np.linspace(0.5, 15, NR), omega_chunk=5, q_chunk=16, attrs={"workflow": {"scan": {"nz": NZ}},
+                                                                                     "engine": "numpy"})
+    store.create_pdf_arrays(path, nz=NZ, nomega=NW, nx=NX, nr=NR, omega_chunk=5, r_chunk=NR, sinograms=False,
+                            aux_channels=[], attrs={"qmax": 20.0})
+    root = zarr.open_group(str(path), mode="r+")
+    root["reduced/intensity"][...] = rng.random((NZ, NW, NX, NQ), dtype=np.float32)
+    root["reduced/sigma"][...] = rng.random((NZ, NW, NX, NQ), dtype=np.float32)
+    status = rng.choice([0, 0, 0, 2, 1], (NZ, NW, NX)).astype(np.int8)
+    root["reduced/frame_status"][...] = status
+    root["reduced/frame_ok"][...] = status == 0
+    root["recon/intensity"][...] = rng.random((NZ, NX, NX, NQ), dtype=np.float32)
+    root["pdf/G"][0] = rng.normal(size=(NX, NX, NR)).astype(np.float32)  # slice 1 not computed: NaN fill
+    return path
+
+
+def test_every_store_variable_has_units_and_long_name(run_store):
+    """Viewers label axes and colour bars from these; frame_status says what its codes mean."""
+    root = zarr.open_group(str(run_store), mode="r")
+    seen = 0
+
+    def visit(g, where):
+        nonlocal seen
+        for name, arr in g.arrays():
+            assert "units" in arr.attrs and "long_name" in arr.attrs, f"{where}/{name}: {dict(arr.attrs)}"
+            seen += 1
+        for name, sub in g.groups():
+            visit(sub, f"{where}/{name}")
+
+    visit(root, "")
+    assert seen > 30
+    st = root["reduced/frame_status"].attrs
+    assert st["flag_values"][0] == -1 and st["flag_values"][1:] == [int(s) for s in FrameStatus]
+    assert st["flag_meanings"].split()[1:4] == ["ok", "truncated", "missing"]
+    assert st["codes"]["2"] == "missing" and st["usable_codes"] == [0, 8, 9]
+    assert root["reduced/q"].attrs["units"] == "nm^-1"
+    assert root["pdf/lowr_slope"].attrs["units"] == "1/angstrom^3"  # set by create_pdf_arrays, kept
+
+
+def test_export_opens_in_silx_and_equals_the_store(run_store, tmp_path):
+    import silx.io
+    from silx.io.nxdata import NXdata, get_default
+
+    out = export_nexus(run_store, tmp_path / "run.h5")
+    root = zarr.open_group(str(run_store), mode="r")
+    with silx.io.open(str(out)) as f:
+        default = get_default(f)  # root default -> reduced entry -> intensity NXdata
+        assert default is not None and default.group.name == "/reduced/intensity"
+        np.testing.assert_array_equal(default.signal[...], root["reduced/intensity"][...])
+        assert default.axes_dataset_names == ["z", "omega", "x", "q"]
+        np.testing.assert_array_equal(default.axes[1][...], root["omega"][...])
+        np.testing.assert_array_equal(default.errors[...], root["reduced/sigma"][...])
+        for group, name, dims in (("recon", "intensity", ["z", "y", "x", "q"]), ("pdf", "G", ["z", "y", "x", "r"]),
+                                  ("reduced", "frame_status", ["z", "omega", "x"])):
+            nx = NXdata(f[f"{group}/{name}"])
+            assert nx.is_valid and nx.axes_dataset_names == dims, (group, name, nx.issues)
+            np.testing.assert_array_equal(nx.signal[...], root[f"{group}/{name}"][...])
+    with h5py.File(out, "r") as f:
+        assert f.attrs["creator"] == "xrdct_dask export" and f.attrs["default"] == "reduced"
+        assert f["recon"].attrs["default"] == "intensity" and f["pdf"].attrs["default"] == "G"
+        d = f["reduced/intensity/intensity"]
+        assert d.attrs["units"] == "counts" and d.compression == "gzip"
+        assert f["reduced/intensity/q"].attrs["units"] == "nm^-1"
+        assert f["reduced/intensity/intensity"].attrs["long_name"].startswith("azimuthally integrated")
+        # coordinates stored once, hard-linked into every NXdata of the entry
+        assert f["reduced/intensity/q"].id == f["reduced/sigma/q"].id
+        assert np.isnan(f["pdf/G/G"][1]).all()
+        assert f["reduced/frame_status/frame_status"].attrs["flag_meanings"].startswith("not_written ok")
+        assert '"engine"' not in f.attrs["xrdct_workflow"] and f.attrs["xrdct_engine"] == "numpy"
+
+
+def test_hdf5_chunks_nest_in_zarr_chunks_and_copy_is_chunk_by_chunk(run_store, tmp_path, monkeypatch):
+    """No read larger than one zarr chunk (the store's memory bound), HDF5 chunks <= 1 MiB that
+    divide the zarr chunks (each write covers whole HDF5 chunks)."""
+    assert _h5_chunks((1, 64, 400, 256), 4) == (1, 64, 50, 64)  # largest dim divided first, 0.8 MiB
+    c = _h5_chunks((1, 1571, 1000, 64), 4)
+    assert np.prod(c) * 4 <= 1 << 20 and all(z % h == 0 for z, h in zip((1, 1571, 1000, 64), c))
+    biggest = []
+    orig = zarr.Array.__getitem__
+
+    def spy(self, sel):
+        out = orig(self, sel)
+        biggest.append(np.asarray(out).size)
+        return out
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", spy)
+    out = export_nexus(run_store, tmp_path / "r.h5", groups=["recon"], compression="lz4")
+    assert max(biggest) <= NX * NX * 16  # one recon chunk (1, nx, nx, q_chunk=16)
+    import hdf5plugin  # noqa: F401  (the LZ4 filter, to read back)
+
+    with h5py.File(out, "r") as f:
+        assert list(f) == ["recon"] and "32004" in f["recon/intensity/intensity"]._filters
+
+
+def test_export_refuses_what_it_must_not_do(run_store, tmp_path):
+    foreign = tmp_path / "theirs.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    with pytest.raises(ExportError, match="not an export of this program"):
+        export_nexus(run_store, foreign, overwrite=True)
+    with h5py.File(foreign, "r") as f:
+        assert list(f) == ["x"]  # untouched
+    out = export_nexus(run_store, tmp_path / "a.h5", groups=["pdf"])
+    with pytest.raises(ExportError, match="exists: pass overwrite"):
+        export_nexus(run_store, out)
+    export_nexus(run_store, out, groups=["recon"], overwrite=True)  # our own export: replaced
+    with h5py.File(out, "r") as f:
+        assert list(f) == ["recon"]
+    with pytest.raises(ExportError, match="no group 'nope'"):
+        export_nexus(run_store, tmp_path / "b.h5", groups=["nope"])
+    with pytest.raises(ExportError, match="not a zarr store"):
+        export_nexus(tmp_path / "missing.zarr", tmp_path / "c.h5")
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_cli_export(run_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+
+    r = CliRunner().invoke(app, ["export", str(run_store), str(tmp_path / "o.h5"), "--group", "recon"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert list(f) == ["recon"]
+    r = CliRunner().invoke(app, ["export", str(run_store)])
+    assert r.exit_code == 2 and "nothing to do" in r.output
+    r = CliRunner().invoke(app, ["export", str(run_store), str(tmp_path / "o.h5")])
+    assert r.exit_code == 2 and "exists" in r.output and len(r.output.strip().splitlines()) == 1

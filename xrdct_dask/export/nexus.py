@@ -1,0 +1,213 @@
+"""NeXus export of a run store: ``export_nexus("run.zarr", "run.h5")``.
+
+silx, PyMca, DAWN, nDTomo and pyFAI's viewers open HDF5 / NeXus, not zarr.  The export writes
+
+    run.h5                               NXroot, default -> the first exported group
+      reduced/          NXentry          (one per store group: reduced, recon, pdf)
+        intensity/      NXdata           signal "intensity", axes ["z", "omega", "x", "q"],
+          intensity                      z_indices = 0, ...; the data, chunked + compressed
+          intensity_errors               (reduced) hard link to sigma/sigma: NeXus' uncertainties
+          z, omega, x, q                 the coordinates with units / long_name (hard links: stored once)
+        sigma/, monitor/, total/, frame_status/ ...   one NXdata per data variable
+        program_name                     "xrdct_dask" + version; the store group's attrs as attributes
+      recon/ ...                         NXentry, default -> intensity
+      pdf/ ...                           NXentry, default -> G
+
+Every dataset keeps the store's ``units`` and ``long_name``; data are copied one zarr chunk at a
+time (HDF5 chunks divide the zarr chunks, so every write covers whole HDF5 chunks) and never a
+whole array in memory.  Compression: gzip with byte shuffle (every HDF5 reader has it), or
+``"lz4"`` (hdf5plugin, faster, needs the plugin to read).  The output file is never overwritten
+unless it is an earlier export of this program and ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import ExportError
+
+CREATOR = "xrdct_dask export"
+DEFAULT_GROUPS = ("reduced", "recon", "pdf")
+MAIN_SIGNAL = {"reduced": "intensity", "recon": "intensity", "pdf": "G"}
+ERRORS = {("reduced", "intensity"): "sigma"}
+H5_CHUNK_BYTES = 1 << 20  # HDF5 chunks of ~1 MiB at most: viewers read them whole
+
+
+def _h5_chunks(zchunks: tuple[int, ...], itemsize: int, limit: int = H5_CHUNK_BYTES) -> tuple[int, ...]:
+    """HDF5 chunk shape: the zarr chunk divided (dim by dim, by its smallest prime factor, largest
+    dim first) until it holds at most ``limit`` bytes; each dim divides the zarr chunk's."""
+    c = list(zchunks)
+    while int(np.prod(c)) * itemsize > limit and max(c) > 1:
+        k = int(np.argmax(c))
+        n = c[k]
+        p = next((d for d in range(2, int(n ** 0.5) + 1) if n % d == 0), n)
+        c[k] = n // p
+    return tuple(max(1, x) for x in c)
+
+
+def _attr_value(v):
+    """An attribute HDF5 can hold: numbers and strings as they are, anything else as JSON."""
+    if isinstance(v, (str, bool, int, float, np.number)):
+        return v
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return np.asarray(v)
+    return json.dumps(v, default=str)
+
+
+def _compression(kind: str) -> dict:
+    if kind == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    if kind == "lz4":
+        import hdf5plugin
+
+        return dict(hdf5plugin.LZ4())
+    if kind == "none":
+        return {}
+    raise ExportError(f"compression must be gzip, lz4 or none, got {kind!r}")
+
+
+def _copy_array(zarr_arr, h5group, name: str, compression: dict):
+    """Copy a zarr array into a new HDF5 dataset one zarr chunk at a time."""
+    shape, zchunks = zarr_arr.shape, zarr_arr.chunks
+    dtype = np.dtype(bool) if zarr_arr.dtype == np.dtype(bool) else zarr_arr.dtype
+    if not shape or 0 in shape:
+        d = h5group.create_dataset(name, shape=shape, dtype=dtype)
+        if shape == ():
+            d[()] = zarr_arr[()]
+        return d
+    chunks = _h5_chunks(tuple(min(c, s) for c, s in zip(zchunks, shape)), dtype.itemsize)
+    fill = None if dtype == np.dtype(bool) or zarr_arr.fill_value is None else zarr_arr.fill_value
+    d = h5group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, **compression)
+    grid = [range(0, s, c) for s, c in zip(shape, zchunks)]
+    for start in itertools.product(*grid):
+        region = tuple(slice(a, min(a + c, s)) for a, c, s in zip(start, zchunks, shape))
+        d[region] = zarr_arr[region]
+    return d
+
+
+def _coordinates(group) -> dict:
+    """The 1D arrays of a zarr group named after their own dimension."""
+    out = {}
+    for name, arr in group.arrays():
+        dims = arr.metadata.dimension_names or ()
+        if arr.ndim == 1 and tuple(dims) == (name,):
+            out[name] = arr
+    return out
+
+
+def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS, *, compression: str = "gzip",
+                 overwrite: bool = False) -> Path:
+    """Write the groups of a run store as NeXus (NXentry / NXdata) to ``out_h5``.
+
+    Parameters
+    ----------
+    run_zarr : path of the run store (``xrdct run`` output)
+    out_h5 : path of the HDF5 file to create
+    groups : store groups to export; the default exports those of ``reduced, recon, pdf`` the store
+        has, a group named explicitly must exist.
+    compression : "gzip" (default), "lz4" (hdf5plugin) or "none"
+    overwrite : replace ``out_h5`` when it is an earlier export of this program (never another file)
+
+    Returns the path written.  Raises :class:`ExportError` (one line) for a missing store or group,
+    an existing output file, or a bad compression name.
+    """
+    import h5py
+    import zarr
+
+    run_zarr, out_h5 = Path(run_zarr), Path(out_h5)
+    try:
+        root = zarr.open_group(str(run_zarr), mode="r")
+    except Exception as err:  # zarr raises several kinds for "not a store"
+        raise ExportError(f"{run_zarr}: not a zarr store ({type(err).__name__}: {err})") from None
+    present = set(root.group_keys())
+    groups = tuple(groups)
+    explicit = groups != DEFAULT_GROUPS
+    missing = [g for g in groups if g not in present]
+    if explicit and missing:
+        raise ExportError(f"{run_zarr}: no group {missing[0]!r} (the store has {', '.join(sorted(present))})")
+    groups = tuple(g for g in groups if g in present)
+    if not groups:
+        raise ExportError(f"{run_zarr}: none of the groups {', '.join(DEFAULT_GROUPS)} is in the store")
+    comp = _compression(compression)
+    if out_h5.exists():
+        if not overwrite:
+            raise ExportError(f"{out_h5} exists: pass overwrite=True (--overwrite) to replace an earlier export")
+        try:
+            with h5py.File(out_h5, "r") as f:
+                ours = f.attrs.get("creator") == CREATOR
+        except OSError:
+            ours = False
+        if not ours:
+            raise ExportError(f"{out_h5} exists and is not an export of this program: not overwritten")
+    tmp = out_h5.with_name(f".{out_h5.name}.partial")
+    from .. import __version__ as version
+
+    try:
+        _write(tmp, root, run_zarr, out_h5, groups, comp, version)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # our own partial file
+        raise
+    tmp.replace(out_h5)
+    return out_h5
+
+
+def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, version: str) -> None:
+    import h5py
+
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update({"NX_class": "NXroot", "creator": CREATOR, "file_name": out_h5.name,
+                        "file_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "default": groups[0],
+                        "HDF5_Version": h5py.version.hdf5_version, "h5py_version": h5py.version.version,
+                        "source_store": str(run_zarr.resolve())})
+        for k, v in dict(root.attrs).items():
+            f.attrs[f"xrdct_{k}"] = _attr_value(v)
+        for gname in groups:
+            _export_group(root[gname], f.create_group(gname), gname, comp, version)
+
+
+def _export_group(zg, entry, gname: str, comp: dict, version: str) -> None:
+    entry.attrs["NX_class"] = "NXentry"
+    entry.attrs["title"] = f"xrdct_dask {gname}"
+    entry.create_dataset("program_name", data="xrdct_dask").attrs["version"] = version
+    for k, v in dict(zg.attrs).items():
+        entry.attrs[k] = _attr_value(v)
+    coords = _coordinates(zg)
+    variables = [n for n, _ in zg.arrays() if n not in coords]
+    if not variables:
+        return
+    main = MAIN_SIGNAL.get(gname) if MAIN_SIGNAL.get(gname) in variables else variables[0]
+    entry.attrs["default"] = main
+    written_coords: dict[str, object] = {}
+    written_vars: dict[str, object] = {}
+    for name in [main] + [v for v in variables if v != main]:
+        arr = zg[name]
+        nxdata = entry.create_group(name)
+        nxdata.attrs.update({"NX_class": "NXdata", "signal": name})
+        d = _copy_array(arr, nxdata, name, comp)
+        d.attrs.update({k: _attr_value(v) for k, v in dict(arr.attrs).items()})
+        written_vars[name] = d
+        dims = list(arr.metadata.dimension_names or [None] * arr.ndim)
+        axes = []
+        for i, dim in enumerate(dims):
+            if dim in coords:
+                if dim not in written_coords:
+                    c = _copy_array(coords[dim], nxdata, dim, {})
+                    c.attrs.update({k: _attr_value(v) for k, v in dict(coords[dim].attrs).items()})
+                    written_coords[dim] = c
+                else:
+                    nxdata[dim] = written_coords[dim]  # hard link: one dataset, several NXdata
+                nxdata.attrs[f"{dim}_indices"] = i
+                axes.append(dim)
+            else:
+                axes.append(".")
+        nxdata.attrs["axes"] = axes
+        if arr.attrs.get("long_name"):
+            nxdata.attrs["title"] = f"{gname}/{name}: {arr.attrs['long_name']}"
+    for (g, sig), err in ERRORS.items():
+        if g == gname and sig in written_vars and err in written_vars:
+            entry[sig][f"{sig}_errors"] = written_vars[err]
