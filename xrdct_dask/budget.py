@@ -1,0 +1,163 @@
+"""Memory per task: the budget, what each task holds, and the chunk layout that keeps tasks inside it.
+
+No task holds a whole slice of a big array.  The budget of one task (``compute.task_memory``, or
+half of what one worker thread may use: ``compute.memory_limit / threads_per_worker``, or half of
+this machine's memory per core) sets the layout of the store when it is created, and the task
+functions read their block sizes back from the store:
+
+    recon task      one q block (``q_chunk`` bins) of a slice's sinogram and of its volume; the
+                    sinogram preparation and FBP work on sub-blocks of ``q_sub`` bins
+    pdf task        ``y_chunk`` rows of voxels (every q), their G(r) and figures, in GEMM batches
+    pdf-scale task  the same rows, one block at a time (the slice's edge background and largest scale)
+
+Chunks follow the tasks: ``recon/intensity`` (1, y_chunk, nx, q_chunk), ``pdf/G`` (1, y_chunk, nx,
+r_chunk), so that a pdf task reads and writes whole chunks, and no chunk passes
+:data:`CHUNK_BYTES_MAX` (Blosc refuses buffers over 2 GiB).
+
+What a task holds (bytes, float32 = 4, float64 = 8; ``nw`` omega steps, ``nx`` steps across, ``nq``
+q bins, ``nr`` r points, ``B`` voxels per GEMM batch) is written once here, used both to choose
+the layout and by ``xrdct plan``, and checked against tracemalloc's peak of the real task
+functions (tests/test_budget.py):
+
+    integrate   wc nx (8 nq + 21) + 2 min(128, wc nx) frame_bytes      (its output block + reads ahead)
+    recon       nw nx qc 4 (sinogram block) + nx^2 qc 4 (volume) + PREP nw nx q_sub 4 (preparation)
+                + FBP nw nfft q_fbp 4 (filtering, nfft ~ 2 nx)
+    pdf         y nx nq 4 (rows) + y nx (nr + F) 4 (G, figures) + B (nq + nr + X) 8 x 3 (batch)
+    pdf-scale   y nx nq 4 x 2 (rows, one block ahead) + nq 8
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+CHUNK_BYTES_MAX = 256 * 2**20  # far under Blosc's 2 GiB, and a task's read granularity
+BUDGET_FRACTION = 0.5  # of a worker thread's memory: the rest is dask's, zarr's and the interpreter's
+MIN_TASK_MEMORY = 64 * 2**20
+Q_CHUNK_MAX = 256
+PDF_BATCH = {"numpy": 4096, "cupy": 65536}  # voxels per GEMM
+# working-set factors of the preparation and FBP temporaries, per element of a q sub-block
+# (measured with tracemalloc: tests/test_budget.py)
+PREP_COPIES = 12
+FBP_COPIES = 3
+PDF_EXTRA_COLUMNS = 81  # the transform's quality columns (xrdct_dask.pdf: at most 81)
+PDF_FIGURES = 5
+
+
+def parse_bytes(text) -> int:
+    from dask.utils import parse_bytes as _parse
+
+    return int(_parse(str(text).replace(" ", "")))
+
+
+def machine_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:  # pragma: no cover - psutil comes with distributed
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def task_memory(compute) -> int:
+    """Bytes one task may hold, from a workflow's ``compute`` section: ``task_memory`` if given,
+    else :data:`BUDGET_FRACTION` of ``memory_limit / threads_per_worker`` (this machine's memory
+    per core where the limit is ``auto``)."""
+    if compute.task_memory not in (None, "auto"):
+        return max(MIN_TASK_MEMORY, parse_bytes(compute.task_memory))
+    if compute.memory_limit not in (None, "auto", "0", 0):
+        per_thread = parse_bytes(compute.memory_limit) / compute.threads_per_worker
+    else:
+        per_thread = machine_memory() / (os.cpu_count() or 1)
+    return max(MIN_TASK_MEMORY, int(per_thread * BUDGET_FRACTION))
+
+
+# ------------------------------------------------------------------------------------------
+# what one task holds
+# ------------------------------------------------------------------------------------------
+def fft_length(nx: int) -> int:
+    """The padded detector length FBP filters over (xrdct_dask.recon.fbp.detector_window, centred axis)."""
+    from .recon.fbp import detector_window
+
+    return detector_window(nx, nx // 2, nx)[2]
+
+
+def integrate_bytes(frames: int, nq: int, frame_bytes: int, batch: int = 128) -> int:
+    """A decode-integrate task of ``frames`` frames: its output block (intensity, sigma, status,
+    monitor) and two batches of files read ahead."""
+    return frames * (8 * nq + 21) + 2 * min(batch, frames) * frame_bytes
+
+
+def recon_bytes(nomega: int, nx: int, q_chunk: int, q_sub: int, q_fbp: int = 32) -> int:
+    """A recon task: the sinogram block and the volume block of ``q_chunk`` bins, the preparation
+    of ``q_sub`` bins at a time and FBP's filtering of ``q_fbp`` bins at a time."""
+    return (4 * nomega * nx * q_chunk + 4 * nx * nx * q_chunk + PREP_COPIES * 4 * nomega * nx * q_sub
+            + FBP_COPIES * 4 * nomega * fft_length(nx) * min(q_fbp, q_sub))
+
+
+def pdf_bytes(rows: int, nx: int, nq: int, nr: int, batch: int = PDF_BATCH["numpy"]) -> int:
+    """A recon-then-pdf task of ``rows`` rows of voxels: the rows (every q), G and the figures, and
+    one GEMM batch (its float64 input, the linear output and G)."""
+    vox = rows * nx
+    b = min(batch, vox)
+    return 4 * vox * nq + 4 * vox * (nr + PDF_FIGURES) + 3 * 8 * b * (nq + nr + PDF_EXTRA_COLUMNS)
+
+
+def pdf_scale_bytes(rows: int, nx: int, nq: int) -> int:
+    """The slice's pre-pass (edge background, largest scale): two blocks of rows at a time."""
+    return 2 * 4 * rows * nx * nq + 8 * nq
+
+
+# ------------------------------------------------------------------------------------------
+# the layout a budget allows
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """Block sizes of a store (recorded in its attrs as ``layout``; tasks read them from there).
+
+    ``q_chunk`` q bins per recon task and per chunk of reduced/ and recon/; ``q_sub`` q bins the
+    recon task prepares and reconstructs at once; ``y_chunk`` voxel rows per chunk of recon/ and
+    pdf/ and per pdf task; ``r_chunk`` r points per chunk of pdf/G; ``budget`` bytes per task."""
+
+    omega_chunk: int
+    q_chunk: int
+    q_sub: int
+    y_chunk: int
+    r_chunk: int
+    budget: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Layout":
+        return cls(**{k: int(d[k]) for k in cls.__dataclass_fields__})
+
+
+def _pow2_at_most(n: int) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(1, n)))))
+
+
+def choose_layout(*, nomega: int, nx: int, nq: int, nr: int, omega_chunk: int, q_chunk: int | str,
+                  r_chunk: int, budget: int) -> Layout:
+    """The largest blocks that keep every task within ``budget`` bytes and every chunk under
+    :data:`CHUNK_BYTES_MAX` (a given ``q_chunk`` is kept; ``"auto"`` is chosen here)."""
+    wc = min(omega_chunk, nomega)
+    if q_chunk == "auto":
+        qc = min(Q_CHUNK_MAX, _pow2_at_most(nq))
+        while qc > 1 and recon_bytes(nomega, nx, qc, 1) > budget:
+            qc //= 2
+    else:
+        qc = min(int(q_chunk), nq)
+    while qc > 1 and 4 * wc * nx * qc > CHUNK_BYTES_MAX:  # a chunk of reduced/
+        qc //= 2
+    qs = qc
+    while qs > 1 and recon_bytes(nomega, nx, qc, qs) > budget:
+        qs //= 2
+    rc = max(1, min(r_chunk, nr or 1))
+    yc = nx
+    while yc > 1 and (pdf_bytes(yc, nx, nq, nr) > budget or pdf_scale_bytes(yc, nx, nq) > budget
+                      or 4 * yc * nx * max(qc, rc) > CHUNK_BYTES_MAX):
+        yc = (yc + 1) // 2
+    return Layout(omega_chunk=wc, q_chunk=qc, q_sub=qs, y_chunk=yc, r_chunk=rc, budget=int(budget))
