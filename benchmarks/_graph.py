@@ -20,13 +20,17 @@ def link_frames(distinct: list[Path], frames_dir: Path, n: int) -> Path:
     return frames_dir
 
 
-def _one_run(client, wfm, wf, ai, token: str) -> dict:
-    graph = wfm.build_graph(wfm.open_run(wf), token=token)
+def _one_run(client, wf, token: str) -> dict:
+    from xrdct_dask.graph import build_graph
+    from xrdct_dask.prepare import open_run
+    from xrdct_dask.workflow import compute_with_progress
+
+    graph = build_graph(open_run(wf), token=token)
     t = time.perf_counter()
     t_epoch = time.time()
-    res = wfm.compute_with_progress(client, {"decode-integrate": graph["decode-integrate"]}, progress=False)
+    res = compute_with_progress(client, {"integrate": graph["integrate"]}, progress=False)
     dt = time.perf_counter() - t
-    tasks = res["decode-integrate"]
+    tasks = res["integrate"]
     frames = sum(r["frames"] for r in tasks)
     timeline = sorted((r.get("worker"), round(r["started"] - t_epoch, 3), round(r["finished"] - t_epoch, 3),
                        r["frames"], round(r["seconds_setup"], 3), round(r["seconds_engine"], 3),
@@ -52,7 +56,7 @@ def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path,
 
     from distributed import Client
 
-    from xrdct_dask import workflow as wfm
+    from xrdct_dask.cluster import IntegratorPlugin, local_cluster
     from xrdct_dask.config import load_workflow
 
     wf = load_workflow(scan.workflow, {
@@ -62,12 +66,11 @@ def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path,
         "integrate.npt_rad": npt, "integrate.engine": "cupy", "pdf.enabled": False,
         **({"compute.workers_per_gpu": workers_per_gpu} if workers_per_gpu else {}),
         **({"compute.read_threads": read_threads} if read_threads else {})})
-    ai, _ = wfm.check_inputs(wf)
-    cluster = wfm.local_cluster(wf, gpus=gpus)
+    cluster = local_cluster(wf, gpus=gpus)
     try:
         with Client(cluster) as client:
-            client.register_plugin(wfm.IntegratorPlugin(wf, gpu_only=True))
-            runs = [_one_run(client, wfm, wf, ai, f"r{k}") for k in range(max(1, repeats))]
+            client.register_plugin(IntegratorPlugin(wf, gpu_only=True))
+            runs = [_one_run(client, wf, f"r{k}") for k in range(max(1, repeats))]
             if profile is not None:
                 time.sleep(1.5)  # the workers' profile history closes its current cycle each second
                 first = runs[0]

@@ -103,21 +103,22 @@ def main() -> int:
     # ---- through the dask graph: the decode-integrate stage on a LocalCluster
     from distributed import Client, LocalCluster
 
-    from xrdct_dask import workflow as wfm
+    from xrdct_dask.cluster import IntegratorPlugin
+    from xrdct_dask.graph import build_graph
+    from xrdct_dask.prepare import open_run
+    from xrdct_dask.workflow import compute_with_progress
     from xrdct_dask.config import load_workflow
 
     wf = load_workflow(scan.workflow, {"store.path": str(work / "run.zarr"), "store.overwrite": True,
                                         "integrate.npt_rad": args.npt, "pdf.enabled": False,
                                         "store.omega_chunk": args.omega_chunk})
-    ai_chk, _ = wfm.check_inputs(wf)
-    ctx = wfm.prepare_store(wf, ai_chk)
-    graph = wfm.build_graph(ctx)
+    graph = build_graph(open_run(wf))
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0",
                       host="127.0.0.1") as cluster, Client(cluster) as client:
-        client.register_plugin(wfm.IntegratorPlugin(wf))
+        client.register_plugin(IntegratorPlugin(wf))
         client.run(lambda: None)
         t = time.perf_counter()
-        wfm.compute_with_progress(client, {"decode-integrate": graph["decode-integrate"]}, progress=False)
+        compute_with_progress(client, {"integrate": graph["integrate"]}, progress=False)
         graph_rate = nframes / (time.perf_counter() - t)
 
     res = {

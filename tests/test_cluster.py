@@ -234,7 +234,10 @@ def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_pa
     from distributed import Client, LocalCluster
 
     from xrdct_dask import load_workflow
-    from xrdct_dask.workflow import build_graph, check_inputs, compute_with_progress, prepare_store, stage_resources
+    from xrdct_dask.cluster import stage_resources
+    from xrdct_dask.graph import build_graph
+    from xrdct_dask.prepare import check_inputs, prepare_store
+    from xrdct_dask.workflow import compute_with_progress
 
     wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
     ai, _ = check_inputs(wf)
@@ -243,18 +246,18 @@ def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_pa
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0", **kw) as lc, \
             Client(lc) as client:
         resources = stage_resources(client, wf, lc)
-        assert resources["decode-integrate"] == ({"resources": {"GPU": 0.5}} if gpu_workers else {})
+        assert resources["integrate"] == ({"resources": {"GPU": 0.5}} if gpu_workers else {})
         assert resources["recon"] == resources["pdf"] == {}  # no CPU-marked workers: no annotation
         # finishes either way: on a CPU-only cluster nothing waits for a GPU
         compute_with_progress(client, build_graph(ctx), progress=False)
         restr = _restrictions(client)
-    integ = {k: v for k, v in restr.items() if k[0] == "decode-integrate"}
+    integ = {k: v for k, v in restr.items() if k[0] == "integrate"}
     assert integ and all(v == ({"GPU": 0.5} if gpu_workers else None) for v in integ.values())
-    assert all(v is None for k, v in restr.items() if isinstance(k, tuple) and k[0] in ("sinogram", "recon", "pdf"))
+    assert all(v is None for k, v in restr.items() if isinstance(k, tuple) and k[0] in ("center", "recon", "pdf-scale", "pdf"))
     # a dask-jobqueue GPU cluster is read from its job's worker command; a CPU engine never needs the GPU
-    assert stage_resources(None, wf, make_fake_gpu_cluster())["decode-integrate"] == {"resources": {"GPU": 0.5}}
+    assert stage_resources(None, wf, make_fake_gpu_cluster())["integrate"] == {"resources": {"GPU": 0.5}}
     wf_cpu = load_workflow(tiny_scan.workflow, {"integrate.engine": "numpy"})
-    assert stage_resources(None, wf_cpu, make_fake_gpu_cluster())["decode-integrate"] == {}
+    assert stage_resources(None, wf_cpu, make_fake_gpu_cluster())["integrate"] == {}
 
 
 def make_fake_gpu_cluster():
@@ -270,24 +273,25 @@ def make_fake_gpu_cluster():
 
 def test_task_keys_name_the_stages(tiny_scan, tmp_path):
     from xrdct_dask import load_workflow
-    from xrdct_dask.workflow import build_graph, check_inputs, prepare_store
+    from xrdct_dask.graph import build_graph
+    from xrdct_dask.prepare import check_inputs, prepare_store
 
     wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
     ai, _ = check_inputs(wf)
     graph = build_graph(prepare_store(wf, ai))
-    assert list(graph) == ["decode-integrate", "sinogram", "recon", "pdf"]
+    assert list(graph) == ["integrate", "center", "recon", "pdf-scale", "pdf"]
     for stage, ds in graph.items():
         assert ds and all(d.key[0] == stage for d in ds), stage
 
 
 def test_engine_report_says_which_engine_ran_where():
-    from xrdct_dask.workflow import engine_report
+    from xrdct_dask.report import engine_report
 
     results = [{"engine": "cupy", "worker": "tcp://10.0.0.1:4000"}, {"engine": "cupy", "worker": "tcp://10.0.0.1:4001"},
                {"engine": "numpy", "worker": "tcp://10.0.0.2:4000"}]
     assert engine_report(results) == [
-        "engine cupy: 2 decode-integrate tasks on 2 worker(s) (10.0.0.1 x2)",
-        "engine numpy: 1 decode-integrate tasks on 1 worker(s) (10.0.0.2)"]
+        "engine cupy: 2 integrate tasks on 2 worker(s) (10.0.0.1 x2)",
+        "engine numpy: 1 integrate tasks on 1 worker(s) (10.0.0.2)"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -367,7 +371,7 @@ def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan
     r = CliRunner().invoke(app, ["run", str(tiny_scan.workflow), "--set", f"store.path={slurm}", "--cluster",
                                  "local-slurm", "--jobs", "2", "--adaptive", "--cluster-set", f"log_directory={logs}"])
     assert r.exit_code == 0, r.output
-    assert "engine numpy: 1 decode-integrate tasks on 1 worker(s) (127.0.0.1)" in r.output
+    assert "engine numpy: 1 integrate tasks on 1 worker(s) (127.0.0.1)" in r.output
     a, b = _arrays(local), _arrays(slurm)
     assert set(a) == set(b) and {"reduced/intensity", "recon/intensity", "pdf/G"} <= set(a)
     for name in sorted(a):
@@ -378,7 +382,7 @@ def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan
     errs = sorted(logs.glob("xrdct-test-worker-*.err"))
     assert errs, f"no SLURM job logs in {logs}"
     text = "".join(p.read_text() for p in errs)
-    assert "Registered to:" in text and "xrdct: decode-integrate engine numpy" in text
+    assert "Registered to:" in text and "xrdct: integrate engine numpy" in text
 
 
 # ------------------------------------------------------------------------------------------
@@ -403,5 +407,5 @@ def test_gpu_worker_runs_decode_integrate_with_the_cupy_engine(tiny_scan, tmp_pa
                       host="127.0.0.1") as lc:
         path = run(wf, cluster=lc, summary=False)
     out = capsys.readouterr().out
-    assert "engine cupy: 1 decode-integrate tasks on 1 worker(s) (127.0.0.1)" in out, out
+    assert "engine cupy: 1 integrate tasks on 1 worker(s) (127.0.0.1)" in out, out
     assert zarr.open_group(str(path), mode="r").attrs["run_summary"]["engines"] == ["cupy"]

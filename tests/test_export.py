@@ -14,6 +14,7 @@ import pytest
 import zarr
 
 from xrdct_dask import store
+from xrdct_dask.budget import Layout
 from xrdct_dask.export import ExportError, _h5_chunks, export_nexus
 from xrdct_dask.io.status import FrameStatus
 
@@ -23,12 +24,12 @@ NZ, NW, NX, NQ, NR = 2, 12, 10, 40, 30
 @pytest.fixture()
 def run_store(tmp_path, rng):
     path = tmp_path / "run.zarr"
+    layout = Layout(omega_chunk=5, q_chunk=16, q_sub=16, y_chunk=NX, r_chunk=NR, budget=2**30)
     store.create_store(path, nz=NZ, nomega=NW, nx=NX, radial=np.linspace(1, 40, NQ), radial_unit="q_nm^-1",
                        omega_deg=np.arange(NW) * 15.0, x_mm=np.arange(NX) * 0.5, z_mm=np.arange(NZ) * 1.0,
-                       r_A=np.linspace(0.5, 15, NR), omega_chunk=5, q_chunk=16, attrs={"workflow": {"scan": {"nz": NZ}},
-                                                                                     "engine": "numpy"})
-    store.create_pdf_arrays(path, nz=NZ, nomega=NW, nx=NX, nr=NR, omega_chunk=5, r_chunk=NR, sinograms=False,
-                            aux_channels=[], attrs={"qmax": 20.0})
+                       r_A=np.linspace(0.5, 15, NR), layout=layout, attrs={"workflow": {"scan": {"nz": NZ}},
+                                                                          "engine": "numpy"},
+                       pdf_blocks=1, pdf_attrs={"qmax": 20.0})
     root = zarr.open_group(str(path), mode="r+")
     root["reduced/intensity"][...] = rng.random((NZ, NW, NX, NQ), dtype=np.float32)
     root["reduced/sigma"][...] = rng.random((NZ, NW, NX, NQ), dtype=np.float32)
@@ -60,7 +61,7 @@ def test_every_store_variable_has_units_and_long_name(run_store):
     assert st["flag_meanings"].split()[1:4] == ["ok", "truncated", "missing"]
     assert st["codes"]["2"] == "missing" and st["usable_codes"] == [0, 8, 9]
     assert root["reduced/q"].attrs["units"] == "nm^-1"
-    assert root["pdf/lowr_slope"].attrs["units"] == "1/angstrom^3"  # set by create_pdf_arrays, kept
+    assert root["pdf/lowr_slope"].attrs["units"] == "1/angstrom^3"  # set by create_store, kept
 
 
 def test_export_opens_in_silx_and_equals_the_store(run_store, tmp_path):

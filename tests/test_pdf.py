@@ -102,9 +102,9 @@ def test_sq_to_gr_agrees_with_pystog():
 
 
 def test_two_theta_and_q_inputs_give_the_same_G():
-    """The same Ni pattern integrated in 2theta (deg) and in q (1/nm): Q from stages.radial_to_q_A;
+    """The same Ni pattern integrated in 2theta (deg) and in q (1/nm): Q from pdf.radial_to_q_A;
     the dQ-weighted fit and trapezoid make the grid irrelevant up to interpolation (1 % of max G)."""
-    from xrdct_dask.stages import radial_to_q_A
+    from xrdct_dask.pdf import radial_to_q_A
 
     tth_max = 2 * np.degrees(np.arcsin(25.5 * WAVELENGTH_A / (4 * np.pi)))
     grids = [(np.linspace(0.5, tth_max, 2000), "2th_deg"), (np.linspace(8.0, 255.0, 2000), "q_nm^-1")]
@@ -308,6 +308,7 @@ def test_workflow_pdf_then_recon_matches_recon_then_pdf(pdf_then_recon_run):
     from scipy.ndimage import binary_erosion
 
     from xrdct_dask import stages, store
+    from xrdct_dask.prepare import context_from_store
 
     path, wf, scan = pdf_then_recon_run
     pdf = xr.open_zarr(path, group="pdf")
@@ -327,26 +328,30 @@ def test_workflow_pdf_then_recon_matches_recon_then_pdf(pdf_then_recon_run):
 
     def context(normalization):
         w = wf.model_copy(update={"pdf": wf.pdf.model_copy(update={"normalization": normalization})})
-        return stages.RunContext(workflow=w, store_path=path, monitor_reference=root.attrs["monitor_reference"],
-                                 wavelength_A=root.attrs["wavelength_angstrom"])
+        return context_from_store(w, path)
+
+    def recon_then_pdf(z, ctx):  # the other order's tasks, on this store's volume
+        prep = stages.pdf_scale(z, ctx)
+        for a in range(0, root["recon/intensity"].shape[1], ctx.layout.y_chunk):
+            stages.pdf_rows(z, slice(a, a + ctx.layout.y_chunk), prep, ctx)
 
     # the fixed scale: re-run the reconstruction steps of this order, then the other order's stage
     ctx = context("fixed")
     for z in range(2):
         center = stages.find_center(z, ctx)
         stages.reconstruct_pdf_aux(z, center, ctx)
-        for rs in store.q_blocks(root["r"].shape[0], wf.pdf.r_chunk):
+        for rs in store.q_blocks(root["r"].shape[0], ctx.layout.r_chunk):
             stages.reconstruct_pdf_block(z, rs, center, ctx)
     fixed_ptr = _figures(root)
     for z in range(2):
-        stages.pdf_slice(z, ctx)
+        recon_then_pdf(z, ctx)
     fixed_rtp = _figures(root)
     assert rel_max(fixed_ptr["G"], fixed_rtp["G"]) < 1e-3
     for k in ("scale", "lowr_slope", "fq_highq_rms"):
         assert rel_max(fixed_ptr[k], fixed_rtp[k]) < 1e-3, k
     # per voxel: the per-pattern G written by the run against the recon-then-pdf stage
     for z in range(2):
-        stages.pdf_slice(z, context("per-pattern"))
+        recon_then_pdf(z, context("per-pattern"))
     rtp = _figures(root)
     assert (rtp["ok"] == ptr["ok"]).mean() > 0.99  # a voxel right at the threshold may flip
     both = rtp["ok"] & ptr["ok"]

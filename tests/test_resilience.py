@@ -96,7 +96,7 @@ def executed(path) -> dict[str, dict]:
 def test_reference_run_is_complete_and_marked(reference):
     state = store.task_state(reference)
     assert state.complete
-    assert state.counts() == {"decode-integrate": (24, 24), "sinogram": (2, 2), "recon": (8, 8), "pdf": (2, 2)}
+    assert state.counts() == {"integrate": (24, 24), "center": (2, 2), "recon": (8, 8), "pdf": (2, 2)}
     assert store.read_attrs(reference)["stage_status"] == {"reduced": "done", "recon": "done", "pdf": "done"}
 
 
@@ -130,7 +130,7 @@ def test_client_sigkill_then_resume_is_byte_identical_and_runs_only_missing_task
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, "worker processes outlived their killed client"
     before = store.task_state(out).counts()
-    assert 2 <= before["decode-integrate"][0] < 24, before  # killed part-way, some work kept
+    assert 2 <= before["integrate"][0] < 24, before  # killed part-way, some work kept
     assert before["pdf"][0] < 2
 
     path = run(workflow_for(tiny_scan, out), cluster=cluster, progress=False, summary=False)
@@ -168,7 +168,7 @@ def test_worker_sigkilled_mid_run_in_waves_gives_identical_store(tiny_scan, clus
             client.unregister_worker_plugin(corrupt.KillWorkerOnce.name)
         client.wait_for_workers(2, timeout=60)
     assert flag.exists(), "no worker was killed"
-    assert "decode-integrate" in flag.read_text()
+    assert "integrate" in flag.read_text()
     assert_same_arrays(path, reference)
     assert 0 < max(held) <= 40, max(held)
 
@@ -195,7 +195,7 @@ def test_full_disk_stops_with_a_clear_message_and_only_whole_blocks_marked(tiny_
     out = tmp_path / "full.zarr"
     wf = workflow_for(tiny_scan, out)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc:
-        from xrdct_dask.workflow import open_run
+        from xrdct_dask.prepare import open_run
 
         open_run(wf)  # the template fits; the disk fills during compute
         monkeypatch.setattr(local, "_put", full_disk_put)
@@ -215,7 +215,7 @@ def test_full_disk_stops_with_a_clear_message_and_only_whole_blocks_marked(tiny_
             np.testing.assert_array_equal(got_i[z, b], ref_i[z, b])
         path = run(wf, cluster=lc, progress=False, summary=False)
     assert_same_arrays(path, reference)
-    assert executed(path)["decode-integrate"]["executed"] == 24 - int(state.integrate.sum())
+    assert executed(path)["integrate"]["executed"] == 24 - int(state.integrate.sum())
 
 
 def test_unwritable_store_location_is_one_line_error_before_compute(tiny_scan, tmp_path):
@@ -227,20 +227,20 @@ def test_unwritable_store_location_is_one_line_error_before_compute(tiny_scan, t
 
 
 def test_existing_store_of_other_work_is_refused_naming_the_change(tiny_scan, reference):
-    from xrdct_dask.workflow import open_run
+    from xrdct_dask.prepare import open_run
 
     with pytest.raises(FileExistsError, match=r"changed: integrate.npt_rad\)"):
         open_run(workflow_for(tiny_scan, reference, **{"integrate.npt_rad": 500}))
     # other workers or another path are not other work: a rerun of a finished store builds nothing
     ctx = open_run(workflow_for(tiny_scan, reference, **{"compute.n_workers": 7}))
-    from xrdct_dask.workflow import build_graph
+    from xrdct_dask.graph import build_graph
 
     assert all(not v for v in build_graph(ctx, done=store.task_state(reference)).values())
 
 
 def test_store_left_while_preparing_is_recreated_not_resumed(tiny_scan, tmp_path):
     """A run killed while writing the template (no template_complete mark) starts afresh."""
-    from xrdct_dask.workflow import open_run
+    from xrdct_dask.prepare import open_run
 
     wf = workflow_for(tiny_scan, tmp_path / "run.zarr")
     open_run(wf)
@@ -250,7 +250,7 @@ def test_store_left_while_preparing_is_recreated_not_resumed(tiny_scan, tmp_path
     root = zarr.open_group(str(tmp_path / "run.zarr"), mode="r+")
     del root.attrs["template_complete"]
     open_run(wf)
-    assert not stray.exists() and store.task_state(tmp_path / "run.zarr").counts()["decode-integrate"] == (0, 24)
+    assert not stray.exists() and store.task_state(tmp_path / "run.zarr").counts()["integrate"] == (0, 24)
 
 
 def test_cli_expands_quoted_globs_of_runs(tmp_path):
@@ -535,7 +535,7 @@ def test_reprocess_from_recon_equals_a_fresh_run_and_shares_reduced(tiny_scan, c
     assert attrs["reprocess"]["changed"] == {"recon.filter": ["ramp", "hann"]}
     assert attrs["reprocess"]["from"] == "recon" and attrs["reprocess"]["reused"] == ["reduced"]
     ran = attrs["run_summary"]["tasks"]
-    assert ran["decode-integrate"] == {"executed": 0, "skipped": 24}
+    assert ran["integrate"] == {"executed": 0, "skipped": 24}
     assert ran["recon"]["executed"] == 8 and ran["pdf"]["executed"] == 2
     chunk = next((reference / "reduced" / "intensity" / "c").rglob("*"))
     while chunk.is_dir():
@@ -552,19 +552,19 @@ def test_reprocess_from_recon_equals_a_fresh_run_and_shares_reduced(tiny_scan, c
 
 def test_reprocess_many_runs_as_one_graph_from_pdf(reference, corrupted, cluster, tmp_path, monkeypatch):
     """Two runs, one `execute` (one graph): only their pdf tasks run, recon/ is shared."""
-    from xrdct_dask import workflow
+    from xrdct_dask import reprocess as rp
     from xrdct_dask.reprocess import reprocess
 
     calls = []
-    real = workflow.execute
-    monkeypatch.setattr(workflow, "execute", lambda ctxs, **kw: calls.append(len(ctxs)) or real(ctxs, **kw))
+    real = rp.execute
+    monkeypatch.setattr(rp, "execute", lambda ctxs, **kw: calls.append(len(ctxs)) or real(ctxs, **kw))
     parents = [reference, corrupted[2]]
     outs = reprocess(parents, {"pdf.rmax": 12.0}, cluster=cluster, progress=False, summary=False)
     assert calls == [2]
     for parent, out in zip(parents, outs):
         assert out.parent == parent.parent and out.name.startswith("run-")
         ran = store.read_attrs(out)["run_summary"]["tasks"]
-        assert {k: v["executed"] for k, v in ran.items()} == {"decode-integrate": 0, "sinogram": 0, "recon": 0, "pdf": 2}
+        assert {k: v["executed"] for k, v in ran.items()} == {"integrate": 0, "center": 0, "recon": 0, "pdf": 2}
         assert_same_arrays(out, parent, ["recon/intensity", "reduced/intensity", "tasks/center"])
         r = zarr.open_array(str(out / "r"), mode="r")[...]
         assert r[-1] == pytest.approx(12.0) and zarr.open_array(str(out / "pdf" / "G")).shape[-1] == r.size
@@ -582,81 +582,13 @@ def test_reprocess_refuses_a_change_of_nothing(reference):
 
 
 # ------------------------------------------------------------------------------------------
-# plan
-# ------------------------------------------------------------------------------------------
-def test_plan_of_a_1000_cubed_scan_matches_the_formulas_in_seconds(tmp_path):
-    """1000 x 1571 x 1000 with 2000 q bins, omega_chunk 16, q_chunk 256, at 5000 frames/s per GPU:
-    1.571e9 frames, 99,000 + 1,000 + 8,000 + 1,000 tasks, 109 per slice, waves of 917 slices
-    (two waves), 25.1 TB of patterns + sigma, 87.3 GPU-hours."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from xrdct_dask.cli import app
-    from xrdct_dask.testing.synthetic import make_integrator
-
-    make_integrator("pilatus2m").write(str(tmp_path / "p2m.poni"))
-    (tmp_path / "big.yaml").write_text(
-        "inputs: {frames: 'frames/f_{index:010d}.cbf', poni: p2m.poni}\n"
-        "scan: {nz: 1000, nomega: 1571, nx: 1000}\nintegrate: {npt_rad: 2000}\n"
-        "pdf: {rmin: 0.5, rmax: 20.0, rstep: 0.01}\nstore: big.zarr\n")
-    t0 = time.perf_counter()
-    res = CliRunner().invoke(app, ["plan", str(tmp_path / "big.yaml"), "--gpu-frames-per-s", "5000",
-                                   "--cpu-frames-per-s-per-core", "40", "--json", str(tmp_path / "plan.json")])
-    seconds = time.perf_counter() - t0
-    assert res.exit_code == 0, res.output
-    assert seconds < 20
-    p = json.loads((tmp_path / "plan.json").read_text())
-    nz, nw, nx, nq, nr = 1000, 1571, 1000, 2000, 1951
-    F = nz * nw * nx
-    nwb, nqb = math.ceil(nw / 16), math.ceil(nq / 256)
-    assert p["frames"] == F == 1_571_000_000
-    assert p["detector_shape"] == [1679, 1475] and p["nr"] == nr
-    fb = 1679 * 1475 + 8192
-    assert p["frame_bytes"] == fb
-    tasks = {"decode-integrate": nz * nwb, "sinogram": nz, "recon": nz * nqb, "pdf": nz}
-    assert {k: v["tasks"] for k, v in p["stages"].items() if k != "prepare"} == tasks
-    assert p["tasks"] == sum(tasks.values()) == 109_000 and p["tasks_per_slice"] == 109
-    assert p["slices_per_wave"] == 100_000 // 109 == 917 and p["waves"] == math.ceil(nz / 917) == 2
-    assert p["max_tasks_held"] <= 200_000
-    integ = p["stages"]["decode-integrate"]
-    assert integ["bytes_read"] == F * fb
-    assert integ["bytes_written"] == F * (8 * nq + 10)
-    assert p["stages"]["recon"]["bytes_written"] == nz * nx * nx * nq * 4
-    assert p["stages"]["pdf"]["bytes_written"] == nz * nx * nx * nr * 4
-    assert p["chunks"]["reduced/intensity"] == nz * nwb * nqb == 792_000
-    assert p["gpu_hours"] == pytest.approx(F / 5000 / 3600) and round(p["gpu_hours"], 1) == 87.3
-    assert p["cpu_core_hours"] == pytest.approx(F / 40 / 3600)
-    assert "87.3 GPU-hours" in res.output and "109,000" in res.output and "waves: 2" in res.output
-
-
-def test_plan_reads_throughputs_from_results_file(tmp_path, tiny_scan):
-    from xrdct_dask.plan import plan_workflow
-
-    results = tmp_path / "RESULTS.md"
-    results.write_text("old: gpu_frames_per_s = 900\n| x | y |\nplan figures: gpu_frames_per_s = 12,500, "
-                       "cpu_frames_per_s_per_core: 45.5\n")
-    p = plan_workflow(load_workflow(tiny_scan.workflow), results=results)
-    assert (p.gpu_frames_per_s, p.cpu_frames_per_s_per_core) == (12500.0, 45.5)
-    assert p.frame_bytes == tiny_scan.frame_path(0).stat().st_size
-
-
-def test_waves_keep_slices_whole_and_under_half_the_budget():
-    from xrdct_dask.plan import waves
-
-    assert waves([5, 5, 5, 5, 5], 20) == [[0, 1], [2, 3], [4]]
-    assert waves([30, 1, 1], 20) == [[0], [1, 2]]  # a slice over budget is a wave of its own
-    assert sum(len(w) for w in waves([7] * 1000, 200)) == 1000
-
-
-# ------------------------------------------------------------------------------------------
 # safe by default
 # ------------------------------------------------------------------------------------------
 def test_local_cluster_and_dashboard_bind_to_localhost(tiny_scan, tmp_path):
-    from xrdct_dask.workflow import _client
+    from xrdct_dask.cluster import client_for
 
     wf = workflow_for(tiny_scan, tmp_path / "x.zarr", **{"compute.n_workers": 1})
-    client, lc = _client(wf, None)
+    client, lc = client_for(wf, None)
     try:
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
         assert client.dashboard_link.startswith("http://127.0.0.1:")

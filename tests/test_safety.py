@@ -32,7 +32,8 @@ import zarr
 from xrdct_dask import store
 from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides
 from xrdct_dask.io.status import FrameStatus
-from xrdct_dask.workflow import open_run, run
+from xrdct_dask.prepare import open_run
+from xrdct_dask.workflow import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -298,7 +299,8 @@ def test_a_bad_frame_is_named_once_in_the_log(scan, tmp_path, caplog):
     bad = tmp_path / "frame0.cbf"
     bad.write_bytes(scan.frame_path(0).read_bytes()[:3000])
     wf = wf_for(scan, tmp_path / "run.zarr", **{"inputs.frames": str(tmp_path / "frame{index}.cbf")})
-    ctx = RunContext(workflow=wf, store_path=tmp_path / "run.zarr", monitor_reference=1.0, wavelength_A=1.0)
+    ctx = RunContext(workflow=wf, store_path=tmp_path / "run.zarr", monitor_reference=1.0, wavelength_A=1.0,
+                     layout=None)
     with caplog.at_level(logging.WARNING, logger="xrdct_dask"):
         assert _read(ctx, 0, (1, 1))[1] in (FrameStatus.TRUNCATED, FrameStatus.CORRUPT_HEADER)
     assert caplog.records and all(r.getMessage().count(str(bad)) == 1 for r in caplog.records)
@@ -390,16 +392,16 @@ def test_frames_missing_at_first_are_read_when_they_arrive(scan, cluster, tmp_pa
     assert (red["frame_status"][...] == FrameStatus.OK).all()
     assert store.task_state(path).complete
     ran = store.read_attrs(path)["run_summary"]["tasks"]
-    assert ran["decode-integrate"]["executed"] == 2  # the two blocks holding frames 3 and 40, 41
+    assert ran["integrate"]["executed"] == 2  # the two blocks holding frames 3 and 40, 41
     assert ran["recon"]["executed"] > 0
     assert not np.array_equal(zarr.open_array(str(path / "recon" / "intensity"), mode="r")[...], recon_before)
     again = go(copy, path, cluster)  # nothing missing any more: nothing redone
-    assert store.read_attrs(again)["run_summary"]["tasks"]["decode-integrate"]["executed"] == 0
+    assert store.read_attrs(again)["run_summary"]["tasks"]["integrate"]["executed"] == 0
 
 
 def test_io_errors_are_retried_and_truly_missing_frames_are_not(scan, cluster, tmp_path):
     from xrdct_dask.stages import _status_of
-    from xrdct_dask.workflow import reopen_retried
+    from xrdct_dask.prepare import reopen_retried
 
     assert _status_of(OSError(errno.EIO, "Input/output error")) == FrameStatus.IO_ERROR
     path = go(scan, tmp_path / "run.zarr", cluster)

@@ -321,17 +321,17 @@ def test_interlaced_config_is_validated():
 
 def _reduce_and_reconstruct(scan, tmp_path, overrides: dict):
     """The workflow's stages in this process (no cluster): store, integrate, centre, reconstruct."""
-    from xrdct_dask import stages, store, workflow
+    from xrdct_dask import stages, store
     from xrdct_dask.config import load_workflow
+    from xrdct_dask.prepare import open_run
 
     wf = load_workflow(scan.workflow, {"store.path": str(tmp_path / "run.zarr"), "pdf.enabled": False} | overrides)
-    ai, _ = workflow.check_inputs(wf)
-    ctx = workflow.prepare_store(wf, ai)
-    for block in store.frame_blocks(wf.scan.nz, wf.scan.nomega, wf.store.omega_chunk):
+    ctx = open_run(wf)
+    for block in store.frame_blocks(wf.scan.nz, wf.scan.nomega, ctx.layout.omega_chunk):
         stages.integrate_block(block, ctx)
     geo = stages.find_center(0, ctx)
     nq = store.open_array(ctx.store_path, "q", "r").shape[0]
-    results = [stages.reconstruct_block(0, qs, geo, ctx) for qs in store.q_blocks(nq, wf.store.q_chunk)]
+    results = [stages.reconstruct_block(0, qs, geo, ctx) for qs in store.q_blocks(nq, ctx.layout.q_chunk)]
     return store.open_array(ctx.store_path, "recon/intensity", "r")[0], geo, results
 
 

@@ -74,3 +74,8 @@ def to_host(a):
     if cp is not None and isinstance(a, cp.ndarray):
         return cp.asnumpy(a)
     return np.asarray(a)
+
+
+def engine_of(xp) -> str:
+    """The engine name (``numpy`` | ``cupy``) of an array module: the one place that names it."""
+    return "cupy" if cp is not None and xp is cp else "numpy"

@@ -15,15 +15,15 @@ r_chunk), so that a pdf task reads and writes whole chunks, and no chunk passes
 :data:`CHUNK_BYTES_MAX` (Blosc refuses buffers over 2 GiB).
 
 What a task holds (bytes, float32 = 4, float64 = 8; ``nw`` omega steps, ``nx`` steps across, ``nq``
-q bins, ``nr`` r points, ``B`` voxels per GEMM batch) is written once here, used both to choose
-the layout and by ``xrdct plan``, and checked against tracemalloc's peak of the real task
-functions (tests/test_budget.py):
+q bins, ``nr`` r points, ``B`` voxels per GEMM batch; the copy factors are constants below) is
+written once here, used both to choose the layout and by ``xrdct plan``, and checked against
+tracemalloc's peak of the real task functions (tests/test_budget.py):
 
     integrate   wc nx (8 nq + 21) + 2 min(128, wc nx) frame_bytes      (its output block + reads ahead)
-    recon       nw nx qc 4 (sinogram block) + nx^2 qc 4 (volume) + PREP nw nx q_sub 4 (preparation)
-                + FBP nw nfft q_fbp 4 (filtering, nfft ~ 2 nx)
-    pdf         y nx nq 4 (rows) + y nx (nr + F) 4 (G, figures) + B (nq + nr + X) 8 x 3 (batch)
-    pdf-scale   y nx nq 4 x 2 (rows, one block ahead) + nq 8
+    recon       READ nw nx qc 4 (sinogram block) + nx^2 qc 4 (volume) + PREP nw nx q_sub 4
+                + FBP nw nfft min(32, q_sub) 4                             (nfft ~ 2 nx)
+    pdf         y nx nq 4 (rows) + y nx (nr + 5) 4 (G, figures) + GEMM B (nq + nr + 81) 8
+    pdf-scale   SCALE y nx nq 4 + nx^2 8
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ BUDGET_FRACTION = 0.5  # of a worker thread's memory: the rest is dask's, zarr's
 MIN_TASK_MEMORY = 64 * 2**20
 Q_CHUNK_MAX = 256
 PDF_BATCH = {"numpy": 4096, "cupy": 65536}  # voxels per GEMM
-# working-set factors of the preparation and FBP temporaries, per element of a q sub-block
-# (measured with tracemalloc: tests/test_budget.py)
-PREP_COPIES = 12
-FBP_COPIES = 3
+# working sets, in copies of the blocks they hold (fitted to tracemalloc's peak of the real tasks
+# on nine shapes each, within 10-20 %; tests/test_budget.py holds them to 25 %):
+READ_COPIES = 1.1  # the block as read (a chunk at a time: store.read_chunked)
+PREP_COPIES = 8  # the sinogram preparation (fill, zinger neighbourhoods) per q sub-block
+FBP_COPIES = 0.5  # FBP's padded filtering, beyond its input
+GEMM_COPIES = 2.5  # one GEMM batch: its float64 input, the linear output, G and the figures
+SCALE_COPIES = 4  # the pdf-scale pass: a block of rows, its NaN-free float64 copy
 PDF_EXTRA_COLUMNS = 81  # the transform's quality columns (xrdct_dask.pdf: at most 81)
 PDF_FIGURES = 5
 
@@ -65,7 +68,7 @@ def task_memory(compute) -> int:
     else :data:`BUDGET_FRACTION` of ``memory_limit / threads_per_worker`` (this machine's memory
     per core where the limit is ``auto``)."""
     if compute.task_memory not in (None, "auto"):
-        return max(MIN_TASK_MEMORY, parse_bytes(compute.task_memory))
+        return parse_bytes(compute.task_memory)
     if compute.memory_limit not in (None, "auto", "0", 0):
         per_thread = parse_bytes(compute.memory_limit) / compute.threads_per_worker
     else:
@@ -90,10 +93,10 @@ def integrate_bytes(frames: int, nq: int, frame_bytes: int, batch: int = 128) ->
 
 
 def recon_bytes(nomega: int, nx: int, q_chunk: int, q_sub: int, q_fbp: int = 32) -> int:
-    """A recon task: the sinogram block and the volume block of ``q_chunk`` bins, the preparation
-    of ``q_sub`` bins at a time and FBP's filtering of ``q_fbp`` bins at a time."""
-    return (4 * nomega * nx * q_chunk + 4 * nx * nx * q_chunk + PREP_COPIES * 4 * nomega * nx * q_sub
-            + FBP_COPIES * 4 * nomega * fft_length(nx) * min(q_fbp, q_sub))
+    """A recon task: the sinogram block (as read) and the volume block of ``q_chunk`` bins, the
+    preparation of ``q_sub`` bins at a time and FBP's filtering of ``q_fbp`` bins at a time."""
+    return int(READ_COPIES * 4 * nomega * nx * q_chunk + 4 * nx * nx * q_chunk + PREP_COPIES * 4 * nomega * nx * q_sub
+               + FBP_COPIES * 4 * nomega * fft_length(nx) * min(q_fbp, q_sub))
 
 
 def pdf_bytes(rows: int, nx: int, nq: int, nr: int, batch: int = PDF_BATCH["numpy"]) -> int:
@@ -101,12 +104,26 @@ def pdf_bytes(rows: int, nx: int, nq: int, nr: int, batch: int = PDF_BATCH["nump
     one GEMM batch (its float64 input, the linear output and G)."""
     vox = rows * nx
     b = min(batch, vox)
-    return 4 * vox * nq + 4 * vox * (nr + PDF_FIGURES) + 3 * 8 * b * (nq + nr + PDF_EXTRA_COLUMNS)
+    return int(4 * vox * nq + 4 * vox * (nr + PDF_FIGURES) + GEMM_COPIES * 8 * b * (nq + nr + PDF_EXTRA_COLUMNS))
+
+
+def center_bytes(nomega: int, nx: int) -> int:
+    """The centre of a slice: its q-summed sinogram, frame_ok, and the preparation's temporaries."""
+    return 4 * nomega * nx * (PREP_COPIES + 2)
+
+
+def pdf_frames_bytes(frames: int, nq: int, nr: int, batch: int = PDF_BATCH["numpy"]) -> int:
+    """A pdf-then-recon frames task: its block of patterns, their linear transform (float32) with
+    G and the aux channels split out, and one GEMM batch."""
+    cols = nr + PDF_EXTRA_COLUMNS + 1
+    b = min(batch, frames)
+    return int(READ_COPIES * 4 * frames * nq + 4 * frames * cols * 2 + GEMM_COPIES * 8 * b * (nq + cols))
 
 
 def pdf_scale_bytes(rows: int, nx: int, nq: int) -> int:
-    """The slice's pre-pass (edge background, largest scale): two blocks of rows at a time."""
-    return 2 * 4 * rows * nx * nq + 8 * nq
+    """The slice's pre-pass (edge background, largest scale): a block of rows at a time, and the
+    scale N of every voxel of the slice (float64)."""
+    return SCALE_COPIES * 4 * rows * nx * nq + 8 * nx * nx
 
 
 # ------------------------------------------------------------------------------------------
@@ -140,9 +157,11 @@ def _pow2_at_most(n: int) -> int:
 
 
 def choose_layout(*, nomega: int, nx: int, nq: int, nr: int, omega_chunk: int, q_chunk: int | str,
-                  r_chunk: int, budget: int) -> Layout:
+                  r_chunk: int, budget: int, pdf_order: str = "recon-then-pdf") -> Layout:
     """The largest blocks that keep every task within ``budget`` bytes and every chunk under
-    :data:`CHUNK_BYTES_MAX` (a given ``q_chunk`` is kept; ``"auto"`` is chosen here)."""
+    :data:`CHUNK_BYTES_MAX` (a given ``q_chunk`` is kept; ``"auto"`` is chosen here).  With
+    ``pdf_order="pdf-then-recon"`` the G(r) sinograms are reconstructed ``r_chunk`` points per task,
+    so ``r_chunk`` is held to what a recon task of that many bins may hold."""
     wc = min(omega_chunk, nomega)
     if q_chunk == "auto":
         qc = min(Q_CHUNK_MAX, _pow2_at_most(nq))
@@ -152,10 +171,15 @@ def choose_layout(*, nomega: int, nx: int, nq: int, nr: int, omega_chunk: int, q
         qc = min(int(q_chunk), nq)
     while qc > 1 and 4 * wc * nx * qc > CHUNK_BYTES_MAX:  # a chunk of reduced/
         qc //= 2
-    qs = qc
-    while qs > 1 and recon_bytes(nomega, nx, qc, qs) > budget:
-        qs //= 2
     rc = max(1, min(r_chunk, nr or 1))
+    if pdf_order == "pdf-then-recon":  # G(r) sinogram blocks are reconstructed like q blocks
+        while rc > 1 and recon_bytes(nomega, nx, rc, 1) + 4 * nx * nx * rc > budget:
+            rc = (rc + 1) // 2
+    qs = max(qc, rc if pdf_order == "pdf-then-recon" else 1)
+    while qs > 1 and max(recon_bytes(nomega, nx, qc, qs),
+                         recon_bytes(nomega, nx, rc, qs) + 4 * nx * nx * rc if pdf_order == "pdf-then-recon" else 0,
+                         recon_bytes(nomega, nx, 1 + PDF_EXTRA_COLUMNS, qs)) > budget:
+        qs //= 2
     yc = nx
     while yc > 1 and (pdf_bytes(yc, nx, nq, nr) > budget or pdf_scale_bytes(yc, nx, nq) > budget
                       or 4 * yc * nx * max(qc, rc) > CHUNK_BYTES_MAX):

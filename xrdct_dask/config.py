@@ -13,7 +13,7 @@ import json
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -142,7 +142,9 @@ class Integrate(_Section):
 class Store(_Section):
     path: Path
     omega_chunk: int = Field(16, gt=0, description="omega rows per chunk (and per decode-integrate task)")
-    q_chunk: int = Field(256, gt=0, description="q bins per chunk of reduced/ and recon/")
+    q_chunk: Annotated[int, Field(gt=0)] | Literal["auto"] = Field("auto", description="q bins per chunk of reduced/ and recon/ (and per "
+                                                               "recon task); auto: up to 256, within "
+                                                               "compute.task_memory")
     overwrite: bool = False
 
 
@@ -243,9 +245,13 @@ class PDF(_Section):
 
 
 class Compute(_Section):
+    _sizes = field_validator("memory_limit", "task_memory", mode="before")(lambda v: _check_bytes(v))
+
     n_workers: int | None = Field(None, gt=0, description="LocalCluster workers (default: cores / threads_per_worker)")
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "auto"
+    task_memory: str | None = Field(None, description="bytes one task may hold (e.g. 2GB): sets the blocks of the "
+                                                      "recon and pdf tasks; default: half of memory_limit per thread")
     dashboard_address: str = "127.0.0.1:0"
     workers_per_gpu: int | None = Field(None, ge=1, description="local GPU runs: worker processes sharing each GPU "
                                                              "(each its own engine and GIL for reading frames); "
@@ -257,6 +263,19 @@ class Compute(_Section):
     cluster: str | None = Field(None, description="cluster profile (a name from `xrdct cluster list`, or a path) instead of a LocalCluster")
     jobs: int = Field(1, gt=0, description="batch jobs to start with a cluster profile (adaptive: the maximum)")
     adaptive: bool = Field(False, description="with a cluster profile: scale between 0 and `jobs` jobs with the load")
+
+
+def _check_bytes(v):
+    if v is None or v == "auto":
+        return v
+    from dask.utils import parse_bytes
+
+    try:
+        if parse_bytes(str(v).replace(" ", "")) <= 0:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ValueError(f"must be a size such as 2GB or 1500MB (got {v!r})") from None
+    return str(v)
 
 
 class Workflow(_Section):
@@ -421,3 +440,30 @@ def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
         raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     return workflow_from_dict(raw, base_dir=path.parent.resolve(), overrides=overrides, source=str(path))
 
+
+# ------------------------------------------------------------------------------------------
+# comparing workflows (resume refuses other work; reprocess reruns what a change affects)
+# ------------------------------------------------------------------------------------------
+IGNORED = ("compute", "store.path", "store.overwrite")  # how and where, not what
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in IGNORED)
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose value differs between two workflow dicts (how/where keys left out)."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in set(a) | set(b) if not _ignored(k) and a.get(k) != b.get(k))

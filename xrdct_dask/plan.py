@@ -1,25 +1,24 @@
-"""A run on paper: frames, tasks, waves, bytes, chunks, files and hours, without building a graph.
+"""A run on paper: frames, tasks, waves, bytes, memory per task, chunks, files and hours, without
+building a graph.
 
 Everything here is arithmetic on the workflow (plus one ``stat`` of the first frame, or the PONI's
 detector shape, for the bytes per frame), so a 1000 x 1571 x 1000 scan plans in milliseconds.
-The formulas are those the run follows (``nz, nomega, nx`` scan, ``wc`` = store.omega_chunk,
-``qc`` = store.q_chunk, ``nq`` = integrate.npt_rad, ``nr`` = points of the PDF's r grid):
+Nothing is a second copy of the run's rules: the tasks per slice come from the stage table
+(:func:`xrdct_dask.stages.tasks_per_slice`), the blocks from the layout a new store would get
+(:func:`xrdct_dask.prepare.layout_for`), the chunks from the store's own array table
+(:func:`xrdct_dask.store.array_specs`) and the memory per task from :mod:`xrdct_dask.budget`
+(the formulas the layout is chosen by, checked against traced tasks in tests/test_budget.py).
+Bytes read and written are uncompressed upper bounds:
 
-    frames                 F  = nz nomega nx
-    decode-integrate tasks nz ceil(nomega / wc)        (wc nx frames each)
-    center tasks           nz
-    recon tasks            nz ceil(nq / qc)
-    pdf tasks              nz                         (when pdf.enabled)
-    tasks per slice        T  = ceil(nomega / wc) + 1 + ceil(nq / qc) + [1]
-    waves                  slices go in waves of S = max(1, floor(max_tasks / 2 / T)) slices,
-                           ceil(nz / S) waves, at most two in flight: <= max_tasks tasks held
-    bytes read             integrate F * frame_bytes; center nz nomega nx (4 + 1);
-                           recon nz nomega nx (4 nq + ceil(nq/qc)); pdf nz nx^2 nq 4
-    held per task          integrate wc nx (8 nq + 10) + 2 min(128, wc nx) frame_bytes; center nomega nx 5;
-                           recon nomega nx (4 qc + 1) + nx^2 qc 4; pdf nx^2 (nq + nr) 4
-    bytes written          prepare F (8 + 4) (+ 1 with a scan file); integrate F (8 nq + 10);
-                           recon nz nx^2 nq 4; pdf nz nx^2 nr 4       (uncompressed, upper bounds)
-    hours                  GPU-hours F / (frames/s per GPU) / 3600; CPU core-hours likewise
+    integrate  read F frame_bytes, written F (8 nq + 10)     (F = nz nomega nx frames)
+    center     read nz nomega nx 5
+    recon      read nz nomega nx (4 nq + 1), written nz nx^2 nq 4
+    pdf-scale  read nz nx^2 nq 4
+    pdf        read nz nx^2 nq 4, written nz nx^2 (nr + 5) 4        (recon-then-pdf)
+    pdf-frames read F nq 4, written F (nr + aux) 4; pdf-aux / pdf read those back   (pdf-then-recon)
+    waves      slices go in waves of S = max(1, floor(max_tasks / 2 / T)) slices (T tasks per slice),
+               ceil(nz / S) waves, at most two in flight: <= max_tasks tasks held
+    hours      GPU-hours F / (frames/s per GPU) / 3600; CPU core-hours likewise
 
 Throughputs come from options, else from a results file (``xrdct plan --results RESULTS.md``),
 else from the figures shipped with the package (``xrdct_dask/data/throughputs.json``, a copy of
@@ -31,7 +30,6 @@ when present) and ``cpu_frames_per_s_per_core = 45``; the last line of each key 
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,22 +37,12 @@ from pathlib import Path
 from .config import Workflow
 from .resources import shipped_throughputs
 
-BATCH_FRAMES = 128  # frames per engine call on a GPU (32 on a CPU): the larger, for an upper bound
-
 PILATUS2M_SHAPE = (1679, 1475)
 CBF_OVERHEAD_BYTES = 8192  # imgCIF header + binary-section header + padding of a Pilatus CBF
 BYTES_PER_PIXEL_ESTIMATE = 1.0  # byte-offset at diffraction count rates: nearly all deltas fit one byte
 RESULTS_KEYS = ("gpu_frames_per_s", "whole_workflow_frames_per_s", "cpu_frames_per_s_per_core")
 #: the figure of a results file the GPU-hours use, first found
 GPU_FIGURES = ("whole_workflow_frames_per_s", "gpu_frames_per_s")
-
-
-def tasks_per_slice(nomega: int, omega_chunk: int, nq: int, q_chunk: int, pdf: bool) -> dict[str, int]:
-    """Tasks of one z slice by stage (the graph has no task spanning slices)."""
-    out = {"decode-integrate": math.ceil(nomega / omega_chunk), "sinogram": 1, "recon": math.ceil(nq / q_chunk)}
-    if pdf:
-        out["pdf"] = 1
-    return out
 
 
 def waves(unit_tasks: list[int], max_tasks: int) -> list[list[int]]:
@@ -106,6 +94,8 @@ class RunPlan:
     max_tasks_held: int
     chunks: dict[str, int]
     files: int
+    layout: dict
+    chunk_bytes: dict[str, int]
     gpu_frames_per_s: float | None = None
     cpu_frames_per_s_per_core: float | None = None
     throughput_source: str = ""
@@ -168,45 +158,50 @@ def _nr(wf: Workflow) -> int:
 def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shape: tuple[int, int] | None = None,
                   gpu_frames_per_s: float | None = None, cpu_frames_per_s_per_core: float | None = None,
                   results: str | Path | None = None) -> RunPlan:
-    """The figures of a run of ``wf`` (see the module docstring for every formula)."""
-    s, st = wf.scan, wf.store
+    """The figures of a run of ``wf`` (see the module docstring)."""
+    from . import budget, stages, store
+    from .prepare import layout_for, pdf_blocks
+
+    s = wf.scan
     nz, nw, nx = s.nz, s.nomega, s.nx
-    nq, wc, qc = wf.integrate.npt_rad, min(st.omega_chunk, s.nomega), min(st.q_chunk, wf.integrate.npt_rad)
-    nr = _nr(wf)
-    pdf = wf.pdf.enabled
+    nq, nr = wf.integrate.npt_rad, _nr(wf)
     F = nz * nw * nx
     fb, fb_source, shape = _frame_bytes(wf, detector_shape)
     if frame_bytes is not None:
         fb, fb_source = int(frame_bytes), "given"
-    nwb, nqb = math.ceil(nw / wc), math.ceil(nq / qc)
-    per_slice = tasks_per_slice(nw, wc, nq, qc, pdf)
+    lay = layout_for(wf, nq, nr)
+    per_slice = stages.tasks_per_slice(wf, nq=nq, nr=nr, layout=lay)
     t_slice = sum(per_slice.values())
-    stages = {
-        "prepare": StagePlan(0, 0, F * (8 + 4 + (1 if wf.inputs.scan_file else 0)), 0),
-        # a task streams its frames in batches (one read ahead) and holds its whole output block
-        "decode-integrate": StagePlan(nz * nwb, F * fb, F * (8 * nq + 10),
-                                      wc * nx * (8 * nq + 10) + 2 * min(BATCH_FRAMES, wc * nx) * fb),
-        "sinogram": StagePlan(nz, nz * nw * nx * 5, nz * 8, nw * nx * 5),
-        "recon": StagePlan(nz * nqb, nz * nw * nx * (4 * nq + nqb), nz * nx * nx * nq * 4,
-                           nw * nx * (4 * qc + 1) + nx * nx * qc * 4),
-    }
-    if pdf:
-        stages["pdf"] = StagePlan(nz, nz * nx * nx * nq * 4, nz * nx * nx * nr * 4, nx * nx * (nq + nr) * 4)
-    tasks = sum(p.tasks for p in stages.values())
+    wc, qc, yc, rc = lay.omega_chunk, lay.q_chunk, lay.y_chunk, lay.r_chunk
+    aux = 1 + budget.PDF_EXTRA_COLUMNS
+    held = {"integrate": budget.integrate_bytes(wc * nx, nq, fb),
+            "center": budget.center_bytes(nw, nx),
+            "recon": budget.recon_bytes(nw, nx, qc, lay.q_sub),
+            "pdf-scale": budget.pdf_scale_bytes(yc, nx, nq),
+            "pdf-frames": budget.pdf_frames_bytes(wc * nx, nq, nr),
+            "pdf-aux": budget.recon_bytes(nw, nx, aux, lay.q_sub),
+            "pdf": (budget.pdf_bytes(yc, nx, nq, nr) if wf.pdf.order == "recon-then-pdf"
+                    else budget.recon_bytes(nw, nx, rc, lay.q_sub) + 4 * nx * nx * rc)}  # + the rescaled copy
+    io = {"integrate": (F * fb, F * (8 * nq + 10)), "center": (F * 5, nz * 8),
+          "recon": (F * (4 * nq + 1), nz * nx * nx * nq * 4), "pdf-scale": (nz * nx * nx * nq * 4, 0),
+          "pdf-frames": (F * nq * 4, F * (nr + aux) * 4), "pdf-aux": (F * aux * 4, nz * nx * nx * 5 * 4)}
+    io["pdf"] = ((nz * nx * nx * nq * 4, nz * nx * nx * (nr + 5) * 4) if wf.pdf.order == "recon-then-pdf"
+                 else (F * nr * 4, nz * nx * nx * nr * 4))
+    plans = {"prepare": StagePlan(0, 0, F * (8 + 4 + (1 if wf.inputs.scan_file else 0)), 0)}
+    for name, n in per_slice.items():
+        plans[name] = StagePlan(nz * n, *io[name], held[name])
+    tasks = sum(p.tasks for p in plans.values())
     spw = max(1, (wf.compute.max_tasks // 2) // t_slice)
     nwaves = len(waves([t_slice] * nz, wf.compute.max_tasks))
-    chunks = {
-        "reduced/intensity": nz * nwb * nqb, "reduced/sigma": nz * nwb * nqb,
-        **{f"reduced/{a}": nz * nwb for a in ("monitor", "total", "frame_index", "frame_ok", "frame_status")},
-        "reduced/scan_flag": nz * nwb if wf.inputs.scan_file else 0,
-        "recon/intensity": nz * nqb,
-        "tasks/integrate": nz * nwb, "tasks/center": nz, "tasks/recon": nz * nqb,
-    }
-    if pdf:
-        chunks["pdf/G"] = nz
-        chunks["tasks/pdf"] = nz
-    # metadata: root + 4 groups + their arrays and coordinate copies, each one zarr.json
-    nmeta = 1 + 4 + 6 + len(chunks) + 12
+    specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, pdf_blocks=pdf_blocks(wf, lay, [0] * nr)
+                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux)
+    # chunk files a finished run holds (scan_flag is written only from a scan file)
+    chunks = {sp.path: 0 if sp.path.endswith("scan_flag") and not wf.inputs.scan_file else sp.nchunks for sp in specs}
+    # metadata: a zarr.json for the root, each group, each array, and each coordinate (+ its one chunk)
+    groups = {sp.path.split("/")[0] for sp in specs}
+    coords = {(sp.path.split("/")[0], d) for sp in specs for d in sp.dims if d in store.COORDS}
+    ncoords_root = len({d for _, d in coords} - {"channel"})
+    nmeta = 1 + len(groups) + len(specs) + 2 * (len(coords) + ncoords_root)
     if results is not None:
         figures, figures_source = read_throughputs(results), f"{results}"
     else:
@@ -226,13 +221,18 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         notes.append(f"frame bytes {fb_source}: {BYTES_PER_PIXEL_ESTIMATE:g} byte/pixel + {CBF_OVERHEAD_BYTES} B header")
     if t_slice > wf.compute.max_tasks // 2:
         notes.append(f"one slice has {t_slice} tasks, more than compute.max_tasks/2: raise store.omega_chunk")
+    over = [k for k, v in held.items() if k in per_slice and v > lay.budget]
+    if over:
+        notes.append(f"{', '.join(over)} tasks hold more than compute.task_memory ({_b(lay.budget)}): give the "
+                     f"workers more memory or set compute.task_memory")
     return RunPlan(
         scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
-        nr=nr, stages=stages, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
+        nr=nr, stages=plans, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
         max_tasks_held=min(tasks, 2 * spw * t_slice) if nwaves > 1 else tasks, chunks=chunks,
-        files=sum(chunks.values()) + nmeta, gpu_frames_per_s=gpu, cpu_frames_per_s_per_core=cpu,
-        throughput_source=source, gpu_figure=gpu_figure if gpu else "", gpu_hours=F / gpu / 3600 if gpu else None,
-        cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
+        files=sum(chunks.values()) + nmeta, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
+        gpu_frames_per_s=gpu,
+        cpu_frames_per_s_per_core=cpu, throughput_source=source, gpu_figure=gpu_figure if gpu else "",
+        gpu_hours=F / gpu / 3600 if gpu else None, cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
 
 
 def _b(n: float) -> str:
@@ -263,7 +263,13 @@ def format_plan(p: RunPlan) -> str:
     lines.append(f"{'total':>17} {p.tasks:>10,} {_b(tot_r):>10} {_b(tot_w):>10}")
     lines.append(f"waves: {p.waves} of up to {min(p.slices_per_wave, nz)} slices ({p.tasks_per_slice} tasks per slice); "
                  f"the scheduler holds at most {p.max_tasks_held:,} tasks")
-    lines.append(f"store: {sum(p.chunks.values()):,} chunks, {p.files:,} files (written uncompressed at most)")
+    lay = p.layout
+    lines.append(f"blocks: {lay['omega_chunk']} omega rows per integrate task, {lay['q_chunk']} q bins per recon "
+                 f"task (prepared {lay['q_sub']} at a time), {lay['y_chunk']} voxel rows per pdf task, "
+                 f"{lay['r_chunk']} r points per chunk; at most {_b(lay['budget'])} per task (compute.task_memory)")
+    biggest = max(p.chunk_bytes.values(), default=0)
+    lines.append(f"store: {sum(p.chunks.values()):,} chunks, {p.files:,} files (written uncompressed at most); "
+                 f"largest chunk {_b(biggest)}")
     if p.gpu_hours is not None:
         what = "whole workflow" if p.gpu_figure == "whole_workflow_frames_per_s" else "decode + integrate"
         lines.append(f"{what}: {_h(p.gpu_hours)} GPU-hours at {p.gpu_frames_per_s:,.0f} frames/s per GPU "

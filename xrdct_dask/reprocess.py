@@ -24,42 +24,22 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import store
-from .config import Workflow, WorkflowError, workflow_from_dict
+from .config import Workflow, WorkflowError, changed_keys, flatten, workflow_from_dict
+from .pdf import PDFParameterError, operator_for, radial_to_q_A
+from .prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
+from .stages import REPROCESS_STAGES, STAGES as GRAPH_STAGES
+from .workflow import execute
 
 log = logging.getLogger(__name__)
 
-STAGES = ("integrate", "recon", "pdf")
-IGNORED = ("compute", "store.path", "store.overwrite")
+STAGES = REPROCESS_STAGES
 STAGE_OF_KEY = (  # dotted prefix -> first stage whose output it changes (checked in order)
     ("store.omega_chunk", "integrate"), ("store.q_chunk", "integrate"),
     ("inputs", "integrate"), ("scan", "integrate"), ("geometry", "integrate"), ("integrate", "integrate"),
     ("sinogram", "recon"), ("recon", "recon"), ("pdf", "pdf"),
 )
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _ignored(key: str) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in IGNORED)
-
-
-def changed_keys(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose value differs between two workflow dicts (how/where keys left out)."""
-    a, b = flatten(old), flatten(new)
-    return sorted(k for k in set(a) | set(b) if not _ignored(k) and a.get(k) != b.get(k))
 
 
 def stage_of(key: str) -> str:
@@ -93,8 +73,6 @@ def changed_inputs(recorded: dict, wf: Workflow) -> dict[str, list]:
     """Input files whose contents differ from what the parent recorded: ``{"inputs.poni (contents)":
     [old sha256[:12], new]}``.  Files that are gone are not compared (a recon or pdf rerun needs
     neither the frames nor the PONI)."""
-    from .workflow import input_files
-
     out = {}
     for key, p in input_files(wf).items():
         if key in recorded and p.is_file() and str(p) == recorded[key].get("path"):
@@ -137,7 +115,8 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
     start = min(candidates, key=STAGES.index)
     if start != "integrate":
         state = store.task_state(parent)
-        need = {"recon": ("decode-integrate",), "pdf": ("decode-integrate", "sinogram", "recon")}[start]
+        # the stages (with markers) upstream of the start must be whole: their chunks are shared
+        need = [n for n, st in GRAPH_STAGES.items() if st.marker and STAGES.index(st.reprocess) < STAGES.index(start)]
         missing = [k for k in need if state.counts()[k][0] < state.counts()[k][1]]
         if missing:
             raise WorkflowError(f"{parent}: its {', '.join(missing)} tasks are not all done: resume it first "
@@ -147,13 +126,11 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
 
 def prepare_child(rp: Reprocess):
     """Create (or resume) the new store of ``rp``; returns its :class:`~xrdct_dask.stages.RunContext`."""
-    from . import workflow as wfmod
-
     wf, out = rp.workflow, rp.out
     attrs = store.root_attrs(out) if store.is_store(out) else None
     if attrs is not None and attrs.get("template_complete") and attrs.get("work_digest") == wf.work_digest() \
             and attrs.get("parent", {}).get("path") == str(rp.parent):
-        return wfmod.open_run(wf)  # an interrupted reprocess: resume it
+        return open_run(wf)  # an interrupted reprocess: resume it
     if out.exists() and (attrs is None or attrs.get("template_complete")):
         raise FileExistsError(f"{out} exists: choose another --out or remove it")
     pattrs = store.read_attrs(rp.parent)
@@ -162,24 +139,22 @@ def prepare_child(rp: Reprocess):
                "reprocess": {"changed": rp.changed, "from": rp.start, "reused": rp.reused,
                              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
     if rp.start == "integrate":
-        return wfmod.open_run(wf, extra_attrs=lineage)
+        return open_run(wf, extra_attrs=lineage)
     return _derive_store(rp, lineage)
 
 
 def _derive_store(rp: Reprocess, lineage: dict):
-    """A new store whose upstream groups share the parent's chunks (start = recon or pdf)."""
-    from . import stages
-    from . import workflow as wfmod
-    from .pdf import PDFParameterError, operator_for
-
+    """A new store whose upstream groups share the parent's chunks (start = recon or pdf): it takes
+    the parent's layout, so that the shared arrays have the same chunks."""
     wf, parent, out = rp.workflow, rp.parent, rp.out
     pattrs = store.read_attrs(parent)
+    layout = store.layout_of(parent)
     coord = {n: store.open_array(parent, n, "r")[:] for n in ("q", "omega", "x", "z")}
     wavelength_A = float(pattrs["wavelength_angstrom"])
     r_A = op = None
     if wf.pdf.enabled:
         try:
-            op = operator_for(stages.radial_to_q_A(coord["q"], wf.integrate.unit, wavelength_A), wf.pdf)
+            op = operator_for(radial_to_q_A(coord["q"], wf.integrate.unit, wavelength_A), wf.pdf)
         except PDFParameterError as err:
             raise WorkflowError(str(err)) from None
         r_A = op.r_A
@@ -197,10 +172,7 @@ def _derive_store(rp: Reprocess, lineage: dict):
     def build(tmp):
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
-                           omega_chunk=wf.store.omega_chunk, q_chunk=wf.store.q_chunk, attrs=attrs,
-                           r_chunk=wf.pdf.r_chunk)
-        if op is not None:
-            wfmod.create_pdf_arrays(wf, tmp, op)
+                           layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A), **pdf_store_args(wf, op))
         n = store.link_group(parent, tmp, store.REDUCED) + store.link_group(parent, tmp, store.TASKS, ["integrate"])
         if rp.start == "pdf":
             n += store.link_group(parent, tmp, store.RECON) + store.link_group(parent, tmp, store.TASKS,
@@ -215,15 +187,13 @@ def _derive_store(rp: Reprocess, lineage: dict):
         raise WorkflowError(str(err).replace("store.path:", "--out:")) from None
     except store.StoreWriteError as err:
         raise WorkflowError(f"--out: {err.strerror}") from None
-    return wfmod.context_from_store(wf, out)
+    return context_from_store(wf, out)
 
 
 def reprocess(parents: list[str | Path], overrides: dict | None = None, from_stage: str | None = None,
               out: str | Path | None = None, *, scheduler_address: str | None = None, cluster=None,
               progress: bool = True, summary: bool = True) -> list[Path]:
     """Reprocess one or more runs as one graph; returns the new stores' paths (``out`` only for one run)."""
-    from . import workflow as wfmod
-
     parents = [Path(p) for p in parents]
     if not parents:
         raise WorkflowError("no run to reprocess")
@@ -239,6 +209,6 @@ def reprocess(parents: list[str | Path], overrides: dict | None = None, from_sta
             what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in rp.changed.items()) or "nothing changed"
             print(f"{rp.parent} -> {rp.out}: from {rp.start} ({what})")
     ctxs = [prepare_child(rp) for rp in plans]
-    wfmod.execute(ctxs, scheduler_address=scheduler_address, cluster=cluster, progress=progress, summary=summary,
+    execute(ctxs, scheduler_address=scheduler_address, cluster=cluster, progress=progress, summary=summary,
                   t0=t0)
     return outs

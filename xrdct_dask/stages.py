@@ -1,13 +1,18 @@
-"""The tasks of the graph: plain functions on one block, reading and writing their own regions.
+"""The stages of the graph, in one table, and their tasks: plain functions on one block.
 
-No science here: each stage calls the library (io, integrate, sinogram, recon, pdf) and the store.
-Every task takes a :class:`RunContext` (small, picklable) and returns a small dict for the run
-summary; what it computed lives in the store.
+Each stage's name is its task-key prefix (what the dashboard groups by), its progress bar, its
+done-marker array ``tasks/<name>`` (where it has one) and its key in the run report; the table
+says what one task covers, so that the graph (:mod:`xrdct_dask.graph`), the plan
+(:mod:`xrdct_dask.plan`), the task state (:mod:`xrdct_dask.store`), the report and reprocess count
+the same tasks.  The tasks only wire the library (io, integrate, sinogram, recon, pdf) to the
+store: every task takes a :class:`RunContext` (small, picklable), reads and writes its own
+chunk-aligned regions, sets its done-marker last and returns a small dict for the run report.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,12 +22,70 @@ from pathlib import Path
 import numpy as np
 
 from . import store
+from .budget import PDF_BATCH, Layout
 from .config import Workflow
 from .io.cbf import CorruptFrameError, NotRegularFileError, SizeMismatchError, TruncatedFrameError, read_cbf_payload
 from .io.status import FrameStatus, usable
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the graph.
+
+    ``unit``: what one task covers (``omega block``, ``slice``, ``q block``, ``voxel rows``,
+    ``r block``); ``marker``: whether ``tasks/<name>`` records its tasks (one element each);
+    ``writes``: the store group it fills; ``reprocess``: the reprocess stage it belongs to (a
+    change of a key of that stage reruns it); ``gpu``: it runs on the integration GPUs."""
+
+    name: str
+    unit: str
+    marker: bool
+    writes: str | None
+    reprocess: str
+    gpu: bool = False
+
+
+STAGES = {s.name: s for s in (
+    Stage("integrate", "omega block", True, store.REDUCED, "integrate", gpu=True),
+    Stage("center", "slice", True, None, "recon"),
+    Stage("recon", "q block", True, store.RECON, "recon"),
+    Stage("pdf-scale", "slice", False, None, "pdf"),        # recon-then-pdf: the slice's background and scale
+    Stage("pdf-frames", "omega block", False, store.PDF, "pdf"),  # pdf-then-recon: G(r) of every frame
+    Stage("pdf-aux", "slice", False, store.PDF, "pdf"),     # pdf-then-recon: N and figures reconstructed
+    Stage("pdf", "voxel rows", True, store.PDF, "pdf"),     # recon-then-pdf; pdf-then-recon: "r block"
+)}
+REPROCESS_STAGES = ("integrate", "recon", "pdf")
+
+
+def stage_names(wf: Workflow) -> list[str]:
+    """The stages of a workflow's graph, in dependency order."""
+    names = ["integrate", "center", "recon"]
+    if wf.pdf.enabled:
+        names += ["pdf-scale", "pdf"] if wf.pdf.order == "recon-then-pdf" else ["pdf-frames", "pdf-aux", "pdf"]
+    return names
+
+
+def unit_count(unit: str, *, nomega: int, nx: int, nq: int, nr: int, layout: Layout) -> int:
+    """Tasks per slice of a stage covering ``unit``."""
+    return {"omega block": math.ceil(nomega / layout.omega_chunk), "slice": 1,
+            "q block": math.ceil(nq / layout.q_chunk), "voxel rows": math.ceil(nx / layout.y_chunk),
+            "r block": math.ceil(max(nr, 1) / layout.r_chunk)}[unit]
+
+
+def pdf_unit(wf: Workflow) -> str:
+    return "voxel rows" if wf.pdf.order == "recon-then-pdf" else "r block"
+
+
+def tasks_per_slice(wf: Workflow, *, nq: int, nr: int, layout: Layout) -> dict[str, int]:
+    """``{stage: tasks}`` of one slice with nothing done (what :func:`xrdct_dask.graph.build_graph` builds)."""
+    s = wf.scan
+    out = {}
+    for name in stage_names(wf):
+        unit = pdf_unit(wf) if name == "pdf" else STAGES[name].unit
+        out[name] = unit_count(unit, nomega=s.nomega, nx=s.nx, nq=nq, nr=nr, layout=layout)
+    return out
 
 
 @dataclass(frozen=True)
@@ -33,6 +96,7 @@ class RunContext:
     store_path: Path
     monitor_reference: float
     wavelength_A: float
+    layout: Layout
     read_threads: int = 8
     check_md5: bool = False
     extra: dict = field(default_factory=dict)
@@ -316,9 +380,9 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     sigma[bad] = np.nan
     store.write_reduced(ctx.store_path, block, intensity.reshape(nw, nx, nq), sigma.reshape(nw, nx, nq),
                         monitor.reshape(nw, nx).astype(np.float32), status.reshape(nw, nx))
-    store.mark_done(ctx.store_path, "integrate", (block.z, block.omega_start // ctx.workflow.store.omega_chunk))
+    store.mark_done(ctx.store_path, "integrate", (block.z, block.omega_start // ctx.layout.omega_chunk))
     counts = {FrameStatus(s).name: int(n) for s, n in zip(*np.unique(status, return_counts=True))}
-    return {"stage": "decode-integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),
+    return {"stage": "integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),
             "bytes": stats["bytes"], "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine,
             "seconds_setup": t_engine - t0, "seconds_engine": t_write - t_engine,
             "seconds_write": time.perf_counter() - t_write, "worker": _worker_address(),
@@ -333,6 +397,12 @@ def _worker_address() -> str | None:
         return get_worker().address
     except (ImportError, ValueError):
         return None
+
+
+def _engine(xp) -> str:
+    from .backend import engine_of
+
+    return engine_of(xp)
 
 
 def find_center(z: int, ctx: RunContext, *deps) -> dict:
@@ -352,68 +422,79 @@ def find_center(z: int, ctx: RunContext, *deps) -> dict:
             "stripe_columns": info["stripe_columns"], "filled": info["filled"], "seconds": time.perf_counter() - t0}
 
 
-def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict:
-    """Prepare the sinograms of slice ``z``, q bins ``qs``, reconstruct them all, write ``recon/``.
+def _geometry(center) -> dict:
+    return center if isinstance(center, dict) else {"center": float(center)}
 
-    ``center`` is :func:`find_center`'s result (or a number of pixels).  Runs on the GPU when
-    ``recon.engine`` resolves to cupy.
+
+def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dict, xp, filter_only: bool = False):
+    """Prepare (:func:`~xrdct_dask.sinogram.prepare_sinogram` with ``opts``) and reconstruct a
+    host sinogram block ``(nomega, nx, n)`` of slice ``z``, ``layout.q_sub`` bins at a time on ``xp``'s device
+    (every correction acts on each bin alone, with the slice's geometry in ``opts``).  Returns the
+    host volume ``(nx, nx, n)`` float32 and the last sub-block's preparation info.
+    ``filter_only``: FBP with the workflow's filter whatever recon.algorithm says (G(r) sinograms)."""
+    from .backend import to_host
+    from .recon import fbp, reconstruct
+    from .sinogram import prepare_sinogram
+
+    r = ctx.workflow.recon
+    ok = store.open_array(ctx.store_path / store.REDUCED, "frame_ok", "r")[z]
+    omega = store.open_array(ctx.store_path, "omega", "r")[:]
+    nx, n = sino.shape[1], sino.shape[2]
+    vol = np.empty((nx, nx, n), np.float32)
+    info: dict = {}
+    zingers = 0
+    for a in range(0, n, ctx.layout.q_sub):
+        b = min(a + ctx.layout.q_sub, n)
+        prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, **opts)
+        if filter_only:
+            out = fbp(prepared, omega, r.filter, center=info["center"])
+        else:
+            out = reconstruct(prepared, omega, r.algorithm, filter_name=r.filter, center=info["center"],
+                              iterations=r.iterations, nonneg=r.nonneg, threads=ctx.workflow.compute.threads_per_worker)
+        vol[..., a:b] = to_host(out)
+        zingers += info["zingers"]
+        del prepared, out
+    return vol, info | {"zingers": zingers}
+
+
+def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict:
+    """Prepare the sinograms of slice ``z``, q bins ``qs``, reconstruct them, write ``recon/``.
+
+    ``center`` is :func:`find_center`'s result (or a number of pixels).  The block is prepared and
+    reconstructed ``layout.q_sub`` bins at a time, so the task holds the block's sinogram and
+    volume and one sub-block's temporaries (:func:`xrdct_dask.budget.recon_bytes`).  Runs on the
+    GPU where ``recon.engine`` resolves to cupy (the sub-blocks are uploaded, the volume downloaded).
     """
-    from .backend import to_host, xp_for_engine
-    from .recon import reconstruct
-    from .sinogram import prep_options, prepare_sinogram
+    from .backend import xp_for_engine
+    from .sinogram import prep_options
 
     t0 = time.perf_counter()
     wf = ctx.workflow
-    geo = center if isinstance(center, dict) else {"center": float(center)}
-    red = ctx.store_path / store.REDUCED
+    geo = _geometry(center)
     xp = xp_for_engine(wf.recon.engine)
-    sino = xp.asarray(store.open_array(red, "intensity", "r")[z, :, :, qs])
-    ok = store.open_array(red, "frame_ok", "r")[z]
-    omega = store.open_array(ctx.store_path, "omega", "r")[:]
+    # (nomega, nx, nq_block), one omega chunk at a time
+    sino = store.read_chunked(ctx.store_path, f"{store.REDUCED}/intensity", (z, slice(None), slice(None), qs), 0)
     opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo.get("stripe_columns")}
     if wf.sinogram.jitter and geo.get("shifts_px"):  # the slice's shifts, from its q-summed sinogram
         opts["jitter"] = np.asarray(geo["shifts_px"])
-    sino, info = prepare_sinogram(sino, ok, omega, **opts)
-    r = wf.recon
-    vol = reconstruct(sino, omega, r.algorithm, filter_name=r.filter, center=info["center"], iterations=r.iterations,
-                      nonneg=r.nonneg, threads=wf.compute.threads_per_worker)
-    store.write_region(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), to_host(vol))
-    store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.workflow.store.q_chunk))
+    vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp)
+    del sino
+    store.write_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), vol, 0)
+    store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.layout.q_chunk))
     return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
-            "zingers": info["zingers"], "steps": info["steps"], "algorithm": r.algorithm,
-            "engine": "cupy" if xp is not np else "numpy", "seconds": time.perf_counter() - t0}
-
-
-def radial_to_q_A(radial: np.ndarray, unit: str, wavelength_A: float) -> np.ndarray:
-    """Radial bin positions in Q (1/A) from the integration unit."""
-    if unit == "q_nm^-1":
-        return radial / 10.0
-    if unit == "q_A^-1":
-        return radial
-    if unit == "2th_deg":
-        return 4 * np.pi * np.sin(np.deg2rad(radial) / 2) / wavelength_A
-    raise ValueError(f"cannot convert radial unit {unit!r} to Q")
+            "zingers": info["zingers"], "steps": info["steps"], "algorithm": wf.recon.algorithm,
+            "engine": _engine(xp), "seconds": time.perf_counter() - t0}
 
 
 # ------------------------------------------------------------------------------------------
-# pdf: recon-then-pdf (pdf_slice) or pdf-then-recon (pdf_frames_block -> reconstruct_pdf_aux ->
-# reconstruct_pdf_block).  The transform is linear given the scale N (xrdct_dask.pdf), so the
-# second order transforms every frame, reconstructs G(r) and the linear quality inputs like any
-# sinogram, and divides by the reconstructed N per voxel: the same G as the first order.
+# pdf: recon-then-pdf (pdf_scale -> pdf_rows) or pdf-then-recon (pdf_frames_block ->
+# reconstruct_pdf_aux -> reconstruct_pdf_block).  The transform is linear given the scale N
+# (xrdct_dask.pdf), so the second order transforms every frame, reconstructs G(r) and the linear
+# quality inputs like any sinogram, and divides by the reconstructed N per voxel.
 # ------------------------------------------------------------------------------------------
-PDF_BATCH_VOXELS = {"numpy": 4096, "cupy": 65536}  # patterns per GEMM
-
-
-def _pdf_dtype(xp):
-    """GEMM precision of the PDF stage: float32 on a GPU (its fast path); float64 on the CPU, where
-    an sgemm's rounding follows how the BLAS library was started (threads, kernels) and a resumed
-    run would differ from an uninterrupted one in the last bits of G."""
-    return np.float32 if xp is not np else np.float64
-
-
 def pdf_operator(ctx: RunContext):
     """The workflow's :class:`~xrdct_dask.pdf.PDFOperator` on the store's radial grid (cached)."""
-    from .pdf import operator_for
+    from .pdf import operator_for, radial_to_q_A
 
     radial = store.open_array(ctx.store_path, "q", "r")[:]
     return operator_for(radial_to_q_A(radial, ctx.workflow.integrate.unit, ctx.wavelength_A), ctx.workflow.pdf)
@@ -433,69 +514,106 @@ def _pdf_file_background(ctx: RunContext):
     return load_background(p.background_file, store.open_array(ctx.store_path, "q", "r")[:])
 
 
-def _pdf_linear(patterns: np.ndarray, op, xp, background, bgscale: float) -> np.ndarray:
-    """``linear_transform`` of host patterns ``(n, nq)`` in batches on the engine's device -> host."""
-    from .backend import to_host
-    from .pdf import linear_transform
-
-    batch = PDF_BATCH_VOXELS["cupy" if xp is not np else "numpy"]
-    out = np.empty((patterns.shape[0], op.matrix.shape[1]), np.float32)
-    for a in range(0, patterns.shape[0], batch):
-        out[a:a + batch] = to_host(linear_transform(xp.asarray(patterns[a:a + batch]), op, background, bgscale,
-                                                    dtype=_pdf_dtype(xp)))
-    return out
+def _row_blocks(nx: int, rows: int) -> list[slice]:
+    return [slice(a, min(a + rows, nx)) for a in range(0, nx, rows)]
 
 
-def _write_pdf_figures(ctx: RunContext, z: int, figures: dict, shape) -> None:
+def pdf_scale(z: int, ctx: RunContext, *deps) -> dict:
+    """recon-then-pdf, per slice before its G blocks: the edge background (the mean pattern of the
+    voxels in the rim of the reconstruction circle, ``pdf.background: edge``) and, for per-pattern
+    scales, ``min_scale`` = ``pdf.min_relative_scale`` times the slice's largest scale N.  One
+    pass over the slice's volume, ``layout.y_chunk`` rows at a time: N is linear in I(Q), so the
+    background's share is taken off after the pass (``N(I - b bg) = N(I) - b N(bg)``)."""
+    from .pdf import pattern_scale
+    from .pdf.background import edge_voxel_mask
+
+    t0 = time.perf_counter()
+    p = ctx.workflow.pdf
+    op = pdf_operator(ctx)
+    nx, nq = store.open_array(ctx.store_path, f"{store.RECON}/intensity", "r").shape[2:]
+    edge = p.background == "edge"
+    scales = p.normalization == "per-pattern" and p.min_relative_scale > 0
+    rim = edge_voxel_mask(nx, p.edge_width)
+    total, count = np.zeros(nq), np.zeros(nq)
+    largest = []
+    for ys in _row_blocks(nx, ctx.layout.y_chunk) if (edge or scales) else []:
+        rows = store.read_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, ys, slice(None), slice(None)), 2)
+        if edge and rim[ys].any():  # nanmean over the rim voxels, accumulated block by block
+            v = rows[rim[ys]].astype(np.float64)
+            good = np.isfinite(v)
+            total += np.where(good, v, 0.0).sum(axis=0)
+            count += good.sum(axis=0)
+        if scales:
+            largest.append(pattern_scale(np.nan_to_num(rows, nan=0.0).reshape(-1, nq).astype(np.float64), op))
+    bg = _pdf_file_background(ctx)
+    if edge:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bg = total / count
+    min_scale = 0.0
+    if largest:
+        n = np.concatenate(largest)
+        if bg is not None and p.bgscale != 0:
+            n = n - p.bgscale * float(pattern_scale(np.asarray(bg, np.float64)[None], op)[0])
+        min_scale = p.min_relative_scale * float(np.max(n, initial=0.0))
+    return {"stage": "pdf-scale", "z": z, "background": None if bg is None else np.asarray(bg, np.float64),
+            "min_scale": min_scale, "seconds": time.perf_counter() - t0}
+
+
+def _write_pdf_figures(ctx: RunContext, z: int, ys: slice, figures: dict, shape) -> None:
     for name, value in figures.items():
-        store.open_array(ctx.store_path, f"{store.PDF}/{name}")[z] = value.reshape(shape)
+        store.write_region(ctx.store_path, f"{store.PDF}/{name}", (z, ys), value.reshape(shape))
 
 
 def _host_figures(res) -> dict:
+    """The per-voxel figures of a PDF batch on the host, as copies: on the CPU they are views of
+    the batch's whole linear output, which a kept view would hold alive batch after batch."""
     from .backend import to_host
 
-    return {name: to_host(getattr(res, name)) for name in (*store.PDF_VOXEL_FIGURES, "ok")}
+    return {name: np.array(to_host(getattr(res, name)), copy=True) for name in (*store.PDF_VOXEL_FIGURES, "ok")}
 
 
-def pdf_slice(z: int, ctx: RunContext, *deps) -> dict:
-    """recon-then-pdf: G(r) of every voxel of slice ``z`` from ``recon/`` into ``pdf/G`` and the
-    per-voxel scale and quality figures next to it (batches of voxels on the engine's device)."""
+def pdf_rows(z: int, ys: slice, prep: dict, ctx: RunContext, *deps) -> dict:
+    """recon-then-pdf: G(r) of the voxels in rows ``ys`` of slice ``z`` (every q of ``recon/``) into
+    ``pdf/G`` and the per-voxel scale and figures, in GEMM batches on the engine's device.
+    ``prep`` is the slice's :func:`pdf_scale` (background, min_scale)."""
     from .backend import to_host, xp_for_engine
-    from .pdf import compute_pdf, pattern_scale
-    from .pdf.background import edge_background_voxels
+    from .pdf import compute_pdf, gemm_dtype
 
     t0 = time.perf_counter()
     p = ctx.workflow.pdf
     op = pdf_operator(ctx)
     xp = xp_for_engine(p.engine)
-    vol = store.open_array(ctx.store_path, f"{store.RECON}/intensity", "r")[z]  # (ny, nx, nq)
-    ny, nx, nq = vol.shape
-    bg = edge_background_voxels(vol, p.edge_width) if p.background == "edge" else _pdf_file_background(ctx)
-    flat = np.nan_to_num(vol, nan=0.0).reshape(-1, nq).astype(_pdf_dtype(xp), copy=False)
-    # voxels scattering less than min_relative_scale of the slice's strongest hold no sample: G = 0
-    min_scale = p.min_relative_scale * float(np.max(pattern_scale(flat, op, bg, p.bgscale), initial=0.0))
+    # (ny_block, nx, nq), one q chunk at a time
+    rows = store.read_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, ys, slice(None), slice(None)), 2)
+    ny, nx, nq = rows.shape
+    flat = rows.reshape(-1, nq)
     g = np.empty((flat.shape[0], op.nr), np.float32)
-    figures = {}
-    batch = PDF_BATCH_VOXELS["cupy" if xp is not np else "numpy"]
+    figures: dict[str, list] = {}
+    batch = PDF_BATCH[_engine(xp)]
+    dtype = gemm_dtype(xp)
     for a in range(0, flat.shape[0], batch):
-        res = compute_pdf(xp.asarray(flat[a:a + batch]), op, min_scale, background=bg, bgscale=p.bgscale,
-                          normalization=p.normalization, fixed_scale=p.scale, dtype=_pdf_dtype(xp))
+        patterns = np.nan_to_num(flat[a:a + batch], nan=0.0).astype(dtype, copy=False)
+        res = compute_pdf(xp.asarray(patterns), op, prep["min_scale"], background=prep["background"],
+                          bgscale=p.bgscale, normalization=p.normalization, fixed_scale=p.scale, dtype=dtype)
         g[a:a + batch] = to_host(res.G)
         for name, value in _host_figures(res).items():
             figures.setdefault(name, []).append(value)
-    store.open_array(ctx.store_path, f"{store.PDF}/G")[z] = g.reshape(ny, nx, -1)
+        del res, patterns
+    del rows, flat
+    store.write_chunked(ctx.store_path, f"{store.PDF}/G", (z, ys, slice(None), slice(None)), g.reshape(ny, nx, -1), 2)
     figures = {k: np.concatenate(v) for k, v in figures.items()}
-    _write_pdf_figures(ctx, z, figures, (ny, nx))
-    store.mark_done(ctx.store_path, "pdf", (z,))
-    return {"stage": "pdf", "z": z, "voxels_ok": int(figures["ok"].sum()), "seconds": time.perf_counter() - t0,
-            "engine": "cupy" if xp is not np else "numpy"}
+    _write_pdf_figures(ctx, z, ys, figures, (ny, nx))
+    store.mark_done(ctx.store_path, "pdf", (z, ys.start // ctx.layout.y_chunk))
+    return {"stage": "pdf", "z": z, "y": (ys.start, ys.stop), "voxels_ok": int(figures["ok"].sum()),
+            "seconds": time.perf_counter() - t0, "engine": _engine(xp)}
 
 
 def pdf_frames_block(block: store.FrameBlock, ctx: RunContext, *deps) -> dict:
     """pdf-then-recon, step 1: the transform of every frame of a block into ``pdf/G_sinogram``
     (G(r) with the fixed scale pdf.scale) and ``pdf/aux_sinogram`` (N, and the quality inputs
     divided by pdf.scale).  Missing frames stay NaN and are filled like any sinogram's."""
-    from .backend import xp_for_engine
+    from .backend import to_host, xp_for_engine
+    from .pdf import gemm_dtype, linear_transform
     from .pdf.background import edge_columns, mean_good_patterns
 
     t0 = time.perf_counter()
@@ -512,36 +630,37 @@ def pdf_frames_block(block: store.FrameBlock, ctx: RunContext, *deps) -> dict:
         bg = mean_good_patterns(edge, ok)
     else:
         bg = _pdf_file_background(ctx)
-    lin = _pdf_linear(frames.reshape(-1, nq), op, xp, bg, p.bgscale)
+    flat = frames.reshape(-1, nq)
+    lin = np.empty((flat.shape[0], op.matrix.shape[1]), np.float32)
+    batch = PDF_BATCH[_engine(xp)]
+    for a in range(0, flat.shape[0], batch):
+        lin[a:a + batch] = to_host(linear_transform(xp.asarray(flat[a:a + batch]), op, bg, p.bgscale,
+                                                    dtype=gemm_dtype(xp)))
     col = op.columns
     g = lin[:, col["G"]] / np.float32(p.scale)
     aux = np.concatenate([lin[:, col["scale"]], lin[:, col["G_low"]] / np.float32(p.scale),
                           lin[:, col["F_top"]] / np.float32(p.scale)], axis=1)
     region = (block.z, slice(block.omega_start, block.omega_stop))
-    store.open_array(ctx.store_path, f"{store.PDF}/G_sinogram")[region] = g.reshape(nw, nx, -1)
-    store.open_array(ctx.store_path, f"{store.PDF}/aux_sinogram")[region] = aux.reshape(nw, nx, -1)
+    store.write_region(ctx.store_path, f"{store.PDF}/G_sinogram", region, g.reshape(nw, nx, -1))
+    store.write_region(ctx.store_path, f"{store.PDF}/aux_sinogram", region, aux.reshape(nw, nx, -1))
     return {"stage": "pdf-frames", "z": block.z, "omega_start": block.omega_start, "frames": nw * nx,
-            "seconds": time.perf_counter() - t0, "engine": "cupy" if xp is not np else "numpy"}
+            "seconds": time.perf_counter() - t0, "engine": _engine(xp)}
 
 
 def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center) -> np.ndarray:
     """FBP of a G(r) or aux sinogram block with the slice's geometry (centre, jitter shifts) and
     bad frames filled; the intensity-only corrections (zingers, stripes, air) stay with I(q)."""
-    from .recon import fbp
-    from .sinogram import prepare_sinogram
+    from .backend import xp_for_engine
 
-    geo = center if isinstance(center, dict) else {"center": float(center)}
-    sino = store.open_array(ctx.store_path, f"{store.PDF}/{name}", "r")[z, :, :, sel]
-    ok = store.open_array(ctx.store_path / store.REDUCED, "frame_ok", "r")[z]
-    omega = store.open_array(ctx.store_path, "omega", "r")[:]
+    geo = _geometry(center)
+    sino = store.read_chunked(ctx.store_path, f"{store.PDF}/{name}", (z, slice(None), slice(None), sel), 0)
     opts = {"center": geo["center"]}
     if ctx.workflow.sinogram.jitter and geo.get("shifts_px"):
         opts["jitter"] = np.asarray(geo["shifts_px"])
-    sino, info = prepare_sinogram(sino, ok, omega, **opts)
-    return fbp(sino, omega, ctx.workflow.recon.filter, center=info["center"])
+    return _reconstruct_sub_blocks(ctx, z, sino, opts, xp_for_engine(ctx.workflow.recon.engine), filter_only=True)[0]
 
 
-def reconstruct_pdf_aux(z: int, center: float, ctx: RunContext, *deps) -> dict:
+def reconstruct_pdf_aux(z: int, center, ctx: RunContext, *deps) -> dict:
     """pdf-then-recon, step 2: reconstruct N and the quality inputs of slice ``z``; write the
     per-voxel scale, ok mask and quality figures (the G blocks then divide by this N)."""
     from .pdf import finish_parts
@@ -557,26 +676,22 @@ def reconstruct_pdf_aux(z: int, center: float, ctx: RunContext, *deps) -> dict:
     top = vol[..., 1 + nl:].reshape(-1, vol.shape[-1] - 1 - nl) * p.scale
     min_scale = p.min_relative_scale * float(np.max(n, initial=0.0))
     res = finish_parts(n, low, top, op, normalization=p.normalization, fixed_scale=p.scale, min_scale=min_scale)
-    _write_pdf_figures(ctx, z, _host_figures(res), (ny, nx))
+    _write_pdf_figures(ctx, z, slice(None), _host_figures(res), (ny, nx))
     return {"stage": "pdf-aux", "z": z, "voxels_ok": int(res.ok.sum()), "seconds": time.perf_counter() - t0}
 
 
-def reconstruct_pdf_block(z: int, rs: slice, center: float, ctx: RunContext, *deps) -> dict:
-    """pdf-then-recon, step 3: reconstruct G(r) bins ``rs`` of slice ``z`` into ``pdf/G``
-    (per-pattern: times pdf.scale over the voxel's reconstructed N; G = 0 where not ok)."""
+def reconstruct_pdf_block(z: int, rs: slice, center, ctx: RunContext, *deps) -> dict:
+    """pdf-then-recon, step 3: reconstruct G(r) points ``rs`` of slice ``z`` into ``pdf/G``
+    (per-pattern: rescaled by the voxel's reconstructed N, :func:`xrdct_dask.pdf.rescale_fixed`)."""
+    from .pdf import rescale_fixed
+
     t0 = time.perf_counter()
     p = ctx.workflow.pdf
     vol = _reconstruct_pdf_sinogram(ctx, z, "G_sinogram", rs, center)  # G with the fixed scale
     if p.normalization == "per-pattern":
-        n = store.open_array(ctx.store_path, f"{store.PDF}/scale", "r")[z].astype(np.float64)
+        n = store.open_array(ctx.store_path, f"{store.PDF}/scale", "r")[z]
         ok = store.open_array(ctx.store_path, f"{store.PDF}/ok", "r")[z]
-        factor = np.where(ok, p.scale / np.where(ok, n, 1.0), 0.0)
-        vol = (vol * factor[..., None]).astype(np.float32)
-    store.open_array(ctx.store_path, f"{store.PDF}/G")[z, :, :, rs] = vol
+        vol = rescale_fixed(vol, n, ok, p.scale)
+    store.write_region(ctx.store_path, f"{store.PDF}/G", (z, slice(None), slice(None), rs), vol)
+    store.mark_done(ctx.store_path, "pdf", (z, rs.start // ctx.layout.r_chunk))
     return {"stage": "pdf", "z": z, "r": (rs.start, rs.stop), "seconds": time.perf_counter() - t0}
-
-
-def mark_pdf_done(z: int, ctx: RunContext, *deps) -> dict:
-    """pdf-then-recon, last step: slice ``z`` of ``pdf/`` is whole once all its G blocks are."""
-    store.mark_done(ctx.store_path, "pdf", (z,))
-    return {"stage": "pdf-done", "z": z, "seconds": 0.0}

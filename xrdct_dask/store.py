@@ -247,11 +247,75 @@ def leftovers(path) -> list[Path]:
         return []
 
 
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the store: ``path`` (``group/name``), shape, chunks, dtype, dimension names,
+    fill value, compressed or not (the one-element done-markers are not)."""
+
+    path: str
+    shape: tuple
+    chunks: tuple
+    dtype: str
+    dims: tuple
+    fill: object
+    compressed: bool = True
+
+    @property
+    def nchunks(self) -> int:
+        return int(np.prod([-(-n // c) for n, c in zip(self.shape, self.chunks)], dtype=np.int64))
+
+    @property
+    def chunk_bytes(self) -> int:
+        return int(np.prod(self.chunks, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_blocks: int = 0,
+                pdf_sinograms: bool = False, aux_channels: int = 0) -> list[ArraySpec]:
+    """Every data array and done-marker of a store: what :func:`create_store` creates and what
+    ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays."""
+    wc, qc, yc, rc = layout.omega_chunk, layout.q_chunk, layout.y_chunk, layout.r_chunk
+    frame = ("z", "omega", "x")
+    out = [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", (*frame, "q"), np.nan)
+           for n in ("intensity", "sigma")]
+    out += [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx), (1, wc, nx), dt, frame, fill)
+            for n, dt, fill in (("monitor", "float32", np.nan), ("total", "float32", np.nan),
+                                ("frame_index", "int64", -1), ("frame_ok", "bool", False),
+                                ("frame_status", "int8", -1), ("scan_flag", "int8", -1))]
+    out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, nq), (1, yc, nx, qc), "float32", ("z", "y", "x", "q"),
+                         np.nan))
+    if nr:
+        out.append(ArraySpec(f"{PDF}/G", (nz, nx, nx, nr), (1, yc, nx, rc), "float32", ("z", "y", "x", "r"), np.nan))
+        out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan)
+                for n in PDF_VOXEL_FIGURES]
+        out.append(ArraySpec(f"{PDF}/ok", (nz, nx, nx), (1, yc, nx), "bool", ("z", "y", "x"), False))
+        if pdf_sinograms:
+            out.append(ArraySpec(f"{PDF}/G_sinogram", (nz, nomega, nx, nr), (1, wc, nx, rc), "float32",
+                                 (*frame, "r"), np.nan))
+            out.append(ArraySpec(f"{PDF}/aux_sinogram", (nz, nomega, nx, aux_channels), (1, wc, nx, aux_channels),
+                                 "float32", (*frame, "channel"), np.nan))
+    # done-markers: one element (and one chunk) per task, written after the task's data
+    markers = [("integrate", (nz, -(-nomega // wc)), "uint8", ("z", "omega_block"), 0),
+               ("center", (nz,), "float64", ("z",), np.nan),
+               ("recon", (nz, -(-nq // qc)), "uint8", ("z", "q_block"), 0)]
+    if nr:
+        markers.append(("pdf", (nz, pdf_blocks), "uint8", ("z", "pdf_block"), 0))
+    out += [ArraySpec(f"{TASKS}/{n}", shape, (1,) * len(shape), dt, dims, fill, compressed=False)
+            for n, shape, dt, dims, fill in markers]
+    return out
+
+
 def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.ndarray, radial_unit: str,
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
-                 omega_chunk: int, q_chunk: int, attrs: dict, r_chunk: int | None = None) -> zarr.Group:
-    """Create every array with its final shape, chunks, dims and coordinates (no data yet) at a
-    new ``path`` (an existing one is refused: replacing goes through :func:`create_aside`).
+                 layout, attrs: dict, pdf_blocks: int = 0, aux_channels: list[str] | None = None,
+                 pdf_attrs: dict | None = None) -> zarr.Group:
+    """Create every array of :func:`array_specs` with its final shape, chunks, dims and
+    coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
+    through :func:`create_aside`).
+
+    ``layout`` (:class:`xrdct_dask.budget.Layout`) sets the chunks (and is recorded in the root's
+    attrs, where the tasks read their block sizes); ``pdf_blocks`` the pdf tasks per slice;
+    ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
+    (the transform's parameters) go to the ``pdf`` group.
 
     The root's ``zarr.json`` with the format marker (and ``template_complete: false``) is the
     first file written: whatever happens next, the folder is recognisably this program's."""
@@ -260,7 +324,6 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
         raise FileExistsError(f"{path} exists: a store is created in a new folder")
     root = zarr.open_group(str(path), mode="w-", zarr_format=3,
                            attributes={"format": FORMAT, "template_complete": False})
-    nq = radial.size
     coords = {
         "z": (np.asarray(z_mm, np.float64), {"units": "mm", "long_name": "slice position"}),
         "omega": (np.asarray(omega_deg, np.float64), {"units": "deg", "long_name": "rotation angle"}),
@@ -270,60 +333,40 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     }
     if r_A is not None:
         coords["r"] = (np.asarray(r_A, np.float64), {"units": "angstrom"})
-    for name, (v, a) in coords.items():
-        _coord(root, name, v, a)
-    qc = min(q_chunk, nq)
-    wc = min(omega_chunk, nomega)
-    groups = {
-        REDUCED: [("intensity", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", ["z", "omega", "x", "q"]),
-                  ("sigma", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", ["z", "omega", "x", "q"]),
-                  ("monitor", (nz, nomega, nx), (1, wc, nx), "float32", ["z", "omega", "x"]),
-                  ("total", (nz, nomega, nx), (1, wc, nx), "float32", ["z", "omega", "x"]),
-                  ("frame_index", (nz, nomega, nx), (1, wc, nx), "int64", ["z", "omega", "x"]),
-                  ("frame_ok", (nz, nomega, nx), (1, wc, nx), "bool", ["z", "omega", "x"]),
-                  ("frame_status", (nz, nomega, nx), (1, wc, nx), "int8", ["z", "omega", "x"]),
-                  ("scan_flag", (nz, nomega, nx), (1, wc, nx), "int8", ["z", "omega", "x"])],
-        RECON: [("intensity", (nz, nx, nx, nq), (1, nx, nx, qc), "float32", ["z", "y", "x", "q"])],
-    }
-    if r_A is not None:
-        rc = min(r_chunk or r_A.size, r_A.size)
-        groups[PDF] = [("G", (nz, nx, nx, r_A.size), (1, nx, nx, rc), "float32", ["z", "y", "x", "r"])]
+    if aux_channels:
+        coords["channel"] = (np.arange(len(aux_channels)), {"long_name": "aux_sinogram channel",
+                                                            "names": list(aux_channels)})
+    for name in ("z", "omega", "x", "y", "q", "r"):
+        if name in coords:
+            _coord(root, name, *coords[name])
+    specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
+                        layout=layout, pdf_blocks=pdf_blocks, pdf_sinograms=bool(aux_channels),
+                        aux_channels=len(aux_channels or ()))
+    groups: dict[str, list[ArraySpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.path.split("/")[0], []).append(spec)
     for gname, arrays in groups.items():
         g = root.create_group(gname)
-        dims = {d for *_, dn in arrays for d in dn}
-        for d in dims:
+        for d in sorted({d for spec in arrays for d in spec.dims if d in coords}):
             _coord(g, d, *coords[d])
-        for name, shape, chunks, dtype, dimnames in arrays:
-            fill = {"bool": False, "int8": -1, "int64": -1}.get(dtype, np.nan)
-            g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dimnames,
-                           compressors=COMPRESSORS)
-    _create_task_markers(root, nz, -(-nomega // wc), -(-nq // qc), coords["z"], pdf=r_A is not None)
+        for spec in arrays:
+            g.create_array(spec.path.split("/")[1], shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype,
+                           fill_value=spec.fill, dimension_names=list(spec.dims),
+                           **({"compressors": COMPRESSORS} if spec.compressed else {}))
+    if PDF in groups:
+        _pdf_attrs(root[PDF], aux_channels)
+        root[PDF].attrs.update(pdf_attrs or {})
     root.attrs.update({"stage_status": {REDUCED: "pending", RECON: "pending", PDF: "pending"}, **attrs,
-                       "format": FORMAT, "template_complete": False})
+                       "layout": layout.to_dict(), "format": FORMAT, "template_complete": False})
     describe_variables(root)
     return root
-
-
-# ------------------------------------------------------------------------------------------
-# done-markers: one element (and one chunk) per task, written after the task's data
-# ------------------------------------------------------------------------------------------
-def _create_task_markers(root, nz: int, n_omega_blocks: int, n_q_blocks: int, z_coord, pdf: bool) -> None:
-    g = root.create_group(TASKS)
-    _coord(g, "z", *z_coord)
-    specs = [("integrate", (nz, n_omega_blocks), "uint8", ["z", "omega_block"]),
-             ("center", (nz,), "float64", ["z"]),
-             ("recon", (nz, n_q_blocks), "uint8", ["z", "q_block"])]
-    if pdf:
-        specs.append(("pdf", (nz,), "uint8", ["z"]))
-    for name, shape, dtype, dims in specs:
-        g.create_array(name, shape=shape, chunks=(1,) * len(shape), dtype=dtype,
-                       fill_value=np.nan if dtype == "float64" else 0, dimension_names=dims)
 
 
 @dataclass
 class TaskState:
     """Which tasks of a run are done: bool ``integrate (nz, n_omega_blocks)``, ``recon (nz,
-    n_q_blocks)``, ``pdf (nz,)`` (None without PDF) and ``center (nz,)`` (NaN = not found yet)."""
+    n_q_blocks)``, ``pdf (nz, n_pdf_blocks)`` (None without PDF) and ``center (nz,)`` (NaN = not
+    found yet)."""
 
     integrate: np.ndarray
     center: np.ndarray
@@ -332,8 +375,8 @@ class TaskState:
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """``{stage: (done, total)}``."""
-        out = {"decode-integrate": (int(self.integrate.sum()), self.integrate.size),
-               "sinogram": (int(np.isfinite(self.center).sum()), self.center.size),
+        out = {"integrate": (int(self.integrate.sum()), self.integrate.size),
+               "center": (int(np.isfinite(self.center).sum()), self.center.size),
                "recon": (int(self.recon.sum()), self.recon.size)}
         if self.pdf is not None:
             out["pdf"] = (int(self.pdf.sum()), self.pdf.size)
@@ -416,36 +459,18 @@ _PDF_FIGURE_ATTRS = {
 }
 
 
-def create_pdf_arrays(path: str | Path, *, nz: int, nomega: int, nx: int, nr: int, omega_chunk: int, r_chunk: int,
-                      sinograms: bool, aux_channels: list[str], attrs: dict) -> None:
-    """Add to the ``pdf`` group made by :func:`create_store` the per-voxel figures next to G
-    (``scale``, ``fq_highq_rms``, ``lowr_slope``, ``lowr_residual`` f32 and ``ok`` bool, all
-    (z, y, x)), and with ``sinograms`` (order pdf-then-recon) ``G_sinogram`` (z, omega, x, r) and
-    ``aux_sinogram`` (z, omega, x, channel); the transform's parameters go to the group's attrs."""
-    root = zarr.open_group(str(path), mode="r+")
-    g = root[PDF]
+def _pdf_attrs(g, aux_channels) -> None:
+    """What the ``pdf`` group's arrays mean (units, long names)."""
     g["G"].attrs.update({"units": "1/angstrom^2", "long_name": "G(r) = 4 pi r [rho(r) - rho0]"})
     for name in PDF_VOXEL_FIGURES:
-        a = g.create_array(name, shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="float32", fill_value=np.nan,
-                           dimension_names=["z", "y", "x"], compressors=COMPRESSORS)
-        a.attrs.update(_PDF_FIGURE_ATTRS[name])
-    g.create_array("ok", shape=(nz, nx, nx), chunks=(1, nx, nx), dtype="bool", fill_value=False,
-                   dimension_names=["z", "y", "x"]).attrs["long_name"] = "G computed (scattering strong enough)"
-    if sinograms:
-        _coord(g, "omega", root["omega"][:], dict(root["omega"].attrs))
-        _coord(g, "channel", np.arange(len(aux_channels)), {"long_name": "aux_sinogram channel",
-                                                             "names": list(aux_channels)})
-        wc, rc = min(omega_chunk, nomega), min(r_chunk, nr)
-        g.create_array("G_sinogram", shape=(nz, nomega, nx, nr), chunks=(1, wc, nx, rc), dtype="float32",
-                       fill_value=np.nan, dimension_names=["z", "omega", "x", "r"], compressors=COMPRESSORS).attrs.update(
+        g[name].attrs.update(_PDF_FIGURE_ATTRS[name])
+    g["ok"].attrs["long_name"] = "G computed (scattering strong enough)"
+    if aux_channels:
+        g["G_sinogram"].attrs.update(
             {"units": "1/angstrom^2", "long_name": "G(r) of each frame with the fixed scale pdf.scale (the frame's "
                                                    "own G: times pdf.scale / aux_sinogram channel 0)"})
-        g.create_array("aux_sinogram", shape=(nz, nomega, nx, len(aux_channels)),
-                       chunks=(1, wc, nx, len(aux_channels)), dtype="float32", fill_value=np.nan,
-                       dimension_names=["z", "omega", "x", "channel"], compressors=COMPRESSORS).attrs.update(
+        g["aux_sinogram"].attrs.update(
             {"long_name": "per frame: scale N, then G(r_low) and F(q_top) with the fixed scale pdf.scale"})
-    g.attrs.update(attrs)
-    describe_variables(root)
 
 
 def open_array(path: str | Path, name: str, mode: str = "r+") -> zarr.Array:
@@ -467,6 +492,50 @@ def open_array(path: str | Path, name: str, mode: str = "r+") -> zarr.Array:
 @functools.lru_cache(maxsize=512)
 def _open_array(full: str, mode: str, _stamp: tuple) -> zarr.Array:
     return zarr.open_array(full, mode=mode)
+
+
+def read_chunked(path, name: str, index: tuple, axis: int) -> np.ndarray:
+    """``store[name][index]`` read one chunk width of ``axis`` at a time into one output array:
+    what the read holds beyond its result is one chunk's decoded bytes, not the whole selection's
+    (zarr decodes every chunk of a selection before assembling it).  ``index`` holds ints and
+    slices (step 1), one per dimension; ``axis`` counts the dimensions of the result."""
+    arr = open_array(path, name, "r")
+    kept = [d for d, i in enumerate(index) if not isinstance(i, (int, np.integer))]
+    dim = kept[axis]
+    sel = index[dim]
+    start, stop, _ = sel.indices(arr.shape[dim])
+    shape = [len(range(*index[d].indices(arr.shape[d]))) for d in kept]
+    out = np.empty(shape, dtype=arr.dtype)
+    c = arr.chunks[dim]
+    a = start
+    while a < stop:
+        b = min(stop, (a // c + 1) * c)
+        part = list(index)
+        part[dim] = slice(a, b)
+        dst = [slice(None)] * len(kept)
+        dst[axis] = slice(a - start, b - start)
+        out[tuple(dst)] = arr[tuple(part)]
+        a = b
+    return out
+
+
+def write_chunked(path, name: str, region: tuple, value: np.ndarray, axis: int) -> None:
+    """:func:`write_region` one chunk width of ``axis`` (of ``value``) at a time: zarr encodes
+    every chunk of a region at once, which would hold a second copy of a large ``value``."""
+    arr = open_array(path, name)
+    kept = [d for d, i in enumerate(region) if not isinstance(i, (int, np.integer))]
+    dim = kept[axis]
+    start, stop, _ = region[dim].indices(arr.shape[dim])
+    c = arr.chunks[dim]
+    a = start
+    while a < stop:
+        b = min(stop, (a // c + 1) * c)
+        part = list(region)
+        part[dim] = slice(a, b)
+        src = [slice(None)] * value.ndim
+        src[axis] = slice(a - start, b - start)
+        write_region(path, name, tuple(part), value[tuple(src)])
+        a = b
 
 
 def write_region(path, name: str, region, value) -> None:
@@ -494,6 +563,21 @@ def write_reduced(path, block: FrameBlock, intensity, sigma, monitor, frame_stat
     write_region(path, f"{REDUCED}/total", reg, np.where(ok, np.nansum(intensity, axis=-1), np.nan)[None])
     write_region(path, f"{REDUCED}/frame_ok", reg, ok[None])
     write_region(path, f"{REDUCED}/frame_status", reg, frame_status.astype(np.int8)[None])
+
+
+def layout_of(path):
+    """The :class:`~xrdct_dask.budget.Layout` of a store: recorded in its attrs, or (a store made
+    before layouts were recorded) read off its arrays' chunks."""
+    from .budget import Layout, MIN_TASK_MEMORY
+
+    attrs = read_attrs(path)
+    if "layout" in attrs:
+        return Layout.from_dict(attrs["layout"])
+    red = open_array(path, f"{REDUCED}/intensity", "r").chunks
+    rec = open_array(path, f"{RECON}/intensity", "r").chunks
+    g = open_array(path, f"{PDF}/G", "r").chunks if (Path(path) / PDF / "G").exists() else (1, 1, 1, 1)
+    return Layout(omega_chunk=red[1], q_chunk=red[3], q_sub=red[3], y_chunk=rec[1], r_chunk=g[3],
+                  budget=MIN_TASK_MEMORY)
 
 
 def consolidate(path) -> None:

@@ -144,7 +144,7 @@ def export_pdf_files(run: str | Path, outdir: str | Path, *, voxels=None, mask=N
     from ..pdf import compute_pdf, operator_for, structure_functions
     from ..pdf.background import edge_background_voxels, load_background
     from ..pdf.pdfgetx3 import format_header, write_curve
-    from ..stages import radial_to_q_A
+    from ..pdf import radial_to_q_A
 
     run = Path(run)
     bad = [t for t in types if t not in PDF_TYPES]

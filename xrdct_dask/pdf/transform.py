@@ -556,3 +556,34 @@ def operator_for(q_A: np.ndarray, params) -> PDFOperator:
                             params.qmin, params.qmax, params.rpoly, params.rmin, params.rmax, params.rstep,
                             params.qmaxinst, getattr(params, "lorch", False), getattr(params, "lowr_max", None),
                             getattr(params, "scale_method", "pdfgetx3"))
+
+
+# ------------------------------------------------------------------------------------------
+# what the workflow needs around the transform
+# ------------------------------------------------------------------------------------------
+def radial_to_q_A(radial: np.ndarray, unit: str, wavelength_A: float) -> np.ndarray:
+    """Radial bin positions of an integration unit (``q_nm^-1``, ``q_A^-1``, ``2th_deg``) as Q (1/A)."""
+    if unit == "q_nm^-1":
+        return radial / 10.0
+    if unit == "q_A^-1":
+        return radial
+    if unit == "2th_deg":
+        return 4 * np.pi * np.sin(np.deg2rad(radial) / 2) / wavelength_A
+    raise ValueError(f"cannot convert radial unit {unit!r} to Q")
+
+
+def gemm_dtype(xp):
+    """Precision of the transform's GEMM: float32 on a GPU (its fast path); float64 on the CPU, where
+    an sgemm's rounding follows how the BLAS library was started (threads, kernels) and a resumed
+    run would differ from an uninterrupted one in the last bits of G."""
+    return np.float32 if xp is not np else np.float64
+
+
+def rescale_fixed(g_fixed, scale, ok, fixed_scale: float):
+    """G of each voxel from G computed with one fixed scale (``pdf-then-recon``): the transform is
+    linear given N, so ``G = G_fixed * fixed_scale / N`` per voxel, and 0 where not ``ok``.
+    ``g_fixed (..., nr)``, ``scale``, ``ok`` ``(...)``; float32 out."""
+    xp = get_array_module(g_fixed)
+    n = xp.asarray(scale, dtype=xp.float64)
+    factor = xp.where(ok, fixed_scale / xp.where(ok, n, 1.0), 0.0)
+    return (g_fixed * factor[..., None]).astype(xp.float32)

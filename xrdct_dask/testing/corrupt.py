@@ -225,7 +225,7 @@ class KillWorkerOnce(_worker_plugin_base()):
 
     name = "xrdct-kill-worker-once"
 
-    def __init__(self, flag_file: str | Path, stage: str = "decode-integrate", after: int = 2):
+    def __init__(self, flag_file: str | Path, stage: str = "integrate", after: int = 2):
         self.flag_file = str(flag_file)
         self.stage = stage
         self.after = after

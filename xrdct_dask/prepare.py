@@ -1,0 +1,417 @@
+"""Prepare a run: check its inputs, create (or resume) its store, and give the run's context.
+
+Nothing is computed here but what the store's template needs (the radial axis, the PDF's r grid,
+the frame indices and monitor of every scan point).  A run's identity is its workflow plus the
+contents of its input files (:func:`input_contents`) and a sample of its frames' sizes
+(:func:`frame_sample`); a store is resumed only by the same work, created beside its final path
+and renamed into place (:func:`xrdct_dask.store.create_aside`), and never replaces anything but a
+store of this program.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import stages, store
+from .budget import Layout, choose_layout, task_memory
+from .config import Workflow, WorkflowError, changed_keys
+from .io.cbf import CorruptFrameError, read_cbf_payload
+
+log = logging.getLogger(__name__)
+
+FRAMES_PROBED = 64  # check_inputs takes the frame shape from the first readable of these
+
+
+def check_inputs(wf: Workflow):
+    """Fail fast, before any compute, with one line naming the problem.
+
+    Returns ``(ai, frame_shape)``.
+    """
+    from .integrate.csr import load_image, load_poni
+
+    first = wf.frame_path(0)
+    if not first.parent.is_dir():
+        raise WorkflowError(f"inputs.frames: folder {first.parent} does not exist")
+    try:
+        ai = load_poni(wf.inputs.poni)
+    except (FileNotFoundError, ValueError) as err:
+        raise WorkflowError(f"inputs.poni: {err}") from None
+    # pyFAI reads any text as a PONI with default geometry: insist on the keys a calibration writes
+    text = Path(wf.inputs.poni).read_text(errors="replace").lower()
+    lacking = [k for k in ("distance", "poni1", "poni2") if f"{k}:" not in text]
+    if lacking:
+        raise WorkflowError(f"inputs.poni: {wf.inputs.poni} is not a PONI file (no {', '.join(lacking)} key)")
+    numbers = {"Distance": ai.dist, "Poni1": ai.poni1, "Poni2": ai.poni2, "Rot1": ai.rot1, "Rot2": ai.rot2,
+               "Rot3": ai.rot3} | ({"Wavelength": ai.wavelength} if ai.wavelength is not None else {})
+    bad = [f"{k} = {v}" for k, v in numbers.items() if not np.isfinite(v)]
+    if not bad and not ai.dist > 0:
+        bad = [f"Distance = {ai.dist} (must be > 0)"]
+    if not bad and ai.wavelength is not None and not ai.wavelength > 0:
+        bad = [f"Wavelength = {ai.wavelength} (must be > 0)"]
+    if bad:
+        raise WorkflowError(f"inputs.poni: {wf.inputs.poni} has {', '.join(bad)}: not a usable geometry")
+    det_shape = ai.detector.max_shape
+    # the frame shape: the first readable frame of the PONI's shape (else the first readable one);
+    # a missing or broken frame among them is flagged by its task later, not fatal here
+    shape, first_err, seen = None, None, False
+    for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
+        try:
+            s = read_cbf_payload(wf.frame_path(i)).shape
+        except FileNotFoundError:
+            continue
+        except (CorruptFrameError, OSError) as err:
+            seen, first_err = True, first_err or err
+            continue
+        seen, shape = True, shape or s
+        if det_shape is None or tuple(s) == tuple(det_shape):
+            shape = s
+            break
+    if not seen:
+        raise WorkflowError(f"inputs.frames: first frame {first} not found")
+    if shape is None:
+        raise WorkflowError(f"inputs.frames: none of the first {FRAMES_PROBED} frames is readable ({first_err})")
+    if det_shape is not None and tuple(det_shape) != tuple(shape):
+        raise WorkflowError(f"inputs.poni: the PONI's detector is {det_shape[0]} x {det_shape[1]} pixels but the "
+                            f"frames are {shape[0]} x {shape[1]}")
+    if ai.wavelength is None and wf.integrate.unit != "2th_deg":
+        raise WorkflowError("inputs.poni: no wavelength in the PONI, needed for q units")
+    for key in ("mask", "dark", "flat"):
+        p = getattr(wf.inputs, key)
+        if p is None:
+            continue
+        if not Path(p).is_file():
+            raise WorkflowError(f"inputs.{key}: {p} not found")
+        try:
+            img = load_image(p)
+        except Exception as err:
+            raise WorkflowError(f"inputs.{key}: {p} is not a readable image ({err})") from None
+        if img.shape != tuple(shape):
+            raise WorkflowError(f"inputs.{key}: {p} is {img.shape[0]} x {img.shape[1]} but the frames are "
+                                f"{shape[0]} x {shape[1]}")
+    for key in ("monitor", "scan_file"):
+        p = getattr(wf.inputs, key)
+        if p is not None and not Path(p).is_file():
+            raise WorkflowError(f"inputs.{key}: {p} not found")
+    return ai, shape
+
+
+def input_files(wf: Workflow) -> dict[str, Path]:
+    """The run's inputs by workflow key (the frames by their folder): what a store must never hold."""
+    i = wf.inputs
+    out = {"inputs.frames": wf.frame_path(0).parent}
+    for key in ("poni", "mask", "dark", "flat", "monitor", "scan_file"):
+        if getattr(i, key) is not None:
+            out[f"inputs.{key}"] = Path(getattr(i, key))
+    if wf.pdf.enabled and wf.pdf.background == "file" and wf.pdf.background_file is not None:
+        out["pdf.background_file"] = Path(wf.pdf.background_file)
+    return out
+
+
+def input_contents(wf: Workflow) -> dict[str, dict]:
+    """``{key: {"path", "sha256"}}`` of every input file but the frames: part of a run's identity
+    (a PONI edited in place is a different run, like a changed workflow key)."""
+    return {k: {"path": str(p), "sha256": store.file_digest(p)} for k, p in input_files(wf).items()
+            if k != "inputs.frames" and p.is_file()}
+
+FRAMES_SAMPLED = 256  # frame files whose sizes a store records: a different data set is noticed on resume
+
+
+def frame_sample(wf: Workflow) -> dict:
+    """Sizes in bytes (-1: no file) of up to ``FRAMES_SAMPLED`` frames spread over the scan."""
+    n = wf.scan.nframes
+    idx = np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))
+    sizes = []
+    for i in idx:
+        try:
+            sizes.append(os.stat(wf.frame_path(int(i))).st_size)
+        except OSError:
+            sizes.append(-1)
+    return {"index": idx.tolist(), "bytes": sizes}
+
+
+def check_same_inputs(wf: Workflow, path: Path, attrs: dict) -> None:
+    """Refuse (one line naming the file) to resume a store whose inputs changed since it was made:
+    an input file's contents, or the size of a sampled frame that existed then (frames that were
+    missing may have arrived since: they are read by the resumed run)."""
+    hint = (f"set store.overwrite=true to start again, or `xrdct reprocess {path}` for a new run from it")
+    recorded = attrs.get("input_contents")
+    if recorded is not None:
+        now = input_contents(wf)
+        for key in sorted(set(recorded) | set(now)):
+            if recorded.get(key, {}).get("sha256") != now.get(key, {}).get("sha256"):
+                what = now.get(key, recorded.get(key, {})).get("path", key)
+                raise WorkflowError(f"{key}: {what} changed since {path} was created (its contents differ): {hint}")
+    sample = attrs.get("frame_sample")
+    if sample is not None:
+        for i, was in zip(sample["index"], sample["bytes"]):
+            if was < 0:
+                continue
+            try:
+                size = os.stat(wf.frame_path(int(i))).st_size
+            except OSError:
+                continue  # gone now: its block, if not done yet, flags it missing
+            if size != was:
+                raise WorkflowError(f"inputs.frames: {wf.frame_path(int(i))} is {size} bytes, {was} when {path} "
+                                    f"was created: the frames changed; {hint}")
+
+
+def _monitor(wf: Workflow, nframes: int) -> np.ndarray:
+    from .io.scan import read_monitor
+
+    try:
+        return read_monitor(wf.inputs.monitor, nframes)
+    except ValueError as err:
+        raise WorkflowError(f"inputs.monitor: {err}") from None
+
+
+def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.RunContext:
+    """Create the store template beside ``store.path``, fill the monitor and frame indices, and
+    rename it into place (:func:`store.create_aside`); return the :class:`stages.RunContext`.
+    ``extra_attrs`` go to the root with the others (e.g. a reprocessed run's lineage)."""
+    from .io.scan import grid_index, read_scan_file
+    from .pdf import PDFParameterError, operator_for, radial_to_q_A
+
+    s = wf.scan
+    integ = stages.integrator_for(wf)
+    radial = integ.radial
+    wavelength_A = (ai.wavelength or 0) * 1e10
+    r_A = op = None
+    if wf.pdf.enabled:
+        from .pdf.background import load_background
+
+        if wf.integrate.unit == "2th_deg" and not wavelength_A > 0:
+            raise WorkflowError("inputs.poni: no wavelength in the PONI, needed to turn 2th_deg into Q for the PDF")
+        try:
+            op = operator_for(radial_to_q_A(radial, wf.integrate.unit, wavelength_A), wf.pdf)
+            if wf.pdf.background == "file":
+                load_background(wf.pdf.background_file, radial)
+        except PDFParameterError as err:
+            raise WorkflowError(str(err)) from None
+        r_A = op.r_A
+    omega = np.arange(s.nomega) * (s.omega_range_deg / s.nomega)
+    path = Path(wf.store.path)
+    flags = grid = None
+    if wf.inputs.scan_file is not None:
+        try:
+            grid, dup = read_scan_file(wf.inputs.scan_file, s.nz, s.nomega, s.nx)
+        except ValueError as err:
+            raise WorkflowError(f"inputs.scan_file: {err}") from None
+        if dup.any():
+            log.warning("%s: %d scan points recorded twice; the last record is used", wf.inputs.scan_file, dup.sum())
+        flags = _scan_flags(grid, dup, s)
+    iw, ix = np.indices((s.nomega, s.nx))
+
+    def grid_of(z: int) -> np.ndarray:  # acquisition indices of slice z; the scan arithmetic slab by slab
+        return grid[z] if grid is not None else grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+
+    mon = None
+    if wf.inputs.monitor is not None:
+        mon = _monitor(wf, s.nframes if grid is None else int(grid.max()) + 1)
+        used = mon if grid is None else mon[grid[grid >= 0]]  # every frame, or those the scan file places
+        good = used[np.isfinite(used) & (used > 0)]
+        reference = float(np.median(good)) if good.size else 1.0
+    else:
+        reference = 1.0
+
+    def monitor_of(z: int) -> np.ndarray:
+        g = grid_of(z)
+        return np.ones(g.shape) if mon is None else np.where(g >= 0, mon[np.clip(g, 0, None)], np.nan)
+    attrs = {
+        "workflow": wf.model_dump(mode="json"),
+        "workflow_yaml": wf.to_yaml(),
+        "workflow_digest": wf.digest(),
+        "work_digest": wf.work_digest(),
+        "versions": store.versions(),
+        "input_contents": input_contents(wf),
+        "frame_sample": frame_sample(wf),
+        "engine": integ.engine,
+        "monitor_reference": reference,
+        "wavelength_angstrom": wavelength_A,
+        "poni": {k: v for k, v in ai.get_config().items() if k != "detector_config"} | {"detector": ai.detector.name},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    } | (extra_attrs or {})
+
+    layout = layout_for(wf, radial.size, 0 if r_A is None else r_A.size)
+
+    def build(tmp: Path) -> None:
+        store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
+                           omega_deg=omega, x_mm=np.arange(s.nx) * s.x_step_mm, z_mm=np.arange(s.nz) * s.z_step_mm,
+                           r_A=r_A, layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A),
+                           **pdf_store_args(wf, op))
+        mon_arr = store.open_array(tmp, f"{store.REDUCED}/monitor")
+        idx_arr = store.open_array(tmp, f"{store.REDUCED}/frame_index")
+        for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays it did not read
+            mon_arr[z] = monitor_of(z).astype(np.float32)
+            idx_arr[z] = grid_of(z)
+        if flags is not None:
+            store.open_array(tmp, f"{store.REDUCED}/scan_flag")[...] = flags
+        store.mark_template_complete(tmp)
+        store.consolidate(tmp)
+
+    try:
+        store.create_aside(path, build, input_files(wf))
+    except store.StoreWriteError as err:
+        raise WorkflowError(f"store.path: {err.strerror}") from None
+    return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A,
+                             layout=layout, check_md5=wf.inputs.check_md5, read_threads=wf.compute.read_threads)
+
+
+def layout_for(wf: Workflow, nq: int, nr: int) -> Layout:
+    """The block sizes of a new store of ``wf`` (:func:`xrdct_dask.budget.choose_layout` within
+    :func:`xrdct_dask.budget.task_memory`)."""
+    s = wf.scan
+    return choose_layout(nomega=s.nomega, nx=s.nx, nq=nq, nr=nr, omega_chunk=wf.store.omega_chunk,
+                         q_chunk=wf.store.q_chunk, r_chunk=wf.pdf.r_chunk, budget=task_memory(wf.compute),
+                         pdf_order=wf.pdf.order)
+
+
+def pdf_blocks(wf: Workflow, layout: Layout, r_A) -> int:
+    """pdf tasks (and done-markers) per slice: voxel-row blocks, or r blocks (pdf-then-recon)."""
+    if r_A is None:
+        return 0
+    return stages.unit_count(stages.pdf_unit(wf), nomega=wf.scan.nomega, nx=wf.scan.nx, nq=0, nr=len(r_A),
+                             layout=layout)
+
+
+def pdf_store_args(wf: Workflow, op) -> dict:
+    """:func:`store.create_store` arguments of the PDF: the aux channels of the pdf-then-recon order,
+    and the transform's parameters for the ``pdf`` group's attrs."""
+    if op is None:
+        return {}
+    p = wf.pdf
+    return {"aux_channels": stages.pdf_aux_channels(op) if p.order == "pdf-then-recon" else None,
+            "pdf_attrs": {"transform": "PDFgetX3 ad hoc (xrdct_dask.pdf)", **op.params,
+                          "order": p.order, "normalization": p.normalization, "scale": p.scale,
+                          "background": p.background, "bgscale": p.bgscale,
+                          "background_file": str(p.background_file) if p.background_file else None,
+                          "units": {"Q": "1/angstrom", "r": "angstrom", "G": "1/angstrom^2",
+                                    "lowr_slope": "1/angstrom^3", "fq_highq_rms": "1/angstrom"}}}
+
+
+def _scan_flags(grid: np.ndarray, dup: np.ndarray, s) -> np.ndarray:
+    """int8 ``(nz, nomega, nx)``: DUPLICATE where the scan file records a point twice, OUT_OF_ORDER
+    where it places a frame elsewhere than the scan arithmetic (fast axis, snake) would, else 0."""
+    from .io.scan import grid_index
+    from .io.status import FrameStatus
+
+    flags = np.zeros(grid.shape, np.int8)
+    iw, ix = np.indices(grid.shape[1:])
+    for z in range(grid.shape[0]):  # slab by slab: no (nz, nomega, nx) temporaries
+        expected = grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+        flags[z][(grid[z] >= 0) & (grid[z] != expected)] = FrameStatus.OUT_OF_ORDER
+    flags[dup] = FrameStatus.DUPLICATE
+    n = int((flags == FrameStatus.OUT_OF_ORDER).sum())
+    if n:
+        log.warning("%d frames arrived out of the scan's order; placed by the scan file", n)
+    return flags
+
+
+def context_from_store(wf: Workflow, path) -> stages.RunContext:
+    """The :class:`stages.RunContext` of an existing store (resume, reprocess): its layout too."""
+    attrs = store.read_attrs(path)
+    return stages.RunContext(workflow=wf, store_path=Path(path), monitor_reference=float(attrs["monitor_reference"]),
+                             wavelength_A=float(attrs["wavelength_angstrom"]), layout=store.layout_of(path),
+                             check_md5=wf.inputs.check_md5, read_threads=wf.compute.read_threads)
+
+
+def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | None = None) -> stages.RunContext:
+    """The store of ``wf``, resumed or created, and its context; nothing is computed.
+
+    An existing store with a complete template, the same work digest
+    (:meth:`Workflow.work_digest`) and the same input contents (:func:`check_same_inputs`) is
+    resumed: its done-markers say which tasks are skipped, and blocks with frames to read again
+    (:func:`reopen_retried`) are redone.  A store of this program whose template was never
+    completed is recreated.  A store of other work is refused unless ``store.overwrite`` is set
+    (which always starts afresh); and nothing but a store of this program, holding nothing else,
+    is ever replaced (:func:`store.check_replaceable`): any other folder is refused in one line.
+    """
+    path = Path(wf.store.path)
+    overwrite = wf.store.overwrite if overwrite is None else overwrite
+    for left in store.leftovers(path):
+        log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
+    attrs = store.root_attrs(path) if store.is_store(path) else None
+    if attrs is not None and attrs.get("template_complete") and not overwrite:
+        if attrs.get("work_digest") != wf.work_digest():
+            changed = changed_keys(attrs.get("workflow", {}), wf.model_dump(mode="json"))
+            raise FileExistsError(
+                f"{path} holds a run of another workflow (changed: {', '.join(changed) or 'unknown'}): pass "
+                f"store.overwrite=true to replace it, or `xrdct reprocess {path} --set ...` for a new run from it")
+        check_same_inputs(wf, path, attrs)
+        return _resume(wf, path)
+    if attrs is not None and not attrs.get("template_complete"):
+        log.warning("%s: template incomplete (a run stopped while preparing it): creating it again", path)
+    ai, _ = check_inputs(wf)
+    try:
+        store.check_replaceable(path, input_files(wf))
+    except store.StoreExistsError as err:
+        raise WorkflowError(str(err)) from None
+    parent = Path(os.path.abspath(path)).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        store.check_writable(parent)
+    except FileExistsError:
+        raise WorkflowError(f"store.path: cannot create {path}: {parent} is a file, not a folder") from None
+    except OSError as err:
+        raise WorkflowError(f"store.path: cannot create {path}: {err.strerror or err}") from None
+    return prepare_store(wf, ai, extra_attrs)
+
+
+def _resume(wf: Workflow, path: Path) -> stages.RunContext:
+    try:
+        store.check_writable(path)
+    except store.StoreWriteError as err:
+        raise WorkflowError(f"store.path: {err.strerror}") from None
+    ctx = context_from_store(wf, path)
+    state = store.task_state(path)
+    retried = reopen_retried(ctx, state)
+    if retried:
+        log.warning("%s: %d frames missing or unreadable before are read again (%d blocks redone)", path,
+                    *retried)
+        state = store.task_state(path)
+    if not state.integrate.all():
+        check_inputs(wf)
+    log.info("resuming %s: %s", path, ", ".join(f"{k} {d}/{t} done" for k, (d, t) in state.counts().items()))
+    return ctx
+
+
+def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int, int]:
+    """Clear the done-markers of integrated blocks holding frames worth reading again: an I/O error,
+    or a missing frame whose file exists now (:data:`~xrdct_dask.io.status.RETRIED`).  The
+    slice's centre, reconstruction and G(r) are cleared too: they are made from those blocks.
+    Returns ``(frames, blocks)`` reopened.  Read slice by slice."""
+    from .io.status import FrameStatus
+
+    wf = ctx.workflow
+    wc = ctx.layout.omega_chunk
+    red = ctx.store_path / store.REDUCED
+    status_arr = store.open_array(red, "frame_status", "r")
+    index_arr = store.open_array(red, "frame_index", "r")
+    frames = blocks = 0
+    for z in np.nonzero(state.integrate.any(axis=1))[0]:
+        st = status_arr[z]
+        retry = st == FrameStatus.IO_ERROR
+        missing = np.argwhere((st == FrameStatus.MISSING) & state.integrate[z].repeat(wc)[:st.shape[0], None])
+        if missing.size:
+            idx = index_arr[z]
+            for w, x in missing:
+                if idx[w, x] >= 0 and wf.frame_path(int(idx[w, x])).is_file():
+                    retry[w, x] = True
+        rows = np.nonzero(retry.any(axis=1))[0]
+        reopen = sorted({int(w) // wc for w in rows if state.integrate[z, int(w) // wc]})
+        if not reopen:
+            continue
+        for b in reopen:
+            store.mark_done(ctx.store_path, "integrate", (int(z), b), 0)
+        store.mark_done(ctx.store_path, "center", (int(z),), np.nan)
+        for b in range(state.recon.shape[1]):
+            store.mark_done(ctx.store_path, "recon", (int(z), b), 0)
+        if state.pdf is not None:
+            store.mark_done(ctx.store_path, "pdf", (int(z),), 0)
+        frames += int(retry.sum())
+        blocks += len(reopen)
+    return frames, blocks

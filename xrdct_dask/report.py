@@ -1,0 +1,126 @@
+"""The end of a run: stage status, the run summary in the store's attrs, the summary picture.
+
+The summary describes the whole store (frames integrated, their status), not only what one
+invocation computed: a resumed or repeated run reports the run, and what it added.  The library
+returns the summary; the command line prints :func:`format_summary` of it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import store
+from .stages import STAGES, RunContext
+
+def engine_report(results: list[dict]) -> list[str]:
+    """Which engine ran where, one line per engine, from the decode-integrate task results
+    (their ``engine`` and ``worker``): e.g. ``["engine cupy: 12 integrate tasks on 2
+    worker(s) (node01 x2)"]``."""
+    from collections import Counter, defaultdict
+
+    tasks: Counter = Counter()
+    workers: dict[str, set] = defaultdict(set)
+    for r in results:
+        tasks[r["engine"]] += 1
+        if r.get("worker"):
+            workers[r["engine"]].add(r["worker"])
+    lines = []
+    for engine in sorted(tasks):
+        hosts = Counter(a.split("://")[-1].rsplit(":", 1)[0] for a in workers[engine])
+        where = ", ".join(f"{h} x{n}" if n > 1 else h for h, n in sorted(hosts.items())) or "this process"
+        lines.append(f"engine {engine}: {tasks[engine]} integrate tasks on {len(workers[engine]) or 1} "
+                     f"worker(s) ({where})")
+    return lines
+
+
+def status_counts(path) -> dict[str, int]:
+    """How many frames of a store have each status (read slice by slice)."""
+    from .io.status import FrameStatus
+
+    arr = store.open_array(path, f"{store.REDUCED}/frame_status", "r")
+    counts: dict[str, int] = {}
+    for z in range(arr.shape[0]):
+        for code, n in zip(*np.unique(arr[z], return_counts=True)):
+            name = FrameStatus(int(code)).name if int(code) >= 0 else "NOT_WRITTEN"
+            counts[name] = counts.get(name, 0) + int(n)
+    return counts
+
+
+def finish_run(ctx: RunContext, results: dict, before: store.TaskState, wall: float, *,
+               progress: bool = True, summary: bool = True) -> dict:
+    """Stage status and run summary into the store's attrs (and the summary picture).
+
+    The summary describes the whole store (frames integrated, their status), not only what this
+    invocation computed: a resumed or repeated run reports the run, and what it added now."""
+    import zarr
+
+    after = store.task_state(ctx.store_path)
+    counts = after.counts()
+    full = {k: d == t for k, (d, t) in counts.items()}
+    stage_done: dict[str, bool] = {}
+    for name, st in STAGES.items():  # a group is done when every stage writing it (or feeding it) is
+        if name in full:
+            group = st.writes or store.RECON
+            stage_done[group] = stage_done.get(group, True) and full[name]
+    for group, ok in stage_done.items():
+        store.set_stage_status(ctx.store_path, group, "done" if ok else "partial")
+    previous = store.read_attrs(ctx.store_path).get("run_summary") or {}
+    info = run_summary(results, wall, previous)
+    info["engine_report"] = engine_report(results.get("integrate", [])) or previous.get("engine_report", [])
+    info["frame_status"] = status_counts(ctx.store_path)
+    info["frames"] = sum(n for k, n in info["frame_status"].items() if k != "NOT_WRITTEN")
+    info["tasks"] = {k: {"executed": len(results.get(k, [])), "skipped": d}
+                     for k, (d, _) in before.counts().items()}
+    zarr.open_group(str(ctx.store_path), mode="r+").attrs["run_summary"] = info
+    store.consolidate(ctx.store_path)
+    if progress:
+        print(format_summary(info))
+    if summary:
+        from .summary import write_summary
+
+        png = write_summary(ctx.store_path)
+        if progress and png is not None:
+            print(f"summary picture: {png}")
+    return info
+
+
+RUNS_KEPT = 20  # invocations listed in a store's run_summary["runs"]
+
+
+def run_summary(results: dict, wall_s: float, previous: dict | None = None) -> dict:
+    """This invocation's figures (frames integrated now, seconds, rate, engines, task seconds),
+    with the earlier invocations of the same store listed under ``runs``."""
+    integ = results.get("integrate", [])
+    frames = sum(r["frames"] for r in integ)
+    status: dict[str, int] = {}
+    for r in integ:
+        for k, v in r["status"].items():
+            status[k] = status.get(k, 0) + v
+    previous = previous or {}
+    engines = sorted({r["engine"] for r in integ} | set(previous.get("engines", [])))
+    this = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "frames_integrated": frames, "wall_seconds": wall_s}
+    return {"frames_this_run": frames, "frame_status_this_run": status, "wall_seconds": wall_s,
+            "frames_per_second": frames / wall_s if wall_s else 0.0, "engines": engines,
+            "runs": (list(previous.get("runs", [])) + [this])[-RUNS_KEPT:],
+            "task_seconds": {k: float(sum(r["seconds"] for r in v if isinstance(r, dict))) for k, v in results.items()}}
+
+
+def format_summary(info: dict) -> str:
+    bad = {k: v for k, v in info["frame_status"].items() if k not in ("OK", "NOT_WRITTEN")}
+    now, total = info["frames_this_run"], info["frames"]
+    if now:
+        lines = [f"{now} frames integrated in {info['wall_seconds']:.1f} s ({info['frames_per_second']:.0f} frames/s "
+                 f"end to end, engine {', '.join(info['engines'])})"
+                 + (f"; {total} frames in the store" if total != now else "")]
+    else:
+        lines = [f"all {total} frames of the store were integrated by earlier runs; {info['wall_seconds']:.1f} s now"]
+    lines.append("frames flagged: " + (", ".join(f"{k.lower().replace('_', ' ')} {v}" for k, v in sorted(bad.items()))
+                                       if bad else "none"))
+    lines += info.get("engine_report", [])
+    skipped = sum(t["skipped"] for t in info.get("tasks", {}).values())
+    if skipped:
+        executed = sum(t["executed"] for t in info["tasks"].values())
+        lines.append(f"tasks: {skipped} already done (kept from an earlier run or the parent), {executed} ran now")
+    return "\n".join(lines)
