@@ -12,6 +12,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("XRDCT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plan_cache(tmp_path_factory):
+    """The suite's integration plans are kept in a tmp folder, not the user's ~/.cache (the workers
+    of the suite's clusters, started later, inherit the variable)."""
+    folder = tmp_path_factory.mktemp("plan-cache")
+    old = os.environ.get("XRDCT_CACHE_DIR")
+    os.environ["XRDCT_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("XRDCT_CACHE_DIR", None)
+    else:
+        os.environ["XRDCT_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def real_cbf() -> Path:
     """The Pilatus 2M frame from ../shared/data (skipped where that folder is absent)."""

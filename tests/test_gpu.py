@@ -175,6 +175,9 @@ def test_workflow_on_gpu_equals_cpu_run(sim_scan, tmp_path):
     a = zarr.open_group(str(stores["numpy"]), mode="r")
     b = zarr.open_group(str(stores["cupy"]), mode="r")
     assert b.attrs["engine"] == "cupy"
+    # the workers see the GPU: reconstruction and G(r) ran there too (recon.engine, pdf.engine auto)
+    engines = b.attrs["run_summary"]["stage_engines"]
+    assert engines["integrate"] == engines["recon"] == engines["pdf"] == ["cupy"], engines
     for name in ("reduced/intensity", "reduced/sigma", "recon/intensity", "pdf/G"):
         x, y = a[name][:], b[name][:]
         scale = np.nanmax(np.abs(x))

@@ -507,8 +507,10 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
     With GPUs: ``compute.workers_per_gpu`` (default :func:`workers_per_gpu_for`) worker processes
     per GPU (``CUDA_VISIBLE_DEVICES`` = its GPU, resource ``GPU=1``, two threads so that one task reads and writes while another holds the
     GPU pipeline; several processes because reading and parsing frames is Python work under one
-    GIL per process) plus CPU workers (resource ``CPU=1``) on the remaining cores for sinograms,
-    reconstruction and PDF.  ``gpus``: the device numbers to use (default: all of them).
+    GIL per process) plus workers (resource ``CPU=1``) on the remaining cores for the centre,
+    reconstruction and PDF.  Those see a GPU too (round robin) unless both ``recon.engine`` and
+    ``pdf.engine`` are ``numpy``: FBP and the PDF's GEMM then run on the GPU, while the reading
+    and integration keep their own processes.  ``gpus``: the device numbers to use (default: all).
     """
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
@@ -530,8 +532,10 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
         "nthreads": 2, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}, "host": "127.0.0.1",
         "memory_limit": gpu_limit}} for i in gpus for k in range(per_gpu)}
     ncpu = c.n_workers or max(1, (ncores - 2 * ngpu * per_gpu) // c.threads_per_worker)
+    aux_gpu = wf.recon.engine != "numpy" or wf.pdf.engine != "numpy"
     workers |= {f"cpu-{k}": {"cls": Nanny, "options": {
-        "nthreads": c.threads_per_worker, "resources": {"CPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ""},
+        "nthreads": c.threads_per_worker, "resources": {"CPU": 1},
+        "env": {"CUDA_VISIBLE_DEVICES": str(gpus[k % ngpu]) if aux_gpu else ""},
         "host": "127.0.0.1", "memory_limit": c.memory_limit}} for k in range(ncpu)}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": c.dashboard_address, "host": "127.0.0.1"}}
     with _workers_ignore_sigint():

@@ -256,6 +256,8 @@ class Compute(_Section):
     workers_per_gpu: int | None = Field(None, ge=1, description="local GPU runs: worker processes sharing each GPU "
                                                              "(each its own engine and GIL for reading frames); "
                                                              "default: one per 20 GB of GPU memory, 1 to 4")
+    cache_dir: str | None = Field(None, description="where integration plans are kept between runs and shared by "
+                                                    "workers (default $XRDCT_CACHE_DIR, else ~/.cache/xrdct-dask)")
     read_threads: int = Field(8, gt=0, description="threads per worker process reading frame files (on a "
                                                    "GPU worker shared by its tasks)")
     max_tasks: int = Field(200_000, ge=10, description="tasks the scheduler holds at once: larger runs go in "

@@ -16,6 +16,7 @@ built from it and the pending counts (waves, progress bars) are counted from it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,18 @@ def slice_tasks(ctx: RunContext, z: int, done: store.TaskState | None = None) ->
     return out
 
 
+def timed(fn):
+    """``fn`` whose result (a dict) also says when and where it ran: ``started``/``finished``
+    (epoch seconds) and ``worker`` (the run report's stage spans and engine lines)."""
+    def task(*args):
+        started = time.time()
+        out = fn(*args)
+        return {"started": started, "finished": time.time(), "worker": stages.worker_address()} | out
+
+    task.__name__ = task.__qualname__ = getattr(fn, "__name__", "task")
+    return task
+
+
 def pending_by_stage(ctx: RunContext, done: store.TaskState | None) -> list[dict[str, int]]:
     """Per slice, ``{stage: tasks}`` that :func:`build_graph` builds from these markers."""
     counts = []
@@ -120,7 +133,7 @@ def build_graph(ctx: RunContext, zs=None, done: store.TaskState | None = None, t
         made: dict[tuple, object] = {}
         for t in slice_tasks(ctx, z, done):
             args = tuple(made[a.key] if isinstance(a, Ref) else a for a in t.args)
-            d = dask.delayed(t.fn, pure=False)(*args, dask_key_name=(t.key[0] + sfx,) + t.key[1:])
+            d = dask.delayed(timed(t.fn), pure=False)(*args, dask_key_name=(t.key[0] + sfx,) + t.key[1:])
             made[t.key] = d
             out[t.stage].append(d)
     return out

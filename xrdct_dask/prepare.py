@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stages, store
+from .backend import resolve_engine
 from .budget import Layout, choose_layout, task_memory
 from .config import Workflow, WorkflowError, changed_keys
 from .io.cbf import CorruptFrameError, read_cbf_payload
@@ -177,8 +178,7 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
     from .pdf import PDFParameterError, operator_for, radial_to_q_A
 
     s = wf.scan
-    integ = stages.integrator_for(wf)
-    radial = integ.radial
+    radial = stages.plan_for(wf).radial  # the plan is cached for the workers; no engine is built here
     wavelength_A = (ai.wavelength or 0) * 1e10
     r_A = op = None
     if wf.pdf.enabled:
@@ -229,7 +229,7 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
         "versions": store.versions(),
         "input_contents": input_contents(wf),
         "frame_sample": frame_sample(wf),
-        "engine": integ.engine,
+        "engine": resolve_engine(wf.integrate.engine),
         "monitor_reference": reference,
         "wavelength_angstrom": wavelength_A,
         "poni": {k: v for k, v in ai.get_config().items() if k != "detector_config"} | {"detector": ai.detector.name},

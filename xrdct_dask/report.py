@@ -101,9 +101,14 @@ def run_summary(results: dict, wall_s: float, previous: dict | None = None) -> d
     previous = previous or {}
     engines = sorted({r["engine"] for r in integ} | set(previous.get("engines", [])))
     this = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "frames_integrated": frames, "wall_seconds": wall_s}
+    spans = {k: {"tasks": len(v), "first_start": min(r["started"] for r in v),
+                 "last_finish": max(r["finished"] for r in v)}
+             for k, v in results.items() if v and all("started" in r for r in v)}
+    by_stage = {k: sorted({r["engine"] for r in v if "engine" in r}) for k, v in results.items()}
     return {"frames_this_run": frames, "frame_status_this_run": status, "wall_seconds": wall_s,
             "frames_per_second": frames / wall_s if wall_s else 0.0, "engines": engines,
-            "runs": (list(previous.get("runs", [])) + [this])[-RUNS_KEPT:],
+            "runs": (list(previous.get("runs", [])) + [this])[-RUNS_KEPT:], "stage_spans": spans,
+            "stage_engines": {k: v for k, v in by_stage.items() if v},
             "task_seconds": {k: float(sum(r["seconds"] for r in v if isinstance(r, dict))) for k, v in results.items()}}
 
 

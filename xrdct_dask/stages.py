@@ -113,29 +113,46 @@ _LOCK = threading.Lock()
 _INTEGRATORS: dict[str, object] = {}
 
 
-def integrator_for(wf: Workflow):
-    """The :class:`~xrdct_dask.integrate.Integrator` of a workflow, built once per process."""
-    from .integrate import Integrator
+def _plan_inputs(wf: Workflow) -> tuple:
     from .integrate.csr import load_image, load_poni
+
+    i, g, p = wf.inputs, wf.geometry, wf.integrate
+    ai = load_poni(i.poni)
+    mask = load_image(i.mask) if i.mask else None
+    shape = tuple(ai.detector.max_shape) if ai.detector.max_shape is not None else mask.shape
+    options = {"mask": mask, "dark": load_image(i.dark) if i.dark else None,
+               "flat": load_image(i.flat) if i.flat else None, "polarization_factor": g.polarization_factor,
+               "solid_angle": g.solid_angle, "split": p.split, "radial_range": p.radial_range}
+    return ai, shape, options
+
+
+def plan_for(wf: Workflow, inputs: tuple | None = None):
+    """The workflow's :class:`~xrdct_dask.integrate.IntegrationPlan` (pyFAI's sparse matrix and the
+    corrections), from the plan cache (``compute.cache_dir``) when one of the same geometry, mask,
+    dark, flat and bins was built before, else built and kept there: the client builds it once
+    while preparing the store, and every worker of the run loads it."""
+    from .integrate.cache import cached_plan
+
+    ai, shape, options = inputs or _plan_inputs(wf)
+    return cached_plan(ai, shape, wf.integrate.npt_rad, wf.integrate.unit, directory=wf.compute.cache_dir, **options)
+
+
+def integrator_for(wf: Workflow):
+    """The :class:`~xrdct_dask.integrate.Integrator` of a workflow, built once per process (its plan
+    from :func:`plan_for`)."""
+    from .integrate import Integrator
 
     key = wf.model_dump_json(include={"inputs": {"poni", "mask", "dark", "flat"}, "geometry": True,
                                       "integrate": True})
     with _LOCK:
         integ = _INTEGRATORS.get(key)
         if integ is None:
-            i, g, p = wf.inputs, wf.geometry, wf.integrate
-            ai = load_poni(i.poni)
-            shape = tuple(ai.detector.max_shape) if ai.detector.max_shape is not None else None
-            mask = load_image(i.mask) if i.mask else None
-            if shape is None:
-                shape = mask.shape
-            integ = Integrator(ai, shape, p.npt_rad, p.unit, mask=mask,
-                               dark=load_image(i.dark) if i.dark else None,
-                               flat=load_image(i.flat) if i.flat else None,
-                               polarization_factor=g.polarization_factor, solid_angle=g.solid_angle, split=p.split,
-                               error_model=p.error_model, outlier=p.outlier, clip_threshold=p.clip_threshold,
-                               max_iter=p.max_iter, percentile=p.percentile, radial_range=p.radial_range,
-                               engine=p.engine)
+            p = wf.integrate
+            inputs = _plan_inputs(wf)
+            ai, shape, options = inputs
+            integ = Integrator(ai, shape, p.npt_rad, p.unit, **options, error_model=p.error_model, outlier=p.outlier,
+                               clip_threshold=p.clip_threshold, max_iter=p.max_iter, percentile=p.percentile,
+                               engine=p.engine, plan=plan_for(wf, inputs))
             _INTEGRATORS[key] = integ
             log.info("integrator ready: %d bins, %d nnz, engine %s", integ.plan.nbins, integ.plan.nnz, integ.engine)
         return integ
@@ -385,11 +402,11 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     return {"stage": "integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),
             "bytes": stats["bytes"], "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine,
             "seconds_setup": t_engine - t0, "seconds_engine": t_write - t_engine,
-            "seconds_write": time.perf_counter() - t_write, "worker": _worker_address(),
+            "seconds_write": time.perf_counter() - t_write, "worker": worker_address(),
             "started": started, "finished": time.time()}
 
 
-def _worker_address() -> str | None:
+def worker_address() -> str | None:
     """The dask worker running this task (None outside a worker): for the engine report."""
     try:
         from distributed import get_worker

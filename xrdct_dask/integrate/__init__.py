@@ -77,6 +77,8 @@ class Integrator:
     clip_threshold, max_iter : sigma-clip parameters
     percentile : (low, high) in percent for the median filter (50, 50 = the median)
     engine : ``auto|numpy|cupy``
+    plan : an :class:`IntegrationPlan` of these arguments built before (e.g. loaded from the plan
+        cache, :func:`xrdct_dask.integrate.cache.cached_plan`): used instead of building one
 
     Examples
     --------
@@ -88,7 +90,8 @@ class Integrator:
                  dark=None, flat=None, polarization_factor: float | None = None, solid_angle: bool = True,
                  split: str = "full", error_model: str = "poisson", outlier: str = "none",
                  clip_threshold: float = 5.0, max_iter: int = 5, percentile: tuple[float, float] = (50.0, 50.0),
-                 radial_range: tuple[float, float] | None = None, engine: str = "auto"):
+                 radial_range: tuple[float, float] | None = None, engine: str = "auto",
+                 plan: IntegrationPlan | None = None):
         if error_model not in ERROR_MODELS:
             raise ValueError(f"error_model must be one of {ERROR_MODELS}, got {error_model!r}")
         if outlier not in OUTLIER_FILTERS:
@@ -98,7 +101,7 @@ class Integrator:
         ai = load_poni(poni)
         mask, dark, flat = (load_image(a) if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__") else a
                             for a in (mask, dark, flat))
-        self.plan: IntegrationPlan = build_plan(
+        self.plan: IntegrationPlan = plan if plan is not None else build_plan(
             ai, shape, npt_rad, unit, mask=mask, dark=dark, flat=flat, polarization_factor=polarization_factor,
             solid_angle=solid_angle, split=split, radial_range=radial_range)
         self.error_model = error_model
