@@ -161,6 +161,7 @@ def main() -> int:
 
     from xrdct_dask.config import parse_overrides, workflow_from_dict
 
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # the workers' shutdown chatter: not the result
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_workflow_"))
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "plan-cache"

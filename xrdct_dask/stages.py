@@ -541,27 +541,33 @@ def pdf_scale(z: int, ctx: RunContext, *deps) -> dict:
     scales, ``min_scale`` = ``pdf.min_relative_scale`` times the slice's largest scale N.  One
     pass over the slice's volume, ``layout.y_chunk`` rows at a time: N is linear in I(Q), so the
     background's share is taken off after the pass (``N(I - b bg) = N(I) - b N(bg)``)."""
+    from .backend import to_host, xp_for_engine
     from .pdf import pattern_scale
     from .pdf.background import edge_voxel_mask
 
     t0 = time.perf_counter()
     p = ctx.workflow.pdf
     op = pdf_operator(ctx)
+    xp = xp_for_engine(p.engine)
     nx, nq = store.open_array(ctx.store_path, f"{store.RECON}/intensity", "r").shape[2:]
     edge = p.background == "edge"
     scales = p.normalization == "per-pattern" and p.min_relative_scale > 0
     rim = edge_voxel_mask(nx, p.edge_width)
-    total, count = np.zeros(nq), np.zeros(nq)
+    total, count = xp.zeros(nq), xp.zeros(nq)
     largest = []
     for ys in _row_blocks(nx, ctx.layout.y_chunk) if (edge or scales) else []:
-        rows = store.read_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, ys, slice(None), slice(None)), 2)
+        rows = xp.asarray(store.read_chunked(ctx.store_path, f"{store.RECON}/intensity",
+                                             (z, ys, slice(None), slice(None)), 2))
         if edge and rim[ys].any():  # nanmean over the rim voxels, accumulated block by block
-            v = rows[rim[ys]].astype(np.float64)
-            good = np.isfinite(v)
-            total += np.where(good, v, 0.0).sum(axis=0)
+            v = rows[xp.asarray(rim[ys])].astype(xp.float64)
+            good = xp.isfinite(v)
+            total += xp.where(good, v, 0.0).sum(axis=0)
             count += good.sum(axis=0)
         if scales:
-            largest.append(pattern_scale(np.nan_to_num(rows, nan=0.0).reshape(-1, nq).astype(np.float64), op))
+            largest.append(to_host(pattern_scale(xp.nan_to_num(rows, nan=0.0).reshape(-1, nq).astype(xp.float64),
+                                                 op)))
+        del rows
+    total, count = to_host(total), to_host(count)
     bg = _pdf_file_background(ctx)
     if edge:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -608,9 +614,9 @@ def pdf_rows(z: int, ys: slice, prep: dict, ctx: RunContext, *deps) -> dict:
     figures: dict[str, list] = {}
     batch = PDF_BATCH[_engine(xp)]
     dtype = gemm_dtype(xp)
-    for a in range(0, flat.shape[0], batch):
-        patterns = np.nan_to_num(flat[a:a + batch], nan=0.0).astype(dtype, copy=False)
-        res = compute_pdf(xp.asarray(patterns), op, prep["min_scale"], background=prep["background"],
+    for a in range(0, flat.shape[0], batch):  # NaN (never-reconstructed voxels) -> 0, on the device
+        patterns = xp.nan_to_num(xp.asarray(flat[a:a + batch]), nan=0.0).astype(dtype, copy=False)
+        res = compute_pdf(patterns, op, prep["min_scale"], background=prep["background"],
                           bgscale=p.bgscale, normalization=p.normalization, fixed_scale=p.scale, dtype=dtype)
         g[a:a + batch] = to_host(res.G)
         for name, value in _host_figures(res).items():
