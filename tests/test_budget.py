@@ -67,10 +67,11 @@ def test_plan_predicts_each_tasks_memory_within_25_percent(tmp_path, nomega, nx,
     lay = ctx.layout
     assert lay.q_sub < lay.q_chunk and lay.y_chunk < nx  # the budget really splits the blocks
     geo = {"center": nx / 2}
-    prep = stages.pdf_scale(0, ctx)
+    ys = slice(0, lay.y_chunk)
+    shares = [stages.pdf_scale(0, slice(a, a + lay.y_chunk), ctx) for a in range(0, nx, lay.y_chunk)]
     measured = {"recon": traced_peak(stages.reconstruct_block, 0, slice(0, lay.q_chunk), geo, ctx),
-                "pdf-scale": traced_peak(stages.pdf_scale, 0, ctx),
-                "pdf": traced_peak(stages.pdf_rows, 0, slice(0, lay.y_chunk), prep, ctx)}
+                "pdf-scale": traced_peak(stages.pdf_scale, 0, ys, ctx),
+                "pdf": traced_peak(stages.pdf_rows, 0, ys, ctx, *shares)}
     for name, peak in measured.items():
         predicted = plan.stages[name].bytes_per_task
         assert abs(predicted - peak) <= 0.25 * peak, f"{name}: plan {predicted / 1e6:.1f} MB, traced {peak / 1e6:.1f} MB"

@@ -3,6 +3,8 @@ for S(Q) -> G(r), both tomographic orders, and one-line errors before any comput
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from pathlib import Path
 
@@ -330,10 +332,10 @@ def test_workflow_pdf_then_recon_matches_recon_then_pdf(pdf_then_recon_run):
         w = wf.model_copy(update={"pdf": wf.pdf.model_copy(update={"normalization": normalization})})
         return context_from_store(w, path)
 
-    def recon_then_pdf(z, ctx):  # the other order's tasks, on this store's volume
-        prep = stages.pdf_scale(z, ctx)
-        for a in range(0, root["recon/intensity"].shape[1], ctx.layout.y_chunk):
-            stages.pdf_rows(z, slice(a, a + ctx.layout.y_chunk), prep, ctx)
+    def recon_then_pdf(z, ctx):  # the other order's tasks, on this store's volume: one block of all rows
+        ctx = dataclasses.replace(ctx, layout=dataclasses.replace(ctx.layout, y_chunk=root["pdf/G"].shape[1]))
+        ys = slice(0, root["pdf/G"].shape[1])  # (so that the done-marker is pdf (z, 0), which this store has)
+        stages.pdf_rows(z, ys, ctx, stages.pdf_scale(z, ys, ctx))
 
     # the fixed scale: re-run the reconstruction steps of this order, then the other order's stage
     ctx = context("fixed")

@@ -76,6 +76,13 @@ def to_host(a):
     return np.asarray(a)
 
 
+def release(xp) -> None:
+    """Give a task's device memory back: cupy's pool keeps freed blocks for the process, and the
+    workers that reconstruct share the GPU with the integration engines."""
+    if cp is not None and xp is cp:
+        cp.get_default_memory_pool().free_all_blocks()
+
+
 def engine_of(xp) -> str:
     """The engine name (``numpy`` | ``cupy``) of an array module: the one place that names it."""
     return "cupy" if cp is not None and xp is cp else "numpy"

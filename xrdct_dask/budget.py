@@ -8,7 +8,7 @@ functions read their block sizes back from the store:
     recon task      one q block (``q_chunk`` bins) of a slice's sinogram and of its volume; the
                     sinogram preparation and FBP work on sub-blocks of ``q_sub`` bins
     pdf task        ``y_chunk`` rows of voxels (every q), their G(r) and figures, in GEMM batches
-    pdf-scale task  the same rows, one block at a time (the slice's edge background and largest scale)
+    pdf-scale task  the same rows (its share of the slice's edge background and largest scale)
 
 Chunks follow the tasks: ``recon/intensity`` (1, y_chunk, nx, q_chunk), ``pdf/G`` (1, y_chunk, nx,
 r_chunk), so that a pdf task reads and writes whole chunks, and no chunk passes
@@ -23,7 +23,7 @@ tracemalloc's peak of the real task functions (tests/test_budget.py):
     recon       READ nw nx qc 4 (sinogram block) + nx^2 qc 4 (volume) + PREP nw nx q_sub 4
                 + FBP nw nfft min(32, q_sub) 4                             (nfft ~ 2 nx)
     pdf         y nx nq 4 (rows) + y nx (nr + 5) 4 (G, figures) + GEMM B (nq + nr + 81) 8
-    pdf-scale   SCALE y nx nq 4 + nx^2 8
+    pdf-scale   SCALE y nx nq 4
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ PREP_COPIES = 8  # the sinogram preparation (fill, zinger neighbourhoods) per q 
 FBP_COPIES = 0.5  # FBP's padded filtering, beyond its input
 GEMM_COPIES = 2.5  # one GEMM batch: its float64 input, the linear output, G and the figures
 SCALE_COPIES = 4  # the pdf-scale pass: a block of rows, its NaN-free float64 copy
+ROW_TASKS_MIN = 8  # voxel-row blocks per slice at least (the pdf tasks of a slice run side by side)...
+ROWS_MIN = 32  # ... of this many rows at least, unless the budget asks for fewer
 PDF_EXTRA_COLUMNS = 81  # the transform's quality columns (xrdct_dask.pdf: at most 81)
 PDF_FIGURES = 5
 
@@ -121,9 +123,8 @@ def pdf_frames_bytes(frames: int, nq: int, nr: int, batch: int = PDF_BATCH["nump
 
 
 def pdf_scale_bytes(rows: int, nx: int, nq: int) -> int:
-    """The slice's pre-pass (edge background, largest scale): a block of rows at a time, and the
-    scale N of every voxel of the slice (float64)."""
-    return SCALE_COPIES * 4 * rows * nx * nq + 8 * nx * nx
+    """A pdf-scale task: its block of rows, NaN-free and in float64."""
+    return SCALE_COPIES * 4 * rows * nx * nq
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,7 +181,9 @@ def choose_layout(*, nomega: int, nx: int, nq: int, nr: int, omega_chunk: int, q
                          recon_bytes(nomega, nx, rc, qs) + 4 * nx * nx * rc if pdf_order == "pdf-then-recon" else 0,
                          recon_bytes(nomega, nx, 1 + PDF_EXTRA_COLUMNS, qs)) > budget:
         qs //= 2
-    yc = nx
+    # a slice's G(r) spread over several tasks, not one or two big ones (but blocks of a few rows only
+    # where the budget says so)
+    yc = max(-(-nx // ROW_TASKS_MIN), min(nx, ROWS_MIN))
     while yc > 1 and (pdf_bytes(yc, nx, nq, nr) > budget or pdf_scale_bytes(yc, nx, nq) > budget
                       or 4 * yc * nx * max(qc, rc) > CHUNK_BYTES_MAX):
         yc = (yc + 1) // 2

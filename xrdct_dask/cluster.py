@@ -477,12 +477,13 @@ GPU_GB_PER_WORKER = 20  # a GPU worker's engine holds ~13 GB: two pipelines of 1
 
 def workers_per_gpu_for(device: int) -> int:
     """Default GPU worker processes for a device: one per ``GPU_GB_PER_WORKER`` GB of its memory,
-    1 to 4.  Several processes read frames side by side (one GIL each); on one H100/H200 four gave
-    the highest graph rate (benchmarks/RESULTS.md)."""
+    1 to 6 (four on an H100, six on an H200).  Several processes read frames side by side (one GIL
+    each): on the H200 the whole workflow integrated 10.1k frames/s with six, 9.4k with four
+    (benchmarks/RESULTS.md, bench_workflow.py)."""
     from .backend import cp
 
     total = cp.cuda.runtime.getDeviceProperties(device)["totalGlobalMem"]
-    return int(min(4, max(1, total // (GPU_GB_PER_WORKER * 10**9))))
+    return int(min(6, max(1, total // (GPU_GB_PER_WORKER * 10**9))))
 
 
 @contextlib.contextmanager

@@ -255,7 +255,7 @@ class Compute(_Section):
     dashboard_address: str = "127.0.0.1:0"
     workers_per_gpu: int | None = Field(None, ge=1, description="local GPU runs: worker processes sharing each GPU "
                                                              "(each its own engine and GIL for reading frames); "
-                                                             "default: one per 20 GB of GPU memory, 1 to 4")
+                                                             "default: one per 20 GB of GPU memory, 1 to 6")
     cache_dir: str | None = Field(None, description="where integration plans are kept between runs and shared by "
                                                     "workers (default $XRDCT_CACHE_DIR, else ~/.cache/xrdct-dask)")
     read_threads: int = Field(8, gt=0, description="threads per worker process reading frame files (on a "

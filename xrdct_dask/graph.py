@@ -1,6 +1,6 @@
 """The run as one dask graph, slice by slice, from the stage table (:data:`xrdct_dask.stages.STAGES`).
 
-    integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf-scale (z) --> pdf (z, voxel rows)
+    integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf-scale (z, voxel rows) --> pdf (z, voxel rows)
 
 or, with ``pdf.order: pdf-then-recon``, a branch of the same graph:
 
@@ -77,10 +77,11 @@ def slice_tasks(ctx: RunContext, z: int, done: store.TaskState | None = None) ->
     if wf.pdf.order == "recon-then-pdf":
         yc = lay.y_chunk
         rows = _pending(pdf_done, -(-s.nx // yc))
-        if rows:
-            prep = add("pdf-scale", 0, stages.pdf_scale, z, ctx, *recon)
+        if rows:  # the scale shares of every row block first (side by side), then the pending G blocks
+            ys = [slice(a, min(a + yc, s.nx)) for a in range(0, s.nx, yc)]
+            shares = [add("pdf-scale", y.start, stages.pdf_scale, z, y, ctx, *recon) for y in ys]
             for i in rows:
-                add("pdf", i * yc, stages.pdf_rows, z, slice(i * yc, min((i + 1) * yc, s.nx)), prep, ctx)
+                add("pdf", i * yc, stages.pdf_rows, z, ys[i], ctx, *shares)
         return out
     # pdf-then-recon: transform every frame, reconstruct N + quality figures, then the G blocks;
     # the edge background needs the slice's first/last x steps of every angle (after the centre)

@@ -13,7 +13,7 @@ Bytes read and written are uncompressed upper bounds:
     integrate  read F frame_bytes, written F (8 nq + 10)     (F = nz nomega nx frames)
     center     read nz nomega nx 5
     recon      read nz nomega nx (4 nq + 1), written nz nx^2 nq 4
-    pdf-scale  read nz nx^2 nq 4
+    pdf-scale  read nz nx^2 nq 4                                         (its shares, block by block)
     pdf        read nz nx^2 nq 4, written nz nx^2 (nr + 5) 4        (recon-then-pdf)
     pdf-frames read F nq 4, written F (nr + aux) 4; pdf-aux / pdf read those back   (pdf-then-recon)
     waves      slices go in waves of S = max(1, floor(max_tasks / 2 / T)) slices (T tasks per slice),

@@ -51,7 +51,7 @@ STAGES = {s.name: s for s in (
     Stage("integrate", "omega block", True, store.REDUCED, "integrate", gpu=True),
     Stage("center", "slice", True, None, "recon"),
     Stage("recon", "q block", True, store.RECON, "recon"),
-    Stage("pdf-scale", "slice", False, None, "pdf"),        # recon-then-pdf: the slice's background and scale
+    Stage("pdf-scale", "voxel rows", False, None, "pdf"),   # recon-then-pdf: shares of the background and scale
     Stage("pdf-frames", "omega block", False, store.PDF, "pdf"),  # pdf-then-recon: G(r) of every frame
     Stage("pdf-aux", "slice", False, store.PDF, "pdf"),     # pdf-then-recon: N and figures reconstructed
     Stage("pdf", "voxel rows", True, store.PDF, "pdf"),     # recon-then-pdf; pdf-then-recon: "r block"
@@ -482,7 +482,7 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     volume and one sub-block's temporaries (:func:`xrdct_dask.budget.recon_bytes`).  Runs on the
     GPU where ``recon.engine`` resolves to cupy (the sub-blocks are uploaded, the volume downloaded).
     """
-    from .backend import xp_for_engine
+    from .backend import release, xp_for_engine
     from .sinogram import prep_options
 
     t0 = time.perf_counter()
@@ -496,6 +496,7 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
         opts["jitter"] = np.asarray(geo["shifts_px"])
     vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp)
     del sino
+    release(xp)
     store.write_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), vol, 0)
     store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.layout.q_chunk))
     return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
@@ -535,51 +536,56 @@ def _row_blocks(nx: int, rows: int) -> list[slice]:
     return [slice(a, min(a + rows, nx)) for a in range(0, nx, rows)]
 
 
-def pdf_scale(z: int, ctx: RunContext, *deps) -> dict:
-    """recon-then-pdf, per slice before its G blocks: the edge background (the mean pattern of the
-    voxels in the rim of the reconstruction circle, ``pdf.background: edge``) and, for per-pattern
-    scales, ``min_scale`` = ``pdf.min_relative_scale`` times the slice's largest scale N.  One
-    pass over the slice's volume, ``layout.y_chunk`` rows at a time: N is linear in I(Q), so the
-    background's share is taken off after the pass (``N(I - b bg) = N(I) - b N(bg)``)."""
-    from .backend import to_host, xp_for_engine
+def pdf_scale(z: int, ys: slice, ctx: RunContext, *deps) -> dict:
+    """recon-then-pdf, before the slice's G blocks, one task per block of voxel rows ``ys`` (they
+    run side by side): the block's share of the slice's edge background (sum and count of the
+    finite rim voxels per q, ``pdf.background: edge``) and its largest scale N(I) (per-pattern
+    scales).  :func:`combine_scales` turns the slice's shares into the background and
+    ``min_scale``; N is linear in I(Q), so the background's part is taken off once there."""
+    from .backend import release, to_host, xp_for_engine
     from .pdf import pattern_scale
     from .pdf.background import edge_voxel_mask
 
     t0 = time.perf_counter()
     p = ctx.workflow.pdf
-    op = pdf_operator(ctx)
     xp = xp_for_engine(p.engine)
     nx, nq = store.open_array(ctx.store_path, f"{store.RECON}/intensity", "r").shape[2:]
     edge = p.background == "edge"
     scales = p.normalization == "per-pattern" and p.min_relative_scale > 0
-    rim = edge_voxel_mask(nx, p.edge_width)
-    total, count = xp.zeros(nq), xp.zeros(nq)
-    largest = []
-    for ys in _row_blocks(nx, ctx.layout.y_chunk) if (edge or scales) else []:
+    rim = edge_voxel_mask(nx, p.edge_width)[ys]
+    out = {"stage": "pdf-scale", "z": z, "y": (ys.start, ys.stop), "rim_total": None, "rim_count": None,
+           "largest": 0.0, "engine": _engine(xp)}
+    if (edge and rim.any()) or scales:
         rows = xp.asarray(store.read_chunked(ctx.store_path, f"{store.RECON}/intensity",
                                              (z, ys, slice(None), slice(None)), 2))
-        if edge and rim[ys].any():  # nanmean over the rim voxels, accumulated block by block
-            v = rows[xp.asarray(rim[ys])].astype(xp.float64)
+        if edge and rim.any():  # nanmean over the rim voxels: sums and counts, combined per slice
+            v = rows[xp.asarray(rim)].astype(xp.float64)
             good = xp.isfinite(v)
-            total += xp.where(good, v, 0.0).sum(axis=0)
-            count += good.sum(axis=0)
+            out["rim_total"] = to_host(xp.where(good, v, 0.0).sum(axis=0))
+            out["rim_count"] = to_host(good.sum(axis=0))
         if scales:
-            largest.append(to_host(pattern_scale(xp.nan_to_num(rows, nan=0.0).reshape(-1, nq).astype(xp.float64),
-                                                 op)))
+            n = pattern_scale(xp.nan_to_num(rows, nan=0.0).reshape(-1, nq).astype(xp.float64), pdf_operator(ctx))
+            out["largest"] = float(to_host(n).max(initial=0.0))
         del rows
-    total, count = to_host(total), to_host(count)
+        release(xp)
+    return out | {"seconds": time.perf_counter() - t0}
+
+
+def combine_scales(ctx: RunContext, shares: tuple) -> dict:
+    """The slice's background ``(nq,)`` (or None) and ``min_scale`` from its :func:`pdf_scale` shares."""
+    from .pdf import pattern_scale
+
+    p = ctx.workflow.pdf
     bg = _pdf_file_background(ctx)
-    if edge:
+    if p.background == "edge":
+        total = sum(s["rim_total"] for s in shares if s["rim_total"] is not None)
+        count = sum(s["rim_count"] for s in shares if s["rim_count"] is not None)
         with np.errstate(invalid="ignore", divide="ignore"):
-            bg = total / count
-    min_scale = 0.0
-    if largest:
-        n = np.concatenate(largest)
-        if bg is not None and p.bgscale != 0:
-            n = n - p.bgscale * float(pattern_scale(np.asarray(bg, np.float64)[None], op)[0])
-        min_scale = p.min_relative_scale * float(np.max(n, initial=0.0))
-    return {"stage": "pdf-scale", "z": z, "background": None if bg is None else np.asarray(bg, np.float64),
-            "min_scale": min_scale, "seconds": time.perf_counter() - t0}
+            bg = np.asarray(total / count, np.float64)
+    largest = max((s["largest"] for s in shares), default=0.0)
+    if bg is not None and p.bgscale != 0 and largest:
+        largest -= p.bgscale * float(pattern_scale(np.asarray(bg, np.float64)[None], pdf_operator(ctx))[0])
+    return {"background": bg, "min_scale": p.min_relative_scale * max(largest, 0.0)}
 
 
 def _write_pdf_figures(ctx: RunContext, z: int, ys: slice, figures: dict, shape) -> None:
@@ -595,17 +601,18 @@ def _host_figures(res) -> dict:
     return {name: np.array(to_host(getattr(res, name)), copy=True) for name in (*store.PDF_VOXEL_FIGURES, "ok")}
 
 
-def pdf_rows(z: int, ys: slice, prep: dict, ctx: RunContext, *deps) -> dict:
+def pdf_rows(z: int, ys: slice, ctx: RunContext, *shares) -> dict:
     """recon-then-pdf: G(r) of the voxels in rows ``ys`` of slice ``z`` (every q of ``recon/``) into
     ``pdf/G`` and the per-voxel scale and figures, in GEMM batches on the engine's device.
-    ``prep`` is the slice's :func:`pdf_scale` (background, min_scale)."""
-    from .backend import to_host, xp_for_engine
+    ``shares`` are the slice's :func:`pdf_scale` results (:func:`combine_scales`: background, min_scale)."""
+    from .backend import release, to_host, xp_for_engine
     from .pdf import compute_pdf, gemm_dtype
 
     t0 = time.perf_counter()
     p = ctx.workflow.pdf
     op = pdf_operator(ctx)
     xp = xp_for_engine(p.engine)
+    prep = combine_scales(ctx, shares)
     # (ny_block, nx, nq), one q chunk at a time
     rows = store.read_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, ys, slice(None), slice(None)), 2)
     ny, nx, nq = rows.shape
@@ -623,6 +630,7 @@ def pdf_rows(z: int, ys: slice, prep: dict, ctx: RunContext, *deps) -> dict:
             figures.setdefault(name, []).append(value)
         del res, patterns
     del rows, flat
+    release(xp)
     store.write_chunked(ctx.store_path, f"{store.PDF}/G", (z, ys, slice(None), slice(None)), g.reshape(ny, nx, -1), 2)
     figures = {k: np.concatenate(v) for k, v in figures.items()}
     _write_pdf_figures(ctx, z, ys, figures, (ny, nx))
