@@ -596,3 +596,24 @@ def test_export_pdfgetx3_files(pdf_then_recon_run, tmp_path):
     assert res.exit_code == 2 and "nothing to do: give OUT.h5 (NeXus) and/or --pdf-files OUTDIR" in res.output
     res = CliRunner().invoke(app, ["export", str(path), "--pdf-files", str(tmp_path / "cli"), "--voxels", f"{z},{y},{x}"])
     assert res.exit_code == 0 and res.output.count(".gr") == 1
+
+
+def test_exported_gr_file_loads_in_diffpy_srfit(pdf_then_recon_run, tmp_path):
+    """diffpy.srfit (and PDFgui, which shares its reader) parses the exported .gr as a PDFgetX3
+    file: its r grid and G are the run's, and the header gives the Q range it was computed with."""
+    pdfparser = pytest.importorskip("diffpy.srfit.pdf.pdfparser", reason="diffpy.srfit not installed")
+    import zarr
+
+    from xrdct_dask.export import export_pdf_files
+
+    path, wf, scan = pdf_then_recon_run
+    root = zarr.open_group(str(path), mode="r")
+    ni = scan.load_truth()["phase_maps"][0] > 0.99
+    z, y, x = (int(v[0]) for v in np.nonzero(ni & root["pdf/ok"][:]))
+    gr = next(f for f in export_pdf_files(path, tmp_path / "files", voxels=[(z, y, x)]) if f.suffix == ".gr")
+    parser = pdfparser.PDFParser()
+    parser.parseFile(str(gr))
+    r, g = np.asarray(parser._x), np.asarray(parser._y)
+    np.testing.assert_allclose(r, root["r"][:], atol=1e-6)
+    assert rel_max(g, root["pdf/G"][z, y, x]) < 1e-3
+    assert parser._meta["qmax"] == pytest.approx(root["pdf"].attrs["qmax"])

@@ -81,8 +81,8 @@ def write_summary(path: str | Path, z: int | None = None, out: str | Path | None
     nz = store.open_array(path, f"{store.REDUCED}/total", "r").shape[0]
     z = nz // 2 if z is None else z
     total = store.open_array(path, f"{store.REDUCED}/total", "r")[z]
-    recon = store.open_array(path, f"{store.RECON}/intensity", "r")[z]
-    mean = np.nanmean(recon.reshape(-1, q.size), axis=0)
+    # the slice's volume and G are read a block of voxel rows at a time (bounded at any size)
+    mean, energy = _slice_pass(path, f"{store.RECON}/intensity", z)
     peaks = strongest_peaks(mean, 3)
     has_pdf = (path / store.PDF).exists() and attrs.get("stage_status", {}).get(store.PDF) == "done"
     rows = 3 if has_pdf else 2
@@ -101,31 +101,64 @@ def write_summary(path: str | Path, z: int | None = None, out: str | Path | None
     for k in peaks:
         ax[0, 1].axvline(q[k], color="C3", lw=0.6)
     ax[0, 1].set(title="mean voxel pattern", xlabel=unit, ylabel="intensity")
-    red = store.open_array(path, f"{store.REDUCED}/frame_ok", "r")[:]
-    ax[0, 2].imshow(red.reshape(-1, red.shape[-1]), aspect="auto", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax[0, 2].set(title=f"frame_ok (all slices): {int((~red).sum())} flagged", xlabel="x", ylabel="z * omega")
+    ok = store.open_array(path, f"{store.REDUCED}/frame_ok", "r")[z]
+    flagged_all = sum(n for k, n in attrs.get("run_summary", {}).get("frame_status", {}).items()
+                      if k not in ("OK", "DUPLICATE", "OUT_OF_ORDER", "NOT_WRITTEN"))
+    ax[0, 2].imshow(ok, aspect="auto", cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax[0, 2].set(title=f"frame_ok, slice {z}: {int((~ok).sum())} flagged ({flagged_all} in the run)", xlabel="x",
+                 ylabel="omega step")
     for k, qi in enumerate(peaks[:3]):
-        im = ax[1, k].imshow(recon[:, :, qi], cmap="magma")
+        im = ax[1, k].imshow(_plane(path, f"{store.RECON}/intensity", z, qi), cmap="magma")
         ax[1, k].set(title=f"recon at {unit} = {q[qi]:.2f}")
         fig.colorbar(im, ax=ax[1, k], fraction=0.046)
     for k in range(len(peaks), 3):
         ax[1, k].axis("off")
     if has_pdf:
-        g = store.open_array(path, f"{store.PDF}/G", "r")[z]
+        g = store.open_array(path, f"{store.PDF}/G", "r")
         r = store.open_array(path, "r", "r")[:]
-        energy = np.nansum(recon, axis=-1)
         picks = np.argsort(energy.ravel())[::-1][:: max(1, energy.size // 40)][:4]
         for i in picks:
             yy, xx = np.unravel_index(i, energy.shape)
-            ax[2, 0].plot(r, g[yy, xx], lw=0.7, label=f"voxel ({yy},{xx})")
+            ax[2, 0].plot(r, g[z, yy, xx], lw=0.7, label=f"voxel ({yy},{xx})")
         ax[2, 0].set(title="G(r) of a few voxels", xlabel="r (A)", ylabel="G(r)")
         ax[2, 0].legend(fontsize=7)
-        rmax_i = int(np.nanargmax(np.nanmean(np.abs(g.reshape(-1, r.size)), axis=0)))
-        ax[2, 1].imshow(g[:, :, rmax_i], cmap="RdBu_r")
+        mean_g, _ = _slice_pass(path, f"{store.PDF}/G", z)
+        mean_abs, _ = _slice_pass(path, f"{store.PDF}/G", z, np.abs)
+        rmax_i = int(np.nanargmax(mean_abs))
+        ax[2, 1].imshow(_plane(path, f"{store.PDF}/G", z, rmax_i), cmap="RdBu_r")
         ax[2, 1].set(title=f"G at r = {r[rmax_i]:.2f} A")
-        ax[2, 2].plot(r, np.nanmean(g.reshape(-1, r.size), axis=0), lw=0.8)
+        ax[2, 2].plot(r, mean_g, lw=0.8)
         ax[2, 2].set(title="mean G(r) of the slice", xlabel="r (A)")
     fig.suptitle(f"{path.name}: {attrs.get('run_summary', {}).get('frames', '?')} frames", fontsize=11)
     fig.tight_layout()
     fig.savefig(out, dpi=90, metadata={"Software": SOFTWARE})
     return out
+
+
+def _row_blocks(path, name: str) -> list[slice]:
+    arr = store.open_array(path, name, "r")
+    step = arr.chunks[1]
+    return [slice(a, min(a + step, arr.shape[1])) for a in range(0, arr.shape[1], step)]
+
+
+def _slice_pass(path, name: str, z: int, fn=None) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over slice ``z`` of a (z, y, x, c) array, a chunk of rows at a time: the mean over
+    voxels of ``fn(values)`` per channel ``(c,)`` (NaN ignored) and the sum over channels per voxel
+    ``(y, x)``."""
+    arr = store.open_array(path, name, "r")
+    total, count = np.zeros(arr.shape[3]), np.zeros(arr.shape[3])
+    per_voxel = np.zeros(arr.shape[1:3])
+    for ys in _row_blocks(path, name):
+        rows = store.read_chunked(path, name, (z, ys, slice(None), slice(None)), 2)
+        v = rows if fn is None else fn(rows)
+        good = np.isfinite(v)
+        total += np.where(good, v, 0).sum(axis=(0, 1))
+        count += good.sum(axis=(0, 1))
+        per_voxel[ys] = np.nansum(rows, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count, per_voxel
+
+
+def _plane(path, name: str, z: int, channel: int) -> np.ndarray:
+    """``array[z, :, :, channel]`` read a chunk of rows at a time."""
+    return store.read_chunked(path, name, (z, slice(None), slice(None), channel), 0)
