@@ -53,3 +53,12 @@ def small_ai():
 @pytest.fixture()
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two single-threaded local worker processes, bound to localhost, shared by a module's tests."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as c:
+        yield c

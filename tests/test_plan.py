@@ -28,14 +28,6 @@ def tiny_scan(tmp_path_factory):
     return simulate_scan(tmp_path_factory.mktemp("plan") / "scan", nz=2, nomega=12, nx=10, seed=3)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as c:
-        yield c
-
-
 def chunk_files(path: Path) -> dict[str, int]:
     """Chunk files on disk per array (``group/name``), the run's truth."""
     out = {}

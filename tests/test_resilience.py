@@ -47,14 +47,6 @@ def tiny_scan(tmp_path_factory):
     return simulate_scan(tmp_path_factory.mktemp("tiny"), nz=2, nomega=12, nx=10, seed=3)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as c:
-        yield c
-
-
 def workflow_for(scan, path, **overrides):
     return load_workflow(scan.workflow, {"store.path": str(path), "store.omega_chunk": OMEGA_CHUNK, **overrides})
 

@@ -45,14 +45,6 @@ def scan(tmp_path_factory):
     return simulate_scan(tmp_path_factory.mktemp("safety") / "scan", nz=1, nomega=8, nx=8, seed=5)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as c:
-        yield c
-
-
 def wf_for(scan, path, **overrides):
     return load_workflow(scan.workflow, {"store.path": str(path), "store.omega_chunk": 4, **overrides})
 

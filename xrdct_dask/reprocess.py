@@ -89,11 +89,9 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
     if from_stage is not None and from_stage not in STAGES:
         raise WorkflowError(f"--from must be one of {', '.join(STAGES)} (got {from_stage!r})")
     try:
-        attrs = store.read_attrs(parent)
-    except Exception:
-        raise WorkflowError(f"{parent}: not a zarr store") from None
-    if attrs.get("format") != store.FORMAT or "workflow" not in attrs:
-        raise WorkflowError(f"{parent}: not an xrdct-dask run (no stored workflow)")
+        attrs = store.run_attrs(parent)
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
     overrides = dict(overrides or {})
     for k in overrides:
         if k in ("store", "store.path", "store.overwrite"):

@@ -494,48 +494,41 @@ def _open_array(full: str, mode: str, _stamp: tuple) -> zarr.Array:
     return zarr.open_array(full, mode=mode)
 
 
+def _chunk_spans(arr, index: tuple, axis: int):
+    """``(dim, start, [(a, b), ...])``: the dimension of ``arr`` behind result axis ``axis`` of
+    ``arr[index]`` (ints drop dimensions), where its slice starts, and its chunk-aligned pieces."""
+    kept = [d for d, i in enumerate(index) if not isinstance(i, (int, np.integer))]
+    dim = kept[axis]
+    start, stop, _ = index[dim].indices(arr.shape[dim])
+    c = arr.chunks[dim]
+    edges = [start, *range((start // c + 1) * c, stop, c), stop]
+    return dim, start, list(zip(edges[:-1], edges[1:]))
+
+
 def read_chunked(path, name: str, index: tuple, axis: int) -> np.ndarray:
     """``store[name][index]`` read one chunk width of ``axis`` at a time into one output array:
     what the read holds beyond its result is one chunk's decoded bytes, not the whole selection's
     (zarr decodes every chunk of a selection before assembling it).  ``index`` holds ints and
     slices (step 1), one per dimension; ``axis`` counts the dimensions of the result."""
     arr = open_array(path, name, "r")
+    dim, start, spans = _chunk_spans(arr, index, axis)
     kept = [d for d, i in enumerate(index) if not isinstance(i, (int, np.integer))]
-    dim = kept[axis]
-    sel = index[dim]
-    start, stop, _ = sel.indices(arr.shape[dim])
-    shape = [len(range(*index[d].indices(arr.shape[d]))) for d in kept]
-    out = np.empty(shape, dtype=arr.dtype)
-    c = arr.chunks[dim]
-    a = start
-    while a < stop:
-        b = min(stop, (a // c + 1) * c)
-        part = list(index)
-        part[dim] = slice(a, b)
+    out = np.empty([len(range(*index[d].indices(arr.shape[d]))) for d in kept], dtype=arr.dtype)
+    for a, b in spans:
         dst = [slice(None)] * len(kept)
         dst[axis] = slice(a - start, b - start)
-        out[tuple(dst)] = arr[tuple(part)]
-        a = b
+        out[tuple(dst)] = arr[index[:dim] + (slice(a, b),) + index[dim + 1:]]
     return out
 
 
 def write_chunked(path, name: str, region: tuple, value: np.ndarray, axis: int) -> None:
     """:func:`write_region` one chunk width of ``axis`` (of ``value``) at a time: zarr encodes
     every chunk of a region at once, which would hold a second copy of a large ``value``."""
-    arr = open_array(path, name)
-    kept = [d for d, i in enumerate(region) if not isinstance(i, (int, np.integer))]
-    dim = kept[axis]
-    start, stop, _ = region[dim].indices(arr.shape[dim])
-    c = arr.chunks[dim]
-    a = start
-    while a < stop:
-        b = min(stop, (a // c + 1) * c)
-        part = list(region)
-        part[dim] = slice(a, b)
+    dim, start, spans = _chunk_spans(open_array(path, name), region, axis)
+    for a, b in spans:
         src = [slice(None)] * value.ndim
         src[axis] = slice(a - start, b - start)
-        write_region(path, name, tuple(part), value[tuple(src)])
-        a = b
+        write_region(path, name, region[:dim] + (slice(a, b),) + region[dim + 1:], value[tuple(src)])
 
 
 def write_region(path, name: str, region, value) -> None:
@@ -597,6 +590,18 @@ def set_stage_status(path, stage: str, status: str) -> None:
     st[stage] = status
     root.attrs["stage_status"] = st
     consolidate(path)
+
+
+def run_attrs(path) -> dict:
+    """The root attrs of a finished or partial run of this program (its stored workflow among
+    them); ValueError, one line, for anything else."""
+    try:
+        attrs = read_attrs(path)
+    except Exception:  # zarr raises several kinds for "not a store"
+        raise ValueError(f"{path}: not a zarr store") from None
+    if attrs.get("format") != FORMAT or "workflow" not in attrs:
+        raise ValueError(f"{path}: not an xrdct-dask run (no stored workflow)")
+    return attrs
 
 
 def read_attrs(path) -> dict:

@@ -112,11 +112,9 @@ def selections(shape, *, voxels=None, mask=None, region=None) -> list[Selection]
 
 def _run_workflow(run: Path):
     try:
-        attrs = store.read_attrs(run)
-    except Exception:
-        raise ExportError(f"{run}: not a zarr store") from None
-    if attrs.get("format") != store.FORMAT or "workflow" not in attrs:
-        raise ExportError(f"{run}: not an xrdct-dask run (no stored workflow)")
+        attrs = store.run_attrs(run)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     # a run made before pdf.scale_method existed used the upper-half fit: export what it stored
     legacy = {} if "scale_method" in attrs["workflow"].get("pdf", {}) else {"pdf.scale_method": "upper-half-fit"}
     try:
