@@ -136,7 +136,7 @@ def test_a_frame_rewritten_with_other_contents_is_refused_on_resume(scan, cluste
     copy = corrupt.copy_scan(scan, tmp_path_factory.mktemp("frames") / "scan")
     path = go(copy, copy.root / "run.zarr", cluster)
     sample = store.read_attrs(path)["frame_sample"]
-    f = copy.frame_path(sample["index"][3])
+    f = Path(sample["files"][3])
     f.write_bytes(f.read_bytes() + b"\0" * 100)
     with pytest.raises(WorkflowError) as err:
         open_run(wf_for(copy, path))

@@ -47,7 +47,7 @@ def test_store_is_xarray_readable_with_named_dims(result):
     # the run's identity: the contents of every input file, and the sizes of sampled frames
     assert {"inputs.poni", "inputs.mask", "inputs.monitor"} <= set(attrs["input_contents"])
     assert all(len(v["sha256"]) == 64 for v in attrs["input_contents"].values())
-    assert len(attrs["frame_sample"]["index"]) == len(attrs["frame_sample"]["bytes"]) == 256  # of 2 x 32 x 24
+    assert len(attrs["frame_sample"]["files"]) == len(attrs["frame_sample"]["bytes"]) == 256  # of 2 x 32 x 24
     assert attrs["stage_status"] == {"reduced": "done", "recon": "done", "pdf": "done"}
     assert bool(red["frame_ok"].all())
     assert (path.parent / "run-summary.png").stat().st_size > 10_000

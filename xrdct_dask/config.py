@@ -32,7 +32,9 @@ class _Section(BaseModel):
 class Inputs(_Section):
     """Where the data are.  Paths may be relative to the workflow file."""
 
-    frames: str = Field(description="frame file template with an {index} field, index = acquisition order from 0")
+    frames: str = Field(description="a CBF file template with an {index} field (index = acquisition order from 0; "
+                                    ".cbf, .cbf.gz, .cbf.bz2), or an HDF5 / NeXus file: scan.h5 or "
+                                    "scan.h5::/entry/data/data (an Eiger master, a BLISS scan's virtual dataset)")
     poni: Path
     mask: Path | None = None
     dark: Path | None = None
@@ -48,7 +50,10 @@ class Inputs(_Section):
     @field_validator("frames")
     @classmethod
     def _has_index_field(cls, v: str) -> str:
-        check_frames_template(v)
+        from .io.spec import is_hdf5
+
+        if not is_hdf5(v):
+            check_frames_template(v)
         return v
 
 
@@ -336,8 +341,24 @@ class Workflow(_Section):
         data = json.loads(self.model_dump_json(exclude={"compute": True, "store": {"path", "overwrite"}}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
+    @property
+    def frames_hdf5(self) -> bool:
+        """``inputs.frames`` is an HDF5 / NeXus source, not a file per frame."""
+        from .io.spec import is_hdf5
+
+        return is_hdf5(self.inputs.frames)
+
     def frame_path(self, index: int) -> Path:
+        """The CBF file of frame ``index`` (a template source; an HDF5 source has no file per frame)."""
+        if self.frames_hdf5:
+            raise ValueError(f"inputs.frames {self.inputs.frames!r} is an HDF5 source: frames have no file each")
         return Path(self.inputs.frames.format(index=index))
+
+    def frame_source(self):
+        """The :class:`~xrdct_dask.io.source.FrameSource` of ``inputs.frames`` (opened once per process)."""
+        from .io.source import open_source
+
+        return open_source(self.inputs.frames)
 
 
 def _one_line(err: ValidationError, source: str, overrides: dict | None = None) -> WorkflowError:

@@ -125,8 +125,15 @@ def read_throughputs(path: str | Path) -> dict[str, float]:
 
 
 def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int]]:
-    first = wf.frame_path(0)
-    if first.is_file():
+    if wf.frames_hdf5:  # the source's bytes over its frames, where it can be opened
+        try:
+            src = wf.frame_source()
+            nbytes = sum(f.stat().st_size for f in src.files())
+            return max(1, nbytes // max(1, src.nframes)), f"{src.spec}: bytes per frame", tuple(src.frame_shape)
+        except (OSError, ValueError, KeyError):
+            pass
+    first = None if wf.frames_hdf5 else wf.frame_path(0)
+    if first is not None and first.is_file():
         from .io.cbf import CorruptFrameError, read_cbf_payload
 
         try:

@@ -35,9 +35,10 @@ def check_inputs(wf: Workflow):
     """
     from .integrate.csr import load_image, load_poni
 
-    first = wf.frame_path(0)
-    if not first.parent.is_dir():
-        raise WorkflowError(f"inputs.frames: folder {first.parent} does not exist")
+    if not wf.frames_hdf5:
+        first = wf.frame_path(0)
+        if not first.parent.is_dir():
+            raise WorkflowError(f"inputs.frames: folder {first.parent} does not exist")
     try:
         ai = load_poni(wf.inputs.poni)
     except (FileNotFoundError, ValueError) as err:
@@ -57,25 +58,7 @@ def check_inputs(wf: Workflow):
     if bad:
         raise WorkflowError(f"inputs.poni: {wf.inputs.poni} has {', '.join(bad)}: not a usable geometry")
     det_shape = ai.detector.max_shape
-    # the frame shape: the first readable frame of the PONI's shape (else the first readable one);
-    # a missing or broken frame among them is flagged by its task later, not fatal here
-    shape, first_err, seen = None, None, False
-    for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
-        try:
-            s = read_cbf_payload(wf.frame_path(i)).shape
-        except FileNotFoundError:
-            continue
-        except (CorruptFrameError, OSError) as err:
-            seen, first_err = True, first_err or err
-            continue
-        seen, shape = True, shape or s
-        if det_shape is None or tuple(s) == tuple(det_shape):
-            shape = s
-            break
-    if not seen:
-        raise WorkflowError(f"inputs.frames: first frame {first} not found")
-    if shape is None:
-        raise WorkflowError(f"inputs.frames: none of the first {FRAMES_PROBED} frames is readable ({first_err})")
+    shape = _hdf5_frame_shape(wf) if wf.frames_hdf5 else _cbf_frame_shape(wf, det_shape)
     if det_shape is not None and tuple(det_shape) != tuple(shape):
         raise WorkflowError(f"inputs.poni: the PONI's detector is {det_shape[0]} x {det_shape[1]} pixels but the "
                             f"frames are {shape[0]} x {shape[1]}")
@@ -101,10 +84,46 @@ def check_inputs(wf: Workflow):
     return ai, shape
 
 
+def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
+    """The frame shape of a CBF template: the first readable frame of the PONI's shape (else the
+    first readable one); a missing or broken frame among them is flagged by its task later."""
+    first = wf.frame_path(0)
+    shape, first_err, seen = None, None, False
+    for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
+        try:
+            s = read_cbf_payload(wf.frame_path(i)).shape
+        except FileNotFoundError:
+            continue
+        except (CorruptFrameError, OSError) as err:
+            seen, first_err = True, first_err or err
+            continue
+        seen, shape = True, shape or s
+        if det_shape is None or tuple(s) == tuple(det_shape):
+            shape = s
+            break
+    if not seen:
+        raise WorkflowError(f"inputs.frames: first frame {first} not found")
+    if shape is None:
+        raise WorkflowError(f"inputs.frames: none of the first {FRAMES_PROBED} frames is readable ({first_err})")
+    return tuple(shape)
+
+
+def _hdf5_frame_shape(wf: Workflow) -> tuple[int, int]:
+    """The frame shape of an HDF5 source (opened: its file, dataset and links are checked)."""
+    try:
+        src = wf.frame_source()
+    except (OSError, ValueError, KeyError) as err:
+        raise WorkflowError(f"inputs.frames: {err}") from None
+    if src.nframes < wf.scan.nframes:
+        log.warning("inputs.frames: %s holds %d frames, the scan %d: the others are flagged missing", src.spec,
+                    src.nframes, wf.scan.nframes)
+    return tuple(src.frame_shape)
+
+
 def input_files(wf: Workflow) -> dict[str, Path]:
     """The run's inputs by workflow key (the frames by their folder): what a store must never hold."""
     i = wf.inputs
-    out = {"inputs.frames": wf.frame_path(0).parent}
+    out = {"inputs.frames": _frame_files(wf)[0].parent}
     for key in ("poni", "mask", "dark", "flat", "monitor", "scan_file"):
         if getattr(i, key) is not None:
             out[f"inputs.{key}"] = Path(getattr(i, key))
@@ -122,17 +141,30 @@ def input_contents(wf: Workflow) -> dict[str, dict]:
 FRAMES_SAMPLED = 256  # frame files whose sizes a store records: a different data set is noticed on resume
 
 
-def frame_sample(wf: Workflow) -> dict:
-    """Sizes in bytes (-1: no file) of up to ``FRAMES_SAMPLED`` frames spread over the scan."""
-    n = wf.scan.nframes
-    idx = np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))
-    sizes = []
-    for i in idx:
+def _frame_files(wf: Workflow) -> list[Path]:
+    """Files standing for the frames: up to ``FRAMES_SAMPLED`` frame files spread over the scan (a
+    CBF template), or the files of an HDF5 source (master, data files: what is there now)."""
+    if wf.frames_hdf5:
+        from .io.spec import split_spec
+
         try:
-            sizes.append(os.stat(wf.frame_path(int(i))).st_size)
+            return wf.frame_source().files()
+        except (OSError, ValueError, KeyError):
+            return [Path(split_spec(wf.inputs.frames)[0])]
+    n = wf.scan.nframes
+    return [wf.frame_path(int(i)) for i in np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))]
+
+
+def frame_sample(wf: Workflow) -> dict:
+    """Sizes in bytes (-1: no file) of the files standing for the frames (:func:`_frame_files`)."""
+    files = _frame_files(wf)
+    sizes = []
+    for f in files:
+        try:
+            sizes.append(os.stat(f).st_size)
         except OSError:
             sizes.append(-1)
-    return {"index": idx.tolist(), "bytes": sizes}
+    return {"files": [str(f) for f in files], "bytes": sizes}
 
 
 def check_same_inputs(wf: Workflow, path: Path, attrs: dict) -> None:
@@ -149,15 +181,15 @@ def check_same_inputs(wf: Workflow, path: Path, attrs: dict) -> None:
                 raise WorkflowError(f"{key}: {what} changed since {path} was created (its contents differ): {hint}")
     sample = attrs.get("frame_sample")
     if sample is not None:
-        for i, was in zip(sample["index"], sample["bytes"]):
+        for f, was in zip(sample["files"], sample["bytes"]):
             if was < 0:
                 continue
             try:
-                size = os.stat(wf.frame_path(int(i))).st_size
+                size = os.stat(f).st_size
             except OSError:
                 continue  # gone now: its block, if not done yet, flags it missing
             if size != was:
-                raise WorkflowError(f"inputs.frames: {wf.frame_path(int(i))} is {size} bytes, {was} when {path} "
+                raise WorkflowError(f"inputs.frames: {f} is {size} bytes, {was} when {path} "
                                     f"was created: the frames changed; {hint}")
 
 
@@ -379,6 +411,22 @@ def _resume(wf: Workflow, path: Path) -> stages.RunContext:
     return ctx
 
 
+def _frames_present(wf: Workflow):
+    """``present(index) -> bool``: whether frame ``index`` can be read now (its file exists; for an
+    HDF5 source, a fresh look at the source holds it)."""
+    if not wf.frames_hdf5:
+        return lambda i: wf.frame_path(i).is_file()
+    from .io.source import Hdf5Frames
+    from .io.spec import split_spec
+
+    try:
+        src = Hdf5Frames(*split_spec(wf.inputs.frames))  # not the per-process cache: the file may have grown
+    except (OSError, ValueError, KeyError):
+        return lambda i: False
+    return lambda i: i < src.nframes and int(src.map.segment[i]) >= 0 and not src.segments[
+        int(src.map.segment[i])].missing
+
+
 def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int, int]:
     """Clear the done-markers of integrated blocks holding frames worth reading again: an I/O error,
     or a missing frame whose file exists now (:data:`~xrdct_dask.io.status.RETRIED`).  The
@@ -398,8 +446,9 @@ def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int,
         missing = np.argwhere((st == FrameStatus.MISSING) & state.integrate[z].repeat(wc)[:st.shape[0], None])
         if missing.size:
             idx = index_arr[z]
+            arrived = _frames_present(wf)
             for w, x in missing:
-                if idx[w, x] >= 0 and wf.frame_path(int(idx[w, x])).is_file():
+                if idx[w, x] >= 0 and arrived(int(idx[w, x])):
                     retry[w, x] = True
         rows = np.nonzero(retry.any(axis=1))[0]
         reopen = sorted({int(w) // wc for w in rows if state.integrate[z, int(w) // wc]})

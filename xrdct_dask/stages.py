@@ -268,6 +268,41 @@ def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pendin
     eng.release_ring(ring)
 
 
+def _compressed_files(wf: Workflow) -> bool:
+    """CBF frames kept gzip / bzip2 compressed (archives): decompressed on the host, never read
+    straight into pinned memory."""
+    return wf.inputs.frames.endswith((".gz", ".bz2"))
+
+
+def _hdf5_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pending, stats):
+    """HDF5 sources: each batch's chunks read with ``read_direct_chunk`` and decoded on the host
+    (bitshuffle-LZ4 / LZ4 without the GIL, :func:`~xrdct_dask.io.source.read_batch`), a batch ahead
+    on a thread; the decoded counts integrated by the engine (uploaded to the GPU where it runs).
+    Fills ``status``, appends each batch's good rows to ``pending``; yields the engine's results."""
+    from .io.source import read_batch, refreshed
+
+    src = refreshed(ctx.workflow.frame_source())
+    pool = ThreadPoolExecutor(1, thread_name_prefix="xrdct-h5")
+
+    def read(rows):
+        frames, st = read_batch(src, flat_idx[rows], threads=max(1, ctx.read_threads // 2))
+        return rows, frames, st
+
+    try:
+        for rows, frames, st in prefetch(pool, read, batches, 2):
+            status[rows] = st
+            keep = st == FrameStatus.OK
+            if not keep.any():
+                continue
+            good = rows[keep]
+            stats["bytes"] += int(frames[keep].nbytes)
+            pending.append(good)
+            res = integ.integrate(frames[keep], norm[good])
+            yield res.intensity, res.sigma, np.zeros(good.size, np.int32)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def warm_gpu_engine(wf: Workflow, integ, tasks: int, sample: int = 64) -> None:
     """Prepare the GPU engine of a worker for ``tasks`` concurrent decode-integrate tasks.
 
@@ -281,6 +316,9 @@ def warm_gpu_engine(wf: Workflow, integ, tasks: int, sample: int = 64) -> None:
 
     n = integ.batch_frames
     eng = integ._impl
+    if wf.frames_hdf5 or _compressed_files(wf):  # frames decoded on the host: no file arenas to size
+        eng.warm(n, eng.slot_bytes, rings=tasks)
+        return
     total = wf.scan.nframes
     sizes = [p.stat().st_size for p in (wf.frame_path(int(i)) for i in np.unique(
         np.linspace(0, total - 1, min(sample, total)).astype(np.int64))) if p.exists()]
@@ -372,7 +410,10 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
             pending.append(good)
             yield payloads, norm[good]
 
-    if integ.engine == "cupy":
+    pool = None
+    if ctx.workflow.frames_hdf5:
+        results = _hdf5_batches(ctx, integ, flat_idx, batches, norm, status, pending, stats)
+    elif integ.engine == "cupy" and not _compressed_files(ctx.workflow):
         results = _gpu_batches(ctx, integ, flat_idx, batches, norm, status, pending, stats)
     else:
         pool = ThreadPoolExecutor(ctx.read_threads)
@@ -384,7 +425,7 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
         intensity[good] = res_i
         sigma[good] = res_s
         status[good] = np.where(dec_status != 0, FrameStatus.TRUNCATED, FrameStatus.OK)
-    if integ.engine != "cupy":
+    if pool is not None:
         pool.shutdown()
     t_write = time.perf_counter()
     status[(status == FrameStatus.OK) & bad_monitor] = FrameStatus.BAD_MONITOR

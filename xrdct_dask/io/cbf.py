@@ -9,10 +9,12 @@ payloads can go to the GPU still compressed.
 from __future__ import annotations
 
 import base64
+import bz2
 import hashlib
 import os
 import re
 import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +35,10 @@ class SizeMismatchError(CorruptFrameError):
     """The file is whole but ``X-Binary-Size`` disagrees with where its binary section ends."""
 
 
-class NotRegularFileError(OSError):
+class NotRegularFileError(OSError, CorruptFrameError):
     """A frame path names something other than a regular file (a FIFO, a device, a folder): it is
-    never read, since reading a pipe or a device can block forever."""
+    never read, since reading a pipe or a device can block forever.  An OSError (the file system
+    said so) and a CorruptFrameError (no frame there), as ``io.UnsupportedOperation`` is both."""
 
 
 OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -196,9 +199,36 @@ def check_extent(buf, begin: int, nbytes: int, shape: tuple[int, int], name: str
         raise SizeMismatchError(f"{name}: X-Binary-Size {nbytes} bytes cannot hold {shape[0]} x {shape[1]} pixels")
 
 
+MAX_DECOMPRESSED_BYTES = 1 << 30  # a .cbf.gz that inflates past 1 GiB is not a detector frame
+_GZIP, _BZIP2 = b"\x1f\x8b", b"BZh"
+
+
+def decompress_frame(raw: bytes, name: str, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """The CBF bytes of a file read whole: gzip / bzip2 by their magic bytes, else as is.
+
+    Raises TruncatedFrameError when the compressed stream ends early, CorruptFrameError when it is
+    not valid or inflates past ``limit`` bytes."""
+    if raw[:2] == _GZIP:
+        d, kind = zlib.decompressobj(16 + zlib.MAX_WBITS), "gzip"
+    elif raw[:3] == _BZIP2:
+        d, kind = bz2.BZ2Decompressor(), "bzip2"
+    else:
+        return raw
+    try:
+        out = d.decompress(raw, limit + 1) if kind == "gzip" else d.decompress(raw, max_length=limit + 1)
+    except (OSError, zlib.error, ValueError, EOFError) as err:
+        raise CorruptFrameError(f"{name}: not a valid {kind} stream ({err})") from None
+    if len(out) > limit:
+        raise CorruptFrameError(f"{name}: {kind} stream inflates past {limit} bytes")
+    if not d.eof:
+        raise TruncatedFrameError(f"{name}: {kind} stream ends before its end marker (truncated file)")
+    return out
+
+
 def read_cbf_payload(path: str | Path) -> CbfPayload:
-    """Read one CBF file and return its compressed payload (no decoding)."""
-    return parse_cbf(read_file(path), str(path))
+    """Read one CBF file (plain, or gzip / bzip2 compressed as archives keep them: ``.cbf.gz``,
+    ``.cbf.bz2``, told by their first bytes) and return its byte-offset payload (no decoding)."""
+    return parse_cbf(decompress_frame(read_file(path), str(path)), str(path))
 
 
 def read_header(path: str | Path) -> dict:

@@ -20,24 +20,20 @@ Only regular files are opened, so a FIFO or device in the frame folder cannot ha
 
 from __future__ import annotations
 
-import bz2
 import functools
 import os
 import stat
 import string
-import zlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
 from . import hdf5
-from .cbf import CbfPayload, CorruptFrameError, TruncatedFrameError, parse_cbf
+from .cbf import CbfPayload, CorruptFrameError, decompress_frame, parse_cbf, read_file
 from .decode import decode_payload
+from .spec import H5_SUFFIXES, is_hdf5, split_spec
 
-H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
-MAX_DECOMPRESSED_BYTES = 1 << 30  # a .cbf.gz that inflates past 1 GiB is not a detector frame
-_GZIP, _BZIP2 = b"\x1f\x8b", b"BZh"
 
 
 class FrameSource(ABC):
@@ -75,43 +71,45 @@ class FrameSource(ABC):
 # ------------------------------------------------------------------------------------------
 # CBF templates, plain or compressed
 # ------------------------------------------------------------------------------------------
-def read_regular_file(path: str | Path) -> bytes:
-    """The bytes of a regular file; FileNotFoundError when absent, CorruptFrameError when it is not
-    a regular file (opened non-blocking, so a FIFO is refused instead of waited on)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: frame file not found") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CorruptFrameError(f"{path}: not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read()
-    finally:
-        os.close(fd)
-
-
-def decompress_frame(raw: bytes, name: str, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
-    """The CBF bytes of a file read whole: gzip / bzip2 by their magic bytes, else as is.
-
-    Raises TruncatedFrameError when the compressed stream ends early, CorruptFrameError when it is
-    not valid or inflates past ``limit`` bytes."""
-    if raw[:2] == _GZIP:
-        d, kind = zlib.decompressobj(16 + zlib.MAX_WBITS), "gzip"
-    elif raw[:3] == _BZIP2:
-        d, kind = bz2.BZ2Decompressor(), "bzip2"
-    else:
-        return raw
-    try:
-        out = d.decompress(raw, limit + 1) if kind == "gzip" else d.decompress(raw, max_length=limit + 1)
-    except (OSError, zlib.error, ValueError, EOFError) as err:
-        raise CorruptFrameError(f"{name}: not a valid {kind} stream ({err})") from None
-    if len(out) > limit:
-        raise CorruptFrameError(f"{name}: {kind} stream inflates past {limit} bytes")
-    if not d.eof:
-        raise TruncatedFrameError(f"{name}: {kind} stream ends before its end marker (truncated file)")
+def as_counts(frames: np.ndarray) -> np.ndarray:
+    """int32 counts of decoded frames, invalid pixels negative as in a Pilatus CBF: an Eiger's
+    unsigned gap / bad-pixel value (2^32 - 1, 2^16 - 1) becomes -1 (uint32 as a view, no copy)."""
+    if frames.dtype == np.int32:
+        return frames
+    if frames.dtype == np.uint32:
+        return frames.view(np.int32)
+    out = frames.astype(np.int32)
+    if frames.dtype == np.uint16:
+        out[frames == np.iinfo(np.uint16).max] = -1
     return out
+
+
+def read_batch(source: "Hdf5Frames", indices: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``indices`` of an HDF5 source as int32 counts (:func:`as_counts`) and a FrameStatus
+    code per frame, never raising for a bad one: index < 0 or absent is MISSING, a bad chunk
+    TRUNCATED / SIZE_MISMATCH / CORRUPT_HEADER (the raw path: :func:`~xrdct_dask.io.hdf5.read_raw_chunks`
+    + :func:`~xrdct_dask.io.hdf5.decode_chunks`; layouts it does not take are read frame by frame)."""
+    from .status import FrameStatus
+
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    frames = np.zeros((idx.size, *source.frame_shape), source.dtype)
+    status = np.full(idx.size, int(FrameStatus.MISSING), np.int8)
+    present = np.flatnonzero(idx >= 0)
+    if present.size:
+        try:
+            chunks = source.read_raw_chunks(idx[present])
+            dec, st = hdf5.decode_chunks(chunks, threads=threads)
+            frames[present], status[present] = dec, st
+        except ValueError:  # not one frame per chunk with a filter the raw path decodes
+            for k in present:
+                try:
+                    frames[k] = source.read_frames([idx[k]])[0]
+                    status[k] = FrameStatus.OK
+                except FileNotFoundError:
+                    pass
+                except (CorruptFrameError, OSError):
+                    status[k] = FrameStatus.CORRUPT_HEADER
+    return as_counts(frames), status
 
 
 class CbfTemplate(FrameSource):
@@ -131,7 +129,7 @@ class CbfTemplate(FrameSource):
     def read_payload(self, index: int) -> CbfPayload:
         """The byte-offset payload of frame ``index`` (decompressed in memory when gz / bz2)."""
         path = self.path(index)
-        return parse_cbf(decompress_frame(read_regular_file(path), str(path)), str(path))
+        return parse_cbf(decompress_frame(read_file(path), str(path)), str(path))
 
     @property
     def nframes(self) -> None:
@@ -204,26 +202,20 @@ class Hdf5Frames(FrameSource):
         return [self.file] + sorted({s.file for s in self.map.segments} - {self.file})
 
 
-def split_spec(spec: str | Path) -> tuple[str, str | None]:
-    """``"scan.h5::/entry/data/data"`` -> ``("scan.h5", "/entry/data/data")``; no ``::`` -> path None."""
-    s = str(spec)
-    if "::" in s:
-        file, _, path = s.partition("::")
-        return file, path or None
-    return s, None
-
-
-def is_hdf5(spec: str | Path) -> bool:
-    """True for ``file::path`` and for names ending like an HDF5 / NeXus file (``.h5``, ``.nxs``, ...)."""
-    file, path = split_spec(spec)
-    return path is not None or file.lower().endswith(H5_SUFFIXES)
-
-
 @functools.lru_cache(maxsize=64)
 def _open_cached(spec: str, pid: int) -> FrameSource:
     if is_hdf5(spec):
         return Hdf5Frames(*split_spec(spec))
     return CbfTemplate(spec)
+
+
+def refreshed(source: FrameSource) -> FrameSource:
+    """``source``, or a fresh open of it where a file it found missing has appeared since (a data
+    file copied in late, a scan still being written): the per-process cache keeps what it saw."""
+    if isinstance(source, Hdf5Frames) and any(s.missing and s.file.exists() for s in source.segments):
+        _open_cached.cache_clear()  # (open files stay: the one that was missing was never open)
+        return open_source(source.spec)
+    return source
 
 
 def open_source(source: str | Path | FrameSource, base_dir: str | Path | None = None) -> FrameSource:
