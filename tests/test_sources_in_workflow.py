@@ -87,3 +87,67 @@ def test_an_hdf5_source_that_cannot_be_opened_is_one_line(scans, tmp_path):
         open_run(load_workflow(h5.workflow, {"store.path": str(tmp_path / "x.zarr"),
                                              "inputs.frames": str(tmp_path / "none.h5")}))
     assert str(err.value).startswith("inputs.frames:") and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------
+# scan metadata from the scan: frames placed by their measured positions
+# ------------------------------------------------------------------------------------------
+def test_frames_placed_by_measured_positions_equal_the_grid_columns(scans, cluster, tmp_path):
+    """The scan file gives each frame's measured omega, x and z (readings jittered by a motor's
+    noise, no grid columns): every frame lands where the grid columns put it, the store's axes are
+    the median readings, and the store says the positions were measured."""
+    import csv
+
+    cbf, _, _ = scans
+    rows = list(csv.DictReader(open(cbf.scan_file)))
+    rng = np.random.default_rng(1)
+    measured = tmp_path / "measured.csv"
+    with open(measured, "w") as fh:
+        fh.write("index,omega_deg,x_mm,z_mm,monitor\n")
+        for r in rows:
+            fh.write(f"{r['index']},{float(r['omega_deg']) + rng.normal(0, 0.2):.5f},"
+                     f"{float(r['x_mm']) + rng.normal(0, 0.05):.5f},{r['z_mm']},{r['monitor']}\n")
+    ref = run(load_workflow(cbf.workflow, {"store.path": str(tmp_path / "grid.zarr")}), cluster=cluster,
+              progress=False, summary=False)
+    got = run(load_workflow(cbf.workflow, {"store.path": str(tmp_path / "measured.zarr"),
+                                           "inputs.scan_file": str(measured)}), cluster=cluster, progress=False,
+              summary=False)
+    for name in ("reduced/frame_index", "reduced/intensity", "reduced/monitor"):
+        np.testing.assert_array_equal(zarr.open_array(str(got / name), mode="r")[...],
+                                      zarr.open_array(str(ref / name), mode="r")[...], err_msg=name)
+    omega = zarr.open_array(str(got / "omega"), mode="r")[...]
+    nominal = np.arange(8) * 180 / 8
+    assert np.abs(omega - nominal).max() < 0.5 and not np.array_equal(omega, nominal)
+    pos = store.read_attrs(got)["positions"]
+    assert pos["omega_deg"].endswith("measured.csv:omega_deg") and pos["frames placed by"].startswith("measured")
+
+
+def test_an_hdf5_scan_places_its_frames_by_its_positioners(scans, cluster, tmp_path):
+    """No scan file: the HDF5 scan's own motors (measurement/omega, x, z) and counter place the
+    frames and give the axes; the store equals the CBF run placed by grid columns."""
+    cbf, h5, _ = scans
+    ref = run(load_workflow(cbf.workflow, {"store.path": str(tmp_path / "cbf.zarr")}), cluster=cluster,
+              progress=False, summary=False)
+    got = run(load_workflow(h5.workflow, {"store.path": str(tmp_path / "h5.zarr"), "inputs.scan_file": None,
+                                          "inputs.monitor": None, "inputs.positioners.monitor": "monitor"}),
+              cluster=cluster, progress=False, summary=False)
+    np.testing.assert_array_equal(zarr.open_array(str(got / "reduced/frame_index"), mode="r")[...],
+                                  zarr.open_array(str(ref / "reduced/frame_index"), mode="r")[...])
+    # the HDF5 counter holds the monitor exactly, monitor.txt to 7 digits: the same to that precision
+    for name in ("reduced/monitor", "reduced/intensity", "recon/intensity"):
+        a, b = (zarr.open_array(str(p / name), mode="r")[...] for p in (got, ref))
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6 * np.nanmax(np.abs(b)), err_msg=name)
+    pos = store.read_attrs(got)["positions"]
+    assert "/entry/measurement/omega" in pos["omega_deg"] and pos["frames placed by"].startswith("measured")
+
+
+def test_nominal_grid_only_when_nothing_is_measured_and_the_store_says_so(scans, tmp_path):
+    from xrdct_dask.prepare import scan_layout
+
+    cbf, _, _ = scans
+    lay = scan_layout(load_workflow(cbf.workflow, {"inputs.scan_file": None}))
+    assert lay.grid is None and lay.positions == {"frames placed by": "scan arithmetic (scan.order, scan.fast_axis)",
+                                                  "omega_deg": "nominal", "x_mm": "nominal", "z_mm": "nominal"}
+    np.testing.assert_array_equal(lay.omega_deg, np.arange(8) * 22.5)
+    forced = scan_layout(load_workflow(cbf.workflow, {"scan.positions": "nominal"}))
+    assert forced.positions["omega_deg"] == "nominal" and forced.grid is not None  # grid columns still place

@@ -29,6 +29,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Positioners(_Section):
+    """Names of the scan's motors and counters in a BLISS / NeXus HDF5 scan (looked up as
+    ``measurement/<name>``, then ``instrument/positioners/<name>``, ``instrument/<name>/value``;
+    a name starting with ``/`` is a path in the file); values in the dataset's ``units``."""
+
+    omega: str = "omega"
+    x: str = "x"
+    z: str | None = "z"
+    monitor: str | None = Field(None, description="a counter giving I0 per frame (instead of inputs.monitor)")
+
+
 class Inputs(_Section):
     """Where the data are.  Paths may be relative to the workflow file."""
 
@@ -44,6 +55,8 @@ class Inputs(_Section):
     check_md5: bool = Field(False, description="verify each frame's Content-MD5 (one md5 per frame); "
                                                "a mismatch flags the frame BAD_CHECKSUM")
 
+    positioners: "Positioners" = Field(default_factory=lambda: Positioners(),
+                                       description="names of the scan's motors and counters in an HDF5 scan")
     monitor_max_ratio: float = Field(100.0, gt=1, description="a monitor value more than this factor above or below "
                                                                "the scan's median flags its frame BAD_MONITOR")
 
@@ -96,6 +109,10 @@ class Scan(_Section):
     order: Literal["raster", "snake", "interlaced"] = "snake"
     interlace_passes: int = Field(2, ge=1, description="interlaced order: omega lines visited in this many interleaved passes")
     omega_range_deg: Literal[180, 360] = 180
+    positions: Literal["auto", "measured", "nominal"] = Field(
+        "auto", description="where omega, x and z come from: measured (scan file columns omega_deg, x_mm, z_mm, or "
+                            "the HDF5 scan's positioners), nominal (the grid from nomega, omega_range_deg, "
+                            "x_step_mm, ...), or auto: measured where the scan gives them")
     x_step_mm: float = Field(1.0, gt=0)
     z_step_mm: float = Field(1.0, gt=0)
 

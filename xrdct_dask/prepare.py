@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -202,11 +203,136 @@ def _monitor(wf: Workflow, nframes: int) -> np.ndarray:
         raise WorkflowError(f"inputs.monitor: {err}") from None
 
 
+@dataclass
+class ScanLayout:
+    """Where the frames sit and what the axes are: ``grid`` (nz, nomega, nx) acquisition indices
+    (-1 none; None = the scan arithmetic of ``scan.order``), ``duplicate`` points recorded twice,
+    the axes' values (``omega_deg``, ``x_mm``, ``z_mm``), a measured ``monitor`` per frame (or
+    None), and ``positions`` (what was measured, from where: recorded in the store)."""
+
+    grid: np.ndarray | None
+    duplicate: np.ndarray | None
+    omega_deg: np.ndarray
+    x_mm: np.ndarray
+    z_mm: np.ndarray
+    monitor: np.ndarray | None
+    positions: dict
+
+
+def _measured(wf: Workflow):
+    """The scan's own per-frame positions (:class:`~xrdct_dask.io.positioners.ScanPositions`) and
+    grid columns: from the scan file (``omega_deg``, ``x_mm``, ``z_mm``, ``monitor``, ``iz,iomega,ix``
+    columns), else from an HDF5 source's scan (``inputs.positioners``)."""
+    from .io.positioners import ScanPositions, read_csv_positions, read_hdf5_positions
+    from .io.scan import read_scan_table
+
+    if wf.inputs.scan_file is not None:
+        try:
+            table = read_scan_table(wf.inputs.scan_file)
+            return read_csv_positions(wf.inputs.scan_file), "iz" in table
+        except ValueError as err:
+            raise WorkflowError(f"inputs.scan_file: {err}") from None
+    if wf.frames_hdf5 and wf.scan.positions != "nominal":
+        from .io.spec import split_spec
+
+        n = wf.frame_source().nframes
+        names = wf.inputs.positioners
+        file = split_spec(wf.inputs.frames)[0]
+        out = ScanPositions()
+        for attr, name in (("omega_deg", names.omega), ("x_mm", names.x), ("z_mm", names.z),
+                           ("monitor", names.monitor)):
+            if name is None:
+                continue
+            kw = {"omega": None, "x": None, "z": None, "monitor": None, attr.split("_")[0]: name}
+            try:  # each name on its own: a scan without a z motor still gives omega and x
+                got = read_hdf5_positions(file, **kw, nframes=n)
+            except (ValueError, KeyError, OSError) as err:
+                if attr == "monitor":
+                    raise WorkflowError(f"inputs.positioners.monitor: {err}") from None
+                continue
+            setattr(out, attr, getattr(got, attr))
+            out.source[attr] = got.source[attr]
+        return out, False
+    return ScanPositions(), False
+
+
+def scan_layout(wf: Workflow) -> ScanLayout:
+    """The frames' places and the axes of a scan (see :class:`ScanLayout`).
+
+    A scan file's ``iz, iomega, ix`` columns place the frames; else measured omega and x (and z)
+    place them on the grid of their own values (:func:`~xrdct_dask.io.positioners.place_on_grid`:
+    the readings grouped into ``nomega`` / ``nx`` / ``nz`` values, each frame at the nearest, frames
+    that fit none left out and counted); else the scan arithmetic.  The axes are the measured
+    values (the median reading of each grid line) where the scan gives them and ``scan.positions``
+    allows, else the nominal grid, and the store records which (``positions`` attr)."""
+    from .io.positioners import grid_from_positions, place_on_grid
+    from .io.scan import read_scan_file
+
+    s = wf.scan
+    nominal = {"omega_deg": np.arange(s.nomega) * (s.omega_range_deg / s.nomega),
+               "x_mm": np.arange(s.nx) * s.x_step_mm, "z_mm": np.arange(s.nz) * s.z_step_mm}
+    pos, has_grid = _measured(wf)
+    measured = {k: getattr(pos, k) for k in ("omega_deg", "x_mm", "z_mm") if getattr(pos, k) is not None}
+    if s.positions == "nominal":
+        measured = {}
+    elif s.positions == "measured" and not {"omega_deg", "x_mm"} <= set(measured):
+        raise WorkflowError("scan.positions: measured, but the scan gives no omega and x per frame (scan file "
+                            "columns omega_deg, x_mm, or the HDF5 scan's inputs.positioners)")
+    grid = dup = None
+    placed = "scan file columns iz, iomega, ix" if has_grid else "scan arithmetic (scan.order, scan.fast_axis)"
+    if has_grid:
+        grid, dup = read_scan_file(wf.inputs.scan_file, s.nz, s.nomega, s.nx)
+    elif {"omega_deg", "x_mm"} <= set(measured):
+        z = measured.get("z_mm", np.zeros(measured["omega_deg"].size))
+        period = 360.0
+        try:
+            axes = {"omega_deg": grid_from_positions(measured["omega_deg"], s.nomega),
+                    "x_mm": grid_from_positions(measured["x_mm"], s.nx),
+                    "z_mm": grid_from_positions(z, s.nz) if "z_mm" in measured else nominal["z_mm"][:1] * 0}
+        except ValueError as err:
+            raise WorkflowError(f"scan: the measured positions do not make a {s.nz} x {s.nomega} x {s.nx} grid "
+                                f"({err})") from None
+        if "z_mm" not in measured and s.nz > 1:
+            raise WorkflowError("scan: omega and x are measured but not z, and the scan has several slices: name "
+                                "inputs.positioners.z or give the scan file a z_mm column")
+        p = place_on_grid(measured["omega_deg"], measured["x_mm"], z, axes["omega_deg"], axes["x_mm"], axes["z_mm"],
+                          omega_period_deg=period)
+        grid, dup = p.grid, p.duplicate
+        placed = f"measured positions ({int(p.off_grid.sum())} frames fit no grid point and are left out)"
+        measured = axes
+    axes = {}
+    for k in ("omega_deg", "x_mm", "z_mm"):
+        if k in measured and grid is not None and has_grid:  # the median reading of each grid line
+            axes[k] = _line_medians(measured[k], grid, {"omega_deg": 1, "x_mm": 2, "z_mm": 0}[k])
+        elif k in measured and not has_grid:
+            axes[k] = np.asarray(measured[k], np.float64)
+        else:
+            axes[k] = nominal[k]
+    positions = {"frames placed by": placed,
+                 **{k: (pos.source.get(k, "measured") if k in measured else "nominal") for k in axes}}
+    return ScanLayout(grid=grid, duplicate=dup, monitor=pos.monitor, positions=positions, **axes)
+
+
+def _line_medians(values: np.ndarray, grid: np.ndarray, axis: int) -> np.ndarray:
+    """The median of the per-frame ``values`` over each line of ``grid`` along ``axis`` (the
+    frames with that index): a measured coordinate for each grid index."""
+    n = grid.shape[axis]
+    out = np.empty(n)
+    for i in range(n):
+        idx = np.take(grid, i, axis=axis)
+        idx = idx[(idx >= 0) & (idx < values.size)]
+        out[i] = np.median(values[idx]) if idx.size else np.nan
+    if np.isnan(out).any():
+        raise WorkflowError(f"scan: no frame measured at {int(np.isnan(out).sum())} grid lines: their positions are "
+                            "unknown (scan.positions: nominal uses the grid)")
+    return out
+
+
 def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.RunContext:
     """Create the store template beside ``store.path``, fill the monitor and frame indices, and
     rename it into place (:func:`store.create_aside`); return the :class:`stages.RunContext`.
     ``extra_attrs`` go to the root with the others (e.g. a reprocessed run's lineage)."""
-    from .io.scan import grid_index, read_scan_file
+    from .io.scan import grid_index
     from .pdf import PDFParameterError, operator_for, radial_to_q_A
 
     s = wf.scan
@@ -225,25 +351,25 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
         except PDFParameterError as err:
             raise WorkflowError(str(err)) from None
         r_A = op.r_A
-    omega = np.arange(s.nomega) * (s.omega_range_deg / s.nomega)
     path = Path(wf.store.path)
-    flags = grid = None
-    if wf.inputs.scan_file is not None:
-        try:
-            grid, dup = read_scan_file(wf.inputs.scan_file, s.nz, s.nomega, s.nx)
-        except ValueError as err:
-            raise WorkflowError(f"inputs.scan_file: {err}") from None
-        if dup.any():
-            log.warning("%s: %d scan points recorded twice; the last record is used", wf.inputs.scan_file, dup.sum())
-        flags = _scan_flags(grid, dup, s)
+    try:
+        lay = scan_layout(wf)
+    except ValueError as err:
+        raise WorkflowError(f"inputs.scan_file: {err}") from None
+    grid, flags = lay.grid, None
+    if grid is not None:
+        if lay.duplicate.any():
+            log.warning("%d scan points recorded twice; the last record is used", lay.duplicate.sum())
+        flags = _scan_flags(grid, lay.duplicate, s)
     iw, ix = np.indices((s.nomega, s.nx))
 
     def grid_of(z: int) -> np.ndarray:  # acquisition indices of slice z; the scan arithmetic slab by slab
         return grid[z] if grid is not None else grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
 
     mon = None
-    if wf.inputs.monitor is not None:
-        mon = _monitor(wf, s.nframes if grid is None else int(grid.max()) + 1)
+    if wf.inputs.monitor is not None or lay.monitor is not None:
+        mon = _monitor(wf, s.nframes if grid is None else int(grid.max()) + 1) if wf.inputs.monitor is not None \
+            else lay.monitor
         used = mon if grid is None else mon[grid[grid >= 0]]  # every frame, or those the scan file places
         good = used[np.isfinite(used) & (used > 0)]
         reference = float(np.median(good)) if good.size else 1.0
@@ -265,6 +391,7 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
         "monitor_reference": reference,
         "wavelength_angstrom": wavelength_A,
         "poni": {k: v for k, v in ai.get_config().items() if k != "detector_config"} | {"detector": ai.detector.name},
+        "positions": lay.positions,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     } | (extra_attrs or {})
 
@@ -272,7 +399,7 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
 
     def build(tmp: Path) -> None:
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
-                           omega_deg=omega, x_mm=np.arange(s.nx) * s.x_step_mm, z_mm=np.arange(s.nz) * s.z_step_mm,
+                           omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A),
                            **pdf_store_args(wf, op))
         mon_arr = store.open_array(tmp, f"{store.REDUCED}/monitor")

@@ -135,6 +135,33 @@ def filter_block(sino, filter_name: str = "ramp", axis_px: float | None = None, 
     return xp.ascontiguousarray(xp.take(full, window, axis=1), dtype=xp.float32), axis_px - lo
 
 
+def angle_weights(omega_deg, period_deg: float | None = None) -> np.ndarray | None:
+    """Per-angle FBP weights for angles that do not cover the turn evenly, None for even ones.
+
+    A projection stands for the arc half-way to its neighbours (sorted, periodic over
+    ``period_deg``: 180 for a half turn, 360 for a full one; default 360 where the angles span
+    more than 180 degrees, else 180), and weighs ``pi/2 * arc / period``: for n even steps this
+    is iradon's ``pi / (2 n)`` for a half or a full turn alike.  Measured angles of a real scan
+    (a motor's readings, a missed projection) are uneven; FBP with even weights would
+    over-weigh the crowded directions."""
+    th = np.asarray(omega_deg, dtype=np.float64).ravel()
+    n = th.size
+    if n < 2:
+        return None
+    if period_deg is None:
+        period_deg = 360.0 if np.ptp(th) > 180.0 + 1e-9 else 180.0
+    t = np.mod(th, period_deg)
+    order = np.argsort(t, kind="stable")
+    ts = t[order]
+    gaps = np.diff(np.r_[ts, ts[0] + period_deg])  # gap after each sorted angle
+    arc = 0.5 * (gaps + np.roll(gaps, 1))
+    if np.allclose(arc, period_deg / n, rtol=1e-3, atol=0.0):
+        return None  # an even turn (readings within 0.1 % of a step): iradon's weight
+    w = np.empty(n)
+    w[order] = 0.5 * np.pi * arc / period_deg
+    return w
+
+
 def fbp(sino, omega_deg, filter_name: str = "ramp", center: float | None = None, *, q_chunk: int | None = None,
         threads: int | None = None):
     """Reconstruct every q bin of a sinogram block at once.
@@ -143,7 +170,8 @@ def fbp(sino, omega_deg, filter_name: str = "ramp", center: float | None = None,
     ----------
     sino : (nomega, nx, nq) float array, numpy or cupy (the result lives where the input does)
     omega_deg : (nomega,) rotation angles in degrees (180 or 360 degree scans alike: the weight of
-        each angle is pi / (2 nomega), iradon's, right for any uniformly covered half or full turn)
+        each angle is pi / (2 nomega), iradon's, right for any evenly covered half or full turn;
+        uneven angles, e.g. measured ones, are weighted by their arcs, :func:`angle_weights`)
     filter_name : ramp | shepp-logan | cosine | hamming | hann | none
     center : rotation-axis position in detector pixels from the first x (default ``nx // 2``, iradon's)
     q_chunk : q bins filtered and back-projected per pass (default: 32 on the CPU, 256 on the GPU)
@@ -168,9 +196,12 @@ def fbp(sino, omega_deg, filter_name: str = "ramp", center: float | None = None,
     chunk = q_chunk or (CPU_Q_CHUNK if xp is np else GPU_Q_CHUNK)
     out = xp.zeros((nx, nx, nq), dtype=xp.float32)
     scale = np.pi / (2 * nomega)
+    weights = angle_weights(omega_deg)
     axis_px = nx // 2 if center is None else float(center)
     for q0 in range(0, nq, chunk):
         filtered, axis_idx = filter_block(sino[:, :, q0:q0 + chunk], filter_name, axis_px, nx, threads)
+        if weights is not None:  # uneven angles: each projection by its own arc (relative to the even weight)
+            filtered *= xp.asarray((weights / scale).astype(np.float32))[:, None, None]
         backproject(filtered, np.cos(theta), np.sin(theta), axis_idx, nx, scale=scale, out=out, q0=q0,
                     threads=threads)
     return out
