@@ -148,7 +148,7 @@ def test_worker_warm_up_readies_every_pipeline_and_changes_no_result(sim_scan):
     payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(40)]
     batches = [(payloads[a:a + 16], np.linspace(0.9, 1.1, len(payloads[a:a + 16]))) for a in range(0, 40, 16)]
     cold = np.concatenate([r[0] for r in integ.integrate_batches(batches)])
-    stages.warm_gpu_engine(wf, integ, 3)
+    integ.warm(wf.frame_source(), 3, wf.scan.nframes)
     eng = integ._impl
     assert len(eng._pipelines) == 3 and len(eng._free_rings) == 3
     largest = max(sim_scan.frame_path(i).stat().st_size for i in range(wf.scan.nframes))

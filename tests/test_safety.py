@@ -286,15 +286,14 @@ def test_store_in_missing_folders_is_created_and_an_uncreatable_one_named(scan, 
 
 
 def test_a_bad_frame_is_named_once_in_the_log(scan, tmp_path, caplog):
-    from xrdct_dask.stages import RunContext, _read
+    from xrdct_dask.integrate.files import read_payload
+    from xrdct_dask.io.source import CbfTemplate
 
     bad = tmp_path / "frame0.cbf"
     bad.write_bytes(scan.frame_path(0).read_bytes()[:3000])
-    wf = wf_for(scan, tmp_path / "run.zarr", **{"inputs.frames": str(tmp_path / "frame{index}.cbf")})
-    ctx = RunContext(workflow=wf, store_path=tmp_path / "run.zarr", monitor_reference=1.0, wavelength_A=1.0,
-                     layout=None)
     with caplog.at_level(logging.WARNING, logger="xrdct_dask"):
-        assert _read(ctx, 0, (1, 1))[1] in (FrameStatus.TRUNCATED, FrameStatus.CORRUPT_HEADER)
+        status = read_payload(CbfTemplate(str(tmp_path / "frame{index}.cbf")), 0, (1, 1))[1]
+        assert status in (FrameStatus.TRUNCATED, FrameStatus.CORRUPT_HEADER)
     assert caplog.records and all(r.getMessage().count(str(bad)) == 1 for r in caplog.records)
 
 
@@ -392,7 +391,7 @@ def test_frames_missing_at_first_are_read_when_they_arrive(scan, cluster, tmp_pa
 
 
 def test_io_errors_are_retried_and_truly_missing_frames_are_not(scan, cluster, tmp_path):
-    from xrdct_dask.stages import _status_of
+    from xrdct_dask.io.status import status_of as _status_of
     from xrdct_dask.prepare import reopen_retried
 
     assert _status_of(OSError(errno.EIO, "Input/output error")) == FrameStatus.IO_ERROR

@@ -407,24 +407,25 @@ class IntegratorPlugin(_worker_plugin_base()):
 
     def __init__(self, workflow: Workflow, unique: bool = False, gpu_only: bool = False):
         self.workflow = workflow
-        self.gpu_only = gpu_only  # decode-integrate tasks need a GPU worker: the others need no integrator
+        self.gpu_only = gpu_only  # integrate tasks need a GPU worker: the others need no integrator
+        self.integrators: dict = {}  # this worker's, by stages.integrator_key (engines, pinned buffers)
         if unique:  # several workflows in one graph: one plugin each
             self.name = f"xrdct-integrator-{workflow.digest()[:12]}"
 
     def setup(self, worker):
         if self.gpu_only and not dict(getattr(worker.state, "total_resources", {}) or {}).get("GPU"):
             return  # a CPU worker beside GPU workers: it runs no decode-integrate task
-        integ = stages.integrator_for(self.workflow)
-        integ.warm_up()  # JIT-compiled / cached kernels loaded now, not in the first task
-        if hasattr(integ._impl, "warm"):  # GPU: buffers allocated and used once before the first task
-            stages.warm_gpu_engine(self.workflow, integ, int(getattr(worker.state, "nthreads", 2)))
+        integ = stages.build_integrator(self.workflow)
+        # kernels compiled, and on a GPU the buffers of every task thread allocated and used once
+        integ.warm(self.workflow.frame_source(), int(getattr(worker.state, "nthreads", 2)), self.workflow.scan.nframes)
+        self.integrators[stages.integrator_key(self.workflow)] = integ
         # distributed's worker logger: this line lands in the worker's own log (a batch job's .err file)
         logging.getLogger("distributed.worker").info(
             "xrdct: integrate engine %s (resources %s)", integ.engine,
             dict(getattr(worker.state, "total_resources", {}) or {}))
 
     def teardown(self, worker):
-        stages.clear_integrators()
+        self.integrators.clear()
 
 
 class RunLogPlugin(_worker_plugin_base()):

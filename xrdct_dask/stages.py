@@ -15,7 +15,6 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,6 @@ import numpy as np
 from . import store
 from .budget import PDF_BATCH, Layout
 from .config import Workflow
-from .io.cbf import CorruptFrameError, NotRegularFileError, SizeMismatchError, TruncatedFrameError, read_cbf_payload
 from .io.status import FrameStatus, usable
 
 log = logging.getLogger(__name__)
@@ -110,6 +108,7 @@ class RunContext:
 # per-process state: integrators are expensive to build (pyFAI's CSR), cheap to reuse
 # ------------------------------------------------------------------------------------------
 _LOCK = threading.Lock()
+# integrators of this process outside a dask worker (a worker's belong to its IntegratorPlugin)
 _INTEGRATORS: dict[str, object] = {}
 
 
@@ -137,24 +136,44 @@ def plan_for(wf: Workflow, inputs: tuple | None = None):
     return cached_plan(ai, shape, wf.integrate.npt_rad, wf.integrate.unit, directory=wf.compute.cache_dir, **options)
 
 
-def integrator_for(wf: Workflow):
-    """The :class:`~xrdct_dask.integrate.Integrator` of a workflow, built once per process (its plan
-    from :func:`plan_for`)."""
+def integrator_key(wf: Workflow) -> str:
+    """What makes an integrator: the geometry files, the geometry and the integrate section."""
+    return wf.model_dump_json(include={"inputs": {"poni", "mask", "dark", "flat"}, "geometry": True,
+                                       "integrate": True})
+
+
+def build_integrator(wf: Workflow):
+    """A new :class:`~xrdct_dask.integrate.Integrator` of a workflow (its plan from :func:`plan_for`)."""
     from .integrate import Integrator
 
-    key = wf.model_dump_json(include={"inputs": {"poni", "mask", "dark", "flat"}, "geometry": True,
-                                      "integrate": True})
+    p = wf.integrate
+    inputs = _plan_inputs(wf)
+    ai, shape, options = inputs
+    integ = Integrator(ai, shape, p.npt_rad, p.unit, **options, error_model=p.error_model, outlier=p.outlier,
+                       clip_threshold=p.clip_threshold, max_iter=p.max_iter, percentile=p.percentile,
+                       engine=p.engine, plan=plan_for(wf, inputs))
+    log.info("integrator ready: %d bins, %d nnz, engine %s", integ.plan.nbins, integ.plan.nnz, integ.engine)
+    return integ
+
+
+def integrator_for(wf: Workflow):
+    """The :class:`~xrdct_dask.integrate.Integrator` of a workflow: on a dask worker the one its
+    :class:`~xrdct_dask.cluster.IntegratorPlugin` built at start-up (per-worker state lives in the
+    plugin, freed at its teardown); elsewhere (a task run in this process) one built once per process."""
+    key = integrator_key(wf)
+    try:
+        from distributed import get_worker
+
+        for plugin in get_worker().plugins.values():
+            integ = getattr(plugin, "integrators", {}).get(key)
+            if integ is not None:
+                return integ
+    except (ImportError, ValueError):  # not in a worker
+        pass
     with _LOCK:
         integ = _INTEGRATORS.get(key)
         if integ is None:
-            p = wf.integrate
-            inputs = _plan_inputs(wf)
-            ai, shape, options = inputs
-            integ = Integrator(ai, shape, p.npt_rad, p.unit, **options, error_model=p.error_model, outlier=p.outlier,
-                               clip_threshold=p.clip_threshold, max_iter=p.max_iter, percentile=p.percentile,
-                               engine=p.engine, plan=plan_for(wf, inputs))
-            _INTEGRATORS[key] = integ
-            log.info("integrator ready: %d bins, %d nnz, engine %s", integ.plan.nbins, integ.plan.nnz, integ.engine)
+            integ = _INTEGRATORS[key] = build_integrator(wf)
         return integ
 
 
@@ -169,201 +188,6 @@ def block_indices(ctx: RunContext, block: store.FrameBlock) -> np.ndarray:
     return arr[block.z, block.omega_start:block.omega_stop]
 
 
-def _read(ctx: RunContext, index: int, shape: tuple[int, int]):
-    """(payload or None, status) of one frame; never raises for bad data."""
-    if index < 0:
-        return None, FrameStatus.MISSING
-    path = ctx.workflow.frame_path(int(index))
-    try:
-        payload = read_cbf_payload(path)
-    except (OSError, CorruptFrameError) as err:
-        if not isinstance(err, FileNotFoundError):
-            log.warning("%s", _frame_message(path, err))
-        return None, _status_of(err)
-    if payload.shape != shape:
-        log.warning("%s: frame is %s, the detector %s", path, payload.shape, shape)
-        return None, FrameStatus.WRONG_SHAPE
-    if ctx.check_md5 and not payload.check_md5():
-        log.warning("%s: Content-MD5 does not match the payload", path)
-        return None, FrameStatus.BAD_CHECKSUM
-    return payload, FrameStatus.OK
-
-
-def prefetch(pool, fn, items, depth: int = 3):
-    """``map(fn, items)`` on ``pool`` with at most ``depth`` results in flight (bounded memory).
-
-    The first ``depth`` calls are submitted now, not at the first ``next()``: reading starts while
-    the engine is still busy with another task."""
-    from collections import deque
-
-    items = iter(items)
-    q = deque(pool.submit(fn, it) for _, it in zip(range(depth), items))
-
-    def results():
-        while q:
-            yield q.popleft().result()
-            nxt = next(items, None)
-            if nxt is not None:
-                q.append(pool.submit(fn, nxt))
-
-    return results()
-
-
-_GPU_READ_POOL = None
-
-
-def _gpu_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pending, stats):
-    """GPU path: whole files are read straight into the engine's page-locked arenas (threads,
-    two batches ahead), payload ranges located in place, and the batches handed to the engine's
-    pipeline without any host copy.  Fills ``status`` for unreadable frames, appends the good rows
-    of each batch to ``pending``; yields the engine's results."""
-    global _GPU_READ_POOL
-    from .io.gpu_decode import read_into_pinned
-
-    # per process, shared by its tasks (the first run's compute.read_threads sizes it): a few reader
-    # threads, more only queue on the GIL and the file system
-    if _GPU_READ_POOL is None:
-        _GPU_READ_POOL = (ThreadPoolExecutor(4, thread_name_prefix="xrdct-batch"),
-                          ThreadPoolExecutor(ctx.read_threads, thread_name_prefix="xrdct-read"))
-    batch_pool, file_pool = _GPU_READ_POOL
-    eng = integ._impl
-    shape = np.asarray(integ.shape)
-    ring = eng.arena_ring()  # this task's pinned arenas, until its last batch has left them
-
-    def read(item):
-        k, rows = item
-        paths = [ctx.workflow.frame_path(int(flat_idx[r])) if flat_idx[r] >= 0 else None for r in rows]
-        got = read_into_pinned(paths, lambda nbytes: eng.arena(ring, k, nbytes), file_pool, eng.slot_bytes,
-                               ctx.check_md5)
-        eng.slot_bytes = max(eng.slot_bytes, got[-1])  # a larger file grows the slots of every later task
-        return rows, got
-
-    def engine_batches():
-        for rows, (arena, _total, begin, end, shapes, md5s, errors, _slot) in prefetch(
-                batch_pool, read, enumerate(batches), 2):
-            failed = np.array([e is not None for e in errors])
-            for j in np.nonzero(failed)[0]:
-                status[rows[j]] = _status_of(errors[j])
-            wrong = ~failed & np.any(shapes != shape, axis=1)
-            status[rows[wrong]] = FrameStatus.WRONG_SHAPE
-            keep = ~failed & ~wrong
-            if ctx.check_md5:
-                from .io.cbf import CbfPayload
-
-                for j in np.nonzero(keep)[0]:
-                    if not CbfPayload(memoryview(arena)[begin[j]:end[j]], tuple(shape), md5s[j]).check_md5():
-                        status[rows[j]] = FrameStatus.BAD_CHECKSUM
-                        keep[j] = False
-            status[rows[keep]] = FrameStatus.OK
-            if not keep.any():
-                continue
-            good = rows[keep]
-            stats["bytes"] += int((end[keep] - begin[keep]).sum())
-            pending.append(good)
-            yield (arena, begin[keep], end[keep]), norm[good]
-
-    yield from integ.integrate_batches(engine_batches(), packed=True)
-    # back to the pool only after a complete pass: after an error a read issued ahead may still be
-    # filling an arena, so that ring is dropped instead
-    eng.release_ring(ring)
-
-
-def _compressed_files(wf: Workflow) -> bool:
-    """CBF frames kept gzip / bzip2 compressed (archives): decompressed on the host, never read
-    straight into pinned memory."""
-    return wf.inputs.frames.endswith((".gz", ".bz2"))
-
-
-def _hdf5_batches(ctx: RunContext, integ, flat_idx, batches, norm, status, pending, stats):
-    """HDF5 sources: each batch's chunks read with ``read_direct_chunk`` and decoded on the host
-    (bitshuffle-LZ4 / LZ4 without the GIL, :func:`~xrdct_dask.io.source.read_batch`), a batch ahead
-    on a thread; the decoded counts integrated by the engine (uploaded to the GPU where it runs).
-    Fills ``status``, appends each batch's good rows to ``pending``; yields the engine's results."""
-    from .io.source import read_batch, refreshed
-
-    src = refreshed(ctx.workflow.frame_source())
-    pool = ThreadPoolExecutor(1, thread_name_prefix="xrdct-h5")
-
-    def read(rows):
-        frames, st = read_batch(src, flat_idx[rows], threads=max(1, ctx.read_threads // 2))
-        return rows, frames, st
-
-    try:
-        for rows, frames, st in prefetch(pool, read, batches, 2):
-            status[rows] = st
-            keep = st == FrameStatus.OK
-            if not keep.any():
-                continue
-            good = rows[keep]
-            stats["bytes"] += int(frames[keep].nbytes)
-            pending.append(good)
-            res = integ.integrate(frames[keep], norm[good])
-            yield res.intensity, res.sigma, np.zeros(good.size, np.int32)
-    finally:
-        pool.shutdown(wait=False)
-
-
-def warm_gpu_engine(wf: Workflow, integ, tasks: int, sample: int = 64) -> None:
-    """Prepare the GPU engine of a worker for ``tasks`` concurrent decode-integrate tasks.
-
-    The file slots of the pinned read arenas are sized from the largest of ``sample`` frame files
-    spread over the scan (x 1.25): compressed sizes follow the sample (air at the edges of a
-    scan line, dense phases in its middle), and an arena that must grow in a task is a new
-    page-locked allocation (~0.6 s per 400 MB, holding up every CUDA call of the process).  Then
-    each pipeline integrates a batch of the first frame read (as a task reads) into every arena of
-    its ring: buffers allocated and used once before the first task."""
-    from .io.gpu_decode import read_into_pinned
-
-    n = integ.batch_frames
-    eng = integ._impl
-    if wf.frames_hdf5 or _compressed_files(wf):  # frames decoded on the host: no file arenas to size
-        eng.warm(n, eng.slot_bytes, rings=tasks)
-        return
-    total = wf.scan.nframes
-    sizes = [p.stat().st_size for p in (wf.frame_path(int(i)) for i in np.unique(
-        np.linspace(0, total - 1, min(sample, total)).astype(np.int64))) if p.exists()]
-    first = wf.frame_path(0)
-    # byte-offset at diffraction count rates: about one byte per pixel, plus the CBF header
-    estimate = integ.plan.npix + 8192
-    eng.slot_bytes = max(eng.slot_bytes, (int(max(sizes, default=estimate) * 1.25) + 4095) // 4096 * 4096)
-    if not first.exists():  # no frame yet (a scan still being written): allocate only
-        eng.warm(n, eng.slot_bytes, rings=tasks)
-        return
-
-    def fill(get_arena):
-        arena, _total, begin, end, _shapes, _md5s, errors, _slot = read_into_pinned([first] * n, get_arena,
-                                                                                    slot_bytes=eng.slot_bytes)
-        if errors[0] is not None:
-            raise errors[0]
-        return arena, begin, end
-
-    try:
-        eng.warm(n, eng.slot_bytes, rings=tasks, fill=fill)
-    except (OSError, CorruptFrameError) as err:  # an unreadable first frame: its task will say so
-        log.warning("%s; GPU buffers allocated but not used before the first task", _frame_message(first, err))
-        eng.warm(n, eng.slot_bytes, rings=tasks)
-
-
-def _frame_message(path, err: Exception) -> str:
-    """``err`` naming ``path`` once (the readers' messages already start with it)."""
-    return str(err) if str(path) in str(err) else f"{path}: {err}"
-
-
-def _status_of(err: Exception) -> FrameStatus:
-    """The status of a frame whose reading raised ``err`` (by exception type, never by message)."""
-    if isinstance(err, FileNotFoundError):
-        return FrameStatus.MISSING
-    if isinstance(err, NotRegularFileError):
-        return FrameStatus.NOT_A_FILE
-    if isinstance(err, TruncatedFrameError):
-        return FrameStatus.TRUNCATED
-    if isinstance(err, SizeMismatchError):
-        return FrameStatus.SIZE_MISMATCH
-    if isinstance(err, OSError):  # EIO, EACCES, ESTALE...: the file is there but could not be read now
-        return FrameStatus.IO_ERROR
-    return FrameStatus.CORRUPT_HEADER
-
-
 def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     """Read, decode and integrate the frames of one block and write them to ``reduced/``.
 
@@ -372,8 +196,6 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     overlaps the compute of the current one), so memory does not grow with the block.  Bad frames
     get NaN patterns and a status code; the block always completes.
     """
-    from collections import deque
-
     t0 = time.perf_counter()
     started = time.time()
     integ = integrator_for(ctx.workflow)
@@ -381,9 +203,6 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     nw, nx = idx.shape
     nq = integ.plan.nbins
     flat_idx = idx.reshape(-1)
-    intensity = np.full((flat_idx.size, nq), np.nan, np.float32)
-    sigma = np.full((flat_idx.size, nq), np.nan, np.float32)
-    status = np.zeros(flat_idx.size, np.int8)
     monitor = store.open_array(ctx.store_path, f"{store.REDUCED}/monitor", "r")[
         block.z, block.omega_start:block.omega_stop].reshape(-1).astype(np.float64)
     # a monitor reading far from the scan's median (a beam dump, a glitching counter) would scale the
@@ -392,41 +211,10 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     limit = ctx.workflow.inputs.monitor_max_ratio
     with np.errstate(invalid="ignore"):
         bad_monitor = ~(np.isfinite(ratio) & (ratio > 0) & (ratio <= limit) & (ratio >= 1 / limit))
-    norm = np.where(bad_monitor, 1.0, ratio)
-    shape = integ.shape
-    stats = {"bytes": 0}
-    step = integ.batch_frames
-    batches = [np.arange(a, min(a + step, flat_idx.size)) for a in range(0, flat_idx.size, step)]
-    pending: deque = deque()  # (good rows) of batches handed to the engine, awaiting results
-
-    def engine_batches(reads):
-        for rows, results in zip(batches, reads):
-            status[rows] = [st for _, st in results]
-            good = np.asarray([k for k, (_, st) in zip(rows, results) if st == FrameStatus.OK], dtype=np.int64)
-            if good.size == 0:
-                continue
-            payloads = [results[k - rows[0]][0] for k in good]
-            stats["bytes"] += sum(len(p.data) for p in payloads)
-            pending.append(good)
-            yield payloads, norm[good]
-
-    pool = None
-    if ctx.workflow.frames_hdf5:
-        results = _hdf5_batches(ctx, integ, flat_idx, batches, norm, status, pending, stats)
-    elif integ.engine == "cupy" and not _compressed_files(ctx.workflow):
-        results = _gpu_batches(ctx, integ, flat_idx, batches, norm, status, pending, stats)
-    else:
-        pool = ThreadPoolExecutor(ctx.read_threads)
-        reads = prefetch(pool, lambda rows: [_read(ctx, flat_idx[k], shape) for k in rows], batches)
-        results = integ.integrate_batches(engine_batches(reads))
     t_engine = time.perf_counter()
-    for res_i, res_s, dec_status in results:
-        good = pending.popleft()
-        intensity[good] = res_i
-        sigma[good] = res_s
-        status[good] = np.where(dec_status != 0, FrameStatus.TRUNCATED, FrameStatus.OK)
-    if pool is not None:
-        pool.shutdown()
+    intensity, sigma, status, nbytes = integ.integrate_source(
+        ctx.workflow.frame_source(), flat_idx, np.where(bad_monitor, 1.0, ratio), read_threads=ctx.read_threads,
+        check_md5=ctx.check_md5)
     t_write = time.perf_counter()
     status[(status == FrameStatus.OK) & bad_monitor] = FrameStatus.BAD_MONITOR
     # a good frame the scan file placed (recorded twice, or out of acquisition order) keeps that note
@@ -441,7 +229,7 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     store.mark_done(ctx.store_path, "integrate", (block.z, block.omega_start // ctx.layout.omega_chunk))
     counts = {FrameStatus(s).name: int(n) for s, n in zip(*np.unique(status, return_counts=True))}
     return {"stage": "integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),
-            "bytes": stats["bytes"], "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine,
+            "bytes": nbytes, "status": counts, "seconds": time.perf_counter() - t0, "engine": integ.engine,
             "seconds_setup": t_engine - t0, "seconds_engine": t_write - t_engine,
             "seconds_write": time.perf_counter() - t_write, "worker": worker_address(),
             "started": started, "finished": time.time()}

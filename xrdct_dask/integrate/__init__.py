@@ -182,6 +182,23 @@ class Integrator:
         self.integrate_payloads([blank])
         list(self.integrate_batches([([blank], None)]))
 
+    def integrate_source(self, source, indices, monitor=None, *, read_threads: int = 8, check_md5: bool = False):
+        """Read and integrate frames ``indices`` (-1: none) of a frame source (a CBF template or an
+        HDF5 source, :mod:`xrdct_dask.io.source`): ``(intensity, sigma, status, bytes_read)``, bad
+        frames NaN with their :class:`~xrdct_dask.io.status.FrameStatus` (:mod:`.files`)."""
+        from .files import integrate_source
+
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return integrate_source(self, source, idx, self._monitor(monitor, idx.size), read_threads=read_threads,
+                                check_md5=check_md5)
+
+    def warm(self, source, tasks: int, nframes: int) -> None:
+        """Compile the kernels and, on a GPU, set up the read arenas and pipelines of ``tasks``
+        concurrent tasks on ``source`` (of ``nframes`` frames) before the first task (:mod:`.files`)."""
+        from .files import warm
+
+        warm(self, source, tasks, nframes)
+
     def integrate_batches(self, batches, packed: bool = False):
         """Integrate an iterable of ``(payloads, monitor)`` batches; yields ``(intensity, sigma,
         status)`` host arrays per batch, in order.  The GPU engine pipelines the batches (upload of

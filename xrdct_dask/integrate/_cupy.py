@@ -9,13 +9,18 @@ the host packing and upload of batch k+1 with the decode + integration of batch 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ..backend import cp
+
+log = logging.getLogger(__name__)
+BATCH_FRAMES = 128  # frames per launch (Integrator.batch_frames on a GPU)
 
 _ROWS = 4  # bins (row chunks) per block (blockDim.y); blockDim.x = 32 lanes
 FPT = 2  # frames per lane in the Poisson kernel: a block column covers 32 * FPT frames
@@ -126,6 +131,103 @@ class CupyEngine:
         for ring in new:
             self.release_ring(ring)
 
+    def _read_pools(self, read_threads: int):
+        """This engine's reader threads (per process, shared by its tasks, made with the first)."""
+        with self._arena_lock:
+            if self._pools is None:
+                self._pools = (ThreadPoolExecutor(4, thread_name_prefix="xrdct-batch"),
+                               ThreadPoolExecutor(read_threads, thread_name_prefix="xrdct-read"))
+            return self._pools
+
+    def file_batches(self, source, idx, batches, norm, status, pending, stats, read_threads: int = 8,
+                     check_md5: bool = False):
+        """CBF files of ``source`` read whole, straight into this engine's page-locked arenas
+        (threads, two batches ahead), payload ranges located in place, and the batches run through
+        a pipeline without any host copy.  Fills ``status`` for unreadable frames, appends the good
+        rows of each batch to ``pending``; yields the pipeline's results."""
+        from ..io.cbf import CbfPayload
+        from ..io.gpu_decode import read_into_pinned
+        from ..io.status import FrameStatus, status_of
+        from .files import prefetch
+
+        batch_pool, file_pool = self._read_pools(read_threads)
+        shape = np.asarray(self.plan.shape)
+        ring = self.arena_ring()  # this task's pinned arenas, until its last batch has left them
+
+        def read(item):
+            k, rows = item
+            paths = [source.path(int(idx[r])) if idx[r] >= 0 else None for r in rows]
+            got = read_into_pinned(paths, lambda nbytes: self.arena(ring, k, nbytes), file_pool, self.slot_bytes,
+                                   check_md5)
+            self.slot_bytes = max(self.slot_bytes, got[-1])  # a larger file grows the slots of later tasks
+            return rows, got
+
+        def engine_batches():
+            for rows, (arena, _total, begin, end, shapes, md5s, errors, _slot) in prefetch(
+                    batch_pool, read, enumerate(batches), 2):
+                failed = np.array([e is not None for e in errors])
+                for j in np.nonzero(failed)[0]:
+                    status[rows[j]] = status_of(errors[j])
+                wrong = ~failed & np.any(shapes != shape, axis=1)
+                status[rows[wrong]] = FrameStatus.WRONG_SHAPE
+                keep = ~failed & ~wrong
+                if check_md5:
+                    for j in np.nonzero(keep)[0]:
+                        if not CbfPayload(memoryview(arena)[begin[j]:end[j]], tuple(shape), md5s[j]).check_md5():
+                            status[rows[j]] = FrameStatus.BAD_CHECKSUM
+                            keep[j] = False
+                status[rows[keep]] = FrameStatus.OK
+                if not keep.any():
+                    continue
+                good = rows[keep]
+                stats["bytes"] += int((end[keep] - begin[keep]).sum())
+                pending.append(good)
+                yield (arena, begin[keep], end[keep]), norm[good]
+
+        yield from self.integrate_batches(engine_batches(), packed=True)
+        # back to the pool only after a complete pass: after an error a read issued ahead may still
+        # be filling an arena, so that ring is dropped instead
+        self.release_ring(ring)
+
+    def warm_files(self, source, tasks: int, nframes: int, sample: int = 64) -> None:
+        """Ready this engine for ``tasks`` concurrent tasks reading CBF files of ``source`` (a
+        template of ``nframes`` frames).
+
+        The file slots of the pinned read arenas are sized from the largest of ``sample`` frame
+        files spread over the source (x 1.25): compressed sizes follow the sample (air at the
+        edges of a scan line, dense phases in its middle), and an arena that must grow in a task
+        is a new page-locked allocation (~0.6 s per 400 MB, holding up every CUDA call of the
+        process).  Then each pipeline integrates a batch of the first frame read (as a task reads)
+        into every arena of its ring: buffers allocated and used once before the first task."""
+        import os
+
+        from ..io.cbf import CorruptFrameError
+        from ..io.gpu_decode import read_into_pinned
+        from ..io.status import frame_message
+
+        n = BATCH_FRAMES
+        paths = [source.path(int(i)) for i in np.unique(np.linspace(0, max(nframes - 1, 0), sample).astype(np.int64))]
+        sizes = [p.stat().st_size for p in paths if os.path.isfile(p)]
+        first = source.path(0)
+        estimate = self.plan.npix + 8192  # byte-offset at diffraction count rates: ~1 byte a pixel + header
+        self.slot_bytes = max(self.slot_bytes, (int(max(sizes, default=estimate) * 1.25) + 4095) // 4096 * 4096)
+        if not os.path.isfile(first):  # no frame yet (a scan still being written): allocate only
+            self.warm(n, self.slot_bytes, rings=tasks)
+            return
+
+        def fill(get_arena):
+            arena, _total, begin, end, _shapes, _md5s, errors, _slot = read_into_pinned(
+                [first] * n, get_arena, slot_bytes=self.slot_bytes)
+            if errors[0] is not None:
+                raise errors[0]
+            return arena, begin, end
+
+        try:
+            self.warm(n, self.slot_bytes, rings=tasks, fill=fill)
+        except (OSError, CorruptFrameError) as err:  # an unreadable first frame: its task will say so
+            log.warning("%s; GPU buffers allocated but not used before the first task", frame_message(first, err))
+            self.warm(n, self.slot_bytes, rings=tasks)
+
     def arena_ring(self) -> list:
         """Check out a ring of ``RING`` page-locked read arenas for one task (give it back with
         :meth:`release_ring`): two tasks never share a buffer, and arenas are reused across tasks."""
@@ -176,6 +278,7 @@ class CupyEngine:
         # their arenas keep one size: set at warm-up from the scan's files, grown by larger files
         self.slot_bytes = 0
         self._arena_lock = threading.Lock()
+        self._pools = None  # reader threads, made by the first task that reads files
         self._out = {}
         # the single-call paths (sums, sums_payloads) share one decoder and the current stream
         self._lock = threading.RLock()

@@ -55,7 +55,10 @@ def pinned_empty(nbytes: int) -> np.ndarray:
     return np.frombuffer(mem, dtype=np.uint8, count=int(nbytes))
 
 
-_COPY_POOL = ThreadPoolExecutor(8, thread_name_prefix="xrdct-pack")
+@functools.cache
+def _copy_pool() -> ThreadPoolExecutor:
+    """Threads for host copies, made at first use (not at import)."""
+    return ThreadPoolExecutor(8, thread_name_prefix="xrdct-pack")
 
 
 def pack_aligned(payloads: Sequence, out: np.ndarray, begin: np.ndarray) -> None:
@@ -66,7 +69,7 @@ def pack_aligned(payloads: Sequence, out: np.ndarray, begin: np.ndarray) -> None
         out[b:b + src.size] = src
 
     if len(payloads) > 4:
-        list(_COPY_POOL.map(put, range(len(payloads))))
+        list(_copy_pool().map(put, range(len(payloads))))
     else:
         for k in range(len(payloads)):
             put(k)

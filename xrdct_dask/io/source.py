@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 import string
 from abc import ABC, abstractmethod
 from pathlib import Path

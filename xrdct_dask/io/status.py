@@ -40,3 +40,25 @@ RETRIED = (FrameStatus.MISSING, FrameStatus.IO_ERROR)
 def usable(status) -> np.ndarray:
     """``frame_ok`` of status codes (any shape): true where the frame's pattern is used."""
     return np.isin(np.asarray(status), [int(s) for s in USABLE])
+
+
+def status_of(err: Exception) -> FrameStatus:
+    """The status of a frame whose reading raised ``err`` (by exception type, never by message)."""
+    from .cbf import NotRegularFileError, SizeMismatchError, TruncatedFrameError
+
+    if isinstance(err, FileNotFoundError):
+        return FrameStatus.MISSING
+    if isinstance(err, NotRegularFileError):
+        return FrameStatus.NOT_A_FILE
+    if isinstance(err, TruncatedFrameError):
+        return FrameStatus.TRUNCATED
+    if isinstance(err, SizeMismatchError):
+        return FrameStatus.SIZE_MISMATCH
+    if isinstance(err, OSError):  # EIO, EACCES, ESTALE...: the file is there but could not be read now
+        return FrameStatus.IO_ERROR
+    return FrameStatus.CORRUPT_HEADER
+
+
+def frame_message(path, err: Exception) -> str:
+    """``err`` naming ``path`` once (the readers' messages already start with it)."""
+    return str(err) if str(path) in str(err) else f"{path}: {err}"
