@@ -206,6 +206,7 @@ def _run(cmd: list, cwd: Path, env: dict, ok: bool = True) -> subprocess.Complet
     return res
 
 
+@pytest.mark.slow  # builds the wheel and a venv: ~15 s
 def test_wheel_in_a_fresh_venv_works_outside_the_checkout(tmp_path):
     """`xrdct --version`, `cluster list` (the shipped profiles), `init` and `plan` (GPU-hours from
     the shipped figures, = frames / rate / 3600 exactly) from the installed wheel alone."""
