@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean slurm-up slurm-down notebooks throughputs
+.PHONY: demo test quick install bench clean slurm-up slurm-down notebooks throughputs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 # pytest exits 5 when nothing was collected (e.g. a marker filter): not a failure here
 test: $(STAMP) slurm-up
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# the quick loop while editing: everything but the end-to-end runs marked `slow` (10 s and more
+# each: whole workflows, notebooks, the wheel, kills and resumes); `make test` runs them too
+quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The slurm-marked tests need a SLURM: as root, start the one-node SLURM of cluster/local-slurm/
 # (installs Debian's slurm-wlm + munge with apt-get when missing) and leave it running for the

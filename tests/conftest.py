@@ -1,12 +1,16 @@
-"""Shared fixtures: simulated scans (made once per session, in tmp dirs) and the real CBF frame."""
+"""Shared fixtures.  The simulated scan (made once per session, in tmp dirs), the small pyFAI
+integrator, ``rng`` and the real CBF frame come from the plugin the conformance classes use
+(:mod:`xrdct_dask.testing.fixtures`); here: where the real detector files are, the plan cache and
+the local cluster of a module's tests."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+pytest_plugins = ["xrdct_dask.testing.fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("XRDCT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -27,32 +31,9 @@ def plan_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def real_cbf() -> Path:
-    """The Pilatus 2M frame from ../shared/data (skipped where that folder is absent)."""
-    p = SHARED_DATA / "pilatus2m_l-cyst_00001.cbf"
-    if not p.is_file():
-        pytest.skip(f"real detector frame not available at {p} (set XRDCT_SHARED_DATA)")
-    return p
-
-
-@pytest.fixture(scope="session")
-def sim_scan(tmp_path_factory):
-    """A small simulated scan (2 slices x 32 angles x 24 steps, binned detector, snake order)."""
-    from xrdct_dask.testing.synthetic import simulate_scan
-
-    return simulate_scan(tmp_path_factory.mktemp("scan"), nz=2, nomega=32, nx=24, seed=1)
-
-
-@pytest.fixture(scope="session")
-def small_ai():
-    from xrdct_dask.testing.synthetic import make_integrator
-
-    return make_integrator("small")
-
-
-@pytest.fixture()
-def rng():
-    return np.random.default_rng(12345)
+def shared_data_dir() -> Path:
+    """The real detector files of ../shared/data (README.md there), or $XRDCT_SHARED_DATA."""
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +43,21 @@ def cluster():
 
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def pdf_then_recon_run(sim_scan, tmp_path_factory):
+    """The simulated scan run with ``pdf.order: pdf-then-recon`` (G to 8 A, no summary picture):
+    ``(store path, workflow, scan)``; ~15 s, for the workflow's and the export's slow tests."""
+    from distributed import LocalCluster
+
+    from xrdct_dask import run
+    from xrdct_dask.config import load_workflow
+
+    out = tmp_path_factory.mktemp("pdf") / "run.zarr"
+    # the order comparison is about the linear transform: no nonlinear sinogram correction (zingers)
+    wf = load_workflow(sim_scan.workflow, {"store.path": str(out), "pdf.order": "pdf-then-recon", "pdf.rmax": 8.0,
+                                           "pdf.r_chunk": 256, "sinogram.zingers": False})
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as cluster:
+        path = run(wf, cluster=cluster, progress=False, summary=False)
+    return path, wf, sim_scan

@@ -349,6 +349,7 @@ def _arrays(path: Path) -> dict:
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # two whole runs, one through SLURM jobs
 def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan, tmp_path):
     """The same workflow on LocalCluster and on SLURM jobs (`xrdct run --cluster local-slurm`): identical stores.
 
@@ -389,6 +390,7 @@ def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan
 # on a GPU machine: a GPU worker takes the decode-integrate tasks and says so
 # ------------------------------------------------------------------------------------------
 @pytest.mark.gpu
+@pytest.mark.slow  # a whole run on a GPU worker
 def test_gpu_worker_runs_decode_integrate_with_the_cupy_engine(tiny_scan, tmp_path, capsys):
     cp = pytest.importorskip("cupy")
     try:

@@ -76,3 +76,28 @@ def test_digest_changes_with_content():
     a = workflow_from_dict(MINIMAL)
     b = workflow_from_dict(MINIMAL, overrides={"integrate.npt_rad": 2000})
     assert a.digest() != b.digest() and a.digest() == workflow_from_dict(MINIMAL).digest()
+
+
+def test_workflow_pdf_config(tmp_path):
+    """pdf.config in the workflow: the file's values for keys not written in the pdf section, the
+    section's own keys win; a missing file is a one-line WorkflowError naming it."""
+    cfg = Path(__file__).parent / "data" / "pdfgetx3.cfg"  # [DEFAULT] and a [nacl] section
+    wf_path = write(tmp_path, MINIMAL | {"pdf": {"config": str(cfg), "config_section": "nacl", "rmax": 8.0}})
+    p = load_workflow(wf_path).pdf
+    assert (p.composition, p.qmax, p.qmaxinst, p.rpoly, p.rmax, p.bgscale) == ("NaCl", 20.0, 24.0, 1.1, 8.0, 0.8)
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(wf_path, {"pdf.config": str(tmp_path / "none.cfg")})
+    assert "none.cfg not found" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_interlaced_config_is_validated():
+    from xrdct_dask.config import WorkflowError, workflow_from_dict
+
+    base = {"inputs": {"frames": "f_{index}.cbf", "poni": "g.poni"}, "store": "run.zarr",
+            "scan": {"nz": 1, "nomega": 8, "nx": 4, "order": "interlaced"}}
+    assert workflow_from_dict(base).scan.interlace_passes == 2
+    with pytest.raises(WorkflowError, match="interlaced interleaves omega lines: it needs fast_axis x"):
+        workflow_from_dict(base, overrides={"scan.fast_axis": "omega"})
+    with pytest.raises(WorkflowError, match="scan.interlace_passes: 4 passes need inputs.scan_file"):
+        workflow_from_dict(base, overrides={"scan.interlace_passes": 4})
+    assert workflow_from_dict(base, overrides={"scan.interlace_passes": 4, "inputs.scan_file": "s.csv"})

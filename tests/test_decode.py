@@ -1,105 +1,25 @@
-"""Byte-offset decoding: exact against fabio for every case of the format, never out of bounds.
-
-``DecoderTests`` is the conformance suite every decoder passes; the numba decoder subclasses it
-here and the GPU decoder in test_gpu.py.
-"""
+"""Byte-offset decoding: exact against fabio for every case of the format, never out of bounds
+(``DecoderTests`` of xrdct_dask.testing.conformance, on the numba decoder and the GPU decoder),
+and the readers around it: whole files, payloads located in place, pinned arenas."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import fabio
-import fabio.compression as fc
 
-from xrdct_dask.io import CorruptFrameError, decode_batch, pack_payloads, read_cbf_payload, read_frame
-
-
-def encode(values) -> bytes:
-    """Reference encoder: fabio's (escapes to 16, 32 and 64 bit as needed)."""
-    return bytes(fc.compByteOffset(np.asarray(values, dtype=np.int64)))
-
-
-def fabio_decode(payload: bytes, n: int) -> np.ndarray:
-    return np.asarray(fc.decByteOffset(payload, size=n, dtype=np.int32))
-
-
-I32 = np.iinfo(np.int32)
-CASES = {
-    "8-bit deltas": [0, 1, -1, 127, 0, -127, 5, 3],
-    "escape boundaries": [0, -128, 0, 128, 0, 32767, 0, -32768, 0, 32768, 0, -32769],
-    "16-bit deltas": [0, 200, -300, 30000, -2000, 1000],
-    "32-bit deltas": [0, 70000, -70000, 1_000_000_000, -1_000_000_000, 12],
-    "64-bit escape": [0, I32.min, I32.max, I32.min, 0, I32.max, -1],
-    "negative gaps and bad pixels": [-1, -1, -2, 5, -1, -2, 0, 100000, -2],
-}
-
-
-class DecoderTests:
-    """Subclass and implement ``decode(payloads, npix) -> (list of int32 arrays, status array)``."""
-
-    def decode(self, payloads: list[bytes], npix: list[int]):
-        raise TypeError(f"{type(self).__name__} must define decode(payloads, npix): it runs one decoder")
-
-    @pytest.mark.parametrize("case", list(CASES))
-    def test_format_cases_match_fabio(self, case):
-        values = np.asarray(CASES[case], dtype=np.int32)
-        payload = encode(values)
-        frames, status = self.decode([payload], [values.size])
-        assert status.tolist() == [0]
-        np.testing.assert_array_equal(frames[0], fabio_decode(payload, values.size))
-        np.testing.assert_array_equal(frames[0], values)
-
-    def test_frames_of_different_sizes_in_one_batch(self, rng):
-        frames = [rng.integers(-2, 70000, n).astype(np.int32) for n in (1, 17, 1000, 3, 4096)]
-        frames[2][::50] = I32.min  # a few 64-bit escapes in the middle
-        out, status = self.decode([encode(f) for f in frames], [f.size for f in frames])
-        assert not status.any()
-        for got, want in zip(out, frames):
-            np.testing.assert_array_equal(got, want)
-
-    def test_truncated_payload_is_flagged_not_read_past(self, rng):
-        values = rng.integers(-5, 100000, 300).astype(np.int32)
-        payload = encode(values)
-        good = encode(values[:10])
-        cuts = sorted({0, 1, 2, 3, len(payload) // 2, len(payload) - 1})
-        batch = [payload[:c] for c in cuts] + [good]
-        out, status = self.decode(batch, [values.size] * len(cuts) + [10])
-        assert status[:-1].tolist() == [1] * len(cuts)
-        assert status[-1] == 0
-        np.testing.assert_array_equal(out[-1], values[:10])
-
-    def test_real_pilatus_frame_matches_fabio(self, real_cbf):
-        p = read_cbf_payload(real_cbf)
-        out, status = self.decode([bytes(p.data)], [p.size])
-        assert status.tolist() == [0]
-        np.testing.assert_array_equal(out[0].reshape(p.shape), fabio.open(str(real_cbf)).data)
-
-    def test_simulated_frames_match_fabio(self, sim_scan):
-        paths = [sim_scan.frame_path(i) for i in (0, 1, 57, 300)]
-        pl = [read_cbf_payload(p) for p in paths]
-        out, status = self.decode([bytes(p.data) for p in pl], [p.size for p in pl])
-        assert not status.any()
-        for got, p, path in zip(out, pl, paths):
-            np.testing.assert_array_equal(got.reshape(p.shape), fabio.open(str(path)).data)
+from xrdct_dask.io import CorruptFrameError, read_cbf_payload, read_frame
+from xrdct_dask.testing.conformance import DecoderTests
 
 
 class TestNumbaDecoder(DecoderTests):
-    def decode(self, payloads, npix):
-        buf, offsets = pack_payloads(payloads)
-        out, out_off, status = decode_batch(buf, offsets, npix)
-        return [out[a:b] for a, b in zip(out_off[:-1], out_off[1:])], status
+    engine = "numpy"
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=0, max_size=64), st.integers(min_value=1, max_value=80))
-def test_fuzz_random_bytes_never_crash_or_overrun(data, n):
-    """Any byte string decodes to status 0 (enough bytes) or 1 (ran out), never an exception."""
-    out, _, status = decode_batch(*pack_payloads([data]), [n])
-    assert status[0] in (0, 1)
-    assert out.shape == (n,)
+@pytest.mark.gpu
+class TestCupyDecoder(DecoderTests):
+    engine = "cupy"
 
 
 def test_read_frame_is_fabio_exact_and_errors_name_the_file(sim_scan, tmp_path):
@@ -146,17 +66,18 @@ def test_read_into_pinned_locates_payloads_in_place(sim_scan, tmp_path):
         assert isinstance(errors[5], FileNotFoundError) and isinstance(errors[6], FileNotFoundError)
 
 
-def test_compiled_locate_agrees_with_locate_payload(sim_scan):
+@pytest.mark.slow  # ~20 s: 1200 mutated files through both locators
+def test_compiled_locate_agrees_with_locate_payload(sim_scan, shared_data_dir):
     """The compiled fast path (io.locate) takes real and simulated files as they are, and on
     thousands of mutated headers and tails it either gives what cbf.locate_payload gives or
     declines (never accepts a file that locate_payload rejects, never a different answer)."""
     from xrdct_dask.io.cbf import locate_payload
     from xrdct_dask.io.locate import locate_batch
 
-    from .conftest import SHARED_DATA
+    from xrdct_dask.testing.fixtures import REAL_CBF_NAME
 
-    real_frame_path = SHARED_DATA / "pilatus2m_l-cyst_00001.cbf"
-    real_frame_path = real_frame_path if real_frame_path.is_file() else None
+    real_frame_path = shared_data_dir / REAL_CBF_NAME if shared_data_dir else None
+    real_frame_path = real_frame_path if real_frame_path and real_frame_path.is_file() else None
     images = [sim_scan.frame_path(0).read_bytes()]
     if real_frame_path is not None:
         images.append(real_frame_path.read_bytes())

@@ -1,9 +1,12 @@
-"""NeXus export of a run store and the store's own metadata (units, long_name, status codes).
+"""NeXus export of a run store and the store's own metadata (units, long_name, status codes), and
+PDFgetX3's files (.iq .sq .fq .gr) of a run's voxels.
 
-The store is made by ``store.create_store`` (the layout every run has) and filled with random
-values, so the export is checked on every group without running the workflow.  Oracles: h5py and
-``silx.io`` (the reader of silx view) open the file, find the default NXdata, and its signal and
-axes equal the zarr arrays exactly (a copy: no tolerance).
+For NeXus the store is made by ``store.create_store`` (the layout every run has) and filled with
+random values, so the export is checked on every group without running the workflow.  Oracles:
+h5py and ``silx.io`` (the reader of silx view) open the file, find the default NXdata, and its
+signal and axes equal the zarr arrays exactly (a copy: no tolerance).  The PDFgetX3 files come
+from a real run of the simulated scan (slow): its own readers (PDFgetX3's configuration format,
+diffpy.srfit's parser) read them back.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from xrdct_dask import store
 from xrdct_dask.budget import Layout
 from xrdct_dask.export import ExportError, _h5_chunks, export_nexus
 from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.testing.references import rel_max
 
 NZ, NW, NX, NQ, NR = 2, 12, 10, 40, 30
 
@@ -153,3 +157,73 @@ def test_cli_export(run_store, tmp_path):
     assert r.exit_code == 2 and "nothing to do" in r.output
     r = CliRunner().invoke(app, ["export", str(run_store), str(tmp_path / "o.h5")])
     assert r.exit_code == 2 and "exists" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------
+# PDFgetX3 files of a run (the simulated scan, pdf-then-recon)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # the run of pdf_then_recon_run (conftest): ~15 s
+def test_export_pdfgetx3_files(pdf_then_recon_run, tmp_path):
+    """xrdct export RUN --pdf-files DIR: .iq .sq .fq .gr in PDFgetX3's layout (header readable as a
+    PDFgetX3 configuration with the run's clipped limits, then two columns); a voxel's G is the
+    run's pdf/G of that voxel (the two orders agree to 1e-3); S = 1 + F/Q; a region writes its mean;
+    existing files are not replaced; no output option is a one-line error."""
+    import zarr
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+    from xrdct_dask.export import ExportError, export_pdf_files, parse_region
+    from xrdct_dask.pdf.pdfgetx3 import read_config
+
+    path, wf, scan = pdf_then_recon_run
+    root = zarr.open_group(str(path), mode="r")
+    ni = scan.load_truth()["phase_maps"][0] > 0.99
+    z, y, x = (int(v[0]) for v in np.nonzero(ni & root["pdf/ok"][:]))
+    out = tmp_path / "files"
+    files = export_pdf_files(path, out, voxels=[(z, y, x)])
+    assert sorted(f.suffix for f in files) == [".fq", ".gr", ".iq", ".sq"]
+    gr = next(f for f in files if f.suffix == ".gr")
+    text = gr.read_text()
+    assert "#### start data\n#S 1\n#L r($\\AA$)  G($\\AA^{-2}$)\n" in text
+    cfg = read_config(gr)
+    attrs = dict(root["pdf"].attrs)
+    assert cfg["composition"] == "Ni" and cfg["qmax"] == pytest.approx(attrs["qmax"], rel=1e-6)
+    r, g = np.loadtxt(gr, comments="#", skiprows=text[:text.index("#### start")].count("\n")).T
+    np.testing.assert_allclose(r, root["r"][:], atol=1e-9)
+    assert rel_max(g, root["pdf/G"][z, y, x]) < 1e-3
+    skip = text[:text.index("#### start")].count("\n")  # the header has the same lines in every file
+    _, s = np.loadtxt(next(f for f in files if f.suffix == ".sq"), comments="#", skiprows=skip).T
+    q_f, f = np.loadtxt(next(f for f in files if f.suffix == ".fq"), comments="#", skiprows=skip).T
+    np.testing.assert_allclose(s, 1 + f / q_f, atol=1e-6)
+    reg = export_pdf_files(path, out, region=parse_region(f"{z}:{z + 1},{y}:{y + 2},{x}:{x + 2}"))
+    assert len(reg) == 4 and all("region_" in f.name for f in reg)
+    with pytest.raises(FileExistsError, match="already exists; not overwritten"):
+        export_pdf_files(path, out, voxels=[(z, y, x)])
+    with pytest.raises(ExportError, match="outside the reconstruction"):
+        export_pdf_files(path, tmp_path / "x", voxels=[(z, 999, x)])
+    res = CliRunner().invoke(app, ["export", str(path)])
+    assert res.exit_code == 2 and "nothing to do: give OUT.h5 (NeXus) and/or --pdf-files OUTDIR" in res.output
+    res = CliRunner().invoke(app, ["export", str(path), "--pdf-files", str(tmp_path / "cli"), "--voxels", f"{z},{y},{x}"])
+    assert res.exit_code == 0 and res.output.count(".gr") == 1
+
+
+@pytest.mark.slow  # the run of pdf_then_recon_run (conftest): ~15 s
+def test_exported_gr_file_loads_in_diffpy_srfit(pdf_then_recon_run, tmp_path):
+    """diffpy.srfit (and PDFgui, which shares its reader) parses the exported .gr as a PDFgetX3
+    file: its r grid and G are the run's, and the header gives the Q range it was computed with."""
+    pdfparser = pytest.importorskip("diffpy.srfit.pdf.pdfparser", reason="diffpy.srfit not installed")
+    import zarr
+
+    from xrdct_dask.export import export_pdf_files
+
+    path, wf, scan = pdf_then_recon_run
+    root = zarr.open_group(str(path), mode="r")
+    ni = scan.load_truth()["phase_maps"][0] > 0.99
+    z, y, x = (int(v[0]) for v in np.nonzero(ni & root["pdf/ok"][:]))
+    gr = next(f for f in export_pdf_files(path, tmp_path / "files", voxels=[(z, y, x)]) if f.suffix == ".gr")
+    parser = pdfparser.PDFParser()
+    parser.parseFile(str(gr))
+    r, g = np.asarray(parser._x), np.asarray(parser._y)
+    np.testing.assert_allclose(r, root["r"][:], atol=1e-6)
+    assert rel_max(g, root["pdf/G"][z, y, x]) < 1e-3
+    assert parser._meta["qmax"] == pytest.approx(root["pdf"].attrs["qmax"])

@@ -21,6 +21,7 @@ def test_the_three_notebooks_exist():
     assert [p.stem for p in NOTEBOOKS] == sorted(MIN_FIGURES)
 
 
+@pytest.mark.slow  # each notebook runs the workflow: ~30 s
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_shows_figures(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

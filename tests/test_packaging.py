@@ -156,26 +156,44 @@ def test_profile_search_order_is_cwd_cluster_then_env_then_shipped(tmp_path, mon
 # ------------------------------------------------------------------------------------------
 # dependencies: declared == imported
 # ------------------------------------------------------------------------------------------
-def test_declared_dependencies_are_exactly_the_third_party_imports():
-    """Every third-party module the package imports is a declared dependency (cupy: the gpu
-    extra) and every declared dependency is imported somewhere in xrdct_dask/."""
+# the pytest support of xrdct_dask.testing (conformance classes, their fixtures' plugin) runs under
+# pytest only: what it imports besides the dependencies comes with the `test` extra
+TEST_SUPPORT = ("testing/conformance.py", "testing/fixtures.py")
+
+
+def _third_party_imports(paths) -> set[str]:
     imported: set[str] = set()
-    for path in (REPO / "xrdct_dask").rglob("*.py"):
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"xrdct_dask"}
+    return imported - set(sys.stdlib_module_names) - {"xrdct_dask"}
+
+
+def test_declared_dependencies_are_exactly_the_third_party_imports():
+    """Every third-party module the package imports is a declared dependency (cupy: the gpu
+    extra) and every declared dependency is imported somewhere in xrdct_dask/; the pytest support
+    in xrdct_dask/testing/ may also import what the test extra declares (pytest, hypothesis, ...)."""
+    support = [REPO / "xrdct_dask" / f for f in TEST_SUPPORT]
+    assert all(p.is_file() for p in support), support
+    third_party = _third_party_imports(p for p in (REPO / "xrdct_dask").rglob("*.py") if p not in support)
     optional = {"cupy": "gpu"}
     dists = packages_distributions()
-    used = {_norm(d) for m in third_party - set(optional) for d in dists.get(m, [m])}
+
+    def distributions(modules):
+        return {_norm(d) for m in modules - set(optional) for d in dists.get(m, [m])}
+
+    used = distributions(third_party)
     declared = _requirement_names(PYPROJECT["project"]["dependencies"])
     assert used - declared == set(), "imported but not declared"
     assert declared - used == set(), "declared but never imported (move it to an extra)"
     extras = PYPROJECT["project"]["optional-dependencies"]
     for mod, extra in optional.items():
         assert mod in third_party and any(r.startswith(mod) for r in extras[extra]), (mod, extra)
+    testing = distributions(_third_party_imports(support))
+    assert testing - declared - _requirement_names(extras["test"]) == set(), "imported by the pytest support, not in the test extra"
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,6 +206,7 @@ def _run(cmd: list, cwd: Path, env: dict, ok: bool = True) -> subprocess.Complet
     return res
 
 
+@pytest.mark.slow  # builds the wheel and a venv: ~15 s
 def test_wheel_in_a_fresh_venv_works_outside_the_checkout(tmp_path):
     """`xrdct --version`, `cluster list` (the shipped profiles), `init` and `plan` (GPU-hours from
     the shipped figures, = frames / rate / 3600 exactly) from the installed wheel alone."""

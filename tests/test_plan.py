@@ -38,6 +38,7 @@ def chunk_files(path: Path) -> dict[str, int]:
     return out
 
 
+@pytest.mark.slow  # two real runs: ~15 s
 @pytest.mark.parametrize("order", ["recon-then-pdf", "pdf-then-recon"])
 def test_plan_counts_equal_the_graph_and_the_store(tiny_scan, cluster, tmp_path, order):
     """A small budget (so several q blocks, voxel-row blocks and r blocks per slice), a scan file:

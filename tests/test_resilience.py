@@ -85,6 +85,7 @@ def executed(path) -> dict[str, dict]:
     return store.read_attrs(path)["run_summary"]["tasks"]
 
 
+@pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_reference_run_is_complete_and_marked(reference):
     state = store.task_state(reference)
     assert state.complete
@@ -100,6 +101,7 @@ def _done_files(path: Path, stage: str) -> int:
     return sum(1 for _, _, files in os.walk(top) for f in files if not f.endswith(".partial")) if top.exists() else 0
 
 
+@pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_client_sigkill_then_resume_is_byte_identical_and_runs_only_missing_tasks(tiny_scan, cluster, reference,
                                                                                 tmp_path):
     """SIGKILL the CLI process once two integrate blocks are marked done; the workers it started
@@ -133,6 +135,7 @@ def test_client_sigkill_then_resume_is_byte_identical_and_runs_only_missing_task
     assert set(all_arrays(path)) == set(all_arrays(reference))
 
 
+@pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_worker_sigkilled_mid_run_in_waves_gives_identical_store(tiny_scan, cluster, reference, tmp_path):
     """A worker process SIGKILLed after writing a block but before reporting it: the nanny starts a
     new one, the scheduler reruns the lost task (rewriting identical chunks).  The run goes in
@@ -165,6 +168,7 @@ def test_worker_sigkilled_mid_run_in_waves_gives_identical_store(tiny_scan, clus
     assert 0 < max(held) <= 40, max(held)
 
 
+@pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_full_disk_stops_with_a_clear_message_and_only_whole_blocks_marked(tiny_scan, reference, tmp_path,
                                                                           monkeypatch):
     """After 40 chunk writes (about three blocks) the disk is 'full' (every write: ENOSPC): the run stops with a
@@ -218,6 +222,7 @@ def test_unwritable_store_location_is_one_line_error_before_compute(tiny_scan, t
     assert "store.path: cannot create" in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_existing_store_of_other_work_is_refused_naming_the_change(tiny_scan, reference):
     from xrdct_dask.prepare import open_run
 
@@ -509,6 +514,7 @@ def test_fuzz_gpu_decoder_on_mutated_cbf_agrees_with_cpu(tiny_scan, ops):
 # ------------------------------------------------------------------------------------------
 # reprocess
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_reprocess_from_recon_equals_a_fresh_run_and_shares_reduced(tiny_scan, cluster, reference, tmp_path):
     """`xrdct reprocess RUN --set recon.filter=hann`: integrates nothing, hard-links reduced/ from
     the parent, records the parent and the change, and equals a fresh run with that filter."""
@@ -542,6 +548,7 @@ def test_reprocess_from_recon_equals_a_fresh_run_and_shares_reduced(tiny_scan, c
                               zarr.open_array(str(reference / "recon" / "intensity"))[...])
 
 
+@pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_reprocess_many_runs_as_one_graph_from_pdf(reference, corrupted, cluster, tmp_path, monkeypatch):
     """Two runs, one `execute` (one graph): only their pdf tasks run, recon/ is shared."""
     from xrdct_dask import reprocess as rp
@@ -563,6 +570,7 @@ def test_reprocess_many_runs_as_one_graph_from_pdf(reference, corrupted, cluster
         assert np.isfinite(zarr.open_array(str(out / "pdf" / "G"))[...]).all()
 
 
+@pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_reprocess_refuses_a_change_of_nothing(reference):
     from xrdct_dask.reprocess import plan_reprocess
 

@@ -323,6 +323,7 @@ def test_store_write_failure_gives_no_worker_traceback(scan, tmp_path, monkeypat
     assert "Compute Failed" not in caplog.text
 
 
+@pytest.mark.slow  # a whole run or two: 13-22 s
 @pytest.mark.timeout(180)
 def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
     from xrdct_dask.testing.synthetic import simulate_scan
@@ -343,6 +344,7 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
 # ------------------------------------------------------------------------------------------
 # 8. a rerun reports the whole run; pictures named after their stores
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a whole run or two: 13-22 s
 def test_rerun_of_a_complete_store_reports_the_whole_run(scan, cluster, tmp_path):
     from PIL import Image
 
