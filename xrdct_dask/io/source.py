@@ -28,11 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import hdf5
 from .cbf import CbfPayload, CorruptFrameError, decompress_frame, parse_cbf, read_file
 from .decode import decode_payload
 from .spec import H5_SUFFIXES, is_hdf5, split_spec
 
+
+
+def _hdf5():
+    """The HDF5 reader (h5py, hdf5plugin, numba kernels), imported when an HDF5 source is used:
+    a CBF-only run never loads it."""
+    from . import hdf5
+
+    return hdf5
 
 
 class FrameSource(ABC):
@@ -97,7 +104,7 @@ def read_batch(source: "Hdf5Frames", indices: np.ndarray, threads: int = 1) -> t
     if present.size:
         try:
             chunks = source.read_raw_chunks(idx[present])
-            dec, st = hdf5.decode_chunks(chunks, threads=threads)
+            dec, st = _hdf5().decode_chunks(chunks, threads=threads)
             frames[present], status[present] = dec, st
         except ValueError:  # not one frame per chunk with a filter the raw path decodes
             for k in present:
@@ -170,8 +177,9 @@ class Hdf5Frames(FrameSource):
 
     def __init__(self, file: str | Path, path: str | None = None):
         self.file = Path(file)
-        hdf5.check_regular(self.file)
-        self.map, self._shape, self._dtype, self.path = hdf5.open_frames(self.file, path)
+        h5 = _hdf5()
+        h5.check_regular(self.file)
+        self.map, self._shape, self._dtype, self.path = h5.open_frames(self.file, path)
         self.spec = f"{self.file}::{self.path}"
 
     @property
@@ -192,10 +200,10 @@ class Hdf5Frames(FrameSource):
 
     def read_raw_chunks(self, indices, out: np.ndarray | None = None) -> hdf5.RawChunks:
         """Compressed chunks of frames ``indices`` as stored, packed (see :class:`~xrdct_dask.io.hdf5.RawChunks`)."""
-        return hdf5.read_raw_chunks(self.map, indices, self._shape, self._dtype, out=out, name=self.spec)
+        return _hdf5().read_raw_chunks(self.map, indices, self._shape, self._dtype, out=out, name=self.spec)
 
     def read_frames(self, indices, out: np.ndarray | None = None) -> np.ndarray:
-        return hdf5.read_frames_h5(self.map, indices, self._shape, self._dtype, name=self.spec, out=out)
+        return _hdf5().read_frames_h5(self.map, indices, self._shape, self._dtype, name=self.spec, out=out)
 
     def files(self) -> list[Path]:
         return [self.file] + sorted({s.file for s in self.map.segments} - {self.file})
