@@ -25,6 +25,7 @@ import os
 import string
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,10 @@ from .cbf import CbfPayload, CorruptFrameError, decompress_frame, parse_cbf, rea
 from .decode import decode_payload
 from .spec import H5_SUFFIXES, is_hdf5, split_spec
 
+
+
+if TYPE_CHECKING:
+    from . import hdf5
 
 
 def _hdf5():
