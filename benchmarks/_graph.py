@@ -21,11 +21,12 @@ def link_frames(distinct: list[Path], frames_dir: Path, n: int) -> Path:
 
 
 def _one_run(client, wf, token: str) -> dict:
+    from xrdct_dask.cluster import stage_resources
     from xrdct_dask.graph import build_graph
     from xrdct_dask.prepare import open_run
     from xrdct_dask.workflow import compute_with_progress
 
-    graph = build_graph(open_run(wf), token=token)
+    graph = build_graph(open_run(wf), token=token, resources=stage_resources(client, wf))
     t = time.perf_counter()
     t_epoch = time.time()
     res = compute_with_progress(client, {"integrate": graph["integrate"]}, progress=False)

@@ -249,7 +249,7 @@ def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_pa
         assert resources["integrate"] == ({"resources": {"GPU": 0.5}} if gpu_workers else {})
         assert resources["recon"] == resources["pdf"] == {}  # no CPU-marked workers: no annotation
         # finishes either way: on a CPU-only cluster nothing waits for a GPU
-        compute_with_progress(client, build_graph(ctx), progress=False)
+        compute_with_progress(client, build_graph(ctx, resources=resources), progress=False)
         restr = _restrictions(client)
     integ = {k: v for k, v in restr.items() if k[0] == "integrate"}
     assert integ and all(v == ({"GPU": 0.5} if gpu_workers else None) for v in integ.values())

@@ -617,3 +617,71 @@ def test_library_never_unpickles_or_evaluates_user_files():
     hits = [f"{p.relative_to(REPO)}:{n}" for p in (REPO / "xrdct_dask").rglob("*.py")
             for n, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line)]
     assert not hits, hits
+
+
+# ------------------------------------------------------------------------------------------
+# many waves, a scheduler that stays small, a task state read from file names
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_many_waves_hold_at_most_the_bound_and_equal_one_wave(cluster, tmp_path):
+    """2,304 frames in 6 slices, 14 tasks a slice, compute.max_tasks 30: waves of one slice, each
+    one submission, at most two in flight.  The scheduler never holds more than 30 tasks, and the
+    store is byte for byte the store of a run in one wave."""
+    from xrdct_dask.testing.synthetic import simulate_scan
+
+    scan = simulate_scan(tmp_path / "scan", nz=6, nomega=16, nx=24, seed=8)
+    base = {"store.omega_chunk": 4, "integrate.npt_rad": 400}
+    one = run(load_workflow(scan.workflow, {"store.path": str(tmp_path / "one.zarr"), **base}), cluster=cluster,
+              progress=False, summary=False)
+    held, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            held.append(len(cluster.scheduler.tasks))
+            time.sleep(0.005)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        many = run(load_workflow(scan.workflow, {"store.path": str(tmp_path / "many.zarr"), "compute.max_tasks": 30,
+                                                 **base}), cluster=cluster, progress=False, summary=False)
+    finally:
+        stop.set()
+        t.join()
+    assert 14 <= max(held) <= 30, max(held)
+    assert_same_arrays(many, one)
+    t0 = time.perf_counter()
+    assert store.task_state(many).complete
+    assert time.perf_counter() - t0 < 1.0
+
+
+@pytest.mark.slow
+def test_task_state_of_a_hundred_thousand_markers_is_read_in_under_a_second(tmp_path):
+    """1000 slices x 100 blocks of done-markers (a 1000^3 run has ~1e5 tasks): the state comes from
+    the markers' file names in one listing, in under a second, equal to zarr's own reading."""
+    from xrdct_dask.budget import Layout
+
+    lay = Layout(omega_chunk=16, q_chunk=20, q_sub=20, y_chunk=10, r_chunk=10, budget=2**30)
+    path = tmp_path / "big.zarr"
+    store.create_store(path, nz=1000, nomega=1600, nx=10, radial=np.linspace(1, 2, 40), radial_unit="q_nm^-1",
+                       omega_deg=np.arange(1600) * 0.1, x_mm=np.arange(10.0), z_mm=np.arange(1000.0), r_A=None,
+                       layout=lay, attrs={})
+    marks = zarr.open_array(str(path / "tasks" / "integrate"), mode="r+")
+    assert marks.shape == (1000, 100)
+    marks[0, 0] = 1  # one marker written by zarr; the others are that chunk file's bytes
+    first = path / "tasks" / "integrate" / "c" / "0" / "0"
+    chunk = first.read_bytes()
+    rng = np.random.default_rng(0)
+    done = rng.random((1000, 100)) < 0.9
+    done[0, 0] = True
+    for z, b in zip(*np.nonzero(done)):
+        f = path / "tasks" / "integrate" / "c" / str(z) / str(b)
+        if f != first:
+            f.parent.mkdir(exist_ok=True)
+            f.write_bytes(chunk)
+    t0 = time.perf_counter()
+    state = store.task_state(path)
+    seconds = time.perf_counter() - t0
+    np.testing.assert_array_equal(state.integrate, done)
+    np.testing.assert_array_equal(marks[:50].astype(bool), done[:50])  # zarr reads the same markers
+    assert seconds < 1.0, seconds

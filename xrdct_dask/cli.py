@@ -171,11 +171,13 @@ def plan(
     results: Annotated[Optional[Path], typer.Option(
         help="read throughputs from this RESULTS.md (default: the benchmarks/RESULTS.md figures shipped with the package)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
+    graph: Annotated[bool, typer.Option("--graph", help="also build every wave's graph (nothing computed): "
+                                                        "tasks, seconds and the client's peak memory")] = False,
 ) -> None:
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
     import json
 
-    from .plan import format_plan, plan_workflow
+    from .plan import build_waves, format_plan, plan_workflow
 
     try:
         wf = load_workflow(workflow, parse_overrides(set_))
@@ -184,8 +186,15 @@ def plan(
     except (WorkflowError, FileNotFoundError) as err:
         _fail(str(err))
     typer.echo(format_plan(p))
+    out = p.to_dict()
+    if graph:
+        g = build_waves(wf)
+        typer.echo(f"graph: {g['waves']} waves built, {g['tasks']:,} tasks (at most {g['max_wave_tasks']:,} in a wave), "
+                   f"{g['seconds']:.1f} s ({1e3 * g['seconds'] / max(g['tasks'], 1):.2f} ms a task); client peak "
+                   f"memory {g['peak_rss_bytes'] / 1e9:.2f} GB")
+        out["graph"] = g
     if json_out is not None:
-        json_out.write_text(json.dumps(p.to_dict(), indent=1))
+        json_out.write_text(json.dumps(out, indent=1))
 
 
 @app.command()

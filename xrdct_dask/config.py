@@ -282,7 +282,7 @@ class Compute(_Section):
                                                     "workers (default $XRDCT_CACHE_DIR, else ~/.cache/xrdct-dask)")
     read_threads: int = Field(8, gt=0, description="threads per worker process reading frame files (on a "
                                                    "GPU worker shared by its tasks)")
-    max_tasks: int = Field(200_000, ge=10, description="tasks the scheduler holds at once: larger runs go in "
+    max_tasks: int = Field(20_000, ge=10, description="tasks the scheduler holds at once: larger runs go in "
                                                        "waves of z-slabs, two waves of max_tasks/2 in flight")
     cluster: str | None = Field(None, description="cluster profile (a name from `xrdct cluster list`, or a path) instead of a LocalCluster")
     jobs: int = Field(1, gt=0, description="batch jobs to start with a cluster profile (adaptive: the maximum)")

@@ -122,10 +122,15 @@ def pending_by_stage(ctx: RunContext, done: store.TaskState | None) -> list[dict
     return counts
 
 
-def build_graph(ctx: RunContext, zs=None, done: store.TaskState | None = None, token: str = "") -> dict:
+def build_graph(ctx: RunContext, zs=None, done: store.TaskState | None = None, token: str = "",
+                resources: dict[str, dict] | None = None) -> dict:
     """The run (or slices ``zs`` of it) as dask delayed objects, keyed by stage: ``{stage: [delayed, ...]}``
     in dependency order.  ``token`` suffixes the stage names of the keys so that several runs (or a
-    rerun) never share a key on a scheduler."""
+    rerun) never share a key on a scheduler.  ``resources`` (:func:`xrdct_dask.cluster.stage_resources`)
+    annotates each stage's tasks (``{"resources": {"GPU": 0.5}}``): the graph of a wave then goes to
+    the scheduler in one submission, each task carrying its own restrictions."""
+    import contextlib
+
     import dask
 
     sfx = f"-{token}" if token else ""
@@ -134,7 +139,9 @@ def build_graph(ctx: RunContext, zs=None, done: store.TaskState | None = None, t
         made: dict[tuple, object] = {}
         for t in slice_tasks(ctx, z, done):
             args = tuple(made[a.key] if isinstance(a, Ref) else a for a in t.args)
-            d = dask.delayed(timed(t.fn), pure=False)(*args, dask_key_name=(t.key[0] + sfx,) + t.key[1:])
+            ann = (resources or {}).get(t.stage) or {}
+            with dask.annotate(**ann) if ann else contextlib.nullcontext():
+                d = dask.delayed(timed(t.fn), pure=False)(*args, dask_key_name=(t.key[0] + sfx,) + t.key[1:])
             made[t.key] = d
             out[t.stage].append(d)
     return out

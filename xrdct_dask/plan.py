@@ -242,6 +242,37 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         gpu_hours=F / gpu / 3600 if gpu else None, cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
 
 
+def build_waves(wf: Workflow) -> dict:
+    """Build the graph of every wave of a run of ``wf`` as the run would (:func:`xrdct_dask.graph.build_graph`,
+    slices grouped by :func:`waves`), without a store and without computing anything, one wave at a
+    time (each dropped before the next): ``{"waves", "tasks", "max_wave_tasks", "seconds",
+    "peak_rss_bytes"}`` -- what the client spends and holds to drive the run."""
+    import resource
+    import time
+    from pathlib import Path
+
+    from . import stages
+    from .graph import build_graph
+    from .prepare import layout_for
+
+    s = wf.scan
+    nq, nr = wf.integrate.npt_rad, _nr(wf)
+    lay = layout_for(wf, nq, nr)
+    ctx = stages.RunContext(workflow=wf, store_path=Path(wf.store.path), monitor_reference=1.0, wavelength_A=1.0,
+                            layout=lay, extra={"nq": nq, "nr": nr})
+    per_slice = sum(stages.tasks_per_slice(wf, nq=nq, nr=nr, layout=lay).values())
+    groups = waves([per_slice] * s.nz, wf.compute.max_tasks)
+    t0 = time.perf_counter()
+    total = largest = 0
+    for zs in groups:
+        graph = build_graph(ctx, zs=zs, token="plan")
+        n = sum(len(v) for v in graph.values())
+        total, largest = total + n, max(largest, n)
+        del graph
+    return {"waves": len(groups), "tasks": total, "max_wave_tasks": largest, "seconds": time.perf_counter() - t0,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def _b(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
         if abs(n) < 1000 or unit == "PB":

@@ -18,7 +18,7 @@ from .config import Workflow, load_workflow, workflow_from_dict
 from .graph import build_graph, pending_by_stage
 from .prepare import open_run
 from .report import finish_run
-from .stages import STAGES, RunContext
+from .stages import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,12 @@ class RunStopped(RuntimeError):
 def compute_with_progress(client, graph: dict, progress: bool = True) -> dict:
     """Submit every stage's tasks of one graph and wait, showing one progress bar per stage.
 
-    Stages are routed by :func:`stage_resources`.  Returns ``{stage: [result, ...]}``; a failing
-    task raises here with its key in the message.
+    Stages go where the graph's annotations say (``build_graph(..., resources=...)``).  Returns
+    ``{stage: [result, ...]}``; a failing task raises here with its key in the message.
     """
     items = [(0, k, d) for k, ds in graph.items() for d in ds]
     results: dict[str, list] = {k: [] for k in graph if graph[k]}
-    for _, stage, res in compute_waves(client, [lambda: items], {k: len(v) for k, v in graph.items()}, progress,
-                                       resources=stage_resources(client)):
+    for _, stage, res in compute_waves(client, [lambda: items], {k: len(v) for k, v in graph.items()}, progress):
         results[stage].append(res)
     return results
 
@@ -103,25 +102,28 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
             by_ctx.setdefault(i, []).append(z)
         items = []
         for i, zs in by_ctx.items():
-            g = build_graph(ctxs[i], zs=zs, done=states[i], token=f"{token}{i}")
+            g = build_graph(ctxs[i], zs=zs, done=states[i], token=f"{token}{i}", resources=resources)
             items += [(i, stage, d) for stage, ds in g.items() for d in ds]
         return items
 
     results: list[dict[str, list]] = [{} for _ in ctxs]
+    resources: dict = {}
     if units:
         client, local = client_for(ctxs[0].workflow, scheduler_address, cluster, jobs, adaptive, cluster_options)
         try:
             log.info("dashboard: %s", client.dashboard_link)
             if progress:
                 print(f"dask dashboard: {client.dashboard_link}")
-            client.register_plugin(RunLogPlugin(worker_log_level() if local is not None else None))
+            # a local cluster's workers follow the quiet client; a batch job's log file keeps its own level
+            from distributed import LocalCluster
+            client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))
             need = {c.workflow.digest(): c.workflow for c, st in zip(ctxs, states) if not st.integrate.all()}
             resources = stage_resources(client, ctxs[0].workflow, local)
             for wf in need.values():
                 client.register_plugin(IntegratorPlugin(wf, unique=len(need) > 1,
                                                         gpu_only=bool(resources["integrate"])))
             for i, stage, res in compute_waves(client, [lambda k=k: wave(k) for k in range(len(groups))], totals,
-                                               progress, stores=[c.store_path for c in ctxs], resources=resources):
+                                               progress, stores=[c.store_path for c in ctxs]):
                 results[i].setdefault(stage, []).append(res)
         finally:
             client.close()
@@ -132,13 +134,12 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
             for i, c in enumerate(ctxs)]
 
 
-def compute_waves(client, wave_builders: list, totals: dict[str, int], progress: bool = True, stores=(),
-                  resources: dict[str, dict] | None = None):
+def compute_waves(client, wave_builders: list, totals: dict[str, int], progress: bool = True, stores=()):
     """Submit waves of ``(tag, stage, delayed)`` items, two in flight, and yield ``(tag, stage,
     result)`` as tasks finish, with one progress bar per stage (``totals``: tasks per stage).
 
-    Each wave is submitted stage by stage in the order of :data:`~xrdct_dask.stages.STAGES` (dependency order), with
-    ``resources[stage]`` as extra ``client.compute`` arguments (e.g. ``{"resources": {"GPU": 1}}``)."""
+    Each wave goes to the scheduler in one ``client.compute`` (no task's graph sent twice); its
+    tasks carry their resource restrictions as annotations (:func:`xrdct_dask.graph.build_graph`)."""
     from collections import deque
 
     from distributed import as_completed
@@ -149,18 +150,13 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
     ac = as_completed()
 
     def submit():
-        by_stage: dict[str, list] = {}
-        for tag, stage, d in queue.popleft()():
-            by_stage.setdefault(stage, []).append((tag, d))
+        items = queue.popleft()()
+        futures = client.compute([d for *_, d in items], optimize_graph=False) if items else []
         keys = set()
-        order = sorted(by_stage, key=list(STAGES).index)
-        for stage in order:  # the graph of a later stage holds the keys of earlier ones: submit those first
-            items = by_stage[stage]
-            futures = client.compute([d for _, d in items], optimize_graph=False, **(resources or {}).get(stage, {}))
-            for (tag, _), f in zip(items, futures):
-                meta[f.key] = (tag, stage, f)
-                keys.add(f.key)
-            ac.update(futures)
+        for (tag, stage, _), f in zip(items, futures):
+            meta[f.key] = (tag, stage, f)
+            keys.add(f.key)
+        ac.update(futures)
         inflight.append(keys)
 
     bar = None
