@@ -301,3 +301,27 @@ def test_workflow_on_gpu_equals_cpu_run(sim_scan, tmp_path):
         x, y = a[name][:], b[name][:]
         scale = np.nanmax(np.abs(x))
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+
+
+@pytest.mark.slow  # a whole (small) run
+def test_the_library_writes_nothing_to_stdout_and_its_messages_go_to_the_console_logger(tmp_path, capsys, caplog):
+    """Issue 19: the library returns data and the command line prints.  A library run with progress on
+    prints nothing itself (the progress bars are dask's, on stderr-like widgets); the summary it used
+    to print reaches the ``xrdct_dask.console`` logger."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from xrdct_dask import load_workflow, run
+    from xrdct_dask.testing.synthetic import simulate_scan
+
+    scan = simulate_scan(tmp_path / "scan", nz=1, nomega=8, nx=8, seed=5)
+    wf = load_workflow(scan.workflow, {"store.path": str(tmp_path / "quiet.zarr"), "pdf.enabled": False})
+    with caplog.at_level(logging.INFO, logger="xrdct_dask.console"), \
+            LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0", host="127.0.0.1") as lc:
+        run(wf, cluster=lc, progress=True, summary=False)
+    said = [r.getMessage() for r in caplog.records if r.name == "xrdct_dask.console"]
+    assert any(m.startswith("dask dashboard: ") for m in said), said
+    assert any("frames integrated in" in m for m in said), said
+    out = capsys.readouterr().out
+    assert "dask dashboard" not in out and "frames integrated" not in out, out

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from .config import WorkflowError, load_workflow, parse_overrides, parse_value
+from .report import show_messages
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="XRD-CT / PDF-CT reduction: simulate a scan, run a workflow, look at the result.")
@@ -44,6 +45,7 @@ def _fail(msg: str) -> None:
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    show_messages()  # the run's own messages (dashboard, tasks kept, summary) on stdout
     for noisy in ("distributed", "silx", "pyFAI"):  # keep their INFO chatter off the terminal
         logging.getLogger(noisy).setLevel(logging.INFO if verbose and noisy == "distributed" else logging.ERROR)
 

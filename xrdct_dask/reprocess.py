@@ -29,6 +29,7 @@ from . import store
 from .config import Workflow, WorkflowError, changed_keys, flatten, workflow_from_dict
 from .pdf import PDFParameterError, operator_for, radial_to_q_A
 from .prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
+from .report import console
 from .stages import REPROCESS_STAGES, STAGES as GRAPH_STAGES
 from .workflow import execute
 
@@ -205,7 +206,7 @@ def reprocess(parents: list[str | Path], overrides: dict | None = None, from_sta
     for rp in plans:
         if progress:
             what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in rp.changed.items()) or "nothing changed"
-            print(f"{rp.parent} -> {rp.out}: from {rp.start} ({what})")
+            console.info("%s -> %s: from %s (%s)", rp.parent, rp.out, rp.start, what)
     ctxs = [prepare_child(rp) for rp in plans]
     execute(ctxs, scheduler_address=scheduler_address, cluster=cluster, progress=progress, summary=summary,
                   t0=t0)

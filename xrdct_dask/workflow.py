@@ -17,7 +17,7 @@ from .cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources
 from .config import Workflow, load_workflow, workflow_from_dict
 from .graph import build_graph, pending_by_stage
 from .prepare import open_run
-from .report import finish_run
+from .report import console, finish_run
 from .stages import RunContext
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
         for c, st in zip(ctxs, states):
             done, total = (sum(x) for x in zip(*st.counts().values()))
             if done:
-                print(f"{c.store_path}: {done} of {total} tasks already done (their chunks are kept)")
+                console.info("%s: %d of %d tasks already done (their chunks are kept)", c.store_path, done, total)
 
     def wave(k: int) -> list:
         by_ctx: dict[int, list[int]] = {}
@@ -113,7 +113,7 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
         try:
             log.info("dashboard: %s", client.dashboard_link)
             if progress:
-                print(f"dask dashboard: {client.dashboard_link}")
+                console.info("dask dashboard: %s", client.dashboard_link)
             # a local cluster's workers follow the quiet client; a batch job's log file keeps its own level
             from distributed import LocalCluster
             client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))

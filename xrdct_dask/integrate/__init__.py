@@ -69,13 +69,15 @@ class Integrator:
     npt_rad : number of radial bins
     unit : ``q_nm^-1`` | ``q_A^-1`` | ``2th_deg``
     mask, dark, flat : (ny, nx) arrays or image paths; mask nonzero = masked
-    polarization_factor : pyFAI's factor (-1..1), None for no correction
+    polarization_factor : pyFAI's factor (-1..1), None for no correction; 0.99 (a synchrotron's
+        horizontally polarised beam) as in the workflow's ``geometry.polarization_factor``
     solid_angle : apply pyFAI's solid-angle correction
     split : pixel splitting ``no|bbox|full``
     error_model : ``poisson|azimuthal|none``
     outlier : ``none|sigma-clip|median`` (pyFAI ``sigma_clip_ng`` / ``medfilt1d_ng`` semantics)
     clip_threshold, max_iter : sigma-clip parameters
-    percentile : (low, high) in percent for the median filter (50, 50 = the median)
+    percentile : (low, high) in percent for the median filter (50, 50 = the median; default
+        40, 60 as ``integrate.percentile``: the mean of the central fifth, less noisy than the median)
     engine : ``auto|numpy|cupy``
     plan : an :class:`IntegrationPlan` of these arguments built before (e.g. loaded from the plan
         cache, :func:`xrdct_dask.integrate.cache.cached_plan`): used instead of building one
@@ -87,9 +89,9 @@ class Integrator:
     """
 
     def __init__(self, poni, shape: tuple[int, int], npt_rad: int, unit: str = "q_nm^-1", *, mask=None,
-                 dark=None, flat=None, polarization_factor: float | None = None, solid_angle: bool = True,
+                 dark=None, flat=None, polarization_factor: float | None = 0.99, solid_angle: bool = True,
                  split: str = "full", error_model: str = "poisson", outlier: str = "none",
-                 clip_threshold: float = 5.0, max_iter: int = 5, percentile: tuple[float, float] = (50.0, 50.0),
+                 clip_threshold: float = 5.0, max_iter: int = 5, percentile: tuple[float, float] = (40.0, 60.0),
                  radial_range: tuple[float, float] | None = None, engine: str = "auto",
                  plan: IntegrationPlan | None = None):
         if error_model not in ERROR_MODELS:
