@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from .config import WorkflowError, load_workflow, parse_overrides, parse_value
-from .report import show_messages
+from .console import show_messages
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="XRD-CT / PDF-CT reduction: simulate a scan, run a workflow, look at the result.")

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store
+from .console import console
 from .config import Workflow, WorkflowError, changed_keys, flatten, workflow_from_dict
 from .pdf import PDFParameterError, operator_for, radial_to_q_A
 from .prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
-from .report import console
 from .stages import REPROCESS_STAGES, STAGES as GRAPH_STAGES
 from .workflow import execute
 

@@ -17,7 +17,8 @@ from .cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources
 from .config import Workflow, load_workflow, workflow_from_dict
 from .graph import build_graph, pending_by_stage
 from .prepare import open_run
-from .report import console, finish_run
+from .console import console
+from .report import finish_run
 from .stages import RunContext
 
 log = logging.getLogger(__name__)
