@@ -200,6 +200,40 @@ def watch(
     typer.echo(f"store: {res.store}\nlive picture: {live.live_paths(res.store)[1]}")
 
 
+@app.command()
+def serve(
+    jobs_dir: Annotated[Path, typer.Option(help="where every job's input, validated workflow and record are kept")] = Path(
+        "xrdct-jobs"),
+    host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one)")] = 8765,
+    scheduler_address: Annotated[Optional[str], typer.Option(
+        help="run every job on this running dask scheduler (one warm cluster for the experiment)")] = None,
+    base_dir: Annotated[Optional[Path], typer.Option(
+        help="where relative paths of a submitted workflow start (default: this folder)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """A job service for the beamline control system: POST /jobs a workflow (path or YAML), GET
+    /jobs/<id> its status and output store; jobs run one at a time, each input kept for replay."""
+    from .service import JobService, make_server
+
+    _logging(verbose)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: listening on {host}: anyone who reaches it can run workflows here", fg="yellow", err=True)
+    service = JobService(jobs_dir, scheduler_address=scheduler_address, base_dir=base_dir)
+    try:
+        server = make_server(service, host, port)
+    except OSError as err:
+        _fail(f"cannot listen on {host}:{port}: {err.strerror or err}")
+    typer.echo(f"xrdct job service on http://{host}:{server.server_address[1]}/jobs (jobs in {service.jobs_dir})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        server.server_close()
+        service.close()
+
+
 def _interrupted() -> None:
     typer.secho("interrupted: what is marked done is kept; run the same command to resume", fg="yellow", err=True)
     raise typer.Exit(130)

@@ -142,7 +142,7 @@ def _wait_for_first_frame(wf: Workflow, idle_timeout_s: float, poll_s: float) ->
 def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idle_timeout_s: float = 600.0,
           scheduler_address: str | None = None, cluster=None, jobs: int | None = None, adaptive: bool | None = None,
           cluster_options: dict | None = None, poll_s: float = 0.1, settle_s: float = 5.0, png_every_s: float = 2.0,
-          progress: bool = True, summary: bool = True) -> WatchResult:
+          progress: bool = True, summary: bool = True, armed: threading.Event | None = None) -> WatchResult:
     """Follow the acquisition of ``workflow`` into its store; return when every scan point is
     reduced and every slice reconstructed (and G(r) computed where asked), or when no new frame
     has come for ``idle_timeout_s`` seconds (the frames that never came flagged MISSING).
@@ -150,7 +150,8 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
     ``scheduler_address`` / ``cluster`` as for :func:`xrdct_dask.workflow.run` (a scheduler that
     stays up between scans is the beamline's case).  ``poll_s``: how often the frame folder is
     looked at; ``settle_s``: an incomplete file unchanged this long is read as it is;
-    ``png_every_s``: how often the live picture is redrawn (0: never).
+    ``png_every_s``: how often the live picture is redrawn (0: never).  ``armed`` is set once the
+    workers are ready (integrator built and warmed) and the watcher waits for frames.
     """
     from distributed import wait as dask_wait
 
@@ -166,42 +167,45 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
     if wf.frames_hdf5:
         raise WorkflowError("inputs.frames: `xrdct watch` follows CBF files as they appear; an HDF5 source is "
                             "reduced with `xrdct run` once written (a rerun reads frames that came later)")
-    t_start = time.perf_counter()
-    _wait_for_first_frame(wf, idle_timeout_s, poll_s)
-    ctx = open_run(wf)
-    path = ctx.store_path
-    before = store.task_state(path)
-    s, wc = wf.scan, ctx.layout.omega_chunk
-    n_blocks = -(-s.nomega // wc)
-    index = store.open_array(path, f"{store.REDUCED}/frame_index", "r")
-    pending: dict[tuple[int, int], np.ndarray] = {}  # (z, block) -> acquisition indices of its frames
-    for z in range(s.nz):
-        if before.integrate[z].all():
-            continue
-        idx_z = index[z]
-        for b in np.flatnonzero(~before.integrate[z]):
-            pending[(z, int(b))] = idx_z[b * wc:(b + 1) * wc].reshape(-1)
-    needed = np.concatenate(list(pending.values())) if pending else np.zeros(0, np.int64)
-    frames = _Frames(wf, needed, window=max(4 * wc * s.nx, 256), settle_s=settle_s)
-    total_frames = int((needed >= 0).sum())
-    result = WatchResult(store=path, frame_ready=frames.ready_at)
-    slice_left = {z: int((~before.integrate[z]).sum()) for z in range(s.nz)}  # integrate blocks not yet done
-    slice_open = {z for z in range(s.nz) if not _slice_done(before, z)}  # slices with tasks left
-    results: dict[str, list] = {}
-    status = _Status(path, total_frames, s.nz)
-    painter = _Painter(path, status) if png_every_s > 0 else None
+    if not wf.frame_path(0).parent.is_dir():
+        raise WorkflowError(f"inputs.frames: folder {wf.frame_path(0).parent} does not exist")
     client, local = client_for(wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
-    variable = None
+    painter = variable = None
     try:
         from distributed import LocalCluster, Variable
 
+        # the workers are readied (integrator built, engine warmed) before the first frame comes
+        client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))
+        resources = stage_resources(client, wf, local)
+        client.register_plugin(IntegratorPlugin(wf, gpu_only=bool(resources["integrate"])))
+        if armed is not None:
+            armed.set()
+        _wait_for_first_frame(wf, idle_timeout_s, poll_s)
+        t_start = time.perf_counter()  # the run's wall time counts from the first frame
+        ctx = open_run(wf)
+        path = ctx.store_path
+        before = store.task_state(path)
+        s, wc = wf.scan, ctx.layout.omega_chunk
+        index = store.open_array(path, f"{store.REDUCED}/frame_index", "r")
+        pending: dict[tuple[int, int], np.ndarray] = {}  # (z, block) -> acquisition indices of its frames
+        for z in range(s.nz):
+            if before.integrate[z].all():
+                continue
+            idx_z = index[z]
+            for b in np.flatnonzero(~before.integrate[z]):
+                pending[(z, int(b))] = idx_z[b * wc:(b + 1) * wc].reshape(-1)
+        needed = np.concatenate(list(pending.values())) if pending else np.zeros(0, np.int64)
+        frames = _Frames(wf, needed, window=max(4 * wc * s.nx, 256), settle_s=settle_s)
+        total_frames = int((needed >= 0).sum())
+        result = WatchResult(store=path, frame_ready=frames.ready_at)
+        slice_left = {z: int((~before.integrate[z]).sum()) for z in range(s.nz)}  # integrate blocks not yet done
+        slice_open = {z for z in range(s.nz) if not _slice_done(before, z)}  # slices with tasks left
+        results: dict[str, list] = {}
+        status = _Status(path, total_frames, s.nz)
+        painter = _Painter(path, status) if png_every_s > 0 else None
         if progress:
             print(f"dask dashboard: {client.dashboard_link}\nwatching {wf.frame_path(0).parent} for "
                   f"{total_frames} frames ({len(pending)} blocks of {wc} x {s.nx}); store {path}")
-        client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))
-        resources = stage_resources(client, wf, local)
-        if pending:
-            client.register_plugin(IntegratorPlugin(wf, gpu_only=bool(resources["integrate"])))
         variable = Variable(VARIABLE, client=client)
         token = os.urandom(4).hex()
         integrate = timed(stages.integrate_block)
@@ -325,7 +329,7 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
         status.finished = True
         try:
             variable.set(status.write())
-        except Exception:
+        except Exception:  # a scheduler going away: the JSON file still says it
             pass
         if painter is not None:
             painter.draw_now()

@@ -490,14 +490,15 @@ def write_hdf5_scan(folder: str | Path, render, nframes: int, shape: tuple[int, 
 
 
 def stream_frames(sources: list[Path], targets: list[Path], rate_hz: float, *, in_place: bool = False,
-                  pieces: int = 4, stop=None, on_written=None) -> np.ndarray:
+                  link: bool = False, pieces: int = 4, stop=None, on_written=None) -> np.ndarray:
     """Write frame files at a steady rate, as a detector does: ``targets[i]`` gets the bytes of
     ``sources[i % len(sources)]`` at ``t0 + i / rate_hz`` (s).
 
     By default each frame is written under a temporary name in the same folder
     (``.NAME.part``) and renamed into place when whole, as a Pilatus or a data mover does; with
     ``in_place`` it is written under its final name in ``pieces`` parts spread over the frame's
-    1 / rate_hz, so that a reader sees partial files.  ``stop`` (a ``threading.Event``) ends
+    1 / rate_hz, so that a reader sees partial files.  ``link``: the temporary name is a hard link
+    to the source (no bytes written: a long scan cycling over a few distinct frames).  ``stop`` (a ``threading.Event``) ends
     the stream early; ``on_written(i, epoch)`` is called after each frame.  Returns the epoch
     seconds at which each frame became whole under its final name (NaN: not written).
     """
@@ -506,6 +507,8 @@ def stream_frames(sources: list[Path], targets: list[Path], rate_hz: float, *, i
 
     if not rate_hz > 0:
         raise ValueError(f"rate must be > 0 frames/s, got {rate_hz}")
+    if link and in_place:
+        raise ValueError("in_place writes the frames' bytes; link makes hard links: not both")
     whole = np.full(len(targets), np.nan)
     cache: dict[Path, bytes] = {}
     period = 1.0 / rate_hz
@@ -517,6 +520,15 @@ def stream_frames(sources: list[Path], targets: list[Path], rate_hz: float, *, i
         if wait > 0:
             time.sleep(wait)
         src = Path(sources[i % len(sources)])
+        dst = Path(dst)
+        if link:
+            tmp = dst.with_name(f".{dst.name}.part")
+            os.link(src, tmp)
+            os.rename(tmp, dst)
+            whole[i] = time.time()
+            if on_written is not None:
+                on_written(i, whole[i])
+            continue
         data = cache.get(src)
         if data is None:
             data = src.read_bytes()
