@@ -80,7 +80,10 @@ class _Frames:
 
     Each poll looks at the first not-yet-whole frames (a window of ``window``), so the cost
     of a poll does not grow with the scan.  A file that is there but incomplete and has not
-    changed size for ``settle_s`` is taken as final (the reader will flag it)."""
+    changed size for ``settle_s`` is taken as final (the reader will flag it).  A frame the
+    detector skipped (no file, while frames more than ``window / 2`` acquisition steps later are
+    whole) is given up after ``settle_s`` (its block goes without it, flagged missing; a later
+    run reads it if it comes): one dropped frame does not hold its slice to the idle timeout."""
 
     def __init__(self, wf: Workflow, needed: np.ndarray, window: int, settle_s: float):
         self.wf = wf
@@ -88,6 +91,9 @@ class _Frames:
         self.ready_at = np.full(int(needed.max()) + 1 if needed.size and needed.max() >= 0 else 0, np.nan)
         self.window, self.settle_s = window, settle_s
         self.seen: dict[int, tuple[int, float]] = {}  # incomplete files: (size, since)
+        self.passed: dict[int, float] = {}  # absent frames overtaken by later ones: since when
+        self.newest = -1  # the latest acquisition index seen whole
+        self.gave_up = np.zeros(self.ready_at.size, bool)  # frames given up (no file): flagged missing
         self.last_new = time.time()
 
     def poll(self) -> int:
@@ -104,6 +110,11 @@ class _Frames:
             try:
                 size = os.stat(p).st_size
             except OSError:
+                if self.newest > i + self.window // 2:  # overtaken: skipped by the detector?
+                    since = self.passed.setdefault(int(i), now)
+                    if now - since >= self.settle_s:
+                        new.append(i)
+                        self.gave_up[i] = True
                 continue
             was = self.seen.get(int(i))
             if was is None or was[0] != size:
@@ -116,6 +127,8 @@ class _Frames:
             self.todo = np.setdiff1d(self.todo, new, assume_unique=True)
             for i in new:
                 self.seen.pop(int(i), None)
+                self.passed.pop(int(i), None)
+            self.newest = max(self.newest, int(new.max()))
             self.last_new = now
         return len(new)
 
@@ -124,6 +137,7 @@ class _Frames:
         idx = np.asarray(indices, np.int64)
         idx = idx[idx >= 0]
         self.ready_at[idx] = np.nan
+        self.gave_up[idx] = False
         self.todo = np.union1d(self.todo, idx)
 
 
@@ -288,18 +302,22 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
                 if stage == "integrate":
                     rec = next(r for r in reversed(result.blocks) if r["key"] == fut.key)
                     rec.update(finished=res["finished"], status=res["status"])
-                    retry = {FrameStatus.MISSING.name, FrameStatus.IO_ERROR.name} & set(res["status"])
-                    if retry and not final and tries.get((z, b), 0) < RETRIES:
-                        # a frame seen whole vanished or could not be read: see it whole again, redo the block
-                        tries[(z, b)] = tries.get((z, b), 0) + 1
-                        idx = index[z, b * wc:(b + 1) * wc].reshape(-1)
+                    idx = index[z, b * wc:(b + 1) * wc].reshape(-1)
+                    lost = np.zeros(0, np.int64)
+                    if {FrameStatus.MISSING.name, FrameStatus.IO_ERROR.name} & set(res["status"]):
                         st = store.open_array(path, f"{store.REDUCED}/frame_status", "r")[
                             z, b * wc:(b + 1) * wc].reshape(-1)
-                        frames.again(idx[np.isin(st, [int(FrameStatus.MISSING), int(FrameStatus.IO_ERROR)])])
+                        bad = np.isin(st, [int(FrameStatus.MISSING), int(FrameStatus.IO_ERROR)]) & (idx >= 0)
+                        lost = idx[bad]
+                        lost = lost[~frames.gave_up[lost]]  # seen whole, then not readable
+                    if lost.size and not final and tries.get((z, b), 0) < RETRIES:
+                        # frames seen whole vanished or could not be read: see them whole again, redo the block
+                        tries[(z, b)] = tries.get((z, b), 0) + 1
+                        frames.again(lost)
                         store.mark_done(path, "integrate", (z, b), 0)
                         pending[(z, b)] = idx
-                        log.warning("block (z %d, omega %d): %s; read again when the frames are back", z, b * wc,
-                                    ", ".join(sorted(retry)).lower())
+                        log.warning("block (z %d, omega %d): %d frames seen whole could not be read; read again "
+                                    "when they are back", z, b * wc, lost.size)
                         continue
                     status.integrated(res["frames"], rec["ready"], res["finished"])
                     slice_left[z] -= 1
