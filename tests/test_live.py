@@ -258,12 +258,13 @@ def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-@pytest.mark.slow  # a whole run through the service (~10 s)
+@pytest.mark.slow  # a run and a watch through the service (~15 s)
 def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, cluster, tmp_path):
     """`xrdct serve`'s server on 127.0.0.1 (a free port), jobs on the module's scheduler: a
     workflow submitted as YAML text is validated, queued, run; polling its job gives the status
     and the output store, which equals the batch run's; the input is kept beside the job
-    record and in the store's attrs for replay.  A bad submission is refused in one line."""
+    record and in the store's attrs for replay; a watch job does the same.  A bad submission is
+    refused in one line."""
     from xrdct_dask.service import JobService, make_server
 
     service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address)
@@ -288,7 +289,7 @@ def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, c
             code, job = _http(f"{url}/jobs/{job['id']}")
         assert job["status"] == "done", job["error"]
         assert _http(f"{url}/jobs/nope")[0] == 404
-        assert [j["id"] for j in _http(f"{url}/jobs")[1]["jobs"]] == [job["id"]]
+        assert [j["id"] for j in _http(f"{url}/jobs")[1]["jobs"]] == [job["id"]]  # the refused ones are not jobs
         assert_same_store(batch, out)
         folder = Path(job["folder"])
         assert (folder / "input.yaml").read_text() == text
@@ -296,6 +297,14 @@ def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, c
         replay = load_workflow(folder / "workflow.yaml")  # the validated workflow: what `xrdct run` replays
         assert replay.work_digest() == load_workflow(acq.workflow, OVERRIDES).work_digest()
         assert store.read_attrs(out)["job"]["input_yaml"] == text
+        # a watch job (the acquisition already whole here): same store contents again
+        out2 = tmp_path / "watched.zarr"
+        code, job = _http(f"{url}/jobs", {"workflow": str(acq.workflow), "mode": "watch", "idle_timeout": 30,
+                                          "set": OVERRIDES | {"store.path": str(out2)}})
+        assert code == 201
+        assert service.wait(job["id"], timeout_s=120)["status"] == "done"
+        assert _http(f"{url}/jobs/{job['id']}")[1]["summary"]["missing"] == 0
+        assert_same_store(batch, out2)
     finally:
         server.shutdown()
         server.server_close()
