@@ -78,11 +78,12 @@ class WatchResult:
 class _Frames:
     """Which frames of the pending blocks are whole on disk, polled in acquisition order.
 
-    Each poll looks at the first not-yet-whole frames (a window of ``window``), so the cost
-    of a poll does not grow with the scan.  A file that is there but incomplete and has not
+    Each poll looks at the first not-yet-whole frames (a window of ``window``, and no further
+    than 64 absent files past the newest whole one), so the cost of a poll does not grow with
+    the scan.  A file that is there but incomplete and has not
     changed size for ``settle_s`` is taken as final (the reader will flag it).  A frame the
-    detector skipped (no file, while frames more than ``window / 2`` acquisition steps later are
-    whole) is given up after ``settle_s`` (its block goes without it, flagged missing; a later
+    detector skipped (no file, while frames more than ``window / 2`` acquisition steps later, or
+    the scan's last frame, are whole) is given up after ``settle_s`` (its block goes without it, flagged missing; a later
     run reads it if it comes): one dropped frame does not hold its slice to the idle timeout."""
 
     def __init__(self, wf: Workflow, needed: np.ndarray, window: int, settle_s: float):
@@ -93,6 +94,7 @@ class _Frames:
         self.seen: dict[int, tuple[int, float]] = {}  # incomplete files: (size, since)
         self.passed: dict[int, float] = {}  # absent frames overtaken by later ones: since when
         self.newest = -1  # the latest acquisition index seen whole
+        self.last = int(self.todo[-1]) if self.todo.size else -1  # the scan's last frame to see
         self.gave_up = np.zeros(self.ready_at.size, bool)  # frames given up (no file): flagged missing
         self.last_new = time.time()
 
@@ -102,15 +104,20 @@ class _Frames:
             return 0
         now = time.time()
         new = []
+        absent = 0  # absent files in a row past the newest whole one: the detector is not there yet
         for i in self.todo[: self.window]:
+            if absent >= 64:
+                break
             p = self.wf.frame_path(int(i))
             if frame_complete(p):
                 new.append(i)
+                absent = 0
                 continue
             try:
                 size = os.stat(p).st_size
             except OSError:
-                if self.newest > i + self.window // 2:  # overtaken: skipped by the detector?
+                absent += int(i > self.newest)
+                if self.newest > i + self.window // 2 or self.newest == self.last:  # overtaken: skipped?
                     since = self.passed.setdefault(int(i), now)
                     if now - since >= self.settle_s:
                         new.append(i)
