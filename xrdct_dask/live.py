@@ -223,7 +223,7 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
         slice_open = {z for z in range(s.nz) if not _slice_done(before, z)}  # slices with tasks left
         results: dict[str, list] = {}
         status = _Status(path, total_frames, s.nz)
-        painter = _Painter(path, status) if png_every_s > 0 else None
+        painter = _Painter(path, status, png_every_s) if png_every_s > 0 else None
         if progress:
             print(f"dask dashboard: {client.dashboard_link}\nwatching {wf.frame_path(0).parent} for "
                   f"{total_frames} frames ({len(pending)} blocks of {wc} x {s.nx}); store {path}")
@@ -428,8 +428,8 @@ class _Status:
 class _Painter:
     """Redraws the live picture in its own thread when poked (drawing never holds up the watcher)."""
 
-    def __init__(self, path: Path, status: _Status):
-        self.path, self.status = path, status
+    def __init__(self, path: Path, status: _Status, every_s: float = 2.0):
+        self.path, self.status, self.every_s = path, status, every_s
         self.z_sino = self.z_recon = None
         self._poke = threading.Event()
         self._stop = threading.Event()
@@ -445,9 +445,14 @@ class _Painter:
         self._poke.set()
 
     def _loop(self) -> None:
+        last = 0.0
         while not self._stop.is_set():
             if self._poke.wait(0.5):
+                # at most one picture per every_s: drawing takes the client's CPU from the watcher
+                if self._stop.wait(max(0.0, last + self.every_s - time.monotonic())):
+                    return
                 self._poke.clear()
+                last = time.monotonic()
                 self.draw_now()
 
     def draw_now(self) -> None:
