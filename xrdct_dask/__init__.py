@@ -4,7 +4,10 @@
                  -> sinograms -> reconstruction per q -> recon/ -> G(r) per voxel -> pdf/
 
 Entry points: :func:`run` (a workflow YAML or :class:`~xrdct_dask.config.Workflow`),
-:class:`~xrdct_dask.integrate.Integrator`, :func:`~xrdct_dask.io.read_frame`, the ``xrdct`` CLI.
+:func:`xrdct_dask.live.watch` (follow an acquisition as it is written; :func:`~xrdct_dask.live.live_status`
+and :func:`~xrdct_dask.live.live_figure` from a notebook), :class:`~xrdct_dask.service.JobService` (the
+``xrdct serve`` job interface), :class:`~xrdct_dask.integrate.Integrator`,
+:func:`~xrdct_dask.io.read_frame`, the ``xrdct`` CLI.
 """
 
 from __future__ import annotations

@@ -65,6 +65,12 @@ def simulate(
     format_: Annotated[str, typer.Option("--format", help="cbf (one file per frame) | h5 (Eiger-like master + "
                                                           "bitshuffle-LZ4 data files)")] = "cbf",
     frames_per_file: Annotated[int, typer.Option(help="--format h5: frames per data file")] = 100,
+    rate: Annotated[Optional[float], typer.Option(
+        help="write the frames at this many per second, as an acquisition (each under a temporary name, then "
+             "renamed); follow it with `xrdct watch OUT_DIR/workflow.yaml`")] = None,
+    in_place: Annotated[bool, typer.Option(
+        "--in-place", help="with --rate: write each frame under its final name, in parts over its 1/rate "
+                           "(a reader sees partial files)")] = False,
 ) -> None:
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
@@ -75,6 +81,14 @@ def simulate(
         _fail(f"--omega-range must be 180 or 360 (got {omega_range})")
     if format_ not in ("cbf", "h5"):
         _fail(f"--format must be cbf or h5 (got {format_})")
+    if rate is not None and not rate > 0:
+        _fail(f"--rate must be > 0 frames/s (got {rate})")
+    if rate is not None and format_ != "cbf":
+        _fail("--rate writes CBF files (one per frame): use --format cbf")
+    if in_place and rate is None:
+        _fail("--in-place goes with --rate")
+    if rate is not None and (out_dir / "frames").exists() and any((out_dir / "frames").iterdir()):
+        _fail(f"{out_dir / 'frames'} is not empty: --rate writes a new acquisition there")
     t0 = time.perf_counter()
     with Progress() as bar:
         task = bar.add_task("simulating frames", total=nz * nomega * nx)
@@ -85,7 +99,36 @@ def simulate(
         except ValueError as err:
             _fail(str(err))
     typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {scan.root}")
-    typer.echo(f"run it: xrdct run {scan.workflow}")
+    if rate is None:
+        typer.echo(f"run it: xrdct run {scan.workflow}")
+        return
+    _acquire(scan, rate, in_place)
+
+
+def _acquire(scan, rate: float, in_place: bool) -> None:
+    """Move the simulated frames aside and write them back into frames/ at ``rate`` per second."""
+    import os
+    import shutil
+    import uuid
+
+    from .testing.synthetic import stream_frames
+
+    frames = scan.frame_path(0).parent
+    staged = frames.parent / f".frames-staged-{uuid.uuid4().hex[:8]}"
+    os.rename(frames, staged)
+    frames.mkdir()
+    n = scan.nz * scan.nomega * scan.nx
+    typer.echo(f"acquiring {n} frames at {rate:g} Hz ({n / rate:.1f} s){' in place' if in_place else ''}: "
+               f"follow it with `xrdct watch {scan.workflow}`")
+    try:
+        whole = stream_frames([staged / scan.frame_path(i).name for i in range(n)],
+                              [scan.frame_path(i) for i in range(n)], rate, in_place=in_place)
+    except KeyboardInterrupt:
+        typer.secho("acquisition stopped", fg="yellow", err=True)
+        raise typer.Exit(130)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # this command's own copy
+    typer.echo(f"{n} frames written in {whole[-1] - whole[0]:.1f} s")
 
 
 @app.command()
@@ -118,6 +161,79 @@ def run(
     except KeyboardInterrupt:
         _interrupted()
     typer.echo(f"store: {path}")
+
+
+@app.command()
+def watch(
+    workflow: Annotated[Path, typer.Argument(help="workflow YAML of the acquisition being written")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set store.omega_chunk=2")] = None,
+    idle_timeout: Annotated[float, typer.Option(
+        help="seconds without a new frame after which the frames still missing are flagged and the watch ends")] = 600.0,
+    scheduler_address: Annotated[Optional[str], typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
+    cluster: Annotated[Optional[str], typer.Option(
+        "--cluster", help="batch-system profile: a name from `xrdct cluster list` or a path")] = None,
+    jobs: Annotated[Optional[int], typer.Option(help="batch jobs to start with --cluster")] = None,
+    cluster_set: Annotated[Optional[list[str]], typer.Option(
+        "--cluster-set", help="override a profile key: --cluster-set queue=gpu")] = None,
+    png_every: Annotated[float, typer.Option(help="seconds between redraws of RUN-live.png (0: none)")] = 2.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Follow an acquisition: integrate frames as the detector writes them, reconstruct each slice
+    once its sinogram is complete, into the same store as `xrdct run` (RUN-live.png shows it)."""
+    from . import live
+    from . import workflow as wfmod
+    from .cluster import ProfileError
+
+    _logging(verbose)
+    if cluster is not None and scheduler_address is not None:
+        _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
+    if not idle_timeout > 0:
+        _fail(f"--idle-timeout must be > 0 s (got {idle_timeout})")
+    try:
+        wf = load_workflow(workflow, parse_overrides(set_))
+        res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
+                         jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)
+    except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _interrupted()
+    if res.timed_out:
+        typer.echo(f"idle timeout: {res.missing} frames never came (flagged missing; a rerun reads them if they come)")
+    typer.echo(f"store: {res.store}\nlive picture: {live.live_paths(res.store)[1]}")
+
+
+@app.command()
+def serve(
+    jobs_dir: Annotated[Path, typer.Option(help="where every job's input, validated workflow and record are kept")] = Path(
+        "xrdct-jobs"),
+    host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one)")] = 8765,
+    scheduler_address: Annotated[Optional[str], typer.Option(
+        help="run every job on this running dask scheduler (one warm cluster for the experiment)")] = None,
+    base_dir: Annotated[Optional[Path], typer.Option(
+        help="where relative paths of a submitted workflow start (default: this folder)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """A job service for the beamline control system: POST /jobs a workflow (path or YAML), GET
+    /jobs/<id> its status and output store; jobs run one at a time, each input kept for replay."""
+    from .service import JobService, make_server
+
+    _logging(verbose)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: listening on {host}: anyone who reaches it can run workflows here", fg="yellow", err=True)
+    service = JobService(jobs_dir, scheduler_address=scheduler_address, base_dir=base_dir)
+    try:
+        server = make_server(service, host, port)
+    except OSError as err:
+        _fail(f"cannot listen on {host}:{port}: {err.strerror or err}")
+    typer.echo(f"xrdct job service on http://{host}:{server.server_address[1]}/jobs (jobs in {service.jobs_dir})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        server.server_close()
+        service.close()
 
 
 def _interrupted() -> None:

@@ -157,12 +157,17 @@ def _frame_files(wf: Workflow) -> list[Path]:
 
 
 def frame_sample(wf: Workflow) -> dict:
-    """Sizes in bytes (-1: no file) of the files standing for the frames (:func:`_frame_files`)."""
+    """Sizes in bytes (-1: no file) of the files standing for the frames (:func:`_frame_files`).
+    A CBF file still being written (:func:`~xrdct_dask.io.cbf.frame_complete`) counts as no file:
+    a store created during the acquisition is resumed once it is whole."""
+    from .io.cbf import frame_complete
+
     files = _frame_files(wf)
     sizes = []
     for f in files:
         try:
-            sizes.append(os.stat(f).st_size)
+            size = os.stat(f).st_size
+            sizes.append(size if wf.frames_hdf5 or frame_complete(f) else -1)
         except OSError:
             sizes.append(-1)
     return {"files": [str(f) for f in files], "bytes": sizes}
@@ -539,10 +544,13 @@ def _resume(wf: Workflow, path: Path) -> stages.RunContext:
 
 
 def _frames_present(wf: Workflow):
-    """``present(index) -> bool``: whether frame ``index`` can be read now (its file exists; for an
-    HDF5 source, a fresh look at the source holds it)."""
+    """``present(index) -> bool``: whether frame ``index`` can be read whole now (its CBF file is
+    complete: :func:`~xrdct_dask.io.cbf.frame_complete`; for an HDF5 source, a fresh look at the
+    source holds it)."""
     if not wf.frames_hdf5:
-        return lambda i: wf.frame_path(i).is_file()
+        from .io.cbf import frame_complete
+
+        return lambda i: frame_complete(wf.frame_path(i))
     from .io.source import Hdf5Frames
     from .io.spec import split_spec
 
@@ -556,10 +564,11 @@ def _frames_present(wf: Workflow):
 
 def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int, int]:
     """Clear the done-markers of integrated blocks holding frames worth reading again: an I/O error,
-    or a missing frame whose file exists now (:data:`~xrdct_dask.io.status.RETRIED`).  The
+    or a frame missing or partly written when it was read (a run during the acquisition) whose
+    file is whole now (:data:`~xrdct_dask.io.status.RETRIED`, :data:`~xrdct_dask.io.status.PARTIAL`).  The
     slice's centre, reconstruction and G(r) are cleared too: they are made from those blocks.
     Returns ``(frames, blocks)`` reopened.  Read slice by slice."""
-    from .io.status import FrameStatus
+    from .io.status import PARTIAL, FrameStatus
 
     wf = ctx.workflow
     wc = ctx.layout.omega_chunk
@@ -570,7 +579,8 @@ def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int,
     for z in np.nonzero(state.integrate.any(axis=1))[0]:
         st = status_arr[z]
         retry = st == FrameStatus.IO_ERROR
-        missing = np.argwhere((st == FrameStatus.MISSING) & state.integrate[z].repeat(wc)[:st.shape[0], None])
+        late = np.isin(st, [int(FrameStatus.MISSING), *(int(c) for c in PARTIAL)])
+        missing = np.argwhere(late & state.integrate[z].repeat(wc)[:st.shape[0], None])
         if missing.size:
             idx = index_arr[z]
             arrived = _frames_present(wf)

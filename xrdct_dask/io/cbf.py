@@ -245,3 +245,46 @@ def read_header(path: str | Path) -> dict:
             header.setdefault(key.rstrip(":"), val.strip())
     return header
 
+
+
+def frame_complete(path: str | Path, header_max: int = 16384) -> bool:
+    """Whether the detector has finished writing the CBF file at ``path``, read without its payload.
+
+    True when the file is a regular file whose binary header is whole, whose size reaches the
+    header's promise (``X-Binary-Size`` bytes after the start marker) and whose last bytes hold
+    the closing boundary of the binary section (written after the payload).  A gzip / bzip2 file
+    is whole when its stream ends.  False for anything else: no file yet (or a temporary name not
+    yet renamed), a header still being written, a payload short of its size, no trailer yet.
+    Reads the first ``header_max`` and the last 16 kB of the file; never raises for a frame.
+    A file that is whole by these tests may still be corrupt: the reader flags it.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, OPEN_FLAGS)
+    except OSError:
+        return False
+    try:
+        size = check_regular(fd, path).st_size
+        head = os.pread(fd, header_max, 0)
+        if head[:2] == _GZIP or head[:3] == _BZIP2:  # only a whole compressed stream says the file is whole
+            try:
+                decompress_frame(read_file(path), str(path))
+                return True
+            except (CorruptFrameError, OSError):
+                return False
+        if head.find(BINARY_MARKER) < 0 and size > header_max:
+            head = os.pread(fd, size, 0)  # an unusually long header
+        try:
+            begin, nbytes, _, _ = _binary_header(head, str(path))
+        except CorruptFrameError:
+            return False
+        if size < begin + nbytes:
+            return False
+        n = min(_TAIL_BYTES, size - begin - nbytes + len(_CLOSING) + 64, size)
+        tail = os.pread(fd, n, size - n)
+        return _CLOSING in tail
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

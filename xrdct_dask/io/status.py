@@ -35,6 +35,9 @@ USABLE = (FrameStatus.OK, FrameStatus.DUPLICATE, FrameStatus.OUT_OF_ORDER)
 # frames a rerun reads again (their blocks are redone): the file may have come back since.  A
 # MISSING frame is retried only where its file exists now; corrupt frames stay flagged.
 RETRIED = (FrameStatus.MISSING, FrameStatus.IO_ERROR)
+# what a file still being written reads as (an empty or half-written header, a payload short of its
+# size): a rerun reads such a frame again once its file is whole (io.cbf.frame_complete)
+PARTIAL = (FrameStatus.TRUNCATED, FrameStatus.CORRUPT_HEADER)
 
 
 def usable(status) -> np.ndarray:

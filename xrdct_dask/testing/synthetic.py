@@ -487,3 +487,67 @@ def write_hdf5_scan(folder: str | Path, render, nframes: int, shape: tuple[int, 
             pos[key] = ds  # a hard link: one dataset, two names (BLISS lists scanned motors in both)
         meas.create_dataset("monitor", data=np.asarray(monitor, np.float64)).attrs["units"] = "counts"
     return master
+
+
+def stream_frames(sources: list[Path], targets: list[Path], rate_hz: float, *, in_place: bool = False,
+                  link: bool = False, pieces: int = 4, stop=None, on_written=None) -> np.ndarray:
+    """Write frame files at a steady rate, as a detector does: ``targets[i]`` gets the bytes of
+    ``sources[i % len(sources)]`` at ``t0 + i / rate_hz`` (s).
+
+    By default each frame is written under a temporary name in the same folder
+    (``.NAME.part``) and renamed into place when whole, as a Pilatus or a data mover does; with
+    ``in_place`` it is written under its final name in ``pieces`` parts spread over the frame's
+    1 / rate_hz, so that a reader sees partial files.  ``link``: the temporary name is a hard link
+    to the source (no bytes written: a long scan cycling over a few distinct frames).  ``stop`` (a ``threading.Event``) ends
+    the stream early; ``on_written(i, epoch)`` is called after each frame.  Returns the epoch
+    seconds at which each frame became whole under its final name (NaN: not written).
+    """
+    import os
+    import time
+
+    if not rate_hz > 0:
+        raise ValueError(f"rate must be > 0 frames/s, got {rate_hz}")
+    if link and in_place:
+        raise ValueError("in_place writes the frames' bytes; link makes hard links: not both")
+    whole = np.full(len(targets), np.nan)
+    cache: dict[Path, bytes] = {}
+    period = 1.0 / rate_hz
+    t0 = time.perf_counter()
+    for i, dst in enumerate(targets):
+        if stop is not None and stop.is_set():
+            break
+        wait = t0 + i * period - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        src = Path(sources[i % len(sources)])
+        dst = Path(dst)
+        if link:
+            tmp = dst.with_name(f".{dst.name}.part")
+            os.link(src, tmp)
+            os.rename(tmp, dst)
+            whole[i] = time.time()
+            if on_written is not None:
+                on_written(i, whole[i])
+            continue
+        data = cache.get(src)
+        if data is None:
+            data = src.read_bytes()
+            if len(cache) < 256:  # a few distinct frames cycled over: read each once
+                cache[src] = data
+        dst = Path(dst)
+        if in_place:
+            cuts = np.linspace(0, len(data), pieces + 1).astype(int)
+            with open(dst, "wb") as fh:
+                for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+                    fh.write(data[a:b])
+                    fh.flush()
+                    if k < pieces - 1:
+                        time.sleep(period / pieces)
+        else:
+            tmp = dst.with_name(f".{dst.name}.part")
+            tmp.write_bytes(data)
+            os.rename(tmp, dst)
+        whole[i] = time.time()
+        if on_written is not None:
+            on_written(i, whole[i])
+    return whole

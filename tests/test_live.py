@@ -1,0 +1,340 @@
+"""Live mode (issue 17): `xrdct watch` follows frames while they are written, the job service,
+`xrdct simulate --rate`, and batch reruns of a scan run during its acquisition.
+
+The acquisition is the project's simulated scan (2 slices x 8 angles x 10 steps, the 8x8-binned
+Pilatus) written again, frame by frame, at a steady rate by a thread
+(:func:`~xrdct_dask.testing.synthetic.stream_frames`): renamed into place, or written in place
+slowly so that the watcher sees partial files.  The reference is a batch `xrdct run` of the same
+frames once written: same code, same inputs, single-threaded workers, so every array of the
+live store must equal the batch store's exactly (NaN where NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from xrdct_dask import store
+from xrdct_dask.config import load_workflow
+from xrdct_dask.io.cbf import frame_complete
+from xrdct_dask.io.status import FrameStatus
+
+RATE_HZ = 25.0  # frames/s: ~6 s for the 160 frames; a 2-core CI machine integrates several times that
+OVERRIDES = {"store.omega_chunk": 4}  # blocks of 4 angles x 10 steps: 1.6 s of acquisition each
+
+
+@pytest.fixture(scope="module")
+def acq(tmp_path_factory):
+    from xrdct_dask.testing.synthetic import simulate_scan
+
+    return simulate_scan(tmp_path_factory.mktemp("acq") / "scan", nz=2, nomega=8, nx=10, seed=5)
+
+
+@pytest.fixture(scope="module")
+def batch(acq, cluster, tmp_path_factory):
+    """The batch run of the whole scan, once written: the reference store."""
+    from xrdct_dask import run
+
+    out = tmp_path_factory.mktemp("batch") / "run.zarr"
+    wf = load_workflow(acq.workflow, OVERRIDES | {"store.path": str(out)})
+    return run(wf, cluster=cluster, progress=False, summary=False)
+
+
+def _arrays(path: Path) -> dict:
+    out = {}
+
+    def walk(group, prefix=""):
+        for name, arr in group.arrays():
+            out[prefix + name] = arr[...]
+        for name, sub in group.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(zarr.open_group(str(path), mode="r"))
+    return out
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    x, y = _arrays(a), _arrays(b)
+    assert set(x) == set(y) and {"reduced/intensity", "recon/intensity", "pdf/G"} <= set(x)
+    for name in sorted(x):
+        assert x[name].dtype == y[name].dtype and x[name].shape == y[name].shape, name
+        np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+
+
+def empty_copy(scan, folder: Path) -> Path:
+    """The scan's folder (PONI, mask, monitor, scan file, workflow) without its frames: where an
+    acquisition is written again."""
+    shutil.copytree(scan.root, folder, ignore=shutil.ignore_patterns("frames", "*.zarr", "*.png", "*.json"))
+    (folder / "frames").mkdir()
+    return folder
+
+
+def frames_of(scan) -> list[Path]:
+    return [scan.frame_path(i) for i in range(scan.nz * scan.nomega * scan.nx)]
+
+
+def stream(scan, folder: Path, rate_hz: float = RATE_HZ, in_place: bool = False, start: int = 0, stop: int | None = None):
+    """Start a thread writing frames ``start:stop`` of ``scan`` into ``folder/frames`` at ``rate_hz``;
+    returns ``(thread, out)`` with ``out["whole"]``: when each frame was whole under its name."""
+    from xrdct_dask.testing.synthetic import stream_frames
+
+    src = frames_of(scan)[start:stop]
+    dst = [folder / "frames" / p.name for p in src]
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("whole", stream_frames(src, dst, rate_hz, in_place=in_place)),
+                         daemon=True)
+    t.start()
+    return t, out
+
+
+# ------------------------------------------------------------------------------------------
+# what "whole" means for a CBF file being written
+# ------------------------------------------------------------------------------------------
+def test_a_cbf_file_is_whole_only_once_its_payload_and_trailer_are_written(acq, tmp_path):
+    """Every cut of a frame file short of its end (an empty file, half a header, a payload short
+    of X-Binary-Size, the payload without the closing boundary) is not whole; the file is; so is
+    its gzip copy, but not a gzip stream cut short."""
+    import gzip
+
+    data = acq.frame_path(0).read_bytes()
+    p = tmp_path / "frame.cbf"
+    end = data.rfind(b"--CIF-BINARY-FORMAT-SECTION----")
+    for cut in (0, 100, data.find(b"\x0c\x1a\x04\xd5") + 4, len(data) // 2, end - 1, end + 10):
+        p.write_bytes(data[:cut])
+        assert not frame_complete(p), cut
+    p.write_bytes(data)
+    assert frame_complete(p)
+    assert not frame_complete(tmp_path / "absent.cbf") and not frame_complete(tmp_path)
+    z = gzip.compress(data)
+    (tmp_path / "f.cbf.gz").write_bytes(z)
+    assert frame_complete(tmp_path / "f.cbf.gz")
+    (tmp_path / "f.cbf.gz").write_bytes(z[: len(z) // 2])
+    assert not frame_complete(tmp_path / "f.cbf.gz")
+
+
+# ------------------------------------------------------------------------------------------
+# xrdct watch while the frames are written
+# ------------------------------------------------------------------------------------------
+def test_watch_during_the_acquisition_equals_the_batch_run_and_reconstructs_slice_0_before_the_scan_ends(
+        acq, batch, cluster, tmp_path):
+    """Frames renamed into place at 25 Hz; `watch` on a scheduler that stays up (the module's
+    cluster): the store equals the batch run's array for array, slice 0 is reconstructed (and its
+    G(r) computed) before the last frame of slice 1 is written, no frame is flagged, and the live
+    status (on the scheduler and beside the store) and picture are there."""
+    from distributed import Client
+
+    from xrdct_dask.live import live_paths, live_status, watch
+
+    folder = empty_copy(acq, tmp_path / "live")
+    t, out = stream(acq, folder)
+    res = watch(load_workflow(folder / "workflow.yaml", OVERRIDES), scheduler_address=cluster.scheduler_address,
+                idle_timeout_s=30, png_every_s=1.0, progress=False, summary=False)
+    t.join()
+    whole = out["whole"]
+    assert not res.timed_out and res.missing == 0
+    assert sorted(res.slices) == [0, 1]
+    assert res.slices[0] < whole[-1], f"slice 0 done {res.slices[0] - whole[-1]:+.2f} s after the last frame"
+    assert_same_store(batch, res.store)
+    st = store.open_array(res.store, "reduced/frame_status", "r")[...]
+    assert (st == FrameStatus.OK).all()
+    # each block went to the cluster only after its last frame was whole, and was written after
+    assert len(res.blocks) == 4 and all(b["ready"] <= b["submitted"] <= b["finished"] for b in res.blocks)
+    with Client(cluster.scheduler_address) as client:
+        snap = live_status(client)
+    assert snap["store"] == str(res.store) and snap["finished"] and snap["frames_integrated"] == 160
+    assert live_status(store_path=res.store)["slices_done"] == [0, 1]
+    png = live_paths(res.store)[1]
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow  # ~10 s: a second acquisition, slower per frame
+def test_partial_files_are_never_read_as_complete(acq, batch, cluster, tmp_path):
+    """Frames written in place in four parts over each frame's 1/25 s (the watcher sees files
+    with half a header, half a payload, no trailer): none is read before it is whole, so no
+    frame ends flagged truncated or corrupt, and the store equals the batch run's."""
+    from xrdct_dask.live import watch
+
+    folder = empty_copy(acq, tmp_path / "slow")
+    t, out = stream(acq, folder, in_place=True)
+    res = watch(load_workflow(folder / "workflow.yaml", OVERRIDES), cluster=cluster, idle_timeout_s=30,
+                png_every_s=0, progress=False, summary=False)
+    t.join()
+    st = store.open_array(res.store, "reduced/frame_status", "r")[...]
+    assert (st == FrameStatus.OK).all(), {FrameStatus(c).name: int((st == c).sum()) for c in np.unique(st)}
+    assert_same_store(batch, res.store)
+
+
+def test_idle_timeout_flags_frames_that_never_came_and_a_restart_reads_them(acq, batch, cluster, tmp_path):
+    """The detector stops after 100 of 160 frames: `watch` waits 1.5 s without a new frame, then
+    integrates what is there (the 60 frames that never came flagged MISSING) and returns.  The
+    frames come later; a second `watch` resumes the same store: it redoes only the blocks that
+    lacked frames (slice 1's two blocks, frames 100-159 in snake order from index 80), and the
+    store then equals the batch run's."""
+    from xrdct_dask.live import watch
+
+    folder = empty_copy(acq, tmp_path / "stopped")
+    for p in frames_of(acq)[:100]:
+        shutil.copy(p, folder / "frames" / p.name)
+    wf = load_workflow(folder / "workflow.yaml", OVERRIDES)
+    res = watch(wf, cluster=cluster, idle_timeout_s=1.5, png_every_s=0, progress=False, summary=False)
+    assert res.timed_out and res.missing == 60
+    st = store.open_array(res.store, "reduced/frame_status", "r")[...]
+    assert (st == FrameStatus.MISSING).sum() == 60 and (st[0] == FrameStatus.OK).all()
+    assert store.task_state(res.store).complete  # slices reconstructed from what came (missing frames filled)
+    for p in frames_of(acq)[100:]:
+        shutil.copy(p, folder / "frames" / p.name)
+    again = watch(wf, cluster=cluster, idle_timeout_s=5, png_every_s=0, progress=False, summary=False)
+    assert not again.timed_out
+    assert sorted((b["z"], b["omega_start"]) for b in again.blocks) == [(1, 0), (1, 4)]
+    assert sorted(again.slices) == [1]
+    assert_same_store(batch, again.store)
+
+
+def test_a_frame_the_detector_skipped_does_not_hold_its_slice_to_the_idle_timeout(acq, cluster, tmp_path):
+    """Every frame but 5 and 158 is there: once frames far beyond one (or the scan's last frame)
+    are whole and it is still absent after ``settle_s``, its block goes without it (flagged
+    MISSING), long before the idle timeout; every other frame is read."""
+    from xrdct_dask.live import watch
+
+    folder = empty_copy(acq, tmp_path / "skipped")
+    for p in frames_of(acq):
+        if p.name not in (acq.frame_path(5).name, acq.frame_path(158).name):
+            shutil.copy(p, folder / "frames" / p.name)
+    t0 = time.time()
+    res = watch(load_workflow(folder / "workflow.yaml", OVERRIDES), cluster=cluster, idle_timeout_s=120,
+                settle_s=0.5, png_every_s=0, progress=False, summary=False)
+    assert time.time() - t0 < 60 and not res.timed_out and res.missing == 2
+    st = store.open_array(res.store, "reduced/frame_status", "r")[...]
+    skipped = np.isin(store.open_array(res.store, "reduced/frame_index", "r")[...], [5, 158])
+    assert skipped.sum() == 2 and (st[skipped] == FrameStatus.MISSING).all() and (st[~skipped] == FrameStatus.OK).all()
+
+
+@pytest.mark.slow  # two batch runs (~11 s)
+def test_batch_rerun_reads_frames_that_were_partial_or_missing_when_first_run(acq, batch, cluster, tmp_path):
+    """A batch `run` during the acquisition: frame 120 half written, frame 121 an empty file just
+    created, frames 122- not there (all in slice 1, angles 4-7: one block).  They are flagged (truncated, corrupt header, missing); once
+    the acquisition is whole a rerun of the same command reads them again (not "all tasks already
+    done") and the store equals the batch run's."""
+    from xrdct_dask import run
+
+    folder = empty_copy(acq, tmp_path / "during")
+    frames = frames_of(acq)
+    for p in frames[:120]:
+        shutil.copy(p, folder / "frames" / p.name)
+    data = frames[120].read_bytes()
+    (folder / "frames" / frames[120].name).write_bytes(data[: len(data) // 2])
+    (folder / "frames" / frames[121].name).write_bytes(b"")
+    wf = load_workflow(folder / "workflow.yaml", OVERRIDES)
+    path = run(wf, cluster=cluster, progress=False, summary=False)
+    st = store.open_array(path, "reduced/frame_status", "r")[...]
+    counts = {FrameStatus(c).name: int((st == c).sum()) for c in np.unique(st)}
+    assert counts == {"OK": 120, "TRUNCATED": 1, "CORRUPT_HEADER": 1, "MISSING": 38}
+    for p in frames[120:]:
+        shutil.copy(p, folder / "frames" / p.name)
+    path = run(wf, cluster=cluster, progress=False, summary=False)
+    assert store.read_attrs(path)["run_summary"]["tasks"]["integrate"]["executed"] == 1  # slice 1, angles 4-7
+    assert_same_store(batch, path)
+
+
+# ------------------------------------------------------------------------------------------
+# the job service
+# ------------------------------------------------------------------------------------------
+def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.slow  # a run and a watch through the service (~15 s)
+def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, cluster, tmp_path):
+    """`xrdct serve`'s server on 127.0.0.1 (a free port), jobs on the module's scheduler: a
+    workflow submitted as YAML text is validated, queued, run; polling its job gives the status
+    and the output store, which equals the batch run's; the input is kept beside the job
+    record and in the store's attrs for replay; a watch job does the same.  A bad submission is
+    refused in one line."""
+    from xrdct_dask.service import JobService, make_server
+
+    service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address)
+    server = make_server(service, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert _http(f"{url}/health") == (200, {"ok": True, "jobs": 0})
+        code, err = _http(f"{url}/jobs", {"workflow": str(tmp_path / "nowhere.yaml")})
+        assert code == 400 and "workflow file not found" in err["error"] and "\n" not in err["error"]
+        code, err = _http(f"{url}/jobs", {"workflow": str(acq.workflow), "set": {"integrate.npt_rad": -3}})
+        assert code == 400 and "integrate.npt_rad" in err["error"]
+        text = acq.workflow.read_text()
+        out = tmp_path / "job.zarr"
+        code, job = _http(f"{url}/jobs", {"workflow_yaml": text, "base_dir": str(acq.root),
+                                          "set": OVERRIDES | {"store.path": str(out)}})
+        assert code == 201 and job["status"] in ("queued", "running") and job["store"] == str(out)
+        t0 = time.time()
+        while job["status"] not in ("done", "failed"):
+            assert time.time() - t0 < 120, job
+            time.sleep(0.3)
+            code, job = _http(f"{url}/jobs/{job['id']}")
+        assert job["status"] == "done", job["error"]
+        assert _http(f"{url}/jobs/nope")[0] == 404
+        assert [j["id"] for j in _http(f"{url}/jobs")[1]["jobs"]] == [job["id"]]  # the refused ones are not jobs
+        assert_same_store(batch, out)
+        folder = Path(job["folder"])
+        assert (folder / "input.yaml").read_text() == text
+        assert json.loads((folder / "job.json").read_text())["status"] == "done"
+        replay = load_workflow(folder / "workflow.yaml")  # the validated workflow: what `xrdct run` replays
+        assert replay.work_digest() == load_workflow(acq.workflow, OVERRIDES).work_digest()
+        assert store.read_attrs(out)["job"]["input_yaml"] == text
+        # a watch job (the acquisition already whole here): same store contents again
+        out2 = tmp_path / "watched.zarr"
+        code, job = _http(f"{url}/jobs", {"workflow": str(acq.workflow), "mode": "watch", "idle_timeout": 30,
+                                          "set": OVERRIDES | {"store.path": str(out2)}})
+        assert code == 201
+        assert service.wait(job["id"], timeout_s=120)["status"] == "done"
+        assert _http(f"{url}/jobs/{job['id']}")[1]["summary"]["missing"] == 0
+        assert_same_store(batch, out2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        service.close()
+
+
+# ------------------------------------------------------------------------------------------
+# the command line
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a simulation and a watch through the CLI (~15 s)
+def test_simulate_rate_then_watch_from_the_command_line(cluster, tmp_path):
+    """`xrdct simulate --rate 40` writes its 8 frames at 40 Hz (>= 7/40 s from first to last),
+    every one whole under its final name and no temporary left; `xrdct watch --scheduler-address`
+    on them exits 0 and names its store and live picture."""
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["simulate", str(tmp_path / "s"), "--nz", "1", "--nomega", "2", "--nx", "4", "--rate", "40"])
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in (tmp_path / "s").rglob("*") if "frame" in p.name)
+    assert names == sorted(["frames"] + [f"frame_{i:06d}.cbf" for i in range(8)])
+    assert all(frame_complete(tmp_path / "s" / "frames" / f"frame_{i:06d}.cbf") for i in range(8))
+    took = float(r.output.split("8 frames written in ")[1].split(" s")[0])
+    assert took >= 7 / 40 - 0.01
+    r = runner.invoke(app, ["watch", str(tmp_path / "s" / "workflow.yaml"), "--idle-timeout", "5",
+                            "--scheduler-address", cluster.scheduler_address, "--png-every", "0"])
+    assert r.exit_code == 0, r.output
+    assert f"store: {tmp_path / 's' / 'run.zarr'}" in r.output
+    assert store.task_state(tmp_path / "s" / "run.zarr").complete
+    bad = runner.invoke(app, ["simulate", str(tmp_path / "t"), "--rate", "0"])
+    assert bad.exit_code == 2 and "--rate must be > 0" in bad.output

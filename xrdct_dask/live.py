@@ -1,0 +1,582 @@
+"""Live mode: follow an acquisition while the detector writes it (``xrdct watch``).
+
+The store, its blocks, done-markers and tasks are those of a batch run (:func:`~xrdct_dask.prepare.open_run`,
+:func:`~xrdct_dask.graph.build_graph`, :func:`~xrdct_dask.stages.integrate_block`); what differs is
+when a task is submitted:
+
+* an integration block (one omega chunk of a slice, every x) goes to the cluster once every
+  frame file of it is whole (:func:`~xrdct_dask.io.cbf.frame_complete`: its header promise met,
+  its trailer written, under its final name), so a file still being written is never read;
+  a file that stays incomplete and unchanged for ``settle_s`` is read as it is (and flagged);
+* a slice's centre, reconstruction and G(r) go as soon as its last block is integrated;
+* when no new frame has come for ``idle_timeout_s``, the blocks still waiting are integrated
+  with what is there: the frames that never came are flagged MISSING (a later ``watch`` or
+  ``run`` reads them if they arrive: :func:`~xrdct_dask.prepare.reopen_retried`).
+
+The blocks are the store's omega chunks (``store.omega_chunk`` x ``scan.nx`` frames): the lag
+behind the detector is at least the time one block takes to acquire, so choose the chunk small
+for live work (e.g. 2-4 rows of a 250 Hz scan: well under a second).
+
+While it runs, the watcher keeps a status (frames whole, integrated, frames/s, lag, slices
+done) in ``RUN-live.json`` beside the store, publishes it on the scheduler as the dask
+``Variable`` named ``xrdct-live`` (:func:`live_status` reads it from a notebook attached to the
+scheduler), and redraws ``RUN-live.png`` (:func:`live_figure`: the latest sinogram, the latest
+reconstructed slice, frames/s and lag) every ``png_every_s`` seconds.  Stopped and started
+again it resumes: blocks marked done are not read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import stages, store
+from .config import Workflow, WorkflowError, load_workflow, workflow_from_dict
+from .io.cbf import frame_complete
+from .io.status import FrameStatus
+
+log = logging.getLogger(__name__)
+
+VARIABLE = "xrdct-live"  # the dask Variable the watcher publishes its status in
+HISTORY = 600  # status points kept for the live picture's frames/s and lag curves
+RETRIES = 3  # times a block whose frames vanished or could not be read is submitted again
+
+
+def live_paths(path) -> tuple[Path, Path]:
+    """``(RUN-live.json, RUN-live.png)`` beside store ``RUN.zarr``."""
+    path = Path(path)
+    return path.parent / f"{path.stem}-live.json", path.parent / f"{path.stem}-live.png"
+
+
+@dataclass
+class WatchResult:
+    """What :func:`watch` did.  Times are epoch seconds.
+
+    ``frame_ready``: when each frame (acquisition index) was seen whole (NaN: never, or in a
+    block done before); ``blocks``: one dict per integration block run now (z, omega_start,
+    frames, ready = its last frame seen whole, submitted, finished, status counts);
+    ``slices``: ``{z: when its last task finished}``; ``timed_out``: the idle timeout ended the
+    wait (``missing``: frames flagged MISSING then)."""
+
+    store: Path
+    frame_ready: np.ndarray
+    blocks: list[dict] = field(default_factory=list)
+    slices: dict[int, float] = field(default_factory=dict)
+    timed_out: bool = False
+    missing: int = 0
+    summary: dict = field(default_factory=dict)
+
+
+class _Frames:
+    """Which frames of the pending blocks are whole on disk, polled in acquisition order.
+
+    Each poll looks at the first not-yet-whole frames (a window of ``window``, and no further
+    than 64 absent files past the newest whole one), so the cost of a poll does not grow with
+    the scan.  A file that is there but incomplete and has not
+    changed size for ``settle_s`` is taken as final (the reader will flag it).  A frame the
+    detector skipped (no file, while frames more than ``window / 2`` acquisition steps later, or
+    the scan's last frame, are whole) is given up after ``settle_s`` (its block goes without it, flagged missing; a later
+    run reads it if it comes): one dropped frame does not hold its slice to the idle timeout."""
+
+    def __init__(self, wf: Workflow, needed: np.ndarray, window: int, settle_s: float):
+        self.wf = wf
+        self.todo = np.unique(needed[needed >= 0])  # acquisition indices still to see whole
+        self.ready_at = np.full(int(needed.max()) + 1 if needed.size and needed.max() >= 0 else 0, np.nan)
+        self.window, self.settle_s = window, settle_s
+        self.seen: dict[int, tuple[int, float]] = {}  # incomplete files: (size, since)
+        self.passed: dict[int, float] = {}  # absent frames overtaken by later ones: since when
+        self.newest = -1  # the latest acquisition index seen whole
+        self.last = int(self.todo[-1]) if self.todo.size else -1  # the scan's last frame to see
+        self.gave_up = np.zeros(self.ready_at.size, bool)  # frames given up (no file): flagged missing
+        self.last_new = time.time()
+
+    def poll(self) -> int:
+        """Look at the next frames; returns how many became whole."""
+        if not self.todo.size:
+            return 0
+        now = time.time()
+        new = []
+        absent = 0  # absent files in a row past the newest whole one: the detector is not there yet
+        for i in self.todo[: self.window]:
+            if absent >= 64:
+                break
+            p = self.wf.frame_path(int(i))
+            if frame_complete(p):
+                new.append(i)
+                absent = 0
+                continue
+            try:
+                size = os.stat(p).st_size
+            except OSError:
+                absent += int(i > self.newest)
+                if self.newest > i + self.window // 2 or self.newest == self.last:  # overtaken: skipped?
+                    since = self.passed.setdefault(int(i), now)
+                    if now - since >= self.settle_s:
+                        new.append(i)
+                        self.gave_up[i] = True
+                continue
+            was = self.seen.get(int(i))
+            if was is None or was[0] != size:
+                self.seen[int(i)] = (size, now)
+            elif now - was[1] >= self.settle_s:  # stopped growing: read as it is
+                new.append(i)
+        if new:
+            new = np.asarray(new)
+            self.ready_at[new] = now
+            self.todo = np.setdiff1d(self.todo, new, assume_unique=True)
+            for i in new:
+                self.seen.pop(int(i), None)
+                self.passed.pop(int(i), None)
+            self.newest = max(self.newest, int(new.max()))
+            self.last_new = now
+        return len(new)
+
+    def again(self, indices) -> None:
+        """Frames to see whole again (their block read them missing or unreadable)."""
+        idx = np.asarray(indices, np.int64)
+        idx = idx[idx >= 0]
+        self.ready_at[idx] = np.nan
+        self.gave_up[idx] = False
+        self.todo = np.union1d(self.todo, idx)
+
+
+def _wait_for_first_frame(wf: Workflow, idle_timeout_s: float, poll_s: float) -> None:
+    """Wait until one of the scan's first frames is whole (the store's template needs its shape)."""
+    t0 = time.time()
+    first = [wf.frame_path(i) for i in range(min(wf.scan.nframes, 64))]
+    if not first[0].parent.is_dir():
+        raise WorkflowError(f"inputs.frames: folder {first[0].parent} does not exist")
+    while not any(frame_complete(p) for p in first):
+        if time.time() - t0 > idle_timeout_s:
+            raise WorkflowError(f"inputs.frames: no frame came in {idle_timeout_s:g} s (waited for {first[0]})")
+        time.sleep(poll_s)
+
+
+def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idle_timeout_s: float = 600.0,
+          scheduler_address: str | None = None, cluster=None, jobs: int | None = None, adaptive: bool | None = None,
+          cluster_options: dict | None = None, poll_s: float = 0.1, settle_s: float = 5.0, png_every_s: float = 2.0,
+          progress: bool = True, summary: bool = True, armed: threading.Event | None = None) -> WatchResult:
+    """Follow the acquisition of ``workflow`` into its store; return when every scan point is
+    reduced and every slice reconstructed (and G(r) computed where asked), or when no new frame
+    has come for ``idle_timeout_s`` seconds (the frames that never came flagged MISSING).
+
+    ``scheduler_address`` / ``cluster`` as for :func:`xrdct_dask.workflow.run` (a scheduler that
+    stays up between scans is the beamline's case).  ``poll_s``: how often the frame folder is
+    looked at; ``settle_s``: an incomplete file unchanged this long is read as it is;
+    ``png_every_s``: how often the live picture is redrawn (0: never).  ``armed`` is set once the
+    workers are ready (integrator built and warmed) and the watcher waits for frames.
+    """
+    from distributed import wait as dask_wait
+
+    from .cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
+    from .graph import build_graph, timed
+    from .prepare import open_run
+    from .report import finish_run
+    from .workflow import RunStopped
+
+    wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
+    if overrides and isinstance(workflow, Workflow):
+        wf = workflow_from_dict(wf.model_dump(mode="json"), overrides=overrides)
+    if wf.frames_hdf5:
+        raise WorkflowError("inputs.frames: `xrdct watch` follows CBF files as they appear; an HDF5 source is "
+                            "reduced with `xrdct run` once written (a rerun reads frames that came later)")
+    if not wf.frame_path(0).parent.is_dir():
+        raise WorkflowError(f"inputs.frames: folder {wf.frame_path(0).parent} does not exist")
+    client, local = client_for(wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
+    painter = variable = None
+    try:
+        from distributed import LocalCluster, Variable
+
+        # the workers are readied (integrator built, engine warmed) before the first frame comes
+        client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))
+        resources = stage_resources(client, wf, local)
+        client.register_plugin(IntegratorPlugin(wf, gpu_only=bool(resources["integrate"])))
+        if armed is not None:
+            armed.set()
+        _wait_for_first_frame(wf, idle_timeout_s, poll_s)
+        t_start = time.perf_counter()  # the run's wall time counts from the first frame
+        ctx = open_run(wf)
+        path = ctx.store_path
+        before = store.task_state(path)
+        s, wc = wf.scan, ctx.layout.omega_chunk
+        index = store.open_array(path, f"{store.REDUCED}/frame_index", "r")
+        pending: dict[tuple[int, int], np.ndarray] = {}  # (z, block) -> acquisition indices of its frames
+        for z in range(s.nz):
+            if before.integrate[z].all():
+                continue
+            idx_z = index[z]
+            for b in np.flatnonzero(~before.integrate[z]):
+                pending[(z, int(b))] = idx_z[b * wc:(b + 1) * wc].reshape(-1)
+        needed = np.concatenate(list(pending.values())) if pending else np.zeros(0, np.int64)
+        frames = _Frames(wf, needed, window=max(4 * wc * s.nx, 256), settle_s=settle_s)
+        total_frames = int((needed >= 0).sum())
+        result = WatchResult(store=path, frame_ready=frames.ready_at)
+        slice_left = {z: int((~before.integrate[z]).sum()) for z in range(s.nz)}  # integrate blocks not yet done
+        slice_open = {z for z in range(s.nz) if not _slice_done(before, z)}  # slices with tasks left
+        results: dict[str, list] = {}
+        status = _Status(path, total_frames, s.nz)
+        painter = _Painter(path, status, png_every_s) if png_every_s > 0 else None
+        if progress:
+            print(f"dask dashboard: {client.dashboard_link}\nwatching {wf.frame_path(0).parent} for "
+                  f"{total_frames} frames ({len(pending)} blocks of {wc} x {s.nx}); store {path}")
+        variable = Variable(VARIABLE, client=client)
+        token = os.urandom(4).hex()
+        integrate = timed(stages.integrate_block)
+        inflight: dict = {}  # future -> (stage, z, block or None)
+        slice_futures: dict[int, set] = {}
+        tries: dict[tuple[int, int], int] = {}
+        final = False
+        last_png = 0.0
+
+        def submit_block(z: int, b: int) -> None:
+            block = store.FrameBlock(z, b * wc, min((b + 1) * wc, s.nomega))
+            fut = client.submit(integrate, block, ctx, key=f"integrate-{token}-{z}-{b}-{tries.get((z, b), 0)}",
+                                pure=False, **resources["integrate"])
+            inflight[fut] = ("integrate", z, b)
+            ready = frames.ready_at[pending[(z, b)][pending[(z, b)] >= 0]]
+            result.blocks.append({"z": z, "omega_start": block.omega_start, "frames": int(pending[(z, b)].size),
+                                  "ready": float(np.nanmax(ready)) if np.isfinite(ready).any() else np.nan,
+                                  "submitted": time.time(), "key": fut.key})
+            del pending[(z, b)]
+
+        def submit_slice(z: int) -> None:
+            state = store.task_state(path)
+            graph = build_graph(ctx, zs=[z], done=state, token=f"{token}-{z}", resources=resources)
+            items = [(stage, d) for stage, ds in graph.items() for d in ds]
+            futs = client.compute([d for _, d in items], optimize_graph=False) if items else []
+            slice_futures[z] = set(futs)
+            for (stage, _), f in zip(items, futs):
+                inflight[f] = (stage, z, None)
+            if not futs:
+                slice_done(z)
+
+        def slice_done(z: int) -> None:
+            slice_open.discard(z)
+            result.slices[z] = time.time()
+            status.slice_done(z)
+            if progress:
+                print(f"slice {z} reconstructed ({len(result.slices)} of {s.nz} this run)")
+            if painter is not None:
+                painter.poke(z_recon=z)
+
+        for z in sorted(slice_open):  # slices integrated before (a resumed watch): straight on
+            if slice_left[z] == 0:
+                submit_slice(z)
+        while pending or inflight or slice_open:
+            frames.poll()
+            for (z, b), idx in sorted(pending.items()):
+                ok = idx[idx >= 0]
+                if final or np.isfinite(frames.ready_at[ok]).all():
+                    submit_block(z, b)
+            if pending and not final and time.time() - frames.last_new > idle_timeout_s:
+                final = result.timed_out = True
+                waiting = sum(int((~np.isfinite(frames.ready_at[i[i >= 0]])).sum()) for i in pending.values())
+                log.warning("no new frame for %g s: %d frames never came; their blocks are integrated without them "
+                            "(flagged missing)", idle_timeout_s, waiting)
+                if progress:
+                    print(f"idle for {idle_timeout_s:g} s: {waiting} frames never came, flagged missing")
+                continue
+            done_now = []
+            if inflight:
+                try:  # sleeps until a task finishes, or poll_s
+                    dask_wait(list(inflight), timeout=poll_s, return_when="FIRST_COMPLETED")
+                except (TimeoutError, asyncio.TimeoutError):
+                    pass
+                done_now = [f for f in inflight if f.done()]
+            elif pending:
+                time.sleep(poll_s)
+            elif slice_open:  # nothing pending, nothing running, a slice left: its tasks were all done
+                for z in sorted(slice_open):
+                    submit_slice(z)
+            for fut in done_now:
+                stage, z, b = inflight.pop(fut)
+                if fut.status == "error":
+                    exc = fut.exception()
+                    if isinstance(exc, OSError):
+                        raise RunStopped(f"the store cannot be written: {exc.strerror or exc} (task {fut.key}); "
+                                         f"rerun the same command to resume") from exc
+                    raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
+                res = fut.result()
+                results.setdefault(stage, []).append(res)
+                if stage == "integrate":
+                    rec = next(r for r in reversed(result.blocks) if r["key"] == fut.key)
+                    rec.update(finished=res["finished"], status=res["status"])
+                    idx = index[z, b * wc:(b + 1) * wc].reshape(-1)
+                    lost = np.zeros(0, np.int64)
+                    if {FrameStatus.MISSING.name, FrameStatus.IO_ERROR.name} & set(res["status"]):
+                        st = store.open_array(path, f"{store.REDUCED}/frame_status", "r")[
+                            z, b * wc:(b + 1) * wc].reshape(-1)
+                        bad = np.isin(st, [int(FrameStatus.MISSING), int(FrameStatus.IO_ERROR)]) & (idx >= 0)
+                        lost = idx[bad]
+                        lost = lost[~frames.gave_up[lost]]  # seen whole, then not readable
+                    if lost.size and not final and tries.get((z, b), 0) < RETRIES:
+                        # frames seen whole vanished or could not be read: see them whole again, redo the block
+                        tries[(z, b)] = tries.get((z, b), 0) + 1
+                        frames.again(lost)
+                        store.mark_done(path, "integrate", (z, b), 0)
+                        pending[(z, b)] = idx
+                        log.warning("block (z %d, omega %d): %d frames seen whole could not be read; read again "
+                                    "when they are back", z, b * wc, lost.size)
+                        continue
+                    status.integrated(res["frames"], rec["ready"], res["finished"])
+                    slice_left[z] -= 1
+                    if slice_left[z] == 0:
+                        submit_slice(z)
+                    if painter is not None:
+                        painter.poke(z_sino=z)
+                else:
+                    slice_futures[z].discard(fut)
+                    if not slice_futures[z]:
+                        slice_done(z)
+            now = time.time()
+            if now - last_png >= max(png_every_s, 0.5) or not (pending or inflight or slice_open):
+                last_png = now
+                status.frames_whole = int(np.isfinite(frames.ready_at).sum())
+                status.lag()
+                snap = status.write()
+                try:
+                    variable.set(snap)
+                except Exception:  # a scheduler going away: the JSON file still says it
+                    pass
+                if painter is not None:
+                    painter.poke()
+        result.missing = int(sum(r.get("status", {}).get(FrameStatus.MISSING.name, 0) for r in result.blocks))
+        result.summary = finish_run(ctx, results, before, time.perf_counter() - t_start, progress=progress,
+                                    summary=summary)
+        status.finished = True
+        try:
+            variable.set(status.write())
+        except Exception:  # a scheduler going away: the JSON file still says it
+            pass
+        if painter is not None:
+            painter.draw_now()
+    finally:
+        if painter is not None:
+            painter.stop()
+        client.close()
+        if local is not None:
+            local.close()
+    return result
+
+
+def _slice_done(state: store.TaskState, z: int) -> bool:
+    return bool(state.integrate[z].all() and np.isfinite(state.center[z]) and state.recon[z].all()
+                and (state.pdf is None or state.pdf[z].all()))
+
+
+class _Status:
+    """The live figures: frames whole and integrated, frames/s, lag, slices done; written as JSON."""
+
+    def __init__(self, path: Path, total: int, nz: int):
+        self.path, self.total, self.nz = path, total, nz
+        self.frames_whole = self.frames_done = 0
+        self.lag_s = 0.0
+        self.z_sino = self.z_recon = None
+        self.slices: list[int] = []
+        self.history: list[tuple[float, float, float]] = []  # (epoch, frames/s, lag s)
+        self.done_times: list[tuple[float, int]] = []
+        self.block_lags: list[float] = []
+        self.finished = False
+        self.started = time.time()
+
+    def integrated(self, n: int, ready: float, finished: float) -> None:
+        self.frames_done += n
+        self.done_times.append((finished, n))
+        if np.isfinite(ready):
+            self.block_lags.append(finished - ready)
+
+    def slice_done(self, z: int) -> None:
+        self.slices.append(z)
+        self.z_recon = z
+
+    def lag(self) -> None:
+        """Lag behind the detector: the latest integrated block's pattern in the store minus the
+        time its last frame was seen whole (0 before the first block)."""
+        self.lag_s = self.block_lags[-1] if self.block_lags else 0.0
+
+    def fps(self, now: float, span: float = 10.0) -> float:
+        """Frames integrated per second over the last ``span`` seconds (or since the start)."""
+        n = sum(k for t, k in self.done_times if t >= now - span)
+        return n / max(min(span, now - self.started), 1e-3)
+
+    def write(self) -> dict:
+        now = time.time()
+        fps = self.fps(now)
+        self.history = (self.history + [(now, fps, self.lag_s)])[-HISTORY:]
+        json_path, png = live_paths(self.path)
+        snap = {"store": str(self.path), "updated": now, "frames_total": self.total, "frames_whole": self.frames_whole,
+                "frames_integrated": self.frames_done, "frames_per_s": fps, "lag_s": self.lag_s,
+                "slices_done": sorted(self.slices), "nz": self.nz, "finished": self.finished, "picture": str(png),
+                "history": [list(h) for h in self.history]}
+        tmp = json_path.with_name(f".{json_path.name}.part")
+        try:
+            tmp.write_text(json.dumps(snap))
+            os.replace(tmp, json_path)
+        except OSError as err:
+            log.warning("%s: cannot write the live status (%s)", json_path, err)
+        return snap
+
+
+class _Painter:
+    """Redraws the live picture in its own thread when poked (drawing never holds up the watcher)."""
+
+    def __init__(self, path: Path, status: _Status, every_s: float = 2.0):
+        self.path, self.status, self.every_s = path, status, every_s
+        self.z_sino = self.z_recon = None
+        self._poke = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._t = threading.Thread(target=self._loop, daemon=True, name="xrdct-live-picture")
+        self._t.start()
+
+    def poke(self, z_sino: int | None = None, z_recon: int | None = None) -> None:
+        if z_sino is not None:
+            self.z_sino = z_sino
+        if z_recon is not None:
+            self.z_recon = z_recon
+        self._poke.set()
+
+    def _loop(self) -> None:
+        last = 0.0
+        while not self._stop.is_set():
+            if self._poke.wait(0.5):
+                # at most one picture per every_s: drawing takes the client's CPU from the watcher
+                if self._stop.wait(max(0.0, last + self.every_s - time.monotonic())):
+                    return
+                self._poke.clear()
+                last = time.monotonic()
+                self.draw_now()
+
+    def draw_now(self) -> None:
+        with self._lock:
+            try:
+                write_live_picture(self.path, z_sino=self.z_sino, z_recon=self.z_recon,
+                                   status=json.loads(live_paths(self.path)[0].read_text())
+                                   if live_paths(self.path)[0].is_file() else None)
+            except Exception as err:  # a picture must never stop the reduction
+                log.warning("live picture not drawn: %s", err)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------
+# following from elsewhere (a notebook attached to the scheduler, or any process on the file system)
+# ------------------------------------------------------------------------------------------
+def live_status(client=None, store_path=None, timeout_s: float = 2.0) -> dict | None:
+    """The watcher's latest status: ``frames_total``, ``frames_whole`` (on disk, whole),
+    ``frames_integrated``, ``frames_per_s``, ``lag_s`` (the last integrated block: its pattern
+    in the store minus its last frame seen whole), ``slices_done``, ``finished``, ``picture``
+    (the PNG), ``history`` (epoch, frames/s, lag) points.
+
+    With ``client`` (a ``distributed.Client`` attached to the watcher's scheduler) it is read from
+    the scheduler's ``xrdct-live`` Variable; with ``store_path`` from ``RUN-live.json`` beside the
+    store.  None when there is none yet."""
+    if client is not None:
+        from distributed import Variable
+
+        try:
+            return Variable(VARIABLE, client=client).get(timeout=timeout_s)
+        except Exception:  # not set yet (a timeout)
+            return None
+    if store_path is None:
+        raise ValueError("live_status: give a client attached to the scheduler or the store path")
+    p = live_paths(store_path)[0]
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _latest(path: Path) -> tuple[int | None, int | None]:
+    """The slice with the latest integrated block, and the latest slice fully reconstructed."""
+    st = store.task_state(path)
+    sino = [z for z in range(st.integrate.shape[0]) if st.integrate[z].any()]
+    rec = [z for z in range(st.recon.shape[0]) if st.recon[z].all()]
+    return (sino[-1] if sino else None), (rec[-1] if rec else None)
+
+
+def live_figure(store_path, z_sino: int | None = None, z_recon: int | None = None, status: dict | None = None):
+    """The live picture as a matplotlib ``Figure`` (Agg, pyplot untouched): the q-summed sinogram
+    of slice ``z_sino`` as far as it is integrated (blank: not yet), the q-summed reconstruction
+    of slice ``z_recon``, and frames/s and lag over time (``status``, :func:`live_status`).
+    Slices default to the latest integrated and the latest reconstructed."""
+    from matplotlib.figure import Figure
+
+    from .summary import _Axis, _map, label
+
+    path = Path(store_path)
+    zs, zr = _latest(path)
+    z_sino = zs if z_sino is None else z_sino
+    z_recon = zr if z_recon is None else z_recon
+    status = status if status is not None else live_status(store_path=path)
+    fig = Figure(figsize=(14, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    xa, ya, wa = (_Axis(path, n) for n in ("x", "y", "omega"))
+    ax = axes[0]
+    if z_sino is not None:
+        total = store.open_array(path, f"{store.REDUCED}/total", "r")[z_sino]
+        units = store.open_array(path, f"{store.REDUCED}/total", "r").attrs.get("units")
+        im = _map(ax, total, xa.values, wa.values, cmap="viridis")
+        fig.colorbar(im, ax=ax, label=label("intensity summed over q", units))
+        done = int(np.isfinite(total).any(axis=1).sum())
+        ax.set(title=f"sinogram, slice {z_sino} ({done} of {total.shape[0]} angles)", xlabel=xa.label,
+               ylabel=wa.label)
+    else:
+        ax.set_title("sinogram: no frame integrated yet")
+        ax.axis("off")
+    ax = axes[1]
+    if z_recon is not None:
+        arr = store.open_array(path, f"{store.RECON}/intensity", "r")
+        img = np.zeros(arr.shape[1:3])
+        for qs in store.q_blocks(arr.shape[3], arr.chunks[3]):  # one q chunk at a time
+            img += np.nansum(arr[z_recon, :, :, qs], axis=-1)
+        im = _map(ax, img, xa.values, ya.values, cmap="magma", aspect="equal")
+        fig.colorbar(im, ax=ax, label=label("intensity summed over q", arr.attrs.get("units")))
+        ax.set(title=f"reconstruction, slice {z_recon}", xlabel=xa.label, ylabel=ya.label)
+    else:
+        ax.set_title("reconstruction: no slice complete yet")
+        ax.axis("off")
+    ax = axes[2]
+    hist = np.asarray((status or {}).get("history") or [], float).reshape(-1, 3)
+    if hist.size:
+        t = hist[:, 0] - hist[0, 0]
+        ax.plot(t, hist[:, 1], color="C0")
+        ax.set(xlabel="time (s)", ylabel="frames/s integrated", title=(
+            f"{status['frames_integrated']} of {status['frames_total']} frames; "
+            f"{hist[-1, 1]:.0f} frames/s, lag {status['lag_s']:.2f} s"))
+        ax.tick_params(axis="y", colors="C0")
+        lag = ax.twinx()
+        lag.plot(t, hist[:, 2], color="C3")
+        lag.set_ylabel("lag behind the detector (s)", color="C3")
+        lag.tick_params(axis="y", colors="C3")
+    else:
+        ax.set_title("no status yet")
+        ax.axis("off")
+    fig.suptitle(f"{path.name}: live ({time.strftime('%H:%M:%S')})", fontsize=11)
+    return fig
+
+
+def write_live_picture(store_path, out=None, **kw) -> Path | None:
+    """Draw :func:`live_figure` into ``out`` (default ``RUN-live.png`` beside the store) by
+    write-then-rename (a viewer never sees half a PNG); never over a file this program did not write."""
+    from .summary import SOFTWARE, is_our_picture
+
+    out = Path(out) if out else live_paths(store_path)[1]
+    if out.exists() and not is_our_picture(out):
+        log.warning("%s exists and was not written by xrdct-dask: the live picture is not drawn over it", out)
+        return None
+    fig = live_figure(store_path, **kw)
+    tmp = out.with_name(f".{out.name}.part")
+    fig.savefig(tmp, dpi=80, format="png", metadata={"Software": SOFTWARE})
+    os.replace(tmp, out)
+    return out
