@@ -40,6 +40,7 @@ import numpy as np
 
 from . import stages, store
 from .config import Workflow, WorkflowError, load_workflow, workflow_from_dict
+from .console import console
 from .io.cbf import frame_complete
 from .io.status import FrameStatus
 
@@ -225,8 +226,8 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
         status = _Status(path, total_frames, s.nz)
         painter = _Painter(path, status, png_every_s) if png_every_s > 0 else None
         if progress:
-            print(f"dask dashboard: {client.dashboard_link}\nwatching {wf.frame_path(0).parent} for "
-                  f"{total_frames} frames ({len(pending)} blocks of {wc} x {s.nx}); store {path}")
+            console.info("dask dashboard: %s\nwatching %s for %d frames (%d blocks of %d x %d); store %s",
+                         client.dashboard_link, wf.frame_path(0).parent, total_frames, len(pending), wc, s.nx, path)
         variable = Variable(VARIABLE, client=client)
         token = os.urandom(4).hex()
         integrate = timed(stages.integrate_block)
@@ -263,7 +264,7 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
             result.slices[z] = time.time()
             status.slice_done(z)
             if progress:
-                print(f"slice {z} reconstructed ({len(result.slices)} of {s.nz} this run)")
+                console.info("slice %d reconstructed (%d of %d this run)", z, len(result.slices), s.nz)
             if painter is not None:
                 painter.poke(z_recon=z)
 
@@ -282,7 +283,7 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
                 log.warning("no new frame for %g s: %d frames never came; their blocks are integrated without them "
                             "(flagged missing)", idle_timeout_s, waiting)
                 if progress:
-                    print(f"idle for {idle_timeout_s:g} s: {waiting} frames never came, flagged missing")
+                    console.info("idle for %g s: %d frames never came, flagged missing", idle_timeout_s, waiting)
                 continue
             done_now = []
             if inflight:
