@@ -40,7 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the bitshuffle / LZ4 / ... filters with HDF5 for the h5py path)
+try:  # registers the bitshuffle / LZ4 / ... filters with HDF5 for the h5py path; the raw path and the GPU
+    import hdf5plugin  # noqa: F401  decode need it not (read_direct_chunk), so a GPU node may lack it
+except ImportError:
+    hdf5plugin = None
 import numba
 import numpy as np
 
@@ -626,7 +629,11 @@ def _lz4_h5(data: memoryview, nbytes: int) -> bytes:
         if pos + clen > len(data):
             raise EOFError("chunk ends inside its blocks")
         piece = data[pos:pos + clen]
-        out += piece if clen == this else lz4.block.decompress(piece, uncompressed_size=this)
+        if clen != this:
+            piece = lz4.block.decompress(piece, uncompressed_size=this)
+            if len(piece) != this:  # python-lz4 returns what a corrupt block decodes to, short or not
+                raise ValueError(f"an LZ4 block decodes to {len(piece)} bytes, not {this}")
+        out += piece
         pos += clen
     if len(out) != total or pos != len(data):
         raise OverflowError(f"blocks decode to {len(out)} bytes in {pos} of {len(data)} chunk bytes")
