@@ -41,6 +41,12 @@ def device(request):
 
 
 @pytest.fixture()
+def cuda():
+    if not gpu_available():
+        pytest.skip("no usable CUDA GPU / cupy")
+
+
+@pytest.fixture()
 def every_block_on_the_kernels(monkeypatch):
     """Small test blocks go through the kernels too (not the CPU, as in production)."""
     monkeypatch.setattr(gpu_hdf5, "MIN_BLOCK_BYTES", 0)
@@ -246,3 +252,60 @@ def test_handmade_corruptions(tmp_path, rng, device):
     assert status.tolist() == [TRUNC, SIZE, CORRUPT, SIZE, TRUNC, OK]
     np.testing.assert_array_equal(status, hdf5.decode_chunks(batch)[1])
     np.testing.assert_array_equal(got[5], frame[0])
+
+
+# ------------------------------------------------------------------------------------------
+# the GPU engine reads HDF5 sources through the kernels
+# ------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["bitshuffle-lz4 int32 scan", "bitshuffle-lz4 uint16", "lz4 uint32", "gzip int32"])
+def test_cupy_engine_on_hdf5_equals_numpy_engine(cuda, sim_scan, tmp_path, kind):
+    """``integrate_source`` of an HDF5 source on the GPU engine (chunks decoded on the device;
+    gzip on the host, the fallback) equals the numpy engine's (CPU decode) to 1e-5, with the
+    same status for a truncated chunk, a chunk of another frame size and a missing frame."""
+    from xrdct_dask.integrate import Integrator
+    from xrdct_dask.testing.synthetic import DETECTORS, write_hdf5_scan
+
+    shape = DETECTORS["small"][0]
+    n = 150
+    frames = open_source(sim_scan.frames).read_frames(np.arange(n))
+    if kind.endswith("scan"):
+        master = write_hdf5_scan(tmp_path, lambda i: frames[i], n, shape, positions={"x": (np.arange(n) * 1.0, "mm")},
+                                 monitor=np.ones(n), frames_per_file=64)
+        spec, data_file, local = f"{master}::/entry/data/data", tmp_path / "scan_data_000001.h5", "/entry/data/data"
+    else:
+        dtype = {"bitshuffle-lz4 uint16": np.uint16, "lz4 uint32": np.uint32, "gzip int32": np.int32}[kind]
+        kw = {"bitshuffle-lz4 uint16": hdf5plugin.Bitshuffle(cname="lz4"), "lz4 uint32": hdf5plugin.LZ4(),
+              "gzip int32": {"compression": "gzip"}}[kind]
+        data = frames.astype(dtype)  # -1 / -2 (gaps, bad pixels) wrap to the type's top values
+        data_file, local = tmp_path / "d.h5", "/data"
+        with h5py.File(data_file, "w") as f:
+            f.create_dataset("data", data=data, chunks=(1, *shape), **kw)
+        spec = f"{data_file}::/data"
+    if not kind.startswith("gzip"):  # corrupt two chunks in place: cut short, and another frame size
+        with h5py.File(data_file, "r+") as f:
+            d = f[local]
+            good = d.id.read_direct_chunk((7, 0, 0))[1]
+            d.id.write_direct_chunk((7, 0, 0), good[:-50])
+            wrong = bytearray(d.id.read_direct_chunk((9, 0, 0))[1])
+            wrong[0:8] = (2 * shape[0] * shape[1] * d.dtype.itemsize).to_bytes(8, "big")
+            d.id.write_direct_chunk((9, 0, 0), bytes(wrong))
+    src = open_source(spec)
+    idx = np.arange(n)
+    idx[11] = -1
+    monitor = np.linspace(0.9, 1.1, n)
+    out = {}
+    for engine in ("numpy", "cupy"):
+        integ = Integrator(sim_scan.poni, shape, 400, mask=sim_scan.mask, polarization_factor=0.99, engine=engine)
+        integ.warm(src, 1, n)
+        out[engine] = integ.integrate_source(src, idx, monitor)
+    (ci, cs, cst, _), (gi, gs, gst, nbytes) = out["numpy"], out["cupy"]
+    np.testing.assert_array_equal(gst, cst)
+    assert cst[11] == FrameStatus.MISSING
+    if not kind.startswith("gzip"):
+        assert cst[7] == FrameStatus.TRUNCATED and cst[9] == FrameStatus.SIZE_MISMATCH
+    ok = cst == FrameStatus.OK
+    assert ok.sum() >= n - 3 and nbytes > 0
+    np.testing.assert_allclose(gi[ok], ci[ok], rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(gs[ok], cs[ok], rtol=1e-5, equal_nan=True)
+    assert np.isnan(gi[~ok]).all()

@@ -40,6 +40,7 @@ MAX_BLOCK_BYTES = 48 * 1024  # a bitshuffle block is decoded in shared memory (4
 MIN_BLOCK_BYTES = 256  # smaller blocks (not written by detectors) would cost a warp each: CPU
 RAW_PIECE = 65536  # bytes per warp of an unfiltered chunk (must equal RAW_PIECE in the .cu file)
 ITEMSIZES = (1, 2, 4, 8)
+FILTER_NAMES_GPU = {FILTER_NONE: "none", 1: "deflate", FILTER_LZ4: "lz4", FILTER_BSLZ4: "bitshuffle-lz4"}
 _SCAN_THREADS = 128
 
 

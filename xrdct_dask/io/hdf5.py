@@ -481,7 +481,9 @@ def read_raw_chunks(m: SegmentMap, indices, shape: tuple[int, int], dtype, out: 
                     name: str = "") -> RawChunks:
     """The stored chunks of frames ``indices`` of a resolved source (``read_direct_chunk``, two
     h5py calls per frame and no copy: the bytes land in ``out`` (e.g. pinned memory) when it is
-    large enough).  Never raises for a missing frame: its status says MISSING.
+    large enough; ``out`` may also be a callable ``out(nbytes) -> uint8 array`` of at least
+    ``nbytes``, asked once the sizes are known).  Never raises for a missing frame: its status says
+    MISSING.
 
     Raises ValueError when a present segment is not stored one frame per chunk with a supported
     filter (read such sources with :func:`read_frames_h5`)."""
@@ -538,6 +540,8 @@ def read_raw_chunks(m: SegmentMap, indices, shape: tuple[int, int], dtype, out: 
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(sizes, out=offsets[1:])
     total = int(offsets[-1])
+    if callable(out):
+        out = out(total)
     buf = out[:total] if out is not None and out.size >= total else np.empty(total, np.uint8)
     for k in range(n):
         if where[k] is not None:
