@@ -28,15 +28,21 @@ OK, TRUNC, CORRUPT, SIZE = (int(s) for s in (FrameStatus.OK, FrameStatus.TRUNCAT
                                              FrameStatus.SIZE_MISMATCH))
 
 
+@pytest.fixture()
+def host_kernels():
+    """The kernels compiled as C++ (skipped without a C++ compiler)."""
+    try:
+        return gpu_hdf5.host_library()
+    except RuntimeError as err:
+        pytest.skip(str(err))
+
+
 @pytest.fixture(params=["host", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request):
     if request.param == "cuda" and not gpu_available():
         pytest.skip("no usable CUDA GPU / cupy")
     if request.param == "host":
-        try:
-            gpu_hdf5.host_library()
-        except RuntimeError as err:
-            pytest.skip(str(err))
+        request.getfixturevalue("host_kernels")
     return request.param
 
 
@@ -309,3 +315,83 @@ def test_cupy_engine_on_hdf5_equals_numpy_engine(cuda, sim_scan, tmp_path, kind)
     np.testing.assert_allclose(gi[ok], ci[ok], rtol=1e-5, equal_nan=True)
     np.testing.assert_allclose(gs[ok], cs[ok], rtol=1e-5, equal_nan=True)
     assert np.isnan(gi[~ok]).all()
+
+
+class _HostEngine:
+    """The GPU engine's HDF5 reader (:meth:`CupyEngine.h5_batches`) driven on a CPU: the device
+    steps swapped for the kernels' C++ build (:func:`decode_into_counts`, as ``_launch_h5`` calls
+    it); yields each batch's int32 counts, monitor and status."""
+
+    def __init__(self, shape):
+        from types import SimpleNamespace
+
+        self.plan = SimpleNamespace(shape=shape, npix=shape[0] * shape[1])
+        self.pool = __import__("concurrent.futures").futures.ThreadPoolExecutor(2)
+
+    def _read_pools(self, read_threads):
+        return self.pool, None
+
+    def arena_ring(self):
+        return [None] * 4
+
+    def release_ring(self, ring):
+        pass
+
+    def arena(self, ring, k, nbytes):
+        return np.zeros(nbytes + 7, np.uint8)  # as a pinned arena: larger than asked
+
+    def integrate_batches(self, batches):
+        from xrdct_dask.io.gpu_hdf5 import decode_into_counts
+
+        dec = ChunkDecoder("host")
+        for b, monitor in batches:
+            counts = np.zeros((b.nframes, self.plan.npix), np.int32)
+            if b.frames is not None:
+                counts[...] = b.frames.reshape(b.nframes, -1)
+                st = np.zeros(b.nframes, np.int32)
+            else:
+                scratch = np.zeros(b.nframes * self.plan.npix * b.dtype.itemsize, np.uint8)
+                st = decode_into_counts(dec, b.buffer, b.beg, b.end, b.filt, b.plan, b.dtype, counts, scratch)
+            yield counts, monitor, st.copy()
+
+
+@pytest.mark.parametrize("kind", ["bitshuffle-lz4 uint16", "bitshuffle-lz4 uint32", "gzip int32",
+                                  "two frames per chunk"])
+def test_engine_hdf5_reader_gives_the_cpu_counts_and_status(tmp_path, rng, host_kernels, kind):
+    """``CupyEngine.h5_batches`` (reads, splits GPU / host frames, books rows and status) gives
+    every frame the counts and status of the CPU reader (:func:`~xrdct_dask.io.source.read_batch`):
+    missing (-1 and past the end), truncated, deflate and multi-frame chunks (host fallback)."""
+    from collections import deque
+
+    from xrdct_dask.integrate._cupy import CupyEngine
+    from xrdct_dask.io.source import read_batch
+
+    shape = (23, 19)
+    dtype = np.uint16 if "uint16" in kind else np.uint32 if "uint32" in kind else np.int32
+    frames = rng.poisson(4.0, (40, *shape)).astype(dtype)
+    frames[:, 5] = np.iinfo(dtype).max if dtype != np.int32 else -1
+    kw = {"gzip int32": {"compression": "gzip"}}.get(kind, hdf5plugin.Bitshuffle(cname="lz4"))
+    chunks = (2, *shape) if kind == "two frames per chunk" else (1, *shape)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        d = f.create_dataset("data", data=frames, chunks=chunks, **kw)
+        if chunks[0] == 1 and "gzip" not in kind:
+            d.id.write_direct_chunk((3, 0, 0), d.id.read_direct_chunk((3, 0, 0))[1][:-9])
+    src = open_source(f"{tmp_path / 'd.h5'}::/data")
+    idx = np.arange(44)
+    idx[[6, 30]] = -1
+    idx[40:] = np.arange(38, 42)  # 40, 41: past the end
+    want, wst = read_batch(src, idx)
+    status = np.zeros(idx.size, np.int8)
+    got = np.zeros((idx.size, shape[0] * shape[1]), np.int32)
+    pending, stats = deque(), {"bytes": 0}
+    batches = [np.arange(a, min(a + 16, idx.size)) for a in range(0, idx.size, 16)]
+    for counts, monitor, st in CupyEngine.h5_batches(_HostEngine(shape), src, idx, batches, np.ones(idx.size),
+                                                      status, pending, stats):
+        rows = pending.popleft()
+        got[rows] = counts
+        status[rows] = np.where(st != 0, st, status[rows])
+    assert not pending and stats["bytes"] > 0
+    np.testing.assert_array_equal(status, wst)
+    assert (status[[6, 30, 42, 43]] == FrameStatus.MISSING).all()
+    ok = wst == FrameStatus.OK
+    np.testing.assert_array_equal(got[ok], want[ok].reshape(ok.sum(), -1))

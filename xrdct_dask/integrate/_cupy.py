@@ -439,7 +439,7 @@ class CupyEngine:
         the device straight into the slot's int32 frames (:mod:`~xrdct_dask.io.gpu_hdf5`), then
         integrate as :meth:`_launch` does.  A batch the host decoded (``batch.frames``) is uploaded
         as counts."""
-        from ..io.gpu_hdf5 import ChunkDecoder
+        from ..io.gpu_hdf5 import ChunkDecoder, decode_into_counts
 
         slot.wait()
         n = batch.nframes
@@ -462,23 +462,14 @@ class CupyEngine:
             if slot.h5decoder is None:
                 slot.h5decoder = ChunkDecoder("cuda")
             dt = np.dtype(batch.dtype)
-            frame_bytes = self.plan.npix * dt.itemsize
-            if dt.itemsize == 4:  # int32 / uint32 (Eiger gaps 2^32 - 1 read as -1): decoded in place
-                out = frames.view(cp.uint8).reshape(-1)
-            else:
+            raw = None
+            if dt.itemsize != 4:  # int32 / uint32 decode in place; other types through a scratch buffer
                 key = ("h5raw", id(slot))
                 raw = self._out.get(key)
-                if raw is None or raw.size < n * frame_bytes:
-                    raw = self._out[key] = cp.empty(int(n * frame_bytes * 1.25), cp.uint8)
-                out = raw[:n * frame_bytes]
-            status = slot.h5decoder.decode(d_in, batch.beg, batch.end, batch.filt, batch.plan, frame_bytes,
-                                           dt.itemsize, out, slot.stream)
-            if dt.itemsize != 4:  # counts as int32, an unsigned type's all-ones value (gap) as -1 (as_counts)
-                vals = out.view(dt).reshape(n, -1)
-                counts = vals.astype(cp.int32)
-                if dt.kind == "u":
-                    counts[vals == np.iinfo(dt).max] = -1
-                frames[...] = counts
+                if raw is None or raw.size < n * self.plan.npix * dt.itemsize:
+                    raw = self._out[key] = cp.empty(int(n * self.plan.npix * dt.itemsize * 1.25), cp.uint8)
+            status = decode_into_counts(slot.h5decoder, d_in, batch.beg, batch.end, batch.filt, batch.plan, dt,
+                                        frames, raw, slot.stream)
         return self._integrate_launched(slot, frames, status, d_mon, n)
 
     def h5_batches(self, source, idx, batches, norm, status, pending, stats, read_threads: int = 8):

@@ -242,6 +242,25 @@ class ChunkDecoder:
         return status
 
 
+def decode_into_counts(decoder: ChunkDecoder, buf, beg, end, filt, plan: ChunkPlan, dtype, counts, scratch=None,
+                       stream=None):
+    """Decode chunks of a ``dtype`` dataset into ``counts`` (n, npix) int32 where the decoder runs,
+    as :func:`~xrdct_dask.io.source.as_counts` makes them: 4-byte types in place (uint32 read as
+    int32: an Eiger gap 2^32 - 1 is -1), others through ``scratch`` (uint8, >= n * npix * itemsize)
+    and converted (uint16's 65535 -> -1).  Returns the status (n,) where the decoder runs."""
+    dt = np.dtype(dtype)
+    n, npix = counts.shape
+    frame_bytes = npix * dt.itemsize
+    out = counts.view(np.uint8).reshape(-1) if dt.itemsize == 4 else scratch[:n * frame_bytes]
+    status = decoder.decode(buf, beg, end, filt, plan, frame_bytes, dt.itemsize, out, stream)
+    if dt.itemsize != 4:
+        vals = out.view(dt).reshape(n, npix)
+        counts[...] = vals.astype(np.int32)
+        if dt == np.uint16:
+            counts[vals == np.iinfo(np.uint16).max] = -1
+    return status
+
+
 def decode_chunks_gpu(chunks, decoder: ChunkDecoder | None = None, device: str = "cuda"):
     """The GPU twin of :func:`~xrdct_dask.io.hdf5.decode_chunks`: a batch of raw chunks (host) ->
     ``(frames (n, ny, nx) on the host, status int8 (n,))``, frames not OK left zero.
