@@ -20,6 +20,10 @@ checked here (bitshuffle trusts the 4-byte block lengths and reads past the buff
 one). Datasets the fast path cannot take (chunks of several frames, other filters) are read by h5py
 with hdf5plugin's filters, segment by segment.
 
+On a GPU the same packed chunks are uploaded and decoded by :mod:`xrdct_dask.io.gpu_hdf5` (own
+CUDA kernels, the same status codes); this module's decoder is then the fallback for what those
+kernels do not take.
+
 Status, as for CBF files: a missing file, a frame not mapped by a VDS, an unwritten chunk or an
 index past the end is :attr:`FrameStatus.MISSING` (``FileNotFoundError``); a chunk that cannot be
 decoded is :attr:`FrameStatus.CORRUPT_HEADER` / ``TRUNCATED`` / ``SIZE_MISMATCH``
