@@ -6,9 +6,9 @@ the host (bitshuffle's codec, threads) and the counts integrated on the GPU -- i
 Data: ``--distinct`` full-size frames simulated by the project (Pilatus 2M, 1679 x 1475, rings of
 the phantom's phases, Poisson counts, gaps) stored as uint32 (gaps 2^32 - 1, as an Eiger writes)
 in bitshuffle-LZ4 chunks of one frame (8 KB blocks), cycled into ``--frames`` frames in
-``--files`` data files behind an Eiger master (external links).  The chunks are made here without
-hdf5plugin: numpy bit-shuffle + LZ4 blocks from ``lz4`` or ``pyarrow`` (bitshuffle's own codec
-when installed); every decoded frame is checked bit-exact against the simulated one.  The files
+``--files`` data files behind an Eiger master (external links).  The chunks are made without
+hdf5plugin (:mod:`xrdct_dask.testing.h5chunks`: numpy bit-shuffle + LZ4 blocks from ``lz4`` or
+``pyarrow``); every decoded frame is checked bit-exact against the simulated one.  The files
 are written once to ``--workdir`` (default /tmp/xrdct_bench_gpu_h5) and reused.
 
 Figures (medians over ``--repeats``): pinned H2D GB/s; raw chunk reading alone (the host's
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import struct
 import sys
 import time
 from pathlib import Path
@@ -36,70 +35,19 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-BLOCK_ELEMS = 2048  # bitshuffle's default for 4-byte elements: 8 KB blocks
 
 
 def med(xs):
     return float(statistics.median(xs))
 
 
-# ------------------------------------------------------------------------------------------
-# bitshuffle-LZ4 chunks without hdf5plugin
-# ------------------------------------------------------------------------------------------
-def _lz4_compressor():
-    try:
-        import lz4.block
-
-        return "lz4", lambda b: lz4.block.compress(b, store_size=False)
-    except ImportError:
-        import pyarrow as pa
-
-        return "pyarrow", lambda b: pa.compress(b, codec="lz4_raw", asbytes=True)
-
-
-def bitshuffle_blocks(x: np.ndarray) -> np.ndarray:
-    """(m, bs) elements -> (m, bs * itemsize) bytes: bit j of element i at bit j * bs + i (LSB first)."""
-    m, bs = x.shape
-    k = x.dtype.itemsize
-    bits = np.unpackbits(np.ascontiguousarray(x).view(np.uint8).reshape(m, bs, k), axis=2, bitorder="little")
-    return np.packbits(bits.transpose(0, 2, 1), axis=2, bitorder="little").reshape(m, bs * k)
-
-
-def bslz4_chunk(frame: np.ndarray, compress) -> bytes:
-    """One frame as HDF5 filter 32008 stores it: uint64 BE bytes, uint32 BE block bytes, per block
-    a uint32 BE length + LZ4 block of the bit-shuffled elements, the last nelem % 8 raw."""
-    flat = frame.reshape(-1)
-    k = flat.dtype.itemsize
-    try:
-        import bitshuffle
-
-        body = bytes(bitshuffle.compress_lz4(flat, BLOCK_ELEMS))
-        return struct.pack(">QI", flat.nbytes, BLOCK_ELEMS * k) + body
-    except ImportError:
-        pass
-    n = flat.size
-    full = n // BLOCK_ELEMS
-    last = (n - full * BLOCK_ELEMS) // 8 * 8
-    parts = [struct.pack(">QI", flat.nbytes, BLOCK_ELEMS * k)]
-    for blocks in (bitshuffle_blocks(flat[:full * BLOCK_ELEMS].reshape(full, BLOCK_ELEMS)),
-                   bitshuffle_blocks(flat[full * BLOCK_ELEMS:full * BLOCK_ELEMS + last].reshape(1, last))
-                   if last else np.empty((0, 0), np.uint8)):
-        for b in blocks:
-            c = compress(b.tobytes())
-            parts += [struct.pack(">I", len(c)), c]
-    parts.append(flat[full * BLOCK_ELEMS + last:].tobytes())
-    return b"".join(parts)
-
-
 def write_eiger_scan(folder: Path, chunks: list[bytes], shape, dtype, nframes: int, files: int) -> Path:
     """``files`` data files (chunks cycled, filter 32008 declared) behind an Eiger master."""
     import h5py
 
+    from xrdct_dask.testing.h5chunks import FILTER_BSLZ4, create_chunked
+
     per = -(-nframes // files)
-    k = np.dtype(dtype).itemsize
-    # with the filter registered (hdf5plugin) its set_local expands (block, lz4) into (major, minor,
-    # element size, block, lz4); without it the values are stored as given, so give them expanded
-    opts = (0, 2) if h5py.h5z.filter_avail(32008) else (0, 4, k, 0, 2)
     master = folder / "bench_master.h5"
     with h5py.File(master, "w") as m:
         g = m.create_group("entry/data")
@@ -107,9 +55,7 @@ def write_eiger_scan(folder: Path, chunks: list[bytes], shape, dtype, nframes: i
             n = min(per, nframes - first)
             name = f"bench_data_{k + 1:06d}.h5"
             with h5py.File(folder / name, "w") as f:
-                d = f.create_dataset("entry/data/data", shape=(n, *shape), dtype=dtype, chunks=(1, *shape),
-                                     compression=32008, compression_opts=opts,
-                                     allow_unknown_filter=True)
+                d = create_chunked(f, "entry/data/data", (n, *shape), dtype, FILTER_BSLZ4)
                 for j in range(n):
                     d.id.write_direct_chunk((j, 0, 0), chunks[(first + j) % len(chunks)])
             g[f"data_{k + 1:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
@@ -122,7 +68,7 @@ def make_data(args, work: Path):
     from xrdct_dask.testing.synthetic import simulate_scan
 
     params = {"detector": args.detector, "distinct": args.distinct, "frames": args.frames, "files": args.files,
-              "npt": args.npt, "version": 2}
+              "npt": args.npt, "version": 3}
     marker = work / "bench.json"
     scan_dir = work / "scan"
     if not (marker.exists() and json.loads(marker.read_text()) == params):
@@ -132,16 +78,17 @@ def make_data(args, work: Path):
                       threads=os.cpu_count() or 4)
         frames = open_source(str(scan_dir / "frames" / "frame_{index:06d}.cbf")).read_frames(
             np.arange(args.distinct)).view(np.uint32)  # -1 gaps -> 2^32 - 1, as an Eiger stores them
-        name, compress = _lz4_compressor()
+        from xrdct_dask.testing.h5chunks import bslz4_chunk
+
         t1 = time.perf_counter()
-        chunks = [bslz4_chunk(f, compress) for f in frames]
+        chunks = [bslz4_chunk(f) for f in frames]
         t2 = time.perf_counter()
         for old in work.glob("bench_*.h5"):
             old.unlink()
         write_eiger_scan(work, chunks, frames.shape[1:], np.uint32, args.frames, args.files)
         np.save(work / "frames.npy", frames)
         marker.write_text(json.dumps(params))
-        print(f"data: {args.distinct} frames simulated in {t1 - t0:.1f} s, compressed ({name}) in {t2 - t1:.1f} s, "
+        print(f"data: {args.distinct} frames simulated in {t1 - t0:.1f} s, compressed in {t2 - t1:.1f} s, "
               f"{args.frames} frames in {args.files} files in {time.perf_counter() - t2:.1f} s")
     frames = np.load(work / "frames.npy")
     return frames, work / "bench_master.h5", scan_dir
@@ -269,7 +216,6 @@ def main() -> int:
     out["gpu_decode_GBps"] = fps * fb / 1e9
     print(f"GPU decode only (batch {nb} on the device)   {fps:9.0f} frames/s = {fps * fb / 1e9:.0f} GB/s decoded, "
           f"{fps * mean_mb / 1e3:.1f} GB/s compressed")
-    del d_buf, d_out
 
     # end to end, GPU decode vs host decode, same integrator
     mask = fabio.open(str(scan_dir / "mask.edf")).data != 0
