@@ -26,7 +26,14 @@ from xrdct_dask.io import gpu_hdf5, hdf5
 from xrdct_dask.io.gpu_hdf5 import ChunkDecoder, decode_chunks_gpu, plan_chunks
 from xrdct_dask.io.source import open_source
 from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.testing import h5chunks
 from xrdct_dask.testing.h5chunks import write_frames
+
+try:
+    import lz4.block  # noqa: F401  (the package's LZ4 block compressor)
+except ImportError:  # a GPU node: pyarrow's raw LZ4 codec writes the test chunks
+    pa = pytest.importorskip("pyarrow")
+    h5chunks.lz4_block_compressor = lambda: (lambda b: pa.compress(b, codec="lz4_raw", asbytes=True))
 
 from .conftest import SHARED_DATA
 

@@ -109,7 +109,7 @@ def plan_chunks(buf: np.ndarray, beg, end, filt, frame_bytes: int, itemsize: int
 # ------------------------------------------------------------------------------------------
 @functools.cache
 def _cuda_module():
-    return cp.RawModule(code=KERNEL.read_text(), options=("-std=c++17",))
+    return cp.RawModule(code=KERNEL.read_text())
 
 
 class _CudaKernels:

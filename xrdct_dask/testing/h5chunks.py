@@ -2,7 +2,7 @@
 lack it): bitshuffle-LZ4 (filter 32008) and HDF5's LZ4 framing (32004), one chunk per frame.
 
 The bit-shuffle is numpy's (``unpackbits`` / ``packbits``); the LZ4 blocks come from the ``lz4``
-package or, where it is absent, ``pyarrow`` (``lz4_raw``).  The chunks are written with
+package (:func:`lz4_block_compressor`).  The chunks are written with
 ``write_direct_chunk`` into datasets that declare the filter, so h5py + hdf5plugin read them as
 any detector file (tests check that), and the raw path (:mod:`xrdct_dask.io.hdf5`) takes them.
 """
@@ -20,15 +20,12 @@ FILTER_LZ4, FILTER_BSLZ4 = 32004, 32008
 
 @functools.cache
 def lz4_block_compressor():
-    """``compress(bytes) -> bytes``: one raw LZ4 block (no size header)."""
-    try:
-        import lz4.block
+    """``compress(bytes) -> bytes``: one raw LZ4 block (no size header), from the ``lz4`` package.
+    Where it is absent (a GPU node), assign another here, e.g. pyarrow's ``lz4_raw`` codec
+    (tests/test_gpu_hdf5.py and benchmarks/bench_gpu_hdf5.py do)."""
+    import lz4.block
 
-        return lambda b: lz4.block.compress(b, store_size=False)
-    except ImportError:
-        import pyarrow as pa
-
-        return lambda b: pa.compress(b, codec="lz4_raw", asbytes=True)
+    return lambda b: lz4.block.compress(b, store_size=False)
 
 
 def default_block_elems(itemsize: int) -> int:
