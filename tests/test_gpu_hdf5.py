@@ -372,6 +372,8 @@ class _HostEngine:
     steps swapped for the kernels' C++ build (:func:`decode_into_counts`, as ``_launch_h5`` calls
     it); yields each batch's int32 counts, monitor and status."""
 
+    RING = 4
+
     def __init__(self, shape):
         from types import SimpleNamespace
 

@@ -70,6 +70,7 @@ class H5Batch:
     plan: object
     dtype: np.dtype
     frames: np.ndarray | None = None
+    uploaded: object = None  # CUDA event: the buffer has been copied to the device
 
     @property
     def nframes(self) -> int:
@@ -459,6 +460,7 @@ class CupyEngine:
                 slot.dev_in = cp.empty(int(total * 1.25), dtype=cp.uint8)
             d_in = slot.dev_in[:total]
             d_in.set(batch.buffer[:total], stream=slot.stream)
+            batch.uploaded = slot.stream.record()  # its pinned arena may be read into again after this
             if slot.h5decoder is None:
                 slot.h5decoder = ChunkDecoder("cuda")
             dt = np.dtype(batch.dtype)
@@ -493,9 +495,14 @@ class CupyEngine:
         dt = np.dtype(source.dtype)
         frame_bytes = int(np.prod(source.frame_shape)) * dt.itemsize
 
+        last_use: dict[int, H5Batch] = {}  # arena -> the batch last read into it
+
         def read(item):
             k, rows = item
             ids = idx[rows]
+            prev = last_use.get(k % self.RING)
+            if prev is not None and prev.uploaded is not None:  # launched (before this read was asked for)
+                prev.uploaded.synchronize()
             try:
                 chunks = source.read_raw_chunks(ids, out=lambda nbytes: self.arena(ring, k, nbytes))
             except ValueError as err:  # not one frame per chunk with a raw-path filter: h5py reads it
@@ -509,6 +516,7 @@ class CupyEngine:
             plan = plan_chunks(chunks.buffer, beg, end, filt, frame_bytes, dt.itemsize)
             gpu = H5Batch(chunks.buffer, beg[plan.gpu], end[plan.gpu], filt[plan.gpu], None, dt)
             gpu.plan = plan_chunks(chunks.buffer, gpu.beg, gpu.end, gpu.filt, frame_bytes, dt.itemsize)
+            last_use[k % self.RING] = gpu
             host = None
             if not plan.gpu.all():  # rare: decoded here, on the reader thread
                 from ..io.hdf5 import RawChunks, decode_chunks
