@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,31 @@ def _compiled(fpt: int, *defines: str):
                         options=(f"-DFPT={fpt}",) + tuple(f"-D{d}" for d in defines))
 
 
+@dataclass
+class H5Batch:
+    """A batch of HDF5 chunks for :meth:`CupyEngine._launch_h5`: chunk f is ``buffer[beg[f]:end[f]]``
+    (``buffer`` pinned), ``filt`` its filter, ``plan`` the kernels' :class:`~xrdct_dask.io.gpu_hdf5.ChunkPlan`,
+    ``dtype`` the dataset's; or ``frames`` (n, ny, nx) int32 counts decoded on the host."""
+
+    buffer: np.ndarray | None
+    beg: np.ndarray | None
+    end: np.ndarray | None
+    filt: np.ndarray | None
+    plan: object
+    dtype: np.dtype
+    frames: np.ndarray | None = None
+    uploaded: object = None  # CUDA event: the buffer has been copied to the device
+
+    @property
+    def nframes(self) -> int:
+        return len(self.frames) if self.frames is not None else len(self.beg)
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    log.warning("%s", message)
+
+
 class _Slot:
     """One pipeline slot: pinned host in/out buffers, device buffers, a stream and its event."""
 
@@ -64,6 +90,7 @@ class _Slot:
 
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.decoder = GpuDecoder()  # its scratch is this slot's: the two streams never share it
+        self.h5decoder = None  # HDF5 chunks (io.gpu_hdf5.ChunkDecoder), made with the first such batch
         self.event = None
         self.host_in = None
         self.dev_in = None
@@ -376,7 +403,6 @@ class CupyEngine:
         ``packed = (pinned uint8 host buffer, begin, end)`` skips the host copy: the bytes were
         read straight into page-locked memory (:func:`~xrdct_dask.io.gpu_decode.read_into_pinned`)."""
         from ..io.gpu_decode import aligned_layout, chunk_layout, pack_aligned
-        from . import finish
 
         slot.wait()  # the slot's previous batch has left its buffers
         if packed is None:
@@ -407,6 +433,131 @@ class CupyEngine:
             frames = slot.frames[:n]
             status = slot.decoder.decode(d_in, d_begin, d_end, slot.dev_meta[4, :n + 1], int(first[-1]), d_off,
                                          frames.reshape(-1), n, slot.stream)
+        return self._integrate_launched(slot, frames, status, d_mon, n)
+
+    def _launch_h5(self, slot: _Slot, batch: H5Batch, monitor):
+        """Upload a batch of HDF5 chunks (one copy of the pinned arena's used bytes), decode it on
+        the device straight into the slot's int32 frames (:mod:`~xrdct_dask.io.gpu_hdf5`), then
+        integrate as :meth:`_launch` does.  A batch the host decoded (``batch.frames``) is uploaded
+        as counts."""
+        from ..io.gpu_hdf5 import ChunkDecoder, decode_into_counts
+
+        slot.wait()
+        n = batch.nframes
+        slot.reserve(0, n)
+        meta = slot.host_meta
+        meta[3, :n] = np.asarray(monitor, dtype=np.float64).view(np.int64)
+        with slot.stream:
+            slot.dev_meta.set(meta, stream=slot.stream)
+            d_mon = slot.dev_meta[3, :n].view(cp.float64)
+            frames = slot.frames[:n]
+            if batch.frames is not None:  # decoded on the host (a layout or filter the kernels do not take)
+                frames.set(np.ascontiguousarray(batch.frames.reshape(n, -1), np.int32), stream=slot.stream)
+                status = cp.zeros(n, cp.int32)
+                return self._integrate_launched(slot, frames, status, d_mon, n)
+            total = max(int(np.max(batch.end)), 1)
+            if slot.dev_in is None or slot.dev_in.size < total:
+                slot.dev_in = cp.empty(int(total * 1.25), dtype=cp.uint8)
+            d_in = slot.dev_in[:total]
+            d_in.set(batch.buffer[:total], stream=slot.stream)
+            batch.uploaded = slot.stream.record()  # its pinned arena may be read into again after this
+            if slot.h5decoder is None:
+                slot.h5decoder = ChunkDecoder("cuda")
+            dt = np.dtype(batch.dtype)
+            raw = None
+            if dt.itemsize != 4:  # int32 / uint32 decode in place; other types through a scratch buffer
+                key = ("h5raw", id(slot))
+                raw = self._out.get(key)
+                if raw is None or raw.size < n * self.plan.npix * dt.itemsize:
+                    raw = self._out[key] = cp.empty(int(n * self.plan.npix * dt.itemsize * 1.25), cp.uint8)
+            status = decode_into_counts(slot.h5decoder, d_in, batch.beg, batch.end, batch.filt, batch.plan, dt,
+                                        frames, raw, slot.stream)
+        return self._integrate_launched(slot, frames, status, d_mon, n)
+
+    def h5_batches(self, source, idx, batches, norm, status, pending, stats, read_threads: int = 8):
+        """Frames of an HDF5 source: chunks read raw (``read_direct_chunk``) straight into this
+        engine's page-locked arenas on reader threads two batches ahead, one copy to the device
+        per batch, decoded and integrated there.  Chunks the kernels do not take (deflate,
+        unusual block sizes) and layouts the raw path does not read (chunks of several frames) are
+        decoded on the host, said once in the log.  Fills ``status`` for missing frames, appends
+        the rows of each engine batch to ``pending``; yields the pipeline's results."""
+        from ..io.gpu_hdf5 import FILTER_NAMES_GPU, plan_chunks
+        from ..io.source import as_counts, read_batch
+        from ..io.status import FrameStatus
+        from .files import prefetch
+
+        if tuple(source.frame_shape) != tuple(self.plan.shape):
+            log.warning("%s: frames are %s, the detector %s", source.spec, source.frame_shape, self.plan.shape)
+            status[:] = FrameStatus.WRONG_SHAPE
+            return
+        batch_pool, _ = self._read_pools(read_threads)
+        ring = self.arena_ring()
+        dt = np.dtype(source.dtype)
+        frame_bytes = int(np.prod(source.frame_shape)) * dt.itemsize
+
+        last_use: dict[int, H5Batch] = {}  # arena -> the batch last read into it
+
+        def read(item):
+            k, rows = item
+            ids = idx[rows]
+            prev = last_use.get(k % self.RING)
+            if prev is not None and prev.uploaded is not None:  # launched (before this read was asked for)
+                prev.uploaded.synchronize()
+            try:
+                chunks = source.read_raw_chunks(ids, out=lambda nbytes: self.arena(ring, k, nbytes))
+            except ValueError as err:  # not one frame per chunk with a raw-path filter: h5py reads it
+                _say_once(f"{source.spec}: {err}; these frames are decoded on the host")
+                frames, st = read_batch(source, ids, threads=max(1, read_threads // 2))
+                return rows, st, None, (rows[st == FrameStatus.OK], frames[st == FrameStatus.OK])
+            st = chunks.status.astype(np.int8)
+            good = np.flatnonzero(st == FrameStatus.OK)
+            beg, end = chunks.offsets[:-1][good], chunks.offsets[1:][good]
+            filt = chunks.filter_id[good].astype(np.int64)
+            plan = plan_chunks(chunks.buffer, beg, end, filt, frame_bytes, dt.itemsize)
+            gpu = H5Batch(chunks.buffer, beg[plan.gpu], end[plan.gpu], filt[plan.gpu], None, dt)
+            gpu.plan = plan_chunks(chunks.buffer, gpu.beg, gpu.end, gpu.filt, frame_bytes, dt.itemsize)
+            last_use[k % self.RING] = gpu
+            host = None
+            if not plan.gpu.all():  # rare: decoded here, on the reader thread
+                from ..io.hdf5 import RawChunks, decode_chunks
+
+                cpu = good[~plan.gpu]
+                names = sorted({FILTER_NAMES_GPU.get(int(chunks.filter_id[c]), str(chunks.filter_id[c])) for c in cpu})
+                _say_once(f"{source.spec}: chunks ({', '.join(names)}) the GPU kernels do not take are decoded on "
+                          "the host")
+                offs = np.zeros(cpu.size + 1, np.int64)
+                np.cumsum(chunks.offsets[cpu + 1] - chunks.offsets[cpu], out=offs[1:])
+                packed = np.concatenate([chunks.buffer[chunks.offsets[c]:chunks.offsets[c + 1]] for c in cpu])
+                sub = RawChunks(packed, offs, chunks.filter_id[cpu], chunks.status[cpu], chunks.shape, dt,
+                                [chunks.names[c] for c in cpu], {})
+                frames, cst = decode_chunks(sub)
+                st[cpu] = cst
+                host = (rows[cpu[cst == FrameStatus.OK]], as_counts(frames[cst == FrameStatus.OK]))
+            return rows, st, (rows[good[plan.gpu]], gpu, int(chunks.offsets[-1])), host
+
+        def engine_batches():
+            for rows, st, gpu, host in prefetch(batch_pool, read, enumerate(batches), 2):
+                status[rows] = st
+                if gpu is not None and gpu[0].size:
+                    good, b, nbytes = gpu
+                    stats["bytes"] += nbytes
+                    pending.append(good)
+                    yield b, norm[good]
+                if host is not None and host[0].size:
+                    good, frames = host
+                    stats["bytes"] += int(frames.nbytes)
+                    pending.append(good)
+                    yield H5Batch(None, None, None, None, None, np.dtype(np.int32), frames=frames), norm[good]
+
+        yield from self.integrate_batches(engine_batches())
+        self.release_ring(ring)
+
+    def _integrate_launched(self, slot: _Slot, frames, status, d_mon, n: int):
+        """Integrate decoded device frames (n, npix) int32 on the slot's stream, NaN where the
+        device status (n,) is not 0, and start the downloads of intensity, sigma and status."""
+        from . import finish
+
+        with slot.stream:
             s = self._sums_device(frames, d_mon, slot.stream)
             intensity, sigma = finish(s, self.error_model, cp)
             bad = (status != 0)[:, None]
@@ -429,7 +580,12 @@ class CupyEngine:
         pending = None
         for k, (datas, monitor) in enumerate(batches):
             slot = pipe[k % 2]
-            launched = self._launch(slot, None, monitor, datas) if packed else self._launch(slot, datas, monitor)
+            if isinstance(datas, H5Batch):
+                launched = self._launch_h5(slot, datas, monitor)
+            elif packed:
+                launched = self._launch(slot, None, monitor, datas)
+            else:
+                launched = self._launch(slot, datas, monitor)
             if pending is not None:
                 yield self._collect(*pending)
             pending = launched

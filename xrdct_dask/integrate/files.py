@@ -9,8 +9,11 @@ code and never raise.  How the frames reach the engine depends on both:
   (:meth:`~xrdct_dask.integrate.Integrator.integrate_batches`);
 * a CBF template on a GPU: whole files read straight into the engine's page-locked arenas, only
   compressed bytes cross PCIe (:meth:`~xrdct_dask.integrate._cupy.CupyEngine.file_batches`);
-* an HDF5 source: the chunks read with ``read_direct_chunk`` and decoded on the host
-  (bitshuffle-LZ4 / LZ4 without the GIL), the counts integrated by the engine.
+* an HDF5 source on the CPU: the chunks read with ``read_direct_chunk`` and decoded on the host
+  (bitshuffle-LZ4 / LZ4 without the GIL), the counts integrated by the engine;
+* an HDF5 source on a GPU: the chunks read raw into the engine's page-locked arenas, only their
+  compressed bytes cross PCIe, decoded there (:meth:`~xrdct_dask.integrate._cupy.CupyEngine.h5_batches`,
+  :mod:`~xrdct_dask.io.gpu_hdf5`).
 
 Per-process reading state (thread pools) belongs to the engine, built with it (the worker
 plugin builds the integrator once per worker).
@@ -91,7 +94,9 @@ def integrate_source(integ, source, indices, monitor, *, read_threads: int = 8, 
     batches = [np.arange(a, min(a + step, n)) for a in range(0, n, step)]
     pending: deque = deque()  # good rows of the batches handed to the engine, awaiting results
     stats = {"bytes": 0}
-    if isinstance(source, Hdf5Frames):
+    if isinstance(source, Hdf5Frames) and integ.engine == "cupy":
+        results = integ._impl.h5_batches(refreshed(source), idx, batches, norm, status, pending, stats, read_threads)
+    elif isinstance(source, Hdf5Frames):
         results = _hdf5_batches(integ, refreshed(source), idx, batches, norm, status, pending, stats, read_threads)
     elif integ.engine == "cupy" and not compressed(source):
         results = integ._impl.file_batches(source, idx, batches, norm, status, pending, stats, read_threads,
@@ -103,7 +108,10 @@ def integrate_source(integ, source, indices, monitor, *, read_threads: int = 8, 
         good = pending.popleft()
         intensity[good] = res_i
         sigma[good] = res_s
-        status[good] = np.where(dec_status != 0, FrameStatus.TRUNCATED, FrameStatus.OK)
+        # the engines' decoders give FrameStatus codes (CBF byte-offset: 1 = TRUNCATED; HDF5 chunks:
+        # TRUNCATED, SIZE_MISMATCH, CORRUPT_HEADER)
+        status[good] = np.where(dec_status > 0, dec_status, np.where(dec_status < 0, FrameStatus.TRUNCATED,
+                                                                     FrameStatus.OK))
     return intensity, sigma, status, stats["bytes"]
 
 
@@ -159,13 +167,24 @@ def _hdf5_batches(integ, source, idx, batches, norm, status, pending, stats, rea
 def warm(integ, source, tasks: int, nframes: int, sample: int = 64) -> None:
     """Ready an integrator for ``tasks`` concurrent tasks on ``source``: kernels compiled (and on a
     GPU reading CBF files, the pinned read arenas sized and every pipeline run once,
-    :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_files`)."""
+    :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_files`; reading HDF5 chunks, the chunk
+    kernels compiled and the arenas sized from the first chunk)."""
     from ..io.source import Hdf5Frames
 
     integ.warm_up()
     if integ.engine != "cupy":
         return
-    if isinstance(source, Hdf5Frames) or compressed(source):  # decoded on the host: no file arenas to size
+    if isinstance(source, Hdf5Frames):  # kernels compiled; chunk arenas sized from the first chunk (x 1.5)
+        from ..io.gpu_hdf5 import ChunkDecoder
+
+        ChunkDecoder("cuda")
+        try:
+            per_frame = int(source.read_raw_chunks([0]).offsets[-1] * 1.5)
+        except (OSError, ValueError):  # an unreadable first frame or a layout read by h5py: arenas grow later
+            per_frame = 0
+        integ._impl.warm(integ.batch_frames, max(per_frame, integ._impl.slot_bytes), rings=tasks)
+        return
+    if compressed(source):  # decompressed on the host: no file arenas to size
         integ._impl.warm(integ.batch_frames, integ._impl.slot_bytes, rings=tasks)
         return
     integ._impl.warm_files(source, tasks, nframes, sample)

@@ -20,6 +20,10 @@ checked here (bitshuffle trusts the 4-byte block lengths and reads past the buff
 one). Datasets the fast path cannot take (chunks of several frames, other filters) are read by h5py
 with hdf5plugin's filters, segment by segment.
 
+On a GPU the same packed chunks are uploaded and decoded by :mod:`xrdct_dask.io.gpu_hdf5` (own
+CUDA kernels, the same status codes); this module's decoder is then the fallback for what those
+kernels do not take.
+
 Status, as for CBF files: a missing file, a frame not mapped by a VDS, an unwritten chunk or an
 index past the end is :attr:`FrameStatus.MISSING` (``FileNotFoundError``); a chunk that cannot be
 decoded is :attr:`FrameStatus.CORRUPT_HEADER` / ``TRUNCATED`` / ``SIZE_MISMATCH``
@@ -40,7 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the bitshuffle / LZ4 / ... filters with HDF5 for the h5py path)
+try:  # registers the bitshuffle / LZ4 / ... filters with HDF5 for the h5py path; the raw path and the GPU
+    import hdf5plugin  # noqa: F401  decode need it not (read_direct_chunk), so a GPU node may lack it
+except ImportError:
+    hdf5plugin = None
 import numba
 import numpy as np
 
@@ -478,7 +485,9 @@ def read_raw_chunks(m: SegmentMap, indices, shape: tuple[int, int], dtype, out: 
                     name: str = "") -> RawChunks:
     """The stored chunks of frames ``indices`` of a resolved source (``read_direct_chunk``, two
     h5py calls per frame and no copy: the bytes land in ``out`` (e.g. pinned memory) when it is
-    large enough).  Never raises for a missing frame: its status says MISSING.
+    large enough; ``out`` may also be a callable ``out(nbytes) -> uint8 array`` of at least
+    ``nbytes``, asked once the sizes are known).  Never raises for a missing frame: its status says
+    MISSING.
 
     Raises ValueError when a present segment is not stored one frame per chunk with a supported
     filter (read such sources with :func:`read_frames_h5`)."""
@@ -535,6 +544,8 @@ def read_raw_chunks(m: SegmentMap, indices, shape: tuple[int, int], dtype, out: 
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(sizes, out=offsets[1:])
     total = int(offsets[-1])
+    if callable(out):
+        out = out(total)
     buf = out[:total] if out is not None and out.size >= total else np.empty(total, np.uint8)
     for k in range(n):
         if where[k] is not None:
@@ -626,7 +637,11 @@ def _lz4_h5(data: memoryview, nbytes: int) -> bytes:
         if pos + clen > len(data):
             raise EOFError("chunk ends inside its blocks")
         piece = data[pos:pos + clen]
-        out += piece if clen == this else lz4.block.decompress(piece, uncompressed_size=this)
+        if clen != this:
+            piece = lz4.block.decompress(piece, uncompressed_size=this)
+            if len(piece) != this:  # python-lz4 returns what a corrupt block decodes to, short or not
+                raise ValueError(f"an LZ4 block decodes to {len(piece)} bytes, not {this}")
+        out += piece
         pos += clen
     if len(out) != total or pos != len(data):
         raise OverflowError(f"blocks decode to {len(out)} bytes in {pos} of {len(data)} chunk bytes")
