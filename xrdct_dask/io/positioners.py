@@ -222,6 +222,23 @@ def _nearest(values: np.ndarray, grid: np.ndarray, tol: float | None, period: fl
     return np.where(ok, ext_idx[pick], -1), np.where(ok, resid, np.nan)
 
 
+def nearest_points(omega_deg, x_mm, z_mm, omega_grid_deg, x_grid_mm, z_grid_mm, *,
+                   omega_tol_deg: float | None = None, x_tol_mm: float | None = None, z_tol_mm: float | None = None,
+                   omega_period_deg: float | None = 360.0):
+    """The grid point of each frame, as :func:`place_on_grid` finds it, without the grid:
+    ``(iz, iomega, ix, off_grid, (residual_z, residual_omega, residual_x))``, each ``(n,)``
+    (a block of frames at a time: what a streamed scan table needs)."""
+    om, xx, zz = (np.asarray(a, np.float64).reshape(-1) for a in (omega_deg, x_mm, z_mm))
+    if not om.size == xx.size == zz.size:
+        raise ValueError(f"omega has {om.size} values, x {xx.size}, z {zz.size}: one per frame each")
+    iw, rw = _nearest(om, omega_grid_deg, omega_tol_deg, omega_period_deg)
+    ix, rx = _nearest(xx, x_grid_mm, x_tol_mm)
+    iz, rz = _nearest(zz, z_grid_mm, z_tol_mm)
+    off = (iw < 0) | (ix < 0) | (iz < 0)
+    iw, ix, iz = (np.where(off, -1, a) for a in (iw, ix, iz))
+    return iz, iw, ix, off, (rz, rw, rx)
+
+
 def place_on_grid(omega_deg, x_mm, z_mm, omega_grid_deg, x_grid_mm, z_grid_mm, *,
                   omega_tol_deg: float | None = None, x_tol_mm: float | None = None, z_tol_mm: float | None = None,
                   omega_period_deg: float | None = 360.0) -> GridPlacement:
@@ -234,14 +251,9 @@ def place_on_grid(omega_deg, x_mm, z_mm, omega_grid_deg, x_grid_mm, z_grid_mm, *
     three axes and ``off_grid`` true (exactly halfway between two default-tolerance points: off
     grid).  A grid point reached by several frames keeps the last and is marked ``duplicate``.
     """
-    om, xx, zz = (np.asarray(a, np.float64).reshape(-1) for a in (omega_deg, x_mm, z_mm))
-    if not om.size == xx.size == zz.size:
-        raise ValueError(f"omega has {om.size} values, x {xx.size}, z {zz.size}: one per frame each")
-    iw, rw = _nearest(om, omega_grid_deg, omega_tol_deg, omega_period_deg)
-    ix, rx = _nearest(xx, x_grid_mm, x_tol_mm)
-    iz, rz = _nearest(zz, z_grid_mm, z_tol_mm)
-    off = (iw < 0) | (ix < 0) | (iz < 0)
-    iw, ix, iz = (np.where(off, -1, a) for a in (iw, ix, iz))
+    iz, iw, ix, off, (rz, rw, rx) = nearest_points(omega_deg, x_mm, z_mm, omega_grid_deg, x_grid_mm, z_grid_mm,
+                                                   omega_tol_deg=omega_tol_deg, x_tol_mm=x_tol_mm, z_tol_mm=z_tol_mm,
+                                                   omega_period_deg=omega_period_deg)
     shape = (len(z_grid_mm), len(omega_grid_deg), len(x_grid_mm))
     grid = np.full(shape, -1, np.int64)
     seen = np.zeros(shape, np.int32)
