@@ -310,7 +310,7 @@ def scan_layout(wf: Workflow) -> ScanLayout:
     beside the store, slice by slice.  A scan file's ``iz, iomega, ix`` columns place the frames;
     else measured omega and x (and z) place them on the grid of their own values (the readings
     of each axis grouped into ``nomega`` / ``nx`` / ``nz`` values, the groups told apart on a
-    strided sample of at most :data:`~xrdct_dask.io.scantable.SAMPLE_MAX` readings, each group's
+    random sample of at most :data:`~xrdct_dask.io.scantable.SAMPLE_MAX` readings, each group's
     median exact; each frame at the nearest, frames that fit none left out and counted); else
     the scan arithmetic.  The axes are the measured values (the exact median reading of each grid
     line) where the scan gives them and ``scan.positions`` allows, else the nominal grid, and the
@@ -398,7 +398,7 @@ def _grid_from_columns(wf: Workflow, blocks, fields: list[str], monitor, folder:
 
 def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, folder: Path):
     """Frames placed by their measured positions: one pass keeps the readings (flat files) and a
-    strided sample per axis; the sample tells the groups of each axis apart, every reading is
+    random sample per axis; the sample tells the groups of each axis apart, every reading is
     grouped by those cuts and each group's median is exact (:func:`grouped_median`); a second
     pass places each frame at its nearest grid point (:func:`~xrdct_dask.io.positioners.nearest_points`).
     Returns ``(SlabFrames, axes, frames off grid)``."""

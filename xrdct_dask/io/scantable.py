@@ -14,7 +14,7 @@ Global statistics are exact and held in bounded memory: :func:`grouped_median` (
 each group, e.g. the omega readings of every grid angle over all slices, by histogram
 narrowing over repeated streamed passes: memory ``O(groups x bins)``, not ``O(rows)``).  Only
 :func:`sample_grid_cuts` works on a sample: where a scan gives no grid columns, the groups of
-readings along an axis are told apart on an evenly strided sample of at most
+readings along an axis are told apart on a random (seeded) sample of at most
 :data:`SAMPLE_MAX` readings (all of them in a smaller scan: then exactly as
 :func:`~xrdct_dask.io.positioners.grid_from_positions`); which reading falls in which group, and
 each group's median, are then exact over every reading.
@@ -36,6 +36,8 @@ from .scan import POSITION_COLUMNS, SCAN_COLUMNS
 
 BLOCK_ROWS = 1 << 18  # lines parsed at once (~30 MB of text and values)
 SAMPLE_MAX = 1 << 20  # readings per axis kept to find the groups of a scan without grid columns
+MEDIAN_CELLS = 1 << 20  # histogram cells of grouped_median (x 24 bytes): its bins per group follow
+MEDIAN_COLLECT = 64  # values per rank grouped_median gathers and sorts once narrowed to them
 FLOATS = ("omega_deg", "x_mm", "z_mm", "monitor")
 
 
@@ -55,9 +57,10 @@ def scan_header(path: str | Path) -> list[str]:
     return names
 
 
-def scan_table_blocks(path: str | Path, rows: int = BLOCK_ROWS) -> Iterator[dict[str, np.ndarray]]:
+def scan_table_blocks(path: str | Path, rows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The known columns of a scan CSV (``index, iz, iomega, ix`` as int64, ``omega_deg, x_mm,
     z_mm, monitor`` as float64, those present), ``rows`` lines at a time, in file order."""
+    rows = rows or BLOCK_ROWS
     names = scan_header(path)
     wanted = [c for c in names if c in SCAN_COLUMNS + POSITION_COLUMNS]
     cols = [names.index(c) for c in wanted]
@@ -84,8 +87,9 @@ def scan_table_blocks(path: str | Path, rows: int = BLOCK_ROWS) -> Iterator[dict
             yield out
 
 
-def monitor_blocks(path: str | Path, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
+def monitor_blocks(path: str | Path, rows: int | None = None) -> Iterator[np.ndarray]:
     """The values of a monitor file (one number per line, ``#`` comments) as float64 blocks."""
+    rows = rows or BLOCK_ROWS
     with open(path, encoding="ascii", errors="replace") as f:
         start = 1
         while True:
@@ -114,8 +118,9 @@ def _first_bad(lines: list[str], start: int) -> str | None:
     return None
 
 
-def array_blocks(columns: dict[str, np.ndarray], rows: int = BLOCK_ROWS) -> Iterator[dict[str, np.ndarray]]:
+def array_blocks(columns: dict[str, np.ndarray], rows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """In-memory per-frame columns (same length) in blocks, as :func:`scan_table_blocks` gives them."""
+    rows = rows or BLOCK_ROWS
     n = len(next(iter(columns.values()))) if columns else 0
     for a in range(0, n, rows):
         yield {k: np.asarray(v[a:a + rows]) for k, v in columns.items()}
@@ -161,7 +166,8 @@ class FlatColumn:
         del mm
         return out
 
-    def blocks(self, stop: int | None = None, rows: int = BLOCK_ROWS) -> Iterator[np.ndarray]:
+    def blocks(self, stop: int | None = None, rows: int | None = None) -> Iterator[np.ndarray]:
+        rows = rows or BLOCK_ROWS
         stop = self.size if stop is None else min(stop, self.size)
         with open(self.path, "rb") as f:
             for a in range(0, stop, rows):
@@ -274,15 +280,18 @@ def remove_scratch(tmp: tempfile.TemporaryDirectory | None) -> None:
 # statistics in bounded memory
 # ------------------------------------------------------------------------------------------
 def grouped_median(stream: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], ngroups: int, *,
-                   bins: int = 256, collect: int = 64) -> np.ndarray:
+                   bins: int | None = None, collect: int | None = None) -> np.ndarray:
     """The exact median of each group's finite values, streamed as ``(group, value)`` blocks.
 
     ``stream()`` starts a new pass over the data (it is called a few times).  Each group's two
     middle ranks are found by narrowing: a pass histograms the values inside each rank's
-    current interval into ``bins`` bins and keeps the bin holding the rank (its smallest to its
-    largest value), until at most ``collect`` values are left, which a last pass gathers and
-    sorts.  Memory ``O(ngroups x bins)``; a group without values gets NaN.
+    current interval into ``bins`` bins (default: as many as :data:`MEDIAN_CELLS` allows, 16 to
+    1024) and keeps the bin holding the rank (its smallest to its largest value), until at most
+    ``collect`` (:data:`MEDIAN_COLLECT`) values are left, which a last pass gathers and sorts.
+    Memory ``O(ngroups x bins)``; a group without values gets NaN.
     Returns float64 ``(ngroups,)``: the mean of the two middle values (``np.median``)."""
+    bins = bins or int(np.clip(MEDIAN_CELLS // (2 * ngroups), 16, 1024))
+    collect = collect or MEDIAN_COLLECT
     n = np.zeros(ngroups, np.int64)
     lo = np.full(ngroups, np.inf)
     hi = np.full(ngroups, -np.inf)
@@ -356,24 +365,28 @@ def grouped_median(stream: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 
 class Sample:
-    """An evenly strided sample of a stream of readings, at most ``size`` of them: every
-    ``stride``-th reading, the stride doubled (and every other kept reading dropped) when full."""
+    """A random sample of a stream of readings, at most ``size`` (:data:`SAMPLE_MAX`) of them:
+    each reading kept with probability ``p`` (1 until the sample is full, then halved, each kept
+    reading dropped with probability 1/2, as often as needed).  Random, not strided: a stride can
+    alias with the scan's own period and miss whole grid values.  Seeded: the same scan gives the
+    same sample; a scan of at most ``size`` readings keeps them all."""
 
-    def __init__(self, size: int = SAMPLE_MAX):
-        self.size, self.stride, self.seen = size, 1, 0
+    def __init__(self, size: int | None = None, seed: int = 0):
+        self.size = size or SAMPLE_MAX
+        self.p = 1.0
+        self.rng = np.random.default_rng(seed)
         self.parts: list[np.ndarray] = []
         self.count = 0
 
     def add(self, v: np.ndarray) -> None:
-        start = (-self.seen) % self.stride
-        self.parts.append(np.asarray(v[start::self.stride], np.float64))
-        self.count += len(self.parts[-1])
-        self.seen += len(v)
+        v = np.asarray(v, np.float64)
+        kept = v if self.p == 1.0 else v[self.rng.random(v.size) < self.p]
+        self.parts.append(kept)
+        self.count += kept.size
         while self.count > self.size:
-            kept = self.values()
-            # keep readings at positions divisible by 2 * stride: those at even places of the sample
-            self.parts, self.stride = [kept[::2]], self.stride * 2
-            self.count = len(self.parts[0])
+            values = self.values()
+            self.parts = [values[self.rng.random(values.size) < 0.5]]
+            self.count, self.p = self.parts[0].size, self.p / 2
 
     def values(self) -> np.ndarray:
         return np.concatenate(self.parts) if self.parts else np.empty(0)
