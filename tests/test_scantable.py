@@ -206,6 +206,6 @@ def test_client_memory_does_not_grow_with_the_scan_table_and_monitor(tiny, tmp_p
         z = nz - 1
         np.testing.assert_array_equal(idx[z], grid_index(z, *np.indices((1000, 100)), 1000, 100))
         mon = zarr.open_array(str(folder / "run.zarr" / "reduced/monitor"), mode="r")[z]
-        assert np.isfinite(mon).all() and 1e5 <= mon.min() and mon.max() < 1.07e5
+        assert np.isfinite(mon).all() and 0.95e5 <= mon.min() and mon.max() < 1.06e5  # the writer's monitor
         (folder / "scan.csv").unlink()
     assert grown[100] < 200e6 and grown[100] < 1.5 * grown[10], grown
