@@ -264,9 +264,10 @@ def _scan_source(wf: Workflow):
     """The scan's own per-frame table: ``(blocks, columns, sources, has_grid)`` where ``blocks()``
     streams it (:func:`~xrdct_dask.io.scantable.scan_table_blocks`: ``index``, grid columns,
     ``omega_deg``, ``x_mm``, ``z_mm``, ``monitor``), from the scan file, else from an HDF5
-    source's scan (``inputs.positioners``); None when the scan gives nothing per frame."""
-    from .io.positioners import read_hdf5_positions
-    from .io.scantable import array_blocks, scan_header, scan_table_blocks
+    source's scan (``inputs.positioners``, read a block of frames at a time:
+    :func:`~xrdct_dask.io.positioners.hdf5_column_blocks`); None when the scan gives nothing per frame."""
+    from .io.positioners import hdf5_column, hdf5_column_blocks
+    from .io.scantable import scan_header, scan_table_blocks
 
     if wf.inputs.scan_file is not None:
         path = wf.inputs.scan_file
@@ -282,21 +283,21 @@ def _scan_source(wf: Workflow):
         n = wf.frame_source().nframes
         names = wf.inputs.positioners
         file = split_spec(wf.inputs.frames)[0]
-        columns, sources = {"index": np.arange(n, dtype=np.int64)}, {}
+        columns = {}
         for attr, name in (("omega_deg", names.omega), ("x_mm", names.x), ("z_mm", names.z),
                            ("monitor", names.monitor)):
             if name is None:
                 continue
-            kw = {"omega": None, "x": None, "z": None, "monitor": None, attr.split("_")[0]: name}
             try:  # each name on its own: a scan without a z motor still gives omega and x
-                got = read_hdf5_positions(file, **kw, nframes=n)
+                columns[attr] = hdf5_column(file, name, attr, n)
             except (ValueError, KeyError, OSError) as err:
                 if attr == "monitor":
                     raise WorkflowError(f"inputs.positioners.monitor: {err}") from None
                 continue
-            columns[attr] = getattr(got, attr)
-            sources[attr] = got.source[attr]
-        return (lambda: array_blocks(columns)), set(columns), sources, False
+        from .io import scantable
+
+        return ((lambda: hdf5_column_blocks(columns, n, scantable.BLOCK_ROWS)), {"index", *columns},
+                {k: c.where for k, c in columns.items()}, False)
     return None
 
 

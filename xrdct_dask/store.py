@@ -127,6 +127,7 @@ def _coord(group, name: str, values: np.ndarray, attrs: dict) -> None:
 COORDS = ("z", "omega", "x", "y", "q", "r", "channel")
 ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TASKS, *COORDS})
 ASIDE_NEW, ASIDE_OLD = ".xrdct-new-", ".xrdct-old-"
+ASIDE_SCAN = ".xrdct-scan-"  # the scan table converted while a store is prepared (xrdct_dask.io.scantable)
 
 
 class StoreExistsError(FileExistsError):
@@ -242,7 +243,7 @@ def leftovers(path) -> list[Path]:
     path = Path(os.path.abspath(path))
     try:
         return sorted(p for p in path.parent.iterdir()
-                      if p.name.startswith(f".{path.name}{ASIDE_NEW}") or p.name.startswith(f".{path.name}{ASIDE_OLD}"))
+                      if any(p.name.startswith(f".{path.name}{kind}") for kind in (ASIDE_NEW, ASIDE_OLD, ASIDE_SCAN)))
     except OSError:
         return []
 

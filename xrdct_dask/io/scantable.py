@@ -265,12 +265,15 @@ class SlabFrames:
 def scratch_folder(near: str | Path | None) -> tempfile.TemporaryDirectory:
     """A scratch folder for a scan's converted table, beside the store (same file system, room
     for it) where its folder exists, else in the system's temporary folder."""
+    from ..store import ASIDE_SCAN
+
     parent = Path(os.path.abspath(near)).parent if near is not None else None
-    name = f".{Path(near).name}.xrdct-scan-" if near is not None else ".xrdct-scan-"
+    name = f".{Path(near).name}{ASIDE_SCAN}" if near is not None else ASIDE_SCAN
     return tempfile.TemporaryDirectory(prefix=name, dir=parent if parent is not None and parent.is_dir() else None)
 
 
 def remove_scratch(tmp: tempfile.TemporaryDirectory | None) -> None:
+    """Remove a folder :func:`scratch_folder` made (and all it holds: this program's files)."""
     if tmp is not None:
         shutil.rmtree(tmp.name, ignore_errors=True)
         tmp.cleanup()
