@@ -2,7 +2,9 @@
 building a graph.
 
 Everything here is arithmetic on the workflow (plus one ``stat`` of the first frame, or the PONI's
-detector shape, for the bytes per frame), so a 1000 x 1571 x 1000 scan plans in milliseconds.
+detector shape, for the bytes per frame; an HDF5 source opened for its files; the q bins of a
+cached integration plan for the pdf-then-recon aux channels), so a 1000 x 1571 x 1000 scan plans
+in a second.  tests/test_plan.py holds every count to what ``build_graph`` and the store make.
 Nothing is a second copy of the run's rules: the tasks per slice come from the stage table
 (:func:`xrdct_dask.stages.tasks_per_slice`), the blocks from the layout a new store would get
 (:func:`xrdct_dask.prepare.layout_for`), the chunks from the store's own array table

@@ -228,7 +228,7 @@ class ScanLayout:
         """float64 monitor at acquisition indices ``idx`` (NaN where -1; ones without a monitor)."""
         if self.monitor is None:
             return np.ones(idx.shape)
-        return np.where(idx >= 0, self.monitor.take(np.clip(idx, 0, None)), np.nan)
+        return self.monitor.take(idx)
 
     def monitor_reference(self, wf: Workflow) -> float:
         """The median of the positive monitor values of the frames used (every frame of the scan

@@ -157,12 +157,14 @@ class FlatColumn:
         del mm
 
     def take(self, index: np.ndarray) -> np.ndarray:
-        """``column[index]`` (any shape of int indices below :attr:`size`)."""
+        """``column[index]`` (any shape of int indices; NaN at indices outside ``0 .. size - 1``)."""
         index = np.asarray(index, np.int64)
-        if not self.size or not index.size:
-            return np.zeros(index.shape)
+        out = np.full(index.shape, np.nan)
+        inside = (index >= 0) & (index < self.size)
+        if not inside.any():
+            return out
         mm = np.memmap(self.path, np.float64, "r", shape=(self.size,))
-        out = np.array(mm[index])
+        out[inside] = mm[index[inside]]
         del mm
         return out
 
@@ -217,8 +219,10 @@ class SlabFrames:
         self.placed += len(iz)
 
     def finish(self) -> None:
-        """Per slice: the winning row of each point (grid order) and the points recorded twice."""
+        """Per slice: the winning row of each point (grid order) and the points recorded twice;
+        :attr:`max_index` becomes the largest acquisition index placed."""
         nw, nx = self.shape[1:]
+        self.max_index = -1
         for z in range(self.shape[0]):
             src = self._file(z, "rows")
             rows = np.fromfile(src, self.dtype) if src.exists() else np.empty(0, self.dtype)
@@ -226,7 +230,10 @@ class SlabFrames:
             seen = np.bincount(flat, minlength=nw * nx)
             last = np.full(nw * nx, -1, np.int64)
             last[flat] = np.arange(len(rows))  # fancy assignment: the last row of a repeated point wins
-            rows[last[last >= 0]].tofile(self._file(z, "win"))
+            win = rows[last[last >= 0]]
+            win.tofile(self._file(z, "win"))
+            if win.size:
+                self.max_index = max(self.max_index, int(win["index"].max()))
             np.flatnonzero(seen > 1).astype(np.int64).tofile(self._file(z, "dup"))
             src.unlink(missing_ok=True)
         self._finished = True
