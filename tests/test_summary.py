@@ -200,3 +200,21 @@ def test_without_the_pdf_stage_the_picture_stops_after_the_maps(run_store, tmp_p
     fig = summary_figure(path)
     assert len(image_axes(fig)) == 6
     assert not [ax for ax in fig.axes if "G" in ax.get_title() or "G" in ax.get_ylabel()]
+
+
+def test_large_maps_are_drawn_as_block_means_and_flags_never_vanish():
+    """A 2,500 x 1,200 slice is drawn at most 1,000 pixels a side: block means (NaN ignored), and a
+    single flagged frame (0 in a map of 1) still shows as a flagged block."""
+    from xrdct_dask.summary import MAX_DISPLAY, shrink
+
+    img = np.arange(2500 * 1200, dtype=np.float64).reshape(2500, 1200)
+    img[0, 0] = np.nan
+    small = shrink(img)
+    assert max(small.shape) <= MAX_DISPLAY and small.shape == (834, 600)
+    np.testing.assert_allclose(small[1, 1], img[3:6, 2:4].mean())
+    assert small[0, 0] == pytest.approx(np.nanmean(img[:3, :2]))
+    flags = np.ones((2500, 1200))
+    flags[1234, 567] = 0
+    shown = shrink(flags, "min")
+    assert shown.min() == 0 and (shown == 0).sum() == 1
+    np.testing.assert_array_equal(shrink(img[:10, :10]), img[:10, :10])  # small maps as they are

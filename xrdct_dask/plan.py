@@ -2,7 +2,9 @@
 building a graph.
 
 Everything here is arithmetic on the workflow (plus one ``stat`` of the first frame, or the PONI's
-detector shape, for the bytes per frame), so a 1000 x 1571 x 1000 scan plans in milliseconds.
+detector shape, for the bytes per frame; an HDF5 source opened for its files; the q bins of a
+cached integration plan for the pdf-then-recon aux channels), so a 1000 x 1571 x 1000 scan plans
+in a second.  tests/test_plan.py holds every count to what ``build_graph`` and the store make.
 Nothing is a second copy of the run's rules: the tasks per slice come from the stage table
 (:func:`xrdct_dask.stages.tasks_per_slice`), the blocks from the layout a new store would get
 (:func:`xrdct_dask.prepare.layout_for`), the chunks from the store's own array table
@@ -10,15 +12,20 @@ Nothing is a second copy of the run's rules: the tasks per slice come from the s
 (the formulas the layout is chosen by, checked against traced tasks in tests/test_budget.py).
 Bytes read and written are uncompressed upper bounds:
 
-    integrate  read F frame_bytes, written F (8 nq + 10)     (F = nz nomega nx frames)
+    integrate  read F frame_bytes                                 (F = nz nomega nx frames)
     center     read nz nomega nx 5
-    recon      read nz nomega nx (4 nq + 1), written nz nx^2 nq 4
+    recon      read nz nomega nx (4 nq + 1)
     pdf-scale  read nz nx^2 nq 4                                         (its shares, block by block)
-    pdf        read nz nx^2 nq 4, written nz nx^2 (nr + 5) 4        (recon-then-pdf)
-    pdf-frames read F nq 4, written F (nr + aux) 4; pdf-aux / pdf read those back   (pdf-then-recon)
+    pdf        read nz nx^2 nq 4                                         (recon-then-pdf)
+    pdf-frames read F nq 4; pdf-aux / pdf read what it wrote back        (pdf-then-recon)
+    written    the bytes of the store's arrays each stage writes (ArraySpec.writers), done-markers included
     waves      slices go in waves of S = max(1, floor(max_tasks / 2 / T)) slices (T tasks per slice),
                ceil(nz / S) waves, at most two in flight: <= max_tasks tasks held
     hours      GPU-hours F / (frames/s per GPU) / 3600; CPU core-hours likewise
+    file system  F frame_bytes read from the input files (one per frame for CBF; an HDF5 source's
+               files scaled to the scan); at G frames/s per GPU on N GPUs the run reads
+               N G frame_bytes per second; with --fs-gbps B the file system delivers at most
+               B 1e9 / frame_bytes frames/s, and the run goes at the smaller of the two
 
 Throughputs come from options, else from a results file (``xrdct plan --results RESULTS.md``),
 else from the figures shipped with the package (``xrdct_dask/data/throughputs.json``, a copy of
@@ -102,6 +109,16 @@ class RunPlan:
     gpu_figure: str = ""  # what gpu_frames_per_s is: "given", "whole_workflow_frames_per_s" or "gpu_frames_per_s"
     gpu_hours: float | None = None
     cpu_core_hours: float | None = None
+    input_files: int = 0  # files the frames are read from
+    input_files_source: str = ""
+    read_bytes: int = 0  # bytes of frames read from the file system
+    gpus: int = 1
+    read_gbps_needed: float | None = None  # GB/s the GPUs read at gpu_frames_per_s each
+    fs_gbps: float | None = None  # GB/s the file system reads (given)
+    fs_frames_per_s: float | None = None  # frames/s the file system delivers
+    frames_per_s: float | None = None  # the run's rate: the GPUs' or the file system's, the smaller
+    bound_by: str = ""  # "GPUs" or "file system"
+    wall_hours: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -154,6 +171,46 @@ def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int
     return int(npix * BYTES_PER_PIXEL_ESTIMATE + CBF_OVERHEAD_BYTES), f"estimated from {source}", tuple(shape)
 
 
+def _input_files(wf: Workflow, frames: int) -> tuple[int, str]:
+    """Files the frames of ``frames`` are read from, and how that was counted."""
+    if not wf.frames_hdf5:
+        return frames, "one CBF file per frame"
+    try:
+        src = wf.frame_source()
+        import numpy as np
+
+        seg = src.map.segment[src.map.segment >= 0]
+        per_file = int(np.bincount(seg).max()) if seg.size else max(1, src.nframes)  # the fullest data file
+        master = 1 if len(src.files()) > len(set(src.map.segments)) or src.file not in {
+            x.file for x in src.map.segments} else 0
+        return master + -(-frames // per_file), (f"HDF5: {per_file:,} frames per data file as in {src.spec}"
+                                                 + (", + the master" if master else ""))
+    except (OSError, ValueError, KeyError):
+        return 1, "one HDF5 file (the source cannot be opened to count its data files)"
+
+
+def _aux_channels(wf: Workflow) -> tuple[int, bool]:
+    """Channels of ``pdf/aux_sinogram`` (pdf-then-recon) and whether that is exact: the PDF
+    operator's (N, G at the low-r points, F at the top-Q points) on the radial axis of the
+    integration plan when the plan cache holds it (as after any run or ``xrdct run`` of the same
+    geometry), else the most the transform makes (``1 + budget.PDF_EXTRA_COLUMNS``)."""
+    from . import budget, stages
+
+    try:
+        from .integrate.cache import cached_radial
+        from .pdf import operator_for, radial_to_q_A
+
+        ai, shape, options = stages._plan_inputs(wf)
+        radial = cached_radial(ai, shape, wf.integrate.npt_rad, wf.integrate.unit, directory=wf.compute.cache_dir,
+                               **options)
+        if radial is not None:
+            op = operator_for(radial_to_q_A(radial, wf.integrate.unit, (ai.wavelength or 0) * 1e10), wf.pdf)
+            return len(stages.pdf_aux_channels(op)), True
+    except Exception:  # noqa: BLE001 - no readable PONI, images or PDF parameters: the bound
+        pass
+    return 1 + budget.PDF_EXTRA_COLUMNS, False
+
+
 def _nr(wf: Workflow) -> int:
     if not wf.pdf.enabled:
         return 0
@@ -164,8 +221,9 @@ def _nr(wf: Workflow) -> int:
 
 def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shape: tuple[int, int] | None = None,
                   gpu_frames_per_s: float | None = None, cpu_frames_per_s_per_core: float | None = None,
-                  results: str | Path | None = None) -> RunPlan:
-    """The figures of a run of ``wf`` (see the module docstring)."""
+                  results: str | Path | None = None, gpus: int = 1, fs_gbps: float | None = None) -> RunPlan:
+    """The figures of a run of ``wf`` (see the module docstring) on ``gpus`` GPUs reading from a
+    file system of ``fs_gbps`` GB/s (None: not known)."""
     from . import budget, stages, store
     from .prepare import layout_for, pdf_blocks
 
@@ -180,7 +238,8 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     per_slice = stages.tasks_per_slice(wf, nq=nq, nr=nr, layout=lay)
     t_slice = sum(per_slice.values())
     wc, qc, yc, rc = lay.omega_chunk, lay.q_chunk, lay.y_chunk, lay.r_chunk
-    aux = 1 + budget.PDF_EXTRA_COLUMNS
+    aux, aux_exact = _aux_channels(wf) if nr and wf.pdf.order == "pdf-then-recon" else (1 + budget.PDF_EXTRA_COLUMNS,
+                                                                                       True)
     held = {"integrate": budget.integrate_bytes(wc * nx, nq, fb),
             "center": budget.center_bytes(nw, nx),
             "recon": budget.recon_bytes(nw, nx, qc, lay.q_sub),
@@ -189,21 +248,25 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
             "pdf-aux": budget.recon_bytes(nw, nx, aux, lay.q_sub),
             "pdf": (budget.pdf_bytes(yc, nx, nq, nr) if wf.pdf.order == "recon-then-pdf"
                     else budget.recon_bytes(nw, nx, rc, lay.q_sub) + 4 * nx * nx * rc)}  # + the rescaled copy
-    io = {"integrate": (F * fb, F * (8 * nq + 10)), "center": (F * 5, nz * 8),
-          "recon": (F * (4 * nq + 1), nz * nx * nx * nq * 4), "pdf-scale": (nz * nx * nx * nq * 4, 0),
-          "pdf-frames": (F * nq * 4, F * (nr + aux) * 4), "pdf-aux": (F * aux * 4, nz * nx * nx * 5 * 4)}
-    io["pdf"] = ((nz * nx * nx * nq * 4, nz * nx * nx * (nr + 5) * 4) if wf.pdf.order == "recon-then-pdf"
-                 else (F * nr * 4, nz * nx * nx * nr * 4))
-    plans = {"prepare": StagePlan(0, 0, F * (8 + 4 + (1 if wf.inputs.scan_file else 0)), 0)}
+    read = {"integrate": F * fb, "center": F * 5, "recon": F * (4 * nq + 1), "pdf-scale": nz * nx * nx * nq * 4,
+            "pdf-frames": F * nq * 4, "pdf-aux": F * aux * 4,
+            "pdf": nz * nx * nx * nq * 4 if wf.pdf.order == "recon-then-pdf" else F * nr * 4}
+    specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, pdf_blocks=pdf_blocks(wf, lay, [0] * nr)
+                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux)
+    # scan_flag is written only where the scan places the frames (a scan file)
+    written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not wf.inputs.scan_file)]
+
+    def written(stage: str) -> int:
+        return sum(sp.nbytes for sp in written_specs if stage in sp.writers)
+
+    plans = {"prepare": StagePlan(0, 0, written("prepare"), 0)}
     for name, n in per_slice.items():
-        plans[name] = StagePlan(nz * n, *io[name], held[name])
+        plans[name] = StagePlan(nz * n, read[name], written(name), held[name])
     tasks = sum(p.tasks for p in plans.values())
     spw = max(1, (wf.compute.max_tasks // 2) // t_slice)
     nwaves = len(waves([t_slice] * nz, wf.compute.max_tasks))
-    specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, pdf_blocks=pdf_blocks(wf, lay, [0] * nr)
-                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux)
-    # chunk files a finished run holds (scan_flag is written only from a scan file)
-    chunks = {sp.path: 0 if sp.path.endswith("scan_flag") and not wf.inputs.scan_file else sp.nchunks for sp in specs}
+    # chunk files a finished run holds
+    chunks = {sp.path: sp.nchunks if sp in written_specs else 0 for sp in specs}
     # metadata: a zarr.json for the root, each group, each array, and each coordinate (+ its one chunk)
     groups = {sp.path.split("/")[0] for sp in specs}
     coords = {(sp.path.split("/")[0], d) for sp in specs for d in sp.dims if d in store.COORDS}
@@ -226,13 +289,22 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     notes = []
     if fb_source.startswith("estimated"):
         notes.append(f"frame bytes {fb_source}: {BYTES_PER_PIXEL_ESTIMATE:g} byte/pixel + {CBF_OVERHEAD_BYTES} B header")
+    if not aux_exact:
+        notes.append(f"pdf/aux_sinogram counted with its most channels ({aux}): the integration plan is not "
+                     f"cached yet (its q bins give the exact number)")
     if t_slice > wf.compute.max_tasks // 2:
         notes.append(f"one slice has {t_slice} tasks, more than compute.max_tasks/2: raise store.omega_chunk")
     over = [k for k, v in held.items() if k in per_slice and v > lay.budget]
     if over:
         notes.append(f"{', '.join(over)} tasks hold more than compute.task_memory ({_b(lay.budget)}): give the "
                      f"workers more memory or set compute.task_memory")
+    nfiles, files_source = _input_files(wf, F)
+    fs = _file_system(F, fb, gpu, gpus, fs_gbps)
+    if fs.get("bound_by") == "file system":
+        notes.append(f"the file system ({fs_gbps:g} GB/s) feeds {fs['fs_frames_per_s'] / gpu:.2g} GPUs at "
+                     f"{gpu:,.0f} frames/s: more GPUs wait on reads")
     return RunPlan(
+        input_files=nfiles, input_files_source=files_source, read_bytes=F * fb, gpus=gpus, fs_gbps=fs_gbps, **fs,
         scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
         nr=nr, stages=plans, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
         max_tasks_held=min(tasks, 2 * spw * t_slice) if nwaves > 1 else tasks, chunks=chunks,
@@ -240,6 +312,22 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         gpu_frames_per_s=gpu,
         cpu_frames_per_s_per_core=cpu, throughput_source=source, gpu_figure=gpu_figure if gpu else "",
         gpu_hours=F / gpu / 3600 if gpu else None, cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
+
+
+def _file_system(frames: int, frame_bytes: int, gpu_fps: float | None, gpus: int, fs_gbps: float | None) -> dict:
+    """The read bandwidth the GPUs need and the rate the file system allows (see the module doc)."""
+    out: dict = {}
+    if gpu_fps:
+        out["read_gbps_needed"] = gpus * gpu_fps * frame_bytes / 1e9
+    if fs_gbps:
+        out["fs_frames_per_s"] = fs_gbps * 1e9 / frame_bytes
+    rates = {k: v for k, v in (("GPUs", gpus * gpu_fps if gpu_fps else None),
+                               ("file system", out.get("fs_frames_per_s"))) if v}
+    if rates:
+        out["bound_by"] = min(rates, key=rates.get)
+        out["frames_per_s"] = rates[out["bound_by"]]
+        out["wall_hours"] = frames / out["frames_per_s"] / 3600
+    return out
 
 
 def build_waves(wf: Workflow) -> dict:
@@ -315,6 +403,17 @@ def format_plan(p: RunPlan) -> str:
     if p.cpu_core_hours is not None:
         lines.append(f"decode + integrate: {_h(p.cpu_core_hours)} CPU core-hours at "
                      f"{p.cpu_frames_per_s_per_core:,.1f} frames/s per core")
+    lines.append(f"file system: {_b(p.read_bytes)} of frames in {p.input_files:,} files ({p.input_files_source})")
+    if p.read_gbps_needed is not None:
+        lines.append(f"  {p.gpus} GPU{'s' if p.gpus > 1 else ''} at {p.gpu_frames_per_s:,.0f} frames/s each read "
+                     f"{p.read_gbps_needed:,.1f} GB/s")
+    if p.fs_gbps is not None:
+        lines.append(f"  the file system reads {p.fs_gbps:g} GB/s (--fs-gbps): at most {p.fs_frames_per_s:,.0f} frames/s")
+    elif p.read_gbps_needed is not None:
+        lines.append("  give --fs-gbps (what the file system reads, GB/s) to bound the run by it")
+    if p.wall_hours is not None:
+        lines.append(f"  the run goes at {p.frames_per_s:,.0f} frames/s (bound by the {p.bound_by}): "
+                     f"{_h(p.wall_hours)} hours of wall time")
     if p.gpu_hours is None and p.cpu_core_hours is None:
         lines.append("hours: no throughput given (--gpu-frames-per-s, --cpu-frames-per-s-per-core, or "
                      "a line gpu_frames_per_s = N in the --results file)")

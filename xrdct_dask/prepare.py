@@ -23,6 +23,7 @@ from .backend import resolve_engine
 from .budget import Layout, choose_layout, task_memory
 from .config import Workflow, WorkflowError, changed_keys
 from .io.cbf import CorruptFrameError, read_cbf_payload
+from .io.status import FrameStatus
 
 log = logging.getLogger(__name__)
 
@@ -199,134 +200,269 @@ def check_same_inputs(wf: Workflow, path: Path, attrs: dict) -> None:
                                     f"was created: the frames changed; {hint}")
 
 
-def _monitor(wf: Workflow, nframes: int) -> np.ndarray:
-    from .io.scan import read_monitor
-
-    try:
-        return read_monitor(wf.inputs.monitor, nframes)
-    except ValueError as err:
-        raise WorkflowError(f"inputs.monitor: {err}") from None
-
-
 @dataclass
 class ScanLayout:
-    """Where the frames sit and what the axes are: ``grid`` (nz, nomega, nx) acquisition indices
-    (-1 none; None = the scan arithmetic of ``scan.order``), ``duplicate`` points recorded twice,
-    the axes' values (``omega_deg``, ``x_mm``, ``z_mm``), a measured ``monitor`` per frame (or
-    None), and ``positions`` (what was measured, from where: recorded in the store)."""
+    """Where the frames sit and what the axes are, kept per slice on disk (nothing of the size of
+    the scan in memory): ``grid`` the frames placed per slice
+    (:class:`~xrdct_dask.io.scantable.SlabFrames`: acquisition index, duplicates; None = the scan
+    arithmetic of ``scan.order``), the axes' values (``omega_deg``, ``x_mm``, ``z_mm``), a
+    measured ``monitor`` by acquisition index (:class:`~xrdct_dask.io.scantable.FlatColumn`, or
+    None), ``positions`` (what was measured, from where: recorded in the store) and
+    ``monitor_source`` (the workflow key it came from).  :meth:`close` removes the scratch folder."""
 
-    grid: np.ndarray | None
-    duplicate: np.ndarray | None
+    grid: object | None
     omega_deg: np.ndarray
     x_mm: np.ndarray
     z_mm: np.ndarray
-    monitor: np.ndarray | None
+    monitor: object | None
     positions: dict
+    monitor_source: str = "inputs.monitor"
+    scratch: object | None = None
+
+    def index(self, wf: Workflow, z: int) -> np.ndarray:
+        """int64 ``(nomega, nx)``: acquisition index of the frame at each point of slice ``z`` (-1 none)."""
+        s = wf.scan
+        if self.grid is not None:
+            return self.grid.index(z)
+        from .io.scan import grid_index
+
+        iw, ix = np.indices((s.nomega, s.nx))
+        return grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+
+    def monitor_of(self, idx: np.ndarray) -> np.ndarray:
+        """float64 monitor at acquisition indices ``idx`` (NaN where -1; ones without a monitor)."""
+        if self.monitor is None:
+            return np.ones(idx.shape)
+        return self.monitor.take(idx)
+
+    def monitor_reference(self, wf: Workflow) -> float:
+        """The median of the positive monitor values of the frames used (every frame of the scan
+        arithmetic, or those placed on the grid), exact, streamed slice by slice; 1 without one."""
+        from .io.scantable import grouped_median
+
+        if self.monitor is None:
+            return 1.0
+
+        def stream():
+            if self.grid is None:
+                for v in self.monitor.blocks(wf.scan.nframes):
+                    v = v[v > 0]
+                    yield np.zeros(v.size, np.int64), v
+                return
+            for z in range(wf.scan.nz):
+                idx = self.grid.index(z)
+                v = self.monitor.take(idx[idx >= 0])
+                v = v[v > 0]
+                yield np.zeros(v.size, np.int64), v
+
+        ref = float(grouped_median(stream, 1)[0])
+        return ref if np.isfinite(ref) else 1.0
+
+    def close(self) -> None:
+        from .io.scantable import remove_scratch
+
+        remove_scratch(self.scratch)
+        self.scratch = None
 
 
-def _measured(wf: Workflow):
-    """The scan's own per-frame positions (:class:`~xrdct_dask.io.positioners.ScanPositions`) and
-    grid columns: from the scan file (``omega_deg``, ``x_mm``, ``z_mm``, ``monitor``, ``iz,iomega,ix``
-    columns), else from an HDF5 source's scan (``inputs.positioners``)."""
-    from .io.positioners import ScanPositions, read_csv_positions, read_hdf5_positions
-    from .io.scan import read_scan_table
+def _scan_source(wf: Workflow):
+    """The scan's own per-frame table: ``(blocks, columns, sources, has_grid)`` where ``blocks()``
+    streams it (:func:`~xrdct_dask.io.scantable.scan_table_blocks`: ``index``, grid columns,
+    ``omega_deg``, ``x_mm``, ``z_mm``, ``monitor``), from the scan file, else from an HDF5
+    source's scan (``inputs.positioners``, read a block of frames at a time:
+    :func:`~xrdct_dask.io.positioners.hdf5_column_blocks`); None when the scan gives nothing per frame."""
+    from .io.positioners import hdf5_column, hdf5_column_blocks
+    from .io.scantable import scan_header, scan_table_blocks
 
     if wf.inputs.scan_file is not None:
+        path = wf.inputs.scan_file
         try:
-            table = read_scan_table(wf.inputs.scan_file)
-            return read_csv_positions(wf.inputs.scan_file), "iz" in table
+            names = scan_header(path)
         except ValueError as err:
             raise WorkflowError(f"inputs.scan_file: {err}") from None
+        cols = [c for c in ("omega_deg", "x_mm", "z_mm", "monitor") if c in names]
+        return (lambda: scan_table_blocks(path)), set(names), {c: f"{path}:{c}" for c in cols}, "iz" in names
     if wf.frames_hdf5 and wf.scan.positions != "nominal":
         from .io.spec import split_spec
 
         n = wf.frame_source().nframes
         names = wf.inputs.positioners
         file = split_spec(wf.inputs.frames)[0]
-        out = ScanPositions()
+        columns = {}
         for attr, name in (("omega_deg", names.omega), ("x_mm", names.x), ("z_mm", names.z),
                            ("monitor", names.monitor)):
             if name is None:
                 continue
-            kw = {"omega": None, "x": None, "z": None, "monitor": None, attr.split("_")[0]: name}
             try:  # each name on its own: a scan without a z motor still gives omega and x
-                got = read_hdf5_positions(file, **kw, nframes=n)
+                columns[attr] = hdf5_column(file, name, attr, n)
             except (ValueError, KeyError, OSError) as err:
                 if attr == "monitor":
                     raise WorkflowError(f"inputs.positioners.monitor: {err}") from None
                 continue
-            setattr(out, attr, getattr(got, attr))
-            out.source[attr] = got.source[attr]
-        return out, False
-    return ScanPositions(), False
+        from .io import scantable
+
+        return ((lambda: hdf5_column_blocks(columns, n, scantable.BLOCK_ROWS)), {"index", *columns},
+                {k: c.where for k, c in columns.items()}, False)
+    return None
+
+
+AXIS_OF = {"z_mm": 0, "omega_deg": 1, "x_mm": 2}
 
 
 def scan_layout(wf: Workflow) -> ScanLayout:
-    """The frames' places and the axes of a scan (see :class:`ScanLayout`).
+    """The frames' places and the axes of a scan (see :class:`ScanLayout`), read in bounded memory.
 
-    A scan file's ``iz, iomega, ix`` columns place the frames; else measured omega and x (and z)
-    place them on the grid of their own values (:func:`~xrdct_dask.io.positioners.place_on_grid`:
-    the readings grouped into ``nomega`` / ``nx`` / ``nz`` values, each frame at the nearest, frames
-    that fit none left out and counted); else the scan arithmetic.  The axes are the measured
-    values (the median reading of each grid line) where the scan gives them and ``scan.positions``
-    allows, else the nominal grid, and the store records which (``positions`` attr)."""
-    from .io.positioners import grid_from_positions, place_on_grid
-    from .io.scan import read_scan_file
+    The scan's table is streamed once (:mod:`xrdct_dask.io.scantable`) into a scratch folder
+    beside the store, slice by slice.  A scan file's ``iz, iomega, ix`` columns place the frames;
+    else measured omega and x (and z) place them on the grid of their own values (the readings
+    of each axis grouped into ``nomega`` / ``nx`` / ``nz`` values, the groups told apart on a
+    random sample of at most :data:`~xrdct_dask.io.scantable.SAMPLE_MAX` readings, each group's
+    median exact; each frame at the nearest, frames that fit none left out and counted); else
+    the scan arithmetic.  The axes are the measured values (the exact median reading of each grid
+    line) where the scan gives them and ``scan.positions`` allows, else the nominal grid, and the
+    store records which (``positions`` attr)."""
+    from .io.scantable import FlatColumn, monitor_blocks, scratch_folder
 
     s = wf.scan
     nominal = {"omega_deg": np.arange(s.nomega) * (s.omega_range_deg / s.nomega),
                "x_mm": np.arange(s.nx) * s.x_step_mm, "z_mm": np.arange(s.nz) * s.z_step_mm}
-    pos, has_grid = _measured(wf)
-    measured = {k: getattr(pos, k) for k in ("omega_deg", "x_mm", "z_mm") if getattr(pos, k) is not None}
+    src = _scan_source(wf)
+    blocks, columns, sources, has_grid = src if src is not None else (None, set(), {}, False)
+    measured = [k for k in ("omega_deg", "x_mm", "z_mm") if k in columns]
     if s.positions == "nominal":
-        measured = {}
+        measured = []
     elif s.positions == "measured" and not {"omega_deg", "x_mm"} <= set(measured):
         raise WorkflowError("scan.positions: measured, but the scan gives no omega and x per frame (scan file "
                             "columns omega_deg, x_mm, or the HDF5 scan's inputs.positioners)")
-    grid = dup = None
-    placed = "scan file columns iz, iomega, ix" if has_grid else "scan arithmetic (scan.order, scan.fast_axis)"
-    if has_grid:
-        grid, dup = read_scan_file(wf.inputs.scan_file, s.nz, s.nomega, s.nx)
-    elif {"omega_deg", "x_mm"} <= set(measured):
-        z = measured.get("z_mm", np.zeros(measured["omega_deg"].size))
-        period = 360.0
-        try:
-            axes = {"omega_deg": grid_from_positions(measured["omega_deg"], s.nomega),
-                    "x_mm": grid_from_positions(measured["x_mm"], s.nx),
-                    "z_mm": grid_from_positions(z, s.nz) if "z_mm" in measured else nominal["z_mm"][:1] * 0}
-        except ValueError as err:
-            raise WorkflowError(f"scan: the measured positions do not make a {s.nz} x {s.nomega} x {s.nx} grid "
-                                f"({err})") from None
-        if "z_mm" not in measured and s.nz > 1:
+    place = not has_grid and {"omega_deg", "x_mm"} <= set(measured)
+    lay = ScanLayout(grid=None, monitor=None, positions={}, scratch=scratch_folder(wf.store.path), **nominal)
+    folder = Path(lay.scratch.name)
+    try:
+        if wf.inputs.monitor is not None:
+            lay.monitor = FlatColumn(folder / "monitor.f8")
+            try:
+                for v in monitor_blocks(wf.inputs.monitor):
+                    lay.monitor.append(v)
+            except ValueError as err:
+                raise WorkflowError(f"inputs.monitor: {err}") from None
+        elif "monitor" in columns:
+            lay.monitor, lay.monitor_source = FlatColumn(folder / "monitor.f8"), "the scan's monitor"
+        mon_rows = "monitor" in columns and wf.inputs.monitor is None
+        placed = "scan arithmetic (scan.order, scan.fast_axis)"
+        axes: dict[str, np.ndarray] = {}
+        if has_grid:
+            lay.grid = _grid_from_columns(wf, blocks, measured, lay.monitor if mon_rows else None, folder)
+            placed = "scan file columns iz, iomega, ix"
+            for k in measured:
+                axes[k] = _line_medians(lay.grid, k, AXIS_OF[k])
+        elif place:
+            lay.grid, axes, off = _grid_from_positions(wf, blocks, measured, lay.monitor if mon_rows else None,
+                                                       folder)
+            placed = f"measured positions ({off} frames fit no grid point and are left out)"
+        elif mon_rows:
+            for b in blocks():
+                lay.monitor.scatter(b["index"], b["monitor"])
+        if lay.monitor is not None and lay.monitor_source == "inputs.monitor":
+            need = s.nframes if lay.grid is None else lay.grid.max_index + 1
+            if lay.monitor.size < need:
+                raise WorkflowError(f"inputs.monitor: {wf.inputs.monitor}: {lay.monitor.size} monitor values for a "
+                                    f"scan of {need} frames")
+        for k, v in axes.items():
+            setattr(lay, k, v)
+        lay.positions = {"frames placed by": placed,
+                         **{k: (sources.get(k, "measured") if k in axes else "nominal") for k in nominal}}
+    except BaseException:
+        lay.close()
+        raise
+    return lay
+
+
+def _grid_from_columns(wf: Workflow, blocks, fields: list[str], monitor, folder: Path):
+    """The frames placed by a scan file's ``iz, iomega, ix`` columns, per slice
+    (:class:`~xrdct_dask.io.scantable.SlabFrames`, with the ``fields`` read), the monitor column
+    scattered into ``monitor`` on the way."""
+    from .io.scantable import SlabFrames
+
+    s = wf.scan
+    grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx, fields)
+    bad = 0
+    for b in blocks():
+        iz, iw, ix = b["iz"], b["iomega"], b["ix"]
+        inside = (iz >= 0) & (iz < s.nz) & (iw >= 0) & (iw < s.nomega) & (ix >= 0) & (ix < s.nx)
+        bad += int((~inside).sum())
+        if bad:
+            continue
+        if monitor is not None:
+            monitor.scatter(b["index"], b["monitor"])
+        grid.add(iz, iw, ix, b["index"], {f: b[f] for f in fields})
+    if bad:
+        raise WorkflowError(f"inputs.scan_file: {wf.inputs.scan_file}: {bad} rows lie outside the scan grid "
+                            f"{s.nz} x {s.nomega} x {s.nx}")
+    grid.finish()
+    return grid
+
+
+def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, folder: Path):
+    """Frames placed by their measured positions: one pass keeps the readings (flat files) and a
+    random sample per axis; the sample tells the groups of each axis apart, every reading is
+    grouped by those cuts and each group's median is exact (:func:`grouped_median`); a second
+    pass places each frame at its nearest grid point (:func:`~xrdct_dask.io.positioners.nearest_points`).
+    Returns ``(SlabFrames, axes, frames off grid)``."""
+    from .io.positioners import nearest_points
+    from .io.scantable import FlatColumn, Sample, SlabFrames, grouped_median, sample_grid_cuts
+
+    s = wf.scan
+    flat = {k: FlatColumn(folder / f"{k}.f8") for k in ("index", *measured)}
+    samples = {k: Sample() for k in measured}
+    for b in blocks():
+        flat["index"].append(b["index"])
+        for k in measured:
+            flat[k].append(b[k])
+            samples[k].add(b[k])
+        if monitor is not None:
+            monitor.scatter(b["index"], b["monitor"])
+    sizes = {"omega_deg": s.nomega, "x_mm": s.nx, "z_mm": s.nz}
+    axes = {}
+    try:
+        for k in measured:
+            cuts = sample_grid_cuts(samples[k].values(), sizes[k])
+
+            def stream(k=k, cuts=cuts):
+                for v in flat[k].blocks():
+                    yield np.searchsorted(cuts, v, side="right"), v
+
+            axes[k] = grouped_median(stream, sizes[k])
+    except ValueError as err:
+        raise WorkflowError(f"scan: the measured positions do not make a {s.nz} x {s.nomega} x {s.nx} grid "
+                            f"({err})") from None
+    if "z_mm" not in measured:
+        if s.nz > 1:
             raise WorkflowError("scan: omega and x are measured but not z, and the scan has several slices: name "
                                 "inputs.positioners.z or give the scan file a z_mm column")
-        p = place_on_grid(measured["omega_deg"], measured["x_mm"], z, axes["omega_deg"], axes["x_mm"], axes["z_mm"],
-                          omega_period_deg=period)
-        grid, dup = p.grid, p.duplicate
-        placed = f"measured positions ({int(p.off_grid.sum())} frames fit no grid point and are left out)"
-        measured = axes
-    axes = {}
-    for k in ("omega_deg", "x_mm", "z_mm"):
-        if k in measured and grid is not None and has_grid:  # the median reading of each grid line
-            axes[k] = _line_medians(measured[k], grid, {"omega_deg": 1, "x_mm": 2, "z_mm": 0}[k])
-        elif k in measured and not has_grid:
-            axes[k] = np.asarray(measured[k], np.float64)
-        else:
-            axes[k] = nominal[k]
-    positions = {"frames placed by": placed,
-                 **{k: (pos.source.get(k, "measured") if k in measured else "nominal") for k in axes}}
-    return ScanLayout(grid=grid, duplicate=dup, monitor=pos.monitor, positions=positions, **axes)
+        axes["z_mm"] = np.zeros(1)
+    grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx)
+    off = total = 0
+    readers = {k: flat[k].blocks() for k in flat}
+    for idx in readers["index"]:
+        v = {k: next(readers[k]) for k in measured}
+        z = v.get("z_mm", np.zeros(idx.size))
+        iz, iw, ix, out, _ = nearest_points(v["omega_deg"], v["x_mm"], z, axes["omega_deg"], axes["x_mm"],
+                                            axes["z_mm"], omega_period_deg=360.0)
+        on = ~out
+        off, total = off + int(out.sum()), total + idx.size
+        grid.add(iz[on], iw[on], ix[on], idx[on].astype(np.int64), {})
+    grid.finish()
+    if off:
+        log.warning("%d of %d frames fit no grid point (flagged off grid)", off, total)
+    return grid, axes, off
 
 
-def _line_medians(values: np.ndarray, grid: np.ndarray, axis: int) -> np.ndarray:
-    """The median of the per-frame ``values`` over each line of ``grid`` along ``axis`` (the
-    frames with that index): a measured coordinate for each grid index."""
-    n = grid.shape[axis]
-    out = np.empty(n)
-    for i in range(n):
-        idx = np.take(grid, i, axis=axis)
-        idx = idx[(idx >= 0) & (idx < values.size)]
-        out[i] = np.median(values[idx]) if idx.size else np.nan
+def _line_medians(grid, field: str, axis: int) -> np.ndarray:
+    """The exact median of the per-frame ``field`` over each line of ``grid`` along ``axis`` (the
+    frames placed there), streamed slice by slice: a measured coordinate for each grid index."""
+    from .io.scantable import grouped_median
+
+    out = grouped_median(grid.stream(field, axis), grid.shape[axis])
     if np.isnan(out).any():
         raise WorkflowError(f"scan: no frame measured at {int(np.isnan(out).sum())} grid lines: their positions are "
                             "unknown (scan.positions: nominal uses the grid)")
@@ -337,10 +473,8 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
     """Create the store template beside ``store.path``, fill the monitor and frame indices, and
     rename it into place (:func:`store.create_aside`); return the :class:`stages.RunContext`.
     ``extra_attrs`` go to the root with the others (e.g. a reprocessed run's lineage)."""
-    from .io.scan import grid_index
     from .pdf import PDFParameterError, operator_for, radial_to_q_A
 
-    s = wf.scan
     radial = stages.plan_for(wf).radial  # the plan is cached for the workers; no engine is built here
     wavelength_A = (ai.wavelength or 0) * 1e10
     r_A = op = None
@@ -356,34 +490,24 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
         except PDFParameterError as err:
             raise WorkflowError(str(err)) from None
         r_A = op.r_A
-    path = Path(wf.store.path)
     try:
         lay = scan_layout(wf)
+    except WorkflowError:
+        raise
     except ValueError as err:
         raise WorkflowError(f"inputs.scan_file: {err}") from None
-    grid, flags = lay.grid, None
-    if grid is not None:
-        if lay.duplicate.any():
-            log.warning("%d scan points recorded twice; the last record is used", lay.duplicate.sum())
-        flags = _scan_flags(grid, lay.duplicate, s)
-    iw, ix = np.indices((s.nomega, s.nx))
+    try:
+        return _prepare_store(wf, ai, lay, radial, wavelength_A, r_A, op, extra_attrs)
+    finally:
+        lay.close()
 
-    def grid_of(z: int) -> np.ndarray:  # acquisition indices of slice z; the scan arithmetic slab by slab
-        return grid[z] if grid is not None else grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
 
-    mon = None
-    if wf.inputs.monitor is not None or lay.monitor is not None:
-        mon = _monitor(wf, s.nframes if grid is None else int(grid.max()) + 1) if wf.inputs.monitor is not None \
-            else lay.monitor
-        used = mon if grid is None else mon[grid[grid >= 0]]  # every frame, or those the scan file places
-        good = used[np.isfinite(used) & (used > 0)]
-        reference = float(np.median(good)) if good.size else 1.0
-    else:
-        reference = 1.0
-
-    def monitor_of(z: int) -> np.ndarray:
-        g = grid_of(z)
-        return np.ones(g.shape) if mon is None else np.where(g >= 0, mon[np.clip(g, 0, None)], np.nan)
+def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A, op, extra_attrs):
+    s = wf.scan
+    path = Path(wf.store.path)
+    if lay.grid is not None and lay.grid.duplicates():
+        log.warning("%d scan points recorded twice; the last record is used", lay.grid.duplicates())
+    reference = lay.monitor_reference(wf)
     attrs = {
         "workflow": wf.model_dump(mode="json"),
         "workflow_yaml": wf.to_yaml(),
@@ -409,11 +533,18 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
                            **pdf_store_args(wf, op))
         mon_arr = store.open_array(tmp, f"{store.REDUCED}/monitor")
         idx_arr = store.open_array(tmp, f"{store.REDUCED}/frame_index")
-        for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays it did not read
-            mon_arr[z] = monitor_of(z).astype(np.float32)
-            idx_arr[z] = grid_of(z)
-        if flags is not None:
-            store.open_array(tmp, f"{store.REDUCED}/scan_flag")[...] = flags
+        flag_arr = store.open_array(tmp, f"{store.REDUCED}/scan_flag") if lay.grid is not None else None
+        late = 0
+        for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays
+            idx = lay.index(wf, z)
+            mon_arr[z] = lay.monitor_of(idx).astype(np.float32)
+            idx_arr[z] = idx
+            if flag_arr is not None:
+                flags = _scan_flags(z, idx, lay.grid.duplicate(z), s)
+                late += int((flags == FrameStatus.OUT_OF_ORDER).sum())
+                flag_arr[z] = flags
+        if late:
+            log.warning("%d frames arrived out of the scan's order; placed by the scan file", late)
         store.mark_template_complete(tmp)
         store.consolidate(tmp)
 
@@ -457,21 +588,17 @@ def pdf_store_args(wf: Workflow, op) -> dict:
                                     "lowr_slope": "1/angstrom^3", "fq_highq_rms": "1/angstrom"}}}
 
 
-def _scan_flags(grid: np.ndarray, dup: np.ndarray, s) -> np.ndarray:
-    """int8 ``(nz, nomega, nx)``: DUPLICATE where the scan file records a point twice, OUT_OF_ORDER
-    where it places a frame elsewhere than the scan arithmetic (fast axis, snake) would, else 0."""
+def _scan_flags(z: int, idx: np.ndarray, dup: np.ndarray, s) -> np.ndarray:
+    """int8 ``(nomega, nx)`` of slice ``z`` (acquisition indices ``idx``, points recorded twice
+    ``dup``): DUPLICATE where the scan file records a point twice, OUT_OF_ORDER where it places
+    a frame elsewhere than the scan arithmetic (fast axis, snake) would, else 0."""
     from .io.scan import grid_index
-    from .io.status import FrameStatus
 
-    flags = np.zeros(grid.shape, np.int8)
-    iw, ix = np.indices(grid.shape[1:])
-    for z in range(grid.shape[0]):  # slab by slab: no (nz, nomega, nx) temporaries
-        expected = grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
-        flags[z][(grid[z] >= 0) & (grid[z] != expected)] = FrameStatus.OUT_OF_ORDER
+    flags = np.zeros(idx.shape, np.int8)
+    iw, ix = np.indices(idx.shape)
+    expected = grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+    flags[(idx >= 0) & (idx != expected)] = FrameStatus.OUT_OF_ORDER
     flags[dup] = FrameStatus.DUPLICATE
-    n = int((flags == FrameStatus.OUT_OF_ORDER).sum())
-    if n:
-        log.warning("%d frames arrived out of the scan's order; placed by the scan file", n)
     return flags
 
 

@@ -127,6 +127,7 @@ def _coord(group, name: str, values: np.ndarray, attrs: dict) -> None:
 COORDS = ("z", "omega", "x", "y", "q", "r", "channel")
 ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TASKS, *COORDS})
 ASIDE_NEW, ASIDE_OLD = ".xrdct-new-", ".xrdct-old-"
+ASIDE_SCAN = ".xrdct-scan-"  # the scan table converted while a store is prepared (xrdct_dask.io.scantable)
 
 
 class StoreExistsError(FileExistsError):
@@ -242,7 +243,7 @@ def leftovers(path) -> list[Path]:
     path = Path(os.path.abspath(path))
     try:
         return sorted(p for p in path.parent.iterdir()
-                      if p.name.startswith(f".{path.name}{ASIDE_NEW}") or p.name.startswith(f".{path.name}{ASIDE_OLD}"))
+                      if any(p.name.startswith(f".{path.name}{kind}") for kind in (ASIDE_NEW, ASIDE_OLD, ASIDE_SCAN)))
     except OSError:
         return []
 
@@ -259,6 +260,11 @@ class ArraySpec:
     dims: tuple
     fill: object
     compressed: bool = True
+    writers: tuple = ()  # the stages (and "prepare") that write it: what ``xrdct plan`` counts as written
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
     @property
     def nchunks(self) -> int:
@@ -275,31 +281,37 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_
     ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays."""
     wc, qc, yc, rc = layout.omega_chunk, layout.q_chunk, layout.y_chunk, layout.r_chunk
     frame = ("z", "omega", "x")
-    out = [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", (*frame, "q"), np.nan)
-           for n in ("intensity", "sigma")]
-    out += [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx), (1, wc, nx), dt, frame, fill)
-            for n, dt, fill in (("monitor", "float32", np.nan), ("total", "float32", np.nan),
-                                ("frame_index", "int64", -1), ("frame_ok", "bool", False),
-                                ("frame_status", "int8", -1), ("scan_flag", "int8", -1))]
+    integ = ("integrate",)
+    out = [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", (*frame, "q"), np.nan,
+                     writers=integ) for n in ("intensity", "sigma")]
+    out += [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx), (1, wc, nx), dt, frame, fill, writers=w)
+            for n, dt, fill, w in (("monitor", "float32", np.nan, ("prepare", "integrate")),
+                                   ("total", "float32", np.nan, integ), ("frame_index", "int64", -1, ("prepare",)),
+                                   ("frame_ok", "bool", False, integ), ("frame_status", "int8", -1, integ),
+                                   ("scan_flag", "int8", -1, ("prepare",)))]
     out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, nq), (1, yc, nx, qc), "float32", ("z", "y", "x", "q"),
-                         np.nan))
+                         np.nan, writers=("recon",)))
     if nr:
-        out.append(ArraySpec(f"{PDF}/G", (nz, nx, nx, nr), (1, yc, nx, rc), "float32", ("z", "y", "x", "r"), np.nan))
-        out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan)
-                for n in PDF_VOXEL_FIGURES]
-        out.append(ArraySpec(f"{PDF}/ok", (nz, nx, nx), (1, yc, nx), "bool", ("z", "y", "x"), False))
+        # recon-then-pdf: the pdf tasks write G and the voxel figures; pdf-then-recon: pdf-frames the
+        # sinograms, pdf-aux the figures (reconstructed from aux_sinogram), pdf the G blocks
+        figures = ("pdf-aux",) if pdf_sinograms else ("pdf",)
+        out.append(ArraySpec(f"{PDF}/G", (nz, nx, nx, nr), (1, yc, nx, rc), "float32", ("z", "y", "x", "r"), np.nan,
+                             writers=("pdf",)))
+        out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan,
+                          writers=figures) for n in PDF_VOXEL_FIGURES]
+        out.append(ArraySpec(f"{PDF}/ok", (nz, nx, nx), (1, yc, nx), "bool", ("z", "y", "x"), False, writers=figures))
         if pdf_sinograms:
             out.append(ArraySpec(f"{PDF}/G_sinogram", (nz, nomega, nx, nr), (1, wc, nx, rc), "float32",
-                                 (*frame, "r"), np.nan))
+                                 (*frame, "r"), np.nan, writers=("pdf-frames",)))
             out.append(ArraySpec(f"{PDF}/aux_sinogram", (nz, nomega, nx, aux_channels), (1, wc, nx, aux_channels),
-                                 "float32", (*frame, "channel"), np.nan))
+                                 "float32", (*frame, "channel"), np.nan, writers=("pdf-frames",)))
     # done-markers: one element (and one chunk) per task, written after the task's data
     markers = [("integrate", (nz, -(-nomega // wc)), "uint8", ("z", "omega_block"), 0),
                ("center", (nz,), "float64", ("z",), np.nan),
                ("recon", (nz, -(-nq // qc)), "uint8", ("z", "q_block"), 0)]
     if nr:
         markers.append(("pdf", (nz, pdf_blocks), "uint8", ("z", "pdf_block"), 0))
-    out += [ArraySpec(f"{TASKS}/{n}", shape, (1,) * len(shape), dt, dims, fill, compressed=False)
+    out += [ArraySpec(f"{TASKS}/{n}", shape, (1,) * len(shape), dt, dims, fill, compressed=False, writers=(n,))
             for n, shape, dt, dims, fill in markers]
     return out
 

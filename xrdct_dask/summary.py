@@ -11,7 +11,9 @@ slice's mean G(r).
 Orientation as in the notebooks (xarray's ``.plot()``): the first dimension up, the second to the
 right, both in the units of the store's coordinates (``units`` attrs: mm, deg; steps where a
 coordinate has none).  Every map has a colour bar labelled with the variable's unit.  Everything
-is read a block of voxel rows at a time (bounded at any size).
+is read one slice at a time, a block of voxel rows at a time, and a map larger than
+:data:`MAX_DISPLAY` pixels on a side is drawn as block means (the frame flags as block minima: a
+flagged frame is never averaged away), so the picture costs the same at any scan size.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ SOFTWARE = "xrdct-dask summary"  # the PNG's Software text: a picture this progr
 MAX_CANDIDATES = 256  # voxels whose patterns are kept while the slice is read, to choose the distinct ones from
 MIN_STRENGTH = 0.05  # ... among those scattering at least this fraction of the slice's strongest
 N_VOXEL_CURVES = 4
+MAX_DISPLAY = 1000  # pixels per side of a drawn map (a PNG at 90 dpi shows a few hundred)
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -221,7 +224,7 @@ def summary_figure(path: str | Path, z: int | None = None):
     flagged_all = sum(n for k, n in attrs.get("run_summary", {}).get("frame_status", {}).items()
                       if k not in ("OK", "DUPLICATE", "OUT_OF_ORDER", "NOT_WRITTEN"))
     ax = fig.add_subplot(grid[0, 2])
-    _map(ax, ok.astype(float), x, omega, cmap=ListedColormap(["C3", "0.85"]), vmin=0, vmax=1)
+    _map(ax, ok.astype(float), x, omega, cmap=ListedColormap(["C3", "0.85"]), vmin=0, vmax=1, how="min")
     ax.set(title=f"frames of slice {z} ({flagged_all} flagged in the run)", xlabel=xa.label, ylabel=wa.label)
     ax.legend(handles=[Patch(color="0.85", label=f"used ({ok.size - n_flagged})"),
                        Patch(color="C3", label=f"flagged, filled from neighbours ({n_flagged})")],
@@ -247,7 +250,7 @@ def summary_figure(path: str | Path, z: int | None = None):
         ri = int(np.nanargmax(g.mean_abs))
         ax_g = fig.add_subplot(grid[2, 0])
         ax_map = fig.add_subplot(grid[2, 1])
-        plane = _plane(path, f"{store.PDF}/G", z, ri)
+        plane = shrink(_plane(path, f"{store.PDF}/G", z, ri))
         lim = float(np.nanmax(np.abs(plane))) if np.isfinite(plane).any() else 0.0
         lim = lim if lim > 0 else 1.0
         im = _map(ax_map, plane, x, y, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="equal")
@@ -305,9 +308,35 @@ def _extent(values: np.ndarray) -> tuple[float, float]:
     return values[0] - step / 2, values[-1] + step / 2
 
 
-def _map(ax, img, x: np.ndarray, y: np.ndarray, aspect="auto", **kw):
-    """``img (y, x)`` with y up and x to the right, on its coordinates (xarray's ``.plot()``)."""
-    return ax.imshow(img, origin="lower", extent=(*_extent(x), *_extent(y)), aspect=aspect,
+def shrink(img: np.ndarray, how: str = "mean", most: int | None = None) -> np.ndarray:
+    """``img (y, x)`` with at most ``most`` (:data:`MAX_DISPLAY`) pixels a side: blocks of
+    ``ceil(n / most)`` pixels replaced by their mean (NaN ignored; all-NaN blocks stay NaN) or,
+    ``how="min"``, their minimum (the last block may be smaller).  Smaller images are returned as given."""
+    most = most or MAX_DISPLAY
+    img = np.asarray(img, dtype=np.float64)
+    if max(img.shape) <= most:
+        return img
+    good = np.isfinite(img)
+    total, count = np.where(good, img, 0.0), good.astype(np.int64)
+    for axis in (0, 1):
+        n = img.shape[axis]
+        if n <= most:
+            continue
+        starts = np.arange(0, n, -(-n // most))
+        if how == "min":
+            img = np.minimum.reduceat(img, starts, axis=axis)
+        else:
+            total, count = (np.add.reduceat(a, starts, axis=axis) for a in (total, count))
+    if how == "min":
+        return img
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _map(ax, img, x: np.ndarray, y: np.ndarray, aspect="auto", how: str = "mean", **kw):
+    """``img (y, x)`` with y up and x to the right, on its coordinates (xarray's ``.plot()``),
+    :func:`shrink` to at most :data:`MAX_DISPLAY` pixels a side."""
+    return ax.imshow(shrink(img, how), origin="lower", extent=(*_extent(x), *_extent(y)), aspect=aspect,
                      interpolation="nearest", **kw)
 
 

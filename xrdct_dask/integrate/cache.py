@@ -89,6 +89,18 @@ def _load(path: Path) -> IntegrationPlan:
     return IntegrationPlan(**kw)
 
 
+def cached_radial(ai, shape, npt_rad: int, unit: str = "q_nm^-1", *, directory: str | Path | None = None,
+                  **options) -> np.ndarray | None:
+    """The bin centres of the plan :func:`cached_plan` would give, read from the cache folder
+    without building anything (that one array of its file); None where no such plan is cached."""
+    path = cache_dir(directory) / f"plan-{plan_key(ai, shape, npt_rad, unit, **options)[:32]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z["radial"], np.float64)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def cached_plan(ai, shape, npt_rad: int, unit: str = "q_nm^-1", *, directory: str | Path | None = None,
                 **options) -> IntegrationPlan:
     """:func:`~xrdct_dask.integrate.csr.build_plan` of these arguments, from the cache folder when an

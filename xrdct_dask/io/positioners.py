@@ -143,6 +143,69 @@ def read_hdf5_positions(path: str | Path, *, omega: str | None = "omega", x: str
     return out
 
 
+@dataclass
+class Hdf5Column:
+    """Where one per-frame column of an HDF5 scan is (``file``, dataset ``path``) and how to read it
+    block by block: ``factor`` to degrees / millimetres (None: as stored), ``scalar`` for a motor
+    that did not move."""
+
+    file: str
+    path: str
+    where: str
+    factor: float | None
+    scalar: float | None = None
+
+
+def hdf5_column(path: str | Path, name: str, kind: str, nframes: int) -> Hdf5Column:
+    """The column ``name`` of an HDF5 scan (looked up as :func:`read_hdf5_positions` does) for
+    ``kind`` in omega_deg | x_mm | z_mm | monitor, checked (units, at least ``nframes`` values)
+    without reading its values."""
+    import h5py
+
+    file, _, entry_path = str(path).partition("::")
+    tables = {"omega_deg": (ANGLE_UNITS, "deg"), "x_mm": (LENGTH_UNITS, "mm"), "z_mm": (LENGTH_UNITS, "mm")}
+    with h5py.File(file, "r") as f:
+        entry = _entry(f, entry_path or None)
+        d = _find(f, entry, name)
+        if d is None:
+            raise ValueError(f"{file}::{entry}: no positioner or counter {name!r} (looked in measurement/, "
+                             f"instrument/positioners/, instrument/{name}/value)")
+        where = f"{file}::{d.name}"
+        factor = None
+        if kind in tables:
+            factor = float(convert(np.ones(1), _units(d), *tables[kind], where)[0])
+        if d.ndim == 0:
+            return Hdf5Column(file, d.name, where, factor, scalar=float(d[()]))
+        n = int(np.prod(d.shape))
+        if n < nframes:
+            raise ValueError(f"{where}: {n} values for a scan of {nframes} frames")
+        if n > nframes:
+            log.warning("%s: %d values for %d frames; the last %d ignored", where, n, nframes, n - nframes)
+        return Hdf5Column(file, d.name, where, factor)
+
+
+def hdf5_column_blocks(columns: dict[str, Hdf5Column], nframes: int, rows: int):
+    """``{"index", <kind>: values}`` blocks of ``rows`` frames of the columns (float64, converted)."""
+    import h5py
+
+    files = {c.file: h5py.File(c.file, "r") for c in columns.values()}
+    try:
+        for a in range(0, nframes, rows):
+            b = min(a + rows, nframes)
+            out = {"index": np.arange(a, b, dtype=np.int64)}
+            for kind, c in columns.items():
+                if c.scalar is not None:
+                    v = np.full(b - a, c.scalar)
+                else:
+                    d = files[c.file][c.path]
+                    v = np.asarray(d[a:b] if d.ndim == 1 else d[()].reshape(-1)[a:b], np.float64)
+                out[kind] = v if c.factor is None else v * c.factor
+            yield out
+    finally:
+        for f in files.values():
+            f.close()
+
+
 def _per_frame(values: np.ndarray, nframes: int | None, where: str) -> np.ndarray:
     if values.ndim == 0:
         if nframes is None:
@@ -222,6 +285,23 @@ def _nearest(values: np.ndarray, grid: np.ndarray, tol: float | None, period: fl
     return np.where(ok, ext_idx[pick], -1), np.where(ok, resid, np.nan)
 
 
+def nearest_points(omega_deg, x_mm, z_mm, omega_grid_deg, x_grid_mm, z_grid_mm, *,
+                   omega_tol_deg: float | None = None, x_tol_mm: float | None = None, z_tol_mm: float | None = None,
+                   omega_period_deg: float | None = 360.0):
+    """The grid point of each frame, as :func:`place_on_grid` finds it, without the grid:
+    ``(iz, iomega, ix, off_grid, (residual_z, residual_omega, residual_x))``, each ``(n,)``
+    (a block of frames at a time: what a streamed scan table needs)."""
+    om, xx, zz = (np.asarray(a, np.float64).reshape(-1) for a in (omega_deg, x_mm, z_mm))
+    if not om.size == xx.size == zz.size:
+        raise ValueError(f"omega has {om.size} values, x {xx.size}, z {zz.size}: one per frame each")
+    iw, rw = _nearest(om, omega_grid_deg, omega_tol_deg, omega_period_deg)
+    ix, rx = _nearest(xx, x_grid_mm, x_tol_mm)
+    iz, rz = _nearest(zz, z_grid_mm, z_tol_mm)
+    off = (iw < 0) | (ix < 0) | (iz < 0)
+    iw, ix, iz = (np.where(off, -1, a) for a in (iw, ix, iz))
+    return iz, iw, ix, off, (rz, rw, rx)
+
+
 def place_on_grid(omega_deg, x_mm, z_mm, omega_grid_deg, x_grid_mm, z_grid_mm, *,
                   omega_tol_deg: float | None = None, x_tol_mm: float | None = None, z_tol_mm: float | None = None,
                   omega_period_deg: float | None = 360.0) -> GridPlacement:
@@ -234,14 +314,9 @@ def place_on_grid(omega_deg, x_mm, z_mm, omega_grid_deg, x_grid_mm, z_grid_mm, *
     three axes and ``off_grid`` true (exactly halfway between two default-tolerance points: off
     grid).  A grid point reached by several frames keeps the last and is marked ``duplicate``.
     """
-    om, xx, zz = (np.asarray(a, np.float64).reshape(-1) for a in (omega_deg, x_mm, z_mm))
-    if not om.size == xx.size == zz.size:
-        raise ValueError(f"omega has {om.size} values, x {xx.size}, z {zz.size}: one per frame each")
-    iw, rw = _nearest(om, omega_grid_deg, omega_tol_deg, omega_period_deg)
-    ix, rx = _nearest(xx, x_grid_mm, x_tol_mm)
-    iz, rz = _nearest(zz, z_grid_mm, z_tol_mm)
-    off = (iw < 0) | (ix < 0) | (iz < 0)
-    iw, ix, iz = (np.where(off, -1, a) for a in (iw, ix, iz))
+    iz, iw, ix, off, (rz, rw, rx) = nearest_points(omega_deg, x_mm, z_mm, omega_grid_deg, x_grid_mm, z_grid_mm,
+                                                   omega_tol_deg=omega_tol_deg, x_tol_mm=x_tol_mm, z_tol_mm=z_tol_mm,
+                                                   omega_period_deg=omega_period_deg)
     shape = (len(z_grid_mm), len(omega_grid_deg), len(x_grid_mm))
     grid = np.full(shape, -1, np.int64)
     seen = np.zeros(shape, np.int32)

@@ -551,3 +551,70 @@ def stream_frames(sources: list[Path], targets: list[Path], rate_hz: float, *, i
         if on_written is not None:
             on_written(i, whole[i])
     return whole
+
+
+def _ascii_digits(values: np.ndarray, width: int, decimals: int = 0) -> np.ndarray:
+    """uint8 ``(n, width + (decimals > 0))``: non-negative ``values`` as zero-padded fixed-point text."""
+    scaled = np.round(np.asarray(values, np.float64) * 10**decimals).astype(np.int64)
+    if (scaled < 0).any() or (scaled >= 10 ** (width)).any():
+        raise ValueError(f"values outside [0, 1e{width - decimals}) cannot be written in {width} digits")
+    digits = np.empty((scaled.size, width), np.uint8)
+    for j in range(width - 1, -1, -1):  # last digit first
+        scaled, d = np.divmod(scaled, 10)
+        digits[:, j] = d
+    digits += ord("0")
+    if decimals:
+        digits = np.insert(digits, width - decimals, ord("."), axis=1)
+    return digits
+
+
+def write_scan_table(path: str | Path, nz: int, nomega: int, nx: int, *, order: str = "snake",
+                     omega_range_deg: float = 180.0, x_step_mm: float = 0.01, z_step_mm: float = 0.01,
+                     jitter: float = 0.05, monitor_path: str | Path | None = None, seed: int = 0,
+                     rows: int = 1 << 20) -> int:
+    """Write the scan table (``index,iz,iomega,ix,omega_deg,x_mm,z_mm``) of an ``nz x nomega x nx``
+    scan (fast axis x, ``order`` raster | snake | interlaced) as the acquisition would, and its
+    monitor file (one value per line) at ``monitor_path``, ``rows`` rows at a time: 1e7 rows in
+    seconds, in bounded memory.  Readings are the grid values plus uniform jitter of ``jitter``
+    steps (non-negative: the grid starts one step in).  Returns the rows written.
+
+    The test data of the bounded-memory scan reading (:mod:`xrdct_dask.io.scantable`)."""
+    from ..io.scan import INTERLACE_PASSES, interlaced_lines
+
+    rng = np.random.default_rng(seed)
+    n = nz * nomega * nx
+    omega_step = omega_range_deg / nomega
+    lines = interlaced_lines(nomega, INTERLACE_PASSES) if order == "interlaced" else np.arange(nomega)
+    w_int = lambda v: max(1, len(str(int(v))))  # noqa: E731
+    mon = open(monitor_path, "wb") if monitor_path is not None else None
+    try:
+        with open(path, "wb") as f:
+            f.write(b"index,iz,iomega,ix,omega_deg,x_mm,z_mm\n")
+            if mon is not None:
+                mon.write(b"# I0 monitor, one value per frame in acquisition order\n")
+            for a in range(0, n, rows):
+                i = np.arange(a, min(a + rows, n), dtype=np.int64)
+                line, fast = i // nx, i % nx
+                iz, k = line // nomega, line % nomega
+                ix = np.where(line % 2 == 1, nx - 1 - fast, fast) if order != "raster" else fast
+                iw = lines[k]
+                jit = lambda: rng.uniform(-jitter, jitter, i.size)  # noqa: E731
+                omega = (iw + 1 + jit()) * omega_step
+                x = (ix + 1 + jit()) * x_step_mm
+                z = (iz + 1 + jit()) * z_step_mm
+                sep = np.full((i.size, 1), ord(","), np.uint8)
+                parts = [_ascii_digits(i, w_int(n)), sep, _ascii_digits(iz, w_int(nz)), sep,
+                         _ascii_digits(iw, w_int(nomega)), sep, _ascii_digits(ix, w_int(nx)), sep,
+                         _ascii_digits(omega, w_int((nomega + 2) * omega_step) + 6, 6), sep,
+                         _ascii_digits(x, w_int((nx + 2) * x_step_mm) + 6, 6), sep,
+                         _ascii_digits(z, w_int((nz + 2) * z_step_mm) + 6, 6),
+                         np.full((i.size, 1), ord("\n"), np.uint8)]
+                f.write(np.concatenate(parts, axis=1).tobytes())
+                if mon is not None:
+                    value = 1e5 * (1 + 0.05 * np.sin(2 * np.pi * i / 97.0)) + rng.uniform(0, 1000, i.size)
+                    mon.write(np.concatenate([_ascii_digits(value, 8, 1), np.full((i.size, 1), ord("\n"), np.uint8)],
+                                             axis=1).tobytes())
+    finally:
+        if mon is not None:
+            mon.close()
+    return n

@@ -1,0 +1,413 @@
+"""A scan's table and monitor read in bounded memory: streamed once, kept per slice on disk.
+
+At 1000^3 a scan table has 1.57e9 rows and a monitor file 1.57e9 lines: read whole they are
+tens of GB on the client.  Here they are read in blocks of :data:`BLOCK_ROWS` lines
+(:func:`scan_table_blocks`, :func:`monitor_blocks`) and converted once into a scratch folder:
+
+* :class:`SlabFrames` -- the rows placed on the ``(nz, nomega, nx)`` grid, appended per slice
+  as they arrive, then per slice the row that wins each point (the last one), the points
+  recorded more than once, and the winners' measured values;
+* :class:`FlatColumn` -- a value per acquisition index (the monitor) in a flat float64 file,
+  read back for the indices of one slice at a time.
+
+Global statistics are exact and held in bounded memory: :func:`grouped_median` (the median of
+each group, e.g. the omega readings of every grid angle over all slices, by histogram
+narrowing over repeated streamed passes: memory ``O(groups x bins)``, not ``O(rows)``).  Only
+:func:`sample_grid_cuts` works on a sample: where a scan gives no grid columns, the groups of
+readings along an axis are told apart on a random (seeded) sample of at most
+:data:`SAMPLE_MAX` readings (all of them in a smaller scan: then exactly as
+:func:`~xrdct_dask.io.positioners.grid_from_positions`); which reading falls in which group, and
+each group's median, are then exact over every reading.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .scan import POSITION_COLUMNS, SCAN_COLUMNS
+
+BLOCK_ROWS = 1 << 18  # lines parsed at once (~30 MB of text and values)
+SAMPLE_MAX = 1 << 20  # readings per axis kept to find the groups of a scan without grid columns
+MEDIAN_CELLS = 1 << 20  # histogram cells of grouped_median (x 24 bytes): its bins per group follow
+MEDIAN_COLLECT = 64  # values per rank grouped_median gathers and sorts once narrowed to them
+FLOATS = ("omega_deg", "x_mm", "z_mm", "monitor")
+
+
+# ------------------------------------------------------------------------------------------
+# streamed readers
+# ------------------------------------------------------------------------------------------
+def scan_header(path: str | Path) -> list[str]:
+    """Column names of a scan CSV, checked as :func:`~xrdct_dask.io.scan.read_scan_table` does."""
+    with open(path, encoding="ascii", errors="replace") as f:
+        names = [c.strip() for c in f.readline().strip().split(",")]
+    if "index" not in names:
+        raise ValueError(f"{path}: scan file lacks the column 'index' (acquisition order of each row)")
+    grid_cols = [c for c in SCAN_COLUMNS[1:] if c in names]
+    if grid_cols and len(grid_cols) != 3:
+        missing = sorted(set(SCAN_COLUMNS[1:]) - set(grid_cols))
+        raise ValueError(f"{path}: scan file has {', '.join(grid_cols)} but lacks {', '.join(missing)}")
+    return names
+
+
+def scan_table_blocks(path: str | Path, rows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The known columns of a scan CSV (``index, iz, iomega, ix`` as int64, ``omega_deg, x_mm,
+    z_mm, monitor`` as float64, those present), ``rows`` lines at a time, in file order."""
+    rows = rows or BLOCK_ROWS
+    names = scan_header(path)
+    wanted = [c for c in names if c in SCAN_COLUMNS + POSITION_COLUMNS]
+    cols = [names.index(c) for c in wanted]
+    with open(path, encoding="ascii", errors="replace") as f:
+        f.readline()
+        while True:
+            lines = list(itertools.islice(f, rows))
+            if not lines:
+                return
+            try:
+                a = np.loadtxt(lines, delimiter=",", usecols=cols, dtype=np.float64, ndmin=2, comments="#")
+            except ValueError as err:
+                m = re.search(r"column (\d+)", str(err))
+                col = names[int(m.group(1)) - 1] if m and 0 < int(m.group(1)) <= len(names) else "?"
+                raise ValueError(f"{path}: column {col!r} holds values that are not numbers") from None
+            out = {}
+            for k, c in enumerate(wanted):
+                v = a[:, k]
+                if c in SCAN_COLUMNS:
+                    if not np.array_equal(v, np.round(v)):
+                        raise ValueError(f"{path}: column {c!r} holds values that are not whole numbers")
+                    v = v.astype(np.int64)
+                out[c] = np.ascontiguousarray(v)
+            yield out
+
+
+def monitor_blocks(path: str | Path, rows: int | None = None) -> Iterator[np.ndarray]:
+    """The values of a monitor file (one number per line, ``#`` comments) as float64 blocks."""
+    rows = rows or BLOCK_ROWS
+    with open(path, encoding="ascii", errors="replace") as f:
+        start = 1
+        while True:
+            lines = list(itertools.islice(f, rows))
+            if not lines:
+                return
+            try:
+                v = np.loadtxt(lines, dtype=np.float64, ndmin=1, comments="#")
+            except ValueError as err:
+                raise ValueError(f"{path}: {_first_bad(lines, start) or err}") from None
+            start += len(lines)
+            if v.ndim != 1:
+                raise ValueError(f"{path}: {v.shape[1]} numbers on a line; one monitor value per line")
+            yield v
+
+
+def _first_bad(lines: list[str], start: int) -> str | None:
+    """``line N: 'text' is not a number`` for the first line of a block that is not one number."""
+    for k, line in enumerate(lines):
+        text = line.split("#", 1)[0].strip()
+        try:
+            if text:
+                float(text)
+        except ValueError:
+            return f"line {start + k}: {text[:40]!r} is not a number"
+    return None
+
+
+def array_blocks(columns: dict[str, np.ndarray], rows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """In-memory per-frame columns (same length) in blocks, as :func:`scan_table_blocks` gives them."""
+    rows = rows or BLOCK_ROWS
+    n = len(next(iter(columns.values()))) if columns else 0
+    for a in range(0, n, rows):
+        yield {k: np.asarray(v[a:a + rows]) for k, v in columns.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# on-disk columns
+# ------------------------------------------------------------------------------------------
+class FlatColumn:
+    """float64 values by acquisition index in a flat file (0 where nothing was written):
+    written block by block, read back for any indices (one slice's) through a short-lived map."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.touch()
+        self.size = 0
+
+    def append(self, values: np.ndarray) -> None:
+        with open(self.path, "ab") as f:
+            np.asarray(values, np.float64).tofile(f)
+        self.size += len(values)
+
+    def scatter(self, index: np.ndarray, values: np.ndarray) -> None:
+        """``column[index] = values`` (the last of repeated indices wins), growing the file."""
+        if not len(index):
+            return
+        need = int(index.max()) + 1
+        if need > self.size:
+            os.truncate(self.path, need * 8)
+            self.size = need
+        mm = np.memmap(self.path, np.float64, "r+", shape=(self.size,))
+        mm[index] = values
+        mm.flush()
+        del mm
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """``column[index]`` (any shape of int indices; NaN at indices outside ``0 .. size - 1``)."""
+        index = np.asarray(index, np.int64)
+        out = np.full(index.shape, np.nan)
+        inside = (index >= 0) & (index < self.size)
+        if not inside.any():
+            return out
+        mm = np.memmap(self.path, np.float64, "r", shape=(self.size,))
+        out[inside] = mm[index[inside]]
+        del mm
+        return out
+
+    def blocks(self, stop: int | None = None, rows: int | None = None) -> Iterator[np.ndarray]:
+        rows = rows or BLOCK_ROWS
+        stop = self.size if stop is None else min(stop, self.size)
+        with open(self.path, "rb") as f:
+            for a in range(0, stop, rows):
+                yield np.fromfile(f, np.float64, min(rows, stop - a))
+
+
+def _record_dtype(fields: Iterable[str]) -> np.dtype:
+    return np.dtype([("index", "<i8"), ("iomega", "<i4"), ("ix", "<i4")] + [(f, "<f8") for f in fields])
+
+
+class SlabFrames:
+    """Frames placed on the ``(nz, nomega, nx)`` grid, kept per slice in ``folder``.
+
+    :meth:`add` appends rows (grid indices ``iz, iomega, ix``, acquisition ``index`` and the
+    measured ``fields``) to their slice's file; :meth:`finish` keeps per slice the row that came
+    last at each point (a scan file's last record wins) and counts the points recorded twice.
+    Reading a slice back holds that slice only."""
+
+    def __init__(self, folder: Path, nz: int, nomega: int, nx: int, fields: Iterable[str] = ()):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.shape = (nz, nomega, nx)
+        self.fields = tuple(fields)
+        self.dtype = _record_dtype(self.fields)
+        self.max_index = -1
+        self.placed = 0
+        self._finished = False
+
+    def _file(self, z: int, kind: str) -> Path:
+        return self.folder / f"{kind}-{z:06d}.bin"
+
+    def add(self, iz: np.ndarray, iomega: np.ndarray, ix: np.ndarray, index: np.ndarray,
+            values: dict[str, np.ndarray]) -> None:
+        """Append rows (all inside the grid) to their slices' files, in the order given."""
+        if not len(iz):
+            return
+        rec = np.empty(len(iz), self.dtype)
+        rec["index"], rec["iomega"], rec["ix"] = index, iomega, ix
+        for f in self.fields:
+            rec[f] = values[f]
+        order = np.argsort(iz, kind="stable")
+        zs, starts = np.unique(iz[order], return_index=True)
+        for z, a, b in zip(zs, starts, [*starts[1:], len(order)]):
+            with open(self._file(int(z), "rows"), "ab") as fh:
+                rec[order[a:b]].tofile(fh)
+        self.max_index = max(self.max_index, int(index.max()))
+        self.placed += len(iz)
+
+    def finish(self) -> None:
+        """Per slice: the winning row of each point (grid order) and the points recorded twice;
+        :attr:`max_index` becomes the largest acquisition index placed."""
+        nw, nx = self.shape[1:]
+        self.max_index = -1
+        for z in range(self.shape[0]):
+            src = self._file(z, "rows")
+            rows = np.fromfile(src, self.dtype) if src.exists() else np.empty(0, self.dtype)
+            flat = rows["iomega"].astype(np.int64) * nx + rows["ix"]
+            seen = np.bincount(flat, minlength=nw * nx)
+            last = np.full(nw * nx, -1, np.int64)
+            last[flat] = np.arange(len(rows))  # fancy assignment: the last row of a repeated point wins
+            win = rows[last[last >= 0]]
+            win.tofile(self._file(z, "win"))
+            if win.size:
+                self.max_index = max(self.max_index, int(win["index"].max()))
+            np.flatnonzero(seen > 1).astype(np.int64).tofile(self._file(z, "dup"))
+            src.unlink(missing_ok=True)
+        self._finished = True
+
+    def winners(self, z: int) -> np.ndarray:
+        """The rows at the points of slice ``z`` (one per recorded point, in grid order)."""
+        return np.fromfile(self._file(z, "win"), self.dtype)
+
+    def index(self, z: int) -> np.ndarray:
+        """int64 ``(nomega, nx)``: acquisition index of the frame at each point of slice ``z`` (-1 none)."""
+        w = self.winners(z)
+        out = np.full(self.shape[1:], -1, np.int64)
+        out[w["iomega"], w["ix"]] = w["index"]
+        return out
+
+    def duplicate(self, z: int) -> np.ndarray:
+        """bool ``(nomega, nx)``: points of slice ``z`` recorded more than once."""
+        out = np.zeros(self.shape[1] * self.shape[2], bool)
+        out[np.fromfile(self._file(z, "dup"), np.int64)] = True
+        return out.reshape(self.shape[1:])
+
+    def duplicates(self) -> int:
+        return sum(self._file(z, "dup").stat().st_size // 8 for z in range(self.shape[0]))
+
+    def stream(self, field: str, axis: int) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
+        """For :func:`grouped_median`: ``(grid index along axis, value of field)`` of every
+        winning row, slice by slice (``axis`` 0 = z, 1 = omega, 2 = x)."""
+        def gen():
+            for z in range(self.shape[0]):
+                w = self.winners(z)
+                g = np.full(len(w), z, np.int64) if axis == 0 else w["iomega" if axis == 1 else "ix"].astype(np.int64)
+                yield g, w[field]
+        return gen
+
+
+def scratch_folder(near: str | Path | None) -> tempfile.TemporaryDirectory:
+    """A scratch folder for a scan's converted table, beside the store (same file system, room
+    for it) where its folder exists, else in the system's temporary folder."""
+    from ..store import ASIDE_SCAN
+
+    parent = Path(os.path.abspath(near)).parent if near is not None else None
+    name = f".{Path(near).name}{ASIDE_SCAN}" if near is not None else ASIDE_SCAN
+    return tempfile.TemporaryDirectory(prefix=name, dir=parent if parent is not None and parent.is_dir() else None)
+
+
+def remove_scratch(tmp: tempfile.TemporaryDirectory | None) -> None:
+    """Remove a folder :func:`scratch_folder` made (and all it holds: this program's files)."""
+    if tmp is not None:
+        shutil.rmtree(tmp.name, ignore_errors=True)
+        tmp.cleanup()
+
+
+# ------------------------------------------------------------------------------------------
+# statistics in bounded memory
+# ------------------------------------------------------------------------------------------
+def grouped_median(stream: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], ngroups: int, *,
+                   bins: int | None = None, collect: int | None = None) -> np.ndarray:
+    """The exact median of each group's finite values, streamed as ``(group, value)`` blocks.
+
+    ``stream()`` starts a new pass over the data (it is called a few times).  Each group's two
+    middle ranks are found by narrowing: a pass histograms the values inside each rank's
+    current interval into ``bins`` bins (default: as many as :data:`MEDIAN_CELLS` allows, 16 to
+    1024) and keeps the bin holding the rank (its smallest to its largest value), until at most
+    ``collect`` (:data:`MEDIAN_COLLECT`) values are left, which a last pass gathers and sorts.
+    Memory ``O(ngroups x bins)``; a group without values gets NaN.
+    Returns float64 ``(ngroups,)``: the mean of the two middle values (``np.median``)."""
+    bins = bins or int(np.clip(MEDIAN_CELLS // (2 * ngroups), 16, 1024))
+    collect = collect or MEDIAN_COLLECT
+    n = np.zeros(ngroups, np.int64)
+    lo = np.full(ngroups, np.inf)
+    hi = np.full(ngroups, -np.inf)
+    for g, v in stream():
+        ok = np.isfinite(v)
+        g, v = g[ok], v[ok]
+        n += np.bincount(g, minlength=ngroups)
+        np.minimum.at(lo, g, v)
+        np.maximum.at(hi, g, v)
+    # selections s = j * ngroups + g: rank (n-1)//2 (j = 0) and n//2 (j = 1) of group g
+    rank = np.concatenate([(n - 1) // 2, n // 2])
+    slo, shi = np.tile(lo, 2), np.tile(hi, 2)
+    inside = np.tile(n, 2)
+    has = inside > 0
+    value = np.full(2 * ngroups, np.nan)
+    done = ~has | (slo == shi)
+    value[has & done] = slo[has & done]
+    S = 2 * ngroups
+    while True:
+        active = ~done & (inside > collect)
+        if not active.any():
+            break
+        hist = np.zeros(S * bins, np.int64)
+        bmin = np.full(S * bins, np.inf)
+        bmax = np.full(S * bins, -np.inf)
+        nbelow = np.zeros(S, np.int64)
+        for g, v in stream():
+            ok = np.isfinite(v)
+            g, v = g[ok], v[ok]
+            for j in (0, 1):
+                s = g + j * ngroups
+                a, l, h = active[s], slo[s], shi[s]
+                nbelow += np.bincount(s[a & (v < l)], minlength=S)
+                m = a & (v >= l) & (v <= h)
+                sm, vm, lm, hm = s[m], v[m], l[m], h[m]
+                b = np.minimum(((vm - lm) / (hm - lm) * bins).astype(np.int64), bins - 1)
+                cell = sm * bins + b
+                hist += np.bincount(cell, minlength=S * bins)
+                np.minimum.at(bmin, cell, vm)
+                np.maximum.at(bmax, cell, vm)
+        for s in np.flatnonzero(active):
+            h = hist[s * bins:(s + 1) * bins]
+            r = rank[s] - nbelow[s]  # rank inside the interval
+            k = int(np.searchsorted(np.cumsum(h), r, side="right"))  # the bin holding rank r
+            slo[s], shi[s], inside[s] = bmin[s * bins + k], bmax[s * bins + k], h[k]
+            if slo[s] == shi[s]:
+                done[s], value[s] = True, slo[s]
+    left = np.flatnonzero(~done)
+    if left.size:
+        got: dict[int, list] = {int(s): [] for s in left}
+        nbelow = np.zeros(S, np.int64)
+        want = np.zeros(S, bool)
+        want[left] = True
+        for g, v in stream():
+            ok = np.isfinite(v)
+            g, v = g[ok], v[ok]
+            for j in (0, 1):
+                s = g + j * ngroups
+                a, l, h = want[s], slo[s], shi[s]
+                nbelow += np.bincount(s[a & (v < l)], minlength=S)
+                m = a & (v >= l) & (v <= h)
+                sm, vm = s[m], v[m]
+                order = np.argsort(sm, kind="stable")
+                keys, starts = np.unique(sm[order], return_index=True)
+                for ss, part in zip(keys, np.split(vm[order], starts[1:])):
+                    got[int(ss)].append(part)
+        for s in left:
+            vals = np.sort(np.concatenate(got[int(s)]))
+            value[s] = vals[rank[s] - nbelow[s]]
+    return np.where(n > 0, (value[:ngroups] + value[ngroups:]) / 2, np.nan)
+
+
+class Sample:
+    """A random sample of a stream of readings, at most ``size`` (:data:`SAMPLE_MAX`) of them:
+    each reading kept with probability ``p`` (1 until the sample is full, then halved, each kept
+    reading dropped with probability 1/2, as often as needed).  Random, not strided: a stride can
+    alias with the scan's own period and miss whole grid values.  Seeded: the same scan gives the
+    same sample; a scan of at most ``size`` readings keeps them all."""
+
+    def __init__(self, size: int | None = None, seed: int = 0):
+        self.size = size or SAMPLE_MAX
+        self.p = 1.0
+        self.rng = np.random.default_rng(seed)
+        self.parts: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, v: np.ndarray) -> None:
+        v = np.asarray(v, np.float64)
+        kept = v if self.p == 1.0 else v[self.rng.random(v.size) < self.p]
+        self.parts.append(kept)
+        self.count += kept.size
+        while self.count > self.size:
+            values = self.values()
+            self.parts = [values[self.rng.random(values.size) < 0.5]]
+            self.count, self.p = self.parts[0].size, self.p / 2
+
+    def values(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.empty(0)
+
+
+def sample_grid_cuts(sample: np.ndarray, n: int) -> np.ndarray:
+    """The ``n - 1`` values that split readings into the ``n`` groups of a grid axis: midway across
+    the ``n - 1`` largest gaps of the sorted sample (as :func:`~xrdct_dask.io.positioners.grid_from_positions`
+    splits them)."""
+    v = np.sort(np.asarray(sample, np.float64).reshape(-1))
+    if n < 1 or np.unique(v).size < n:
+        raise ValueError(f"{np.unique(v).size} distinct positions cannot make a grid of {n} values")
+    cuts = np.sort(np.argsort(np.diff(v))[::-1][:n - 1]) + 1
+    return (v[cuts - 1] + v[cuts]) / 2
