@@ -63,6 +63,10 @@ def simulate(
     format_: Annotated[str, typer.Option("--format", help="cbf (one file per frame) | h5 (Eiger-like master + "
                                                           "bitshuffle-LZ4 data files)")] = "cbf",
     frames_per_file: Annotated[int, typer.Option(help="--format h5: frames per data file")] = 100,
+    frames: Annotated[Optional[str], typer.Option(
+        help="frames template relative to OUT_DIR, a beamline's layout: slice_{z:04d}/line_{line:05d}/"
+             "frame_{index:06d}.cbf (.cbf.gz, .cbf.bz2), or with --format h5 a file per slice or line: "
+             "slice_{z:04d}.h5::/entry/data/data")] = None,
 ) -> None:
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
@@ -79,7 +83,8 @@ def simulate(
         try:
             scan = simulate_scan(out_dir, nz, nomega, nx, detector=detector, order=order, fast_axis=fast_axis,
                                  omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed, fmt=format_,
-                                 frames_per_file=frames_per_file, progress=lambda k, n: bar.update(task, completed=k))
+                                 frames_per_file=frames_per_file, frames=frames,
+                                 progress=lambda k, n: bar.update(task, completed=k))
         except ValueError as err:
             _fail(str(err))
     typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {scan.root}")

@@ -115,7 +115,7 @@ def _hdf5_frame_shape(wf: Workflow) -> tuple[int, int]:
         src = wf.frame_source()
     except (OSError, ValueError, KeyError) as err:
         raise WorkflowError(f"inputs.frames: {err}") from None
-    if src.nframes < wf.scan.nframes:
+    if src.nframes is not None and src.nframes < wf.scan.nframes:
         log.warning("inputs.frames: %s holds %d frames, the scan %d: the others are flagged missing", src.spec,
                     src.nframes, wf.scan.nframes)
     return tuple(src.frame_shape)
@@ -125,6 +125,12 @@ def input_files(wf: Workflow) -> dict[str, Path]:
     """The run's inputs by workflow key (the frames by their folder): what a store must never hold."""
     i = wf.inputs
     out = {"inputs.frames": _frame_files(wf)[0].parent}
+    if wf.frames_templated:  # a folder per slice or line: the folder above them all too
+        from .io.layout import FrameTemplate
+        from .io.spec import split_spec
+
+        out["inputs.frames (root)"] = Path(FrameTemplate(split_spec(wf.inputs.frames)[0], wf.scan_shape,
+                                                         wf.frames_hdf5).root() or ".")
     for key in ("poni", "mask", "dark", "flat", "monitor", "scan_file"):
         if getattr(i, key) is not None:
             out[f"inputs.{key}"] = Path(getattr(i, key))
@@ -144,8 +150,9 @@ FRAMES_SAMPLED = 256  # frame files whose sizes a store records: a different dat
 
 def _frame_files(wf: Workflow) -> list[Path]:
     """Files standing for the frames: up to ``FRAMES_SAMPLED`` frame files spread over the scan (a
-    CBF template), or the files of an HDF5 source (master, data files: what is there now)."""
-    if wf.frames_hdf5:
+    template: computed from it, never listed; a file per slice or line counted once), or the
+    files of one HDF5 source (master, data files: what is there now)."""
+    if wf.frames_hdf5 and not wf.frames_templated:
         from .io.spec import split_spec
 
         try:
@@ -153,7 +160,8 @@ def _frame_files(wf: Workflow) -> list[Path]:
         except (OSError, ValueError, KeyError):
             return [Path(split_spec(wf.inputs.frames)[0])]
     n = wf.scan.nframes
-    return [wf.frame_path(int(i)) for i in np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))]
+    files = [wf.frame_file(int(i)) for i in np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))]
+    return list(dict.fromkeys(files))
 
 
 def frame_sample(wf: Workflow) -> dict:
@@ -232,7 +240,7 @@ def _measured(wf: Workflow):
             return read_csv_positions(wf.inputs.scan_file), "iz" in table
         except ValueError as err:
             raise WorkflowError(f"inputs.scan_file: {err}") from None
-    if wf.frames_hdf5 and wf.scan.positions != "nominal":
+    if wf.frames_hdf5 and not wf.frames_templated and wf.scan.positions != "nominal":
         from .io.spec import split_spec
 
         n = wf.frame_source().nframes
@@ -543,6 +551,15 @@ def _frames_present(wf: Workflow):
     HDF5 source, a fresh look at the source holds it)."""
     if not wf.frames_hdf5:
         return lambda i: wf.frame_path(i).is_file()
+    if wf.frames_templated:  # a file per slice or line: its file is there and holds the frame
+        src = wf.frame_source()
+
+        def present(i: int) -> bool:
+            try:
+                return src.layout.local(i) < src.unit(src.file_of(i)).nframes
+            except (OSError, ValueError, KeyError):
+                return False
+        return present
     from .io.source import Hdf5Frames
     from .io.spec import split_spec
 

@@ -79,7 +79,7 @@ def integrate_source(integ, source, indices, monitor, *, read_threads: int = 8, 
     ``status`` int8 ``(n,)`` and the bytes read.  ``monitor`` ``(n,)`` normalises each frame
     (pyFAI's normalization_factor).  Frames stream through in batches of ``integ.batch_frames``.
     """
-    from ..io.source import Hdf5Frames, refreshed
+    from ..io.source import HDF5_SOURCES, refreshed
 
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     n, nq = idx.size, integ.plan.nbins
@@ -91,7 +91,7 @@ def integrate_source(integ, source, indices, monitor, *, read_threads: int = 8, 
     batches = [np.arange(a, min(a + step, n)) for a in range(0, n, step)]
     pending: deque = deque()  # good rows of the batches handed to the engine, awaiting results
     stats = {"bytes": 0}
-    if isinstance(source, Hdf5Frames):
+    if isinstance(source, HDF5_SOURCES):
         results = _hdf5_batches(integ, refreshed(source), idx, batches, norm, status, pending, stats, read_threads)
     elif integ.engine == "cupy" and not compressed(source):
         results = integ._impl.file_batches(source, idx, batches, norm, status, pending, stats, read_threads,
@@ -160,12 +160,12 @@ def warm(integ, source, tasks: int, nframes: int, sample: int = 64) -> None:
     """Ready an integrator for ``tasks`` concurrent tasks on ``source``: kernels compiled (and on a
     GPU reading CBF files, the pinned read arenas sized and every pipeline run once,
     :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_files`)."""
-    from ..io.source import Hdf5Frames
+    from ..io.source import HDF5_SOURCES
 
     integ.warm_up()
     if integ.engine != "cupy":
         return
-    if isinstance(source, Hdf5Frames) or compressed(source):  # decoded on the host: no file arenas to size
+    if isinstance(source, HDF5_SOURCES) or compressed(source):  # decoded on the host: no file arenas to size
         integ._impl.warm(integ.batch_frames, integ._impl.slot_bytes, rings=tasks)
         return
     integ._impl.warm_files(source, tasks, nframes, sample)
