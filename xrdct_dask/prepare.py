@@ -336,11 +336,12 @@ def _line_medians(values: np.ndarray, grid: np.ndarray, axis: int) -> np.ndarray
     return out
 
 
-def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.RunContext:
+def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None) -> stages.RunContext:
     """Create the store template beside ``store.path``, fill the monitor and frame indices, and
     rename it into place (:func:`store.create_aside`); return the :class:`stages.RunContext`.
-    ``extra_attrs`` go to the root with the others (e.g. a reprocessed run's lineage)."""
-    from .io.scan import grid_index
+    ``extra_attrs`` go to the root with the others (e.g. a reprocessed run's lineage).  The
+    per-frame arrays are written slab by slab on the workers of ``client`` (a client or a callable
+    making one; None: here), :func:`write_scan_arrays`."""
     from .pdf import PDFParameterError, operator_for, radial_to_q_A
 
     s = wf.scan
@@ -369,10 +370,6 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
         if lay.duplicate.any():
             log.warning("%d scan points recorded twice; the last record is used", lay.duplicate.sum())
         flags = _scan_flags(grid, lay.duplicate, s)
-    iw, ix = np.indices((s.nomega, s.nx))
-
-    def grid_of(z: int) -> np.ndarray:  # acquisition indices of slice z; the scan arithmetic slab by slab
-        return grid[z] if grid is not None else grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
 
     mon = None
     if wf.inputs.monitor is not None or lay.monitor is not None:
@@ -384,9 +381,6 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
     else:
         reference = 1.0
 
-    def monitor_of(z: int) -> np.ndarray:
-        g = grid_of(z)
-        return np.ones(g.shape) if mon is None else np.where(g >= 0, mon[np.clip(g, 0, None)], np.nan)
     attrs = {
         "workflow": wf.model_dump(mode="json"),
         "workflow_yaml": wf.to_yaml(),
@@ -410,11 +404,7 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A),
                            **pdf_store_args(wf, op))
-        mon_arr = store.open_array(tmp, f"{store.REDUCED}/monitor")
-        idx_arr = store.open_array(tmp, f"{store.REDUCED}/frame_index")
-        for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays it did not read
-            mon_arr[z] = monitor_of(z).astype(np.float32)
-            idx_arr[z] = grid_of(z)
+        write_scan_arrays(tmp, s, grid, mon, client)
         if flags is not None:
             store.open_array(tmp, f"{store.REDUCED}/scan_flag")[...] = flags
         store.mark_template_complete(tmp)
@@ -426,6 +416,49 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
         raise WorkflowError(f"store.path: {err.strerror}") from None
     return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A,
                              layout=layout, check_md5=wf.inputs.check_md5, read_threads=wf.compute.read_threads)
+
+
+SLAB_POINTS = 1 << 21  # scan points a template-writing task covers (whole slices: z chunks are 1)
+
+
+def write_scan_arrays(path: Path, s, grid: np.ndarray | None, mon: np.ndarray | None, client=None) -> None:
+    """Fill ``reduced/monitor`` and ``reduced/frame_index`` of the new store at ``path``, in slabs
+    of whole slices, each a task on the workers of ``client`` (:func:`xrdct_dask.sidework.map_pieces`;
+    None: here, one after the other; the arrays are the same).
+
+    ``grid`` ``(nz, nomega, nx)`` acquisition indices from the scan file (None: the scan
+    arithmetic, computed by each task for its own slices); ``mon`` the monitor per frame (None: 1).
+    A task gets only its slab's share: the monitor values of its frames (scan arithmetic: slice z
+    holds frames z * nomega * nx onwards) or its grid and monitor slab."""
+    from .sidework import map_pieces, slabs
+
+    per_slice = s.nomega * s.nx
+    shape = (s.nomega, s.nx, s.fast_axis, s.order)
+    pieces = []
+    for z0, z1 in slabs(s.nz, -(-s.nz * per_slice // SLAB_POINTS)):
+        if grid is None:
+            g, m = None, None if mon is None else np.asarray(mon[z0 * per_slice:z1 * per_slice])
+        else:
+            g = grid[z0:z1]
+            m = None if mon is None else np.where(g >= 0, mon[np.clip(g, 0, None)], np.nan).astype(np.float32)
+        pieces.append((str(path), z0, z1, shape, g, m))
+    map_pieces(client, _write_scan_slab, pieces, "xrdct-template-slab")
+
+
+def _write_scan_slab(piece) -> int:
+    """One slab of :func:`write_scan_arrays`: slices ``z0 .. z1 - 1``; returns the points written."""
+    from .io.scan import grid_index
+
+    path, z0, z1, (nomega, nx, fast_axis, order), grid, mon = piece
+    if grid is None:
+        iw, ix = np.indices((nomega, nx))
+        grid = grid_index(np.arange(z0, z1)[:, None, None], iw, ix, nomega, nx, fast_axis, order)
+        if mon is not None:  # the slab's frames z0 * nomega * nx ... in acquisition order
+            mon = mon[grid - z0 * nomega * nx]
+    values = np.ones(grid.shape, np.float32) if mon is None else np.asarray(mon, np.float32)
+    store.open_array(path, f"{store.REDUCED}/monitor")[z0:z1] = values
+    store.open_array(path, f"{store.REDUCED}/frame_index")[z0:z1] = grid
+    return int(grid.size)
 
 
 def layout_for(wf: Workflow, nq: int, nr: int) -> Layout:
@@ -486,8 +519,13 @@ def context_from_store(wf: Workflow, path) -> stages.RunContext:
                              check_md5=wf.inputs.check_md5, read_threads=wf.compute.read_threads)
 
 
-def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | None = None) -> stages.RunContext:
+def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | None = None,
+             client=None) -> stages.RunContext:
     """The store of ``wf``, resumed or created, and its context; nothing is computed.
+
+    A new store's per-frame arrays are written on the workers of ``client`` (a client, or a
+    callable making one when first needed: a store that is resumed, or inputs that fail their
+    checks, never start a cluster); None: here.
 
     An existing store with a complete template, the same work digest
     (:meth:`Workflow.work_digest`) and the same input contents (:func:`check_same_inputs`) is
@@ -525,7 +563,7 @@ def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | No
         raise WorkflowError(f"store.path: cannot create {path}: {parent} is a file, not a folder") from None
     except OSError as err:
         raise WorkflowError(f"store.path: cannot create {path}: {err.strerror or err}") from None
-    return prepare_store(wf, ai, extra_attrs)
+    return prepare_store(wf, ai, extra_attrs, client=client)
 
 
 def _resume(wf: Workflow, path: Path) -> stages.RunContext:
