@@ -230,6 +230,9 @@ def export(
     voxels: Annotated[Optional[str], typer.Option(help="--pdf-files of voxels z,y,x;z,y,x... (one file set each)")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="--pdf-files of a .npy bool (z,y,x) or (y,x) mask's mean")] = None,
     region: Annotated[Optional[str], typer.Option(help="--pdf-files of a box z0:z1,y0:y1,x0:x1's mean")] = None,
+    scheduler_address: Annotated[Optional[str], typer.Option(
+        help="read and compress the NeXus chunks on the workers of a running dask scheduler (tcp://...); "
+             "default: here")] = None,
 ) -> None:
     """Export a run: OUT.h5 as NeXus (NXentry / NXdata with axes and units, for silx, PyMca, DAWN,
     h5py), and/or --pdf-files OUTDIR in PDFgetX3's layout for voxels, a mask's or a region's mean."""
@@ -240,8 +243,17 @@ def export(
         _fail("nothing to do: give OUT.h5 (NeXus) and/or --pdf-files OUTDIR (with --voxels, --mask or --region)")
     try:
         if out is not None:
-            nexus = export_nexus(run_store, out, tuple(group) if group else DEFAULT_GROUPS, compression=compression,
-                                 overwrite=overwrite)
+            client = None
+            if scheduler_address is not None:
+                from distributed import Client
+
+                client = Client(scheduler_address)
+            try:
+                nexus = export_nexus(run_store, out, tuple(group) if group else DEFAULT_GROUPS,
+                                     compression=compression, overwrite=overwrite, client=client)
+            finally:
+                if client is not None:
+                    client.close()
             typer.echo(f"nexus: {nexus}")
         if pdf_files is not None:
             for p in export_pdf_files(run_store, pdf_files, voxels=parse_voxels(voxels) if voxels else None,
