@@ -227,3 +227,30 @@ def test_exported_gr_file_loads_in_diffpy_srfit(pdf_then_recon_run, tmp_path):
     np.testing.assert_allclose(r, root["r"][:], atol=1e-6)
     assert rel_max(g, root["pdf/G"][z, y, x]) < 1e-3
     assert parser._meta["qmax"] == pytest.approx(root["pdf"].attrs["qmax"])
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lz4"])
+def test_export_on_workers_reads_back_the_same(run_store, tmp_path, cluster, monkeypatch, compression):
+    """The chunks read and compressed on two worker processes (tasks ``xrdct-export-*``, a piece of
+    two zarr chunks each) and written here by ``write_direct_chunk`` read back exactly what the
+    export made here reads back, HDF5 chunk shapes and filters included."""
+    import hdf5plugin  # noqa: F401  (the LZ4 filter, to read back)
+    from distributed import Client, get_task_stream
+
+    import xrdct_dask.export.nexus as nexus
+
+    monkeypatch.setattr(nexus, "EXPORT_PIECE_BYTES", 2 * NX * 5 * 16 * 4)  # two (1, 5, NX, 16) float32 chunks
+    here = export_nexus(run_store, tmp_path / "here.h5", compression=compression)
+    with Client(cluster) as client, get_task_stream(client) as ts:
+        there = export_nexus(run_store, tmp_path / "there.h5", compression=compression, client=client)
+        workers = set(client.scheduler_info()["workers"])
+    ran = [t for t in ts.data if str(t["key"]).startswith("xrdct-export-reduced-intensity-")]
+    # (2, 12, 10, 40) in chunks (1, 5, 10, 16): 2 x 3 x 3 = 18 zarr chunks, 9 pieces of two
+    assert len(ran) == NZ * 3 * 3 // 2 and {t["worker"] for t in ran} <= workers
+    with h5py.File(here, "r") as a, h5py.File(there, "r") as b:
+        names = []
+        a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert len(names) >= 30
+        for n in names:
+            assert a[n].chunks == b[n].chunks and a[n].compression == b[n].compression, n
+            np.testing.assert_array_equal(a[n][...], b[n][...], err_msg=n)

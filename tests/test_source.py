@@ -310,8 +310,10 @@ def test_cbf_template_errors(real_cbf, tmp_path):
     os.mkfifo(tmp_path / "t_000002.cbf")  # a FIFO would block a plain open() forever
     with pytest.raises(CorruptFrameError, match="a named pipe, not a frame file"):
         read_frames(str(tmp_path / "t_{index:06d}.cbf"), [2])
-    with pytest.raises(ValueError, match="exactly one {index} field"):
-        CbfTemplate("frames/{index}_{index}.cbf")
+    with pytest.raises(ValueError, match="unknown field {idx}"):
+        CbfTemplate("frames/{idx}.cbf")
+    with pytest.raises(ValueError, match="needs the scan's shape"):  # {z} is computed from it
+        CbfTemplate("frames/{z}/{index}.cbf")
     with pytest.raises(ValueError, match="neither a CBF template"):
         open_source("frames/frame.cbf")
 

@@ -71,6 +71,10 @@ def simulate(
     in_place: Annotated[bool, typer.Option(
         "--in-place", help="with --rate: write each frame under its final name, in parts over its 1/rate "
                            "(a reader sees partial files)")] = False,
+    frames: Annotated[Optional[str], typer.Option(
+        help="frames template relative to OUT_DIR, a beamline's layout: slice_{z:04d}/line_{line:05d}/"
+             "frame_{index:06d}.cbf (.cbf.gz, .cbf.bz2), or with --format h5 a file per slice or line: "
+             "slice_{z:04d}.h5::/entry/data/data")] = None,
 ) -> None:
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
@@ -95,7 +99,8 @@ def simulate(
         try:
             scan = simulate_scan(out_dir, nz, nomega, nx, detector=detector, order=order, fast_axis=fast_axis,
                                  omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed, fmt=format_,
-                                 frames_per_file=frames_per_file, progress=lambda k, n: bar.update(task, completed=k))
+                                 frames_per_file=frames_per_file, frames=frames,
+                                 progress=lambda k, n: bar.update(task, completed=k))
         except ValueError as err:
             _fail(str(err))
     typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {scan.root}")
@@ -347,6 +352,9 @@ def export(
     voxels: Annotated[Optional[str], typer.Option(help="--pdf-files of voxels z,y,x;z,y,x... (one file set each)")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="--pdf-files of a .npy bool (z,y,x) or (y,x) mask's mean")] = None,
     region: Annotated[Optional[str], typer.Option(help="--pdf-files of a box z0:z1,y0:y1,x0:x1's mean")] = None,
+    scheduler_address: Annotated[Optional[str], typer.Option(
+        help="read and compress the NeXus chunks on the workers of a running dask scheduler (tcp://...); "
+             "default: here")] = None,
 ) -> None:
     """Export a run: OUT.h5 as NeXus (NXentry / NXdata with axes and units, for silx, PyMca, DAWN,
     h5py), and/or --pdf-files OUTDIR in PDFgetX3's layout for voxels, a mask's or a region's mean."""
@@ -357,8 +365,17 @@ def export(
         _fail("nothing to do: give OUT.h5 (NeXus) and/or --pdf-files OUTDIR (with --voxels, --mask or --region)")
     try:
         if out is not None:
-            nexus = export_nexus(run_store, out, tuple(group) if group else DEFAULT_GROUPS, compression=compression,
-                                 overwrite=overwrite)
+            client = None
+            if scheduler_address is not None:
+                from distributed import Client
+
+                client = Client(scheduler_address)
+            try:
+                nexus = export_nexus(run_store, out, tuple(group) if group else DEFAULT_GROUPS,
+                                     compression=compression, overwrite=overwrite, client=client)
+            finally:
+                if client is not None:
+                    client.close()
             typer.echo(f"nexus: {nexus}")
         if pdf_files is not None:
             for p in export_pdf_files(run_store, pdf_files, voxels=parse_voxels(voxels) if voxels else None,

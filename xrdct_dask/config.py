@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -44,8 +42,12 @@ class Inputs(_Section):
     """Where the data are.  Paths may be relative to the workflow file."""
 
     frames: str = Field(description="a CBF file template with an {index} field (index = acquisition order from 0; "
-                                    ".cbf, .cbf.gz, .cbf.bz2), or an HDF5 / NeXus file: scan.h5 or "
-                                    "scan.h5::/entry/data/data (an Eiger master, a BLISS scan's virtual dataset)")
+                                    ".cbf, .cbf.gz, .cbf.bz2), optionally a folder or file per slice and line "
+                                    "with {z}, {line} or {omega} fields, {index} then counting within the line "
+                                    "(or slice): slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf; or an HDF5 / "
+                                    "NeXus file: scan.h5 or scan.h5::/entry/data/data (an Eiger master, a BLISS "
+                                    "scan's virtual dataset), or one per slice or line: "
+                                    "slice_{z:04d}.h5::/entry/data/data")
     poni: Path
     mask: Path | None = None
     dark: Path | None = None
@@ -63,40 +65,19 @@ class Inputs(_Section):
     @field_validator("frames")
     @classmethod
     def _has_index_field(cls, v: str) -> str:
-        from .io.spec import is_hdf5
+        from .io.spec import is_hdf5, split_spec
 
-        if not is_hdf5(v):
-            check_frames_template(v)
+        check_frames_template(split_spec(v)[0] if is_hdf5(v) else v, hdf5=is_hdf5(v))
         return v
 
 
-# ``{index}`` or ``{index:06d}``-like: an integer presentation of at most MAX_INDEX_WIDTH characters
-_INDEX_SPEC = re.compile(r"(?:.?[<>=^])?[+\- ]?#?0?(?P<width>\d*)[,_]?[bdoxXn]?")
-MAX_INDEX_WIDTH = 32
+def check_frames_template(v: str, hdf5: bool = False) -> None:
+    """Raise ValueError (one line) unless ``v`` is a frames template of known fields
+    (``{z}``, ``{line}``, ``{omega}``, ``{index}``) with integer formats, with ``{index}`` for CBF
+    and without it for HDF5 (:func:`xrdct_dask.io.layout.check_template`)."""
+    from .io.layout import check_template
 
-
-def check_frames_template(v: str) -> None:
-    """Raise ValueError unless ``v`` has exactly one ``{index}`` field with an integer format spec
-    (``frame_{index:06d}.cbf``): no conversion, no precision, no nested field, a width of at most
-    :data:`MAX_INDEX_WIDTH`.  A spec like ``{index:>999999999}`` would make every path a gigabyte
-    string (a hang), ``{index:.0s}`` or ``{index:c}`` a traceback at the first frame."""
-    example = "e.g. frame_{index:06d}.cbf"
-    try:
-        parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
-    except ValueError as err:
-        raise ValueError(f"is not a valid template ({err}): {example} (got {v!r})") from None
-    if [f for f, _, _ in parts] != ["index"]:
-        raise ValueError(f"must contain exactly one {{index}} field, {example} (got {v!r})")
-    _, spec, conv = parts[0]
-    m = _INDEX_SPEC.fullmatch(spec or "")
-    if conv is not None or m is None or "{" in (spec or ""):
-        raise ValueError(f"the {{index}} field must have an integer format such as {{index:06d}} (got {v!r})")
-    if m["width"] and int(m["width"]) > MAX_INDEX_WIDTH:
-        raise ValueError(f"the {{index}} field's width {int(m['width'])} is above {MAX_INDEX_WIDTH} (got {v!r})")
-    try:
-        v.format(index=0), v.format(index=10**12)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"cannot format frame indices with {v!r} ({err})") from None
+    check_template(v, hdf5)
 
 
 class Scan(_Section):
@@ -344,6 +325,26 @@ class Workflow(_Section):
                              f"(index,iz,iomega,ix per frame); without it the layout uses {INTERLACE_PASSES}")
         return self
 
+    @model_validator(mode="after")
+    def _frames_layout(self):
+        # {line} / {omega} / {z} are computed from the scan's shape: check they can name its frames
+        from .io.layout import ScanShape, check_for_scan
+        from .io.spec import is_hdf5, split_spec
+
+        v = self.inputs.frames
+        try:
+            check_for_scan(split_spec(v)[0] if is_hdf5(v) else v, ScanShape.of(self.scan), is_hdf5(v))
+        except ValueError as err:
+            raise ValueError(f"inputs.frames: {err}") from None
+        return self
+
+    @property
+    def scan_shape(self):
+        """The :class:`~xrdct_dask.io.layout.ScanShape` the frames template's fields count in."""
+        from .io.layout import ScanShape
+
+        return ScanShape.of(self.scan)
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
 
@@ -366,16 +367,31 @@ class Workflow(_Section):
         return is_hdf5(self.inputs.frames)
 
     def frame_path(self, index: int) -> Path:
-        """The CBF file of frame ``index`` (a template source; an HDF5 source has no file per frame)."""
+        """The CBF file of frame ``index`` (a template source; an HDF5 source has no file per frame),
+        computed from the template and the scan (:mod:`xrdct_dask.io.layout`), nothing listed."""
         if self.frames_hdf5:
             raise ValueError(f"inputs.frames {self.inputs.frames!r} is an HDF5 source: frames have no file each")
-        return Path(self.inputs.frames.format(index=index))
+        return self.frame_source().path(index)
+
+    def frame_file(self, index: int) -> Path:
+        """The file holding frame ``index``: its CBF file, the HDF5 file of its slice or line, or the
+        one HDF5 file of the scan."""
+        src = self.frame_source()
+        return src.file_of(index) if hasattr(src, "file_of") else src.file
+
+    @property
+    def frames_templated(self) -> bool:
+        """``inputs.frames`` names a file per frame, slice or line (a template), not one HDF5 source."""
+        from .io.layout import template_fields
+        from .io.spec import split_spec
+
+        return bool(template_fields(split_spec(self.inputs.frames)[0]))
 
     def frame_source(self):
         """The :class:`~xrdct_dask.io.source.FrameSource` of ``inputs.frames`` (opened once per process)."""
         from .io.source import open_source
 
-        return open_source(self.inputs.frames)
+        return open_source(self.inputs.frames, scan=self.scan_shape)
 
 
 def _one_line(err: ValidationError, source: str, overrides: dict | None = None) -> WorkflowError:

@@ -142,7 +142,7 @@ def read_throughputs(path: str | Path) -> dict[str, float]:
 
 
 def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int]]:
-    if wf.frames_hdf5:  # the source's bytes over its frames, where it can be opened
+    if wf.frames_hdf5 and not wf.frames_templated:  # the source's bytes over its frames, where it can be opened
         try:
             src = wf.frame_source()
             nbytes = sum(f.stat().st_size for f in src.files())

@@ -116,7 +116,7 @@ def _hdf5_frame_shape(wf: Workflow) -> tuple[int, int]:
         src = wf.frame_source()
     except (OSError, ValueError, KeyError) as err:
         raise WorkflowError(f"inputs.frames: {err}") from None
-    if src.nframes < wf.scan.nframes:
+    if src.nframes is not None and src.nframes < wf.scan.nframes:
         log.warning("inputs.frames: %s holds %d frames, the scan %d: the others are flagged missing", src.spec,
                     src.nframes, wf.scan.nframes)
     return tuple(src.frame_shape)
@@ -126,6 +126,12 @@ def input_files(wf: Workflow) -> dict[str, Path]:
     """The run's inputs by workflow key (the frames by their folder): what a store must never hold."""
     i = wf.inputs
     out = {"inputs.frames": _frame_files(wf)[0].parent}
+    if wf.frames_templated:  # a folder per slice or line: the folder above them all too
+        from .io.layout import FrameTemplate
+        from .io.spec import split_spec
+
+        out["inputs.frames (root)"] = Path(FrameTemplate(split_spec(wf.inputs.frames)[0], wf.scan_shape,
+                                                         wf.frames_hdf5).root() or ".")
     for key in ("poni", "mask", "dark", "flat", "monitor", "scan_file"):
         if getattr(i, key) is not None:
             out[f"inputs.{key}"] = Path(getattr(i, key))
@@ -145,8 +151,9 @@ FRAMES_SAMPLED = 256  # frame files whose sizes a store records: a different dat
 
 def _frame_files(wf: Workflow) -> list[Path]:
     """Files standing for the frames: up to ``FRAMES_SAMPLED`` frame files spread over the scan (a
-    CBF template), or the files of an HDF5 source (master, data files: what is there now)."""
-    if wf.frames_hdf5:
+    template: computed from it, never listed; a file per slice or line counted once), or the
+    files of one HDF5 source (master, data files: what is there now)."""
+    if wf.frames_hdf5 and not wf.frames_templated:
         from .io.spec import split_spec
 
         try:
@@ -154,7 +161,8 @@ def _frame_files(wf: Workflow) -> list[Path]:
         except (OSError, ValueError, KeyError):
             return [Path(split_spec(wf.inputs.frames)[0])]
     n = wf.scan.nframes
-    return [wf.frame_path(int(i)) for i in np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))]
+    files = [wf.frame_file(int(i)) for i in np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))]
+    return list(dict.fromkeys(files))
 
 
 def frame_sample(wf: Workflow) -> dict:
@@ -282,7 +290,7 @@ def _scan_source(wf: Workflow):
             raise WorkflowError(f"inputs.scan_file: {err}") from None
         cols = [c for c in ("omega_deg", "x_mm", "z_mm", "monitor") if c in names]
         return (lambda: scan_table_blocks(path)), set(names), {c: f"{path}:{c}" for c in cols}, "iz" in names
-    if wf.frames_hdf5 and wf.scan.positions != "nominal":
+    if wf.frames_hdf5 and not wf.frames_templated and wf.scan.positions != "nominal":
         from .io.spec import split_spec
 
         n = wf.frame_source().nframes
@@ -469,10 +477,12 @@ def _line_medians(grid, field: str, axis: int) -> np.ndarray:
     return out
 
 
-def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.RunContext:
+def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None) -> stages.RunContext:
     """Create the store template beside ``store.path``, fill the monitor and frame indices, and
     rename it into place (:func:`store.create_aside`); return the :class:`stages.RunContext`.
-    ``extra_attrs`` go to the root with the others (e.g. a reprocessed run's lineage)."""
+    ``extra_attrs`` go to the root with the others (e.g. a reprocessed run's lineage).  The
+    per-frame arrays are written slab by slab on the workers of ``client`` (a client or a callable
+    making one; None: here), :func:`write_scan_arrays`."""
     from .pdf import PDFParameterError, operator_for, radial_to_q_A
 
     radial = stages.plan_for(wf).radial  # the plan is cached for the workers; no engine is built here
@@ -497,12 +507,12 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None) -> stages.R
     except ValueError as err:
         raise WorkflowError(f"inputs.scan_file: {err}") from None
     try:
-        return _prepare_store(wf, ai, lay, radial, wavelength_A, r_A, op, extra_attrs)
+        return _prepare_store(wf, ai, lay, radial, wavelength_A, r_A, op, extra_attrs, client)
     finally:
         lay.close()
 
 
-def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A, op, extra_attrs):
+def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A, op, extra_attrs, client):
     s = wf.scan
     path = Path(wf.store.path)
     if lay.grid is not None and lay.grid.duplicates():
@@ -531,18 +541,7 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A),
                            **pdf_store_args(wf, op))
-        mon_arr = store.open_array(tmp, f"{store.REDUCED}/monitor")
-        idx_arr = store.open_array(tmp, f"{store.REDUCED}/frame_index")
-        flag_arr = store.open_array(tmp, f"{store.REDUCED}/scan_flag") if lay.grid is not None else None
-        late = 0
-        for z in range(s.nz):  # slab by slab: the client never holds (nz, nomega, nx) arrays
-            idx = lay.index(wf, z)
-            mon_arr[z] = lay.monitor_of(idx).astype(np.float32)
-            idx_arr[z] = idx
-            if flag_arr is not None:
-                flags = _scan_flags(z, idx, lay.grid.duplicate(z), s)
-                late += int((flags == FrameStatus.OUT_OF_ORDER).sum())
-                flag_arr[z] = flags
+        late = write_scan_arrays(tmp, wf, lay, client)
         if late:
             log.warning("%d frames arrived out of the scan's order; placed by the scan file", late)
         store.mark_template_complete(tmp)
@@ -554,6 +553,48 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         raise WorkflowError(f"store.path: {err.strerror}") from None
     return stages.RunContext(workflow=wf, store_path=path, monitor_reference=reference, wavelength_A=wavelength_A,
                              layout=layout, check_md5=wf.inputs.check_md5, read_threads=wf.compute.read_threads)
+
+
+SLAB_POINTS = 1 << 21  # scan points a template-writing task covers (whole slices: z chunks are 1)
+SLABS_IN_FLIGHT = 16  # slabs read ahead by the client while the workers write: ~16 x 25 MB at most
+
+
+def write_scan_arrays(path: Path, wf: Workflow, lay: ScanLayout, client=None) -> int:
+    """Fill ``reduced/monitor``, ``reduced/frame_index`` (and ``scan_flag`` where a scan file or
+    measured positions place the frames) of the new store at ``path``, in slabs of whole slices,
+    each a task on the workers of ``client`` (:func:`xrdct_dask.sidework.map_pieces`; None: here,
+    one after the other; the arrays are the same).  The client reads each slab's frame indices and
+    monitor from the scan layout (:class:`ScanLayout`, slice by slice) as the tasks run, a few
+    slabs ahead: it never holds the scan's ``(nz, nomega, nx)`` arrays.  Returns the frames that
+    arrived out of the scan's order."""
+    from .sidework import map_pieces, slabs
+
+    s = wf.scan
+    late = 0
+
+    def pieces():
+        nonlocal late
+        for z0, z1 in slabs(s.nz, -(-s.nz * s.nomega * s.nx // SLAB_POINTS)):
+            idx = np.stack([lay.index(wf, z) for z in range(z0, z1)])
+            mon = lay.monitor_of(idx).astype(np.float32)
+            flags = None
+            if lay.grid is not None:
+                flags = np.stack([_scan_flags(z, idx[z - z0], lay.grid.duplicate(z), s) for z in range(z0, z1)])
+                late += int((flags == FrameStatus.OUT_OF_ORDER).sum())
+            yield str(path), z0, z1, idx, mon, flags
+
+    map_pieces(client, _write_scan_slab, pieces(), "xrdct-template-slab", in_flight=SLABS_IN_FLIGHT)
+    return late
+
+
+def _write_scan_slab(piece) -> int:
+    """One slab of :func:`write_scan_arrays`: slices ``z0 .. z1 - 1``; returns the points written."""
+    path, z0, z1, idx, mon, flags = piece
+    store.open_array(path, f"{store.REDUCED}/monitor")[z0:z1] = mon
+    store.open_array(path, f"{store.REDUCED}/frame_index")[z0:z1] = idx
+    if flags is not None:
+        store.open_array(path, f"{store.REDUCED}/scan_flag")[z0:z1] = flags
+    return int(idx.size)
 
 
 def layout_for(wf: Workflow, nq: int, nr: int) -> Layout:
@@ -610,8 +651,13 @@ def context_from_store(wf: Workflow, path) -> stages.RunContext:
                              check_md5=wf.inputs.check_md5, read_threads=wf.compute.read_threads)
 
 
-def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | None = None) -> stages.RunContext:
+def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | None = None,
+             client=None) -> stages.RunContext:
     """The store of ``wf``, resumed or created, and its context; nothing is computed.
+
+    A new store's per-frame arrays are written on the workers of ``client`` (a client, or a
+    callable making one when first needed: a store that is resumed, or inputs that fail their
+    checks, never start a cluster); None: here.
 
     An existing store with a complete template, the same work digest
     (:meth:`Workflow.work_digest`) and the same input contents (:func:`check_same_inputs`) is
@@ -649,7 +695,7 @@ def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | No
         raise WorkflowError(f"store.path: cannot create {path}: {parent} is a file, not a folder") from None
     except OSError as err:
         raise WorkflowError(f"store.path: cannot create {path}: {err.strerror or err}") from None
-    return prepare_store(wf, ai, extra_attrs)
+    return prepare_store(wf, ai, extra_attrs, client=client)
 
 
 def _resume(wf: Workflow, path: Path) -> stages.RunContext:
@@ -678,6 +724,15 @@ def _frames_present(wf: Workflow):
         from .io.cbf import frame_complete
 
         return lambda i: frame_complete(wf.frame_path(i))
+    if wf.frames_templated:  # a file per slice or line: its file is there and holds the frame
+        src = wf.frame_source()
+
+        def present(i: int) -> bool:
+            try:
+                return src.layout.local(i) < src.unit(src.file_of(i)).nframes
+            except (OSError, ValueError, KeyError):
+                return False
+        return present
     from .io.source import Hdf5Frames
     from .io.spec import split_spec
 

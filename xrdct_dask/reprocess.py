@@ -31,7 +31,7 @@ from .config import Workflow, WorkflowError, changed_keys, flatten, workflow_fro
 from .pdf import PDFParameterError, operator_for, radial_to_q_A
 from .prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
 from .stages import REPROCESS_STAGES, STAGES as GRAPH_STAGES
-from .workflow import execute
+from .workflow import Connection, execute
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,10 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
     return Reprocess(parent=parent.resolve(), out=out, workflow=wf, changed=changed, start=start)
 
 
-def prepare_child(rp: Reprocess):
-    """Create (or resume) the new store of ``rp``; returns its :class:`~xrdct_dask.stages.RunContext`."""
+def prepare_child(rp: Reprocess, client=None):
+    """Create (or resume) the new store of ``rp``; returns its :class:`~xrdct_dask.stages.RunContext`.
+    Its template and shared chunks are written on the workers of ``client`` (a client or a
+    callable making one; None: here)."""
     wf, out = rp.workflow, rp.out
     attrs = store.root_attrs(out) if store.is_store(out) else None
     if attrs is not None and attrs.get("template_complete") and attrs.get("work_digest") == wf.work_digest() \
@@ -138,11 +140,11 @@ def prepare_child(rp: Reprocess):
                "reprocess": {"changed": rp.changed, "from": rp.start, "reused": rp.reused,
                              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
     if rp.start == "integrate":
-        return open_run(wf, extra_attrs=lineage)
-    return _derive_store(rp, lineage)
+        return open_run(wf, extra_attrs=lineage, client=client)
+    return _derive_store(rp, lineage, client)
 
 
-def _derive_store(rp: Reprocess, lineage: dict):
+def _derive_store(rp: Reprocess, lineage: dict, client=None):
     """A new store whose upstream groups share the parent's chunks (start = recon or pdf): it takes
     the parent's layout, so that the shared arrays have the same chunks."""
     wf, parent, out = rp.workflow, rp.parent, rp.out
@@ -172,10 +174,11 @@ def _derive_store(rp: Reprocess, lineage: dict):
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
                            layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A), **pdf_store_args(wf, op))
-        n = store.link_group(parent, tmp, store.REDUCED) + store.link_group(parent, tmp, store.TASKS, ["integrate"])
+        n = store.link_group(parent, tmp, store.REDUCED, client=client) + store.link_group(
+            parent, tmp, store.TASKS, ["integrate"], client=client)
         if rp.start == "pdf":
-            n += store.link_group(parent, tmp, store.RECON) + store.link_group(parent, tmp, store.TASKS,
-                                                                                ["center", "recon"])
+            n += store.link_group(parent, tmp, store.RECON, client=client) + store.link_group(
+                parent, tmp, store.TASKS, ["center", "recon"], client=client)
         log.info("%s: %d chunk files shared with %s", out, n, parent)
         store.mark_template_complete(tmp)
         store.consolidate(tmp)
@@ -207,7 +210,10 @@ def reprocess(parents: list[str | Path], overrides: dict | None = None, from_sta
         if progress:
             what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in rp.changed.items()) or "nothing changed"
             console.info("%s -> %s: from %s (%s)", rp.parent, rp.out, rp.start, what)
-    ctxs = [prepare_child(rp) for rp in plans]
-    execute(ctxs, scheduler_address=scheduler_address, cluster=cluster, progress=progress, summary=summary,
-                  t0=t0)
+    conn = Connection(plans[0].workflow, scheduler_address, cluster)
+    try:
+        ctxs = [prepare_child(rp, conn.get) for rp in plans]  # links / copies on the workers
+        execute(ctxs, connection=conn, progress=progress, summary=summary, t0=t0)
+    finally:
+        conn.close()
     return outs

@@ -60,20 +60,47 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
         from .cluster import load_profile
 
         load_profile(profile, **(cluster_options or {}))
-    ctx = open_run(wf)
-    execute([ctx], scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
-            cluster_options=cluster_options, progress=progress, summary=summary, t0=t0)
+    conn = Connection(wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
+    try:
+        ctx = open_run(wf, client=conn.get)  # a new store's template is written on the workers
+        execute([ctx], connection=conn, progress=progress, summary=summary, t0=t0)
+    finally:
+        conn.close()
     return ctx.store_path
+
+
+class Connection:
+    """The run's client and the cluster started for it, made at the first :meth:`get` (a run whose
+    inputs fail their checks never starts one) and shared by store creation and the stages."""
+
+    def __init__(self, wf: Workflow, scheduler_address: str | None = None, cluster=None, jobs: int | None = None,
+                 adaptive: bool | None = None, cluster_options: dict | None = None):
+        self.args = (wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
+        self.client = self.local = None
+
+    def get(self):
+        if self.client is None:
+            self.client, self.local = client_for(*self.args)
+        return self.client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.local is not None:
+            self.local.close()
+        self.client = self.local = None
 
 
 def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, cluster=None,
             jobs: int | None = None, adaptive: bool | None = None, cluster_options: dict | None = None,
-            progress: bool = True, summary: bool = True, t0: float | None = None) -> list[dict]:
+            progress: bool = True, summary: bool = True, t0: float | None = None,
+            connection: "Connection | None" = None) -> list[dict]:
     """Compute what is not yet done in one or more prepared stores, as one graph, and finish them.
 
     Slices with pending tasks (of every store together) are grouped into waves of at most
     ``compute.max_tasks / 2`` tasks (:func:`xrdct_dask.plan.waves`); two waves are in flight at a
-    time.  Returns each store's run summary.  A task that cannot write the store stops the run
+    time.  Returns each store's run summary.  ``connection`` (:class:`Connection`): a client the
+    caller made (and closes); else one is made from the other arguments and closed here.  A task that cannot write the store stops the run
     with :class:`RunStopped`; every other task failure raises RuntimeError naming the task.
     """
     import uuid
@@ -109,8 +136,12 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
 
     results: list[dict[str, list]] = [{} for _ in ctxs]
     resources: dict = {}
+    own = connection is None
+    conn = Connection(ctxs[0].workflow, scheduler_address, cluster, jobs, adaptive, cluster_options) if own \
+        else connection
     if units:
-        client, local = client_for(ctxs[0].workflow, scheduler_address, cluster, jobs, adaptive, cluster_options)
+        client = conn.get()
+        local = conn.local
         try:
             log.info("dashboard: %s", client.dashboard_link)
             if progress:
@@ -127,9 +158,8 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
                                                progress, stores=[c.store_path for c in ctxs]):
                 results[i].setdefault(stage, []).append(res)
         finally:
-            client.close()
-            if local is not None:
-                local.close()
+            if own:
+                conn.close()
     wall = time.perf_counter() - t0
     return [finish_run(c, results[i], states[i], wall, progress=progress, summary=summary)
             for i, c in enumerate(ctxs)]

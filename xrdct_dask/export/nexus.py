@@ -15,7 +15,8 @@ silx, PyMca, DAWN, nDTomo and pyFAI's viewers open HDF5 / NeXus, not zarr.  The 
 
 Every dataset keeps the store's ``units`` and ``long_name``; data are copied one zarr chunk at a
 time (HDF5 chunks divide the zarr chunks, so every write covers whole HDF5 chunks) and never a
-whole array in memory.  Compression: gzip with byte shuffle (every HDF5 reader has it), or
+whole array in memory; given a dask client, the chunks are read and compressed on its workers
+in parallel and the client only writes the compressed bytes (``write_direct_chunk``).  Compression: gzip with byte shuffle (every HDF5 reader has it), or
 ``"lz4"`` (hdf5plugin, faster, needs the plugin to read).  The output file is never overwritten
 unless it is an earlier export of this program and ``overwrite`` is set.
 """
@@ -71,8 +72,19 @@ def _compression(kind: str) -> dict:
     raise ExportError(f"compression must be gzip, lz4 or none, got {kind!r}")
 
 
-def _copy_array(zarr_arr, h5group, name: str, compression: dict):
-    """Copy a zarr array into a new HDF5 dataset one zarr chunk at a time."""
+EXPORT_PIECE_BYTES = 64 << 20  # uncompressed bytes of the zarr chunks one export task reads and encodes
+EXPORT_IN_FLIGHT = 8  # pieces per worker whose encoded chunks may wait for the client at once
+
+
+def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, source=None, kind: str = "none"):
+    """Copy a zarr array into a new HDF5 dataset one zarr chunk at a time.
+
+    With a ``client``, the zarr chunks are read and encoded into HDF5 chunks (the filters of
+    ``kind``) on the workers, pieces of about :data:`EXPORT_PIECE_BYTES` each
+    (:func:`_encode_piece`, tasks ``xrdct-export-*``), and the client only writes the encoded
+    bytes where they go (``write_direct_chunk``), as they arrive: the compression, the costly part,
+    runs in parallel, and the file reads back the same values.  ``source`` = (store path, array
+    path) for the workers to open."""
     shape, zchunks = zarr_arr.shape, zarr_arr.chunks
     dtype = np.dtype(bool) if zarr_arr.dtype == np.dtype(bool) else zarr_arr.dtype
     if not shape or 0 in shape:
@@ -84,10 +96,66 @@ def _copy_array(zarr_arr, h5group, name: str, compression: dict):
     fill = None if dtype == np.dtype(bool) or zarr_arr.fill_value is None else zarr_arr.fill_value
     d = h5group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, **compression)
     grid = [range(0, s, c) for s, c in zip(shape, zchunks)]
-    for start in itertools.product(*grid):
-        region = tuple(slice(a, min(a + c, s)) for a, c, s in zip(start, zchunks, shape))
-        d[region] = zarr_arr[region]
+    regions = [tuple(slice(a, min(a + c, s)) for a, c, s in zip(start, zchunks, shape))
+               for start in itertools.product(*grid)]
+    if client is None or source is None:
+        for region in regions:
+            d[region] = zarr_arr[region]
+        return d
+    per_piece = max(1, EXPORT_PIECE_BYTES // (int(np.prod([min(c, s) for c, s in zip(zchunks, shape)]))
+                                              * dtype.itemsize))
+    spec = (*source, shape, chunks, dtype.str, fill, kind)
+    pieces = [(spec, [[(r.start, r.stop) for r in region] for region in regions[k:k + per_piece]])
+              for k in range(0, len(regions), per_piece)]
+    _write_encoded(client, d, pieces, f"xrdct-export-{source[1].replace('/', '-')}")
     return d
+
+
+def _write_encoded(client, d, pieces, name: str) -> None:
+    """Encode ``pieces`` on the workers (a bounded number in flight) and write their chunks into ``d``."""
+    import uuid
+
+    from distributed import as_completed
+
+    token = uuid.uuid4().hex[:8]
+    window = max(1, EXPORT_IN_FLIGHT * max(1, len(client.scheduler_info(n_workers=-1)["workers"])))
+    todo = iter(enumerate(pieces))
+
+    def submit(k, piece):
+        return client.submit(_encode_piece, piece, key=f"{name}-{k}-{token}", pure=False)
+
+    running = as_completed([submit(k, p) for k, p in itertools.islice(todo, window)])
+    for fut in running:
+        for offset, mask, raw in fut.result():  # raises a failed piece's error
+            d.id.write_direct_chunk(offset, raw, mask)
+        fut.release()
+        nxt = next(todo, None)
+        if nxt is not None:
+            running.add(submit(*nxt))
+
+
+def _encode_piece(piece) -> list[tuple[tuple[int, ...], int, bytes]]:
+    """HDF5 chunks of some zarr chunks, encoded as HDF5 itself encodes them: the data are written to
+    an in-memory HDF5 dataset of the same shape, chunks, fill and filters and read back raw
+    (``read_direct_chunk``).  Returns ``(chunk offset, filter mask, bytes)`` for each HDF5 chunk."""
+    import uuid
+
+    import h5py
+    import zarr
+
+    (store_path, array_path, shape, chunks, dtype, fill, kind), regions = piece
+    src = zarr.open_array(str(Path(store_path) / array_path), mode="r")
+    out = []
+    with h5py.File(f"xrdct-export-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False) as f:
+        d = f.create_dataset("d", shape=shape, dtype=np.dtype(dtype), chunks=chunks, fillvalue=fill,
+                             **_compression(kind))
+        for bounds in regions:
+            region = tuple(slice(a, b) for a, b in bounds)
+            d[region] = src[region]
+            for start in itertools.product(*(range(a, b, c) for (a, b), c in zip(bounds, chunks))):
+                mask, raw = d.id.read_direct_chunk(start)
+                out.append((start, mask, bytes(raw)))
+    return out
 
 
 def _coordinates(group) -> dict:
@@ -101,7 +169,7 @@ def _coordinates(group) -> dict:
 
 
 def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS, *, compression: str = "gzip",
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, client=None) -> Path:
     """Write the groups of a run store as NeXus (NXentry / NXdata) to ``out_h5``.
 
     Parameters
@@ -112,6 +180,9 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
         has, a group named explicitly must exist.
     compression : "gzip" (default), "lz4" (hdf5plugin) or "none"
     overwrite : replace ``out_h5`` when it is an earlier export of this program (never another file)
+    client : a dask client (or a callable making one): the chunks are read and compressed on its
+        workers in parallel, the client writes the compressed bytes; None: all here.  The file
+        reads back the same either way.
 
     Returns the path written.  Raises :class:`ExportError` (one line) for a missing store or group,
     an existing output file, or a bad compression name.
@@ -148,7 +219,9 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
     from .. import __version__ as version
 
     try:
-        _write(tmp, root, run_zarr, out_h5, groups, comp, version)
+        from ..sidework import resolve_client
+
+        _write(tmp, root, run_zarr, out_h5, groups, comp, version, resolve_client(client), compression)
     except BaseException:
         tmp.unlink(missing_ok=True)  # our own partial file
         raise
@@ -156,7 +229,8 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
     return out_h5
 
 
-def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, version: str) -> None:
+def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, version: str, client=None,
+           kind: str = "none") -> None:
     import h5py
 
     with h5py.File(tmp, "w") as f:
@@ -167,10 +241,11 @@ def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, ve
         for k, v in dict(root.attrs).items():
             f.attrs[f"xrdct_{k}"] = _attr_value(v)
         for gname in groups:
-            _export_group(root[gname], f.create_group(gname), gname, comp, version)
+            _export_group(root[gname], f.create_group(gname), gname, comp, version, client, run_zarr, kind)
 
 
-def _export_group(zg, entry, gname: str, comp: dict, version: str) -> None:
+def _export_group(zg, entry, gname: str, comp: dict, version: str, client=None, run_zarr: Path | None = None,
+                  kind: str = "none") -> None:
     entry.attrs["NX_class"] = "NXentry"
     entry.attrs["title"] = f"xrdct_dask {gname}"
     entry.create_dataset("program_name", data="xrdct_dask").attrs["version"] = version
@@ -188,7 +263,7 @@ def _export_group(zg, entry, gname: str, comp: dict, version: str) -> None:
         arr = zg[name]
         nxdata = entry.create_group(name)
         nxdata.attrs.update({"NX_class": "NXdata", "signal": name})
-        d = _copy_array(arr, nxdata, name, comp)
+        d = _copy_array(arr, nxdata, name, comp, client, (str(run_zarr), f"{gname}/{name}"), kind)
         d.attrs.update({k: _attr_value(v) for k, v in dict(arr.attrs).items()})
         written_vars[name] = d
         dims = list(arr.metadata.dimension_names or [None] * arr.ndim)

@@ -82,7 +82,7 @@ def integrate_source(integ, source, indices, monitor, *, read_threads: int = 8, 
     ``status`` int8 ``(n,)`` and the bytes read.  ``monitor`` ``(n,)`` normalises each frame
     (pyFAI's normalization_factor).  Frames stream through in batches of ``integ.batch_frames``.
     """
-    from ..io.source import Hdf5Frames, refreshed
+    from ..io.source import HDF5_SOURCES, Hdf5Frames, refreshed
 
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     n, nq = idx.size, integ.plan.nbins
@@ -94,9 +94,9 @@ def integrate_source(integ, source, indices, monitor, *, read_threads: int = 8, 
     batches = [np.arange(a, min(a + step, n)) for a in range(0, n, step)]
     pending: deque = deque()  # good rows of the batches handed to the engine, awaiting results
     stats = {"bytes": 0}
-    if isinstance(source, Hdf5Frames) and integ.engine == "cupy":
+    if isinstance(source, Hdf5Frames) and integ.engine == "cupy":  # chunks decoded on the GPU
         results = integ._impl.h5_batches(refreshed(source), idx, batches, norm, status, pending, stats, read_threads)
-    elif isinstance(source, Hdf5Frames):
+    elif isinstance(source, HDF5_SOURCES):  # a file per slice or line (Hdf5Template): decoded on the host
         results = _hdf5_batches(integ, refreshed(source), idx, batches, norm, status, pending, stats, read_threads)
     elif integ.engine == "cupy" and not compressed(source):
         results = integ._impl.file_batches(source, idx, batches, norm, status, pending, stats, read_threads,
@@ -169,7 +169,7 @@ def warm(integ, source, tasks: int, nframes: int, sample: int = 64) -> None:
     GPU reading CBF files, the pinned read arenas sized and every pipeline run once,
     :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_files`; reading HDF5 chunks, the chunk
     kernels compiled and the arenas sized from the first chunk)."""
-    from ..io.source import Hdf5Frames
+    from ..io.source import HDF5_SOURCES, Hdf5Frames
 
     integ.warm_up()
     if integ.engine != "cupy":
@@ -184,7 +184,7 @@ def warm(integ, source, tasks: int, nframes: int, sample: int = 64) -> None:
             per_frame = 0
         integ._impl.warm(integ.batch_frames, max(per_frame, integ._impl.slot_bytes), rings=tasks)
         return
-    if compressed(source):  # decompressed on the host: no file arenas to size
+    if isinstance(source, HDF5_SOURCES) or compressed(source):  # decoded on the host: no file arenas to size
         integ._impl.warm(integ.batch_frames, integ._impl.slot_bytes, rings=tasks)
         return
     integ._impl.warm_files(source, tasks, nframes, sample)

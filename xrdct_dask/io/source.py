@@ -3,16 +3,22 @@
 
 ``source`` is one of
 
-* a CBF template with one ``{index}`` field, index = acquisition order from 0:
-  ``frames/frame_{index:06d}.cbf``; the files may be gzip or bzip2 compressed
+* a CBF template with an ``{index}`` field, index = acquisition order from 0:
+  ``frames/frame_{index:06d}.cbf``, or a folder per slice and a folder or file per line with
+  ``{z}``, ``{line}`` / ``{omega}`` fields and ``{index}`` counting within them
+  (``slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf``, :mod:`xrdct_dask.io.layout`);
+  the files may be gzip or bzip2 compressed
   (``.cbf.gz`` / ``.cbf.bz2``, recognised by their first bytes), decompressed in memory and then
   parsed and decoded as plain CBF (:func:`~xrdct_dask.io.cbf.parse_cbf`,
   :func:`~xrdct_dask.io.decode.decode_payload`);
 * an HDF5 / NeXus file, ``scan.h5`` or ``scan.h5::/entry/data/data``: a plain frames dataset, a
   virtual dataset over many files (BLISS), or an Eiger master with external links to its data
-  files (name the ``/entry/data`` group, or give the file alone); see :mod:`xrdct_dask.io.hdf5`.
+  files (name the ``/entry/data`` group, or give the file alone); see :mod:`xrdct_dask.io.hdf5`;
+* an HDF5 file per slice or per line, ``slice_{z:04d}.h5::/entry/data/data`` (:class:`Hdf5Template`).
 
-Index i is the i-th frame of the dataset (HDF5) or the file ``template.format(index=i)`` (CBF).
+Index i is the i-th frame of the dataset (HDF5), the file the template names for i (CBF), or the
+frame of its slice / line in the file named for it (HDF5 template); paths are computed from i and
+the scan's shape, never found by listing a folder.
 A missing file or frame raises ``FileNotFoundError``, a frame that cannot be decoded
 :class:`~xrdct_dask.io.cbf.CorruptFrameError` (or a subclass), each naming the file and frame.
 Only regular files are opened, so a FIFO or device in the frame folder cannot hang a reader.
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
-import string
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +37,7 @@ import numpy as np
 
 from .cbf import CbfPayload, CorruptFrameError, decompress_frame, parse_cbf, read_file
 from .decode import decode_payload
+from .layout import FrameTemplate, ScanShape, template_fields
 from .spec import H5_SUFFIXES, is_hdf5, split_spec
 
 
@@ -95,13 +102,15 @@ def as_counts(frames: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_batch(source: "Hdf5Frames", indices: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def read_batch(source: "Hdf5Frames | Hdf5Template", indices: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``indices`` of an HDF5 source as int32 counts (:func:`as_counts`) and a FrameStatus
     code per frame, never raising for a bad one: index < 0 or absent is MISSING, a bad chunk
     TRUNCATED / SIZE_MISMATCH / CORRUPT_HEADER (the raw path: :func:`~xrdct_dask.io.hdf5.read_raw_chunks`
     + :func:`~xrdct_dask.io.hdf5.decode_chunks`; layouts it does not take are read frame by frame)."""
     from .status import FrameStatus
 
+    if isinstance(source, Hdf5Template):
+        return source.read_batch(indices, threads)
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     frames = np.zeros((idx.size, *source.frame_shape), source.dtype)
     status = np.full(idx.size, int(FrameStatus.MISSING), np.int8)
@@ -124,18 +133,21 @@ def read_batch(source: "Hdf5Frames", indices: np.ndarray, threads: int = 1) -> t
 
 
 class CbfTemplate(FrameSource):
-    """One CBF file per frame, ``template.format(index=i)``; plain, ``.gz`` or ``.bz2``."""
+    """One CBF file per frame, ``template.format(**fields)``; plain, ``.gz`` or ``.bz2``.
 
-    def __init__(self, template: str):
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        if fields != ["index"]:
-            raise ValueError(f"frame template {template!r} must contain exactly one {{index}} field, "
-                             "e.g. frame_{index:06d}.cbf")
+    The fields (``{z}``, ``{line}``, ``{omega}``, ``{index}``) are computed from the acquisition
+    index and ``scan`` (:class:`~xrdct_dask.io.layout.FrameTemplate`); a flat ``{index}`` template
+    needs no ``scan``."""
+
+    def __init__(self, template: str, scan: ScanShape | None = None):
+        self.layout = FrameTemplate(template, scan)
         self.spec = template
         self._shape: tuple[int, int] | None = None
 
     def path(self, index: int) -> Path:
-        return Path(self.spec.format(index=int(index)))
+        return Path(self.layout.format(index))
+
+    file_of = path
 
     def read_payload(self, index: int) -> CbfPayload:
         """The byte-offset payload of frame ``index`` (decompressed in memory when gz / bz2)."""
@@ -214,11 +226,121 @@ class Hdf5Frames(FrameSource):
         return [self.file] + sorted({s.file for s in self.map.segments} - {self.file})
 
 
+class Hdf5Template(FrameSource):
+    """An HDF5 file per slice or per line: ``slice_{z:04d}.h5::/entry/data/data``.
+
+    Frame ``i`` is frame ``FrameTemplate.local(i)`` of the dataset in the file the template names for
+    it (:mod:`xrdct_dask.io.layout`).  Each file is opened as an :class:`Hdf5Frames` when first
+    read (at most :attr:`OPEN_FILES` kept open per process); a file that is absent is not
+    remembered, so a file written late is read by the next task.  Nothing is listed."""
+
+    OPEN_FILES = 32
+
+    def __init__(self, spec: str, scan: ScanShape | None):
+        file, self.dataset = split_spec(spec)
+        self.layout = FrameTemplate(file, scan, hdf5=True)
+        self.spec = spec
+        self._files: dict[str, Hdf5Frames] = {}
+        self._first: Hdf5Frames | None = None
+        self._lock = threading.Lock()  # the tasks of a worker share this source
+
+    def __getstate__(self):
+        return {"spec": self.spec, "scan": self.layout.scan}
+
+    def __setstate__(self, state):
+        self.__init__(state["spec"], state["scan"])
+
+    def file_of(self, index: int) -> Path:
+        return Path(self.layout.format(index))
+
+    def unit(self, path: Path) -> Hdf5Frames:
+        """The open source of one file (FileNotFoundError when absent); refreshed where it has grown."""
+        key = str(path)
+        with self._lock:
+            src = self._files.pop(key, None)
+        if src is not None and any(s.missing and s.file.exists() for s in src.segments):
+            src = None
+        if src is None:
+            src = Hdf5Frames(path, self.dataset)
+        with self._lock:
+            self._files[key] = src  # most recent last; the oldest dropped beyond OPEN_FILES
+            while len(self._files) > self.OPEN_FILES:
+                self._files.pop(next(iter(self._files)))
+        return src
+
+    def _first_unit(self) -> Hdf5Frames:
+        """The file of frame 0 (shape and dtype of every frame)."""
+        if self._first is None:
+            self._first = self.unit(self.file_of(0))
+        return self._first
+
+    @property
+    def nframes(self) -> None:
+        return None
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self._first_unit().frame_shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._first_unit().dtype
+
+    def groups(self, indices: np.ndarray):
+        """``(path, rows, local indices)`` per file over ``indices`` (>= 0), in order of first use."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        by_file: dict[str, list[int]] = {}
+        for k, i in enumerate(idx):
+            by_file.setdefault(self.layout.format(int(i)), []).append(k)
+        for path, rows in by_file.items():
+            rows = np.asarray(rows, np.int64)
+            yield Path(path), rows, np.asarray([self.layout.local(int(i)) for i in idx[rows]], np.int64)
+
+    def read_frames(self, indices, out: np.ndarray | None = None) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if out is None:
+            out = np.empty((idx.size, *self.frame_shape), self.dtype)
+        for path, rows, local in self.groups(idx):
+            out[rows] = self.unit(path).read_frames(local)
+        return out
+
+    def read_batch(self, indices: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`read_batch` file by file: an absent file's frames are MISSING."""
+        from .status import FrameStatus
+
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        shape = self.frame_shape
+        frames = np.zeros((idx.size, *shape), np.int32)
+        status = np.full(idx.size, int(FrameStatus.MISSING), np.int8)
+        present = np.flatnonzero(idx >= 0)
+        for path, rows, local in self.groups(idx[present]):
+            try:
+                src = self.unit(path)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, CorruptFrameError):
+                status[present[rows]] = FrameStatus.CORRUPT_HEADER
+                continue
+            f, st = read_batch(src, local, threads)
+            if f.shape[1:] != shape:
+                status[present[rows]] = FrameStatus.WRONG_SHAPE
+                continue
+            frames[present[rows]], status[present[rows]] = f, st
+        return frames, status
+
+    def files(self) -> list[Path]:
+        return []
+
+
+HDF5_SOURCES = (Hdf5Frames, Hdf5Template)
+
+
 @functools.lru_cache(maxsize=64)
-def _open_cached(spec: str, pid: int) -> FrameSource:
+def _open_cached(spec: str, scan: ScanShape | None, pid: int) -> FrameSource:
+    file, path = split_spec(spec)
     if is_hdf5(spec):
-        return Hdf5Frames(*split_spec(spec))
-    return CbfTemplate(spec)
+        return Hdf5Template(spec, scan) if template_fields(file) else Hdf5Frames(file, path)
+    return CbfTemplate(spec, scan)
 
 
 def refreshed(source: FrameSource) -> FrameSource:
@@ -230,10 +352,13 @@ def refreshed(source: FrameSource) -> FrameSource:
     return source
 
 
-def open_source(source: str | Path | FrameSource, base_dir: str | Path | None = None) -> FrameSource:
-    """The :class:`FrameSource` of what ``inputs.frames`` holds (opened once per process and spec).
+def open_source(source: str | Path | FrameSource, base_dir: str | Path | None = None,
+                scan: ScanShape | None = None) -> FrameSource:
+    """The :class:`FrameSource` of what ``inputs.frames`` holds (opened once per process, spec and scan).
 
-    Relative paths are taken relative to ``base_dir`` when given.  Raises ValueError (one line)
+    Relative paths are taken relative to ``base_dir`` when given.  ``scan`` (the scan's shape and
+    order) computes the ``{z}``, ``{line}``, ``{omega}`` fields of a template
+    (:mod:`xrdct_dask.io.layout`); a flat ``{index}`` template or a single HDF5 file needs none.  Raises ValueError (one line)
     for a spec that is neither a CBF template nor an HDF5 file with frames, FileNotFoundError when
     the HDF5 file is absent.
     """
@@ -247,7 +372,9 @@ def open_source(source: str | Path | FrameSource, base_dir: str | Path | None = 
     if not is_hdf5(spec) and "{" not in spec:
         raise ValueError(f"frames {spec!r}: neither a CBF template with an {{index}} field nor an HDF5 / NeXus file "
                          f"({', '.join(H5_SUFFIXES)} or file::/dataset)")
-    return _open_cached(spec, os.getpid())
+    if scan is not None and not set(template_fields(split_spec(spec)[0])) - {"index"}:
+        scan = None  # one cached source whatever the scan: its paths do not depend on it
+    return _open_cached(spec, scan, os.getpid())
 
 
 def read_frames(source: str | Path | FrameSource, indices, out: np.ndarray | None = None) -> np.ndarray:

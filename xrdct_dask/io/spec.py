@@ -1,8 +1,10 @@
 """What ``inputs.frames`` names, told apart without opening anything (no heavy imports: the
 workflow schema uses it to validate).
 
-``file.h5`` / ``file.nxs`` / ``file::/entry/data/data`` is an HDF5 / NeXus source; anything else
-is a CBF template with one ``{index}`` field (:mod:`xrdct_dask.io.source` reads both).
+``file.h5`` / ``file.nxs`` / ``file::/entry/data/data`` is an HDF5 / NeXus source (the file part
+may be a template, ``slice_{z:04d}.h5``: a file per slice or line); anything else is a CBF
+template with an ``{index}`` field, maybe ``{z}``, ``{line}``, ``{omega}`` too
+(:mod:`xrdct_dask.io.layout`; :mod:`xrdct_dask.io.source` reads them all).
 """
 
 from __future__ import annotations

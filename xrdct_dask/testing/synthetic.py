@@ -249,6 +249,8 @@ class SimulatedScan:
     detector: str
     phases: tuple[str, ...]
     fmt: str = "cbf"
+    fast_axis: str = "x"
+    order: str = "snake"
 
     def load_truth(self) -> dict:
         with np.load(self.truth, allow_pickle=False) as z:
@@ -258,7 +260,10 @@ class SimulatedScan:
         """The CBF file of frame ``index`` (``fmt="cbf"`` scans only)."""
         if self.fmt != "cbf":
             raise ValueError(f"{self.root}: an {self.fmt} scan has no file per frame (frames: {self.frames_template})")
-        return self.root / self.frames_template.format(index=index)
+        from ..io.layout import FrameTemplate, ScanShape
+
+        scan = ScanShape(self.nz, self.nomega, self.nx, self.fast_axis, self.order)
+        return self.root / FrameTemplate(self.frames_template, scan).format(index)
 
     @property
     def frames(self) -> str:
@@ -285,7 +290,8 @@ def _render(ai, shape, q_nm, pattern, scale, rng, gaps, bad, zinger_rate, spot_r
 def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 24, *, detector: str = "small",
                   order: str = "snake", fast_axis: str = "x", omega_range_deg: int = 180, npt_rad: int = 1000,
                   seed: int = 0, peak_counts: float = 1.0e5, zinger_rate: float = 0.02, spot_rate: float = 0.02,
-                  threads: int = 4, progress=None, fmt: str = "cbf", frames_per_file: int = 100) -> SimulatedScan:
+                  threads: int = 4, progress=None, fmt: str = "cbf", frames_per_file: int = 100,
+                  frames: str | None = None) -> SimulatedScan:
     """Simulate a whole XRD-CT scan into ``out_dir`` and return its paths.
 
     Writes the frames in acquisition order -- ``fmt="cbf"``: ``frames/frame_{index:06d}.cbf``;
@@ -295,6 +301,11 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     (gaps, beamstop and bad pixels = 1), ``monitor.txt``, ``scan.csv``, ``truth.npz`` (phase maps
     ``(nphase, nz, nx, nx)``, phase patterns per atom on ``q_A``, sinograms of each phase) and a
     ready ``workflow.yaml``.  ``peak_counts`` sets the expected counts of the brightest pixel.
+
+    ``frames``, a template relative to ``out_dir`` (:mod:`xrdct_dask.io.layout`), writes another
+    layout of the same frames: ``slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf`` (CBF, may
+    end ``.cbf.gz`` / ``.cbf.bz2``: compressed after writing), or ``slice_{z:04d}.h5::/entry/data/data``
+    (``fmt="h5"``: a plain HDF5 file per slice or line, chunks of one frame, bitshuffle-LZ4).
     """
     from fabio.cbfimage import CbfImage
     from fabio.edfimage import EdfImage
@@ -303,8 +314,16 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
         raise ValueError(f"fmt must be cbf or h5, got {fmt!r}")
     if frames_per_file < 1:
         raise ValueError(f"frames_per_file must be >= 1, got {frames_per_file}")
+    from ..io.layout import FrameTemplate, ScanShape
+    from ..io.spec import is_hdf5, split_spec
+
     out = Path(out_dir)
-    (out / "frames").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    layout = None
+    if frames is not None:
+        if is_hdf5(frames) != (fmt == "h5"):
+            raise ValueError(f"frames {frames!r} is not a {fmt} template (--format {fmt})")
+        layout = FrameTemplate(split_spec(frames)[0], ScanShape(nz, nomega, nx, fast_axis, order), hdf5=fmt == "h5")
     rng = np.random.default_rng(seed)
     phases = phase_library()
     maps = make_phantom(nz, nx)
@@ -342,6 +361,9 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
         return _render(ai, shape, q_nm, pattern, scale * monitor[i] / 1e5, np.random.default_rng(seeds[i]),
                        gaps, bad, zinger_rate, spot_rate)
 
+    if layout is None:
+        (out / "frames").mkdir(exist_ok=True)
+
     def write(i):
         iz, iw, ix = order_idx[i]
         frame = render(i)
@@ -356,14 +378,30 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                       f"# Scan_point iz={iz} iomega={iw} ix={ix}",
                       f"# Sample_x_mm {x_mm[ix]:.4f}",
                       f"# Sample_z_mm {z_mm[iz]:.4f}"])}
-        CbfImage(data=frame, header=header).write(str(out / "frames" / f"frame_{i:06d}.cbf"))
+        path = out / (layout.format(i) if layout is not None else f"frames/frame_{i:06d}.cbf")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix in (".gz", ".bz2"):  # an archive of compressed frames
+            import bz2
+            import gzip
+
+            tmp = path.with_name(path.name + ".tmp.cbf")
+            CbfImage(data=frame, header=header).write(str(tmp))
+            with (gzip if path.suffix == ".gz" else bz2).open(path, "wb") as fh:
+                fh.write(tmp.read_bytes())
+            tmp.unlink()
+        else:
+            CbfImage(data=frame, header=header).write(str(path))
 
     if fmt == "cbf":
-        frames_template = "frames/frame_{index:06d}.cbf"
+        frames_template = frames or "frames/frame_{index:06d}.cbf"
         with ThreadPoolExecutor(max(1, threads)) as pool:
             for k, _ in enumerate(pool.map(write, range(nframes))):
                 if progress is not None:
                     progress(k + 1, nframes)
+    elif layout is not None:
+        frames_template = frames
+        write_hdf5_units(out, layout, split_spec(frames)[1] or "/entry/data/data", render, nframes, shape,
+                         threads=threads, progress=progress)
     else:
         frames_template = "frames/scan_master.h5::/entry/data/data"
         positions = {"omega": (omega[order_idx[:, 1]], "deg"), "x": (x_mm[order_idx[:, 2]], "mm"),
@@ -405,7 +443,52 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     return SimulatedScan(root=out, workflow=out / "workflow.yaml", frames_template=frames_template,
                          poni=out / "geometry.poni", mask=out / "mask.edf", monitor=out / "monitor.txt",
                          scan_file=out / "scan.csv", truth=out / "truth.npz", nz=nz, nomega=nomega, nx=nx,
-                         detector=detector, phases=tuple(p.name for p in phases), fmt=fmt)
+                         detector=detector, phases=tuple(p.name for p in phases), fmt=fmt, fast_axis=fast_axis,
+                         order=order)
+
+
+def _frames_dataset(f, path: str, n: int, shape: tuple[int, int]):
+    """An int32 ``(n, ny, nx)`` frames dataset at ``path`` of open file ``f``: chunks of one frame,
+    bitshuffle + LZ4 (HDF5 filter 32008), in NXentry / NXdata groups as a detector writes."""
+    import hdf5plugin
+
+    group, _, name = path.strip("/").rpartition("/")
+    f.attrs["default"] = "entry"
+    g = f.require_group(group) if group else f
+    for k, part in enumerate(group.split("/") if group else []):
+        sub = f["/".join(group.split("/")[:k + 1])]
+        sub.attrs["NX_class"] = "NXentry" if k == 0 else "NXdata"
+    if group:
+        g.attrs["signal"] = name
+    return g.create_dataset(name, shape=(n, *shape), dtype=np.int32, chunks=(1, *shape),
+                            **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+
+
+def write_hdf5_units(out: str | Path, layout, dataset: str, render, nframes: int, shape: tuple[int, int], *,
+                     threads: int = 4, progress=None) -> None:
+    """Write an HDF5 file per slice or line: the file ``layout.format(i)`` (relative to ``out``)
+    holds, at ``dataset``, the frames of its unit in acquisition order (frame ``layout.local(i)``).
+
+    ``layout`` is a :class:`~xrdct_dask.io.layout.FrameTemplate` without ``{index}``; a unit's
+    frames are consecutive in acquisition order."""
+    import h5py
+
+    out = Path(out)
+    starts = [0]
+    while starts[-1] < nframes:  # the first frame of each unit: the next unit starts where its count ends
+        first = starts[-1]
+        size = layout.scan.nfast if layout.scope == "line" else layout.scan.per_slice
+        starts.append(min(first + size, nframes))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for first, last in zip(starts[:-1], starts[1:]):
+            path = out / layout.format(first)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(path, "w") as f:
+                d = _frames_dataset(f, dataset, last - first, shape)
+                for j, frame in enumerate(pool.map(render, range(first, last))):
+                    d[j] = frame
+                    if progress is not None:
+                        progress(first + j + 1, nframes)
 
 
 def write_hdf5_scan(folder: str | Path, render, nframes: int, shape: tuple[int, int], *, positions: dict,
