@@ -143,7 +143,7 @@ class _Listings:
 def test_per_slice_and_per_line_layouts_give_the_flat_layouts_store(layouts, cluster, tmp_path, monkeypatch):
     from xrdct_dask.workflow import run
 
-    flat, per_line, h5 = layouts["flat"], layouts["per_line"], layouts["per_slice_h5"]
+    per_line, h5 = layouts["per_line"], layouts["per_slice_h5"]
     assert (per_line.root / "data/slice_0001/line_00007/frame_000005.cbf.bz2").is_file()
     assert sorted(p.name for p in (h5.root / "data").iterdir()) == ["slice_0000.h5", "slice_0001.h5"]
     stores = {}

@@ -10,7 +10,6 @@ treat it as missing, so no NaN reaches recon/ or pdf/.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import signal
 import subprocess
