@@ -135,6 +135,46 @@ def test_raw_chunks_land_in_the_given_buffer(tmp_path, frames):
         assert bytes(buf[chunks.offsets[1]:chunks.offsets[2]]) == f["entry/data/data"].id.read_direct_chunk((5, 0, 0))[1]
 
 
+@pytest.mark.parametrize("userblock", [0, 1024])
+def test_chunks_read_outside_hdf5_are_its_stored_bytes(tmp_path, frames, userblock):
+    """The raw path reads each chunk with pread at the file offset h5py gives (after a user block
+    too), on reader threads: the bytes are exactly what ``read_direct_chunk`` returns, for every
+    frame, with and without a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = tmp_path / "ub.h5"
+    with h5py.File(p, "w", userblock_size=userblock) as f:
+        f.create_dataset("entry/data/data", data=frames, chunks=(1, *frames.shape[1:]),
+                         **hdf5plugin.Bitshuffle(cname="lz4"))
+    src = open_source(p)
+    with h5py.File(p) as f:
+        want = [f["entry/data/data"].id.read_direct_chunk((k, 0, 0))[1] for k in range(len(frames))]
+    with ThreadPoolExecutor(3) as pool:
+        for kw in ({}, {"pool": pool}):
+            chunks = src.read_raw_chunks([6, 0, 3, 1, 5, 2, 4], **kw)
+            got = [bytes(chunks.buffer[a:b]) for a, b in zip(chunks.offsets[:-1], chunks.offsets[1:])]
+            assert got == [want[k] for k in (6, 0, 3, 1, 5, 2, 4)] and not chunks.status.any()
+
+
+def test_a_file_ending_inside_a_chunk_is_truncated_not_read_past(tmp_path, frames):
+    """A data file cut short (a copy interrupted) after its chunk index was written: the frames
+    whose chunks lie past the end are TRUNCATED, the others read whole."""
+    p = small_h5(tmp_path / "cut.h5", frames, **hdf5plugin.Bitshuffle(cname="lz4"))
+    with h5py.File(p) as f:
+        d = f["entry/data/data"]
+        last = max(range(len(frames)), key=lambda k: d.id.get_chunk_info_by_coord((k, 0, 0)).byte_offset)
+        cut_at = d.id.get_chunk_info_by_coord((last, 0, 0)).byte_offset + 10
+    src = open_source(p)  # the chunk index is read before the file is cut
+    src.read_raw_chunks([0])
+    with open(p, "r+b") as fh:
+        fh.truncate(cut_at)
+    chunks = src.read_raw_chunks(range(len(frames)))
+    assert chunks.status[last] == FrameStatus.TRUNCATED and "ends inside" in chunks.reasons[last]
+    assert (np.delete(chunks.status, last) == FrameStatus.OK).all()
+    decoded, status = hdf5.decode_chunks(chunks)
+    np.testing.assert_array_equal(decoded[np.arange(len(frames)) != last], np.delete(frames, last, axis=0))
+
+
 def test_multi_frame_chunks_fall_back_to_h5py(tmp_path, frames):
     p = small_h5(tmp_path / "big_chunks.h5", frames, chunks=(3, 33, 21), **hdf5plugin.Bitshuffle(cname="lz4"))
     src = open_source(p)

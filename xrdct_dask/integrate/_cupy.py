@@ -475,8 +475,8 @@ class CupyEngine:
         return self._integrate_launched(slot, frames, status, d_mon, n)
 
     def h5_batches(self, source, idx, batches, norm, status, pending, stats, read_threads: int = 8):
-        """Frames of an HDF5 source: chunks read raw (``read_direct_chunk``) straight into this
-        engine's page-locked arenas on reader threads two batches ahead, one copy to the device
+        """Frames of an HDF5 source: chunks read raw (located by h5py, read with ``pread`` on the
+        reader threads) straight into this engine's page-locked arenas, two batches ahead, one copy to the device
         per batch, decoded and integrated there.  Chunks the kernels do not take (deflate,
         unusual block sizes) and layouts the raw path does not read (chunks of several frames) are
         decoded on the host, said once in the log.  Fills ``status`` for missing frames, appends
@@ -490,7 +490,7 @@ class CupyEngine:
             log.warning("%s: frames are %s, the detector %s", source.spec, source.frame_shape, self.plan.shape)
             status[:] = FrameStatus.WRONG_SHAPE
             return
-        batch_pool, _ = self._read_pools(read_threads)
+        batch_pool, read_pool = self._read_pools(read_threads)
         ring = self.arena_ring()
         dt = np.dtype(source.dtype)
         frame_bytes = int(np.prod(source.frame_shape)) * dt.itemsize
@@ -504,7 +504,7 @@ class CupyEngine:
             if prev is not None and prev.uploaded is not None:  # launched (before this read was asked for)
                 prev.uploaded.synchronize()
             try:
-                chunks = source.read_raw_chunks(ids, out=lambda nbytes: self.arena(ring, k, nbytes))
+                chunks = source.read_raw_chunks(ids, out=lambda nbytes: self.arena(ring, k, nbytes), pool=read_pool)
             except ValueError as err:  # not one frame per chunk with a raw-path filter: h5py reads it
                 _say_once(f"{source.spec}: {err}; these frames are decoded on the host")
                 frames, st = read_batch(source, ids, threads=max(1, read_threads // 2))

@@ -482,12 +482,15 @@ class RawChunks:
 
 
 def read_raw_chunks(m: SegmentMap, indices, shape: tuple[int, int], dtype, out: np.ndarray | None = None,
-                    name: str = "") -> RawChunks:
-    """The stored chunks of frames ``indices`` of a resolved source (``read_direct_chunk``, two
-    h5py calls per frame and no copy: the bytes land in ``out`` (e.g. pinned memory) when it is
-    large enough; ``out`` may also be a callable ``out(nbytes) -> uint8 array`` of at least
-    ``nbytes``, asked once the sizes are known).  Never raises for a missing frame: its status says
-    MISSING.
+                    name: str = "", pool=None) -> RawChunks:
+    """The stored chunks of frames ``indices`` of a resolved source.  h5py locates each chunk
+    (``get_chunk_info_by_coord``: its file address and size); the bytes are then read with
+    ``os.pread`` outside HDF5's global lock, on the threads of ``pool`` (a ThreadPoolExecutor)
+    when one is given, so that reading scales with threads as the CBF reader does
+    (``read_direct_chunk`` serialises every read of a process).  No copy: the bytes land in
+    ``out`` (e.g. pinned memory) when it is large enough; ``out`` may also be a callable
+    ``out(nbytes) -> uint8 array`` of at least ``nbytes``, asked once the sizes are known).  Never
+    raises for a missing frame: its status says MISSING (TRUNCATED: the file ends inside the chunk).
 
     Raises ValueError when a present segment is not stored one frame per chunk with a supported
     filter (read such sources with :func:`read_frames_h5`)."""
@@ -540,18 +543,45 @@ def read_raw_chunks(m: SegmentMap, indices, shape: tuple[int, int], dtype, out: 
         # filter_mask bit 0 set: the (only) filter was skipped for this chunk, stored as is
         filt[k] = FILTER_NONE if info.filter_mask & 1 else fid_of[s]
         sizes[k] = info.size
-        where[k] = (seg, coord)
+        where[k] = (seg.file, int(info.byte_offset))  # the file offset (a user block included)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(sizes, out=offsets[1:])
     total = int(offsets[-1])
     if callable(out):
         out = out(total)
     buf = out[:total] if out is not None and out.size >= total else np.empty(total, np.uint8)
-    for k in range(n):
-        if where[k] is not None:
-            seg, coord = where[k]
-            FILES.dataset(seg.file, seg.dataset).id.read_direct_chunk(coord, out=buf[offsets[k]:offsets[k + 1]])
+    todo = [k for k in range(n) if where[k] is not None]
+    parts = 1 if pool is None else max(1, min(len(todo), getattr(pool, "_max_workers", 1)))
+    groups = [todo[a::parts] for a in range(parts)]
+    read = functools.partial(_pread_chunks, where=where, buf=buf, offsets=offsets)
+    short = [k for g in (map(read, groups) if parts == 1 else pool.map(read, groups)) for k in g]
+    for k in short:
+        status[k], filt[k] = _TRUNC, FILTER_NONE
+        reasons[k] = "the file ends inside the frame's chunk"
     return RawChunks(buf, offsets, filt, status, shape, np.dtype(dtype), names, reasons)
+
+
+def _pread_chunks(ks: list[int], where: list, buf: np.ndarray, offsets: np.ndarray) -> list[int]:
+    """Read the chunks ``ks`` (``where[k] = (file, address)``) into ``buf[offsets[k]:offsets[k+1]]``
+    with ``os.preadv`` (the GIL released); returns those the file ends inside of."""
+    short, fds = [], {}
+    try:
+        for k in ks:
+            file, pos = where[k]
+            fd = fds.get(file)
+            if fd is None:
+                fd = fds[file] = os.open(file, os.O_RDONLY)
+            view = memoryview(buf[offsets[k]:offsets[k + 1]])
+            while len(view):
+                got = os.preadv(fd, [view], pos)
+                if got <= 0:
+                    short.append(k)
+                    break
+                view, pos = view[got:], pos + got
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return short
 
 
 @numba.njit(cache=True, nogil=True)

@@ -215,9 +215,10 @@ class Hdf5Frames(FrameSource):
     def segments(self) -> list[hdf5.Segment]:
         return self.map.segments
 
-    def read_raw_chunks(self, indices, out: np.ndarray | None = None) -> hdf5.RawChunks:
-        """Compressed chunks of frames ``indices`` as stored, packed (see :class:`~xrdct_dask.io.hdf5.RawChunks`)."""
-        return _hdf5().read_raw_chunks(self.map, indices, self._shape, self._dtype, out=out, name=self.spec)
+    def read_raw_chunks(self, indices, out: np.ndarray | None = None, pool=None) -> hdf5.RawChunks:
+        """Compressed chunks of frames ``indices`` as stored, packed (see :class:`~xrdct_dask.io.hdf5.RawChunks`;
+        ``pool``: threads reading them in parallel)."""
+        return _hdf5().read_raw_chunks(self.map, indices, self._shape, self._dtype, out=out, name=self.spec, pool=pool)
 
     def read_frames(self, indices, out: np.ndarray | None = None) -> np.ndarray:
         return _hdf5().read_frames_h5(self.map, indices, self._shape, self._dtype, name=self.spec, out=out)
