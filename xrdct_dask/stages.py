@@ -514,7 +514,10 @@ def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center) -
 
     geo = _geometry(center)
     sino = store.read_chunked(ctx.store_path, f"{store.PDF}/{name}", (z, slice(None), slice(None), sel), 0)
-    opts = {"center": geo["center"]}
+    # every step named: the geometry and filling only (a library default must not switch on a
+    # nonlinear correction of G: the two orders agree because these steps are linear)
+    opts = {"center": geo["center"], "fill_bad": ctx.workflow.sinogram.fill_bad, "zingers": False, "background": False,
+            "stripes": False, "jitter": False}
     if ctx.workflow.sinogram.jitter and geo.get("shifts_px"):
         opts["jitter"] = np.asarray(geo["shifts_px"])
     return _reconstruct_sub_blocks(ctx, z, sino, opts, xp_for_engine(ctx.workflow.recon.engine), filter_only=True)[0]
