@@ -191,6 +191,13 @@ def main() -> int:
         "lag_s": {"median": float(np.median(lag)), "p90": float(np.percentile(lag, 90)), "max": float(lag.max())},
         "block_lag_s": {"median": float(np.median(block_lag)), "max": float(block_lag.max())},
         "slice_done_after_last_frame_s": per_slice,
+        # per block in order of readiness: seconds after the first rename when its last frame was
+        # whole, when it was submitted and when it was stored (a cold start shows as lags that
+        # shrink; a throughput limit as lags that grow)
+        "blocks": [{"z": b["z"], "omega_start": b["omega_start"], "ready_s": b["ready"] - float(renamed[0]),
+                    "submitted_s": b.get("submitted", float("nan")) - float(renamed[0]),
+                    "finished_s": b["finished"] - float(renamed[0])}
+                   for b in sorted(res.blocks, key=lambda b: b["ready"])],
         "frames_ok": int((status == 0).sum()), "timed_out": res.timed_out,
         "startup_s": {"frames": t_sim, "plan": t_plan, "cluster": t_cluster, "armed": t_arm},
         "wall_s": time.perf_counter() - t_all,
