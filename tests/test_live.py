@@ -156,6 +156,45 @@ def test_watch_during_the_acquisition_equals_the_batch_run_and_reconstructs_slic
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # an HDF5 simulation and an acquisition (~20 s)
+def test_watch_follows_an_eiger_scan_whose_data_files_appear_one_by_one(acq, batch, cluster, tmp_path):
+    """The same scan written as an Eiger master (there from the start, as the detector writes it)
+    whose four data files of 40 frames appear one after the other, each renamed into place when
+    whole (as DECTRIS' file writer does): `watch` integrates each file's blocks once it is there,
+    nothing is read early or flagged, and the store equals the CBF batch run's (the sources give
+    the same frames)."""
+    from xrdct_dask.live import watch
+    from xrdct_dask.testing.synthetic import simulate_scan
+
+    h5 = simulate_scan(tmp_path / "h5scan", nz=2, nomega=8, nx=10, seed=5, fmt="h5", frames_per_file=40)
+    data = sorted((h5.root / "frames").glob("*_data_*.h5"))
+    assert len(data) == 4
+    aside = tmp_path / "filewriter"
+    aside.mkdir()
+    for p in data:
+        p.rename(aside / p.name)
+    appeared: list[float] = []
+
+    def filewriter():
+        for p in data:
+            time.sleep(1.2)
+            (aside / p.name).rename(p)
+            appeared.append(time.time())
+
+    t = threading.Thread(target=filewriter, daemon=True)
+    t.start()
+    res = watch(load_workflow(h5.workflow, OVERRIDES | {"store.path": str(tmp_path / "live.zarr")}), cluster=cluster,
+                idle_timeout_s=30, png_every_s=0, progress=False, summary=False)
+    t.join()
+    st = store.open_array(res.store, "reduced/frame_status", "r")[...]
+    assert (st == FrameStatus.OK).all(), {FrameStatus(c).name: int((st == c).sum()) for c in np.unique(st)}
+    assert not res.timed_out and res.missing == 0 and len(res.blocks) == 4
+    # a block of 40 frames is one data file: it went to the cluster after that file appeared
+    for b, when in zip(sorted(res.blocks, key=lambda b: (b["z"], b["omega_start"])), appeared):
+        assert when <= b["ready"] <= b["submitted"], (b, when)
+    assert_same_store(batch, res.store)
+
+
 @pytest.mark.slow  # ~10 s: a second acquisition, slower per frame
 def test_partial_files_are_never_read_as_complete(acq, batch, cluster, tmp_path):
     """Frames written in place in four parts over each frame's 1/25 s (the watcher sees files

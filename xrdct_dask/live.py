@@ -7,7 +7,11 @@ when a task is submitted:
 * an integration block (one omega chunk of a slice, every x) goes to the cluster once every
   frame file of it is whole (:func:`~xrdct_dask.io.cbf.frame_complete`: its header promise met,
   its trailer written, under its final name), so a file still being written is never read;
-  a file that stays incomplete and unchanged for ``settle_s`` is read as it is (and flagged);
+  a file that stays incomplete and unchanged for ``settle_s`` is read as it is (and flagged).
+  An HDF5 source is looked at afresh at each poll (:func:`~xrdct_dask.prepare.frames_present`):
+  a frame is there once its data file is (an Eiger master's external links, a file per slice or
+  line) and holds it (the dataset's length, which an SWMR writer grows); data files must appear
+  whole (written under another name, then renamed), as a detector's file writer does;
 * a slice's centre, reconstruction and G(r) go as soon as its last block is integrated;
 * when no new frame has come for ``idle_timeout_s``, the blocks still waiting are integrated
   with what is there: the frames that never came are flagged MISSING (a later ``watch`` or
@@ -28,6 +32,7 @@ again it resumes: blocks marked done are not read again.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -43,6 +48,7 @@ from .config import Workflow, WorkflowError, load_workflow, workflow_from_dict
 from .console import console
 from .io.cbf import frame_complete
 from .io.status import FrameStatus
+from .prepare import frames_present, open_run
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +112,24 @@ class _Frames:
         now = time.time()
         new = []
         absent = 0  # absent files in a row past the newest whole one: the detector is not there yet
+        present = frames_present(self.wf) if self.wf.frames_hdf5 else None  # one fresh look per poll
         for i in self.todo[: self.window]:
             if absent >= 64:
                 break
-            p = self.wf.frame_path(int(i))
-            if frame_complete(p):
+            if present is not None:
+                whole, size = present(int(i)), None
+            else:
+                p = self.wf.frame_path(int(i))
+                whole = frame_complete(p)
+                try:
+                    size = None if whole else os.stat(p).st_size
+                except OSError:
+                    size = None
+            if whole:
                 new.append(i)
                 absent = 0
                 continue
-            try:
-                size = os.stat(p).st_size
-            except OSError:
+            if size is None:  # no file (an HDF5 frame: not in its file yet)
                 absent += int(i > self.newest)
                 if self.newest > i + self.window // 2 or self.newest == self.last:  # overtaken: skipped?
                     since = self.passed.setdefault(int(i), now)
@@ -149,15 +162,30 @@ class _Frames:
         self.todo = np.union1d(self.todo, idx)
 
 
+def _frames_folder(wf: Workflow) -> Path:
+    """The folder the frames go to that must exist before the first one: the template's part
+    before its first ``{field}`` (a folder per slice or line is made by the detector), or the
+    HDF5 file's folder."""
+    from .io.spec import split_spec
+
+    parts = Path(split_spec(wf.inputs.frames)[0]).parts
+    fixed = [p for p in itertools.takewhile(lambda p: "{" not in p, parts)]
+    return Path(*fixed[:-1]) if len(fixed) == len(parts) else Path(*fixed)
+
+
 def _wait_for_first_frame(wf: Workflow, idle_timeout_s: float, poll_s: float) -> None:
     """Wait until one of the scan's first frames is whole (the store's template needs its shape)."""
     t0 = time.time()
-    first = [wf.frame_path(i) for i in range(min(wf.scan.nframes, 64))]
-    if not first[0].parent.is_dir():
-        raise WorkflowError(f"inputs.frames: folder {first[0].parent} does not exist")
-    while not any(frame_complete(p) for p in first):
+    first = range(min(wf.scan.nframes, 64))
+    while True:
+        if wf.frames_hdf5:
+            present = frames_present(wf)
+            if any(present(i) for i in first):
+                return
+        elif any(frame_complete(wf.frame_path(i)) for i in first):
+            return
         if time.time() - t0 > idle_timeout_s:
-            raise WorkflowError(f"inputs.frames: no frame came in {idle_timeout_s:g} s (waited for {first[0]})")
+            raise WorkflowError(f"inputs.frames: no frame came in {idle_timeout_s:g} s ({wf.inputs.frames})")
         time.sleep(poll_s)
 
 
@@ -179,18 +207,14 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
 
     from .cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
     from .graph import build_graph, timed
-    from .prepare import open_run
     from .report import finish_run
     from .workflow import RunStopped
 
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
     if overrides and isinstance(workflow, Workflow):
         wf = workflow_from_dict(wf.model_dump(mode="json"), overrides=overrides)
-    if wf.frames_hdf5:
-        raise WorkflowError("inputs.frames: `xrdct watch` follows CBF files as they appear; an HDF5 source is "
-                            "reduced with `xrdct run` once written (a rerun reads frames that came later)")
-    if not wf.frame_path(0).parent.is_dir():
-        raise WorkflowError(f"inputs.frames: folder {wf.frame_path(0).parent} does not exist")
+    if not _frames_folder(wf).is_dir():
+        raise WorkflowError(f"inputs.frames: folder {_frames_folder(wf)} does not exist")
     client, local = client_for(wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
     painter = variable = None
     try:
@@ -227,7 +251,7 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
         painter = _Painter(path, status, png_every_s) if png_every_s > 0 else None
         if progress:
             console.info("dask dashboard: %s\nwatching %s for %d frames (%d blocks of %d x %d); store %s",
-                         client.dashboard_link, wf.frame_path(0).parent, total_frames, len(pending), wc, s.nx, path)
+                         client.dashboard_link, _frames_folder(wf), total_frames, len(pending), wc, s.nx, path)
         variable = Variable(VARIABLE, client=client)
         token = os.urandom(4).hex()
         integrate = timed(stages.integrate_block)

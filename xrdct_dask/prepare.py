@@ -716,7 +716,7 @@ def _resume(wf: Workflow, path: Path) -> stages.RunContext:
     return ctx
 
 
-def _frames_present(wf: Workflow):
+def frames_present(wf: Workflow):
     """``present(index) -> bool``: whether frame ``index`` can be read whole now (its CBF file is
     complete: :func:`~xrdct_dask.io.cbf.frame_complete`; for an HDF5 source, a fresh look at the
     source holds it)."""
@@ -765,7 +765,7 @@ def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int,
         missing = np.argwhere(late & state.integrate[z].repeat(wc)[:st.shape[0], None])
         if missing.size:
             idx = index_arr[z]
-            arrived = _frames_present(wf)
+            arrived = frames_present(wf)
             for w, x in missing:
                 if idx[w, x] >= 0 and arrived(int(idx[w, x])):
                     retry[w, x] = True
