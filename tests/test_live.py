@@ -377,3 +377,59 @@ def test_simulate_rate_then_watch_from_the_command_line(cluster, tmp_path):
     assert store.task_state(tmp_path / "s" / "run.zarr").complete
     bad = runner.invoke(app, ["simulate", str(tmp_path / "t"), "--rate", "0"])
     assert bad.exit_code == 2 and "--rate must be > 0" in bad.output
+
+
+def _swmr_writer(frames_npy: str, path: str, rate_hz: float, started) -> None:
+    """A detector's SWMR file writer (another process, as HDF5 wants): the frames appended one by
+    one at ``rate_hz`` to ``path::/entry/data/data`` (one frame per chunk, no filter), each flushed."""
+    import h5py
+
+    frames = np.load(frames_npy)
+    with h5py.File(path + ".part", "w", libver="latest") as f:
+        d = f.create_dataset("entry/data/data", shape=(0, *frames.shape[1:]), maxshape=(None, *frames.shape[1:]),
+                             chunks=(1, *frames.shape[1:]), dtype=frames.dtype)
+        import os
+
+        os.rename(path + ".part", path)  # the file appears with its dataset, still empty
+        f.swmr_mode = True
+        started.set()
+        t0 = time.perf_counter()
+        for k, frame in enumerate(frames):
+            time.sleep(max(0.0, t0 + k / rate_hz - time.perf_counter()))
+            d.resize(k + 1, axis=0)
+            d[k] = frame
+            d.flush()
+
+
+@pytest.mark.slow  # an acquisition of 160 frames at 20 Hz (~15 s)
+def test_watch_follows_a_file_an_swmr_writer_grows(acq, batch, cluster, tmp_path):
+    """One HDF5 file that the detector's writer holds open in SWMR mode and appends to at 20 Hz
+    (a plain reader may not even open it): `watch` reads it as an SWMR reader, sees its length
+    grow, integrates each block once its frames are flushed, and the store equals the batch run's."""
+    import multiprocessing
+
+    from xrdct_dask.io.source import read_frames, open_source
+    from xrdct_dask.live import watch
+
+    raw = read_frames(open_source(acq.frame_path(0).parent / "frame_{index:06d}.cbf"), range(160))
+    np.save(tmp_path / "frames.npy", raw)
+    target = tmp_path / "scan.h5"
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    writer = ctx.Process(target=_swmr_writer, args=(str(tmp_path / "frames.npy"), str(target), 20.0, started))
+    writer.start()
+    try:
+        assert started.wait(60)
+        t_started = time.time()
+        wf = load_workflow(acq.workflow, OVERRIDES | {"store.path": str(tmp_path / "live.zarr"),
+                                                      "inputs.frames": f"{target}::/entry/data/data"})
+        res = watch(wf, cluster=cluster, idle_timeout_s=30, png_every_s=0, progress=False, summary=False)
+    finally:
+        writer.join(60)
+    assert writer.exitcode == 0
+    st = store.open_array(res.store, "reduced/frame_status", "r")[...]
+    assert (st == FrameStatus.OK).all(), {FrameStatus(c).name: int((st == c).sum()) for c in np.unique(st)}
+    assert not res.timed_out and len(res.blocks) == 4
+    first = min(b["submitted"] for b in res.blocks)
+    assert first < t_started + 160 / 20.0 - 1.0, "the first block was not read while the file was written"
+    assert_same_store(batch, res.store)

@@ -95,9 +95,10 @@ def integrate_source(integ, source, indices, monitor, *, read_threads: int = 8, 
     pending: deque = deque()  # good rows of the batches handed to the engine, awaiting results
     stats = {"bytes": 0}
     if isinstance(source, Hdf5Frames) and integ.engine == "cupy":  # chunks decoded on the GPU
-        results = integ._impl.h5_batches(refreshed(source), idx, batches, norm, status, pending, stats, read_threads)
+        results = integ._impl.h5_batches(refreshed(source, idx), idx, batches, norm, status, pending, stats,
+                                         read_threads)
     elif isinstance(source, HDF5_SOURCES):  # a file per slice or line (Hdf5Template): decoded on the host
-        results = _hdf5_batches(integ, refreshed(source), idx, batches, norm, status, pending, stats, read_threads)
+        results = _hdf5_batches(integ, refreshed(source, idx), idx, batches, norm, status, pending, stats, read_threads)
     elif integ.engine == "cupy" and not compressed(source):
         results = integ._impl.file_batches(source, idx, batches, norm, status, pending, stats, read_threads,
                                            check_md5)

@@ -79,7 +79,8 @@ def check_regular(path: Path) -> None:
 
 class H5FileCache:
     """Open ``h5py.File`` handles (read-only, HDF5's default locking: a file open twice in one process
-    must be opened with the same flags), at most ``maxsize`` per process, the least recently used
+    must be opened with the same flags; a file a writer holds in SWMR mode is opened as an SWMR
+    reader and its datasets refreshed at each lookup), at most ``maxsize`` per process, the least recently used
     closed first; datasets looked up once per open file.  A file in use (:meth:`using`) is never
     closed under its user: the bound is then exceeded until it is released.  Thread-safe; a forked
     child starts with an empty cache (HDF5 handles do not survive ``fork``)."""
@@ -92,6 +93,7 @@ class H5FileCache:
         self._pins: collections.Counter[str] = collections.Counter()
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        self._swmr: set[str] = set()  # files opened as SWMR readers (a writer still appends to them)
 
     def __len__(self) -> int:
         return len(self._files)
@@ -102,6 +104,7 @@ class H5FileCache:
             if self._pid != os.getpid():
                 self._files.clear()
                 self._pins.clear()
+                self._swmr.clear()
                 self._pid = os.getpid()
             hit = self._files.get(key)
             if hit is not None and hit[0].id.valid:
@@ -110,8 +113,13 @@ class H5FileCache:
             check_regular(path)
             try:
                 f = h5py.File(key, "r")
+                self._swmr.discard(key)
             except OSError as err:
-                raise CorruptFrameError(f"{path}: not a readable HDF5 file ({err})") from None
+                try:  # a file a writer holds open in SWMR mode: read it as SWMR allows, refreshed on each lookup
+                    f = h5py.File(key, "r", swmr=True)
+                    self._swmr.add(key)
+                except OSError:
+                    raise CorruptFrameError(f"{path}: not a readable HDF5 file ({err})") from None
             for old in [k for k in self._files if not self._pins[k]][:max(0, len(self._files) + 1 - self.maxsize)]:
                 self._files.pop(old)[0].close()
             entry = (f, {})
@@ -128,6 +136,8 @@ class H5FileCache:
             d = dsets.get(name)
             if d is None:
                 d = dsets[name] = f[name]
+            elif str(path) in self._swmr:
+                d.refresh()  # the length and chunks the SWMR writer has flushed since
             return d
 
     @contextlib.contextmanager
@@ -147,6 +157,7 @@ class H5FileCache:
             for f, _ in self._files.values():
                 f.close()
             self._files.clear()
+            self._swmr.clear()
 
 
 FILES = H5FileCache()

@@ -344,10 +344,13 @@ def _open_cached(spec: str, scan: ScanShape | None, pid: int) -> FrameSource:
     return CbfTemplate(spec, scan)
 
 
-def refreshed(source: FrameSource) -> FrameSource:
+def refreshed(source: FrameSource, indices=None) -> FrameSource:
     """``source``, or a fresh open of it where a file it found missing has appeared since (a data
-    file copied in late, a scan still being written): the per-process cache keeps what it saw."""
-    if isinstance(source, Hdf5Frames) and any(s.missing and s.file.exists() for s in source.segments):
+    file copied in late, a scan still being written), or where frames ``indices`` lie past the
+    length it saw (a file an SWMR writer grows): the per-process cache keeps what it saw."""
+    grown = indices is not None and isinstance(source, Hdf5Frames) and \
+        int(np.max(indices, initial=-1)) >= source.nframes
+    if isinstance(source, Hdf5Frames) and (grown or any(s.missing and s.file.exists() for s in source.segments)):
         _open_cached.cache_clear()  # (open files stay: the one that was missing was never open)
         return open_source(source.spec)
     return source
