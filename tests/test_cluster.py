@@ -18,6 +18,7 @@ import pytest
 from xrdct_dask.cluster import (ProfileError, declared_resources, job_script, list_profiles, load_profile,
                                 make_cluster, pbs_bytes, slurm_bytes, slurm_gpus, worker_resources)
 from xrdct_dask.resources import PROFILES_DIR
+from xrdct_dask.testing.stores import assert_same_stores
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 2**30
@@ -333,21 +334,6 @@ def test_sbatch_accepts_the_memory_directives_of_every_slurm_profile(local_slurm
     assert out.returncode != 0 and "mutually exclusive" in out.stderr  # the oracle does catch the clash
 
 
-def _arrays(path: Path) -> dict:
-    import zarr
-
-    out = {}
-
-    def walk(group, prefix=""):
-        for name, arr in group.arrays():
-            out[prefix + name] = arr[...]
-        for name, sub in group.groups():
-            walk(sub, prefix + name + "/")
-
-    walk(zarr.open_group(str(path), mode="r"))
-    return out
-
-
 @pytest.mark.slurm
 @pytest.mark.slow  # two whole runs, one through SLURM jobs
 def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan, tmp_path):
@@ -373,11 +359,7 @@ def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan
                                  "local-slurm", "--jobs", "2", "--adaptive", "--cluster-set", f"log_directory={logs}"])
     assert r.exit_code == 0, r.output
     assert "engine numpy: 1 integrate tasks on 1 worker(s) (127.0.0.1)" in r.output
-    a, b = _arrays(local), _arrays(slurm)
-    assert set(a) == set(b) and {"reduced/intensity", "recon/intensity", "pdf/G"} <= set(a)
-    for name in sorted(a):
-        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    a = assert_same_stores(local, slurm)
     assert np.isfinite(a["recon/intensity"]).all() and np.abs(a["pdf/G"]).max() > 0
     # the workers were SLURM jobs: their logs (dask-jobqueue log_directory) show them registering
     errs = sorted(logs.glob("xrdct-test-worker-*.err"))

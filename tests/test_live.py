@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from xrdct_dask import store
 from xrdct_dask.config import load_workflow
 from xrdct_dask.io.cbf import frame_complete
 from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.testing.stores import assert_same_stores
 
 RATE_HZ = 25.0  # frames/s: ~6 s for the 160 frames; a 2-core CI machine integrates several times that
 OVERRIDES = {"store.omega_chunk": 4}  # blocks of 4 angles x 10 steps: 1.6 s of acquisition each
@@ -47,27 +47,6 @@ def batch(acq, cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("batch") / "run.zarr"
     wf = load_workflow(acq.workflow, OVERRIDES | {"store.path": str(out)})
     return run(wf, cluster=cluster, progress=False, summary=False)
-
-
-def _arrays(path: Path) -> dict:
-    out = {}
-
-    def walk(group, prefix=""):
-        for name, arr in group.arrays():
-            out[prefix + name] = arr[...]
-        for name, sub in group.groups():
-            walk(sub, prefix + name + "/")
-
-    walk(zarr.open_group(str(path), mode="r"))
-    return out
-
-
-def assert_same_store(a: Path, b: Path) -> None:
-    x, y = _arrays(a), _arrays(b)
-    assert set(x) == set(y) and {"reduced/intensity", "recon/intensity", "pdf/G"} <= set(x)
-    for name in sorted(x):
-        assert x[name].dtype == y[name].dtype and x[name].shape == y[name].shape, name
-        np.testing.assert_array_equal(x[name], y[name], err_msg=name)
 
 
 def empty_copy(scan, folder: Path) -> Path:
@@ -143,7 +122,7 @@ def test_watch_during_the_acquisition_equals_the_batch_run_and_reconstructs_slic
     assert not res.timed_out and res.missing == 0
     assert sorted(res.slices) == [0, 1]
     assert res.slices[0] < whole[-1], f"slice 0 done {res.slices[0] - whole[-1]:+.2f} s after the last frame"
-    assert_same_store(batch, res.store)
+    assert_same_stores(batch, res.store)
     st = store.open_array(res.store, "reduced/frame_status", "r")[...]
     assert (st == FrameStatus.OK).all()
     # each block went to the cluster only after its last frame was whole, and was written after
@@ -192,7 +171,7 @@ def test_watch_follows_an_eiger_scan_whose_data_files_appear_one_by_one(acq, bat
     # a block of 40 frames is one data file: it went to the cluster after that file appeared
     for b, when in zip(sorted(res.blocks, key=lambda b: (b["z"], b["omega_start"])), appeared):
         assert when <= b["ready"] <= b["submitted"], (b, when)
-    assert_same_store(batch, res.store)
+    assert_same_stores(batch, res.store)
 
 
 @pytest.mark.slow  # ~10 s: a second acquisition, slower per frame
@@ -209,7 +188,7 @@ def test_partial_files_are_never_read_as_complete(acq, batch, cluster, tmp_path)
     t.join()
     st = store.open_array(res.store, "reduced/frame_status", "r")[...]
     assert (st == FrameStatus.OK).all(), {FrameStatus(c).name: int((st == c).sum()) for c in np.unique(st)}
-    assert_same_store(batch, res.store)
+    assert_same_stores(batch, res.store)
 
 
 def test_idle_timeout_flags_frames_that_never_came_and_a_restart_reads_them(acq, batch, cluster, tmp_path):
@@ -235,7 +214,7 @@ def test_idle_timeout_flags_frames_that_never_came_and_a_restart_reads_them(acq,
     assert not again.timed_out
     assert sorted((b["z"], b["omega_start"]) for b in again.blocks) == [(1, 0), (1, 4)]
     assert sorted(again.slices) == [1]
-    assert_same_store(batch, again.store)
+    assert_same_stores(batch, again.store)
 
 
 def test_a_frame_the_detector_skipped_does_not_hold_its_slice_to_the_idle_timeout(acq, cluster, tmp_path):
@@ -281,7 +260,7 @@ def test_batch_rerun_reads_frames_that_were_partial_or_missing_when_first_run(ac
         shutil.copy(p, folder / "frames" / p.name)
     path = run(wf, cluster=cluster, progress=False, summary=False)
     assert store.read_attrs(path)["run_summary"]["tasks"]["integrate"]["executed"] == 1  # slice 1, angles 4-7
-    assert_same_store(batch, path)
+    assert_same_stores(batch, path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -329,7 +308,7 @@ def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, c
         assert job["status"] == "done", job["error"]
         assert _http(f"{url}/jobs/nope")[0] == 404
         assert [j["id"] for j in _http(f"{url}/jobs")[1]["jobs"]] == [job["id"]]  # the refused ones are not jobs
-        assert_same_store(batch, out)
+        assert_same_stores(batch, out)
         folder = Path(job["folder"])
         assert (folder / "input.yaml").read_text() == text
         assert json.loads((folder / "job.json").read_text())["status"] == "done"
@@ -343,7 +322,7 @@ def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, c
         assert code == 201
         assert service.wait(job["id"], timeout_s=120)["status"] == "done"
         assert _http(f"{url}/jobs/{job['id']}")[1]["summary"]["missing"] == 0
-        assert_same_store(batch, out2)
+        assert_same_stores(batch, out2)
     finally:
         server.shutdown()
         server.server_close()
@@ -432,4 +411,4 @@ def test_watch_follows_a_file_an_swmr_writer_grows(acq, batch, cluster, tmp_path
     assert not res.timed_out and len(res.blocks) == 4
     first = min(b["submitted"] for b in res.blocks)
     assert first < t_started + 160 / 20.0 - 1.0, "the first block was not read while the file was written"
-    assert_same_store(batch, res.store)
+    assert_same_stores(batch, res.store)

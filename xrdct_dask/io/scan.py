@@ -76,6 +76,17 @@ SCAN_COLUMNS = ("index", "iz", "iomega", "ix")
 POSITION_COLUMNS = ("omega_deg", "x_mm", "z_mm", "monitor")  # optional: measured per frame
 
 
+def check_scan_columns(path, names) -> None:
+    """Raise ValueError (one line) unless a scan table's columns ``names`` hold ``index`` and
+    either all or none of ``iz, iomega, ix``."""
+    if "index" not in names:
+        raise ValueError(f"{path}: scan file lacks the column 'index' (acquisition order of each row)")
+    grid_cols = [c for c in SCAN_COLUMNS[1:] if c in names]
+    if grid_cols and len(grid_cols) != 3:
+        missing = sorted(set(SCAN_COLUMNS[1:]) - set(grid_cols))
+        raise ValueError(f"{path}: scan file has {', '.join(grid_cols)} but lacks {', '.join(missing)}")
+
+
 def read_scan_table(path: str | Path) -> dict[str, np.ndarray]:
     """The columns of a scan CSV (header line, comma separated) as arrays, one row per frame.
 
@@ -85,12 +96,7 @@ def read_scan_table(path: str | Path) -> dict[str, np.ndarray]:
     """
     table = np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True, dtype=None, encoding="ascii"))
     names = table.dtype.names or ()
-    if "index" not in names:
-        raise ValueError(f"{path}: scan file lacks the column 'index' (acquisition order of each row)")
-    grid_cols = [c for c in SCAN_COLUMNS[1:] if c in names]
-    if grid_cols and len(grid_cols) != 3:
-        missing = sorted(set(SCAN_COLUMNS[1:]) - set(grid_cols))
-        raise ValueError(f"{path}: scan file has {', '.join(grid_cols)} but lacks {', '.join(missing)}")
+    check_scan_columns(path, names)
     out = {}
     for c in names:
         kind = np.int64 if c in SCAN_COLUMNS else np.float64 if c in POSITION_COLUMNS else None

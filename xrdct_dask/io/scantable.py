@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .scan import POSITION_COLUMNS, SCAN_COLUMNS
+from .scan import POSITION_COLUMNS, SCAN_COLUMNS, check_scan_columns
 
 BLOCK_ROWS = 1 << 18  # lines parsed at once (~30 MB of text and values)
 SAMPLE_MAX = 1 << 20  # readings per axis kept to find the groups of a scan without grid columns
@@ -48,12 +48,7 @@ def scan_header(path: str | Path) -> list[str]:
     """Column names of a scan CSV, checked as :func:`~xrdct_dask.io.scan.read_scan_table` does."""
     with open(path, encoding="ascii", errors="replace") as f:
         names = [c.strip() for c in f.readline().strip().split(",")]
-    if "index" not in names:
-        raise ValueError(f"{path}: scan file lacks the column 'index' (acquisition order of each row)")
-    grid_cols = [c for c in SCAN_COLUMNS[1:] if c in names]
-    if grid_cols and len(grid_cols) != 3:
-        missing = sorted(set(SCAN_COLUMNS[1:]) - set(grid_cols))
-        raise ValueError(f"{path}: scan file has {', '.join(grid_cols)} but lacks {', '.join(missing)}")
+    check_scan_columns(path, names)
     return names
 
 

@@ -1,0 +1,41 @@
+"""Whole-store comparisons for tests: two runs of the same work must give the same arrays.
+
+A run on LocalCluster and one through SLURM jobs, a live watch and a batch run, a scan written as
+CBF and as HDF5: same code, same inputs, single-threaded workers, so every array must be equal
+exactly (NaN where NaN), not merely close.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def store_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of the zarr store at ``path``, read whole, by its path in the store
+    (``"reduced/intensity"``, ``"recon/intensity"``, ``"pdf/G"``, ...).  For small test stores."""
+    import zarr
+
+    out: dict[str, np.ndarray] = {}
+
+    def walk(group, prefix=""):
+        for name, arr in group.arrays():
+            out[prefix + name] = arr[...]
+        for name, sub in group.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(zarr.open_group(str(path), mode="r"))
+    return out
+
+
+def assert_same_stores(a: str | Path, b: str | Path, required=("reduced/intensity", "recon/intensity", "pdf/G")):
+    """The stores at ``a`` and ``b`` hold the same arrays (names, dtypes, shapes, values exactly,
+    NaN where NaN), among them ``required``; returns ``a``'s arrays."""
+    x, y = store_arrays(a), store_arrays(b)
+    assert set(x) == set(y), sorted(set(x) ^ set(y))
+    assert set(required) <= set(x), sorted(set(required) - set(x))
+    for name in sorted(x):
+        assert x[name].dtype == y[name].dtype and x[name].shape == y[name].shape, name
+        np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+    return x
