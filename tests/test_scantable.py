@@ -192,19 +192,23 @@ def test_client_memory_does_not_grow_with_the_scan_table_and_monitor(tiny, tmp_p
     from xrdct_dask.io.scan import grid_index
     from xrdct_dask.testing.synthetic import write_scan_table
 
-    grown = {}
-    for nz in (10, 100):
+    grown, procs = {}, {}
+    for nz in (10, 100):  # each measured in its own process (its own peak), the two side by side
         folder = tmp_path / f"nz{nz}"
         folder.mkdir()
         write_scan_table(folder / "scan.csv", nz, 1000, 100, monitor_path=folder / "monitor.txt", seed=nz)
         sets = {"scan.nz": nz, "scan.nomega": 1000, "scan.nx": 100, "store.omega_chunk": 100, "pdf.enabled": False,
                 "inputs.scan_file": str(folder / "scan.csv"), "inputs.monitor": str(folder / "monitor.txt"),
                 "store.path": str(folder / "run.zarr")}
-        res = subprocess.run([sys.executable, "-c", MEASURE, str(tiny.workflow), json.dumps(sets)],
-                             capture_output=True, text=True, timeout=500)
-        assert res.returncode == 0, res.stderr[-3000:]
-        m = json.loads(res.stdout.strip().splitlines()[-1])
+        procs[nz] = subprocess.Popen([sys.executable, "-c", MEASURE, str(tiny.workflow), json.dumps(sets)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for nz, proc in procs.items():
+        out, err = proc.communicate(timeout=500)
+        assert proc.returncode == 0, err[-3000:]
+        m = json.loads(out.strip().splitlines()[-1])
         grown[nz] = m["peak"] - m["before"]
+    for nz in (10, 100):
+        folder = tmp_path / f"nz{nz}"
         idx = zarr.open_array(str(folder / "run.zarr" / "reduced/frame_index"), mode="r")
         z = nz - 1
         np.testing.assert_array_equal(idx[z], grid_index(z, *np.indices((1000, 100)), 1000, 100))
