@@ -87,6 +87,31 @@ def test_overwrite_never_touches_the_scan_folder_or_a_folder_above_the_inputs(sc
     assert tree(scan.root) == before
 
 
+def test_simulate_never_writes_over_a_folder_of_user_files(tmp_path):
+    """`xrdct simulate OUT` writes frames, geometry.poni, mask, monitor and workflow.yaml: into a
+    folder holding a user's files it refuses in one line and leaves them as they were; a folder it
+    simulated into before is written again (the demo re-runs), and so is an empty one."""
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+
+    user = tmp_path / "beamtime"
+    user.mkdir()
+    (user / "geometry.poni").write_text("Detector: Pilatus2M\nDistance: 0.25\n")
+    (user / "notes.txt").write_text("sample 3, do not lose")
+    r = CliRunner().invoke(app, ["simulate", str(user), "--nz", "1", "--nomega", "4", "--nx", "4"])
+    assert r.exit_code == 2 and "not a simulated scan" in r.output and r.output.count("\n") <= 2, r.output
+    assert (user / "geometry.poni").read_text() == "Detector: Pilatus2M\nDistance: 0.25\n"
+    assert sorted(p.name for p in user.iterdir()) == ["geometry.poni", "notes.txt"]
+    (tmp_path / "empty").mkdir()
+    for _ in range(2):  # an empty folder, then the same folder again
+        r = CliRunner().invoke(app, ["simulate", str(tmp_path / "empty"), "--nz", "1", "--nomega", "4", "--nx", "4"])
+        assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["simulate", str(tmp_path / "x"), "--rate", "10", "--frames",
+                                 "slice_{z:04d}/frame_{index:06d}.cbf"])
+    assert r.exit_code == 2 and "leave --frames out" in r.output
+
+
 def test_overwrite_refuses_a_store_holding_foreign_files(scan, cluster, tmp_path):
     path = go(scan, tmp_path / "run.zarr", cluster)
     (path / "my_notes.txt").write_text("do not delete")

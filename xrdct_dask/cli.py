@@ -91,6 +91,8 @@ def simulate(
         _fail("--rate writes CBF files (one per frame): use --format cbf")
     if in_place and rate is None:
         _fail("--in-place goes with --rate")
+    if rate is not None and frames is not None:
+        _fail("--rate writes the frames into one folder, frames/: leave --frames out")
     if rate is not None and (out_dir / "frames").exists() and any((out_dir / "frames").iterdir()):
         _fail(f"{out_dir / 'frames'} is not empty: --rate writes a new acquisition there")
     t0 = time.perf_counter()

@@ -287,6 +287,22 @@ def _render(ai, shape, q_nm, pattern, scale, rng, gaps, bad, zinger_rate, spot_r
     return frame
 
 
+SIMULATION_MARKER = ".xrdct-simulation"  # the folder holds a simulated scan (written first, before any file)
+
+
+def check_simulation_folder(out: Path) -> None:
+    """Raise ValueError (one line) unless ``out`` is absent, empty, or a simulated scan written
+    before (its marker, or the ground truth only the simulator writes): a simulation writes
+    frames, PONI, mask, monitor and workflow.yaml, and must never write over a user's files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder")
+    if (out / SIMULATION_MARKER).is_file() or (out / "truth.npz").is_file() or not any(out.iterdir()):
+        return
+    raise ValueError(f"{out} holds files that are not a simulated scan: simulate into a new or empty folder")
+
+
 def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 24, *, detector: str = "small",
                   order: str = "snake", fast_axis: str = "x", omega_range_deg: int = 180, npt_rad: int = 1000,
                   seed: int = 0, peak_counts: float = 1.0e5, zinger_rate: float = 0.02, spot_rate: float = 0.02,
@@ -318,7 +334,10 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     from ..io.spec import is_hdf5, split_spec
 
     out = Path(out_dir)
+    check_simulation_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / SIMULATION_MARKER).write_text("written by xrdct_dask.testing.synthetic.simulate_scan: a simulated scan "
+                                         "may be written again here\n")
     layout = None
     if frames is not None:
         if is_hdf5(frames) != (fmt == "h5"):
