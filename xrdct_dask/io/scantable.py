@@ -323,20 +323,13 @@ def grouped_median(stream: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
         bmin = np.full(S * bins, np.inf)
         bmax = np.full(S * bins, -np.inf)
         nbelow = np.zeros(S, np.int64)
-        for g, v in stream():
-            ok = np.isfinite(v)
-            g, v = g[ok], v[ok]
-            for j in (0, 1):
-                s = g + j * ngroups
-                a, l, h = active[s], slo[s], shi[s]
-                nbelow += np.bincount(s[a & (v < l)], minlength=S)
-                m = a & (v >= l) & (v <= h)
-                sm, vm, lm, hm = s[m], v[m], l[m], h[m]
-                b = np.minimum(((vm - lm) / (hm - lm) * bins).astype(np.int64), bins - 1)
-                cell = sm * bins + b
-                hist += np.bincount(cell, minlength=S * bins)
-                np.minimum.at(bmin, cell, vm)
-                np.maximum.at(bmax, cell, vm)
+        for sm, vm in _within(stream, ngroups, active, slo, shi, nbelow):
+            lm, hm = slo[sm], shi[sm]
+            b = np.minimum(((vm - lm) / (hm - lm) * bins).astype(np.int64), bins - 1)
+            cell = sm * bins + b
+            hist += np.bincount(cell, minlength=S * bins)
+            np.minimum.at(bmin, cell, vm)
+            np.maximum.at(bmax, cell, vm)
         for s in np.flatnonzero(active):
             h = hist[s * bins:(s + 1) * bins]
             r = rank[s] - nbelow[s]  # rank inside the interval
@@ -350,23 +343,31 @@ def grouped_median(stream: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
         nbelow = np.zeros(S, np.int64)
         want = np.zeros(S, bool)
         want[left] = True
-        for g, v in stream():
-            ok = np.isfinite(v)
-            g, v = g[ok], v[ok]
-            for j in (0, 1):
-                s = g + j * ngroups
-                a, l, h = want[s], slo[s], shi[s]
-                nbelow += np.bincount(s[a & (v < l)], minlength=S)
-                m = a & (v >= l) & (v <= h)
-                sm, vm = s[m], v[m]
-                order = np.argsort(sm, kind="stable")
-                keys, starts = np.unique(sm[order], return_index=True)
-                for ss, part in zip(keys, np.split(vm[order], starts[1:])):
-                    got[int(ss)].append(part)
+        for sm, vm in _within(stream, ngroups, want, slo, shi, nbelow):
+            order = np.argsort(sm, kind="stable")
+            keys, starts = np.unique(sm[order], return_index=True)
+            for ss, part in zip(keys, np.split(vm[order], starts[1:])):
+                got[int(ss)].append(part)
         for s in left:
             vals = np.sort(np.concatenate(got[int(s)]))
             value[s] = vals[rank[s] - nbelow[s]]
     return np.where(n > 0, (value[:ngroups] + value[ngroups:]) / 2, np.nan)
+
+
+def _within(stream, ngroups: int, selected: np.ndarray, slo: np.ndarray, shi: np.ndarray, nbelow: np.ndarray):
+    """One pass of :func:`grouped_median`: for each block, the (selection, value) pairs of the
+    selected selections (``s = j * ngroups + group``, both middle ranks of a group) whose finite
+    value lies in ``[slo[s], shi[s]]``; the values below each interval are counted into ``nbelow``."""
+    S = selected.size
+    for g, v in stream():
+        ok = np.isfinite(v)
+        g, v = g[ok], v[ok]
+        for j in (0, 1):
+            s = g + j * ngroups
+            a, lo, hi = selected[s], slo[s], shi[s]
+            nbelow += np.bincount(s[a & (v < lo)], minlength=S)
+            m = a & (v >= lo) & (v <= hi)
+            yield s[m], v[m]
 
 
 class Sample:
