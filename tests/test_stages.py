@@ -100,3 +100,38 @@ def test_worker_warm_up_readies_every_pipeline_and_changes_no_result(sim_scan):
     warm = np.concatenate([r[0] for r in integ.integrate_batches(batches)])
     np.testing.assert_array_equal(warm, cold)
     stages.clear_integrators()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs cupy and a CUDA GPU")
+def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(sim_scan, tmp_path, monkeypatch):
+    """Live mode arms the workers before the detector writes its first file: the warm-up then
+    reads a blank frame of the detector (written by fabio to a temporary folder, removed after)
+    into every arena of every ring and integrates it, so the acquisition's first block compiles
+    and allocates nothing; the patterns computed afterwards are unchanged."""
+    import tempfile
+    from pathlib import Path
+
+    from xrdct_dask import stages
+    from xrdct_dask.config import load_workflow
+    from xrdct_dask.io import gpu_decode, read_cbf_payload
+
+    wf = load_workflow(sim_scan.workflow, {"integrate.engine": "cupy"})
+    live = load_workflow(sim_scan.workflow, {"integrate.engine": "cupy",
+                                             "inputs.frames": str(tmp_path / "none" / "frame_{index:06d}.cbf")})
+    stages.clear_integrators()
+    integ = stages.integrator_for(wf)
+    payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(20)]
+    cold = np.concatenate([r[0] for r in integ.integrate_batches([(payloads, None)])])
+    reads = []
+    real = gpu_decode.read_into_pinned
+    monkeypatch.setattr(gpu_decode, "read_into_pinned", lambda paths, *a, **k: reads.append(paths) or real(paths, *a, **k))
+    before = set(Path(tempfile.gettempdir()).glob("xrdct-warm-*"))
+    integ.warm(live.frame_source(), 2, live.scan.nframes)
+    eng = integ._impl
+    assert len(eng._pipelines) == 2 and len(eng._free_rings) == 2
+    assert len(reads) == 2 * eng.RING and all(Path(p).name == "blank.cbf" for r in reads for p in r)
+    assert set(Path(tempfile.gettempdir()).glob("xrdct-warm-*")) == before  # the blank frame's folder is gone
+    warm = np.concatenate([r[0] for r in integ.integrate_batches([(payloads, None)])])
+    np.testing.assert_array_equal(warm, cold)
+    stages.clear_integrators()

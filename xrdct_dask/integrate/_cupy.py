@@ -225,12 +225,9 @@ class CupyEngine:
         edges of a scan line, dense phases in its middle), and an arena that must grow in a task
         is a new page-locked allocation (~0.6 s per 400 MB, holding up every CUDA call of the
         process).  Then each pipeline integrates a batch of the first frame read (as a task reads)
-        into every arena of its ring: buffers allocated and used once before the first task."""
+        into every arena of its ring: buffers allocated and used once before the first task
+        (before the acquisition, with no frame yet, a blank frame of the detector's shape)."""
         import os
-
-        from ..io.cbf import CorruptFrameError
-        from ..io.gpu_decode import read_into_pinned
-        from ..io.status import frame_message
 
         n = BATCH_FRAMES
         paths = [source.path(int(i)) for i in np.unique(np.linspace(0, max(nframes - 1, 0), sample).astype(np.int64))]
@@ -238,9 +235,26 @@ class CupyEngine:
         first = source.path(0)
         estimate = self.plan.npix + 8192  # byte-offset at diffraction count rates: ~1 byte a pixel + header
         self.slot_bytes = max(self.slot_bytes, (int(max(sizes, default=estimate) * 1.25) + 4095) // 4096 * 4096)
-        if not os.path.isfile(first):  # no frame yet (a scan still being written): allocate only
-            self.warm(n, self.slot_bytes, rings=tasks)
+        if not os.path.isfile(first):  # no frame yet (live mode: armed before the acquisition)
+            # a blank frame of the detector, written by fabio, takes the real path through every
+            # arena and pipeline (reads, payload location, decode, integration): the first block
+            # of the acquisition then finds nothing to compile or allocate
+            import tempfile
+
+            from fabio.cbfimage import CbfImage
+
+            with tempfile.TemporaryDirectory(prefix="xrdct-warm-") as tmp:
+                blank = Path(tmp) / "blank.cbf"
+                CbfImage(data=np.zeros(self.plan.shape, np.int32), header={}).write(str(blank))
+                self._warm_from(blank, n, tasks)
             return
+        self._warm_from(first, n, tasks)
+
+    def _warm_from(self, first, n: int, tasks: int) -> None:
+        """:meth:`warm` with every arena filled from CBF file ``first`` read ``n`` times."""
+        from ..io.cbf import CorruptFrameError
+        from ..io.gpu_decode import read_into_pinned
+        from ..io.status import frame_message
 
         def fill(get_arena):
             arena, _total, begin, end, _shapes, _md5s, errors, _slot = read_into_pinned(
