@@ -43,11 +43,12 @@ def _one_run(client, wf, token: str) -> dict:
             "epoch": t_epoch}
 
 
-def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path, *, gpus: list[int] | None = None,
-               workers_per_gpu: int | None = None, read_threads: int | None = None, nx: int = 100,
-               omega_chunk: int = 16, repeats: int = 1, profile: Path | None = None) -> dict:
+def graph_rate(scan, frames_dir: Path | str, nframes: int, npt: int, store_path: Path, *,
+               gpus: list[int] | None = None, workers_per_gpu: int | None = None, read_threads: int | None = None,
+               nx: int = 100, omega_chunk: int = 16, repeats: int = 1, profile: Path | None = None) -> dict:
     """Frames/s of the decode-integrate stage (cupy engine) for a 1 x nframes/nx x nx scan of the
-    frames in ``frames_dir``, on :func:`xrdct_dask.workflow.local_cluster` with ``gpus``, timed from
+    frames in ``frames_dir`` (a folder of CBF files, :func:`link_frames`; or a string: an HDF5
+    source as ``inputs.frames`` takes it), on :func:`xrdct_dask.workflow.local_cluster` with ``gpus``, timed from
     submission (the workers are up and their integrator plugin set up) to the last result.
 
     ``repeats`` > 1 runs the same scan again on the same cluster (a beamline's cluster that stays up
@@ -61,7 +62,8 @@ def graph_rate(scan, frames_dir: Path, nframes: int, npt: int, store_path: Path,
     from xrdct_dask.config import load_workflow
 
     wf = load_workflow(scan.workflow, {
-        "inputs.frames": str(frames_dir / "frame_{index:06d}.cbf"), "inputs.monitor": None,
+        "inputs.frames": frames_dir if isinstance(frames_dir, str) else str(frames_dir / "frame_{index:06d}.cbf"),
+        "inputs.monitor": None,
         "inputs.scan_file": None, "scan.nz": 1, "scan.nomega": nframes // nx, "scan.nx": nx,
         "store.path": str(store_path), "store.overwrite": True, "store.omega_chunk": omega_chunk,
         "integrate.npt_rad": npt, "integrate.engine": "cupy", "pdf.enabled": False,

@@ -13,11 +13,17 @@ are written once to ``--workdir`` (default /tmp/xrdct_bench_gpu_h5) and reused.
 
 Figures (medians over ``--repeats``): pinned H2D GB/s; raw chunk reading alone (the host's
 ceiling); GPU decode alone (batch already on the device): frames/s and GB/s of decoded pixels;
-GPU end to end (``Integrator.integrate_source``: files in page cache -> patterns + sigma in
-host memory); the anchor: the host-decode path (needs the ``bitshuffle`` package; skipped,
-and said so, without it).
+GPU end to end from pinned RAM (compressed chunks already in page-locked host memory -> patterns
++ sigma in host memory, ``--e2e-frames``: what bench_gpu.py's "end to end" measures for CBF);
+GPU end to end from files (``Integrator.integrate_source``: files in page cache -> patterns in
+host memory, one process); the anchor: the host-decode path (needs the ``bitshuffle`` package;
+skipped, and said so, without it); and the dask graph into zarr on the default local GPU
+cluster (``--graph-frames`` > 0: a virtual dataset cycling over the data files, as a BLISS scan
+file maps its detector's files, so the page cache holds only ``--frames`` frames; the first
+scan and the same scan again on the warm cluster, as bench_gpu.py's graph figure for CBF).
 
-    python benchmarks/bench_gpu_hdf5.py [--frames 384] [--files 3] [--distinct 8] [--repeats 5] [--json out.json]
+    python benchmarks/bench_gpu_hdf5.py [--frames 384] [--files 3] [--distinct 8] [--repeats 5]
+                                        [--read-threads 8] [--e2e-frames 4096] [--graph-frames 0] [--json out.json]
     python benchmarks/bench_gpu_hdf5.py --cpu-only --detector small   # no GPU: data, kernels' C++ build, host path
 """
 
@@ -60,6 +66,29 @@ def write_eiger_scan(folder: Path, chunks: list[bytes], shape, dtype, nframes: i
                     d.id.write_direct_chunk((j, 0, 0), chunks[(first + j) % len(chunks)])
             g[f"data_{k + 1:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
     return master
+
+
+def write_cycling_vds(path: Path, master: Path, nframes: int) -> Path:
+    """``path``: /entry/data/data, a virtual dataset of ``nframes`` frames cycling over the data
+    files behind Eiger master ``master`` (each file mapped again and again, in order)."""
+    import h5py
+
+    with h5py.File(master, "r") as m:
+        links = [(link.filename, link.path, m[f"entry/data/{k}"].shape)
+                 for k in sorted(m["entry/data"]) for link in [m["entry/data"].get(k, getlink=True)]]
+    dtype = np.uint32
+    layout = h5py.VirtualLayout(shape=(nframes, *links[0][2][1:]), dtype=dtype)
+    at = 0
+    while at < nframes:
+        for file, name, shape in links:
+            n = min(shape[0], nframes - at)
+            if n <= 0:
+                break
+            layout[at:at + n] = h5py.VirtualSource(file, name, shape=shape)[:n]
+            at += n
+    with h5py.File(path, "w") as f:
+        f.create_group("entry/data").create_virtual_dataset("data", layout, fillvalue=0)
+    return path
 
 
 def make_data(args, work: Path):
@@ -121,6 +150,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=128, help="frames per decode-only launch")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--read-threads", type=int, default=8)
+    ap.add_argument("--e2e-frames", type=int, default=4096, help="frames of the end-to-end run from pinned RAM")
+    ap.add_argument("--graph-frames", type=int, default=0, help="frames of the dask graph run (0: none)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/xrdct_bench_gpu_h5"))
     ap.add_argument("--cpu-only", action="store_true", help="no GPU: data, the kernels' C++ build, the host path")
     ap.add_argument("--json", type=Path, default=None)
@@ -257,12 +288,47 @@ def main() -> int:
             pass
         assert not status.any()
 
+    # from pinned RAM: the chunks of 3 batches read once into page-locked arenas, cycled (as
+    # bench_gpu.py's CBF "end to end": upload, decode and integration pipelined, no file reads)
+    from xrdct_dask.integrate._cupy import H5Batch
+
+    B = integ.batch_frames
+    arenas = []
+    for a in range(3):
+        c = src.read_raw_chunks(idx[(a * B + np.arange(B)) % n],
+                                out=pinned_empty(int(mean_mb * 1e6 * 1.3 * B) + (1 << 20)))
+        beg, end, filt = c.offsets[:-1], c.offsets[1:], c.filter_id.astype(np.int64)
+        arenas.append((c.buffer, beg, end, filt, plan_chunks(c.buffer, beg, end, filt, fb, 4)))
+    nbatch = max(args.e2e_frames // B, 2)
+
+    def pinned_e2e():
+        batches = ((H5Batch(*arenas[k % 3], np.dtype(np.uint32)), np.ones(B)) for k in range(nbatch))
+        for _res in integ._impl.integrate_batches(batches):
+            pass
+
+    out["gpu_e2e_pinned_fps"] = rate(pinned_e2e, nbatch * B)
+    out["gpu_e2e_pinned_fraction_of_h2d"] = out["gpu_e2e_pinned_fps"] * mean_mb / 1e3 / out["h2d_GBps"]
+    print(f"GPU end to end from pinned RAM ({nbatch * B} frames)   {out['gpu_e2e_pinned_fps']:9.0f} frames/s "
+          f"= {out['gpu_e2e_pinned_fraction_of_h2d']:.0%} of pinned H2D")
     out["gpu_e2e_fps"] = rate(gpu_e2e, n)
-    print(f"GPU end to end (read raw + GPU decode + integrate) {out['gpu_e2e_fps']:9.0f} frames/s")
+    print(f"GPU end to end from files ({args.read_threads} read threads)   {out['gpu_e2e_fps']:9.0f} frames/s")
     if have_bshuf:
         out["anchor_host_decode_e2e_fps"] = rate(host_e2e, n)
         print(f"anchor: host decode + GPU integrate            {out['anchor_host_decode_e2e_fps']:9.0f} frames/s "
               f"-> {out['gpu_e2e_fps'] / out['anchor_host_decode_e2e_fps']:.2f}x")
+    if args.graph_frames > 0:  # the dask graph into zarr, on the default local GPU cluster
+        from types import SimpleNamespace
+
+        from _graph import graph_rate
+
+        vds = write_cycling_vds(args.workdir / "bench_vds.h5", master, args.graph_frames)
+        g = graph_rate(SimpleNamespace(workflow=scan_dir / "workflow.yaml"), f"{vds}::/entry/data/data",
+                       args.graph_frames, args.npt, args.workdir / "run.zarr", read_threads=args.read_threads,
+                       repeats=2)
+        out["graph"] = {k: g[k] for k in ("frames", "seconds", "frames_per_s", "warm_frames_per_s", "tasks",
+                                          "workers_used", "engines", "task_seconds") if k in g}
+        print(f"dask graph into zarr ({g['frames']} frames, {g['tasks']} tasks, {g['workers_used']} workers): "
+              f"{g['frames_per_s']:.0f} frames/s, the same scan again {g.get('warm_frames_per_s', float('nan')):.0f}")
     print(f"total {time.perf_counter() - t_start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
