@@ -23,7 +23,8 @@ file maps its detector's files, so the page cache holds only ``--frames`` frames
 scan and the same scan again on the warm cluster, as bench_gpu.py's graph figure for CBF).
 
     python benchmarks/bench_gpu_hdf5.py [--frames 384] [--files 3] [--distinct 8] [--repeats 5]
-                                        [--read-threads 8] [--e2e-frames 4096] [--graph-frames 0] [--json out.json]
+                                        [--read-threads 8] [--e2e-frames 4096] [--graph-frames 0]
+                                        [--omega-chunk 16] [--json out.json]
     python benchmarks/bench_gpu_hdf5.py --cpu-only --detector small   # no GPU: data, kernels' C++ build, host path
 """
 
@@ -152,6 +153,7 @@ def main() -> int:
     ap.add_argument("--read-threads", type=int, default=8)
     ap.add_argument("--e2e-frames", type=int, default=4096, help="frames of the end-to-end run from pinned RAM")
     ap.add_argument("--graph-frames", type=int, default=0, help="frames of the dask graph run (0: none)")
+    ap.add_argument("--omega-chunk", type=int, default=16, help="graph: omega rows (of 100 frames) per task")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/xrdct_bench_gpu_h5"))
     ap.add_argument("--cpu-only", action="store_true", help="no GPU: data, the kernels' C++ build, the host path")
     ap.add_argument("--json", type=Path, default=None)
@@ -324,7 +326,7 @@ def main() -> int:
         vds = write_cycling_vds(args.workdir / "bench_vds.h5", master, args.graph_frames)
         g = graph_rate(SimpleNamespace(workflow=scan_dir / "workflow.yaml"), f"{vds}::/entry/data/data",
                        args.graph_frames, args.npt, args.workdir / "run.zarr", read_threads=args.read_threads,
-                       repeats=2)
+                       omega_chunk=args.omega_chunk, repeats=2)
         out["graph"] = {k: g[k] for k in ("frames", "seconds", "frames_per_s", "warm_frames_per_s", "tasks",
                                           "workers_used", "engines", "task_seconds") if k in g}
         print(f"dask graph into zarr ({g['frames']} frames, {g['tasks']} tasks, {g['workers_used']} workers): "
