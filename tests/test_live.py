@@ -412,3 +412,53 @@ def test_watch_follows_a_file_an_swmr_writer_grows(acq, batch, cluster, tmp_path
     first = min(b["submitted"] for b in res.blocks)
     assert first < t_started + 160 / 20.0 - 1.0, "the first block was not read while the file was written"
     assert_same_stores(batch, res.store)
+
+
+# ------------------------------------------------------------------------------------------
+# the slice stages warmed up before the acquisition
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sets", [
+    {},
+    {"sinogram.jitter": True, "sinogram.stripes": True, "sinogram.background": True},
+    {"recon.algorithm": "sirt", "recon.iterations": 5},
+])
+def test_slice_stages_warm_up_runs_the_workflows_corrections_and_reconstruction(acq, sets):
+    """The warm-up prepares a synthetic slice of the scan's shape with the workflow's corrections
+    and reconstructs it with its algorithm, on this process's engine, without error."""
+    from xrdct_dask.stages import warm_slice_stages
+
+    res = warm_slice_stages(load_workflow(acq.workflow, sets))
+    assert "error" not in res, res
+    assert res["engine"] == "numpy" and res["seconds"] > 0
+
+
+def test_a_failing_slice_warm_up_is_said_and_never_raises(acq, monkeypatch):
+    from xrdct_dask import recon
+    from xrdct_dask.stages import warm_slice_stages
+
+    def broken(*a, **k):
+        raise MemoryError("out of GPU memory")
+
+    monkeypatch.setattr(recon, "reconstruct", broken)
+    assert warm_slice_stages(load_workflow(acq.workflow)) == {"error": "MemoryError: out of GPU memory"}
+
+
+def test_watch_warms_the_slice_stages_on_every_worker_before_the_first_frame(acq):
+    """Before the first frame comes, every worker has run the reconstruction's kernels (numba's
+    back-projector is compiled or loaded in the worker's process), so the first slice is
+    reconstructed when it is complete, not after its kernels compile (~10 s on a fresh GPU machine,
+    benchmarks/RESULTS.md).  Fresh worker processes: nothing loaded before."""
+    from distributed import Client, LocalCluster
+
+    from xrdct_dask.live import _warm_slice_stages
+
+    def loaded():
+        from xrdct_dask.recon import _numba
+
+        return len(_numba.backproject_tiles.signatures)
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as lc, \
+            Client(lc) as client:
+        assert set(client.run(loaded).values()) == {0}
+        _warm_slice_stages(client, load_workflow(acq.workflow))
+        assert all(n > 0 for n in client.run(loaded).values())

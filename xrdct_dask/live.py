@@ -12,7 +12,9 @@ when a task is submitted:
   a frame is there once its data file is (an Eiger master's external links, a file per slice or
   line) and holds it (the dataset's length, which an SWMR writer grows); data files must appear
   whole (written under another name, then renamed), as a detector's file writer does;
-* a slice's centre, reconstruction and G(r) go as soon as its last block is integrated;
+* a slice's centre, reconstruction and G(r) go as soon as its last block is integrated; before
+  the first frame, every worker has run the slice stages once on a synthetic slice
+  (:func:`~xrdct_dask.stages.warm_slice_stages`), so their kernels are compiled by then;
 * when no new frame has come for ``idle_timeout_s``, the blocks still waiting are integrated
   with what is there: the frames that never came are flagged MISSING (a later ``watch`` or
   ``run`` reads them if they arrive: :func:`~xrdct_dask.prepare.reopen_retried`).
@@ -173,6 +175,32 @@ def _frames_folder(wf: Workflow) -> Path:
     return Path(*fixed[:-1]) if len(fixed) == len(parts) else Path(*fixed)
 
 
+def _warm_slice_stages(client, wf: Workflow, timeout_s: float = 180.0) -> None:
+    """Every worker connected now runs the slice stages once on a synthetic slice
+    (:func:`~xrdct_dask.stages.warm_slice_stages`) before the first frame comes, so that the
+    first slice is reconstructed when it is complete rather than after its kernels compile (about
+    10 s on a machine that never ran them).  A worker that cannot, or takes longer than
+    ``timeout_s``, is said in the log and the watch goes on."""
+    from distributed import wait as dask_wait
+
+    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    futs = {client.submit(stages.warm_slice_stages, wf, workers=[w], allow_other_workers=False, pure=False): w
+            for w in workers}
+    try:
+        if futs:
+            dask_wait(list(futs), timeout=timeout_s)
+    except (TimeoutError, asyncio.TimeoutError):
+        pass
+    for fut, w in futs.items():
+        if not fut.done():
+            log.warning("worker %s: slice stages' warm-up still running after %g s; going on", w, timeout_s)
+            fut.cancel()
+            continue
+        res = fut.result() if fut.status == "finished" else {"error": repr(fut.exception())}
+        if "error" in res:
+            log.warning("worker %s: slice stages not warmed up (%s); its first slice compiles them", w, res["error"])
+
+
 def _wait_for_first_frame(wf: Workflow, idle_timeout_s: float, poll_s: float) -> None:
     """Wait until one of the scan's first frames is whole (the store's template needs its shape)."""
     t0 = time.time()
@@ -224,6 +252,7 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
         client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))
         resources = stage_resources(client, wf, local)
         client.register_plugin(IntegratorPlugin(wf, gpu_only=bool(resources["integrate"])))
+        _warm_slice_stages(client, wf)
         if armed is not None:
             armed.set()
         _wait_for_first_frame(wf, idle_timeout_s, poll_s)

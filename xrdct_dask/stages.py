@@ -333,6 +333,46 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
             "engine": _engine(xp), "seconds": time.perf_counter() - t0}
 
 
+def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
+    """Run the slice stages' computations once, in this process, on a synthetic slice of the
+    scan's shape: the q-summed sinogram prepared as :func:`find_center` does, then ``nq`` q bins
+    prepared and reconstructed as :func:`reconstruct_block` does (the workflow's corrections,
+    algorithm, filter and engine; a centred disc, a few frames flagged so the filling runs).  The
+    kernels these compile (cupy's modules, numba's functions) are then ready before the first
+    real slice.  Live mode runs it on every worker while it waits for the first frame.
+
+    Never raises: returns ``{"seconds", "engine"}``, or ``{"error"}`` saying why it could not run
+    (the first slice then compiles them, as in a batch run)."""
+    from .backend import release, to_host, xp_for_engine
+    from .recon import reconstruct
+    from .sinogram import prep_options, prepare_sinogram
+
+    t0 = time.perf_counter()
+    try:
+        s, r = wf.scan, wf.recon
+        xp = xp_for_engine(r.engine)
+        omega = np.linspace(0.0, 180.0, s.nomega, endpoint=False)
+        x = np.arange(s.nx) - (s.nx - 1) / 2
+        disc = 2 * np.sqrt(np.clip((0.4 * s.nx) ** 2 - x**2, 0, None)) + 1.0  # chord lengths of a centred disc
+        sino = (disc[None, :, None] * np.arange(1, nq + 1)[None, None, :] * np.ones((s.nomega, 1, 1))).astype(
+            np.float32)
+        ok = np.ones((s.nomega, s.nx), bool)
+        ok[0, : min(3, s.nx)] = False
+        _, geo = prepare_sinogram(sino.sum(axis=-1, keepdims=True), ok, omega, **prep_options(wf.sinogram))
+        opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo["stripe_columns"]}
+        if wf.sinogram.jitter and geo.get("shifts_px"):
+            opts["jitter"] = np.asarray(geo["shifts_px"])
+        prepared, info = prepare_sinogram(xp.asarray(sino), ok, omega, **opts)
+        to_host(reconstruct(prepared, omega, r.algorithm, filter_name=r.filter, center=info["center"],
+                            iterations=None if r.iterations is None else min(r.iterations, 2), nonneg=r.nonneg,
+                            threads=wf.compute.threads_per_worker))
+        del prepared
+        release(xp)
+    except Exception as err:  # a warm-up must never stop a run
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"seconds": time.perf_counter() - t0, "engine": _engine(xp)}
+
+
 # ------------------------------------------------------------------------------------------
 # pdf: recon-then-pdf (pdf_scale -> pdf_rows) or pdf-then-recon (pdf_frames_block ->
 # reconstruct_pdf_aux -> reconstruct_pdf_block).  The transform is linear given the scale N
