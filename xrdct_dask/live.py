@@ -231,12 +231,9 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
     ``png_every_s``: how often the live picture is redrawn (0: never).  ``armed`` is set once the
     workers are ready (integrator built and warmed) and the watcher waits for frames.
     """
-    from distributed import wait as dask_wait
+    from distributed import LocalCluster
 
     from .cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
-    from .graph import build_graph, timed
-    from .report import finish_run
-    from .workflow import RunStopped
 
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
     if overrides and isinstance(workflow, Workflow):
@@ -244,11 +241,9 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
     if not _frames_folder(wf).is_dir():
         raise WorkflowError(f"inputs.frames: folder {_frames_folder(wf)} does not exist")
     client, local = client_for(wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
-    painter = variable = None
+    following = None
     try:
-        from distributed import LocalCluster, Variable
-
-        # the workers are readied (integrator built, engine warmed) before the first frame comes
+        # the workers are readied (integrator built, engine and slice stages warmed) before the first frame comes
         client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))
         resources = stage_resources(client, wf, local)
         client.register_plugin(IntegratorPlugin(wf, gpu_only=bool(resources["integrate"])))
@@ -257,168 +252,222 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
             armed.set()
         _wait_for_first_frame(wf, idle_timeout_s, poll_s)
         t_start = time.perf_counter()  # the run's wall time counts from the first frame
-        ctx = open_run(wf)
-        path = ctx.store_path
-        before = store.task_state(path)
-        s, wc = wf.scan, ctx.layout.omega_chunk
-        index = store.open_array(path, f"{store.REDUCED}/frame_index", "r")
-        pending: dict[tuple[int, int], np.ndarray] = {}  # (z, block) -> acquisition indices of its frames
-        for z in range(s.nz):
-            if before.integrate[z].all():
-                continue
-            idx_z = index[z]
-            for b in np.flatnonzero(~before.integrate[z]):
-                pending[(z, int(b))] = idx_z[b * wc:(b + 1) * wc].reshape(-1)
-        needed = np.concatenate(list(pending.values())) if pending else np.zeros(0, np.int64)
-        frames = _Frames(wf, needed, window=max(4 * wc * s.nx, 256), settle_s=settle_s)
-        total_frames = int((needed >= 0).sum())
-        result = WatchResult(store=path, frame_ready=frames.ready_at)
-        slice_left = {z: int((~before.integrate[z]).sum()) for z in range(s.nz)}  # integrate blocks not yet done
-        slice_open = {z for z in range(s.nz) if not _slice_done(before, z)}  # slices with tasks left
-        results: dict[str, list] = {}
-        status = _Status(path, total_frames, s.nz)
-        painter = _Painter(path, status, png_every_s) if png_every_s > 0 else None
-        if progress:
-            console.info("dask dashboard: %s\nwatching %s for %d frames (%d blocks of %d x %d); store %s",
-                         client.dashboard_link, _frames_folder(wf), total_frames, len(pending), wc, s.nx, path)
-        variable = Variable(VARIABLE, client=client)
-        token = os.urandom(4).hex()
-        integrate = timed(stages.integrate_block)
-        inflight: dict = {}  # future -> (stage, z, block or None)
-        slice_futures: dict[int, set] = {}
-        tries: dict[tuple[int, int], int] = {}
-        final = False
-        last_png = 0.0
-
-        def submit_block(z: int, b: int) -> None:
-            block = store.FrameBlock(z, b * wc, min((b + 1) * wc, s.nomega))
-            fut = client.submit(integrate, block, ctx, key=f"integrate-{token}-{z}-{b}-{tries.get((z, b), 0)}",
-                                pure=False, **resources["integrate"])
-            inflight[fut] = ("integrate", z, b)
-            ready = frames.ready_at[pending[(z, b)][pending[(z, b)] >= 0]]
-            result.blocks.append({"z": z, "omega_start": block.omega_start, "frames": int(pending[(z, b)].size),
-                                  "ready": float(np.nanmax(ready)) if np.isfinite(ready).any() else np.nan,
-                                  "submitted": time.time(), "key": fut.key})
-            del pending[(z, b)]
-
-        def submit_slice(z: int) -> None:
-            state = store.task_state(path)
-            graph = build_graph(ctx, zs=[z], done=state, token=f"{token}-{z}", resources=resources)
-            items = [(stage, d) for stage, ds in graph.items() for d in ds]
-            futs = client.compute([d for _, d in items], optimize_graph=False) if items else []
-            slice_futures[z] = set(futs)
-            for (stage, _), f in zip(items, futs):
-                inflight[f] = (stage, z, None)
-            if not futs:
-                slice_done(z)
-
-        def slice_done(z: int) -> None:
-            slice_open.discard(z)
-            result.slices[z] = time.time()
-            status.slice_done(z)
-            if progress:
-                console.info("slice %d reconstructed (%d of %d this run)", z, len(result.slices), s.nz)
-            if painter is not None:
-                painter.poke(z_recon=z)
-
-        for z in sorted(slice_open):  # slices integrated before (a resumed watch): straight on
-            if slice_left[z] == 0:
-                submit_slice(z)
-        while pending or inflight or slice_open:
-            frames.poll()
-            for (z, b), idx in sorted(pending.items()):
-                ok = idx[idx >= 0]
-                if final or np.isfinite(frames.ready_at[ok]).all():
-                    submit_block(z, b)
-            if pending and not final and time.time() - frames.last_new > idle_timeout_s:
-                final = result.timed_out = True
-                waiting = sum(int((~np.isfinite(frames.ready_at[i[i >= 0]])).sum()) for i in pending.values())
-                log.warning("no new frame for %g s: %d frames never came; their blocks are integrated without them "
-                            "(flagged missing)", idle_timeout_s, waiting)
-                if progress:
-                    console.info("idle for %g s: %d frames never came, flagged missing", idle_timeout_s, waiting)
-                continue
-            done_now = []
-            if inflight:
-                try:  # sleeps until a task finishes, or poll_s
-                    dask_wait(list(inflight), timeout=poll_s, return_when="FIRST_COMPLETED")
-                except (TimeoutError, asyncio.TimeoutError):
-                    pass
-                done_now = [f for f in inflight if f.done()]
-            elif pending:
-                time.sleep(poll_s)
-            elif slice_open:  # nothing pending, nothing running, a slice left: its tasks were all done
-                for z in sorted(slice_open):
-                    submit_slice(z)
-            for fut in done_now:
-                stage, z, b = inflight.pop(fut)
-                if fut.status == "error":
-                    exc = fut.exception()
-                    if isinstance(exc, OSError):
-                        raise RunStopped(f"the store cannot be written: {exc.strerror or exc} (task {fut.key}); "
-                                         f"rerun the same command to resume") from exc
-                    raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
-                res = fut.result()
-                results.setdefault(stage, []).append(res)
-                if stage == "integrate":
-                    rec = next(r for r in reversed(result.blocks) if r["key"] == fut.key)
-                    rec.update(finished=res["finished"], status=res["status"])
-                    idx = index[z, b * wc:(b + 1) * wc].reshape(-1)
-                    lost = np.zeros(0, np.int64)
-                    if {FrameStatus.MISSING.name, FrameStatus.IO_ERROR.name} & set(res["status"]):
-                        st = store.open_array(path, f"{store.REDUCED}/frame_status", "r")[
-                            z, b * wc:(b + 1) * wc].reshape(-1)
-                        bad = np.isin(st, [int(FrameStatus.MISSING), int(FrameStatus.IO_ERROR)]) & (idx >= 0)
-                        lost = idx[bad]
-                        lost = lost[~frames.gave_up[lost]]  # seen whole, then not readable
-                    if lost.size and not final and tries.get((z, b), 0) < RETRIES:
-                        # frames seen whole vanished or could not be read: see them whole again, redo the block
-                        tries[(z, b)] = tries.get((z, b), 0) + 1
-                        frames.again(lost)
-                        store.mark_done(path, "integrate", (z, b), 0)
-                        pending[(z, b)] = idx
-                        log.warning("block (z %d, omega %d): %d frames seen whole could not be read; read again "
-                                    "when they are back", z, b * wc, lost.size)
-                        continue
-                    status.integrated(res["frames"], rec["ready"], res["finished"])
-                    slice_left[z] -= 1
-                    if slice_left[z] == 0:
-                        submit_slice(z)
-                    if painter is not None:
-                        painter.poke(z_sino=z)
-                else:
-                    slice_futures[z].discard(fut)
-                    if not slice_futures[z]:
-                        slice_done(z)
-            now = time.time()
-            if now - last_png >= max(png_every_s, 0.5) or not (pending or inflight or slice_open):
-                last_png = now
-                status.frames_whole = int(np.isfinite(frames.ready_at).sum())
-                status.lag()
-                snap = status.write()
-                try:
-                    variable.set(snap)
-                except Exception:  # a scheduler going away: the JSON file still says it
-                    pass
-                if painter is not None:
-                    painter.poke()
-        result.missing = int(sum(r.get("status", {}).get(FrameStatus.MISSING.name, 0) for r in result.blocks))
-        result.summary = finish_run(ctx, results, before, time.perf_counter() - t_start, progress=progress,
-                                    summary=summary)
-        status.finished = True
-        try:
-            variable.set(status.write())
-        except Exception:  # a scheduler going away: the JSON file still says it
-            pass
-        if painter is not None:
-            painter.draw_now()
+        following = _Following(client, open_run(wf), resources, settle_s=settle_s, png_every_s=png_every_s,
+                               progress=progress)
+        following.follow(idle_timeout_s, poll_s)
+        return following.finish(time.perf_counter() - t_start, summary)
     finally:
-        if painter is not None:
-            painter.stop()
+        if following is not None and following.painter is not None:
+            following.painter.stop()
         client.close()
         if local is not None:
             local.close()
-    return result
+
+
+class _Following:
+    """One watch on its cluster: the integration blocks waiting for their frames, the tasks running,
+    the slices left, and the live status (:func:`watch`, whose loop is :meth:`follow`)."""
+
+    def __init__(self, client, ctx, resources: dict, *, settle_s: float, png_every_s: float, progress: bool):
+        from distributed import Variable
+
+        from .graph import timed
+
+        self.client, self.ctx, self.resources, self.progress = client, ctx, resources, progress
+        self.wf, self.path = ctx.workflow, ctx.store_path
+        self.before = store.task_state(self.path)
+        s, self.wc = self.wf.scan, ctx.layout.omega_chunk
+        self.index = store.open_array(self.path, f"{store.REDUCED}/frame_index", "r")
+        self.pending: dict[tuple[int, int], np.ndarray] = {}  # (z, block) -> acquisition indices of its frames
+        for z in range(s.nz):
+            if self.before.integrate[z].all():
+                continue
+            idx_z = self.index[z]
+            for b in np.flatnonzero(~self.before.integrate[z]):
+                self.pending[(z, int(b))] = idx_z[b * self.wc:(b + 1) * self.wc].reshape(-1)
+        needed = np.concatenate(list(self.pending.values())) if self.pending else np.zeros(0, np.int64)
+        self.frames = _Frames(self.wf, needed, window=max(4 * self.wc * s.nx, 256), settle_s=settle_s)
+        total_frames = int((needed >= 0).sum())
+        self.result = WatchResult(store=self.path, frame_ready=self.frames.ready_at)
+        self.slice_left = {z: int((~self.before.integrate[z]).sum()) for z in range(s.nz)}  # blocks not yet done
+        self.slice_open = {z for z in range(s.nz) if not _slice_done(self.before, z)}  # slices with tasks left
+        self.results: dict[str, list] = {}
+        self.status = _Status(self.path, total_frames, s.nz)
+        self.png_every_s = png_every_s
+        self.painter = _Painter(self.path, self.status, png_every_s) if png_every_s > 0 else None
+        if progress:
+            console.info("dask dashboard: %s\nwatching %s for %d frames (%d blocks of %d x %d); store %s",
+                         client.dashboard_link, _frames_folder(self.wf), total_frames, len(self.pending), self.wc,
+                         s.nx, self.path)
+        self.variable = Variable(VARIABLE, client=client)
+        self.token = os.urandom(4).hex()
+        self.integrate = timed(stages.integrate_block)
+        self.inflight: dict = {}  # future -> (stage, z, block or None)
+        self.slice_futures: dict[int, set] = {}
+        self.tries: dict[tuple[int, int], int] = {}
+        self.final = False  # the idle timeout passed: blocks go with what is there
+        self.last_png = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending or self.inflight or self.slice_open)
+
+    def follow(self, idle_timeout_s: float, poll_s: float) -> None:
+        """Until every block is integrated and every slice done: look at the frames, submit the
+        blocks whose frames are whole, handle the tasks that finished, refresh the live status."""
+        for z in sorted(self.slice_open):  # slices integrated before (a resumed watch): straight on
+            if self.slice_left[z] == 0:
+                self.submit_slice(z)
+        while self.busy:
+            self.frames.poll()
+            for (z, b), idx in sorted(self.pending.items()):
+                if self.final or np.isfinite(self.frames.ready_at[idx[idx >= 0]]).all():
+                    self.submit_block(z, b)
+            if self.pending and not self.final and time.time() - self.frames.last_new > idle_timeout_s:
+                self.give_up_waiting(idle_timeout_s)
+                continue
+            for fut in self.wait(poll_s):
+                self.done(fut)
+            self.publish()
+
+    def give_up_waiting(self, idle_timeout_s: float) -> None:
+        """No new frame for the idle timeout: the blocks still waiting go with what is there."""
+        self.final = self.result.timed_out = True
+        waiting = sum(int((~np.isfinite(self.frames.ready_at[i[i >= 0]])).sum()) for i in self.pending.values())
+        log.warning("no new frame for %g s: %d frames never came; their blocks are integrated without them "
+                    "(flagged missing)", idle_timeout_s, waiting)
+        if self.progress:
+            console.info("idle for %g s: %d frames never came, flagged missing", idle_timeout_s, waiting)
+
+    def wait(self, poll_s: float) -> list:
+        """Sleep until a task finishes, or ``poll_s``; the tasks finished."""
+        from distributed import wait as dask_wait
+
+        if self.inflight:
+            try:
+                dask_wait(list(self.inflight), timeout=poll_s, return_when="FIRST_COMPLETED")
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+            return [f for f in self.inflight if f.done()]
+        if self.pending:
+            time.sleep(poll_s)
+        elif self.slice_open:  # nothing pending, nothing running, a slice left: its tasks were all done
+            for z in sorted(self.slice_open):
+                self.submit_slice(z)
+        return []
+
+    def submit_block(self, z: int, b: int) -> None:
+        wc, s = self.wc, self.wf.scan
+        block = store.FrameBlock(z, b * wc, min((b + 1) * wc, s.nomega))
+        fut = self.client.submit(self.integrate, block, self.ctx, pure=False, **self.resources["integrate"],
+                                 key=f"integrate-{self.token}-{z}-{b}-{self.tries.get((z, b), 0)}")
+        self.inflight[fut] = ("integrate", z, b)
+        idx = self.pending.pop((z, b))
+        ready = self.frames.ready_at[idx[idx >= 0]]
+        self.result.blocks.append({"z": z, "omega_start": block.omega_start, "frames": int(idx.size),
+                                   "ready": float(np.nanmax(ready)) if np.isfinite(ready).any() else np.nan,
+                                   "submitted": time.time(), "key": fut.key})
+
+    def submit_slice(self, z: int) -> None:
+        """The centre, reconstruction (and G(r)) tasks of slice ``z`` not done yet."""
+        from .graph import build_graph
+
+        state = store.task_state(self.path)
+        graph = build_graph(self.ctx, zs=[z], done=state, token=f"{self.token}-{z}", resources=self.resources)
+        items = [(stage, d) for stage, ds in graph.items() for d in ds]
+        futs = self.client.compute([d for _, d in items], optimize_graph=False) if items else []
+        self.slice_futures[z] = set(futs)
+        for (stage, _), f in zip(items, futs):
+            self.inflight[f] = (stage, z, None)
+        if not futs:
+            self.slice_done(z)
+
+    def slice_done(self, z: int) -> None:
+        self.slice_open.discard(z)
+        self.result.slices[z] = time.time()
+        self.status.slice_done(z)
+        if self.progress:
+            console.info("slice %d reconstructed (%d of %d this run)", z, len(self.result.slices), self.wf.scan.nz)
+        if self.painter is not None:
+            self.painter.poke(z_recon=z)
+
+    def done(self, fut) -> None:
+        """A task finished: an integration block (its frames read again where they could not
+        be, up to :data:`RETRIES` times) or one of a slice's tasks."""
+        from .workflow import RunStopped
+
+        stage, z, b = self.inflight.pop(fut)
+        if fut.status == "error":
+            exc = fut.exception()
+            if isinstance(exc, OSError):
+                raise RunStopped(f"the store cannot be written: {exc.strerror or exc} (task {fut.key}); "
+                                 f"rerun the same command to resume") from exc
+            raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
+        res = fut.result()
+        self.results.setdefault(stage, []).append(res)
+        if stage != "integrate":
+            self.slice_futures[z].discard(fut)
+            if not self.slice_futures[z]:
+                self.slice_done(z)
+            return
+        wc = self.wc
+        rec = next(r for r in reversed(self.result.blocks) if r["key"] == fut.key)
+        rec.update(finished=res["finished"], status=res["status"])
+        idx = self.index[z, b * wc:(b + 1) * wc].reshape(-1)
+        lost = np.zeros(0, np.int64)
+        if {FrameStatus.MISSING.name, FrameStatus.IO_ERROR.name} & set(res["status"]):
+            st = store.open_array(self.path, f"{store.REDUCED}/frame_status", "r")[z, b * wc:(b + 1) * wc].reshape(-1)
+            bad = np.isin(st, [int(FrameStatus.MISSING), int(FrameStatus.IO_ERROR)]) & (idx >= 0)
+            lost = idx[bad]
+            lost = lost[~self.frames.gave_up[lost]]  # seen whole, then not readable
+        if lost.size and not self.final and self.tries.get((z, b), 0) < RETRIES:
+            # frames seen whole vanished or could not be read: see them whole again, redo the block
+            self.tries[(z, b)] = self.tries.get((z, b), 0) + 1
+            self.frames.again(lost)
+            store.mark_done(self.path, "integrate", (z, b), 0)
+            self.pending[(z, b)] = idx
+            log.warning("block (z %d, omega %d): %d frames seen whole could not be read; read again "
+                        "when they are back", z, b * wc, lost.size)
+            return
+        self.status.integrated(res["frames"], rec["ready"], res["finished"])
+        self.slice_left[z] -= 1
+        if self.slice_left[z] == 0:
+            self.submit_slice(z)
+        if self.painter is not None:
+            self.painter.poke(z_sino=z)
+
+    def publish(self) -> None:
+        """The live status (JSON beside the store, the scheduler's Variable) and picture, at most
+        every ``png_every_s`` (0.5 s at least) and once when all is done."""
+        now = time.time()
+        if now - self.last_png < max(self.png_every_s, 0.5) and self.busy:
+            return
+        self.last_png = now
+        self.status.frames_whole = int(np.isfinite(self.frames.ready_at).sum())
+        self.status.lag()
+        self._set_variable(self.status.write())
+        if self.painter is not None:
+            self.painter.poke()
+
+    def _set_variable(self, snap: dict) -> None:
+        try:
+            self.variable.set(snap)
+        except Exception:  # a scheduler going away: the JSON file still says it
+            pass
+
+    def finish(self, seconds: float, summary: bool) -> WatchResult:
+        """The run's report (:func:`~xrdct_dask.report.finish_run`), the last status and picture."""
+        from .report import finish_run
+
+        result = self.result
+        result.missing = int(sum(r.get("status", {}).get(FrameStatus.MISSING.name, 0) for r in result.blocks))
+        result.summary = finish_run(self.ctx, self.results, self.before, seconds, progress=self.progress,
+                                    summary=summary)
+        self.status.finished = True
+        self._set_variable(self.status.write())
+        if self.painter is not None:
+            self.painter.draw_now()
+        return result
 
 
 def _slice_done(state: store.TaskState, z: int) -> bool:
