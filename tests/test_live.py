@@ -129,6 +129,7 @@ def test_watch_during_the_acquisition_equals_the_batch_run_and_reconstructs_slic
     assert len(res.blocks) == 4 and all(b["ready"] <= b["submitted"] <= b["finished"] for b in res.blocks)
     with Client(cluster.scheduler_address) as client:
         snap = live_status(client)
+        assert live_status(client, store_path=res.store) == snap  # this watch's own, and the latest
     assert snap["store"] == str(res.store) and snap["finished"] and snap["frames_integrated"] == 160
     assert live_status(store_path=res.store)["slices_done"] == [0, 1]
     png = live_paths(res.store)[1]
@@ -462,3 +463,21 @@ def test_watch_warms_the_slice_stages_on_every_worker_before_the_first_frame(acq
         assert set(client.run(loaded).values()) == {0}
         _warm_slice_stages(client, load_workflow(acq.workflow))
         assert all(n > 0 for n in client.run(loaded).values())
+
+
+def test_two_watches_on_one_scheduler_keep_their_live_status_apart(cluster, tmp_path):
+    """A beamline may follow two acquisitions on one scheduler: each watch publishes its status
+    under its store's name as well as the latest one's, so a notebook asking for a store gets that
+    store's status, and asking for none gets the watch that published last."""
+    from distributed import Client
+
+    from xrdct_dask.live import _variables, live_status
+
+    with Client(cluster.scheduler_address) as client:
+        assert live_status(client, store_path=tmp_path / "nothing.zarr", timeout_s=0.2) is None
+        for name in ("a", "b"):
+            for v in _variables(client, tmp_path / f"{name}.zarr"):
+                v.set({"store": name})
+        assert live_status(client, store_path=tmp_path / "a.zarr")["store"] == "a"
+        assert live_status(client, store_path=tmp_path / "b.zarr")["store"] == "b"
+        assert live_status(client)["store"] == "b"

@@ -25,7 +25,8 @@ for live work (e.g. 2-4 rows of a 250 Hz scan: well under a second).
 
 While it runs, the watcher keeps a status (frames whole, integrated, frames/s, lag, slices
 done) in ``RUN-live.json`` beside the store, publishes it on the scheduler as the dask
-``Variable`` named ``xrdct-live`` (:func:`live_status` reads it from a notebook attached to the
+``Variable`` named ``xrdct-live:<store path>`` and ``xrdct-live`` (the latest watch's;
+:func:`live_status` reads them from a notebook attached to the
 scheduler), and redraws ``RUN-live.png`` (:func:`live_figure`: the latest sinogram, the latest
 reconstructed slice, frames/s and lag) every ``png_every_s`` seconds.  Stopped and started
 again it resumes: blocks marked done are not read again.
@@ -54,9 +55,22 @@ from .prepare import frames_present, open_run
 
 log = logging.getLogger(__name__)
 
-VARIABLE = "xrdct-live"  # the dask Variable the watcher publishes its status in
+VARIABLE = "xrdct-live"  # the dask Variable the watcher publishes its status in (the latest watch's)
 HISTORY = 600  # status points kept for the live picture's frames/s and lag curves
 RETRIES = 3  # times a block whose frames vanished or could not be read is submitted again
+
+
+def variable_name(store_path=None) -> str:
+    """The scheduler's Variable holding the live status: of the watch into ``store_path``
+    (``xrdct-live:/abs/RUN.zarr``), or of whichever watch published last (``xrdct-live``)."""
+    return VARIABLE if store_path is None else f"{VARIABLE}:{Path(store_path).resolve()}"
+
+
+def _variables(client, store_path) -> list:
+    """The Variables a watch into ``store_path`` publishes its status in: its own, and the latest's."""
+    from distributed import Variable
+
+    return [Variable(variable_name(store_path), client=client), Variable(VARIABLE, client=client)]
 
 
 def live_paths(path) -> tuple[Path, Path]:
@@ -269,8 +283,6 @@ class _Following:
     the slices left, and the live status (:func:`watch`, whose loop is :meth:`follow`)."""
 
     def __init__(self, client, ctx, resources: dict, *, settle_s: float, png_every_s: float, progress: bool):
-        from distributed import Variable
-
         from .graph import timed
 
         self.client, self.ctx, self.resources, self.progress = client, ctx, resources, progress
@@ -299,7 +311,7 @@ class _Following:
             console.info("dask dashboard: %s\nwatching %s for %d frames (%d blocks of %d x %d); store %s",
                          client.dashboard_link, _frames_folder(self.wf), total_frames, len(self.pending), self.wc,
                          s.nx, self.path)
-        self.variable = Variable(VARIABLE, client=client)
+        self.variables = _variables(client, self.path)
         self.token = os.urandom(4).hex()
         self.integrate = timed(stages.integrate_block)
         self.inflight: dict = {}  # future -> (stage, z, block or None)
@@ -451,7 +463,8 @@ class _Following:
 
     def _set_variable(self, snap: dict) -> None:
         try:
-            self.variable.set(snap)
+            for v in self.variables:
+                v.set(snap)
         except Exception:  # a scheduler going away: the JSON file still says it
             pass
 
@@ -582,13 +595,14 @@ def live_status(client=None, store_path=None, timeout_s: float = 2.0) -> dict | 
     (the PNG), ``history`` (epoch, frames/s, lag) points.
 
     With ``client`` (a ``distributed.Client`` attached to the watcher's scheduler) it is read from
-    the scheduler's ``xrdct-live`` Variable; with ``store_path`` from ``RUN-live.json`` beside the
-    store.  None when there is none yet."""
+    the scheduler: the watch into ``store_path`` where it is given (several watches on one
+    scheduler are kept apart), else the watch that published last; with ``store_path`` only, from
+    ``RUN-live.json`` beside the store.  None when there is none yet."""
     if client is not None:
         from distributed import Variable
 
         try:
-            return Variable(VARIABLE, client=client).get(timeout=timeout_s)
+            return Variable(variable_name(store_path), client=client).get(timeout=timeout_s)
         except Exception:  # not set yet (a timeout)
             return None
     if store_path is None:
