@@ -151,3 +151,33 @@ def test_nominal_grid_only_when_nothing_is_measured_and_the_store_says_so(scans,
     np.testing.assert_array_equal(lay.omega_deg, np.arange(8) * 22.5)
     forced = scan_layout(load_workflow(cbf.workflow, {"scan.positions": "nominal"}))
     assert forced.positions["omega_deg"] == "nominal" and forced.grid is not None  # grid columns still place
+
+
+def test_plan_counts_scan_flag_exactly_where_the_scan_places_the_frames(scans, tmp_path):
+    """``reduced/scan_flag`` is written where the scan itself places the frames (a scan file's grid
+    columns, or measured omega and x: here the HDF5 scan's motors), not where the scan arithmetic
+    does: the plan's bytes written at preparation include it exactly where the run's layout has a
+    grid (:func:`~xrdct_dask.prepare.scan_layout`, whose grid is what writes the flags)."""
+    from xrdct_dask.plan import plan_workflow
+    from xrdct_dask.prepare import scan_layout
+
+    cbf, h5, _ = scans
+    cases = {"scan file columns": (cbf, {}),
+             "no scan file": (cbf, {"inputs.scan_file": None}),
+             "HDF5 motors": (h5, {"inputs.scan_file": None, "inputs.monitor": None}),
+             "HDF5 motors, positions nominal": (h5, {"inputs.scan_file": None, "inputs.monitor": None,
+                                                    "scan.positions": "nominal"})}
+    placed, written = {}, {}
+    for name, (scan, sets) in cases.items():
+        wf = load_workflow(scan.workflow, {"store.path": str(tmp_path / "run.zarr"), **sets})
+        lay = scan_layout(wf)
+        try:
+            placed[name] = lay.grid is not None
+        finally:
+            lay.close()
+        written[name] = plan_workflow(wf).stages["prepare"].bytes_written
+    assert placed == {"scan file columns": True, "no scan file": False, "HDF5 motors": True,
+                      "HDF5 motors, positions nominal": False}
+    flags = 1 * 8 * 8  # scan_flag: int8 (z, omega, x) of the 1 x 8 x 8 scan
+    for name in cases:
+        assert written[name] == written["no scan file"] + (flags if placed[name] else 0), name

@@ -189,6 +189,18 @@ def _input_files(wf: Workflow, frames: int) -> tuple[int, str]:
         return 1, "one HDF5 file (the source cannot be opened to count its data files)"
 
 
+def _frames_placed(wf: Workflow) -> bool:
+    """Whether the scan places the frames (``reduced/scan_flag`` written), as the run will decide
+    (:func:`~xrdct_dask.prepare.frames_placed_by_scan`); a scan not readable yet (planned before
+    its files exist): placed where a scan file is named."""
+    from .prepare import frames_placed_by_scan
+
+    try:
+        return frames_placed_by_scan(wf)
+    except (OSError, ValueError, KeyError):  # WorkflowError is a ValueError
+        return wf.inputs.scan_file is not None
+
+
 def _aux_channels(wf: Workflow) -> tuple[int, bool]:
     """Channels of ``pdf/aux_sinogram`` (pdf-then-recon) and whether that is exact: the PDF
     operator's (N, G at the low-r points, F at the top-Q points) on the radial axis of the
@@ -253,8 +265,9 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
             "pdf": nz * nx * nx * nq * 4 if wf.pdf.order == "recon-then-pdf" else F * nr * 4}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, pdf_blocks=pdf_blocks(wf, lay, [0] * nr)
                               if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux)
-    # scan_flag is written only where the scan places the frames (a scan file)
-    written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not wf.inputs.scan_file)]
+    # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
+    placed = _frames_placed(wf)
+    written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]
 
     def written(stage: str) -> int:
         return sum(sp.nbytes for sp in written_specs if stage in sp.writers)

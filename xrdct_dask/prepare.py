@@ -317,6 +317,20 @@ def _scan_source(wf: Workflow):
 AXIS_OF = {"z_mm": 0, "omega_deg": 1, "x_mm": 2}
 
 
+def _places_frames(wf: Workflow, columns, has_grid: bool) -> bool:
+    """Whether a scan giving ``columns`` per frame places the frames on the grid: its grid columns,
+    or measured omega and x where ``scan.positions`` allows them (else the scan arithmetic does)."""
+    return has_grid or (wf.scan.positions != "nominal" and {"omega_deg", "x_mm"} <= set(columns))
+
+
+def frames_placed_by_scan(wf: Workflow) -> bool:
+    """Whether the scan itself (its file's grid columns, or its measured positions) places the
+    frames, as :func:`scan_layout` will decide: then ``reduced/scan_flag`` is written.  Reads the
+    scan file's header or the HDF5 scan's positioner names only."""
+    src = _scan_source(wf)
+    return src is not None and _places_frames(wf, src[1], src[3])
+
+
 def scan_layout(wf: Workflow) -> ScanLayout:
     """The frames' places and the axes of a scan (see :class:`ScanLayout`), read in bounded memory.
 
@@ -342,7 +356,7 @@ def scan_layout(wf: Workflow) -> ScanLayout:
     elif s.positions == "measured" and not {"omega_deg", "x_mm"} <= set(measured):
         raise WorkflowError("scan.positions: measured, but the scan gives no omega and x per frame (scan file "
                             "columns omega_deg, x_mm, or the HDF5 scan's inputs.positioners)")
-    place = not has_grid and {"omega_deg", "x_mm"} <= set(measured)
+    place = not has_grid and _places_frames(wf, measured, False)
     lay = ScanLayout(grid=None, monitor=None, positions={}, scratch=scratch_folder(wf.store.path), **nominal)
     folder = Path(lay.scratch.name)
     try:
