@@ -9,8 +9,8 @@ link to one of ``--distinct`` full-size frames (Poisson counts of powder rings, 
 into place (as a detector or data mover does), and the writer records when each rename happened.
 ``xrdct_dask.live.watch`` follows it on the default local cluster of this machine (GPU workers
 integrate where a GPU is visible: the same cluster as ``xrdct run``), armed before the first frame
-comes (workers started, integration plan built and cached, engine warmed, as a beamline's
-long-lived cluster is).  Printed and written to ``--json``:
+comes (workers started, integration plan built and cached, engine warmed with a blank frame,
+slice stages run once on a synthetic slice, as a beamline's long-lived cluster is).  Printed and written to ``--json``:
 
 * ``lag_s``: per frame, its pattern in the store (its block's task finished) minus its rename:
   median, 90th percentile, max.  A block is ``--omega-chunk x nx`` frames, so the lag holds up to
