@@ -367,6 +367,64 @@ def test_cupy_engine_on_hdf5_equals_numpy_integration(cuda, sim_scan, tmp_path, 
     assert np.isnan(gi[~ok]).all()
 
 
+@pytest.mark.gpu
+def test_gpu_warm_up_runs_every_arena_before_and_after_the_first_data_file(cuda, sim_scan, tmp_path, monkeypatch):
+    """Live mode arms the workers before the detector writes: with a scan file (a virtual dataset,
+    as BLISS writes) whose data file is not there yet, the GPU warm-up reads a blank frame (stored
+    unfiltered in a temporary file, removed after and not left open) into every arena of every
+    ring, and decodes and integrates it there; with the data file there, frame 0's chunk instead
+    (read once, then once per arena).  Afterwards the patterns equal the numpy engine's (1e-5)."""
+    import tempfile
+    from pathlib import Path
+
+    import fabio
+
+    from xrdct_dask.integrate import Integrator
+    from xrdct_dask.io.source import Hdf5Frames, as_counts
+
+    n = 40
+    frames = open_source(sim_scan.frames).read_frames(np.arange(n))
+    shape = frames.shape[1:]
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    write_frames(aside / "data_000001.h5", frames, "bitshuffle-lz4", name="entry/data/data")
+    master = tmp_path / "scan.h5"
+    with h5py.File(master, "w") as m:
+        layout = h5py.VirtualLayout(shape=(n, *shape), dtype=np.int32)
+        layout[:] = h5py.VirtualSource("data_000001.h5", "entry/data/data", shape=(n, *shape))
+        m.create_group("entry/data").create_virtual_dataset("data", layout, fillvalue=-1)
+    src = Hdf5Frames(master, "/entry/data/data")
+    assert (src.read_raw_chunks([0]).status == FrameStatus.MISSING).all()
+    reads = []
+    real = Hdf5Frames.read_raw_chunks
+
+    def spy(self, idx, *a, **k):
+        reads.append((Path(self.file).name, len(idx)))
+        return real(self, idx, *a, **k)
+
+    monkeypatch.setattr(Hdf5Frames, "read_raw_chunks", spy)
+    before = set(Path(tempfile.gettempdir()).glob("xrdct-warm-*"))
+    mask = fabio.open(str(sim_scan.mask)).data != 0
+    gpu = Integrator(sim_scan.poni, shape, 400, mask=mask, polarization_factor=0.99, engine="cupy")
+    gpu.warm(src, 2, n)
+    ring = gpu._impl.RING
+    assert reads.count(("blank.h5", 2)) == 2 * ring, reads
+    assert set(Path(tempfile.gettempdir()).glob("xrdct-warm-*")) == before
+    assert not any("blank.h5" in k for k in hdf5.FILES._files)
+    (aside / "data_000001.h5").rename(tmp_path / "data_000001.h5")
+    src = Hdf5Frames(master, "/entry/data/data")
+    reads.clear()
+    gpu.warm(src, 1, n)
+    assert reads == [("scan.h5", 1)] + [("scan.h5", gpu.batch_frames)] * ring
+    monkeypatch.undo()
+    gi, gs, gst, _ = gpu.integrate_source(src, np.arange(n), np.ones(n))
+    assert not gst.any()
+    cpu = Integrator(sim_scan.poni, shape, 400, mask=mask, polarization_factor=0.99, engine="numpy")
+    ref = cpu.integrate(as_counts(frames), np.ones(n))
+    np.testing.assert_allclose(gi, ref.intensity, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(gs, ref.sigma, rtol=1e-5, equal_nan=True)
+
+
 class _HostEngine:
     """The GPU engine's HDF5 reader (:meth:`CupyEngine.h5_batches`) driven on a CPU: the device
     steps swapped for the kernels' C++ build (:func:`decode_into_counts`, as ``_launch_h5`` calls

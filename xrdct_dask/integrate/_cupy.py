@@ -135,7 +135,7 @@ class CupyEngine:
         memory per ring takes a good part of a second).
 
         ``fill(get_arena) -> (arena, begin, end)`` reads a batch of real payloads into an arena
-        (as a task does); each pipeline then integrates one such batch from every arena of its
+        (as a task does; or an :class:`H5Batch` of HDF5 chunks read into it); each pipeline then integrates one such batch from every arena of its
         ring, so that every device buffer (per slot and per stream) is allocated and every page of
         the arenas has been written and sent once before a task's time counts."""
         rings = max(rings, 1)
@@ -150,8 +150,8 @@ class CupyEngine:
                 self.arena(ring, k, nframes * bytes_per_frame)
             if fill is not None:
                 batches = (fill(lambda nbytes, k=k: self.arena(ring, k, nbytes)) for k in range(self.RING))
-                for _ in self.integrate_batches(((b, np.ones(len(b[1]))) for b in batches), packed=True,
-                                                pipeline=pipe):
+                for _ in self.integrate_batches(((b, np.ones(b.nframes if isinstance(b, H5Batch) else len(b[1])))
+                                                 for b in batches), packed=True, pipeline=pipe):
                     pass
             else:
                 self._give_pipeline(pipe)
@@ -268,6 +268,74 @@ class CupyEngine:
         except (OSError, CorruptFrameError) as err:  # an unreadable first frame: its task will say so
             log.warning("%s; GPU buffers allocated but not used before the first task", frame_message(first, err))
             self.warm(n, self.slot_bytes, rings=tasks)
+
+    def warm_h5(self, source, tasks: int) -> None:
+        """Ready this engine for ``tasks`` concurrent tasks reading the HDF5 chunks of ``source``
+        (:class:`~xrdct_dask.io.source.Hdf5Frames`), as :meth:`warm_files` does for CBF files: the
+        arenas sized from its first chunk (x 1.5), then each pipeline decodes and integrates a
+        batch of that chunk from every arena of its ring.  Before the acquisition (no frame yet)
+        the batches are a blank frame of the detector stored unfiltered in a temporary file, which
+        takes the same path (raw read, upload, chunk kernels, integration)."""
+        import tempfile
+
+        from ..io.hdf5 import FILES
+        from ..io.source import Hdf5Frames
+        from ..io.status import FrameStatus
+
+        n = BATCH_FRAMES
+        try:
+            first = source.read_raw_chunks([0])
+        except (OSError, ValueError):  # an unreadable file, or a layout h5py reads (not one frame per chunk)
+            self.warm(n, self.slot_bytes, rings=tasks)
+            return
+        if first.status[0] == FrameStatus.OK:
+            self.slot_bytes = max(self.slot_bytes, int(first.offsets[-1] * 1.5))
+            gpu = self._h5_plan(source, first).gpu[0]  # else a filter the kernels do not take (host-decoded)
+            self._warm_h5_from(source, n, tasks, n if gpu else 0)
+            return
+        if tuple(source.frame_shape) != tuple(self.plan.shape):  # its task will say so
+            self.warm(n, self.slot_bytes, rings=tasks)
+            return
+        import h5py
+
+        with tempfile.TemporaryDirectory(prefix="xrdct-warm-") as tmp:
+            blank = Path(tmp) / "blank.h5"
+            with h5py.File(blank, "w") as f:  # 2 frames, chunks of one frame, no filter
+                f.create_dataset("data", shape=(2, *self.plan.shape), dtype=np.uint32, chunks=(1, *self.plan.shape),
+                                 fillvalue=0)[...] = 0
+            try:
+                self._warm_h5_from(Hdf5Frames(blank, "/data"), n, tasks, 2)
+            finally:
+                FILES.forget(blank)
+
+    def _warm_h5_from(self, source, n: int, tasks: int, count: int) -> None:
+        """:meth:`warm` with every arena filled with frame 0 of ``source`` ``count`` times (0: arenas only)."""
+        try:
+            self.warm(n, self.slot_bytes, rings=tasks, fill=self._h5_fill(source, count) if count else None)
+        except OSError as err:  # frame 0 gone since: its task will say so
+            log.warning("%s; GPU buffers allocated but not used before the first task", err)
+            self.warm(n, self.slot_bytes, rings=tasks)
+
+    @staticmethod
+    def _h5_plan(source, c):
+        """The kernels' :class:`~xrdct_dask.io.gpu_hdf5.ChunkPlan` of raw chunks ``c`` of ``source``."""
+        from ..io.gpu_hdf5 import plan_chunks
+
+        dt = np.dtype(source.dtype)
+        return plan_chunks(c.buffer, c.offsets[:-1], c.offsets[1:], c.filter_id.astype(np.int64),
+                           int(np.prod(source.frame_shape)) * dt.itemsize, dt.itemsize)
+
+    def _h5_fill(self, source, count: int):
+        """``fill`` for :meth:`warm`: frame 0 of HDF5 ``source`` ``count`` times, read raw into the arena."""
+
+        def fill(get_arena):
+            c = source.read_raw_chunks(np.zeros(count, np.int64), out=get_arena)
+            if c.status.any():
+                raise OSError(f"{source.spec}: frame 0 unreadable ({c.reasons})")
+            return H5Batch(c.buffer, c.offsets[:-1], c.offsets[1:], c.filter_id.astype(np.int64),
+                           self._h5_plan(source, c), np.dtype(source.dtype))
+
+        return fill
 
     def arena_ring(self) -> list:
         """Check out a ring of ``RING`` page-locked read arenas for one task (give it back with

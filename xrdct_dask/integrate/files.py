@@ -167,23 +167,15 @@ def _hdf5_batches(integ, source, idx, batches, norm, status, pending, stats, rea
 
 def warm(integ, source, tasks: int, nframes: int, sample: int = 64) -> None:
     """Ready an integrator for ``tasks`` concurrent tasks on ``source``: kernels compiled (and on a
-    GPU reading CBF files, the pinned read arenas sized and every pipeline run once,
-    :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_files`; reading HDF5 chunks, the chunk
-    kernels compiled and the arenas sized from the first chunk)."""
+    GPU reading CBF files or HDF5 chunks, the pinned read arenas sized and every pipeline run once,
+    :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_files`, :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_h5`)."""
     from ..io.source import HDF5_SOURCES, Hdf5Frames
 
     integ.warm_up()
     if integ.engine != "cupy":
         return
-    if isinstance(source, Hdf5Frames):  # kernels compiled; chunk arenas sized from the first chunk (x 1.5)
-        from ..io.gpu_hdf5 import ChunkDecoder
-
-        ChunkDecoder("cuda")
-        try:
-            per_frame = int(source.read_raw_chunks([0]).offsets[-1] * 1.5)
-        except (OSError, ValueError):  # an unreadable first frame or a layout read by h5py: arenas grow later
-            per_frame = 0
-        integ._impl.warm(integ.batch_frames, max(per_frame, integ._impl.slot_bytes), rings=tasks)
+    if isinstance(source, Hdf5Frames):  # arenas sized from the first chunk, every pipeline run once
+        integ._impl.warm_h5(source, tasks)
         return
     if isinstance(source, HDF5_SOURCES) or compressed(source):  # decoded on the host: no file arenas to size
         integ._impl.warm(integ.batch_frames, integ._impl.slot_bytes, rings=tasks)

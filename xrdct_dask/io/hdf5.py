@@ -159,6 +159,14 @@ class H5FileCache:
             self._files.clear()
             self._swmr.clear()
 
+    def forget(self, path: Path) -> None:
+        """Close ``path`` if it is open and not in use (a temporary file about to be removed)."""
+        key = str(path)
+        with self._lock:
+            if key in self._files and not self._pins[key]:
+                self._files.pop(key)[0].close()
+                self._swmr.discard(key)
+
 
 FILES = H5FileCache()
 
