@@ -411,6 +411,9 @@ def test_gpu_warm_up_runs_every_arena_before_and_after_the_first_data_file(cuda,
     assert reads.count(("blank.h5", 2)) == 2 * ring, reads
     assert set(Path(tempfile.gettempdir()).glob("xrdct-warm-*")) == before
     assert not any("blank.h5" in k for k in hdf5.FILES._files)
+    reads.clear()  # a master that cannot be opened yet (links only, no data file): no source at all
+    gpu.warm(None, 1, n, hdf5=True)
+    assert reads == [("blank.h5", 2)] * ring
     (aside / "data_000001.h5").rename(tmp_path / "data_000001.h5")
     src = Hdf5Frames(master, "/entry/data/data")
     reads.clear()

@@ -137,16 +137,27 @@ def test_watch_during_the_acquisition_equals_the_batch_run_and_reconstructs_slic
 
 
 @pytest.mark.slow  # an HDF5 simulation and an acquisition (~20 s)
-def test_watch_follows_an_eiger_scan_whose_data_files_appear_one_by_one(acq, batch, cluster, tmp_path):
+@pytest.mark.parametrize("master", ["virtual dataset", "links only"])
+def test_watch_follows_an_eiger_scan_whose_data_files_appear_one_by_one(acq, batch, cluster, tmp_path, master):
     """The same scan written as an Eiger master (there from the start, as the detector writes it)
     whose four data files of 40 frames appear one after the other, each renamed into place when
     whole (as DECTRIS' file writer does): `watch` integrates each file's blocks once it is there,
     nothing is read early or flagged, and the store equals the CBF batch run's (the sources give
-    the same frames)."""
+    the same frames).  The master maps its data files by a virtual dataset (as BLISS writes), or
+    only by its ``data_NNNNNN`` links (as a DECTRIS detector writes: nothing can be read from it
+    before the first data file, and the workers are readied without it)."""
+    import h5py
+
     from xrdct_dask.live import watch
     from xrdct_dask.testing.synthetic import simulate_scan
 
     h5 = simulate_scan(tmp_path / "h5scan", nz=2, nomega=8, nx=10, seed=5, fmt="h5", frames_per_file=40)
+    sets = OVERRIDES | {"store.path": str(tmp_path / "live.zarr")}
+    if master == "links only":
+        file = h5.frames.split("::")[0]
+        with h5py.File(file, "r+") as m:
+            del m["entry/data/data"]
+        sets["inputs.frames"] = f"{file}::/entry/data"
     data = sorted((h5.root / "frames").glob("*_data_*.h5"))
     assert len(data) == 4
     aside = tmp_path / "filewriter"
@@ -163,8 +174,8 @@ def test_watch_follows_an_eiger_scan_whose_data_files_appear_one_by_one(acq, bat
 
     t = threading.Thread(target=filewriter, daemon=True)
     t.start()
-    res = watch(load_workflow(h5.workflow, OVERRIDES | {"store.path": str(tmp_path / "live.zarr")}), cluster=cluster,
-                idle_timeout_s=30, png_every_s=0, progress=False, summary=False)
+    res = watch(load_workflow(h5.workflow, sets), cluster=cluster, idle_timeout_s=30, png_every_s=0, progress=False,
+                summary=False)
     t.join()
     st = store.open_array(res.store, "reduced/frame_status", "r")[...]
     assert (st == FrameStatus.OK).all(), {FrameStatus(c).name: int((st == c).sum()) for c in np.unique(st)}

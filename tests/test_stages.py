@@ -132,6 +132,9 @@ def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(s
     assert len(eng._pipelines) == 2 and len(eng._free_rings) == 2
     assert len(reads) == 2 * eng.RING and all(Path(p).name == "blank.cbf" for r in reads for p in r)
     assert set(Path(tempfile.gettempdir()).glob("xrdct-warm-*")) == before  # the blank frame's folder is gone
+    reads.clear()
+    integ.warm(None, 1, live.scan.nframes)  # a source that cannot be opened yet: the same blank frame
+    assert len(reads) == eng.RING and all(Path(p).name == "blank.cbf" for r in reads for p in r)
     warm = np.concatenate([r[0] for r in integ.integrate_batches([(payloads, None)])])
     np.testing.assert_array_equal(warm, cold)
     stages.clear_integrators()

@@ -416,8 +416,15 @@ class IntegratorPlugin(_worker_plugin_base()):
         if self.gpu_only and not dict(getattr(worker.state, "total_resources", {}) or {}).get("GPU"):
             return  # a CPU worker beside GPU workers: it runs no decode-integrate task
         integ = stages.build_integrator(self.workflow)
+        try:
+            source = self.workflow.frame_source()
+        except (OSError, ValueError) as err:  # not there yet: an Eiger master before its first data file (live mode)
+            logging.getLogger("distributed.worker").info("xrdct: frames not readable yet (%s); warmed up without them",
+                                                         err)
+            source = None
         # kernels compiled, and on a GPU the buffers of every task thread allocated and used once
-        integ.warm(self.workflow.frame_source(), int(getattr(worker.state, "nthreads", 2)), self.workflow.scan.nframes)
+        integ.warm(source, int(getattr(worker.state, "nthreads", 2)), self.workflow.scan.nframes,
+                   hdf5=self.workflow.frames_hdf5)
         self.integrators[stages.integrator_key(self.workflow)] = integ
         # distributed's worker logger: this line lands in the worker's own log (a batch job's .err file)
         logging.getLogger("distributed.worker").info(

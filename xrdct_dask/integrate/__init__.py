@@ -194,12 +194,14 @@ class Integrator:
         return integrate_source(self, source, idx, self._monitor(monitor, idx.size), read_threads=read_threads,
                                 check_md5=check_md5)
 
-    def warm(self, source, tasks: int, nframes: int) -> None:
+    def warm(self, source, tasks: int, nframes: int, hdf5: bool = False) -> None:
         """Compile the kernels and, on a GPU, set up the read arenas and pipelines of ``tasks``
-        concurrent tasks on ``source`` (of ``nframes`` frames) before the first task (:mod:`.files`)."""
+        concurrent tasks on ``source`` (of ``nframes`` frames) before the first task (:mod:`.files`).
+        ``source`` None: it cannot be opened yet (an Eiger master before its first data file); a
+        blank frame stands in (stored as HDF5 chunks where ``hdf5``, else as a CBF file)."""
         from .files import warm
 
-        warm(self, source, tasks, nframes)
+        warm(self, source, tasks, nframes, hdf5=hdf5)
 
     def integrate_batches(self, batches, packed: bool = False):
         """Integrate an iterable of ``(payloads, monitor)`` batches; yields ``(intensity, sigma,

@@ -236,19 +236,40 @@ class CupyEngine:
         estimate = self.plan.npix + 8192  # byte-offset at diffraction count rates: ~1 byte a pixel + header
         self.slot_bytes = max(self.slot_bytes, (int(max(sizes, default=estimate) * 1.25) + 4095) // 4096 * 4096)
         if not os.path.isfile(first):  # no frame yet (live mode: armed before the acquisition)
-            # a blank frame of the detector, written by fabio, takes the real path through every
-            # arena and pipeline (reads, payload location, decode, integration): the first block
-            # of the acquisition then finds nothing to compile or allocate
-            import tempfile
+            self.warm_blank(tasks, hdf5=False)
+            return
+        self._warm_from(first, n, tasks)
 
-            from fabio.cbfimage import CbfImage
+    def warm_blank(self, tasks: int, hdf5: bool) -> None:
+        """:meth:`warm` before the acquisition, when no frame is there yet (live mode): a blank
+        frame of the detector, in a temporary folder removed after, takes the real path through
+        every arena and pipeline (reads, payload location or chunk kernels, integration), so
+        the first block finds nothing to compile or allocate.  ``hdf5``: the frame is stored
+        unfiltered in an HDF5 file (read raw, the chunk kernels), else written as a CBF by fabio."""
+        import tempfile
 
-            with tempfile.TemporaryDirectory(prefix="xrdct-warm-") as tmp:
+        n = BATCH_FRAMES
+        with tempfile.TemporaryDirectory(prefix="xrdct-warm-") as tmp:
+            if not hdf5:
+                from fabio.cbfimage import CbfImage
+
                 blank = Path(tmp) / "blank.cbf"
                 CbfImage(data=np.zeros(self.plan.shape, np.int32), header={}).write(str(blank))
                 self._warm_from(blank, n, tasks)
-            return
-        self._warm_from(first, n, tasks)
+                return
+            import h5py
+
+            from ..io.hdf5 import FILES
+            from ..io.source import Hdf5Frames
+
+            blank = Path(tmp) / "blank.h5"
+            with h5py.File(blank, "w") as f:  # 2 frames, chunks of one frame, no filter
+                f.create_dataset("data", shape=(2, *self.plan.shape), dtype=np.uint32, chunks=(1, *self.plan.shape),
+                                 fillvalue=0)[...] = 0
+            try:
+                self._warm_h5_from(Hdf5Frames(blank, "/data"), n, tasks, 2)
+            finally:
+                FILES.forget(blank)
 
     def _warm_from(self, first, n: int, tasks: int) -> None:
         """:meth:`warm` with every arena filled from CBF file ``first`` read ``n`` times."""
@@ -276,10 +297,6 @@ class CupyEngine:
         batch of that chunk from every arena of its ring.  Before the acquisition (no frame yet)
         the batches are a blank frame of the detector stored unfiltered in a temporary file, which
         takes the same path (raw read, upload, chunk kernels, integration)."""
-        import tempfile
-
-        from ..io.hdf5 import FILES
-        from ..io.source import Hdf5Frames
         from ..io.status import FrameStatus
 
         n = BATCH_FRAMES
@@ -296,17 +313,7 @@ class CupyEngine:
         if tuple(source.frame_shape) != tuple(self.plan.shape):  # its task will say so
             self.warm(n, self.slot_bytes, rings=tasks)
             return
-        import h5py
-
-        with tempfile.TemporaryDirectory(prefix="xrdct-warm-") as tmp:
-            blank = Path(tmp) / "blank.h5"
-            with h5py.File(blank, "w") as f:  # 2 frames, chunks of one frame, no filter
-                f.create_dataset("data", shape=(2, *self.plan.shape), dtype=np.uint32, chunks=(1, *self.plan.shape),
-                                 fillvalue=0)[...] = 0
-            try:
-                self._warm_h5_from(Hdf5Frames(blank, "/data"), n, tasks, 2)
-            finally:
-                FILES.forget(blank)
+        self.warm_blank(tasks, hdf5=True)
 
     def _warm_h5_from(self, source, n: int, tasks: int, count: int) -> None:
         """:meth:`warm` with every arena filled with frame 0 of ``source`` ``count`` times (0: arenas only)."""

@@ -165,14 +165,18 @@ def _hdf5_batches(integ, source, idx, batches, norm, status, pending, stats, rea
         pool.shutdown(wait=False)
 
 
-def warm(integ, source, tasks: int, nframes: int, sample: int = 64) -> None:
+def warm(integ, source, tasks: int, nframes: int, sample: int = 64, hdf5: bool = False) -> None:
     """Ready an integrator for ``tasks`` concurrent tasks on ``source``: kernels compiled (and on a
     GPU reading CBF files or HDF5 chunks, the pinned read arenas sized and every pipeline run once,
-    :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_files`, :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_h5`)."""
+    :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_files`, :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_h5`;
+    ``source`` None, not there yet: :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_blank`)."""
     from ..io.source import HDF5_SOURCES, Hdf5Frames
 
     integ.warm_up()
     if integ.engine != "cupy":
+        return
+    if source is None:  # the source cannot be opened yet (before the acquisition): a blank frame, as ``hdf5`` says
+        integ._impl.warm_blank(tasks, hdf5=hdf5)
         return
     if isinstance(source, Hdf5Frames):  # arenas sized from the first chunk, every pipeline run once
         integ._impl.warm_h5(source, tasks)
