@@ -125,7 +125,8 @@ def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(s
     cold = np.concatenate([r[0] for r in integ.integrate_batches([(payloads, None)])])
     reads = []
     real = gpu_decode.read_into_pinned
-    monkeypatch.setattr(gpu_decode, "read_into_pinned", lambda paths, *a, **k: reads.append(paths) or real(paths, *a, **k))
+    monkeypatch.setattr(gpu_decode, "read_into_pinned",
+                        lambda paths, *a, **k: reads.append(paths) or real(paths, *a, **k))
     before = set(Path(tempfile.gettempdir()).glob("xrdct-warm-*"))
     integ.warm(live.frame_source(), 2, live.scan.nframes)
     eng = integ._impl

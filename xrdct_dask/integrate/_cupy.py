@@ -135,9 +135,10 @@ class CupyEngine:
         memory per ring takes a good part of a second).
 
         ``fill(get_arena) -> (arena, begin, end)`` reads a batch of real payloads into an arena
-        (as a task does; or an :class:`H5Batch` of HDF5 chunks read into it); each pipeline then integrates one such batch from every arena of its
-        ring, so that every device buffer (per slot and per stream) is allocated and every page of
-        the arenas has been written and sent once before a task's time counts."""
+        (as a task does; or returns an :class:`H5Batch` of HDF5 chunks read into it); each
+        pipeline then integrates one such batch from every arena of its ring, so that every
+        device buffer (per slot and per stream) is allocated and every page of the arenas has
+        been written and sent once before a task's time counts."""
         rings = max(rings, 1)
         pipes = [self._take_pipeline() for _ in range(rings)]
         new = [self.arena_ring() for _ in range(rings)]
