@@ -169,8 +169,8 @@ def test_watch_follows_an_eiger_scan_whose_data_files_appear_one_by_one(acq, bat
     def filewriter():
         for p in data:
             time.sleep(1.2)
+            appeared.append(time.time())  # before the rename: nothing can see the file earlier
             (aside / p.name).rename(p)
-            appeared.append(time.time())
 
     t = threading.Thread(target=filewriter, daemon=True)
     t.start()
