@@ -19,12 +19,12 @@ try:
 except PackageNotFoundError:  # a checkout on sys.path that was never installed
     __version__ = "0+unknown"
 
-from .config import Workflow, WorkflowError, load_workflow
+from xrdct_dask.config import Workflow, WorkflowError, load_workflow
 
 
 def run(workflow, **kwargs):
     """Run a workflow and return the store path (see :func:`xrdct_dask.workflow.run`)."""
-    from .workflow import run as _run
+    from xrdct_dask.workflow import run as _run
 
     return _run(workflow, **kwargs)
 

@@ -83,7 +83,7 @@ def task_memory(compute) -> int:
 # ------------------------------------------------------------------------------------------
 def fft_length(nx: int) -> int:
     """The padded detector length FBP filters over (xrdct_dask.recon.fbp.detector_window, centred axis)."""
-    from .recon.fbp import detector_window
+    from xrdct_dask.recon.fbp import detector_window
 
     return detector_window(nx, nx // 2, nx)[2]
 

@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import WorkflowError, load_workflow, parse_overrides, parse_value
-from .console import show_messages
+from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides, parse_value
+from xrdct_dask.console import show_messages
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="XRD-CT / PDF-CT reduction: simulate a scan, run a workflow, look at the result.")
@@ -79,7 +79,7 @@ def simulate(
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
 
-    from .testing.synthetic import simulate_scan
+    from xrdct_dask.testing.synthetic import simulate_scan
 
     if omega_range not in (180, 360):
         _fail(f"--omega-range must be 180 or 360 (got {omega_range})")
@@ -118,7 +118,7 @@ def _acquire(scan, rate: float, in_place: bool) -> None:
     import shutil
     import uuid
 
-    from .testing.synthetic import stream_frames
+    from xrdct_dask.testing.synthetic import stream_frames
 
     frames = scan.frame_path(0).parent
     staged = frames.parent / f".frames-staged-{uuid.uuid4().hex[:8]}"
@@ -153,8 +153,8 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a workflow: decode + integrate -> sinograms -> reconstruction -> G(r), into one zarr store."""
-    from . import workflow as wfmod
-    from .cluster import ProfileError
+    from xrdct_dask import workflow as wfmod
+    from xrdct_dask.cluster import ProfileError
 
     _logging(verbose)
     if cluster is not None and scheduler_address is not None:
@@ -187,9 +187,9 @@ def watch(
 ) -> None:
     """Follow an acquisition: integrate frames as the detector writes them, reconstruct each slice
     once its sinogram is complete, into the same store as `xrdct run` (RUN-live.png shows it)."""
-    from . import live
-    from . import workflow as wfmod
-    from .cluster import ProfileError
+    from xrdct_dask import live
+    from xrdct_dask import workflow as wfmod
+    from xrdct_dask.cluster import ProfileError
 
     _logging(verbose)
     if cluster is not None and scheduler_address is not None:
@@ -223,7 +223,7 @@ def serve(
 ) -> None:
     """A job service for the beamline control system: POST /jobs a workflow (path or YAML), GET
     /jobs/<id> its status and output store; jobs run one at a time, each input kept for replay."""
-    from .service import JobService, make_server
+    from xrdct_dask.service import JobService, make_server
 
     _logging(verbose)
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -271,8 +271,8 @@ def reprocess(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Rerun old runs from their stored workflow with changes, recomputing only the stages downstream of them."""
-    from . import reprocess as rp
-    from . import workflow as wfmod
+    from xrdct_dask import reprocess as rp
+    from xrdct_dask import workflow as wfmod
 
     _logging(verbose)
     try:
@@ -305,7 +305,7 @@ def plan(
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
     import json
 
-    from .plan import build_waves, format_plan, plan_workflow
+    from xrdct_dask.plan import build_waves, format_plan, plan_workflow
 
     try:
         wf = load_workflow(workflow, parse_overrides(set_))
@@ -332,7 +332,7 @@ def init(
         "workflow.yaml"),
 ) -> None:
     """Write the documented workflow (every key, its default and unit) to edit for your scan."""
-    from .resources import write_workflow_template
+    from xrdct_dask.resources import write_workflow_template
 
     try:
         out = write_workflow_template(path)
@@ -360,8 +360,8 @@ def export(
 ) -> None:
     """Export a run: OUT.h5 as NeXus (NXentry / NXdata with axes and units, for silx, PyMca, DAWN,
     h5py), and/or --pdf-files OUTDIR in PDFgetX3's layout for voxels, a mask's or a region's mean."""
-    from .export import DEFAULT_GROUPS, ExportError, export_nexus, export_pdf_files, parse_region, parse_voxels
-    from .pdf import PDFParameterError
+    from xrdct_dask.export import DEFAULT_GROUPS, ExportError, export_nexus, export_pdf_files, parse_region, parse_voxels
+    from xrdct_dask.pdf import PDFParameterError
 
     if out is None and pdf_files is None:
         _fail("nothing to do: give OUT.h5 (NeXus) and/or --pdf-files OUTDIR (with --voxels, --mask or --region)")
@@ -395,9 +395,9 @@ def demo(
     nx: Annotated[int, typer.Option()] = 32,
 ) -> None:
     """Simulate a small scan and run the whole workflow on it (a few minutes on a laptop)."""
-    from . import workflow as wfmod
-    from .summary import summary_path
-    from .testing.synthetic import simulate_scan
+    from xrdct_dask import workflow as wfmod
+    from xrdct_dask.summary import summary_path
+    from xrdct_dask.testing.synthetic import simulate_scan
 
     _logging(False)
     t0 = time.perf_counter()
@@ -434,7 +434,7 @@ def cluster_script(
     cluster_set: Annotated[Optional[list[str]], typer.Option("--cluster-set", help="override a key: queue=gpu")] = None,
 ) -> None:
     """Print the job script a worker job is submitted with (dask-jobqueue's dry run; starts nothing)."""
-    from .cluster import ProfileError, job_script
+    from xrdct_dask.cluster import ProfileError, job_script
 
     try:
         typer.echo(job_script(profile, **_cluster_options(cluster_set)).rstrip())
@@ -445,7 +445,7 @@ def cluster_script(
 @cluster_app.command("list")
 def cluster_list() -> None:
     """The profiles found (./cluster, $XRDCT_CLUSTER_PROFILES, those shipped with the package; first wins)."""
-    from .cluster import ProfileError, list_profiles, load_profile
+    from xrdct_dask.cluster import ProfileError, list_profiles, load_profile
 
     for name, path in list_profiles().items():
         try:

@@ -46,9 +46,9 @@ from pathlib import Path
 
 import yaml
 
-from . import stages
-from .config import Workflow
-from .resources import PROFILES_DIR
+from xrdct_dask import stages
+from xrdct_dask.config import Workflow
+from xrdct_dask.resources import PROFILES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +475,7 @@ class _StoreErrorFilter(logging.Filter):
 
 def gpu_count() -> int:
     """CUDA devices visible here (0 without cupy or a driver)."""
-    from .backend import cp, gpu_available
+    from xrdct_dask.backend import cp, gpu_available
 
     return int(cp.cuda.runtime.getDeviceCount()) if gpu_available() else 0
 
@@ -488,7 +488,7 @@ def workers_per_gpu_for(device: int) -> int:
     1 to 6 (four on an H100, six on an H200).  Several processes read frames side by side (one GIL
     each): on the H200 the whole workflow integrated 10.1k frames/s with six, 9.4k with four
     (benchmarks/RESULTS.md, bench_workflow.py)."""
-    from .backend import cp
+    from xrdct_dask.backend import cp
 
     total = cp.cuda.runtime.getDeviceProperties(device)["totalGlobalMem"]
     return int(min(6, max(1, total // (GPU_GB_PER_WORKER * 10**9))))

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import stages, store
-from .stages import RunContext
+from xrdct_dask import stages, store
+from xrdct_dask.stages import RunContext
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stages, store
-from .config import Workflow, WorkflowError, load_workflow, workflow_from_dict
-from .console import console
-from .io.cbf import frame_complete
-from .io.status import FrameStatus
-from .prepare import frames_present, open_run
+from xrdct_dask import stages, store
+from xrdct_dask.config import Workflow, WorkflowError, load_workflow, workflow_from_dict
+from xrdct_dask.console import console
+from xrdct_dask.io.cbf import frame_complete
+from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.prepare import frames_present, open_run
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _frames_folder(wf: Workflow) -> Path:
     """The folder the frames go to that must exist before the first one: the template's part
     before its first ``{field}`` (a folder per slice or line is made by the detector), or the
     HDF5 file's folder."""
-    from .io.spec import split_spec
+    from xrdct_dask.io.spec import split_spec
 
     parts = Path(split_spec(wf.inputs.frames)[0]).parts
     fixed = [p for p in itertools.takewhile(lambda p: "{" not in p, parts)]
@@ -247,7 +247,7 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
     """
     from distributed import LocalCluster
 
-    from .cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
+    from xrdct_dask.cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
 
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
     if overrides and isinstance(workflow, Workflow):
@@ -283,7 +283,7 @@ class _Following:
     the slices left, and the live status (:func:`watch`, whose loop is :meth:`follow`)."""
 
     def __init__(self, client, ctx, resources: dict, *, settle_s: float, png_every_s: float, progress: bool):
-        from .graph import timed
+        from xrdct_dask.graph import timed
 
         self.client, self.ctx, self.resources, self.progress = client, ctx, resources, progress
         self.wf, self.path = ctx.workflow, ctx.store_path
@@ -382,7 +382,7 @@ class _Following:
 
     def submit_slice(self, z: int) -> None:
         """The centre, reconstruction (and G(r)) tasks of slice ``z`` not done yet."""
-        from .graph import build_graph
+        from xrdct_dask.graph import build_graph
 
         state = store.task_state(self.path)
         graph = build_graph(self.ctx, zs=[z], done=state, token=f"{self.token}-{z}", resources=self.resources)
@@ -406,7 +406,7 @@ class _Following:
     def done(self, fut) -> None:
         """A task finished: an integration block (its frames read again where they could not
         be, up to :data:`RETRIES` times) or one of a slice's tasks."""
-        from .workflow import RunStopped
+        from xrdct_dask.workflow import RunStopped
 
         stage, z, b = self.inflight.pop(fut)
         if fut.status == "error":
@@ -470,7 +470,7 @@ class _Following:
 
     def finish(self, seconds: float, summary: bool) -> WatchResult:
         """The run's report (:func:`~xrdct_dask.report.finish_run`), the last status and picture."""
-        from .report import finish_run
+        from xrdct_dask.report import finish_run
 
         result = self.result
         result.missing = int(sum(r.get("status", {}).get(FrameStatus.MISSING.name, 0) for r in result.blocks))
@@ -629,7 +629,7 @@ def live_figure(store_path, z_sino: int | None = None, z_recon: int | None = Non
     Slices default to the latest integrated and the latest reconstructed."""
     from matplotlib.figure import Figure
 
-    from .summary import _Axis, _map, label
+    from xrdct_dask.summary import _Axis, _map, label
 
     path = Path(store_path)
     zs, zr = _latest(path)
@@ -686,7 +686,7 @@ def live_figure(store_path, z_sino: int | None = None, z_recon: int | None = Non
 def write_live_picture(store_path, out=None, **kw) -> Path | None:
     """Draw :func:`live_figure` into ``out`` (default ``RUN-live.png`` beside the store) by
     write-then-rename (a viewer never sees half a PNG); never over a file this program did not write."""
-    from .summary import SOFTWARE, is_our_picture
+    from xrdct_dask.summary import SOFTWARE, is_our_picture
 
     out = Path(out) if out else live_paths(store_path)[1]
     if out.exists() and not is_our_picture(out):

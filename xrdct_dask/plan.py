@@ -41,8 +41,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import Workflow
-from .resources import shipped_throughputs
+from xrdct_dask.config import Workflow
+from xrdct_dask.resources import shipped_throughputs
 
 PILATUS2M_SHAPE = (1679, 1475)
 CBF_OVERHEAD_BYTES = 8192  # imgCIF header + binary-section header + padding of a Pilatus CBF
@@ -151,7 +151,7 @@ def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int
             pass
     first = None if wf.frames_hdf5 else wf.frame_path(0)
     if first is not None and first.is_file():
-        from .io.cbf import CorruptFrameError, read_cbf_payload
+        from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
 
         try:
             shape = read_cbf_payload(first).shape
@@ -161,7 +161,7 @@ def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int
     shape, source = detector_shape, "given detector shape"
     if shape is None:
         try:
-            from .integrate.csr import load_poni
+            from xrdct_dask.integrate.csr import load_poni
 
             shape = tuple(load_poni(wf.inputs.poni).detector.max_shape)
             source = "PONI detector"
@@ -193,7 +193,7 @@ def _frames_placed(wf: Workflow) -> bool:
     """Whether the scan places the frames (``reduced/scan_flag`` written), as the run will decide
     (:func:`~xrdct_dask.prepare.frames_placed_by_scan`); a scan not readable yet (planned before
     its files exist): placed where a scan file is named."""
-    from .prepare import frames_placed_by_scan
+    from xrdct_dask.prepare import frames_placed_by_scan
 
     try:
         return frames_placed_by_scan(wf)
@@ -206,11 +206,11 @@ def _aux_channels(wf: Workflow) -> tuple[int, bool]:
     operator's (N, G at the low-r points, F at the top-Q points) on the radial axis of the
     integration plan when the plan cache holds it (as after any run or ``xrdct run`` of the same
     geometry), else the most the transform makes (``1 + budget.PDF_EXTRA_COLUMNS``)."""
-    from . import budget, stages
+    from xrdct_dask import budget, stages
 
     try:
-        from .integrate.cache import cached_radial
-        from .pdf import operator_for, radial_to_q_A
+        from xrdct_dask.integrate.cache import cached_radial
+        from xrdct_dask.pdf import operator_for, radial_to_q_A
 
         ai, shape, options = stages._plan_inputs(wf)
         radial = cached_radial(ai, shape, wf.integrate.npt_rad, wf.integrate.unit, directory=wf.compute.cache_dir,
@@ -226,7 +226,7 @@ def _aux_channels(wf: Workflow) -> tuple[int, bool]:
 def _nr(wf: Workflow) -> int:
     if not wf.pdf.enabled:
         return 0
-    from .pdf.transform import r_grid
+    from xrdct_dask.pdf.transform import r_grid
 
     return int(r_grid(wf.pdf.rmin, wf.pdf.rmax, wf.pdf.rstep).size)
 
@@ -236,8 +236,8 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
                   results: str | Path | None = None, gpus: int = 1, fs_gbps: float | None = None) -> RunPlan:
     """The figures of a run of ``wf`` (see the module docstring) on ``gpus`` GPUs reading from a
     file system of ``fs_gbps`` GB/s (None: not known)."""
-    from . import budget, stages, store
-    from .prepare import layout_for, pdf_blocks
+    from xrdct_dask import budget, stages, store
+    from xrdct_dask.prepare import layout_for, pdf_blocks
 
     s = wf.scan
     nz, nw, nx = s.nz, s.nomega, s.nx
@@ -352,9 +352,9 @@ def build_waves(wf: Workflow) -> dict:
     import time
     from pathlib import Path
 
-    from . import stages
-    from .graph import build_graph
-    from .prepare import layout_for
+    from xrdct_dask import stages
+    from xrdct_dask.graph import build_graph
+    from xrdct_dask.prepare import layout_for
 
     s = wf.scan
     nq, nr = wf.integrate.npt_rad, _nr(wf)

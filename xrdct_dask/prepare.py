@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stages, store
-from .backend import resolve_engine
-from .budget import Layout, choose_layout, task_memory
-from .config import Workflow, WorkflowError, changed_keys
-from .io.cbf import CorruptFrameError, read_cbf_payload
-from .io.status import FrameStatus
+from xrdct_dask import stages, store
+from xrdct_dask.backend import resolve_engine
+from xrdct_dask.budget import Layout, choose_layout, task_memory
+from xrdct_dask.config import Workflow, WorkflowError, changed_keys
+from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
+from xrdct_dask.io.status import FrameStatus
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def check_inputs(wf: Workflow):
 
     Returns ``(ai, frame_shape)``.
     """
-    from .integrate.csr import load_image, load_poni
+    from xrdct_dask.integrate.csr import load_image, load_poni
 
     if not wf.frames_hdf5:
         first = wf.frame_path(0)
@@ -127,8 +127,8 @@ def input_files(wf: Workflow) -> dict[str, Path]:
     i = wf.inputs
     out = {"inputs.frames": _frame_files(wf)[0].parent}
     if wf.frames_templated:  # a folder per slice or line: the folder above them all too
-        from .io.layout import FrameTemplate
-        from .io.spec import split_spec
+        from xrdct_dask.io.layout import FrameTemplate
+        from xrdct_dask.io.spec import split_spec
 
         out["inputs.frames (root)"] = Path(FrameTemplate(split_spec(wf.inputs.frames)[0], wf.scan_shape,
                                                          wf.frames_hdf5).root() or ".")
@@ -154,7 +154,7 @@ def _frame_files(wf: Workflow) -> list[Path]:
     template: computed from it, never listed; a file per slice or line counted once), or the
     files of one HDF5 source (master, data files: what is there now)."""
     if wf.frames_hdf5 and not wf.frames_templated:
-        from .io.spec import split_spec
+        from xrdct_dask.io.spec import split_spec
 
         try:
             return wf.frame_source().files()
@@ -169,7 +169,7 @@ def frame_sample(wf: Workflow) -> dict:
     """Sizes in bytes (-1: no file) of the files standing for the frames (:func:`_frame_files`).
     A CBF file still being written (:func:`~xrdct_dask.io.cbf.frame_complete`) counts as no file:
     a store created during the acquisition is resumed once it is whole."""
-    from .io.cbf import frame_complete
+    from xrdct_dask.io.cbf import frame_complete
 
     files = _frame_files(wf)
     sizes = []
@@ -232,7 +232,7 @@ class ScanLayout:
         s = wf.scan
         if self.grid is not None:
             return self.grid.index(z)
-        from .io.scan import grid_index
+        from xrdct_dask.io.scan import grid_index
 
         iw, ix = np.indices((s.nomega, s.nx))
         return grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
@@ -246,7 +246,7 @@ class ScanLayout:
     def monitor_reference(self, wf: Workflow) -> float:
         """The median of the positive monitor values of the frames used (every frame of the scan
         arithmetic, or those placed on the grid), exact, streamed slice by slice; 1 without one."""
-        from .io.scantable import grouped_median
+        from xrdct_dask.io.scantable import grouped_median
 
         if self.monitor is None:
             return 1.0
@@ -267,7 +267,7 @@ class ScanLayout:
         return ref if np.isfinite(ref) else 1.0
 
     def close(self) -> None:
-        from .io.scantable import remove_scratch
+        from xrdct_dask.io.scantable import remove_scratch
 
         remove_scratch(self.scratch)
         self.scratch = None
@@ -279,8 +279,8 @@ def _scan_source(wf: Workflow):
     ``omega_deg``, ``x_mm``, ``z_mm``, ``monitor``), from the scan file, else from an HDF5
     source's scan (``inputs.positioners``, read a block of frames at a time:
     :func:`~xrdct_dask.io.positioners.hdf5_column_blocks`); None when the scan gives nothing per frame."""
-    from .io.positioners import hdf5_column, hdf5_column_blocks
-    from .io.scantable import scan_header, scan_table_blocks
+    from xrdct_dask.io.positioners import hdf5_column, hdf5_column_blocks
+    from xrdct_dask.io.scantable import scan_header, scan_table_blocks
 
     if wf.inputs.scan_file is not None:
         path = wf.inputs.scan_file
@@ -291,7 +291,7 @@ def _scan_source(wf: Workflow):
         cols = [c for c in ("omega_deg", "x_mm", "z_mm", "monitor") if c in names]
         return (lambda: scan_table_blocks(path)), set(names), {c: f"{path}:{c}" for c in cols}, "iz" in names
     if wf.frames_hdf5 and not wf.frames_templated and wf.scan.positions != "nominal":
-        from .io.spec import split_spec
+        from xrdct_dask.io.spec import split_spec
 
         n = wf.frame_source().nframes
         names = wf.inputs.positioners
@@ -307,7 +307,7 @@ def _scan_source(wf: Workflow):
                 if attr == "monitor":
                     raise WorkflowError(f"inputs.positioners.monitor: {err}") from None
                 continue
-        from .io import scantable
+        from xrdct_dask.io import scantable
 
         return ((lambda: hdf5_column_blocks(columns, n, scantable.BLOCK_ROWS)), {"index", *columns},
                 {k: c.where for k, c in columns.items()}, False)
@@ -343,7 +343,7 @@ def scan_layout(wf: Workflow) -> ScanLayout:
     the scan arithmetic.  The axes are the measured values (the exact median reading of each grid
     line) where the scan gives them and ``scan.positions`` allows, else the nominal grid, and the
     store records which (``positions`` attr)."""
-    from .io.scantable import FlatColumn, monitor_blocks, scratch_folder
+    from xrdct_dask.io.scantable import FlatColumn, monitor_blocks, scratch_folder
 
     s = wf.scan
     nominal = {"omega_deg": np.arange(s.nomega) * (s.omega_range_deg / s.nomega),
@@ -403,7 +403,7 @@ def _grid_from_columns(wf: Workflow, blocks, fields: list[str], monitor, folder:
     """The frames placed by a scan file's ``iz, iomega, ix`` columns, per slice
     (:class:`~xrdct_dask.io.scantable.SlabFrames`, with the ``fields`` read), the monitor column
     scattered into ``monitor`` on the way."""
-    from .io.scantable import SlabFrames
+    from xrdct_dask.io.scantable import SlabFrames
 
     s = wf.scan
     grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx, fields)
@@ -430,8 +430,8 @@ def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, fol
     grouped by those cuts and each group's median is exact (:func:`grouped_median`); a second
     pass places each frame at its nearest grid point (:func:`~xrdct_dask.io.positioners.nearest_points`).
     Returns ``(SlabFrames, axes, frames off grid)``."""
-    from .io.positioners import nearest_points
-    from .io.scantable import FlatColumn, Sample, SlabFrames, grouped_median, sample_grid_cuts
+    from xrdct_dask.io.positioners import nearest_points
+    from xrdct_dask.io.scantable import FlatColumn, Sample, SlabFrames, grouped_median, sample_grid_cuts
 
     s = wf.scan
     flat = {k: FlatColumn(folder / f"{k}.f8") for k in ("index", *measured)}
@@ -482,7 +482,7 @@ def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, fol
 def _line_medians(grid, field: str, axis: int) -> np.ndarray:
     """The exact median of the per-frame ``field`` over each line of ``grid`` along ``axis`` (the
     frames placed there), streamed slice by slice: a measured coordinate for each grid index."""
-    from .io.scantable import grouped_median
+    from xrdct_dask.io.scantable import grouped_median
 
     out = grouped_median(grid.stream(field, axis), grid.shape[axis])
     if np.isnan(out).any():
@@ -497,13 +497,13 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None
     ``extra_attrs`` go to the root with the others (e.g. a reprocessed run's lineage).  The
     per-frame arrays are written slab by slab on the workers of ``client`` (a client or a callable
     making one; None: here), :func:`write_scan_arrays`."""
-    from .pdf import PDFParameterError, operator_for, radial_to_q_A
+    from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
 
     radial = stages.plan_for(wf).radial  # the plan is cached for the workers; no engine is built here
     wavelength_A = (ai.wavelength or 0) * 1e10
     r_A = op = None
     if wf.pdf.enabled:
-        from .pdf.background import load_background
+        from xrdct_dask.pdf.background import load_background
 
         if wf.integrate.unit == "2th_deg" and not wavelength_A > 0:
             raise WorkflowError("inputs.poni: no wavelength in the PONI, needed to turn 2th_deg into Q for the PDF")
@@ -581,7 +581,7 @@ def write_scan_arrays(path: Path, wf: Workflow, lay: ScanLayout, client=None) ->
     monitor from the scan layout (:class:`ScanLayout`, slice by slice) as the tasks run, a few
     slabs ahead: it never holds the scan's ``(nz, nomega, nx)`` arrays.  Returns the frames that
     arrived out of the scan's order."""
-    from .sidework import map_pieces, slabs
+    from xrdct_dask.sidework import map_pieces, slabs
 
     s = wf.scan
     late = 0
@@ -647,7 +647,7 @@ def _scan_flags(z: int, idx: np.ndarray, dup: np.ndarray, s) -> np.ndarray:
     """int8 ``(nomega, nx)`` of slice ``z`` (acquisition indices ``idx``, points recorded twice
     ``dup``): DUPLICATE where the scan file records a point twice, OUT_OF_ORDER where it places
     a frame elsewhere than the scan arithmetic (fast axis, snake) would, else 0."""
-    from .io.scan import grid_index
+    from xrdct_dask.io.scan import grid_index
 
     flags = np.zeros(idx.shape, np.int8)
     iw, ix = np.indices(idx.shape)
@@ -735,7 +735,7 @@ def frames_present(wf: Workflow):
     complete: :func:`~xrdct_dask.io.cbf.frame_complete`; for an HDF5 source, a fresh look at the
     source holds it)."""
     if not wf.frames_hdf5:
-        from .io.cbf import frame_complete
+        from xrdct_dask.io.cbf import frame_complete
 
         return lambda i: frame_complete(wf.frame_path(i))
     if wf.frames_templated:  # a file per slice or line: its file is there and holds the frame
@@ -747,8 +747,8 @@ def frames_present(wf: Workflow):
             except (OSError, ValueError, KeyError):
                 return False
         return present
-    from .io.source import Hdf5Frames
-    from .io.spec import split_spec
+    from xrdct_dask.io.source import Hdf5Frames
+    from xrdct_dask.io.spec import split_spec
 
     try:
         src = Hdf5Frames(*split_spec(wf.inputs.frames))  # not the per-process cache: the file may have grown
@@ -764,7 +764,7 @@ def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int,
     file is whole now (:data:`~xrdct_dask.io.status.RETRIED`, :data:`~xrdct_dask.io.status.PARTIAL`).  The
     slice's centre, reconstruction and G(r) are cleared too: they are made from those blocks.
     Returns ``(frames, blocks)`` reopened.  Read slice by slice."""
-    from .io.status import PARTIAL, FrameStatus
+    from xrdct_dask.io.status import PARTIAL, FrameStatus
 
     wf = ctx.workflow
     wc = ctx.layout.omega_chunk

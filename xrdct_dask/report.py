@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 
-from . import store
-from .console import console
-from .stages import STAGES, RunContext
+from xrdct_dask import store
+from xrdct_dask.console import console
+from xrdct_dask.stages import STAGES, RunContext
 
 
 def engine_report(results: list[dict]) -> list[str]:
@@ -39,7 +39,7 @@ def engine_report(results: list[dict]) -> list[str]:
 
 def status_counts(path) -> dict[str, int]:
     """How many frames of a store have each status (read slice by slice)."""
-    from .io.status import FrameStatus
+    from xrdct_dask.io.status import FrameStatus
 
     arr = store.open_array(path, f"{store.REDUCED}/frame_status", "r")
     counts: dict[str, int] = {}
@@ -80,7 +80,7 @@ def finish_run(ctx: RunContext, results: dict, before: store.TaskState, wall: fl
     if progress:
         console.info(format_summary(info))
     if summary:
-        from .summary import write_summary
+        from xrdct_dask.summary import write_summary
 
         png = write_summary(ctx.store_path)
         if progress and png is not None:

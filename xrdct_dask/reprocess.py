@@ -25,13 +25,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import store
-from .console import console
-from .config import Workflow, WorkflowError, changed_keys, flatten, workflow_from_dict
-from .pdf import PDFParameterError, operator_for, radial_to_q_A
-from .prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
-from .stages import REPROCESS_STAGES, STAGES as GRAPH_STAGES
-from .workflow import Connection, execute
+from xrdct_dask import store
+from xrdct_dask.console import console
+from xrdct_dask.config import Workflow, WorkflowError, changed_keys, flatten, workflow_from_dict
+from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
+from xrdct_dask.prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
+from xrdct_dask.stages import REPROCESS_STAGES, STAGES as GRAPH_STAGES
+from xrdct_dask.workflow import Connection, execute
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import WorkflowError, load_workflow, workflow_from_dict
+from xrdct_dask.config import WorkflowError, load_workflow, workflow_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +160,12 @@ class JobService:
 
     def run_job(self, job: dict) -> dict:
         """Run one job from its stored workflow; record the job in the store's attrs; its summary."""
-        from . import store
-        from .workflow import run
+        from xrdct_dask import store
+        from xrdct_dask.workflow import run
 
         wf = load_workflow(job["workflow"])
         if job["mode"] == "watch":
-            from .live import watch
+            from xrdct_dask.live import watch
 
             res = watch(wf, idle_timeout_s=job["idle_timeout"], scheduler_address=self.scheduler_address,
                         progress=False)

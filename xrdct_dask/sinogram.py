@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module, to_host
+from xrdct_dask.backend import get_array_module, to_host
 
 PREP_STEPS = ("normalize_monitor", "fill_bad", "zingers", "background", "stripes", "jitter", "center")
 

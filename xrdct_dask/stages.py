@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
-from .budget import PDF_BATCH, Layout
-from .config import Workflow
-from .io.status import FrameStatus, usable
+from xrdct_dask import store
+from xrdct_dask.budget import PDF_BATCH, Layout
+from xrdct_dask.config import Workflow
+from xrdct_dask.io.status import FrameStatus, usable
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ _INTEGRATORS: dict[str, object] = {}
 
 
 def _plan_inputs(wf: Workflow) -> tuple:
-    from .integrate.csr import load_image, load_poni
+    from xrdct_dask.integrate.csr import load_image, load_poni
 
     i, g, p = wf.inputs, wf.geometry, wf.integrate
     ai = load_poni(i.poni)
@@ -130,7 +130,7 @@ def plan_for(wf: Workflow, inputs: tuple | None = None):
     corrections), from the plan cache (``compute.cache_dir``) when one of the same geometry, mask,
     dark, flat and bins was built before, else built and kept there: the client builds it once
     while preparing the store, and every worker of the run loads it."""
-    from .integrate.cache import cached_plan
+    from xrdct_dask.integrate.cache import cached_plan
 
     ai, shape, options = inputs or _plan_inputs(wf)
     return cached_plan(ai, shape, wf.integrate.npt_rad, wf.integrate.unit, directory=wf.compute.cache_dir, **options)
@@ -144,7 +144,7 @@ def integrator_key(wf: Workflow) -> str:
 
 def build_integrator(wf: Workflow):
     """A new :class:`~xrdct_dask.integrate.Integrator` of a workflow (its plan from :func:`plan_for`)."""
-    from .integrate import Integrator
+    from xrdct_dask.integrate import Integrator
 
     p = wf.integrate
     inputs = _plan_inputs(wf)
@@ -246,7 +246,7 @@ def worker_address() -> str | None:
 
 
 def _engine(xp) -> str:
-    from .backend import engine_of
+    from xrdct_dask.backend import engine_of
 
     return engine_of(xp)
 
@@ -256,7 +256,7 @@ def find_center(z: int, ctx: RunContext, *deps) -> dict:
     rotation axis (pixels; or the workflow's value), with ``sinogram.jitter`` the shift of every
     projection, with ``sinogram.stripes`` the stripe columns.  Every q block of the slice is then
     corrected with these same numbers."""
-    from .sinogram import prep_options, prepare_sinogram
+    from xrdct_dask.sinogram import prep_options, prepare_sinogram
 
     t0 = time.perf_counter()
     total = store.open_array(ctx.store_path, f"{store.REDUCED}/total", "r")[z]
@@ -278,9 +278,9 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
     (every correction acts on each bin alone, with the slice's geometry in ``opts``).  Returns the
     host volume ``(nx, nx, n)`` float32 and the last sub-block's preparation info.
     ``filter_only``: FBP with the workflow's filter whatever recon.algorithm says (G(r) sinograms)."""
-    from .backend import to_host
-    from .recon import fbp, reconstruct
-    from .sinogram import prepare_sinogram
+    from xrdct_dask.backend import to_host
+    from xrdct_dask.recon import fbp, reconstruct
+    from xrdct_dask.sinogram import prepare_sinogram
 
     r = ctx.workflow.recon
     ok = store.open_array(ctx.store_path / store.REDUCED, "frame_ok", "r")[z]
@@ -311,8 +311,8 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     volume and one sub-block's temporaries (:func:`xrdct_dask.budget.recon_bytes`).  Runs on the
     GPU where ``recon.engine`` resolves to cupy (the sub-blocks are uploaded, the volume downloaded).
     """
-    from .backend import release, xp_for_engine
-    from .sinogram import prep_options
+    from xrdct_dask.backend import release, xp_for_engine
+    from xrdct_dask.sinogram import prep_options
 
     t0 = time.perf_counter()
     wf = ctx.workflow
@@ -343,9 +343,9 @@ def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
 
     Never raises: returns ``{"seconds", "engine"}``, or ``{"error"}`` saying why it could not run
     (the first slice then compiles them, as in a batch run)."""
-    from .backend import release, to_host, xp_for_engine
-    from .recon import reconstruct
-    from .sinogram import prep_options, prepare_sinogram
+    from xrdct_dask.backend import release, to_host, xp_for_engine
+    from xrdct_dask.recon import reconstruct
+    from xrdct_dask.sinogram import prep_options, prepare_sinogram
 
     t0 = time.perf_counter()
     try:
@@ -381,7 +381,7 @@ def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
 # ------------------------------------------------------------------------------------------
 def pdf_operator(ctx: RunContext):
     """The workflow's :class:`~xrdct_dask.pdf.PDFOperator` on the store's radial grid (cached)."""
-    from .pdf import operator_for, radial_to_q_A
+    from xrdct_dask.pdf import operator_for, radial_to_q_A
 
     radial = store.open_array(ctx.store_path, "q", "r")[:]
     return operator_for(radial_to_q_A(radial, ctx.workflow.integrate.unit, ctx.wavelength_A), ctx.workflow.pdf)
@@ -393,7 +393,7 @@ def pdf_aux_channels(op) -> list[str]:
 
 
 def _pdf_file_background(ctx: RunContext):
-    from .pdf.background import load_background
+    from xrdct_dask.pdf.background import load_background
 
     p = ctx.workflow.pdf
     if p.background != "file":
@@ -411,9 +411,9 @@ def pdf_scale(z: int, ys: slice, ctx: RunContext, *deps) -> dict:
     finite rim voxels per q, ``pdf.background: edge``) and its largest scale N(I) (per-pattern
     scales).  :func:`combine_scales` turns the slice's shares into the background and
     ``min_scale``; N is linear in I(Q), so the background's part is taken off once there."""
-    from .backend import release, to_host, xp_for_engine
-    from .pdf import pattern_scale
-    from .pdf.background import edge_voxel_mask
+    from xrdct_dask.backend import release, to_host, xp_for_engine
+    from xrdct_dask.pdf import pattern_scale
+    from xrdct_dask.pdf.background import edge_voxel_mask
 
     t0 = time.perf_counter()
     p = ctx.workflow.pdf
@@ -442,7 +442,7 @@ def pdf_scale(z: int, ys: slice, ctx: RunContext, *deps) -> dict:
 
 def combine_scales(ctx: RunContext, shares: tuple) -> dict:
     """The slice's background ``(nq,)`` (or None) and ``min_scale`` from its :func:`pdf_scale` shares."""
-    from .pdf import pattern_scale
+    from xrdct_dask.pdf import pattern_scale
 
     p = ctx.workflow.pdf
     bg = _pdf_file_background(ctx)
@@ -465,7 +465,7 @@ def _write_pdf_figures(ctx: RunContext, z: int, ys: slice, figures: dict, shape)
 def _host_figures(res) -> dict:
     """The per-voxel figures of a PDF batch on the host, as copies: on the CPU they are views of
     the batch's whole linear output, which a kept view would hold alive batch after batch."""
-    from .backend import to_host
+    from xrdct_dask.backend import to_host
 
     return {name: np.array(to_host(getattr(res, name)), copy=True) for name in (*store.PDF_VOXEL_FIGURES, "ok")}
 
@@ -474,8 +474,8 @@ def pdf_rows(z: int, ys: slice, ctx: RunContext, *shares) -> dict:
     """recon-then-pdf: G(r) of the voxels in rows ``ys`` of slice ``z`` (every q of ``recon/``) into
     ``pdf/G`` and the per-voxel scale and figures, in GEMM batches on the engine's device.
     ``shares`` are the slice's :func:`pdf_scale` results (:func:`combine_scales`: background, min_scale)."""
-    from .backend import release, to_host, xp_for_engine
-    from .pdf import compute_pdf, gemm_dtype
+    from xrdct_dask.backend import release, to_host, xp_for_engine
+    from xrdct_dask.pdf import compute_pdf, gemm_dtype
 
     t0 = time.perf_counter()
     p = ctx.workflow.pdf
@@ -512,9 +512,9 @@ def pdf_frames_block(block: store.FrameBlock, ctx: RunContext, *deps) -> dict:
     """pdf-then-recon, step 1: the transform of every frame of a block into ``pdf/G_sinogram``
     (G(r) with the fixed scale pdf.scale) and ``pdf/aux_sinogram`` (N, and the quality inputs
     divided by pdf.scale).  Missing frames stay NaN and are filled like any sinogram's."""
-    from .backend import to_host, xp_for_engine
-    from .pdf import gemm_dtype, linear_transform
-    from .pdf.background import edge_columns, mean_good_patterns
+    from xrdct_dask.backend import to_host, xp_for_engine
+    from xrdct_dask.pdf import gemm_dtype, linear_transform
+    from xrdct_dask.pdf.background import edge_columns, mean_good_patterns
 
     t0 = time.perf_counter()
     p = ctx.workflow.pdf
@@ -550,7 +550,7 @@ def pdf_frames_block(block: store.FrameBlock, ctx: RunContext, *deps) -> dict:
 def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center) -> np.ndarray:
     """FBP of a G(r) or aux sinogram block with the slice's geometry (centre, jitter shifts) and
     bad frames filled; the intensity-only corrections (zingers, stripes, air) stay with I(q)."""
-    from .backend import xp_for_engine
+    from xrdct_dask.backend import xp_for_engine
 
     geo = _geometry(center)
     sino = store.read_chunked(ctx.store_path, f"{store.PDF}/{name}", (z, slice(None), slice(None), sel), 0)
@@ -566,7 +566,7 @@ def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center) -
 def reconstruct_pdf_aux(z: int, center, ctx: RunContext, *deps) -> dict:
     """pdf-then-recon, step 2: reconstruct N and the quality inputs of slice ``z``; write the
     per-voxel scale, ok mask and quality figures (the G blocks then divide by this N)."""
-    from .pdf import finish_parts
+    from xrdct_dask.pdf import finish_parts
 
     t0 = time.perf_counter()
     p = ctx.workflow.pdf
@@ -586,7 +586,7 @@ def reconstruct_pdf_aux(z: int, center, ctx: RunContext, *deps) -> dict:
 def reconstruct_pdf_block(z: int, rs: slice, center, ctx: RunContext, *deps) -> dict:
     """pdf-then-recon, step 3: reconstruct G(r) points ``rs`` of slice ``z`` into ``pdf/G``
     (per-pattern: rescaled by the voxel's reconstructed N, :func:`xrdct_dask.pdf.rescale_fixed`)."""
-    from .pdf import rescale_fixed
+    from xrdct_dask.pdf import rescale_fixed
 
     t0 = time.perf_counter()
     p = ctx.workflow.pdf

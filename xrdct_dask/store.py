@@ -478,7 +478,7 @@ def link_group(src, dst, group: str, names: list[str] | None = None, client=None
     ``client`` (a client or a callable making one; None: here, one after the other), so 1e6 links
     or a 12 TB copy across file systems run in parallel (:func:`xrdct_dask.sidework.map_pieces`).
     """
-    from .sidework import map_pieces
+    from xrdct_dask.sidework import map_pieces
 
     src, dst = Path(src), Path(dst)
     sg = zarr.open_group(str(src / group), mode="r")
@@ -619,7 +619,7 @@ def write_reduced(path, block: FrameBlock, intensity, sigma, monitor, frame_stat
     ``frame_status`` is written last: a block whose status reads -1 was not (completely) written.
     ``frame_ok`` is :func:`~xrdct_dask.io.status.usable` of the status.
     """
-    from .io.status import usable
+    from xrdct_dask.io.status import usable
 
     reg = region_for(block)
     ok = usable(frame_status)
@@ -634,7 +634,7 @@ def write_reduced(path, block: FrameBlock, intensity, sigma, monitor, frame_stat
 def layout_of(path):
     """The :class:`~xrdct_dask.budget.Layout` of a store: recorded in its attrs, or (a store made
     before layouts were recorded) read off its arrays' chunks."""
-    from .budget import Layout, MIN_TASK_MEMORY
+    from xrdct_dask.budget import Layout, MIN_TASK_MEMORY
 
     attrs = read_attrs(path)
     if "layout" in attrs:
@@ -713,7 +713,7 @@ VARIABLE_ATTRS = {
 
 def frame_status_attrs() -> dict:
     """CF flag attributes describing the codes of ``frame_status`` (and ``scan_flag``)."""
-    from .io.status import USABLE, FrameStatus
+    from xrdct_dask.io.status import USABLE, FrameStatus
 
     codes = {-1: "not_written"} | {int(s): s.name.lower() for s in FrameStatus}
     return {"flag_values": list(codes), "flag_meanings": " ".join(codes.values()),

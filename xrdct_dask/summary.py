@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
+from xrdct_dask import store
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ def distinct_curves(curves: np.ndarray, strength: np.ndarray, n: int, iterations
 def prepared_sinogram(path: str | Path, z: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """The q-summed sinogram of slice ``z`` as measured and as the reconstruction saw it (the
     workflow's ``sinogram`` section, from the store's attrs): ``(before, after, info)``."""
-    from .config import Sinogram
-    from .sinogram import prep_options, prepare_sinogram
+    from xrdct_dask.config import Sinogram
+    from xrdct_dask.sinogram import prep_options, prepare_sinogram
 
     path = Path(path)
     total = store.open_array(path, f"{store.REDUCED}/total", "r")[z]
@@ -342,7 +342,7 @@ def _map(ax, img, x: np.ndarray, y: np.ndarray, aspect="auto", how: str = "mean"
 
 def _d_spacing_A(q: np.ndarray, path, attrs: dict) -> np.ndarray | None:
     """d = 2 pi / Q (A) of each radial bin, where the unit (and for 2theta the wavelength) allow."""
-    from .pdf.transform import radial_to_q_A
+    from xrdct_dask.pdf.transform import radial_to_q_A
 
     unit = store.open_array(path, "q", "r").attrs.get("radial_unit", "q_nm^-1")
     try:

@@ -12,14 +12,14 @@ import logging
 import time
 from pathlib import Path
 
-from . import store
-from .cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
-from .config import Workflow, load_workflow, workflow_from_dict
-from .graph import build_graph, pending_by_stage
-from .prepare import open_run
-from .console import console
-from .report import finish_run
-from .stages import RunContext
+from xrdct_dask import store
+from xrdct_dask.cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
+from xrdct_dask.config import Workflow, load_workflow, workflow_from_dict
+from xrdct_dask.graph import build_graph, pending_by_stage
+from xrdct_dask.prepare import open_run
+from xrdct_dask.console import console
+from xrdct_dask.report import finish_run
+from xrdct_dask.stages import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
     profile = cluster if isinstance(cluster, (str, Path)) else (
         wf.compute.cluster if cluster is None and not scheduler_address else None)
     if profile is not None:  # a broken cluster profile fails here, before the store is created
-        from .cluster import load_profile
+        from xrdct_dask.cluster import load_profile
 
         load_profile(profile, **(cluster_options or {}))
     conn = Connection(wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
@@ -105,7 +105,7 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
     """
     import uuid
 
-    from .plan import waves
+    from xrdct_dask.plan import waves
 
     t0 = time.perf_counter() if t0 is None else t0
     states = [store.task_state(c.store_path) for c in ctxs]

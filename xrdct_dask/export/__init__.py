@@ -8,7 +8,7 @@ class ExportError(ValueError):
     """An export that cannot be done, in one line naming the store, group, key or file."""
 
 
-from .nexus import DEFAULT_GROUPS, _h5_chunks, export_nexus  # noqa: E402
-from .pdffiles import export_pdf_files, parse_region, parse_voxels  # noqa: E402
+from xrdct_dask.export.nexus import DEFAULT_GROUPS, _h5_chunks, export_nexus  # noqa: E402
+from xrdct_dask.export.pdffiles import export_pdf_files, parse_region, parse_voxels  # noqa: E402
 
 __all__ = ["DEFAULT_GROUPS", "ExportError", "export_nexus", "export_pdf_files", "parse_region", "parse_voxels"]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ExportError
+from xrdct_dask.export import ExportError
 
 CREATOR = "xrdct_dask export"
 DEFAULT_GROUPS = ("reduced", "recon", "pdf")
@@ -216,10 +216,10 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
         if not ours:
             raise ExportError(f"{out_h5} exists and is not an export of this program: not overwritten")
     tmp = out_h5.with_name(f".{out_h5.name}.partial")
-    from .. import __version__ as version
+    from xrdct_dask import __version__ as version
 
     try:
-        from ..sidework import resolve_client
+        from xrdct_dask.sidework import resolve_client
 
         _write(tmp, root, run_zarr, out_h5, groups, comp, version, resolve_client(client), compression)
     except BaseException:

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import resolve_engine, to_host
-from .csr import IntegrationPlan, build_plan, load_image, load_poni
+from xrdct_dask.backend import resolve_engine, to_host
+from xrdct_dask.integrate.csr import IntegrationPlan, build_plan, load_image, load_poni
 
 ERROR_MODELS = ("poisson", "azimuthal", "none")
 OUTLIER_FILTERS = ("none", "sigma-clip", "median")
@@ -118,9 +118,9 @@ class Integrator:
             logging.getLogger(__name__).warning("the median filter has no GPU kernel: integrating on the CPU")
             self.engine = "numpy"
         if self.engine == "cupy":
-            from ._cupy import CupyEngine as Engine
+            from xrdct_dask.integrate._cupy import CupyEngine as Engine
         else:
-            from ._numpy import NumpyEngine as Engine
+            from xrdct_dask.integrate._numpy import NumpyEngine as Engine
         self._impl = Engine(self.plan, self)
 
     @property
@@ -188,7 +188,7 @@ class Integrator:
         """Read and integrate frames ``indices`` (-1: none) of a frame source (a CBF template or an
         HDF5 source, :mod:`xrdct_dask.io.source`): ``(intensity, sigma, status, bytes_read)``, bad
         frames NaN with their :class:`~xrdct_dask.io.status.FrameStatus` (:mod:`.files`)."""
-        from .files import integrate_source
+        from xrdct_dask.integrate.files import integrate_source
 
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         return integrate_source(self, source, idx, self._monitor(monitor, idx.size), read_threads=read_threads,
@@ -199,7 +199,7 @@ class Integrator:
         concurrent tasks on ``source`` (of ``nframes`` frames) before the first task (:mod:`.files`).
         ``source`` None: it cannot be opened yet (an Eiger master before its first data file); a
         blank frame stands in (stored as HDF5 chunks where ``hdf5``, else as a CBF file)."""
-        from .files import warm
+        from xrdct_dask.integrate.files import warm
 
         warm(self, source, tasks, nframes, hdf5=hdf5)
 

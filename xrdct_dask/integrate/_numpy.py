@@ -313,7 +313,7 @@ class NumpyEngine:
 
     def _combine(self, acc_s, acc_v, bad, monitor):
         """Sums (n, nbins) from the tile accumulators and the plan's static sums."""
-        from . import Sums
+        from xrdct_dask.integrate import Sums
 
         st = self.plan.static_sums[:, :, None]  # (4, nbins, 1)
         c = st[0] - bad[BAD_C]
@@ -339,7 +339,7 @@ class NumpyEngine:
         return self._combine(acc_s, acc_v, bad, monitor)
 
     def sums_payloads(self, datas, monitor):
-        from ..io.decode import decode_batch, pack_payloads
+        from xrdct_dask.io.decode import decode_batch, pack_payloads
 
         buf, offsets = pack_payloads(datas)
         n = len(datas)
@@ -355,7 +355,7 @@ class NumpyEngine:
 
     def _sums_multipass(self, frames, monitor):
         """Azimuthal error model, sigma-clipping and median: whole frames, one at a time."""
-        from . import Sums
+        from xrdct_dask.integrate import Sums
 
         p, o = self.plan, self.options
         n, nb = frames.shape[0], p.nbins

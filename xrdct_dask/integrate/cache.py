@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .csr import IntegrationPlan, build_plan
+from xrdct_dask.integrate.csr import IntegrationPlan, build_plan
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cbf import (CbfPayload, CorruptFrameError, SizeMismatchError, TruncatedFrameError, parse_cbf, read_cbf_payload,
+from xrdct_dask.io.cbf import (CbfPayload, CorruptFrameError, SizeMismatchError, TruncatedFrameError, parse_cbf, read_cbf_payload,
                   read_header)
-from .decode import decode_batch, decode_payload, pack_payloads
+from xrdct_dask.io.decode import decode_batch, decode_payload, pack_payloads
 
 __all__ = ["CbfPayload", "CorruptFrameError", "FrameSource", "SizeMismatchError", "TruncatedFrameError", "decode_batch",
            "decode_payload", "open_source", "pack_payloads", "parse_cbf", "read_cbf_payload", "read_frame",
@@ -20,7 +20,7 @@ _SOURCE = ("FrameSource", "open_source", "read_frames")
 
 def __getattr__(name: str):
     if name in _SOURCE:
-        from . import source
+        from xrdct_dask.io import source
 
         return getattr(source, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

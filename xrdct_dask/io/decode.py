@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-from .cbf import CbfPayload, CorruptFrameError
+from xrdct_dask.io.cbf import CbfPayload, CorruptFrameError
 
 OK, TRUNCATED = 0, 1
 STATUS_NAMES = {OK: "ok", TRUNCATED: "truncated payload"}

@@ -51,8 +51,8 @@ except ImportError:
 import numba
 import numpy as np
 
-from .cbf import CorruptFrameError, SizeMismatchError, TruncatedFrameError
-from .status import FrameStatus
+from xrdct_dask.io.cbf import CorruptFrameError, SizeMismatchError, TruncatedFrameError
+from xrdct_dask.io.status import FrameStatus
 
 FILTER_NONE, FILTER_DEFLATE, FILTER_LZ4, FILTER_BSLZ4 = 0, 1, 32004, 32008
 FILTER_NAMES = {FILTER_NONE: "none", FILTER_DEFLATE: "deflate", FILTER_LZ4: "lz4", FILTER_BSLZ4: "bitshuffle-lz4"}

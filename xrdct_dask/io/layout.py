@@ -159,7 +159,7 @@ class FrameTemplate:
         if "omega" not in self.fields:
             return None
         if self.scan.order == "interlaced":
-            from .scan import interlaced_lines
+            from xrdct_dask.io.scan import interlaced_lines
 
             return interlaced_lines(self.scan.nomega, self.scan.passes)
         return np.arange(self.scan.nomega)

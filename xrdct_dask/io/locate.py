@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .cbf import _CLOSING, _SECTION, _TAIL_BYTES, BINARY_MARKER
+from xrdct_dask.io.cbf import _CLOSING, _SECTION, _TAIL_BYTES, BINARY_MARKER
 
 _HEAD = 16384  # bytes searched for the binary section (locate_payload's first look)
 

@@ -224,7 +224,7 @@ def _per_frame(values: np.ndarray, nframes: int | None, where: str) -> np.ndarra
 
 def read_csv_positions(path: str | Path) -> ScanPositions:
     """omega_deg, x_mm, z_mm, monitor columns of a scan CSV (those present) in acquisition order."""
-    from .scan import read_scan_table
+    from xrdct_dask.io.scan import read_scan_table
 
     t = read_scan_table(path)
     order = np.argsort(t["index"], kind="stable")

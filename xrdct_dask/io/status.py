@@ -47,7 +47,7 @@ def usable(status) -> np.ndarray:
 
 def status_of(err: Exception) -> FrameStatus:
     """The status of a frame whose reading raised ``err`` (by exception type, never by message)."""
-    from .cbf import NotRegularFileError, SizeMismatchError, TruncatedFrameError
+    from xrdct_dask.io.cbf import NotRegularFileError, SizeMismatchError, TruncatedFrameError
 
     if isinstance(err, FileNotFoundError):
         return FrameStatus.MISSING

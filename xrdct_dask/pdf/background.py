@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import get_array_module
-from .transform import PDFParameterError
+from xrdct_dask.backend import get_array_module
+from xrdct_dask.pdf.transform import PDFParameterError
 
 
 def load_background(path: str | Path, radial: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import get_array_module, to_host
+from xrdct_dask.backend import get_array_module, to_host
 
 _FORMULA = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*)")
 

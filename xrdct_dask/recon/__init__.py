@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .fbp import FILTERS, fbp, fourier_filter
-from .iterative import cgls, sirt
-from .projector import backproject, project
+from xrdct_dask.recon.fbp import FILTERS, fbp, fourier_filter
+from xrdct_dask.recon.iterative import cgls, sirt
+from xrdct_dask.recon.projector import backproject, project
 
 ALGORITHMS = ("fbp", "sirt", "cgls")
 

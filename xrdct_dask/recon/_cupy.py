@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import cp
+from xrdct_dask.backend import cp
 
 KERNEL_SOURCE = Path(__file__).with_name("kernels") / "projectors.cu"
 BP_PIX_PER_THREAD = 4  # pixels per thread along a row (registers: one accumulator each)

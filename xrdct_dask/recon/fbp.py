@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
-from .projector import backproject, default_threads
+from xrdct_dask.backend import get_array_module
+from xrdct_dask.recon.projector import backproject, default_threads
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann", "none")
 CPU_Q_CHUNK = 64  # q bins per filter + back-projection pass on the CPU: a tile's accumulators stay in L2

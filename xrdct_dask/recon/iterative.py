@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
-from .projector import backproject, project
+from xrdct_dask.backend import get_array_module
+from xrdct_dask.recon.projector import backproject, project
 
 
 def _geometry(sino, omega_deg, center):

@@ -48,9 +48,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ..backend import gpu_available, to_host, xp_for_engine
-from .references import NI_SHELLS, g_peaks, ni_pattern, rel_max
-from .synthetic import DETECTORS, WAVELENGTH_A, make_phantom, omega_angles_deg, phase_library, project
+from xrdct_dask.backend import gpu_available, to_host, xp_for_engine
+from xrdct_dask.testing.references import NI_SHELLS, g_peaks, ni_pattern, rel_max
+from xrdct_dask.testing.synthetic import DETECTORS, WAVELENGTH_A, make_phantom, omega_angles_deg, phase_library, project
 
 __all__ = ["DecoderTests", "EngineTests", "IntegratorTests", "PDFTests", "ReconstructorTests", "SinogramPrepTests"]
 
@@ -113,7 +113,7 @@ DECODER_CASES = {
 
 def numpy_decode(payloads, npix):
     """The numpy (numba) engine's batch decoder: ``(list of int32 arrays, status (n,))``."""
-    from ..io import decode_batch, pack_payloads
+    from xrdct_dask.io import decode_batch, pack_payloads
 
     out, out_off, status = decode_batch(*pack_payloads(payloads), npix)
     return [out[a:b] for a, b in zip(out_off[:-1], out_off[1:])], np.asarray(status)
@@ -130,7 +130,7 @@ class DecoderTests(EngineTests):
         if self.engine == "numpy":
             return numpy_decode(payloads, npix)
         if self.engine == "cupy":
-            from ..io.gpu_decode import decode_payloads_gpu
+            from xrdct_dask.io.gpu_decode import decode_payloads_gpu
 
             out, off, status = decode_payloads_gpu(payloads, npix)
             host = to_host(out)
@@ -176,7 +176,7 @@ class DecoderTests(EngineTests):
     def test_real_pilatus_frame_matches_fabio(self, real_cbf):
         import fabio
 
-        from ..io import read_cbf_payload
+        from xrdct_dask.io import read_cbf_payload
 
         p = read_cbf_payload(real_cbf)
         out, status = self.decode([bytes(p.data)], [p.size])
@@ -186,7 +186,7 @@ class DecoderTests(EngineTests):
     def test_simulated_frames_match_fabio(self, sim_scan):
         import fabio
 
-        from ..io import read_cbf_payload
+        from xrdct_dask.io import read_cbf_payload
 
         paths = [sim_scan.frame_path(i) for i in (0, 1, 57, 300)]
         pl = [read_cbf_payload(p) for p in paths]
@@ -267,13 +267,13 @@ class IntegratorTests(EngineTests):
         return m
 
     def make(self, ai, mask, npt_rad: int = 300, **kw):
-        from ..integrate import Integrator
+        from xrdct_dask.integrate import Integrator
 
         return Integrator(ai, SHAPE, npt_rad, "q_nm^-1", mask=mask, engine=self.engine, **kw)
 
     def make_for_scan(self, scan, npt_rad: int, engine: str | None = None, **kw):
         """An integrator of a simulated scan's geometry and mask (pyFAI's polarization 0.99)."""
-        from ..integrate import Integrator
+        from xrdct_dask.integrate import Integrator
 
         return Integrator(scan.poni, SHAPE, npt_rad, mask=scan.mask, polarization_factor=0.99,
                           engine=engine or self.engine, **kw)
@@ -334,7 +334,7 @@ class IntegratorTests(EngineTests):
 
     def test_payloads_equal_decoded_frames(self, sim_scan):
         """The fused decode+integrate path gives the same sums as decoding first."""
-        from ..io import read_cbf_payload, read_frame
+        from xrdct_dask.io import read_cbf_payload, read_frame
 
         paths = [sim_scan.frame_path(i) for i in range(40)]
         integ = self.make_for_scan(sim_scan, 500)
@@ -347,7 +347,7 @@ class IntegratorTests(EngineTests):
     def test_single_frame_and_bad_frame_payload(self, small_ai, mask, sim_scan):
         """A 2D frame gives 1D patterns; a truncated payload gets status 1 and NaN patterns while
         the good one beside it equals the frame integrated alone."""
-        from ..io import read_cbf_payload, read_frame
+        from xrdct_dask.io import read_cbf_payload, read_frame
 
         integ = self.make(small_ai, mask, 200)
         frame = read_frame(sim_scan.frame_path(0))
@@ -364,7 +364,7 @@ class IntegratorTests(EngineTests):
         """``integrate_batches`` (pipelined on a GPU) yields one result per batch, in order, equal to
         the numpy engine's one call on all payloads (1e-5); a truncated payload in a batch gets
         status 1 and NaN, its neighbours their patterns."""
-        from ..io import read_cbf_payload
+        from xrdct_dask.io import read_cbf_payload
 
         payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(100)]
         integ = self.make_for_scan(sim_scan, 500)
@@ -383,7 +383,7 @@ class IntegratorTests(EngineTests):
         of streams and buffers) give the results each gives alone, bit for bit."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..io import read_cbf_payload
+        from xrdct_dask.io import read_cbf_payload
 
         payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(96)]
         integ = self.make_for_scan(sim_scan, 400)
@@ -399,7 +399,7 @@ class IntegratorTests(EngineTests):
             np.testing.assert_array_equal(a, b)
 
     def test_contract_errors(self, small_ai, mask):
-        from ..integrate import Integrator
+        from xrdct_dask.integrate import Integrator
 
         integ = self.make(small_ai, mask, 100)
         with pytest.raises(ValueError, match=r"frames must be \(n, 209, 184\)"):
@@ -417,7 +417,7 @@ class IntegratorTests(EngineTests):
     def test_equals_numpy_twin(self, sim_scan, kw):
         """64 simulated frames, already on the engine's device, with a drifting monitor: intensity
         and sigma equal the numpy engine's to 1e-5 on every bin with signal."""
-        from ..io import read_frame
+        from xrdct_dask.io import read_frame
 
         self.skip_on_twin()
         stack = np.stack([read_frame(sim_scan.frame_path(i)) for i in range(64)])
@@ -470,7 +470,7 @@ class ReconstructorTests(EngineTests):
         """Every q bin of a block equals iradon of that bin alone to 1e-3 of its maximum."""
         from skimage.transform import iradon, radon
 
-        from ..recon import fbp
+        from xrdct_dask.recon import fbp
 
         img = shepp_logan(n)
         theta = np.linspace(0, 180, 60, endpoint=False)
@@ -488,8 +488,8 @@ class ReconstructorTests(EngineTests):
         2% RMS (same geometry; pixel-driven splatting vs rotate-and-sum discretisation)."""
         from skimage.transform import radon
 
-        from ..recon import backproject
-        from ..recon import project as forward
+        from xrdct_dask.recon import backproject
+        from xrdct_dask.recon import project as forward
 
         n, theta = 49, np.deg2rad(np.sort(rng.uniform(0, 180, 37)))
         x = rng.standard_normal((n, n, 3)).astype(np.float32)
@@ -511,7 +511,7 @@ class ReconstructorTests(EngineTests):
         """64 px need ~pi/2 * 64 = 100 angles; with 50, FBP streaks.  SIRT with non-negativity (200
         iterations) cuts FBP's RMS error against the phantom's phase fractions by >= 25%, CGLS
         (20 iterations) by >= 10%; no SIRT voxel is negative."""
-        from ..recon import cgls, fbp, sirt
+        from xrdct_dask.recon import cgls, fbp, sirt
 
         sino, truth, omega = phantom_scan(64, 50)
         s = self.asarray(sino)
@@ -524,7 +524,7 @@ class ReconstructorTests(EngineTests):
         assert err_cgls < 0.9 * err_fbp, (err_cgls, err_fbp)
 
     def test_reconstruct_dispatches_and_keeps_shape(self):
-        from ..recon import ALGORITHMS, reconstruct
+        from xrdct_dask.recon import ALGORITHMS, reconstruct
 
         sino, _, omega = phantom_scan(32, 30)
         for algorithm in ALGORITHMS:
@@ -538,7 +538,7 @@ class ReconstructorTests(EngineTests):
         from skimage.data import shepp_logan_phantom
         from skimage.transform import radon, resize
 
-        from ..recon import fbp
+        from xrdct_dask.recon import fbp
 
         n = 40
         img = np.zeros((n, n))
@@ -553,7 +553,7 @@ class ReconstructorTests(EngineTests):
     def test_full_turn_scan_reconstructs_as_the_half_turn(self):
         """A 360 degree scan (each ray measured twice, mirrored) gives the same FBP image as a 180
         degree scan of the same angular step, to 2% of the phase fraction."""
-        from ..recon import fbp
+        from xrdct_dask.recon import fbp
 
         s180, truth, om180 = sinogram_block(nomega=90, omega_range_deg=180)
         s360, _, om360 = sinogram_block(nomega=180, omega_range_deg=360)
@@ -563,7 +563,7 @@ class ReconstructorTests(EngineTests):
         assert rms(r360 - truth, inside) < rms(r180 - truth, inside) * 1.05
 
     def test_errors_name_the_broken_invariant(self):
-        from ..recon import fbp, sirt
+        from xrdct_dask.recon import fbp, sirt
 
         with pytest.raises(ValueError, match="omega has 3 angles but the sinogram has 4 rows"):
             fbp(self.asarray(np.zeros((4, 8, 2))), [0, 1, 2])
@@ -577,8 +577,8 @@ class ReconstructorTests(EngineTests):
         """The engine's projectors equal the numpy (numba) ones to 1e-4 (float32, different summation
         order): FBP of a 200-bin q block, unfiltered back-projection, forward projection and 10
         SIRT steps."""
-        from ..recon import backproject, fbp, sirt
-        from ..recon import project as forward
+        from xrdct_dask.recon import backproject, fbp, sirt
+        from xrdct_dask.recon import project as forward
 
         self.skip_on_twin()
         s = rng.random((90, n, 200)).astype(np.float32)
@@ -615,7 +615,7 @@ class PDFTests(EngineTests):
 
     def pdf(self, intensity, op, **kw):
         """:func:`xrdct_dask.pdf.compute_pdf` of host patterns on the engine, the result on the host."""
-        from ..pdf import compute_pdf
+        from xrdct_dask.pdf import compute_pdf
 
         return self.host_result(compute_pdf(self.asarray(intensity), op, **kw))
 
@@ -640,7 +640,7 @@ class PDFTests(EngineTests):
         return q, omega, frames
 
     def test_ni_debye_pattern_gives_fcc_shells_and_falling_low_r(self):
-        from ..pdf import build_operator
+        from xrdct_dask.pdf import build_operator
 
         # unknown scale and a flat background: the ad hoc corrections absorb both
         op = build_operator(Q_A, **NI_ARGS, lorch=True)
@@ -661,7 +661,7 @@ class PDFTests(EngineTests):
 
         Adding such a polynomial to F (in intensity: N <f>^2 P(Q)/Q) must not change G at all (float64,
         1e-9 of max |G|), while an unknown smooth background changes it little."""
-        from ..pdf import build_operator, structure_functions
+        from xrdct_dask.pdf import build_operator, structure_functions
 
         op = build_operator(Q_A, **NI_ARGS)
         i = ni_pattern(Q_A, flat=0.0)
@@ -683,7 +683,7 @@ class PDFTests(EngineTests):
         """Same S(Q), two implementations of G(r) = 2/pi int_qmin^qmax Q [S(Q) - 1] W(Q) sin(Qr) dQ: 1e-3 relative."""
         import pystog  # the test extra installs it: a missing oracle is a failure, not a skip
 
-        from ..pdf import build_operator, g_from_sq, structure_functions
+        from xrdct_dask.pdf import build_operator, g_from_sq, structure_functions
 
         op = build_operator(Q_A, **NI_ARGS)
         s, _, f = structure_functions(ni_pattern(Q_A), op)
@@ -703,7 +703,7 @@ class PDFTests(EngineTests):
     def test_two_theta_and_q_inputs_give_the_same_G(self):
         """The same Ni pattern integrated in 2theta (deg) and in q (1/nm): Q from pdf.radial_to_q_A;
         the dQ-weighted fit and trapezoid make the grid irrelevant up to interpolation (1 % of max G)."""
-        from ..pdf import build_operator, radial_to_q_A
+        from xrdct_dask.pdf import build_operator, radial_to_q_A
 
         tth_max = 2 * np.degrees(np.arcsin(25.5 * WAVELENGTH_A / (4 * np.pi)))
         grids = [(np.linspace(0.5, tth_max, 2000), "2th_deg"), (np.linspace(8.0, 255.0, 2000), "q_nm^-1")]
@@ -716,7 +716,7 @@ class PDFTests(EngineTests):
         assert rel_max(gs[0], gs[1]) < 0.01
 
     def test_batched_equals_one_by_one_and_float32_equals_float64(self):
-        from ..pdf import build_operator
+        from xrdct_dask.pdf import build_operator
 
         ni, fe = phase_library()[:2]
         q = np.linspace(0.9, 25, 1200)
@@ -732,7 +732,7 @@ class PDFTests(EngineTests):
     def test_quality_figures_see_noise_at_high_q(self):
         """Gaussian noise sigma_I on I(Q) is noise Q sigma_I / (N <f>^2) on F(Q): the high-Q rms of F
         grows from the clean value F0 to sqrt(F0^2 + that^2) (20 %; the fit removes n/npts of the noise)."""
-        from ..pdf import build_operator
+        from xrdct_dask.pdf import build_operator
 
         op = build_operator(Q_A, **NI_ARGS)
         clean = ni_pattern(Q_A, flat=0.0)
@@ -748,7 +748,7 @@ class PDFTests(EngineTests):
         assert expected_noise > float(res0.fq_highq_rms)  # the test is about the noise, not the clean level
 
     def test_weak_voxels_are_masked_per_pattern(self):
-        from ..pdf import build_operator
+        from xrdct_dask.pdf import build_operator
 
         op = build_operator(Q_A, **NI_ARGS)
         pats = np.stack([ni_pattern(Q_A, scale=37.0, flat=0.0), ni_pattern(Q_A, scale=0.5, flat=0.0)])
@@ -760,8 +760,8 @@ class PDFTests(EngineTests):
         """Sample + 0.7 x container (an amorphous Si pattern standing in for a glass capillary), the
         container measured separately and written in the integration unit (q in 1/nm): subtracting
         it with bgscale 0.7 gives the clean G (float32 level); without it G is visibly off."""
-        from ..pdf import build_operator
-        from ..pdf.background import load_background
+        from xrdct_dask.pdf import build_operator
+        from xrdct_dask.pdf.background import load_background
 
         asi = phase_library()[3]
         container = 40.0 * np.interp(Q_A, asi.q_A, asi.intensity)
@@ -780,8 +780,8 @@ class PDFTests(EngineTests):
         """FBP and the transform act on different axes and, for a fixed scale, both are linear: the
         orders agree to 1e-3 of max |G| (here: float32 rounding).  With a per-voxel scale the frames'
         linear parts and N are reconstructed and divided per voxel, which is the same again."""
-        from ..pdf import build_operator, compute_pdf, finish_parts, linear_transform
-        from ..recon import fbp
+        from xrdct_dask.pdf import build_operator, compute_pdf, finish_parts, linear_transform
+        from xrdct_dask.recon import fbp
 
         q, omega, frames_h = phantom_frames
         frames = self.asarray(frames_h)
@@ -810,7 +810,7 @@ class PDFTests(EngineTests):
     def test_equals_numpy_twin(self, dtype, tol):
         """3000 voxels holding several phases: G and every quality figure equal the numpy engine's
         (G to ``tol`` of its maximum, the figures to 10 ``tol``)."""
-        from ..pdf import build_operator, compute_pdf
+        from xrdct_dask.pdf import build_operator, compute_pdf
 
         self.skip_on_twin()
         rng = np.random.default_rng(2)
@@ -869,7 +869,7 @@ def ring_amplitude(diff: np.ndarray, radii) -> float:
 def fbp_host(sino, omega, center=None):
     """The numpy engine's FBP (axis ``center`` in pixels from the first x, default nx // 2): the
     yardstick every engine's prepared sinogram is measured with."""
-    from ..recon import fbp
+    from xrdct_dask.recon import fbp
 
     return fbp(to_host(sino), omega, center=center)
 
@@ -882,7 +882,7 @@ class SinogramPrepTests(EngineTests):
 
     def test_monitor_normalisation_undoes_beam_decay(self):
         """A sinogram recorded with a drifting I0 (x monitor / reference) is restored exactly (float32)."""
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, _, _ = sinogram_block(nomega=40)
         monitor = 1e5 * (1 + 0.2 * np.sin(np.arange(sino.shape[0] * PREP_NX) / 37.0)).reshape(sino.shape[:2])
@@ -898,7 +898,7 @@ class SinogramPrepTests(EngineTests):
         """5% of frames lost (NaN or flagged) plus one whole projection: filling from neighbours keeps the
         reconstruction within 2% (RMS, of the phase fraction 1) of the clean one, and the returned
         mask names exactly the frames that were filled."""
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, truth, omega = sinogram_block()
         ok = rng.random(sino.shape[:2]) > 0.05
@@ -919,7 +919,7 @@ class SinogramPrepTests(EngineTests):
         assert rms(fbp_host(zeroed, omega) - clean, inside) > 3 * rms(fbp_host(filled, omega) - clean, inside)
 
     def test_prepare_records_filled_frames_and_can_switch_filling_off(self):
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, _, omega = sinogram_block(nomega=30)
         ok = np.ones(sino.shape[:2], bool)
@@ -941,7 +941,7 @@ class SinogramPrepTests(EngineTests):
         as well as the centred scan does."""
         from scipy.ndimage import shift
 
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, truth, omega = sinogram_block(nomega=90 if omega_range == 180 else 180, omega_range_deg=omega_range)
         moved = shift(sino, (0, offset_px, 0), order=3, mode="constant")
@@ -955,7 +955,7 @@ class SinogramPrepTests(EngineTests):
         assert err_found < 1.2 * err_centred
 
     def test_manual_center_overrides_the_estimate(self):
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, _, omega = sinogram_block(nomega=30)
         ok = np.ones(sino.shape[:2], bool)
@@ -969,7 +969,7 @@ class SinogramPrepTests(EngineTests):
         cuts the reconstruction error against the jitter-free scan at least 4x."""
         from scipy.ndimage import shift
 
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, truth, omega = sinogram_block()
         _, true_shift = sg.fit_sinusoid(rng.normal(0, 1.0, sino.shape[0]), omega)
@@ -982,7 +982,7 @@ class SinogramPrepTests(EngineTests):
         assert rms(fbp_host(corrected, omega) - clean, inside) * 4 < rms(fbp_host(jittered, omega) - clean, inside)
 
     def test_shift_projections_moves_each_row(self):
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         s = np.zeros((2, 10, 1), np.float32)
         s[:, 4] = 1
@@ -998,7 +998,7 @@ class SinogramPrepTests(EngineTests):
         """Air scattering b(q) (different per q, drifting 10% over the scan) recorded at every x is
         removed by subtracting the sample-free edge columns: the reconstruction's error against the
         clean one drops at least 10x (per projection) or 4x (one background for the whole scan)."""
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, _, omega = sinogram_block()
         air_q = np.array([0.3, 0.1, 0.5, 0.2, 0.4], np.float32) * sino.max()
@@ -1019,7 +1019,7 @@ class SinogramPrepTests(EngineTests):
         columns and cuts each map's ring amplitude at least 5x, and every map still correlates with
         the phantom at r >= 0.9.  (128 px: the filter interpolates a stripe from its neighbouring
         columns, which needs features wider than a couple of pixels.)"""
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         n = 128
         sino, truth, omega = sinogram_block(nx=n, nomega=200)
@@ -1049,7 +1049,7 @@ class SinogramPrepTests(EngineTests):
         are found (>= 95%) and replaced; the reconstruction error they cause drops at least 5x; on
         the same data without spikes (Poisson noise at 2000 counts) fewer than 0.05% of the points
         are touched."""
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, _, omega = sinogram_block()
         noisy = poisson(sino, 2000, rng)
@@ -1070,7 +1070,7 @@ class SinogramPrepTests(EngineTests):
     def test_noise_free_sinogram_has_no_zingers(self):
         """The trace of a real object is continuous along omega: nothing in a clean phantom sinogram is
         an isolated spike (also not the single-voxel objects' traces)."""
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, _, _ = sinogram_block()
         dots = np.zeros((1, PREP_NX, PREP_NX))
@@ -1081,7 +1081,7 @@ class SinogramPrepTests(EngineTests):
             assert n == 0 and np.array_equal(self.asnumpy(out), s)
 
     def test_prepare_chain_applies_switched_on_steps_in_order(self):
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         sino, _, omega = sinogram_block(nomega=60)
         ok = np.ones(sino.shape[:2], bool)
@@ -1102,7 +1102,7 @@ class SinogramPrepTests(EngineTests):
         """Every step switched on, on noisy data with a zinger and 5 % bad frames: the engine's
         prepared block equals numpy's to 1e-4 of its maximum, with the same counts of filled frames
         and zingers and the same centre (1e-3 px)."""
-        from .. import sinogram as sg
+        from xrdct_dask import sinogram as sg
 
         self.skip_on_twin()
         sino, _, omega = sinogram_block(nomega=60)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.cbf import BINARY_MARKER
-from ..io.status import FrameStatus
-from .synthetic import SimulatedScan
+from xrdct_dask.io.cbf import BINARY_MARKER
+from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.testing.synthetic import SimulatedScan
 
 FRAME_KINDS = {
     "truncated": FrameStatus.TRUNCATED, "bad_md5": FrameStatus.BAD_CHECKSUM,

@@ -40,14 +40,14 @@ def rng():
 @pytest.fixture(scope="session")
 def sim_scan(tmp_path_factory):
     """A small simulated scan (2 slices x 32 angles x 24 steps, binned detector, snake order)."""
-    from .synthetic import simulate_scan
+    from xrdct_dask.testing.synthetic import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("scan"), nz=2, nomega=32, nx=24, seed=1)
 
 
 @pytest.fixture(scope="session")
 def small_ai():
-    from .synthetic import make_integrator
+    from xrdct_dask.testing.synthetic import make_integrator
 
     return make_integrator("small")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synthetic import phase_library
+from xrdct_dask.testing.synthetic import phase_library
 
 NI_LATTICE_A = 3.524  # fcc Ni of the simulator's phase library (synthetic.phase_library)
 # the first four coordination shells of fcc: a/sqrt(2), a, a sqrt(3/2), a sqrt(2) = 2.49, 3.52, 4.32, 4.98 A

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.scan import acquisition_order
+from xrdct_dask.io.scan import acquisition_order
 
 ENERGY_KEV = 90.0
 WAVELENGTH_A = 12.398419843320026 / ENERGY_KEV
@@ -260,7 +260,7 @@ class SimulatedScan:
         """The CBF file of frame ``index`` (``fmt="cbf"`` scans only)."""
         if self.fmt != "cbf":
             raise ValueError(f"{self.root}: an {self.fmt} scan has no file per frame (frames: {self.frames_template})")
-        from ..io.layout import FrameTemplate, ScanShape
+        from xrdct_dask.io.layout import FrameTemplate, ScanShape
 
         scan = ScanShape(self.nz, self.nomega, self.nx, self.fast_axis, self.order)
         return self.root / FrameTemplate(self.frames_template, scan).format(index)
@@ -330,8 +330,8 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
         raise ValueError(f"fmt must be cbf or h5, got {fmt!r}")
     if frames_per_file < 1:
         raise ValueError(f"frames_per_file must be >= 1, got {frames_per_file}")
-    from ..io.layout import FrameTemplate, ScanShape
-    from ..io.spec import is_hdf5, split_spec
+    from xrdct_dask.io.layout import FrameTemplate, ScanShape
+    from xrdct_dask.io.spec import is_hdf5, split_spec
 
     out = Path(out_dir)
     check_simulation_folder(out)
@@ -681,7 +681,7 @@ def write_scan_table(path: str | Path, nz: int, nomega: int, nx: int, *, order: 
     steps (non-negative: the grid starts one step in).  Returns the rows written.
 
     The test data of the bounded-memory scan reading (:mod:`xrdct_dask.io.scantable`)."""
-    from ..io.scan import INTERLACE_PASSES, interlaced_lines
+    from xrdct_dask.io.scan import INTERLACE_PASSES, interlaced_lines
 
     rng = np.random.default_rng(seed)
     n = nz * nomega * nx
