@@ -21,10 +21,10 @@ def link_frames(distinct: list[Path], frames_dir: Path, n: int) -> Path:
 
 
 def _one_run(client, wf, token: str) -> dict:
-    from xrdct_dask.cluster import stage_resources
-    from xrdct_dask.graph import build_graph
-    from xrdct_dask.prepare import open_run
-    from xrdct_dask.workflow import compute_with_progress
+    from xrdct_dask.cluster.local import stage_resources
+    from xrdct_dask.pipeline.graph import build_graph
+    from xrdct_dask.run.execute import compute_with_progress
+    from xrdct_dask.run.open import open_run
 
     graph = build_graph(open_run(wf), token=token, resources=stage_resources(client, wf))
     t = time.perf_counter()
@@ -48,7 +48,7 @@ def graph_rate(scan, frames_dir: Path | str, nframes: int, npt: int, store_path:
                nx: int = 100, omega_chunk: int = 16, repeats: int = 1, profile: Path | None = None) -> dict:
     """Frames/s of the decode-integrate stage (cupy engine) for a 1 x nframes/nx x nx scan of the
     frames in ``frames_dir`` (a folder of CBF files, :func:`link_frames`; or a string: an HDF5
-    source as ``inputs.frames`` takes it), on :func:`xrdct_dask.workflow.local_cluster` with ``gpus``, timed from
+    source as ``inputs.frames`` takes it), on :func:`xrdct_dask.cluster.local.local_cluster` with ``gpus``, timed from
     submission (the workers are up and their integrator plugin set up) to the last result.
 
     ``repeats`` > 1 runs the same scan again on the same cluster (a beamline's cluster that stays up
@@ -58,8 +58,9 @@ def graph_rate(scan, frames_dir: Path | str, nframes: int, npt: int, store_path:
 
     from distributed import Client
 
-    from xrdct_dask.cluster import IntegratorPlugin, local_cluster
+    from xrdct_dask.cluster.local import local_cluster
     from xrdct_dask.config import load_workflow
+    from xrdct_dask.pipeline.integrator import IntegratorPlugin
 
     wf = load_workflow(scan.workflow, {
         "inputs.frames": frames_dir if isinstance(frames_dir, str) else str(frames_dir / "frame_{index:06d}.cbf"),

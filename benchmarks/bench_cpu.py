@@ -54,7 +54,7 @@ def main() -> int:
 
     from xrdct_dask.integrate import Integrator
     from xrdct_dask.io import read_cbf_payload
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cpu_"))
     nx = 25
@@ -103,11 +103,11 @@ def main() -> int:
     # ---- through the dask graph: the decode-integrate stage on a LocalCluster
     from distributed import Client, LocalCluster
 
-    from xrdct_dask.cluster import IntegratorPlugin
-    from xrdct_dask.graph import build_graph
-    from xrdct_dask.prepare import open_run
-    from xrdct_dask.workflow import compute_with_progress
     from xrdct_dask.config import load_workflow
+    from xrdct_dask.pipeline.graph import build_graph
+    from xrdct_dask.pipeline.integrator import IntegratorPlugin
+    from xrdct_dask.run.execute import compute_with_progress
+    from xrdct_dask.run.open import open_run
 
     wf = load_workflow(scan.workflow, {"store.path": str(work / "run.zarr"), "store.overwrite": True,
                                         "integrate.npt_rad": args.npt, "pdf.enabled": False,

@@ -77,7 +77,7 @@ def main() -> int:
     from xrdct_dask.integrate import Integrator, finish
     from xrdct_dask.io import decode_payload, read_cbf_payload
     from xrdct_dask.io.gpu_decode import GpuDecoder, aligned_layout, chunk_layout, pack_aligned, pinned_empty
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     dev = cp.cuda.runtime.getDeviceProperties(0)
     out = {"device": dev["name"].decode(), "date": time.strftime("%Y-%m-%d"), "npt_rad": args.npt,
@@ -89,7 +89,7 @@ def main() -> int:
     sim = dict(nz=1, nomega=max(1, args.distinct // nx), nx=nx, detector="pilatus2m", npt_rad=args.npt)
     done = work / "scan" / "simulated.json"  # a --workdir already holding this simulation is reused
     if done.exists() and json.loads(done.read_text()) == sim:
-        from xrdct_dask.testing.synthetic import SimulatedScan
+        from xrdct_dask.simulate import SimulatedScan
 
         r = work / "scan"
         scan = SimulatedScan(root=r, workflow=r / "workflow.yaml", frames_template="frames/frame_{index:06d}.cbf",

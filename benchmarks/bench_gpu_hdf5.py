@@ -95,7 +95,7 @@ def write_cycling_vds(path: Path, master: Path, nframes: int) -> Path:
 def make_data(args, work: Path):
     """Simulated frames (uint32) and the Eiger-like scan of their chunks, made once per parameters."""
     from xrdct_dask.io.source import open_source
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     params = {"detector": args.detector, "distinct": args.distinct, "frames": args.frames, "files": args.files,
               "npt": args.npt, "version": 3}

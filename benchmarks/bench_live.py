@@ -7,7 +7,7 @@
 A writer process "acquires" ``slices x nomega x nx`` frames at ``--rate`` Hz: each frame is a hard
 link to one of ``--distinct`` full-size frames (Poisson counts of powder rings, :func:`make_frames`), made under a temporary name and renamed
 into place (as a detector or data mover does), and the writer records when each rename happened.
-``xrdct_dask.live.watch`` follows it on the default local cluster of this machine (GPU workers
+``xrdct_dask.run.live.watch`` follows it on the default local cluster of this machine (GPU workers
 integrate where a GPU is visible: the same cluster as ``xrdct run``), armed before the first frame
 comes (workers started, integration plan built and cached, engine warmed with a blank frame,
 slice stages run once on a synthetic slice, as a beamline's long-lived cluster is).  Printed and written to ``--json``:
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def writer(sources: list[str], targets: list[str], rate: float, go, out: str) -> None:
     """The detector: a process of its own (its timing not shared with the watcher's GIL)."""
-    from xrdct_dask.testing.synthetic import stream_frames
+    from xrdct_dask.simulate import stream_frames
 
     go.wait()
     whole = stream_frames([Path(s) for s in sources], [Path(t) for t in targets], rate, link=True)
@@ -59,7 +59,7 @@ def make_frames(work: Path, detector: str, distinct: int, npt: int) -> tuple[lis
     from fabio.cbfimage import CbfImage
     from fabio.edfimage import EdfImage
 
-    from xrdct_dask.testing.synthetic import DETECTORS, detector_mask, make_integrator
+    from xrdct_dask.simulate import DETECTORS, detector_mask, make_integrator
 
     root = work / f"frames-{detector}-{distinct}"
     shutil.rmtree(root, ignore_errors=True)
@@ -111,10 +111,10 @@ def main() -> int:
     from distributed import Client
 
     from xrdct_dask import store
-    from xrdct_dask.cluster import local_cluster
+    from xrdct_dask.cluster.local import local_cluster
     from xrdct_dask.config import parse_overrides, workflow_from_dict
-    from xrdct_dask.live import watch
-    from xrdct_dask.stages import plan_for
+    from xrdct_dask.pipeline.integrator import plan_for
+    from xrdct_dask.run.live import watch
 
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     t_all = time.perf_counter()

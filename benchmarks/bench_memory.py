@@ -56,9 +56,9 @@ def one_size(nz: int, nomega: int, nx: int, npt_rad: int, omega_chunk: int, engi
     from distributed import Client, LocalCluster
 
     from xrdct_dask.config import load_workflow
-    from xrdct_dask.testing.synthetic import simulate_scan
-    from xrdct_dask.cluster import IntegratorPlugin
-    from xrdct_dask.workflow import run
+    from xrdct_dask.pipeline.integrator import IntegratorPlugin
+    from xrdct_dask.run.execute import run
+    from xrdct_dask.simulate import simulate_scan
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     t0 = time.perf_counter()

@@ -30,10 +30,9 @@ def main() -> int:
     args = ap.parse_args()
 
     import cupy as cp
-
     from _graph import graph_rate, link_frames
 
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     ngpu = cp.cuda.runtime.getDeviceCount()
     names = {cp.cuda.runtime.getDeviceProperties(i)["name"].decode() for i in range(ngpu)}

@@ -5,7 +5,7 @@
 
 A scan of ``slices x nomega x nx`` full-size Pilatus 2M frames (hard links cycling over
 ``--distinct`` simulated frames: the page cache holds only those bytes, as a beamline's file
-system holds the newest frames) runs through ``xrdct_dask.workflow.run`` on the default local
+system holds the newest frames) runs through ``xrdct_dask.run.execute.run`` on the default local
 cluster of this machine (GPU workers for integration, the other workers reconstruct and compute
 G(r), on the GPU where one is visible).  Printed and written to ``--json``:
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def simulate_distinct(work: Path, distinct: int, npt: int, detector: str):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     nx = 8
     root = work / f"sim-{detector}-{distinct}"
@@ -69,7 +69,6 @@ class Sampler:
         import psutil  # noqa: F401  (on the workers)
 
         def rss():
-            import psutil
 
             return psutil.Process().memory_info().rss
 
@@ -101,8 +100,8 @@ def one_run(wf, label: str, sample: bool = True) -> dict:
     from distributed import Client
 
     from xrdct_dask import store
-    from xrdct_dask.cluster import local_cluster
-    from xrdct_dask.workflow import run
+    from xrdct_dask.cluster.local import local_cluster
+    from xrdct_dask.run.execute import run
 
     t0 = time.time()
     lc = local_cluster(wf)

@@ -28,7 +28,7 @@ def main():
     from xrdct_dask.integrate import Integrator
     from xrdct_dask.io import read_cbf_payload
     from xrdct_dask.io.gpu_decode import GpuDecoder, aligned_layout, chunk_layout, pack_aligned, pinned_empty
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     scan_dir = args.workdir / "scan"
     if not (scan_dir / "workflow.yaml").exists():

@@ -19,7 +19,7 @@ from pathlib import Path
 if __name__ == "__main__":
     from _graph import graph_rate, link_frames
 
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("layouts", nargs="+")

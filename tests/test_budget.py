@@ -16,8 +16,12 @@ import numpy as np
 import pytest
 import zarr
 
-from xrdct_dask import budget, stages, store
+from xrdct_dask import store
 from xrdct_dask.config import load_workflow, workflow_from_dict
+from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.tasks_pdf import pdf_rows, pdf_scale
+from xrdct_dask.pipeline.tasks_recon import reconstruct_block
+from xrdct_dask.store import budget
 
 
 def traced_peak(fn, *args) -> int:
@@ -36,8 +40,8 @@ def traced_peak(fn, *args) -> int:
 def store_for(tmp_path: Path, nomega: int, nx: int, nq: int, task_memory: str):
     """A one-slice store of random patterns and volume at the layout the plan gives this workflow."""
     from xrdct_dask.pdf import operator_for
-    from xrdct_dask.plan import plan_workflow
-    from xrdct_dask.prepare import pdf_blocks
+    from xrdct_dask.run.open import pdf_blocks
+    from xrdct_dask.run.plan import plan_workflow
 
     wf = workflow_from_dict({"inputs": {"frames": str(tmp_path / "f_{index}.cbf"), "poni": str(tmp_path / "g.poni")},
                              "scan": {"nz": 1, "nomega": nomega, "nx": nx},
@@ -56,7 +60,7 @@ def store_for(tmp_path: Path, nomega: int, nx: int, nq: int, task_memory: str):
     root["reduced/intensity"][0] = rng.random((nomega, nx, nq), dtype=np.float32) * 100
     root["reduced/frame_ok"][0] = True
     root["recon/intensity"][0] = rng.random((nx, nx, nq), dtype=np.float32) * 100 + 10
-    ctx = stages.RunContext(workflow=wf, store_path=Path(wf.store.path), monitor_reference=1.0, wavelength_A=0.2,
+    ctx = RunContext(workflow=wf, store_path=Path(wf.store.path), monitor_reference=1.0, wavelength_A=0.2,
                             layout=lay)
     return ctx, plan
 
@@ -68,10 +72,10 @@ def test_plan_predicts_each_tasks_memory_within_25_percent(tmp_path, nomega, nx,
     assert lay.q_sub < lay.q_chunk and lay.y_chunk < nx  # the budget really splits the blocks
     geo = {"center": nx / 2}
     ys = slice(0, lay.y_chunk)
-    shares = [stages.pdf_scale(0, slice(a, a + lay.y_chunk), ctx) for a in range(0, nx, lay.y_chunk)]
-    measured = {"recon": traced_peak(stages.reconstruct_block, 0, slice(0, lay.q_chunk), geo, ctx),
-                "pdf-scale": traced_peak(stages.pdf_scale, 0, ys, ctx),
-                "pdf": traced_peak(stages.pdf_rows, 0, ys, ctx, *shares)}
+    shares = [pdf_scale(0, slice(a, a + lay.y_chunk), ctx) for a in range(0, nx, lay.y_chunk)]
+    measured = {"recon": traced_peak(reconstruct_block, 0, slice(0, lay.q_chunk), geo, ctx),
+                "pdf-scale": traced_peak(pdf_scale, 0, ys, ctx),
+                "pdf": traced_peak(pdf_rows, 0, ys, ctx, *shares)}
     for name, peak in measured.items():
         predicted = plan.stages[name].bytes_per_task
         assert abs(predicted - peak) <= 0.25 * peak, f"{name}: plan {predicted / 1e6:.1f} MB, traced {peak / 1e6:.1f} MB"
@@ -102,8 +106,8 @@ def test_a_slice_larger_than_a_worker_runs_in_bounded_tasks(tmp_path):
     NaN in recon/ or pdf/."""
     from distributed import LocalCluster
 
-    from xrdct_dask.testing.synthetic import simulate_scan
-    from xrdct_dask.workflow import run
+    from xrdct_dask.run.execute import run
+    from xrdct_dask.simulate import simulate_scan
 
     scan = simulate_scan(tmp_path / "scan", nz=1, nomega=16, nx=400, npt_rad=2000, seed=4)
     wf = load_workflow(scan.workflow, {"store.path": str(tmp_path / "run.zarr"), "compute.memory_limit": "1.5GB",

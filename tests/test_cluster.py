@@ -15,8 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xrdct_dask.cluster import (ProfileError, declared_resources, job_script, list_profiles, load_profile,
-                                make_cluster, pbs_bytes, slurm_bytes, slurm_gpus, worker_resources)
+from xrdct_dask.cluster.profiles import (
+    ProfileError,
+    declared_resources,
+    job_script,
+    list_profiles,
+    load_profile,
+    make_cluster,
+    pbs_bytes,
+    slurm_bytes,
+    slurm_gpus,
+    worker_resources,
+)
 from xrdct_dask.resources import PROFILES_DIR
 from xrdct_dask.testing.stores import assert_same_stores
 
@@ -220,7 +230,7 @@ def test_cli_run_with_a_broken_profile_fails_before_anything_is_written(tiny_sca
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_scan(tmp_path_factory):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("tiny"), nz=1, nomega=16, nx=12, seed=3)
 
@@ -235,10 +245,11 @@ def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_pa
     from distributed import Client, LocalCluster
 
     from xrdct_dask import load_workflow
-    from xrdct_dask.cluster import stage_resources
-    from xrdct_dask.graph import build_graph
-    from xrdct_dask.prepare import check_inputs, prepare_store
-    from xrdct_dask.workflow import compute_with_progress
+    from xrdct_dask.cluster.local import stage_resources
+    from xrdct_dask.pipeline.graph import build_graph
+    from xrdct_dask.run.execute import compute_with_progress
+    from xrdct_dask.run.inputs import check_inputs
+    from xrdct_dask.run.open import prepare_store
 
     wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
     ai, _ = check_inputs(wf)
@@ -274,8 +285,9 @@ def make_fake_gpu_cluster():
 
 def test_task_keys_name_the_stages(tiny_scan, tmp_path):
     from xrdct_dask import load_workflow
-    from xrdct_dask.graph import build_graph
-    from xrdct_dask.prepare import check_inputs, prepare_store
+    from xrdct_dask.pipeline.graph import build_graph
+    from xrdct_dask.run.inputs import check_inputs
+    from xrdct_dask.run.open import prepare_store
 
     wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
     ai, _ = check_inputs(wf)
@@ -286,7 +298,7 @@ def test_task_keys_name_the_stages(tiny_scan, tmp_path):
 
 
 def test_engine_report_says_which_engine_ran_where():
-    from xrdct_dask.report import engine_report
+    from xrdct_dask.run.report import engine_report
 
     results = [{"engine": "cupy", "worker": "tcp://10.0.0.1:4000"}, {"engine": "cupy", "worker": "tcp://10.0.0.1:4001"},
                {"engine": "numpy", "worker": "tcp://10.0.0.2:4000"}]

@@ -4,10 +4,9 @@ and the readers around it: whole files, payloads located in place, pinned arenas
 
 from __future__ import annotations
 
+import fabio
 import numpy as np
 import pytest
-
-import fabio
 
 from xrdct_dask.io import CorruptFrameError, read_cbf_payload, read_frame
 from xrdct_dask.testing.conformance import DecoderTests
@@ -73,7 +72,6 @@ def test_compiled_locate_agrees_with_locate_payload(sim_scan, shared_data_dir):
     declines (never accepts a file that locate_payload rejects, never a different answer)."""
     from xrdct_dask.io.cbf import locate_payload
     from xrdct_dask.io.locate import locate_batch
-
     from xrdct_dask.testing.fixtures import REAL_CBF_NAME
 
     real_frame_path = shared_data_dir / REAL_CBF_NAME if shared_data_dir else None

@@ -17,9 +17,10 @@ import pytest
 import zarr
 
 from xrdct_dask import store
-from xrdct_dask.budget import Layout
-from xrdct_dask.export import ExportError, _h5_chunks, export_nexus
+from xrdct_dask.export import ExportError, export_nexus
+from xrdct_dask.export.nexus import _h5_chunks
 from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.store.budget import Layout
 from xrdct_dask.testing.references import rel_max
 
 NZ, NW, NX, NQ, NR = 2, 12, 10, 40, 30

@@ -151,7 +151,7 @@ def test_simulated_hdf5_scan_equals_h5py(tmp_path, device):
     """The simulator's Eiger-like scan writer (master + data files, int32 counts of a ring
     pattern, gaps -1, bitshuffle-LZ4 chunks of one frame), read through the master's VDS."""
     pytest.importorskip("hdf5plugin")  # the simulator compresses with it
-    from xrdct_dask.testing.synthetic import write_hdf5_scan
+    from xrdct_dask.simulate import write_hdf5_scan
 
     shape = (97, 83)
     yy, xx = np.mgrid[:shape[0], :shape[1]]
@@ -326,7 +326,7 @@ def test_cupy_engine_on_hdf5_equals_numpy_integration(cuda, sim_scan, tmp_path, 
 
     from xrdct_dask.integrate import Integrator
     from xrdct_dask.io.source import as_counts
-    from xrdct_dask.testing.synthetic import DETECTORS
+    from xrdct_dask.simulate import DETECTORS
 
     shape = DETECTORS["small"][0]
     n, per = 150, 64

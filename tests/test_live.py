@@ -3,7 +3,7 @@
 
 The acquisition is the project's simulated scan (2 slices x 8 angles x 10 steps, the 8x8-binned
 Pilatus) written again, frame by frame, at a steady rate by a thread
-(:func:`~xrdct_dask.testing.synthetic.stream_frames`): renamed into place, or written in place
+(:func:`~xrdct_dask.simulate.stream_frames`): renamed into place, or written in place
 slowly so that the watcher sees partial files.  The reference is a batch `xrdct run` of the same
 frames once written: same code, same inputs, single-threaded workers, so every array of the
 live store must equal the batch store's exactly (NaN where NaN).
@@ -34,7 +34,7 @@ OVERRIDES = {"store.omega_chunk": 4}  # blocks of 4 angles x 10 steps: 1.6 s of 
 
 @pytest.fixture(scope="module")
 def acq(tmp_path_factory):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("acq") / "scan", nz=2, nomega=8, nx=10, seed=5)
 
@@ -64,7 +64,7 @@ def frames_of(scan) -> list[Path]:
 def stream(scan, folder: Path, rate_hz: float = RATE_HZ, in_place: bool = False, start: int = 0, stop: int | None = None):
     """Start a thread writing frames ``start:stop`` of ``scan`` into ``folder/frames`` at ``rate_hz``;
     returns ``(thread, out)`` with ``out["whole"]``: when each frame was whole under its name."""
-    from xrdct_dask.testing.synthetic import stream_frames
+    from xrdct_dask.simulate import stream_frames
 
     src = frames_of(scan)[start:stop]
     dst = [folder / "frames" / p.name for p in src]
@@ -111,7 +111,8 @@ def test_watch_during_the_acquisition_equals_the_batch_run_and_reconstructs_slic
     status (on the scheduler and beside the store) and picture are there."""
     from distributed import Client
 
-    from xrdct_dask.live import live_paths, live_status, watch
+    from xrdct_dask.run.live import watch
+    from xrdct_dask.view.live import live_paths, live_status
 
     folder = empty_copy(acq, tmp_path / "live")
     t, out = stream(acq, folder)
@@ -148,8 +149,8 @@ def test_watch_follows_an_eiger_scan_whose_data_files_appear_one_by_one(acq, bat
     before the first data file, and the workers are readied without it)."""
     import h5py
 
-    from xrdct_dask.live import watch
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.run.live import watch
+    from xrdct_dask.simulate import simulate_scan
 
     h5 = simulate_scan(tmp_path / "h5scan", nz=2, nomega=8, nx=10, seed=5, fmt="h5", frames_per_file=40)
     sets = OVERRIDES | {"store.path": str(tmp_path / "live.zarr")}
@@ -191,7 +192,7 @@ def test_partial_files_are_never_read_as_complete(acq, batch, cluster, tmp_path)
     """Frames written in place in four parts over each frame's 1/25 s (the watcher sees files
     with half a header, half a payload, no trailer): none is read before it is whole, so no
     frame ends flagged truncated or corrupt, and the store equals the batch run's."""
-    from xrdct_dask.live import watch
+    from xrdct_dask.run.live import watch
 
     folder = empty_copy(acq, tmp_path / "slow")
     t, out = stream(acq, folder, in_place=True)
@@ -209,7 +210,7 @@ def test_idle_timeout_flags_frames_that_never_came_and_a_restart_reads_them(acq,
     frames come later; a second `watch` resumes the same store: it redoes only the blocks that
     lacked frames (slice 1's two blocks, frames 100-159 in snake order from index 80), and the
     store then equals the batch run's."""
-    from xrdct_dask.live import watch
+    from xrdct_dask.run.live import watch
 
     folder = empty_copy(acq, tmp_path / "stopped")
     for p in frames_of(acq)[:100]:
@@ -233,7 +234,7 @@ def test_a_frame_the_detector_skipped_does_not_hold_its_slice_to_the_idle_timeou
     """Every frame but 5 and 158 is there: once frames far beyond one (or the scan's last frame)
     are whole and it is still absent after ``settle_s``, its block goes without it (flagged
     MISSING), long before the idle timeout; every other frame is read."""
-    from xrdct_dask.live import watch
+    from xrdct_dask.run.live import watch
 
     folder = empty_copy(acq, tmp_path / "skipped")
     for p in frames_of(acq):
@@ -295,7 +296,7 @@ def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, c
     and the output store, which equals the batch run's; the input is kept beside the job
     record and in the store's attrs for replay; a watch job does the same.  A bad submission is
     refused in one line."""
-    from xrdct_dask.service import JobService, make_server
+    from xrdct_dask.run.service import JobService, make_server
 
     service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address)
     server = make_server(service, "127.0.0.1", 0)
@@ -399,8 +400,8 @@ def test_watch_follows_a_file_an_swmr_writer_grows(acq, batch, cluster, tmp_path
     grow, integrates each block once its frames are flushed, and the store equals the batch run's."""
     import multiprocessing
 
-    from xrdct_dask.io.source import read_frames, open_source
-    from xrdct_dask.live import watch
+    from xrdct_dask.io.source import open_source, read_frames
+    from xrdct_dask.run.live import watch
 
     raw = read_frames(open_source(acq.frame_path(0).parent / "frame_{index:06d}.cbf"), range(160))
     np.save(tmp_path / "frames.npy", raw)
@@ -437,7 +438,7 @@ def test_watch_follows_a_file_an_swmr_writer_grows(acq, batch, cluster, tmp_path
 def test_slice_stages_warm_up_runs_the_workflows_corrections_and_reconstruction(acq, sets):
     """The warm-up prepares a synthetic slice of the scan's shape with the workflow's corrections
     and reconstructs it with its algorithm, on this process's engine, without error."""
-    from xrdct_dask.stages import warm_slice_stages
+    from xrdct_dask.pipeline.tasks_recon import warm_slice_stages
 
     res = warm_slice_stages(load_workflow(acq.workflow, sets))
     assert "error" not in res, res
@@ -446,7 +447,7 @@ def test_slice_stages_warm_up_runs_the_workflows_corrections_and_reconstruction(
 
 def test_a_failing_slice_warm_up_is_said_and_never_raises(acq, monkeypatch):
     from xrdct_dask import recon
-    from xrdct_dask.stages import warm_slice_stages
+    from xrdct_dask.pipeline.tasks_recon import warm_slice_stages
 
     def broken(*a, **k):
         raise MemoryError("out of GPU memory")
@@ -462,7 +463,7 @@ def test_watch_warms_the_slice_stages_on_every_worker_before_the_first_frame(acq
     benchmarks/RESULTS.md).  Fresh worker processes: nothing loaded before."""
     from distributed import Client, LocalCluster
 
-    from xrdct_dask.live import _warm_slice_stages
+    from xrdct_dask.run.live import _warm_slice_stages
 
     def loaded():
         from xrdct_dask.recon import _numba
@@ -482,7 +483,7 @@ def test_two_watches_on_one_scheduler_keep_their_live_status_apart(cluster, tmp_
     store's status, and asking for none gets the watch that published last."""
     from distributed import Client
 
-    from xrdct_dask.live import _variables, live_status
+    from xrdct_dask.view.live import _variables, live_status
 
     with Client(cluster.scheduler_address) as client:
         assert live_status(client, store_path=tmp_path / "nothing.zarr", timeout_s=0.2) is None

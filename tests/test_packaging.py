@@ -29,8 +29,8 @@ import pytest
 from typer.testing import CliRunner
 
 from xrdct_dask.cli import app
-from xrdct_dask.plan import GPU_FIGURES, RESULTS_KEYS, plan_workflow, read_throughputs
 from xrdct_dask.resources import PROFILES_DIR, THROUGHPUTS, WORKFLOW_TEMPLATE, shipped_throughputs
+from xrdct_dask.run.plan import GPU_FIGURES, RESULTS_KEYS, plan_workflow, read_throughputs
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -103,7 +103,7 @@ def test_plan_prefers_whole_workflow_figure_and_says_which_it_used(tmp_path):
 
 
 def _format(p) -> str:
-    from xrdct_dask.plan import format_plan
+    from xrdct_dask.run.plan import format_plan
 
     return format_plan(p)
 
@@ -134,7 +134,7 @@ def test_init_writes_the_template_and_never_overwrites(tmp_path, monkeypatch):
 
 
 def test_profile_search_order_is_cwd_cluster_then_env_then_shipped(tmp_path, monkeypatch):
-    from xrdct_dask.cluster import list_profiles, profile_dirs
+    from xrdct_dask.cluster.profiles import list_profiles, profile_dirs
 
     site, proj = tmp_path / "site", tmp_path / "proj"
     (proj / "cluster").mkdir(parents=True)

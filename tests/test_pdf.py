@@ -15,7 +15,8 @@ from scipy.signal import find_peaks
 from xrdct_dask.pdf import PDFParameterError, build_operator, compute_pdf, parse_composition, pattern_scale
 from xrdct_dask.pdf.background import edge_background_frames, edge_voxel_mask, load_background
 from xrdct_dask.pdf.transform import trapezoid_weights
-from xrdct_dask.testing.conformance import NI_ARGS, PDFTests
+from xrdct_dask.testing.conformance import PDFTests
+from xrdct_dask.testing.conformance.pdf import NI_ARGS
 
 
 class TestNumpyPDF(PDFTests):

@@ -24,7 +24,7 @@ from xrdct_dask.config import load_workflow
 
 @pytest.fixture(scope="module")
 def tiny_scan(tmp_path_factory):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("plan") / "scan", nz=2, nomega=12, nx=10, seed=3)
 
@@ -44,10 +44,10 @@ def chunk_files(path: Path) -> dict[str, int]:
 def test_plan_counts_equal_the_graph_and_the_store(tiny_scan, cluster, tmp_path, order):
     """A small budget (so several q blocks, voxel-row blocks and r blocks per slice), a scan file:
     the plan's tasks per stage are the graph's, and its chunk files are the store's, file for file."""
-    from xrdct_dask.graph import build_graph
-    from xrdct_dask.plan import plan_workflow
-    from xrdct_dask.prepare import open_run
-    from xrdct_dask.workflow import run
+    from xrdct_dask.pipeline.graph import build_graph
+    from xrdct_dask.run.execute import run
+    from xrdct_dask.run.open import open_run
+    from xrdct_dask.run.plan import plan_workflow
 
     wf = load_workflow(tiny_scan.workflow, {
         "store.path": str(tmp_path / "run.zarr"), "store.omega_chunk": 5, "pdf.order": order,
@@ -100,9 +100,9 @@ def test_plan_counts_equal_the_graph_built_and_the_store_created(tiny_scan, tmp_
     graph ``build_graph`` makes for the store ``open_run`` created; its arrays are the store's
     arrays (none left out), each with the store's number of chunks and chunk bytes; its bytes
     written per stage are the bytes of the arrays that stage writes."""
-    from xrdct_dask.graph import build_graph
-    from xrdct_dask.plan import plan_workflow
-    from xrdct_dask.prepare import open_run
+    from xrdct_dask.pipeline.graph import build_graph
+    from xrdct_dask.run.open import open_run
+    from xrdct_dask.run.plan import plan_workflow
 
     wf = load_workflow(tiny_scan.workflow, {
         "store.path": str(tmp_path / "run.zarr"), "store.omega_chunk": 5, "pdf.order": order,
@@ -137,7 +137,7 @@ def test_plan_of_a_1000_cubed_scan_in_seconds_within_budget_and_codec_limits(tmp
     from typer.testing import CliRunner
 
     from xrdct_dask.cli import app
-    from xrdct_dask.testing.synthetic import make_integrator
+    from xrdct_dask.simulate import make_integrator
 
     make_integrator("pilatus2m").write(str(tmp_path / "p2m.poni"))
     (tmp_path / "big.yaml").write_text(
@@ -166,16 +166,17 @@ def test_plan_of_a_1000_cubed_scan_in_seconds_within_budget_and_codec_limits(tmp
 def truth_at_scale(workflow: Path, order: str, p: dict) -> None:
     """The 1000^3 plan against what the run would make: the graph of one slice (every slice has
     the same tasks) and the store's template (metadata only, created by create_store)."""
-    from xrdct_dask import stages
-    from xrdct_dask.graph import build_graph
-    from xrdct_dask.plan import _nr
-    from xrdct_dask.prepare import layout_for, pdf_blocks
     from xrdct_dask.pdf import operator_for
+    from xrdct_dask.pipeline.context import RunContext
+    from xrdct_dask.pipeline.graph import build_graph
+    from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
+    from xrdct_dask.run.open import layout_for, pdf_blocks
+    from xrdct_dask.run.plan import _nr
 
     wf = load_workflow(workflow, {"pdf.order": order})
     nq, nr = wf.integrate.npt_rad, _nr(wf)
     lay = layout_for(wf, nq, nr)
-    ctx = stages.RunContext(workflow=wf, store_path=workflow.parent / "none.zarr", monitor_reference=1.0,
+    ctx = RunContext(workflow=wf, store_path=workflow.parent / "none.zarr", monitor_reference=1.0,
                             wavelength_A=1.0, layout=lay, extra={"nq": nq, "nr": nr})
     one = build_graph(ctx, zs=[0])
     assert {k: v["tasks"] for k, v in p["stages"].items() if k != "prepare"} == {
@@ -187,7 +188,7 @@ def truth_at_scale(workflow: Path, order: str, p: dict) -> None:
     store.create_store(path, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=q_nm, radial_unit="q_nm^-1",
                        omega_deg=np.arange(s.nomega) * 0.1, x_mm=np.arange(s.nx) * 1.0, z_mm=np.arange(s.nz) * 1.0,
                        r_A=op.r_A, layout=lay, attrs={}, pdf_blocks=pdf_blocks(wf, lay, op.r_A),
-                       aux_channels=stages.pdf_aux_channels(op) if order == "pdf-then-recon" else None)
+                       aux_channels=pdf_aux_channels(op) if order == "pdf-then-recon" else None)
     arrays = store_arrays(path)
     assert p["chunks"] == {k: 0 if k == "reduced/scan_flag" else a.nchunks for k, a in arrays.items()}  # no scan file
     chunk_bytes = {k: int(np.prod(a.chunks)) * a.dtype.itemsize for k, a in arrays.items()}
@@ -198,7 +199,7 @@ def truth_at_scale(workflow: Path, order: str, p: dict) -> None:
 
 
 def test_plan_reads_throughputs_from_results_file(tmp_path, tiny_scan):
-    from xrdct_dask.plan import plan_workflow
+    from xrdct_dask.run.plan import plan_workflow
 
     results = tmp_path / "RESULTS.md"
     results.write_text("old: gpu_frames_per_s = 900\n| x | y |\nplan figures: gpu_frames_per_s = 12,500, "
@@ -209,7 +210,7 @@ def test_plan_reads_throughputs_from_results_file(tmp_path, tiny_scan):
 
 
 def test_waves_keep_slices_whole_and_under_half_the_budget():
-    from xrdct_dask.plan import waves
+    from xrdct_dask.run.plan import waves
 
     assert waves([5, 5, 5, 5, 5], 20) == [[0, 1], [2, 3], [4]]
     assert waves([30, 1, 1], 20) == [[0], [1, 2]]  # a slice over budget is a wave of its own
@@ -225,7 +226,7 @@ def test_every_wave_of_a_1000_cubed_run_builds_in_minutes_in_little_memory(tmp_p
     import subprocess
     import sys
 
-    from xrdct_dask.testing.synthetic import make_integrator
+    from xrdct_dask.simulate import make_integrator
 
     make_integrator("pilatus2m").write(str(tmp_path / "p2m.poni"))
     (tmp_path / "big.yaml").write_text(
@@ -250,7 +251,7 @@ def test_file_system_bandwidth_bounds_the_run(tmp_path):
     from typer.testing import CliRunner
 
     from xrdct_dask.cli import app
-    from xrdct_dask.testing.synthetic import make_integrator
+    from xrdct_dask.simulate import make_integrator
 
     make_integrator("pilatus2m").write(str(tmp_path / "p2m.poni"))
     (tmp_path / "big.yaml").write_text(
@@ -278,8 +279,8 @@ def test_file_system_bandwidth_bounds_the_run(tmp_path):
 def test_input_files_of_an_hdf5_source_are_its_files(tmp_path):
     """An HDF5 scan of 40 frames in data files of 16: the plan counts the master and 3 data files,
     the files the source opens; 80 frames in files of 16 are 5 data files."""
-    from xrdct_dask.plan import plan_workflow
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.run.plan import plan_workflow
+    from xrdct_dask.simulate import simulate_scan
 
     h5 = simulate_scan(tmp_path / "h5", nz=2, nomega=4, nx=5, seed=4, threads=2, fmt="h5", frames_per_file=16)
     wf = load_workflow(h5.workflow)

@@ -12,14 +12,13 @@ import h5py
 import numpy as np
 import pytest
 
-from xrdct_dask.io.positioners import (grid_from_positions, place_on_grid, read_csv_positions,
-                                       read_hdf5_positions)
+from xrdct_dask.io.positioners import grid_from_positions, place_on_grid, read_csv_positions, read_hdf5_positions
 from xrdct_dask.io.scan import acquisition_order, read_scan_file, read_scan_table
 
 
 @pytest.fixture(scope="module")
 def h5_scan(tmp_path_factory):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("h5"), nz=2, nomega=4, nx=5, seed=4, threads=2, fmt="h5",
                          frames_per_file=16)

@@ -29,8 +29,8 @@ from xrdct_dask.config import WorkflowError, load_workflow
 from xrdct_dask.io import CorruptFrameError, SizeMismatchError, TruncatedFrameError, decode_batch, pack_payloads
 from xrdct_dask.io.cbf import parse_cbf
 from xrdct_dask.io.status import FrameStatus, usable
+from xrdct_dask.run.execute import RunStopped, run
 from xrdct_dask.testing import corrupt
-from xrdct_dask.workflow import RunStopped, run
 
 REPO = Path(__file__).resolve().parents[1]
 OMEGA_CHUNK = 1  # one task per projection row: many small tasks, so a kill lands mid-run
@@ -41,7 +41,7 @@ OMEGA_CHUNK = 1  # one task per projection row: many small tasks, so a kill land
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_scan(tmp_path_factory):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("tiny"), nz=2, nomega=12, nx=10, seed=3)
 
@@ -173,9 +173,8 @@ def test_full_disk_stops_with_a_clear_message_and_only_whole_blocks_marked(tiny_
     """After 40 chunk writes (about three blocks) the disk is 'full' (every write: ENOSPC): the run stops with a
     RunStopped naming the cause; every block marked done is byte-equal to the reference, the one
     being written is not marked; with space back, a rerun completes the identical store."""
-    from distributed import LocalCluster
-
     import zarr.storage._local as local
+    from distributed import LocalCluster
 
     real_put = local._put
     calls = {"n": 0}
@@ -190,7 +189,7 @@ def test_full_disk_stops_with_a_clear_message_and_only_whole_blocks_marked(tiny_
     out = tmp_path / "full.zarr"
     wf = workflow_for(tiny_scan, out)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc:
-        from xrdct_dask.prepare import open_run
+        from xrdct_dask.run.open import open_run
 
         open_run(wf)  # the template fits; the disk fills during compute
         monkeypatch.setattr(local, "_put", full_disk_put)
@@ -223,20 +222,20 @@ def test_unwritable_store_location_is_one_line_error_before_compute(tiny_scan, t
 
 @pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_existing_store_of_other_work_is_refused_naming_the_change(tiny_scan, reference):
-    from xrdct_dask.prepare import open_run
+    from xrdct_dask.run.open import open_run
 
     with pytest.raises(FileExistsError, match=r"changed: integrate.npt_rad\)"):
         open_run(workflow_for(tiny_scan, reference, **{"integrate.npt_rad": 500}))
     # other workers or another path are not other work: a rerun of a finished store builds nothing
     ctx = open_run(workflow_for(tiny_scan, reference, **{"compute.n_workers": 7}))
-    from xrdct_dask.graph import build_graph
+    from xrdct_dask.pipeline.graph import build_graph
 
     assert all(not v for v in build_graph(ctx, done=store.task_state(reference)).values())
 
 
 def test_store_left_while_preparing_is_recreated_not_resumed(tiny_scan, tmp_path):
     """A run killed while writing the template (no template_complete mark) starts afresh."""
-    from xrdct_dask.prepare import open_run
+    from xrdct_dask.run.open import open_run
 
     wf = workflow_for(tiny_scan, tmp_path / "run.zarr")
     open_run(wf)
@@ -297,7 +296,7 @@ def test_no_nan_reaches_recon_or_pdf(corrupted):
 def test_duplicate_and_out_of_order_frames_land_where_the_scan_file_says(corrupted):
     """The pattern at each re-placed point is its frame's, integrated with that frame's monitor."""
     from xrdct_dask.io import read_cbf_payload
-    from xrdct_dask.stages import integrator_for
+    from xrdct_dask.pipeline.integrator import integrator_for
 
     scan, c, path = corrupted
     wf = load_workflow(scan.workflow, {"store.path": str(path), **c.overrides})
@@ -550,8 +549,8 @@ def test_reprocess_from_recon_equals_a_fresh_run_and_shares_reduced(tiny_scan, c
 @pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_reprocess_many_runs_as_one_graph_from_pdf(reference, corrupted, cluster, tmp_path, monkeypatch):
     """Two runs, one `execute` (one graph): only their pdf tasks run, recon/ is shared."""
-    from xrdct_dask import reprocess as rp
-    from xrdct_dask.reprocess import reprocess
+    from xrdct_dask.run import reprocess as rp
+    from xrdct_dask.run.reprocess import reprocess
 
     calls = []
     real = rp.execute
@@ -571,7 +570,7 @@ def test_reprocess_many_runs_as_one_graph_from_pdf(reference, corrupted, cluster
 
 @pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_reprocess_refuses_a_change_of_nothing(reference):
-    from xrdct_dask.reprocess import plan_reprocess
+    from xrdct_dask.run.reprocess import plan_reprocess
 
     with pytest.raises(WorkflowError, match="nothing to reprocess"):
         plan_reprocess(reference, {"compute.n_workers": 3})
@@ -584,7 +583,7 @@ def test_reprocess_refuses_a_change_of_nothing(reference):
 # safe by default
 # ------------------------------------------------------------------------------------------
 def test_local_cluster_and_dashboard_bind_to_localhost(tiny_scan, tmp_path):
-    from xrdct_dask.cluster import client_for
+    from xrdct_dask.cluster.local import client_for
 
     wf = workflow_for(tiny_scan, tmp_path / "x.zarr", **{"compute.n_workers": 1})
     client, lc = client_for(wf, None)
@@ -626,7 +625,7 @@ def test_many_waves_hold_at_most_the_bound_and_equal_one_wave(cluster, tmp_path)
     """2,304 frames in 6 slices, 14 tasks a slice, compute.max_tasks 30: waves of one slice, each
     one submission, at most two in flight.  The scheduler never holds more than 30 tasks, and the
     store is byte for byte the store of a run in one wave."""
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     scan = simulate_scan(tmp_path / "scan", nz=6, nomega=16, nx=24, seed=8)
     base = {"store.omega_chunk": 4, "integrate.npt_rad": 400}
@@ -658,7 +657,7 @@ def test_many_waves_hold_at_most_the_bound_and_equal_one_wave(cluster, tmp_path)
 def test_task_state_of_a_hundred_thousand_markers_is_read_in_under_a_second(tmp_path):
     """1000 slices x 100 blocks of done-markers (a 1000^3 run has ~1e5 tasks): the state comes from
     the markers' file names in one listing, in under a second, equal to zarr's own reading."""
-    from xrdct_dask.budget import Layout
+    from xrdct_dask.store.budget import Layout
 
     lay = Layout(omega_chunk=16, q_chunk=20, q_sub=20, y_chunk=10, r_chunk=10, budget=2**30)
     path = tmp_path / "big.zarr"

@@ -32,15 +32,15 @@ import zarr
 from xrdct_dask import store
 from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides
 from xrdct_dask.io.status import FrameStatus
-from xrdct_dask.prepare import open_run
-from xrdct_dask.workflow import run
+from xrdct_dask.run.execute import run
+from xrdct_dask.run.open import open_run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("safety") / "scan", nz=1, nomega=8, nx=8, seed=5)
 
@@ -139,7 +139,7 @@ def test_overwrite_replaces_a_store_of_this_program_whole(scan, cluster, tmp_pat
 # 2. input contents are part of the run's identity
 # ------------------------------------------------------------------------------------------
 def test_poni_edited_in_place_is_refused_and_reprocess_reintegrates(scan, cluster, tmp_path_factory):
-    from xrdct_dask.reprocess import plan_reprocess
+    from xrdct_dask.run.reprocess import plan_reprocess
     from xrdct_dask.testing import corrupt
 
     copy = corrupt.copy_scan(scan, tmp_path_factory.mktemp("poni") / "scan")
@@ -324,10 +324,10 @@ def test_a_bad_frame_is_named_once_in_the_log(scan, tmp_path, caplog):
 
 def test_store_write_failure_gives_no_worker_traceback(scan, tmp_path, monkeypatch, caplog):
     """The one-line RunStopped comes alone: the worker's "Compute Failed" block is left out for it."""
+    import zarr.storage._local as local
     from distributed import LocalCluster
 
-    import zarr.storage._local as local
-    from xrdct_dask.workflow import RunStopped
+    from xrdct_dask.run.execute import RunStopped
 
     real_put = local._put
 
@@ -351,7 +351,7 @@ def test_store_write_failure_gives_no_worker_traceback(scan, tmp_path, monkeypat
 @pytest.mark.slow  # a whole run or two: 13-22 s
 @pytest.mark.timeout(180)
 def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     sc = simulate_scan(tmp_path / "scan", nz=2, nomega=32, nx=16, seed=2)
     p = subprocess.Popen([sys.executable, "-m", "xrdct_dask.cli", "run", str(sc.workflow), "--set",
@@ -419,7 +419,7 @@ def test_frames_missing_at_first_are_read_when_they_arrive(scan, cluster, tmp_pa
 
 def test_io_errors_are_retried_and_truly_missing_frames_are_not(scan, cluster, tmp_path):
     from xrdct_dask.io.status import status_of as _status_of
-    from xrdct_dask.prepare import reopen_retried
+    from xrdct_dask.run.open import reopen_retried
 
     assert _status_of(OSError(errno.EIO, "Input/output error")) == FrameStatus.IO_ERROR
     path = go(scan, tmp_path / "run.zarr", cluster)

@@ -60,7 +60,7 @@ def test_sample_is_random_bounded_and_whole_when_small():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A simulated scan's PONI, mask and first frames: the workflow the big tables are read with."""
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("tiny"), nz=1, nomega=4, nx=5, seed=1, threads=2, npt_rad=100)
 
@@ -75,7 +75,7 @@ def small_blocks(monkeypatch):
 
 def _table(tmp_path, nz, nw, nx, **kw):
     from xrdct_dask.io.scan import read_scan_table
-    from xrdct_dask.testing.synthetic import write_scan_table
+    from xrdct_dask.simulate import write_scan_table
 
     write_scan_table(tmp_path / "scan.csv", nz, nw, nx, monitor_path=tmp_path / "monitor.txt", seed=2, **kw)
     return read_scan_table(tmp_path / "scan.csv")
@@ -86,7 +86,7 @@ def test_streamed_layout_equals_the_whole_table(tiny, tmp_path, small_blocks):
     the points recorded twice, the axes (median reading of each grid line) and the monitor
     reference equal those of the whole table read at once."""
     from xrdct_dask.io.scan import read_scan_file
-    from xrdct_dask.prepare import scan_layout
+    from xrdct_dask.run.scanlayout import scan_layout
 
     nz, nw, nx = 3, 10, 7
     t = _table(tmp_path, nz, nw, nx)
@@ -127,7 +127,7 @@ def test_streamed_placement_by_positions_equals_the_whole_table(tiny, tmp_path, 
     their readings, and the frames off grid equal grid_from_positions and place_on_grid on the
     whole table."""
     from xrdct_dask.io.positioners import grid_from_positions, place_on_grid
-    from xrdct_dask.prepare import scan_layout
+    from xrdct_dask.run.scanlayout import scan_layout
 
     monkeypatch.setattr(scantable, "SAMPLE_MAX", 100)
     nz, nw, nx = 2, 12, 6
@@ -165,7 +165,7 @@ MEASURE = textwrap.dedent("""
     import json, sys
     from xrdct_dask import stages
     from xrdct_dask.config import load_workflow
-    from xrdct_dask.prepare import check_inputs, open_run
+    from xrdct_dask.run.open import check_inputs, open_run
 
     wf = load_workflow(sys.argv[1], json.loads(sys.argv[2]))
     check_inputs(wf); stages.plan_for(wf)  # imports and the integration plan: the same at any scan size
@@ -190,7 +190,7 @@ def test_client_memory_does_not_grow_with_the_scan_table_and_monitor(tiny, tmp_p
     the integration plan, which are the same at any scan size), above what it held before, stays
     under 200 MB and does not grow with the rows; the store holds every frame where the table put it."""
     from xrdct_dask.io.scan import grid_index
-    from xrdct_dask.testing.synthetic import write_scan_table
+    from xrdct_dask.simulate import write_scan_table
 
     grown, procs = {}, {}
     for nz in (10, 100):  # each measured in its own process (its own peak), the two side by side

@@ -16,9 +16,9 @@ import pytest
 from distributed import Client, get_task_stream
 
 from xrdct_dask import store
+from xrdct_dask.cluster.sidework import map_pieces, slabs
 from xrdct_dask.config import load_workflow
-from xrdct_dask.prepare import open_run
-from xrdct_dask.sidework import map_pieces, slabs
+from xrdct_dask.run.open import open_run
 
 
 def test_slabs_cover_the_range_once():
@@ -79,7 +79,7 @@ def _ran_on_workers(ts, prefix: str, cluster) -> set[str]:
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("side") / "scan", nz=3, nomega=6, nx=5, seed=3)
 
@@ -89,9 +89,9 @@ def test_template_slabs_on_workers_equal_the_client_side_ones(scan, cluster, tmp
     """The monitor and frame index of every scan point, written slab by slab on two worker
     processes, equal the ones written here (scan file placing frames, or the snake arithmetic
     computed by each task for its own slices); the store is renamed into place whole."""
-    import xrdct_dask.prepare as prepare
+    import xrdct_dask.run.scanlayout as scanlayout
 
-    monkeypatch.setattr(prepare, "SLAB_POINTS", 40)  # 30 points a slice: a slab per slice, 3 tasks
+    monkeypatch.setattr(scanlayout, "SLAB_POINTS", 40)  # 30 points a slice: a slab per slice, 3 tasks
     over = {} if placed == "scan file" else {"inputs.scan_file": None}
     here = open_run(load_workflow(scan.workflow, {**over, "store.path": str(tmp_path / "here.zarr")}))
     with Client(cluster) as client, get_task_stream(client) as ts:

@@ -5,7 +5,7 @@ import pytest
 from scipy.signal import find_peaks
 
 from xrdct_dask.io.scan import acquisition_order, grid_index, read_scan_file
-from xrdct_dask.testing.synthetic import make_phantom, phase_library
+from xrdct_dask.simulate import make_phantom, phase_library
 
 
 @pytest.mark.parametrize("fast_axis", ["x", "omega"])

@@ -363,7 +363,7 @@ def test_cbf_template_errors(real_cbf, tmp_path):
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def scan_both_ways(tmp_path_factory):
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     kw = dict(nz=1, nomega=4, nx=6, seed=11, threads=2)
     return (simulate_scan(tmp_path_factory.mktemp("cbf"), **kw),

@@ -9,21 +9,24 @@ import numpy as np
 import pytest
 
 from xrdct_dask.backend import gpu_available
+from xrdct_dask.pipeline.integrator import clear_integrators, integrator_for
 
 
 def _reduce_and_reconstruct(scan, tmp_path, overrides: dict):
     """The workflow's stages in this process (no cluster): store, integrate, centre, reconstruct."""
-    from xrdct_dask import stages, store
+    from xrdct_dask import store
     from xrdct_dask.config import load_workflow
-    from xrdct_dask.prepare import open_run
+    from xrdct_dask.pipeline.tasks_integrate import integrate_block
+    from xrdct_dask.pipeline.tasks_recon import find_center, reconstruct_block
+    from xrdct_dask.run.open import open_run
 
     wf = load_workflow(scan.workflow, {"store.path": str(tmp_path / "run.zarr"), "pdf.enabled": False} | overrides)
     ctx = open_run(wf)
     for block in store.frame_blocks(wf.scan.nz, wf.scan.nomega, ctx.layout.omega_chunk):
-        stages.integrate_block(block, ctx)
-    geo = stages.find_center(0, ctx)
+        integrate_block(block, ctx)
+    geo = find_center(0, ctx)
     nq = store.open_array(ctx.store_path, "q", "r").shape[0]
-    results = [stages.reconstruct_block(0, qs, geo, ctx) for qs in store.q_blocks(nq, ctx.layout.q_chunk)]
+    results = [reconstruct_block(0, qs, geo, ctx) for qs in store.q_blocks(nq, ctx.layout.q_chunk)]
     return store.open_array(ctx.store_path, "recon/intensity", "r")[0], geo, results
 
 
@@ -31,7 +34,7 @@ def _reduce_and_reconstruct(scan, tmp_path, overrides: dict):
 def order_scans(tmp_path_factory):
     """The same phantom acquired in raster, snake and interlaced order (1 slice, 24 angles x 16 steps,
     no zingers or spots, 1e6 counts at the brightest pixel, a fresh Poisson draw per frame)."""
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     return {order: simulate_scan(tmp_path_factory.mktemp(order), nz=1, nomega=24, nx=16, order=order, seed=3,
                                  zinger_rate=0.0, spot_rate=0.0, peak_counts=1e6, npt_rad=200)
@@ -81,13 +84,12 @@ def test_worker_warm_up_readies_every_pipeline_and_changes_no_result(sim_scan):
     """The worker plugin's warm-up reads the first frame into every pinned arena of ``tasks``
     rings and integrates it through as many pipelines; the patterns a task computes afterwards are
     those a cold engine computes, bit for bit."""
-    from xrdct_dask import stages
     from xrdct_dask.config import load_workflow
     from xrdct_dask.io import read_cbf_payload
 
     wf = load_workflow(sim_scan.workflow, {"integrate.engine": "cupy"})
-    stages.clear_integrators()
-    integ = stages.integrator_for(wf)
+    clear_integrators()
+    integ = integrator_for(wf)
     payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(40)]
     batches = [(payloads[a:a + 16], np.linspace(0.9, 1.1, len(payloads[a:a + 16]))) for a in range(0, 40, 16)]
     cold = np.concatenate([r[0] for r in integ.integrate_batches(batches)])
@@ -99,7 +101,7 @@ def test_worker_warm_up_readies_every_pipeline_and_changes_no_result(sim_scan):
     assert all(a is not None and a.size >= integ.batch_frames * eng.slot_bytes for ring in eng._free_rings for a in ring)
     warm = np.concatenate([r[0] for r in integ.integrate_batches(batches)])
     np.testing.assert_array_equal(warm, cold)
-    stages.clear_integrators()
+    clear_integrators()
 
 
 @pytest.mark.gpu
@@ -112,15 +114,14 @@ def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(s
     import tempfile
     from pathlib import Path
 
-    from xrdct_dask import stages
     from xrdct_dask.config import load_workflow
     from xrdct_dask.io import gpu_decode, read_cbf_payload
 
     wf = load_workflow(sim_scan.workflow, {"integrate.engine": "cupy"})
     live = load_workflow(sim_scan.workflow, {"integrate.engine": "cupy",
                                              "inputs.frames": str(tmp_path / "none" / "frame_{index:06d}.cbf")})
-    stages.clear_integrators()
-    integ = stages.integrator_for(wf)
+    clear_integrators()
+    integ = integrator_for(wf)
     payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(20)]
     cold = np.concatenate([r[0] for r in integ.integrate_batches([(payloads, None)])])
     reads = []
@@ -138,4 +139,4 @@ def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(s
     assert len(reads) == eng.RING and all(Path(p).name == "blank.cbf" for r in reads for p in r)
     warm = np.concatenate([r[0] for r in integ.integrate_batches([(payloads, None)])])
     np.testing.assert_array_equal(warm, cold)
-    stages.clear_integrators()
+    clear_integrators()

@@ -1,4 +1,4 @@
-"""The summary picture read as a scientist reads it (xrdct_dask.summary).
+"""The summary picture read as a scientist reads it (xrdct_dask.view.summary).
 
 The store is made by ``store.create_store`` (the layout every run has) and filled with the
 simulator's ground truth, without running the workflow: the phantom's phase maps times their
@@ -19,10 +19,10 @@ import pytest
 import zarr
 
 from xrdct_dask import store
-from xrdct_dask.budget import Layout
 from xrdct_dask.pdf import build_operator, compute_pdf
-from xrdct_dask.summary import distinct_curves, pretty_unit, strongest_peaks, summary_figure, write_summary
-from xrdct_dask.testing.synthetic import WAVELENGTH_A, make_phantom, omega_angles_deg, phase_library, project
+from xrdct_dask.simulate import WAVELENGTH_A, make_phantom, omega_angles_deg, phase_library, project
+from xrdct_dask.store.budget import Layout
+from xrdct_dask.view.summary import distinct_curves, pretty_unit, strongest_peaks, summary_figure, write_summary
 
 NW, NX = 24, 20
 FLAGGED = [(3, 4), (10, 12), (17, 0)]  # (omega step, x step) of the flagged frames
@@ -205,7 +205,7 @@ def test_without_the_pdf_stage_the_picture_stops_after_the_maps(run_store, tmp_p
 def test_large_maps_are_drawn_as_block_means_and_flags_never_vanish():
     """A 2,500 x 1,200 slice is drawn at most 1,000 pixels a side: block means (NaN ignored), and a
     single flagged frame (0 in a map of 1) still shows as a flagged block."""
-    from xrdct_dask.summary import MAX_DISPLAY, shrink
+    from xrdct_dask.view.summary import MAX_DISPLAY, shrink
 
     img = np.arange(2500 * 1200, dtype=np.float64).reshape(2500, 1200)
     img[0, 0] = np.nan

@@ -17,7 +17,6 @@ import yaml
 from xrdct_dask import run
 from xrdct_dask.backend import gpu_available
 from xrdct_dask.config import WorkflowError, load_workflow
-
 from xrdct_dask.testing.references import NI_SHELLS, g_peaks, rel_max
 
 
@@ -108,8 +107,8 @@ def test_phase_maps_correlate_with_ground_truth(result):
     """Pearson r >= 0.9 inside the sample for every phase, every slice."""
     import zarr
 
-    from xrdct_dask.stages import integrator_for
-    from xrdct_dask.testing.synthetic import phase_patterns_as_measured
+    from xrdct_dask.pipeline.integrator import integrator_for
+    from xrdct_dask.simulate import phase_patterns_as_measured
 
     path, scan = result
     truth = scan.load_truth()
@@ -160,7 +159,7 @@ def test_bad_inputs_fail_before_compute_with_one_line(sim_scan, tmp_path):
     assert "integrate.nbins: unknown key" in attempt({"integrate": {"nbins": 10}})
     assert "does not exist" in attempt({"inputs": {"frames": str(tmp_path / "nowhere" / "f_{index:06d}.cbf")}})
     # a PONI for the full-size Pilatus against frames of the binned detector
-    from xrdct_dask.testing.synthetic import make_integrator
+    from xrdct_dask.simulate import make_integrator
 
     make_integrator("pilatus2m").write(str(tmp_path / "big.poni"))
     msg = attempt({"inputs": {"poni": str(tmp_path / "big.poni")}})
@@ -203,8 +202,10 @@ def test_workflow_pdf_then_recon_matches_recon_then_pdf(pdf_then_recon_run):
     import zarr
     from scipy.ndimage import binary_erosion
 
-    from xrdct_dask import stages, store
-    from xrdct_dask.prepare import context_from_store
+    from xrdct_dask import store
+    from xrdct_dask.pipeline.tasks_pdf import pdf_rows, pdf_scale, reconstruct_pdf_aux, reconstruct_pdf_block
+    from xrdct_dask.pipeline.tasks_recon import find_center
+    from xrdct_dask.run.open import context_from_store
 
     path, wf, scan = pdf_then_recon_run
     pdf = xr.open_zarr(path, group="pdf")
@@ -229,15 +230,15 @@ def test_workflow_pdf_then_recon_matches_recon_then_pdf(pdf_then_recon_run):
     def recon_then_pdf(z, ctx):  # the other order's tasks, on this store's volume: one block of all rows
         ctx = dataclasses.replace(ctx, layout=dataclasses.replace(ctx.layout, y_chunk=root["pdf/G"].shape[1]))
         ys = slice(0, root["pdf/G"].shape[1])  # (so that the done-marker is pdf (z, 0), which this store has)
-        stages.pdf_rows(z, ys, ctx, stages.pdf_scale(z, ys, ctx))
+        pdf_rows(z, ys, ctx, pdf_scale(z, ys, ctx))
 
     # the fixed scale: re-run the reconstruction steps of this order, then the other order's stage
     ctx = context("fixed")
     for z in range(2):
-        center = stages.find_center(z, ctx)
-        stages.reconstruct_pdf_aux(z, center, ctx)
+        center = find_center(z, ctx)
+        reconstruct_pdf_aux(z, center, ctx)
         for rs in store.q_blocks(root["r"].shape[0], ctx.layout.r_chunk):
-            stages.reconstruct_pdf_block(z, rs, center, ctx)
+            reconstruct_pdf_block(z, rs, center, ctx)
     fixed_ptr = _figures(root)
     for z in range(2):
         recon_then_pdf(z, ctx)
@@ -307,20 +308,20 @@ def test_workflow_on_gpu_equals_cpu_run(sim_scan, tmp_path):
 def test_the_library_writes_nothing_to_stdout_and_its_messages_go_to_the_console_logger(tmp_path, capsys, caplog):
     """Issue 19: the library returns data and the command line prints.  A library run with progress on
     prints nothing itself (the progress bars are dask's, on stderr-like widgets); the summary it used
-    to print reaches the ``xrdct_dask.console`` logger."""
+    to print reaches the ``xrdct_dask.view.console`` logger."""
     import logging
 
     from distributed import LocalCluster
 
     from xrdct_dask import load_workflow, run
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     scan = simulate_scan(tmp_path / "scan", nz=1, nomega=8, nx=8, seed=5)
     wf = load_workflow(scan.workflow, {"store.path": str(tmp_path / "quiet.zarr"), "pdf.enabled": False})
-    with caplog.at_level(logging.INFO, logger="xrdct_dask.console"), \
+    with caplog.at_level(logging.INFO, logger="xrdct_dask.view.console"), \
             LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0", host="127.0.0.1") as lc:
         run(wf, cluster=lc, progress=True, summary=False)
-    said = [r.getMessage() for r in caplog.records if r.name == "xrdct_dask.console"]
+    said = [r.getMessage() for r in caplog.records if r.name == "xrdct_dask.view.console"]
     assert any(m.startswith("dask dashboard: ") for m in said), said
     assert any("frames integrated in" in m for m in said), said
     out = capsys.readouterr().out

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides, parse_value
-from xrdct_dask.console import show_messages
+from xrdct_dask.view.console import show_messages
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="XRD-CT / PDF-CT reduction: simulate a scan, run a workflow, look at the result.")
@@ -79,7 +79,7 @@ def simulate(
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
 
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
 
     if omega_range not in (180, 360):
         _fail(f"--omega-range must be 180 or 360 (got {omega_range})")
@@ -118,7 +118,7 @@ def _acquire(scan, rate: float, in_place: bool) -> None:
     import shutil
     import uuid
 
-    from xrdct_dask.testing.synthetic import stream_frames
+    from xrdct_dask.simulate import stream_frames
 
     frames = scan.frame_path(0).parent
     staged = frames.parent / f".frames-staged-{uuid.uuid4().hex[:8]}"
@@ -153,17 +153,17 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a workflow: decode + integrate -> sinograms -> reconstruction -> G(r), into one zarr store."""
-    from xrdct_dask import workflow as wfmod
-    from xrdct_dask.cluster import ProfileError
+    from xrdct_dask.cluster.profiles import ProfileError
+    from xrdct_dask.run.execute import RunStopped, run
 
     _logging(verbose)
     if cluster is not None and scheduler_address is not None:
         _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
     try:
         wf = load_workflow(workflow, parse_overrides(set_))
-        path = wfmod.run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
+        path = run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
                          cluster_options=_cluster_options(cluster_set))
-    except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
+    except (WorkflowError, FileExistsError, ProfileError, RunStopped) as err:
         _fail(str(err))
     except KeyboardInterrupt:
         _interrupted()
@@ -187,9 +187,10 @@ def watch(
 ) -> None:
     """Follow an acquisition: integrate frames as the detector writes them, reconstruct each slice
     once its sinogram is complete, into the same store as `xrdct run` (RUN-live.png shows it)."""
-    from xrdct_dask import live
-    from xrdct_dask import workflow as wfmod
-    from xrdct_dask.cluster import ProfileError
+    from xrdct_dask.cluster.profiles import ProfileError
+    from xrdct_dask.run import live
+    from xrdct_dask.run.execute import RunStopped
+    from xrdct_dask.view.live import live_paths
 
     _logging(verbose)
     if cluster is not None and scheduler_address is not None:
@@ -200,13 +201,13 @@ def watch(
         wf = load_workflow(workflow, parse_overrides(set_))
         res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
                          jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)
-    except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
+    except (WorkflowError, FileExistsError, ProfileError, RunStopped) as err:
         _fail(str(err))
     except KeyboardInterrupt:
         _interrupted()
     if res.timed_out:
         typer.echo(f"idle timeout: {res.missing} frames never came (flagged missing; a rerun reads them if they come)")
-    typer.echo(f"store: {res.store}\nlive picture: {live.live_paths(res.store)[1]}")
+    typer.echo(f"store: {res.store}\nlive picture: {live_paths(res.store)[1]}")
 
 
 @app.command()
@@ -223,7 +224,7 @@ def serve(
 ) -> None:
     """A job service for the beamline control system: POST /jobs a workflow (path or YAML), GET
     /jobs/<id> its status and output store; jobs run one at a time, each input kept for replay."""
-    from xrdct_dask.service import JobService, make_server
+    from xrdct_dask.run.service import JobService, make_server
 
     _logging(verbose)
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -271,14 +272,14 @@ def reprocess(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Rerun old runs from their stored workflow with changes, recomputing only the stages downstream of them."""
-    from xrdct_dask import reprocess as rp
-    from xrdct_dask import workflow as wfmod
+    from xrdct_dask.run import reprocess as rp
+    from xrdct_dask.run.execute import RunStopped
 
     _logging(verbose)
     try:
         paths = rp.reprocess(_expand_runs(runs), parse_overrides(set_), from_, out,
                              scheduler_address=scheduler_address)
-    except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
+    except (WorkflowError, FileExistsError, RunStopped) as err:
         _fail(str(err))
     except KeyboardInterrupt:
         _interrupted()
@@ -305,7 +306,7 @@ def plan(
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
     import json
 
-    from xrdct_dask.plan import build_waves, format_plan, plan_workflow
+    from xrdct_dask.run.plan import build_waves, format_plan, plan_workflow
 
     try:
         wf = load_workflow(workflow, parse_overrides(set_))
@@ -360,7 +361,14 @@ def export(
 ) -> None:
     """Export a run: OUT.h5 as NeXus (NXentry / NXdata with axes and units, for silx, PyMca, DAWN,
     h5py), and/or --pdf-files OUTDIR in PDFgetX3's layout for voxels, a mask's or a region's mean."""
-    from xrdct_dask.export import DEFAULT_GROUPS, ExportError, export_nexus, export_pdf_files, parse_region, parse_voxels
+    from xrdct_dask.export import (
+        DEFAULT_GROUPS,
+        ExportError,
+        export_nexus,
+        export_pdf_files,
+        parse_region,
+        parse_voxels,
+    )
     from xrdct_dask.pdf import PDFParameterError
 
     if out is None and pdf_files is None:
@@ -395,16 +403,15 @@ def demo(
     nx: Annotated[int, typer.Option()] = 32,
 ) -> None:
     """Simulate a small scan and run the whole workflow on it (a few minutes on a laptop)."""
-    from xrdct_dask import workflow as wfmod
-    from xrdct_dask.summary import summary_path
-    from xrdct_dask.testing.synthetic import simulate_scan
+    from xrdct_dask.simulate import simulate_scan
+    from xrdct_dask.view.summary import summary_path
 
     _logging(False)
     t0 = time.perf_counter()
     typer.echo(f"simulating {nz} x {nomega} x {nx} = {nz * nomega * nx} frames into {out_dir} ...")
     scan = simulate_scan(out_dir, nz, nomega, nx)
     typer.echo(f"  done in {time.perf_counter() - t0:.0f} s; running {scan.workflow}")
-    path = wfmod.run(load_workflow(scan.workflow, {"store.overwrite": True}))
+    path = run(load_workflow(scan.workflow, {"store.overwrite": True}))
     typer.echo(f"\nstore:   {path}\npicture: {summary_path(path)}\n"
                f"open it: python -c \"import xarray as xr; print(xr.open_zarr('{path}', group='recon'))\"\n"
                f"total {time.perf_counter() - t0:.0f} s")
@@ -434,7 +441,7 @@ def cluster_script(
     cluster_set: Annotated[Optional[list[str]], typer.Option("--cluster-set", help="override a key: queue=gpu")] = None,
 ) -> None:
     """Print the job script a worker job is submitted with (dask-jobqueue's dry run; starts nothing)."""
-    from xrdct_dask.cluster import ProfileError, job_script
+    from xrdct_dask.cluster.profiles import ProfileError, job_script
 
     try:
         typer.echo(job_script(profile, **_cluster_options(cluster_set)).rstrip())
@@ -445,7 +452,7 @@ def cluster_script(
 @cluster_app.command("list")
 def cluster_list() -> None:
     """The profiles found (./cluster, $XRDCT_CLUSTER_PROFILES, those shipped with the package; first wins)."""
-    from xrdct_dask.cluster import ProfileError, list_profiles, load_profile
+    from xrdct_dask.cluster.profiles import ProfileError, list_profiles, load_profile
 
     for name, path in list_profiles().items():
         try:

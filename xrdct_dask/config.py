@@ -14,13 +14,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xrdct_dask.errors import WorkflowError
+from xrdct_dask.io.layout import ScanShape, check_for_scan, check_template, template_fields
+from xrdct_dask.io.scan import INTERLACE_PASSES
+from xrdct_dask.io.source import open_source
+from xrdct_dask.io.spec import is_hdf5, split_spec
+from xrdct_dask.pdf.pdfgetx3 import WORKFLOW_KEYS, config_dataformat, read_config
 
 RADIAL_UNITS = ("q_nm^-1", "q_A^-1", "2th_deg")
 
 
-class WorkflowError(ValueError):
-    """A workflow that cannot run, explained in one line naming the offending key or file."""
 
 
 class _Section(BaseModel):
@@ -65,7 +71,6 @@ class Inputs(_Section):
     @field_validator("frames")
     @classmethod
     def _has_index_field(cls, v: str) -> str:
-        from xrdct_dask.io.spec import is_hdf5, split_spec
 
         check_frames_template(split_spec(v)[0] if is_hdf5(v) else v, hdf5=is_hdf5(v))
         return v
@@ -75,7 +80,6 @@ def check_frames_template(v: str, hdf5: bool = False) -> None:
     """Raise ValueError (one line) unless ``v`` is a frames template of known fields
     (``{z}``, ``{line}``, ``{omega}``, ``{index}``) with integer formats, with ``{index}`` for CBF
     and without it for HDF5 (:func:`xrdct_dask.io.layout.check_template`)."""
-    from xrdct_dask.io.layout import check_template
 
     check_template(v, hdf5)
 
@@ -152,7 +156,7 @@ class Store(_Section):
 
 
 class Sinogram(_Section):
-    """Sinogram preparation (xrdct_dask.sinogram.prepare_sinogram): every correction switchable."""
+    """Sinogram preparation (xrdct_dask.sinogram.corrections.prepare_sinogram): every correction switchable."""
 
     center: float | Literal["auto"] = Field("auto", description="rotation axis in pixels from the first x, or auto")
     fill_bad: bool = Field(True, description="fill frames flagged bad from their neighbours (else: zeros)")
@@ -224,7 +228,6 @@ class PDF(_Section):
     def _from_pdfgetx3_config(cls, data):
         # the file is read only for keys the section does not give (a stored workflow gives all)
         if isinstance(data, dict) and data.get("config"):
-            from xrdct_dask.pdf.pdfgetx3 import WORKFLOW_KEYS, read_config
 
             if any(k not in data for k in WORKFLOW_KEYS if k != "background_file"):
                 data = {**read_config(data["config"], data.get("config_section")), **data}
@@ -273,7 +276,6 @@ class Compute(_Section):
 def _check_bytes(v):
     if v is None or v == "auto":
         return v
-    from dask.utils import parse_bytes
 
     try:
         if parse_bytes(str(v).replace(" ", "")) <= 0:
@@ -304,7 +306,6 @@ class Workflow(_Section):
         # a background file named by a PDFgetX3 configuration is in that file's dataformat
         p = self.pdf
         if p.config is not None and Path(p.config).is_file() and p.background == "file" and p.background_file:
-            from xrdct_dask.pdf.pdfgetx3 import config_dataformat, read_config
 
             from_cfg = read_config(p.config, p.config_section).get("background_file")
             unit = config_dataformat(p.config, p.config_section)
@@ -317,7 +318,6 @@ class Workflow(_Section):
     @model_validator(mode="after")
     def _interlace_layout(self):
         # workflow.prepare_store lays the grid out with io.scan's default number of passes
-        from xrdct_dask.io.scan import INTERLACE_PASSES
 
         s = self.scan
         if s.order == "interlaced" and s.interlace_passes != INTERLACE_PASSES and self.inputs.scan_file is None:
@@ -328,8 +328,6 @@ class Workflow(_Section):
     @model_validator(mode="after")
     def _frames_layout(self):
         # {line} / {omega} / {z} are computed from the scan's shape: check they can name its frames
-        from xrdct_dask.io.layout import ScanShape, check_for_scan
-        from xrdct_dask.io.spec import is_hdf5, split_spec
 
         v = self.inputs.frames
         try:
@@ -341,7 +339,6 @@ class Workflow(_Section):
     @property
     def scan_shape(self):
         """The :class:`~xrdct_dask.io.layout.ScanShape` the frames template's fields count in."""
-        from xrdct_dask.io.layout import ScanShape
 
         return ScanShape.of(self.scan)
 
@@ -362,7 +359,6 @@ class Workflow(_Section):
     @property
     def frames_hdf5(self) -> bool:
         """``inputs.frames`` is an HDF5 / NeXus source, not a file per frame."""
-        from xrdct_dask.io.spec import is_hdf5
 
         return is_hdf5(self.inputs.frames)
 
@@ -382,14 +378,11 @@ class Workflow(_Section):
     @property
     def frames_templated(self) -> bool:
         """``inputs.frames`` names a file per frame, slice or line (a template), not one HDF5 source."""
-        from xrdct_dask.io.layout import template_fields
-        from xrdct_dask.io.spec import split_spec
 
         return bool(template_fields(split_spec(self.inputs.frames)[0]))
 
     def frame_source(self):
         """The :class:`~xrdct_dask.io.source.FrameSource` of ``inputs.frames`` (opened once per process)."""
-        from xrdct_dask.io.source import open_source
 
         return open_source(self.inputs.frames, scan=self.scan_shape)
 

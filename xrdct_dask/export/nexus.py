@@ -26,10 +26,16 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import uuid
 from pathlib import Path
 
+import h5py
 import numpy as np
+import zarr
+from distributed import as_completed
 
+from xrdct_dask import __version__ as version
+from xrdct_dask.cluster.sidework import resolve_client
 from xrdct_dask.export import ExportError
 
 CREATOR = "xrdct_dask export"
@@ -113,9 +119,7 @@ def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, so
 
 def _write_encoded(client, d, pieces, name: str) -> None:
     """Encode ``pieces`` on the workers (a bounded number in flight) and write their chunks into ``d``."""
-    import uuid
 
-    from distributed import as_completed
 
     token = uuid.uuid4().hex[:8]
     window = max(1, EXPORT_IN_FLIGHT * max(1, len(client.scheduler_info(n_workers=-1)["workers"])))
@@ -138,10 +142,7 @@ def _encode_piece(piece) -> list[tuple[tuple[int, ...], int, bytes]]:
     """HDF5 chunks of some zarr chunks, encoded as HDF5 itself encodes them: the data are written to
     an in-memory HDF5 dataset of the same shape, chunks, fill and filters and read back raw
     (``read_direct_chunk``).  Returns ``(chunk offset, filter mask, bytes)`` for each HDF5 chunk."""
-    import uuid
 
-    import h5py
-    import zarr
 
     (store_path, array_path, shape, chunks, dtype, fill, kind), regions = piece
     src = zarr.open_array(str(Path(store_path) / array_path), mode="r")
@@ -187,8 +188,6 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
     Returns the path written.  Raises :class:`ExportError` (one line) for a missing store or group,
     an existing output file, or a bad compression name.
     """
-    import h5py
-    import zarr
 
     run_zarr, out_h5 = Path(run_zarr), Path(out_h5)
     try:
@@ -216,10 +215,8 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
         if not ours:
             raise ExportError(f"{out_h5} exists and is not an export of this program: not overwritten")
     tmp = out_h5.with_name(f".{out_h5.name}.partial")
-    from xrdct_dask import __version__ as version
 
     try:
-        from xrdct_dask.sidework import resolve_client
 
         _write(tmp, root, run_zarr, out_h5, groups, comp, version, resolve_client(client), compression)
     except BaseException:
@@ -231,7 +228,6 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
 
 def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, version: str, client=None,
            kind: str = "none") -> None:
-    import h5py
 
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"NX_class": "NXroot", "creator": CREATOR, "file_name": out_h5.name,

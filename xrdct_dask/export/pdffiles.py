@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from xrdct_dask import store
+from xrdct_dask import __version__, store
 from xrdct_dask.config import WorkflowError, workflow_from_dict
 from xrdct_dask.export import ExportError
+from xrdct_dask.pdf import compute_pdf, operator_for, radial_to_q_A, structure_functions
+from xrdct_dask.pdf.background import edge_background_voxels, load_background
+from xrdct_dask.pdf.pdfgetx3 import format_header, write_curve
 
 PDF_TYPES = ("iq", "sq", "fq", "gr")
 
@@ -138,11 +141,6 @@ def export_pdf_files(run: str | Path, outdir: str | Path, *, voxels=None, mask=N
     r grid.  Q in 1/A.
     ``outdir`` is created if missing; existing files are never replaced.
     """
-    from xrdct_dask import __version__
-    from xrdct_dask.pdf import compute_pdf, operator_for, structure_functions
-    from xrdct_dask.pdf.background import edge_background_voxels, load_background
-    from xrdct_dask.pdf.pdfgetx3 import format_header, write_curve
-    from xrdct_dask.pdf import radial_to_q_A
 
     run = Path(run)
     bad = [t for t in types if t not in PDF_TYPES]

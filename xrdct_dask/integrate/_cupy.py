@@ -10,15 +10,34 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
+from fabio.cbfimage import CbfImage
 
 from xrdct_dask.backend import cp
+from xrdct_dask.integrate import Sums, finish
+from xrdct_dask.integrate.files import prefetch
+from xrdct_dask.io.cbf import CbfPayload, CorruptFrameError
+from xrdct_dask.io.gpu_decode import (
+    GpuDecoder,
+    aligned_layout,
+    chunk_layout,
+    pack_aligned,
+    pinned_empty,
+    read_into_pinned,
+)
+from xrdct_dask.io.gpu_hdf5 import FILTER_NAMES_GPU, ChunkDecoder, decode_into_counts, plan_chunks
+from xrdct_dask.io.hdf5 import FILES, RawChunks, decode_chunks
+from xrdct_dask.io.source import Hdf5Frames, as_counts, read_batch
+from xrdct_dask.io.status import FrameStatus, frame_message, status_of
 
 log = logging.getLogger(__name__)
 BATCH_FRAMES = 128  # frames per launch (Integrator.batch_frames on a GPU)
@@ -86,7 +105,6 @@ class _Slot:
     """One pipeline slot: pinned host in/out buffers, device buffers, a stream and its event."""
 
     def __init__(self, npix: int, nbins: int):
-        from xrdct_dask.io.gpu_decode import GpuDecoder
 
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.decoder = GpuDecoder()  # its scratch is this slot's: the two streams never share it
@@ -99,7 +117,6 @@ class _Slot:
         self.npix, self.nbins = npix, nbins
 
     def reserve(self, nbytes: int, nframes: int):
-        from xrdct_dask.io.gpu_decode import pinned_empty
 
         if nbytes and (self.host_in is None or self.host_in.size < nbytes):
             cap = int(nbytes * 1.25)
@@ -173,10 +190,6 @@ class CupyEngine:
         (threads, two batches ahead), payload ranges located in place, and the batches run through
         a pipeline without any host copy.  Fills ``status`` for unreadable frames, appends the good
         rows of each batch to ``pending``; yields the pipeline's results."""
-        from xrdct_dask.io.cbf import CbfPayload
-        from xrdct_dask.io.gpu_decode import read_into_pinned
-        from xrdct_dask.io.status import FrameStatus, status_of
-        from xrdct_dask.integrate.files import prefetch
 
         batch_pool, file_pool = self._read_pools(read_threads)
         shape = np.asarray(self.plan.shape)
@@ -228,7 +241,6 @@ class CupyEngine:
         process).  Then each pipeline integrates a batch of the first frame read (as a task reads)
         into every arena of its ring: buffers allocated and used once before the first task
         (before the acquisition, with no frame yet, a blank frame of the detector's shape)."""
-        import os
 
         n = BATCH_FRAMES
         paths = [source.path(int(i)) for i in np.unique(np.linspace(0, max(nframes - 1, 0), sample).astype(np.int64))]
@@ -247,21 +259,16 @@ class CupyEngine:
         every arena and pipeline (reads, payload location or chunk kernels, integration), so
         the first block finds nothing to compile or allocate.  ``hdf5``: the frame is stored
         unfiltered in an HDF5 file (read raw, the chunk kernels), else written as a CBF by fabio."""
-        import tempfile
 
         n = BATCH_FRAMES
         with tempfile.TemporaryDirectory(prefix="xrdct-warm-") as tmp:
             if not hdf5:
-                from fabio.cbfimage import CbfImage
 
                 blank = Path(tmp) / "blank.cbf"
                 CbfImage(data=np.zeros(self.plan.shape, np.int32), header={}).write(str(blank))
                 self._warm_from(blank, n, tasks)
                 return
-            import h5py
 
-            from xrdct_dask.io.hdf5 import FILES
-            from xrdct_dask.io.source import Hdf5Frames
 
             blank = Path(tmp) / "blank.h5"
             with h5py.File(blank, "w") as f:  # 2 frames, chunks of one frame, no filter
@@ -274,9 +281,6 @@ class CupyEngine:
 
     def _warm_from(self, first, n: int, tasks: int) -> None:
         """:meth:`warm` with every arena filled from CBF file ``first`` read ``n`` times."""
-        from xrdct_dask.io.cbf import CorruptFrameError
-        from xrdct_dask.io.gpu_decode import read_into_pinned
-        from xrdct_dask.io.status import frame_message
 
         def fill(get_arena):
             arena, _total, begin, end, _shapes, _md5s, errors, _slot = read_into_pinned(
@@ -298,7 +302,6 @@ class CupyEngine:
         batch of that chunk from every arena of its ring.  Before the acquisition (no frame yet)
         the batches are a blank frame of the detector stored unfiltered in a temporary file, which
         takes the same path (raw read, upload, chunk kernels, integration)."""
-        from xrdct_dask.io.status import FrameStatus
 
         n = BATCH_FRAMES
         try:
@@ -327,7 +330,6 @@ class CupyEngine:
     @staticmethod
     def _h5_plan(source, c):
         """The kernels' :class:`~xrdct_dask.io.gpu_hdf5.ChunkPlan` of raw chunks ``c`` of ``source``."""
-        from xrdct_dask.io.gpu_hdf5 import plan_chunks
 
         dt = np.dtype(source.dtype)
         return plan_chunks(c.buffer, c.offsets[:-1], c.offsets[1:], c.filter_id.astype(np.int64),
@@ -358,7 +360,6 @@ class CupyEngine:
     @staticmethod
     def arena(ring: list, k: int, nbytes: int) -> np.ndarray:
         """Arena ``k % len(ring)`` of a checked-out ring, grown to at least ``nbytes``."""
-        from xrdct_dask.io.gpu_decode import pinned_empty
 
         i = k % len(ring)
         a = ring[i]
@@ -367,7 +368,6 @@ class CupyEngine:
         return a
 
     def __init__(self, plan, options):
-        from xrdct_dask.io.gpu_decode import GpuDecoder
 
         self.plan = plan
         self.error_model = options.error_model
@@ -439,7 +439,6 @@ class CupyEngine:
 
     def _sums_device(self, d_frames, monitor, stream=None):
         """Sums (cupy, (n, nbins) each) of device frames (n, npix) int32 or float32."""
-        from xrdct_dask.integrate import Sums
 
         n = int(d_frames.shape[0])
         nb = self.plan.nbins
@@ -492,7 +491,6 @@ class CupyEngine:
 
         ``packed = (pinned uint8 host buffer, begin, end)`` skips the host copy: the bytes were
         read straight into page-locked memory (:func:`~xrdct_dask.io.gpu_decode.read_into_pinned`)."""
-        from xrdct_dask.io.gpu_decode import aligned_layout, chunk_layout, pack_aligned
 
         slot.wait()  # the slot's previous batch has left its buffers
         if packed is None:
@@ -530,7 +528,6 @@ class CupyEngine:
         the device straight into the slot's int32 frames (:mod:`~xrdct_dask.io.gpu_hdf5`), then
         integrate as :meth:`_launch` does.  A batch the host decoded (``batch.frames``) is uploaded
         as counts."""
-        from xrdct_dask.io.gpu_hdf5 import ChunkDecoder, decode_into_counts
 
         slot.wait()
         n = batch.nframes
@@ -571,10 +568,6 @@ class CupyEngine:
         unusual block sizes) and layouts the raw path does not read (chunks of several frames) are
         decoded on the host, said once in the log.  Fills ``status`` for missing frames, appends
         the rows of each engine batch to ``pending``; yields the pipeline's results."""
-        from xrdct_dask.io.gpu_hdf5 import FILTER_NAMES_GPU, plan_chunks
-        from xrdct_dask.io.source import as_counts, read_batch
-        from xrdct_dask.io.status import FrameStatus
-        from xrdct_dask.integrate.files import prefetch
 
         if tuple(source.frame_shape) != tuple(self.plan.shape):
             log.warning("%s: frames are %s, the detector %s", source.spec, source.frame_shape, self.plan.shape)
@@ -609,7 +602,6 @@ class CupyEngine:
             last_use[k % self.RING] = gpu
             host = None
             if not plan.gpu.all():  # rare: decoded here, on the reader thread
-                from xrdct_dask.io.hdf5 import RawChunks, decode_chunks
 
                 cpu = good[~plan.gpu]
                 names = sorted({FILTER_NAMES_GPU.get(int(chunks.filter_id[c]), str(chunks.filter_id[c])) for c in cpu})
@@ -645,7 +637,6 @@ class CupyEngine:
     def _integrate_launched(self, slot: _Slot, frames, status, d_mon, n: int):
         """Integrate decoded device frames (n, npix) int32 on the slot's stream, NaN where the
         device status (n,) is not 0, and start the downloads of intensity, sigma and status."""
-        from xrdct_dask.integrate import finish
 
         with slot.stream:
             s = self._sums_device(frames, d_mon, slot.stream)
@@ -692,7 +683,6 @@ class CupyEngine:
 
     def sums_payloads(self, datas, monitor):
         """Decode + integrate one batch; returns (Sums on device, status on device)."""
-        from xrdct_dask.io.gpu_decode import aligned_layout, chunk_layout, pack_aligned, pinned_empty
 
         n = len(datas)
         begin, end, total = aligned_layout([len(d) for d in datas])

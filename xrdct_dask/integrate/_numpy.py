@@ -21,6 +21,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from xrdct_dask.integrate import Sums
+from xrdct_dask.io.decode import decode_batch, pack_payloads
+
 TILE = 4096  # pixels per tile: TILE * batch * 4 bytes stays in L2
 
 # rows of the "bad" accumulator: contributions of pixels invalid in one frame only
@@ -313,7 +316,6 @@ class NumpyEngine:
 
     def _combine(self, acc_s, acc_v, bad, monitor):
         """Sums (n, nbins) from the tile accumulators and the plan's static sums."""
-        from xrdct_dask.integrate import Sums
 
         st = self.plan.static_sums[:, :, None]  # (4, nbins, 1)
         c = st[0] - bad[BAD_C]
@@ -339,7 +341,6 @@ class NumpyEngine:
         return self._combine(acc_s, acc_v, bad, monitor)
 
     def sums_payloads(self, datas, monitor):
-        from xrdct_dask.io.decode import decode_batch, pack_payloads
 
         buf, offsets = pack_payloads(datas)
         n = len(datas)
@@ -355,7 +356,6 @@ class NumpyEngine:
 
     def _sums_multipass(self, frames, monitor):
         """Azimuthal error model, sigma-clipping and median: whole frames, one at a time."""
-        from xrdct_dask.integrate import Sums
 
         p, o = self.plan, self.options
         n, nb = frames.shape[0], p.nbins

@@ -22,6 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+import pyFAI
 
 from xrdct_dask.integrate.csr import IntegrationPlan, build_plan
 
@@ -42,7 +43,6 @@ def cache_dir(configured: str | Path | None = None) -> Path:
 def plan_key(ai, shape, npt_rad: int, unit: str, *, mask=None, dark=None, flat=None,
              polarization_factor=None, solid_angle: bool = True, split: str = "full", radial_range=None) -> str:
     """sha256 (hex) of everything :func:`~xrdct_dask.integrate.csr.build_plan` depends on."""
-    import pyFAI
 
     h = hashlib.sha256()
     config = {k: v for k, v in ai.get_config().items() if k not in ("poni_version",)}

@@ -17,8 +17,12 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fabio
 import numpy as np
+import pyFAI
+import pyFAI.units
 import scipy.sparse as sp
+from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
 PIXEL_SPLITS = ("no", "bbox", "full")
 
@@ -82,7 +86,6 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
-    import fabio
 
     with fabio.open(str(path)) as img:
         return np.asarray(img.data)
@@ -90,11 +93,9 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def load_poni(poni):
     """An AzimuthalIntegrator from a PONI path (or an integrator, returned as is)."""
-    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
     if isinstance(poni, AzimuthalIntegrator):
         return poni
-    import pyFAI
 
     path = Path(poni)
     if not path.is_file():
@@ -174,7 +175,6 @@ def build_plan(ai, shape: tuple[int, int], npt_rad: int, unit: str = "q_nm^-1", 
         static[k] = np.bincount(rows, weights=w, minlength=npt_rad)
 
     # bin centres in the requested unit (pyFAI keeps them in SI internally; `unit.scale` converts)
-    import pyFAI.units
 
     radial = np.asarray(engine.bin_centers, dtype=np.float64) * pyFAI.units.to_unit(unit).scale
     h = hashlib.sha256()

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from xrdct_dask.io.source import HDF5_SOURCES, Hdf5Frames, read_batch, refreshed
 from xrdct_dask.io.status import FrameStatus, frame_message, status_of
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,6 @@ def integrate_source(integ, source, indices, monitor, *, read_threads: int = 8, 
     ``status`` int8 ``(n,)`` and the bytes read.  ``monitor`` ``(n,)`` normalises each frame
     (pyFAI's normalization_factor).  Frames stream through in batches of ``integ.batch_frames``.
     """
-    from xrdct_dask.io.source import HDF5_SOURCES, Hdf5Frames, refreshed
 
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     n, nq = idx.size, integ.plan.nbins
@@ -142,7 +142,6 @@ def _payload_batches(integ, source, idx, batches, norm, status, pending, stats, 
 def _hdf5_batches(integ, source, idx, batches, norm, status, pending, stats, read_threads):
     """HDF5 chunks read raw and decoded on the host a batch ahead (:func:`~xrdct_dask.io.source.read_batch`),
     the counts integrated by the engine (uploaded where it is a GPU)."""
-    from xrdct_dask.io.source import read_batch
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="xrdct-h5")
 
@@ -170,7 +169,6 @@ def warm(integ, source, tasks: int, nframes: int, sample: int = 64, hdf5: bool =
     GPU reading CBF files or HDF5 chunks, the pinned read arenas sized and every pipeline run once,
     :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_files`, :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_h5`;
     ``source`` None, not there yet: :meth:`~xrdct_dask.integrate._cupy.CupyEngine.warm_blank`)."""
-    from xrdct_dask.io.source import HDF5_SOURCES, Hdf5Frames
 
     integ.warm_up()
     if integ.engine != "cupy":

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from xrdct_dask.io.cbf import (CbfPayload, CorruptFrameError, SizeMismatchError, TruncatedFrameError, parse_cbf, read_cbf_payload,
-                  read_header)
+from xrdct_dask.io import source
+from xrdct_dask.io.cbf import (
+    CbfPayload,
+    CorruptFrameError,
+    SizeMismatchError,
+    TruncatedFrameError,
+    parse_cbf,
+    read_cbf_payload,
+    read_header,
+)
 from xrdct_dask.io.decode import decode_batch, decode_payload, pack_payloads
 
 __all__ = ["CbfPayload", "CorruptFrameError", "FrameSource", "SizeMismatchError", "TruncatedFrameError", "decode_batch",
@@ -20,7 +28,6 @@ _SOURCE = ("FrameSource", "open_source", "read_frames")
 
 def __getattr__(name: str):
     if name in _SOURCE:
-        from xrdct_dask.io import source
 
         return getattr(source, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

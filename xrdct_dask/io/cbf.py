@@ -18,27 +18,21 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import fabio
+
+from xrdct_dask.errors import CorruptFrameError, NotRegularFileError, SizeMismatchError, TruncatedFrameError
+
 BINARY_MARKER = b"\x0c\x1a\x04\xd5"
 _FIELD = re.compile(rb"^[ \t]*([A-Za-z][A-Za-z0-9-]*)[ \t]*[:=][ \t]*(.*?)[ \t;]*\r?$", re.MULTILINE)
 _SECTION = b"--CIF-BINARY-FORMAT-SECTION--"
 
 
-class CorruptFrameError(ValueError):
-    """A frame file that cannot be decoded; the message names the file and what is wrong."""
 
 
-class TruncatedFrameError(CorruptFrameError):
-    """The file ends inside its binary payload (cut during transfer or writing)."""
 
 
-class SizeMismatchError(CorruptFrameError):
-    """The file is whole but ``X-Binary-Size`` disagrees with where its binary section ends."""
 
 
-class NotRegularFileError(OSError, CorruptFrameError):
-    """A frame path names something other than a regular file (a FIFO, a device, a folder): it is
-    never read, since reading a pipe or a device can block forever.  An OSError (the file system
-    said so) and a CorruptFrameError (no frame there), as ``io.UnsupportedOperation`` is both."""
 
 
 OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -233,7 +227,6 @@ def read_cbf_payload(path: str | Path) -> CbfPayload:
 
 def read_header(path: str | Path) -> dict:
     """The header of a CBF file as fabio reads it (Pilatus ``# key value`` lines included)."""
-    import fabio
 
     with fabio.open(str(path)) as img:
         header = dict(img.header)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from xrdct_dask.backend import cp
+from xrdct_dask.io.cbf import OPEN_FLAGS, CorruptFrameError, check_regular, locate_payload
+from xrdct_dask.io.locate import locate_batch
 
 CHUNK = 64  # bytes per decoding thread (measured on an H100: 64 beats 128, 256, 512)
 _THREADS = 128  # threads per block; the write stage holds _THREADS * CHUNK pixels (32 KB)
@@ -159,8 +161,6 @@ def read_into_pinned(paths: Sequence, get_arena, pool=None, slot_bytes: int = 0,
     is ``arena[begin[k]:end[k]]``, ``shapes`` int64 ``(n, 2)``, ``md5s[k]`` None unless asked,
     ``errors[k]`` None or the exception met (missing file, corrupt header, truncated payload).
     """
-    from xrdct_dask.io.cbf import OPEN_FLAGS, CorruptFrameError, check_regular, locate_payload
-    from xrdct_dask.io.locate import locate_batch
 
     n = len(paths)
     if slot_bytes <= 0:
@@ -192,7 +192,7 @@ def read_into_pinned(paths: Sequence, get_arena, pool=None, slot_bytes: int = 0,
                 if full > slot:
                     bigger[k] = full
             sizes[k] = got
-        except OSError as err:
+        except OSError:
             try:
                 check_regular(fd, paths[k])
             except OSError as special:

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from xrdct_dask.backend import cp
+from xrdct_dask.io import hdf5
+from xrdct_dask.io.gpu_decode import pinned_empty
 
 KERNEL = Path(__file__).parent / "kernels" / "h5_decode.cu"
 FILTER_NONE, FILTER_LZ4, FILTER_BSLZ4 = 0, 32004, 32008
@@ -208,7 +210,6 @@ class ChunkDecoder:
             return [np.ascontiguousarray(a, np.int64) for a in (beg, end, filt, tab_off)]
         size = 4 * n + 1
         if self._staging is None or self._staging.size < size:
-            from xrdct_dask.io.gpu_decode import pinned_empty
 
             self._staging = pinned_empty(8 * int(size * 1.25) + 8).view(np.int64)
         h = self._staging[:size]
@@ -267,7 +268,6 @@ def decode_chunks_gpu(chunks, decoder: ChunkDecoder | None = None, device: str =
 
     The chunks the kernels take are uploaded once and decoded there; the rest (other filters,
     unusual block sizes) are decoded on the CPU."""
-    from xrdct_dask.io import hdf5
 
     decoder = decoder or ChunkDecoder(device)
     n = len(chunks)

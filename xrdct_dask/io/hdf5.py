@@ -44,10 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+
 try:  # registers the bitshuffle / LZ4 / ... filters with HDF5 for the h5py path; the raw path and the GPU
     import hdf5plugin  # noqa: F401  decode need it not (read_direct_chunk), so a GPU node may lack it
 except ImportError:
     hdf5plugin = None
+import ctypes
+from concurrent.futures import ThreadPoolExecutor
+
+import lz4.block
 import numba
 import numpy as np
 
@@ -666,7 +671,6 @@ def _check_bslz4(buf, offsets, filt, status, frame_bytes, itemsize, block_elems)
 def _lz4_h5(data: memoryview, nbytes: int) -> bytes:
     """HDF5 LZ4 filter (32004) framing: uint64 BE total, uint32 BE block size, then per block a
     uint32 BE compressed length + bytes (stored raw when that length equals the block's)."""
-    import lz4.block
 
     if len(data) < 12:
         raise EOFError("chunk shorter than its 12-byte header")
@@ -706,7 +710,6 @@ def _bshuf_c():
     """The ``bitshuffle`` package's compiled ``bshuf_decompress_lz4`` (its public C API, exported by
     its extension module), called through ctypes: no GIL held while it runs, output written in
     place.  None when the symbol is not there (then its Python API decodes, plus one copy)."""
-    import ctypes
 
     import bitshuffle.ext
 
@@ -791,7 +794,6 @@ def decode_chunks(chunks: RawChunks, out: np.ndarray | None = None, threads: int
         status[f] = _decode_one(buf[off[f]:off[f + 1]], int(chunks.filter_id[f]), out[f], int(block[f]), frame_bytes)
 
     if threads > 1 and todo.size > 1:
-        from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(min(threads, todo.size)) as pool:
             list(pool.map(one, todo))

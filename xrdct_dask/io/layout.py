@@ -40,6 +40,8 @@ from functools import cached_property
 
 import numpy as np
 
+from xrdct_dask.io.scan import interlaced_lines
+
 FIELDS = ("z", "line", "omega", "index")
 LINE_FIELDS = ("line", "omega")
 # ``{z}`` or ``{z:04d}``-like: an integer presentation of at most MAX_FIELD_WIDTH characters
@@ -159,7 +161,6 @@ class FrameTemplate:
         if "omega" not in self.fields:
             return None
         if self.scan.order == "interlaced":
-            from xrdct_dask.io.scan import interlaced_lines
 
             return interlaced_lines(self.scan.nomega, self.scan.passes)
         return np.arange(self.scan.nomega)

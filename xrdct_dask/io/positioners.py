@@ -22,7 +22,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
+
+from xrdct_dask.io.scan import read_scan_table
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,6 @@ def _entry(f, path: str | None) -> str:
 
 def _find(f, entry: str, name: str):
     """The dataset of ``name`` in ``entry`` (see the module doc), or None."""
-    import h5py
 
     cands = [name] if name.startswith("/") else [f"{entry}/measurement/{name}",
                                                   f"{entry}/instrument/positioners/{name}",
@@ -121,7 +123,6 @@ def read_hdf5_positions(path: str | Path, *, omega: str | None = "omega", x: str
     -------
     ScanPositions  (omega in degrees, x and z in millimetres, monitor as stored)
     """
-    import h5py
 
     file, _, entry_path = str(path).partition("::")
     with h5py.File(file, "r") as f:
@@ -160,7 +161,6 @@ def hdf5_column(path: str | Path, name: str, kind: str, nframes: int) -> Hdf5Col
     """The column ``name`` of an HDF5 scan (looked up as :func:`read_hdf5_positions` does) for
     ``kind`` in omega_deg | x_mm | z_mm | monitor, checked (units, at least ``nframes`` values)
     without reading its values."""
-    import h5py
 
     file, _, entry_path = str(path).partition("::")
     tables = {"omega_deg": (ANGLE_UNITS, "deg"), "x_mm": (LENGTH_UNITS, "mm"), "z_mm": (LENGTH_UNITS, "mm")}
@@ -186,7 +186,6 @@ def hdf5_column(path: str | Path, name: str, kind: str, nframes: int) -> Hdf5Col
 
 def hdf5_column_blocks(columns: dict[str, Hdf5Column], nframes: int, rows: int):
     """``{"index", <kind>: values}`` blocks of ``rows`` frames of the columns (float64, converted)."""
-    import h5py
 
     files = {c.file: h5py.File(c.file, "r") for c in columns.values()}
     try:
@@ -224,7 +223,6 @@ def _per_frame(values: np.ndarray, nframes: int | None, where: str) -> np.ndarra
 
 def read_csv_positions(path: str | Path) -> ScanPositions:
     """omega_deg, x_mm, z_mm, monitor columns of a scan CSV (those present) in acquisition order."""
-    from xrdct_dask.io.scan import read_scan_table
 
     t = read_scan_table(path)
     order = np.argsort(t["index"], kind="stable")

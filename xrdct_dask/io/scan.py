@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 ORDERS = ("raster", "snake", "interlaced")
 INTERLACE_PASSES = 2  # default number of interleaved omega passes of an interlaced scan
 

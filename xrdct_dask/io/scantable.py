@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from xrdct_dask.io.scan import POSITION_COLUMNS, SCAN_COLUMNS, check_scan_columns
+from xrdct_dask.store import ASIDE_SCAN
 
 BLOCK_ROWS = 1 << 18  # lines parsed at once (~30 MB of text and values)
 SAMPLE_MAX = 1 << 20  # readings per axis kept to find the groups of a scan without grid columns
@@ -267,7 +268,6 @@ class SlabFrames:
 def scratch_folder(near: str | Path | None) -> tempfile.TemporaryDirectory:
     """A scratch folder for a scan's converted table, beside the store (same file system, room
     for it) where its folder exists, else in the system's temporary folder."""
-    from xrdct_dask.store import ASIDE_SCAN
 
     parent = Path(os.path.abspath(near)).parent if near is not None else None
     name = f".{Path(near).name}{ASIDE_SCAN}" if near is not None else ASIDE_SCAN

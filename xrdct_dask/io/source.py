@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xrdct_dask.io import hdf5
 from xrdct_dask.io.cbf import CbfPayload, CorruptFrameError, decompress_frame, parse_cbf, read_file
 from xrdct_dask.io.decode import decode_payload
 from xrdct_dask.io.layout import FrameTemplate, ScanShape, template_fields
 from xrdct_dask.io.spec import H5_SUFFIXES, is_hdf5, split_spec
-
-
+from xrdct_dask.io.status import FrameStatus
 
 if TYPE_CHECKING:
     from xrdct_dask.io import hdf5
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 def _hdf5():
     """The HDF5 reader (h5py, hdf5plugin, numba kernels), imported when an HDF5 source is used:
     a CBF-only run never loads it."""
-    from xrdct_dask.io import hdf5
 
     return hdf5
 
@@ -107,7 +106,6 @@ def read_batch(source: "Hdf5Frames | Hdf5Template", indices: np.ndarray, threads
     code per frame, never raising for a bad one: index < 0 or absent is MISSING, a bad chunk
     TRUNCATED / SIZE_MISMATCH / CORRUPT_HEADER (the raw path: :func:`~xrdct_dask.io.hdf5.read_raw_chunks`
     + :func:`~xrdct_dask.io.hdf5.decode_chunks`; layouts it does not take are read frame by frame)."""
-    from xrdct_dask.io.status import FrameStatus
 
     if isinstance(source, Hdf5Template):
         return source.read_batch(indices, threads)
@@ -307,7 +305,6 @@ class Hdf5Template(FrameSource):
 
     def read_batch(self, indices: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """:func:`read_batch` file by file: an absent file's frames are MISSING."""
-        from xrdct_dask.io.status import FrameStatus
 
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         shape = self.frame_shape

@@ -11,6 +11,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from xrdct_dask.io.cbf import NotRegularFileError, SizeMismatchError, TruncatedFrameError
+
 
 class FrameStatus(IntEnum):
     OK = 0
@@ -47,7 +49,6 @@ def usable(status) -> np.ndarray:
 
 def status_of(err: Exception) -> FrameStatus:
     """The status of a frame whose reading raised ``err`` (by exception type, never by message)."""
-    from xrdct_dask.io.cbf import NotRegularFileError, SizeMismatchError, TruncatedFrameError
 
     if isinstance(err, FileNotFoundError):
         return FrameStatus.MISSING

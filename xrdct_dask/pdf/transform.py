@@ -71,8 +71,10 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+import xraydb
 
 from xrdct_dask.backend import get_array_module, to_host
+from xrdct_dask.errors import PDFParameterError
 
 _FORMULA = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*)")
 
@@ -89,8 +91,6 @@ NORMALIZATIONS = ("per-pattern", "fixed")
 log = logging.getLogger(__name__)
 
 
-class PDFParameterError(ValueError):
-    """A PDF parameter that cannot work, named in one line."""
 
 
 def parse_composition(formula: str) -> dict[str, float]:
@@ -98,7 +98,6 @@ def parse_composition(formula: str) -> dict[str, float]:
 
     Raises :class:`PDFParameterError` for an unknown element or an unparsable formula.
     """
-    import xraydb
 
     formula = formula.replace(" ", "")
     if not formula or _FORMULA.sub("", formula):
@@ -121,7 +120,6 @@ def form_factor_moments(composition: str, q_A: np.ndarray):
     <f> = sum_i c_i f_i(Q) and <f^2> = sum_i c_i f_i(Q)^2 with atomic fractions c_i and xraydb's
     f0 (its argument is sin(theta)/lambda = Q / 4 pi).
     """
-    import xraydb
 
     comp = parse_composition(composition)
     total = sum(comp.values())

@@ -17,6 +17,7 @@ CPU, a CUDA RawKernel on cupy arrays), so memory stays at a few chunk-sized buff
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 
 from xrdct_dask.backend import get_array_module
 from xrdct_dask.recon.projector import backproject, default_threads
@@ -81,7 +82,6 @@ def rfft_response(size: int, name: str = "ramp", reference_size: int | None = No
 def _fast_len4(m: int) -> int:
     """Smallest 5-smooth FFT length >= m that is a multiple of 4 (the real-space ramp puts the odd
     distances 1, 3, ... on both halves of the grid, which needs an even half)."""
-    import scipy.fft
 
     k = scipy.fft.next_fast_len(max(m, 64), real=True)
     while k % 4:
@@ -105,7 +105,6 @@ def detector_window(nx: int, axis_px: float, n: int) -> tuple[int, int, int]:
 
 def _fft(xp):
     if xp is np:
-        import scipy.fft
 
         return scipy.fft
     return xp.fft

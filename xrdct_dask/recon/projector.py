@@ -15,6 +15,7 @@ import numpy as np
 
 from xrdct_dask.backend import get_array_module
 from xrdct_dask.recon import _numba
+from xrdct_dask.recon._cupy import backproject_cupy, project_cupy
 
 
 def default_threads() -> int:
@@ -56,7 +57,6 @@ def backproject(sino, cos_t, sin_t, axis_idx: float, n: int, *, scale: float = 1
     cos_t = np.ascontiguousarray(cos_t, dtype=np.float64)
     sin_t = np.ascontiguousarray(sin_t, dtype=np.float64)
     if xp is not np:
-        from xrdct_dask.recon._cupy import backproject_cupy
 
         backproject_cupy(sino, cos_t, sin_t, float(axis_idx), n, float(scale), out, q0)
         return out
@@ -81,7 +81,6 @@ def project(img, cos_t, sin_t, axis_idx: float, nd: int, *, threads: int | None 
     sin_t = np.ascontiguousarray(sin_t, dtype=np.float64)
     nang = cos_t.size
     if xp is not np:
-        from xrdct_dask.recon._cupy import project_cupy
 
         return project_cupy(img, cos_t, sin_t, float(axis_idx), nd)
     im = np.ascontiguousarray(img, dtype=np.float32)

@@ -22,16 +22,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import shutil
-from dataclasses import dataclass, field
+import signal
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import fabio
 import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
+from fabio.cbfimage import CbfImage
+from fabio.edfimage import EdfImage
 
 from xrdct_dask.io.cbf import BINARY_MARKER
 from xrdct_dask.io.status import FrameStatus
-from xrdct_dask.testing.synthetic import SimulatedScan
+from xrdct_dask.simulate import SimulatedScan
 
 FRAME_KINDS = {
     "truncated": FrameStatus.TRUNCATED, "bad_md5": FrameStatus.BAD_CHECKSUM,
@@ -80,8 +86,6 @@ def garbage_header(path: Path, rng: np.random.Generator) -> None:
 
 def wrong_shape(path: Path) -> None:
     """Rewrite the frame as a valid CBF one row short of the detector."""
-    import fabio
-    from fabio.cbfimage import CbfImage
 
     data = fabio.open(str(path)).data
     CbfImage(data=np.ascontiguousarray(data[:-1])).write(str(path))
@@ -178,8 +182,6 @@ def corrupt_scan(scan: SimulatedScan, kinds=KINDS, seed: int = 0, dark_flat: boo
 
 def _broken_dark_flat(scan: SimulatedScan, rng: np.random.Generator, c: Corruption) -> dict:
     """A dark (small offsets) and a flat (near 1) with non-finite pixels and a zero in the flat."""
-    import fabio
-    from fabio.edfimage import EdfImage
 
     shape = fabio.open(str(scan.mask)).data.shape
     dark = rng.uniform(0.0, 0.5, shape).astype(np.float32)
@@ -198,7 +200,6 @@ def _broken_dark_flat(scan: SimulatedScan, rng: np.random.Generator, c: Corrupti
 
 def copy_scan(scan: SimulatedScan, dest: str | Path) -> SimulatedScan:
     """A copy of a simulated scan folder (frames included) to corrupt without touching the original."""
-    from dataclasses import replace
 
     dest = Path(dest)
     shutil.copytree(scan.root, dest, ignore=shutil.ignore_patterns("*.zarr", "*summary.png"))
@@ -211,7 +212,6 @@ def copy_scan(scan: SimulatedScan, dest: str | Path) -> SimulatedScan:
 # faults in the cluster
 # ------------------------------------------------------------------------------------------
 def _worker_plugin_base():
-    from distributed.diagnostics.plugin import WorkerPlugin
 
     return WorkerPlugin
 
@@ -232,8 +232,6 @@ class KillWorkerOnce(_worker_plugin_base()):
         self.seen = 0
 
     def transition(self, key, start, finish, **kwargs):
-        import os
-        import signal
 
         name = key[0] if isinstance(key, tuple) else str(key)
         if not (start == "executing" and finish == "memory" and str(name).startswith(self.stage)):

@@ -11,7 +11,7 @@ dirs with the project's simulator; nothing is downloaded.  Needs the ``test`` ex
 Fixtures
 --------
 rng : numpy Generator, seed 12345, new for every test.
-sim_scan : :class:`~xrdct_dask.testing.synthetic.SimulatedScan` of 2 slices x 32 angles x 24
+sim_scan : :class:`~xrdct_dask.simulate.SimulatedScan` of 2 slices x 32 angles x 24
     steps (1536 CBF frames of the 8x8-binned Pilatus, 209 x 184 pixels, snake order), made once
     per session (~10 s).
 small_ai : pyFAI AzimuthalIntegrator of that binned detector (the simulator's geometry).
@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xrdct_dask.simulate import make_integrator, simulate_scan
+
 REAL_CBF_NAME = "pilatus2m_l-cyst_00001.cbf"
 
 
@@ -40,14 +42,12 @@ def rng():
 @pytest.fixture(scope="session")
 def sim_scan(tmp_path_factory):
     """A small simulated scan (2 slices x 32 angles x 24 steps, binned detector, snake order)."""
-    from xrdct_dask.testing.synthetic import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("scan"), nz=2, nomega=32, nx=24, seed=1)
 
 
 @pytest.fixture(scope="session")
 def small_ai():
-    from xrdct_dask.testing.synthetic import make_integrator
 
     return make_integrator("small")
 

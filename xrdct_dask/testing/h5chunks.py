@@ -13,6 +13,8 @@ import functools
 import struct
 from pathlib import Path
 
+import h5py
+import lz4.block
 import numpy as np
 
 FILTER_LZ4, FILTER_BSLZ4 = 32004, 32008
@@ -23,7 +25,6 @@ def lz4_block_compressor():
     """``compress(bytes) -> bytes``: one raw LZ4 block (no size header), from the ``lz4`` package.
     Where it is absent (a GPU node), assign another here, e.g. pyarrow's ``lz4_raw`` codec
     (tests/test_gpu_hdf5.py and benchmarks/bench_gpu_hdf5.py do)."""
-    import lz4.block
 
     return lambda b: lz4.block.compress(b, store_size=False)
 
@@ -85,7 +86,6 @@ def create_chunked(group, name: str, shape, dtype, filter_id: int, block: int = 
     """A dataset of one-frame chunks declaring ``filter_id`` (32008 with LZ4, or 32004) whether
     or not the filter is registered here (hdf5plugin's set_local expands 32008's options into
     (major, minor, element size, block, lz4); unregistered, they are stored as given, expanded)."""
-    import h5py
 
     k = np.dtype(dtype).itemsize
     if filter_id == FILTER_BSLZ4:
@@ -102,7 +102,6 @@ def write_frames(path: str | Path, frames: np.ndarray, filter: str, block: int =
     """Write ``frames`` (n, ny, nx) to ``path::/name``, one chunk per frame; ``filter``:
     ``bitshuffle-lz4`` (``block`` elements per block, 0 = bitshuffle's default), ``lz4``
     (``block`` bytes, 0 = 1 GB: one block), ``gzip`` (h5py's own) or ``none``.  Returns the spec."""
-    import h5py
 
     frames = np.asarray(frames)
     with h5py.File(path, "w") as f:

@@ -7,8 +7,9 @@ tests (the whole workflow's G(r) of the Ni region must show the same shells).
 from __future__ import annotations
 
 import numpy as np
+from scipy.signal import find_peaks
 
-from xrdct_dask.testing.synthetic import phase_library
+from xrdct_dask.simulate import phase_library
 
 NI_LATTICE_A = 3.524  # fcc Ni of the simulator's phase library (synthetic.phase_library)
 # the first four coordination shells of fcc: a/sqrt(2), a, a sqrt(3/2), a sqrt(2) = 2.49, 3.52, 4.32, 4.98 A
@@ -17,7 +18,6 @@ NI_SHELLS = [NI_LATTICE_A / np.sqrt(2), NI_LATTICE_A, NI_LATTICE_A * np.sqrt(1.5
 
 def g_peaks(r, g, rmin: float = 1.5, n: int = 4) -> np.ndarray:
     """Positions of the first ``n`` maxima of G(r) above rmin that stand out (prominence >= 15 % of max)."""
-    from scipy.signal import find_peaks
 
     sel = r >= rmin
     idx, _ = find_peaks(g[sel], prominence=0.15 * g[sel].max())

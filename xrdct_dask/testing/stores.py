@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 
 def store_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Every array of the zarr store at ``path``, read whole, by its path in the store
     (``"reduced/intensity"``, ``"recon/intensity"``, ``"pdf/G"``, ...).  For small test stores."""
-    import zarr
 
     out: dict[str, np.ndarray] = {}
 

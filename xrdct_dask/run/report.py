@@ -8,19 +8,23 @@ returns the summary; the command line prints :func:`format_summary` of it.
 from __future__ import annotations
 
 import time
+from collections import Counter, defaultdict
 
 import numpy as np
+import zarr
 
 from xrdct_dask import store
-from xrdct_dask.console import console
-from xrdct_dask.stages import STAGES, RunContext
+from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.stages import STAGES
+from xrdct_dask.view.console import console
+from xrdct_dask.view.summary import write_summary
 
 
 def engine_report(results: list[dict]) -> list[str]:
     """Which engine ran where, one line per engine, from the decode-integrate task results
     (their ``engine`` and ``worker``): e.g. ``["engine cupy: 12 integrate tasks on 2
     worker(s) (node01 x2)"]``."""
-    from collections import Counter, defaultdict
 
     tasks: Counter = Counter()
     workers: dict[str, set] = defaultdict(set)
@@ -39,7 +43,6 @@ def engine_report(results: list[dict]) -> list[str]:
 
 def status_counts(path) -> dict[str, int]:
     """How many frames of a store have each status (read slice by slice)."""
-    from xrdct_dask.io.status import FrameStatus
 
     arr = store.open_array(path, f"{store.REDUCED}/frame_status", "r")
     counts: dict[str, int] = {}
@@ -56,7 +59,6 @@ def finish_run(ctx: RunContext, results: dict, before: store.TaskState, wall: fl
 
     The summary describes the whole store (frames integrated, their status), not only what this
     invocation computed: a resumed or repeated run reports the run, and what it added now."""
-    import zarr
 
     after = store.task_state(ctx.store_path)
     counts = after.counts()
@@ -80,7 +82,6 @@ def finish_run(ctx: RunContext, results: dict, before: store.TaskState, wall: fl
     if progress:
         console.info(format_summary(info))
     if summary:
-        from xrdct_dask.summary import write_summary
 
         png = write_summary(ctx.store_path)
         if progress and png is not None:

@@ -17,6 +17,8 @@ import time
 import uuid
 from typing import Callable, Iterable, TypeVar
 
+from distributed import as_completed
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -42,7 +44,6 @@ def map_pieces(client, fn: Callable[..., T], pieces: Iterable, name: str, in_fli
         out = [fn(p) for p in it]
         where = "client"
     else:
-        from distributed import as_completed
 
         token = uuid.uuid4().hex[:8]
         done: dict[int, T] = {}

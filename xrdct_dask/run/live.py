@@ -1,23 +1,23 @@
 """Live mode: follow an acquisition while the detector writes it (``xrdct watch``).
 
-The store, its blocks, done-markers and tasks are those of a batch run (:func:`~xrdct_dask.prepare.open_run`,
-:func:`~xrdct_dask.graph.build_graph`, :func:`~xrdct_dask.stages.integrate_block`); what differs is
+The store, its blocks, done-markers and tasks are those of a batch run (:func:`~xrdct_dask.run.open.open_run`,
+:func:`~xrdct_dask.pipeline.graph.build_graph`, :func:`~xrdct_dask.pipeline.tasks_integrate.integrate_block`); what differs is
 when a task is submitted:
 
 * an integration block (one omega chunk of a slice, every x) goes to the cluster once every
   frame file of it is whole (:func:`~xrdct_dask.io.cbf.frame_complete`: its header promise met,
   its trailer written, under its final name), so a file still being written is never read;
   a file that stays incomplete and unchanged for ``settle_s`` is read as it is (and flagged).
-  An HDF5 source is looked at afresh at each poll (:func:`~xrdct_dask.prepare.frames_present`):
+  An HDF5 source is looked at afresh at each poll (:func:`~xrdct_dask.run.inputs.frames_present`):
   a frame is there once its data file is (an Eiger master's external links, a file per slice or
   line) and holds it (the dataset's length, which an SWMR writer grows); data files must appear
   whole (written under another name, then renamed), as a detector's file writer does;
 * a slice's centre, reconstruction and G(r) go as soon as its last block is integrated; before
   the first frame, every worker has run the slice stages once on a synthetic slice
-  (:func:`~xrdct_dask.stages.warm_slice_stages`), so their kernels are compiled by then;
+  (:func:`~xrdct_dask.pipeline.tasks_recon.warm_slice_stages`), so their kernels are compiled by then;
 * when no new frame has come for ``idle_timeout_s``, the blocks still waiting are integrated
   with what is there: the frames that never came are flagged MISSING (a later ``watch`` or
-  ``run`` reads them if they arrive: :func:`~xrdct_dask.prepare.reopen_retried`).
+  ``run`` reads them if they arrive: :func:`~xrdct_dask.run.open.reopen_retried`).
 
 The blocks are the store's omega chunks (``store.omega_chunk`` x ``scan.nx`` frames): the lag
 behind the detector is at least the time one block takes to acquire, so choose the chunk small
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import threading
@@ -45,38 +44,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from distributed import LocalCluster
+from distributed import wait as dask_wait
 
-from xrdct_dask import stages, store
+from xrdct_dask import store
+from xrdct_dask.cluster.local import client_for, stage_resources
+from xrdct_dask.cluster.logs import RunLogPlugin, worker_log_level
 from xrdct_dask.config import Workflow, WorkflowError, load_workflow, workflow_from_dict
-from xrdct_dask.console import console
 from xrdct_dask.io.cbf import frame_complete
+from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
-from xrdct_dask.prepare import frames_present, open_run
+from xrdct_dask.pipeline.graph import build_graph, timed
+from xrdct_dask.pipeline.integrator import IntegratorPlugin
+from xrdct_dask.pipeline.tasks_integrate import integrate_block
+from xrdct_dask.pipeline.tasks_recon import warm_slice_stages
+from xrdct_dask.run.execute import RunStopped
+from xrdct_dask.run.inputs import frames_present
+from xrdct_dask.run.open import open_run
+from xrdct_dask.run.report import finish_run
+from xrdct_dask.view.console import console
+from xrdct_dask.view.live import _Painter, _Status, _variables
 
 log = logging.getLogger(__name__)
 
-VARIABLE = "xrdct-live"  # the dask Variable the watcher publishes its status in (the latest watch's)
-HISTORY = 600  # status points kept for the live picture's frames/s and lag curves
+
 RETRIES = 3  # times a block whose frames vanished or could not be read is submitted again
-
-
-def variable_name(store_path=None) -> str:
-    """The scheduler's Variable holding the live status: of the watch into ``store_path``
-    (``xrdct-live:/abs/RUN.zarr``), or of whichever watch published last (``xrdct-live``)."""
-    return VARIABLE if store_path is None else f"{VARIABLE}:{Path(store_path).resolve()}"
-
-
-def _variables(client, store_path) -> list:
-    """The Variables a watch into ``store_path`` publishes its status in: its own, and the latest's."""
-    from distributed import Variable
-
-    return [Variable(variable_name(store_path), client=client), Variable(VARIABLE, client=client)]
-
-
-def live_paths(path) -> tuple[Path, Path]:
-    """``(RUN-live.json, RUN-live.png)`` beside store ``RUN.zarr``."""
-    path = Path(path)
-    return path.parent / f"{path.stem}-live.json", path.parent / f"{path.stem}-live.png"
 
 
 @dataclass
@@ -182,7 +174,6 @@ def _frames_folder(wf: Workflow) -> Path:
     """The folder the frames go to that must exist before the first one: the template's part
     before its first ``{field}`` (a folder per slice or line is made by the detector), or the
     HDF5 file's folder."""
-    from xrdct_dask.io.spec import split_spec
 
     parts = Path(split_spec(wf.inputs.frames)[0]).parts
     fixed = [p for p in itertools.takewhile(lambda p: "{" not in p, parts)]
@@ -191,14 +182,13 @@ def _frames_folder(wf: Workflow) -> Path:
 
 def _warm_slice_stages(client, wf: Workflow, timeout_s: float = 180.0) -> None:
     """Every worker connected now runs the slice stages once on a synthetic slice
-    (:func:`~xrdct_dask.stages.warm_slice_stages`) before the first frame comes, so that the
+    (:func:`~xrdct_dask.pipeline.tasks_recon.warm_slice_stages`) before the first frame comes, so that the
     first slice is reconstructed when it is complete rather than after its kernels compile (about
     10 s on a machine that never ran them).  A worker that cannot, or takes longer than
     ``timeout_s``, is said in the log and the watch goes on."""
-    from distributed import wait as dask_wait
 
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
-    futs = {client.submit(stages.warm_slice_stages, wf, workers=[w], allow_other_workers=False, pure=False): w
+    futs = {client.submit(warm_slice_stages, wf, workers=[w], allow_other_workers=False, pure=False): w
             for w in workers}
     try:
         if futs:
@@ -239,15 +229,13 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
     reduced and every slice reconstructed (and G(r) computed where asked), or when no new frame
     has come for ``idle_timeout_s`` seconds (the frames that never came flagged MISSING).
 
-    ``scheduler_address`` / ``cluster`` as for :func:`xrdct_dask.workflow.run` (a scheduler that
+    ``scheduler_address`` / ``cluster`` as for :func:`xrdct_dask.run.execute.run` (a scheduler that
     stays up between scans is the beamline's case).  ``poll_s``: how often the frame folder is
     looked at; ``settle_s``: an incomplete file unchanged this long is read as it is;
     ``png_every_s``: how often the live picture is redrawn (0: never).  ``armed`` is set once the
     workers are ready (integrator built and warmed) and the watcher waits for frames.
     """
-    from distributed import LocalCluster
 
-    from xrdct_dask.cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
 
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
     if overrides and isinstance(workflow, Workflow):
@@ -283,7 +271,6 @@ class _Following:
     the slices left, and the live status (:func:`watch`, whose loop is :meth:`follow`)."""
 
     def __init__(self, client, ctx, resources: dict, *, settle_s: float, png_every_s: float, progress: bool):
-        from xrdct_dask.graph import timed
 
         self.client, self.ctx, self.resources, self.progress = client, ctx, resources, progress
         self.wf, self.path = ctx.workflow, ctx.store_path
@@ -313,7 +300,7 @@ class _Following:
                          s.nx, self.path)
         self.variables = _variables(client, self.path)
         self.token = os.urandom(4).hex()
-        self.integrate = timed(stages.integrate_block)
+        self.integrate = timed(integrate_block)
         self.inflight: dict = {}  # future -> (stage, z, block or None)
         self.slice_futures: dict[int, set] = {}
         self.tries: dict[tuple[int, int], int] = {}
@@ -353,7 +340,6 @@ class _Following:
 
     def wait(self, poll_s: float) -> list:
         """Sleep until a task finishes, or ``poll_s``; the tasks finished."""
-        from distributed import wait as dask_wait
 
         if self.inflight:
             try:
@@ -382,7 +368,6 @@ class _Following:
 
     def submit_slice(self, z: int) -> None:
         """The centre, reconstruction (and G(r)) tasks of slice ``z`` not done yet."""
-        from xrdct_dask.graph import build_graph
 
         state = store.task_state(self.path)
         graph = build_graph(self.ctx, zs=[z], done=state, token=f"{self.token}-{z}", resources=self.resources)
@@ -406,7 +391,6 @@ class _Following:
     def done(self, fut) -> None:
         """A task finished: an integration block (its frames read again where they could not
         be, up to :data:`RETRIES` times) or one of a slice's tasks."""
-        from xrdct_dask.workflow import RunStopped
 
         stage, z, b = self.inflight.pop(fut)
         if fut.status == "error":
@@ -469,8 +453,7 @@ class _Following:
             pass
 
     def finish(self, seconds: float, summary: bool) -> WatchResult:
-        """The run's report (:func:`~xrdct_dask.report.finish_run`), the last status and picture."""
-        from xrdct_dask.report import finish_run
+        """The run's report (:func:`~xrdct_dask.run.report.finish_run`), the last status and picture."""
 
         result = self.result
         result.missing = int(sum(r.get("status", {}).get(FrameStatus.MISSING.name, 0) for r in result.blocks))
@@ -486,214 +469,3 @@ class _Following:
 def _slice_done(state: store.TaskState, z: int) -> bool:
     return bool(state.integrate[z].all() and np.isfinite(state.center[z]) and state.recon[z].all()
                 and (state.pdf is None or state.pdf[z].all()))
-
-
-class _Status:
-    """The live figures: frames whole and integrated, frames/s, lag, slices done; written as JSON."""
-
-    def __init__(self, path: Path, total: int, nz: int):
-        self.path, self.total, self.nz = path, total, nz
-        self.frames_whole = self.frames_done = 0
-        self.lag_s = 0.0
-        self.z_sino = self.z_recon = None
-        self.slices: list[int] = []
-        self.history: list[tuple[float, float, float]] = []  # (epoch, frames/s, lag s)
-        self.done_times: list[tuple[float, int]] = []
-        self.block_lags: list[float] = []
-        self.finished = False
-        self.started = time.time()
-
-    def integrated(self, n: int, ready: float, finished: float) -> None:
-        self.frames_done += n
-        self.done_times.append((finished, n))
-        if np.isfinite(ready):
-            self.block_lags.append(finished - ready)
-
-    def slice_done(self, z: int) -> None:
-        self.slices.append(z)
-        self.z_recon = z
-
-    def lag(self) -> None:
-        """Lag behind the detector: the latest integrated block's pattern in the store minus the
-        time its last frame was seen whole (0 before the first block)."""
-        self.lag_s = self.block_lags[-1] if self.block_lags else 0.0
-
-    def fps(self, now: float, span: float = 10.0) -> float:
-        """Frames integrated per second over the last ``span`` seconds (or since the start)."""
-        n = sum(k for t, k in self.done_times if t >= now - span)
-        return n / max(min(span, now - self.started), 1e-3)
-
-    def write(self) -> dict:
-        now = time.time()
-        fps = self.fps(now)
-        self.history = (self.history + [(now, fps, self.lag_s)])[-HISTORY:]
-        json_path, png = live_paths(self.path)
-        snap = {"store": str(self.path), "updated": now, "frames_total": self.total, "frames_whole": self.frames_whole,
-                "frames_integrated": self.frames_done, "frames_per_s": fps, "lag_s": self.lag_s,
-                "slices_done": sorted(self.slices), "nz": self.nz, "finished": self.finished, "picture": str(png),
-                "history": [list(h) for h in self.history]}
-        tmp = json_path.with_name(f".{json_path.name}.part")
-        try:
-            tmp.write_text(json.dumps(snap))
-            os.replace(tmp, json_path)
-        except OSError as err:
-            log.warning("%s: cannot write the live status (%s)", json_path, err)
-        return snap
-
-
-class _Painter:
-    """Redraws the live picture in its own thread when poked (drawing never holds up the watcher)."""
-
-    def __init__(self, path: Path, status: _Status, every_s: float = 2.0):
-        self.path, self.status, self.every_s = path, status, every_s
-        self.z_sino = self.z_recon = None
-        self._poke = threading.Event()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._t = threading.Thread(target=self._loop, daemon=True, name="xrdct-live-picture")
-        self._t.start()
-
-    def poke(self, z_sino: int | None = None, z_recon: int | None = None) -> None:
-        if z_sino is not None:
-            self.z_sino = z_sino
-        if z_recon is not None:
-            self.z_recon = z_recon
-        self._poke.set()
-
-    def _loop(self) -> None:
-        last = 0.0
-        while not self._stop.is_set():
-            if self._poke.wait(0.5):
-                # at most one picture per every_s: drawing takes the client's CPU from the watcher
-                if self._stop.wait(max(0.0, last + self.every_s - time.monotonic())):
-                    return
-                self._poke.clear()
-                last = time.monotonic()
-                self.draw_now()
-
-    def draw_now(self) -> None:
-        with self._lock:
-            try:
-                write_live_picture(self.path, z_sino=self.z_sino, z_recon=self.z_recon,
-                                   status=json.loads(live_paths(self.path)[0].read_text())
-                                   if live_paths(self.path)[0].is_file() else None)
-            except Exception as err:  # a picture must never stop the reduction
-                log.warning("live picture not drawn: %s", err)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._t.join(timeout=30)
-
-
-# ------------------------------------------------------------------------------------------
-# following from elsewhere (a notebook attached to the scheduler, or any process on the file system)
-# ------------------------------------------------------------------------------------------
-def live_status(client=None, store_path=None, timeout_s: float = 2.0) -> dict | None:
-    """The watcher's latest status: ``frames_total``, ``frames_whole`` (on disk, whole),
-    ``frames_integrated``, ``frames_per_s``, ``lag_s`` (the last integrated block: its pattern
-    in the store minus its last frame seen whole), ``slices_done``, ``finished``, ``picture``
-    (the PNG), ``history`` (epoch, frames/s, lag) points.
-
-    With ``client`` (a ``distributed.Client`` attached to the watcher's scheduler) it is read from
-    the scheduler: the watch into ``store_path`` where it is given (several watches on one
-    scheduler are kept apart), else the watch that published last; with ``store_path`` only, from
-    ``RUN-live.json`` beside the store.  None when there is none yet."""
-    if client is not None:
-        from distributed import Variable
-
-        try:
-            return Variable(variable_name(store_path), client=client).get(timeout=timeout_s)
-        except Exception:  # not set yet (a timeout)
-            return None
-    if store_path is None:
-        raise ValueError("live_status: give a client attached to the scheduler or the store path")
-    p = live_paths(store_path)[0]
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _latest(path: Path) -> tuple[int | None, int | None]:
-    """The slice with the latest integrated block, and the latest slice fully reconstructed."""
-    st = store.task_state(path)
-    sino = [z for z in range(st.integrate.shape[0]) if st.integrate[z].any()]
-    rec = [z for z in range(st.recon.shape[0]) if st.recon[z].all()]
-    return (sino[-1] if sino else None), (rec[-1] if rec else None)
-
-
-def live_figure(store_path, z_sino: int | None = None, z_recon: int | None = None, status: dict | None = None):
-    """The live picture as a matplotlib ``Figure`` (Agg, pyplot untouched): the q-summed sinogram
-    of slice ``z_sino`` as far as it is integrated (blank: not yet), the q-summed reconstruction
-    of slice ``z_recon``, and frames/s and lag over time (``status``, :func:`live_status`).
-    Slices default to the latest integrated and the latest reconstructed."""
-    from matplotlib.figure import Figure
-
-    from xrdct_dask.summary import _Axis, _map, label
-
-    path = Path(store_path)
-    zs, zr = _latest(path)
-    z_sino = zs if z_sino is None else z_sino
-    z_recon = zr if z_recon is None else z_recon
-    status = status if status is not None else live_status(store_path=path)
-    fig = Figure(figsize=(14, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
-    xa, ya, wa = (_Axis(path, n) for n in ("x", "y", "omega"))
-    ax = axes[0]
-    if z_sino is not None:
-        total = store.open_array(path, f"{store.REDUCED}/total", "r")[z_sino]
-        units = store.open_array(path, f"{store.REDUCED}/total", "r").attrs.get("units")
-        im = _map(ax, total, xa.values, wa.values, cmap="viridis")
-        fig.colorbar(im, ax=ax, label=label("intensity summed over q", units))
-        done = int(np.isfinite(total).any(axis=1).sum())
-        ax.set(title=f"sinogram, slice {z_sino} ({done} of {total.shape[0]} angles)", xlabel=xa.label,
-               ylabel=wa.label)
-    else:
-        ax.set_title("sinogram: no frame integrated yet")
-        ax.axis("off")
-    ax = axes[1]
-    if z_recon is not None:
-        arr = store.open_array(path, f"{store.RECON}/intensity", "r")
-        img = np.zeros(arr.shape[1:3])
-        for qs in store.q_blocks(arr.shape[3], arr.chunks[3]):  # one q chunk at a time
-            img += np.nansum(arr[z_recon, :, :, qs], axis=-1)
-        im = _map(ax, img, xa.values, ya.values, cmap="magma", aspect="equal")
-        fig.colorbar(im, ax=ax, label=label("intensity summed over q", arr.attrs.get("units")))
-        ax.set(title=f"reconstruction, slice {z_recon}", xlabel=xa.label, ylabel=ya.label)
-    else:
-        ax.set_title("reconstruction: no slice complete yet")
-        ax.axis("off")
-    ax = axes[2]
-    hist = np.asarray((status or {}).get("history") or [], float).reshape(-1, 3)
-    if hist.size:
-        t = hist[:, 0] - hist[0, 0]
-        ax.plot(t, hist[:, 1], color="C0")
-        ax.set(xlabel="time (s)", ylabel="frames/s integrated", title=(
-            f"{status['frames_integrated']} of {status['frames_total']} frames; "
-            f"{hist[-1, 1]:.0f} frames/s, lag {status['lag_s']:.2f} s"))
-        ax.tick_params(axis="y", colors="C0")
-        lag = ax.twinx()
-        lag.plot(t, hist[:, 2], color="C3")
-        lag.set_ylabel("lag behind the detector (s)", color="C3")
-        lag.tick_params(axis="y", colors="C3")
-    else:
-        ax.set_title("no status yet")
-        ax.axis("off")
-    fig.suptitle(f"{path.name}: live ({time.strftime('%H:%M:%S')})", fontsize=11)
-    return fig
-
-
-def write_live_picture(store_path, out=None, **kw) -> Path | None:
-    """Draw :func:`live_figure` into ``out`` (default ``RUN-live.png`` beside the store) by
-    write-then-rename (a viewer never sees half a PNG); never over a file this program did not write."""
-    from xrdct_dask.summary import SOFTWARE, is_our_picture
-
-    out = Path(out) if out else live_paths(store_path)[1]
-    if out.exists() and not is_our_picture(out):
-        log.warning("%s exists and was not written by xrdct-dask: the live picture is not drawn over it", out)
-        return None
-    fig = live_figure(store_path, **kw)
-    tmp = out.with_name(f".{out.name}.part")
-    fig.savefig(tmp, dpi=80, format="png", metadata={"Software": SOFTWARE})
-    os.replace(tmp, out)
-    return out

@@ -33,38 +33,44 @@ Three known traps are handled here, once, rather than in every profile:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 import re
 import shlex
-import signal
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dask
+import dask_jobqueue
 import yaml
+from dask.utils import parse_bytes
+from distributed.deploy.local import nprocesses_nthreads
 
-from xrdct_dask import stages
-from xrdct_dask.config import Workflow
+from xrdct_dask.errors import ProfileError
 from xrdct_dask.resources import PROFILES_DIR
 
 log = logging.getLogger(__name__)
 
+
 KINDS = ("slurm", "pbs")
+
+
 #: keys dask-jobqueue still reads but has renamed: accepting them would only buy a FutureWarning
 DEPRECATED_KEYS = {"extra": "worker-extra-args", "env-extra": "job-script-prologue", "job-extra": "job-extra-directives",
                    "header-skip": "job-directives-skip", "project": "account"}
+
+
 #: keyword spellings that are not just the config key with '_' for '-'
 KWARG_TO_KEY = {"job_name": "name"}
+
+
 PLACEHOLDER_ADDRESS = "tcp://<scheduler-address>:8786"
+
 
 _counter = itertools.count()
 
 
-class ProfileError(ValueError):
-    """A cluster profile that cannot give working jobs, explained in one line naming the key."""
 
 
 def profile_dirs() -> list[Path]:
@@ -114,14 +120,11 @@ class Profile:
 
     @property
     def cluster_class(self):
-        import dask_jobqueue
 
         return {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[self.kind]
 
 
 def _defaults(kind: str) -> dict:
-    import dask
-    import dask_jobqueue  # noqa: F401  (registers jobqueue.yaml with dask.config)
 
     return dict(dask.config.get(f"jobqueue.{kind}"))
 
@@ -182,6 +185,8 @@ def load_profile(profile: str | Path | dict, **overrides) -> Profile:
 # what a job asks the batch system for, read from its header
 # ------------------------------------------------------------------------------------------
 _SLURM_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
 _PBS_UNITS = {"b": 1, "w": 8, "kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40,
               "kw": 8 * 2**10, "mw": 8 * 2**20, "gw": 8 * 2**30, "tw": 8 * 2**40}
 
@@ -247,7 +252,6 @@ def worker_resources(args: list) -> dict[str, float]:
 
 def _complete(options: dict, kind: str, src: str) -> tuple[dict, list[str]]:
     """Fix what can be fixed (the #698 skip, the GPU resource) and refuse what cannot."""
-    from dask.utils import parse_bytes
 
     d = {**_defaults(kind), **options}
     notes: list[str] = []
@@ -275,7 +279,6 @@ def _complete(options: dict, kind: str, src: str) -> tuple[dict, list[str]]:
         processes = fixed["processes"] = 1  # not dask-jobqueue's default of ~sqrt(cores) processes
         notes.append("GPU job: processes set to 1")
     elif processes is None:
-        from distributed.deploy.local import nprocesses_nthreads
 
         processes, _ = nprocesses_nthreads(d["cores"])  # what dask-jobqueue will choose
     if gpus:
@@ -301,7 +304,6 @@ def _complete(options: dict, kind: str, src: str) -> tuple[dict, list[str]]:
 
 
 def _granted(d: dict, kind: str, extra: list[str], gpus: int, skip: list) -> tuple[int | None, str]:
-    from dask.utils import parse_bytes
 
     if kind == "slurm":
         if v := _directive(extra, "--mem-per-gpu"):
@@ -333,7 +335,6 @@ def _register(p: Profile) -> str:
     section must stay valid for the cluster's whole life and must not be shared with another
     make_cluster call that had other overrides.
     """
-    import dask
 
     section = f"xrdct-{re.sub(r'[^A-Za-z0-9_-]', '-', p.name)}-{next(_counter)}"
     dask.config.set({f"jobqueue.{section}": {**_defaults(p.kind), **p.options}})
@@ -341,7 +342,6 @@ def _register(p: Profile) -> str:
 
 
 def job_class(kind: str):
-    import dask_jobqueue
 
     return {"slurm": dask_jobqueue.slurm.SLURMJob, "pbs": dask_jobqueue.pbs.PBSJob}[kind]
 
@@ -385,215 +385,3 @@ def describe(cluster) -> str:
     txt = (f"{job.worker_processes} worker process(es) per job x {job.worker_process_threads} thread(s), "
            f"{job.worker_process_memory} each")
     return txt + (", resources " + ", ".join(f"{k}={v:g}" for k, v in res.items()) if res else "")
-
-
-# ------------------------------------------------------------------------------------------
-# a cluster for a run: on this machine, from a profile, or a running scheduler; what each stage
-# asks of the workers; what every worker sets up for a run
-# ------------------------------------------------------------------------------------------
-def _worker_plugin_base():
-    from distributed.diagnostics.plugin import WorkerPlugin
-
-    return WorkerPlugin
-
-
-class IntegratorPlugin(_worker_plugin_base()):
-    """Distributed worker plugin: builds the workflow's integrator once per worker at start-up
-    (pyFAI's sparse matrix, corrections, engine buffers), frees it at teardown."""
-
-    name = "xrdct-integrator"
-
-    idempotent = False
-
-    def __init__(self, workflow: Workflow, unique: bool = False, gpu_only: bool = False):
-        self.workflow = workflow
-        self.gpu_only = gpu_only  # integrate tasks need a GPU worker: the others need no integrator
-        self.integrators: dict = {}  # this worker's, by stages.integrator_key (engines, pinned buffers)
-        if unique:  # several workflows in one graph: one plugin each
-            self.name = f"xrdct-integrator-{workflow.digest()[:12]}"
-
-    def setup(self, worker):
-        if self.gpu_only and not dict(getattr(worker.state, "total_resources", {}) or {}).get("GPU"):
-            return  # a CPU worker beside GPU workers: it runs no decode-integrate task
-        integ = stages.build_integrator(self.workflow)
-        try:
-            source = self.workflow.frame_source()
-        except (OSError, ValueError) as err:  # not there yet: an Eiger master before its first data file (live mode)
-            logging.getLogger("distributed.worker").info("xrdct: frames not readable yet (%s); warmed up without them",
-                                                         err)
-            source = None
-        # kernels compiled, and on a GPU the buffers of every task thread allocated and used once
-        integ.warm(source, int(getattr(worker.state, "nthreads", 2)), self.workflow.scan.nframes,
-                   hdf5=self.workflow.frames_hdf5)
-        self.integrators[stages.integrator_key(self.workflow)] = integ
-        # distributed's worker logger: this line lands in the worker's own log (a batch job's .err file)
-        logging.getLogger("distributed.worker").info(
-            "xrdct: integrate engine %s (resources %s)", integ.engine,
-            dict(getattr(worker.state, "total_resources", {}) or {}))
-
-    def teardown(self, worker):
-        self.integrators.clear()
-
-
-class RunLogPlugin(_worker_plugin_base()):
-    """Distributed worker plugin for a run's logging on its workers.
-
-    A task that cannot write the store raises :class:`~xrdct_dask.store.StoreWriteError`; the
-    client stops the run with one line naming the cause, so the worker's own "Compute Failed"
-    block with its traceback is left out for that exception (every other failure keeps it).
-    ``level``: the level of the ``distributed`` loggers in the workers (a local cluster follows
-    the client's, so a quiet command line is not interleaved with worker chatter); None leaves
-    a cluster's own logging as it is."""
-
-    name = "xrdct-run-logging"
-    idempotent = False
-
-    def __init__(self, level: int | None = None):
-        self.level = level
-
-    def setup(self, worker):
-        wl = logging.getLogger("distributed.worker")
-        if not any(isinstance(f, _StoreErrorFilter) for f in wl.filters):
-            wl.addFilter(_StoreErrorFilter())
-        if self.level is not None:
-            logging.getLogger("distributed").setLevel(self.level)
-
-
-def worker_log_level() -> int:
-    """The ``distributed`` log level of a local cluster's workers: the client's, except that a
-    quiet client (ERROR and above: the command line without -v) hears nothing from its workers
-    but CRITICAL, since the client itself reports every failure in one line (a worker's own
-    shutdown chatter, e.g. a heartbeat to a scheduler closing after Ctrl-C, is noise there)."""
-    level = logging.getLogger("distributed").getEffectiveLevel()
-    return logging.CRITICAL if level >= logging.ERROR else level
-
-
-class _StoreErrorFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (str(record.msg).startswith("Compute Failed") and "StoreWriteError" in str(record.args))
-
-
-def gpu_count() -> int:
-    """CUDA devices visible here (0 without cupy or a driver)."""
-    from xrdct_dask.backend import cp, gpu_available
-
-    return int(cp.cuda.runtime.getDeviceCount()) if gpu_available() else 0
-
-
-GPU_GB_PER_WORKER = 20  # a GPU worker's engine holds ~13 GB: two pipelines of 128-frame batches
-
-
-def workers_per_gpu_for(device: int) -> int:
-    """Default GPU worker processes for a device: one per ``GPU_GB_PER_WORKER`` GB of its memory,
-    1 to 6 (four on an H100, six on an H200).  Several processes read frames side by side (one GIL
-    each): on the H200 the whole workflow integrated 10.1k frames/s with six, 9.4k with four
-    (benchmarks/RESULTS.md, bench_workflow.py)."""
-    from xrdct_dask.backend import cp
-
-    total = cp.cuda.runtime.getDeviceProperties(device)["totalGlobalMem"]
-    return int(min(6, max(1, total // (GPU_GB_PER_WORKER * 10**9))))
-
-
-@contextlib.contextmanager
-def _workers_ignore_sigint():
-    """Worker processes started inside inherit an ignored SIGINT (Python keeps an ignored SIGINT
-    ignored): a Ctrl-C in the terminal reaches the client alone, which stops the run and closes the
-    workers in order, instead of every worker printing its own KeyboardInterrupt traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def local_cluster(wf: Workflow, gpus: list[int] | None = None):
-    """A cluster on this machine for one run.
-
-    Without GPUs (or with ``integrate.engine: numpy``): a LocalCluster of single-threaded workers.
-    With GPUs: ``compute.workers_per_gpu`` (default :func:`workers_per_gpu_for`) worker processes
-    per GPU (``CUDA_VISIBLE_DEVICES`` = its GPU, resource ``GPU=1``, two threads so that one task reads and writes while another holds the
-    GPU pipeline; several processes because reading and parsing frames is Python work under one
-    GIL per process) plus workers (resource ``CPU=1``) on the remaining cores for the centre,
-    reconstruction and PDF.  Those see a GPU too (round robin) unless both ``recon.engine`` and
-    ``pdf.engine`` are ``numpy``: FBP and the PDF's GEMM then run on the GPU, while the reading
-    and integration keep their own processes.  ``gpus``: the device numbers to use (default: all).
-    """
-    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
-
-    c = wf.compute
-    ncores = os.cpu_count() or 1
-    if gpus is None:
-        gpus = list(range(gpu_count())) if wf.integrate.engine in ("auto", "cupy") else []
-    ngpu = len(gpus)
-    if ngpu == 0:
-        nworkers = c.n_workers or max(1, ncores // c.threads_per_worker)
-        with _workers_ignore_sigint():
-            return LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker,
-                                memory_limit=c.memory_limit, dashboard_address=c.dashboard_address, host="127.0.0.1")
-    # GPU workers hold several GB of page-locked buffers, fixed at start-up (not growing with the
-    # scan): the "auto" share of RAM would pause them for it, so they get no limit unless one is set
-    gpu_limit = 0 if c.memory_limit == "auto" else c.memory_limit
-    per_gpu = c.workers_per_gpu or workers_per_gpu_for(gpus[0])
-    workers = {f"gpu-{i}-{k}": {"cls": Nanny, "options": {
-        "nthreads": 2, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}, "host": "127.0.0.1",
-        "memory_limit": gpu_limit}} for i in gpus for k in range(per_gpu)}
-    ncpu = c.n_workers or max(1, (ncores - 2 * ngpu * per_gpu) // c.threads_per_worker)
-    aux_gpu = wf.recon.engine != "numpy" or wf.pdf.engine != "numpy"
-    workers |= {f"cpu-{k}": {"cls": Nanny, "options": {
-        "nthreads": c.threads_per_worker, "resources": {"CPU": 1},
-        "env": {"CUDA_VISIBLE_DEVICES": str(gpus[k % ngpu]) if aux_gpu else ""},
-        "host": "127.0.0.1", "memory_limit": c.memory_limit}} for k in range(ncpu)}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": c.dashboard_address, "host": "127.0.0.1"}}
-    with _workers_ignore_sigint():
-        return SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu")
-
-
-def client_for(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: int | None = None,
-            adaptive: bool | None = None, cluster_options: dict | None = None):
-    """``(client, cluster started here or None)``: a given cluster object, a running scheduler, a
-    cluster profile (``cluster`` as a name/path, or ``compute.cluster``), or a cluster on this
-    machine (:func:`local_cluster`)."""
-    from distributed import Client
-
-    if cluster is not None and not isinstance(cluster, (str, Path)):
-        return Client(cluster), None
-    if scheduler_address:
-        return Client(scheduler_address), None
-    c = wf.compute
-    profile = cluster if cluster is not None else c.cluster
-    if profile is not None:
-        jc = make_cluster(profile, **(cluster_options or {}))
-        n = jobs or c.jobs
-        if c.adaptive if adaptive is None else adaptive:
-            jc.adapt(minimum_jobs=0, maximum_jobs=n)
-            log.info("cluster %s: adaptive, 0..%d jobs of %s", profile, n, describe(jc))
-        else:
-            jc.scale(jobs=n)
-            log.info("cluster %s: %d jobs of %s", profile, n, describe(jc))
-        return Client(jc), jc
-    lc = local_cluster(wf)
-    return Client(lc), lc
-
-
-def stage_resources(client, wf: Workflow | None = None, cluster=None) -> dict[str, dict]:
-    """``client.compute`` arguments of each stage: integration asks for ``GPU`` when the workers
-    offer it (and the workflow does not pin the numpy engine), the other stages for ``CPU`` when
-    the workers are marked so.  A dask-jobqueue cluster says what its (maybe not yet started)
-    workers will advertise; otherwise the workers connected now are asked.  A CPU-only cluster
-    gets no annotations at all: the same graph runs as on a laptop."""
-    declared = declared_resources(cluster) if cluster is not None and not isinstance(cluster, (str, Path)) else None
-    offered: set = set()
-    if declared is not None:
-        offered = {k for k, v in declared.items() if v}
-    else:
-        for w in client.scheduler_info(n_workers=-1)["workers"].values():
-            offered |= {k for k, v in (w.get("resources") or {}).items() if v}
-    # half a GPU per task: two tasks share a GPU worker, each on its own pipeline of streams, so
-    # one reads or writes while the other computes
-    use_gpu = "GPU" in offered and (wf is None or wf.integrate.engine != "numpy")
-    gpu = {"resources": {"GPU": 0.5}} if use_gpu else {}
-    cpu = {"resources": {"CPU": 1}} if "CPU" in offered else {}
-    return {name: gpu if st.gpu else cpu for name, st in stages.STAGES.items()}

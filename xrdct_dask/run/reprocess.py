@@ -10,12 +10,12 @@ key belongs to the first stage it affects:
 
 The new store reruns from the earliest changed stage (or ``from_stage``, if earlier).  Stages
 upstream of it are not recomputed: their chunk files and done-markers are hard-linked from the
-parent (:func:`xrdct_dask.store.link_group`: no bytes copied, and the parent is never written),
-so the usual resume logic of :func:`xrdct_dask.workflow.execute` runs exactly the downstream
+parent (:func:`xrdct_dask.run.links.link_group`: no bytes copied, and the parent is never written),
+so the usual resume logic of :func:`xrdct_dask.run.execute.execute` runs exactly the downstream
 tasks.  A recon or pdf rerun therefore needs neither the frames nor the PONI: the q grid,
 wavelength and monitor reference come from the parent.  The new store records ``parent``
 (path, workflow and work digests) and ``reprocess`` (what changed, from which stage, what was
-reused).  Several runs are reprocessed as one graph (one :func:`~xrdct_dask.workflow.execute`).
+reused).  Several runs are reprocessed as one graph (one :func:`~xrdct_dask.run.execute.execute`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xrdct_dask import store
-from xrdct_dask.console import console
 from xrdct_dask.config import Workflow, WorkflowError, changed_keys, flatten, workflow_from_dict
 from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
-from xrdct_dask.prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
-from xrdct_dask.stages import REPROCESS_STAGES, STAGES as GRAPH_STAGES
-from xrdct_dask.workflow import Connection, execute
+from xrdct_dask.pipeline.stages import REPROCESS_STAGES
+from xrdct_dask.pipeline.stages import STAGES as GRAPH_STAGES
+from xrdct_dask.run.connect import Connection
+from xrdct_dask.run.execute import execute
+from xrdct_dask.run.inputs import input_files
+from xrdct_dask.run.open import context_from_store, open_run, pdf_blocks, pdf_store_args
+from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,7 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
 
 
 def prepare_child(rp: Reprocess, client=None):
-    """Create (or resume) the new store of ``rp``; returns its :class:`~xrdct_dask.stages.RunContext`.
+    """Create (or resume) the new store of ``rp``; returns its :class:`~xrdct_dask.pipeline.context.RunContext`.
     Its template and shared chunks are written on the workers of ``client`` (a client or a
     callable making one; None: here)."""
     wf, out = rp.workflow, rp.out

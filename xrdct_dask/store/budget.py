@@ -32,6 +32,11 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
+import psutil
+from dask.utils import parse_bytes as _parse
+
+from xrdct_dask.recon.fbp import detector_window
+
 CHUNK_BYTES_MAX = 256 * 2**20  # far under Blosc's 2 GiB, and a task's read granularity
 BUDGET_FRACTION = 0.5  # of a worker thread's memory: the rest is dask's, zarr's and the interpreter's
 MIN_TASK_MEMORY = 64 * 2**20
@@ -51,14 +56,12 @@ PDF_FIGURES = 5
 
 
 def parse_bytes(text) -> int:
-    from dask.utils import parse_bytes as _parse
 
     return int(_parse(str(text).replace(" ", "")))
 
 
 def machine_memory() -> int:
     try:
-        import psutil
 
         return int(psutil.virtual_memory().total)
     except ImportError:  # pragma: no cover - psutil comes with distributed
@@ -83,7 +86,6 @@ def task_memory(compute) -> int:
 # ------------------------------------------------------------------------------------------
 def fft_length(nx: int) -> int:
     """The padded detector length FBP filters over (xrdct_dask.recon.fbp.detector_window, centred axis)."""
-    from xrdct_dask.recon.fbp import detector_window
 
     return detector_window(nx, nx // 2, nx)[2]
 

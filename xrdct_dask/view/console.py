@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-console = logging.getLogger("xrdct_dask.console")
+console = logging.getLogger("xrdct_dask.view.console")
 """What a run tells its user: the dashboard link, the tasks kept from an earlier run, the summary.
 The library writes nothing to stdout itself; the command line shows these messages there
 (:func:`show_messages`), a notebook sees them after ``show_messages()`` or through logging."""

@@ -1,4 +1,4 @@
-"""The run as one dask graph, slice by slice, from the stage table (:data:`xrdct_dask.stages.STAGES`).
+"""The run as one dask graph, slice by slice, from the stage table (:data:`xrdct_dask.pipeline.stages.STAGES`).
 
     integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf-scale (z, voxel rows) --> pdf (z, voxel rows)
 
@@ -16,13 +16,26 @@ built from it and the pending counts (waves, progress bars) are counted from it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 
-from xrdct_dask import stages, store
-from xrdct_dask.stages import RunContext
+from xrdct_dask import store
+from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.stages import stage_names
+from xrdct_dask.pipeline.tasks_integrate import integrate_block, worker_address
+from xrdct_dask.pipeline.tasks_pdf import (
+    pdf_frames_block,
+    pdf_operator,
+    pdf_rows,
+    pdf_scale,
+    reconstruct_pdf_aux,
+    reconstruct_pdf_block,
+)
+from xrdct_dask.pipeline.tasks_recon import find_center, reconstruct_block
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,7 @@ def slice_tasks(ctx: RunContext, z: int, done: store.TaskState | None = None) ->
 
     wc = lay.omega_chunk
     n_omega = -(-s.nomega // wc)
-    integ = [add("integrate", i * wc, stages.integrate_block,
+    integ = [add("integrate", i * wc, integrate_block,
                  store.FrameBlock(z, i * wc, min((i + 1) * wc, s.nomega)), ctx)
              for i in _pending(None if done is None else done.integrate[z], n_omega)]
     # a resumed slice reuses its stored centre, unless its preparation also needs the slice's
@@ -67,9 +80,9 @@ def slice_tasks(ctx: RunContext, z: int, done: store.TaskState | None = None) ->
     if done is not None and not integ and reuse and np.isfinite(done.center[z]):
         center = float(done.center[z])
     else:
-        center = add("center", 0, stages.find_center, z, ctx, *integ)
+        center = add("center", 0, find_center, z, ctx, *integ)
     qc = lay.q_chunk
-    recon = [add("recon", i * qc, stages.reconstruct_block, z, slice(i * qc, min((i + 1) * qc, nq)), center, ctx)
+    recon = [add("recon", i * qc, reconstruct_block, z, slice(i * qc, min((i + 1) * qc, nq)), center, ctx)
              for i in _pending(None if done is None else done.recon[z], -(-nq // qc))]
     if not wf.pdf.enabled:
         return out
@@ -79,23 +92,23 @@ def slice_tasks(ctx: RunContext, z: int, done: store.TaskState | None = None) ->
         rows = _pending(pdf_done, -(-s.nx // yc))
         if rows:  # the scale shares of every row block first (side by side), then the pending G blocks
             ys = [slice(a, min(a + yc, s.nx)) for a in range(0, s.nx, yc)]
-            shares = [add("pdf-scale", y.start, stages.pdf_scale, z, y, ctx, *recon) for y in ys]
+            shares = [add("pdf-scale", y.start, pdf_scale, z, y, ctx, *recon) for y in ys]
             for i in rows:
-                add("pdf", i * yc, stages.pdf_rows, z, ys[i], ctx, *shares)
+                add("pdf", i * yc, pdf_rows, z, ys[i], ctx, *shares)
         return out
     # pdf-then-recon: transform every frame, reconstruct N + quality figures, then the G blocks;
     # the edge background needs the slice's first/last x steps of every angle (after the centre)
-    nr = ctx.extra.get("nr") or stages.pdf_operator(ctx).r_A.size
+    nr = ctx.extra.get("nr") or pdf_operator(ctx).r_A.size
     rc = lay.r_chunk
     blocks = _pending(pdf_done, -(-nr // rc))
     if not blocks:
         return out
     after = [center] if (wf.pdf.background == "edge" or not integ) else integ
-    frames = [add("pdf-frames", i * wc, stages.pdf_frames_block,
+    frames = [add("pdf-frames", i * wc, pdf_frames_block,
                   store.FrameBlock(z, i * wc, min((i + 1) * wc, s.nomega)), ctx, *after) for i in range(n_omega)]
-    aux = add("pdf-aux", 0, stages.reconstruct_pdf_aux, z, center, ctx, *frames)
+    aux = add("pdf-aux", 0, reconstruct_pdf_aux, z, center, ctx, *frames)
     for i in blocks:
-        add("pdf", i * rc, stages.reconstruct_pdf_block, z, slice(i * rc, min((i + 1) * rc, nr)), center, ctx, aux)
+        add("pdf", i * rc, reconstruct_pdf_block, z, slice(i * rc, min((i + 1) * rc, nr)), center, ctx, aux)
     return out
 
 
@@ -105,7 +118,7 @@ def timed(fn):
     def task(*args):
         started = time.time()
         out = fn(*args)
-        return {"started": started, "finished": time.time(), "worker": stages.worker_address()} | out
+        return {"started": started, "finished": time.time(), "worker": worker_address()} | out
 
     task.__name__ = task.__qualname__ = getattr(fn, "__name__", "task")
     return task
@@ -126,15 +139,13 @@ def build_graph(ctx: RunContext, zs=None, done: store.TaskState | None = None, t
                 resources: dict[str, dict] | None = None) -> dict:
     """The run (or slices ``zs`` of it) as dask delayed objects, keyed by stage: ``{stage: [delayed, ...]}``
     in dependency order.  ``token`` suffixes the stage names of the keys so that several runs (or a
-    rerun) never share a key on a scheduler.  ``resources`` (:func:`xrdct_dask.cluster.stage_resources`)
+    rerun) never share a key on a scheduler.  ``resources`` (:func:`xrdct_dask.cluster.local.stage_resources`)
     annotates each stage's tasks (``{"resources": {"GPU": 0.5}}``): the graph of a wave then goes to
     the scheduler in one submission, each task carrying its own restrictions."""
-    import contextlib
 
-    import dask
 
     sfx = f"-{token}" if token else ""
-    out: dict[str, list] = {name: [] for name in stages.stage_names(ctx.workflow)}
+    out: dict[str, list] = {name: [] for name in stage_names(ctx.workflow)}
     for z in range(ctx.workflow.scan.nz) if zs is None else zs:
         made: dict[tuple, object] = {}
         for t in slice_tasks(ctx, z, done):

@@ -23,8 +23,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from scipy.signal import find_peaks
 
 from xrdct_dask import store
+from xrdct_dask.config import Sinogram
+from xrdct_dask.pdf.transform import radial_to_q_A
+from xrdct_dask.sinogram import prep_options, prepare_sinogram
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,6 @@ def label(name: str, units: str | None) -> str:
 
 def strongest_peaks(pattern: np.ndarray, n: int = 3, min_separation: int = 5) -> list[int]:
     """Indices of the ``n`` highest local maxima of a pattern, at least ``min_separation`` bins apart."""
-    from scipy.signal import find_peaks
 
     p = np.nan_to_num(pattern)
     idx, props = find_peaks(p, distance=min_separation, prominence=0.02 * (p.max() - p.min() + 1e-30))
@@ -116,8 +120,6 @@ def distinct_curves(curves: np.ndarray, strength: np.ndarray, n: int, iterations
 def prepared_sinogram(path: str | Path, z: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """The q-summed sinogram of slice ``z`` as measured and as the reconstruction saw it (the
     workflow's ``sinogram`` section, from the store's attrs): ``(before, after, info)``."""
-    from xrdct_dask.config import Sinogram
-    from xrdct_dask.sinogram import prep_options, prepare_sinogram
 
     path = Path(path)
     total = store.open_array(path, f"{store.REDUCED}/total", "r")[z]
@@ -138,7 +140,6 @@ def summary_path(path: str | Path) -> Path:
 def is_our_picture(png: Path) -> bool:
     """True for a PNG this program wrote (its Software text), which it may overwrite."""
     try:
-        from PIL import Image
 
         with Image.open(png) as im:
             return im.text.get("Software", "") == SOFTWARE
@@ -342,7 +343,6 @@ def _map(ax, img, x: np.ndarray, y: np.ndarray, aspect="auto", how: str = "mean"
 
 def _d_spacing_A(q: np.ndarray, path, attrs: dict) -> np.ndarray | None:
     """d = 2 pi / Q (A) of each radial bin, where the unit (and for 2theta the wavelength) allow."""
-    from xrdct_dask.pdf.transform import radial_to_q_A
 
     unit = store.open_array(path, "q", "r").attrs.get("radial_unit", "q_nm^-1")
     try:

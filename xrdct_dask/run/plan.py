@@ -6,9 +6,9 @@ detector shape, for the bytes per frame; an HDF5 source opened for its files; th
 cached integration plan for the pdf-then-recon aux channels), so a 1000 x 1571 x 1000 scan plans
 in a second.  tests/test_plan.py holds every count to what ``build_graph`` and the store make.
 Nothing is a second copy of the run's rules: the tasks per slice come from the stage table
-(:func:`xrdct_dask.stages.tasks_per_slice`), the blocks from the layout a new store would get
-(:func:`xrdct_dask.prepare.layout_for`), the chunks from the store's own array table
-(:func:`xrdct_dask.store.array_specs`) and the memory per task from :mod:`xrdct_dask.budget`
+(:func:`xrdct_dask.pipeline.stages.tasks_per_slice`), the blocks from the layout a new store would get
+(:func:`xrdct_dask.run.open.layout_for`), the chunks from the store's own array table
+(:func:`xrdct_dask.store.layout.array_specs`) and the memory per task from :mod:`xrdct_dask.store.budget`
 (the formulas the layout is chosen by, checked against traced tasks in tests/test_budget.py).
 Bytes read and written are uncompressed upper bounds:
 
@@ -38,11 +38,29 @@ when present) and ``cpu_frames_per_s_per_core = 45``; the last line of each key 
 from __future__ import annotations
 
 import re
+import resource
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from xrdct_dask import store
 from xrdct_dask.config import Workflow
+from xrdct_dask.integrate.cache import cached_radial
+from xrdct_dask.integrate.csr import load_poni
+from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
+from xrdct_dask.pdf import operator_for, radial_to_q_A
+from xrdct_dask.pdf.transform import r_grid
+from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.graph import build_graph
+from xrdct_dask.pipeline.integrator import _plan_inputs
+from xrdct_dask.pipeline.stages import tasks_per_slice
+from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
 from xrdct_dask.resources import shipped_throughputs
+from xrdct_dask.run.open import layout_for, pdf_blocks
+from xrdct_dask.run.scanlayout import frames_placed_by_scan
+from xrdct_dask.store import budget
 
 PILATUS2M_SHAPE = (1679, 1475)
 CBF_OVERHEAD_BYTES = 8192  # imgCIF header + binary-section header + padding of a Pilatus CBF
@@ -151,7 +169,6 @@ def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int
             pass
     first = None if wf.frames_hdf5 else wf.frame_path(0)
     if first is not None and first.is_file():
-        from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
 
         try:
             shape = read_cbf_payload(first).shape
@@ -161,7 +178,6 @@ def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int
     shape, source = detector_shape, "given detector shape"
     if shape is None:
         try:
-            from xrdct_dask.integrate.csr import load_poni
 
             shape = tuple(load_poni(wf.inputs.poni).detector.max_shape)
             source = "PONI detector"
@@ -177,7 +193,6 @@ def _input_files(wf: Workflow, frames: int) -> tuple[int, str]:
         return frames, "one CBF file per frame"
     try:
         src = wf.frame_source()
-        import numpy as np
 
         seg = src.map.segment[src.map.segment >= 0]
         per_file = int(np.bincount(seg).max()) if seg.size else max(1, src.nframes)  # the fullest data file
@@ -191,9 +206,8 @@ def _input_files(wf: Workflow, frames: int) -> tuple[int, str]:
 
 def _frames_placed(wf: Workflow) -> bool:
     """Whether the scan places the frames (``reduced/scan_flag`` written), as the run will decide
-    (:func:`~xrdct_dask.prepare.frames_placed_by_scan`); a scan not readable yet (planned before
+    (:func:`~xrdct_dask.run.scanlayout.frames_placed_by_scan`); a scan not readable yet (planned before
     its files exist): placed where a scan file is named."""
-    from xrdct_dask.prepare import frames_placed_by_scan
 
     try:
         return frames_placed_by_scan(wf)
@@ -206,18 +220,15 @@ def _aux_channels(wf: Workflow) -> tuple[int, bool]:
     operator's (N, G at the low-r points, F at the top-Q points) on the radial axis of the
     integration plan when the plan cache holds it (as after any run or ``xrdct run`` of the same
     geometry), else the most the transform makes (``1 + budget.PDF_EXTRA_COLUMNS``)."""
-    from xrdct_dask import budget, stages
 
     try:
-        from xrdct_dask.integrate.cache import cached_radial
-        from xrdct_dask.pdf import operator_for, radial_to_q_A
 
-        ai, shape, options = stages._plan_inputs(wf)
+        ai, shape, options = _plan_inputs(wf)
         radial = cached_radial(ai, shape, wf.integrate.npt_rad, wf.integrate.unit, directory=wf.compute.cache_dir,
                                **options)
         if radial is not None:
             op = operator_for(radial_to_q_A(radial, wf.integrate.unit, (ai.wavelength or 0) * 1e10), wf.pdf)
-            return len(stages.pdf_aux_channels(op)), True
+            return len(pdf_aux_channels(op)), True
     except Exception:  # noqa: BLE001 - no readable PONI, images or PDF parameters: the bound
         pass
     return 1 + budget.PDF_EXTRA_COLUMNS, False
@@ -226,7 +237,6 @@ def _aux_channels(wf: Workflow) -> tuple[int, bool]:
 def _nr(wf: Workflow) -> int:
     if not wf.pdf.enabled:
         return 0
-    from xrdct_dask.pdf.transform import r_grid
 
     return int(r_grid(wf.pdf.rmin, wf.pdf.rmax, wf.pdf.rstep).size)
 
@@ -236,8 +246,6 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
                   results: str | Path | None = None, gpus: int = 1, fs_gbps: float | None = None) -> RunPlan:
     """The figures of a run of ``wf`` (see the module docstring) on ``gpus`` GPUs reading from a
     file system of ``fs_gbps`` GB/s (None: not known)."""
-    from xrdct_dask import budget, stages, store
-    from xrdct_dask.prepare import layout_for, pdf_blocks
 
     s = wf.scan
     nz, nw, nx = s.nz, s.nomega, s.nx
@@ -247,7 +255,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     if frame_bytes is not None:
         fb, fb_source = int(frame_bytes), "given"
     lay = layout_for(wf, nq, nr)
-    per_slice = stages.tasks_per_slice(wf, nq=nq, nr=nr, layout=lay)
+    per_slice = tasks_per_slice(wf, nq=nq, nr=nr, layout=lay)
     t_slice = sum(per_slice.values())
     wc, qc, yc, rc = lay.omega_chunk, lay.q_chunk, lay.y_chunk, lay.r_chunk
     aux, aux_exact = _aux_channels(wf) if nr and wf.pdf.order == "pdf-then-recon" else (1 + budget.PDF_EXTRA_COLUMNS,
@@ -344,24 +352,18 @@ def _file_system(frames: int, frame_bytes: int, gpu_fps: float | None, gpus: int
 
 
 def build_waves(wf: Workflow) -> dict:
-    """Build the graph of every wave of a run of ``wf`` as the run would (:func:`xrdct_dask.graph.build_graph`,
+    """Build the graph of every wave of a run of ``wf`` as the run would (:func:`xrdct_dask.pipeline.graph.build_graph`,
     slices grouped by :func:`waves`), without a store and without computing anything, one wave at a
     time (each dropped before the next): ``{"waves", "tasks", "max_wave_tasks", "seconds",
     "peak_rss_bytes"}`` -- what the client spends and holds to drive the run."""
-    import resource
-    import time
-    from pathlib import Path
 
-    from xrdct_dask import stages
-    from xrdct_dask.graph import build_graph
-    from xrdct_dask.prepare import layout_for
 
     s = wf.scan
     nq, nr = wf.integrate.npt_rad, _nr(wf)
     lay = layout_for(wf, nq, nr)
-    ctx = stages.RunContext(workflow=wf, store_path=Path(wf.store.path), monitor_reference=1.0, wavelength_A=1.0,
+    ctx = RunContext(workflow=wf, store_path=Path(wf.store.path), monitor_reference=1.0, wavelength_A=1.0,
                             layout=lay, extra={"nq": nq, "nr": nr})
-    per_slice = sum(stages.tasks_per_slice(wf, nq=nq, nr=nr, layout=lay).values())
+    per_slice = sum(tasks_per_slice(wf, nq=nq, nr=nr, layout=lay).values())
     groups = waves([per_slice] * s.nz, wf.compute.max_tasks)
     t0 = time.perf_counter()
     total = largest = 0

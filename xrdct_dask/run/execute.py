@@ -1,30 +1,40 @@
 """Run a workflow: open its store, build its graph, compute it in waves with progress, report.
 
-Where workers advertise a ``GPU`` resource (GPU profiles, :func:`xrdct_dask.cluster.local_cluster`),
+Where workers advertise a ``GPU`` resource (GPU profiles, :func:`xrdct_dask.cluster.local.local_cluster`),
 the integration tasks ask for half a GPU (two per worker: one reads and writes while the other
 holds the GPU pipeline) and the other stages for ``CPU`` where workers are marked so
-(:func:`xrdct_dask.cluster.stage_resources`); on a plain cluster the same graph runs unannotated.
+(:func:`xrdct_dask.cluster.local.stage_resources`); on a plain cluster the same graph runs unannotated.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections import deque
 from pathlib import Path
 
+from distributed import LocalCluster, as_completed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from xrdct_dask import store
-from xrdct_dask.cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
+from xrdct_dask.cluster.local import stage_resources
+from xrdct_dask.cluster.logs import RunLogPlugin, worker_log_level
+from xrdct_dask.cluster.profiles import load_profile
 from xrdct_dask.config import Workflow, load_workflow, workflow_from_dict
-from xrdct_dask.graph import build_graph, pending_by_stage
-from xrdct_dask.prepare import open_run
-from xrdct_dask.console import console
-from xrdct_dask.report import finish_run
-from xrdct_dask.stages import RunContext
+from xrdct_dask.errors import RunStopped
+from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.graph import build_graph, pending_by_stage
+from xrdct_dask.pipeline.integrator import IntegratorPlugin
+from xrdct_dask.run.connect import Connection
+from xrdct_dask.run.open import open_run
+from xrdct_dask.run.plan import waves
+from xrdct_dask.run.report import finish_run
+from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
 
-class RunStopped(RuntimeError):
-    """The run cannot go on (the store cannot be written); what is marked done is whole."""
+
 
 
 def compute_with_progress(client, graph: dict, progress: bool = True) -> dict:
@@ -57,7 +67,6 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
     profile = cluster if isinstance(cluster, (str, Path)) else (
         wf.compute.cluster if cluster is None and not scheduler_address else None)
     if profile is not None:  # a broken cluster profile fails here, before the store is created
-        from xrdct_dask.cluster import load_profile
 
         load_profile(profile, **(cluster_options or {}))
     conn = Connection(wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
@@ -69,28 +78,6 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
     return ctx.store_path
 
 
-class Connection:
-    """The run's client and the cluster started for it, made at the first :meth:`get` (a run whose
-    inputs fail their checks never starts one) and shared by store creation and the stages."""
-
-    def __init__(self, wf: Workflow, scheduler_address: str | None = None, cluster=None, jobs: int | None = None,
-                 adaptive: bool | None = None, cluster_options: dict | None = None):
-        self.args = (wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
-        self.client = self.local = None
-
-    def get(self):
-        if self.client is None:
-            self.client, self.local = client_for(*self.args)
-        return self.client
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.local is not None:
-            self.local.close()
-        self.client = self.local = None
-
-
 def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, cluster=None,
             jobs: int | None = None, adaptive: bool | None = None, cluster_options: dict | None = None,
             progress: bool = True, summary: bool = True, t0: float | None = None,
@@ -98,14 +85,12 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
     """Compute what is not yet done in one or more prepared stores, as one graph, and finish them.
 
     Slices with pending tasks (of every store together) are grouped into waves of at most
-    ``compute.max_tasks / 2`` tasks (:func:`xrdct_dask.plan.waves`); two waves are in flight at a
+    ``compute.max_tasks / 2`` tasks (:func:`xrdct_dask.run.plan.waves`); two waves are in flight at a
     time.  Returns each store's run summary.  ``connection`` (:class:`Connection`): a client the
     caller made (and closes); else one is made from the other arguments and closed here.  A task that cannot write the store stops the run
     with :class:`RunStopped`; every other task failure raises RuntimeError naming the task.
     """
-    import uuid
 
-    from xrdct_dask.plan import waves
 
     t0 = time.perf_counter() if t0 is None else t0
     states = [store.task_state(c.store_path) for c in ctxs]
@@ -147,7 +132,6 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
             if progress:
                 console.info("dask dashboard: %s", client.dashboard_link)
             # a local cluster's workers follow the quiet client; a batch job's log file keeps its own level
-            from distributed import LocalCluster
             client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))
             need = {c.workflow.digest(): c.workflow for c, st in zip(ctxs, states) if not st.integrate.all()}
             resources = stage_resources(client, ctxs[0].workflow, local)
@@ -170,10 +154,8 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
     result)`` as tasks finish, with one progress bar per stage (``totals``: tasks per stage).
 
     Each wave goes to the scheduler in one ``client.compute`` (no task's graph sent twice); its
-    tasks carry their resource restrictions as annotations (:func:`xrdct_dask.graph.build_graph`)."""
-    from collections import deque
+    tasks carry their resource restrictions as annotations (:func:`xrdct_dask.pipeline.graph.build_graph`)."""
 
-    from distributed import as_completed
 
     queue = deque(wave_builders)
     meta: dict = {}
@@ -192,7 +174,6 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
 
     bar = None
     if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         bar = Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         bars = {k: bar.add_task(k, total=v) for k, v in totals.items() if v}

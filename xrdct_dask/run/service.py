@@ -33,8 +33,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
+import zarr
 
+from xrdct_dask import store
 from xrdct_dask.config import WorkflowError, load_workflow, workflow_from_dict
+from xrdct_dask.run.execute import run
+from xrdct_dask.run.live import watch
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,8 @@ def _now() -> str:
 class JobService:
     """The jobs of one service: validated on submission, run one at a time in a thread, each
     recorded in ``jobs_dir/<id>/`` (see the module's docstring).  ``runner(job, wf)`` runs one
-    job and returns its summary dict (default: :func:`xrdct_dask.workflow.run` or
-    :func:`xrdct_dask.live.watch` on ``scheduler_address``)."""
+    job and returns its summary dict (default: :func:`xrdct_dask.run.execute.run` or
+    :func:`xrdct_dask.run.live.watch` on ``scheduler_address``)."""
 
     def __init__(self, jobs_dir, scheduler_address: str | None = None, base_dir=None):
         self.jobs_dir = Path(jobs_dir).resolve()
@@ -160,12 +164,9 @@ class JobService:
 
     def run_job(self, job: dict) -> dict:
         """Run one job from its stored workflow; record the job in the store's attrs; its summary."""
-        from xrdct_dask import store
-        from xrdct_dask.workflow import run
 
         wf = load_workflow(job["workflow"])
         if job["mode"] == "watch":
-            from xrdct_dask.live import watch
 
             res = watch(wf, idle_timeout_s=job["idle_timeout"], scheduler_address=self.scheduler_address,
                         progress=False)
@@ -174,7 +175,6 @@ class JobService:
         else:
             path = run(wf, scheduler_address=self.scheduler_address, progress=False)
             summary = {"frames": store.read_attrs(path).get("run_summary", {}).get("frames")}
-        import zarr
 
         zarr.open_group(str(path), mode="r+").attrs["job"] = {"id": job["id"], "input_yaml": Path(
             job["input"]).read_text(), "submitted": job["submitted"], "mode": job["mode"]}

@@ -1,0 +1,131 @@
+"""The centre and recon stages' tasks: a slice's rotation axis, and FBP/SIRT/CGLS of a q block."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from xrdct_dask import store
+from xrdct_dask.backend import release, to_host, xp_for_engine
+from xrdct_dask.config import Workflow
+from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.tasks_integrate import _engine
+from xrdct_dask.recon import fbp, reconstruct
+from xrdct_dask.sinogram import prep_options, prepare_sinogram
+
+log = logging.getLogger(__name__)
+
+
+def find_center(z: int, ctx: RunContext, *deps) -> dict:
+    """Geometry of slice ``z`` from its q-summed sinogram, prepared as the q blocks will be: the
+    rotation axis (pixels; or the workflow's value), with ``sinogram.jitter`` the shift of every
+    projection, with ``sinogram.stripes`` the stripe columns.  Every q block of the slice is then
+    corrected with these same numbers."""
+
+    t0 = time.perf_counter()
+    total = store.open_array(ctx.store_path, f"{store.REDUCED}/total", "r")[z]
+    ok = store.open_array(ctx.store_path, f"{store.REDUCED}/frame_ok", "r")[z]
+    omega = store.open_array(ctx.store_path, "omega", "r")[:]
+    _, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(ctx.workflow.sinogram))
+    store.mark_done(ctx.store_path, "center", (z,), float(info["center"]))
+    return {"stage": "center", "z": z, "center": info["center"], "shifts_px": info["shifts_px"],
+            "stripe_columns": info["stripe_columns"], "filled": info["filled"], "seconds": time.perf_counter() - t0}
+
+
+def _geometry(center) -> dict:
+    return center if isinstance(center, dict) else {"center": float(center)}
+
+
+def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dict, xp, filter_only: bool = False):
+    """Prepare (:func:`~xrdct_dask.sinogram.corrections.prepare_sinogram` with ``opts``) and reconstruct a
+    host sinogram block ``(nomega, nx, n)`` of slice ``z``, ``layout.q_sub`` bins at a time on ``xp``'s device
+    (every correction acts on each bin alone, with the slice's geometry in ``opts``).  Returns the
+    host volume ``(nx, nx, n)`` float32 and the last sub-block's preparation info.
+    ``filter_only``: FBP with the workflow's filter whatever recon.algorithm says (G(r) sinograms)."""
+
+    r = ctx.workflow.recon
+    ok = store.open_array(ctx.store_path / store.REDUCED, "frame_ok", "r")[z]
+    omega = store.open_array(ctx.store_path, "omega", "r")[:]
+    nx, n = sino.shape[1], sino.shape[2]
+    vol = np.empty((nx, nx, n), np.float32)
+    info: dict = {}
+    zingers = 0
+    for a in range(0, n, ctx.layout.q_sub):
+        b = min(a + ctx.layout.q_sub, n)
+        prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, **opts)
+        if filter_only:
+            out = fbp(prepared, omega, r.filter, center=info["center"])
+        else:
+            out = reconstruct(prepared, omega, r.algorithm, filter_name=r.filter, center=info["center"],
+                              iterations=r.iterations, nonneg=r.nonneg, threads=ctx.workflow.compute.threads_per_worker)
+        vol[..., a:b] = to_host(out)
+        zingers += info["zingers"]
+        del prepared, out
+    return vol, info | {"zingers": zingers}
+
+
+def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict:
+    """Prepare the sinograms of slice ``z``, q bins ``qs``, reconstruct them, write ``recon/``.
+
+    ``center`` is :func:`find_center`'s result (or a number of pixels).  The block is prepared and
+    reconstructed ``layout.q_sub`` bins at a time, so the task holds the block's sinogram and
+    volume and one sub-block's temporaries (:func:`xrdct_dask.store.budget.recon_bytes`).  Runs on the
+    GPU where ``recon.engine`` resolves to cupy (the sub-blocks are uploaded, the volume downloaded).
+    """
+
+    t0 = time.perf_counter()
+    wf = ctx.workflow
+    geo = _geometry(center)
+    xp = xp_for_engine(wf.recon.engine)
+    # (nomega, nx, nq_block), one omega chunk at a time
+    sino = store.read_chunked(ctx.store_path, f"{store.REDUCED}/intensity", (z, slice(None), slice(None), qs), 0)
+    opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo.get("stripe_columns")}
+    if wf.sinogram.jitter and geo.get("shifts_px"):  # the slice's shifts, from its q-summed sinogram
+        opts["jitter"] = np.asarray(geo["shifts_px"])
+    vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp)
+    del sino
+    release(xp)
+    store.write_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), vol, 0)
+    store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.layout.q_chunk))
+    return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
+            "zingers": info["zingers"], "steps": info["steps"], "algorithm": wf.recon.algorithm,
+            "engine": _engine(xp), "seconds": time.perf_counter() - t0}
+
+
+def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
+    """Run the slice stages' computations once, in this process, on a synthetic slice of the
+    scan's shape: the q-summed sinogram prepared as :func:`find_center` does, then ``nq`` q bins
+    prepared and reconstructed as :func:`reconstruct_block` does (the workflow's corrections,
+    algorithm, filter and engine; a centred disc, a few frames flagged so the filling runs).  The
+    kernels these compile (cupy's modules, numba's functions) are then ready before the first
+    real slice.  Live mode runs it on every worker while it waits for the first frame.
+
+    Never raises: returns ``{"seconds", "engine"}``, or ``{"error"}`` saying why it could not run
+    (the first slice then compiles them, as in a batch run)."""
+
+    t0 = time.perf_counter()
+    try:
+        s, r = wf.scan, wf.recon
+        xp = xp_for_engine(r.engine)
+        omega = np.linspace(0.0, 180.0, s.nomega, endpoint=False)
+        x = np.arange(s.nx) - (s.nx - 1) / 2
+        disc = 2 * np.sqrt(np.clip((0.4 * s.nx) ** 2 - x**2, 0, None)) + 1.0  # chord lengths of a centred disc
+        sino = (disc[None, :, None] * np.arange(1, nq + 1)[None, None, :] * np.ones((s.nomega, 1, 1))).astype(
+            np.float32)
+        ok = np.ones((s.nomega, s.nx), bool)
+        ok[0, : min(3, s.nx)] = False
+        _, geo = prepare_sinogram(sino.sum(axis=-1, keepdims=True), ok, omega, **prep_options(wf.sinogram))
+        opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo["stripe_columns"]}
+        if wf.sinogram.jitter and geo.get("shifts_px"):
+            opts["jitter"] = np.asarray(geo["shifts_px"])
+        prepared, info = prepare_sinogram(xp.asarray(sino), ok, omega, **opts)
+        to_host(reconstruct(prepared, omega, r.algorithm, filter_name=r.filter, center=info["center"],
+                            iterations=None if r.iterations is None else min(r.iterations, 2), nonneg=r.nonneg,
+                            threads=wf.compute.threads_per_worker))
+        del prepared
+        release(xp)
+    except Exception as err:  # a warm-up must never stop a run
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"seconds": time.perf_counter() - t0, "engine": _engine(xp)}

@@ -1,0 +1,361 @@
+"""Where the frames of a scan sit on the (z, omega, x) grid and what the axes are: from the scan
+arithmetic, a scan file's grid columns or measured positions, streamed in bounded memory;
+written into a new store's per-frame arrays slab by slab."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xrdct_dask import store
+from xrdct_dask.cluster.sidework import map_pieces, slabs
+from xrdct_dask.config import Workflow, WorkflowError
+from xrdct_dask.io import scantable
+from xrdct_dask.io.positioners import hdf5_column, hdf5_column_blocks, nearest_points
+from xrdct_dask.io.scan import grid_index
+from xrdct_dask.io.scantable import (
+    FlatColumn,
+    Sample,
+    SlabFrames,
+    grouped_median,
+    monitor_blocks,
+    remove_scratch,
+    sample_grid_cuts,
+    scan_header,
+    scan_table_blocks,
+    scratch_folder,
+)
+from xrdct_dask.io.spec import split_spec
+from xrdct_dask.io.status import FrameStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanLayout:
+    """Where the frames sit and what the axes are, kept per slice on disk (nothing of the size of
+    the scan in memory): ``grid`` the frames placed per slice
+    (:class:`~xrdct_dask.io.scantable.SlabFrames`: acquisition index, duplicates; None = the scan
+    arithmetic of ``scan.order``), the axes' values (``omega_deg``, ``x_mm``, ``z_mm``), a
+    measured ``monitor`` by acquisition index (:class:`~xrdct_dask.io.scantable.FlatColumn`, or
+    None), ``positions`` (what was measured, from where: recorded in the store) and
+    ``monitor_source`` (the workflow key it came from).  :meth:`close` removes the scratch folder."""
+
+    grid: object | None
+    omega_deg: np.ndarray
+    x_mm: np.ndarray
+    z_mm: np.ndarray
+    monitor: object | None
+    positions: dict
+    monitor_source: str = "inputs.monitor"
+    scratch: object | None = None
+
+    def index(self, wf: Workflow, z: int) -> np.ndarray:
+        """int64 ``(nomega, nx)``: acquisition index of the frame at each point of slice ``z`` (-1 none)."""
+        s = wf.scan
+        if self.grid is not None:
+            return self.grid.index(z)
+
+        iw, ix = np.indices((s.nomega, s.nx))
+        return grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+
+    def monitor_of(self, idx: np.ndarray) -> np.ndarray:
+        """float64 monitor at acquisition indices ``idx`` (NaN where -1; ones without a monitor)."""
+        if self.monitor is None:
+            return np.ones(idx.shape)
+        return self.monitor.take(idx)
+
+    def monitor_reference(self, wf: Workflow) -> float:
+        """The median of the positive monitor values of the frames used (every frame of the scan
+        arithmetic, or those placed on the grid), exact, streamed slice by slice; 1 without one."""
+
+        if self.monitor is None:
+            return 1.0
+
+        def stream():
+            if self.grid is None:
+                for v in self.monitor.blocks(wf.scan.nframes):
+                    v = v[v > 0]
+                    yield np.zeros(v.size, np.int64), v
+                return
+            for z in range(wf.scan.nz):
+                idx = self.grid.index(z)
+                v = self.monitor.take(idx[idx >= 0])
+                v = v[v > 0]
+                yield np.zeros(v.size, np.int64), v
+
+        ref = float(grouped_median(stream, 1)[0])
+        return ref if np.isfinite(ref) else 1.0
+
+    def close(self) -> None:
+
+        remove_scratch(self.scratch)
+        self.scratch = None
+
+
+def _scan_source(wf: Workflow):
+    """The scan's own per-frame table: ``(blocks, columns, sources, has_grid)`` where ``blocks()``
+    streams it (:func:`~xrdct_dask.io.scantable.scan_table_blocks`: ``index``, grid columns,
+    ``omega_deg``, ``x_mm``, ``z_mm``, ``monitor``), from the scan file, else from an HDF5
+    source's scan (``inputs.positioners``, read a block of frames at a time:
+    :func:`~xrdct_dask.io.positioners.hdf5_column_blocks`); None when the scan gives nothing per frame."""
+
+    if wf.inputs.scan_file is not None:
+        path = wf.inputs.scan_file
+        try:
+            names = scan_header(path)
+        except ValueError as err:
+            raise WorkflowError(f"inputs.scan_file: {err}") from None
+        cols = [c for c in ("omega_deg", "x_mm", "z_mm", "monitor") if c in names]
+        return (lambda: scan_table_blocks(path)), set(names), {c: f"{path}:{c}" for c in cols}, "iz" in names
+    if wf.frames_hdf5 and not wf.frames_templated and wf.scan.positions != "nominal":
+
+        n = wf.frame_source().nframes
+        names = wf.inputs.positioners
+        file = split_spec(wf.inputs.frames)[0]
+        columns = {}
+        for attr, name in (("omega_deg", names.omega), ("x_mm", names.x), ("z_mm", names.z),
+                           ("monitor", names.monitor)):
+            if name is None:
+                continue
+            try:  # each name on its own: a scan without a z motor still gives omega and x
+                columns[attr] = hdf5_column(file, name, attr, n)
+            except (ValueError, KeyError, OSError) as err:
+                if attr == "monitor":
+                    raise WorkflowError(f"inputs.positioners.monitor: {err}") from None
+                continue
+
+        return ((lambda: hdf5_column_blocks(columns, n, scantable.BLOCK_ROWS)), {"index", *columns},
+                {k: c.where for k, c in columns.items()}, False)
+    return None
+
+
+AXIS_OF = {"z_mm": 0, "omega_deg": 1, "x_mm": 2}
+
+
+def _places_frames(wf: Workflow, columns, has_grid: bool) -> bool:
+    """Whether a scan giving ``columns`` per frame places the frames on the grid: its grid columns,
+    or measured omega and x where ``scan.positions`` allows them (else the scan arithmetic does)."""
+    return has_grid or (wf.scan.positions != "nominal" and {"omega_deg", "x_mm"} <= set(columns))
+
+
+def frames_placed_by_scan(wf: Workflow) -> bool:
+    """Whether the scan itself (its file's grid columns, or its measured positions) places the
+    frames, as :func:`scan_layout` will decide: then ``reduced/scan_flag`` is written.  Reads the
+    scan file's header or the HDF5 scan's positioner names only."""
+    src = _scan_source(wf)
+    return src is not None and _places_frames(wf, src[1], src[3])
+
+
+def scan_layout(wf: Workflow) -> ScanLayout:
+    """The frames' places and the axes of a scan (see :class:`ScanLayout`), read in bounded memory.
+
+    The scan's table is streamed once (:mod:`xrdct_dask.io.scantable`) into a scratch folder
+    beside the store, slice by slice.  A scan file's ``iz, iomega, ix`` columns place the frames;
+    else measured omega and x (and z) place them on the grid of their own values (the readings
+    of each axis grouped into ``nomega`` / ``nx`` / ``nz`` values, the groups told apart on a
+    random sample of at most :data:`~xrdct_dask.io.scantable.SAMPLE_MAX` readings, each group's
+    median exact; each frame at the nearest, frames that fit none left out and counted); else
+    the scan arithmetic.  The axes are the measured values (the exact median reading of each grid
+    line) where the scan gives them and ``scan.positions`` allows, else the nominal grid, and the
+    store records which (``positions`` attr)."""
+
+    s = wf.scan
+    nominal = {"omega_deg": np.arange(s.nomega) * (s.omega_range_deg / s.nomega),
+               "x_mm": np.arange(s.nx) * s.x_step_mm, "z_mm": np.arange(s.nz) * s.z_step_mm}
+    src = _scan_source(wf)
+    blocks, columns, sources, has_grid = src if src is not None else (None, set(), {}, False)
+    measured = [k for k in ("omega_deg", "x_mm", "z_mm") if k in columns]
+    if s.positions == "nominal":
+        measured = []
+    elif s.positions == "measured" and not {"omega_deg", "x_mm"} <= set(measured):
+        raise WorkflowError("scan.positions: measured, but the scan gives no omega and x per frame (scan file "
+                            "columns omega_deg, x_mm, or the HDF5 scan's inputs.positioners)")
+    place = not has_grid and _places_frames(wf, measured, False)
+    lay = ScanLayout(grid=None, monitor=None, positions={}, scratch=scratch_folder(wf.store.path), **nominal)
+    folder = Path(lay.scratch.name)
+    try:
+        if wf.inputs.monitor is not None:
+            lay.monitor = FlatColumn(folder / "monitor.f8")
+            try:
+                for v in monitor_blocks(wf.inputs.monitor):
+                    lay.monitor.append(v)
+            except ValueError as err:
+                raise WorkflowError(f"inputs.monitor: {err}") from None
+        elif "monitor" in columns:
+            lay.monitor, lay.monitor_source = FlatColumn(folder / "monitor.f8"), "the scan's monitor"
+        mon_rows = "monitor" in columns and wf.inputs.monitor is None
+        placed = "scan arithmetic (scan.order, scan.fast_axis)"
+        axes: dict[str, np.ndarray] = {}
+        if has_grid:
+            lay.grid = _grid_from_columns(wf, blocks, measured, lay.monitor if mon_rows else None, folder)
+            placed = "scan file columns iz, iomega, ix"
+            for k in measured:
+                axes[k] = _line_medians(lay.grid, k, AXIS_OF[k])
+        elif place:
+            lay.grid, axes, off = _grid_from_positions(wf, blocks, measured, lay.monitor if mon_rows else None,
+                                                       folder)
+            placed = f"measured positions ({off} frames fit no grid point and are left out)"
+        elif mon_rows:
+            for b in blocks():
+                lay.monitor.scatter(b["index"], b["monitor"])
+        if lay.monitor is not None and lay.monitor_source == "inputs.monitor":
+            need = s.nframes if lay.grid is None else lay.grid.max_index + 1
+            if lay.monitor.size < need:
+                raise WorkflowError(f"inputs.monitor: {wf.inputs.monitor}: {lay.monitor.size} monitor values for a "
+                                    f"scan of {need} frames")
+        for k, v in axes.items():
+            setattr(lay, k, v)
+        lay.positions = {"frames placed by": placed,
+                         **{k: (sources.get(k, "measured") if k in axes else "nominal") for k in nominal}}
+    except BaseException:
+        lay.close()
+        raise
+    return lay
+
+
+def _grid_from_columns(wf: Workflow, blocks, fields: list[str], monitor, folder: Path):
+    """The frames placed by a scan file's ``iz, iomega, ix`` columns, per slice
+    (:class:`~xrdct_dask.io.scantable.SlabFrames`, with the ``fields`` read), the monitor column
+    scattered into ``monitor`` on the way."""
+
+    s = wf.scan
+    grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx, fields)
+    bad = 0
+    for b in blocks():
+        iz, iw, ix = b["iz"], b["iomega"], b["ix"]
+        inside = (iz >= 0) & (iz < s.nz) & (iw >= 0) & (iw < s.nomega) & (ix >= 0) & (ix < s.nx)
+        bad += int((~inside).sum())
+        if bad:
+            continue
+        if monitor is not None:
+            monitor.scatter(b["index"], b["monitor"])
+        grid.add(iz, iw, ix, b["index"], {f: b[f] for f in fields})
+    if bad:
+        raise WorkflowError(f"inputs.scan_file: {wf.inputs.scan_file}: {bad} rows lie outside the scan grid "
+                            f"{s.nz} x {s.nomega} x {s.nx}")
+    grid.finish()
+    return grid
+
+
+def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, folder: Path):
+    """Frames placed by their measured positions: one pass keeps the readings (flat files) and a
+    random sample per axis; the sample tells the groups of each axis apart, every reading is
+    grouped by those cuts and each group's median is exact (:func:`grouped_median`); a second
+    pass places each frame at its nearest grid point (:func:`~xrdct_dask.io.positioners.nearest_points`).
+    Returns ``(SlabFrames, axes, frames off grid)``."""
+
+    s = wf.scan
+    flat = {k: FlatColumn(folder / f"{k}.f8") for k in ("index", *measured)}
+    samples = {k: Sample() for k in measured}
+    for b in blocks():
+        flat["index"].append(b["index"])
+        for k in measured:
+            flat[k].append(b[k])
+            samples[k].add(b[k])
+        if monitor is not None:
+            monitor.scatter(b["index"], b["monitor"])
+    sizes = {"omega_deg": s.nomega, "x_mm": s.nx, "z_mm": s.nz}
+    axes = {}
+    try:
+        for k in measured:
+            cuts = sample_grid_cuts(samples[k].values(), sizes[k])
+
+            def stream(k=k, cuts=cuts):
+                for v in flat[k].blocks():
+                    yield np.searchsorted(cuts, v, side="right"), v
+
+            axes[k] = grouped_median(stream, sizes[k])
+    except ValueError as err:
+        raise WorkflowError(f"scan: the measured positions do not make a {s.nz} x {s.nomega} x {s.nx} grid "
+                            f"({err})") from None
+    if "z_mm" not in measured:
+        if s.nz > 1:
+            raise WorkflowError("scan: omega and x are measured but not z, and the scan has several slices: name "
+                                "inputs.positioners.z or give the scan file a z_mm column")
+        axes["z_mm"] = np.zeros(1)
+    grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx)
+    off = total = 0
+    readers = {k: flat[k].blocks() for k in flat}
+    for idx in readers["index"]:
+        v = {k: next(readers[k]) for k in measured}
+        z = v.get("z_mm", np.zeros(idx.size))
+        iz, iw, ix, out, _ = nearest_points(v["omega_deg"], v["x_mm"], z, axes["omega_deg"], axes["x_mm"],
+                                            axes["z_mm"], omega_period_deg=360.0)
+        on = ~out
+        off, total = off + int(out.sum()), total + idx.size
+        grid.add(iz[on], iw[on], ix[on], idx[on].astype(np.int64), {})
+    grid.finish()
+    if off:
+        log.warning("%d of %d frames fit no grid point (flagged off grid)", off, total)
+    return grid, axes, off
+
+
+def _line_medians(grid, field: str, axis: int) -> np.ndarray:
+    """The exact median of the per-frame ``field`` over each line of ``grid`` along ``axis`` (the
+    frames placed there), streamed slice by slice: a measured coordinate for each grid index."""
+
+    out = grouped_median(grid.stream(field, axis), grid.shape[axis])
+    if np.isnan(out).any():
+        raise WorkflowError(f"scan: no frame measured at {int(np.isnan(out).sum())} grid lines: their positions are "
+                            "unknown (scan.positions: nominal uses the grid)")
+    return out
+
+
+SLAB_POINTS = 1 << 21  # scan points a template-writing task covers (whole slices: z chunks are 1)
+
+
+SLABS_IN_FLIGHT = 16  # slabs read ahead by the client while the workers write: ~16 x 25 MB at most
+
+
+def write_scan_arrays(path: Path, wf: Workflow, lay: ScanLayout, client=None) -> int:
+    """Fill ``reduced/monitor``, ``reduced/frame_index`` (and ``scan_flag`` where a scan file or
+    measured positions place the frames) of the new store at ``path``, in slabs of whole slices,
+    each a task on the workers of ``client`` (:func:`xrdct_dask.cluster.sidework.map_pieces`; None: here,
+    one after the other; the arrays are the same).  The client reads each slab's frame indices and
+    monitor from the scan layout (:class:`ScanLayout`, slice by slice) as the tasks run, a few
+    slabs ahead: it never holds the scan's ``(nz, nomega, nx)`` arrays.  Returns the frames that
+    arrived out of the scan's order."""
+
+    s = wf.scan
+    late = 0
+
+    def pieces():
+        nonlocal late
+        for z0, z1 in slabs(s.nz, -(-s.nz * s.nomega * s.nx // SLAB_POINTS)):
+            idx = np.stack([lay.index(wf, z) for z in range(z0, z1)])
+            mon = lay.monitor_of(idx).astype(np.float32)
+            flags = None
+            if lay.grid is not None:
+                flags = np.stack([_scan_flags(z, idx[z - z0], lay.grid.duplicate(z), s) for z in range(z0, z1)])
+                late += int((flags == FrameStatus.OUT_OF_ORDER).sum())
+            yield str(path), z0, z1, idx, mon, flags
+
+    map_pieces(client, _write_scan_slab, pieces(), "xrdct-template-slab", in_flight=SLABS_IN_FLIGHT)
+    return late
+
+
+def _write_scan_slab(piece) -> int:
+    """One slab of :func:`write_scan_arrays`: slices ``z0 .. z1 - 1``; returns the points written."""
+    path, z0, z1, idx, mon, flags = piece
+    store.open_array(path, f"{store.REDUCED}/monitor")[z0:z1] = mon
+    store.open_array(path, f"{store.REDUCED}/frame_index")[z0:z1] = idx
+    if flags is not None:
+        store.open_array(path, f"{store.REDUCED}/scan_flag")[z0:z1] = flags
+    return int(idx.size)
+
+
+def _scan_flags(z: int, idx: np.ndarray, dup: np.ndarray, s) -> np.ndarray:
+    """int8 ``(nomega, nx)`` of slice ``z`` (acquisition indices ``idx``, points recorded twice
+    ``dup``): DUPLICATE where the scan file records a point twice, OUT_OF_ORDER where it places
+    a frame elsewhere than the scan arithmetic (fast axis, snake) would, else 0."""
+
+    flags = np.zeros(idx.shape, np.int8)
+    iw, ix = np.indices(idx.shape)
+    expected = grid_index(z, iw, ix, s.nomega, s.nx, s.fast_axis, s.order)
+    flags[(idx >= 0) & (idx != expected)] = FrameStatus.OUT_OF_ORDER
+    flags[dup] = FrameStatus.DUPLICATE
+    return flags

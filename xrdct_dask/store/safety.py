@@ -1,0 +1,145 @@
+"""What a store may replace, and how a new one is put in place: this program's stores only
+(format marker, nothing foreign, never at or above an input), built aside and renamed into place."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from xrdct_dask.errors import StoreExistsError, StoreWriteError
+from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, ROOT_ENTRIES, TASKS
+
+ASIDE_NEW, ASIDE_OLD = ".xrdct-new-", ".xrdct-old-"
+
+
+ASIDE_SCAN = ".xrdct-scan-"  # the scan table converted while a store is prepared (xrdct_dask.io.scantable)
+
+
+
+
+def root_attrs(path) -> dict | None:
+    """The attributes of the zarr group at ``path`` (its root ``zarr.json``), None if there is none
+    or it is unreadable.  Read as plain JSON: no zarr machinery for a folder that may not be a store."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("attributes", {}) if isinstance(meta, dict) else None
+
+
+def is_store(path) -> bool:
+    """True when ``path`` is a store this program created (complete or not): its marker is there."""
+    return (root_attrs(path) or {}).get("format") == FORMAT
+
+
+def foreign_entries(path) -> list[str]:
+    """Entries of store ``path`` this program never writes: anything at the root other than its
+    groups, coordinates and metadata, and anything in a group other than zarr arrays (a folder
+    with a ``zarr.json``) and its own ``zarr.json``.  Chunk folders are not walked (nobody keeps
+    files there, and a large store holds millions of them)."""
+    path = Path(path)
+    out = []
+    for e in path.iterdir():
+        if e.name in ROOT_ENTRIES or e.name.endswith(".partial"):
+            if e.is_dir() and e.name in (REDUCED, RECON, PDF, TASKS):
+                out += [f"{e.name}/{f.name}" for f in e.iterdir()
+                        if not (f.name == "zarr.json" or f.name.endswith(".partial") or (f / "zarr.json").is_file())]
+            continue
+        out.append(e.name)
+    return sorted(out)
+
+
+def check_replaceable(path, inputs: dict[str, Path] | None = None) -> None:
+    """Raise :class:`StoreExistsError` unless creating a store at ``path`` loses nothing: ``path``
+    does not exist, is an empty folder, or is a store of this program holding nothing else
+    (:func:`foreign_entries`); and it neither is nor lies above any of ``inputs`` (``{key: path}``)."""
+    path = Path(path)
+    full = path.resolve()
+    for key, p in (inputs or {}).items():
+        q = Path(p).resolve()
+        if q == full or full in q.parents:
+            raise StoreExistsError(f"store.path: {path} holds the run's input {key} ({p}): choose another store.path")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise StoreExistsError(f"store.path: {path} exists and is not a folder: choose another store.path")
+    if not any(path.iterdir()):
+        return
+    if not is_store(path):
+        raise StoreExistsError(f"store.path: {path} exists and is not a store of xrdct-dask (store.overwrite only "
+                               f"ever replaces one): choose another store.path")
+    extra = foreign_entries(path)
+    if extra:
+        raise StoreExistsError(f"store.path: {path} is an xrdct-dask store but also holds {len(extra)} other "
+                               f"entr{'y' if len(extra) == 1 else 'ies'} ({', '.join(extra[:3])}): move "
+                               f"{'it' if len(extra) == 1 else 'them'} out or choose another store.path")
+
+
+def aside_name(path, kind: str) -> Path:
+    """``.run.zarr.xrdct-new-<hex>`` beside ``run.zarr``: where a store is built before it is
+    renamed into place (``ASIDE_NEW``), or where the store it replaces waits for deletion."""
+
+    path = Path(os.path.abspath(path))
+    return path.parent / f".{path.name}{kind}{uuid.uuid4().hex[:12]}"
+
+
+def create_aside(path, build, inputs: dict[str, Path] | None = None):
+    """Build a new store for ``path`` beside it and rename it into place when whole.
+
+    ``build(tmp)`` writes the whole store at ``tmp`` (:func:`create_store` first, which writes the
+    format marker before anything else).  Only then is an existing store at ``path`` (checked by
+    :func:`check_replaceable` before anything is written, and again just before the swap) moved
+    aside and deleted: a run that fails or is killed while building leaves the old store (or
+    nothing) at ``path``, never a half-made one.  A failure removes the half-made copy (it is
+    this call's own folder) and raises :class:`StoreWriteError` with one line.  Returns ``build``'s result.
+    """
+    path = Path(os.path.abspath(path))
+    check_replaceable(path, inputs)
+    tmp = aside_name(path, ASIDE_NEW)
+    try:
+        result = build(tmp)
+        check_replaceable(path, inputs)
+        if path.exists() and any(path.iterdir()):
+            old = aside_name(path, ASIDE_OLD)
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if path.exists():
+                path.rmdir()  # an empty folder
+            os.rename(tmp, path)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, StoreExistsError):
+            raise
+        raise StoreWriteError(err.errno or errno.EIO,
+                              f"cannot create {path}: {err.strerror or err}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def leftovers(path) -> list[Path]:
+    """Folders left beside ``path`` by a run killed while building or swapping its store."""
+    path = Path(os.path.abspath(path))
+    try:
+        return sorted(p for p in path.parent.iterdir()
+                      if any(p.name.startswith(f".{path.name}{kind}") for kind in (ASIDE_NEW, ASIDE_OLD, ASIDE_SCAN)))
+    except OSError:
+        return []
+
+
+def check_writable(path) -> None:
+    """Raise :class:`StoreWriteError` unless files can be created in folder ``path``."""
+    probe = Path(path) / f".xrdct-write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise StoreWriteError(err.errno or errno.EIO,
+                              f"{path} is not writable ({err.strerror or err})") from None
