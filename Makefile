@@ -51,7 +51,7 @@ notebooks: $(STAMP)
 
 # the figures lines of benchmarks/RESULTS.md that `xrdct plan` ships (tests/test_packaging.py keeps them equal)
 throughputs: $(STAMP)
-	$(BIN)/python -c "import json; from xrdct_dask.run.plan import read_throughputs; from xrdct_dask.resources import THROUGHPUTS; \
+	$(BIN)/python -c "import json; from xrdct_dask.runs.plan import read_throughputs; from xrdct_dask.resources import THROUGHPUTS; \
 		THROUGHPUTS.write_text(json.dumps({'source': 'benchmarks/RESULTS.md', **read_throughputs('benchmarks/RESULTS.md')}, indent=1) + '\n')"
 
 bench: $(STAMP)

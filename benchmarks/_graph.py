@@ -23,8 +23,8 @@ def link_frames(distinct: list[Path], frames_dir: Path, n: int) -> Path:
 def _one_run(client, wf, token: str) -> dict:
     from xrdct_dask.cluster.local import stage_resources
     from xrdct_dask.pipeline.graph import build_graph
-    from xrdct_dask.run.execute import compute_with_progress
-    from xrdct_dask.run.open import open_run
+    from xrdct_dask.runs.execute import compute_with_progress
+    from xrdct_dask.runs.open import open_run
 
     graph = build_graph(open_run(wf), token=token, resources=stage_resources(client, wf))
     t = time.perf_counter()

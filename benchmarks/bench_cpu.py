@@ -106,8 +106,8 @@ def main() -> int:
     from xrdct_dask.config import load_workflow
     from xrdct_dask.pipeline.graph import build_graph
     from xrdct_dask.pipeline.integrator import IntegratorPlugin
-    from xrdct_dask.run.execute import compute_with_progress
-    from xrdct_dask.run.open import open_run
+    from xrdct_dask.runs.execute import compute_with_progress
+    from xrdct_dask.runs.open import open_run
 
     wf = load_workflow(scan.workflow, {"store.path": str(work / "run.zarr"), "store.overwrite": True,
                                         "integrate.npt_rad": args.npt, "pdf.enabled": False,

@@ -7,7 +7,7 @@
 A writer process "acquires" ``slices x nomega x nx`` frames at ``--rate`` Hz: each frame is a hard
 link to one of ``--distinct`` full-size frames (Poisson counts of powder rings, :func:`make_frames`), made under a temporary name and renamed
 into place (as a detector or data mover does), and the writer records when each rename happened.
-``xrdct_dask.run.live.watch`` follows it on the default local cluster of this machine (GPU workers
+``xrdct_dask.runs.live.watch`` follows it on the default local cluster of this machine (GPU workers
 integrate where a GPU is visible: the same cluster as ``xrdct run``), armed before the first frame
 comes (workers started, integration plan built and cached, engine warmed with a blank frame,
 slice stages run once on a synthetic slice, as a beamline's long-lived cluster is).  Printed and written to ``--json``:
@@ -114,7 +114,7 @@ def main() -> int:
     from xrdct_dask.cluster.local import local_cluster
     from xrdct_dask.config import parse_overrides, workflow_from_dict
     from xrdct_dask.pipeline.integrator import plan_for
-    from xrdct_dask.run.live import watch
+    from xrdct_dask.runs.live import watch
 
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     t_all = time.perf_counter()

@@ -57,7 +57,7 @@ def one_size(nz: int, nomega: int, nx: int, npt_rad: int, omega_chunk: int, engi
 
     from xrdct_dask.config import load_workflow
     from xrdct_dask.pipeline.integrator import IntegratorPlugin
-    from xrdct_dask.run.execute import run
+    from xrdct_dask.runs.execute import run
     from xrdct_dask.simulate import simulate_scan
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))

@@ -5,7 +5,7 @@
 
 A scan of ``slices x nomega x nx`` full-size Pilatus 2M frames (hard links cycling over
 ``--distinct`` simulated frames: the page cache holds only those bytes, as a beamline's file
-system holds the newest frames) runs through ``xrdct_dask.run.execute.run`` on the default local
+system holds the newest frames) runs through ``xrdct_dask.runs.execute.run`` on the default local
 cluster of this machine (GPU workers for integration, the other workers reconstruct and compute
 G(r), on the GPU where one is visible).  Printed and written to ``--json``:
 
@@ -101,7 +101,7 @@ def one_run(wf, label: str, sample: bool = True) -> dict:
 
     from xrdct_dask import store
     from xrdct_dask.cluster.local import local_cluster
-    from xrdct_dask.run.execute import run
+    from xrdct_dask.runs.execute import run
 
     t0 = time.time()
     lc = local_cluster(wf)

@@ -22,6 +22,7 @@ from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.tasks_pdf import pdf_rows, pdf_scale
 from xrdct_dask.pipeline.tasks_recon import reconstruct_block
 from xrdct_dask.store import budget
+from xrdct_dask.testing.stores import run_markers
 
 
 def traced_peak(fn, *args) -> int:
@@ -40,8 +41,8 @@ def traced_peak(fn, *args) -> int:
 def store_for(tmp_path: Path, nomega: int, nx: int, nq: int, task_memory: str):
     """A one-slice store of random patterns and volume at the layout the plan gives this workflow."""
     from xrdct_dask.pdf import operator_for
-    from xrdct_dask.run.open import pdf_blocks
-    from xrdct_dask.run.plan import plan_workflow
+    from xrdct_dask.runs.open import store_markers
+    from xrdct_dask.runs.plan import plan_workflow
 
     wf = workflow_from_dict({"inputs": {"frames": str(tmp_path / "f_{index}.cbf"), "poni": str(tmp_path / "g.poni")},
                              "scan": {"nz": 1, "nomega": nomega, "nx": nx},
@@ -54,7 +55,7 @@ def store_for(tmp_path: Path, nomega: int, nx: int, nq: int, task_memory: str):
     op = operator_for(q, wf.pdf)
     store.create_store(wf.store.path, nz=1, nomega=nomega, nx=nx, radial=q, radial_unit="q_A^-1",
                        omega_deg=np.arange(nomega) * 180 / nomega, x_mm=np.arange(nx), z_mm=np.zeros(1), r_A=op.r_A,
-                       layout=lay, attrs={}, pdf_blocks=pdf_blocks(wf, lay, op.r_A))
+                       layout=lay, attrs={}, markers=store_markers(wf, lay, q, op.r_A))
     rng = np.random.default_rng(0)
     root = zarr.open_group(str(wf.store.path), mode="r+")
     root["reduced/intensity"][0] = rng.random((nomega, nx, nq), dtype=np.float32) * 100
@@ -90,11 +91,13 @@ def test_layout_keeps_tasks_in_budget_and_chunks_under_the_codec_limit():
     assert budget.recon_bytes(1571, 1000, lay.q_chunk, lay.q_sub) <= 4e9
     assert budget.pdf_bytes(lay.y_chunk, 1000, 2000, 1951) <= 4e9
     assert budget.pdf_scale_bytes(lay.y_chunk, 1000, 2000) <= 4e9
-    specs = store.array_specs(nz=1000, nomega=1571, nx=1000, nq=2000, nr=1951, layout=lay, pdf_blocks=8)
+    specs = store.array_specs(nz=1000, nomega=1571, nx=1000, nq=2000, nr=1951, layout=lay,
+                              markers=run_markers(1000, 1571, 1000, 2000, 1951, lay))
     assert max(s.chunk_bytes for s in specs) <= budget.CHUNK_BYTES_MAX < 2**31
     big = budget.choose_layout(nomega=1571, nx=2048, nq=4000, nr=3000, omega_chunk=16, q_chunk=256, r_chunk=512,
                                budget=64 * 10**9)
-    specs = store.array_specs(nz=1, nomega=1571, nx=2048, nq=4000, nr=3000, layout=big, pdf_blocks=8)
+    specs = store.array_specs(nz=1, nomega=1571, nx=2048, nq=4000, nr=3000, layout=big,
+                              markers=run_markers(1, 1571, 2048, 4000, 3000, big))
     assert max(s.chunk_bytes for s in specs) <= budget.CHUNK_BYTES_MAX
 
 
@@ -106,7 +109,7 @@ def test_a_slice_larger_than_a_worker_runs_in_bounded_tasks(tmp_path):
     NaN in recon/ or pdf/."""
     from distributed import LocalCluster
 
-    from xrdct_dask.run.execute import run
+    from xrdct_dask.runs.execute import run
     from xrdct_dask.simulate import simulate_scan
 
     scan = simulate_scan(tmp_path / "scan", nz=1, nomega=16, nx=400, npt_rad=2000, seed=4)

@@ -247,9 +247,9 @@ def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_pa
     from xrdct_dask import load_workflow
     from xrdct_dask.cluster.local import stage_resources
     from xrdct_dask.pipeline.graph import build_graph
-    from xrdct_dask.run.execute import compute_with_progress
-    from xrdct_dask.run.inputs import check_inputs
-    from xrdct_dask.run.open import prepare_store
+    from xrdct_dask.runs.execute import compute_with_progress
+    from xrdct_dask.runs.inputs import check_inputs
+    from xrdct_dask.runs.open import prepare_store
 
     wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
     ai, _ = check_inputs(wf)
@@ -286,8 +286,8 @@ def make_fake_gpu_cluster():
 def test_task_keys_name_the_stages(tiny_scan, tmp_path):
     from xrdct_dask import load_workflow
     from xrdct_dask.pipeline.graph import build_graph
-    from xrdct_dask.run.inputs import check_inputs
-    from xrdct_dask.run.open import prepare_store
+    from xrdct_dask.runs.inputs import check_inputs
+    from xrdct_dask.runs.open import prepare_store
 
     wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
     ai, _ = check_inputs(wf)
@@ -298,7 +298,7 @@ def test_task_keys_name_the_stages(tiny_scan, tmp_path):
 
 
 def test_engine_report_says_which_engine_ran_where():
-    from xrdct_dask.run.report import engine_report
+    from xrdct_dask.runs.report import engine_report
 
     results = [{"engine": "cupy", "worker": "tcp://10.0.0.1:4000"}, {"engine": "cupy", "worker": "tcp://10.0.0.1:4001"},
                {"engine": "numpy", "worker": "tcp://10.0.0.2:4000"}]

@@ -22,6 +22,7 @@ from xrdct_dask.export.nexus import _h5_chunks
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.store.budget import Layout
 from xrdct_dask.testing.references import rel_max
+from xrdct_dask.testing.stores import run_markers
 
 NZ, NW, NX, NQ, NR = 2, 12, 10, 40, 30
 
@@ -34,7 +35,7 @@ def run_store(tmp_path, rng):
                        omega_deg=np.arange(NW) * 15.0, x_mm=np.arange(NX) * 0.5, z_mm=np.arange(NZ) * 1.0,
                        r_A=np.linspace(0.5, 15, NR), layout=layout, attrs={"workflow": {"scan": {"nz": NZ}},
                                                                           "engine": "numpy"},
-                       pdf_blocks=1, pdf_attrs={"qmax": 20.0})
+                       markers=run_markers(NZ, NW, NX, NQ, NR, layout), pdf_attrs={"qmax": 20.0})
     root = zarr.open_group(str(path), mode="r+")
     root["reduced/intensity"][...] = rng.random((NZ, NW, NX, NQ), dtype=np.float32)
     root["reduced/sigma"][...] = rng.random((NZ, NW, NX, NQ), dtype=np.float32)

@@ -141,7 +141,7 @@ class _Listings:
 
 @pytest.mark.slow
 def test_per_slice_and_per_line_layouts_give_the_flat_layouts_store(layouts, cluster, tmp_path, monkeypatch):
-    from xrdct_dask.run.execute import run
+    from xrdct_dask.runs.execute import run
 
     per_line, h5 = layouts["per_line"], layouts["per_slice_h5"]
     assert (per_line.root / "data/slice_0001/line_00007/frame_000005.cbf.bz2").is_file()
@@ -182,7 +182,7 @@ def test_a_missing_slice_file_flags_its_frames_missing(tiny):
 def test_frame_sample_names_files_of_the_layout_without_listing(tiny, monkeypatch):
     """The run's identity samples at most 256 frame files, computed from the template: for an HDF5
     file per slice, each slice's file once."""
-    from xrdct_dask.run.inputs import FRAMES_SAMPLED, frame_sample, input_files
+    from xrdct_dask.runs.inputs import FRAMES_SAMPLED, frame_sample, input_files
 
     listed = _Listings(monkeypatch)
     layouts = tiny

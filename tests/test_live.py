@@ -111,7 +111,7 @@ def test_watch_during_the_acquisition_equals_the_batch_run_and_reconstructs_slic
     status (on the scheduler and beside the store) and picture are there."""
     from distributed import Client
 
-    from xrdct_dask.run.live import watch
+    from xrdct_dask.runs.live import watch
     from xrdct_dask.view.live import live_paths, live_status
 
     folder = empty_copy(acq, tmp_path / "live")
@@ -149,7 +149,7 @@ def test_watch_follows_an_eiger_scan_whose_data_files_appear_one_by_one(acq, bat
     before the first data file, and the workers are readied without it)."""
     import h5py
 
-    from xrdct_dask.run.live import watch
+    from xrdct_dask.runs.live import watch
     from xrdct_dask.simulate import simulate_scan
 
     h5 = simulate_scan(tmp_path / "h5scan", nz=2, nomega=8, nx=10, seed=5, fmt="h5", frames_per_file=40)
@@ -192,7 +192,7 @@ def test_partial_files_are_never_read_as_complete(acq, batch, cluster, tmp_path)
     """Frames written in place in four parts over each frame's 1/25 s (the watcher sees files
     with half a header, half a payload, no trailer): none is read before it is whole, so no
     frame ends flagged truncated or corrupt, and the store equals the batch run's."""
-    from xrdct_dask.run.live import watch
+    from xrdct_dask.runs.live import watch
 
     folder = empty_copy(acq, tmp_path / "slow")
     t, out = stream(acq, folder, in_place=True)
@@ -210,7 +210,7 @@ def test_idle_timeout_flags_frames_that_never_came_and_a_restart_reads_them(acq,
     frames come later; a second `watch` resumes the same store: it redoes only the blocks that
     lacked frames (slice 1's two blocks, frames 100-159 in snake order from index 80), and the
     store then equals the batch run's."""
-    from xrdct_dask.run.live import watch
+    from xrdct_dask.runs.live import watch
 
     folder = empty_copy(acq, tmp_path / "stopped")
     for p in frames_of(acq)[:100]:
@@ -234,7 +234,7 @@ def test_a_frame_the_detector_skipped_does_not_hold_its_slice_to_the_idle_timeou
     """Every frame but 5 and 158 is there: once frames far beyond one (or the scan's last frame)
     are whole and it is still absent after ``settle_s``, its block goes without it (flagged
     MISSING), long before the idle timeout; every other frame is read."""
-    from xrdct_dask.run.live import watch
+    from xrdct_dask.runs.live import watch
 
     folder = empty_copy(acq, tmp_path / "skipped")
     for p in frames_of(acq):
@@ -296,7 +296,7 @@ def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, c
     and the output store, which equals the batch run's; the input is kept beside the job
     record and in the store's attrs for replay; a watch job does the same.  A bad submission is
     refused in one line."""
-    from xrdct_dask.run.service import JobService, make_server
+    from xrdct_dask.runs.service import JobService, make_server
 
     service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address)
     server = make_server(service, "127.0.0.1", 0)
@@ -401,7 +401,7 @@ def test_watch_follows_a_file_an_swmr_writer_grows(acq, batch, cluster, tmp_path
     import multiprocessing
 
     from xrdct_dask.io.source import open_source, read_frames
-    from xrdct_dask.run.live import watch
+    from xrdct_dask.runs.live import watch
 
     raw = read_frames(open_source(acq.frame_path(0).parent / "frame_{index:06d}.cbf"), range(160))
     np.save(tmp_path / "frames.npy", raw)
@@ -463,7 +463,7 @@ def test_watch_warms_the_slice_stages_on_every_worker_before_the_first_frame(acq
     benchmarks/RESULTS.md).  Fresh worker processes: nothing loaded before."""
     from distributed import Client, LocalCluster
 
-    from xrdct_dask.run.live import _warm_slice_stages
+    from xrdct_dask.runs.live import _warm_slice_stages
 
     def loaded():
         from xrdct_dask.recon import _numba

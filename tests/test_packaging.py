@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from xrdct_dask.cli import app
 from xrdct_dask.resources import PROFILES_DIR, THROUGHPUTS, WORKFLOW_TEMPLATE, shipped_throughputs
-from xrdct_dask.run.plan import GPU_FIGURES, RESULTS_KEYS, plan_workflow, read_throughputs
+from xrdct_dask.runs.plan import GPU_FIGURES, RESULTS_KEYS, plan_workflow, read_throughputs
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -103,7 +103,7 @@ def test_plan_prefers_whole_workflow_figure_and_says_which_it_used(tmp_path):
 
 
 def _format(p) -> str:
-    from xrdct_dask.run.plan import format_plan
+    from xrdct_dask.runs.plan import format_plan
 
     return format_plan(p)
 

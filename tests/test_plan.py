@@ -45,9 +45,9 @@ def test_plan_counts_equal_the_graph_and_the_store(tiny_scan, cluster, tmp_path,
     """A small budget (so several q blocks, voxel-row blocks and r blocks per slice), a scan file:
     the plan's tasks per stage are the graph's, and its chunk files are the store's, file for file."""
     from xrdct_dask.pipeline.graph import build_graph
-    from xrdct_dask.run.execute import run
-    from xrdct_dask.run.open import open_run
-    from xrdct_dask.run.plan import plan_workflow
+    from xrdct_dask.runs.execute import run
+    from xrdct_dask.runs.open import open_run
+    from xrdct_dask.runs.plan import plan_workflow
 
     wf = load_workflow(tiny_scan.workflow, {
         "store.path": str(tmp_path / "run.zarr"), "store.omega_chunk": 5, "pdf.order": order,
@@ -101,8 +101,8 @@ def test_plan_counts_equal_the_graph_built_and_the_store_created(tiny_scan, tmp_
     arrays (none left out), each with the store's number of chunks and chunk bytes; its bytes
     written per stage are the bytes of the arrays that stage writes."""
     from xrdct_dask.pipeline.graph import build_graph
-    from xrdct_dask.run.open import open_run
-    from xrdct_dask.run.plan import plan_workflow
+    from xrdct_dask.runs.open import open_run
+    from xrdct_dask.runs.plan import plan_workflow
 
     wf = load_workflow(tiny_scan.workflow, {
         "store.path": str(tmp_path / "run.zarr"), "store.omega_chunk": 5, "pdf.order": order,
@@ -170,8 +170,8 @@ def truth_at_scale(workflow: Path, order: str, p: dict) -> None:
     from xrdct_dask.pipeline.context import RunContext
     from xrdct_dask.pipeline.graph import build_graph
     from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
-    from xrdct_dask.run.open import layout_for, pdf_blocks
-    from xrdct_dask.run.plan import _nr
+    from xrdct_dask.runs.open import layout_for, store_markers
+    from xrdct_dask.runs.plan import _nr
 
     wf = load_workflow(workflow, {"pdf.order": order})
     nq, nr = wf.integrate.npt_rad, _nr(wf)
@@ -187,7 +187,7 @@ def truth_at_scale(workflow: Path, order: str, p: dict) -> None:
     op = operator_for(q_nm / 10, wf.pdf)  # the PDF operator a run of these q bins builds (its r grid, aux channels)
     store.create_store(path, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=q_nm, radial_unit="q_nm^-1",
                        omega_deg=np.arange(s.nomega) * 0.1, x_mm=np.arange(s.nx) * 1.0, z_mm=np.arange(s.nz) * 1.0,
-                       r_A=op.r_A, layout=lay, attrs={}, pdf_blocks=pdf_blocks(wf, lay, op.r_A),
+                       r_A=op.r_A, layout=lay, attrs={}, markers=store_markers(wf, lay, q_nm, op.r_A),
                        aux_channels=pdf_aux_channels(op) if order == "pdf-then-recon" else None)
     arrays = store_arrays(path)
     assert p["chunks"] == {k: 0 if k == "reduced/scan_flag" else a.nchunks for k, a in arrays.items()}  # no scan file
@@ -199,7 +199,7 @@ def truth_at_scale(workflow: Path, order: str, p: dict) -> None:
 
 
 def test_plan_reads_throughputs_from_results_file(tmp_path, tiny_scan):
-    from xrdct_dask.run.plan import plan_workflow
+    from xrdct_dask.runs.plan import plan_workflow
 
     results = tmp_path / "RESULTS.md"
     results.write_text("old: gpu_frames_per_s = 900\n| x | y |\nplan figures: gpu_frames_per_s = 12,500, "
@@ -210,7 +210,7 @@ def test_plan_reads_throughputs_from_results_file(tmp_path, tiny_scan):
 
 
 def test_waves_keep_slices_whole_and_under_half_the_budget():
-    from xrdct_dask.run.plan import waves
+    from xrdct_dask.runs.plan import waves
 
     assert waves([5, 5, 5, 5, 5], 20) == [[0, 1], [2, 3], [4]]
     assert waves([30, 1, 1], 20) == [[0], [1, 2]]  # a slice over budget is a wave of its own
@@ -279,7 +279,7 @@ def test_file_system_bandwidth_bounds_the_run(tmp_path):
 def test_input_files_of_an_hdf5_source_are_its_files(tmp_path):
     """An HDF5 scan of 40 frames in data files of 16: the plan counts the master and 3 data files,
     the files the source opens; 80 frames in files of 16 are 5 data files."""
-    from xrdct_dask.run.plan import plan_workflow
+    from xrdct_dask.runs.plan import plan_workflow
     from xrdct_dask.simulate import simulate_scan
 
     h5 = simulate_scan(tmp_path / "h5", nz=2, nomega=4, nx=5, seed=4, threads=2, fmt="h5", frames_per_file=16)

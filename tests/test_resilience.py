@@ -29,8 +29,9 @@ from xrdct_dask.config import WorkflowError, load_workflow
 from xrdct_dask.io import CorruptFrameError, SizeMismatchError, TruncatedFrameError, decode_batch, pack_payloads
 from xrdct_dask.io.cbf import parse_cbf
 from xrdct_dask.io.status import FrameStatus, usable
-from xrdct_dask.run.execute import RunStopped, run
+from xrdct_dask.runs.execute import RunStopped, run
 from xrdct_dask.testing import corrupt
+from xrdct_dask.testing.stores import run_markers
 
 REPO = Path(__file__).resolve().parents[1]
 OMEGA_CHUNK = 1  # one task per projection row: many small tasks, so a kill lands mid-run
@@ -189,7 +190,7 @@ def test_full_disk_stops_with_a_clear_message_and_only_whole_blocks_marked(tiny_
     out = tmp_path / "full.zarr"
     wf = workflow_for(tiny_scan, out)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc:
-        from xrdct_dask.run.open import open_run
+        from xrdct_dask.runs.open import open_run
 
         open_run(wf)  # the template fits; the disk fills during compute
         monkeypatch.setattr(local, "_put", full_disk_put)
@@ -202,14 +203,14 @@ def test_full_disk_stops_with_a_clear_message_and_only_whole_blocks_marked(tiny_
         msg = str(err.value)
         assert "No space left on device" in msg and "rerun the same command to resume" in msg and "\n" not in msg
         state = store.task_state(out)
-        assert 0 < state.integrate.sum() < state.integrate.size
+        assert 0 < state["integrate"].sum() < state["integrate"].size
         ref_i = zarr.open_array(str(reference / "reduced" / "intensity"), mode="r")
         got_i = zarr.open_array(str(out / "reduced" / "intensity"), mode="r")
-        for z, b in zip(*np.nonzero(state.integrate)):
+        for z, b in zip(*np.nonzero(state["integrate"])):
             np.testing.assert_array_equal(got_i[z, b], ref_i[z, b])
         path = run(wf, cluster=lc, progress=False, summary=False)
     assert_same_arrays(path, reference)
-    assert executed(path)["integrate"]["executed"] == 24 - int(state.integrate.sum())
+    assert executed(path)["integrate"]["executed"] == 24 - int(state["integrate"].sum())
 
 
 def test_unwritable_store_location_is_one_line_error_before_compute(tiny_scan, tmp_path):
@@ -222,7 +223,7 @@ def test_unwritable_store_location_is_one_line_error_before_compute(tiny_scan, t
 
 @pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_existing_store_of_other_work_is_refused_naming_the_change(tiny_scan, reference):
-    from xrdct_dask.run.open import open_run
+    from xrdct_dask.runs.open import open_run
 
     with pytest.raises(FileExistsError, match=r"changed: integrate.npt_rad\)"):
         open_run(workflow_for(tiny_scan, reference, **{"integrate.npt_rad": 500}))
@@ -235,7 +236,7 @@ def test_existing_store_of_other_work_is_refused_naming_the_change(tiny_scan, re
 
 def test_store_left_while_preparing_is_recreated_not_resumed(tiny_scan, tmp_path):
     """A run killed while writing the template (no template_complete mark) starts afresh."""
-    from xrdct_dask.run.open import open_run
+    from xrdct_dask.runs.open import open_run
 
     wf = workflow_for(tiny_scan, tmp_path / "run.zarr")
     open_run(wf)
@@ -549,8 +550,8 @@ def test_reprocess_from_recon_equals_a_fresh_run_and_shares_reduced(tiny_scan, c
 @pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_reprocess_many_runs_as_one_graph_from_pdf(reference, corrupted, cluster, tmp_path, monkeypatch):
     """Two runs, one `execute` (one graph): only their pdf tasks run, recon/ is shared."""
-    from xrdct_dask.run import reprocess as rp
-    from xrdct_dask.run.reprocess import reprocess
+    from xrdct_dask.runs import reprocess as rp
+    from xrdct_dask.runs.reprocess import reprocess
 
     calls = []
     real = rp.execute
@@ -570,7 +571,7 @@ def test_reprocess_many_runs_as_one_graph_from_pdf(reference, corrupted, cluster
 
 @pytest.mark.slow  # the reference run (module fixture, ~15 s) and runs of its own
 def test_reprocess_refuses_a_change_of_nothing(reference):
-    from xrdct_dask.run.reprocess import plan_reprocess
+    from xrdct_dask.runs.reprocess import plan_reprocess
 
     with pytest.raises(WorkflowError, match="nothing to reprocess"):
         plan_reprocess(reference, {"compute.n_workers": 3})
@@ -663,7 +664,7 @@ def test_task_state_of_a_hundred_thousand_markers_is_read_in_under_a_second(tmp_
     path = tmp_path / "big.zarr"
     store.create_store(path, nz=1000, nomega=1600, nx=10, radial=np.linspace(1, 2, 40), radial_unit="q_nm^-1",
                        omega_deg=np.arange(1600) * 0.1, x_mm=np.arange(10.0), z_mm=np.arange(1000.0), r_A=None,
-                       layout=lay, attrs={})
+                       layout=lay, attrs={}, markers=run_markers(1000, 1600, 10, 40, 0, lay))
     marks = zarr.open_array(str(path / "tasks" / "integrate"), mode="r+")
     assert marks.shape == (1000, 100)
     marks[0, 0] = 1  # one marker written by zarr; the others are that chunk file's bytes
@@ -680,6 +681,6 @@ def test_task_state_of_a_hundred_thousand_markers_is_read_in_under_a_second(tmp_
     t0 = time.perf_counter()
     state = store.task_state(path)
     seconds = time.perf_counter() - t0
-    np.testing.assert_array_equal(state.integrate, done)
+    np.testing.assert_array_equal(state["integrate"], done)
     np.testing.assert_array_equal(marks[:50].astype(bool), done[:50])  # zarr reads the same markers
     assert seconds < 1.0, seconds

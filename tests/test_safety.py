@@ -32,8 +32,8 @@ import zarr
 from xrdct_dask import store
 from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides
 from xrdct_dask.io.status import FrameStatus
-from xrdct_dask.run.execute import run
-from xrdct_dask.run.open import open_run
+from xrdct_dask.runs.execute import run
+from xrdct_dask.runs.open import open_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def test_overwrite_replaces_a_store_of_this_program_whole(scan, cluster, tmp_pat
 # 2. input contents are part of the run's identity
 # ------------------------------------------------------------------------------------------
 def test_poni_edited_in_place_is_refused_and_reprocess_reintegrates(scan, cluster, tmp_path_factory):
-    from xrdct_dask.run.reprocess import plan_reprocess
+    from xrdct_dask.runs.reprocess import plan_reprocess
     from xrdct_dask.testing import corrupt
 
     copy = corrupt.copy_scan(scan, tmp_path_factory.mktemp("poni") / "scan")
@@ -327,7 +327,7 @@ def test_store_write_failure_gives_no_worker_traceback(scan, tmp_path, monkeypat
     import zarr.storage._local as local
     from distributed import LocalCluster
 
-    from xrdct_dask.run.execute import RunStopped
+    from xrdct_dask.runs.execute import RunStopped
 
     real_put = local._put
 
@@ -419,7 +419,7 @@ def test_frames_missing_at_first_are_read_when_they_arrive(scan, cluster, tmp_pa
 
 def test_io_errors_are_retried_and_truly_missing_frames_are_not(scan, cluster, tmp_path):
     from xrdct_dask.io.status import status_of as _status_of
-    from xrdct_dask.run.open import reopen_retried
+    from xrdct_dask.runs.open import reopen_retried
 
     assert _status_of(OSError(errno.EIO, "Input/output error")) == FrameStatus.IO_ERROR
     path = go(scan, tmp_path / "run.zarr", cluster)
@@ -432,6 +432,6 @@ def test_io_errors_are_retried_and_truly_missing_frames_are_not(scan, cluster, t
     status[0] = st
     assert reopen_retried(ctx, store.task_state(path)) == (2, 2)
     state = store.task_state(path)
-    assert state.integrate.tolist() == [[False, False]] and np.isnan(state.center[0]) and not state.recon.any()
+    assert state["integrate"].tolist() == [[False, False]] and np.isnan(state.value("center")[0]) and not state["recon"].any()
     go(scan, path, cluster)
     assert (store.open_array(path, "reduced/frame_status", "r")[...] == FrameStatus.OK).all()

@@ -86,7 +86,7 @@ def test_streamed_layout_equals_the_whole_table(tiny, tmp_path, small_blocks):
     the points recorded twice, the axes (median reading of each grid line) and the monitor
     reference equal those of the whole table read at once."""
     from xrdct_dask.io.scan import read_scan_file
-    from xrdct_dask.run.scanlayout import scan_layout
+    from xrdct_dask.runs.scanlayout import scan_layout
 
     nz, nw, nx = 3, 10, 7
     t = _table(tmp_path, nz, nw, nx)
@@ -127,7 +127,7 @@ def test_streamed_placement_by_positions_equals_the_whole_table(tiny, tmp_path, 
     their readings, and the frames off grid equal grid_from_positions and place_on_grid on the
     whole table."""
     from xrdct_dask.io.positioners import grid_from_positions, place_on_grid
-    from xrdct_dask.run.scanlayout import scan_layout
+    from xrdct_dask.runs.scanlayout import scan_layout
 
     monkeypatch.setattr(scantable, "SAMPLE_MAX", 100)
     nz, nw, nx = 2, 12, 6
@@ -165,7 +165,7 @@ MEASURE = textwrap.dedent("""
     import json, sys
     from xrdct_dask import stages
     from xrdct_dask.config import load_workflow
-    from xrdct_dask.run.open import check_inputs, open_run
+    from xrdct_dask.runs.open import check_inputs, open_run
 
     wf = load_workflow(sys.argv[1], json.loads(sys.argv[2]))
     check_inputs(wf); stages.plan_for(wf)  # imports and the integration plan: the same at any scan size

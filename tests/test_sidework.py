@@ -18,7 +18,8 @@ from distributed import Client, get_task_stream
 from xrdct_dask import store
 from xrdct_dask.cluster.sidework import map_pieces, slabs
 from xrdct_dask.config import load_workflow
-from xrdct_dask.run.open import open_run
+from xrdct_dask.runs import links
+from xrdct_dask.runs.open import open_run
 
 
 def test_slabs_cover_the_range_once():
@@ -89,7 +90,7 @@ def test_template_slabs_on_workers_equal_the_client_side_ones(scan, cluster, tmp
     """The monitor and frame index of every scan point, written slab by slab on two worker
     processes, equal the ones written here (scan file placing frames, or the snake arithmetic
     computed by each task for its own slices); the store is renamed into place whole."""
-    import xrdct_dask.run.scanlayout as scanlayout
+    import xrdct_dask.runs.scanlayout as scanlayout
 
     monkeypatch.setattr(scanlayout, "SLAB_POINTS", 40)  # 30 points a slice: a slab per slice, 3 tasks
     over = {} if placed == "scan file" else {"inputs.scan_file": None}
@@ -122,7 +123,7 @@ def _chunk_files(root: Path, group: str) -> dict[str, int]:
 def test_links_made_on_workers_share_the_parents_chunk_files(scan, cluster, tmp_path, monkeypatch):
     """Every chunk file of the parent's arrays appears in the new store as a hard link to the same
     inode, made by tasks on the workers; the client-side fallback makes the same set."""
-    monkeypatch.setattr(store, "LINK_PIECE_DIRS", 1)  # a piece per slice
+    monkeypatch.setattr(links, "LINK_PIECE_DIRS", 1)  # a piece per slice
     import shutil
 
     parent = open_run(load_workflow(scan.workflow, {"store.path": str(tmp_path / "parent.zarr")})).store_path
@@ -130,9 +131,9 @@ def test_links_made_on_workers_share_the_parents_chunk_files(scan, cluster, tmp_
     for kid in kids.values():  # the same arrays, no chunk written: what reprocess's new store starts as
         shutil.copytree(parent, kid, ignore=shutil.ignore_patterns("c"))
     names = ["monitor", "frame_index"]
-    n_here = store.link_group(parent, kids["here"], store.REDUCED, names)
+    n_here = links.link_group(parent, kids["here"], store.REDUCED, names)
     with Client(cluster) as client, get_task_stream(client) as ts:
-        n_there = store.link_group(parent, kids["there"], store.REDUCED, names, client=client)
+        n_there = links.link_group(parent, kids["there"], store.REDUCED, names, client=client)
     _ran_on_workers(ts, "xrdct-link-reduced-", cluster)
     assert len([t for t in ts.data if str(t["key"]).startswith("xrdct-link-reduced-")]) == 2 * 3  # arrays x slices
     src = {k: v for k, v in _chunk_files(parent, store.REDUCED).items() if k.split("/")[1] in names}

@@ -18,7 +18,7 @@ import zarr
 from xrdct_dask import store
 from xrdct_dask.config import load_workflow
 from xrdct_dask.io.status import FrameStatus
-from xrdct_dask.run.execute import run
+from xrdct_dask.runs.execute import run
 
 ARRAYS = ("reduced/intensity", "reduced/sigma", "reduced/frame_status", "recon/intensity", "pdf/G")
 
@@ -80,7 +80,7 @@ def test_a_missing_hdf5_data_file_is_flagged_then_read_when_it_arrives(scans, cl
 
 def test_an_hdf5_source_that_cannot_be_opened_is_one_line(scans, tmp_path):
     from xrdct_dask.config import WorkflowError
-    from xrdct_dask.run.open import open_run
+    from xrdct_dask.runs.open import open_run
 
     _, h5, _ = scans
     with pytest.raises(WorkflowError) as err:
@@ -142,7 +142,7 @@ def test_an_hdf5_scan_places_its_frames_by_its_positioners(scans, cluster, tmp_p
 
 
 def test_nominal_grid_only_when_nothing_is_measured_and_the_store_says_so(scans, tmp_path):
-    from xrdct_dask.run.scanlayout import scan_layout
+    from xrdct_dask.runs.scanlayout import scan_layout
 
     cbf, _, _ = scans
     lay = scan_layout(load_workflow(cbf.workflow, {"inputs.scan_file": None}))
@@ -157,9 +157,9 @@ def test_plan_counts_scan_flag_exactly_where_the_scan_places_the_frames(scans, t
     """``reduced/scan_flag`` is written where the scan itself places the frames (a scan file's grid
     columns, or measured omega and x: here the HDF5 scan's motors), not where the scan arithmetic
     does: the plan's bytes written at preparation include it exactly where the run's layout has a
-    grid (:func:`~xrdct_dask.run.scanlayout.scan_layout`, whose grid is what writes the flags)."""
-    from xrdct_dask.run.plan import plan_workflow
-    from xrdct_dask.run.scanlayout import scan_layout
+    grid (:func:`~xrdct_dask.runs.scanlayout.scan_layout`, whose grid is what writes the flags)."""
+    from xrdct_dask.runs.plan import plan_workflow
+    from xrdct_dask.runs.scanlayout import scan_layout
 
     cbf, h5, _ = scans
     cases = {"scan file columns": (cbf, {}),

@@ -18,7 +18,7 @@ def _reduce_and_reconstruct(scan, tmp_path, overrides: dict):
     from xrdct_dask.config import load_workflow
     from xrdct_dask.pipeline.tasks_integrate import integrate_block
     from xrdct_dask.pipeline.tasks_recon import find_center, reconstruct_block
-    from xrdct_dask.run.open import open_run
+    from xrdct_dask.runs.open import open_run
 
     wf = load_workflow(scan.workflow, {"store.path": str(tmp_path / "run.zarr"), "pdf.enabled": False} | overrides)
     ctx = open_run(wf)

@@ -22,6 +22,7 @@ from xrdct_dask import store
 from xrdct_dask.pdf import build_operator, compute_pdf
 from xrdct_dask.simulate import WAVELENGTH_A, make_phantom, omega_angles_deg, phase_library, project
 from xrdct_dask.store.budget import Layout
+from xrdct_dask.testing.stores import run_markers
 from xrdct_dask.view.summary import distinct_curves, pretty_unit, strongest_peaks, summary_figure, write_summary
 
 NW, NX = 24, 20
@@ -45,7 +46,8 @@ def run_store(tmp_path_factory):
     layout = Layout(omega_chunk=8, q_chunk=128, q_sub=128, y_chunk=6, r_chunk=256, budget=2**30)  # 4 row blocks
     x_mm = (np.arange(NX) - NX // 2) * 0.05
     store.create_store(path, nz=1, nomega=NW, nx=NX, radial=q_nm, radial_unit="q_nm^-1", omega_deg=omega,
-                       x_mm=x_mm, z_mm=np.zeros(1), r_A=op.r_A, layout=layout, pdf_blocks=1,
+                       x_mm=x_mm, z_mm=np.zeros(1), r_A=op.r_A, layout=layout,
+                       markers=run_markers(1, NW, NX, q_nm.size, op.r_A.size, layout),
                        attrs={"workflow": {"integrate": {"unit": "q_nm^-1"}, "sinogram": {}},
                               "wavelength_angstrom": WAVELENGTH_A,
                               "run_summary": {"frames": NW * NX, "frame_status": {"OK": NW * NX - 3, "TRUNCATED": 3}}})

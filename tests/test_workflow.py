@@ -205,7 +205,7 @@ def test_workflow_pdf_then_recon_matches_recon_then_pdf(pdf_then_recon_run):
     from xrdct_dask import store
     from xrdct_dask.pipeline.tasks_pdf import pdf_rows, pdf_scale, reconstruct_pdf_aux, reconstruct_pdf_block
     from xrdct_dask.pipeline.tasks_recon import find_center
-    from xrdct_dask.run.open import context_from_store
+    from xrdct_dask.runs.open import context_from_store
 
     path, wf, scan = pdf_then_recon_run
     pdf = xr.open_zarr(path, group="pdf")

@@ -4,8 +4,8 @@
                  -> sinograms -> reconstruction per q -> recon/ -> G(r) per voxel -> pdf/
 
 Entry points: :func:`run` (a workflow YAML or :class:`~xrdct_dask.config.Workflow`),
-:func:`xrdct_dask.run.live.watch` (follow an acquisition as it is written; :func:`~xrdct_dask.view.live.live_status`
-and :func:`~xrdct_dask.view.live.live_figure` from a notebook), :class:`~xrdct_dask.run.service.JobService` (the
+:func:`xrdct_dask.runs.live.watch` (follow an acquisition as it is written; :func:`~xrdct_dask.view.live.live_status`
+and :func:`~xrdct_dask.view.live.live_figure` from a notebook), :class:`~xrdct_dask.runs.service.JobService` (the
 ``xrdct serve`` job interface), :class:`~xrdct_dask.integrate.Integrator`,
 :func:`~xrdct_dask.io.read_frame`, the ``xrdct`` CLI.
 """
@@ -23,8 +23,8 @@ from xrdct_dask.config import Workflow, WorkflowError, load_workflow
 
 
 def run(workflow, **kwargs):
-    """Run a workflow and return the store path (see :func:`xrdct_dask.run.execute.run`)."""
-    from xrdct_dask.run.execute import run as _run
+    """Run a workflow and return the store path (see :func:`xrdct_dask.runs.execute.run`)."""
+    from xrdct_dask.runs.execute import run as _run
 
     return _run(workflow, **kwargs)
 

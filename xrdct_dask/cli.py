@@ -154,7 +154,7 @@ def run(
 ) -> None:
     """Run a workflow: decode + integrate -> sinograms -> reconstruction -> G(r), into one zarr store."""
     from xrdct_dask.cluster.profiles import ProfileError
-    from xrdct_dask.run.execute import RunStopped, run
+    from xrdct_dask.runs.execute import RunStopped, run
 
     _logging(verbose)
     if cluster is not None and scheduler_address is not None:
@@ -188,8 +188,8 @@ def watch(
     """Follow an acquisition: integrate frames as the detector writes them, reconstruct each slice
     once its sinogram is complete, into the same store as `xrdct run` (RUN-live.png shows it)."""
     from xrdct_dask.cluster.profiles import ProfileError
-    from xrdct_dask.run import live
-    from xrdct_dask.run.execute import RunStopped
+    from xrdct_dask.runs import live
+    from xrdct_dask.runs.execute import RunStopped
     from xrdct_dask.view.live import live_paths
 
     _logging(verbose)
@@ -224,7 +224,7 @@ def serve(
 ) -> None:
     """A job service for the beamline control system: POST /jobs a workflow (path or YAML), GET
     /jobs/<id> its status and output store; jobs run one at a time, each input kept for replay."""
-    from xrdct_dask.run.service import JobService, make_server
+    from xrdct_dask.runs.service import JobService, make_server
 
     _logging(verbose)
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -272,8 +272,8 @@ def reprocess(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Rerun old runs from their stored workflow with changes, recomputing only the stages downstream of them."""
-    from xrdct_dask.run import reprocess as rp
-    from xrdct_dask.run.execute import RunStopped
+    from xrdct_dask.runs import reprocess as rp
+    from xrdct_dask.runs.execute import RunStopped
 
     _logging(verbose)
     try:
@@ -306,7 +306,7 @@ def plan(
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
     import json
 
-    from xrdct_dask.run.plan import build_waves, format_plan, plan_workflow
+    from xrdct_dask.runs.plan import build_waves, format_plan, plan_workflow
 
     try:
         wf = load_workflow(workflow, parse_overrides(set_))

@@ -139,4 +139,4 @@ def stage_resources(client, wf: Workflow | None = None, cluster=None) -> dict[st
     use_gpu = "GPU" in offered and (wf is None or wf.integrate.engine != "numpy")
     gpu = {"resources": {"GPU": 0.5}} if use_gpu else {}
     cpu = {"resources": {"CPU": 1}} if "CPU" in offered else {}
-    return {name: gpu if st.gpu else cpu for name, st in STAGES.items()}
+    return {st.name: gpu if st.gpu else cpu for st in STAGES}

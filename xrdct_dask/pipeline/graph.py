@@ -1,13 +1,6 @@
 """The run as one dask graph, slice by slice, from the stage table (:data:`xrdct_dask.pipeline.stages.STAGES`).
 
-    integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf-scale (z, voxel rows) --> pdf (z, voxel rows)
-
-or, with ``pdf.order: pdf-then-recon``, a branch of the same graph:
-
-    integrate --> pdf-frames (z, omega block) --> pdf-aux (z) --> pdf (z, r block)
-    center (z) --> pdf-aux (z), pdf (z, r block)     (the G(r) sinograms use the slice's rotation axis)
-
-Each arrow is a dependency inside the same graph: reconstruction of a slice starts as soon as its
+Each dependency is a dependency inside the same graph: reconstruction of a slice starts as soon as its
 frames are integrated, while other slices are still being integrated.  Task keys are
 ``(stage, z, start)``; tasks whose done-marker is set are left out, so a resumed run builds only
 what is missing.  :func:`slice_tasks` is the one description of a slice's tasks: the graph is
@@ -18,98 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 
 import dask
-import numpy as np
 
 from xrdct_dask import store
 from xrdct_dask.pipeline.context import RunContext
-from xrdct_dask.pipeline.stages import stage_names
-from xrdct_dask.pipeline.tasks_integrate import integrate_block, worker_address
-from xrdct_dask.pipeline.tasks_pdf import (
-    pdf_frames_block,
-    pdf_operator,
-    pdf_rows,
-    pdf_scale,
-    reconstruct_pdf_aux,
-    reconstruct_pdf_block,
-)
-from xrdct_dask.pipeline.tasks_recon import find_center, reconstruct_block
-
-
-@dataclass(frozen=True)
-class Ref:
-    """An argument that is the result of another task of the same slice (by its key)."""
-
-    key: tuple
-
-
-@dataclass(frozen=True)
-class Task:
-    stage: str
-    key: tuple  # (stage, z, start)
-    fn: object
-    args: tuple
-
-
-def _pending(marks: np.ndarray | None, n: int) -> list[int]:
-    return list(range(n)) if marks is None else [i for i in range(n) if not marks[i]]
+from xrdct_dask.pipeline.stages import stage_names, stages_of
+from xrdct_dask.pipeline.task import Ref, SliceTasks, Task
+from xrdct_dask.pipeline.tasks_integrate import worker_address
 
 
 def slice_tasks(ctx: RunContext, z: int, done: store.TaskState | None = None) -> list[Task]:
-    """The tasks of slice ``z`` not yet done (all with ``done=None``), in dependency order."""
-    wf = ctx.workflow
-    s, lay = wf.scan, ctx.layout
-    nq = ctx.extra.get("nq") or int(store.open_array(ctx.store_path, "q", "r").shape[0])
-    out: list[Task] = []
-
-    def add(stage: str, start: int, fn, *args) -> Ref:
-        key = (stage, z, start)
-        out.append(Task(stage, key, fn, args))
-        return Ref(key)
-
-    wc = lay.omega_chunk
-    n_omega = -(-s.nomega // wc)
-    integ = [add("integrate", i * wc, integrate_block,
-                 store.FrameBlock(z, i * wc, min((i + 1) * wc, s.nomega)), ctx)
-             for i in _pending(None if done is None else done.integrate[z], n_omega)]
-    # a resumed slice reuses its stored centre, unless its preparation also needs the slice's
-    # jitter shifts or stripe columns (found with the centre, not stored)
-    reuse = not (wf.sinogram.jitter or wf.sinogram.stripes)
-    if done is not None and not integ and reuse and np.isfinite(done.center[z]):
-        center = float(done.center[z])
-    else:
-        center = add("center", 0, find_center, z, ctx, *integ)
-    qc = lay.q_chunk
-    recon = [add("recon", i * qc, reconstruct_block, z, slice(i * qc, min((i + 1) * qc, nq)), center, ctx)
-             for i in _pending(None if done is None else done.recon[z], -(-nq // qc))]
-    if not wf.pdf.enabled:
-        return out
-    pdf_done = None if done is None or done.pdf is None else done.pdf[z]
-    if wf.pdf.order == "recon-then-pdf":
-        yc = lay.y_chunk
-        rows = _pending(pdf_done, -(-s.nx // yc))
-        if rows:  # the scale shares of every row block first (side by side), then the pending G blocks
-            ys = [slice(a, min(a + yc, s.nx)) for a in range(0, s.nx, yc)]
-            shares = [add("pdf-scale", y.start, pdf_scale, z, y, ctx, *recon) for y in ys]
-            for i in rows:
-                add("pdf", i * yc, pdf_rows, z, ys[i], ctx, *shares)
-        return out
-    # pdf-then-recon: transform every frame, reconstruct N + quality figures, then the G blocks;
-    # the edge background needs the slice's first/last x steps of every angle (after the centre)
-    nr = ctx.extra.get("nr") or pdf_operator(ctx).r_A.size
-    rc = lay.r_chunk
-    blocks = _pending(pdf_done, -(-nr // rc))
-    if not blocks:
-        return out
-    after = [center] if (wf.pdf.background == "edge" or not integ) else integ
-    frames = [add("pdf-frames", i * wc, pdf_frames_block,
-                  store.FrameBlock(z, i * wc, min((i + 1) * wc, s.nomega)), ctx, *after) for i in range(n_omega)]
-    aux = add("pdf-aux", 0, reconstruct_pdf_aux, z, center, ctx, *frames)
-    for i in blocks:
-        add("pdf", i * rc, reconstruct_pdf_block, z, slice(i * rc, min((i + 1) * rc, nr)), center, ctx, aux)
-    return out
+    """The tasks of slice ``z`` not yet done (all with ``done=None``), in dependency order: each
+    stage of the table lays out its own (:attr:`~xrdct_dask.pipeline.stages.Stage.add_tasks`)."""
+    b = SliceTasks(ctx, z, done)
+    for st in stages_of(ctx.workflow):
+        st.add_tasks(b, st)
+    return b.tasks
 
 
 def timed(fn):

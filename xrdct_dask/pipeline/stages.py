@@ -1,82 +1,218 @@
-"""The stages of the graph, in one table, and their tasks: plain functions on one block.
+"""The stage table: every stage of a run defined once, and everything about stages derived from it.
+
+A :class:`Stage` holds what one needs to know of a stage: how its tasks of a slice are laid out
+(``add_tasks``, next to its task function in ``tasks_*.py``), what it waits for, what one task
+covers, its done-marker, the store arrays it writes, the workflow keys whose change reruns it
+(reprocess), and the memory a task holds and the bytes the stage reads (plan, budget).  The graph
+(:mod:`xrdct_dask.pipeline.graph`), the task state and the store's markers
+(:func:`marker_specs`), the plan (:mod:`xrdct_dask.runs.plan`), reprocess
+(:mod:`xrdct_dask.runs.reprocess`), the frames read again on resume
+(:func:`xrdct_dask.runs.open.reopen_retried`), the report and the cluster's resources all read
+this table.  Adding a stage is one entry here plus its task function and ``add_tasks``.
 
 Each stage's name is its task-key prefix (what the dashboard groups by), its progress bar, its
-done-marker array ``tasks/<name>`` (where it has one) and its key in the run report; the table
-says what one task covers, so that the graph (:mod:`xrdct_dask.pipeline.graph`), the plan
-(:mod:`xrdct_dask.run.plan`), the task state (:mod:`xrdct_dask.store`), the report and reprocess count
-the same tasks.  The tasks only wire the library (io, integrate, sinogram, recon, pdf) to the
-store: every task takes a :class:`RunContext` (small, picklable), reads and writes its own
-chunk-aligned regions, sets its done-marker last and returns a small dict for the run report.
+done-marker array ``tasks/<name>`` (where it has one) and its key in the run report.  Two entries
+may share a name when their ``when`` never hold together (``pdf`` is voxel rows of G(r) after
+the reconstruction, or r blocks of reconstructed G(r) sinograms before it).
+
+    integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf-scale (z, voxel rows) --> pdf (z, voxel rows)
+    integrate --> pdf-frames (z, omega block) --> pdf-aux (z) --> pdf (z, r block)      (pdf.order: pdf-then-recon)
 """
 
 from __future__ import annotations
 
-import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xrdct_dask import store
 from xrdct_dask.config import Workflow
+from xrdct_dask.pipeline import tasks_integrate, tasks_pdf, tasks_recon
+from xrdct_dask.pipeline.task import SliceTasks
+from xrdct_dask.store import budget
 from xrdct_dask.store.budget import Layout
+from xrdct_dask.store.layout import MarkerSpec
 
-log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a run's tasks are sized by: the scan, the radial and r bins, the store's blocks, the
+    bytes of one frame as read and the channels of ``pdf/aux_sinogram`` (pdf-then-recon)."""
+
+    nz: int
+    nomega: int
+    nx: int
+    nq: int
+    nr: int
+    layout: Layout
+    frame_bytes: int = 0
+    aux_channels: int = 0
+
+    @property
+    def frames(self) -> int:
+        return self.nz * self.nomega * self.nx
+
+    @classmethod
+    def of(cls, wf: Workflow, *, nq: int, nr: int, layout: Layout, frame_bytes: int = 0,
+           aux_channels: int = 0) -> Sizes:
+        s = wf.scan
+        return cls(s.nz, s.nomega, s.nx, nq, nr, layout, frame_bytes, aux_channels)
+
+
+def _never(s: Sizes) -> int:
+    return 0
+
+
+def _always(wf: Workflow) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of the graph.
+    """One stage of the graph (see the module docstring).
 
     ``unit``: what one task covers (``omega block``, ``slice``, ``q block``, ``voxel rows``,
-    ``r block``); ``marker``: whether ``tasks/<name>`` records its tasks (one element each);
-    ``writes``: the store group it fills; ``reprocess``: the reprocess stage it belongs to (a
-    change of a key of that stage reruns it); ``gpu``: it runs on the integration GPUs."""
+    ``r block``); ``after``: the stages of the same slice whose tasks it waits for;
+    ``marker``: ``"task"`` (``tasks/<name>`` has one element per task, named by ``marker_dim``),
+    ``"value"`` (one number per slice, NaN until set) or None (no marker); ``writes``: the store
+    arrays its tasks fill; ``reprocess``: the reprocess step it belongs to, rerun when a workflow
+    key under ``keys`` changes; ``held``: bytes one task holds; ``read``: bytes the stage reads in
+    a whole run; ``gpu``: it runs on the integration GPUs; ``when``: the workflows that have it."""
 
     name: str
     unit: str
-    marker: bool
-    writes: str | None
-    reprocess: str
+    add_tasks: Callable[[SliceTasks, Stage], None]
+    after: tuple[str, ...] = ()
+    marker: str | None = None
+    marker_dim: str = ""
+    writes: tuple[str, ...] = ()
+    reprocess: str = ""
+    keys: tuple[str, ...] = ()
+    held: Callable[[Sizes], int] = _never
+    read: Callable[[Sizes], int] = _never
     gpu: bool = False
+    when: Callable[[Workflow], bool] = _always
+
+    def count(self, s: Sizes) -> int:
+        """Tasks of this stage per slice."""
+        lay = s.layout
+        return {"omega block": math.ceil(s.nomega / lay.omega_chunk), "slice": 1,
+                "q block": math.ceil(s.nq / lay.q_chunk), "voxel rows": math.ceil(s.nx / lay.y_chunk),
+                "r block": math.ceil(max(s.nr, 1) / lay.r_chunk)}[self.unit]
 
 
-STAGES = {s.name: s for s in (
-    Stage("integrate", "omega block", True, store.REDUCED, "integrate", gpu=True),
-    Stage("center", "slice", True, None, "recon"),
-    Stage("recon", "q block", True, store.RECON, "recon"),
-    Stage("pdf-scale", "voxel rows", False, None, "pdf"),   # recon-then-pdf: shares of the background and scale
-    Stage("pdf-frames", "omega block", False, store.PDF, "pdf"),  # pdf-then-recon: G(r) of every frame
-    Stage("pdf-aux", "slice", False, store.PDF, "pdf"),     # pdf-then-recon: N and figures reconstructed
-    Stage("pdf", "voxel rows", True, store.PDF, "pdf"),     # recon-then-pdf; pdf-then-recon: "r block"
-)}
+def _pdf(wf: Workflow) -> bool:
+    return wf.pdf.enabled
 
 
-REPROCESS_STAGES = ("integrate", "recon", "pdf")
+def _recon_then_pdf(wf: Workflow) -> bool:
+    return wf.pdf.enabled and wf.pdf.order == "recon-then-pdf"
+
+
+def _pdf_then_recon(wf: Workflow) -> bool:
+    return wf.pdf.enabled and wf.pdf.order == "pdf-then-recon"
+
+
+FRAMES_STAGE = "integrate"  # the stage that reads the frames: a resumed run reads its blocks again where frames came late
+R, P = store.RECON, store.PDF
+REDUCED_ARRAYS = tuple(f"{store.REDUCED}/{n}" for n in ("intensity", "sigma", "monitor", "total", "frame_ok",
+                                                         "frame_status"))
+PDF_FIGURES = tuple(f"{P}/{n}" for n in (*store.PDF_VOXEL_FIGURES, "ok"))
+
+# The table, in dependency order.  Keys are dotted workflow prefixes, checked in table order.
+STAGES: list[Stage] = [
+    Stage(FRAMES_STAGE, "omega block", tasks_integrate.add_tasks, marker="task", marker_dim="omega_block",
+          writes=REDUCED_ARRAYS, reprocess="integrate", gpu=True,
+          keys=("store.omega_chunk", "store.q_chunk", "inputs", "scan", "geometry", "integrate"),
+          held=lambda s: budget.integrate_bytes(s.layout.omega_chunk * s.nx, s.nq, s.frame_bytes),
+          read=lambda s: s.frames * s.frame_bytes),
+    Stage("center", "slice", tasks_recon.add_center_tasks, after=("integrate",), marker="value",
+          reprocess="recon", keys=("sinogram",),
+          held=lambda s: budget.center_bytes(s.nomega, s.nx), read=lambda s: s.frames * 5),  # total f32 + frame_ok
+    Stage("recon", "q block", tasks_recon.add_recon_tasks, after=("center",), marker="task", marker_dim="q_block",
+          writes=(f"{R}/intensity",), reprocess="recon", keys=("recon",),
+          held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.layout.q_chunk, s.layout.q_sub),
+          read=lambda s: s.frames * (4 * s.nq + 1)),
+    # recon-then-pdf: each row block's share of the edge background and the largest scale, then G(r)
+    Stage("pdf-scale", "voxel rows", tasks_pdf.add_scale_tasks, after=("recon",), reprocess="pdf", keys=("pdf",),
+          when=_recon_then_pdf, held=lambda s: budget.pdf_scale_bytes(s.layout.y_chunk, s.nx, s.nq),
+          read=lambda s: s.nz * s.nx * s.nx * s.nq * 4),
+    Stage("pdf", "voxel rows", tasks_pdf.add_rows_tasks, after=("pdf-scale",), marker="task", marker_dim="pdf_block",
+          writes=(f"{P}/G", *PDF_FIGURES), reprocess="pdf", keys=("pdf",), when=_recon_then_pdf,
+          held=lambda s: budget.pdf_bytes(s.layout.y_chunk, s.nx, s.nq, s.nr),
+          read=lambda s: s.nz * s.nx * s.nx * s.nq * 4),
+    # pdf-then-recon: G(r) of every frame, N and the figures reconstructed, then the G(r) blocks
+    Stage("pdf-frames", "omega block", tasks_pdf.add_frames_tasks, after=("integrate", "center"),
+          writes=(f"{P}/G_sinogram", f"{P}/aux_sinogram"), reprocess="pdf", keys=("pdf",), when=_pdf_then_recon,
+          held=lambda s: budget.pdf_frames_bytes(s.layout.omega_chunk * s.nx, s.nq, s.nr),
+          read=lambda s: s.frames * s.nq * 4),
+    Stage("pdf-aux", "slice", tasks_pdf.add_aux_tasks, after=("pdf-frames", "center"), writes=PDF_FIGURES,
+          reprocess="pdf", keys=("pdf",), when=_pdf_then_recon,
+          held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.aux_channels, s.layout.q_sub),
+          read=lambda s: s.frames * s.aux_channels * 4),
+    Stage("pdf", "r block", tasks_pdf.add_blocks_tasks, after=("pdf-aux", "center"), marker="task",
+          marker_dim="pdf_block", writes=(f"{P}/G",), reprocess="pdf", keys=("pdf",), when=_pdf_then_recon,
+          # the reconstruction of an r block, and its rescaled copy
+          held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.layout.r_chunk, s.layout.q_sub)
+          + 4 * s.nx * s.nx * s.layout.r_chunk,
+          read=lambda s: s.frames * s.nr * 4),
+]
+
+
+def stages_of(wf: Workflow) -> list[Stage]:
+    """The stages of a workflow's graph, in dependency order."""
+    return [st for st in STAGES if st.when(wf)]
 
 
 def stage_names(wf: Workflow) -> list[str]:
-    """The stages of a workflow's graph, in dependency order."""
-    names = ["integrate", "center", "recon"]
-    if wf.pdf.enabled:
-        names += ["pdf-scale", "pdf"] if wf.pdf.order == "recon-then-pdf" else ["pdf-frames", "pdf-aux", "pdf"]
-    return names
+    return [st.name for st in stages_of(wf)]
 
 
-def unit_count(unit: str, *, nomega: int, nx: int, nq: int, nr: int, layout: Layout) -> int:
-    """Tasks per slice of a stage covering ``unit``."""
-    return {"omega block": math.ceil(nomega / layout.omega_chunk), "slice": 1,
-            "q block": math.ceil(nq / layout.q_chunk), "voxel rows": math.ceil(nx / layout.y_chunk),
-            "r block": math.ceil(max(nr, 1) / layout.r_chunk)}[unit]
+def stage_of(wf: Workflow, name: str) -> Stage:
+    """The stage ``name`` of ``wf``'s graph."""
+    for st in stages_of(wf):
+        if st.name == name:
+            return st
+    raise KeyError(f"{name}: not a stage of this workflow ({', '.join(stage_names(wf))})")
 
 
-def pdf_unit(wf: Workflow) -> str:
-    return "voxel rows" if wf.pdf.order == "recon-then-pdf" else "r block"
-
-
-def tasks_per_slice(wf: Workflow, *, nq: int, nr: int, layout: Layout) -> dict[str, int]:
+def tasks_per_slice(wf: Workflow, sizes: Sizes) -> dict[str, int]:
     """``{stage: tasks}`` of one slice with nothing done (what :func:`xrdct_dask.pipeline.graph.build_graph` builds)."""
-    s = wf.scan
-    out = {}
-    for name in stage_names(wf):
-        unit = pdf_unit(wf) if name == "pdf" else STAGES[name].unit
-        out[name] = unit_count(unit, nomega=s.nomega, nx=s.nx, nq=nq, nr=nr, layout=layout)
+    return {st.name: st.count(sizes) for st in stages_of(wf)}
+
+
+def marker_specs(wf: Workflow, sizes: Sizes) -> list[MarkerSpec]:
+    """The done-markers of ``wf``'s stages, as a new store gets them (:func:`xrdct_dask.store.create_store`)."""
+    return [MarkerSpec(st.name, st.count(sizes), st.marker_dim, st.marker == "value")
+            for st in stages_of(wf) if st.marker]
+
+
+def downstream(wf: Workflow, name: str) -> list[Stage]:
+    """The stages of ``wf`` that wait, directly or through others, for stage ``name``."""
+    found = {name}
+    out = []
+    for st in stages_of(wf):
+        if found & set(st.after):
+            found.add(st.name)
+            out.append(st)
     return out
+
+
+def reprocess_steps() -> list[str]:
+    """The reprocess steps in run order (the stages' ``reprocess``, each once)."""
+    return list(dict.fromkeys(st.reprocess for st in STAGES))
+
+
+def step_of_key(key: str) -> str | None:
+    """The first reprocess step whose output a change of the dotted workflow ``key`` changes (None: none)."""
+    for st in STAGES:
+        for prefix in st.keys:
+            if key == prefix or key.startswith(prefix + "."):
+                return st.reprocess
+    return None
+
+
+def before_step(wf: Workflow, step: str) -> list[Stage]:
+    """The stages of ``wf`` that run before reprocess step ``step`` (their output is kept)."""
+    steps = reprocess_steps()
+    return [st for st in stages_of(wf) if steps.index(st.reprocess) < steps.index(step)]

@@ -13,6 +13,7 @@ from xrdct_dask.backend import engine_of
 from xrdct_dask.io.status import FrameStatus, usable
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.integrator import integrator_for
+from xrdct_dask.pipeline.task import SliceTasks
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +83,10 @@ def worker_address() -> str | None:
 def _engine(xp) -> str:
 
     return engine_of(xp)
+
+
+def add_tasks(b: SliceTasks, st) -> None:
+    """The integrate tasks of slice ``b.z`` still to do: one per block of ``store.omega_chunk`` angles."""
+    s, wc = b.ctx.workflow.scan, b.ctx.layout.omega_chunk
+    for i in b.pending(st.name, -(-s.nomega // wc)):
+        b.add(st.name, i * wc, integrate_block, store.FrameBlock(b.z, i * wc, min((i + 1) * wc, s.nomega)), b.ctx)

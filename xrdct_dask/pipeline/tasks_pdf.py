@@ -22,6 +22,7 @@ from xrdct_dask.pdf import (
 )
 from xrdct_dask.pdf.background import edge_columns, edge_voxel_mask, load_background, mean_good_patterns
 from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.pipeline.tasks_integrate import _engine
 from xrdct_dask.pipeline.tasks_recon import _geometry, _reconstruct_sub_blocks
 from xrdct_dask.store.budget import PDF_BATCH
@@ -239,3 +240,61 @@ def reconstruct_pdf_block(z: int, rs: slice, center, ctx: RunContext, *deps) -> 
     store.write_region(ctx.store_path, f"{store.PDF}/G", (z, slice(None), slice(None), rs), vol)
     store.mark_done(ctx.store_path, "pdf", (z, rs.start // ctx.layout.r_chunk))
     return {"stage": "pdf", "z": z, "r": (rs.start, rs.stop), "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------------
+# how the PDF stages lay out a slice's tasks
+# ------------------------------------------------------------------------------------------
+def _row_slices(b: SliceTasks) -> list[slice]:
+    nx, yc = b.ctx.workflow.scan.nx, b.ctx.layout.y_chunk
+    return [slice(a, min(a + yc, nx)) for a in range(0, nx, yc)]
+
+
+def add_scale_tasks(b: SliceTasks, st) -> None:
+    """recon-then-pdf: while a G(r) row block of slice ``b.z`` is to do, every row block's share of
+    the scale and edge background, side by side, after the slice's recon tasks still to do."""
+    ys = _row_slices(b)
+    if b.pending("pdf", len(ys)):
+        for y in ys:
+            b.add(st.name, y.start, pdf_scale, b.z, y, b.ctx, *b.deps(st))
+
+
+def add_rows_tasks(b: SliceTasks, st) -> None:
+    """recon-then-pdf: the G(r) row blocks of slice ``b.z`` still to do, with every share."""
+    ys = _row_slices(b)
+    for i in b.pending(st.name, len(ys)):
+        b.add(st.name, ys[i].start, pdf_rows, b.z, ys[i], b.ctx, *b.deps(st))
+
+
+def _r_blocks(b: SliceTasks) -> list[slice]:
+    nr = b.ctx.extra.get("nr") or pdf_operator(b.ctx).r_A.size
+    rc = b.ctx.layout.r_chunk
+    return [slice(a, min(a + rc, nr)) for a in range(0, nr, rc)]
+
+
+def add_frames_tasks(b: SliceTasks, st) -> None:
+    """pdf-then-recon: while an r block of slice ``b.z`` is to do, G(r) of every frame block.  They
+    wait for the integrate tasks still to do, or for the centre where the edge background needs the
+    slice's first and last x steps of every angle."""
+    if not b.pending("pdf", len(_r_blocks(b))):
+        return
+    wf, s, wc = b.ctx.workflow, b.ctx.workflow.scan, b.ctx.layout.omega_chunk
+    integ = b.refs.get("integrate", [])
+    after = [b.result("center")] if (wf.pdf.background == "edge" or not integ) else integ
+    for i in range(-(-s.nomega // wc)):
+        b.add(st.name, i * wc, pdf_frames_block, store.FrameBlock(b.z, i * wc, min((i + 1) * wc, s.nomega)),
+              b.ctx, *after)
+
+
+def add_aux_tasks(b: SliceTasks, st) -> None:
+    """pdf-then-recon: the scale N and the quality figures of slice ``b.z``, reconstructed."""
+    if b.refs.get("pdf-frames"):
+        b.add(st.name, 0, reconstruct_pdf_aux, b.z, b.result("center"), b.ctx, *b.refs["pdf-frames"])
+
+
+def add_blocks_tasks(b: SliceTasks, st) -> None:
+    """pdf-then-recon: the r blocks of slice ``b.z`` still to do, reconstructed and divided by N."""
+    rs = _r_blocks(b)
+    for i in b.pending(st.name, len(rs)):
+        b.add(st.name, rs[i].start, reconstruct_pdf_block, b.z, rs[i], b.result("center"), b.ctx,
+              b.result("pdf-aux"))

@@ -11,6 +11,7 @@ from xrdct_dask import store
 from xrdct_dask.backend import release, to_host, xp_for_engine
 from xrdct_dask.config import Workflow
 from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.pipeline.tasks_integrate import _engine
 from xrdct_dask.recon import fbp, reconstruct
 from xrdct_dask.sinogram import prep_options, prepare_sinogram
@@ -129,3 +130,25 @@ def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
     except Exception as err:  # a warm-up must never stop a run
         return {"error": f"{type(err).__name__}: {err}"}
     return {"seconds": time.perf_counter() - t0, "engine": _engine(xp)}
+
+
+def add_center_tasks(b: SliceTasks, st) -> None:
+    """The centre task of slice ``b.z``, after its integrate tasks still to do.  A resumed slice
+    reuses its stored centre, unless its preparation also needs the slice's jitter shifts or stripe
+    columns (found with the centre, not stored)."""
+    wf = b.ctx.workflow
+    deps = b.deps(st)
+    stored = b.stored_value(st.name)
+    if not deps and stored is not None and not (wf.sinogram.jitter or wf.sinogram.stripes):
+        b.values[st.name] = stored
+    else:
+        b.add(st.name, 0, find_center, b.z, b.ctx, *deps)
+
+
+def add_recon_tasks(b: SliceTasks, st) -> None:
+    """The recon tasks of slice ``b.z`` still to do: one per block of ``layout.q_chunk`` bins, with
+    the slice's centre."""
+    nq, qc = b.nq, b.ctx.layout.q_chunk
+    center = b.result(st.after[0])
+    for i in b.pending(st.name, -(-nq // qc)):
+        b.add(st.name, i * qc, reconstruct_block, b.z, slice(i * qc, min((i + 1) * qc, nq)), center, b.ctx)

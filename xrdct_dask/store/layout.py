@@ -57,6 +57,8 @@ TASKS = "tasks"
 
 
 FORMAT = "xrdct-dask/1"
+# what a new store's template holds besides coordinates: per-frame arrays written before any task
+TEMPLATE_WRITES = (f"{REDUCED}/monitor", f"{REDUCED}/frame_index", f"{REDUCED}/scan_flag")
 
 
 @dataclass(frozen=True, order=True)
@@ -136,7 +138,6 @@ class ArraySpec:
     dims: tuple
     fill: object
     compressed: bool = True
-    writers: tuple = ()  # the stages (and "prepare") that write it: what ``xrdct plan`` counts as written
 
     @property
     def nbytes(self) -> int:
@@ -151,57 +152,61 @@ class ArraySpec:
         return int(np.prod(self.chunks, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
-def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_blocks: int = 0,
+@dataclass(frozen=True)
+class MarkerSpec:
+    """The done-markers of one stage: ``per_slice`` one-element markers per slice (one per task),
+    named by ``dim`` (``omega_block``, ``q_block``, ...); ``value``: the marker holds a number per
+    slice (NaN until set: the centre), not 0/1.  The stage table gives them
+    (:func:`xrdct_dask.pipeline.stages.marker_specs`)."""
+
+    name: str
+    per_slice: int
+    dim: str
+    value: bool = False
+
+
+def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, markers=(),
                 pdf_sinograms: bool = False, aux_channels: int = 0) -> list[ArraySpec]:
     """Every data array and done-marker of a store: what :func:`create_store` creates and what
-    ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays."""
+    ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays;
+    ``markers``: the :class:`MarkerSpec` of each stage that records its tasks, in stage order."""
     wc, qc, yc, rc = layout.omega_chunk, layout.q_chunk, layout.y_chunk, layout.r_chunk
     frame = ("z", "omega", "x")
-    integ = ("integrate",)
-    out = [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", (*frame, "q"), np.nan,
-                     writers=integ) for n in ("intensity", "sigma")]
-    out += [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx), (1, wc, nx), dt, frame, fill, writers=w)
-            for n, dt, fill, w in (("monitor", "float32", np.nan, ("prepare", "integrate")),
-                                   ("total", "float32", np.nan, integ), ("frame_index", "int64", -1, ("prepare",)),
-                                   ("frame_ok", "bool", False, integ), ("frame_status", "int8", -1, integ),
-                                   ("scan_flag", "int8", -1, ("prepare",)))]
+    out = [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", (*frame, "q"), np.nan) for n in ("intensity", "sigma")]
+    out += [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx), (1, wc, nx), dt, frame, fill)
+            for n, dt, fill in (("monitor", "float32", np.nan), ("total", "float32", np.nan),
+                                ("frame_index", "int64", -1), ("frame_ok", "bool", False),
+                                ("frame_status", "int8", -1), ("scan_flag", "int8", -1))]
     out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, nq), (1, yc, nx, qc), "float32", ("z", "y", "x", "q"),
-                         np.nan, writers=("recon",)))
+                         np.nan))
     if nr:
-        # recon-then-pdf: the pdf tasks write G and the voxel figures; pdf-then-recon: pdf-frames the
-        # sinograms, pdf-aux the figures (reconstructed from aux_sinogram), pdf the G blocks
-        figures = ("pdf-aux",) if pdf_sinograms else ("pdf",)
-        out.append(ArraySpec(f"{PDF}/G", (nz, nx, nx, nr), (1, yc, nx, rc), "float32", ("z", "y", "x", "r"), np.nan,
-                             writers=("pdf",)))
-        out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan,
-                          writers=figures) for n in PDF_VOXEL_FIGURES]
-        out.append(ArraySpec(f"{PDF}/ok", (nz, nx, nx), (1, yc, nx), "bool", ("z", "y", "x"), False, writers=figures))
+        out.append(ArraySpec(f"{PDF}/G", (nz, nx, nx, nr), (1, yc, nx, rc), "float32", ("z", "y", "x", "r"), np.nan))
+        out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan) for n in PDF_VOXEL_FIGURES]
+        out.append(ArraySpec(f"{PDF}/ok", (nz, nx, nx), (1, yc, nx), "bool", ("z", "y", "x"), False))
         if pdf_sinograms:
             out.append(ArraySpec(f"{PDF}/G_sinogram", (nz, nomega, nx, nr), (1, wc, nx, rc), "float32",
-                                 (*frame, "r"), np.nan, writers=("pdf-frames",)))
+                                 (*frame, "r"), np.nan))
             out.append(ArraySpec(f"{PDF}/aux_sinogram", (nz, nomega, nx, aux_channels), (1, wc, nx, aux_channels),
-                                 "float32", (*frame, "channel"), np.nan, writers=("pdf-frames",)))
+                                 "float32", (*frame, "channel"), np.nan))
     # done-markers: one element (and one chunk) per task, written after the task's data
-    markers = [("integrate", (nz, -(-nomega // wc)), "uint8", ("z", "omega_block"), 0),
-               ("center", (nz,), "float64", ("z",), np.nan),
-               ("recon", (nz, -(-nq // qc)), "uint8", ("z", "q_block"), 0)]
-    if nr:
-        markers.append(("pdf", (nz, pdf_blocks), "uint8", ("z", "pdf_block"), 0))
-    out += [ArraySpec(f"{TASKS}/{n}", shape, (1,) * len(shape), dt, dims, fill, compressed=False, writers=(n,))
-            for n, shape, dt, dims, fill in markers]
+    for m in markers:
+        shape, dims = ((nz,), ("z",)) if m.value else ((nz, m.per_slice), ("z", m.dim))
+        out.append(ArraySpec(f"{TASKS}/{m.name}", shape, (1,) * len(shape), "float64" if m.value else "uint8", dims,
+                             np.nan if m.value else 0, compressed=False))
     return out
 
 
 def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.ndarray, radial_unit: str,
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
-                 layout, attrs: dict, pdf_blocks: int = 0, aux_channels: list[str] | None = None,
+                 layout, attrs: dict, markers=(), aux_channels: list[str] | None = None,
                  pdf_attrs: dict | None = None) -> zarr.Group:
     """Create every array of :func:`array_specs` with its final shape, chunks, dims and
     coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
     through :func:`create_aside`).
 
     ``layout`` (:class:`xrdct_dask.store.budget.Layout`) sets the chunks (and is recorded in the root's
-    attrs, where the tasks read their block sizes); ``pdf_blocks`` the pdf tasks per slice;
+    attrs, where the tasks read their block sizes); ``markers`` the done-markers of the stages
+    (:class:`MarkerSpec`, in stage order: ``tasks/`` records the order);
     ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
     (the transform's parameters) go to the ``pdf`` group.
 
@@ -228,7 +233,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
         if name in coords:
             _coord(root, name, *coords[name])
     specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
-                        layout=layout, pdf_blocks=pdf_blocks, pdf_sinograms=bool(aux_channels),
+                        layout=layout, markers=markers, pdf_sinograms=bool(aux_channels),
                         aux_channels=len(aux_channels or ()))
     groups: dict[str, list[ArraySpec]] = {}
     for spec in specs:
@@ -243,6 +248,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
                            **({"compressors": COMPRESSORS} if spec.compressed else
                               # a marker's chunk file exists exactly while it is set (a reset deletes it)
                               {"config": {"write_empty_chunks": False}}))
+    if TASKS in groups:
+        root[TASKS].attrs["stages"] = [m.name for m in markers]
     if PDF in groups:
         _pdf_attrs(root[PDF], aux_channels)
         root[PDF].attrs.update(pdf_attrs or {})

@@ -4,7 +4,7 @@ the task state of a store is read from the markers' chunk file names."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +16,40 @@ from xrdct_dask.store.layout import TASKS
 
 @dataclass
 class TaskState:
-    """Which tasks of a run are done: bool ``integrate (nz, n_omega_blocks)``, ``recon (nz,
-    n_q_blocks)``, ``pdf (nz, n_pdf_blocks)`` (None without PDF) and ``center (nz,)`` (NaN = not
-    found yet)."""
+    """Which tasks of a run are done, by stage (the arrays of the store's ``tasks/`` group).
 
-    integrate: np.ndarray
-    center: np.ndarray
-    recon: np.ndarray
-    pdf: np.ndarray | None
+    ``marks[stage]``: bool ``(nz, tasks per slice)``, the tasks whose output is whole;
+    ``values[stage]``: float ``(nz,)`` for a stage whose marker holds a number per slice (the
+    centre; NaN: not yet).  Stages are in the order the store records (the stage table's)."""
+
+    marks: dict[str, np.ndarray]
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.marks)
+
+    def get(self, stage: str) -> np.ndarray | None:
+        """bool ``(nz, n)`` of ``stage``'s tasks (None: the store has no such stage)."""
+        return self.marks.get(stage)
+
+    def __getitem__(self, stage: str) -> np.ndarray:
+        return self.marks[stage]
+
+    def __contains__(self, stage: str) -> bool:
+        return stage in self.marks
+
+    def value(self, stage: str) -> np.ndarray | None:
+        """float ``(nz,)`` of a value marker (NaN where not set), None for other stages."""
+        return self.values.get(stage)
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """``{stage: (done, total)}``."""
-        out = {"integrate": (int(self.integrate.sum()), self.integrate.size),
-               "center": (int(np.isfinite(self.center).sum()), self.center.size),
-               "recon": (int(self.recon.sum()), self.recon.size)}
-        if self.pdf is not None:
-            out["pdf"] = (int(self.pdf.sum()), self.pdf.size)
-        return out
+        return {k: (int(m.sum()), m.size) for k, m in self.marks.items()}
+
+    def slice_done(self, z: int) -> bool:
+        """Every task of slice ``z`` is done."""
+        return all(bool(m[z].all()) for m in self.marks.values())
 
     @property
     def complete(self) -> bool:
@@ -61,25 +78,31 @@ def _set_markers(path, name: str, shape: tuple) -> np.ndarray | None:
 
 def task_state(path) -> TaskState:
     """Read the done-markers of a store: which tasks' output is whole (listed, not read one by
-    one; the centres of the slices that have one are read)."""
+    one; the values of the value markers that are set are read)."""
     g = zarr.open_group(str(Path(path) / TASKS), mode="r")
-
-    def marks(name):
-        got = _set_markers(path, name, g[name].shape)
-        return got if got is not None else g[name][...].astype(bool)
-
-    center = np.full(g["center"].shape, np.nan)
-    found = marks("center")
-    if found.any():
-        values = g["center"]
-        for z in np.flatnonzero(found):
-            center[z] = values[z]
-    return TaskState(integrate=marks("integrate"), center=center, recon=marks("recon"),
-                     pdf=marks("pdf") if "pdf" in g.array_keys() else None)
+    # the stage table's order, as the store records it (a store made before it did: by name)
+    names = [n for n in g.attrs.get("stages", []) if n in set(g.array_keys())]
+    names += sorted(set(g.array_keys()) - set(names))
+    marks, values = {}, {}
+    for name in names:
+        arr = g[name]
+        got = _set_markers(path, name, arr.shape)
+        found = got if got is not None else np.asarray(arr[...] != 0, bool)
+        if arr.dtype.kind == "f":  # a value per slice: set where finite
+            if got is None:
+                found = np.isfinite(arr[...])
+            v = np.full(arr.shape, np.nan)
+            for z in np.flatnonzero(found):
+                v[z] = arr[z]
+            values[name] = v
+            found = np.isfinite(v)[:, None]
+        marks[name] = found
+    return TaskState(marks, values)
 
 
 def mark_done(path, stage: str, index: tuple[int, ...], value: float = 1) -> None:
-    """Set the marker of one task (``stage`` in integrate | center | recon | pdf) after its data."""
+    """Set the marker of one task of ``stage`` after its data (``value``: 0 resets it; a value
+    marker's number, NaN resets it)."""
     write_region(path, f"{TASKS}/{stage}", index, value)
 
 

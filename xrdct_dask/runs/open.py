@@ -25,9 +25,9 @@ from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
 from xrdct_dask.pdf.background import load_background
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.integrator import plan_for
-from xrdct_dask.pipeline.stages import pdf_unit, unit_count
+from xrdct_dask.pipeline.stages import FRAMES_STAGE, Sizes, downstream, marker_specs
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
-from xrdct_dask.run.inputs import (
+from xrdct_dask.runs.inputs import (
     check_inputs,
     check_same_inputs,
     frame_sample,
@@ -35,8 +35,9 @@ from xrdct_dask.run.inputs import (
     input_contents,
     input_files,
 )
-from xrdct_dask.run.scanlayout import ScanLayout, scan_layout, write_scan_arrays
+from xrdct_dask.runs.scanlayout import ScanLayout, scan_layout, write_scan_arrays
 from xrdct_dask.store.budget import Layout, choose_layout, task_memory
+from xrdct_dask.store.layout import MarkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
     def build(tmp: Path) -> None:
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
-                           r_A=r_A, layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A),
+                           r_A=r_A, layout=layout, attrs=attrs, markers=store_markers(wf, layout, radial, r_A),
                            **pdf_store_args(wf, op))
         late = write_scan_arrays(tmp, wf, lay, client)
         if late:
@@ -126,12 +127,9 @@ def layout_for(wf: Workflow, nq: int, nr: int) -> Layout:
                          pdf_order=wf.pdf.order)
 
 
-def pdf_blocks(wf: Workflow, layout: Layout, r_A) -> int:
-    """pdf tasks (and done-markers) per slice: voxel-row blocks, or r blocks (pdf-then-recon)."""
-    if r_A is None:
-        return 0
-    return unit_count(pdf_unit(wf), nomega=wf.scan.nomega, nx=wf.scan.nx, nq=0, nr=len(r_A),
-                             layout=layout)
+def store_markers(wf: Workflow, layout: Layout, radial, r_A) -> list[MarkerSpec]:
+    """The done-markers of a new store of ``wf`` (the stage table's, sized by its bins and blocks)."""
+    return marker_specs(wf, Sizes.of(wf, nq=len(radial), nr=0 if r_A is None else len(r_A), layout=layout))
 
 
 def pdf_store_args(wf: Workflow, op) -> dict:
@@ -216,7 +214,7 @@ def _resume(wf: Workflow, path: Path) -> RunContext:
         log.warning("%s: %d frames missing or unreadable before are read again (%d blocks redone)", path,
                     *retried)
         state = store.task_state(path)
-    if not state.integrate.all():
+    if not state[FRAMES_STAGE].all():
         check_inputs(wf)
     log.info("resuming %s: %s", path, ", ".join(f"{k} {d}/{t} done" for k, (d, t) in state.counts().items()))
     return ctx
@@ -226,20 +224,22 @@ def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
     """Clear the done-markers of integrated blocks holding frames worth reading again: an I/O error,
     or a frame missing or partly written when it was read (a run during the acquisition) whose
     file is whole now (:data:`~xrdct_dask.io.status.RETRIED`, :data:`~xrdct_dask.io.status.PARTIAL`).  The
-    slice's centre, reconstruction and G(r) are cleared too: they are made from those blocks.
+    markers of the slice's later stages (centre, reconstruction, G(r)) are cleared too: they are
+    made from those blocks.
     Returns ``(frames, blocks)`` reopened.  Read slice by slice."""
 
     wf = ctx.workflow
     wc = ctx.layout.omega_chunk
+    done = state[FRAMES_STAGE]
     red = ctx.store_path / store.REDUCED
     status_arr = store.open_array(red, "frame_status", "r")
     index_arr = store.open_array(red, "frame_index", "r")
     frames = blocks = 0
-    for z in np.nonzero(state.integrate.any(axis=1))[0]:
+    for z in np.nonzero(done.any(axis=1))[0]:
         st = status_arr[z]
         retry = st == FrameStatus.IO_ERROR
         late = np.isin(st, [int(FrameStatus.MISSING), *(int(c) for c in PARTIAL)])
-        missing = np.argwhere(late & state.integrate[z].repeat(wc)[:st.shape[0], None])
+        missing = np.argwhere(late & done[z].repeat(wc)[:st.shape[0], None])
         if missing.size:
             idx = index_arr[z]
             arrived = frames_present(wf)
@@ -247,16 +247,14 @@ def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
                 if idx[w, x] >= 0 and arrived(int(idx[w, x])):
                     retry[w, x] = True
         rows = np.nonzero(retry.any(axis=1))[0]
-        reopen = sorted({int(w) // wc for w in rows if state.integrate[z, int(w) // wc]})
+        reopen = sorted({int(w) // wc for w in rows if done[z, int(w) // wc]})
         if not reopen:
             continue
         for b in reopen:
-            store.mark_done(ctx.store_path, "integrate", (int(z), b), 0)
-        store.mark_done(ctx.store_path, "center", (int(z),), np.nan)
-        for b in range(state.recon.shape[1]):
-            store.mark_done(ctx.store_path, "recon", (int(z), b), 0)
-        if state.pdf is not None:
-            store.mark_done(ctx.store_path, "pdf", (int(z),), 0)
+            store.mark_done(ctx.store_path, FRAMES_STAGE, (int(z), b), 0)
+        for later in downstream(wf, FRAMES_STAGE):  # every marker of the slice made from those blocks
+            if later.marker:
+                store.mark_done(ctx.store_path, later.name, (int(z),), np.nan if later.marker == "value" else 0)
         frames += int(retry.sum())
         blocks += len(reopen)
     return frames, blocks

@@ -26,10 +26,10 @@ from xrdct_dask.errors import RunStopped
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.graph import build_graph, pending_by_stage
 from xrdct_dask.pipeline.integrator import IntegratorPlugin
-from xrdct_dask.run.connect import Connection
-from xrdct_dask.run.open import open_run
-from xrdct_dask.run.plan import waves
-from xrdct_dask.run.report import finish_run
+from xrdct_dask.runs.connect import Connection
+from xrdct_dask.runs.open import open_run
+from xrdct_dask.runs.plan import waves
+from xrdct_dask.runs.report import finish_run
 from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
     """Compute what is not yet done in one or more prepared stores, as one graph, and finish them.
 
     Slices with pending tasks (of every store together) are grouped into waves of at most
-    ``compute.max_tasks / 2`` tasks (:func:`xrdct_dask.run.plan.waves`); two waves are in flight at a
+    ``compute.max_tasks / 2`` tasks (:func:`xrdct_dask.runs.plan.waves`); two waves are in flight at a
     time.  Returns each store's run summary.  ``connection`` (:class:`Connection`): a client the
     caller made (and closes); else one is made from the other arguments and closed here.  A task that cannot write the store stops the run
     with :class:`RunStopped`; every other task failure raises RuntimeError naming the task.

@@ -1,6 +1,6 @@
 """Live mode: follow an acquisition while the detector writes it (``xrdct watch``).
 
-The store, its blocks, done-markers and tasks are those of a batch run (:func:`~xrdct_dask.run.open.open_run`,
+The store, its blocks, done-markers and tasks are those of a batch run (:func:`~xrdct_dask.runs.open.open_run`,
 :func:`~xrdct_dask.pipeline.graph.build_graph`, :func:`~xrdct_dask.pipeline.tasks_integrate.integrate_block`); what differs is
 when a task is submitted:
 
@@ -8,7 +8,7 @@ when a task is submitted:
   frame file of it is whole (:func:`~xrdct_dask.io.cbf.frame_complete`: its header promise met,
   its trailer written, under its final name), so a file still being written is never read;
   a file that stays incomplete and unchanged for ``settle_s`` is read as it is (and flagged).
-  An HDF5 source is looked at afresh at each poll (:func:`~xrdct_dask.run.inputs.frames_present`):
+  An HDF5 source is looked at afresh at each poll (:func:`~xrdct_dask.runs.inputs.frames_present`):
   a frame is there once its data file is (an Eiger master's external links, a file per slice or
   line) and holds it (the dataset's length, which an SWMR writer grows); data files must appear
   whole (written under another name, then renamed), as a detector's file writer does;
@@ -17,7 +17,7 @@ when a task is submitted:
   (:func:`~xrdct_dask.pipeline.tasks_recon.warm_slice_stages`), so their kernels are compiled by then;
 * when no new frame has come for ``idle_timeout_s``, the blocks still waiting are integrated
   with what is there: the frames that never came are flagged MISSING (a later ``watch`` or
-  ``run`` reads them if they arrive: :func:`~xrdct_dask.run.open.reopen_retried`).
+  ``run`` reads them if they arrive: :func:`~xrdct_dask.runs.open.reopen_retried`).
 
 The blocks are the store's omega chunks (``store.omega_chunk`` x ``scan.nx`` frames): the lag
 behind the detector is at least the time one block takes to acquire, so choose the chunk small
@@ -58,10 +58,10 @@ from xrdct_dask.pipeline.graph import build_graph, timed
 from xrdct_dask.pipeline.integrator import IntegratorPlugin
 from xrdct_dask.pipeline.tasks_integrate import integrate_block
 from xrdct_dask.pipeline.tasks_recon import warm_slice_stages
-from xrdct_dask.run.execute import RunStopped
-from xrdct_dask.run.inputs import frames_present
-from xrdct_dask.run.open import open_run
-from xrdct_dask.run.report import finish_run
+from xrdct_dask.runs.execute import RunStopped
+from xrdct_dask.runs.inputs import frames_present
+from xrdct_dask.runs.open import open_run
+from xrdct_dask.runs.report import finish_run
 from xrdct_dask.view.console import console
 from xrdct_dask.view.live import _Painter, _Status, _variables
 
@@ -229,7 +229,7 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
     reduced and every slice reconstructed (and G(r) computed where asked), or when no new frame
     has come for ``idle_timeout_s`` seconds (the frames that never came flagged MISSING).
 
-    ``scheduler_address`` / ``cluster`` as for :func:`xrdct_dask.run.execute.run` (a scheduler that
+    ``scheduler_address`` / ``cluster`` as for :func:`xrdct_dask.runs.execute.run` (a scheduler that
     stays up between scans is the beamline's case).  ``poll_s``: how often the frame folder is
     looked at; ``settle_s``: an incomplete file unchanged this long is read as it is;
     ``png_every_s``: how often the live picture is redrawn (0: never).  ``armed`` is set once the
@@ -289,7 +289,7 @@ class _Following:
         total_frames = int((needed >= 0).sum())
         self.result = WatchResult(store=self.path, frame_ready=self.frames.ready_at)
         self.slice_left = {z: int((~self.before.integrate[z]).sum()) for z in range(s.nz)}  # blocks not yet done
-        self.slice_open = {z for z in range(s.nz) if not _slice_done(self.before, z)}  # slices with tasks left
+        self.slice_open = {z for z in range(s.nz) if not self.before.slice_done(z)}  # slices with tasks left
         self.results: dict[str, list] = {}
         self.status = _Status(self.path, total_frames, s.nz)
         self.png_every_s = png_every_s
@@ -453,7 +453,7 @@ class _Following:
             pass
 
     def finish(self, seconds: float, summary: bool) -> WatchResult:
-        """The run's report (:func:`~xrdct_dask.run.report.finish_run`), the last status and picture."""
+        """The run's report (:func:`~xrdct_dask.runs.report.finish_run`), the last status and picture."""
 
         result = self.result
         result.missing = int(sum(r.get("status", {}).get(FrameStatus.MISSING.name, 0) for r in result.blocks))
@@ -464,8 +464,3 @@ class _Following:
         if self.painter is not None:
             self.painter.draw_now()
         return result
-
-
-def _slice_done(state: store.TaskState, z: int) -> bool:
-    return bool(state.integrate[z].all() and np.isfinite(state.center[z]) and state.recon[z].all()
-                and (state.pdf is None or state.pdf[z].all()))

@@ -37,8 +37,8 @@ import zarr
 
 from xrdct_dask import store
 from xrdct_dask.config import WorkflowError, load_workflow, workflow_from_dict
-from xrdct_dask.run.execute import run
-from xrdct_dask.run.live import watch
+from xrdct_dask.runs.execute import run
+from xrdct_dask.runs.live import watch
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def _now() -> str:
 class JobService:
     """The jobs of one service: validated on submission, run one at a time in a thread, each
     recorded in ``jobs_dir/<id>/`` (see the module's docstring).  ``runner(job, wf)`` runs one
-    job and returns its summary dict (default: :func:`xrdct_dask.run.execute.run` or
-    :func:`xrdct_dask.run.live.watch` on ``scheduler_address``)."""
+    job and returns its summary dict (default: :func:`xrdct_dask.runs.execute.run` or
+    :func:`xrdct_dask.runs.live.watch` on ``scheduler_address``)."""
 
     def __init__(self, jobs_dir, scheduler_address: str | None = None, base_dir=None):
         self.jobs_dir = Path(jobs_dir).resolve()

@@ -7,7 +7,7 @@ cached integration plan for the pdf-then-recon aux channels), so a 1000 x 1571 x
 in a second.  tests/test_plan.py holds every count to what ``build_graph`` and the store make.
 Nothing is a second copy of the run's rules: the tasks per slice come from the stage table
 (:func:`xrdct_dask.pipeline.stages.tasks_per_slice`), the blocks from the layout a new store would get
-(:func:`xrdct_dask.run.open.layout_for`), the chunks from the store's own array table
+(:func:`xrdct_dask.runs.open.layout_for`), the chunks from the store's own array table
 (:func:`xrdct_dask.store.layout.array_specs`) and the memory per task from :mod:`xrdct_dask.store.budget`
 (the formulas the layout is chosen by, checked against traced tasks in tests/test_budget.py).
 Bytes read and written are uncompressed upper bounds:
@@ -55,11 +55,11 @@ from xrdct_dask.pdf.transform import r_grid
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.graph import build_graph
 from xrdct_dask.pipeline.integrator import _plan_inputs
-from xrdct_dask.pipeline.stages import tasks_per_slice
+from xrdct_dask.pipeline.stages import Sizes, marker_specs, stages_of, tasks_per_slice
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
 from xrdct_dask.resources import shipped_throughputs
-from xrdct_dask.run.open import layout_for, pdf_blocks
-from xrdct_dask.run.scanlayout import frames_placed_by_scan
+from xrdct_dask.runs.open import layout_for
+from xrdct_dask.runs.scanlayout import frames_placed_by_scan
 from xrdct_dask.store import budget
 
 PILATUS2M_SHAPE = (1679, 1475)
@@ -206,7 +206,7 @@ def _input_files(wf: Workflow, frames: int) -> tuple[int, str]:
 
 def _frames_placed(wf: Workflow) -> bool:
     """Whether the scan places the frames (``reduced/scan_flag`` written), as the run will decide
-    (:func:`~xrdct_dask.run.scanlayout.frames_placed_by_scan`); a scan not readable yet (planned before
+    (:func:`~xrdct_dask.runs.scanlayout.frames_placed_by_scan`); a scan not readable yet (planned before
     its files exist): placed where a scan file is named."""
 
     try:
@@ -255,34 +255,26 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     if frame_bytes is not None:
         fb, fb_source = int(frame_bytes), "given"
     lay = layout_for(wf, nq, nr)
-    per_slice = tasks_per_slice(wf, nq=nq, nr=nr, layout=lay)
-    t_slice = sum(per_slice.values())
-    wc, qc, yc, rc = lay.omega_chunk, lay.q_chunk, lay.y_chunk, lay.r_chunk
     aux, aux_exact = _aux_channels(wf) if nr and wf.pdf.order == "pdf-then-recon" else (1 + budget.PDF_EXTRA_COLUMNS,
                                                                                        True)
-    held = {"integrate": budget.integrate_bytes(wc * nx, nq, fb),
-            "center": budget.center_bytes(nw, nx),
-            "recon": budget.recon_bytes(nw, nx, qc, lay.q_sub),
-            "pdf-scale": budget.pdf_scale_bytes(yc, nx, nq),
-            "pdf-frames": budget.pdf_frames_bytes(wc * nx, nq, nr),
-            "pdf-aux": budget.recon_bytes(nw, nx, aux, lay.q_sub),
-            "pdf": (budget.pdf_bytes(yc, nx, nq, nr) if wf.pdf.order == "recon-then-pdf"
-                    else budget.recon_bytes(nw, nx, rc, lay.q_sub) + 4 * nx * nx * rc)}  # + the rescaled copy
-    read = {"integrate": F * fb, "center": F * 5, "recon": F * (4 * nq + 1), "pdf-scale": nz * nx * nx * nq * 4,
-            "pdf-frames": F * nq * 4, "pdf-aux": F * aux * 4,
-            "pdf": nz * nx * nx * nq * 4 if wf.pdf.order == "recon-then-pdf" else F * nr * 4}
-    specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, pdf_blocks=pdf_blocks(wf, lay, [0] * nr)
-                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux)
+    sizes = Sizes.of(wf, nq=nq, nr=nr, layout=lay, frame_bytes=fb, aux_channels=aux)
+    table = stages_of(wf)
+    per_slice = tasks_per_slice(wf, sizes)
+    t_slice = sum(per_slice.values())
+    held = {st.name: st.held(sizes) for st in table}
+    specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, markers=marker_specs(wf, sizes),
+                              pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux)
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]
+    writers = {"prepare": store.TEMPLATE_WRITES, **{st.name: (*st.writes, f"{store.TASKS}/{st.name}") for st in table}}
 
     def written(stage: str) -> int:
-        return sum(sp.nbytes for sp in written_specs if stage in sp.writers)
+        return sum(sp.nbytes for sp in written_specs if sp.path in writers[stage])
 
     plans = {"prepare": StagePlan(0, 0, written("prepare"), 0)}
-    for name, n in per_slice.items():
-        plans[name] = StagePlan(nz * n, read[name], written(name), held[name])
+    for st in table:
+        plans[st.name] = StagePlan(nz * per_slice[st.name], st.read(sizes), written(st.name), held[st.name])
     tasks = sum(p.tasks for p in plans.values())
     spw = max(1, (wf.compute.max_tasks // 2) // t_slice)
     nwaves = len(waves([t_slice] * nz, wf.compute.max_tasks))
@@ -363,7 +355,7 @@ def build_waves(wf: Workflow) -> dict:
     lay = layout_for(wf, nq, nr)
     ctx = RunContext(workflow=wf, store_path=Path(wf.store.path), monitor_reference=1.0, wavelength_A=1.0,
                             layout=lay, extra={"nq": nq, "nr": nr})
-    per_slice = sum(tasks_per_slice(wf, nq=nq, nr=nr, layout=lay).values())
+    per_slice = sum(tasks_per_slice(wf, Sizes.of(wf, nq=nq, nr=nr, layout=lay)).values())
     groups = waves([per_slice] * s.nz, wf.compute.max_tasks)
     t0 = time.perf_counter()
     total = largest = 0

@@ -10,12 +10,12 @@ key belongs to the first stage it affects:
 
 The new store reruns from the earliest changed stage (or ``from_stage``, if earlier).  Stages
 upstream of it are not recomputed: their chunk files and done-markers are hard-linked from the
-parent (:func:`xrdct_dask.run.links.link_group`: no bytes copied, and the parent is never written),
-so the usual resume logic of :func:`xrdct_dask.run.execute.execute` runs exactly the downstream
+parent (:func:`xrdct_dask.runs.links.link_group`: no bytes copied, and the parent is never written),
+so the usual resume logic of :func:`xrdct_dask.runs.execute.execute` runs exactly the downstream
 tasks.  A recon or pdf rerun therefore needs neither the frames nor the PONI: the q grid,
 wavelength and monitor reference come from the parent.  The new store records ``parent``
 (path, workflow and work digests) and ``reprocess`` (what changed, from which stage, what was
-reused).  Several runs are reprocessed as one graph (one :func:`~xrdct_dask.run.execute.execute`).
+reused).  Several runs are reprocessed as one graph (one :func:`~xrdct_dask.runs.execute.execute`).
 """
 
 from __future__ import annotations
@@ -28,34 +28,27 @@ from pathlib import Path
 from xrdct_dask import store
 from xrdct_dask.config import Workflow, WorkflowError, changed_keys, flatten, workflow_from_dict
 from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
-from xrdct_dask.pipeline.stages import REPROCESS_STAGES
-from xrdct_dask.pipeline.stages import STAGES as GRAPH_STAGES
-from xrdct_dask.run.connect import Connection
-from xrdct_dask.run.execute import execute
-from xrdct_dask.run.inputs import input_files
-from xrdct_dask.run.open import context_from_store, open_run, pdf_blocks, pdf_store_args
+from xrdct_dask.pipeline.stages import before_step, reprocess_steps, step_of_key
+from xrdct_dask.runs.connect import Connection
+from xrdct_dask.runs.execute import execute
+from xrdct_dask.runs.inputs import input_files
+from xrdct_dask.runs.links import link_group
+from xrdct_dask.runs.open import context_from_store, open_run, pdf_store_args, store_markers
 from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
 
-STAGES = REPROCESS_STAGES
-STAGE_OF_KEY = (  # dotted prefix -> first stage whose output it changes (checked in order)
-    ("store.omega_chunk", "integrate"), ("store.q_chunk", "integrate"),
-    ("inputs", "integrate"), ("scan", "integrate"), ("geometry", "integrate"), ("integrate", "integrate"),
-    ("sinogram", "recon"), ("recon", "recon"), ("pdf", "pdf"),
-)
-
-
 def stage_of(key: str) -> str:
-    for prefix, stage in STAGE_OF_KEY:
-        if key == prefix or key.startswith(prefix + "."):
-            return stage
-    raise WorkflowError(f"{key}: no stage depends on this key")
+    """The reprocess step a change of workflow ``key`` reruns from (the stage table's ``keys``)."""
+    step = step_of_key(key)
+    if step is None:
+        raise WorkflowError(f"{key}: no stage depends on this key")
+    return step
 
 
 def first_stage(keys) -> str | None:
-    stages = {stage_of(k) for k in keys}
-    return next((s for s in STAGES if s in stages), None)
+    steps = {stage_of(k) for k in keys}
+    return next((s for s in reprocess_steps() if s in steps), None)
 
 
 @dataclass
@@ -66,11 +59,17 @@ class Reprocess:
     out: Path
     workflow: Workflow
     changed: dict[str, list]  # dotted key -> [old, new]
-    start: str  # integrate | recon | pdf
+    start: str  # a reprocess step: integrate | recon | pdf
+
+    @property
+    def kept(self) -> list:
+        """The stages before the start: their arrays and markers are shared with the parent."""
+        return before_step(self.workflow, self.start)
 
     @property
     def reused(self) -> list[str]:
-        return [store.REDUCED] if self.start == "recon" else [store.REDUCED, store.RECON] if self.start == "pdf" else []
+        """The store groups shared with the parent: every group the kept stages write."""
+        return list(dict.fromkeys(a.split("/")[0] for st in self.kept for a in st.writes))
 
 
 def changed_inputs(recorded: dict, wf: Workflow) -> dict[str, list]:
@@ -90,8 +89,9 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
                    out: str | Path | None = None) -> Reprocess:
     """Decide the new workflow, what changed and where to start, for one parent store."""
     parent = Path(parent)
-    if from_stage is not None and from_stage not in STAGES:
-        raise WorkflowError(f"--from must be one of {', '.join(STAGES)} (got {from_stage!r})")
+    steps = reprocess_steps()
+    if from_stage is not None and from_stage not in steps:
+        raise WorkflowError(f"--from must be one of {', '.join(steps)} (got {from_stage!r})")
     try:
         attrs = store.run_attrs(parent)
     except ValueError as err:
@@ -113,12 +113,12 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
     candidates = [s for s in (first_stage(changed), from_stage) if s is not None]
     if not candidates:
         raise WorkflowError(f"{parent}: nothing to reprocess: the overrides change no stage's parameters "
-                            f"(use --from integrate|recon|pdf to rerun anyway)")
-    start = min(candidates, key=STAGES.index)
-    if start != "integrate":
+                            f"(use --from {'|'.join(steps)} to rerun anyway)")
+    start = min(candidates, key=steps.index)
+    if start != steps[0]:
         state = store.task_state(parent)
         # the stages (with markers) upstream of the start must be whole: their chunks are shared
-        need = [n for n, st in GRAPH_STAGES.items() if st.marker and STAGES.index(st.reprocess) < STAGES.index(start)]
+        need = [st.name for st in before_step(wf, start) if st.marker]
         missing = [k for k in need if state.counts()[k][0] < state.counts()[k][1]]
         if missing:
             raise WorkflowError(f"{parent}: its {', '.join(missing)} tasks are not all done: resume it first "
@@ -142,7 +142,7 @@ def prepare_child(rp: Reprocess, client=None):
                           "work_digest": pattrs.get("work_digest")},
                "reprocess": {"changed": rp.changed, "from": rp.start, "reused": rp.reused,
                              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
-    if rp.start == "integrate":
+    if not rp.kept:
         return open_run(wf, extra_attrs=lineage, client=client)
     return _derive_store(rp, lineage, client)
 
@@ -176,12 +176,10 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
     def build(tmp):
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
-                           layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A), **pdf_store_args(wf, op))
-        n = store.link_group(parent, tmp, store.REDUCED, client=client) + store.link_group(
-            parent, tmp, store.TASKS, ["integrate"], client=client)
-        if rp.start == "pdf":
-            n += store.link_group(parent, tmp, store.RECON, client=client) + store.link_group(
-                parent, tmp, store.TASKS, ["center", "recon"], client=client)
+                           layout=layout, attrs=attrs, markers=store_markers(wf, layout, coord["q"], r_A),
+                           **pdf_store_args(wf, op))
+        n = sum(link_group(parent, tmp, group, client=client) for group in rp.reused)
+        n += link_group(parent, tmp, store.TASKS, [st.name for st in rp.kept if st.marker], client=client)
         log.info("%s: %d chunk files shared with %s", out, n, parent)
         store.mark_template_complete(tmp)
         store.consolidate(tmp)

@@ -16,7 +16,7 @@ import zarr
 from xrdct_dask import store
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.pipeline.context import RunContext
-from xrdct_dask.pipeline.stages import STAGES
+from xrdct_dask.pipeline.stages import stages_of
 from xrdct_dask.view.console import console
 from xrdct_dask.view.summary import write_summary
 
@@ -64,10 +64,12 @@ def finish_run(ctx: RunContext, results: dict, before: store.TaskState, wall: fl
     counts = after.counts()
     full = {k: d == t for k, (d, t) in counts.items()}
     stage_done: dict[str, bool] = {}
-    for name, st in STAGES.items():  # a group is done when every stage writing it (or feeding it) is
-        if name in full:
-            group = st.writes or store.RECON
-            stage_done[group] = stage_done.get(group, True) and full[name]
+    group = store.REDUCED
+    for st in stages_of(ctx.workflow):  # a group is done when every stage writing it (or feeding it) is
+        if st.writes:
+            group = st.writes[0].split("/")[0]
+        if st.name in full:
+            stage_done[group] = stage_done.get(group, True) and full[st.name]
     for group, ok in stage_done.items():
         store.set_stage_status(ctx.store_path, group, "done" if ok else "partial")
     previous = store.read_attrs(ctx.store_path).get("run_summary") or {}
