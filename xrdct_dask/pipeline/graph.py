@@ -32,11 +32,13 @@ def slice_tasks(ctx: RunContext, z: int, done: store.TaskState | None = None) ->
 
 def timed(fn):
     """``fn`` whose result (a dict) also says when and where it ran: ``started``/``finished``
-    (epoch seconds) and ``worker`` (the run report's stage spans and engine lines)."""
+    (epoch seconds), ``worker`` (the run report's stage spans and engine lines) and, where the
+    task does not say, ``seconds``."""
     def task(*args):
         started = time.time()
         out = fn(*args)
-        return {"started": started, "finished": time.time(), "worker": worker_address()} | out
+        finished = time.time()
+        return {"started": started, "finished": finished, "worker": worker_address(), "seconds": finished - started} | out
 
     task.__name__ = task.__qualname__ = getattr(fn, "__name__", "task")
     return task

@@ -92,6 +92,7 @@ class Stage:
     read: Callable[[Sizes], int] = _never
     gpu: bool = False
     when: Callable[[Workflow], bool] = _always
+    marker_doc: tuple[str, str] = ("1", "")  # units and long name of its marker array
 
     def count(self, s: Sizes) -> int:
         """Tasks of this stage per slice."""
@@ -123,14 +124,16 @@ PDF_FIGURES = tuple(f"{P}/{n}" for n in (*store.PDF_VOXEL_FIGURES, "ok"))
 STAGES: list[Stage] = [
     Stage(FRAMES_STAGE, "omega block", tasks_integrate.add_tasks, marker="task", marker_dim="omega_block",
           writes=REDUCED_ARRAYS, reprocess="integrate", gpu=True,
+          marker_doc=("1", "1 = this block of reduced/ is completely written"),
           keys=("store.omega_chunk", "store.q_chunk", "inputs", "scan", "geometry", "integrate"),
           held=lambda s: budget.integrate_bytes(s.layout.omega_chunk * s.nx, s.nq, s.frame_bytes),
           read=lambda s: s.frames * s.frame_bytes),
     Stage("center", "slice", tasks_recon.add_center_tasks, after=("integrate",), marker="value",
-          reprocess="recon", keys=("sinogram",),
+          reprocess="recon", keys=("sinogram",), marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
           held=lambda s: budget.center_bytes(s.nomega, s.nx), read=lambda s: s.frames * 5),  # total f32 + frame_ok
     Stage("recon", "q block", tasks_recon.add_recon_tasks, after=("center",), marker="task", marker_dim="q_block",
           writes=(f"{R}/intensity",), reprocess="recon", keys=("recon",),
+          marker_doc=("1", "1 = this q block of recon/ is completely written"),
           held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.layout.q_chunk, s.layout.q_sub),
           read=lambda s: s.frames * (4 * s.nq + 1)),
     # recon-then-pdf: each row block's share of the edge background and the largest scale, then G(r)
@@ -139,6 +142,7 @@ STAGES: list[Stage] = [
           read=lambda s: s.nz * s.nx * s.nx * s.nq * 4),
     Stage("pdf", "voxel rows", tasks_pdf.add_rows_tasks, after=("pdf-scale",), marker="task", marker_dim="pdf_block",
           writes=(f"{P}/G", *PDF_FIGURES), reprocess="pdf", keys=("pdf",), when=_recon_then_pdf,
+          marker_doc=("1", "1 = this block of voxel rows of pdf/ is completely written"),
           held=lambda s: budget.pdf_bytes(s.layout.y_chunk, s.nx, s.nq, s.nr),
           read=lambda s: s.nz * s.nx * s.nx * s.nq * 4),
     # pdf-then-recon: G(r) of every frame, N and the figures reconstructed, then the G(r) blocks
@@ -152,6 +156,7 @@ STAGES: list[Stage] = [
           read=lambda s: s.frames * s.aux_channels * 4),
     Stage("pdf", "r block", tasks_pdf.add_blocks_tasks, after=("pdf-aux", "center"), marker="task",
           marker_dim="pdf_block", writes=(f"{P}/G",), reprocess="pdf", keys=("pdf",), when=_pdf_then_recon,
+          marker_doc=("1", "1 = this r block of pdf/G is completely written"),
           # the reconstruction of an r block, and its rescaled copy
           held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.layout.r_chunk, s.layout.q_sub)
           + 4 * s.nx * s.nx * s.layout.r_chunk,
@@ -183,7 +188,7 @@ def tasks_per_slice(wf: Workflow, sizes: Sizes) -> dict[str, int]:
 
 def marker_specs(wf: Workflow, sizes: Sizes) -> list[MarkerSpec]:
     """The done-markers of ``wf``'s stages, as a new store gets them (:func:`xrdct_dask.store.create_store`)."""
-    return [MarkerSpec(st.name, st.count(sizes), st.marker_dim, st.marker == "value")
+    return [MarkerSpec(st.name, st.count(sizes), st.marker_dim, st.marker == "value", *st.marker_doc)
             for st in stages_of(wf) if st.marker]
 
 
@@ -210,6 +215,11 @@ def step_of_key(key: str) -> str | None:
             if key == prefix or key.startswith(prefix + "."):
                 return st.reprocess
     return None
+
+
+def writer_of(array: str) -> str:
+    """The stage whose tasks write store array ``array`` (``"recon/intensity"``)."""
+    return next(st.name for st in STAGES if array in st.writes)
 
 
 def before_step(wf: Workflow, step: str) -> list[Stage]:

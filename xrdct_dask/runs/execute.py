@@ -26,6 +26,7 @@ from xrdct_dask.errors import RunStopped
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.graph import build_graph, pending_by_stage
 from xrdct_dask.pipeline.integrator import IntegratorPlugin
+from xrdct_dask.pipeline.stages import FRAMES_STAGE
 from xrdct_dask.runs.connect import Connection
 from xrdct_dask.runs.open import open_run
 from xrdct_dask.runs.plan import waves
@@ -133,11 +134,11 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
                 console.info("dask dashboard: %s", client.dashboard_link)
             # a local cluster's workers follow the quiet client; a batch job's log file keeps its own level
             client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))
-            need = {c.workflow.digest(): c.workflow for c, st in zip(ctxs, states) if not st.integrate.all()}
+            need = {c.workflow.digest(): c.workflow for c, st in zip(ctxs, states) if not st[FRAMES_STAGE].all()}
             resources = stage_resources(client, ctxs[0].workflow, local)
             for wf in need.values():
                 client.register_plugin(IntegratorPlugin(wf, unique=len(need) > 1,
-                                                        gpu_only=bool(resources["integrate"])))
+                                                        gpu_only=bool(resources[FRAMES_STAGE])))
             for i, stage, res in compute_waves(client, [lambda k=k: wave(k) for k in range(len(groups))], totals,
                                                progress, stores=[c.store_path for c in ctxs]):
                 results[i].setdefault(stage, []).append(res)
@@ -186,7 +187,7 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
             if fut.status == "error":
                 exc = fut.exception()
                 if isinstance(exc, OSError):
-                    raise RunStopped(_stop_message(exc, fut.key, stores[tag] if stores else None)) from exc
+                    raise RunStopped(stop_message(exc, fut.key, stores[tag] if stores else None)) from exc
                 raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
             yield tag, stage, fut.result()
             if bar is not None:
@@ -204,7 +205,9 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
             bar.stop()
 
 
-def _stop_message(exc: OSError, key, path) -> str:
+def stop_message(exc: OSError, key, path) -> str:
+    """The one line a run (batch or live) stops with when task ``key`` cannot write the store at
+    ``path``: the cause, what is whole, and how to resume."""
     done = ""
     if path is not None:
         try:

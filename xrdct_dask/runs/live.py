@@ -56,9 +56,10 @@ from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.pipeline.graph import build_graph, timed
 from xrdct_dask.pipeline.integrator import IntegratorPlugin
+from xrdct_dask.pipeline.stages import FRAMES_STAGE
 from xrdct_dask.pipeline.tasks_integrate import integrate_block
 from xrdct_dask.pipeline.tasks_recon import warm_slice_stages
-from xrdct_dask.runs.execute import RunStopped
+from xrdct_dask.runs.execute import RunStopped, stop_message
 from xrdct_dask.runs.inputs import frames_present
 from xrdct_dask.runs.open import open_run
 from xrdct_dask.runs.report import finish_run
@@ -248,7 +249,7 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
         # the workers are readied (integrator built, engine and slice stages warmed) before the first frame comes
         client.register_plugin(RunLogPlugin(worker_log_level() if isinstance(local, LocalCluster) else None))
         resources = stage_resources(client, wf, local)
-        client.register_plugin(IntegratorPlugin(wf, gpu_only=bool(resources["integrate"])))
+        client.register_plugin(IntegratorPlugin(wf, gpu_only=bool(resources[FRAMES_STAGE])))
         _warm_slice_stages(client, wf)
         if armed is not None:
             armed.set()
@@ -279,16 +280,16 @@ class _Following:
         self.index = store.open_array(self.path, f"{store.REDUCED}/frame_index", "r")
         self.pending: dict[tuple[int, int], np.ndarray] = {}  # (z, block) -> acquisition indices of its frames
         for z in range(s.nz):
-            if self.before.integrate[z].all():
+            if self.before[FRAMES_STAGE][z].all():
                 continue
             idx_z = self.index[z]
-            for b in np.flatnonzero(~self.before.integrate[z]):
+            for b in np.flatnonzero(~self.before[FRAMES_STAGE][z]):
                 self.pending[(z, int(b))] = idx_z[b * self.wc:(b + 1) * self.wc].reshape(-1)
         needed = np.concatenate(list(self.pending.values())) if self.pending else np.zeros(0, np.int64)
         self.frames = _Frames(self.wf, needed, window=max(4 * self.wc * s.nx, 256), settle_s=settle_s)
         total_frames = int((needed >= 0).sum())
         self.result = WatchResult(store=self.path, frame_ready=self.frames.ready_at)
-        self.slice_left = {z: int((~self.before.integrate[z]).sum()) for z in range(s.nz)}  # blocks not yet done
+        self.slice_left = {z: int((~self.before[FRAMES_STAGE][z]).sum()) for z in range(s.nz)}  # blocks not yet done
         self.slice_open = {z for z in range(s.nz) if not self.before.slice_done(z)}  # slices with tasks left
         self.results: dict[str, list] = {}
         self.status = _Status(self.path, total_frames, s.nz)
@@ -357,9 +358,9 @@ class _Following:
     def submit_block(self, z: int, b: int) -> None:
         wc, s = self.wc, self.wf.scan
         block = store.FrameBlock(z, b * wc, min((b + 1) * wc, s.nomega))
-        fut = self.client.submit(self.integrate, block, self.ctx, pure=False, **self.resources["integrate"],
+        fut = self.client.submit(self.integrate, block, self.ctx, pure=False, **self.resources[FRAMES_STAGE],
                                  key=f"integrate-{self.token}-{z}-{b}-{self.tries.get((z, b), 0)}")
-        self.inflight[fut] = ("integrate", z, b)
+        self.inflight[fut] = (FRAMES_STAGE, z, b)
         idx = self.pending.pop((z, b))
         ready = self.frames.ready_at[idx[idx >= 0]]
         self.result.blocks.append({"z": z, "omega_start": block.omega_start, "frames": int(idx.size),
@@ -396,12 +397,11 @@ class _Following:
         if fut.status == "error":
             exc = fut.exception()
             if isinstance(exc, OSError):
-                raise RunStopped(f"the store cannot be written: {exc.strerror or exc} (task {fut.key}); "
-                                 f"rerun the same command to resume") from exc
+                raise RunStopped(stop_message(exc, fut.key, self.path)) from exc
             raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
         res = fut.result()
         self.results.setdefault(stage, []).append(res)
-        if stage != "integrate":
+        if stage != FRAMES_STAGE:
             self.slice_futures[z].discard(fut)
             if not self.slice_futures[z]:
                 self.slice_done(z)
@@ -420,7 +420,7 @@ class _Following:
             # frames seen whole vanished or could not be read: see them whole again, redo the block
             self.tries[(z, b)] = self.tries.get((z, b), 0) + 1
             self.frames.again(lost)
-            store.mark_done(self.path, "integrate", (z, b), 0)
+            store.mark_done(self.path, FRAMES_STAGE, (z, b), 0)
             self.pending[(z, b)] = idx
             log.warning("block (z %d, omega %d): %d frames seen whole could not be read; read again "
                         "when they are back", z, b * wc, lost.size)

@@ -16,7 +16,7 @@ import zarr
 from xrdct_dask import store
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.pipeline.context import RunContext
-from xrdct_dask.pipeline.stages import stages_of
+from xrdct_dask.pipeline.stages import FRAMES_STAGE, stages_of
 from xrdct_dask.view.console import console
 from xrdct_dask.view.summary import write_summary
 
@@ -74,7 +74,7 @@ def finish_run(ctx: RunContext, results: dict, before: store.TaskState, wall: fl
         store.set_stage_status(ctx.store_path, group, "done" if ok else "partial")
     previous = store.read_attrs(ctx.store_path).get("run_summary") or {}
     info = run_summary(results, wall, previous)
-    info["engine_report"] = engine_report(results.get("integrate", [])) or previous.get("engine_report", [])
+    info["engine_report"] = engine_report(results.get(FRAMES_STAGE, [])) or previous.get("engine_report", [])
     info["frame_status"] = status_counts(ctx.store_path)
     info["frames"] = sum(n for k, n in info["frame_status"].items() if k != "NOT_WRITTEN")
     info["tasks"] = {k: {"executed": len(results.get(k, [])), "skipped": d}
@@ -97,7 +97,7 @@ RUNS_KEPT = 20  # invocations listed in a store's run_summary["runs"]
 def run_summary(results: dict, wall_s: float, previous: dict | None = None) -> dict:
     """This invocation's figures (frames integrated now, seconds, rate, engines, task seconds),
     with the earlier invocations of the same store listed under ``runs``."""
-    integ = results.get("integrate", [])
+    integ = results.get(FRAMES_STAGE, [])
     frames = sum(r["frames"] for r in integ)
     status: dict[str, int] = {}
     for r in integ:

@@ -163,6 +163,8 @@ class MarkerSpec:
     per_slice: int
     dim: str
     value: bool = False
+    units: str = "1"
+    long_name: str = ""
 
 
 def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, markers=(),
@@ -250,6 +252,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
                               {"config": {"write_empty_chunks": False}}))
     if TASKS in groups:
         root[TASKS].attrs["stages"] = [m.name for m in markers]
+        for m in markers:
+            root[TASKS][m.name].attrs.update({"units": m.units, "long_name": m.long_name})
     if PDF in groups:
         _pdf_attrs(root[PDF], aux_channels)
         root[PDF].attrs.update(pdf_attrs or {})
@@ -307,10 +311,6 @@ VARIABLE_ATTRS = {
     (PDF, "scale"): ("1", "self-scattering level N of S(Q) (data units per atom)"),
     (PDF, "G_sinogram"): ("1/angstrom^2", "G(r) of each frame"),
     (PDF, "aux_sinogram"): ("1", "per frame: scale N, G(r_low), F(q_top)"),
-    (TASKS, "integrate"): ("1", "1 = this block of reduced/ is completely written"),
-    (TASKS, "center"): ("pixel", "rotation axis of the slice (NaN: not yet found)"),
-    (TASKS, "recon"): ("1", "1 = this q block of recon/ is completely written"),
-    (TASKS, "pdf"): ("1", "1 = this slice of pdf/ is completely written"),
     "z": ("mm", "slice position"), "omega": ("deg", "rotation angle"), "x": ("mm", "translation / voxel column"),
     "y": ("mm", "voxel row"), "r": ("angstrom", "interatomic distance r"), "channel": ("1", "aux_sinogram channel"),
 }

@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 
 from xrdct_dask.store.arrays import consolidate, open_array, write_region
-from xrdct_dask.store.layout import TASKS
+from xrdct_dask.store.layout import COORDS, TASKS
 
 
 @dataclass
@@ -81,8 +81,9 @@ def task_state(path) -> TaskState:
     one; the values of the value markers that are set are read)."""
     g = zarr.open_group(str(Path(path) / TASKS), mode="r")
     # the stage table's order, as the store records it (a store made before it did: by name)
-    names = [n for n in g.attrs.get("stages", []) if n in set(g.array_keys())]
-    names += sorted(set(g.array_keys()) - set(names))
+    arrays = set(g.array_keys()) - set(COORDS)
+    names = [n for n in g.attrs.get("stages", []) if n in arrays]
+    names += sorted(arrays - set(names))
     marks, values = {}, {}
     for name in names:
         arr = g[name]

@@ -14,6 +14,7 @@ import numpy as np
 from distributed import Variable
 
 from xrdct_dask import store
+from xrdct_dask.pipeline.stages import FRAMES_STAGE, writer_of
 from xrdct_dask.view.summary import SOFTWARE, _Axis, _map, is_our_picture, label
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,9 @@ def live_status(client=None, store_path=None, timeout_s: float = 2.0) -> dict | 
 def _latest(path: Path) -> tuple[int | None, int | None]:
     """The slice with the latest integrated block, and the latest slice fully reconstructed."""
     st = store.task_state(path)
-    sino = [z for z in range(st.integrate.shape[0]) if st.integrate[z].any()]
-    rec = [z for z in range(st.recon.shape[0]) if st.recon[z].all()]
+    integrated, reconstructed = st[FRAMES_STAGE], st[writer_of(f"{store.RECON}/intensity")]
+    sino = [z for z in range(integrated.shape[0]) if integrated[z].any()]
+    rec = [z for z in range(reconstructed.shape[0]) if reconstructed[z].all()]
     return (sino[-1] if sino else None), (rec[-1] if rec else None)
 
 
