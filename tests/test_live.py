@@ -446,13 +446,13 @@ def test_slice_stages_warm_up_runs_the_workflows_corrections_and_reconstruction(
 
 
 def test_a_failing_slice_warm_up_is_said_and_never_raises(acq, monkeypatch):
-    from xrdct_dask import recon
+    from xrdct_dask.pipeline import tasks_recon
     from xrdct_dask.pipeline.tasks_recon import warm_slice_stages
 
     def broken(*a, **k):
         raise MemoryError("out of GPU memory")
 
-    monkeypatch.setattr(recon, "reconstruct", broken)
+    monkeypatch.setattr(tasks_recon, "reconstruct", broken)
     assert warm_slice_stages(load_workflow(acq.workflow)) == {"error": "MemoryError: out of GPU memory"}
 
 

@@ -115,7 +115,8 @@ def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(s
     from pathlib import Path
 
     from xrdct_dask.config import load_workflow
-    from xrdct_dask.io import gpu_decode, read_cbf_payload
+    from xrdct_dask.integrate import _cupy
+    from xrdct_dask.io import read_cbf_payload
 
     wf = load_workflow(sim_scan.workflow, {"integrate.engine": "cupy"})
     live = load_workflow(sim_scan.workflow, {"integrate.engine": "cupy",
@@ -125,8 +126,8 @@ def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(s
     payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(20)]
     cold = np.concatenate([r[0] for r in integ.integrate_batches([(payloads, None)])])
     reads = []
-    real = gpu_decode.read_into_pinned
-    monkeypatch.setattr(gpu_decode, "read_into_pinned",
+    real = _cupy.read_into_pinned
+    monkeypatch.setattr(_cupy, "read_into_pinned",
                         lambda paths, *a, **k: reads.append(paths) or real(paths, *a, **k))
     before = set(Path(tempfile.gettempdir()).glob("xrdct-warm-*"))
     integ.warm(live.frame_source(), 2, live.scan.nframes)
