@@ -92,7 +92,7 @@ def bench_decode(payloads, repeats: int) -> dict:
     for _ in range(repeats):
         for p, raw, out in zip(payloads, raws, outs):
             for k, fn in calls.items():
-                w, c = timed(lambda: fn(p, raw, out))
+                w, c = timed(lambda fn=fn, p=p, raw=raw, out=out: fn(p, raw, out))
                 wall[k].append(w)
                 cpu[k].append(c)
     return {k: {"wall_s": spread(wall[k]), "cpu_s": spread(cpu[k])} for k in calls}
@@ -107,11 +107,11 @@ def bench_integrate(paths, ai, mask, npt: int, batch: int, anchor_frames: int, r
     from xrdct_dask.io import decode_payload, read_cbf_payload
 
     shape = (1679, 1475)
-    kw = dict(unit="q_nm^-1", method=("full", "csr", "cython"), error_model="poisson", polarization_factor=0.99,
-              mask=mask)
+    kw = {"unit": "q_nm^-1", "method": ("full", "csr", "cython"), "error_model": "poisson",
+          "polarization_factor": 0.99, "mask": mask}
     ref = ai.integrate1d_ng(fabio.open(str(paths[0])).data, npt, **kw)  # builds pyFAI's CSR matrix (not timed)
     integ = Integrator(ai, shape, npt, mask=mask, polarization_factor=0.99, engine="numpy")
-    res, status = integ.integrate_payloads([read_cbf_payload(paths[0])])  # numba loads, caches warm (not timed)
+    res, _ = integ.integrate_payloads([read_cbf_payload(paths[0])])  # numba loads, caches warm (not timed)
     good = ref.sum_normalization > 0
     rel = float(np.max(np.abs(res.intensity[0][good] - ref.intensity[good]) / np.abs(ref.intensity[good]).clip(1e-30)))
     ours_paths = [paths[k % len(paths)] for k in range(batch)]

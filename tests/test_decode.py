@@ -154,3 +154,18 @@ def test_decoder_is_at_least_as_fast_as_fabio_on_the_real_frame(real_cbf):
     np.testing.assert_array_equal(decode_payload(p).ravel(), np.asarray(dec_cbf(raw, p.size)))  # compiled, same
     best = _best_cpu_seconds({"ours": lambda: decode_payload(p), "fabio": lambda: dec_cbf(raw, p.size)}, 15)
     assert best["ours"] <= best["fabio"], f"ours {best['ours'] * 1e3:.2f} ms, fabio {best['fabio'] * 1e3:.2f} ms"
+
+
+def test_fused_kernel_cache_is_keyed_on_the_decoder_source():
+    """The numpy engine's fused decode + integrate kernel compiles io.decode's decoder in, and numba
+    validates a cached function against its own file only: the kernel holds the decoder file's
+    sha256 in its closure, which numba hashes into the cache key, so a changed decoder is compiled
+    again, never loaded stale from the cache."""
+    import hashlib
+
+    from xrdct_dask.integrate._numpy import sums_from_payloads
+    from xrdct_dask.io import decode
+
+    digest = hashlib.sha256(open(decode.__file__, "rb").read()).hexdigest()
+    assert decode.SOURCE_DIGEST == digest
+    assert digest in [c.cell_contents for c in sums_from_payloads.py_func.__closure__ or ()]

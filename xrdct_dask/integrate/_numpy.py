@@ -21,7 +21,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..io.decode import OK, decode_stream
+from ..io.decode import OK, SOURCE_DIGEST, decode_stream
 
 TILE = 4096  # pixels per tile: TILE * batch * 4 bytes stays in L2
 
@@ -74,28 +74,42 @@ def _accumulate_tile(tile, n, p0, p1, r, cdata, crows, cptr, norm, dark, has_dar
                     acc_s[q, f] += c * r[f]
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
-def sums_from_payloads(buf, offsets, npix, cdata, crows, cptr, norm, dark, has_dark, do_var,
-                       acc_s, acc_v, bad, status):
-    """Fused decode + integrate of a packed batch of byte-offset payloads.
+def _fused_kernel(decoder_digest: str):
+    """:func:`sums_from_payloads`, made in a closure over ``io.decode.SOURCE_DIGEST``.  It compiles
+    io.decode's ``decode_stream`` in, but numba checks a cached function against its own file only;
+    numba's cache key does hold the values of a closure, so an edit of the decoder compiles the
+    kernel again instead of loading one with the old decoder inside."""
 
-    ``acc_s, acc_v``: f64 (nbins, n) zeroed by the caller; ``bad``: f64 (4, nbins, n);
-    ``status``: int32 (n,) set to 1 for a frame whose payload ran out (its sums are garbage).
-    """
-    n = offsets.size - 1
-    pos = offsets[:-1].copy()
-    val = np.zeros(n, np.int64)
-    tile = np.zeros(TILE * n, np.int32)
-    r = np.zeros(n, np.float64)
-    for p0 in range(0, npix, TILE):
-        p1 = min(p0 + TILE, npix)
-        for f in range(n):
-            if status[f] == OK:  # this frame's next p1 - p0 pixels, into tile[pp * n + f]
-                pos[f], val[f], status[f] = decode_stream(buf, pos[f], offsets[f + 1], val[f], tile, f, n, p1 - p0)
-            if status[f] != OK:
-                for pp in range(p1 - p0):
-                    tile[pp * n + f] = -1  # invalid: keeps the accumulators finite
-        _accumulate_tile(tile, n, p0, p1, r, cdata, crows, cptr, norm, dark, has_dark, do_var, acc_s, acc_v, bad)
+    @numba.njit(nogil=True, boundscheck=False, cache=True)
+    def sums_from_payloads(buf, offsets, npix, cdata, crows, cptr, norm, dark, has_dark, do_var,
+                           acc_s, acc_v, bad, status):
+        """Fused decode + integrate of a packed batch of byte-offset payloads.
+
+        ``acc_s, acc_v``: f64 (nbins, n) zeroed by the caller; ``bad``: f64 (4, nbins, n);
+        ``status``: int32 (n,) set to 1 for a frame whose payload ran out (its sums are garbage).
+        """
+        decoder_digest  # noqa: B018  the closure's value: part of numba's cache key (see _fused_kernel)
+        n = offsets.size - 1
+        pos = offsets[:-1].copy()
+        val = np.zeros(n, np.int64)
+        tile = np.zeros(TILE * n, np.int32)
+        r = np.zeros(n, np.float64)
+        for p0 in range(0, npix, TILE):
+            p1 = min(p0 + TILE, npix)
+            for f in range(n):
+                if status[f] == OK:  # this frame's next p1 - p0 pixels, into tile[pp * n + f]
+                    pos[f], val[f], status[f] = decode_stream(buf, pos[f], offsets[f + 1], val[f], tile, f, n,
+                                                              p1 - p0)
+                if status[f] != OK:
+                    for pp in range(p1 - p0):
+                        tile[pp * n + f] = -1  # invalid: keeps the accumulators finite
+            _accumulate_tile(tile, n, p0, p1, r, cdata, crows, cptr, norm, dark, has_dark, do_var, acc_s, acc_v,
+                             bad)
+
+    return sums_from_payloads
+
+
+sums_from_payloads = _fused_kernel(SOURCE_DIGEST)
 
 
 @numba.njit(nogil=True, boundscheck=False, cache=True)

@@ -19,7 +19,9 @@ bounds check.  Indices are unsigned so that numba emits no negative-index wrap-a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -28,6 +30,10 @@ from .cbf import CbfPayload, CorruptFrameError
 
 OK, TRUNCATED = 0, 1
 STATUS_NAMES = {OK: "ok", TRUNCATED: "truncated payload"}
+
+# sha256 of this file: a numba-cached function of another module that compiles decode_stream in
+# keys its cache on it (numba validates a cache against the function's own file only)
+SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 BLOCK = 32  # pixels per fast-path block: 4 words tested at once; 16 and 64 measured no faster (2026-12-07)
 _HIGH = np.uint64(0x8080808080808080)  # the high bit of each byte of a word
