@@ -192,12 +192,13 @@ def main() -> int:
     else:
         print(f"real frame not found at {real} (set XRDCT_SHARED_DATA): simulated frames only")
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     import xrdct_dask
+
+    try:  # the commit of the package measured (PYTHONPATH may point at another checkout)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(xrdct_dask.__file__).parent,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
 
     res = {"device": platform.processor() or platform.machine(), "cores": os.cpu_count(), "commit": commit,
            "xrdct_dask": str(Path(xrdct_dask.__file__).parent), "numba": numba.__version__,
