@@ -178,7 +178,10 @@ def main() -> int:
     import pyFAI
 
     from xrdct_dask.io import read_cbf_payload
-    from xrdct_dask.testing.synthetic import make_integrator, simulate_scan
+    try:  # the simulator's home since the layered package; testing.synthetic before (older checkouts)
+        from xrdct_dask.simulate import make_integrator, simulate_scan
+    except ImportError:
+        from xrdct_dask.testing.synthetic import make_integrator, simulate_scan
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_decode_"))
     nx = 8

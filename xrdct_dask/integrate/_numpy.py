@@ -21,7 +21,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..io.decode import OK, SOURCE_DIGEST, decode_stream
+from xrdct_dask.io.decode import OK, SOURCE_DIGEST, decode_stream
 
 TILE = 4096  # pixels per tile: TILE * batch * 4 bytes stays in L2
 
