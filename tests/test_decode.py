@@ -122,3 +122,48 @@ def test_compiled_locate_agrees_with_locate_payload(sim_scan, shared_data_dir):
     rejected = len(cases) - ok.sum() - declined
     print(f"{len(cases)} cases: fast path {ok.sum()}, declined {declined}, rejected {rejected}")
     assert ok.sum() > len(cases) // 4 and rejected > len(cases) // 10  # both kinds of case are exercised
+
+
+def _best_cpu_seconds(calls: dict, repeats: int) -> dict:
+    """Best thread CPU time of each call over ``repeats`` interleaved rounds: time spent descheduled
+    on a shared machine does not count, and interleaving exposes every call to the same load."""
+    import time
+
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            t = time.thread_time()
+            fn()
+            best[name] = min(best[name], time.thread_time() - t)
+    return best
+
+
+def test_decoder_is_at_least_as_fast_as_fabio_on_the_real_frame(real_cbf):
+    """Issue 29: a real Pilatus 2M frame (2.5 M pixels, all but 12 one-byte deltas) decodes in no
+    more CPU time than fabio's Cython decoder (``fabio.ext.byte_offset.dec_cbf``), both making a
+    new array as a reader does.  Best of 15 interleaved calls each; measured 0.45-0.65 of fabio's
+    time on the 2-core VM (the decoder before issue 29: 1.6x), so the bound 1.0 leaves room for noise."""
+    from fabio.ext.byte_offset import dec_cbf
+
+    from xrdct_dask.io import decode_payload, read_cbf_payload
+
+    p = read_cbf_payload(real_cbf)
+    raw = bytes(p.data)
+    np.testing.assert_array_equal(decode_payload(p).ravel(), np.asarray(dec_cbf(raw, p.size)))  # compiled, same
+    best = _best_cpu_seconds({"ours": lambda: decode_payload(p), "fabio": lambda: dec_cbf(raw, p.size)}, 15)
+    assert best["ours"] <= best["fabio"], f"ours {best['ours'] * 1e3:.2f} ms, fabio {best['fabio'] * 1e3:.2f} ms"
+
+
+def test_fused_kernel_cache_is_keyed_on_the_decoder_source():
+    """The numpy engine's fused decode + integrate kernel compiles io.decode's decoder in, and numba
+    validates a cached function against its own file only: the kernel holds the decoder file's
+    sha256 in its closure, which numba hashes into the cache key, so a changed decoder is compiled
+    again, never loaded stale from the cache."""
+    import hashlib
+
+    from xrdct_dask.integrate._numpy import sums_from_payloads
+    from xrdct_dask.io import decode
+
+    digest = hashlib.sha256(open(decode.__file__, "rb").read()).hexdigest()
+    assert decode.SOURCE_DIGEST == digest
+    assert digest in [c.cell_contents for c in sums_from_payloads.py_func.__closure__ or ()]

@@ -433,7 +433,7 @@ def test_fuzz_read_path_of_mutated_cbf_never_crashes_or_reads_out_of_bounds(tiny
     """Mutated bytes of a real simulated frame (cut, overwritten, inserted, deleted, header fields
     replaced) end as a CorruptFrameError, a wrong shape, or decoder status 0/1; never another
     exception.  The decoder's pure-Python twin (numpy bounds checks on every index) agrees."""
-    from xrdct_dask.io.decode import _decode_one
+    from xrdct_dask.io.decode import decode_stream
 
     raw = tiny_scan.frame_path(7).read_bytes()
     kind, payload = _read_path(_mutate(raw, ops), (209, 184))
@@ -441,7 +441,7 @@ def test_fuzz_read_path_of_mutated_cbf_never_crashes_or_reads_out_of_bounds(tiny
     if payload is not None:
         buf, n = payload
         out = np.empty(n, np.int32)
-        assert _decode_one.py_func(buf, 0, buf.size, out, 0, n) == kind  # IndexError on any stray read
+        assert decode_stream.py_func(buf, 0, buf.size, 0, out, 0, 1, n)[2] == kind  # IndexError on any stray read
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -22,54 +22,12 @@ import numba
 import numpy as np
 
 from xrdct_dask.integrate import Sums
-from xrdct_dask.io.decode import decode_batch, pack_payloads
+from xrdct_dask.io.decode import OK, SOURCE_DIGEST, decode_batch, decode_stream, pack_payloads
 
 TILE = 4096  # pixels per tile: TILE * batch * 4 bytes stays in L2
 
 # rows of the "bad" accumulator: contributions of pixels invalid in one frame only
 BAD_C, BAD_CN, BAD_C2N2, BAD_CD = range(4)
-
-
-@numba.njit(nogil=True, boundscheck=False, inline="always")
-def _decode_run(buf, pos, stop, val, tile, f, n, count):
-    """Decode ``count`` pixels of one byte-offset stream into ``tile[p * n + f]``.
-
-    Returns ``(pos, val, ok)``; reads only ``buf[pos:stop]``.  The token parser repeats
-    ``io.decode._decode_one``'s on purpose: a shared numba helper returning ``(delta, pos, ok)``
-    made the decoder 3.6x slower (measured 2026-11-25), so the two loops keep their own copy.
-    """
-    for p in range(count):
-        if pos >= stop:
-            return pos, val, False
-        d = np.int64(buf[pos])
-        pos += 1
-        if d >= 128:
-            d -= 256
-        if d == -128:
-            if pos + 2 > stop:
-                return pos, val, False
-            d = np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8)
-            pos += 2
-            if d >= 32768:
-                d -= 65536
-            if d == -32768:
-                if pos + 4 > stop:
-                    return pos, val, False
-                d = (np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8) | (np.int64(buf[pos + 2]) << 16)
-                     | (np.int64(buf[pos + 3]) << 24))
-                pos += 4
-                if d >= 2147483648:
-                    d -= 4294967296
-                if d == -2147483648:
-                    if pos + 8 > stop:
-                        return pos, val, False
-                    d = np.int64(0)
-                    for k in range(8):
-                        d |= np.int64(buf[pos + k]) << (8 * k)
-                    pos += 8
-        val += d
-        tile[p * n + f] = val  # int32 truncation = modulo 2**32, as CBFlib
-    return pos, val, True
 
 
 @numba.njit(nogil=True, boundscheck=False, fastmath=True, inline="always")
@@ -117,30 +75,42 @@ def _accumulate_tile(tile, n, p0, p1, r, cdata, crows, cptr, norm, dark, has_dar
                     acc_s[q, f] += c * r[f]
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
-def sums_from_payloads(buf, offsets, npix, cdata, crows, cptr, norm, dark, has_dark, do_var,
-                       acc_s, acc_v, bad, status):
-    """Fused decode + integrate of a packed batch of byte-offset payloads.
+def _fused_kernel(decoder_digest: str):
+    """:func:`sums_from_payloads`, made in a closure over ``io.decode.SOURCE_DIGEST``.  It compiles
+    io.decode's ``decode_stream`` in, but numba checks a cached function against its own file only;
+    numba's cache key does hold the values of a closure, so an edit of the decoder compiles the
+    kernel again instead of loading one with the old decoder inside."""
 
-    ``acc_s, acc_v``: f64 (nbins, n) zeroed by the caller; ``bad``: f64 (4, nbins, n);
-    ``status``: int32 (n,) set to 1 for a frame whose payload ran out (its sums are garbage).
-    """
-    n = offsets.size - 1
-    pos = offsets[:-1].copy()
-    val = np.zeros(n, np.int64)
-    tile = np.zeros(TILE * n, np.int32)
-    r = np.zeros(n, np.float64)
-    for p0 in range(0, npix, TILE):
-        p1 = min(p0 + TILE, npix)
-        for f in range(n):
-            if status[f] == 0:
-                pos[f], val[f], ok = _decode_run(buf, pos[f], offsets[f + 1], val[f], tile, f, n, p1 - p0)
-                if not ok:
-                    status[f] = 1
-            if status[f] != 0:
-                for pp in range(p1 - p0):
-                    tile[pp * n + f] = -1  # invalid: keeps the accumulators finite
-        _accumulate_tile(tile, n, p0, p1, r, cdata, crows, cptr, norm, dark, has_dark, do_var, acc_s, acc_v, bad)
+    @numba.njit(nogil=True, boundscheck=False, cache=True)
+    def sums_from_payloads(buf, offsets, npix, cdata, crows, cptr, norm, dark, has_dark, do_var,
+                           acc_s, acc_v, bad, status):
+        """Fused decode + integrate of a packed batch of byte-offset payloads.
+
+        ``acc_s, acc_v``: f64 (nbins, n) zeroed by the caller; ``bad``: f64 (4, nbins, n);
+        ``status``: int32 (n,) set to 1 for a frame whose payload ran out (its sums are garbage).
+        """
+        decoder_digest  # noqa: B018  the closure's value: part of numba's cache key (see _fused_kernel)
+        n = offsets.size - 1
+        pos = offsets[:-1].copy()
+        val = np.zeros(n, np.int64)
+        tile = np.zeros(TILE * n, np.int32)
+        r = np.zeros(n, np.float64)
+        for p0 in range(0, npix, TILE):
+            p1 = min(p0 + TILE, npix)
+            for f in range(n):
+                if status[f] == OK:  # this frame's next p1 - p0 pixels, into tile[pp * n + f]
+                    pos[f], val[f], status[f] = decode_stream(buf, pos[f], offsets[f + 1], val[f], tile, f, n,
+                                                              p1 - p0)
+                if status[f] != OK:
+                    for pp in range(p1 - p0):
+                        tile[pp * n + f] = -1  # invalid: keeps the accumulators finite
+            _accumulate_tile(tile, n, p0, p1, r, cdata, crows, cptr, norm, dark, has_dark, do_var, acc_s, acc_v,
+                             bad)
+
+    return sums_from_payloads
+
+
+sums_from_payloads = _fused_kernel(SOURCE_DIGEST)
 
 
 @numba.njit(nogil=True, boundscheck=False, cache=True)

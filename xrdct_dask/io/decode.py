@@ -8,11 +8,20 @@ the result is taken modulo 2**32 as int32 (what CBFlib and fabio return).
 Status codes (per frame, shared with the GPU decoder):
     0  ok
     1  payload ended before all pixels were decoded (truncated or corrupt)
+
+Speed (:func:`decode_stream`): most pixels of a diffraction frame are one-byte deltas (a real
+Pilatus 2M frame: 12 escapes in 2.5 M pixels; a simulated one with bright rings: 5 % escapes, in
+runs).  So the decoder takes ``BLOCK`` bytes at a time: when none of them is the escape 0x80 (one
+test on 64-bit words) they are ``BLOCK`` pixels, summed without a branch or a bounds check per
+pixel; a block holding an escape, and the payload's tail, are parsed token by token with every
+bounds check.  Indices are unsigned so that numba emits no negative-index wrap-around per access.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -22,6 +31,84 @@ from xrdct_dask.io.cbf import CbfPayload, CorruptFrameError
 OK, TRUNCATED = 0, 1
 STATUS_NAMES = {OK: "ok", TRUNCATED: "truncated payload"}
 
+# sha256 of this file: a numba-cached function of another module that compiles decode_stream in
+# keys its cache on it (numba validates a cache against the function's own file only)
+SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+BLOCK = 32  # pixels per fast-path block: 4 words tested at once; 16 and 64 measured no faster (2026-12-07)
+_HIGH = np.uint64(0x8080808080808080)  # the high bit of each byte of a word
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)  # the low 7 bits of each byte
+_U = np.uint64
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def decode_stream(buf, pos, stop, val, out, out_pos, stride, count):
+    """Decode ``count`` pixels of a byte-offset stream ``buf[pos:stop]`` (uint8) into
+    ``out[out_pos + k * stride]``, k = 0..count-1 (int32, e.g. a frame or a pixel-major tile).
+
+    ``val`` is the running value before the first pixel (0 at a frame's start), so a frame can
+    be decoded in several calls.  Returns ``(pos, val, status)``: where the next token starts, the
+    last pixel's value (int64, its low 32 bits are the pixel) and :data:`OK` or
+    :data:`TRUNCATED`.  Never reads outside ``buf[pos:stop]``; writes only the ``count`` pixels
+    (a truncated stream leaves the undecoded ones as they were).
+    """
+    sbuf = buf.view(np.int8)  # one-byte deltas are the signed bytes themselves
+    step = _U(stride)
+    o = _U(out_pos)
+    i = 0
+    while i < count:
+        if count - i >= BLOCK and stop - pos >= BLOCK:
+            p = _U(pos)
+            esc = _U(0)
+            for w in range(BLOCK // 8):
+                word = _U(0)
+                for k in range(8):  # little-endian: LLVM merges the bytes into one 64-bit load
+                    word |= _U(buf[p + _U(8 * w + k)]) << _U(8 * k)
+                # byte 0x80 <=> high bit set and low 7 bits 0; (b & 0x7F) + 0x7F carries into
+                # the high bit exactly when the low 7 bits are not all 0 (no carry between bytes)
+                esc |= word & ~((word & _LOW7) + _LOW7)
+            if esc & _HIGH == 0:  # BLOCK one-byte deltas: val_k = val_{k-1} + int8(b_k)
+                for k in range(BLOCK):
+                    val += np.int64(sbuf[p + _U(k)])
+                    out[o] = val  # int32 truncation = modulo 2**32, as CBFlib
+                    o += step
+                pos += BLOCK
+                i += BLOCK
+                continue
+        # a block with an escape, or the tail: token by token, every length checked
+        end = min(count, i + BLOCK)
+        while i < end:
+            if pos >= stop:
+                return pos, val, TRUNCATED
+            d = np.int64(sbuf[_U(pos)])
+            pos += 1
+            if d == -128:  # 0x80: a 16-bit delta follows
+                if stop - pos < 2:
+                    return pos, val, TRUNCATED
+                p = _U(pos)
+                d = (np.int64(sbuf[p + _U(1)]) << 8) | np.int64(buf[p])
+                pos += 2
+                if d == -32768:  # 0x8000: a 32-bit delta follows
+                    if stop - pos < 4:
+                        return pos, val, TRUNCATED
+                    p = _U(pos)
+                    d = ((np.int64(sbuf[p + _U(3)]) << 24) | (np.int64(buf[p + _U(2)]) << 16)
+                         | (np.int64(buf[p + _U(1)]) << 8) | np.int64(buf[p]))
+                    pos += 4
+                    if d == -2147483648:  # 0x80000000: a 64-bit delta follows
+                        if stop - pos < 8:
+                            return pos, val, TRUNCATED
+                        p = _U(pos)
+                        d = np.int64(0)
+                        for k in range(8):
+                            d |= np.int64(buf[p + _U(k)]) << (8 * k)
+                        pos += 8
+            val += d
+            out[o] = val
+            o += step
+            i += 1
+    return pos, val, OK
+
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _decode_one(buf, start, stop, out, out_start, n):
@@ -29,40 +116,7 @@ def _decode_one(buf, start, stop, out, out_start, n):
 
     Returns the status code; never reads outside ``[start, stop)``.
     """
-    pos = start
-    val = np.int64(0)
-    for i in range(n):
-        if pos >= stop:
-            return TRUNCATED
-        d = np.int64(buf[pos])
-        pos += 1
-        if d >= 128:
-            d -= 256
-        if d == -128:  # 0x80: a 16-bit delta follows
-            if pos + 2 > stop:
-                return TRUNCATED
-            d = np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8)
-            pos += 2
-            if d >= 32768:
-                d -= 65536
-            if d == -32768:  # 0x8000: a 32-bit delta follows
-                if pos + 4 > stop:
-                    return TRUNCATED
-                d = (np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8) | (np.int64(buf[pos + 2]) << 16)
-                     | (np.int64(buf[pos + 3]) << 24))
-                pos += 4
-                if d >= 2147483648:
-                    d -= 4294967296
-                if d == -2147483648:  # 0x80000000: a 64-bit delta follows
-                    if pos + 8 > stop:
-                        return TRUNCATED
-                    d = np.int64(0)
-                    for k in range(8):
-                        d |= np.int64(buf[pos + k]) << (8 * k)
-                    pos += 8
-        val += d
-        out[out_start + i] = val  # truncation to int32 = modulo 2**32, as CBFlib
-    return OK
+    return decode_stream(buf, start, stop, np.int64(0), out, out_start, 1, n)[2]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -42,6 +42,40 @@ DECODER_CASES = {
 }
 
 
+def complete_tokens(payload: bytes, n: int) -> int:
+    """How many whole byte-offset tokens (at most ``n``) ``payload`` starts with: the status oracle
+    (0 where it is ``n``, else 1).  fabio is no oracle here: it reads past a payload's end."""
+    pos = k = 0
+    while k < n:
+        size = 1
+        if payload[pos:pos + 1] == b"\x80":  # escape: int16; 0x8000: int32; 0x80000000: int64
+            size = 3
+            if payload[pos + 1:pos + 3] == b"\x00\x80":
+                size = 7
+                if payload[pos + 3:pos + 7] == b"\x00\x00\x00\x80":
+                    size = 15
+        if pos + size > len(payload):
+            break
+        pos += size
+        k += 1
+    return k
+
+
+def runs_with_jumps(seed: int, runs) -> np.ndarray:
+    """int32 pixels: runs of small deltas (|d| <= 60, one byte each), each run followed by one
+    jump of the given size (an escape to 16, 32 or 64 bit where it needs one), wrapped modulo 2**32."""
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for length, jump in runs:
+        deltas.extend(rng.integers(-60, 61, length).tolist())
+        deltas.append(jump)
+    return (np.cumsum(np.asarray(deltas, dtype=np.int64)) % 2**32).astype(np.uint32).view(np.int32)
+
+
+JUMPS = st.one_of(st.integers(-127, 127), st.sampled_from([-128, 128, -32768, 32767, 32768, -32769, I32.min, I32.max]),
+                  st.integers(-40000, 40000), st.integers(-2**32 + 1, 2**32 - 1))
+
+
 def numpy_decode(payloads, npix):
     """The numpy (numba) engine's batch decoder: ``(list of int32 arrays, status (n,))``."""
 
@@ -101,6 +135,63 @@ class DecoderTests(EngineTests):
         out, status = self.decode([data], [n])
         assert status[0] in (0, 1)
         assert out[0].shape == (n,)
+
+    def test_escapes_at_every_offset_of_a_run_match_fabio(self):
+        """One 16-, 32- or 64-bit escape placed at each of 70 offsets of a 100-pixel frame of one-byte
+        deltas, and frames of 1..200 pixels (around the CPU decoder's 32-pixel blocks), some all
+        escapes: every pixel exact (fabio and the values encoded), status 0."""
+        frames = []
+        for jump in (200, -70000, 2**32 - 5):
+            for at in range(70):
+                frames.append(runs_with_jumps(at, [(at, jump), (99 - at - 1, 0)])[:100])
+        for n in (1, 7, 31, 32, 33, 63, 64, 65, 95, 96, 97, 200):
+            frames.append(runs_with_jumps(n, [(n - 1, 0)]))
+            frames.append(runs_with_jumps(n, [(0, 300 * (-1) ** k) for k in range(n)]))  # escapes only
+            frames.append(runs_with_jumps(n, [(k % 3, 500 * (-1) ** k) for k in range(n)])[:n])  # mixed
+        payloads = [encode(f) for f in frames]
+        out, status = self.decode(payloads, [f.size for f in frames])
+        assert not status.any()
+        for got, want, pl in zip(out, frames, payloads):
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got, fabio_decode(pl, want.size))
+
+    def test_every_cut_of_a_payload_is_truncated_and_bytes_after_it_are_ignored(self):
+        """A payload with escapes at block edges, cut at every byte: each strict prefix has status
+        1 (it holds fewer than n whole tokens); the whole payload followed by 0x80 bytes decodes
+        exactly (a decoder stops after n pixels)."""
+        values = runs_with_jumps(5, [(31, 1000), (0, 2**31), (30, -3), (33, 70000), (64, 0)])
+        payload = encode(values)
+        batch = [payload[:c] for c in range(len(payload))] + [payload + b"\x80" * 40]
+        out, status = self.decode(batch, [values.size] * len(batch))
+        assert status.tolist() == [1] * len(payload) + [0]
+        np.testing.assert_array_equal(out[-1], values)
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(0, 90), JUMPS), min_size=1, max_size=8),
+           st.binary(max_size=20), st.floats(0, 1))
+    def test_fuzz_runs_and_escapes_match_fabio(self, seed, runs, tail, cut):
+        """Runs of one-byte deltas broken by escapes of every width: the payload (with any bytes
+        after it) decodes exactly as fabio; the payload cut anywhere short of its end has status 1."""
+        values = runs_with_jumps(seed, runs)
+        payload = encode(values)
+        c = int(cut * (len(payload) - 1))
+        out, status = self.decode([payload + tail, payload[:c]], [values.size] * 2)
+        assert status.tolist() == [0, 1]
+        np.testing.assert_array_equal(out[0], values)
+        np.testing.assert_array_equal(out[0], fabio_decode(payload, values.size))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(st.one_of(st.just(0x80), st.just(0x00), st.integers(0, 255)), max_size=400),
+           st.integers(min_value=1, max_value=300))
+    def test_fuzz_bytes_rich_in_escapes_status_and_values(self, data, n):
+        """Byte strings where a third of the bytes are 0x80 and a third 0x00 (escapes of every width,
+        cut anywhere): status 0 exactly when the bytes hold n whole tokens, and then fabio's pixels."""
+        payload = bytes(data)
+        out, status = self.decode([payload], [n])
+        whole = complete_tokens(payload, n) == n
+        assert status.tolist() == [0 if whole else 1]
+        if whole:
+            np.testing.assert_array_equal(out[0], fabio_decode(payload, n))
 
     def test_real_pilatus_frame_matches_fabio(self, real_cbf):
 
