@@ -176,7 +176,7 @@ def main() -> int:
         n = args.batch
         frames = cp.asarray(np.stack([decode_payload(payloads[k % nd]) for k in range(n)]).reshape(n, -1))
         mon = np.ones(n)
-        eng = integ._impl
+        eng = integ.impl
 
         def ours_integrate():
             i, s = finish(eng._sums_device(frames, mon), "poisson", cp)
@@ -241,11 +241,11 @@ def main() -> int:
             pack_aligned(b, arena, begin)
             arenas.append((arena, begin, end))
         pbatches = [(arenas[k % nbuf], np.ones(args.batch)) for k in range(n // args.batch)]
-        list(integ._impl.integrate_batches(pbatches[:2], packed=True))
+        list(integ.impl.integrate_batches(pbatches[:2], packed=True))
         times = []
         for _ in range(args.repeats):
             t = time.perf_counter()
-            for _res in integ._impl.integrate_batches(pbatches, packed=True):
+            for _res in integ.impl.integrate_batches(pbatches, packed=True):
                 pass
             times.append(time.perf_counter() - t)
         out["end2end_fps"] = len(pbatches) * args.batch / med(times)

@@ -234,7 +234,7 @@ def main() -> int:
     import cupy as cp
 
     from xrdct_dask.integrate import Integrator
-    from xrdct_dask.integrate.files import _hdf5_batches, integrate_source
+    from xrdct_dask.integrate.files import host_hdf5_batches
     from xrdct_dask.io.gpu_decode import pinned_empty
     from xrdct_dask.io.gpu_hdf5 import ChunkDecoder, plan_chunks
 
@@ -277,22 +277,16 @@ def main() -> int:
     monitor = np.ones(n)
 
     def gpu_e2e():
-        res = integrate_source(integ, src, idx, monitor, read_threads=args.read_threads)
+        res = integ.integrate_source(src, idx, monitor, read_threads=args.read_threads)
         assert (res[2] == 0).all()
 
     def host_e2e():  # the path before: chunks decoded on the host, counts integrated on the GPU
-        from collections import deque
-
-        step = integ.batch_frames
-        bl = [np.arange(a, min(a + step, n)) for a in range(0, n, step)]
-        status = np.zeros(n, np.int8)
-        for _ in _hdf5_batches(integ, src, idx, bl, monitor, status, deque(), {"bytes": 0}, args.read_threads):
-            pass
-        assert not status.any()
+        for b in host_hdf5_batches(integ.impl, src, idx, monitor, read_threads=args.read_threads):
+            assert not b.status.any()
 
     # from pinned RAM: the chunks of 3 batches read once into page-locked arenas, cycled (as
     # bench_gpu.py's CBF "end to end": upload, decode and integration pipelined, no file reads)
-    from xrdct_dask.integrate._cupy import H5Batch
+    from xrdct_dask.integrate._cupy_sources import H5Batch
 
     B = integ.batch_frames
     arenas = []
@@ -305,7 +299,7 @@ def main() -> int:
 
     def pinned_e2e():
         batches = ((H5Batch(*arenas[k % 3], np.dtype(np.uint32)), np.ones(B)) for k in range(nbatch))
-        for _res in integ._impl.integrate_batches(batches):
+        for _res in integ.impl.integrate_batches(batches):
             pass
 
     out["gpu_e2e_pinned_fps"] = rate(pinned_e2e, nbatch * B)

@@ -67,7 +67,7 @@ def main():
     mask = fabio.open(str(scan_dir / "mask.edf")).data != 0
     integ = Integrator(scan_dir / "geometry.poni", (1679, 1475), 2000, mask=mask, polarization_factor=0.99,
                        engine="cupy")
-    eng = integ._impl
+    eng = integ.impl
     frames = d_out.reshape(n, npix)
     stream = cp.cuda.get_current_stream()
     from xrdct_dask.integrate import _cupy

@@ -407,7 +407,7 @@ def test_gpu_warm_up_runs_every_arena_before_and_after_the_first_data_file(cuda,
     mask = fabio.open(str(sim_scan.mask)).data != 0
     gpu = Integrator(sim_scan.poni, shape, 400, mask=mask, polarization_factor=0.99, engine="cupy")
     gpu.warm(src, 2, n)
-    ring = gpu._impl.RING
+    ring = gpu.impl.RING
     assert reads.count(("blank.h5", 2)) == 2 * ring, reads
     assert set(Path(tempfile.gettempdir()).glob("xrdct-warm-*")) == before
     assert not any("blank.h5" in k for k in hdf5.FILES._files)
@@ -429,7 +429,7 @@ def test_gpu_warm_up_runs_every_arena_before_and_after_the_first_data_file(cuda,
 
 
 class _HostEngine:
-    """The GPU engine's HDF5 reader (:meth:`CupyEngine.h5_batches`) driven on a CPU: the device
+    """The GPU engine's HDF5 reader (:meth:`SourcesMixin._h5_reads`) driven on a CPU: the device
     steps swapped for the kernels' C++ build (:func:`decode_into_counts`, as ``_launch_h5`` calls
     it); yields each batch's int32 counts, monitor and status."""
 
@@ -471,12 +471,12 @@ class _HostEngine:
 @pytest.mark.parametrize("kind", ["bitshuffle-lz4 uint16", "bitshuffle-lz4 uint32", "gzip int32",
                                   "two frames per chunk"])
 def test_engine_hdf5_reader_gives_the_cpu_counts_and_status(tmp_path, rng, host_kernels, kind):
-    """``CupyEngine.h5_batches`` (reads, splits GPU / host frames, books rows and status) gives
+    """The GPU engine's HDF5 reads (:meth:`SourcesMixin._h5_reads`: reads, splits GPU / host
+    frames, books rows and status) through an engine pipeline give
     every frame the counts and status of the CPU reader (:func:`~xrdct_dask.io.source.read_batch`):
     missing (-1 and past the end), truncated, deflate and multi-frame chunks (host fallback)."""
-    from collections import deque
-
-    from xrdct_dask.integrate._cupy import CupyEngine
+    from xrdct_dask.integrate._cupy_sources import SourcesMixin
+    from xrdct_dask.integrate.engine import pipeline_batches
     from xrdct_dask.io.source import read_batch
 
     pytest.importorskip("bitshuffle")  # read_batch, the oracle, decodes on the CPU
@@ -500,14 +500,16 @@ def test_engine_hdf5_reader_gives_the_cpu_counts_and_status(tmp_path, rng, host_
     want, wst = read_batch(src, idx)
     status = np.zeros(idx.size, np.int8)
     got = np.zeros((idx.size, shape[0] * shape[1]), np.int32)
-    pending, stats = deque(), {"bytes": 0}
     batches = [np.arange(a, min(a + 16, idx.size)) for a in range(0, idx.size, 16)]
-    for counts, monitor, st in CupyEngine.h5_batches(_HostEngine(shape), src, idx, batches, np.ones(idx.size),
-                                                      status, pending, stats):
-        rows = pending.popleft()
-        got[rows] = counts
-        status[rows] = np.where(st != 0, st, status[rows])
-    assert not pending and stats["bytes"] > 0
+    engine = _HostEngine(shape)
+    nbytes = 0
+    reads = SourcesMixin._h5_reads(engine, engine.arena_ring(), src, idx, batches, np.ones(idx.size))
+    for b in pipeline_batches(engine.integrate_batches, reads):
+        status[b.rows] = b.status
+        if b.intensity is not None:
+            got[b.rows] = b.intensity
+        nbytes += b.nbytes
+    assert nbytes > 0
     np.testing.assert_array_equal(status, wst)
     assert (status[[6, 30, 42, 43]] == FrameStatus.MISSING).all()
     ok = wst == FrameStatus.OK

@@ -30,7 +30,7 @@ class TestCupyEngine(IntegratorTests):
         mon = np.linspace(0.8, 1.2, stack.shape[0])
         cpu = self.make_for_scan(sim_scan, 300, engine="numpy")
         gpu = self.make_for_scan(sim_scan, 300)
-        assert gpu._impl.nchunks > np.count_nonzero(np.diff(gpu.plan.csr_indptr))  # rows were split
+        assert gpu.impl.nchunks > np.count_nonzero(np.diff(gpu.plan.csr_indptr))  # rows were split
         a = cpu.integrate(stack, monitor=mon)
         b = gpu.integrate(self.asarray(stack), monitor=mon)
         good = a.intensity != 0

@@ -16,47 +16,21 @@ the valid pixels: not masked, finite, and with a non-negative count in that fram
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import NamedTuple
 
+import fabio.compression
 import numpy as np
 
 from xrdct_dask.backend import resolve_engine, to_host
+from xrdct_dask.integrate._numpy import NumpyEngine
 from xrdct_dask.integrate.csr import IntegrationPlan, build_plan, load_image, load_poni
+from xrdct_dask.integrate.engine import Engine
+from xrdct_dask.integrate.files import assemble
+from xrdct_dask.integrate.sums import Integrated, Sums, finish
 
 ERROR_MODELS = ("poisson", "azimuthal", "none")
 OUTLIER_FILTERS = ("none", "sigma-clip", "median")
-
-
-class Integrated(NamedTuple):
-    """radial (nbins,) in the integrator's unit; intensity and sigma (n, nbins) float32."""
-
-    radial: np.ndarray
-    intensity: np.ndarray
-    sigma: np.ndarray
-
-
-class Sums(NamedTuple):
-    """Per-frame, per-bin sums, each (n, nbins) float64 (see module docstring)."""
-
-    signal: np.ndarray
-    variance: np.ndarray
-    normalization: np.ndarray
-    count: np.ndarray
-    norm_sq: np.ndarray
-
-
-def finish(sums: Sums, error_model: str, xp=np, empty: float = 0.0):
-    """Intensity and sigma (float32) from the sums; bins with no normalisation get ``empty``."""
-    with np.errstate(all="ignore"):
-        good = sums.normalization > 0
-        safe = xp.where(good, sums.normalization, 1.0)
-        intensity = xp.where(good, sums.signal / safe, empty)
-        if error_model == "none":
-            sigma = xp.full_like(intensity, np.nan)
-        else:
-            sigma = xp.where(good, xp.sqrt(xp.maximum(sums.variance, 0.0)) / safe, empty)
-    return intensity.astype(xp.float32), sigma.astype(xp.float32)
 
 
 class Integrator:
@@ -113,20 +87,19 @@ class Integrator:
         self.percentile = (float(min(percentile)), float(max(percentile)))
         self.engine = resolve_engine(engine)
         if self.engine == "cupy" and outlier == "median":
-            import logging
-
             logging.getLogger(__name__).warning("the median filter has no GPU kernel: integrating on the CPU")
             self.engine = "numpy"
-        if self.engine == "cupy":
-            from xrdct_dask.integrate._cupy import CupyEngine as Engine
+        if self.engine == "cupy":  # lazy: cupy is optional (the gpu extra), imported where a GPU is used
+            from xrdct_dask.integrate._cupy import CupyEngine
+
+            self.impl: Engine = CupyEngine(self.plan, self)
         else:
-            from xrdct_dask.integrate._numpy import NumpyEngine as Engine
-        self._impl = Engine(self.plan, self)
+            self.impl = NumpyEngine(self.plan, self)
 
     @property
     def batch_frames(self) -> int:
         """Frames per engine call: CPU tiles stay in cache at 32; a GPU wants many per launch."""
-        return 128 if self.engine == "cupy" else 32
+        return self.impl.batch_frames
 
     @property
     def radial(self) -> np.ndarray:
@@ -143,7 +116,7 @@ class Integrator:
     def sums(self, frames, monitor=None) -> Sums:
         """The five sums for frames ``(n, ny, nx)`` (host or device array), monitor ``(n,)`` or None."""
         frames = self._check_frames(frames)
-        return self._impl.sums(frames, self._monitor(monitor, frames.shape[0]))
+        return self.impl.sums(frames, self._monitor(monitor, frames.shape[0]))
 
     def integrate(self, frames, monitor=None) -> Integrated:
         """Integrate ``(n, ny, nx)`` or ``(ny, nx)`` frames.
@@ -152,7 +125,7 @@ class Integrator:
         """
         single = np.ndim(frames) == 2
         s = self.sums(frames[None] if single else frames, monitor)
-        intensity, sigma = (to_host(a) for a in finish(s, self.error_model, self._impl.xp))
+        intensity, sigma = (to_host(a) for a in finish(s, self.error_model, self.impl.xp))
         if single:
             intensity, sigma = intensity[0], sigma[0]
         return Integrated(self.radial, intensity, sigma)
@@ -168,8 +141,8 @@ class Integrator:
             shape = getattr(p, "shape", self.shape)
             if tuple(shape) != self.shape:
                 raise ValueError(f"a payload decodes to {shape} but the integrator expects {self.shape}")
-        s, status = self._impl.sums_payloads(datas, self._monitor(monitor, len(datas)))
-        intensity, sigma = (to_host(a) for a in finish(s, self.error_model, self._impl.xp))
+        s, status = self.impl.sums_payloads(datas, self._monitor(monitor, len(datas)))
+        intensity, sigma = (to_host(a) for a in finish(s, self.error_model, self.impl.xp))
         bad = to_host(status) != 0
         intensity[bad] = np.nan
         sigma[bad] = np.nan
@@ -178,8 +151,6 @@ class Integrator:
     def warm_up(self) -> None:
         """Run the engine once on a blank compressed frame: numba loads (or compiles) its kernels,
         a GPU compiles its modules, before any timed or real work."""
-        import fabio.compression
-
         blank = bytes(fabio.compression.compByteOffset(np.zeros(self.plan.npix, dtype=np.int64)))
         self.integrate_payloads([blank])
         list(self.integrate_batches([([blank], None)]))
@@ -187,21 +158,21 @@ class Integrator:
     def integrate_source(self, source, indices, monitor=None, *, read_threads: int = 8, check_md5: bool = False):
         """Read and integrate frames ``indices`` (-1: none) of a frame source (a CBF template or an
         HDF5 source, :mod:`xrdct_dask.io.source`): ``(intensity, sigma, status, bytes_read)``, bad
-        frames NaN with their :class:`~xrdct_dask.io.status.FrameStatus` (:mod:`.files`)."""
-        from xrdct_dask.integrate.files import integrate_source
-
+        frames NaN with their :class:`~xrdct_dask.io.status.FrameStatus` (the engine's
+        :meth:`~xrdct_dask.integrate.engine.Engine.integrate_source`)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        return integrate_source(self, source, idx, self._monitor(monitor, idx.size), read_threads=read_threads,
-                                check_md5=check_md5)
+        batches = self.impl.integrate_source(source, idx, self._monitor(monitor, idx.size), read_threads=read_threads,
+                                             check_md5=check_md5)
+        return assemble(batches, idx.size, self.plan.nbins)
 
     def warm(self, source, tasks: int, nframes: int, hdf5: bool = False) -> None:
         """Compile the kernels and, on a GPU, set up the read arenas and pipelines of ``tasks``
-        concurrent tasks on ``source`` (of ``nframes`` frames) before the first task (:mod:`.files`).
-        ``source`` None: it cannot be opened yet (an Eiger master before its first data file); a
-        blank frame stands in (stored as HDF5 chunks where ``hdf5``, else as a CBF file)."""
-        from xrdct_dask.integrate.files import warm
-
-        warm(self, source, tasks, nframes, hdf5=hdf5)
+        concurrent tasks on ``source`` (of ``nframes`` frames) before the first task
+        (:meth:`~xrdct_dask.integrate.engine.Engine.warm`).  ``source`` None: it cannot be opened yet
+        (an Eiger master before its first data file); a blank frame stands in (stored as HDF5 chunks
+        where ``hdf5``, else as a CBF file)."""
+        self.warm_up()
+        self.impl.warm(source, tasks, nframes, hdf5=hdf5)
 
     def integrate_batches(self, batches, packed: bool = False):
         """Integrate an iterable of ``(payloads, monitor)`` batches; yields ``(intensity, sigma,
@@ -210,15 +181,10 @@ class Integrator:
 
         ``packed=True`` (GPU engine): each batch is ``((pinned buffer, begin, end), monitor)``."""
         if packed:
-            yield from self._impl.integrate_batches(batches, packed=True)
+            yield from self.impl.integrate_batches(batches, packed=True)
             return
-        if hasattr(self._impl, "integrate_batches"):
-            yield from self._impl.integrate_batches(
-                ([getattr(p, "data", p) for p in payloads], self._monitor(m, len(payloads))) for payloads, m in batches)
-            return
-        for payloads, m in batches:
-            res, status = self.integrate_payloads(payloads, m)
-            yield res.intensity, res.sigma, status
+        yield from self.impl.integrate_batches(
+            ([getattr(p, "data", p) for p in payloads], self._monitor(m, len(payloads))) for payloads, m in batches)
 
     def _check_frames(self, frames):
         if frames.ndim != 3 or tuple(frames.shape[1:]) != self.shape:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from xrdct_dask.integrate import Sums
+from xrdct_dask.integrate.files import host_hdf5_batches, payload_batches
+from xrdct_dask.integrate.sums import Sums, finish
 from xrdct_dask.io.decode import OK, SOURCE_DIGEST, decode_batch, decode_stream, pack_payloads
+from xrdct_dask.io.source import HDF5_SOURCES, refreshed
 
 TILE = 4096  # pixels per tile: TILE * batch * 4 bytes stays in L2
 
@@ -270,9 +272,12 @@ def median_sums(s, v, ok, norm, cdata, cindices, cindptr, qlo, qhi, out):
 
 
 class NumpyEngine:
-    """CPU engine behind :class:`~xrdct_dask.integrate.Integrator` (numba kernels, one thread per call)."""
+    """CPU engine behind :class:`~xrdct_dask.integrate.Integrator` (numba kernels, one thread per
+    call); implements :class:`~xrdct_dask.integrate.engine.Engine`."""
 
+    name = "numpy"
     xp = np
+    batch_frames = 32  # frames per call: the decoded tiles of a batch stay in cache
 
     def __init__(self, plan, options):
         self.plan = plan
@@ -280,6 +285,30 @@ class NumpyEngine:
         self.outlier = options.outlier
         self.options = options
         self._dark = plan.dark if plan.dark is not None else np.zeros(1, np.float32)
+
+    def integrate_batches(self, batches):
+        """``(payloads, monitor)`` batches, one after the other: ``(intensity, sigma, status)``
+        per batch, NaN where a payload did not decode whole (its status)."""
+        for datas, monitor in batches:
+            s, status = self.sums_payloads(datas, np.asarray(monitor, np.float64))
+            intensity, sigma = finish(s, self.error_model, np)
+            bad = status != 0
+            intensity[bad] = np.nan
+            sigma[bad] = np.nan
+            yield intensity, sigma, status
+
+    def integrate_source(self, source, indices, monitor, *, read_threads: int = 8, check_md5: bool = False):
+        """:class:`~xrdct_dask.integrate.engine.SourceBatch` es of frames ``indices`` of ``source``:
+        CBF payloads decoded tile by tile inside the integration, HDF5 frames decoded on the host."""
+        idx = np.asarray(indices, np.int64).reshape(-1)
+        if isinstance(source, HDF5_SOURCES):
+            return host_hdf5_batches(self, refreshed(source, idx), idx, monitor, read_threads=read_threads)
+        return payload_batches(self, source, idx, monitor, self.plan.shape, read_threads=read_threads,
+                               check_md5=check_md5)
+
+    def warm(self, source, tasks: int, nframes: int, *, hdf5: bool = False) -> None:
+        """Nothing to set up per task: the kernels are compiled by
+        :meth:`~xrdct_dask.integrate.Integrator.warm_up` (numba's cache)."""
 
     def _fast_path(self) -> bool:
         return self.outlier == "none" and self.error_model in ("poisson", "none")
