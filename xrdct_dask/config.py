@@ -172,7 +172,9 @@ class Recon(_Section):
     filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
     iterations: int | None = Field(None, ge=1, description="sirt/cgls iterations (default: 100 sirt, 20 cgls)")
     nonneg: bool = Field(True, description="sirt/cgls: non-negative voxel intensities")
-    engine: Literal["auto", "numpy", "cupy"] = "auto"
+    engine: Literal["auto", "numpy", "cupy", "astra"] = Field(
+        "auto", description="auto | numpy | cupy: the project's projectors; astra: the ASTRA toolbox (FBP_CUDA etc. "
+                            "where it sees a GPU), same axis convention and store (pip install astra-toolbox)")
 
 
 class PDF(_Section):

@@ -86,6 +86,17 @@ def check_inputs(wf: Workflow):
     return ai, shape
 
 
+def check_recon_engine(wf: Workflow) -> None:
+    """``recon.engine: astra`` needs the ASTRA toolbox here: a one-line error before anything is written."""
+    if wf.recon.engine == "astra":
+        from .recon.astra import AstraMissingError, check_astra
+
+        try:
+            check_astra()
+        except AstraMissingError as err:
+            raise WorkflowError(str(err)) from None
+
+
 def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
     """The frame shape of a CBF template: the first readable frame of the PONI's shape (else the
     first readable one); a missing or broken frame among them is flagged by its task later."""
@@ -683,6 +694,7 @@ def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | No
     """
     path = Path(wf.store.path)
     overwrite = wf.store.overwrite if overwrite is None else overwrite
+    check_recon_engine(wf)
     for left in store.leftovers(path):
         log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
     attrs = store.root_attrs(path) if store.is_store(path) else None

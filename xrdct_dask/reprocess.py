@@ -29,7 +29,7 @@ from . import store
 from .console import console
 from .config import Workflow, WorkflowError, changed_keys, flatten, workflow_from_dict
 from .pdf import PDFParameterError, operator_for, radial_to_q_A
-from .prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
+from .prepare import check_recon_engine, context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
 from .stages import REPROCESS_STAGES, STAGES as GRAPH_STAGES
 from .workflow import Connection, execute
 
@@ -128,6 +128,7 @@ def prepare_child(rp: Reprocess, client=None):
     Its template and shared chunks are written on the workers of ``client`` (a client or a
     callable making one; None: here)."""
     wf, out = rp.workflow, rp.out
+    check_recon_engine(wf)
     attrs = store.root_attrs(out) if store.is_store(out) else None
     if attrs is not None and attrs.get("template_complete") and attrs.get("work_digest") == wf.work_digest() \
             and attrs.get("parent", {}).get("path") == str(rp.parent):

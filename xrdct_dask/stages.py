@@ -279,7 +279,7 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
     host volume ``(nx, nx, n)`` float32 and the last sub-block's preparation info.
     ``filter_only``: FBP with the workflow's filter whatever recon.algorithm says (G(r) sinograms)."""
     from .backend import to_host
-    from .recon import fbp, reconstruct
+    from .recon import reconstruct
     from .sinogram import prepare_sinogram
 
     r = ctx.workflow.recon
@@ -292,11 +292,9 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
     for a in range(0, n, ctx.layout.q_sub):
         b = min(a + ctx.layout.q_sub, n)
         prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, **opts)
-        if filter_only:
-            out = fbp(prepared, omega, r.filter, center=info["center"])
-        else:
-            out = reconstruct(prepared, omega, r.algorithm, filter_name=r.filter, center=info["center"],
-                              iterations=r.iterations, nonneg=r.nonneg, threads=ctx.workflow.compute.threads_per_worker)
+        out = reconstruct(prepared, omega, "fbp" if filter_only else r.algorithm, filter_name=r.filter,
+                          center=info["center"], iterations=r.iterations, nonneg=r.nonneg,
+                          threads=ctx.workflow.compute.threads_per_worker, engine=r.engine)
         vol[..., a:b] = to_host(out)
         zingers += info["zingers"]
         del prepared, out
@@ -311,13 +309,14 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     volume and one sub-block's temporaries (:func:`xrdct_dask.budget.recon_bytes`).  Runs on the
     GPU where ``recon.engine`` resolves to cupy (the sub-blocks are uploaded, the volume downloaded).
     """
-    from .backend import release, xp_for_engine
+    from .backend import release
+    from .recon import array_module
     from .sinogram import prep_options
 
     t0 = time.perf_counter()
     wf = ctx.workflow
     geo = _geometry(center)
-    xp = xp_for_engine(wf.recon.engine)
+    xp = array_module(wf.recon.engine)
     # (nomega, nx, nq_block), one omega chunk at a time
     sino = store.read_chunked(ctx.store_path, f"{store.REDUCED}/intensity", (z, slice(None), slice(None), qs), 0)
     opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo.get("stripe_columns")}
@@ -330,7 +329,7 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.layout.q_chunk))
     return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
             "zingers": info["zingers"], "steps": info["steps"], "algorithm": wf.recon.algorithm,
-            "engine": _engine(xp), "seconds": time.perf_counter() - t0}
+            "engine": "astra" if wf.recon.engine == "astra" else _engine(xp), "seconds": time.perf_counter() - t0}
 
 
 def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
@@ -343,14 +342,14 @@ def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
 
     Never raises: returns ``{"seconds", "engine"}``, or ``{"error"}`` saying why it could not run
     (the first slice then compiles them, as in a batch run)."""
-    from .backend import release, to_host, xp_for_engine
-    from .recon import reconstruct
+    from .backend import release, to_host
+    from .recon import array_module, reconstruct
     from .sinogram import prep_options, prepare_sinogram
 
     t0 = time.perf_counter()
     try:
         s, r = wf.scan, wf.recon
-        xp = xp_for_engine(r.engine)
+        xp = array_module(r.engine)
         omega = np.linspace(0.0, 180.0, s.nomega, endpoint=False)
         x = np.arange(s.nx) - (s.nx - 1) / 2
         disc = 2 * np.sqrt(np.clip((0.4 * s.nx) ** 2 - x**2, 0, None)) + 1.0  # chord lengths of a centred disc
@@ -365,7 +364,7 @@ def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
         prepared, info = prepare_sinogram(xp.asarray(sino), ok, omega, **opts)
         to_host(reconstruct(prepared, omega, r.algorithm, filter_name=r.filter, center=info["center"],
                             iterations=None if r.iterations is None else min(r.iterations, 2), nonneg=r.nonneg,
-                            threads=wf.compute.threads_per_worker))
+                            threads=wf.compute.threads_per_worker, engine=r.engine))
         del prepared
         release(xp)
     except Exception as err:  # a warm-up must never stop a run
@@ -550,7 +549,7 @@ def pdf_frames_block(block: store.FrameBlock, ctx: RunContext, *deps) -> dict:
 def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center) -> np.ndarray:
     """FBP of a G(r) or aux sinogram block with the slice's geometry (centre, jitter shifts) and
     bad frames filled; the intensity-only corrections (zingers, stripes, air) stay with I(q)."""
-    from .backend import xp_for_engine
+    from .recon import array_module
 
     geo = _geometry(center)
     sino = store.read_chunked(ctx.store_path, f"{store.PDF}/{name}", (z, slice(None), slice(None), sel), 0)
@@ -560,7 +559,7 @@ def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center) -
             "stripes": False, "jitter": False}
     if ctx.workflow.sinogram.jitter and geo.get("shifts_px"):
         opts["jitter"] = np.asarray(geo["shifts_px"])
-    return _reconstruct_sub_blocks(ctx, z, sino, opts, xp_for_engine(ctx.workflow.recon.engine), filter_only=True)[0]
+    return _reconstruct_sub_blocks(ctx, z, sino, opts, array_module(ctx.workflow.recon.engine), filter_only=True)[0]
 
 
 def reconstruct_pdf_aux(z: int, center, ctx: RunContext, *deps) -> dict:
