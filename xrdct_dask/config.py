@@ -161,8 +161,10 @@ class Sinogram(_Section):
     background: bool = Field(False, description="subtract the mean of sample-free edge columns (air, container)")
     background_columns: int = Field(2, ge=1, description="sample-free columns used at each edge")
     background_per_projection: bool = Field(False, description="one background per projection instead of per scan")
-    stripes: bool = Field(False, description="sorting-based stripe (ring artefact) removal")
-    stripe_snr: float = Field(3.0, gt=0, description="stripe: a column off all predictions from its neighbours by this many noise levels")
+    stripes: bool = Field(False, description="stripe (ring artefact) removal: stripes of any width up to "
+                                             "stripe_max_width_px, over all or part of omega, sorting-based")
+    stripe_snr: float = Field(3.0, gt=0, description="stripe: a run of columns off all predictions from its neighbours by this many noise levels")
+    stripe_max_width_px: int = Field(6, ge=1, description="widest stripe looked for, in columns (x steps)")
     jitter: bool = Field(False, description="per-projection shift correction from the centre of mass")
     max_jitter_px: float = Field(3.0, gt=0, description="largest jitter correction, pixels")
 

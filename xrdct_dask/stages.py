@@ -254,7 +254,7 @@ def _engine(xp) -> str:
 def find_center(z: int, ctx: RunContext, *deps) -> dict:
     """Geometry of slice ``z`` from its q-summed sinogram, prepared as the q blocks will be: the
     rotation axis (pixels; or the workflow's value), with ``sinogram.jitter`` the shift of every
-    projection, with ``sinogram.stripes`` the stripe columns.  Every q block of the slice is then
+    projection, with ``sinogram.stripes`` the stripe segments.  Every q block of the slice is then
     corrected with these same numbers."""
     from .sinogram import prep_options, prepare_sinogram
 
@@ -265,7 +265,7 @@ def find_center(z: int, ctx: RunContext, *deps) -> dict:
     _, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(ctx.workflow.sinogram))
     store.mark_done(ctx.store_path, "center", (z,), float(info["center"]))
     return {"stage": "center", "z": z, "center": info["center"], "shifts_px": info["shifts_px"],
-            "stripe_columns": info["stripe_columns"], "filled": info["filled"], "seconds": time.perf_counter() - t0}
+            "stripe_columns": info["stripe_columns"], "stripe_segments": info["stripe_segments"], "filled": info["filled"], "seconds": time.perf_counter() - t0}
 
 
 def _geometry(center) -> dict:
@@ -319,7 +319,8 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     xp = array_module(wf.recon.engine)
     # (nomega, nx, nq_block), one omega chunk at a time
     sino = store.read_chunked(ctx.store_path, f"{store.REDUCED}/intensity", (z, slice(None), slice(None), qs), 0)
-    opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo.get("stripe_columns")}
+    opts = prep_options(wf.sinogram) | {"center": geo["center"],
+                                        "known_stripes": geo.get("stripe_segments", geo.get("stripe_columns"))}
     if wf.sinogram.jitter and geo.get("shifts_px"):  # the slice's shifts, from its q-summed sinogram
         opts["jitter"] = np.asarray(geo["shifts_px"])
     vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp)
@@ -358,7 +359,7 @@ def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
         ok = np.ones((s.nomega, s.nx), bool)
         ok[0, : min(3, s.nx)] = False
         _, geo = prepare_sinogram(sino.sum(axis=-1, keepdims=True), ok, omega, **prep_options(wf.sinogram))
-        opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo["stripe_columns"]}
+        opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo["stripe_segments"]}
         if wf.sinogram.jitter and geo.get("shifts_px"):
             opts["jitter"] = np.asarray(geo["shifts_px"])
         prepared, info = prepare_sinogram(xp.asarray(sino), ok, omega, **opts)

@@ -43,6 +43,8 @@ decoder with another calling convention overrides :meth:`DecoderTests.decode`.  
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -946,6 +948,39 @@ def ring_amplitude(diff: np.ndarray, radii) -> float:
     return max(abs(float(diff[rad == r].mean())) for r in radii)
 
 
+# stripes of the kinds real scans show, on a 128-px phantom scan of 200 angles: (x0, x1, w0, w1,
+# gain, offset as a fraction of the sinogram's maximum); rows None = the whole scan
+STRIPE_CASES = {
+    "one column": [(28, 29, None, 1.08, 0.0), (93, 94, None, 1.0, 0.02)],
+    "two columns": [(45, 47, None, 1.10, 0.0), (81, 83, None, 0.92, 0.0)],
+    "four columns": [(80, 84, None, 0.92, 0.0), (36, 40, None, 1.0, 0.02)],
+    "partial": [(100, 102, (60, 120), 1.0, 0.03), (50, 51, (0, 70), 1.12, 0.0)],
+}
+
+
+def striped_scan(case: str, seed: int):
+    """A 128 px phantom scan (200 angles, five q bins: the four phase maps and their sum) with air
+    scattering (1 % of the maximum) and Poisson noise (5000 counts at the maximum), clean and with
+    the stripes of ``STRIPE_CASES[case]`` (or of every case, ``"all"``): ``(clean, striped, true
+    segments [[x0, x1, w0, w1], ...], truth maps, omega_deg)``."""
+    sino, truth, omega = _stripe_phantom()
+    rng = np.random.default_rng(seed)
+    clean = poisson(sino + 0.01 * sino.max(), 5000, rng)
+    striped = clean.copy()
+    cases = [s for c in STRIPE_CASES.values() for s in c] if case == "all" else STRIPE_CASES[case]
+    segments = []
+    for x0, x1, rows, gain, offset in cases:
+        w0, w1 = rows or (0, sino.shape[0])
+        striped[w0:w1, x0:x1] = striped[w0:w1, x0:x1] * gain + offset * sino.max()
+        segments.append([x0, x1, w0, w1])
+    return clean, striped, sorted(segments), truth, omega
+
+
+@functools.cache
+def _stripe_phantom():
+    return sinogram_block(nx=128, nomega=200)
+
+
 def fbp_host(sino, omega, center=None):
     """The numpy engine's FBP (axis ``center`` in pixels from the first x, default nx // 2): the
     yardstick every engine's prepared sinogram is measured with."""
@@ -1123,6 +1158,56 @@ class SinogramPrepTests(EngineTests):
         # columns given (as the workflow passes them from the slice's q-summed sinogram) act the same
         again, cols = sg.remove_stripes(self.asarray(striped), columns=found)
         assert cols == found and np.array_equal(self.asnumpy(again), filtered)
+
+    @pytest.mark.parametrize("case", list(STRIPE_CASES))
+    def test_stripes_of_any_width_are_found_and_no_clean_column_is_flagged(self, case):
+        """1-, 2- and 4-column stripes (gain errors of 8-12 % or offsets of 2-3 % of the maximum) and
+        partial ones (over 60 or 70 of 200 angles) on a noisy phantom scan with air (three noise
+        draws): :func:`~xrdct_dask.stripes.find_stripes` of the q-summed sinogram names exactly the
+        striped columns -- no clean column, whatever the seed -- and the clean scan none.  A whole
+        stripe covers every row; a partial one at least 80 % of its rows and at most one window
+        (25 rows) beyond each of its ends."""
+        from .. import stripes as st
+
+        for seed in range(3):
+            clean, striped, true, _, _ = striped_scan(case, seed)
+            assert st.find_stripes(self.asarray(clean)) == [], (seed, "clean scan")
+            found = st.find_stripes(self.asarray(striped))
+            assert [f[:2] for f in found] == [t[:2] for t in true], (seed, found, true)
+            for (_, _, w0, w1), (_, _, t0, t1) in zip(found, true):
+                overlap = max(0, min(w1, t1) - max(w0, t0))
+                assert overlap >= 0.8 * (t1 - t0) and w0 >= t0 - 25 and w1 <= t1 + 25, (seed, found, true)
+
+    def test_stripe_removal_beats_algotom_remove_all_stripe(self):
+        """Every kind of stripe at once (1, 2, 4 columns, partial): the sorting-based removal of the
+        found segments cuts the reconstruction's error against the stripe-free one (RMS over the
+        disc, every q bin) at least 3x, and both its RMS error and its ring amplitude (azimuthal
+        mean of the error on the striped columns' radii) are below those of algotom's
+        ``remove_all_stripe`` (per q bin, snr 3) with its default windows (51, 21) and with windows
+        scaled to this 128 px scan (11, 5), the better of the two taken: algotom smooths every
+        column, this removal touches the found ones only."""
+        pytest.importorskip("algotom")
+        from algotom.prep.removal import remove_all_stripe
+
+        from .. import stripes as st
+
+        clean, striped, true, _, omega = striped_scan("all", 0)
+        found = st.find_stripes(self.asarray(striped))
+        ours = self.asnumpy(st.remove_stripe_segments(self.asarray(striped), found))
+        n = clean.shape[1]
+        inside = circle(n)
+        ref = fbp_host(clean, omega)
+        radii = sorted({abs(x - n // 2) for x0, x1, *_ in true for x in range(x0, x1)})
+
+        def errors(sino):
+            diff = fbp_host(sino, omega) - ref
+            return rms(diff, inside), max(ring_amplitude(diff[..., k], radii) for k in range(diff.shape[-1]))
+
+        theirs = [errors(np.stack([remove_all_stripe(striped[..., k], 3.0, la, sm) for k in range(striped.shape[-1])],
+                                  axis=-1)) for la, sm in ((51, 21), (11, 5))]
+        (err, ring), (err_striped, _) = errors(ours), errors(striped)
+        assert err * 3 < err_striped, (err, err_striped)
+        assert err < min(t[0] for t in theirs) and ring < min(t[1] for t in theirs), ((err, ring), theirs)
 
     def test_zingers_are_removed_and_clean_data_left_alone(self, rng):
         """Spikes of 5-50x the local value in single (omega, x, q) points (zingers, single-frame spots)
