@@ -52,7 +52,8 @@ from hypothesis import strategies as st
 
 from ..backend import gpu_available, to_host, xp_for_engine
 from .references import NI_SHELLS, g_peaks, ni_pattern, rel_max
-from .synthetic import DETECTORS, WAVELENGTH_A, make_phantom, omega_angles_deg, phase_library, project
+from .synthetic import (DETECTORS, WAVELENGTH_A, attenuated_projections, make_phantom, omega_angles_deg, phase_library,
+                        project)
 
 __all__ = ["DecoderTests", "EngineTests", "IntegratorTests", "PDFTests", "ReconstructorTests", "SinogramPrepTests"]
 
@@ -981,6 +982,30 @@ def _stripe_phantom():
     return sinogram_block(nx=128, nomega=200)
 
 
+ABSORPTION_MU_PER_PX = (0.09, 0.075, 0.045, 0.03)  # Ni, Fe, NaCl, aSi of a 32 px slice: T down to 0.1
+ABSORPTION_TWO_THETA_DEG = (2.0, 15.0, 30.0)
+
+
+@functools.cache
+def absorbing_scan():
+    """A dense 32 px phantom slice (48 angles) scanned with self-absorption by the simulator
+    (:func:`~xrdct_dask.testing.synthetic.attenuated_projections`): ``(sino (nomega, n, 6), truth
+    (n, n, 6), clean (nomega, n, 6), omega_deg, mu (n, n) per pixel, transmission (nomega, n),
+    two_theta_deg (6,))``; q bins: the Ni disk's and the whole sample's scattering, each at
+    2theta = 2, 15 and 30 degrees; ``clean`` the same without attenuation."""
+    n, nomega = 32, 48
+    maps = make_phantom(1, n)[:, 0]
+    mu = np.tensordot(np.asarray(ABSORPTION_MU_PER_PX), maps, axes=1)
+    omega = omega_angles_deg(nomega)
+    targets = np.stack([maps[0], maps.sum(axis=0)])
+    att = attenuated_projections(targets, mu, omega, ABSORPTION_TWO_THETA_DEG, azimuths=8)  # (2, 3, nomega, n)
+    sino = np.moveaxis(att.reshape(6, nomega, n), 0, -1).astype(np.float32)
+    clean = np.repeat(np.moveaxis(project(targets, omega), 0, -1), 3, axis=-1).astype(np.float32)
+    truth = np.repeat(np.moveaxis(targets, 0, -1), 3, axis=-1)
+    transmission = np.exp(-project(mu[None], omega)[0])
+    return sino, truth, clean, omega, mu, transmission, np.tile(ABSORPTION_TWO_THETA_DEG, 2)
+
+
 def fbp_host(sino, omega, center=None):
     """The numpy engine's FBP (axis ``center`` in pixels from the first x, default nx // 2): the
     yardstick every engine's prepared sinogram is measured with."""
@@ -1208,6 +1233,65 @@ class SinogramPrepTests(EngineTests):
         (err, ring), (err_striped, _) = errors(ours), errors(striped)
         assert err * 3 < err_striped, (err, err_striped)
         assert err < min(t[0] for t in theirs) and ring < min(t[1] for t in theirs), ((err, ring), theirs)
+
+    def test_voxel_attenuation_is_the_path_in_and_out(self):
+        """The attenuation of a voxel's scattering: at the centre of a uniform disc (mu 0.04 / px, the
+        pixels within 25 px: a radius of 25.25 px on average) it is ``exp(-mu R) mean_eta
+        exp(-mu R / rho(eta))`` (entry and exit paths of length R, the exit's 3D length 1 / rho
+        longer; 2 % for the pixelated disc); at 2theta = 0
+        every voxel of a ray attenuates as the ray's transmission exp(-P[mu]) (within 3 %)."""
+        from .. import absorption as ab
+
+        n, mu0, radius = 65, 0.04, 25.25
+        i, j = np.mgrid[:n, :n]
+        r = n // 2
+        mu = np.where((j - r) ** 2 + (r - i) ** 2 <= 25**2, mu0, 0.0)
+        for tt in (0.0, 10.0, 30.0):
+            a = self.asnumpy(ab.voxel_attenuation(self.asarray(mu), 0.3, [np.deg2rad(tt)], azimuths=32))[0]
+            eta = (np.arange(4096) + 0.5) * np.pi / 4096
+            rho = np.hypot(np.cos(np.deg2rad(tt)), np.sin(np.deg2rad(tt)) * np.cos(eta))
+            expected = np.exp(-mu0 * radius) * np.mean(np.exp(-mu0 * radius / rho))
+            assert abs(a[r, r] / expected - 1) < 0.02, (tt, a[r, r], expected)
+        theta = np.deg2rad(35.0)
+        a0 = self.asnumpy(ab.voxel_attenuation(self.asarray(mu), theta, [0.0]))[0]
+        t = self.asnumpy(ab.transmission_of(self.asarray(mu), [35.0], r, n))[0]
+        u = (j - r) * np.cos(theta) + (r - i) * np.sin(theta) + r  # each voxel's ray
+        inside = (j - r) ** 2 + (r - i) ** 2 <= 24**2
+        np.testing.assert_allclose(a0[inside], np.interp(u[inside], np.arange(n), t), rtol=0.03)
+
+    def test_self_absorption_correction_recovers_a_dense_phantom(self):
+        """A dense slice (transmission down to 0.1) scanned with attenuation of the beam in to and out
+        of every voxel, the exit at 2theta = 2, 15 and 30 degrees (the simulator's forward model):
+        the attenuation map reconstructed from the transmission channel is within 10 % RMS of the
+        true one; uncorrected, the maps are off by 3-7x the FBP's own error (RMS against the phase
+        fractions); corrected, every q bin is within 1.2x of the error of FBP on the unattenuated
+        scan, and what the attenuation adds to that error is cut at least 10x; at 30 degrees the
+        exit path matters: what it adds is at most half of what dividing every frame by its
+        transmission (the small-angle limit) leaves."""
+        from .. import absorption as ab
+        from ..recon import fbp
+
+        sino, truth, clean, omega, mu, trans, tt = absorbing_scan()
+        n = sino.shape[1]
+        inside = circle(n) & (np.hypot(*np.mgrid[-n // 2:n - n // 2, -n // 2:n - n // 2]) < n // 2 - 2)
+        ok = np.ones(trans.shape, bool)
+        mu_found, air = ab.mu_from_transmission(self.asarray(0.8 * trans), self.asarray(ok), omega, n // 2)
+        mu_found = self.asnumpy(mu_found)
+        assert abs(air - 0.8) < 1e-6 and rms(mu_found - mu, inside) < 0.1 * mu.max()
+
+        def errors(vol):
+            return np.array([rms(self.asnumpy(vol)[..., k] - truth[..., k], inside) for k in range(len(tt))])
+
+        recon = lambda s: fbp(s, omega)  # noqa: E731
+        best, raw = errors(fbp_host(clean, omega)), errors(fbp_host(sino, omega))
+        beam = errors(ab.absorption_reconstruct(self.asarray(sino), omega, self.asarray(mu_found), tt, recon,
+                                                center=n // 2, exit="beam"))
+        fixed = errors(ab.absorption_reconstruct(self.asarray(sino), omega, self.asarray(mu_found), tt, recon,
+                                                 center=n // 2, iterations=2))
+        assert (raw > 3 * best).all(), (raw, best)
+        assert (fixed < 1.2 * best).all() and (fixed - best < 0.1 * (raw - best)).all(), (fixed, best, raw)
+        at30 = tt == 30.0
+        assert (2 * (fixed - best)[at30] < (beam - best)[at30]).all(), (fixed, beam, best)
 
     def test_zingers_are_removed_and_clean_data_left_alone(self, rng):
         """Spikes of 5-50x the local value in single (omega, x, q) points (zingers, single-frame spots)
