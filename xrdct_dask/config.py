@@ -53,6 +53,9 @@ class Inputs(_Section):
     dark: Path | None = None
     flat: Path | None = None
     monitor: Path | None = Field(None, description="text file, one I0 value per frame in acquisition order")
+    transmission: Path | None = Field(None, description="text file, one transmission reading (a diode or monitor "
+                                                        "after the sample) per frame in acquisition order, as "
+                                                        "inputs.monitor: the attenuation map of sinogram.absorption")
     scan_file: Path | None = Field(None, description="CSV written by the acquisition: index,iz,iomega,ix,... per frame")
     check_md5: bool = Field(False, description="verify each frame's Content-MD5 (one md5 per frame); "
                                                "a mismatch flags the frame BAD_CHECKSUM")
@@ -167,6 +170,20 @@ class Sinogram(_Section):
     stripe_max_width_px: int = Field(6, ge=1, description="widest stripe looked for, in columns (x steps)")
     jitter: bool = Field(False, description="per-projection shift correction from the centre of mass")
     max_jitter_px: float = Field(3.0, gt=0, description="largest jitter correction, pixels")
+    absorption: Literal["off", "transmission", "scattering"] = Field(
+        "off", description="self-absorption correction (xrdct_dask.absorption): the attenuation map from "
+                           "inputs.transmission, or from the total scattering (absorption_mu_max_per_mm)")
+    absorption_exit: Literal["scattering-angle", "beam"] = Field(
+        "scattering-angle", description="exit path of the scattered beam: at 2theta(q), averaged over azimuth; or "
+                                        "along the beam (small angles: every frame divided by its transmission)")
+    absorption_iterations: int = Field(2, ge=0, description="effective-transmission updates after the first "
+                                                            "(transmission-divided) reconstruction")
+    absorption_air: float | None = Field(None, gt=0, description="transmission reading without sample (monitor-"
+                                                                  "normalised); null: median of the edge columns "
+                                                                  "(background_columns at each edge: air)")
+    absorption_mu_max_per_mm: float | None = Field(None, gt=0, description="absorption: scattering: linear "
+                                                   "attenuation (1/mm) of the strongest-scattering voxels; "
+                                                   "attenuation taken proportional to the total scattering")
 
 
 class Recon(_Section):
@@ -319,6 +336,18 @@ class Workflow(_Section):
         return self
 
     @model_validator(mode="after")
+    def _absorption_inputs(self):
+        a = self.sinogram.absorption
+        if a == "transmission" and self.inputs.transmission is None:
+            raise ValueError("sinogram.absorption: transmission needs inputs.transmission (one reading per frame)")
+        if a == "scattering" and self.sinogram.absorption_mu_max_per_mm is None:
+            raise ValueError("sinogram.absorption: scattering needs sinogram.absorption_mu_max_per_mm")
+        if a != "off" and self.pdf.enabled and self.pdf.order == "pdf-then-recon":
+            raise ValueError("sinogram.absorption corrects the reconstruction of I(q): it needs pdf.order "
+                             "recon-then-pdf")
+        return self
+
+    @model_validator(mode="after")
     def _interlace_layout(self):
         # workflow.prepare_store lays the grid out with io.scan's default number of passes
         from .io.scan import INTERLACE_PASSES
@@ -464,8 +493,8 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
 
 
 _PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
-              ("inputs", "monitor"), ("inputs", "scan_file"), ("inputs", "frames"), ("store", "path"),
-              ("pdf", "background_file"), ("pdf", "config"))
+              ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
+              ("store", "path"), ("pdf", "background_file"), ("pdf", "config"))
 
 
 def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict | None = None,

@@ -237,7 +237,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     """The figures of a run of ``wf`` (see the module docstring) on ``gpus`` GPUs reading from a
     file system of ``fs_gbps`` GB/s (None: not known)."""
     from . import budget, stages, store
-    from .prepare import layout_for, pdf_blocks
+    from .prepare import absorption_store_args, layout_for, pdf_blocks
 
     s = wf.scan
     nz, nw, nx = s.nz, s.nomega, s.nx
@@ -264,7 +264,8 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
             "pdf-frames": F * nq * 4, "pdf-aux": F * aux * 4,
             "pdf": nz * nx * nx * nq * 4 if wf.pdf.order == "recon-then-pdf" else F * nr * 4}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, pdf_blocks=pdf_blocks(wf, lay, [0] * nr)
-                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux)
+                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux,
+                              **absorption_store_args(wf))
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]

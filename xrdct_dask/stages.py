@@ -262,22 +262,66 @@ def find_center(z: int, ctx: RunContext, *deps) -> dict:
     total = store.open_array(ctx.store_path, f"{store.REDUCED}/total", "r")[z]
     ok = store.open_array(ctx.store_path, f"{store.REDUCED}/frame_ok", "r")[z]
     omega = store.open_array(ctx.store_path, "omega", "r")[:]
-    _, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(ctx.workflow.sinogram))
+    prepared, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(ctx.workflow.sinogram))
+    if ctx.workflow.sinogram.absorption != "off":  # the slice's attenuation map, with its geometry
+        store.write_region(ctx.store_path, f"{store.RECON}/mu", (z,), slice_attenuation(z, ctx, prepared, info)[None])
     store.mark_done(ctx.store_path, "center", (z,), float(info["center"]))
     return {"stage": "center", "z": z, "center": info["center"], "shifts_px": info["shifts_px"],
             "stripe_columns": info["stripe_columns"], "stripe_segments": info["stripe_segments"], "filled": info["filled"], "seconds": time.perf_counter() - t0}
+
+
+def slice_attenuation(z: int, ctx: RunContext, prepared_total, info: dict) -> np.ndarray:
+    """The attenuation map (nx, nx) per x step of slice ``z`` for ``sinogram.absorption``: from
+    ``reduced/transmission`` (monitor-normalised, :func:`~xrdct_dask.absorption.mu_from_transmission`)
+    or from the prepared q-summed sinogram (:func:`~xrdct_dask.absorption.mu_from_scattering`, mu
+    per mm times the x step), with the slice's centre and jitter shifts."""
+    from .absorption import mu_from_scattering, mu_from_transmission
+    from .backend import to_host
+
+    sg = ctx.workflow.sinogram
+    omega = store.open_array(ctx.store_path, "omega", "r")[:]
+    shifts = None if info.get("shifts_px") is None else np.asarray(info["shifts_px"])
+    if sg.absorption == "transmission":
+        red = ctx.store_path / store.REDUCED
+        monitor = store.open_array(red, "monitor", "r")[z].astype(np.float64)
+        trans = store.open_array(red, "transmission", "r")[z] / (monitor / ctx.monitor_reference)
+        good = np.isfinite(trans) & (trans > 0)
+        mu, _ = mu_from_transmission(trans, good, omega, info["center"], sg.absorption_air, sg.background_columns,
+                                     shifts)
+    else:
+        x = store.open_array(ctx.store_path, "x", "r")[:]
+        step_mm = float(np.median(np.abs(np.diff(x)))) if x.size > 1 else 1.0
+        mu = mu_from_scattering(np.asarray(to_host(prepared_total))[..., 0], omega, info["center"],
+                                sg.absorption_mu_max_per_mm * step_mm)
+    return np.asarray(to_host(mu), np.float32)
+
+
+def _absorption_inputs(ctx: RunContext, z: int, qs: slice) -> dict | None:
+    """What the self-absorption correction of slice ``z``, q bins ``qs`` needs: the slice's
+    attenuation map (``recon/mu``) and each bin's 2theta (degrees); None when it is off."""
+    from .absorption import two_theta_deg
+
+    if ctx.workflow.sinogram.absorption == "off":
+        return None
+    radial = store.open_array(ctx.store_path, "q", "r")[qs]
+    return {"mu": store.open_array(ctx.store_path, f"{store.RECON}/mu", "r")[z],
+            "two_theta": two_theta_deg(radial, ctx.workflow.integrate.unit, ctx.wavelength_A)}
 
 
 def _geometry(center) -> dict:
     return center if isinstance(center, dict) else {"center": float(center)}
 
 
-def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dict, xp, filter_only: bool = False):
+def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dict, xp, filter_only: bool = False,
+                            absorption: dict | None = None):
     """Prepare (:func:`~xrdct_dask.sinogram.prepare_sinogram` with ``opts``) and reconstruct a
     host sinogram block ``(nomega, nx, n)`` of slice ``z``, ``layout.q_sub`` bins at a time on ``xp``'s device
     (every correction acts on each bin alone, with the slice's geometry in ``opts``).  Returns the
     host volume ``(nx, nx, n)`` float32 and the last sub-block's preparation info.
-    ``filter_only``: FBP with the workflow's filter whatever recon.algorithm says (G(r) sinograms)."""
+    ``filter_only``: FBP with the workflow's filter whatever recon.algorithm says (G(r) sinograms).
+    ``absorption``: :func:`_absorption_inputs` of the block: corrected for self-absorption
+    (:func:`~xrdct_dask.absorption.absorption_reconstruct`)."""
+    from .absorption import absorption_reconstruct
     from .backend import to_host
     from .recon import reconstruct
     from .sinogram import prepare_sinogram
@@ -292,9 +336,19 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
     for a in range(0, n, ctx.layout.q_sub):
         b = min(a + ctx.layout.q_sub, n)
         prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, **opts)
-        out = reconstruct(prepared, omega, "fbp" if filter_only else r.algorithm, filter_name=r.filter,
-                          center=info["center"], iterations=r.iterations, nonneg=r.nonneg,
-                          threads=ctx.workflow.compute.threads_per_worker, engine=r.engine)
+
+        def run(s, c=info["center"]):
+            return reconstruct(s, omega, "fbp" if filter_only else r.algorithm, filter_name=r.filter, center=c,
+                               iterations=r.iterations, nonneg=r.nonneg,
+                               threads=ctx.workflow.compute.threads_per_worker, engine=r.engine)
+
+        if absorption is None:
+            out = run(prepared)
+        else:
+            sg = ctx.workflow.sinogram
+            out = absorption_reconstruct(prepared, omega, xp.asarray(absorption["mu"]), absorption["two_theta"][a:b],
+                                         run, center=info["center"], iterations=sg.absorption_iterations,
+                                         exit=sg.absorption_exit)
         vol[..., a:b] = to_host(out)
         zingers += info["zingers"]
         del prepared, out
@@ -323,7 +377,7 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
                                         "known_stripes": geo.get("stripe_segments", geo.get("stripe_columns"))}
     if wf.sinogram.jitter and geo.get("shifts_px"):  # the slice's shifts, from its q-summed sinogram
         opts["jitter"] = np.asarray(geo["shifts_px"])
-    vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp)
+    vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp, absorption=_absorption_inputs(ctx, z, qs))
     del sino
     release(xp)
     store.write_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), vol, 0)

@@ -11,7 +11,9 @@
       reduced/frame_ok   bool (z, omega, x)     false = missing or corrupt frame
       reduced/frame_status int8 (z, omega, x)   xrdct_dask.io.status.FrameStatus code (-1 = not yet written)
       reduced/scan_flag  int8 (z, omega, x)     DUPLICATE / OUT_OF_ORDER where the scan file placed the frame, else 0
+      reduced/transmission f32 (z, omega, x)    inputs.transmission only: the reading after the sample
       recon/intensity    f32 (z, y, x, q)       chunks (1, nx, nx, q_chunk)
+      recon/mu           f32 (z, y, x)          sinogram.absorption only: attenuation per x step
       pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, r_chunk)
       pdf/scale, pdf/fq_highq_rms, pdf/lowr_slope, pdf/lowr_residual, pdf/ok   (z, y, x) per-voxel
                                                 S(Q) scale and quality figures (see xrdct_dask.pdf)
@@ -276,9 +278,12 @@ class ArraySpec:
 
 
 def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_blocks: int = 0,
-                pdf_sinograms: bool = False, aux_channels: int = 0) -> list[ArraySpec]:
+                pdf_sinograms: bool = False, aux_channels: int = 0, transmission: bool = False,
+                absorption: bool = False) -> list[ArraySpec]:
     """Every data array and done-marker of a store: what :func:`create_store` creates and what
-    ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays."""
+    ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays;
+    ``transmission``: ``reduced/transmission`` (a transmission reading per frame); ``absorption``:
+    ``recon/mu`` (the slices' attenuation maps of the self-absorption correction)."""
     wc, qc, yc, rc = layout.omega_chunk, layout.q_chunk, layout.y_chunk, layout.r_chunk
     frame = ("z", "omega", "x")
     integ = ("integrate",)
@@ -289,8 +294,14 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_
                                    ("total", "float32", np.nan, integ), ("frame_index", "int64", -1, ("prepare",)),
                                    ("frame_ok", "bool", False, integ), ("frame_status", "int8", -1, integ),
                                    ("scan_flag", "int8", -1, ("prepare",)))]
+    if transmission:
+        out.append(ArraySpec(f"{REDUCED}/transmission", (nz, nomega, nx), (1, wc, nx), "float32", frame, np.nan,
+                             writers=("prepare",)))
     out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, nq), (1, yc, nx, qc), "float32", ("z", "y", "x", "q"),
                          np.nan, writers=("recon",)))
+    if absorption:
+        out.append(ArraySpec(f"{RECON}/mu", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan,
+                             writers=("center",)))
     if nr:
         # recon-then-pdf: the pdf tasks write G and the voxel figures; pdf-then-recon: pdf-frames the
         # sinograms, pdf-aux the figures (reconstructed from aux_sinogram), pdf the G blocks
@@ -319,7 +330,7 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_
 def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.ndarray, radial_unit: str,
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
                  layout, attrs: dict, pdf_blocks: int = 0, aux_channels: list[str] | None = None,
-                 pdf_attrs: dict | None = None) -> zarr.Group:
+                 pdf_attrs: dict | None = None, transmission: bool = False, absorption: bool = False) -> zarr.Group:
     """Create every array of :func:`array_specs` with its final shape, chunks, dims and
     coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
     through :func:`create_aside`).
@@ -327,7 +338,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     ``layout`` (:class:`xrdct_dask.budget.Layout`) sets the chunks (and is recorded in the root's
     attrs, where the tasks read their block sizes); ``pdf_blocks`` the pdf tasks per slice;
     ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
-    (the transform's parameters) go to the ``pdf`` group.
+    (the transform's parameters) go to the ``pdf`` group; ``transmission``, ``absorption``: as
+    :func:`array_specs`.
 
     The root's ``zarr.json`` with the format marker (and ``template_complete: false``) is the
     first file written: whatever happens next, the folder is recognisably this program's."""
@@ -353,7 +365,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
             _coord(root, name, *coords[name])
     specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
                         layout=layout, pdf_blocks=pdf_blocks, pdf_sinograms=bool(aux_channels),
-                        aux_channels=len(aux_channels or ()))
+                        aux_channels=len(aux_channels or ()), transmission=transmission, absorption=absorption)
     groups: dict[str, list[ArraySpec]] = {}
     for spec in specs:
         groups.setdefault(spec.path.split("/")[0], []).append(spec)
@@ -696,7 +708,9 @@ VARIABLE_ATTRS = {
     (REDUCED, "frame_ok"): ("1", "frame used (true) or missing / corrupt (false)"),
     (REDUCED, "frame_status"): ("1", "frame status code (xrdct_dask.io.status.FrameStatus; -1: not yet written)"),
     (REDUCED, "scan_flag"): ("1", "how the scan file placed the frame (FrameStatus code; 0: as planned)"),
+    (REDUCED, "transmission"): ("counts", "transmission reading (diode or monitor after the sample) of the frame"),
     (RECON, "intensity"): ("counts/voxel", "reconstructed diffraction intensity per voxel"),
+    (RECON, "mu"): ("1/pixel", "linear attenuation coefficient per x step (self-absorption correction)"),
     (PDF, "G"): ("1/angstrom^2", "G(r) = 4 pi r [rho(r) - rho0]"),
     (PDF, "ok"): ("1", "G computed (scattering strong enough)"),
     (PDF, "scale"): ("1", "self-scattering level N of S(Q) (data units per atom)"),
