@@ -41,21 +41,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module, to_host
+from xrdct_dask.backend import get_array_module, ndimage_of, to_host
+from xrdct_dask.recon import fbp, project
+from xrdct_dask.sinogram import fill_bad_frames, shift_projections
 
 NODE_STEP_DEG = 5.0  # 2theta between the nodes where the voxel attenuation is computed
-ANGLES_PER_BATCH = 16  # beam angles whose paths are computed together (and held: ~100 maps of the slice)
+ANGLES_PER_BATCH = 32  # beam angles whose paths are computed together (and held: ~100 maps of the slice)
 AZIMUTHS = 6  # exit azimuths averaged (midpoint rule over [0, pi): cos(eta) covers both sides of the beam)
-
-
-def _ndimage(xp):
-    if xp is np:
-        import scipy.ndimage
-
-        return scipy.ndimage
-    import cupyx.scipy.ndimage
-
-    return cupyx.scipy.ndimage
 
 
 def direction_maps(mu, phis_deg) -> object:
@@ -67,13 +59,13 @@ def direction_maps(mu, phis_deg) -> object:
     cell counts half) and read back at every voxel (bilinear); all directions in one call of
     ``map_coordinates`` each way.  On ``mu``'s device."""
     xp = get_array_module(mu)
-    nd = _ndimage(xp)
+    nd = ndimage_of(xp)
     n = mu.shape[0]
     r = n // 2
     phis = np.deg2rad(np.atleast_1d(np.asarray(phis_deg, np.float64)))
     ndir = phis.size
     ex, ey = (xp.asarray(np.cos(phis))[:, None, None], xp.asarray(np.sin(phis))[:, None, None])
-    half = int(np.ceil(r * np.sqrt(2))) + 2
+    half = r + 2  # mu is 0 outside the reconstruction disc, and so is every voxel's scattering
     k = xp.arange(-half, half + 1, dtype=xp.float64)
     s, t = k[None, :, None], k[None, None, :]  # rows: across (s), columns: along (t)
     x, y = -ey * s + ex * t, ex * s + ey * t
@@ -183,8 +175,6 @@ def _nodes(two_theta: np.ndarray, step_deg: float) -> tuple[np.ndarray, np.ndarr
 def transmission_of(mu, omega_deg, center: float, nx: int):
     """The transmission ``exp(-P[mu])`` ``(nomega, nx)`` of an attenuation map (n, n) on a detector of
     ``nx`` bins with the axis at ``center`` (the project's forward projector)."""
-    from .recon import project
-
     xp = get_array_module(mu)
     th = np.deg2rad(np.asarray(omega_deg, np.float64))
     line = project(xp.asarray(mu, xp.float32)[..., None], np.cos(th), np.sin(th), center, nx)[..., 0]
@@ -211,8 +201,6 @@ def absorption_reconstruct(sino, omega_deg, mu, two_theta, reconstruct, *, cente
     -------
     (nx, nx, nq) float32 on the input's device.
     """
-    from .recon import project
-
     xp = get_array_module(sino)
     if sino.ndim != 3:
         raise ValueError(f"a sinogram block is (nomega, nx, nq), got shape {sino.shape}")
@@ -234,6 +222,7 @@ def absorption_reconstruct(sino, omega_deg, mu, two_theta, reconstruct, *, cente
     cos_t, sin_t = np.cos(th), np.sin(th)
     nodes, k, t = _nodes(two_theta, node_step_deg)
     kk, tt = xp.asarray(k), xp.asarray(t, xp.float32)
+    kk_hi = xp.asarray(np.minimum(k + 1, len(nodes) - 1))
     step = min(1.0, 180.0 / nomega)  # directions of the paths: finer than the scan's angular step
     for _ in range(iterations):
         pos = xp.maximum(xp.asarray(f, xp.float32), 0)
@@ -247,9 +236,12 @@ def absorption_reconstruct(sino, omega_deg, mu, two_theta, reconstruct, *, cente
                 directions.ensure(np.concatenate([voxel_attenuation(mu, th[v], np.deg2rad(nodes), azimuths, "phis")
                                                   for v in batch]), keep_only=True)
             a = voxel_attenuation(mu, th[w], np.deg2rad(nodes), azimuths, directions).astype(xp.float32)
-            hi = a[xp.minimum(kk + 1, len(nodes) - 1)]  # (nq, n, n)
-            a_q = xp.moveaxis((1 - tt)[:, None, None] * a[kk] + tt[:, None, None] * hi, 0, -1)  # (n, n, nq)
-            weighted[w] = project(pos * a_q, cos_t[w:w + 1], sin_t[w:w + 1], center, nx)[0]
+            a = xp.ascontiguousarray(xp.moveaxis(a, 0, -1))  # (n, n, nodes)
+            a_q = a[..., kk]  # each bin between its two nodes: (n, n, nq)
+            a_q *= 1 - tt
+            a_q += tt * a[..., kk_hi]
+            a_q *= pos
+            weighted[w] = project(a_q, cos_t[w:w + 1], sin_t[w:w + 1], center, nx)[0]
         # rays through no scattering (air, clipped noise) keep the transmission of the whole chord
         floor = 1e-3 * xp.max(plain, axis=(0, 1), keepdims=True)
         c = xp.where(plain > floor, weighted / xp.maximum(plain, floor), trans[..., None])
@@ -266,9 +258,6 @@ def mu_from_transmission(transmission, frame_ok, omega_deg, center: float, air: 
     ``air``: T0, the reading without sample; default the median of the first and last
     ``air_columns`` columns (which must be air, as for the edge background).  Negative voxels
     (noise) are set to 0.  Returns ``(mu, T0)``."""
-    from .recon import fbp
-    from .sinogram import fill_bad_frames, shift_projections
-
     xp = get_array_module(transmission)
     t = xp.asarray(transmission, xp.float64)
     nomega, nx = t.shape
@@ -299,8 +288,6 @@ def mu_from_scattering(total, omega_deg, center: float, mu_max_per_px: float, it
     ``mu = mu_max S / S_ref``.  ``S`` is reconstructed from the sinogram divided by the
     transmission of the current ``mu`` (the small-angle limit), ``iterations`` times, so that a
     dense sample's own attenuation does not hollow its estimate."""
-    from .recon import fbp
-
     xp = get_array_module(total)
     total = xp.asarray(total, xp.float32)
     nx = total.shape[1]

@@ -185,6 +185,16 @@ class Sinogram(_Section):
                                                    "attenuation (1/mm) of the strongest-scattering voxels; "
                                                    "attenuation taken proportional to the total scattering")
 
+    @field_validator("absorption", mode="before")
+    @classmethod
+    def _off_is_false(cls, v):
+        # YAML 1.1 reads a bare `off` (and `no`, `false`) as False
+        if v is False:
+            return "off"
+        if v is True:
+            raise ValueError("say which: transmission or scattering (or off)")
+        return v
+
 
 class Recon(_Section):
     algorithm: Literal["fbp", "sirt", "cgls"] = "fbp"

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module, to_host
+from xrdct_dask.backend import get_array_module, to_host
 
 SUPPORT = 2  # columns on each side a run's predictions use
 
@@ -212,7 +212,7 @@ def remove_stripe_segments(sino, segments):
     of the slice's q-summed sinogram).  The neighbours of a segment are the nearest columns outside
     every segment over its rows.  Returns the cleaned block, float32, on the input's device.
     """
-    from .sinogram import _interp_plan
+    from xrdct_dask.sinogram import _interp_plan  # here: sinogram imports this module in its chain
 
     xp = get_array_module(sino)
     if sino.ndim != 3:

@@ -32,7 +32,8 @@ import functools
 
 import numpy as np
 
-from .fbp import angle_weights
+from xrdct_dask.backend import to_host
+from xrdct_dask.recon.fbp import angle_weights
 
 ASTRA_FILTERS = {"ramp": "ram-lak", "shepp-logan": "shepp-logan", "cosine": "cosine", "hamming": "hamming",
                  "hann": "hann", "none": "none"}
@@ -140,8 +141,6 @@ def astra_reconstruct(sino, omega_deg, algorithm: str = "fbp", *, filter_name: s
     -------
     (nx, nx, nq) float32 (or (nx, nx)), axes (y, x, q), zero outside the inscribed circle.
     """
-    from ..backend import to_host
-
     astra = _astra()
     sino = np.asarray(to_host(sino), dtype=np.float32)
     if sino.ndim == 2:
