@@ -33,7 +33,7 @@ import functools
 import numpy as np
 
 from xrdct_dask.backend import to_host
-from xrdct_dask.recon.fbp import angle_weights
+from xrdct_dask.recon.fbp import angle_weights, block_angles
 
 ASTRA_FILTERS = {"ramp": "ram-lak", "shepp-logan": "shepp-logan", "cosine": "cosine", "hamming": "hamming",
                  "hann": "hann", "none": "none"}
@@ -146,12 +146,8 @@ def astra_reconstruct(sino, omega_deg, algorithm: str = "fbp", *, filter_name: s
     if sino.ndim == 2:
         return astra_reconstruct(sino[..., None], omega_deg, algorithm, filter_name=filter_name, center=center,
                                  iterations=iterations, nonneg=nonneg, gpu=gpu)[..., 0]
-    if sino.ndim != 3:
-        raise ValueError(f"the sinogram must be (nomega, nx) or (nomega, nx, nq), got shape {sino.shape}")
+    omega_deg = block_angles(sino, omega_deg)
     nomega, nx, nq = sino.shape
-    omega_deg = np.asarray(omega_deg, dtype=np.float64).ravel()
-    if omega_deg.size != nomega:
-        raise ValueError(f"omega has {omega_deg.size} angles but the sinogram has {nomega} rows")
     if algorithm not in ("fbp", "sirt", "cgls"):
         raise ValueError(f"algorithm must be one of ('fbp', 'sirt', 'cgls'), got {algorithm!r}")
     if filter_name not in ASTRA_FILTERS:
