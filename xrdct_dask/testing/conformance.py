@@ -1204,7 +1204,8 @@ class SinogramPrepTests(EngineTests):
                 assert overlap >= 0.8 * (t1 - t0) and w0 >= t0 - 25 and w1 <= t1 + 25, (seed, found, true)
 
     def test_stripe_removal_beats_algotom_remove_all_stripe(self):
-        """Every kind of stripe at once (1, 2, 4 columns, partial): the sorting-based removal of the
+        """Every kind of stripe at once (1, 2, 4 columns, partial), found by the workflow's chain
+        (``prepare_sinogram(stripes=True)`` names exactly the striped columns): the sorting-based removal of the
         found segments cuts the reconstruction's error against the stripe-free one (RMS over the
         disc, every q bin) at least 3x, and both its RMS error and its ring amplitude (azimuthal
         mean of the error on the striped columns' radii) are below those of algotom's
@@ -1216,8 +1217,14 @@ class SinogramPrepTests(EngineTests):
 
         from .. import stripes as st
 
+        from .. import sinogram as sg
+
         clean, striped, true, _, omega = striped_scan("all", 0)
         found = st.find_stripes(self.asarray(striped))
+        # the workflow's chain finds and reports the same columns
+        _, info = sg.prepare_sinogram(self.asarray(striped), np.ones(striped.shape[:2], bool), omega, zingers=False,
+                                      stripes=True, center=striped.shape[1] // 2)
+        assert info["stripe_columns"] == sorted({x for x0, x1, *_ in true for x in range(x0, x1)}), info["stripe_columns"]
         ours = self.asnumpy(st.remove_stripe_segments(self.asarray(striped), found))
         n = clean.shape[1]
         inside = circle(n)
