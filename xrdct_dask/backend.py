@@ -69,6 +69,17 @@ def get_array_module(*arrays) -> types.ModuleType:
     return np
 
 
+def ndimage_of(xp) -> types.ModuleType:
+    """``scipy.ndimage`` for numpy, ``cupyx.scipy.ndimage`` for cupy (the same functions on the device)."""
+    if xp is np:
+        import scipy.ndimage
+
+        return scipy.ndimage
+    import cupyx.scipy.ndimage
+
+    return cupyx.scipy.ndimage
+
+
 def to_host(a):
     """A numpy view/copy of ``a`` wherever it lives."""
     if cp is not None and isinstance(a, cp.ndarray):

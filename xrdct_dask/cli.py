@@ -75,6 +75,9 @@ def simulate(
         help="frames template relative to OUT_DIR, a beamline's layout: slice_{z:04d}/line_{line:05d}/"
              "frame_{index:06d}.cbf (.cbf.gz, .cbf.bz2), or with --format h5 a file per slice or line: "
              "slice_{z:04d}.h5::/entry/data/data")] = None,
+    mu_per_px: Annotated[Optional[str], typer.Option(
+        help="a dense sample: attenuation per pixel of each phase (Ni,Fe,NaCl,aSi), e.g. 0.02,0.018,0.01,0.006; "
+             "the beam is attenuated in to and out of every voxel and transmission.txt is recorded")] = None,
 ) -> None:
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
@@ -95,13 +98,19 @@ def simulate(
         _fail("--rate writes the frames into one folder, frames/: leave --frames out")
     if rate is not None and (out_dir / "frames").exists() and any((out_dir / "frames").iterdir()):
         _fail(f"{out_dir / 'frames'} is not empty: --rate writes a new acquisition there")
+    mu = None
+    if mu_per_px is not None:
+        try:
+            mu = [float(v) for v in mu_per_px.split(",")]
+        except ValueError:
+            _fail(f"--mu-per-px must be numbers separated by commas (got {mu_per_px!r})")
     t0 = time.perf_counter()
     with Progress() as bar:
         task = bar.add_task("simulating frames", total=nz * nomega * nx)
         try:
             scan = simulate_scan(out_dir, nz, nomega, nx, detector=detector, order=order, fast_axis=fast_axis,
                                  omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed, fmt=format_,
-                                 frames_per_file=frames_per_file, frames=frames,
+                                 frames_per_file=frames_per_file, frames=frames, mu_per_px=mu,
                                  progress=lambda k, n: bar.update(task, completed=k))
         except ValueError as err:
             _fail(str(err))

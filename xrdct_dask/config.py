@@ -59,6 +59,9 @@ class Inputs(_Section):
     dark: Path | None = None
     flat: Path | None = None
     monitor: Path | None = Field(None, description="text file, one I0 value per frame in acquisition order")
+    transmission: Path | None = Field(None, description="text file, one transmission reading (a diode or monitor "
+                                                        "after the sample) per frame in acquisition order, as "
+                                                        "inputs.monitor: the attenuation map of sinogram.absorption")
     scan_file: Path | None = Field(None, description="CSV written by the acquisition: index,iz,iomega,ix,... per frame")
     check_md5: bool = Field(False, description="verify each frame's Content-MD5 (one md5 per frame); "
                                                "a mismatch flags the frame BAD_CHECKSUM")
@@ -165,10 +168,36 @@ class Sinogram(_Section):
     background: bool = Field(False, description="subtract the mean of sample-free edge columns (air, container)")
     background_columns: int = Field(2, ge=1, description="sample-free columns used at each edge")
     background_per_projection: bool = Field(False, description="one background per projection instead of per scan")
-    stripes: bool = Field(False, description="sorting-based stripe (ring artefact) removal")
-    stripe_snr: float = Field(3.0, gt=0, description="stripe: a column off all predictions from its neighbours by this many noise levels")
+    stripes: bool = Field(False, description="stripe (ring artefact) removal: stripes of any width up to "
+                                             "stripe_max_width_px, over all or part of omega, sorting-based")
+    stripe_snr: float = Field(3.0, gt=0, description="stripe: a run of columns off all predictions from its neighbours by this many noise levels")
+    stripe_max_width_px: int = Field(6, ge=1, description="widest stripe looked for, in columns (x steps)")
     jitter: bool = Field(False, description="per-projection shift correction from the centre of mass")
     max_jitter_px: float = Field(3.0, gt=0, description="largest jitter correction, pixels")
+    absorption: Literal["off", "transmission", "scattering"] = Field(
+        "off", description="self-absorption correction (xrdct_dask.absorption): the attenuation map from "
+                           "inputs.transmission, or from the total scattering (absorption_mu_max_per_mm)")
+    absorption_exit: Literal["scattering-angle", "beam"] = Field(
+        "scattering-angle", description="exit path of the scattered beam: at 2theta(q), averaged over azimuth; or "
+                                        "along the beam (small angles: every frame divided by its transmission)")
+    absorption_iterations: int = Field(2, ge=0, description="effective-transmission updates after the first "
+                                                            "(transmission-divided) reconstruction")
+    absorption_air: float | None = Field(None, gt=0, description="transmission reading without sample (monitor-"
+                                                                  "normalised); null: median of the edge columns "
+                                                                  "(background_columns at each edge: air)")
+    absorption_mu_max_per_mm: float | None = Field(None, gt=0, description="absorption: scattering: linear "
+                                                   "attenuation (1/mm) of the strongest-scattering voxels; "
+                                                   "attenuation taken proportional to the total scattering")
+
+    @field_validator("absorption", mode="before")
+    @classmethod
+    def _off_is_false(cls, v):
+        # YAML 1.1 reads a bare `off` (and `no`, `false`) as False
+        if v is False:
+            return "off"
+        if v is True:
+            raise ValueError("say which: transmission or scattering (or off)")
+        return v
 
 
 class Recon(_Section):
@@ -176,7 +205,9 @@ class Recon(_Section):
     filter: Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"] = "ramp"
     iterations: int | None = Field(None, ge=1, description="sirt/cgls iterations (default: 100 sirt, 20 cgls)")
     nonneg: bool = Field(True, description="sirt/cgls: non-negative voxel intensities")
-    engine: Literal["auto", "numpy", "cupy"] = "auto"
+    engine: Literal["auto", "numpy", "cupy", "astra"] = Field(
+        "auto", description="auto | numpy | cupy: the project's projectors; astra: the ASTRA toolbox (FBP_CUDA etc. "
+                            "where it sees a GPU), same axis convention and store (pip install astra-toolbox)")
 
 
 class PDF(_Section):
@@ -313,6 +344,18 @@ class Workflow(_Section):
                 raise ValueError(f"pdf.config: its backgroundfile is in {unit} (dataformat) but integrate.unit is "
                                  f"{self.integrate.unit}; integrate in {unit} or give pdf.background_file in "
                                  f"{self.integrate.unit}")
+        return self
+
+    @model_validator(mode="after")
+    def _absorption_inputs(self):
+        a = self.sinogram.absorption
+        if a == "transmission" and self.inputs.transmission is None:
+            raise ValueError("sinogram.absorption: transmission needs inputs.transmission (one reading per frame)")
+        if a == "scattering" and self.sinogram.absorption_mu_max_per_mm is None:
+            raise ValueError("sinogram.absorption: scattering needs sinogram.absorption_mu_max_per_mm")
+        if a != "off" and self.pdf.enabled and self.pdf.order == "pdf-then-recon":
+            raise ValueError("sinogram.absorption corrects the reconstruction of I(q): it needs pdf.order "
+                             "recon-then-pdf")
         return self
 
     @model_validator(mode="after")
@@ -453,8 +496,8 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
 
 
 _PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
-              ("inputs", "monitor"), ("inputs", "scan_file"), ("inputs", "frames"), ("store", "path"),
-              ("pdf", "background_file"), ("pdf", "config"))
+              ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
+              ("store", "path"), ("pdf", "background_file"), ("pdf", "config"))
 
 
 def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict | None = None,

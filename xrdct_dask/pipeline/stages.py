@@ -129,7 +129,7 @@ STAGES: list[Stage] = [
           held=lambda s: budget.integrate_bytes(s.layout.omega_chunk * s.nx, s.nq, s.frame_bytes),
           read=lambda s: s.frames * s.frame_bytes),
     Stage("center", "slice", tasks_recon.add_center_tasks, after=("integrate",), marker="value",
-          reprocess="recon", keys=("sinogram",), marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
+          writes=(f"{R}/mu",), reprocess="recon", keys=("sinogram",), marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
           held=lambda s: budget.center_bytes(s.nomega, s.nx), read=lambda s: s.frames * 5),  # total f32 + frame_ok
     Stage("recon", "q block", tasks_recon.add_recon_tasks, after=("center",), marker="task", marker_dim="q_block",
           writes=(f"{R}/intensity",), reprocess="recon", keys=("recon",),

@@ -25,6 +25,7 @@ from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.pipeline.tasks_integrate import _engine
 from xrdct_dask.pipeline.tasks_recon import _geometry, _reconstruct_sub_blocks
+from xrdct_dask.recon import array_module
 from xrdct_dask.store.budget import PDF_BATCH
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def _reconstruct_pdf_sinogram(ctx: RunContext, z: int, name: str, sel, center) -
             "stripes": False, "jitter": False}
     if ctx.workflow.sinogram.jitter and geo.get("shifts_px"):
         opts["jitter"] = np.asarray(geo["shifts_px"])
-    return _reconstruct_sub_blocks(ctx, z, sino, opts, xp_for_engine(ctx.workflow.recon.engine), filter_only=True)[0]
+    return _reconstruct_sub_blocks(ctx, z, sino, opts, array_module(ctx.workflow.recon.engine), filter_only=True)[0]
 
 
 def reconstruct_pdf_aux(z: int, center, ctx: RunContext, *deps) -> dict:

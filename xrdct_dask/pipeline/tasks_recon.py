@@ -8,13 +8,19 @@ import time
 import numpy as np
 
 from xrdct_dask import store
-from xrdct_dask.backend import release, to_host, xp_for_engine
+from xrdct_dask.backend import release, to_host
 from xrdct_dask.config import Workflow
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.pipeline.tasks_integrate import _engine
-from xrdct_dask.recon import fbp, reconstruct
+from xrdct_dask.recon import array_module, reconstruct
 from xrdct_dask.sinogram import prep_options, prepare_sinogram
+from xrdct_dask.sinogram.absorption import (
+    absorption_reconstruct,
+    mu_from_scattering,
+    mu_from_transmission,
+    two_theta_deg,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,29 +28,68 @@ log = logging.getLogger(__name__)
 def find_center(z: int, ctx: RunContext, *deps) -> dict:
     """Geometry of slice ``z`` from its q-summed sinogram, prepared as the q blocks will be: the
     rotation axis (pixels; or the workflow's value), with ``sinogram.jitter`` the shift of every
-    projection, with ``sinogram.stripes`` the stripe columns.  Every q block of the slice is then
+    projection, with ``sinogram.stripes`` the stripe segments.  Every q block of the slice is then
     corrected with these same numbers."""
 
     t0 = time.perf_counter()
     total = store.open_array(ctx.store_path, f"{store.REDUCED}/total", "r")[z]
     ok = store.open_array(ctx.store_path, f"{store.REDUCED}/frame_ok", "r")[z]
     omega = store.open_array(ctx.store_path, "omega", "r")[:]
-    _, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(ctx.workflow.sinogram))
+    prepared, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(ctx.workflow.sinogram))
+    if ctx.workflow.sinogram.absorption != "off":  # the slice's attenuation map, with its geometry
+        store.write_region(ctx.store_path, f"{store.RECON}/mu", (z,), slice_attenuation(z, ctx, prepared, info)[None])
     store.mark_done(ctx.store_path, "center", (z,), float(info["center"]))
     return {"stage": "center", "z": z, "center": info["center"], "shifts_px": info["shifts_px"],
-            "stripe_columns": info["stripe_columns"], "filled": info["filled"], "seconds": time.perf_counter() - t0}
+            "stripe_columns": info["stripe_columns"], "stripe_segments": info["stripe_segments"],
+            "filled": info["filled"], "seconds": time.perf_counter() - t0}
+
+
+def slice_attenuation(z: int, ctx: RunContext, prepared_total, info: dict) -> np.ndarray:
+    """The attenuation map (nx, nx) per x step of slice ``z`` for ``sinogram.absorption``: from
+    ``reduced/transmission`` (monitor-normalised, :func:`~xrdct_dask.sinogram.absorption.mu_from_transmission`)
+    or from the prepared q-summed sinogram (:func:`~xrdct_dask.sinogram.absorption.mu_from_scattering`, mu
+    per mm times the x step), with the slice's centre and jitter shifts."""
+    sg = ctx.workflow.sinogram
+    omega = store.open_array(ctx.store_path, "omega", "r")[:]
+    shifts = None if info.get("shifts_px") is None else np.asarray(info["shifts_px"])
+    if sg.absorption == "transmission":
+        red = ctx.store_path / store.REDUCED
+        monitor = store.open_array(red, "monitor", "r")[z].astype(np.float64)
+        trans = store.open_array(red, "transmission", "r")[z] / (monitor / ctx.monitor_reference)
+        good = np.isfinite(trans) & (trans > 0)
+        mu, _ = mu_from_transmission(trans, good, omega, info["center"], sg.absorption_air, sg.background_columns,
+                                     shifts)
+    else:
+        x = store.open_array(ctx.store_path, "x", "r")[:]
+        step_mm = float(np.median(np.abs(np.diff(x)))) if x.size > 1 else 1.0
+        mu = mu_from_scattering(np.asarray(to_host(prepared_total))[..., 0], omega, info["center"],
+                                sg.absorption_mu_max_per_mm * step_mm)
+    return np.asarray(to_host(mu), np.float32)
+
+
+def _absorption_inputs(ctx: RunContext, z: int, qs: slice) -> dict | None:
+    """What the self-absorption correction of slice ``z``, q bins ``qs`` needs: the slice's
+    attenuation map (``recon/mu``) and each bin's 2theta (degrees); None when it is off."""
+    if ctx.workflow.sinogram.absorption == "off":
+        return None
+    radial = store.open_array(ctx.store_path, "q", "r")[qs]
+    return {"mu": store.open_array(ctx.store_path, f"{store.RECON}/mu", "r")[z],
+            "two_theta": two_theta_deg(radial, ctx.workflow.integrate.unit, ctx.wavelength_A)}
 
 
 def _geometry(center) -> dict:
     return center if isinstance(center, dict) else {"center": float(center)}
 
 
-def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dict, xp, filter_only: bool = False):
+def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dict, xp, filter_only: bool = False,
+                            absorption: dict | None = None):
     """Prepare (:func:`~xrdct_dask.sinogram.corrections.prepare_sinogram` with ``opts``) and reconstruct a
     host sinogram block ``(nomega, nx, n)`` of slice ``z``, ``layout.q_sub`` bins at a time on ``xp``'s device
     (every correction acts on each bin alone, with the slice's geometry in ``opts``).  Returns the
     host volume ``(nx, nx, n)`` float32 and the last sub-block's preparation info.
-    ``filter_only``: FBP with the workflow's filter whatever recon.algorithm says (G(r) sinograms)."""
+    ``filter_only``: FBP with the workflow's filter whatever recon.algorithm says (G(r) sinograms).
+    ``absorption``: :func:`_absorption_inputs` of the block: corrected for self-absorption
+    (:func:`~xrdct_dask.sinogram.absorption.absorption_reconstruct`)."""
 
     r = ctx.workflow.recon
     ok = store.open_array(ctx.store_path / store.REDUCED, "frame_ok", "r")[z]
@@ -56,11 +101,19 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
     for a in range(0, n, ctx.layout.q_sub):
         b = min(a + ctx.layout.q_sub, n)
         prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, **opts)
-        if filter_only:
-            out = fbp(prepared, omega, r.filter, center=info["center"])
+
+        def run(s, c=info["center"]):
+            return reconstruct(s, omega, "fbp" if filter_only else r.algorithm, filter_name=r.filter, center=c,
+                               iterations=r.iterations, nonneg=r.nonneg,
+                               threads=ctx.workflow.compute.threads_per_worker, engine=r.engine)
+
+        if absorption is None:
+            out = run(prepared)
         else:
-            out = reconstruct(prepared, omega, r.algorithm, filter_name=r.filter, center=info["center"],
-                              iterations=r.iterations, nonneg=r.nonneg, threads=ctx.workflow.compute.threads_per_worker)
+            sg = ctx.workflow.sinogram
+            out = absorption_reconstruct(prepared, omega, xp.asarray(absorption["mu"]), absorption["two_theta"][a:b],
+                                         run, center=info["center"], iterations=sg.absorption_iterations,
+                                         exit=sg.absorption_exit)
         vol[..., a:b] = to_host(out)
         zingers += info["zingers"]
         del prepared, out
@@ -79,20 +132,21 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     t0 = time.perf_counter()
     wf = ctx.workflow
     geo = _geometry(center)
-    xp = xp_for_engine(wf.recon.engine)
+    xp = array_module(wf.recon.engine)
     # (nomega, nx, nq_block), one omega chunk at a time
     sino = store.read_chunked(ctx.store_path, f"{store.REDUCED}/intensity", (z, slice(None), slice(None), qs), 0)
-    opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo.get("stripe_columns")}
+    opts = prep_options(wf.sinogram) | {"center": geo["center"],
+                                        "known_stripes": geo.get("stripe_segments", geo.get("stripe_columns"))}
     if wf.sinogram.jitter and geo.get("shifts_px"):  # the slice's shifts, from its q-summed sinogram
         opts["jitter"] = np.asarray(geo["shifts_px"])
-    vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp)
+    vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp, absorption=_absorption_inputs(ctx, z, qs))
     del sino
     release(xp)
     store.write_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), vol, 0)
     store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.layout.q_chunk))
     return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
             "zingers": info["zingers"], "steps": info["steps"], "algorithm": wf.recon.algorithm,
-            "engine": _engine(xp), "seconds": time.perf_counter() - t0}
+            "engine": "astra" if wf.recon.engine == "astra" else _engine(xp), "seconds": time.perf_counter() - t0}
 
 
 def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
@@ -109,7 +163,7 @@ def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
     t0 = time.perf_counter()
     try:
         s, r = wf.scan, wf.recon
-        xp = xp_for_engine(r.engine)
+        xp = array_module(r.engine)
         omega = np.linspace(0.0, 180.0, s.nomega, endpoint=False)
         x = np.arange(s.nx) - (s.nx - 1) / 2
         disc = 2 * np.sqrt(np.clip((0.4 * s.nx) ** 2 - x**2, 0, None)) + 1.0  # chord lengths of a centred disc
@@ -118,13 +172,13 @@ def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:
         ok = np.ones((s.nomega, s.nx), bool)
         ok[0, : min(3, s.nx)] = False
         _, geo = prepare_sinogram(sino.sum(axis=-1, keepdims=True), ok, omega, **prep_options(wf.sinogram))
-        opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo["stripe_columns"]}
+        opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo["stripe_segments"]}
         if wf.sinogram.jitter and geo.get("shifts_px"):
             opts["jitter"] = np.asarray(geo["shifts_px"])
         prepared, info = prepare_sinogram(xp.asarray(sino), ok, omega, **opts)
         to_host(reconstruct(prepared, omega, r.algorithm, filter_name=r.filter, center=info["center"],
                             iterations=None if r.iterations is None else min(r.iterations, 2), nonneg=r.nonneg,
-                            threads=wf.compute.threads_per_worker))
+                            threads=wf.compute.threads_per_worker, engine=r.engine))
         del prepared
         release(xp)
     except Exception as err:  # a warm-up must never stop a run

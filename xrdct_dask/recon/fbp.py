@@ -161,6 +161,16 @@ def angle_weights(omega_deg, period_deg: float | None = None) -> np.ndarray | No
     return w
 
 
+def block_angles(sino, omega_deg) -> np.ndarray:
+    """The angles (nomega,) float64 of a sinogram block (nomega, nx, nq), checked against its shape."""
+    if sino.ndim != 3:
+        raise ValueError(f"the sinogram must be (nomega, nx) or (nomega, nx, nq), got shape {sino.shape}")
+    omega_deg = np.asarray(omega_deg, dtype=np.float64).ravel()
+    if omega_deg.size != sino.shape[0]:
+        raise ValueError(f"omega has {omega_deg.size} angles but the sinogram has {sino.shape[0]} rows")
+    return omega_deg
+
+
 def fbp(sino, omega_deg, filter_name: str = "ramp", center: float | None = None, *, q_chunk: int | None = None,
         threads: int | None = None):
     """Reconstruct every q bin of a sinogram block at once.
@@ -183,12 +193,8 @@ def fbp(sino, omega_deg, filter_name: str = "ramp", center: float | None = None,
     xp = get_array_module(sino)
     if sino.ndim == 2:
         return fbp(sino[..., None], omega_deg, filter_name, center, q_chunk=q_chunk, threads=threads)[..., 0]
-    if sino.ndim != 3:
-        raise ValueError(f"the sinogram must be (nomega, nx) or (nomega, nx, nq), got shape {sino.shape}")
+    omega_deg = block_angles(sino, omega_deg)
     nomega, nx, nq = sino.shape
-    omega_deg = np.asarray(omega_deg, dtype=np.float64).ravel()
-    if omega_deg.size != nomega:
-        raise ValueError(f"omega has {omega_deg.size} angles but the sinogram has {nomega} rows")
     if filter_name not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {filter_name!r}")
     theta = np.deg2rad(omega_deg)

@@ -71,11 +71,22 @@ def check_inputs(wf: Workflow):
         if img.shape != tuple(shape):
             raise WorkflowError(f"inputs.{key}: {p} is {img.shape[0]} x {img.shape[1]} but the frames are "
                                 f"{shape[0]} x {shape[1]}")
-    for key in ("monitor", "scan_file"):
+    for key in ("monitor", "transmission", "scan_file"):
         p = getattr(wf.inputs, key)
         if p is not None and not Path(p).is_file():
             raise WorkflowError(f"inputs.{key}: {p} not found")
     return ai, shape
+
+
+def check_recon_engine(wf: Workflow) -> None:
+    """``recon.engine: astra`` needs the ASTRA toolbox here: a one-line error before anything is written."""
+    if wf.recon.engine == "astra":
+        from xrdct_dask.recon.astra import AstraMissingError, check_astra
+
+        try:
+            check_astra()
+        except AstraMissingError as err:
+            raise WorkflowError(str(err)) from None
 
 
 def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
@@ -122,7 +133,7 @@ def input_files(wf: Workflow) -> dict[str, Path]:
 
         out["inputs.frames (root)"] = Path(FrameTemplate(split_spec(wf.inputs.frames)[0], wf.scan_shape,
                                                          wf.frames_hdf5).root() or ".")
-    for key in ("poni", "mask", "dark", "flat", "monitor", "scan_file"):
+    for key in ("poni", "mask", "dark", "flat", "monitor", "transmission", "scan_file"):
         if getattr(i, key) is not None:
             out[f"inputs.{key}"] = Path(getattr(i, key))
     if wf.pdf.enabled and wf.pdf.background == "file" and wf.pdf.background_file is not None:

@@ -29,6 +29,7 @@ from xrdct_dask.pipeline.stages import FRAMES_STAGE, Sizes, downstream, marker_s
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
 from xrdct_dask.runs.inputs import (
     check_inputs,
+    check_recon_engine,
     check_same_inputs,
     frame_sample,
     frames_present,
@@ -103,7 +104,7 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, markers=store_markers(wf, layout, radial, r_A),
-                           **pdf_store_args(wf, op))
+                           **pdf_store_args(wf, op), **absorption_store_args(wf))
         late = write_scan_arrays(tmp, wf, lay, client)
         if late:
             log.warning("%d frames arrived out of the scan's order; placed by the scan file", late)
@@ -130,6 +131,11 @@ def layout_for(wf: Workflow, nq: int, nr: int) -> Layout:
 def store_markers(wf: Workflow, layout: Layout, radial, r_A) -> list[MarkerSpec]:
     """The done-markers of a new store of ``wf`` (the stage table's, sized by its bins and blocks)."""
     return marker_specs(wf, Sizes.of(wf, nq=len(radial), nr=0 if r_A is None else len(r_A), layout=layout))
+
+
+def absorption_store_args(wf: Workflow) -> dict:
+    """:func:`store.create_store` arguments of the transmission channel and the attenuation maps."""
+    return {"transmission": wf.inputs.transmission is not None, "absorption": wf.sinogram.absorption != "off"}
 
 
 def pdf_store_args(wf: Workflow, op) -> dict:
@@ -173,6 +179,7 @@ def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | No
     """
     path = Path(wf.store.path)
     overwrite = wf.store.overwrite if overwrite is None else overwrite
+    check_recon_engine(wf)
     for left in store.leftovers(path):
         log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
     attrs = store.root_attrs(path) if store.is_store(path) else None

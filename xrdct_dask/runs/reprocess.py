@@ -31,9 +31,9 @@ from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
 from xrdct_dask.pipeline.stages import before_step, reprocess_steps, step_of_key
 from xrdct_dask.runs.connect import Connection
 from xrdct_dask.runs.execute import execute
-from xrdct_dask.runs.inputs import input_files
+from xrdct_dask.runs.inputs import check_recon_engine, input_files
 from xrdct_dask.runs.links import link_group
-from xrdct_dask.runs.open import context_from_store, open_run, pdf_store_args, store_markers
+from xrdct_dask.runs.open import absorption_store_args, context_from_store, open_run, pdf_store_args, store_markers
 from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ def prepare_child(rp: Reprocess, client=None):
     Its template and shared chunks are written on the workers of ``client`` (a client or a
     callable making one; None: here)."""
     wf, out = rp.workflow, rp.out
+    check_recon_engine(wf)
     attrs = store.root_attrs(out) if store.is_store(out) else None
     if attrs is not None and attrs.get("template_complete") and attrs.get("work_digest") == wf.work_digest() \
             and attrs.get("parent", {}).get("path") == str(rp.parent):
@@ -177,7 +178,7 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
                            layout=layout, attrs=attrs, markers=store_markers(wf, layout, coord["q"], r_A),
-                           **pdf_store_args(wf, op))
+                           **pdf_store_args(wf, op), **absorption_store_args(wf))
         n = sum(link_group(parent, tmp, group, client=client) for group in rp.reused)
         n += link_group(parent, tmp, store.TASKS, [st.name for st in rp.kept if st.marker], client=client)
         log.info("%s: %d chunk files shared with %s", out, n, parent)

@@ -52,6 +52,7 @@ class ScanLayout:
     positions: dict
     monitor_source: str = "inputs.monitor"
     scratch: object | None = None
+    transmission: object | None = None  # inputs.transmission by acquisition index (a FlatColumn), or None
 
     def index(self, wf: Workflow, z: int) -> np.ndarray:
         """int64 ``(nomega, nx)``: acquisition index of the frame at each point of slice ``z`` (-1 none)."""
@@ -207,6 +208,9 @@ def scan_layout(wf: Workflow) -> ScanLayout:
             if lay.monitor.size < need:
                 raise WorkflowError(f"inputs.monitor: {wf.inputs.monitor}: {lay.monitor.size} monitor values for a "
                                     f"scan of {need} frames")
+        if wf.inputs.transmission is not None:
+            lay.transmission = read_transmission(wf, folder / "transmission.f8",
+                                                 s.nframes if lay.grid is None else lay.grid.max_index + 1)
         for k, v in axes.items():
             setattr(lay, k, v)
         lay.positions = {"frames placed by": placed,
@@ -215,6 +219,33 @@ def scan_layout(wf: Workflow) -> ScanLayout:
         lay.close()
         raise
     return lay
+
+
+def read_transmission(wf: Workflow, path: Path, need: int):
+    """``inputs.transmission`` as a :class:`~xrdct_dask.io.scantable.FlatColumn` at ``path``: exactly
+    ``need`` readings (one per frame of the scan, in acquisition order), each finite and > 0 (a
+    transmission's logarithm is taken); anything else is a one-line WorkflowError naming the key."""
+
+    src = wf.inputs.transmission
+    col = FlatColumn(path)
+    bad, first = 0, None
+    try:
+        for v in monitor_blocks(src):
+            wrong = ~(np.isfinite(v) & (v > 0))
+            if wrong.any() and first is None:
+                first = col.size + int(np.argmax(wrong)) + 1
+            bad += int(wrong.sum())
+            col.append(v)
+    except ValueError as err:
+        raise WorkflowError(f"inputs.transmission: {err}") from None
+    if col.size != need:
+        raise WorkflowError(f"inputs.transmission: {src}: {col.size} values for a scan of {need} frames (one "
+                            f"reading per frame, in acquisition order)")
+    if bad:
+        raise WorkflowError(f"inputs.transmission: {src}: {bad} values are zero, negative or not a number (the "
+                            f"first is value {first}): a transmission reading must be > 0")
+    return col
+
 
 
 def _grid_from_columns(wf: Workflow, blocks, fields: list[str], monitor, folder: Path):
@@ -313,7 +344,7 @@ SLABS_IN_FLIGHT = 16  # slabs read ahead by the client while the workers write: 
 
 def write_scan_arrays(path: Path, wf: Workflow, lay: ScanLayout, client=None) -> int:
     """Fill ``reduced/monitor``, ``reduced/frame_index`` (and ``scan_flag`` where a scan file or
-    measured positions place the frames) of the new store at ``path``, in slabs of whole slices,
+    measured positions place the frames, ``transmission`` where the scan has one) of the new store at ``path``, in slabs of whole slices,
     each a task on the workers of ``client`` (:func:`xrdct_dask.cluster.sidework.map_pieces`; None: here,
     one after the other; the arrays are the same).  The client reads each slab's frame indices and
     monitor from the scan layout (:class:`ScanLayout`, slice by slice) as the tasks run, a few
@@ -332,7 +363,8 @@ def write_scan_arrays(path: Path, wf: Workflow, lay: ScanLayout, client=None) ->
             if lay.grid is not None:
                 flags = np.stack([_scan_flags(z, idx[z - z0], lay.grid.duplicate(z), s) for z in range(z0, z1)])
                 late += int((flags == FrameStatus.OUT_OF_ORDER).sum())
-            yield str(path), z0, z1, idx, mon, flags
+            trans = None if lay.transmission is None else lay.transmission.take(idx).astype(np.float32)
+            yield str(path), z0, z1, idx, mon, flags, trans
 
     map_pieces(client, _write_scan_slab, pieces(), "xrdct-template-slab", in_flight=SLABS_IN_FLIGHT)
     return late
@@ -340,11 +372,13 @@ def write_scan_arrays(path: Path, wf: Workflow, lay: ScanLayout, client=None) ->
 
 def _write_scan_slab(piece) -> int:
     """One slab of :func:`write_scan_arrays`: slices ``z0 .. z1 - 1``; returns the points written."""
-    path, z0, z1, idx, mon, flags = piece
+    path, z0, z1, idx, mon, flags, trans = piece
     store.open_array(path, f"{store.REDUCED}/monitor")[z0:z1] = mon
     store.open_array(path, f"{store.REDUCED}/frame_index")[z0:z1] = idx
     if flags is not None:
         store.open_array(path, f"{store.REDUCED}/scan_flag")[z0:z1] = flags
+    if trans is not None:
+        store.open_array(path, f"{store.REDUCED}/transmission")[z0:z1] = trans
     return int(idx.size)
 
 

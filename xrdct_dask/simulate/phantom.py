@@ -143,6 +143,66 @@ def phase_library() -> tuple[Phase, ...]:
                  for name, comp, kind, a, (pos, el), sig in specs)
 
 
+ATTENUATION_NODE_DEG = 4.0  # 2theta between the simulator's attenuated projections
+
+
+def two_theta_of_q_deg(q_A) -> np.ndarray:
+    """Scattering angle 2theta (degrees) of Q (1/A) at the simulator's energy."""
+    return np.rad2deg(2 * np.arcsin(np.clip(np.asarray(q_A, np.float64) * WAVELENGTH_A / (4 * np.pi), 0, 1)))
+
+
+def _rotated_path_integrals(mu: np.ndarray, phi_deg: float, upsample: int = 2) -> np.ndarray:
+    """``integral_0^inf mu(v + t e) dt`` (pixels) at every pixel centre, ``e`` at ``phi_deg`` from +x
+    (x right, y up): ``mu`` upsampled, turned (skimage ``rotate``) so that ``e`` points down the rows,
+    summed down each column (a cell's own half included), turned back and averaged over each
+    pixel's sub-pixels.  (The simulator's own discretisation: the correction in
+    :mod:`xrdct_dask.absorption` samples along the rays instead.)"""
+    from skimage.transform import rotate
+
+    fine = np.kron(mu, np.ones((upsample, upsample)))
+    turn = -90.0 - phi_deg  # counter-clockwise turn bringing the direction phi onto -y (down the rows)
+    r = rotate(fine, turn, order=1, mode="constant", cval=0.0, preserve_range=True)
+    cum = (np.cumsum(r[::-1], axis=0)[::-1] - 0.5 * r) / upsample  # sum below each cell, in pixels
+    back = rotate(cum, -turn, order=1, mode="edge", preserve_range=True)
+    n = mu.shape[0]
+    return back.reshape(n, upsample, n, upsample).mean(axis=(1, 3))
+
+
+def attenuated_projections(maps: np.ndarray, mu: np.ndarray, omega_deg: np.ndarray, two_theta_deg,
+                           azimuths: int = 16) -> np.ndarray:
+    """Pencil-beam projections of each phase map of one slice with self-absorption:
+    ``(nphase, n, n) -> (nphase, len(two_theta_deg), nomega, n)``.
+
+    At angle theta the beam travels along ``b = (sin theta, -cos theta)`` (x right, y up; the
+    detector row along ``(cos theta, sin theta)``, skimage's ``radon`` convention); a voxel's
+    scattering at 2theta reaches a downstream detector attenuated by ``mu`` (per pixel) along the
+    beam up to it and along the exit ray ``cos(2theta) b + sin(2theta) cos(eta) e_u`` (the in-plane
+    part, its length ``rho``; the 3D path ``1 / rho`` times longer, the slice unchanged along z),
+    averaged over ``azimuths`` values of eta; the attenuated map is then projected (skimage
+    ``radon``) at that angle alone."""
+    from skimage.transform import radon
+
+    nphase, n, _ = maps.shape
+    tts = np.deg2rad(np.atleast_1d(np.asarray(two_theta_deg, np.float64)))
+    eta = (np.arange(azimuths) + 0.5) * np.pi / azimuths
+    out = np.zeros((nphase, tts.size, omega_deg.size, n))
+    for w, th_deg in enumerate(omega_deg):
+        th = np.deg2rad(th_deg)
+        b = np.array([np.sin(th), -np.cos(th)])
+        eu = np.array([np.cos(th), np.sin(th)])
+        entry = np.exp(-_rotated_path_integrals(mu, np.rad2deg(np.arctan2(-b[1], -b[0]))))
+        for k, tt in enumerate(tts):
+            leave = np.zeros((n, n))
+            for e in eta:
+                d = np.cos(tt) * b + np.sin(tt) * np.cos(e) * eu
+                rho = np.hypot(*d)
+                leave += np.exp(-_rotated_path_integrals(mu, np.rad2deg(np.arctan2(d[1], d[0]))) / rho)
+            att = entry * leave / azimuths
+            for p in range(nphase):
+                out[p, k, w] = radon(maps[p] * att, theta=[th_deg], circle=True)[:, 0]
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # 2. phantom and 3. pencil-beam forward model
 # --------------------------------------------------------------------------------------------

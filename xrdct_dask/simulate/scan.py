@@ -23,14 +23,17 @@ from xrdct_dask.io.spec import is_hdf5, split_spec
 from xrdct_dask.simulate.detector import DETECTORS, _render, detector_mask, make_integrator
 from xrdct_dask.simulate.files import write_hdf5_scan, write_hdf5_units
 from xrdct_dask.simulate.phantom import (
+    ATTENUATION_NODE_DEG,
     BEAMSTOP_Q_A,
     ENERGY_KEV,
     Q_GRID_A,
     WAVELENGTH_A,
+    attenuated_projections,
     make_phantom,
     omega_angles_deg,
     phase_library,
     project,
+    two_theta_of_q_deg,
 )
 
 
@@ -93,7 +96,7 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                   order: str = "snake", fast_axis: str = "x", omega_range_deg: int = 180, npt_rad: int = 1000,
                   seed: int = 0, peak_counts: float = 1.0e5, zinger_rate: float = 0.02, spot_rate: float = 0.02,
                   threads: int = 4, progress=None, fmt: str = "cbf", frames_per_file: int = 100,
-                  frames: str | None = None) -> SimulatedScan:
+                  frames: str | None = None, mu_per_px=None) -> SimulatedScan:
     """Simulate a whole XRD-CT scan into ``out_dir`` and return its paths.
 
     Writes the frames in acquisition order -- ``fmt="cbf"``: ``frames/frame_{index:06d}.cbf``;
@@ -108,6 +111,14 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     layout of the same frames: ``slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf`` (CBF, may
     end ``.cbf.gz`` / ``.cbf.bz2``: compressed after writing), or ``slice_{z:04d}.h5::/entry/data/data``
     (``fmt="h5"``: a plain HDF5 file per slice or line, chunks of one frame, bitshuffle-LZ4).
+
+    ``mu_per_px`` (one value per phase of the library, 1/pixel): a dense sample.  Its attenuation
+    map ``mu = sum_p mu_p fraction_p`` attenuates the beam in to every voxel and the scattered beam
+    out at 2theta(Q) (:func:`attenuated_projections` over 8 azimuths, at 2theta nodes
+    ``ATTENUATION_NODE_DEG`` apart, the patterns interpolated between them), and a transmission
+    channel is recorded:
+    ``transmission.txt``, one reading per frame (a diode after the sample: 0.8 x monitor x
+    exp(-P[mu]), Poisson), named ``inputs.transmission`` in the workflow; ``truth.npz`` gains ``mu``.
     """
 
     if fmt not in ("cbf", "h5"):
@@ -131,6 +142,18 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     omega = omega_angles_deg(nomega, omega_range_deg)
     sinos = project(maps, omega)  # (nphase, nz, nomega, nx)
     pat = np.stack([p.intensity for p in phases])  # (nphase, nq)
+    mu = att = None
+    if mu_per_px is not None:
+        mu_per_px = np.asarray(mu_per_px, np.float64)
+        if mu_per_px.shape != (len(phases),) or (mu_per_px < 0).any():
+            raise ValueError(f"mu_per_px needs {len(phases)} values >= 0 (one per phase), got {mu_per_px.tolist()}")
+        mu = np.tensordot(mu_per_px, maps, axes=1)  # (nz, nx, nx)
+        tt_q = two_theta_of_q_deg(Q_GRID_A)
+        nodes = np.arange(0.0, tt_q.max() + ATTENUATION_NODE_DEG, ATTENUATION_NODE_DEG)
+        att = np.stack([attenuated_projections(maps[:, z], mu[z], omega, nodes, azimuths=8) for z in range(nz)],
+                       axis=2)
+        node_k = np.clip(np.searchsorted(nodes, tt_q, side="right") - 1, 0, nodes.size - 2)
+        node_t = (tt_q - nodes[node_k]) / ATTENUATION_NODE_DEG
 
     ai = make_integrator(detector)
     shape = DETECTORS[detector][0]
@@ -158,7 +181,12 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
 
     def render(i):
         iz, iw, ix = order_idx[i]
-        pattern = np.tensordot(sinos[:, iz, iw, ix], pat, axes=1)
+        if att is None:
+            pattern = np.tensordot(sinos[:, iz, iw, ix], pat, axes=1)
+        else:  # each node's attenuated pattern, linear in 2theta between nodes
+            at_nodes = np.tensordot(att[:, :, iz, iw, ix], pat, axes=([0], [0]))  # (nnodes, nq)
+            q = np.arange(pat.shape[1])
+            pattern = (1 - node_t) * at_nodes[node_k, q] + node_t * at_nodes[node_k + 1, q]
         return _render(ai, shape, q_nm, pattern, scale * monitor[i] / 1e5, np.random.default_rng(seeds[i]),
                        gaps, bad, zinger_rate, spot_rate)
 
@@ -210,13 +238,19 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                         pixel_size_m=DETECTORS[detector][1], wavelength_A=WAVELENGTH_A)
 
     np.savetxt(out / "monitor.txt", monitor, fmt="%.6e", header="I0 monitor, one value per frame in acquisition order")
+    if mu is not None:
+        line = project(mu[None], omega)[0]  # (nz, nomega, nx): -ln T of every scan point
+        diode = rng.poisson(0.8 * monitor * np.exp(-line[tuple(order_idx.T)])).astype(np.float64)
+        np.savetxt(out / "transmission.txt", np.maximum(diode, 1.0), fmt="%.1f",
+                   header="transmission (diode after the sample), one value per frame in acquisition order")
     with open(out / "scan.csv", "w") as fh:
         fh.write("index,iz,iomega,ix,z_mm,omega_deg,x_mm,monitor\n")
         for i, (iz, iw, ix) in enumerate(order_idx):
             fh.write(f"{i},{iz},{iw},{ix},{z_mm[iz]:.4f},{omega[iw]:.6f},{x_mm[ix]:.4f},{monitor[i]:.6e}\n")
     np.savez_compressed(out / "truth.npz", phase_maps=maps, phase_patterns=pat, q_A=Q_GRID_A,
                         phase_names=np.array([p.name for p in phases]), sinograms=sinos.astype(np.float32),
-                        omega_deg=omega, intensity_scale=np.array(scale))
+                        omega_deg=omega, intensity_scale=np.array(scale),
+                        **({} if mu is None else {"mu": mu, "mu_per_px": mu_per_px}))
     (out / "truth.json").write_text(json.dumps({
         "phases": [{"name": p.name, "composition": p.composition, "kind": p.kind, "lattice_a_angstrom": p.lattice_a}
                    for p in phases],
@@ -226,7 +260,8 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
 
     wf = {
         "inputs": {"frames": frames_template, "poni": "geometry.poni", "mask": "mask.edf",
-                   "monitor": "monitor.txt", "scan_file": "scan.csv"},
+                   "monitor": "monitor.txt", "scan_file": "scan.csv",
+                   **({} if mu is None else {"transmission": "transmission.txt"})},
         "scan": {"nz": nz, "nomega": nomega, "nx": nx, "fast_axis": fast_axis, "order": order,
                  "omega_range_deg": omega_range_deg},
         "integrate": {"npt_rad": npt_rad, "unit": "q_nm^-1"},

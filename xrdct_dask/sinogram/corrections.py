@@ -12,8 +12,9 @@ grid order: row ``w`` is angle ``omega_deg[w]``, column ``x`` is translation ste
 2. bad frames (``frame_ok`` false, or no finite value) filled from their neighbours, and counted;
 3. zingers: isolated spikes (one frame, one q bin) replaced by their 3 x 3 median;
 4. air / container background: the mean of sample-free edge columns subtracted from every column;
-5. stripes (ring artefacts): stripe columns found on the q-summed sinogram, their omega-sorted
-   values interpolated from the neighbouring columns (after Vo et al., Opt. Express 26, 28396 (2018));
+5. stripes (ring artefacts) of any width, over all or part of omega (:mod:`xrdct_dask.stripes`):
+   found on the q-summed sinogram, their omega-sorted values interpolated from the nearest clean
+   columns (after Vo et al., Opt. Express 26, 28396 (2018));
 6. jitter: each projection shifted so that its centre of mass follows the fitted sinusoid;
 7. centre of rotation: least-squares sinusoid through the projections' centres of mass.
 
@@ -374,17 +375,19 @@ def shift_projections(sino, shifts_px):
 def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monitor_flag: bool = False,
                      fill_bad: bool = True, zingers: bool = True, zinger_threshold: float = 8.0,
                      background: bool = False, background_columns: int = 2, background_per_projection: bool = False,
-                     stripes: bool = False, stripe_snr: float = 3.0, known_stripes=None,
+                     stripes: bool = False, stripe_snr: float = 3.0, stripe_max_width_px: int = 6, known_stripes=None,
                      jitter: bool | np.ndarray = False, max_jitter_px: float = 3.0, center: float | str = "auto"):
     """Apply the corrections switched on, in the order of the module docstring.
 
     sino (nomega, nx, nq) numpy or cupy; frame_ok (nomega, nx) bool; omega_deg (nomega,) degrees.
-    ``known_stripes`` the slice's stripe columns (default: found in this block); ``jitter`` False,
+    ``known_stripes`` the slice's stripe segments ``[[x0, x1, w0, w1], ...]`` or stripe columns (over
+    every row) (default: found in this block, :func:`xrdct_dask.stripes.find_stripes`); ``jitter`` False,
     True (estimate here) or the slice's shifts ``(nomega,)``; ``center`` ``"auto"`` (estimate here,
     after the other corrections) or a number of pixels.
 
     Returns ``(sino float32, info)``, ``info = {"center": float, "filled": int, "zingers": int,
-    "stripe_columns": list, "shifts_px": list | None, "steps": [names of the steps applied]}``.
+    "stripe_columns": list, "stripe_segments": list, "shifts_px": list | None, "steps": [names of the
+    steps applied]}``.
     """
     xp = get_array_module(sino)
     _check_block(sino)
@@ -401,7 +404,7 @@ def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monit
         ok = xp.asarray(frame_ok, dtype=bool)[..., None]
         filled = np.zeros(sino.shape[:2], bool)
         sino = xp.where(ok & xp.isfinite(sino), sino, 0).astype(xp.float32)
-    nspikes, stripe_cols = 0, []
+    nspikes, stripe_cols, segments = 0, [], []
     if zingers:
         sino, nspikes = suppress_zingers(sino, zinger_threshold)
         steps.append("zingers")
@@ -409,7 +412,12 @@ def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monit
         sino, _ = subtract_background(sino, background_columns, background_per_projection)
         steps.append("background")
     if stripes:
-        sino, stripe_cols = remove_stripes(sino, stripe_snr, known_stripes)
+        from xrdct_dask.sinogram.stripes import find_stripes, remove_stripe_segments, stripe_segments
+
+        segments = (find_stripes(sino, stripe_snr, stripe_max_width_px) if known_stripes is None
+                    else stripe_segments(known_stripes, sino.shape[:2]))
+        sino = remove_stripe_segments(sino, segments)
+        stripe_cols = sorted({x for x0, x1, *_ in segments for x in range(x0, x1)})
         steps.append("stripes")
     shifts = None
     if jitter is not False and jitter is not None:
@@ -422,7 +430,7 @@ def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monit
     else:
         c = float(center)
     info = {"center": c, "filled": int(filled.sum()), "zingers": nspikes, "stripe_columns": stripe_cols,
-            "shifts_px": None if shifts is None else [float(v) for v in shifts], "steps": steps}
+            "stripe_segments": segments, "shifts_px": None if shifts is None else [float(v) for v in shifts], "steps": steps}
     return xp.asarray(sino, dtype=xp.float32), info
 
 
@@ -433,5 +441,5 @@ def prep_options(section) -> dict:
     return {"fill_bad": section.fill_bad, "zingers": section.zingers, "zinger_threshold": section.zinger_threshold,
             "background": section.background, "background_columns": section.background_columns,
             "background_per_projection": section.background_per_projection, "stripes": section.stripes,
-            "stripe_snr": section.stripe_snr, "jitter": section.jitter, "max_jitter_px": section.max_jitter_px,
+            "stripe_snr": section.stripe_snr, "stripe_max_width_px": section.stripe_max_width_px, "jitter": section.jitter, "max_jitter_px": section.max_jitter_px,
             "center": section.center}

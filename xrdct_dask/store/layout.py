@@ -11,7 +11,9 @@
       reduced/frame_ok   bool (z, omega, x)     false = missing or corrupt frame
       reduced/frame_status int8 (z, omega, x)   xrdct_dask.io.status.FrameStatus code (-1 = not yet written)
       reduced/scan_flag  int8 (z, omega, x)     DUPLICATE / OUT_OF_ORDER where the scan file placed the frame, else 0
+      reduced/transmission f32 (z, omega, x)    inputs.transmission only: the reading after the sample
       recon/intensity    f32 (z, y, x, q)       chunks (1, nx, nx, q_chunk)
+      recon/mu           f32 (z, y, x)          sinogram.absorption only: attenuation per x step
       pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, r_chunk)
       pdf/scale, pdf/fq_highq_rms, pdf/lowr_slope, pdf/lowr_residual, pdf/ok   (z, y, x) per-voxel
                                                 S(Q) scale and quality figures (see xrdct_dask.pdf)
@@ -58,7 +60,7 @@ TASKS = "tasks"
 
 FORMAT = "xrdct-dask/1"
 # what a new store's template holds besides coordinates: per-frame arrays written before any task
-TEMPLATE_WRITES = (f"{REDUCED}/monitor", f"{REDUCED}/frame_index", f"{REDUCED}/scan_flag")
+TEMPLATE_WRITES = (f"{REDUCED}/monitor", f"{REDUCED}/frame_index", f"{REDUCED}/scan_flag", f"{REDUCED}/transmission")
 
 
 @dataclass(frozen=True, order=True)
@@ -168,10 +170,13 @@ class MarkerSpec:
 
 
 def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, markers=(),
-                pdf_sinograms: bool = False, aux_channels: int = 0) -> list[ArraySpec]:
+                pdf_sinograms: bool = False, aux_channels: int = 0, transmission: bool = False,
+                absorption: bool = False) -> list[ArraySpec]:
     """Every data array and done-marker of a store: what :func:`create_store` creates and what
     ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays;
-    ``markers``: the :class:`MarkerSpec` of each stage that records its tasks, in stage order."""
+    ``markers``: the :class:`MarkerSpec` of each stage that records its tasks, in stage order;
+    ``transmission``: ``reduced/transmission`` (a transmission reading per frame); ``absorption``:
+    ``recon/mu`` (the slices' attenuation maps of the self-absorption correction)."""
     wc, qc, yc, rc = layout.omega_chunk, layout.q_chunk, layout.y_chunk, layout.r_chunk
     frame = ("z", "omega", "x")
     out = [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", (*frame, "q"), np.nan) for n in ("intensity", "sigma")]
@@ -179,8 +184,12 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, mark
             for n, dt, fill in (("monitor", "float32", np.nan), ("total", "float32", np.nan),
                                 ("frame_index", "int64", -1), ("frame_ok", "bool", False),
                                 ("frame_status", "int8", -1), ("scan_flag", "int8", -1))]
+    if transmission:
+        out.append(ArraySpec(f"{REDUCED}/transmission", (nz, nomega, nx), (1, wc, nx), "float32", frame, np.nan))
     out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, nq), (1, yc, nx, qc), "float32", ("z", "y", "x", "q"),
                          np.nan))
+    if absorption:
+        out.append(ArraySpec(f"{RECON}/mu", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan))
     if nr:
         out.append(ArraySpec(f"{PDF}/G", (nz, nx, nx, nr), (1, yc, nx, rc), "float32", ("z", "y", "x", "r"), np.nan))
         out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan) for n in PDF_VOXEL_FIGURES]
@@ -201,7 +210,7 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, mark
 def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.ndarray, radial_unit: str,
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
                  layout, attrs: dict, markers=(), aux_channels: list[str] | None = None,
-                 pdf_attrs: dict | None = None) -> zarr.Group:
+                 pdf_attrs: dict | None = None, transmission: bool = False, absorption: bool = False) -> zarr.Group:
     """Create every array of :func:`array_specs` with its final shape, chunks, dims and
     coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
     through :func:`create_aside`).
@@ -210,7 +219,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     attrs, where the tasks read their block sizes); ``markers`` the done-markers of the stages
     (:class:`MarkerSpec`, in stage order: ``tasks/`` records the order);
     ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
-    (the transform's parameters) go to the ``pdf`` group.
+    (the transform's parameters) go to the ``pdf`` group; ``transmission``, ``absorption``: as
+    :func:`array_specs`.
 
     The root's ``zarr.json`` with the format marker (and ``template_complete: false``) is the
     first file written: whatever happens next, the folder is recognisably this program's."""
@@ -236,7 +246,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
             _coord(root, name, *coords[name])
     specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
                         layout=layout, markers=markers, pdf_sinograms=bool(aux_channels),
-                        aux_channels=len(aux_channels or ()))
+                        aux_channels=len(aux_channels or ()), transmission=transmission, absorption=absorption)
     groups: dict[str, list[ArraySpec]] = {}
     for spec in specs:
         groups.setdefault(spec.path.split("/")[0], []).append(spec)
@@ -305,7 +315,9 @@ VARIABLE_ATTRS = {
     (REDUCED, "frame_ok"): ("1", "frame used (true) or missing / corrupt (false)"),
     (REDUCED, "frame_status"): ("1", "frame status code (xrdct_dask.io.status.FrameStatus; -1: not yet written)"),
     (REDUCED, "scan_flag"): ("1", "how the scan file placed the frame (FrameStatus code; 0: as planned)"),
+    (REDUCED, "transmission"): ("counts", "transmission reading (diode or monitor after the sample) of the frame"),
     (RECON, "intensity"): ("counts/voxel", "reconstructed diffraction intensity per voxel"),
+    (RECON, "mu"): ("1/pixel", "linear attenuation coefficient per x step (self-absorption correction)"),
     (PDF, "G"): ("1/angstrom^2", "G(r) = 4 pi r [rho(r) - rho0]"),
     (PDF, "ok"): ("1", "G computed (scattering strong enough)"),
     (PDF, "scale"): ("1", "self-scattering level N of S(Q) (data units per atom)"),

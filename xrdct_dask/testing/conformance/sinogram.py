@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from scipy.ndimage import shift
@@ -9,7 +11,7 @@ from scipy.ndimage import shift
 from xrdct_dask import sinogram as sg
 from xrdct_dask.backend import to_host
 from xrdct_dask.recon import fbp
-from xrdct_dask.simulate import make_phantom, omega_angles_deg, project
+from xrdct_dask.simulate import attenuated_projections, make_phantom, omega_angles_deg, project
 from xrdct_dask.testing.conformance.base import EngineTests
 
 # ==========================================================================================
@@ -51,6 +53,63 @@ def ring_amplitude(diff: np.ndarray, radii) -> float:
     yy, xx = np.mgrid[:n, :n]
     rad = np.rint(np.hypot(yy - n // 2, xx - n // 2)).astype(int)
     return max(abs(float(diff[rad == r].mean())) for r in radii)
+
+
+# stripes of the kinds real scans show, on a 128-px phantom scan of 200 angles: (x0, x1, w0, w1,
+# gain, offset as a fraction of the sinogram's maximum); rows None = the whole scan
+STRIPE_CASES = {
+    "one column": [(28, 29, None, 1.08, 0.0), (93, 94, None, 1.0, 0.02)],
+    "two columns": [(45, 47, None, 1.10, 0.0), (81, 83, None, 0.92, 0.0)],
+    "four columns": [(80, 84, None, 0.92, 0.0), (36, 40, None, 1.0, 0.02)],
+    "partial": [(100, 102, (60, 120), 1.0, 0.03), (50, 51, (0, 70), 1.12, 0.0)],
+}
+
+
+def striped_scan(case: str, seed: int):
+    """A 128 px phantom scan (200 angles, five q bins: the four phase maps and their sum) with air
+    scattering (1 % of the maximum) and Poisson noise (5000 counts at the maximum), clean and with
+    the stripes of ``STRIPE_CASES[case]`` (or of every case, ``"all"``): ``(clean, striped, true
+    segments [[x0, x1, w0, w1], ...], truth maps, omega_deg)``."""
+    sino, truth, omega = _stripe_phantom()
+    rng = np.random.default_rng(seed)
+    clean = poisson(sino + 0.01 * sino.max(), 5000, rng)
+    striped = clean.copy()
+    cases = [s for c in STRIPE_CASES.values() for s in c] if case == "all" else STRIPE_CASES[case]
+    segments = []
+    for x0, x1, rows, gain, offset in cases:
+        w0, w1 = rows or (0, sino.shape[0])
+        striped[w0:w1, x0:x1] = striped[w0:w1, x0:x1] * gain + offset * sino.max()
+        segments.append([x0, x1, w0, w1])
+    return clean, striped, sorted(segments), truth, omega
+
+
+@functools.cache
+def _stripe_phantom():
+    return sinogram_block(nx=128, nomega=200)
+
+
+ABSORPTION_MU_PER_PX = (0.09, 0.075, 0.045, 0.03)  # Ni, Fe, NaCl, aSi of a 32 px slice: T down to 0.1
+ABSORPTION_TWO_THETA_DEG = (2.0, 15.0, 30.0)
+
+
+@functools.cache
+def absorbing_scan():
+    """A dense 32 px phantom slice (48 angles) scanned with self-absorption by the simulator
+    (:func:`~xrdct_dask.testing.synthetic.attenuated_projections`): ``(sino (nomega, n, 6), truth
+    (n, n, 6), clean (nomega, n, 6), omega_deg, mu (n, n) per pixel, transmission (nomega, n),
+    two_theta_deg (6,))``; q bins: the Ni disk's and the whole sample's scattering, each at
+    2theta = 2, 15 and 30 degrees; ``clean`` the same without attenuation."""
+    n, nomega = 32, 48
+    maps = make_phantom(1, n)[:, 0]
+    mu = np.tensordot(np.asarray(ABSORPTION_MU_PER_PX), maps, axes=1)
+    omega = omega_angles_deg(nomega)
+    targets = np.stack([maps[0], maps.sum(axis=0)])
+    att = attenuated_projections(targets, mu, omega, ABSORPTION_TWO_THETA_DEG, azimuths=8)  # (2, 3, nomega, n)
+    sino = np.moveaxis(att.reshape(6, nomega, n), 0, -1).astype(np.float32)
+    clean = np.repeat(np.moveaxis(project(targets, omega), 0, -1), 3, axis=-1).astype(np.float32)
+    truth = np.repeat(np.moveaxis(targets, 0, -1), 3, axis=-1)
+    transmission = np.exp(-project(mu[None], omega)[0])
+    return sino, truth, clean, omega, mu, transmission, np.tile(ABSORPTION_TWO_THETA_DEG, 2)
 
 
 def fbp_host(sino, omega, center=None):
@@ -218,6 +277,121 @@ class SinogramPrepTests(EngineTests):
         # columns given (as the workflow passes them from the slice's q-summed sinogram) act the same
         again, cols = sg.remove_stripes(self.asarray(striped), columns=found)
         assert cols == found and np.array_equal(self.asnumpy(again), filtered)
+
+    @pytest.mark.parametrize("case", list(STRIPE_CASES))
+    def test_stripes_of_any_width_are_found_and_no_clean_column_is_flagged(self, case):
+        """1-, 2- and 4-column stripes (gain errors of 8-12 % or offsets of 2-3 % of the maximum) and
+        partial ones (over 60 or 70 of 200 angles) on a noisy phantom scan with air (three noise
+        draws): :func:`~xrdct_dask.stripes.find_stripes` of the q-summed sinogram names exactly the
+        striped columns -- no clean column, whatever the seed -- and the clean scan none.  A whole
+        stripe covers every row; a partial one at least 80 % of its rows and at most one window
+        (25 rows) beyond each of its ends."""
+        from xrdct_dask.sinogram import stripes as st
+
+        for seed in range(3):
+            clean, striped, true, _, _ = striped_scan(case, seed)
+            assert st.find_stripes(self.asarray(clean)) == [], (seed, "clean scan")
+            found = st.find_stripes(self.asarray(striped))
+            assert [f[:2] for f in found] == [t[:2] for t in true], (seed, found, true)
+            for (_, _, w0, w1), (_, _, t0, t1) in zip(found, true):
+                overlap = max(0, min(w1, t1) - max(w0, t0))
+                assert overlap >= 0.8 * (t1 - t0) and w0 >= t0 - 25 and w1 <= t1 + 25, (seed, found, true)
+
+    def test_stripe_removal_beats_algotom_remove_all_stripe(self):
+        """Every kind of stripe at once (1, 2, 4 columns, partial), found by the workflow's chain
+        (``prepare_sinogram(stripes=True)`` names exactly the striped columns): the sorting-based removal of the
+        found segments cuts the reconstruction's error against the stripe-free one (RMS over the
+        disc, every q bin) at least 3x, and both its RMS error and its ring amplitude (azimuthal
+        mean of the error on the striped columns' radii) are below those of algotom's
+        ``remove_all_stripe`` (per q bin, snr 3) with its default windows (51, 21) and with windows
+        scaled to this 128 px scan (11, 5), the better of the two taken: algotom smooths every
+        column, this removal touches the found ones only."""
+        pytest.importorskip("algotom")
+        from algotom.prep.removal import remove_all_stripe
+
+        from xrdct_dask import sinogram as sg
+        from xrdct_dask.sinogram import stripes as st
+
+        clean, striped, true, _, omega = striped_scan("all", 0)
+        found = st.find_stripes(self.asarray(striped))
+        # the workflow's chain finds and reports the same columns
+        _, info = sg.prepare_sinogram(self.asarray(striped), np.ones(striped.shape[:2], bool), omega, zingers=False,
+                                      stripes=True, center=striped.shape[1] // 2)
+        assert info["stripe_columns"] == sorted({x for x0, x1, *_ in true for x in range(x0, x1)}), info["stripe_columns"]
+        ours = self.asnumpy(st.remove_stripe_segments(self.asarray(striped), found))
+        n = clean.shape[1]
+        inside = circle(n)
+        ref = fbp_host(clean, omega)
+        radii = sorted({abs(x - n // 2) for x0, x1, *_ in true for x in range(x0, x1)})
+
+        def errors(sino):
+            diff = fbp_host(sino, omega) - ref
+            return rms(diff, inside), max(ring_amplitude(diff[..., k], radii) for k in range(diff.shape[-1]))
+
+        theirs = [errors(np.stack([remove_all_stripe(striped[..., k], 3.0, la, sm) for k in range(striped.shape[-1])],
+                                  axis=-1)) for la, sm in ((51, 21), (11, 5))]
+        (err, ring), (err_striped, _) = errors(ours), errors(striped)
+        assert err * 3 < err_striped, (err, err_striped)
+        assert err < min(t[0] for t in theirs) and ring < min(t[1] for t in theirs), ((err, ring), theirs)
+
+    def test_voxel_attenuation_is_the_path_in_and_out(self):
+        """The attenuation of a voxel's scattering: at the centre of a uniform disc (mu 0.04 / px, the
+        pixels within 25 px: a radius of 25.25 px on average) it is ``exp(-mu R) mean_eta
+        exp(-mu R / rho(eta))`` (entry and exit paths of length R, the exit's 3D length 1 / rho
+        longer; 2 % for the pixelated disc); at 2theta = 0
+        every voxel of a ray attenuates as the ray's transmission exp(-P[mu]) (within 3 %)."""
+        from xrdct_dask.sinogram import absorption as ab
+
+        n, mu0, radius = 65, 0.04, 25.25
+        i, j = np.mgrid[:n, :n]
+        r = n // 2
+        mu = np.where((j - r) ** 2 + (r - i) ** 2 <= 25**2, mu0, 0.0)
+        for tt in (0.0, 10.0, 30.0):
+            a = self.asnumpy(ab.voxel_attenuation(self.asarray(mu), 0.3, [np.deg2rad(tt)], azimuths=32))[0]
+            eta = (np.arange(4096) + 0.5) * np.pi / 4096
+            rho = np.hypot(np.cos(np.deg2rad(tt)), np.sin(np.deg2rad(tt)) * np.cos(eta))
+            expected = np.exp(-mu0 * radius) * np.mean(np.exp(-mu0 * radius / rho))
+            assert abs(a[r, r] / expected - 1) < 0.02, (tt, a[r, r], expected)
+        theta = np.deg2rad(35.0)
+        a0 = self.asnumpy(ab.voxel_attenuation(self.asarray(mu), theta, [0.0]))[0]
+        t = self.asnumpy(ab.transmission_of(self.asarray(mu), [35.0], r, n))[0]
+        u = (j - r) * np.cos(theta) + (r - i) * np.sin(theta) + r  # each voxel's ray
+        inside = (j - r) ** 2 + (r - i) ** 2 <= 24**2
+        np.testing.assert_allclose(a0[inside], np.interp(u[inside], np.arange(n), t), rtol=0.03)
+
+    def test_self_absorption_correction_recovers_a_dense_phantom(self):
+        """A dense slice (transmission down to 0.1) scanned with attenuation of the beam in to and out
+        of every voxel, the exit at 2theta = 2, 15 and 30 degrees (the simulator's forward model):
+        the attenuation map reconstructed from the transmission channel is within 10 % RMS of the
+        true one; uncorrected, the maps are off by 3-7x the FBP's own error (RMS against the phase
+        fractions); corrected, every q bin is within 1.2x of the error of FBP on the unattenuated
+        scan, and what the attenuation adds to that error is cut at least 10x; at 30 degrees the
+        exit path matters: what it adds is at most half of what dividing every frame by its
+        transmission (the small-angle limit) leaves."""
+        from xrdct_dask.recon import fbp
+        from xrdct_dask.sinogram import absorption as ab
+
+        sino, truth, clean, omega, mu, trans, tt = absorbing_scan()
+        n = sino.shape[1]
+        inside = circle(n) & (np.hypot(*np.mgrid[-n // 2:n - n // 2, -n // 2:n - n // 2]) < n // 2 - 2)
+        ok = np.ones(trans.shape, bool)
+        mu_found, air = ab.mu_from_transmission(self.asarray(0.8 * trans), self.asarray(ok), omega, n // 2)
+        mu_found = self.asnumpy(mu_found)
+        assert abs(air - 0.8) < 1e-6 and rms(mu_found - mu, inside) < 0.1 * mu.max()
+
+        def errors(vol):
+            return np.array([rms(self.asnumpy(vol)[..., k] - truth[..., k], inside) for k in range(len(tt))])
+
+        recon = lambda s: fbp(s, omega)  # noqa: E731
+        best, raw = errors(fbp_host(clean, omega)), errors(fbp_host(sino, omega))
+        beam = errors(ab.absorption_reconstruct(self.asarray(sino), omega, self.asarray(mu_found), tt, recon,
+                                                center=n // 2, exit="beam"))
+        fixed = errors(ab.absorption_reconstruct(self.asarray(sino), omega, self.asarray(mu_found), tt, recon,
+                                                 center=n // 2, iterations=2))
+        assert (raw > 3 * best).all(), (raw, best)
+        assert (fixed < 1.2 * best).all() and (fixed - best < 0.1 * (raw - best)).all(), (fixed, best, raw)
+        at30 = tt == 30.0
+        assert (2 * (fixed - best)[at30] < (beam - best)[at30]).all(), (fixed, beam, best)
 
     def test_zingers_are_removed_and_clean_data_left_alone(self, rng):
         """Spikes of 5-50x the local value in single (omega, x, q) points (zingers, single-frame spots)
