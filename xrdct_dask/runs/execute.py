@@ -22,7 +22,7 @@ from xrdct_dask.cluster.local import stage_resources
 from xrdct_dask.cluster.logs import RunLogPlugin, worker_log_level
 from xrdct_dask.cluster.profiles import load_profile
 from xrdct_dask.config import Workflow, load_workflow, workflow_from_dict
-from xrdct_dask.errors import RunStopped
+from xrdct_dask.errors import RunStopped, TaskFailed
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.graph import build_graph, pending_by_stage
 from xrdct_dask.pipeline.integrator import IntegratorPlugin
@@ -188,7 +188,7 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
                 exc = fut.exception()
                 if isinstance(exc, OSError):
                     raise RunStopped(stop_message(exc, fut.key, stores[tag] if stores else None)) from exc
-                raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
+                raise TaskFailed(f"task {fut.key} failed: {exc}") from exc
             yield tag, stage, fut.result()
             if bar is not None:
                 bar.advance(bars[stage])

@@ -51,6 +51,7 @@ from xrdct_dask import store
 from xrdct_dask.cluster.local import client_for, stage_resources
 from xrdct_dask.cluster.logs import RunLogPlugin, worker_log_level
 from xrdct_dask.config import Workflow, WorkflowError, load_workflow, workflow_from_dict
+from xrdct_dask.errors import TaskFailed
 from xrdct_dask.io.cbf import frame_complete
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
@@ -398,7 +399,7 @@ class _Following:
             exc = fut.exception()
             if isinstance(exc, OSError):
                 raise RunStopped(stop_message(exc, fut.key, self.path)) from exc
-            raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
+            raise TaskFailed(f"task {fut.key} failed: {exc}") from exc
         res = fut.result()
         self.results.setdefault(stage, []).append(res)
         if stage != FRAMES_STAGE:

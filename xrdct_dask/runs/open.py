@@ -186,7 +186,7 @@ def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | No
     if attrs is not None and attrs.get("template_complete") and not overwrite:
         if attrs.get("work_digest") != wf.work_digest():
             changed = changed_keys(attrs.get("workflow", {}), wf.model_dump(mode="json"))
-            raise FileExistsError(
+            raise store.StoreExistsError(
                 f"{path} holds a run of another workflow (changed: {', '.join(changed) or 'unknown'}): pass "
                 f"store.overwrite=true to replace it, or `xrdct reprocess {path} --set ...` for a new run from it")
         check_same_inputs(wf, path, attrs)

@@ -137,7 +137,7 @@ def prepare_child(rp: Reprocess, client=None):
             and attrs.get("parent", {}).get("path") == str(rp.parent):
         return open_run(wf)  # an interrupted reprocess: resume it
     if out.exists() and (attrs is None or attrs.get("template_complete")):
-        raise FileExistsError(f"{out} exists: choose another --out or remove it")
+        raise store.StoreExistsError(f"{out} exists: choose another --out or remove it")
     pattrs = store.read_attrs(rp.parent)
     lineage = {"parent": {"path": str(rp.parent), "workflow_digest": pattrs.get("workflow_digest"),
                           "work_digest": pattrs.get("work_digest")},

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from xrdct_dask.errors import NotARunError
 from xrdct_dask.io.status import usable
 from xrdct_dask.store.budget import MIN_TASK_MEMORY, Layout
 from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, FrameBlock, region_for
@@ -132,9 +133,9 @@ def run_attrs(path) -> dict:
     try:
         attrs = read_attrs(path)
     except Exception:  # zarr raises several kinds for "not a store"
-        raise ValueError(f"{path}: not a zarr store") from None
+        raise NotARunError(f"{path}: not a zarr store") from None
     if attrs.get("format") != FORMAT or "workflow" not in attrs:
-        raise ValueError(f"{path}: not an xrdct-dask run (no stored workflow)")
+        raise NotARunError(f"{path}: not an xrdct-dask run (no stored workflow)")
     return attrs
 
 
