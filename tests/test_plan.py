@@ -20,6 +20,7 @@ import zarr
 
 from xrdct_dask import store
 from xrdct_dask.config import load_workflow
+from xrdct_dask.pipeline.frames import frame_source
 
 
 @pytest.fixture(scope="module")
@@ -284,5 +285,5 @@ def test_input_files_of_an_hdf5_source_are_its_files(tmp_path):
 
     h5 = simulate_scan(tmp_path / "h5", nz=2, nomega=4, nx=5, seed=4, threads=2, fmt="h5", frames_per_file=16)
     wf = load_workflow(h5.workflow)
-    assert plan_workflow(wf).input_files == len(wf.frame_source().files()) == 4
+    assert plan_workflow(wf).input_files == len(frame_source(wf).files()) == 4
     assert plan_workflow(load_workflow(h5.workflow, {"scan.nz": 4})).input_files == 1 + 5

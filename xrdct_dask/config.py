@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xrdct_dask.errors import WorkflowError
 from xrdct_dask.io.layout import ScanShape, check_for_scan, check_template, template_fields
 from xrdct_dask.io.scan import INTERLACE_PASSES
-from xrdct_dask.io.source import open_source
 from xrdct_dask.io.spec import is_hdf5, split_spec
 from xrdct_dask.pdf.pdfgetx3 import WORKFLOW_KEYS, config_dataformat, read_config
 
@@ -309,6 +307,8 @@ def _check_bytes(v):
         return v
 
     try:
+        from dask.utils import parse_bytes  # lazy: dask's import would double the CLI's start-up
+
         if parse_bytes(str(v).replace(" ", "")) <= 0:
             raise ValueError
     except (ValueError, TypeError):
@@ -405,29 +405,11 @@ class Workflow(_Section):
 
         return is_hdf5(self.inputs.frames)
 
-    def frame_path(self, index: int) -> Path:
-        """The CBF file of frame ``index`` (a template source; an HDF5 source has no file per frame),
-        computed from the template and the scan (:mod:`xrdct_dask.io.layout`), nothing listed."""
-        if self.frames_hdf5:
-            raise ValueError(f"inputs.frames {self.inputs.frames!r} is an HDF5 source: frames have no file each")
-        return self.frame_source().path(index)
-
-    def frame_file(self, index: int) -> Path:
-        """The file holding frame ``index``: its CBF file, the HDF5 file of its slice or line, or the
-        one HDF5 file of the scan."""
-        src = self.frame_source()
-        return src.file_of(index) if hasattr(src, "file_of") else src.file
-
     @property
     def frames_templated(self) -> bool:
         """``inputs.frames`` names a file per frame, slice or line (a template), not one HDF5 source."""
 
         return bool(template_fields(split_spec(self.inputs.frames)[0]))
-
-    def frame_source(self):
-        """The :class:`~xrdct_dask.io.source.FrameSource` of ``inputs.frames`` (opened once per process)."""
-
-        return open_source(self.inputs.frames, scan=self.scan_shape)
 
 
 def _one_line(err: ValidationError, source: str, overrides: dict | None = None) -> WorkflowError:

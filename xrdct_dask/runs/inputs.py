@@ -16,6 +16,7 @@ from xrdct_dask.io.cbf import CorruptFrameError, frame_complete, read_cbf_payloa
 from xrdct_dask.io.layout import FrameTemplate
 from xrdct_dask.io.source import Hdf5Frames
 from xrdct_dask.io.spec import split_spec
+from xrdct_dask.pipeline.frames import frame_file, frame_path, frame_source
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def check_inputs(wf: Workflow):
     """
 
     if not wf.frames_hdf5:
-        first = wf.frame_path(0)
+        first = frame_path(wf, 0)
         if not first.parent.is_dir():
             raise WorkflowError(f"inputs.frames: folder {first.parent} does not exist")
     try:
@@ -92,11 +93,11 @@ def check_recon_engine(wf: Workflow) -> None:
 def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
     """The frame shape of a CBF template: the first readable frame of the PONI's shape (else the
     first readable one); a missing or broken frame among them is flagged by its task later."""
-    first = wf.frame_path(0)
+    first = frame_path(wf, 0)
     shape, first_err, seen = None, None, False
     for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
         try:
-            s = read_cbf_payload(wf.frame_path(i)).shape
+            s = read_cbf_payload(frame_path(wf, i)).shape
         except FileNotFoundError:
             continue
         except (CorruptFrameError, OSError) as err:
@@ -116,7 +117,7 @@ def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
 def _hdf5_frame_shape(wf: Workflow) -> tuple[int, int]:
     """The frame shape of an HDF5 source (opened: its file, dataset and links are checked)."""
     try:
-        src = wf.frame_source()
+        src = frame_source(wf)
     except (OSError, ValueError, KeyError) as err:
         raise WorkflowError(f"inputs.frames: {err}") from None
     if src.nframes is not None and src.nframes < wf.scan.nframes:
@@ -158,11 +159,11 @@ def _frame_files(wf: Workflow) -> list[Path]:
     if wf.frames_hdf5 and not wf.frames_templated:
 
         try:
-            return wf.frame_source().files()
+            return frame_source(wf).files()
         except (OSError, ValueError, KeyError):
             return [Path(split_spec(wf.inputs.frames)[0])]
     n = wf.scan.nframes
-    files = [wf.frame_file(int(i)) for i in np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))]
+    files = [frame_file(wf, int(i)) for i in np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))]
     return list(dict.fromkeys(files))
 
 
@@ -214,9 +215,9 @@ def frames_present(wf: Workflow):
     source holds it)."""
     if not wf.frames_hdf5:
 
-        return lambda i: frame_complete(wf.frame_path(i))
+        return lambda i: frame_complete(frame_path(wf, i))
     if wf.frames_templated:  # a file per slice or line: its file is there and holds the frame
-        src = wf.frame_source()
+        src = frame_source(wf)
 
         def present(i: int) -> bool:
             try:

@@ -55,6 +55,7 @@ from xrdct_dask.errors import TaskFailed
 from xrdct_dask.io.cbf import frame_complete
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.pipeline.frames import frame_path
 from xrdct_dask.pipeline.graph import build_graph, timed
 from xrdct_dask.pipeline.integrator import IntegratorPlugin
 from xrdct_dask.pipeline.stages import FRAMES_STAGE
@@ -129,7 +130,7 @@ class _Frames:
             if present is not None:
                 whole, size = present(int(i)), None
             else:
-                p = self.wf.frame_path(int(i))
+                p = frame_path(self.wf, int(i))
                 whole = frame_complete(p)
                 try:
                     size = None if whole else os.stat(p).st_size
@@ -216,7 +217,7 @@ def _wait_for_first_frame(wf: Workflow, idle_timeout_s: float, poll_s: float) ->
             present = frames_present(wf)
             if any(present(i) for i in first):
                 return
-        elif any(frame_complete(wf.frame_path(i)) for i in first):
+        elif any(frame_complete(frame_path(wf, i)) for i in first):
             return
         if time.time() - t0 > idle_timeout_s:
             raise WorkflowError(f"inputs.frames: no frame came in {idle_timeout_s:g} s ({wf.inputs.frames})")

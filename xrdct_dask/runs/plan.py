@@ -53,6 +53,7 @@ from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
 from xrdct_dask.pdf import operator_for, radial_to_q_A
 from xrdct_dask.pdf.transform import r_grid
 from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.frames import frame_path, frame_source
 from xrdct_dask.pipeline.graph import build_graph
 from xrdct_dask.pipeline.integrator import _plan_inputs
 from xrdct_dask.pipeline.stages import Sizes, marker_specs, stages_of, tasks_per_slice
@@ -162,12 +163,12 @@ def read_throughputs(path: str | Path) -> dict[str, float]:
 def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int]]:
     if wf.frames_hdf5 and not wf.frames_templated:  # the source's bytes over its frames, where it can be opened
         try:
-            src = wf.frame_source()
+            src = frame_source(wf)
             nbytes = sum(f.stat().st_size for f in src.files())
             return max(1, nbytes // max(1, src.nframes)), f"{src.spec}: bytes per frame", tuple(src.frame_shape)
         except (OSError, ValueError, KeyError):
             pass
-    first = None if wf.frames_hdf5 else wf.frame_path(0)
+    first = None if wf.frames_hdf5 else frame_path(wf, 0)
     if first is not None and first.is_file():
 
         try:
@@ -192,7 +193,7 @@ def _input_files(wf: Workflow, frames: int) -> tuple[int, str]:
     if not wf.frames_hdf5:
         return frames, "one CBF file per frame"
     try:
-        src = wf.frame_source()
+        src = frame_source(wf)
 
         seg = src.map.segment[src.map.segment >= 0]
         per_file = int(np.bincount(seg).max()) if seg.size else max(1, src.nframes)  # the fullest data file

@@ -30,6 +30,7 @@ from xrdct_dask.io.scantable import (
 )
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.pipeline.frames import frame_source
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _scan_source(wf: Workflow):
         return (lambda: scan_table_blocks(path)), set(names), {c: f"{path}:{c}" for c in cols}, "iz" in names
     if wf.frames_hdf5 and not wf.frames_templated and wf.scan.positions != "nominal":
 
-        n = wf.frame_source().nframes
+        n = frame_source(wf).nframes
         names = wf.inputs.positioners
         file = split_spec(wf.inputs.frames)[0]
         columns = {}
