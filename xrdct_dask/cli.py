@@ -388,6 +388,36 @@ def export(
 
 
 @app.command()
+def view(
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store to look at (finished or being written)")],
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1 (0: any free one)")] = 5006,
+    map_: Annotated[Optional[str], typer.Option(
+        "--map", help="the map shown first: recon (at a q), pdf/G, or a per-voxel array such as pdf/scale")] = None,
+    poll: Annotated[float, typer.Option(help="seconds between looks at the store for new blocks and slices")] = 2.0,
+) -> None:
+    """Look inside a run in the browser: maps at q or r, voxel patterns and G(r), sinograms, live
+    while `xrdct watch` fills the store (127.0.0.1 only, with an access token in the URL)."""
+    from .view import INSTALL
+    from .view.data import ViewError
+    from .view.server import start_server
+
+    try:
+        server, url = start_server(run_store, port, map_name=map_, poll_s=poll)
+    except ViewError as err:
+        _fail(str(err))
+    except ImportError as err:  # bokeh (or tornado) missing
+        _fail(f"xrdct view needs bokeh ({err}): {INSTALL}")
+    typer.echo(f"xrdct view of {run_store}: {url}\n(from another machine: ssh -L {server.port}:127.0.0.1:"
+               f"{server.port} THIS_HOST, then open the same URL; Ctrl-C stops)")
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        server.stop()
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option(help="where to put the simulated scan and the run")] = Path("demo"),
     nz: Annotated[int, typer.Option()] = 3,

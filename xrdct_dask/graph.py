@@ -1,6 +1,7 @@
 """The run as one dask graph, slice by slice, from the stage table (:data:`xrdct_dask.stages.STAGES`).
 
     integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf-scale (z, voxel rows) --> pdf (z, voxel rows)
+    recon, pdf (z) --> view (z)          (the view copy, with view.write_copy: after the slice's recon and G(r))
 
 or, with ``pdf.order: pdf-then-recon``, a branch of the same graph:
 
@@ -46,6 +47,15 @@ def _pending(marks: np.ndarray | None, n: int) -> list[int]:
 
 def slice_tasks(ctx: RunContext, z: int, done: store.TaskState | None = None) -> list[Task]:
     """The tasks of slice ``z`` not yet done (all with ``done=None``), in dependency order."""
+    out = _science_tasks(ctx, z, done)
+    # the view copy last, after the slice's recon and G(r) (a store made without one has no marker)
+    if ctx.workflow.view.write_copy and (done is None or (done.view is not None and not done.view[z])):
+        deps = [Ref(t.key) for t in out if t.stage in ("recon", "pdf")]
+        out.append(Task("view", ("view", z, 0), stages.write_view, (z, ctx, *deps)))
+    return out
+
+
+def _science_tasks(ctx: RunContext, z: int, done: store.TaskState | None) -> list[Task]:
     wf = ctx.workflow
     s, lay = wf.scan, ctx.layout
     nq = ctx.extra.get("nq") or int(store.open_array(ctx.store_path, "q", "r").shape[0])

@@ -18,6 +18,7 @@ Bytes read and written are uncompressed upper bounds:
     pdf-scale  read nz nx^2 nq 4                                         (its shares, block by block)
     pdf        read nz nx^2 nq 4                                         (recon-then-pdf)
     pdf-frames read F nq 4; pdf-aux / pdf read what it wrote back        (pdf-then-recon)
+    view       read nz nx^2 (nq + nr) 4 + F nq 4                         (recon/, pdf/G and reduced/ once)
     written    the bytes of the store's arrays each stage writes (ArraySpec.writers), done-markers included
     waves      slices go in waves of S = max(1, floor(max_tasks / 2 / T)) slices (T tasks per slice),
                ceil(nz / S) waves, at most two in flight: <= max_tasks tasks held
@@ -237,7 +238,8 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     """The figures of a run of ``wf`` (see the module docstring) on ``gpus`` GPUs reading from a
     file system of ``fs_gbps`` GB/s (None: not known)."""
     from . import budget, stages, store
-    from .prepare import layout_for, pdf_blocks
+    from .prepare import layout_for, pdf_blocks, view_layout_for
+    from .viewcopy import view_bytes
 
     s = wf.scan
     nz, nw, nx = s.nz, s.nomega, s.nx
@@ -250,6 +252,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     per_slice = stages.tasks_per_slice(wf, nq=nq, nr=nr, layout=lay)
     t_slice = sum(per_slice.values())
     wc, qc, yc, rc = lay.omega_chunk, lay.q_chunk, lay.y_chunk, lay.r_chunk
+    vl = view_layout_for(wf, lay, nq, [0] * nr if nr else None)
     aux, aux_exact = _aux_channels(wf) if nr and wf.pdf.order == "pdf-then-recon" else (1 + budget.PDF_EXTRA_COLUMNS,
                                                                                        True)
     held = {"integrate": budget.integrate_bytes(wc * nx, nq, fb),
@@ -259,12 +262,15 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
             "pdf-frames": budget.pdf_frames_bytes(wc * nx, nq, nr),
             "pdf-aux": budget.recon_bytes(nw, nx, aux, lay.q_sub),
             "pdf": (budget.pdf_bytes(yc, nx, nq, nr) if wf.pdf.order == "recon-then-pdf"
-                    else budget.recon_bytes(nw, nx, rc, lay.q_sub) + 4 * nx * nx * rc)}  # + the rescaled copy
+                    else budget.recon_bytes(nw, nx, rc, lay.q_sub) + 4 * nx * nx * rc),  # + the rescaled copy
+            "view": view_bytes(vl, yc, wc) if vl else 0}
     read = {"integrate": F * fb, "center": F * 5, "recon": F * (4 * nq + 1), "pdf-scale": nz * nx * nx * nq * 4,
             "pdf-frames": F * nq * 4, "pdf-aux": F * aux * 4,
-            "pdf": nz * nx * nx * nq * 4 if wf.pdf.order == "recon-then-pdf" else F * nr * 4}
+            "pdf": nz * nx * nx * nq * 4 if wf.pdf.order == "recon-then-pdf" else F * nr * 4,
+            "view": nz * nx * nx * (nq + nr) * 4 + F * nq * 4}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, pdf_blocks=pdf_blocks(wf, lay, [0] * nr)
-                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux)
+                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux,
+                              view=vl)
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]
@@ -321,7 +327,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
         nr=nr, stages=plans, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
         max_tasks_held=min(tasks, 2 * spw * t_slice) if nwaves > 1 else tasks, chunks=chunks,
-        files=sum(chunks.values()) + nmeta, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
+        files=sum(sp.nfiles for sp in written_specs) + nmeta, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
         gpu_frames_per_s=gpu,
         cpu_frames_per_s_per_core=cpu, throughput_source=source, gpu_figure=gpu_figure if gpu else "",
         gpu_hours=F / gpu / 3600 if gpu else None, cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)

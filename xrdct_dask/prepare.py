@@ -554,7 +554,7 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A),
-                           **pdf_store_args(wf, op))
+                           view=view_layout_for(wf, layout, radial.size, r_A), **pdf_store_args(wf, op))
         late = write_scan_arrays(tmp, wf, lay, client)
         if late:
             log.warning("%d frames arrived out of the scan's order; placed by the scan file", late)
@@ -618,6 +618,17 @@ def layout_for(wf: Workflow, nq: int, nr: int) -> Layout:
     return choose_layout(nomega=s.nomega, nx=s.nx, nq=nq, nr=nr, omega_chunk=wf.store.omega_chunk,
                          q_chunk=wf.store.q_chunk, r_chunk=wf.pdf.r_chunk, budget=task_memory(wf.compute),
                          pdf_order=wf.pdf.order)
+
+
+def view_layout_for(wf: Workflow, layout: Layout, nq: int, r_A):
+    """The :class:`~xrdct_dask.viewcopy.ViewLayout` of a new store of ``wf`` (None: view.write_copy off)."""
+    from .viewcopy import view_layout
+
+    if not wf.view.write_copy:
+        return None
+    nr = 0 if r_A is None else len(r_A)
+    return view_layout(nx=wf.scan.nx, nq=nq, nr=nr, nomega=wf.scan.nomega, q_chunk=layout.q_chunk,
+                       map_pixels=wf.view.map_pixels, r_step_A=wf.pdf.rstep if nr else None)
 
 
 def pdf_blocks(wf: Workflow, layout: Layout, r_A) -> int:
@@ -794,6 +805,8 @@ def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int,
             store.mark_done(ctx.store_path, "recon", (int(z), b), 0)
         if state.pdf is not None:
             store.mark_done(ctx.store_path, "pdf", (int(z),), 0)
+        if state.view is not None:
+            store.mark_done(ctx.store_path, "view", (int(z),), 0)
         frames += int(retry.sum())
         blocks += len(reopen)
     return frames, blocks

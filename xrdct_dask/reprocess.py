@@ -29,7 +29,7 @@ from . import store
 from .console import console
 from .config import Workflow, WorkflowError, changed_keys, flatten, workflow_from_dict
 from .pdf import PDFParameterError, operator_for, radial_to_q_A
-from .prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args
+from .prepare import context_from_store, input_files, open_run, pdf_blocks, pdf_store_args, view_layout_for
 from .stages import REPROCESS_STAGES, STAGES as GRAPH_STAGES
 from .workflow import Connection, execute
 
@@ -173,7 +173,8 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
     def build(tmp):
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
-                           layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A), **pdf_store_args(wf, op))
+                           layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A),
+                           view=view_layout_for(wf, layout, coord["q"].size, r_A), **pdf_store_args(wf, op))
         n = store.link_group(parent, tmp, store.REDUCED, client=client) + store.link_group(
             parent, tmp, store.TASKS, ["integrate"], client=client)
         if rp.start == "pdf":

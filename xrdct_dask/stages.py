@@ -53,6 +53,7 @@ STAGES = {s.name: s for s in (
     Stage("pdf-frames", "omega block", False, store.PDF, "pdf"),  # pdf-then-recon: G(r) of every frame
     Stage("pdf-aux", "slice", False, store.PDF, "pdf"),     # pdf-then-recon: N and figures reconstructed
     Stage("pdf", "voxel rows", True, store.PDF, "pdf"),     # recon-then-pdf; pdf-then-recon: "r block"
+    Stage("view", "slice", True, store.VIEW, "pdf"),        # the view copy of the slice (xrdct view), after all
 )}
 REPROCESS_STAGES = ("integrate", "recon", "pdf")
 
@@ -62,6 +63,8 @@ def stage_names(wf: Workflow) -> list[str]:
     names = ["integrate", "center", "recon"]
     if wf.pdf.enabled:
         names += ["pdf-scale", "pdf"] if wf.pdf.order == "recon-then-pdf" else ["pdf-frames", "pdf-aux", "pdf"]
+    if wf.view.write_copy:
+        names.append("view")
     return names
 
 
@@ -331,6 +334,16 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
             "zingers": info["zingers"], "steps": info["steps"], "algorithm": wf.recon.algorithm,
             "engine": _engine(xp), "seconds": time.perf_counter() - t0}
+
+
+def write_view(z: int, ctx: RunContext, *deps) -> dict:
+    """The view copy of slice ``z`` (:func:`xrdct_dask.viewcopy.write_view_copy`) from its
+    recon/ and pdf/ (``deps``: the slice's tasks writing them), then its done-marker."""
+    from .viewcopy import write_view_copy
+
+    out = write_view_copy(ctx.store_path, z)
+    store.mark_done(ctx.store_path, "view", (z,))
+    return out
 
 
 def warm_slice_stages(wf: Workflow, nq: int = 4) -> dict:

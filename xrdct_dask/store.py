@@ -21,6 +21,8 @@
       tasks/center       f64 (z)                rotation axis of the slice (pixels); NaN = not yet found
       tasks/recon        u8 (z, q_block)        1 = that q block of recon/ is completely written
       tasks/pdf          u8 (z)                 1 = that slice of pdf/ is completely written
+      view/...                                  the view copy of each slice (xrdct_dask.viewcopy), with
+      tasks/view         u8 (z)                 1 = that slice's view copy is completely written
       attrs: workflow, versions, input digest, engine, stage status, template_complete
 
 Data arrays are compressed with Blosc LZ4 and byte shuffle (``COMPRESSORS``).  The store is
@@ -125,7 +127,8 @@ def _coord(group, name: str, values: np.ndarray, attrs: dict) -> None:
 # and replaced only whole, only when it holds nothing but what this program writes there
 # ------------------------------------------------------------------------------------------
 COORDS = ("z", "omega", "x", "y", "q", "r", "channel")
-ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TASKS, *COORDS})
+VIEW = "view"  # the view copy (xrdct_dask.viewcopy)
+ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TASKS, VIEW, *COORDS})
 ASIDE_NEW, ASIDE_OLD = ".xrdct-new-", ".xrdct-old-"
 ASIDE_SCAN = ".xrdct-scan-"  # the scan table converted while a store is prepared (xrdct_dask.io.scantable)
 
@@ -158,7 +161,7 @@ def foreign_entries(path) -> list[str]:
     out = []
     for e in path.iterdir():
         if e.name in ROOT_ENTRIES or e.name.endswith(".partial"):
-            if e.is_dir() and e.name in (REDUCED, RECON, PDF, TASKS):
+            if e.is_dir() and e.name in (REDUCED, RECON, PDF, TASKS, VIEW):
                 out += [f"{e.name}/{f.name}" for f in e.iterdir()
                         if not (f.name == "zarr.json" or f.name.endswith(".partial") or (f / "zarr.json").is_file())]
             continue
@@ -261,6 +264,7 @@ class ArraySpec:
     fill: object
     compressed: bool = True
     writers: tuple = ()  # the stages (and "prepare") that write it: what ``xrdct plan`` counts as written
+    shards: tuple | None = None  # zarr shards (a file each) holding the chunks, where the array is sharded
 
     @property
     def nbytes(self) -> int:
@@ -271,14 +275,22 @@ class ArraySpec:
         return int(np.prod([-(-n // c) for n, c in zip(self.shape, self.chunks)], dtype=np.int64))
 
     @property
+    def nfiles(self) -> int:
+        """Chunk files when the array is written whole: a file per shard, else per chunk."""
+        if self.shards is None:
+            return self.nchunks
+        return int(np.prod([-(-n // c) for n, c in zip(self.shape, self.shards)], dtype=np.int64))
+
+    @property
     def chunk_bytes(self) -> int:
         return int(np.prod(self.chunks, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
 def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_blocks: int = 0,
-                pdf_sinograms: bool = False, aux_channels: int = 0) -> list[ArraySpec]:
+                pdf_sinograms: bool = False, aux_channels: int = 0, view=None) -> list[ArraySpec]:
     """Every data array and done-marker of a store: what :func:`create_store` creates and what
-    ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays."""
+    ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays;
+    ``view``: the :class:`~xrdct_dask.viewcopy.ViewLayout` of the view copy (None: none)."""
     wc, qc, yc, rc = layout.omega_chunk, layout.q_chunk, layout.y_chunk, layout.r_chunk
     frame = ("z", "omega", "x")
     integ = ("integrate",)
@@ -311,6 +323,11 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_
                ("recon", (nz, -(-nq // qc)), "uint8", ("z", "q_block"), 0)]
     if nr:
         markers.append(("pdf", (nz, pdf_blocks), "uint8", ("z", "pdf_block"), 0))
+    if view is not None:
+        from .viewcopy import view_specs
+
+        out += view_specs(nz, view)
+        markers.append(("view", (nz,), "uint8", ("z",), 0))
     out += [ArraySpec(f"{TASKS}/{n}", shape, (1,) * len(shape), dt, dims, fill, compressed=False, writers=(n,))
             for n, shape, dt, dims, fill in markers]
     return out
@@ -319,7 +336,7 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_
 def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.ndarray, radial_unit: str,
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
                  layout, attrs: dict, pdf_blocks: int = 0, aux_channels: list[str] | None = None,
-                 pdf_attrs: dict | None = None) -> zarr.Group:
+                 pdf_attrs: dict | None = None, view=None) -> zarr.Group:
     """Create every array of :func:`array_specs` with its final shape, chunks, dims and
     coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
     through :func:`create_aside`).
@@ -327,7 +344,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     ``layout`` (:class:`xrdct_dask.budget.Layout`) sets the chunks (and is recorded in the root's
     attrs, where the tasks read their block sizes); ``pdf_blocks`` the pdf tasks per slice;
     ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
-    (the transform's parameters) go to the ``pdf`` group.
+    (the transform's parameters) go to the ``pdf`` group; ``view`` (a
+    :class:`~xrdct_dask.viewcopy.ViewLayout`) adds the view copy, its layout in the group's attrs.
 
     The root's ``zarr.json`` with the format marker (and ``template_complete: false``) is the
     first file written: whatever happens next, the folder is recognisably this program's."""
@@ -353,7 +371,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
             _coord(root, name, *coords[name])
     specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
                         layout=layout, pdf_blocks=pdf_blocks, pdf_sinograms=bool(aux_channels),
-                        aux_channels=len(aux_channels or ()))
+                        aux_channels=len(aux_channels or ()), view=view)
     groups: dict[str, list[ArraySpec]] = {}
     for spec in specs:
         groups.setdefault(spec.path.split("/")[0], []).append(spec)
@@ -363,13 +381,16 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
             _coord(g, d, *coords[d])
         for spec in arrays:
             g.create_array(spec.path.split("/")[1], shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype,
-                           fill_value=spec.fill, dimension_names=list(spec.dims),
+                           fill_value=spec.fill, dimension_names=list(spec.dims), shards=spec.shards,
                            **({"compressors": COMPRESSORS} if spec.compressed else
                               # a marker's chunk file exists exactly while it is set (a reset deletes it)
                               {"config": {"write_empty_chunks": False}}))
     if PDF in groups:
         _pdf_attrs(root[PDF], aux_channels)
         root[PDF].attrs.update(pdf_attrs or {})
+    if view is not None:
+        root["view"].attrs.update({"layout": view.to_dict(), "long_name": "the view copy (xrdct view): maps and "
+                                   "patterns averaged for display, see xrdct_dask.viewcopy"})
     root.attrs.update({"stage_status": {REDUCED: "pending", RECON: "pending", PDF: "pending"}, **attrs,
                        "layout": layout.to_dict(), "format": FORMAT, "template_complete": False})
     describe_variables(root)
@@ -386,6 +407,7 @@ class TaskState:
     center: np.ndarray
     recon: np.ndarray
     pdf: np.ndarray | None
+    view: np.ndarray | None = None  # bool (nz,): the view copy of the slice is written (None: no copy)
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """``{stage: (done, total)}``."""
@@ -394,6 +416,8 @@ class TaskState:
                "recon": (int(self.recon.sum()), self.recon.size)}
         if self.pdf is not None:
             out["pdf"] = (int(self.pdf.sum()), self.pdf.size)
+        if self.view is not None:
+            out["view"] = (int(self.view.sum()), self.view.size)
         return out
 
     @property
@@ -437,11 +461,12 @@ def task_state(path) -> TaskState:
         for z in np.flatnonzero(found):
             center[z] = values[z]
     return TaskState(integrate=marks("integrate"), center=center, recon=marks("recon"),
-                     pdf=marks("pdf") if "pdf" in g.array_keys() else None)
+                     pdf=marks("pdf") if "pdf" in g.array_keys() else None,
+                     view=marks("view") if "view" in g.array_keys() else None)
 
 
 def mark_done(path, stage: str, index: tuple[int, ...], value: float = 1) -> None:
-    """Set the marker of one task (``stage`` in integrate | center | recon | pdf) after its data."""
+    """Set the marker of one task (``stage`` in integrate | center | recon | pdf | view) after its data."""
     write_region(path, f"{TASKS}/{stage}", index, value)
 
 
@@ -706,6 +731,7 @@ VARIABLE_ATTRS = {
     (TASKS, "center"): ("pixel", "rotation axis of the slice (NaN: not yet found)"),
     (TASKS, "recon"): ("1", "1 = this q block of recon/ is completely written"),
     (TASKS, "pdf"): ("1", "1 = this slice of pdf/ is completely written"),
+    (TASKS, "view"): ("1", "1 = this slice's view copy is completely written"),
     "z": ("mm", "slice position"), "omega": ("deg", "rotation angle"), "x": ("mm", "translation / voxel column"),
     "y": ("mm", "voxel row"), "r": ("angstrom", "interatomic distance r"), "channel": ("1", "aux_sinogram channel"),
 }

@@ -1,0 +1,50 @@
+"""The viewer: look inside a run in the browser (``xrdct view RUN.zarr``) or a notebook
+(``xrdct_dask.view("RUN.zarr")``).
+
+The display layer: it reads stores (:mod:`xrdct_dask.store`, the run's view copy
+:mod:`xrdct_dask.viewcopy`) and never writes them; nothing but the command line imports it.
+Bokeh, whose server dask's dashboard runs on, draws the pages (``pip install "xrdct-dask[view]"``).
+
+    data.py    what is shown, read from a store (maps, patterns, sinograms, d-lines, .xy/.gr text)
+    app.py     the page: one Bokeh document (widgets, figures, callbacks, live polling)
+    server.py  ``xrdct view``'s server on 127.0.0.1 behind a token
+
+This module is callable: ``xrdct_dask.view(store)`` is :func:`show`.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from functools import partial
+
+INSTALL = 'pip install "xrdct-dask[view]"'
+
+
+def show(store, *, z: int = 0, map_name: str | None = None, poll_s: float = 2.0,
+         notebook_url: str = "localhost:8888"):
+    """Show the viewer of run ``store`` in this notebook's output (JupyterLab, classic Notebook).
+
+    Bokeh serves the page from this kernel (a server app in the kernel's IO loop, as
+    ``bokeh.io.show`` does for apps); ``notebook_url`` is where the browser reaches Jupyter
+    (``localhost:8888``; a function of the port behind a proxy, see Bokeh's ``show``).  The
+    same page as ``xrdct view``: maps, patterns, sinogram, live refresh while a watch fills the
+    store.  A store that is not a run of this program is refused (ViewError) before anything shows."""
+    from bokeh.io import output_notebook
+    from bokeh.io import show as bokeh_show
+
+    from .app import make_document
+    from .data import RunData
+
+    RunData(store)
+    output_notebook(hide_banner=True)
+    return bokeh_show(partial(make_document, path=store, z=z, map_name=map_name, poll_s=poll_s),
+                      notebook_url=notebook_url)
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, store, **kwargs):
+        return show(store, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
