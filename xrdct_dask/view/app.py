@@ -307,8 +307,7 @@ class Viewer:
         if self.kind == KIND_G and self.w_cmap.value == "viridis":
             self.w_cmap.value = "RdBu_r"  # G changes sign: diverging colours (its callback restyles)
         self._restyle()
-        s = img.shape[0]
-        binned = d.ny // s if s and d.ny != s else 1
+        binned = d.view.s if self._copy() and self.kind in (KIND_Q, KIND_RANGE, KIND_G) else 1
         self.what = what + (f"; view copy: {binned} x {binned} voxel blocks averaged" if binned > 1 else "")
         self.map_fig.title.text = f"slice {self.z}: {what}"
 
