@@ -61,3 +61,27 @@ def pdf_then_recon_run(sim_scan, tmp_path_factory):
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as cluster:
         path = run(wf, cluster=cluster, progress=False, summary=False)
     return path, wf, sim_scan
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here (None: they can): Debian's chromium and playwright."""
+    import importlib.util
+    import shutil
+
+    exe = os.environ.get("XRDCT_CHROMIUM", "/usr/bin/chromium")
+    if not (Path(exe).is_file() or shutil.which(exe)):
+        return f"no chromium at {exe}"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    why = browser_missing()
+    if why is None:
+        return
+    skip = pytest.mark.skip(reason=f"browser tests: {why}; run them with `make test-browser` (installs Debian's "
+                                   f"chromium and playwright)")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)

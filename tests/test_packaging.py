@@ -179,7 +179,7 @@ def test_declared_dependencies_are_exactly_the_third_party_imports():
     support = [REPO / "xrdct_dask" / f for f in TEST_SUPPORT]
     assert all(p.is_file() for p in support), support
     third_party = _third_party_imports(p for p in (REPO / "xrdct_dask").rglob("*.py") if p not in support)
-    optional = {"cupy": "gpu"}
+    optional = {"cupy": "gpu", "bokeh": "view", "tornado": "view"}  # the viewer: an extra
     dists = packages_distributions()
 
     def distributions(modules):

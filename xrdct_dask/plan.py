@@ -121,6 +121,7 @@ class RunPlan:
     bound_by: str = ""  # "GPUs" or "file system"
     wall_hours: float | None = None
     notes: list[str] = field(default_factory=list)
+    chunk_files: dict[str, int] = field(default_factory=dict)  # files per array: its shards, else its chunks
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -327,7 +328,8 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
         nr=nr, stages=plans, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
         max_tasks_held=min(tasks, 2 * spw * t_slice) if nwaves > 1 else tasks, chunks=chunks,
-        files=sum(sp.nfiles for sp in written_specs) + nmeta, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
+        files=sum(sp.nfiles for sp in written_specs) + nmeta,
+        chunk_files={sp.path: sp.nfiles if sp in written_specs else 0 for sp in specs}, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
         gpu_frames_per_s=gpu,
         cpu_frames_per_s_per_core=cpu, throughput_source=source, gpu_figure=gpu_figure if gpu else "",
         gpu_hours=F / gpu / 3600 if gpu else None, cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
@@ -412,6 +414,10 @@ def format_plan(p: RunPlan) -> str:
     lines.append(f"blocks: {lay['omega_chunk']} omega rows per integrate task, {lay['q_chunk']} q bins per recon "
                  f"task (prepared {lay['q_sub']} at a time), {lay['y_chunk']} voxel rows per pdf task, "
                  f"{lay['r_chunk']} r points per chunk; at most {_b(lay['budget'])} per task (compute.task_memory)")
+    if "view" in p.stages:
+        v = p.stages["view"].bytes_written
+        lines.append(f"view copy: {100 * v / max(tot_w, 1):.1f} % of the bytes written ({_b(v)}: maps and patterns "
+                     f"for xrdct view)")
     biggest = max(p.chunk_bytes.values(), default=0)
     lines.append(f"store: {sum(p.chunks.values()):,} chunks, {p.files:,} files (written uncompressed at most); "
                  f"largest chunk {_b(biggest)}")
