@@ -1,8 +1,8 @@
 """The viewer on a real run, in a real browser.
 
 The simulator's scan (2 slices x 32 angles x 24 steps, a Ni disk, an Fe bar, a NaCl ellipse in
-amorphous Si) is run through the whole workflow with ``view.phases: {Ni: ...}``: the run writes
-the view copy of every slice (stage ``view``).  Then Debian's Chromium, driven by Playwright
+amorphous Si) is run through the whole workflow: the run writes the view copy of every slice
+(stage ``view``); the page marks Ni's d-spacings (``--phase Ni=...``).  Then Debian's Chromium, driven by Playwright
 (``executable_path=/usr/bin/chromium``, never a downloaded browser), opens ``xrdct view``'s page:
 it moves the q slider with the mouse, clicks the voxel at the centre of the Ni disk, and reads
 the pattern the page shows, whose strongest peaks must be Ni's lines (within 1 %: a q bin is
@@ -31,18 +31,11 @@ ARTIFACTS = Path(os.environ.get("XRDCT_ARTIFACTS", Path(__file__).resolve().pare
 
 
 @pytest.fixture(scope="module")
-def viewed_run(sim_scan, tmp_path_factory):
-    """The simulated scan run with the view copy and Ni's d-spacings: ``(store, scan)``; ~20 s."""
-    from distributed import LocalCluster
-
-    from xrdct_dask import run
-    from xrdct_dask.config import load_workflow
-
-    out = tmp_path_factory.mktemp("viewed") / "run.zarr"
-    wf = load_workflow(sim_scan.workflow, {"store.path": str(out), "pdf.rmax": 8.0, "view.phases": {"Ni": NI_D_A}})
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as cluster:
-        path = run(wf, cluster=cluster, progress=False, summary=False)
-    return Path(path), sim_scan
+def viewed_run(pdf_then_recon_run):
+    """The simulated scan run through the whole workflow (the session's run of tests/conftest.py,
+    shared with the workflow's and the export's tests), view copy included: ``(store, scan)``."""
+    path, _, scan = pdf_then_recon_run
+    return Path(path), scan
 
 
 @pytest.mark.slow
@@ -78,7 +71,7 @@ def page_url(viewed_run):
 
     def serve():
         asyncio.set_event_loop(asyncio.new_event_loop())
-        srv, url = start_server(viewed_run[0], 0, poll_s=1.0)
+        srv, url = start_server(viewed_run[0], 0, poll_s=1.0, phases={"Ni": NI_D_A})  # as --phase Ni=...
         box.update(server=srv, url=url)
         ready.set()
         srv.io_loop.start()
@@ -169,7 +162,7 @@ def test_browser_q_slider_and_ni_voxel(viewed_run, page_url, browser):
     assert np.min(np.abs(peaks_d - NI_D_A[0])) / NI_D_A[0] < 0.01, peaks_d
     np.testing.assert_allclose(shown, store.open_array(path, "recon/intensity", "r")[0, iy, ix],
                                rtol=2e-3, atol=2e-3 * np.nanmax(np.abs(shown)))
-    labels = page.evaluate("() => Bokeh.documents[0].get_model_by_name('patterns').legend[0].items"
+    labels = page.evaluate("() => Bokeh.documents[0].get_model_by_name('pattern_legend').items"
                            ".map(i => i.label.value)")
     assert "Ni (d)" in labels
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

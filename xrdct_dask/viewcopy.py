@@ -163,6 +163,47 @@ def block_mean(a: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
+def block_sums(a: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sums of ``a (n, m, ...)`` float32 over s x s blocks of its first two axes (NaN as 0) and
+    the count of finite values in each (None where ``a`` has no NaN: every block is full but
+    the last ones, whose sizes :func:`block_counts` gives).  One pass where there is no NaN."""
+    a = np.asarray(a, np.float32)
+    nan = np.isnan(a)
+    counts = None
+    if nan.any():
+        a = np.where(nan, np.float32(0), a)
+        counts = (~nan).astype(np.float32)
+    if s == 1:
+        return a, counts
+    starts0, starts1 = np.arange(0, a.shape[0], s), np.arange(0, a.shape[1], s)
+    sums = np.add.reduceat(np.add.reduceat(a, starts0, axis=0), starts1, axis=1)
+    if counts is not None:
+        counts = np.add.reduceat(np.add.reduceat(counts, starts0, axis=0), starts1, axis=1)
+    return sums, counts
+
+
+def block_counts(n: int, m: int, s: int) -> np.ndarray:
+    """``(ceil(n/s), ceil(m/s), 1)``: voxels in each s x s block of an ``(n, m)`` grid."""
+    rows = np.minimum(s, n - np.arange(0, n, s))
+    cols = np.minimum(s, m - np.arange(0, m, s))
+    return (rows[:, None] * cols[None, :])[..., None].astype(np.float32)
+
+
+def bin_last(a: np.ndarray, k: int) -> np.ndarray:
+    """``a`` averaged over groups of ``k`` along its last axis (NaN ignored; the last group may
+    be smaller)."""
+    if k == 1:
+        return a
+    n = a.shape[-1]
+    pad = -n % k
+    if pad:
+        a = np.concatenate([a, np.full(a.shape[:-1] + (pad,), np.nan, a.dtype)], axis=-1)
+    g = a.reshape(a.shape[:-1] + (-1, k))
+    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(g, axis=-1).astype(np.float32)
+
+
 def f16_scale(values: np.ndarray) -> float:
     """A power of 2 that brings the largest finite magnitude of ``values`` to at most F16_TOP (1 for none)."""
     top = float(np.nanmax(np.abs(values), initial=0.0)) if np.isfinite(values).any() else 0.0
@@ -190,31 +231,35 @@ def _write_tiles(path: Path, z: int, src: str, name: str, vl: ViewLayout, c_bin:
     scale = np.ones(nc, np.float32)
     total = np.zeros(nc, np.float64)
     count = np.zeros(nc, np.int64)
-    sums = np.zeros((vl.ny, vl.ny, -(-nc // TILE)), np.float32) if coarse else None
+    coarse_sums = np.zeros((vl.ny, vl.ny, -(-nc // TILE)), np.float32) if coarse else None
     for c0 in range(0, nc, shard_c):
         c1 = min(c0 + shard_c, nc)
         block = np.empty((vl.ny, vl.ny, c1 - c0), np.float32)
         for ys in _bands(vl.nx, arr.chunks[1], vl.s):
-            rows = arr[z, ys, :, c0 * c_bin:min(c1 * c_bin, nc_src)]  # (band, nx, (c1 - c0) c_bin)
-            if c_bin > 1:
-                rows = np.moveaxis(block_mean(np.moveaxis(rows, 2, 0), (c_bin,)), 0, 2)
-            good = np.isfinite(rows)
-            total[c0:c1] += np.where(good, rows, 0).sum(axis=(0, 1))
-            count[c0:c1] += good.sum(axis=(0, 1))
-            block[ys.start // vl.s:-(-ys.stop // vl.s)] = block_mean(rows, (vl.s, vl.s))
+            rows = bin_last(arr[z, ys, :, c0 * c_bin:min(c1 * c_bin, nc_src)], c_bin)  # (band, nx, c1 - c0)
+            sums, counts = block_sums(rows, vl.s)
+            if counts is None:
+                counts = block_counts(rows.shape[0], rows.shape[1], vl.s)
+                count[c0:c1] += rows.shape[0] * rows.shape[1]
+            else:
+                count[c0:c1] += counts.sum(axis=(0, 1), dtype=np.int64)
+            total[c0:c1] += sums.sum(axis=(0, 1), dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                block[ys.start // vl.s:-(-ys.stop // vl.s)] = np.where(counts > 0, sums / counts, np.nan)
+            del rows, sums, counts
         scale[c0:c1] = f16_scale(block)
         store.write_region(path, f"{VIEW}/{name}", (z, slice(None), slice(None), slice(c0, c1)),
                            (block * scale[c0]).astype(np.float16))
         if coarse:
             starts = np.arange(0, c1 - c0, TILE)
-            sums[..., c0 // TILE:c0 // TILE + starts.size] = np.add.reduceat(np.nan_to_num(block), starts, axis=2)
+            coarse_sums[..., c0 // TILE:c0 // TILE + starts.size] = np.add.reduceat(np.nan_to_num(block), starts, axis=2)
         del block
     store.write_region(path, f"{VIEW}/{name}_scale", (z,), scale)
     with np.errstate(invalid="ignore", divide="ignore"):
         store.write_region(path, f"{VIEW}/{name}_mean", (z,), np.where(count > 0, total / np.maximum(count, 1),
                                                                       np.nan).astype(np.float32))
     if coarse:
-        store.write_region(path, f"{VIEW}/{name}_coarse", (z,), sums)
+        store.write_region(path, f"{VIEW}/{name}_coarse", (z,), coarse_sums)
 
 
 def _write_sinogram(path: Path, z: int, vl: ViewLayout) -> None:
@@ -223,9 +268,9 @@ def _write_sinogram(path: Path, z: int, vl: ViewLayout) -> None:
     arr = store.open_array(path, f"{store.REDUCED}/intensity", "r")
     out = np.empty((vl.nw, vl.ny, vl.nqs), np.float32)
     for ws in _bands(vl.nomega, arr.chunks[1], vl.sino_w):
-        rows = store.read_chunked(path, f"{store.REDUCED}/intensity", (z, ws, slice(None), slice(None)), 2)
-        out[ws.start // vl.sino_w:-(-ws.stop // vl.sino_w)] = block_mean(rows, (vl.sino_w, vl.s, 1)) if vl.sino_q == 1 \
-            else np.moveaxis(block_mean(np.moveaxis(block_mean(rows, (vl.sino_w, vl.s)), 2, 0), (vl.sino_q,)), 0, 2)
+        rows = bin_last(store.read_chunked(path, f"{store.REDUCED}/intensity", (z, ws, slice(None), slice(None)), 2),
+                        vl.sino_q)
+        out[ws.start // vl.sino_w:-(-ws.stop // vl.sino_w)] = block_mean(rows, (vl.sino_w, vl.s))
         del rows
     scale = f16_scale(out)
     store.write_region(path, f"{VIEW}/sino", (z,), np.moveaxis(out * scale, 2, 0).astype(np.float16))

@@ -21,7 +21,7 @@ from functools import partial
 INSTALL = 'pip install "xrdct-dask[view]"'
 
 
-def show(store, *, z: int = 0, map_name: str | None = None, poll_s: float = 2.0,
+def show(store, *, z: int = 0, map_name: str | None = None, poll_s: float = 2.0, phases: dict | None = None,
          notebook_url: str = "localhost:8888"):
     """Show the viewer of run ``store`` in this notebook's output (JupyterLab, classic Notebook).
 
@@ -29,7 +29,9 @@ def show(store, *, z: int = 0, map_name: str | None = None, poll_s: float = 2.0,
     ``bokeh.io.show`` does for apps); ``notebook_url`` is where the browser reaches Jupyter
     (``localhost:8888``; a function of the port behind a proxy, see Bokeh's ``show``).  The
     same page as ``xrdct view``: maps, patterns, sinogram, live refresh while a watch fills the
-    store.  A store that is not a run of this program is refused (ViewError) before anything shows."""
+    store; ``phases`` (``{"Ni": [2.034, 1.762]}``, angstrom) marks d-spacings (default: the
+    workflow's ``view.phases``).  A store that is not a run of this program is refused
+    (ViewError) before anything shows."""
     from bokeh.io import output_notebook
     from bokeh.io import show as bokeh_show
 
@@ -38,7 +40,7 @@ def show(store, *, z: int = 0, map_name: str | None = None, poll_s: float = 2.0,
 
     RunData(store)
     output_notebook(hide_banner=True)
-    return bokeh_show(partial(make_document, path=store, z=z, map_name=map_name, poll_s=poll_s),
+    return bokeh_show(partial(make_document, path=store, z=z, map_name=map_name, poll_s=poll_s, phases=phases),
                       notebook_url=notebook_url)
 
 

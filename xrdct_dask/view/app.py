@@ -146,6 +146,7 @@ class Viewer:
             src = ColumnDataSource(data={"x": xs})
             self.pat_fig.ray(x="x", y=0, length=0, angle=np.pi / 2, source=src, color=colours[k % len(colours)],
                              line_dash="dashed", legend_label=f"{name} (d)")
+        self.pat_fig.legend.name = "pattern_legend"
         self.pat_fig.legend.location = "top_right"
         self.pat_fig.legend.click_policy = "hide"
 
@@ -497,9 +498,11 @@ def view_figure(v: Viewer):
     return fig
 
 
-def make_document(doc, path, *, z: int = 0, map_name: str | None = None, poll_s: float = 2.0) -> Viewer:
+def make_document(doc, path, *, z: int = 0, map_name: str | None = None, poll_s: float = 2.0,
+                  phases: dict | None = None) -> Viewer:
     """Build the page for store ``path`` into Bokeh document ``doc`` (a server session or a
-    notebook cell); returns the :class:`Viewer`."""
-    viewer = Viewer(RunData(path), z=z, map_name=map_name, poll_s=poll_s)
+    notebook cell); ``phases`` (``{name: [d, ...]}``, angstrom) overrides the workflow's
+    ``view.phases``; returns the :class:`Viewer`."""
+    viewer = Viewer(RunData(path, phases), z=z, map_name=map_name, poll_s=poll_s)
     viewer.start(doc)
     return viewer

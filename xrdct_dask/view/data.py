@@ -83,9 +83,10 @@ def radial_to_d(x, unit: str, wavelength_A: float) -> np.ndarray:
 
 class RunData:
     """A run's store as the viewer reads it.  ``path``: the store (refused in one line with
-    :class:`ViewError` unless it is a run of this program)."""
+    :class:`ViewError` unless it is a run of this program); ``phases``: ``{name: [d (angstrom),
+    ...]}`` to mark on patterns (default: the run's workflow ``view.phases``)."""
 
-    def __init__(self, path):
+    def __init__(self, path, phases: dict | None = None):
         self.path = Path(path)
         try:
             self.attrs = store.run_attrs(self.path)
@@ -102,7 +103,8 @@ class RunData:
         self.unit = str(store.open_array(self.path, "q", "r").attrs.get("radial_unit")
                         or wf.get("integrate", {}).get("unit", "q_nm^-1"))
         self.wavelength_A = float(self.attrs.get("wavelength_angstrom") or np.nan)
-        self.phases = {str(k): [float(d) for d in v] for k, v in (wf.get("view", {}).get("phases") or {}).items()}
+        given = wf.get("view", {}).get("phases") if phases is None else phases
+        self.phases = {str(k): [float(d) for d in v] for k, v in (given or {}).items()}
 
     # ---- axes -------------------------------------------------------------------------------
     @functools.cached_property

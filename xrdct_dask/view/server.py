@@ -81,12 +81,13 @@ def make_auth(token: str, port: int):
 
 
 def start_server(path, port: int = 5006, *, token: str | None = None, map_name: str | None = None,
-                 poll_s: float = 2.0):
+                 poll_s: float = 2.0, phases: dict | None = None):
     """Start the viewer of store ``path`` on 127.0.0.1:``port`` (0: any free port) in this
     thread's IO loop (not yet running); returns ``(server, url)``.
 
     Raises :class:`ViewError` (one line) for a store that is not a run of this program, an
-    unknown map, or a port in use (naming the next free one)."""
+    unknown map, or a port in use (naming the next free one).  ``phases``: d-spacings to mark
+    (``{name: [d, ...]}``, angstrom; default: the workflow's ``view.phases``)."""
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
@@ -107,7 +108,8 @@ def start_server(path, port: int = 5006, *, token: str | None = None, map_name: 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-    app = Application(FunctionHandler(partial(make_document, path=path, map_name=map_name, poll_s=poll_s)))
+    app = Application(FunctionHandler(partial(make_document, path=path, map_name=map_name, poll_s=poll_s,
+                                              phases=phases)))
     server = Server({"/": app}, port=port, address="127.0.0.1", num_procs=1,
                     allow_websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"],
                     auth_provider=make_auth(token, port))
