@@ -206,7 +206,10 @@ def bin_last(a: np.ndarray, k: int) -> np.ndarray:
 
 def f16_scale(values: np.ndarray) -> float:
     """A power of 2 that brings the largest finite magnitude of ``values`` to at most F16_TOP (1 for none)."""
-    top = float(np.nanmax(np.abs(values), initial=0.0)) if np.isfinite(values).any() else 0.0
+    values = np.asarray(values)
+    # fmax / fmin skip NaN and keep to one SIMD pass each (no |values| temporary)
+    hi, lo = (float(f.reduce(values, axis=None, initial=np.nan)) for f in (np.fmax, np.fmin))
+    top = max(abs(v) for v in (hi, lo, 0.0) if math.isfinite(v))
     return 1.0 if top == 0 else float(2.0 ** math.floor(math.log2(F16_TOP / top)))
 
 
@@ -244,15 +247,16 @@ def _write_tiles(path: Path, z: int, src: str, name: str, vl: ViewLayout, c_bin:
             else:
                 count[c0:c1] += counts.sum(axis=(0, 1), dtype=np.int64)
             total[c0:c1] += sums.sum(axis=(0, 1), dtype=np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                block[ys.start // vl.s:-(-ys.stop // vl.s)] = np.where(counts > 0, sums / counts, np.nan)
+            with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0: an all-NaN block stays NaN
+                np.divide(sums, counts, out=block[ys.start // vl.s:-(-ys.stop // vl.s)])
             del rows, sums, counts
         scale[c0:c1] = f16_scale(block)
         store.write_region(path, f"{VIEW}/{name}", (z, slice(None), slice(None), slice(c0, c1)),
                            (block * scale[c0]).astype(np.float16))
-        if coarse:
+        if coarse:  # NaN counts as 0 in a sum over q (the block is not needed any more: in place)
             starts = np.arange(0, c1 - c0, TILE)
-            coarse_sums[..., c0 // TILE:c0 // TILE + starts.size] = np.add.reduceat(np.nan_to_num(block), starts, axis=2)
+            block[np.isnan(block)] = 0
+            coarse_sums[..., c0 // TILE:c0 // TILE + starts.size] = np.add.reduceat(block, starts, axis=2)
         del block
     store.write_region(path, f"{VIEW}/{name}_scale", (z,), scale)
     with np.errstate(invalid="ignore", divide="ignore"):

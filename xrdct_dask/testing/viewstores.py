@@ -72,7 +72,7 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
             b = min(a + lay.y_chunk, nx)
             rows = np.einsum("pyx,pq->yxq", maps[:, a:b], pats).astype(np.float32)
             if noise:
-                rows += (noise * pats.mean() * rng.standard_normal(rows.shape)).astype(np.float32)
+                rows += np.float32(noise * pats.mean()) * rng.standard_normal(rows.shape, dtype=np.float32)
             store.write_chunked(path, f"{store.RECON}/intensity", (z, slice(a, b), slice(None), slice(None)), rows, 2)
             if g_phase is not None:
                 g = np.where(which[a:b, :, None] >= 0, g_phase[np.maximum(which[a:b], 0)], 0).astype(np.float32)
@@ -84,7 +84,7 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
             w1 = min(w0 + lay.omega_chunk, nomega)
             frames = np.einsum("pwx,pq->wxq", sino[:, w0:w1], pats).astype(np.float32)
             if noise:
-                frames += (noise * pats.mean() * rng.standard_normal(frames.shape)).astype(np.float32)
+                frames += np.float32(noise * pats.mean()) * rng.standard_normal(frames.shape, dtype=np.float32)
             status = np.zeros((w1 - w0, nx), np.int8)
             for zz, w, x in flagged:
                 if zz == z and w0 <= w < w1:
