@@ -271,10 +271,11 @@ class RunData:
         return _mean_over_rows(self.path, f"{store.PDF}/G", z)
 
     # ---- sinograms --------------------------------------------------------------------------
-    def sinogram(self, z: int, qi: int) -> tuple[np.ndarray, str]:
-        """The sinogram ``(nomega, nx)`` of slice ``z`` at q bin ``qi`` (from the copy: of the q
-        plane holding it, omega and x averaged to its size) and what it is."""
-        if self._use_copy(z, None):
+    def sinogram(self, z: int, qi: int, copy: bool | None = None) -> tuple[np.ndarray, str]:
+        """The sinogram ``(nomega, nx)`` of slice ``z`` at q bin ``qi`` and what it is: read from
+        reduced/ where that is cheap (:attr:`sinogram_cheap`), else from the copy (the q plane
+        holding it, omega and x averaged to its size)."""
+        if copy or (copy is None and self._use_copy(z, None) and not self.sinogram_cheap):  # else exact, at q
             vl = self.view
             p = qi // vl.sino_q
             scale = store.open_array(self.path, f"{viewcopy.VIEW}/sino_scale", "r")[z, p]
