@@ -6,8 +6,8 @@ CPU.  The arrays are what a perfect run would hold: ``recon/intensity`` = the ph
 maps (:func:`~xrdct_dask.testing.synthetic.make_phantom`) times their Debye patterns,
 ``reduced/intensity`` = their pencil-beam projections (skimage ``radon``) times the patterns
 (then ``reduced/total``), ``pdf/G`` = G(r) of each voxel's pattern (:func:`xrdct_dask.pdf.compute_pdf`),
-with Gaussian noise of ``noise`` times each pattern's mean (so that the chunks compress as measured
-data do) and the frames of ``flagged`` marked corrupt.  Everything is written a block at a time
+with Gaussian noise of ``noise`` times the patterns' mean (so that the chunks compress as measured
+data do; one block of noise per block shape, reused) and the frames of ``flagged`` marked corrupt.  Everything is written a block at a time
 (no whole slice of a big array is held), through :func:`xrdct_dask.store.create_store` and
 ``store.write_region``, so the layout is the run's.
 """
@@ -64,15 +64,25 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
                        attrs={"workflow": wf, "wavelength_angstrom": WAVELENGTH_A, "monitor_reference": 1.0})
     flagged = set(map(tuple, flagged))
     # G of each phase's pattern: the phantom's voxels are one phase each (or empty: G = 0)
+    sigma = np.float32(noise * pats.mean())
+    noise_block: dict[tuple, np.ndarray] = {}
+
+    def noisy(a: np.ndarray) -> np.ndarray:
+        # one noise block per shape, reused block after block: drawing 1e10 normals would take the
+        # writing's whole time, and a repeat a chunk apart is as incompressible to Blosc as new noise
+        if noise:
+            if a.shape not in noise_block:
+                noise_block[a.shape] = sigma * rng.standard_normal(a.shape, dtype=np.float32)
+            a += noise_block[a.shape]
+        return a
+
     g_phase = compute_pdf(pats.astype(np.float64), op, min_scale=1e-9).G.astype(np.float32) if op is not None else None
     for z in range(nz):
         maps = make_phantom(nz, nx)[:, z]  # (phase, y, x)
         which = np.where(maps.sum(axis=0) > 0, maps.argmax(axis=0), -1)
         for a in range(0, nx, lay.y_chunk):
             b = min(a + lay.y_chunk, nx)
-            rows = np.einsum("pyx,pq->yxq", maps[:, a:b], pats).astype(np.float32)
-            if noise:
-                rows += np.float32(noise * pats.mean()) * rng.standard_normal(rows.shape, dtype=np.float32)
+            rows = noisy(np.einsum("pyx,pq->yxq", maps[:, a:b], pats).astype(np.float32))
             store.write_chunked(path, f"{store.RECON}/intensity", (z, slice(a, b), slice(None), slice(None)), rows, 2)
             if g_phase is not None:
                 g = np.where(which[a:b, :, None] >= 0, g_phase[np.maximum(which[a:b], 0)], 0).astype(np.float32)
@@ -82,9 +92,7 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
         sino = project(maps, omega)  # (phase, nomega, nx)
         for w0 in range(0, nomega, lay.omega_chunk):
             w1 = min(w0 + lay.omega_chunk, nomega)
-            frames = np.einsum("pwx,pq->wxq", sino[:, w0:w1], pats).astype(np.float32)
-            if noise:
-                frames += np.float32(noise * pats.mean()) * rng.standard_normal(frames.shape, dtype=np.float32)
+            frames = noisy(np.einsum("pwx,pq->wxq", sino[:, w0:w1], pats).astype(np.float32))
             status = np.zeros((w1 - w0, nx), np.int8)
             for zz, w, x in flagged:
                 if zz == z and w0 <= w < w1:
