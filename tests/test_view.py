@@ -11,9 +11,7 @@ callbacks are driven here as a browser would drive them; the server is checked o
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -250,21 +248,11 @@ def test_live_page_follows_the_store_as_slices_land(phantom, tmp_path):
 @pytest.fixture()
 def server(phantom):
     """The viewer's server on a free port in a thread: ``(url with token, port)``."""
-    from xrdct_dask.view.server import start_server
+    from xrdct_dask.view.server import serve_in_thread
 
-    box, ready = {}, threading.Event()
-
-    def run():
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        srv, url = start_server(phantom, 0, poll_s=0)
-        box.update(server=srv, url=url)
-        ready.set()
-        srv.io_loop.start()
-
-    threading.Thread(target=run, daemon=True).start()
-    assert ready.wait(60)
-    yield box["url"], box["server"].port
-    box["server"].io_loop.add_callback(box["server"].io_loop.stop)
+    srv, url = serve_in_thread(phantom, poll_s=0)
+    yield url, srv.port
+    srv.io_loop.add_callback(srv.io_loop.stop)
 
 
 def _get(url: str, cookie: str | None = None):

@@ -12,9 +12,7 @@ screenshot is kept as a test artefact (``build/test-artifacts/``, ``$XRDCT_ARTIF
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -65,21 +63,11 @@ def ni_centre(scan, z: int = 0) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def page_url(viewed_run):
-    from xrdct_dask.view.server import start_server
+    from xrdct_dask.view.server import serve_in_thread
 
-    box, ready = {}, threading.Event()
-
-    def serve():
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        srv, url = start_server(viewed_run[0], 0, poll_s=1.0, phases={"Ni": NI_D_A})  # as --phase Ni=...
-        box.update(server=srv, url=url)
-        ready.set()
-        srv.io_loop.start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    assert ready.wait(60)
-    yield box["url"]
-    box["server"].io_loop.add_callback(box["server"].io_loop.stop)
+    srv, url = serve_in_thread(viewed_run[0], poll_s=1.0, phases={"Ni": NI_D_A})  # as --phase Ni=...
+    yield url
+    srv.io_loop.add_callback(srv.io_loop.stop)
 
 
 @pytest.fixture(scope="module")

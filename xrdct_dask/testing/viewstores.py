@@ -34,13 +34,14 @@ def phase_patterns(q_nm: np.ndarray) -> np.ndarray:
 def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq: int = 400, rmax: float = 10.0,
                         rstep: float = 0.02, noise: float = 0.0, flagged=(), view_pixels: int | None = 512,
                         phases: dict | None = None, task_memory: int = 2**30, seed: int = 0,
-                        fill_view: bool = True) -> Path:
+                        fill_view: bool = True, data_slices: int | None = None) -> Path:
     """Write the store at ``path`` (see the module docstring); returns it.
 
     ``nq`` bins over q = 8 .. 250 1/nm; G on r = 0.5 .. ``rmax`` (``rmax`` 0: no PDF);
     ``flagged``: (z, omega step, x step) of frames marked corrupt; ``view_pixels``: the view
     copy's ``map_pixels`` (None: no copy), written for every slice when ``fill_view``;
-    ``phases``: the workflow's ``view.phases``."""
+    ``phases``: the workflow's ``view.phases``; ``data_slices``: only the first this many slices
+    get recon/, pdf/G and reduced/intensity (the others their per-frame arrays and markers only)."""
     from ..pdf import build_operator, compute_pdf
     from ..viewcopy import view_layout, write_view_copy
 
@@ -78,9 +79,10 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
 
     g_phase = compute_pdf(pats.astype(np.float64), op, min_scale=1e-9).G.astype(np.float32) if op is not None else None
     for z in range(nz):
+        full = data_slices is None or z < data_slices
         maps = make_phantom(nz, nx)[:, z]  # (phase, y, x)
         which = np.where(maps.sum(axis=0) > 0, maps.argmax(axis=0), -1)
-        for a in range(0, nx, lay.y_chunk):
+        for a in range(0, nx, lay.y_chunk) if full else ():
             b = min(a + lay.y_chunk, nx)
             rows = noisy(np.einsum("pyx,pq->yxq", maps[:, a:b], pats).astype(np.float32))
             store.write_chunked(path, f"{store.RECON}/intensity", (z, slice(a, b), slice(None), slice(None)), rows, 2)
@@ -92,7 +94,8 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
         sino = project(maps, omega)  # (phase, nomega, nx)
         for w0 in range(0, nomega, lay.omega_chunk):
             w1 = min(w0 + lay.omega_chunk, nomega)
-            frames = noisy(np.einsum("pwx,pq->wxq", sino[:, w0:w1], pats).astype(np.float32))
+            frames = noisy(np.einsum("pwx,pq->wxq", sino[:, w0:w1], pats).astype(np.float32)) if full else \
+                np.full((w1 - w0, nx, nq), np.nan, np.float32)
             status = np.zeros((w1 - w0, nx), np.int8)
             for zz, w, x in flagged:
                 if zz == z and w0 <= w < w1:

@@ -16,6 +16,7 @@ that a small script turns into a file), so nothing is written on the server eith
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
 import time
@@ -41,12 +42,13 @@ setTimeout(() => URL.revokeObjectURL(url), 10000);
 """
 
 
-def palette(name: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def palette(name: str) -> tuple[str, ...]:
     """256 hex colours of a matplotlib colour map."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
-    return [to_hex(c) for c in colormaps[name](np.linspace(0, 1, 256))]
+    return tuple(to_hex(c) for c in colormaps[name](np.linspace(0, 1, 256)))
 
 
 def _edges(values: np.ndarray) -> tuple[float, float]:
@@ -113,7 +115,7 @@ class Viewer:
         self.info = Div(text="", width=1100, name="info")
 
         # ---- the map ----
-        self.mapper = LinearColorMapper(palette=palette("viridis"), nan_color=(0, 0, 0, 0))
+        self.mapper = LinearColorMapper(palette=list(palette("viridis")), nan_color=(0, 0, 0, 0))
         self.map_src = ColumnDataSource(data={"image": [np.zeros((1, 1), np.float32)], "x": [0.0], "y": [0.0],
                                               "dw": [1.0], "dh": [1.0]})
         x0, x1 = _edges(d.x.values)
@@ -152,7 +154,7 @@ class Viewer:
 
         # ---- the sinogram at q, flagged frames marked ----
         w0, w1 = _edges(d.omega.values)
-        self.sino_mapper = LinearColorMapper(palette=palette("viridis"), nan_color=(0, 0, 0, 0))
+        self.sino_mapper = LinearColorMapper(palette=list(palette("viridis")), nan_color=(0, 0, 0, 0))
         self.sino_src = ColumnDataSource(data={"image": [np.zeros((1, 1), np.float32)], "x": [x0], "y": [w0],
                                                "dw": [x1 - x0], "dh": [w1 - w0]})
         self.flag_src = ColumnDataSource(data={"x": [], "y": []})
@@ -318,14 +320,24 @@ class Viewer:
         if self.w_cmap.value == "RdBu_r" or self.kind == KIND_G:  # centred on 0
             top = max(abs(lo), abs(hi))
             lo, hi = -top, top
-        self.mapper.update(palette=palette(self.w_cmap.value), low=lo, high=hi)
+        if tuple(self.mapper.palette) != palette(self.w_cmap.value):  # 256 colours to validate: only on a change
+            self.mapper.palette = list(palette(self.w_cmap.value))
+        self.mapper.update(low=lo, high=hi)
 
     def _draw_sinogram(self) -> None:
         d, z = self.data, self.z
         done = bool(self.state.integrate[z].all())
-        if done:
-            img, what = d.sinogram(z, self.qi) if (self._copy() or d.sinogram_cheap) else (d.total_sinogram(z),
-                                                                                        "summed over q")
+        at_q = done and (self._copy() or d.sinogram_cheap)
+        exact = d.sinogram_cheap or not self._copy()
+        # what it shows: a q bin, the copy's q plane, or the q sum; redrawn when that or the store changes
+        key = (z, (self.qi if exact else self.qi // d.view.sino_q) if at_q else None, self.signature, self.exact)
+        if key == getattr(self, "_sino_key", None):
+            return
+        self._sino_key = key
+        if at_q:
+            img, what = d.sinogram(z, self.qi, copy=not exact)
+        elif done:
+            img, what = d.total_sinogram(z), "summed over q"
         else:
             img, what = d.total_sinogram(z), "summed over q, as integrated so far"
         flags = d.frame_flags(z)
@@ -382,7 +394,7 @@ class Viewer:
         from ..live import live_status
 
         try:
-            state = self.data.state()
+            state = self.data.state(refresh=True)
         except Exception as err:  # a store being replaced: try again next time
             log.warning("%s: %s", self.data.path, err)
             return

@@ -98,6 +98,7 @@ class RunData:
         self.nz, self.ny, self.nx, self.nq = rec.shape
         self.has_pdf = (self.path / store.PDF / "G" / "zarr.json").is_file()
         self.has_copy = viewcopy.has_copy(self.path)
+        self._state: store.TaskState | None = None
         self.view = viewcopy.layout_of(self.path) if self.has_copy else None
         wf = self.attrs.get("workflow", {})
         self.unit = str(store.open_array(self.path, "q", "r").attrs.get("radial_unit")
@@ -156,9 +157,12 @@ class RunData:
         return pretty_unit(store.open_array(self.path, name, "r").attrs.get("units"))
 
     # ---- what is done -----------------------------------------------------------------------
-    def state(self) -> store.TaskState:
-        """The done-markers (listed, not read: cheap enough to poll every second)."""
-        return store.task_state(self.path)
+    def state(self, refresh: bool = False) -> store.TaskState:
+        """The done-markers (listed, not read: cheap enough to poll every second), as last
+        looked at (``refresh``: look again)."""
+        if refresh or self._state is None:
+            self._state = store.task_state(self.path)
+        return self._state
 
     def copy_done(self, z: int, state: store.TaskState | None = None) -> bool:
         state = state or self.state()

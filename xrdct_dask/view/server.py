@@ -13,6 +13,7 @@ import errno
 import hmac
 import secrets
 import socket
+import threading
 from functools import partial
 
 from .data import RunData, ViewError
@@ -115,3 +116,31 @@ def start_server(path, port: int = 5006, *, token: str | None = None, map_name: 
                     auth_provider=make_auth(token, port))
     server.start()
     return server, f"http://127.0.0.1:{port}/?token={token}"
+
+
+def serve_in_thread(path, timeout_s: float = 120.0, **kwargs):
+    """:func:`start_server` (port 0 unless given) in a daemon thread of its own IO loop, for
+    tests, benchmarks and notebooks that keep their main thread: ``(server, url)``; stop it with
+    ``server.io_loop.add_callback(server.io_loop.stop)``.  Its errors are raised here."""
+    import asyncio
+
+    box: dict = {}
+    ready = threading.Event()
+
+    def run():
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        try:
+            box["server"], box["url"] = start_server(path, kwargs.pop("port", 0), **kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            box["error"] = err
+            return
+        finally:
+            ready.set()
+        box["server"].io_loop.start()
+
+    threading.Thread(target=run, daemon=True, name="xrdct-view").start()
+    if not ready.wait(timeout_s):
+        raise TimeoutError(f"the viewer of {path} did not start in {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["server"], box["url"]
