@@ -76,7 +76,8 @@ def test_view_copy_equals_block_means_of_the_run(phantom):
         np.testing.assert_allclose(sino, viewcopy.block_mean(red[..., 100:102], (2, 3, 2))[..., 0],
                                    atol=2e-3 * np.nanmax(np.abs(red)))
     # read without the copy: the exact chunks
-    np.testing.assert_array_equal(d.q_map(0, 7, copy=False), store.open_array(phantom, "recon/intensity", "r")[0, :, :, 7])
+    np.testing.assert_array_equal(d.q_map(0, 7, copy=False),
+                                  store.open_array(phantom, "recon/intensity", "r")[0, :, :, 7])
 
 
 def test_view_copy_scale_keeps_float16_in_range(tmp_path):

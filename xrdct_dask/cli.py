@@ -405,7 +405,8 @@ def _phases(pairs: list[str] | None) -> dict | None:
 
 @app.command()
 def view(
-    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store to look at (finished or being written)")],
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr",
+                                              help="the run store to look at (finished or being written)")],
     port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1 (0: any free one)")] = 5006,
     map_: Annotated[Optional[str], typer.Option(
         "--map", help="the map shown first: recon (at a q), pdf/G, or a per-voxel array such as pdf/scale")] = None,

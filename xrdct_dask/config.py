@@ -368,8 +368,8 @@ class Workflow(_Section):
 
     def work_digest(self) -> str:
         """sha256 of what determines the store's contents: the digest without ``compute`` (how
-        many workers), ``view`` (how it is shown) and ``store.path``/``store.overwrite`` (where).  A run resumes a store only
-        when its work digest matches the one the store records."""
+        many workers), ``view`` (how it is shown) and ``store.path``/``store.overwrite`` (where).
+        A run resumes a store only when its work digest matches the one the store records."""
         data = json.loads(self.model_dump_json(exclude={"compute": True, "view": True,
                                                         "store": {"path", "overwrite"}}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

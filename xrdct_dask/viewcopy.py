@@ -108,8 +108,9 @@ def view_specs(nz: int, vl: ViewLayout) -> list[store.ArraySpec]:
 
     def tiles(name, nc, shard_c):
         tc = min(TILE, nc)
-        return store.ArraySpec(f"{VIEW}/{name}", (nz, ny, ny, nc), (1, t, t, tc), "float16", ("z", "vy", "vx", name_dim(name)),
-                               np.nan, writers=w, shards=(1, pad, pad, -(-min(shard_c, nc) // tc) * tc))
+        return store.ArraySpec(f"{VIEW}/{name}", (nz, ny, ny, nc), (1, t, t, tc), "float16",
+                               ("z", "vy", "vx", name_dim(name)), np.nan, writers=w,
+                               shards=(1, pad, pad, -(-min(shard_c, nc) // tc) * tc))
 
     out = [tiles("recon", vl.nq, vl.q_shard),
            store.ArraySpec(f"{VIEW}/recon_scale", (nz, vl.nq), (1, vl.nq), "float32", ("z", "q"), np.nan, writers=w),

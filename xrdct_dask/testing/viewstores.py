@@ -7,7 +7,8 @@ maps (:func:`~xrdct_dask.testing.synthetic.make_phantom`) times their Debye patt
 ``reduced/intensity`` = their pencil-beam projections (skimage ``radon``) times the patterns
 (then ``reduced/total``), ``pdf/G`` = G(r) of each voxel's pattern (:func:`xrdct_dask.pdf.compute_pdf`),
 with Gaussian noise of ``noise`` times the patterns' mean (so that the chunks compress as measured
-data do; one block of noise per block shape, reused) and the frames of ``flagged`` marked corrupt.  Everything is written a block at a time
+data do; one block of noise per block shape, reused) and the frames of ``flagged`` marked
+corrupt.  Everything is written a block at a time
 (no whole slice of a big array is held), through :func:`xrdct_dask.store.create_store` and
 ``store.write_region``, so the layout is the run's.
 """
@@ -56,7 +57,8 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
                         budget=task_memory)
     vl = view_layout(nx=nx, nq=nq, nr=nr, nomega=nomega, q_chunk=lay.q_chunk, map_pixels=view_pixels,
                      r_step_A=rstep) if view_pixels else None
-    wf = {"integrate": {"unit": "q_nm^-1", "npt_rad": nq}, "sinogram": {}, "scan": {"nz": nz, "nomega": nomega, "nx": nx},
+    wf = {"integrate": {"unit": "q_nm^-1", "npt_rad": nq}, "sinogram": {},
+          "scan": {"nz": nz, "nomega": nomega, "nx": nx},
           "pdf": {"composition": "Ni", "enabled": bool(nr)}, "view": {"phases": phases or {}}}
     pdf_blocks = -(-nx // lay.y_chunk) if nr else 0
     store.create_store(path, nz=nz, nomega=nomega, nx=nx, radial=q_nm, radial_unit="q_nm^-1", omega_deg=omega,

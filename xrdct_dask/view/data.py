@@ -257,7 +257,8 @@ class RunData:
         if self._use_copy(z, copy):
             s = self.view.s
             scale = store.open_array(self.path, f"{viewcopy.VIEW}/g_scale", "r")[z]
-            return store.open_array(self.path, f"{viewcopy.VIEW}/g", "r")[z, iy // s, ix // s].astype(np.float32) / scale
+            g = store.open_array(self.path, f"{viewcopy.VIEW}/g", "r")[z, iy // s, ix // s]
+            return g.astype(np.float32) / scale
         return store.open_array(self.path, f"{store.PDF}/G", "r")[z, iy, ix]
 
     def mean_pattern(self, z: int) -> np.ndarray:
