@@ -192,17 +192,26 @@ def block_counts(n: int, m: int, s: int) -> np.ndarray:
 
 def bin_last(a: np.ndarray, k: int) -> np.ndarray:
     """``a`` averaged over groups of ``k`` along its last axis (NaN ignored; the last group may
-    be smaller)."""
+    be smaller), float32."""
     if k == 1:
         return a
     n = a.shape[-1]
-    pad = -n % k
-    if pad:
-        a = np.concatenate([a, np.full(a.shape[:-1] + (pad,), np.nan, a.dtype)], axis=-1)
-    g = a.reshape(a.shape[:-1] + (-1, k))
-    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(g, axis=-1).astype(np.float32)
+    m = n - n % k
+    parts = [_group_means(a[..., :m].reshape(a.shape[:-1] + (m // k, k)))]
+    if m < n:
+        parts.append(_group_means(a[..., None, m:]))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
+def _group_means(g: np.ndarray) -> np.ndarray:
+    """Means over the last axis, NaN ignored (all NaN: NaN); one pass where there is no NaN."""
+    nan = np.isnan(g)
+    if not nan.any():
+        return g.mean(axis=-1, dtype=np.float32)
+    count = (~nan).sum(axis=-1)
+    total = np.where(nan, np.float32(0), g).sum(axis=-1, dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
 def f16_scale(values: np.ndarray) -> float:
