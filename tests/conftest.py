@@ -76,12 +76,23 @@ def browser_missing() -> str | None:
     return None
 
 
+_BROWSER_SKIPPED: list[str] = []
+
+
 def pytest_collection_modifyitems(config, items):
+    """Without chromium or playwright the browser tests are left out, and said so in one line
+    at the end of the run (:func:`pytest_terminal_summary`)."""
     why = browser_missing()
     if why is None:
         return
-    skip = pytest.mark.skip(reason=f"browser tests: {why}; run them with `make test-browser` (installs Debian's "
-                                   f"chromium and playwright)")
-    for item in items:
-        if "browser" in item.keywords:
-            item.add_marker(skip)
+    left = [item for item in items if "browser" in item.keywords]
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = [item for item in items if "browser" not in item.keywords]
+        _BROWSER_SKIPPED[:] = [f"{len(left)} browser test{'s' if len(left) > 1 else ''} not run ({why}): "
+                               f"`make test-browser` installs Debian's chromium and runs them"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _BROWSER_SKIPPED:
+        terminalreporter.write_line(f"SKIPPED {line}", yellow=True)
