@@ -419,7 +419,8 @@ class _Following:
         self.results.setdefault(stage, []).append(res)
         if stage != "integrate":
             self.slice_futures[z].discard(fut)
-            if not self.slice_futures[z]:
+            # reconstructed once only its view copy (if any) is left: that runs on, the slice is shown
+            if z in self.slice_open and all(self.inflight[f][0] == "view" for f in self.slice_futures[z]):
                 self.slice_done(z)
             return
         wc = self.wc
@@ -485,7 +486,7 @@ class _Following:
 
 def _slice_done(state: store.TaskState, z: int) -> bool:
     return bool(state.integrate[z].all() and np.isfinite(state.center[z]) and state.recon[z].all()
-                and (state.pdf is None or state.pdf[z].all()))
+                and (state.pdf is None or state.pdf[z].all()) and (state.view is None or state.view[z]))
 
 
 class _Status:
