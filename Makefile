@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test quick install bench clean slurm-up slurm-down notebooks throughputs
+.PHONY: demo test test-browser quick install bench clean slurm-up slurm-down notebooks throughputs chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,17 @@ test: $(STAMP) slurm-up
 # each: whole workflows, notebooks, the wheel, kills and resumes); `make test` runs them too
 quick: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# the viewer in a real browser (tests/test_view_browser.py): Debian's chromium driven by playwright (the test
+# extra); playwright never downloads a browser.  `make test` runs them too where chromium is installed.
+test-browser: $(STAMP) chromium
+	$(BIN)/python -m pytest -q -m browser $(PYTEST_ARGS) tests/test_view_browser.py
+
+# Debian's chromium, installed with apt-get when missing (as root), else say how
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "no chromium: as root, apt-get install chromium (the browser tests skip without it)"
 
 # The slurm-marked tests need a SLURM: as root, start the one-node SLURM of cluster/local-slurm/
 # (installs Debian's slurm-wlm + munge with apt-get when missing) and leave it running for the

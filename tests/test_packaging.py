@@ -180,7 +180,7 @@ def test_declared_dependencies_are_exactly_the_third_party_imports():
     support = [REPO / "xrdct_dask" / f for f in TEST_SUPPORT]
     assert all(p.is_file() for p in support), support
     third_party = _third_party_imports(p for p in (REPO / "xrdct_dask").rglob("*.py") if p not in support)
-    optional = {"cupy": "gpu", "cupyx": "gpu", "astra": "astra"}  # recon.engine: astra imports it only when asked
+    optional = {"cupy": "gpu", "cupyx": "gpu", "astra": "astra", "bokeh": "view", "tornado": "view"}  # recon.engine: astra imports it only when asked; the viewer: an extra
     ships = {"cupyx": "cupy"}  # cupyx comes in the cupy wheel
     dists = packages_distributions()
 

@@ -404,6 +404,56 @@ def export(
         _fail(str(err))
 
 
+def _phases(pairs: list[str] | None) -> dict | None:
+    """``["Ni=2.034,1.762"]`` -> ``{"Ni": [2.034, 1.762]}`` (None: none given)."""
+    if not pairs:
+        return None
+    out = {}
+    for p in pairs:
+        name, _, ds = p.partition("=")
+        try:
+            out[name.strip()] = [float(d) for d in ds.split(",")]
+            if not name.strip() or not all(d > 0 for d in out[name.strip()]):
+                raise ValueError
+        except ValueError:
+            _fail(f"--phase {p!r}: expected NAME=d1,d2,... with d-spacings in angstrom, e.g. Ni=2.034,1.762")
+    return out
+
+
+@app.command()
+def view(
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr",
+                                              help="the run store to look at (finished or being written)")],
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1 (0: any free one)")] = 5006,
+    map_: Annotated[Optional[str], typer.Option(
+        "--map", help="the map shown first: recon (at a q), pdf/G, or a per-voxel array such as pdf/scale")] = None,
+    poll: Annotated[float, typer.Option(help="seconds between looks at the store for new blocks and slices")] = 2.0,
+    phase: Annotated[Optional[list[str]], typer.Option(
+        help="d-spacings (angstrom) to mark on voxel patterns: --phase Ni=2.034,1.762,1.246 (repeat for more; "
+             "default: the workflow's view.phases)")] = None,
+) -> None:
+    """Look inside a run in the browser: maps at q or r, voxel patterns and G(r), sinograms, live
+    while `xrdct watch` fills the store (127.0.0.1 only, with an access token in the URL)."""
+    from xrdct_dask.view import INSTALL
+    from xrdct_dask.view.data import ViewError
+    from xrdct_dask.view.server import start_server
+
+    try:
+        server, url = start_server(run_store, port, map_name=map_, poll_s=poll, phases=_phases(phase))
+    except ViewError as err:
+        _fail(str(err))
+    except ImportError as err:  # bokeh (or tornado) missing
+        _fail(f"xrdct view needs bokeh ({err}): {INSTALL}")
+    typer.echo(f"xrdct view of {run_store}: {url}\n(from another machine: ssh -L {server.port}:127.0.0.1:"
+               f"{server.port} THIS_HOST, then open the same URL; Ctrl-C stops)")
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        server.stop()
+
+
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option(help="where to put the simulated scan and the run")] = Path("demo"),

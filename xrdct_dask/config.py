@@ -302,6 +302,19 @@ class Compute(_Section):
     adaptive: bool = Field(False, description="with a cluster profile: scale between 0 and `jobs` jobs with the load")
 
 
+class View(_Section):
+    """What ``xrdct view`` shows and the small copy the run writes for it (display only: not part
+    of the run's identity, so changing it never reruns anything)."""
+
+    write_copy: bool = Field(True, description="write the view copy (view/: maps and patterns binned for the browser) "
+                                         "of each slice after its recon and G(r)")
+    map_pixels: int = Field(512, ge=16, description="the view copy's maps have at most this many pixels a side "
+                                                    "(larger slices: voxels averaged in s x s blocks)")
+    phases: dict[str, list[Annotated[float, Field(gt=0)]]] = Field(
+        default_factory=dict, description="d-spacings (angstrom) marked on voxel patterns, by phase: "
+                                          "{Ni: [2.034, 1.762, 1.246]}")
+
+
 def _check_bytes(v):
     if v is None or v == "auto":
         return v
@@ -326,6 +339,7 @@ class Workflow(_Section):
     recon: Recon = Recon()
     pdf: PDF = PDF()
     compute: Compute = Compute()
+    view: View = View()
 
     @field_validator("store", mode="before")
     @classmethod
@@ -394,9 +408,10 @@ class Workflow(_Section):
 
     def work_digest(self) -> str:
         """sha256 of what determines the store's contents: the digest without ``compute`` (how
-        many workers) and ``store.path``/``store.overwrite`` (where).  A run resumes a store only
-        when its work digest matches the one the store records."""
-        data = json.loads(self.model_dump_json(exclude={"compute": True, "store": {"path", "overwrite"}}))
+        many workers), ``view`` (how it is shown) and ``store.path``/``store.overwrite`` (where).
+        A run resumes a store only when its work digest matches the one the store records."""
+        data = json.loads(self.model_dump_json(exclude={"compute": True, "view": True,
+                                                        "store": {"path", "overwrite"}}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -518,7 +533,7 @@ def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
 # ------------------------------------------------------------------------------------------
 # comparing workflows (resume refuses other work; reprocess reruns what a change affects)
 # ------------------------------------------------------------------------------------------
-IGNORED = ("compute", "store.path", "store.overwrite")  # how and where, not what
+IGNORED = ("compute", "store.path", "store.overwrite", "view")  # how and where (and how it is shown), not what
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

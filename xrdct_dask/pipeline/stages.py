@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 from xrdct_dask import store
 from xrdct_dask.config import Workflow
-from xrdct_dask.pipeline import tasks_integrate, tasks_pdf, tasks_recon
+from xrdct_dask.pipeline import tasks_integrate, tasks_pdf, tasks_recon, tasks_view
 from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.store import budget
 from xrdct_dask.store.budget import Layout
-from xrdct_dask.store.layout import MarkerSpec
+from xrdct_dask.store.specs import MarkerSpec
+from xrdct_dask.store.viewcopy import VIEW_ARRAYS, ViewLayout, view_bytes, view_layout
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Sizes:
     layout: Layout
     frame_bytes: int = 0
     aux_channels: int = 0
+    view: ViewLayout | None = None  # the view copy's sizes (view.write_copy)
 
     @property
     def frames(self) -> int:
@@ -56,7 +58,15 @@ class Sizes:
     def of(cls, wf: Workflow, *, nq: int, nr: int, layout: Layout, frame_bytes: int = 0,
            aux_channels: int = 0) -> Sizes:
         s = wf.scan
-        return cls(s.nz, s.nomega, s.nx, nq, nr, layout, frame_bytes, aux_channels)
+        return cls(s.nz, s.nomega, s.nx, nq, nr, layout, frame_bytes, aux_channels, view_layout_of(wf, layout, nq, nr))
+
+
+def view_layout_of(wf: Workflow, layout: Layout, nq: int, nr: int) -> ViewLayout | None:
+    """The :class:`~xrdct_dask.store.viewcopy.ViewLayout` of a new store of ``wf`` (None: ``view.write_copy`` off)."""
+    if not wf.view.write_copy:
+        return None
+    return view_layout(nx=wf.scan.nx, nq=nq, nr=nr, nomega=wf.scan.nomega, q_chunk=layout.q_chunk,
+                       map_pixels=wf.view.map_pixels, r_step_A=wf.pdf.rstep if nr else None)
 
 
 def _never(s: Sizes) -> int:
@@ -102,8 +112,8 @@ class Stage:
                 "r block": math.ceil(max(s.nr, 1) / lay.r_chunk)}[self.unit]
 
 
-def _pdf(wf: Workflow) -> bool:
-    return wf.pdf.enabled
+def _view(wf: Workflow) -> bool:
+    return wf.view.write_copy
 
 
 def _recon_then_pdf(wf: Workflow) -> bool:
@@ -161,6 +171,12 @@ STAGES: list[Stage] = [
           held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.layout.r_chunk, s.layout.q_sub)
           + 4 * s.nx * s.nx * s.layout.r_chunk,
           read=lambda s: s.frames * s.nr * 4),
+    # the view copy of the slice, after its reconstruction and G(r) (rebuilt by a reprocess, never shared)
+    Stage("view", "slice", tasks_view.add_tasks, after=("recon", "pdf"), marker="task", marker_dim="view_block",
+          writes=VIEW_ARRAYS, reprocess="pdf", keys=("view",), when=_view,
+          marker_doc=("1", "1 = this slice's view copy is completely written"),
+          held=lambda s: view_bytes(s.view, s.layout.y_chunk, s.layout.omega_chunk) if s.view else 0,
+          read=lambda s: s.nz * s.nx * s.nx * (s.nq + s.nr) * 4 + s.frames * s.nq * 4),  # recon/, pdf/G, reduced/
 ]
 
 

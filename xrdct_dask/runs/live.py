@@ -405,7 +405,8 @@ class _Following:
         self.results.setdefault(stage, []).append(res)
         if stage != FRAMES_STAGE:
             self.slice_futures[z].discard(fut)
-            if not self.slice_futures[z]:
+            # reconstructed once only its view copy (if any) is left: that runs on, the slice is shown
+            if z in self.slice_open and all(self.inflight[f][0] == "view" for f in self.slice_futures[z]):
                 self.slice_done(z)
             return
         wc = self.wc

@@ -25,7 +25,7 @@ from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
 from xrdct_dask.pdf.background import load_background
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.integrator import plan_for
-from xrdct_dask.pipeline.stages import FRAMES_STAGE, Sizes, downstream, marker_specs
+from xrdct_dask.pipeline.stages import FRAMES_STAGE, Sizes, downstream, marker_specs, view_layout_of
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
 from xrdct_dask.runs.inputs import (
     check_inputs,
@@ -38,7 +38,8 @@ from xrdct_dask.runs.inputs import (
 )
 from xrdct_dask.runs.scanlayout import ScanLayout, scan_layout, write_scan_arrays
 from xrdct_dask.store.budget import Layout, choose_layout, task_memory
-from xrdct_dask.store.layout import MarkerSpec
+from xrdct_dask.store.specs import MarkerSpec
+from xrdct_dask.store.viewcopy import view_group_attrs, view_specs
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, markers=store_markers(wf, layout, radial, r_A),
-                           **pdf_store_args(wf, op), **absorption_store_args(wf))
+                           **pdf_store_args(wf, op), **absorption_store_args(wf),
+                           **view_store_args(wf, layout, radial, r_A))
         late = write_scan_arrays(tmp, wf, lay, client)
         if late:
             log.warning("%d frames arrived out of the scan's order; placed by the scan file", late)
@@ -131,6 +133,15 @@ def layout_for(wf: Workflow, nq: int, nr: int) -> Layout:
 def store_markers(wf: Workflow, layout: Layout, radial, r_A) -> list[MarkerSpec]:
     """The done-markers of a new store of ``wf`` (the stage table's, sized by its bins and blocks)."""
     return marker_specs(wf, Sizes.of(wf, nq=len(radial), nr=0 if r_A is None else len(r_A), layout=layout))
+
+
+def view_store_args(wf: Workflow, layout: Layout, radial, r_A) -> dict:
+    """:func:`store.create_store` arguments of the view copy (``view.write_copy``): its arrays and
+    the ``view`` group's attrs (its layout)."""
+    vl = view_layout_of(wf, layout, len(radial), 0 if r_A is None else len(r_A))
+    if vl is None:
+        return {}
+    return {"extra_specs": view_specs(wf.scan.nz, vl), "group_attrs": {store.VIEW: view_group_attrs(vl)}}
 
 
 def absorption_store_args(wf: Workflow) -> dict:

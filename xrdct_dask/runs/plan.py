@@ -18,6 +18,7 @@ Bytes read and written are uncompressed upper bounds:
     pdf-scale  read nz nx^2 nq 4                                         (its shares, block by block)
     pdf        read nz nx^2 nq 4                                         (recon-then-pdf)
     pdf-frames read F nq 4; pdf-aux / pdf read what it wrote back        (pdf-then-recon)
+    view       read nz nx^2 (nq + nr) 4 + F nq 4                         (recon/, pdf/G and reduced/ once)
     written    the bytes of the store's arrays each stage writes (ArraySpec.writers), done-markers included
     waves      slices go in waves of S = max(1, floor(max_tasks / 2 / T)) slices (T tasks per slice),
                ceil(nz / S) waves, at most two in flight: <= max_tasks tasks held
@@ -62,6 +63,7 @@ from xrdct_dask.resources import shipped_throughputs
 from xrdct_dask.runs.open import absorption_store_args, layout_for
 from xrdct_dask.runs.scanlayout import frames_placed_by_scan
 from xrdct_dask.store import budget
+from xrdct_dask.store.viewcopy import view_specs
 
 PILATUS2M_SHAPE = (1679, 1475)
 CBF_OVERHEAD_BYTES = 8192  # imgCIF header + binary-section header + padding of a Pilatus CBF
@@ -139,6 +141,7 @@ class RunPlan:
     bound_by: str = ""  # "GPUs" or "file system"
     wall_hours: float | None = None
     notes: list[str] = field(default_factory=list)
+    chunk_files: dict[str, int] = field(default_factory=dict)  # files per array: its shards, else its chunks
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -265,7 +268,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     held = {st.name: st.held(sizes) for st in table}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, markers=marker_specs(wf, sizes),
                               pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux,
-                              **absorption_store_args(wf))
+                              **absorption_store_args(wf)) + (view_specs(nz, sizes.view) if sizes.view else [])
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]
@@ -323,7 +326,8 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
         nr=nr, stages=plans, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
         max_tasks_held=min(tasks, 2 * spw * t_slice) if nwaves > 1 else tasks, chunks=chunks,
-        files=sum(chunks.values()) + nmeta, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
+        files=sum(sp.nfiles for sp in written_specs) + nmeta,
+        chunk_files={sp.path: sp.nfiles if sp in written_specs else 0 for sp in specs}, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
         gpu_frames_per_s=gpu,
         cpu_frames_per_s_per_core=cpu, throughput_source=source, gpu_figure=gpu_figure if gpu else "",
         gpu_hours=F / gpu / 3600 if gpu else None, cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
@@ -402,6 +406,10 @@ def format_plan(p: RunPlan) -> str:
     lines.append(f"blocks: {lay['omega_chunk']} omega rows per integrate task, {lay['q_chunk']} q bins per recon "
                  f"task (prepared {lay['q_sub']} at a time), {lay['y_chunk']} voxel rows per pdf task, "
                  f"{lay['r_chunk']} r points per chunk; at most {_b(lay['budget'])} per task (compute.task_memory)")
+    if "view" in p.stages:
+        v = p.stages["view"].bytes_written
+        lines.append(f"view copy: {100 * v / max(tot_w, 1):.1f} % of the bytes written ({_b(v)}: maps and patterns "
+                     f"for xrdct view)")
     biggest = max(p.chunk_bytes.values(), default=0)
     lines.append(f"store: {sum(p.chunks.values()):,} chunks, {p.files:,} files (written uncompressed at most); "
                  f"largest chunk {_b(biggest)}")

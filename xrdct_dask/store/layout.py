@@ -45,6 +45,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from xrdct_dask.io.status import USABLE, FrameStatus
+from xrdct_dask.store.specs import ArraySpec
 
 # Data arrays: byte-shuffled LZ4 in Blosc.  On float32 patterns it compresses better than zarr's
 # default (zstd, no shuffle) and several times faster: a decode-integrate task writes ~26 MB per
@@ -125,48 +126,8 @@ def _coord(group, name: str, values: np.ndarray, attrs: dict) -> None:
 COORDS = ("z", "omega", "x", "y", "q", "r", "channel")
 
 
-ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TASKS, *COORDS})
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """One array of the store: ``path`` (``group/name``), shape, chunks, dtype, dimension names,
-    fill value, compressed or not (the one-element done-markers are not)."""
-
-    path: str
-    shape: tuple
-    chunks: tuple
-    dtype: str
-    dims: tuple
-    fill: object
-    compressed: bool = True
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-    @property
-    def nchunks(self) -> int:
-        return int(np.prod([-(-n // c) for n, c in zip(self.shape, self.chunks)], dtype=np.int64))
-
-    @property
-    def chunk_bytes(self) -> int:
-        return int(np.prod(self.chunks, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-
-@dataclass(frozen=True)
-class MarkerSpec:
-    """The done-markers of one stage: ``per_slice`` one-element markers per slice (one per task),
-    named by ``dim`` (``omega_block``, ``q_block``, ...); ``value``: the marker holds a number per
-    slice (NaN until set: the centre), not 0/1.  The stage table gives them
-    (:func:`xrdct_dask.pipeline.stages.marker_specs`)."""
-
-    name: str
-    per_slice: int
-    dim: str
-    value: bool = False
-    units: str = "1"
-    long_name: str = ""
+VIEW = "view"  # the view copy (xrdct_dask.store.viewcopy)
+ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TASKS, VIEW, *COORDS})
 
 
 def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, markers=(),
@@ -210,7 +171,8 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, mark
 def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.ndarray, radial_unit: str,
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
                  layout, attrs: dict, markers=(), aux_channels: list[str] | None = None,
-                 pdf_attrs: dict | None = None, transmission: bool = False, absorption: bool = False) -> zarr.Group:
+                 pdf_attrs: dict | None = None, transmission: bool = False, absorption: bool = False,
+                 extra_specs=(), group_attrs: dict | None = None) -> zarr.Group:
     """Create every array of :func:`array_specs` with its final shape, chunks, dims and
     coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
     through :func:`create_aside`).
@@ -220,7 +182,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     (:class:`MarkerSpec`, in stage order: ``tasks/`` records the order);
     ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
     (the transform's parameters) go to the ``pdf`` group; ``transmission``, ``absorption``: as
-    :func:`array_specs`.
+    :func:`array_specs`; ``extra_specs`` more arrays (the view copy's,
+    :func:`xrdct_dask.store.viewcopy.view_specs`) and ``group_attrs`` their groups' attrs.
 
     The root's ``zarr.json`` with the format marker (and ``template_complete: false``) is the
     first file written: whatever happens next, the folder is recognisably this program's."""
@@ -246,7 +209,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
             _coord(root, name, *coords[name])
     specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
                         layout=layout, markers=markers, pdf_sinograms=bool(aux_channels),
-                        aux_channels=len(aux_channels or ()), transmission=transmission, absorption=absorption)
+                        aux_channels=len(aux_channels or ()), transmission=transmission,
+                        absorption=absorption) + list(extra_specs)
     groups: dict[str, list[ArraySpec]] = {}
     for spec in specs:
         groups.setdefault(spec.path.split("/")[0], []).append(spec)
@@ -256,7 +220,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
             _coord(g, d, *coords[d])
         for spec in arrays:
             g.create_array(spec.path.split("/")[1], shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype,
-                           fill_value=spec.fill, dimension_names=list(spec.dims),
+                           fill_value=spec.fill, dimension_names=list(spec.dims), shards=spec.shards,
                            **({"compressors": COMPRESSORS} if spec.compressed else
                               # a marker's chunk file exists exactly while it is set (a reset deletes it)
                               {"config": {"write_empty_chunks": False}}))
@@ -267,6 +231,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     if PDF in groups:
         _pdf_attrs(root[PDF], aux_channels)
         root[PDF].attrs.update(pdf_attrs or {})
+    for gname, gattrs in (group_attrs or {}).items():
+        root[gname].attrs.update(gattrs)
     root.attrs.update({"stage_status": {REDUCED: "pending", RECON: "pending", PDF: "pending"}, **attrs,
                        "layout": layout.to_dict(), "format": FORMAT, "template_complete": False})
     describe_variables(root)
