@@ -61,10 +61,18 @@ def slice_tasks(ctx: RunContext, z: int, done: store.TaskState | None = None) ->
     integ = [add("integrate", i * wc, stages.integrate_block,
                  store.FrameBlock(z, i * wc, min((i + 1) * wc, s.nomega)), ctx)
              for i in _pending(None if done is None else done.integrate[z], n_omega)]
-    # a resumed slice reuses its stored centre, unless its preparation also needs the slice's
-    # jitter shifts or stripe columns (found with the centre, not stored)
+    # a resumed slice reuses the geometry its centre task recorded (centre, air columns, stripes,
+    # shifts); a store without that record reuses its centre unless the slice also needs jitter
+    # shifts or stripe columns
     reuse = not (wf.sinogram.jitter or wf.sinogram.stripes)
-    if done is not None and not integ and reuse and np.isfinite(done.center[z]):
+    stored = None
+    if done is not None and not integ and np.isfinite(done.center[z]):
+        from .centering import stored_geometry
+
+        stored = stored_geometry(ctx.store_path, z)
+    if stored is not None:
+        center = stored
+    elif done is not None and not integ and reuse and np.isfinite(done.center[z]):
         center = float(done.center[z])
     else:
         center = add("center", 0, stages.find_center, z, ctx, *integ)

@@ -83,6 +83,9 @@ def check_inputs(wf: Workflow):
         p = getattr(wf.inputs, key)
         if p is not None and not Path(p).is_file():
             raise WorkflowError(f"inputs.{key}: {p} not found")
+    from .background_scan import check_background_scan
+
+    check_background_scan(wf, shape)
     return ai, shape
 
 
@@ -137,7 +140,9 @@ def input_files(wf: Workflow) -> dict[str, Path]:
             out[f"inputs.{key}"] = Path(getattr(i, key))
     if wf.pdf.enabled and wf.pdf.background == "file" and wf.pdf.background_file is not None:
         out["pdf.background_file"] = Path(wf.pdf.background_file)
-    return out
+    from .background_scan import input_files as background_files
+
+    return out | background_files(wf)
 
 
 def input_contents(wf: Workflow) -> dict[str, dict]:
@@ -532,6 +537,10 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
     if lay.grid is not None and lay.grid.duplicates():
         log.warning("%d scan points recorded twice; the last record is used", lay.grid.duplicates())
     reference = lay.monitor_reference(wf)
+    from .background_scan import background_rows, integrate_background_scan
+
+    # integrated before the store exists: a background frame that cannot be read stops the run here
+    background = integrate_background_scan(wf, reference) if wf.inputs.background_scan is not None else None
     attrs = {
         "workflow": wf.model_dump(mode="json"),
         "workflow_yaml": wf.to_yaml(),
@@ -554,7 +563,10 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A),
-                           **pdf_store_args(wf, op))
+                           background_rows=background_rows(wf), **pdf_store_args(wf, op))
+        if background is not None:
+            store.open_array(tmp, f"{store.REDUCED}/background")[...] = background
+            store.open_array(tmp, f"{store.REDUCED}/background_total")[...] = np.nansum(background, axis=-1)
         late = write_scan_arrays(tmp, wf, lay, client)
         if late:
             log.warning("%d frames arrived out of the scan's order; placed by the scan file", late)

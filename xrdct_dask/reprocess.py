@@ -170,10 +170,13 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
     except store.StoreWriteError as err:
         raise WorkflowError(f"--out: cannot create {out}: {err.strerror}") from None
 
+    rows = store.background_rows_of(parent)  # the parent's measured background is shared with the rest of reduced/
+
     def build(tmp):
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
-                           layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A), **pdf_store_args(wf, op))
+                           layout=layout, attrs=attrs, pdf_blocks=pdf_blocks(wf, layout, r_A),
+                           background_rows=rows, **pdf_store_args(wf, op))
         n = store.link_group(parent, tmp, store.REDUCED, client=client) + store.link_group(
             parent, tmp, store.TASKS, ["integrate"], client=client)
         if rp.start == "pdf":

@@ -252,24 +252,31 @@ def _engine(xp) -> str:
 
 
 def find_center(z: int, ctx: RunContext, *deps) -> dict:
-    """Geometry of slice ``z`` from its q-summed sinogram, prepared as the q blocks will be: the
-    rotation axis (pixels; or the workflow's value), with ``sinogram.jitter`` the shift of every
-    projection, with ``sinogram.stripes`` the stripe columns.  Every q block of the slice is then
-    corrected with these same numbers."""
-    from .sinogram import prep_options, prepare_sinogram
+    """Geometry of slice ``z`` (:func:`xrdct_dask.centering.slice_geometry`): the rotation axis
+    (pixels; or the workflow's value), the air columns (``sinogram.background: auto``), with
+    ``sinogram.jitter`` the shift of every projection, with ``sinogram.stripes`` the stripe
+    columns.  Every q block of the slice is then corrected with these same numbers."""
+    from .centering import slice_geometry
 
     t0 = time.perf_counter()
-    total = store.open_array(ctx.store_path, f"{store.REDUCED}/total", "r")[z]
-    ok = store.open_array(ctx.store_path, f"{store.REDUCED}/frame_ok", "r")[z]
-    omega = store.open_array(ctx.store_path, "omega", "r")[:]
-    _, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(ctx.workflow.sinogram))
-    store.mark_done(ctx.store_path, "center", (z,), float(info["center"]))
-    return {"stage": "center", "z": z, "center": info["center"], "shifts_px": info["shifts_px"],
-            "stripe_columns": info["stripe_columns"], "filled": info["filled"], "seconds": time.perf_counter() - t0}
+    geo = slice_geometry(ctx, z)
+    store.mark_done(ctx.store_path, "center", (z,), float(geo["center"]))
+    return {"stage": "center", "z": z, **geo, "seconds": time.perf_counter() - t0}
 
 
 def _geometry(center) -> dict:
     return center if isinstance(center, dict) else {"center": float(center)}
+
+
+def slice_backgrounds(ctx: RunContext, geo: dict, qs: slice) -> dict:
+    """:func:`~xrdct_dask.sinogram.prepare_sinogram` options of a q block from the slice's geometry:
+    the air columns its centre task found (``sinogram.background: auto``; None: found in the
+    block) and the measured background's bins ``qs``."""
+    from .air import AirColumns
+    from .centering import measured_q
+
+    air = geo.get("air")
+    return {"air_columns": AirColumns.from_dict(air) if air else None, "measured_background": measured_q(ctx, qs)}
 
 
 def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dict, xp, filter_only: bool = False):
@@ -289,9 +296,14 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
     vol = np.empty((nx, nx, n), np.float32)
     info: dict = {}
     zingers = 0
+    air_model = np.full((2, n), np.nan, np.float32)  # the air subtracted per q (background auto)
+    measured = opts.pop("measured_background", None)
     for a in range(0, n, ctx.layout.q_sub):
         b = min(a + ctx.layout.q_sub, n)
-        prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, **opts)
+        sub = None if measured is None else measured[..., a:b]
+        prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, measured_background=sub, **opts)
+        if info.get("air_model") is not None:
+            air_model[:, a:b] = info["air_model"]
         if filter_only:
             out = fbp(prepared, omega, r.filter, center=info["center"])
         else:
@@ -300,7 +312,7 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
         vol[..., a:b] = to_host(out)
         zingers += info["zingers"]
         del prepared, out
-    return vol, info | {"zingers": zingers}
+    return vol, info | {"zingers": zingers, "air_model": air_model}
 
 
 def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict:
@@ -323,10 +335,12 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     opts = prep_options(wf.sinogram) | {"center": geo["center"], "known_stripes": geo.get("stripe_columns")}
     if wf.sinogram.jitter and geo.get("shifts_px"):  # the slice's shifts, from its q-summed sinogram
         opts["jitter"] = np.asarray(geo["shifts_px"])
+    opts |= slice_backgrounds(ctx, geo, qs)
     vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp)
     del sino
     release(xp)
     store.write_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), vol, 0)
+    store.write_region(ctx.store_path, f"{store.RECON}/air_model", (z, slice(None), qs), info["air_model"])
     store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.layout.q_chunk))
     return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
             "zingers": info["zingers"], "steps": info["steps"], "algorithm": wf.recon.algorithm,

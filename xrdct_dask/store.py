@@ -11,7 +11,15 @@
       reduced/frame_ok   bool (z, omega, x)     false = missing or corrupt frame
       reduced/frame_status int8 (z, omega, x)   xrdct_dask.io.status.FrameStatus code (-1 = not yet written)
       reduced/scan_flag  int8 (z, omega, x)     DUPLICATE / OUT_OF_ORDER where the scan file placed the frame, else 0
+      reduced/background f32 (background_row, x, q)  a measured empty-container / air scan, integrated (only
+                                                with inputs.background_scan: 1 row for a line, nomega for a slice)
+      reduced/background_total f32 (background_row, x)  its sum over q
       recon/intensity    f32 (z, y, x, q)       chunks (1, nx, nx, q_chunk)
+      recon/slice_info   str (z)                JSON per slice from the centre stage: the air columns found
+                                                (or why none), the axis estimates and their confidence, the
+                                                centre used, the stripe columns and shifts
+      recon/air_model    f32 (z, 2, q)          the air subtracted per q: level and slope in x
+                                                (xrdct_dask.air.air_model), NaN where none
       pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, r_chunk)
       pdf/scale, pdf/fq_highq_rms, pdf/lowr_slope, pdf/lowr_residual, pdf/ok   (z, y, x) per-voxel
                                                 S(Q) scale and quality figures (see xrdct_dask.pdf)
@@ -264,7 +272,12 @@ class ArraySpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
+
+    @property
+    def itemsize(self) -> int:
+        # a variable-length string (a JSON per slice): a few hundred bytes
+        return 512 if self.dtype == "str" else np.dtype(self.dtype).itemsize
 
     @property
     def nchunks(self) -> int:
@@ -272,13 +285,14 @@ class ArraySpec:
 
     @property
     def chunk_bytes(self) -> int:
-        return int(np.prod(self.chunks, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.chunks, dtype=np.int64)) * self.itemsize
 
 
 def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_blocks: int = 0,
-                pdf_sinograms: bool = False, aux_channels: int = 0) -> list[ArraySpec]:
+                pdf_sinograms: bool = False, aux_channels: int = 0, background_rows: int = 0) -> list[ArraySpec]:
     """Every data array and done-marker of a store: what :func:`create_store` creates and what
-    ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays."""
+    ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays;
+    ``background_rows``: the rows of a measured background scan (0: none)."""
     wc, qc, yc, rc = layout.omega_chunk, layout.q_chunk, layout.y_chunk, layout.r_chunk
     frame = ("z", "omega", "x")
     integ = ("integrate",)
@@ -289,8 +303,16 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_
                                    ("total", "float32", np.nan, integ), ("frame_index", "int64", -1, ("prepare",)),
                                    ("frame_ok", "bool", False, integ), ("frame_status", "int8", -1, integ),
                                    ("scan_flag", "int8", -1, ("prepare",)))]
+    if background_rows:
+        out.append(ArraySpec(f"{REDUCED}/background", (background_rows, nx, nq), (min(background_rows, wc), nx, qc),
+                             "float32", ("background_row", "x", "q"), np.nan, writers=("prepare",)))
+        out.append(ArraySpec(f"{REDUCED}/background_total", (background_rows, nx), (background_rows, nx), "float32",
+                             ("background_row", "x"), np.nan, writers=("prepare",)))
     out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, nq), (1, yc, nx, qc), "float32", ("z", "y", "x", "q"),
                          np.nan, writers=("recon",)))
+    out.append(ArraySpec(f"{RECON}/slice_info", (nz,), (1,), "str", ("z",), "", compressed=False, writers=("center",)))
+    out.append(ArraySpec(f"{RECON}/air_model", (nz, 2, nq), (1, 2, qc), "float32", ("z", "air_term", "q"), np.nan,
+                         writers=("recon",)))
     if nr:
         # recon-then-pdf: the pdf tasks write G and the voxel figures; pdf-then-recon: pdf-frames the
         # sinograms, pdf-aux the figures (reconstructed from aux_sinogram), pdf the G blocks
@@ -319,7 +341,7 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_
 def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.ndarray, radial_unit: str,
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
                  layout, attrs: dict, pdf_blocks: int = 0, aux_channels: list[str] | None = None,
-                 pdf_attrs: dict | None = None) -> zarr.Group:
+                 pdf_attrs: dict | None = None, background_rows: int = 0) -> zarr.Group:
     """Create every array of :func:`array_specs` with its final shape, chunks, dims and
     coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
     through :func:`create_aside`).
@@ -327,7 +349,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     ``layout`` (:class:`xrdct_dask.budget.Layout`) sets the chunks (and is recorded in the root's
     attrs, where the tasks read their block sizes); ``pdf_blocks`` the pdf tasks per slice;
     ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
-    (the transform's parameters) go to the ``pdf`` group.
+    (the transform's parameters) go to the ``pdf`` group; ``background_rows`` the rows of a
+    measured background scan (``reduced/background``; 0: none).
 
     The root's ``zarr.json`` with the format marker (and ``template_complete: false``) is the
     first file written: whatever happens next, the folder is recognisably this program's."""
@@ -353,7 +376,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
             _coord(root, name, *coords[name])
     specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
                         layout=layout, pdf_blocks=pdf_blocks, pdf_sinograms=bool(aux_channels),
-                        aux_channels=len(aux_channels or ()))
+                        aux_channels=len(aux_channels or ()), background_rows=background_rows)
     groups: dict[str, list[ArraySpec]] = {}
     for spec in specs:
         groups.setdefault(spec.path.split("/")[0], []).append(spec)
@@ -631,6 +654,12 @@ def write_reduced(path, block: FrameBlock, intensity, sigma, monitor, frame_stat
     write_region(path, f"{REDUCED}/frame_status", reg, frame_status.astype(np.int8)[None])
 
 
+def background_rows_of(path) -> int:
+    """Rows of a store's measured background (``reduced/background``), 0 where it has none."""
+    g = zarr.open_group(str(Path(path) / REDUCED), mode="r")
+    return int(g["background"].shape[0]) if "background" in g.array_keys() else 0
+
+
 def layout_of(path):
     """The :class:`~xrdct_dask.budget.Layout` of a store: recorded in its attrs, or (a store made
     before layouts were recorded) read off its arrays' chunks."""
@@ -696,7 +725,11 @@ VARIABLE_ATTRS = {
     (REDUCED, "frame_ok"): ("1", "frame used (true) or missing / corrupt (false)"),
     (REDUCED, "frame_status"): ("1", "frame status code (xrdct_dask.io.status.FrameStatus; -1: not yet written)"),
     (REDUCED, "scan_flag"): ("1", "how the scan file placed the frame (FrameStatus code; 0: as planned)"),
+    (REDUCED, "background"): ("counts", "measured empty-container / air background (inputs.background_scan)"),
+    (REDUCED, "background_total"): ("counts", "measured background summed over the radial bins"),
     (RECON, "intensity"): ("counts/voxel", "reconstructed diffraction intensity per voxel"),
+    (RECON, "slice_info"): ("1", "JSON per slice: air columns, axis estimates, centre used (centre stage)"),
+    (RECON, "air_model"): ("counts", "air subtracted per q: level and slope terms (xrdct_dask.air.air_model)"),
     (PDF, "G"): ("1/angstrom^2", "G(r) = 4 pi r [rho(r) - rho0]"),
     (PDF, "ok"): ("1", "G computed (scattering strong enough)"),
     (PDF, "scale"): ("1", "self-scattering level N of S(Q) (data units per atom)"),

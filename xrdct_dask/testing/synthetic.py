@@ -220,14 +220,16 @@ def detector_mask(detector: str) -> np.ndarray:
     return gaps[:shape[0] * b, :shape[1] * b].reshape(shape[0], b, shape[1], b).any(axis=(1, 3))
 
 
-def phase_patterns_as_measured(integrator, detector: str = "small") -> np.ndarray:
+def phase_patterns_as_measured(integrator, detector: str = "small", phases=None) -> np.ndarray:
     """Each phase's pattern as the instrument records it: rendered noise-free on the detector
     (solid angle, polarization, pixel size) and integrated by ``integrator``.  ``(nphase, nbins)``,
-    the basis to unmix reconstructed voxel patterns into phase fractions."""
+    the basis to unmix reconstructed voxel patterns into phase fractions.  ``phases`` default the
+    library's (a scan with a tube: ``SampleEnvironment.phases()``)."""
     ai = make_integrator(detector)
     shape = DETECTORS[detector][0]
     frames = np.stack([ai.calcfrom1d(Q_GRID_A * 10, p.intensity, shape=shape, dim1_unit="q_nm^-1",
-                                     correctSolidAngle=True, polarization_factor=0.99) for p in phase_library()])
+                                     correctSolidAngle=True, polarization_factor=0.99)
+                       for p in (phase_library() if phases is None else phases)])
     return integrator.integrate(frames).intensity
 
 
@@ -307,7 +309,7 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                   order: str = "snake", fast_axis: str = "x", omega_range_deg: int = 180, npt_rad: int = 1000,
                   seed: int = 0, peak_counts: float = 1.0e5, zinger_rate: float = 0.02, spot_rate: float = 0.02,
                   threads: int = 4, progress=None, fmt: str = "cbf", frames_per_file: int = 100,
-                  frames: str | None = None) -> SimulatedScan:
+                  frames: str | None = None, environment=None) -> SimulatedScan:
     """Simulate a whole XRD-CT scan into ``out_dir`` and return its paths.
 
     Writes the frames in acquisition order -- ``fmt="cbf"``: ``frames/frame_{index:06d}.cbf``;
@@ -322,6 +324,11 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     layout of the same frames: ``slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf`` (CBF, may
     end ``.cbf.gz`` / ``.cbf.bz2``: compressed after writing), or ``slice_{z:04d}.h5::/entry/data/data``
     (``fmt="h5"``: a plain HDF5 file per slice or line, chunks of one frame, bitshuffle-LZ4).
+
+    ``environment`` (:class:`~xrdct_dask.testing.environment.SampleEnvironment`): the sample in a
+    glass tube, air scattering varying along x, the rotation axis off centre, and an empty-tube
+    scan (``background/``, in the workflow's ``inputs.background_scan``); the truth then holds the
+    glass as a fifth phase and ``truth.json`` the axis and the air (``environment``).
     """
     from fabio.cbfimage import CbfImage
     from fabio.edfimage import EdfImage
@@ -344,11 +351,18 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
             raise ValueError(f"frames {frames!r} is not a {fmt} template (--format {fmt})")
         layout = FrameTemplate(split_spec(frames)[0], ScanShape(nz, nomega, nx, fast_axis, order), hdf5=fmt == "h5")
     rng = np.random.default_rng(seed)
-    phases = phase_library()
-    maps = make_phantom(nz, nx)
+    env = environment
     omega = omega_angles_deg(nomega, omega_range_deg)
-    sinos = project(maps, omega)  # (nphase, nz, nomega, nx)
+    if env is None:
+        phases = phase_library()
+        maps = make_phantom(nz, nx)
+        sinos = project(maps, omega)  # (nphase, nz, nomega, nx)
+    else:
+        from .environment import air_pattern as env_air_pattern
+
+        phases, maps, sinos = env.phases(), env.phantom(nz, nx), env.sinograms(nz, nx, omega)
     pat = np.stack([p.intensity for p in phases])  # (nphase, nq)
+    air = None if env is None else env.air_levels(nx)[:, None] * env_air_pattern()[None, :]  # (nx, nq)
 
     ai = make_integrator(detector)
     shape = DETECTORS[detector][0]
@@ -376,7 +390,7 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
 
     def render(i):
         iz, iw, ix = order_idx[i]
-        pattern = np.tensordot(sinos[:, iz, iw, ix], pat, axes=1)
+        pattern = np.tensordot(sinos[:, iz, iw, ix], pat, axes=1) + (0 if air is None else air[ix])
         return _render(ai, shape, q_nm, pattern, scale * monitor[i] / 1e5, np.random.default_rng(seeds[i]),
                        gaps, bad, zinger_rate, spot_rate)
 
@@ -429,6 +443,14 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                         frames_per_file=frames_per_file, threads=threads, progress=progress,
                         pixel_size_m=DETECTORS[detector][1], wavelength_A=WAVELENGTH_A)
 
+    background = None
+    if env is not None and env.background_scan is not None:
+        from .environment import write_background_scan
+
+        background = write_background_scan(out, env, nomega, nx, omega, pat[-1:] if env.tube else None, air,
+                                           order_idx, lambda pattern, mon, s: _render(
+                                               ai, shape, q_nm, pattern, scale * mon / 1e5, np.random.default_rng(s),
+                                               gaps, bad, 0.0, 0.0), rng)
     np.savetxt(out / "monitor.txt", monitor, fmt="%.6e", header="I0 monitor, one value per frame in acquisition order")
     with open(out / "scan.csv", "w") as fh:
         fh.write("index,iz,iomega,ix,z_mm,omega_deg,x_mm,monitor\n")
@@ -442,7 +464,8 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                    for p in phases],
         "energy_kev": ENERGY_KEV, "wavelength_angstrom": WAVELENGTH_A, "detector": detector, "seed": seed,
         "scan": {"nz": nz, "nomega": nomega, "nx": nx, "order": order, "fast_axis": fast_axis,
-                 "omega_range_deg": omega_range_deg}}, indent=2))
+                 "omega_range_deg": omega_range_deg}}
+        | ({} if env is None else {"environment": env.truth(nx)}), indent=2))
 
     wf = {
         "inputs": {"frames": frames_template, "poni": "geometry.poni", "mask": "mask.edf",
@@ -455,6 +478,8 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                 "rstep": 0.01, "lorch": True},
         "store": {"path": "run.zarr", "omega_chunk": min(16, nomega)},
     }
+    if background is not None:
+        wf["inputs"]["background_scan"] = background
     import yaml
 
     (out / "workflow.yaml").write_text("# written by `xrdct simulate`; paths are relative to this file\n"
