@@ -113,10 +113,11 @@ def measured_q(ctx, qs: slice):
     return _host_read(ctx, f"{store.REDUCED}/background", (slice(None), slice(None), qs))
 
 
-def slice_geometry(ctx, z: int) -> dict:
+def slice_geometry(ctx, z: int, record: bool = True, sinogram_out: list | None = None) -> dict:
     """The centre task of slice ``z`` (see the module docstring): returns the geometry every q
     block of the slice is prepared with (``center``, ``air``, ``stripe_columns``, ``shifts_px``)
-    and what was found, and writes it to ``recon/slice_info``."""
+    and what was found, and (``record``) writes it to ``recon/slice_info``.  ``sinogram_out`` (a
+    list) receives the prepared q-summed sinogram ``(nomega, nx)`` the axis was found on."""
     from .air import AirColumns
     from .axis import find_axis
     from .sinogram import prep_options, prepare_sinogram
@@ -156,7 +157,10 @@ def slice_geometry(ctx, z: int) -> dict:
             geo["center"], geo["center_source"] = float(fit["fitted_px"][z]), "axis fitted over z"
     else:
         geo["center"], geo["center_source"] = float(sec.center), "sinogram.center"
-    store.write_region(ctx.store_path, f"{store.RECON}/slice_info", (z,), json.dumps(geo))
+    if sinogram_out is not None:
+        sinogram_out.append(prepared[..., 0])
+    if record:
+        store.write_region(ctx.store_path, f"{store.RECON}/slice_info", (z,), json.dumps(geo))
     return geo
 
 

@@ -276,8 +276,8 @@ class ArraySpec:
 
     @property
     def itemsize(self) -> int:
-        # a variable-length string (a JSON per slice): a few hundred bytes
-        return 512 if self.dtype == "str" else np.dtype(self.dtype).itemsize
+        # a variable-length string (a JSON per slice): numpy's StringDType entry, as zarr reads it
+        return np.dtypes.StringDType().itemsize if self.dtype == "str" else np.dtype(self.dtype).itemsize
 
     @property
     def nchunks(self) -> int:
