@@ -149,7 +149,7 @@ def find_axis(sino, omega_deg, *, guess_px: float | None = None, search_px: floa
     else:
         half = max(8.0, nx / 8) if search_px is None else search_px
     lo, hi = max(0.0, guess_px - half), min(nx - 1.0, guess_px + half)
-    pad = int(np.ceil(2 * max(abs(lo - (nx - 1) / 2), abs(hi - (nx - 1) / 2)))) + 2
+    pad = nx + 2  # room for any shift of the mirror within the detector (2 c - (nx - 1) in [-(nx - 1), nx - 1])
     pairs = _mirror_rows(om)
     if pairs is not None:
         first, second = s[pairs[0]], s[pairs[1]]
@@ -176,6 +176,20 @@ def find_axis(sino, omega_deg, *, guess_px: float | None = None, search_px: floa
         grid = np.linspace(lo, hi, 3)
     values = np.array([metric(c) for c in grid])
     best = int(np.argmin(values))
+    # a minimum on the range's edge may lie beyond it: widen the range that way (within the detector)
+    while best in (0, grid.size - 1) and (grid[0] > 0 if best == 0 else grid[-1] < nx - 1):
+        step = max(4.0, (hi - lo) / 2)
+        if best == 0:
+            more = np.arange(grid[0] - 0.5, max(0.0, grid[0] - step) - 1e-9, -0.5)[::-1]
+            grid, values = np.r_[more, grid], np.r_[[metric(c) for c in more], values]
+            lo = float(grid[0])
+        else:
+            more = np.arange(grid[-1] + 0.5, min(nx - 1.0, grid[-1] + step) + 1e-9, 0.5)
+            grid, values = np.r_[grid, more], np.r_[values, [metric(c) for c in more]]
+            hi = float(grid[-1])
+        if more.size == 0:
+            break
+        best = int(np.argmin(values))
     a, b = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
     res = minimize_scalar(metric, bounds=(a, b), method="bounded", options={"xatol": 1e-3})
     center = float(res.x) if res.fun <= values[best] else float(grid[best])

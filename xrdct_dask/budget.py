@@ -109,9 +109,13 @@ def pdf_bytes(rows: int, nx: int, nq: int, nr: int, batch: int = PDF_BATCH["nump
     return int(4 * vox * nq + 4 * vox * (nr + PDF_FIGURES) + GEMM_COPIES * 8 * b * (nq + nr + PDF_EXTRA_COLUMNS))
 
 
-def center_bytes(nomega: int, nx: int) -> int:
-    """The centre of a slice: its q-summed sinogram, frame_ok, and the preparation's temporaries."""
-    return 4 * nomega * nx * (PREP_COPIES + 2)
+def center_bytes(nomega: int, nx: int, q_chunk: int = 0, omega_chunk: int = 0, nq: int = 0) -> int:
+    """The centre of a slice: its q-summed sinogram, frame_ok, and the preparation's temporaries;
+    with ``q_chunk`` the axis on the structured q bins too (:mod:`xrdct_dask.centering`): the first
+    ``omega_chunk`` projections of every q (intensity, sigma, their air-corrected copy) to choose
+    the q block, then that block of every projection, read and prepared."""
+    return int(4 * nomega * nx * (PREP_COPIES + 2) + 3 * 4 * omega_chunk * nx * nq
+               + (READ_COPIES + PREP_COPIES) * 4 * nomega * nx * q_chunk)
 
 
 def pdf_frames_bytes(frames: int, nq: int, nr: int, batch: int = PDF_BATCH["numpy"]) -> int:

@@ -13,7 +13,7 @@ Nothing is a second copy of the run's rules: the tasks per slice come from the s
 Bytes read and written are uncompressed upper bounds:
 
     integrate  read F frame_bytes                                 (F = nz nomega nx frames)
-    center     read nz nomega nx 5
+    center     read nz nomega nx 5 (+ the first omega chunk of every q, and one q block, with center: auto)
     recon      read nz nomega nx (4 nq + 1)
     pdf-scale  read nz nx^2 nq 4                                         (its shares, block by block)
     pdf        read nz nx^2 nq 4                                         (recon-then-pdf)
@@ -237,6 +237,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     """The figures of a run of ``wf`` (see the module docstring) on ``gpus`` GPUs reading from a
     file system of ``fs_gbps`` GB/s (None: not known)."""
     from . import budget, stages, store
+    from .background_scan import background_rows
     from .prepare import layout_for, pdf_blocks
 
     s = wf.scan
@@ -253,18 +254,23 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     aux, aux_exact = _aux_channels(wf) if nr and wf.pdf.order == "pdf-then-recon" else (1 + budget.PDF_EXTRA_COLUMNS,
                                                                                        True)
     held = {"integrate": budget.integrate_bytes(wc * nx, nq, fb),
-            "center": budget.center_bytes(nw, nx),
+            "center": budget.center_bytes(nw, nx, *((qc, wc, nq) if wf.sinogram.center == "auto" else ())),
             "recon": budget.recon_bytes(nw, nx, qc, lay.q_sub),
             "pdf-scale": budget.pdf_scale_bytes(yc, nx, nq),
             "pdf-frames": budget.pdf_frames_bytes(wc * nx, nq, nr),
             "pdf-aux": budget.recon_bytes(nw, nx, aux, lay.q_sub),
             "pdf": (budget.pdf_bytes(yc, nx, nq, nr) if wf.pdf.order == "recon-then-pdf"
                     else budget.recon_bytes(nw, nx, rc, lay.q_sub) + 4 * nx * nx * rc)}  # + the rescaled copy
-    read = {"integrate": F * fb, "center": F * 5, "recon": F * (4 * nq + 1), "pdf-scale": nz * nx * nx * nq * 4,
+    # the centre: the q sum and frame_ok; found automatically, also the first omega chunk of every q bin
+    # (intensity, sigma) and the most structured q block of every projection
+    axis_read = nz * (8 * min(wc, nw) * nx * nq + 4 * nw * nx * min(qc, nq)) if wf.sinogram.center == "auto" else 0
+    read = {"integrate": F * fb, "center": F * 5 + axis_read, "recon": F * (4 * nq + 1),
+            "pdf-scale": nz * nx * nx * nq * 4,
             "pdf-frames": F * nq * 4, "pdf-aux": F * aux * 4,
             "pdf": nz * nx * nx * nq * 4 if wf.pdf.order == "recon-then-pdf" else F * nr * 4}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, pdf_blocks=pdf_blocks(wf, lay, [0] * nr)
-                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux)
+                              if nr else 0, pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux,
+                              background_rows=background_rows(wf))
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]
