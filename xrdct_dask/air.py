@@ -36,7 +36,7 @@ import numpy as np
 from .backend import get_array_module, to_host
 
 SEED_COLUMNS = 2  # outermost columns each side that must be air for a run to start there
-ONE_SIDED_LINE = 6  # air columns at one edge only: a line in x from this many, else a constant
+ONE_SIDED_LINE = 4  # air columns at one edge only: a line in x from this many, else a constant
 TRIM = 0.1  # fraction of an air column's values over omega left out at each end of its mean
 
 
