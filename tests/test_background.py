@@ -102,6 +102,21 @@ def test_axis_fit_over_z_follows_a_tilt_and_rejects_outliers(rng):
     assert fit_axis_over_z([np.nan, 3.0], [0.9, 0.0]) is None
 
 
+def tilted_slices(rng, scrambled: int = 3):
+    """Five slices of the issue's scan whose axis tilts by 0.4 px per slice (2 to 3.6 px off), slice
+    ``scrambled`` with its angles and columns shuffled (no axis to find): ``(sinograms (5, nomega,
+    nx, nq), true axes, omega_deg)``."""
+    blocks, axes = [], []
+    for k in range(5):
+        s, truth = environment_block(SampleEnvironment(axis_offset_px=2.0 + 0.4 * k, **ISSUE), 40, 64)
+        s = poisson(s, COUNTS, rng)
+        if k == scrambled:
+            s = s[rng.permutation(s.shape[0])][:, rng.permutation(s.shape[1])]
+        blocks.append(s)
+        axes.append(truth["axis_px"])
+    return np.stack(blocks), axes, truth["omega_deg"]
+
+
 def test_center_stage_records_the_air_and_the_axis_and_applies_the_fit(tmp_path, rng, caplog):
     """The centre task of a store's slice: its geometry (air columns, both estimates, the centre used)
     is recorded in recon/slice_info; the recon tasks subtract the air per q and record its model.
@@ -111,17 +126,9 @@ def test_center_stage_records_the_air_and_the_axis_and_applies_the_fit(tmp_path,
     from xrdct_dask import stages, store
     from xrdct_dask.centering import recorded_fit, refit_axis, stored_geometry
 
-    nz, offsets = 5, 2.0 + 0.4 * np.arange(5)
-    blocks, axes = [], []
-    for k, off in enumerate(offsets):
-        s, truth = environment_block(SampleEnvironment(axis_offset_px=float(off), **ISSUE), 40, 64)
-        s = poisson(s, COUNTS, rng)
-        if k == 3:
-            s = s[rng.permutation(s.shape[0])][:, rng.permutation(s.shape[1])]
-        blocks.append(s)
-        axes.append(truth["axis_px"])
-    ctx = block_store(tmp_path, np.stack(blocks), truth["omega_deg"], nq_chunk=8)
-    for z in range(nz):
+    blocks, axes, omega = tilted_slices(rng)
+    ctx = block_store(tmp_path, blocks, omega, nq_chunk=8)
+    for z in range(len(axes)):
         geo = stages.find_center(z, ctx)
         stages.reconstruct_block(z, slice(0, 8), geo, ctx)
     rec = stored_geometry(ctx.store_path, 0)
@@ -180,15 +187,8 @@ def test_run_redoes_an_outlier_slice_with_the_axis_fitted_over_z(tmp_path, rng):
     from xrdct_dask.centering import recorded_fit, stored_geometry
     from xrdct_dask.workflow import execute
 
-    blocks, axes = [], []
-    for k in range(5):
-        s, truth = environment_block(SampleEnvironment(axis_offset_px=2.0 + 0.4 * k, **ISSUE), 40, 64)
-        s = poisson(s, COUNTS, rng)
-        if k == 3:
-            s = s[rng.permutation(s.shape[0])][:, rng.permutation(s.shape[1])]
-        blocks.append(s)
-        axes.append(truth["axis_px"])
-    ctx = block_store(tmp_path, np.stack(blocks), truth["omega_deg"], nq_chunk=12)
+    blocks, axes, omega = tilted_slices(rng)
+    ctx = block_store(tmp_path, blocks, omega, nq_chunk=12)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
         summary = execute([ctx], cluster=cluster, progress=False, summary=False)[0]
     state = store.task_state(ctx.store_path)

@@ -71,8 +71,9 @@ def test_default_workflow_on_a_held_out_tube_scan(tmp_path):
 def test_measured_empty_tube_removes_the_tube(tmp_path):
     """A tube removed as a phase: with the empty-tube scan the beamline recorded (one line of x, the
     tube centred on the axis; its own monitor) the workflow subtracts the tube and the air per q.
-    The glass left in the wall's voxels is under 10 % of the wall (without the scan: all of it),
-    and the sample's phases still correlate with the truth at r >= 0.92."""
+    The glass left in the wall's voxels is under 10 % of the wall (without the scan it is all
+    there: the acceptance run above reconstructs it at r >= 0.92), and the sample's phases still
+    correlate with the truth at r >= 0.92."""
     from xrdct_dask.testing.synthetic import simulate_scan
 
     env = SampleEnvironment(tube_outer_px=10.5, tube_wall_px=2.0, axis_offset_px=3.0, air_level=2.0, air_ratio=2.0,
@@ -87,9 +88,6 @@ def test_measured_empty_tube_removes_the_tube(tmp_path):
         r = np.corrcoef(maps[k][inside], truth[k][inside])[0, 1]
         assert r >= 0.92, (p.name, r)
     assert zarr.open_array(str(path / "reduced" / "background"), mode="r").shape == (1, 32, 1000)
-    # the same scan without its empty-tube scan: the wall is reconstructed as glass
-    _, _, kept, _ = run_and_unmix(scan, tmp_path / "kept", env, {"inputs.background_scan": None})
-    assert kept[-1][wall].mean() > 0.7
 
 
 @pytest.fixture()

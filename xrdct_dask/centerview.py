@@ -30,16 +30,6 @@ def center_picture_path(path: str | Path, z: int) -> Path:
     return path.parent / f"{path.stem}-center-z{z:04d}.png"
 
 
-def _ours(png: Path) -> bool:
-    try:
-        from PIL import Image
-
-        with Image.open(png) as im:
-            return im.text.get("Software", "") == SOFTWARE
-    except Exception:  # not a PNG, unreadable
-        return False
-
-
 def candidate_axes(found_px: float, step_px: float, count: int) -> np.ndarray:
     """``count`` axes ``step_px`` apart centred on ``found_px`` (the found one in the middle)."""
     return found_px + step_px * (np.arange(count) - (count - 1) / 2)
@@ -57,6 +47,7 @@ def write_center_picture(path: str | Path, z: int | None = None, out: str | Path
     from .config import WorkflowError, workflow_from_dict
     from .prepare import context_from_store
     from .recon import fbp
+    from .summary import is_our_picture
 
     path = Path(path)
     if not store.is_store(path):
@@ -78,7 +69,7 @@ def write_center_picture(path: str | Path, z: int | None = None, out: str | Path
     inside = Path(out).resolve()
     if inside == path.resolve() or path.resolve() in inside.parents:
         raise CenterPictureError(f"{out} is inside the run store {path}: the picture goes beside it (--out)")
-    if out.exists() and not _ours(out):
+    if out.exists() and not is_our_picture(out, SOFTWARE):
         raise CenterPictureError(f"{out} exists and was not written by `xrdct center`: choose another --out")
     ctx = context_from_store(wf, path)
     sinos: list = []
