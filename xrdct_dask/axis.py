@@ -72,21 +72,6 @@ def _mirror_rows(omega_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return first[good], second[good]
 
 
-class _Shifter:
-    """Sub-pixel shifts of the rows of a 2D array along x by Fourier phase ramps, on an
-    edge-padded copy (what enters from an edge is that edge's value): ``shift(s)[:, x] = a[:, x - s]``."""
-
-    def __init__(self, a: np.ndarray, pad: int):
-        self.nx = a.shape[1]
-        self.pad = pad
-        self.spec = np.fft.rfft(np.pad(a, ((0, 0), (pad, pad)), mode="edge"), axis=1)
-        self.k = np.fft.rfftfreq(self.nx + 2 * pad)
-
-    def __call__(self, s: float) -> np.ndarray:
-        out = np.fft.irfft(self.spec * np.exp(-2j * np.pi * self.k * s), n=self.nx + 2 * self.pad, axis=1)
-        return out[:, self.pad:self.pad + self.nx]
-
-
 def outside_wedge(nrows: int, ncols: int, radius_px: float, drop_rows: int | None = None) -> np.ndarray:
     """bool ``(nrows, ncols)`` over an fftshifted 2D spectrum of a 360-degree sinogram of ``nrows``
     angles: true outside the double wedge ``|m| <= R |omega_x|`` where a real object of radius
@@ -102,22 +87,60 @@ def outside_wedge(nrows: int, ncols: int, radius_px: float, drop_rows: int | Non
     return mask
 
 
-def vo_metric(sino: np.ndarray, shifter: _Shifter, center_px: float, mask: np.ndarray) -> float:
-    """Energy of ``[sino; mirror about center_px]`` outside the double wedge (``mask``), over the
-    energy of the sinogram (a scale-free number)."""
-    nx = sino.shape[1]
-    mirror = shifter(2 * center_px - (nx - 1))  # shifter holds sino[:, ::-1]
-    spec = np.fft.fftshift(np.fft.fft2(np.vstack([sino, mirror])))
-    return float(np.sum(np.abs(spec[mask]) ** 2))
+class MirrorSeries:
+    """A mirror-matching metric as an exact function of the axis: ``K + 2 Re sum_j C_j
+    exp(-2 pi i f_j s)``, ``s = 2 c - (nx - 1)`` the shift that puts the mirror about ``c`` in place.
 
+    Both metrics compare the sinogram with its mirror (the flipped sinogram, shifted by ``s``).
+    On rows padded to ``N`` columns (their edge values repeated, room for any shift within the
+    detector) a shift is a phase ramp ``exp(-2 pi i f_j s)`` on column frequency ``f_j``, so a sum
+    of squares over any set of Fourier coefficients is a trigonometric series in ``s``: two FFTs
+    per slice, then O(N) per candidate axis, and the metric is smooth between candidates.
 
-def mirror_metric(first: np.ndarray, shifter: _Shifter, center_px: float) -> float:
-    """Squared mismatch of the second half-turn with the first half mirrored about ``center_px``
-    (``shifter`` holds the first half flipped), less the mismatch's mean over omega."""
-    nx = first.shape[1]
-    d = first - shifter(2 * center_px - (nx - 1))
-    d -= d.mean(axis=0, keepdims=True)
-    return float(np.sum(d * d))
+    * ``vo(half_turn, radius_px)``: Vo's energy outside the double wedge of ``[sino; mirror]``,
+      ``sum_mask |A + B e^{-2 pi i f s}|^2`` with ``A``, ``B`` the 2D FFTs of ``[sino; 0]`` and
+      ``[0; flipped]``;
+    * ``mirror(first, second)``: ``sum |first - second mirrored|^2`` less the difference's mean
+      over omega (Parseval over the columns: the mean over rows of a column coefficient is its
+      omega-constant part)."""
+
+    def __init__(self, nx: int, const: float, coef: np.ndarray, freq: np.ndarray):
+        self.nx, self.const, self.coef, self.freq = nx, const, coef, freq
+
+    @staticmethod
+    def _pad(a: np.ndarray) -> np.ndarray:
+        nx = a.shape[1]
+        return np.pad(a, ((0, 0), (nx + 2, nx + 2)), mode="edge")
+
+    @classmethod
+    def vo(cls, half_turn: np.ndarray, radius_px: float) -> "MirrorSeries":
+        n, nx = half_turn.shape
+        sp = cls._pad(half_turn)
+        fp = cls._pad(half_turn[:, ::-1])
+        zero = np.zeros_like(sp)
+        a = np.fft.fft2(np.vstack([sp, zero]))
+        b = np.fft.fft2(np.vstack([zero, fp]))
+        mask = np.fft.ifftshift(outside_wedge(2 * n, sp.shape[1], radius_px))
+        const = float(np.sum((np.abs(a) ** 2 + np.abs(b) ** 2)[mask]))
+        coef = np.sum(np.where(mask, np.conj(a) * b, 0), axis=0)
+        return cls(nx, const, 2 * coef, np.fft.fftfreq(sp.shape[1]))
+
+    @classmethod
+    def mirror(cls, first: np.ndarray, second: np.ndarray) -> "MirrorSeries":
+        nx = first.shape[1]
+        p = np.fft.fft(cls._pad(first), axis=1)
+        q = np.fft.fft(cls._pad(second[:, ::-1]), axis=1)
+        p -= p.mean(axis=0, keepdims=True)
+        q -= q.mean(axis=0, keepdims=True)
+        const = float(np.sum(np.abs(p) ** 2 + np.abs(q) ** 2))
+        coef = -np.sum(np.conj(p) * q, axis=0)
+        return cls(nx, const, 2 * coef, np.fft.fftfreq(p.shape[1]))
+
+    def __call__(self, center_px):
+        """The metric at axis ``center_px`` (a number or an array of them), over the constant part."""
+        s = 2 * np.asarray(center_px, np.float64) - (self.nx - 1)
+        phase = np.exp(-2j * np.pi * np.multiply.outer(s, self.freq))
+        return (self.const + np.real(phase @ self.coef)) / self.const
 
 
 def find_axis(sino, omega_deg, *, guess_px: float | None = None, search_px: float | None = None,
@@ -149,49 +172,40 @@ def find_axis(sino, omega_deg, *, guess_px: float | None = None, search_px: floa
     else:
         half = max(8.0, nx / 8) if search_px is None else search_px
     lo, hi = max(0.0, guess_px - half), min(nx - 1.0, guess_px + half)
-    pad = nx + 2  # room for any shift of the mirror within the detector (2 c - (nx - 1) in [-(nx - 1), nx - 1])
     pairs = _mirror_rows(om)
     if pairs is not None:
         first, second = s[pairs[0]], s[pairs[1]]
         if smooth:
             first, second = (gaussian_filter1d(a, 1.0, axis=0, mode="nearest") for a in (first, second))
-        shifter = _Shifter(second[:, ::-1], pad)
-
-        def metric(c):
-            return mirror_metric(first, shifter, c)
+        metric = MirrorSeries.mirror(first, second)
         method = "mirror-360"
     else:
-        order = np.argsort(om)
-        half_turn = s[order]
+        half_turn = s[np.argsort(om)]
         if smooth:
-            half_turn = gaussian_filter1d(half_turn, 1.0, axis=0, mode="wrap")
-        shifter = _Shifter(half_turn[:, ::-1], pad)
-        mask = outside_wedge(2 * nomega, nx, 0.5 * nx if radius_px is None else radius_px)
-
-        def metric(c):
-            return vo_metric(half_turn, shifter, c, mask)
+            half_turn = gaussian_filter1d(half_turn, 1.0, axis=0, mode="nearest")
+        metric = MirrorSeries.vo(half_turn, 0.5 * nx if radius_px is None else radius_px)
         method = "vo-180"
     grid = np.arange(np.ceil(2 * lo) / 2, hi + 1e-9, 0.5)  # whole-pixel shifts of the mirror
     if grid.size < 3:
         grid = np.linspace(lo, hi, 3)
-    values = np.array([metric(c) for c in grid])
+    values = metric(grid)
     best = int(np.argmin(values))
     # a minimum on the range's edge may lie beyond it: widen the range that way (within the detector)
     while best in (0, grid.size - 1) and (grid[0] > 0 if best == 0 else grid[-1] < nx - 1):
         step = max(4.0, (hi - lo) / 2)
         if best == 0:
             more = np.arange(grid[0] - 0.5, max(0.0, grid[0] - step) - 1e-9, -0.5)[::-1]
-            grid, values = np.r_[more, grid], np.r_[[metric(c) for c in more], values]
+            grid, values = np.r_[more, grid], np.r_[metric(more), values]
             lo = float(grid[0])
         else:
             more = np.arange(grid[-1] + 0.5, min(nx - 1.0, grid[-1] + step) + 1e-9, 0.5)
-            grid, values = np.r_[grid, more], np.r_[values, [metric(c) for c in more]]
+            grid, values = np.r_[grid, more], np.r_[values, metric(more)]
             hi = float(grid[-1])
         if more.size == 0:
             break
         best = int(np.argmin(values))
     a, b = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
-    res = minimize_scalar(metric, bounds=(a, b), method="bounded", options={"xatol": 1e-3})
+    res = minimize_scalar(lambda c: float(metric(c)), bounds=(a, b), method="bounded", options={"xatol": 1e-3})
     center = float(res.x) if res.fun <= values[best] else float(grid[best])
     med = float(np.median(values))
     confidence = float(np.clip(1 - min(res.fun, values[best]) / med, 0, 1)) if med > 0 else 0.0
