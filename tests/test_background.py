@@ -150,7 +150,7 @@ def test_center_stage_records_the_air_and_the_axis_and_applies_the_fit(tmp_path,
 def test_center_stage_says_why_when_no_column_is_air(tmp_path, rng, caplog):
     """A sample filling the field of view: the centre task logs why nothing is subtracted and records
     the reason; the recon task subtracts nothing (its reconstruction equals the one with
-    sinogram.background false) and records no air model (NaN)."""
+    sinogram.background false) and records no air model (NaN); a run's summary names the slice."""
     import zarr
 
     from xrdct_dask import stages, store
@@ -173,6 +173,17 @@ def test_center_stage_says_why_when_no_column_is_air(tmp_path, rng, caplog):
     b = zarr.open_array(str(off.store_path / "recon" / "intensity"), mode="r")[0]
     np.testing.assert_array_equal(a, b)
     assert np.isnan(store.open_array(ctx.store_path, "recon/air_model", "r")[0]).all()
+    # a run says it in its summary too
+    from distributed import LocalCluster
+
+    from xrdct_dask.report import format_summary
+    from xrdct_dask.workflow import execute
+
+    run = block_store(tmp_path / "run", s[None], truth["omega_deg"])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        summary = execute([run], cluster=cluster, progress=False, summary=False)[0]
+    assert summary["no_air_slices"] == [0]
+    assert "no column is air in every projection of slices 0: nothing subtracted there" in format_summary(summary)
 
 
 @pytest.mark.slow
