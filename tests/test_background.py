@@ -208,3 +208,21 @@ def test_run_redoes_an_outlier_slice_with_the_axis_fitted_over_z(tmp_path, rng):
         "axis fitted over z"
     assert all(abs(state.center[z] - axes[z]) < 0.1 for z in (0, 1, 2, 4))
     assert summary["tasks"]["center"]["executed"] == 6 and summary["tasks"]["recon"]["executed"] == 12
+
+
+def test_a_resumed_slice_reuses_its_recorded_geometry(tmp_path, rng):
+    """A slice whose centre task ran (and whose recon did not) resumes with the geometry the task
+    recorded, air columns included, not just its centre: the recon tasks of the resumed graph get
+    that record, and no centre task is built."""
+    from xrdct_dask import stages, store
+    from xrdct_dask.centering import stored_geometry
+    from xrdct_dask.graph import Ref, slice_tasks
+
+    s, truth = environment_block(SampleEnvironment(axis_offset_px=3.0, **ISSUE), 40, 64)
+    ctx = block_store(tmp_path, poisson(s, COUNTS, rng)[None], truth["omega_deg"], nq_chunk=8)
+    geo = stages.find_center(0, ctx)
+    tasks = slice_tasks(ctx, 0, store.task_state(ctx.store_path))
+    assert [t.stage for t in tasks] == ["recon"] * 3
+    given = tasks[0].args[2]
+    assert not isinstance(given, Ref) and given == stored_geometry(ctx.store_path, 0)
+    assert given["air"]["columns"] == geo["air"]["columns"] and given["center"] == geo["center"]

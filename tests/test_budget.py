@@ -69,7 +69,8 @@ def test_plan_predicts_each_tasks_memory_within_25_percent(tmp_path, nomega, nx,
     geo = {"center": nx / 2}
     ys = slice(0, lay.y_chunk)
     shares = [stages.pdf_scale(0, slice(a, a + lay.y_chunk), ctx) for a in range(0, nx, lay.y_chunk)]
-    measured = {"recon": traced_peak(stages.reconstruct_block, 0, slice(0, lay.q_chunk), geo, ctx),
+    measured = {"center": traced_peak(stages.find_center, 0, ctx),
+                "recon": traced_peak(stages.reconstruct_block, 0, slice(0, lay.q_chunk), geo, ctx),
                 "pdf-scale": traced_peak(stages.pdf_scale, 0, ys, ctx),
                 "pdf": traced_peak(stages.pdf_rows, 0, ys, ctx, *shares)}
     for name, peak in measured.items():

@@ -57,13 +57,14 @@ def recorded_fit(path) -> dict | None:
 
 
 def _choose_q_block(ctx, z: int, air, measured) -> slice:
-    """The q block (a chunk of ``reduced/intensity``) of slice z with the most structure above its
-    noise, judged on the first omega chunk only (all q of a few projections: cheap to read): per
-    q bin, the spread of the air-corrected values over the sample's columns over the median
-    ``sigma`` there; a block scores the sum of its best ``SELECTED_BINS`` bins."""
+    """The q block of slice z (``layout.q_sub`` bins: what a recon task prepares at once) with the
+    most structure above its noise, judged on the first omega chunk only (all q of a few
+    projections: cheap to read): per q bin, the spread of the air-corrected values over the
+    sample's columns over the median ``sigma`` there; a block scores the sum of its best
+    ``SELECTED_BINS`` bins."""
     from .air import subtract_air, subtract_measured
 
-    wc, qc = ctx.layout.omega_chunk, ctx.layout.q_chunk
+    wc, qc = ctx.layout.omega_chunk, ctx.layout.q_sub
     rows = _host_read(ctx, f"{store.REDUCED}/intensity", (z, slice(0, wc)))  # (wc, nx, nq)
     sig = _host_read(ctx, f"{store.REDUCED}/sigma", (z, slice(0, wc)))
     rows = np.where(np.isfinite(rows), rows, 0.0).astype(np.float32)
@@ -77,6 +78,9 @@ def _choose_q_block(ctx, z: int, air, measured) -> slice:
     spread = rows[:, support].std(axis=(0, 1))
     with np.errstate(all="ignore"):
         noise = np.nanmedian(np.where(np.isfinite(sig[:, support]), sig[:, support], np.nan), axis=(0, 1))
+        if not np.isfinite(noise).any():  # no error model (integrate.error_model: none): the spread along omega
+            d2 = np.diff(rows[:, support], n=2, axis=0).reshape(-1, rows.shape[-1])
+            noise = 1.4826 * np.median(np.abs(d2), axis=0) / np.sqrt(6) if len(d2) else np.ones(rows.shape[-1])
         snr = np.nan_to_num(spread / noise, nan=0.0, posinf=0.0)
     nq = snr.size
     scores = [np.sort(snr[a:a + qc])[-SELECTED_BINS:].sum() for a in range(0, nq, qc)]

@@ -254,7 +254,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     aux, aux_exact = _aux_channels(wf) if nr and wf.pdf.order == "pdf-then-recon" else (1 + budget.PDF_EXTRA_COLUMNS,
                                                                                        True)
     held = {"integrate": budget.integrate_bytes(wc * nx, nq, fb),
-            "center": budget.center_bytes(nw, nx, *((qc, wc, nq) if wf.sinogram.center == "auto" else ())),
+            "center": budget.center_bytes(nw, nx, *((lay.q_sub, wc, nq) if wf.sinogram.center == "auto" else ())),
             "recon": budget.recon_bytes(nw, nx, qc, lay.q_sub),
             "pdf-scale": budget.pdf_scale_bytes(yc, nx, nq),
             "pdf-frames": budget.pdf_frames_bytes(wc * nx, nq, nr),
@@ -264,6 +264,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     # the centre: the q sum and frame_ok; found automatically, also the first omega chunk of every q bin
     # (intensity, sigma) and the most structured q block of every projection
     axis_read = nz * (8 * min(wc, nw) * nx * nq + 4 * nw * nx * min(qc, nq)) if wf.sinogram.center == "auto" else 0
+    # (a block of q_sub bins is read as the whole q chunk holding it)
     read = {"integrate": F * fb, "center": F * 5 + axis_read, "recon": F * (4 * nq + 1),
             "pdf-scale": nz * nx * nx * nq * 4,
             "pdf-frames": F * nq * 4, "pdf-aux": F * aux * 4,
