@@ -77,7 +77,8 @@ def simulate(
              "slice_{z:04d}.h5::/entry/data/data")] = None,
     axis_offset: Annotated[float, typer.Option(help="rotation axis this many pixels right of the detector's "
                                                     "centre (nx // 2)")] = 0.0,
-    tube: Annotated[float, typer.Option(help="outer radius (pixels) of a glass tube around the sample (0: none)")] = 0.0,
+    tube: Annotated[float, typer.Option(help="outer radius (pixels) of a glass tube around the sample "
+                                            "(0: none)")] = 0.0,
     tube_wall: Annotated[float, typer.Option(help="the tube's wall thickness, pixels")] = 2.0,
     air: Annotated[float, typer.Option(help="air scattering at the first x, in voxels of the sample's matrix "
                                             "(0: none)")] = 0.0,

@@ -198,7 +198,8 @@ class Sinogram(_Section):
     @field_validator("background", mode="before")
     @classmethod
     def _background_choice(cls, v):
-        if isinstance(v, str) and v.strip().lower() not in ("auto", "true", "false", "yes", "no", "on", "off", "1", "0"):
+        words = ("auto", "true", "false", "yes", "no", "on", "off", "1", "0")
+        if isinstance(v, str) and v.strip().lower() not in words:
             raise ValueError(f"must be true, false or auto (got {v!r})")
         return v.strip().lower() if isinstance(v, str) and v.strip().lower() == "auto" else v
     stripe_snr: float = Field(3.0, gt=0, description="stripe: a column off all predictions from its neighbours by this many noise levels")

@@ -379,7 +379,8 @@ def shift_projections(sino, shifts_px):
 # --------------------------------------------------------------------------------------------
 def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monitor_flag: bool = False,
                      fill_bad: bool = True, zingers: bool = True, zinger_threshold: float = 8.0,
-                     background: bool | str = "auto", background_columns: int = 2, background_per_projection: bool = False,
+                     background: bool | str = "auto", background_columns: int = 2,
+                     background_per_projection: bool = False,
                      air_columns=None, measured_background=None,
                      stripes: bool = False, stripe_snr: float = 3.0, known_stripes=None,
                      jitter: bool | np.ndarray = False, max_jitter_px: float = 3.0, center: float | str = "auto"):

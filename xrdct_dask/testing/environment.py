@@ -57,7 +57,8 @@ def glass_phase() -> Phase:
             break
     elements = np.where(rng.random(n) < 1 / 3, "Si", "O")
     # 0.01 A distance bins: far below the 0.12 A broadening, and 5x fewer sines than the default
-    return Phase("glass", "SiO2", "amorphous", None, Q_GRID_A, debye_pattern(pos[:n], elements, Q_GRID_A, 0.12, rbin_A=0.01))
+    pattern = debye_pattern(pos[:n], elements, Q_GRID_A, 0.12, rbin_A=0.01)
+    return Phase("glass", "SiO2", "amorphous", None, Q_GRID_A, pattern)
 
 
 @functools.cache
