@@ -199,3 +199,23 @@ def test_simulated_environment_has_its_axis_and_air_where_it_says(tmp_path):
     assert tube[:, axis - 11].min() > 1.0 and np.abs(tube[:, axis + 13]).max() < 1e-6
     air = env.air_levels(40)
     assert air[0] == pytest.approx(2.0) and air[-1] == pytest.approx(4.0)
+
+
+def test_simulate_command_writes_the_environment_and_its_empty_scan(tmp_path):
+    """``xrdct simulate --tube --axis-offset --air --air-ratio --background-scan line``: the truth
+    states the axis (nx // 2 + offset) and the air along x, the empty-tube frames (one per x step)
+    and their monitor are written, and the workflow names them; a bad option is one line."""
+    from xrdct_dask.cli import app
+
+    out = tmp_path / "scan"
+    res = CliRunner().invoke(app, ["simulate", str(out), "--nz", "1", "--nomega", "4", "--nx", "12", "--tube", "4",
+                                   "--axis-offset", "1", "--air", "1", "--air-ratio", "2", "--background-scan", "line"])
+    assert res.exit_code == 0, res.output
+    env = json.loads((out / "truth.json").read_text())["environment"]
+    assert env["axis_px"] == 7.0 and env["air_levels"][0] == 1.0 and env["air_levels"][-1] == 2.0
+    assert sorted(p.name for p in (out / "background").glob("*.cbf")) == [f"frame_{i:06d}.cbf" for i in range(12)]
+    bg = load_workflow(out / "workflow.yaml").inputs.background_scan
+    assert bg.extent == "line" and bg.monitor == out / "background" / "monitor.txt"
+    assert "glass" in list(np.load(out / "truth.npz")["phase_names"])
+    res = CliRunner().invoke(app, ["simulate", str(tmp_path / "bad"), "--background-scan", "cube"])
+    assert res.exit_code == 2 and "background_scan must be None, line or slice" in res.output
