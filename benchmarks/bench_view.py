@@ -10,7 +10,7 @@
    ``reduced/`` with ``--nomega`` (128) angles (the bytes ratio of the full 1571 angles is the
    plan's, step 4).  On a 2-core machine shared with others, writing ~9 GB of noisy float32 per
    slice takes most of an hour: the first ``--full-slices`` (1) slices get all their arrays, and
-   their view copy is written by :func:`xrdct_dask.viewcopy.write_view_copy` (the run's ``view``
+   their view copy is written by :func:`xrdct_dask.store.viewcopy.write_view_copy` (the run's ``view``
    task) and timed; the other slices get their per-frame arrays and markers, and in their view
    copy the same bytes (what the viewer reads of them).
 2. **The page**, served by ``xrdct view``'s server (:func:`xrdct_dask.view.server.start_server`),

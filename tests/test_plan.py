@@ -87,7 +87,8 @@ def store_arrays(path: Path) -> dict:
 # what each stage writes, as the stages' code does it (integrate_block -> store.write_reduced, ...)
 WRITES = {"integrate": ["reduced/intensity", "reduced/sigma", "reduced/monitor", "reduced/total", "reduced/frame_ok",
                         "reduced/frame_status", "tasks/integrate"],
-          "center": ["tasks/center"], "recon": ["recon/intensity", "tasks/recon"],
+          "center": ["tasks/center", "recon/slice_info"],
+          "recon": ["recon/intensity", "recon/air_model", "tasks/recon"],
           "recon-then-pdf": {"pdf-scale": [], "pdf": ["pdf/G", "pdf/scale", "pdf/fq_highq_rms", "pdf/lowr_slope",
                                                       "pdf/lowr_residual", "pdf/ok", "tasks/pdf"]},
           "pdf-then-recon": {"pdf-frames": ["pdf/G_sinogram", "pdf/aux_sinogram"],

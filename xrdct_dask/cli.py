@@ -78,6 +78,17 @@ def simulate(
     mu_per_px: Annotated[Optional[str], typer.Option(
         help="a dense sample: attenuation per pixel of each phase (Ni,Fe,NaCl,aSi), e.g. 0.02,0.018,0.01,0.006; "
              "the beam is attenuated in to and out of every voxel and transmission.txt is recorded")] = None,
+    axis_offset: Annotated[float, typer.Option(help="rotation axis this many pixels right of the detector's "
+                                                    "centre (nx // 2)")] = 0.0,
+    tube: Annotated[float, typer.Option(help="outer radius (pixels) of a glass tube around the sample "
+                                            "(0: none)")] = 0.0,
+    tube_wall: Annotated[float, typer.Option(help="the tube's wall thickness, pixels")] = 2.0,
+    air: Annotated[float, typer.Option(help="air scattering at the first x, in voxels of the sample's matrix "
+                                            "(0: none)")] = 0.0,
+    air_ratio: Annotated[float, typer.Option(help="air at the last x over air at the first (linear in x)")] = 1.0,
+    background_scan: Annotated[Optional[str], typer.Option(
+        help="also record an empty-tube / air scan: line (one line of x at omega 0) or slice (every angle), "
+             "named in workflow.yaml's inputs.background_scan")] = None,
 ) -> None:
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
@@ -104,13 +115,22 @@ def simulate(
             mu = [float(v) for v in mu_per_px.split(",")]
         except ValueError:
             _fail(f"--mu-per-px must be numbers separated by commas (got {mu_per_px!r})")
+    env = None
+    if axis_offset or tube or air or background_scan:
+        from xrdct_dask.simulate.environment import SampleEnvironment
+
+        try:
+            env = SampleEnvironment(tube_outer_px=tube or None, tube_wall_px=tube_wall, axis_offset_px=axis_offset,
+                                    air_level=air, air_ratio=air_ratio, background_scan=background_scan)
+        except ValueError as err:
+            _fail(str(err))
     t0 = time.perf_counter()
     with Progress() as bar:
         task = bar.add_task("simulating frames", total=nz * nomega * nx)
         try:
             scan = simulate_scan(out_dir, nz, nomega, nx, detector=detector, order=order, fast_axis=fast_axis,
                                  omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed, fmt=format_,
-                                 frames_per_file=frames_per_file, frames=frames, mu_per_px=mu,
+                                 frames_per_file=frames_per_file, frames=frames, mu_per_px=mu, environment=env,
                                  progress=lambda k, n: bar.update(task, completed=k))
         except ValueError as err:
             _fail(str(err))
@@ -452,6 +472,28 @@ def view(
         typer.echo("stopped")
     finally:
         server.stop()
+
+
+@app.command()
+def center(
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store (only read)")],
+    z: Annotated[Optional[int], typer.Option("--z", help="slice (default: the middle one)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default RUN-center-zK.png beside the store; "
+                                                     "never a file this program did not write)")] = None,
+    step: Annotated[float, typer.Option(help="pixels between candidate axes")] = 0.5,
+    count: Annotated[int, typer.Option(help="candidate axes (the found one in the middle)")] = 9,
+) -> None:
+    """Picture of a slice reconstructed at candidate rotation axes around the one found, to check it."""
+    from xrdct_dask.view.center import CenterPictureError, write_center_picture
+
+    _logging(False)
+    try:
+        png, geo = write_center_picture(run_store, z, out, step_px=step, count=count)
+    except CenterPictureError as err:
+        _fail(str(err))
+    axis = geo.get("axis") or {}
+    conf = f" (confidence {axis['confidence']:.2f}, {geo['center_source']})" if axis else f" ({geo['center_source']})"
+    typer.echo(f"axis {geo['center']:.3f} px{conf}: {png}")
 
 
 @app.command()

@@ -64,6 +64,8 @@ class Inputs(_Section):
     check_md5: bool = Field(False, description="verify each frame's Content-MD5 (one md5 per frame); "
                                                "a mismatch flags the frame BAD_CHECKSUM")
 
+    background_scan: "BackgroundScan | None" = Field(None, description="a measured empty-container / air scan, "
+                                                                   "integrated as the frames and subtracted per q")
     positioners: "Positioners" = Field(default_factory=lambda: Positioners(),
                                        description="names of the scan's motors and counters in an HDF5 scan")
     monitor_max_ratio: float = Field(100.0, gt=1, description="a monitor value more than this factor above or below "
@@ -73,6 +75,33 @@ class Inputs(_Section):
     @classmethod
     def _has_index_field(cls, v: str) -> str:
 
+        check_frames_template(split_spec(v)[0] if is_hdf5(v) else v, hdf5=is_hdf5(v))
+        return v
+
+
+class BackgroundScan(_Section):
+    """A measured background: the empty container (tube, reactor) or air alone, recorded with the
+    beamline set as for the sample.  Integrated with the run's plan, normalised by its own monitor
+    (relative to the scan's monitor reference) and subtracted from every sinogram per q before the
+    other background corrections (xrdct_dask.sinogram.air.subtract_measured)."""
+
+    frames: str = Field(description="a CBF template with an {index} field, or an HDF5 file::/dataset; index 0.. in "
+                                    "the order below")
+    monitor: Path | None = Field(None, description="text file, one I0 value per background frame (none: every "
+                                                   "frame at the scan's monitor reference)")
+    extent: Literal["line", "slice"] = Field(
+        "line", description="line: scan.nx frames, one translation line at a fixed angle, subtracted from every "
+                            "projection (a container centred on the axis, or air); slice: scan.nomega x scan.nx "
+                            "frames in the scan's own order (scan.order, scan.fast_axis), subtracted projection by "
+                            "projection (any container)")
+
+    @field_validator("frames")
+    @classmethod
+    def _is_source(cls, v: str) -> str:
+        from xrdct_dask.io.spec import is_hdf5, split_spec
+
+        if not is_hdf5(v) and "{index" not in v:
+            raise ValueError(f"{v!r}: needs an {{index}} field (a CBF template) or an HDF5 file::/dataset")
         check_frames_template(split_spec(v)[0] if is_hdf5(v) else v, hdf5=is_hdf5(v))
         return v
 
@@ -163,13 +192,24 @@ class Sinogram(_Section):
     fill_bad: bool = Field(True, description="fill frames flagged bad from their neighbours (else: zeros)")
     zingers: bool = Field(True, description="replace isolated spikes (one frame, one q bin) by their 3x3 median")
     zinger_threshold: float = Field(8.0, gt=0, description="spike: exceeds all 8 neighbours by this many noise levels")
-    background: bool = Field(False, description="subtract the mean of sample-free edge columns (air, container)")
+    background: bool | Literal["auto"] = Field(
+        "auto", description="auto: find the columns that are air in every projection and subtract the air modelled "
+                            "per q as a line in x (nothing where no column is air: the run's log says why); true: "
+                            "subtract the mean of background_columns fixed edge columns; false: none")
     background_columns: int = Field(2, ge=1, description="sample-free columns used at each edge")
     background_per_projection: bool = Field(False, description="one background per projection instead of per scan")
     stripes: bool = Field(False, description="stripe (ring artefact) removal: stripes of any width up to "
                                              "stripe_max_width_px, over all or part of omega, sorting-based")
     stripe_snr: float = Field(3.0, gt=0, description="stripe: a run of columns off all predictions from its neighbours by this many noise levels")
     stripe_max_width_px: int = Field(6, ge=1, description="widest stripe looked for, in columns (x steps)")
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _background_choice(cls, v):
+        words = ("auto", "true", "false", "yes", "no", "on", "off", "1", "0")
+        if isinstance(v, str) and v.strip().lower() not in words:
+            raise ValueError(f"must be true, false or auto (got {v!r})")
+        return v.strip().lower() if isinstance(v, str) and v.strip().lower() == "auto" else v
     jitter: bool = Field(False, description="per-projection shift correction from the centre of mass")
     max_jitter_px: float = Field(3.0, gt=0, description="largest jitter correction, pixels")
     absorption: Literal["off", "transmission", "scattering"] = Field(
@@ -494,7 +534,8 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
 
 _PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
               ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
-              ("store", "path"), ("pdf", "background_file"), ("pdf", "config"))
+              ("store", "path"), ("pdf", "background_file"), ("pdf", "config"), ("inputs", "background_scan", "frames"),
+              ("inputs", "background_scan", "monitor"))
 
 
 def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict | None = None,
@@ -508,10 +549,13 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
     if isinstance(raw.get("store"), str):
         raw["store"] = {"path": raw["store"]}
     if base_dir is not None:
-        for sec, key in _PATH_KEYS:
-            val = raw.get(sec, {}).get(key) if isinstance(raw.get(sec), dict) else None
+        for *where, key in _PATH_KEYS:
+            sec = raw
+            for k in where:
+                sec = sec.get(k) if isinstance(sec, dict) else None
+            val = sec.get(key) if isinstance(sec, dict) else None
             if isinstance(val, str) and val and not Path(val).is_absolute():
-                raw[sec][key] = str((base_dir / val))
+                sec[key] = str((base_dir / val))
     try:
         return Workflow.model_validate(raw)
     except ValidationError as err:

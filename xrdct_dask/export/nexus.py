@@ -92,6 +92,10 @@ def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, so
     runs in parallel, and the file reads back the same values.  ``source`` = (store path, array
     path) for the workers to open."""
     shape, zchunks = zarr_arr.shape, zarr_arr.chunks
+    if zarr_arr.dtype.kind == "T":  # variable-length text (recon/slice_info: a JSON per slice): HDF5 strings
+        import h5py
+
+        return h5group.create_dataset(name, data=np.asarray(zarr_arr[...], dtype=object), dtype=h5py.string_dtype())
     dtype = np.dtype(bool) if zarr_arr.dtype == np.dtype(bool) else zarr_arr.dtype
     if not shape or 0 in shape:
         d = h5group.create_dataset(name, shape=shape, dtype=dtype)

@@ -25,6 +25,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from xrdct_dask import store
 from xrdct_dask.config import Workflow
 from xrdct_dask.pipeline import tasks_integrate, tasks_pdf, tasks_recon, tasks_view
@@ -49,6 +51,7 @@ class Sizes:
     frame_bytes: int = 0
     aux_channels: int = 0
     view: ViewLayout | None = None  # the view copy's sizes (view.write_copy)
+    center_auto: bool = True  # the axis is found (sinogram.center: auto), not given
 
     @property
     def frames(self) -> int:
@@ -58,7 +61,8 @@ class Sizes:
     def of(cls, wf: Workflow, *, nq: int, nr: int, layout: Layout, frame_bytes: int = 0,
            aux_channels: int = 0) -> Sizes:
         s = wf.scan
-        return cls(s.nz, s.nomega, s.nx, nq, nr, layout, frame_bytes, aux_channels, view_layout_of(wf, layout, nq, nr))
+        return cls(s.nz, s.nomega, s.nx, nq, nr, layout, frame_bytes, aux_channels, view_layout_of(wf, layout, nq, nr),
+                   wf.sinogram.center == "auto")
 
 
 def view_layout_of(wf: Workflow, layout: Layout, nq: int, nr: int) -> ViewLayout | None:
@@ -112,6 +116,14 @@ class Stage:
                 "r block": math.ceil(max(s.nr, 1) / lay.r_chunk)}[self.unit]
 
 
+def _axis_read(s: Sizes) -> int:
+    """What the centre reads to find the axis besides the q sum: the first omega chunk of every q
+    bin (intensity, sigma) and the most structured q block of every projection (read as the whole q
+    chunk holding it)."""
+    wc, qc = s.layout.omega_chunk, s.layout.q_chunk
+    return s.nz * (8 * min(wc, s.nomega) * s.nx * s.nq + 4 * s.nomega * s.nx * min(qc, s.nq))
+
+
 def _view(wf: Workflow) -> bool:
     return wf.view.write_copy
 
@@ -139,10 +151,12 @@ STAGES: list[Stage] = [
           held=lambda s: budget.integrate_bytes(s.layout.omega_chunk * s.nx, s.nq, s.frame_bytes),
           read=lambda s: s.frames * s.frame_bytes),
     Stage("center", "slice", tasks_recon.add_center_tasks, after=("integrate",), marker="value",
-          writes=(f"{R}/mu",), reprocess="recon", keys=("sinogram",), marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
-          held=lambda s: budget.center_bytes(s.nomega, s.nx), read=lambda s: s.frames * 5),  # total f32 + frame_ok
+          writes=(f"{R}/slice_info", f"{R}/mu"), reprocess="recon", keys=("sinogram",), marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
+          held=lambda s: budget.center_bytes(s.nomega, s.nx, *((s.layout.q_sub, s.layout.omega_chunk, s.nq)
+                                                                if s.center_auto else ())),
+          read=lambda s: s.frames * 5 + (_axis_read(s) if s.center_auto else 0)),  # total f32 + frame_ok
     Stage("recon", "q block", tasks_recon.add_recon_tasks, after=("center",), marker="task", marker_dim="q_block",
-          writes=(f"{R}/intensity",), reprocess="recon", keys=("recon",),
+          writes=(f"{R}/intensity", f"{R}/air_model"), reprocess="recon", keys=("recon",),
           marker_doc=("1", "1 = this q block of recon/ is completely written"),
           held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.layout.q_chunk, s.layout.q_sub),
           read=lambda s: s.frames * (4 * s.nq + 1)),
@@ -203,7 +217,7 @@ def tasks_per_slice(wf: Workflow, sizes: Sizes) -> dict[str, int]:
 
 
 def marker_specs(wf: Workflow, sizes: Sizes) -> list[MarkerSpec]:
-    """The done-markers of ``wf``'s stages, as a new store gets them (:func:`xrdct_dask.store.create_store`)."""
+    """The done-markers of ``wf``'s stages, as a new store gets them (:func:`xrdct_dask.store.layout.create_store`)."""
     return [MarkerSpec(st.name, st.count(sizes), st.marker_dim, st.marker == "value", *st.marker_doc)
             for st in stages_of(wf) if st.marker]
 
@@ -242,3 +256,11 @@ def before_step(wf: Workflow, step: str) -> list[Stage]:
     """The stages of ``wf`` that run before reprocess step ``step`` (their output is kept)."""
     steps = reprocess_steps()
     return [st for st in stages_of(wf) if steps.index(st.reprocess) < steps.index(step)]
+
+
+def reopen_slice(path, wf: Workflow, z: int, name: str) -> None:
+    """Clear the done-markers of slice ``z`` of stage ``name`` and of every stage made from it (a
+    value marker back to NaN): a resumed run redoes them."""
+    for st in [stage_of(wf, name), *downstream(wf, name)]:
+        if st.marker:
+            store.mark_done(path, st.name, (int(z),), np.nan if st.marker == "value" else 0)

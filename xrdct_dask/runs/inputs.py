@@ -76,6 +76,9 @@ def check_inputs(wf: Workflow):
         p = getattr(wf.inputs, key)
         if p is not None and not Path(p).is_file():
             raise WorkflowError(f"inputs.{key}: {p} not found")
+    from xrdct_dask.runs.background import check_background_scan
+
+    check_background_scan(wf, shape)
     return ai, shape
 
 
@@ -139,7 +142,9 @@ def input_files(wf: Workflow) -> dict[str, Path]:
             out[f"inputs.{key}"] = Path(getattr(i, key))
     if wf.pdf.enabled and wf.pdf.background == "file" and wf.pdf.background_file is not None:
         out["pdf.background_file"] = Path(wf.pdf.background_file)
-    return out
+    from xrdct_dask.runs.background import input_files as background_files
+
+    return out | background_files(wf)
 
 
 def input_contents(wf: Workflow) -> dict[str, dict]:

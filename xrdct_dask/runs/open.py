@@ -25,8 +25,16 @@ from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
 from xrdct_dask.pdf.background import load_background
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.integrator import plan_for
-from xrdct_dask.pipeline.stages import FRAMES_STAGE, Sizes, downstream, marker_specs, view_layout_of
+from xrdct_dask.pipeline.stages import (
+    FRAMES_STAGE,
+    Sizes,
+    downstream,
+    marker_specs,
+    reopen_slice,
+    view_layout_of,
+)
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
+from xrdct_dask.runs.background import background_rows, integrate_background_scan
 from xrdct_dask.runs.inputs import (
     check_inputs,
     check_recon_engine,
@@ -83,6 +91,8 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
     if lay.grid is not None and lay.grid.duplicates():
         log.warning("%d scan points recorded twice; the last record is used", lay.grid.duplicates())
     reference = lay.monitor_reference(wf)
+    # integrated before the store exists: a background frame that cannot be read stops the run here
+    background = integrate_background_scan(wf, reference) if wf.inputs.background_scan is not None else None
     attrs = {
         "workflow": wf.model_dump(mode="json"),
         "workflow_yaml": wf.to_yaml(),
@@ -106,7 +116,10 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, markers=store_markers(wf, layout, radial, r_A),
                            **pdf_store_args(wf, op), **absorption_store_args(wf),
-                           **view_store_args(wf, layout, radial, r_A))
+                           **view_store_args(wf, layout, radial, r_A), background_rows=background_rows(wf))
+        if background is not None:
+            store.open_array(tmp, f"{store.REDUCED}/background")[...] = background
+            store.open_array(tmp, f"{store.REDUCED}/background_total")[...] = np.nansum(background, axis=-1)
         late = write_scan_arrays(tmp, wf, lay, client)
         if late:
             log.warning("%d frames arrived out of the scan's order; placed by the scan file", late)
@@ -271,8 +284,7 @@ def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
         for b in reopen:
             store.mark_done(ctx.store_path, FRAMES_STAGE, (int(z), b), 0)
         for later in downstream(wf, FRAMES_STAGE):  # every marker of the slice made from those blocks
-            if later.marker:
-                store.mark_done(ctx.store_path, later.name, (int(z),), np.nan if later.marker == "value" else 0)
+            reopen_slice(ctx.store_path, wf, z, later.name)
         frames += int(retry.sum())
         blocks += len(reopen)
     return frames, blocks

@@ -13,7 +13,7 @@ Nothing is a second copy of the run's rules: the tasks per slice come from the s
 Bytes read and written are uncompressed upper bounds:
 
     integrate  read F frame_bytes                                 (F = nz nomega nx frames)
-    center     read nz nomega nx 5
+    center     read nz nomega nx 5 (+ the first omega chunk of every q, and one q block, with center: auto)
     recon      read nz nomega nx (4 nq + 1)
     pdf-scale  read nz nx^2 nq 4                                         (its shares, block by block)
     pdf        read nz nx^2 nq 4                                         (recon-then-pdf)
@@ -60,6 +60,7 @@ from xrdct_dask.pipeline.integrator import _plan_inputs
 from xrdct_dask.pipeline.stages import Sizes, marker_specs, stages_of, tasks_per_slice
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
 from xrdct_dask.resources import shipped_throughputs
+from xrdct_dask.runs.background import background_rows
 from xrdct_dask.runs.open import absorption_store_args, layout_for
 from xrdct_dask.runs.scanlayout import frames_placed_by_scan
 from xrdct_dask.store import budget
@@ -268,7 +269,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     held = {st.name: st.held(sizes) for st in table}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, markers=marker_specs(wf, sizes),
                               pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux,
-                              **absorption_store_args(wf)) + (view_specs(nz, sizes.view) if sizes.view else [])
+                              **absorption_store_args(wf), background_rows=background_rows(wf)) + (view_specs(nz, sizes.view) if sizes.view else [])
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]

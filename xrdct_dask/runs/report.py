@@ -75,6 +75,9 @@ def finish_run(ctx: RunContext, results: dict, before: store.TaskState, wall: fl
     previous = store.read_attrs(ctx.store_path).get("run_summary") or {}
     info = run_summary(results, wall, previous)
     info["engine_report"] = engine_report(results.get(FRAMES_STAGE, [])) or previous.get("engine_report", [])
+    # slices whose air could not be found (sinogram.background: auto): nothing was subtracted there
+    info["no_air_slices"] = sorted({r["z"] for r in results.get("center", []) if (r.get("air") or {}).get("found")
+                                    is False} | set(previous.get("no_air_slices", [])))
     info["frame_status"] = status_counts(ctx.store_path)
     info["frames"] = sum(n for k, n in info["frame_status"].items() if k != "NOT_WRITTEN")
     info["tasks"] = {k: {"executed": len(results.get(k, [])), "skipped": d}
@@ -129,6 +132,9 @@ def format_summary(info: dict) -> str:
     lines.append("frames flagged: " + (", ".join(f"{k.lower().replace('_', ' ')} {v}" for k, v in sorted(bad.items()))
                                        if bad else "none"))
     lines += info.get("engine_report", [])
+    if info.get("no_air_slices"):
+        lines.append(f"sinogram.background auto: no column is air in every projection of slices "
+                     f"{', '.join(map(str, info['no_air_slices']))}: nothing subtracted there (recon/slice_info)")
     skipped = sum(t["skipped"] for t in info.get("tasks", {}).values())
     if skipped:
         executed = sum(t["executed"] for t in info["tasks"].values())

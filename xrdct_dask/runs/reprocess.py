@@ -181,12 +181,14 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
     except store.StoreWriteError as err:
         raise WorkflowError(f"--out: cannot create {out}: {err.strerror}") from None
 
+    rows = store.background_rows_of(parent)  # the parent's measured background is shared with the rest of reduced/
+
     def build(tmp):
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
                            layout=layout, attrs=attrs, markers=store_markers(wf, layout, coord["q"], r_A),
                            **pdf_store_args(wf, op), **absorption_store_args(wf),
-                           **view_store_args(wf, layout, coord["q"], r_A))
+                           **view_store_args(wf, layout, coord["q"], r_A), background_rows=rows)
         n = sum(link_group(parent, tmp, group, client=client) for group in rp.reused)
         n += link_group(parent, tmp, store.TASKS, [st.name for st in rp.kept if st.marker], client=client)
         log.info("%s: %d chunk files shared with %s", out, n, parent)

@@ -103,6 +103,12 @@ def write_reduced(path, block: FrameBlock, intensity, sigma, monitor, frame_stat
     write_region(path, f"{REDUCED}/frame_status", reg, frame_status.astype(np.int8)[None])
 
 
+def background_rows_of(path) -> int:
+    """Rows of a store's measured background (``reduced/background``), 0 where it has none."""
+    g = zarr.open_group(str(Path(path) / REDUCED), mode="r")
+    return int(g["background"].shape[0]) if "background" in g.array_keys() else 0
+
+
 def layout_of(path):
     """The :class:`~xrdct_dask.store.budget.Layout` of a store: recorded in its attrs, or (a store made
     before layouts were recorded) read off its arrays' chunks."""

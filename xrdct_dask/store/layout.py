@@ -12,7 +12,15 @@
       reduced/frame_status int8 (z, omega, x)   xrdct_dask.io.status.FrameStatus code (-1 = not yet written)
       reduced/scan_flag  int8 (z, omega, x)     DUPLICATE / OUT_OF_ORDER where the scan file placed the frame, else 0
       reduced/transmission f32 (z, omega, x)    inputs.transmission only: the reading after the sample
+      reduced/background f32 (background_row, x, q)  a measured empty-container / air scan, integrated (only
+                                                with inputs.background_scan: 1 row for a line, nomega for a slice)
+      reduced/background_total f32 (background_row, x)  its sum over q
       recon/intensity    f32 (z, y, x, q)       chunks (1, nx, nx, q_chunk)
+      recon/slice_info   str (z)                JSON per slice from the centre stage: the air columns found
+                                                (or why none), the axis estimates and their confidence, the
+                                                centre used, the stripe columns and shifts
+      recon/air_model    f32 (z, 2, q)          the air subtracted per q: level and slope in x
+                                                (xrdct_dask.sinogram.air.air_model), NaN where none
       recon/mu           f32 (z, y, x)          sinogram.absorption only: attenuation per x step
       pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, r_chunk)
       pdf/scale, pdf/fq_highq_rms, pdf/lowr_slope, pdf/lowr_residual, pdf/ok   (z, y, x) per-voxel
@@ -132,12 +140,13 @@ ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TASKS, VIEW, *COORDS
 
 def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, markers=(),
                 pdf_sinograms: bool = False, aux_channels: int = 0, transmission: bool = False,
-                absorption: bool = False) -> list[ArraySpec]:
+                absorption: bool = False, background_rows: int = 0) -> list[ArraySpec]:
     """Every data array and done-marker of a store: what :func:`create_store` creates and what
     ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays;
     ``markers``: the :class:`MarkerSpec` of each stage that records its tasks, in stage order;
     ``transmission``: ``reduced/transmission`` (a transmission reading per frame); ``absorption``:
-    ``recon/mu`` (the slices' attenuation maps of the self-absorption correction)."""
+    ``recon/mu`` (the slices' attenuation maps of the self-absorption correction);
+    ``background_rows``: the rows of a measured background scan (0: none)."""
     wc, qc, yc, rc = layout.omega_chunk, layout.q_chunk, layout.y_chunk, layout.r_chunk
     frame = ("z", "omega", "x")
     out = [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", (*frame, "q"), np.nan) for n in ("intensity", "sigma")]
@@ -147,10 +156,17 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, mark
                                 ("frame_status", "int8", -1), ("scan_flag", "int8", -1))]
     if transmission:
         out.append(ArraySpec(f"{REDUCED}/transmission", (nz, nomega, nx), (1, wc, nx), "float32", frame, np.nan))
+    if background_rows:
+        out.append(ArraySpec(f"{REDUCED}/background", (background_rows, nx, nq), (min(background_rows, wc), nx, qc),
+                             "float32", ("background_row", "x", "q"), np.nan))
+        out.append(ArraySpec(f"{REDUCED}/background_total", (background_rows, nx), (background_rows, nx), "float32",
+                             ("background_row", "x"), np.nan))
     out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, nq), (1, yc, nx, qc), "float32", ("z", "y", "x", "q"),
                          np.nan))
     if absorption:
         out.append(ArraySpec(f"{RECON}/mu", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan))
+    out.append(ArraySpec(f"{RECON}/slice_info", (nz,), (1,), "str", ("z",), "", compressed=False))
+    out.append(ArraySpec(f"{RECON}/air_model", (nz, 2, nq), (1, 2, qc), "float32", ("z", "air_term", "q"), np.nan))
     if nr:
         out.append(ArraySpec(f"{PDF}/G", (nz, nx, nx, nr), (1, yc, nx, rc), "float32", ("z", "y", "x", "r"), np.nan))
         out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan) for n in PDF_VOXEL_FIGURES]
@@ -172,7 +188,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
                  layout, attrs: dict, markers=(), aux_channels: list[str] | None = None,
                  pdf_attrs: dict | None = None, transmission: bool = False, absorption: bool = False,
-                 extra_specs=(), group_attrs: dict | None = None) -> zarr.Group:
+                 background_rows: int = 0, extra_specs=(), group_attrs: dict | None = None) -> zarr.Group:
     """Create every array of :func:`array_specs` with its final shape, chunks, dims and
     coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
     through :func:`create_aside`).
@@ -182,7 +198,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     (:class:`MarkerSpec`, in stage order: ``tasks/`` records the order);
     ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
     (the transform's parameters) go to the ``pdf`` group; ``transmission``, ``absorption``: as
-    :func:`array_specs`; ``extra_specs`` more arrays (the view copy's,
+    :func:`array_specs`; ``background_rows`` the rows of a measured background scan
+    (``reduced/background``; 0: none); ``extra_specs`` more arrays (the view copy's,
     :func:`xrdct_dask.store.viewcopy.view_specs`) and ``group_attrs`` their groups' attrs.
 
     The root's ``zarr.json`` with the format marker (and ``template_complete: false``) is the
@@ -210,7 +227,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
                         layout=layout, markers=markers, pdf_sinograms=bool(aux_channels),
                         aux_channels=len(aux_channels or ()), transmission=transmission,
-                        absorption=absorption) + list(extra_specs)
+                        absorption=absorption, background_rows=background_rows) + list(extra_specs)
     groups: dict[str, list[ArraySpec]] = {}
     for spec in specs:
         groups.setdefault(spec.path.split("/")[0], []).append(spec)
@@ -282,7 +299,11 @@ VARIABLE_ATTRS = {
     (REDUCED, "frame_status"): ("1", "frame status code (xrdct_dask.io.status.FrameStatus; -1: not yet written)"),
     (REDUCED, "scan_flag"): ("1", "how the scan file placed the frame (FrameStatus code; 0: as planned)"),
     (REDUCED, "transmission"): ("counts", "transmission reading (diode or monitor after the sample) of the frame"),
+    (REDUCED, "background"): ("counts", "measured empty-container / air background (inputs.background_scan)"),
+    (REDUCED, "background_total"): ("counts", "measured background summed over the radial bins"),
     (RECON, "intensity"): ("counts/voxel", "reconstructed diffraction intensity per voxel"),
+    (RECON, "slice_info"): ("1", "JSON per slice: air columns, axis estimates, centre used (centre stage)"),
+    (RECON, "air_model"): ("counts", "air subtracted per q: level and slope terms (xrdct_dask.sinogram.air.air_model)"),
     (RECON, "mu"): ("1/pixel", "linear attenuation coefficient per x step (self-absorption correction)"),
     (PDF, "G"): ("1/angstrom^2", "G(r) = 4 pi r [rho(r) - rho0]"),
     (PDF, "ok"): ("1", "G computed (scattering strong enough)"),

@@ -23,7 +23,12 @@ class ArraySpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
+
+    @property
+    def itemsize(self) -> int:
+        # a variable-length string (a JSON per slice): numpy's StringDType entry, as zarr reads it
+        return np.dtypes.StringDType().itemsize if self.dtype == "str" else np.dtype(self.dtype).itemsize
 
     @property
     def nchunks(self) -> int:
@@ -38,7 +43,7 @@ class ArraySpec:
 
     @property
     def chunk_bytes(self) -> int:
-        return int(np.prod(self.chunks, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.chunks, dtype=np.int64)) * self.itemsize
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def _tiles(ny: int) -> int:
 
 
 def view_specs(nz: int, vl: ViewLayout) -> list[ArraySpec]:
-    """The arrays of the view copy (what :func:`xrdct_dask.store.create_store` creates and
+    """The arrays of the view copy (what :func:`xrdct_dask.store.layout.create_store` creates and
     ``xrdct plan`` counts), written by the ``view`` stage."""
     ny, t = vl.ny, _tiles(vl.ny)
     pad = -(-ny // t) * t

@@ -9,7 +9,7 @@ maps (:func:`~xrdct_dask.testing.synthetic.make_phantom`) times their Debye patt
 with Gaussian noise of ``noise`` times the patterns' mean (so that the chunks compress as measured
 data do; one block of noise per block shape, reused) and the frames of ``flagged`` marked
 corrupt.  Everything is written a block at a time
-(no whole slice of a big array is held), through :func:`xrdct_dask.store.create_store` and
+(no whole slice of a big array is held), through :func:`xrdct_dask.store.layout.create_store` and
 ``store.write_region``, so the layout is the run's.
 """
 
