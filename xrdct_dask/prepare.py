@@ -22,6 +22,7 @@ from . import stages, store
 from .backend import resolve_engine
 from .budget import Layout, choose_layout, task_memory
 from .config import Workflow, WorkflowError, changed_keys
+from .console import console
 from .io.cbf import CorruptFrameError, read_cbf_payload
 from .io.status import FrameStatus
 
@@ -719,10 +720,10 @@ def _resume(wf: Workflow, path: Path) -> stages.RunContext:
         raise WorkflowError(f"store.path: {err.strerror}") from None
     ctx = context_from_store(wf, path)
     state = store.task_state(path)
-    retried = reopen_retried(ctx, state)
-    if retried:
-        log.warning("%s: %d frames missing or unreadable before are read again (%d blocks redone)", path,
-                    *retried)
+    frames, blocks = reopen_retried(ctx, state)
+    if blocks:  # said only when something is redone, as the run's other messages are
+        console.warning("%s: %d frames missing or unreadable before are there now: read again (%d blocks redone)",
+                        path, frames, blocks)
         state = store.task_state(path)
     if not state.integrate.all():
         check_inputs(wf)
