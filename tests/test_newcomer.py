@@ -81,3 +81,96 @@ def test_rerun_says_nothing_when_no_frame_is_read_again_and_one_line_when_some_a
     lines = [r for r in said.records if "read again" in r.getMessage()]
     assert len(lines) == 1 and "1 frames" in lines[0].getMessage() and "1 blocks" in lines[0].getMessage()
     assert store.task_state(tmp_path / "run.zarr").integrate[1, 0] == 0  # reopened
+
+
+# ------------------------------------------------------------------------------------------
+# 8. small ones
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("given, meant", [({"integrate": {"npt_radd": 100}}, "integrate.npt_rad"),
+                                          ({"integrate": {"nz": 3}}, "scan.nz"),
+                                          ({"intgrate": {"npt_rad": 100}}, "integrate"),
+                                          ({"inputs": {"positioners": {"omgea": "rot"}}}, "inputs.positioners.omega")])
+def test_a_mistyped_key_gets_a_did_you_mean(scan, tmp_path, given, meant):
+    """A key one typo away from a known one (difflib, same section), or a key of another section,
+    is named in the one-line error: ``did you mean integrate.npt_rad?``."""
+    import yaml
+
+    raw = yaml.safe_load(scan.workflow.read_text())
+    for section, keys in given.items():
+        raw[section] = {**raw.get(section, {}), **keys}
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(path)
+    assert f"unknown key (did you mean {meant}?)" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_mistyped_set_key_gets_a_did_you_mean(scan):
+    with pytest.raises(WorkflowError, match=r"--set integrate\.nptrad=5: .*did you mean integrate\.npt_rad\?"):
+        load_workflow(scan.workflow, {"integrate.nptrad": 5})
+    with pytest.raises(WorkflowError) as err:  # nothing close: no guess
+        load_workflow(scan.workflow, {"integrate.zzzz": 5})
+    assert "did you mean" not in str(err.value)
+
+
+def test_export_refusal_speaks_the_callers_spelling(scan, tmp_path):
+    """An existing OUT.h5 is refused in one spelling: ``overwrite=True`` from Python, ``--overwrite``
+    on the command line, never both in one message."""
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+    from xrdct_dask.export import ExportError, export_nexus
+
+    path = open_run(wf_for(scan, tmp_path / "run.zarr")).store_path
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"an earlier file")
+    with pytest.raises(ExportError) as err:
+        export_nexus(path, out)
+    assert "overwrite=True" in str(err.value) and "--overwrite" not in str(err.value)
+    r = CliRunner().invoke(app, ["export", str(path), str(out)])
+    assert r.exit_code == 2 and "pass --overwrite" in r.output and "overwrite=True" not in r.output
+    assert out.read_bytes() == b"an earlier file"
+
+
+def test_a_built_wheel_is_ignored_by_git():
+    """``pip wheel --no-deps .`` writes ``xrdct_dask-<version>-py3-none-any.whl`` in the checkout."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for name in ("xrdct_dask-0.1.0-py3-none-any.whl", "dist/xrdct_dask-0.1.0-py3-none-any.whl"):
+        r = subprocess.run(["git", "check-ignore", "-q", name], cwd=REPO)
+        assert r.returncode == 0, f"{name} is not ignored by .gitignore"
+
+
+def test_readme_explains_the_real_data_tests():
+    """Every test module that reads the real detector files (``shared_data_dir``, ``real_cbf``,
+    ``SHARED_DATA``) is named in the README, with the variable that says where the files are."""
+    import re
+
+    users = sorted(p.name for p in (REPO / "tests").glob("test_*.py") if p.name != Path(__file__).name and
+                   re.search(r"\b(shared_data_dir|real_cbf|SHARED_DATA)\b", p.read_text()))
+    readme = (REPO / "README.md").read_text()
+    assert users and "XRDCT_SHARED_DATA" in readme
+    assert [u for u in users if f"tests/{u}" not in readme] == []
+
+
+def test_simulating_again_over_a_scan_a_store_was_made_from_is_refused(tmp_path):
+    """A simulated folder can be simulated again (its own files replaced) until a store records
+    files of it as inputs: then the simulator refuses in one line naming the store (the store's
+    recorded inputs would change under it), and ``xrdct simulate`` exits 2 having written nothing."""
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+    from xrdct_dask.testing.synthetic import simulate_scan
+
+    sc = simulate_scan(tmp_path / "sim", nz=1, nomega=4, nx=4, seed=1)
+    sc = simulate_scan(tmp_path / "sim", nz=1, nomega=4, nx=4, seed=2)  # no store yet: allowed
+    open_run(load_workflow(sc.workflow))
+    before = {p: p.stat().st_mtime_ns for p in sc.root.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"holds run\.zarr, a store made from this simulated scan"):
+        simulate_scan(tmp_path / "sim", nz=1, nomega=4, nx=4, seed=3)
+    r = CliRunner().invoke(app, ["simulate", str(tmp_path / "sim"), "--nz", "1", "--nomega", "4", "--nx", "4"])
+    assert r.exit_code == 2 and "run.zarr, a store made from this simulated scan" in r.output
+    assert {p: p.stat().st_mtime_ns for p in sc.root.rglob("*") if p.is_file()} == before

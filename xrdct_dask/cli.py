@@ -360,7 +360,8 @@ def export(
 ) -> None:
     """Export a run: OUT.h5 as NeXus (NXentry / NXdata with axes and units, for silx, PyMca, DAWN,
     h5py), and/or --pdf-files OUTDIR in PDFgetX3's layout for voxels, a mask's or a region's mean."""
-    from .export import DEFAULT_GROUPS, ExportError, export_nexus, export_pdf_files, parse_region, parse_voxels
+    from .export import (DEFAULT_GROUPS, ExportError, ExportExistsError, export_nexus, export_pdf_files,
+                         parse_region, parse_voxels)
     from .pdf import PDFParameterError
 
     if out is None and pdf_files is None:
@@ -383,6 +384,8 @@ def export(
             for p in export_pdf_files(run_store, pdf_files, voxels=parse_voxels(voxels) if voxels else None,
                                       mask=mask, region=parse_region(region) if region else None):
                 typer.echo(str(p))
+    except ExportExistsError as err:
+        _fail(err.hint("--overwrite"))  # the command line's spelling of the option
     except (ExportError, PDFParameterError, FileExistsError) as err:
         _fail(str(err))
 
@@ -397,14 +400,21 @@ def demo(
     """Simulate a small scan and run the whole workflow on it (a few minutes on a laptop)."""
     from . import workflow as wfmod
     from .summary import summary_path
-    from .testing.synthetic import simulate_scan
+    from .testing.synthetic import simulate_scan, simulated_workflow
 
     _logging(False)
     t0 = time.perf_counter()
-    typer.echo(f"simulating {nz} x {nomega} x {nx} = {nz * nomega * nx} frames into {out_dir} ...")
-    scan = simulate_scan(out_dir, nz, nomega, nx)
-    typer.echo(f"  done in {time.perf_counter() - t0:.0f} s; running {scan.workflow}")
-    path = wfmod.run(load_workflow(scan.workflow, {"store.overwrite": True}))
+    workflow = simulated_workflow(out_dir, nz, nomega, nx)
+    if workflow is not None:  # an earlier demo's scan: its store records it, so it is not simulated over
+        typer.echo(f"using the {nz} x {nomega} x {nx} scan simulated earlier in {out_dir}; running {workflow}")
+    else:
+        typer.echo(f"simulating {nz} x {nomega} x {nx} = {nz * nomega * nx} frames into {out_dir} ...")
+        try:
+            workflow = simulate_scan(out_dir, nz, nomega, nx).workflow
+        except ValueError as err:
+            _fail(str(err))
+        typer.echo(f"  done in {time.perf_counter() - t0:.0f} s; running {workflow}")
+    path = wfmod.run(load_workflow(workflow, {"store.overwrite": True}))
     typer.echo(f"\nstore:   {path}\npicture: {summary_path(path)}\n"
                f"open it: python -c \"import xarray as xr; print(xr.open_zarr('{path}', group='recon'))\"\n"
                f"total {time.perf_counter() - t0:.0f} s")

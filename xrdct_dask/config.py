@@ -402,13 +402,38 @@ def _one_line(err: ValidationError, source: str, overrides: dict | None = None) 
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(e["loc"])
         elif e["type"] == "missing":
             msg = "required key is missing"
         given = next((k for k in overrides or {} if key == k or key.startswith(k + ".") or k.startswith(key + ".")),
                      None)
         parts.append(f"--set {given}={json.dumps(overrides[given])}: {key}: {msg}" if given else f"{source}: {key}: {msg}")
     return WorkflowError("; ".join(parts))
+
+
+def _keys_of(model) -> list[str]:
+    """Every dotted key of a section model (``integrate.npt_rad``, ``inputs.positioners.omega``)."""
+    out = []
+    for name, f in model.model_fields.items():
+        sub = f.annotation if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) else None
+        out += [name] + ([f"{name}.{k}" for k in _keys_of(sub)] if sub is not None else [])
+    return out
+
+
+def _did_you_mean(loc) -> str:
+    """`` (did you mean integrate.npt_rad?)`` for an unknown key at ``loc``: the closest key of the
+    same section (difflib), else the section that has a key of that name; empty when none is close."""
+    import difflib
+
+    parts = [str(p) for p in loc]
+    section, leaf = ".".join(parts[:-1]), parts[-1]
+    known = _keys_of(Workflow)
+    siblings = [k for k in known if k.rpartition(".")[0] == section]
+    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {section + '.' if section else ''}{close[0]}?)"
+    elsewhere = [k for k in known if k.rpartition(".")[2] == leaf]
+    return f" (did you mean {elsewhere[0]}?)" if len(elsewhere) == 1 else ""
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
