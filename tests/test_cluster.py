@@ -1,7 +1,7 @@
 """Cluster profiles (xrdct_dask/profiles/, your own) -> dask-jobqueue job scripts, GPU resources, a real SLURM run.
 
 The job-script tests read what sbatch/qsub would be given; the slurm-marked tests submit to the
-one-node SLURM of cluster/local-slurm/start.sh (``make test`` starts it when run as root) and
+one-node SLURM of cluster/local-slurm/start.sh (``make test-slurm`` starts it, as root) and
 require the store written through SLURM jobs to equal the LocalCluster run's, array by array.
 """
 
@@ -304,8 +304,8 @@ START_LOG = REPO / "build" / "local-slurm.log"
 @pytest.fixture(scope="module")
 def local_slurm():
     """Skips, saying why, unless the one-node SLURM of cluster/local-slurm/start.sh takes jobs."""
-    how = ("`make test` starts it when run as root; else run `sudo cluster/local-slurm/start.sh` "
-           "(Debian/Ubuntu: installs slurm-wlm + munge)")
+    how = ("run `make test-slurm` as root (or `CI=1 make test`, as CI does): it installs slurm-wlm + munge "
+           "(Debian/Ubuntu), writes /etc/slurm/slurm.conf and starts munged, slurmctld, slurmd; README: Tests")
     why = START_LOG.read_text().strip().splitlines()[-1] if START_LOG.is_file() and START_LOG.stat().st_size else ""
     why = f" (start.sh said: {why})" if why else ""
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:

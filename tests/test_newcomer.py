@@ -9,6 +9,10 @@ Each test states the behaviour it holds and fails on the code before the fix.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +60,55 @@ class Said(logging.Handler):
     @property
     def text(self) -> str:
         return "\n".join(r.getMessage() for r in self.records)
+
+
+# ------------------------------------------------------------------------------------------
+# 1. make test touches nothing outside the checkout; SLURM only when asked
+# ------------------------------------------------------------------------------------------
+def _make(*args, env=None) -> subprocess.CompletedProcess:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    stamp = Path(sys.prefix) / ".installed"  # the venv running these tests stands for .venv
+    return subprocess.run(["make", "--no-print-directory", f"VENV={sys.prefix}", "-o", str(stamp), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_make_test_starts_slurm_only_when_asked():
+    """``make test`` (dry run) starts no SLURM and installs nothing unless CI is set; with CI set,
+    or ``make test-slurm``, it runs cluster/local-slurm/start.sh first."""
+    plain = {k: v for k, v in os.environ.items() if k != "CI"}
+    dry = _make("-n", "test", env=plain)
+    assert dry.returncode == 0, dry.stderr
+    assert "local-slurm/start.sh" not in dry.stdout and "apt-get" not in dry.stdout and "pytest" in dry.stdout
+    for args, env in ((["-n", "test"], {**plain, "CI": "1"}), (["-n", "test-slurm"], plain)):
+        dry = _make(*args, env=env)
+        assert dry.returncode == 0 and "local-slurm/start.sh" in dry.stdout, (args, dry.stdout, dry.stderr)
+
+
+def test_ci_runs_make_test_with_ci_set(tmp_path):
+    """.ci/run runs the README's ``make test`` with CI set, so CI keeps running the SLURM tests."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "make").write_text(f'#!/bin/sh\necho "CI=$CI $*" > {tmp_path / "called"}\n')
+    (fake / "make").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CI"} | {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", str(REPO / ".ci" / "run")], env=env, check=True, timeout=60)
+    assert (tmp_path / "called").read_text().split() == ["CI=1", "test"]
+
+
+@pytest.mark.slow  # a whole (tiny) demo through make: ~20-40 s
+def test_make_demo_writes_nothing_outside_the_checkout(tmp_path):
+    """``make demo`` with an empty HOME leaves HOME empty: the plan cache, matplotlib's font cache
+    and every temporary file go under build/ of the checkout; the run ends with a clear last line."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "XRDCT_", "MPL", "TMPDIR", "IPYTHON"))}
+    env |= {"HOME": str(home), "PYTHONPATH": str(REPO)}
+    r = _make("demo", f"DEMO_DIR={tmp_path / 'demo'}", "DEMO_ARGS=--nz 1 --nomega 6 --nx 6", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
+    assert r.stdout.strip().splitlines()[-1].startswith("make demo: done")
+    assert any((REPO / "build" / "home" / "cache" / "xrdct-dask").iterdir())  # the plan, kept in the checkout
 
 
 # ------------------------------------------------------------------------------------------
