@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,61 @@ def test_make_demo_writes_nothing_outside_the_checkout(tmp_path):
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
     assert r.stdout.strip().splitlines()[-1].startswith("make demo: done")
     assert any((REPO / "build" / "home" / "cache" / "xrdct-dask").iterdir())  # the plan, kept in the checkout
+
+
+# ------------------------------------------------------------------------------------------
+# 2. Ctrl-C at any moment
+# ------------------------------------------------------------------------------------------
+INTERRUPTED = "interrupted: what is marked done is kept; run the same command to resume"
+
+
+def _a_worker_spawned(p) -> bool:
+    """A worker process (a multiprocessing child) of the client ``p`` exists: its workers are starting."""
+    import psutil
+
+    try:
+        return any("--multiprocessing-fork" in c.cmdline() for c in psutil.Process(p.pid).children())
+    except psutil.Error:  # a child gone while looked at
+        return False
+
+
+@pytest.mark.slow  # a real `xrdct run` started and interrupted: ~10-20 s each
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("moment", ["workers-starting", "stages-running"])
+def test_ctrl_c_at_any_moment_stops_the_run_with_one_line(scan, tmp_path, moment):
+    """A terminal's Ctrl-C (SIGINT to the whole process group) while the local workers are being
+    started (the first worker process exists), or once the stages run (the dashboard line), stops
+    ``xrdct run`` with the "interrupted ... resume" line and exit 130, and no process prints a
+    traceback.  Before the fix SIGINT was ignored by the client while its workers started: such a
+    Ctrl-C was lost, and the run went on to exit 0."""
+    cmd = [sys.executable, "-m", "xrdct_dask.cli", "run", str(scan.workflow), "--set",
+           f"store.path={tmp_path / 'run.zarr'}", "--set", "store.omega_chunk=1", "--set", "compute.n_workers=2"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    try:
+        if moment == "workers-starting":
+            while not _a_worker_spawned(p):  # polled while waiting on the process itself
+                try:
+                    p.wait(timeout=0.02)
+                    pytest.fail(f"the run ended (exit {p.returncode}) before a worker started: {p.stdout.read()}")
+                except subprocess.TimeoutExpired:
+                    pass
+        else:
+            for out in p.stdout:  # wait on the line itself
+                seen.append(out)
+                if out.startswith("dask dashboard:"):
+                    break
+            else:
+                pytest.fail(f"the run ended before its dashboard line:\n{''.join(seen)[-3000:]}")
+        os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        rest, _ = p.communicate(timeout=150)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    text = "".join(seen) + rest
+    lines = [t for t in text.splitlines() if t.strip()]
+    assert p.returncode == 130, text[-3000:]
+    assert lines[-1] == INTERRUPTED and "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -153,20 +154,19 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a workflow: decode + integrate -> sinograms -> reconstruction -> G(r), into one zarr store."""
-    from . import workflow as wfmod
-    from .cluster import ProfileError
+    with _until_ctrl_c():
+        from . import workflow as wfmod
+        from .cluster import ProfileError
 
-    _logging(verbose)
-    if cluster is not None and scheduler_address is not None:
-        _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
-    try:
-        wf = load_workflow(workflow, parse_overrides(set_))
-        path = wfmod.run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
-                         cluster_options=_cluster_options(cluster_set))
-    except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
-        _fail(str(err))
-    except KeyboardInterrupt:
-        _interrupted()
+        _logging(verbose)
+        if cluster is not None and scheduler_address is not None:
+            _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
+        try:
+            wf = load_workflow(workflow, parse_overrides(set_))
+            path = wfmod.run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
+                             cluster_options=_cluster_options(cluster_set))
+        except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
+            _fail(str(err))
     typer.echo(f"store: {path}")
 
 
@@ -187,23 +187,22 @@ def watch(
 ) -> None:
     """Follow an acquisition: integrate frames as the detector writes them, reconstruct each slice
     once its sinogram is complete, into the same store as `xrdct run` (RUN-live.png shows it)."""
-    from . import live
-    from . import workflow as wfmod
-    from .cluster import ProfileError
+    with _until_ctrl_c():
+        from . import live
+        from . import workflow as wfmod
+        from .cluster import ProfileError
 
-    _logging(verbose)
-    if cluster is not None and scheduler_address is not None:
-        _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
-    if not idle_timeout > 0:
-        _fail(f"--idle-timeout must be > 0 s (got {idle_timeout})")
-    try:
-        wf = load_workflow(workflow, parse_overrides(set_))
-        res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
-                         jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)
-    except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
-        _fail(str(err))
-    except KeyboardInterrupt:
-        _interrupted()
+        _logging(verbose)
+        if cluster is not None and scheduler_address is not None:
+            _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
+        if not idle_timeout > 0:
+            _fail(f"--idle-timeout must be > 0 s (got {idle_timeout})")
+        try:
+            wf = load_workflow(workflow, parse_overrides(set_))
+            res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
+                             jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)
+        except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
+            _fail(str(err))
     if res.timed_out:
         typer.echo(f"idle timeout: {res.missing} frames never came (flagged missing; a rerun reads them if they come)")
     typer.echo(f"store: {res.store}\nlive picture: {live.live_paths(res.store)[1]}")
@@ -248,6 +247,16 @@ def _interrupted() -> None:
     raise typer.Exit(130)
 
 
+@contextlib.contextmanager
+def _until_ctrl_c():
+    """The body of a command that runs work: a Ctrl-C at any moment of it (its imports, the start of
+    the workers, the stages) stops it with the one line saying how to resume, exit status 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _interrupted()
+
+
 def _expand_runs(runs: list[str]) -> list[Path]:
     """Run stores named on the command line; quoted globs (``'scans/*/run.zarr'``) are expanded here."""
     import glob
@@ -271,17 +280,16 @@ def reprocess(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Rerun old runs from their stored workflow with changes, recomputing only the stages downstream of them."""
-    from . import reprocess as rp
-    from . import workflow as wfmod
+    with _until_ctrl_c():
+        from . import reprocess as rp
+        from . import workflow as wfmod
 
-    _logging(verbose)
-    try:
-        paths = rp.reprocess(_expand_runs(runs), parse_overrides(set_), from_, out,
-                             scheduler_address=scheduler_address)
-    except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
-        _fail(str(err))
-    except KeyboardInterrupt:
-        _interrupted()
+        _logging(verbose)
+        try:
+            paths = rp.reprocess(_expand_runs(runs), parse_overrides(set_), from_, out,
+                                 scheduler_address=scheduler_address)
+        except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
+            _fail(str(err))
     for p in paths:
         typer.echo(f"store: {p}")
 
