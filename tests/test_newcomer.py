@@ -193,6 +193,60 @@ def test_rerun_says_nothing_when_no_frame_is_read_again_and_one_line_when_some_a
 
 
 # ------------------------------------------------------------------------------------------
+# 4. a scan of the wrong size is told rightly
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("positions", ["auto", "nominal"])
+def test_a_workflow_larger_than_the_scan_file_is_refused_saying_so(scan, tmp_path, positions):
+    """``scan.nz=3`` on a 2-slice scan whose scan file places the frames: refused before anything
+    is computed, with what is wrong ("the scan file has 2 slices, the workflow 3") and the fix,
+    whether the positions are measured or nominal (before: "no frame measured at 1 grid lines",
+    or, nominal, a run that counted the missing slice as integrated)."""
+    wf = wf_for(scan, tmp_path / "run.zarr", **{"scan.nz": 3, "scan.positions": positions})
+    with pytest.raises(WorkflowError) as err:
+        open_run(wf)
+    msg = str(err.value)
+    assert msg.startswith("scan.nz: the scan file has 2 slices, the workflow 3: set scan.nz=2") and "\n" not in msg
+    assert "--allow-missing" in msg and not (tmp_path / "run.zarr").exists()
+
+
+def test_missing_slices_allowed_take_the_measured_grids_place(scan, tmp_path):
+    """Allowed (``scan.allow_missing``), the missing slice is created with no frame placed in it and
+    its z where the measured slices' step puts it (z_mm 0, 1 measured -> 2); one console line says so."""
+    wf = wf_for(scan, tmp_path / "run.zarr", **{"scan.nz": 3, "scan.allow_missing": True})
+    with Said(console) as said:
+        ctx = open_run(wf)
+    assert "the scan file has 2 slices, the workflow 3: their frames are flagged missing" in said.text
+    np.testing.assert_allclose(store.open_array(ctx.store_path, "z", "r")[:], [0.0, 1.0, 2.0])
+    index = store.open_array(ctx.store_path, f"{store.REDUCED}/frame_index", "r")
+    assert (index[2] == -1).all() and (index[:2] >= 0).all()
+
+
+@pytest.mark.slow  # two small runs on the module's cluster: ~15-30 s
+def test_a_whole_slice_missing_is_never_counted_integrated_and_exits_nonzero(scan, cluster, tmp_path):
+    """Frames named by a template only (no scan file), ``scan.nz=3`` on 2 slices of files: the
+    run integrates the 128 frames there are and says so (not 192), flags the 64 others missing,
+    names the empty slice, and ``xrdct run`` exits 1 with what is wrong ("the frames make 2 slices,
+    the workflow 3") unless ``--allow-missing``."""
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+
+    args = ["run", str(scan.workflow), "--scheduler-address", cluster.scheduler_address,
+            "--set", f"store.path={tmp_path / 'run.zarr'}", "--set", "scan.nz=3", "--set", "inputs.scan_file=null",
+            "--set", "inputs.monitor=null", "--set", "store.omega_chunk=8"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert "128 frames integrated in" in r.output and "192 frames integrated" not in r.output
+    assert "frames flagged: missing 64" in r.output
+    assert "error: the frames make 2 slices, the workflow 3 (scan.nz): every frame of slice 2 is missing" in r.output
+    info = store.read_attrs(tmp_path / "run.zarr")["run_summary"]
+    assert (info["frames_this_run"], info["frames"], info["missing_slices"]) == (128, 128, [2])
+    assert info["frame_status"] == {"OK": 128, "MISSING": 64}
+    again = CliRunner().invoke(app, args + ["--allow-missing"])  # resumes the same store: nothing to do
+    assert again.exit_code == 0 and "slices with no frame (every frame missing): 2" in again.output, again.output
+
+
+# ------------------------------------------------------------------------------------------
 # 8. small ones
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("given, meant", [({"integrate": {"npt_radd": 100}}, "integrate.npt_rad"),

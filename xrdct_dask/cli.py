@@ -139,6 +139,10 @@ def _acquire(scan, rate: float, in_place: bool) -> None:
     typer.echo(f"{n} frames written in {whole[-1] - whole[0]:.1f} s")
 
 
+ALLOW_MISSING_HELP = ("run although whole slices of the workflow's grid have no frame (flagged missing): else "
+                      "refused before the run, or exit 1 after it (scan.allow_missing)")
+
+
 @app.command()
 def run(
     workflow: Annotated[Path, typer.Argument(help="workflow YAML")],
@@ -151,6 +155,7 @@ def run(
         "--adaptive/--no-adaptive", help="with --cluster: scale between 0 and --jobs jobs with the load")] = None,
     cluster_set: Annotated[Optional[list[str]], typer.Option(
         "--cluster-set", help="override a profile key: --cluster-set queue=gpu --cluster-set walltime=08:00:00")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help=ALLOW_MISSING_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a workflow: decode + integrate -> sinograms -> reconstruction -> G(r), into one zarr store."""
@@ -162,12 +167,30 @@ def run(
         if cluster is not None and scheduler_address is not None:
             _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
         try:
-            wf = load_workflow(workflow, parse_overrides(set_))
+            wf = load_workflow(workflow, _with_allow_missing(parse_overrides(set_), allow_missing))
             path = wfmod.run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
                              cluster_options=_cluster_options(cluster_set))
         except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
             _fail(str(err))
     typer.echo(f"store: {path}")
+    _refuse_missing_slices(path, wf)
+
+
+def _with_allow_missing(overrides: dict, allow: bool) -> dict:
+    return {**overrides, "scan.allow_missing": True} if allow else overrides
+
+
+def _refuse_missing_slices(path: Path, wf) -> None:
+    """Exit 1 with one line when a whole slice of the finished run has no frame (the scan is smaller
+    than the workflow says), unless missing slices are allowed."""
+    from . import store
+    from .report import missing_slices_message
+
+    msg = missing_slices_message(store.read_attrs(path).get("run_summary") or {}, wf.scan.nz)
+    if msg and not wf.scan.allow_missing:
+        typer.secho(f"error: {msg}; the store keeps what was integrated: fix scan.nz, or pass --allow-missing "
+                    f"to accept the missing slices", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -183,6 +206,7 @@ def watch(
     cluster_set: Annotated[Optional[list[str]], typer.Option(
         "--cluster-set", help="override a profile key: --cluster-set queue=gpu")] = None,
     png_every: Annotated[float, typer.Option(help="seconds between redraws of RUN-live.png (0: none)")] = 2.0,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help=ALLOW_MISSING_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Follow an acquisition: integrate frames as the detector writes them, reconstruct each slice
@@ -198,7 +222,7 @@ def watch(
         if not idle_timeout > 0:
             _fail(f"--idle-timeout must be > 0 s (got {idle_timeout})")
         try:
-            wf = load_workflow(workflow, parse_overrides(set_))
+            wf = load_workflow(workflow, _with_allow_missing(parse_overrides(set_), allow_missing))
             res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
                              jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)
         except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:

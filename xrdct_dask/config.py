@@ -96,6 +96,10 @@ class Scan(_Section):
                             "x_step_mm, ...), or auto: measured where the scan gives them")
     x_step_mm: float = Field(1.0, gt=0)
     z_step_mm: float = Field(1.0, gt=0)
+    allow_missing: bool = Field(False, description="run even when the scan leaves whole slices (angles, x steps) of "
+                                                   "this grid without a frame, their frames flagged missing; else "
+                                                   "that is refused (or `xrdct run` exits 1); not part of the "
+                                                   "run's identity (--allow-missing)")
 
     @property
     def nframes(self) -> int:
@@ -354,9 +358,11 @@ class Workflow(_Section):
 
     def work_digest(self) -> str:
         """sha256 of what determines the store's contents: the digest without ``compute`` (how
-        many workers) and ``store.path``/``store.overwrite`` (where).  A run resumes a store only
+        many workers), ``store.path``/``store.overwrite`` (where) and ``scan.allow_missing`` (what a run
+        accepts).  A run resumes a store only
         when its work digest matches the one the store records."""
-        data = json.loads(self.model_dump_json(exclude={"compute": True, "store": {"path", "overwrite"}}))
+        data = json.loads(self.model_dump_json(exclude={"compute": True, "store": {"path", "overwrite"},
+                                                        "scan": {"allow_missing"}}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -525,7 +531,7 @@ def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
 # ------------------------------------------------------------------------------------------
 # comparing workflows (resume refuses other work; reprocess reruns what a change affects)
 # ------------------------------------------------------------------------------------------
-IGNORED = ("compute", "store.path", "store.overwrite")  # how and where, not what
+IGNORED = ("compute", "store.path", "store.overwrite", "scan.allow_missing")  # how and where, not what
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
