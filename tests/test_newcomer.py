@@ -247,6 +247,57 @@ def test_a_whole_slice_missing_is_never_counted_integrated_and_exits_nonzero(sca
 
 
 # ------------------------------------------------------------------------------------------
+# 5. the README's live example: watch started before the acquisition writes its workflow
+# ------------------------------------------------------------------------------------------
+def test_watch_waits_for_its_workflow_within_the_idle_timeout(tmp_path):
+    """No workflow file within ``--idle-timeout``: one line naming it and the time waited, exit 2
+    (before: "workflow file not found" at once, whatever the timeout)."""
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+
+    r = CliRunner().invoke(app, ["watch", str(tmp_path / "acq" / "workflow.yaml"), "--idle-timeout", "0.3"])
+    assert r.exit_code == 2
+    assert f"error: {tmp_path / 'acq' / 'workflow.yaml'}: no workflow file came in 0.3 s" in r.output
+
+
+@pytest.mark.slow  # a watch subprocess following a simulated acquisition: ~20-40 s
+@pytest.mark.timeout(300)
+def test_watch_started_before_simulate_rate_follows_it(cluster, tmp_path):
+    """The README's example in its racy order: ``xrdct watch acq/workflow.yaml`` is already
+    waiting (its "waiting for" line) when ``xrdct simulate acq --rate 50`` starts; the simulator
+    publishes the workflow (after its PONI, mask, scan file and an empty frames/) only when the
+    acquisition starts, the watch follows it to the end (exit 0, every task done) and the
+    simulator leaves no staging folder."""
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+
+    acq = tmp_path / "acq"
+    p = subprocess.Popen([sys.executable, "-m", "xrdct_dask.cli", "watch", str(acq / "workflow.yaml"),
+                          "--idle-timeout", "60", "--scheduler-address", cluster.scheduler_address, "--png-every", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for out in p.stdout:  # the watch is up and waiting for the workflow
+            seen.append(out)
+            if out.startswith("waiting for"):
+                break
+        else:
+            pytest.fail(f"the watch did not wait for its workflow:\n{''.join(seen)}")
+        r = CliRunner().invoke(app, ["simulate", str(acq), "--nz", "1", "--nomega", "4", "--nx", "4", "--rate", "50"])
+        assert r.exit_code == 0, r.output
+        rest, _ = p.communicate(timeout=200)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = "".join(seen) + rest
+    assert p.returncode == 0, text
+    assert f"store: {acq / 'run.zarr'}" in text and store.task_state(acq / "run.zarr").complete
+    assert sorted(e.name for e in acq.iterdir() if e.name.startswith(".xrdct-acquisition")) == []
+
+
+# ------------------------------------------------------------------------------------------
 # 8. small ones
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("given, meant", [({"integrate": {"npt_radd": 100}}, "integrate.npt_rad"),

@@ -96,46 +96,63 @@ def simulate(
         _fail("--rate writes the frames into one folder, frames/: leave --frames out")
     if rate is not None and (out_dir / "frames").exists() and any((out_dir / "frames").iterdir()):
         _fail(f"{out_dir / 'frames'} is not empty: --rate writes a new acquisition there")
-    t0 = time.perf_counter()
-    with Progress() as bar:
-        task = bar.add_task("simulating frames", total=nz * nomega * nx)
+    staging = None
+    if rate is not None:  # simulated aside; out_dir gets the workflow only when the acquisition starts
+        import uuid
+
+        from .testing.synthetic import check_simulation_folder
+
         try:
-            scan = simulate_scan(out_dir, nz, nomega, nx, detector=detector, order=order, fast_axis=fast_axis,
-                                 omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed, fmt=format_,
-                                 frames_per_file=frames_per_file, frames=frames,
-                                 progress=lambda k, n: bar.update(task, completed=k))
+            check_simulation_folder(out_dir)
         except ValueError as err:
             _fail(str(err))
-    typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {scan.root}")
-    if rate is None:
-        typer.echo(f"run it: xrdct run {scan.workflow}")
-        return
-    _acquire(scan, rate, in_place)
-
-
-def _acquire(scan, rate: float, in_place: bool) -> None:
-    """Move the simulated frames aside and write them back into frames/ at ``rate`` per second."""
-    import os
-    import shutil
-    import uuid
-
-    from .testing.synthetic import stream_frames
-
-    frames = scan.frame_path(0).parent
-    staged = frames.parent / f".frames-staged-{uuid.uuid4().hex[:8]}"
-    os.rename(frames, staged)
-    frames.mkdir()
-    n = scan.nz * scan.nomega * scan.nx
-    typer.echo(f"acquiring {n} frames at {rate:g} Hz ({n / rate:.1f} s){' in place' if in_place else ''}: "
-               f"follow it with `xrdct watch {scan.workflow}`")
+        staging = out_dir / f".xrdct-acquisition-{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
     try:
-        whole = stream_frames([staged / scan.frame_path(i).name for i in range(n)],
-                              [scan.frame_path(i) for i in range(n)], rate, in_place=in_place)
+        with Progress() as bar:
+            task = bar.add_task("simulating frames", total=nz * nomega * nx)
+            try:
+                scan = simulate_scan(staging or out_dir, nz, nomega, nx, detector=detector, order=order,
+                                     fast_axis=fast_axis, omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed,
+                                     fmt=format_, frames_per_file=frames_per_file, frames=frames,
+                                     progress=lambda k, n: bar.update(task, completed=k))
+            except ValueError as err:
+                _fail(str(err))
+        typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {out_dir}")
+        if staging is None:
+            typer.echo(f"run it: xrdct run {scan.workflow}")
+            return
+        _acquire(scan, out_dir, rate, in_place)
+    finally:
+        if staging is not None:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)  # this command's own folder
+
+
+def _acquire(scan, out_dir: Path, rate: float, in_place: bool) -> None:
+    """Publish a scan simulated aside (``scan.root``, inside ``out_dir``) as an acquisition: its
+    PONI, mask, monitor, scan file and truth, an empty frames/ and then, last, its workflow (a
+    `watch` that sees the workflow finds every file it names, and no frame it should not read);
+    then write the frames into frames/ at ``rate`` per second."""
+    from .testing.synthetic import SIMULATION_MARKER, stream_frames
+
+    (out_dir / SIMULATION_MARKER).write_text((scan.root / SIMULATION_MARKER).read_text())
+    for f in sorted(scan.root.iterdir()):
+        if f.is_file() and f.name not in ("workflow.yaml", SIMULATION_MARKER):
+            f.replace(out_dir / f.name)
+    (out_dir / "frames").mkdir(exist_ok=True)
+    (scan.root / "workflow.yaml").replace(out_dir / "workflow.yaml")
+    n = scan.nz * scan.nomega * scan.nx
+    names = [scan.frame_path(i).name for i in range(n)]
+    typer.echo(f"acquiring {n} frames at {rate:g} Hz ({n / rate:.1f} s){' in place' if in_place else ''}: "
+               f"follow it with `xrdct watch {out_dir / 'workflow.yaml'}`")
+    try:
+        whole = stream_frames([scan.root / "frames" / f for f in names], [out_dir / "frames" / f for f in names],
+                              rate, in_place=in_place)
     except KeyboardInterrupt:
         typer.secho("acquisition stopped", fg="yellow", err=True)
         raise typer.Exit(130)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)  # this command's own copy
     typer.echo(f"{n} frames written in {whole[-1] - whole[0]:.1f} s")
 
 
@@ -222,6 +239,7 @@ def watch(
         if not idle_timeout > 0:
             _fail(f"--idle-timeout must be > 0 s (got {idle_timeout})")
         try:
+            live.wait_for_workflow(workflow, idle_timeout)  # an acquisition may write it after the watch starts
             wf = load_workflow(workflow, _with_allow_missing(parse_overrides(set_), allow_missing))
             res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
                              jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)

@@ -231,6 +231,22 @@ def _wait_for_first_frame(wf: Workflow, idle_timeout_s: float, poll_s: float) ->
         time.sleep(poll_s)
 
 
+def wait_for_workflow(path: str | Path, timeout_s: float, poll_s: float = 0.1) -> Path:
+    """Wait up to ``timeout_s`` for the workflow file ``path`` to appear (an acquisition, e.g.
+    ``xrdct simulate --rate``, writes it when it starts); a console line says the watch waits.
+    Raises :class:`WorkflowError` naming the file when none came."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    console.info("waiting for %s (up to %g s, the idle timeout)", path, timeout_s)
+    t0 = time.time()
+    while not path.is_file():
+        if time.time() - t0 > timeout_s:
+            raise WorkflowError(f"{path}: no workflow file came in {timeout_s:g} s")
+        time.sleep(poll_s)
+    return path
+
+
 def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idle_timeout_s: float = 600.0,
           scheduler_address: str | None = None, cluster=None, jobs: int | None = None, adaptive: bool | None = None,
           cluster_options: dict | None = None, poll_s: float = 0.1, settle_s: float = 5.0, png_every_s: float = 2.0,
@@ -249,6 +265,8 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
 
     from .cluster import IntegratorPlugin, RunLogPlugin, client_for, stage_resources, worker_log_level
 
+    if not isinstance(workflow, Workflow):
+        wait_for_workflow(workflow, idle_timeout_s, poll_s)
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
     if overrides and isinstance(workflow, Workflow):
         wf = workflow_from_dict(wf.model_dump(mode="json"), overrides=overrides)

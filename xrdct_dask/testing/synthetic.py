@@ -492,8 +492,10 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     }
     import yaml
 
-    (out / "workflow.yaml").write_text("# written by `xrdct simulate`; paths are relative to this file\n"
-                                       + yaml.safe_dump(wf, sort_keys=False))
+    # last, and whole at once (renamed into place): a watcher that sees it finds every file it names
+    part = out / ".workflow.yaml.part"
+    part.write_text("# written by `xrdct simulate`; paths are relative to this file\n" + yaml.safe_dump(wf, sort_keys=False))
+    part.replace(out / "workflow.yaml")
     return SimulatedScan(root=out, workflow=out / "workflow.yaml", frames_template=frames_template,
                          poni=out / "geometry.poni", mask=out / "mask.edf", monitor=out / "monitor.txt",
                          scan_file=out / "scan.csv", truth=out / "truth.npz", nz=nz, nomega=nomega, nx=nx,
