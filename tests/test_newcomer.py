@@ -298,6 +298,48 @@ def test_watch_started_before_simulate_rate_follows_it(cluster, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# 6. the plan quotes the rate of the hardware the run will have
+# ------------------------------------------------------------------------------------------
+def test_plan_quotes_the_rate_of_the_hardware_the_run_will_have(scan, monkeypatch):
+    """On a machine without a GPU the run integrates on its cores: the plan's rate is cores x the
+    per-core figure (2 x 50 = 100 frames/s), bound by the CPU cores, while the GPU figure is still
+    quoted as a GPU's (before: "10,000 frames/s (bound by the GPUs)" here).  With 2 GPUs: 2 x
+    10,000.  For a named cluster profile (slurm-gpu, 4 jobs of 1 GPU): 40,000 frames/s, with this
+    machine's 100 beside it, since they differ.  Exact arithmetic."""
+    from typer.testing import CliRunner
+
+    import xrdct_dask.cluster as cluster_mod
+    from xrdct_dask.cli import app
+    from xrdct_dask.plan import format_plan, plan_workflow
+
+    wf = load_workflow(scan.workflow, {"compute.n_workers": 2})
+    rates = {"gpu_frames_per_s": 10_000.0, "cpu_frames_per_s_per_core": 50.0}
+    monkeypatch.setattr(cluster_mod, "gpu_count", lambda: 0)
+    p = plan_workflow(wf, **rates)
+    assert (p.frames_per_s, p.bound_by, p.gpus) == (100.0, "CPU cores", 0)
+    assert p.wall_hours == pytest.approx(p.frames / 100.0 / 3600, rel=1e-12)
+    text = format_plan(p)
+    assert "the run integrates on this machine (no GPU, 2 CPU cores): 100 frames/s" in text
+    assert "bound by the CPU cores" in text and "bound by the GPUs" not in text
+    assert "at 10,000 frames/s per GPU" in text
+    monkeypatch.setattr(cluster_mod, "gpu_count", lambda: 2)
+    p = plan_workflow(wf, **rates)
+    assert (p.frames_per_s, p.bound_by, p.gpus) == (20_000.0, "GPUs", 2)
+    monkeypatch.setattr(cluster_mod, "gpu_count", lambda: 0)
+    p = plan_workflow(wf, **rates, cluster="slurm-gpu", jobs=4)
+    assert (p.frames_per_s, p.bound_by, p.gpus) == (40_000.0, "GPUs", 4)
+    assert [(h["where"], h["frames_per_s"]) for h in p.hardware][1] == ("this machine", 100.0)
+    r = CliRunner().invoke(app, ["plan", str(scan.workflow), "--set", "compute.n_workers=2", "--cluster",
+                                 "slurm-gpu", "--jobs", "4", "--gpu-frames-per-s", "10000",
+                                 "--cpu-frames-per-s-per-core", "50"])
+    assert r.exit_code == 0, r.output
+    assert "the run integrates on cluster profile slurm-gpu, 4 jobs of 8 cores and 1 GPU (4 GPUs, 32 CPU cores): " \
+           "40,000 frames/s" in r.output and "and this machine (no GPU, 2 CPU cores): 100 frames/s" in r.output
+    bad = CliRunner().invoke(app, ["plan", str(scan.workflow), "--cluster", "nope"])
+    assert bad.exit_code == 2 and "cluster profile 'nope' not found" in bad.output
+
+
+# ------------------------------------------------------------------------------------------
 # 8. small ones
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("given, meant", [({"integrate": {"npt_radd": 100}}, "integrate.npt_rad"),

@@ -348,21 +348,26 @@ def plan(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
     graph: Annotated[bool, typer.Option("--graph", help="also build every wave's graph (nothing computed): "
                                                         "tasks, seconds and the client's peak memory")] = False,
-    gpus: Annotated[int, typer.Option(min=1, help="GPUs the run integrates on (the read bandwidth they need)")] = 1,
+    gpus: Annotated[Optional[int], typer.Option(
+        min=1, help="GPUs the run integrates on (default: those of the cluster profile, else of this machine)")] = None,
     fs_gbps: Annotated[Optional[float], typer.Option(
         "--fs-gbps", min=0.001, help="GB/s the file system reads the frames at: bounds the run's frames/s and hours")] = None,
+    cluster: Annotated[Optional[str], typer.Option(
+        "--cluster", help="plan for this batch-system profile's jobs (default: compute.cluster, else this machine)")] = None,
+    jobs: Annotated[Optional[int], typer.Option(min=1, help="with a cluster profile: its jobs (default compute.jobs)")] = None,
 ) -> None:
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
     import json
 
+    from .cluster import ProfileError
     from .plan import build_waves, format_plan, plan_workflow
 
     try:
         wf = load_workflow(workflow, parse_overrides(set_))
         p = plan_workflow(wf, frame_bytes=frame_bytes, gpu_frames_per_s=gpu_frames_per_s,
                           cpu_frames_per_s_per_core=cpu_frames_per_s_per_core, results=results, gpus=gpus,
-                          fs_gbps=fs_gbps)
-    except (WorkflowError, FileNotFoundError) as err:
+                          fs_gbps=fs_gbps, cluster=cluster, jobs=jobs)
+    except (WorkflowError, FileNotFoundError, ProfileError) as err:
         _fail(str(err))
     typer.echo(format_plan(p))
     out = p.to_dict()
