@@ -244,6 +244,10 @@ def test_a_whole_slice_missing_is_never_counted_integrated_and_exits_nonzero(sca
     assert info["frame_status"] == {"OK": 128, "MISSING": 64}
     again = CliRunner().invoke(app, args + ["--allow-missing"])  # resumes the same store: nothing to do
     assert again.exit_code == 0 and "slices with no frame (every frame missing): 2" in again.output, again.output
+    shown = CliRunner().invoke(app, ["info", str(tmp_path / "run.zarr")])  # item 8: the store at a glance
+    assert shown.exit_code == 0 and "frames: 128 integrated, flagged: missing 64" in shown.output
+    assert "stages: integrate 3/3, center 3/3, recon" in shown.output and "(complete)" in shown.output
+    assert shown.output.count("run finished") == 2
 
 
 # ------------------------------------------------------------------------------------------
@@ -386,6 +390,43 @@ def test_export_refusal_speaks_the_callers_spelling(scan, tmp_path):
     r = CliRunner().invoke(app, ["export", str(path), str(out)])
     assert r.exit_code == 2 and "pass --overwrite" in r.output and "overwrite=True" not in r.output
     assert out.read_bytes() == b"an earlier file"
+
+
+def test_xrdct_info_summarises_a_store(scan, tmp_path):
+    """``xrdct info RUN.zarr``: the workflow (scan shape, digests), every input with its sha256 (as
+    hashlib computes it), the frames integrated and flagged, the stages done from the done-markers,
+    and the versions; ``--json`` the same as data, ``--workflow`` the stored workflow; a folder
+    that is not a store is one line, exit 2.  Nothing is written."""
+    import hashlib
+    import json
+
+    import zarr
+    from typer.testing import CliRunner
+
+    from xrdct_dask.cli import app
+
+    path = open_run(wf_for(scan, tmp_path / "run.zarr")).store_path
+    status = store.open_array(path, f"{store.REDUCED}/frame_status")
+    status[0, :4] = FrameStatus.OK  # block (0, 0) done: 30 frames OK, 2 flagged
+    status[0, 1, 2], status[0, 3, 5] = FrameStatus.MISSING, FrameStatus.TRUNCATED
+    store.mark_done(path, "integrate", (0, 0))
+    before = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+    r = CliRunner().invoke(app, ["info", str(path)])
+    assert r.exit_code == 0, r.output
+    poni_sha = hashlib.sha256(scan.poni.read_bytes()).hexdigest()
+    assert f"inputs.poni: {scan.poni} (sha256 {poni_sha[:16]})" in r.output
+    assert "workflow: scan 2 x 8 x 8 (z x omega x x), 1000 bins in q_nm^-1" in r.output
+    assert "frames: 30 integrated, flagged: missing 1, truncated 1, 96 not integrated yet" in r.output
+    assert "stages: integrate 1/4, center 0/2" in r.output and "the same `xrdct run` resumes it" in r.output
+    assert f"zarr {zarr.__version__}" in r.output
+    data = json.loads(CliRunner().invoke(app, ["info", str(path), "--json"]).output)
+    assert data["stages"]["integrate"] == {"done": 1, "total": 4} and data["inputs"]["inputs.poni"]["sha256"] == poni_sha
+    assert data["frames_flagged"] == {"MISSING": 1, "TRUNCATED": 1} and data["frames_integrated"] == 30
+    wf = CliRunner().invoke(app, ["info", str(path), "--workflow"]).output
+    assert "npt_rad: 1000" in wf and "nomega: 8" in wf
+    assert {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()} == before
+    bad = CliRunner().invoke(app, ["info", str(scan.root)])
+    assert bad.exit_code == 2 and bad.output.strip() == f"error: {scan.root}: not a zarr store"
 
 
 def test_a_built_wheel_is_ignored_by_git():

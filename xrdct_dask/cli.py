@@ -382,6 +382,28 @@ def plan(
 
 
 @app.command()
+def info(
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store to describe")],
+    as_json: Annotated[bool, typer.Option("--json", help="print it as JSON")] = False,
+    workflow: Annotated[bool, typer.Option("--workflow", help="print the whole stored workflow (YAML) instead")] = False,
+) -> None:
+    """What a run store holds: workflow, inputs and their digests, frames flagged, stages done,
+    timings and versions (nothing is written)."""
+    from .info import format_info, info_json, store_info
+
+    try:
+        found = store_info(run_store)
+    except ValueError as err:
+        _fail(str(err))
+    if workflow:
+        import yaml
+
+        typer.echo(yaml.safe_dump(found["workflow"], sort_keys=False).rstrip())
+    else:
+        typer.echo(info_json(found) if as_json else format_info(found))
+
+
+@app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="file to write (a folder: PATH/workflow.yaml); never overwritten")] = Path(
         "workflow.yaml"),
