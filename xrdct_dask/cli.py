@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import WorkflowError, load_workflow, parse_overrides, parse_value
+from .config import WorkflowError, load_changes, load_workflow, parse_overrides, parse_value
 from .console import show_messages
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -316,6 +316,8 @@ def _expand_runs(runs: list[str]) -> list[Path]:
 def reprocess(
     runs: Annotated[list[str], typer.Argument(help="run stores (RUN.zarr), or quoted globs; several run as one graph")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="change a key: --set integrate.npt_rad=3000")] = None,
+    changes: Annotated[Optional[Path], typer.Option(
+        "--changes", help="a YAML file of changes in the workflow's sections (workflows/reprocess.yaml); --set wins")] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="rerun from this stage at least: integrate | recon | pdf")] = None,
     out: Annotated[Optional[Path], typer.Option(help="the new store (one run only); default RUN-<digest>.zarr beside it")] = None,
     scheduler_address: Annotated[Optional[str], typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
@@ -328,8 +330,8 @@ def reprocess(
 
         _logging(verbose)
         try:
-            paths = rp.reprocess(_expand_runs(runs), parse_overrides(set_), from_, out,
-                                 scheduler_address=scheduler_address)
+            overrides = {**(load_changes(changes) if changes is not None else {}), **parse_overrides(set_)}
+            paths = rp.reprocess(_expand_runs(runs), overrides, from_, out, scheduler_address=scheduler_address)
         except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
             _fail(str(err))
     for p in paths:

@@ -490,6 +490,22 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
     return out
 
 
+def load_changes(path: str | Path) -> dict[str, Any]:
+    """A file of changes for ``xrdct reprocess --changes`` (workflows/reprocess.yaml): a YAML mapping
+    in the workflow's sections, ``{recon: {filter: hann}}``, as the dotted overrides ``--set`` gives
+    (``{"recon.filter": "hann"}``).  The keys are validated with the workflow they change."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkflowError(f"{path}: changes file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise WorkflowError(f"{path}: expected sections of keys to change (recon: {{filter: hann}})")
+    return flatten(raw)
+
+
 _PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
               ("inputs", "monitor"), ("inputs", "scan_file"), ("inputs", "frames"), ("store", "path"),
               ("pdf", "background_file"), ("pdf", "config"))
