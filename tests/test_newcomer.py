@@ -25,6 +25,8 @@ from xrdct_dask.console import console
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.prepare import open_run
 
+from .test_safety import wf_for  # the scan's workflow with its store elsewhere, blocks of 4 angles
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,10 +36,6 @@ def scan(tmp_path_factory):
     from xrdct_dask.testing.synthetic import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("newcomer") / "scan", nz=2, nomega=8, nx=8, seed=4)
-
-
-def wf_for(scan, path, **overrides):
-    return load_workflow(scan.workflow, {"store.path": str(path), "store.omega_chunk": 4, **overrides})
 
 
 class Said(logging.Handler):

@@ -490,17 +490,22 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
     return out
 
 
+def _read_yaml(path: Path, what: str):
+    """The plain data of a YAML file (safe loader), or a one-line :class:`WorkflowError` naming it."""
+    if not path.is_file():
+        raise WorkflowError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
 def load_changes(path: str | Path) -> dict[str, Any]:
     """A file of changes for ``xrdct reprocess --changes`` (workflows/reprocess.yaml): a YAML mapping
     in the workflow's sections, ``{recon: {filter: hann}}``, as the dotted overrides ``--set`` gives
     (``{"recon.filter": "hann"}``).  The keys are validated with the workflow they change."""
     path = Path(path)
-    if not path.is_file():
-        raise WorkflowError(f"{path}: changes file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = _read_yaml(path, "changes file")
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise WorkflowError(f"{path}: expected sections of keys to change (recon: {{filter: hann}})")
     return flatten(raw)
@@ -535,12 +540,7 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
 def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
     """Read and validate a workflow YAML file (safe loader only; no Python objects are built)."""
     path = Path(path)
-    if not path.is_file():
-        raise WorkflowError(f"{path}: workflow file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = _read_yaml(path, "workflow file")
     return workflow_from_dict(raw, base_dir=path.parent.resolve(), overrides=overrides, source=str(path))
 
 
