@@ -52,6 +52,7 @@ from .console import console
 from .io.cbf import frame_complete
 from .io.status import FrameStatus
 from .prepare import frames_present, open_run
+from .report import USABLE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +460,9 @@ class _Following:
             log.warning("block (z %d, omega %d): %d frames seen whole could not be read; read again "
                         "when they are back", z, b * wc, lost.size)
             return
-        self.status.integrated(res["frames"], rec["ready"], res["finished"])
+        # integrated: the frames whose pattern is used (a frame that never came is flagged, not integrated)
+        self.status.integrated(sum(n for k, n in res["status"].items() if k in USABLE_NAMES), rec["ready"],
+                               res["finished"])
         self.slice_left[z] -= 1
         if self.slice_left[z] == 0:
             self.submit_slice(z)
