@@ -37,9 +37,10 @@ demo: $(STAMP) | $(DIRS)
 # pytest exits 5 when nothing was collected (e.g. a marker filter): not a failure here.  The
 # slurm-marked tests skip, saying how to run them, unless CI is set (then the one-node SLURM of
 # slurm-up is started first, as `make test-slurm` does).
-test: $(STAMP) | $(DIRS)
-	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory slurm-up; \
-	else mkdir -p build; echo "local SLURM not started: make test leaves the system alone (make test-slurm, or CI=1 make test, starts it)" > build/local-slurm.log; fi
+ifdef CI
+SLURM_FIRST := slurm-up
+endif
+test: $(STAMP) $(SLURM_FIRST) | $(DIRS)
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 0 ] || [ $$rc -eq 5 ]; then echo "make test: passed (skipped tests say why above)"; \
 	else echo "make test: FAILED (pytest exit $$rc)"; exit $$rc; fi
@@ -65,7 +66,7 @@ slurm-up:
 	@if [ "$(XRDCT_LOCAL_SLURM)" = 0 ]; then \
 		echo "local SLURM not started: XRDCT_LOCAL_SLURM=0" > build/local-slurm.log; \
 	elif [ "$$(id -u)" != 0 ]; then \
-		echo "local SLURM not started: make test is not running as root" > build/local-slurm.log; \
+		echo "local SLURM not started: not running as root (it installs packages and starts daemons)" > build/local-slurm.log; \
 	else \
 		cluster/local-slurm/start.sh > build/local-slurm.log 2>&1 \
 			|| echo "local SLURM did not start (cluster/local-slurm/start.sh failed, see build/local-slurm.log)" >> build/local-slurm.log; \
