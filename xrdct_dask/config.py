@@ -130,6 +130,10 @@ class Scan(_Section):
                             "x_step_mm, ...), or auto: measured where the scan gives them")
     x_step_mm: float = Field(1.0, gt=0)
     z_step_mm: float = Field(1.0, gt=0)
+    allow_missing: bool = Field(False, description="run even when the scan leaves whole slices (angles, x steps) of "
+                                                   "this grid without a frame, their frames flagged missing; else "
+                                                   "that is refused (or `xrdct run` exits 1); not part of the "
+                                                   "run's identity (--allow-missing)")
 
     @property
     def nframes(self) -> int:
@@ -448,10 +452,11 @@ class Workflow(_Section):
 
     def work_digest(self) -> str:
         """sha256 of what determines the store's contents: the digest without ``compute`` (how
-        many workers), ``view`` (how it is shown) and ``store.path``/``store.overwrite`` (where).
-        A run resumes a store only when its work digest matches the one the store records."""
-        data = json.loads(self.model_dump_json(exclude={"compute": True, "view": True,
-                                                        "store": {"path", "overwrite"}}))
+        many workers), ``view`` (how it is shown), ``store.path``/``store.overwrite`` (where) and
+        ``scan.allow_missing`` (what a run accepts).  A run resumes a store only when its work
+        digest matches the one the store records."""
+        data = json.loads(self.model_dump_json(exclude={"compute": True, "view": True, "store": {"path", "overwrite"},
+                                                        "scan": {"allow_missing"}}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -475,13 +480,38 @@ def _one_line(err: ValidationError, source: str, overrides: dict | None = None) 
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(e["loc"])
         elif e["type"] == "missing":
             msg = "required key is missing"
         given = next((k for k in overrides or {} if key == k or key.startswith(k + ".") or k.startswith(key + ".")),
                      None)
         parts.append(f"--set {given}={json.dumps(overrides[given])}: {key}: {msg}" if given else f"{source}: {key}: {msg}")
     return WorkflowError("; ".join(parts))
+
+
+def _keys_of(model) -> list[str]:
+    """Every dotted key of a section model (``integrate.npt_rad``, ``inputs.positioners.omega``)."""
+    out = []
+    for name, f in model.model_fields.items():
+        sub = f.annotation if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) else None
+        out += [name] + ([f"{name}.{k}" for k in _keys_of(sub)] if sub is not None else [])
+    return out
+
+
+def _did_you_mean(loc) -> str:
+    """`` (did you mean integrate.npt_rad?)`` for an unknown key at ``loc``: the closest key of the
+    same section (difflib), else the section that has a key of that name; empty when none is close."""
+    import difflib
+
+    parts = [str(p) for p in loc]
+    section, leaf = ".".join(parts[:-1]), parts[-1]
+    known = _keys_of(Workflow)
+    siblings = [k for k in known if k.rpartition(".")[0] == section]
+    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {section + '.' if section else ''}{close[0]}?)"
+    elsewhere = [k for k in known if k.rpartition(".")[2] == leaf]
+    return f" (did you mean {elsewhere[0]}?)" if len(elsewhere) == 1 else ""
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -532,6 +562,27 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
     return out
 
 
+def _read_yaml(path: Path, what: str):
+    """The plain data of a YAML file (safe loader), or a one-line :class:`WorkflowError` naming it."""
+    if not path.is_file():
+        raise WorkflowError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def load_changes(path: str | Path) -> dict[str, Any]:
+    """A file of changes for ``xrdct reprocess --changes`` (workflows/reprocess.yaml): a YAML mapping
+    in the workflow's sections, ``{recon: {filter: hann}}``, as the dotted overrides ``--set`` gives
+    (``{"recon.filter": "hann"}``).  The keys are validated with the workflow they change."""
+    path = Path(path)
+    raw = _read_yaml(path, "changes file")
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise WorkflowError(f"{path}: expected sections of keys to change (recon: {{filter: hann}})")
+    return flatten(raw)
+
+
 _PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
               ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
               ("store", "path"), ("pdf", "background_file"), ("pdf", "config"), ("inputs", "background_scan", "frames"),
@@ -565,19 +616,14 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
 def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
     """Read and validate a workflow YAML file (safe loader only; no Python objects are built)."""
     path = Path(path)
-    if not path.is_file():
-        raise WorkflowError(f"{path}: workflow file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = _read_yaml(path, "workflow file")
     return workflow_from_dict(raw, base_dir=path.parent.resolve(), overrides=overrides, source=str(path))
 
 
 # ------------------------------------------------------------------------------------------
 # comparing workflows (resume refuses other work; reprocess reruns what a change affects)
 # ------------------------------------------------------------------------------------------
-IGNORED = ("compute", "store.path", "store.overwrite", "view")  # how and where (and how it is shown), not what
+IGNORED = ("compute", "store.path", "store.overwrite", "view", "scan.allow_missing")  # how and where (and how it is shown), not what
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

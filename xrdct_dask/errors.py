@@ -91,3 +91,16 @@ class TaskFailed(XrdctError, RuntimeError):
 
 class ExportError(XrdctError, ValueError):
     """An export that cannot be done, in one line naming the store, group, key or file."""
+
+
+class ExportExistsError(ExportError):
+    """The output file exists and replacing it was not asked for.  The message is in the
+    library's spelling (``overwrite=True``); the command line says ``--overwrite`` instead
+    (:meth:`hint` with the option's spelling), so no message mixes the two."""
+
+    def __init__(self, path, option: str = "overwrite=True"):
+        self.path = path
+        super().__init__(self.hint(option))
+
+    def hint(self, option: str) -> str:
+        return f"{self.path} exists: pass {option} to replace an earlier export of this program"

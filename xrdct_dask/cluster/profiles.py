@@ -325,6 +325,18 @@ def _granted(d: dict, kind: str, extra: list[str], gpus: int, skip: list) -> tup
     return None, "no memory directive"
 
 
+def job_resources(p: Profile) -> tuple[int, int]:
+    """``(cores, GPUs)`` one job of a validated profile asks for (site settings filling what the
+    profile leaves out), as :func:`_complete` reads them."""
+    d = {**_defaults(p.kind), **p.options}
+    if p.kind == "slurm":
+        gpus = slurm_gpus([str(x) for x in d.get("job-extra-directives") or []])
+    else:
+        m = re.search(r"ngpus=(\d+)", d.get("resource-spec") or "")
+        gpus = int(m.group(1)) if m else 0
+    return int(d["cores"]), gpus
+
+
 # ------------------------------------------------------------------------------------------
 # clusters and job scripts
 # ------------------------------------------------------------------------------------------

@@ -210,7 +210,9 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
     comp = _compression(compression)
     if out_h5.exists():
         if not overwrite:
-            raise ExportError(f"{out_h5} exists: pass overwrite=True (--overwrite) to replace an earlier export")
+            from xrdct_dask.errors import ExportExistsError
+
+            raise ExportExistsError(out_h5)
         try:
             with h5py.File(out_h5, "r") as f:
                 ours = f.attrs.get("creator") == CREATOR

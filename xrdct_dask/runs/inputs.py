@@ -17,6 +17,7 @@ from xrdct_dask.io.layout import FrameTemplate
 from xrdct_dask.io.source import Hdf5Frames
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.pipeline.frames import frame_file, frame_path, frame_source
+from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,10 @@ def _hdf5_frame_shape(wf: Workflow) -> tuple[int, int]:
     except (OSError, ValueError, KeyError) as err:
         raise WorkflowError(f"inputs.frames: {err}") from None
     if src.nframes is not None and src.nframes < wf.scan.nframes:
-        log.warning("inputs.frames: %s holds %d frames, the scan %d: the others are flagged missing", src.spec,
-                    src.nframes, wf.scan.nframes)
+        per_slice = wf.scan.nomega * wf.scan.nx
+        console.warning("inputs.frames: %s holds %d frames (%d whole slices), the workflow %d (%d slices, scan.nz): "
+                        "the others are flagged missing", src.spec, src.nframes, src.nframes // per_slice,
+                        wf.scan.nframes, wf.scan.nz)
     return tuple(src.frame_shape)
 
 

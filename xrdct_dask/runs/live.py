@@ -64,7 +64,7 @@ from xrdct_dask.pipeline.tasks_recon import warm_slice_stages
 from xrdct_dask.runs.execute import RunStopped, stop_message
 from xrdct_dask.runs.inputs import frames_present
 from xrdct_dask.runs.open import open_run
-from xrdct_dask.runs.report import finish_run
+from xrdct_dask.runs.report import USABLE_NAMES, finish_run
 from xrdct_dask.view.console import console
 from xrdct_dask.view.live import _Painter, _Status, _variables
 
@@ -224,6 +224,22 @@ def _wait_for_first_frame(wf: Workflow, idle_timeout_s: float, poll_s: float) ->
         time.sleep(poll_s)
 
 
+def wait_for_workflow(path: str | Path, timeout_s: float, poll_s: float = 0.1) -> Path:
+    """Wait up to ``timeout_s`` for the workflow file ``path`` to appear (an acquisition, e.g.
+    ``xrdct simulate --rate``, writes it when it starts); a console line says the watch waits.
+    Raises :class:`WorkflowError` naming the file when none came."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    console.info("waiting for %s (up to %g s, the idle timeout)", path, timeout_s)
+    t0 = time.time()
+    while not path.is_file():
+        if time.time() - t0 > timeout_s:
+            raise WorkflowError(f"{path}: no workflow file came in {timeout_s:g} s")
+        time.sleep(poll_s)
+    return path
+
+
 def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idle_timeout_s: float = 600.0,
           scheduler_address: str | None = None, cluster=None, jobs: int | None = None, adaptive: bool | None = None,
           cluster_options: dict | None = None, poll_s: float = 0.1, settle_s: float = 5.0, png_every_s: float = 2.0,
@@ -240,6 +256,8 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
     """
 
 
+    if not isinstance(workflow, Workflow):
+        wait_for_workflow(workflow, idle_timeout_s, poll_s)
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
     if overrides and isinstance(workflow, Workflow):
         wf = workflow_from_dict(wf.model_dump(mode="json"), overrides=overrides)
@@ -428,7 +446,9 @@ class _Following:
             log.warning("block (z %d, omega %d): %d frames seen whole could not be read; read again "
                         "when they are back", z, b * wc, lost.size)
             return
-        self.status.integrated(res["frames"], rec["ready"], res["finished"])
+        # integrated: the frames whose pattern is used (a frame that never came is flagged, not integrated)
+        self.status.integrated(sum(n for k, n in res["status"].items() if k in USABLE_NAMES), rec["ready"],
+                               res["finished"])
         self.slice_left[z] -= 1
         if self.slice_left[z] == 0:
             self.submit_slice(z)

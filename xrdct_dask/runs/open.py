@@ -48,6 +48,7 @@ from xrdct_dask.runs.scanlayout import ScanLayout, scan_layout, write_scan_array
 from xrdct_dask.store.budget import Layout, choose_layout, task_memory
 from xrdct_dask.store.specs import MarkerSpec
 from xrdct_dask.store.viewcopy import view_group_attrs, view_specs
+from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +241,10 @@ def _resume(wf: Workflow, path: Path) -> RunContext:
         raise WorkflowError(f"store.path: {err.strerror}") from None
     ctx = context_from_store(wf, path)
     state = store.task_state(path)
-    retried = reopen_retried(ctx, state)
-    if retried:
-        log.warning("%s: %d frames missing or unreadable before are read again (%d blocks redone)", path,
-                    *retried)
+    frames, blocks = reopen_retried(ctx, state)
+    if blocks:  # said only when something is redone, as the run's other messages are
+        console.warning("%s: %d frames missing or unreadable before are there now: read again (%d blocks redone)",
+                        path, frames, blocks)
         state = store.task_state(path)
     if not state[FRAMES_STAGE].all():
         check_inputs(wf)

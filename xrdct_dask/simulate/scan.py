@@ -89,9 +89,44 @@ def check_simulation_folder(out: Path) -> None:
         return
     if not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
-    if (out / SIMULATION_MARKER).is_file() or (out / "truth.npz").is_file() or not any(out.iterdir()):
-        return
-    raise ValueError(f"{out} holds files that are not a simulated scan: simulate into a new or empty folder")
+    if not ((out / SIMULATION_MARKER).is_file() or (out / "truth.npz").is_file() or not any(out.iterdir())):
+        raise ValueError(f"{out} holds files that are not a simulated scan: simulate into a new or empty folder")
+    made = stores_made_from(out)
+    if made:  # new frames under the same names would orphan it: its recorded inputs changed under it
+        raise ValueError(f"{out} holds {made[0].name}, a store made from this simulated scan: simulating again would "
+                         f"change the inputs it records; remove the store, or simulate into another folder")
+
+
+def simulated_workflow(out: str | Path, nz: int, nomega: int, nx: int, seed: int = 0) -> Path | None:
+    """The ``workflow.yaml`` of a whole scan of this shape and seed that :func:`simulate_scan` wrote
+    into ``out`` (the workflow is its last file), else None: a demo rerun reuses it instead of
+    simulating over a folder whose store records it."""
+    try:
+        made = json.loads((Path(out) / "truth.json").read_text())
+    except (OSError, ValueError):
+        return None
+    scan = made.get("scan", {}) if isinstance(made, dict) else {}
+    same = (scan.get("nz"), scan.get("nomega"), scan.get("nx"), made.get("seed")) == (nz, nomega, nx, seed)
+    wf = Path(out) / "workflow.yaml"
+    return wf if same and wf.is_file() and (Path(out) / SIMULATION_MARKER).is_file() else None
+
+
+def stores_made_from(folder: Path) -> list[Path]:
+    """The stores of this program in ``folder`` (its entries, where a simulated scan's workflow puts
+    them) that record files under ``folder`` as their inputs (input contents or sampled frames)."""
+    from xrdct_dask.store import is_store, root_attrs
+
+    root = Path(folder).resolve()
+    found = []
+    for entry in sorted(Path(folder).iterdir()):
+        if not (entry.is_dir() and is_store(entry)):
+            continue
+        attrs = root_attrs(entry) or {}
+        recorded = [v.get("path") for v in (attrs.get("input_contents") or {}).values() if isinstance(v, dict)]
+        recorded += list((attrs.get("frame_sample") or {}).get("files", []))
+        if any(p and Path(p).resolve().is_relative_to(root) for p in recorded):
+            found.append(entry)
+    return found
 
 
 def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 24, *, detector: str = "small",
@@ -292,8 +327,10 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     if background is not None:
         wf["inputs"]["background_scan"] = background
 
-    (out / "workflow.yaml").write_text("# written by `xrdct simulate`; paths are relative to this file\n"
-                                       + yaml.safe_dump(wf, sort_keys=False))
+    # last, and whole at once (renamed into place): a watcher that sees it finds every file it names
+    part = out / ".workflow.yaml.part"
+    part.write_text("# written by `xrdct simulate`; paths are relative to this file\n" + yaml.safe_dump(wf, sort_keys=False))
+    part.replace(out / "workflow.yaml")
     return SimulatedScan(root=out, workflow=out / "workflow.yaml", frames_template=frames_template,
                          poni=out / "geometry.poni", mask=out / "mask.edf", monitor=out / "monitor.txt",
                          scan_file=out / "scan.csv", truth=out / "truth.npz", nz=nz, nomega=nomega, nx=nx,
