@@ -760,11 +760,11 @@ def frames_present(wf: Workflow):
 
 def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int, int]:
     """Clear the done-markers of integrated blocks holding frames worth reading again: an I/O error,
-    or a frame missing or partly written when it was read (a run during the acquisition) whose
-    file is whole now (:data:`~xrdct_dask.io.status.RETRIED`, :data:`~xrdct_dask.io.status.PARTIAL`).  The
+    or a frame missing, not a regular file or partly written when it was read (a run during the
+    acquisition) whose file is whole now (:data:`~xrdct_dask.io.status.REREAD_WHEN_WHOLE`).  The
     slice's centre, reconstruction and G(r) are cleared too: they are made from those blocks.
     Returns ``(frames, blocks)`` reopened.  Read slice by slice."""
-    from .io.status import PARTIAL, FrameStatus
+    from .io.status import REREAD_WHEN_WHOLE, FrameStatus
 
     wf = ctx.workflow
     wc = ctx.layout.omega_chunk
@@ -775,7 +775,7 @@ def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int,
     for z in np.nonzero(state.integrate.any(axis=1))[0]:
         st = status_arr[z]
         retry = st == FrameStatus.IO_ERROR
-        late = np.isin(st, [int(FrameStatus.MISSING), *(int(c) for c in PARTIAL)])
+        late = np.isin(st, [int(c) for c in REREAD_WHEN_WHOLE])
         missing = np.argwhere(late & state.integrate[z].repeat(wc)[:st.shape[0], None])
         if missing.size:
             idx = index_arr[z]

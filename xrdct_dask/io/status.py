@@ -38,6 +38,9 @@ RETRIED = (FrameStatus.MISSING, FrameStatus.IO_ERROR)
 # what a file still being written reads as (an empty or half-written header, a payload short of its
 # size): a rerun reads such a frame again once its file is whole (io.cbf.frame_complete)
 PARTIAL = (FrameStatus.TRUNCATED, FrameStatus.CORRUPT_HEADER)
+# what a rerun reads again once the frame's file is there and whole now: no file then, a folder,
+# pipe or link to a device in its place then (a real file may have replaced it), or a partial file
+REREAD_WHEN_WHOLE = (FrameStatus.MISSING, FrameStatus.NOT_A_FILE, *PARTIAL)
 
 
 def usable(status) -> np.ndarray:
