@@ -5,6 +5,8 @@ head and tail."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 
 import numpy as np
@@ -67,3 +69,30 @@ def test_frames_flagged_not_a_file_are_read_again_once_real_files_replace_them(s
     assert reopen_retried(ctx, store.task_state(path)) == (1, 1)
     state = store.task_state(path)
     assert state.integrate.tolist() == [[True, False]] and np.isnan(state.center[0])
+
+
+def test_watch_never_replaces_a_users_live_json_or_part_file(tmp_path, caplog):
+    """The live status ``RUN-live.json`` is written (and rewritten) only where it is absent or the
+    watcher's own (its ``written_by`` key); a user's file of that name is left as it is, said once
+    in the log; and a user's ``.RUN-live.json.part`` beside it is neither replaced nor removed
+    (the watcher writes under a temporary name of its own, created exclusively)."""
+    from xrdct_dask.live import _Status, live_paths
+
+    path = tmp_path / "run.zarr"
+    json_path, _ = live_paths(path)
+    part = json_path.with_name(f".{json_path.name}.part")
+    part.write_text("my notes")
+    status = _Status(path, total=10, nz=1)
+    snap = status.write()
+    assert json.loads(json_path.read_text())["frames_total"] == 10 == snap["frames_total"]
+    status.frames_done = 4
+    status.write()  # its own file: replaced
+    assert json.loads(json_path.read_text())["frames_integrated"] == 4
+    assert part.read_text() == "my notes"
+    json_path.write_text('{"frames_total": "mine"}')  # the user's now
+    with caplog.at_level(logging.WARNING, logger="xrdct_dask.live"):
+        status.write()
+        status.write()
+    assert json_path.read_text() == '{"frames_total": "mine"}' and part.read_text() == "my notes"
+    assert sum("not written by xrdct-dask" in r.message for r in caplog.records) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([json_path.name, part.name])  # no temporary left

@@ -51,11 +51,13 @@ from .config import Workflow, WorkflowError, load_workflow, workflow_from_dict
 from .console import console
 from .io.cbf import frame_complete
 from .io.status import FrameStatus
+from .ownfiles import is_own_json, replace_own
 from .prepare import frames_present, open_run
 
 log = logging.getLogger(__name__)
 
 VARIABLE = "xrdct-live"  # the dask Variable the watcher publishes its status in (the latest watch's)
+LIVE_JSON_MARK = "xrdct-dask watch"  # RUN-live.json's "written_by": a status file this program may replace
 HISTORY = 600  # status points kept for the live picture's frames/s and lag curves
 RETRIES = 3  # times a block whose frames vanished or could not be read is submitted again
 
@@ -502,6 +504,7 @@ class _Status:
         self.block_lags: list[float] = []
         self.finished = False
         self.started = time.time()
+        self.refused = False  # RUN-live.json is a file of the user's: said once, never written over
 
     def integrated(self, n: int, ready: float, finished: float) -> None:
         self.frames_done += n
@@ -528,14 +531,17 @@ class _Status:
         fps = self.fps(now)
         self.history = (self.history + [(now, fps, self.lag_s)])[-HISTORY:]
         json_path, png = live_paths(self.path)
-        snap = {"store": str(self.path), "updated": now, "frames_total": self.total, "frames_whole": self.frames_whole,
+        snap = {"written_by": LIVE_JSON_MARK, "store": str(self.path), "updated": now, "frames_total": self.total, "frames_whole": self.frames_whole,
                 "frames_integrated": self.frames_done, "frames_per_s": fps, "lag_s": self.lag_s,
                 "slices_done": sorted(self.slices), "nz": self.nz, "finished": self.finished, "picture": str(png),
                 "history": [list(h) for h in self.history]}
-        tmp = json_path.with_name(f".{json_path.name}.part")
+        data = json.dumps(snap).encode()
         try:
-            tmp.write_text(json.dumps(snap))
-            os.replace(tmp, json_path)
+            if not replace_own(json_path, lambda fh: fh.write(data),
+                               lambda p: is_own_json(p, "written_by", LIVE_JSON_MARK)) and not self.refused:
+                self.refused = True
+                log.warning("%s exists and was not written by xrdct-dask: the live status is not written over it",
+                            json_path)
         except OSError as err:
             log.warning("%s: cannot write the live status (%s)", json_path, err)
         return snap
@@ -693,7 +699,7 @@ def write_live_picture(store_path, out=None, **kw) -> Path | None:
         log.warning("%s exists and was not written by xrdct-dask: the live picture is not drawn over it", out)
         return None
     fig = live_figure(store_path, **kw)
-    tmp = out.with_name(f".{out.name}.part")
-    fig.savefig(tmp, dpi=80, format="png", metadata={"Software": SOFTWARE})
-    os.replace(tmp, out)
+    if not replace_own(out, lambda fh: fig.savefig(fh, dpi=80, format="png", metadata={"Software": SOFTWARE}),
+                       is_our_picture):
+        return None
     return out
