@@ -44,7 +44,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from . import stages
 from .config import Workflow
@@ -154,10 +153,12 @@ def load_profile(profile: str | Path | dict, **overrides) -> Profile:
     else:
         path = profile_path(profile)
         name = path.stem
+        from .config import WorkflowError, load_yaml_text, read_config_text
+
         try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ProfileError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            raw = load_yaml_text(read_config_text(path), str(path))
+        except WorkflowError as err:
+            raise ProfileError(str(err)) from None
     src = str(path or name)
     if not isinstance(raw, dict) or not isinstance(raw.get("jobqueue"), dict):
         raise ProfileError(f"{src}: needs a 'jobqueue:' mapping with one of {', '.join(KINDS)}")
@@ -574,6 +575,9 @@ def client_for(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: 
             jc.scale(jobs=n)
             log.info("cluster %s: %d jobs of %s", profile, n, describe(jc))
         return Client(jc), jc
+    from .limits import check_local_workers
+
+    check_local_workers(wf)  # before any worker starts
     lc = local_cluster(wf)
     return Client(lc), lc
 

@@ -24,6 +24,7 @@ from .budget import Layout, choose_layout, task_memory
 from .config import Workflow, WorkflowError, changed_keys
 from .io.cbf import CorruptFrameError, read_cbf_payload
 from .io.status import FrameStatus
+from .limits import check_run_sizes
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def check_inputs(wf: Workflow):
         raise WorkflowError(f"inputs.poni: {wf.inputs.poni} has {', '.join(bad)}: not a usable geometry")
     det_shape = ai.detector.max_shape
     shape = _hdf5_frame_shape(wf) if wf.frames_hdf5 else _cbf_frame_shape(wf, det_shape)
+    check_run_sizes(wf, shape)  # before anything of the scan's, the bins' or a frame's size is allocated
     if det_shape is not None and tuple(det_shape) != tuple(shape):
         raise WorkflowError(f"inputs.poni: the PONI's detector is {det_shape[0]} x {det_shape[1]} pixels but the "
                             f"frames are {shape[0]} x {shape[1]}")
