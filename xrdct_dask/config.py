@@ -600,8 +600,13 @@ def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
     path = Path(path)
     if not path.is_file():
         raise WorkflowError(f"{path}: workflow file not found")
-    raw = load_yaml_text(read_config_text(path), str(path))
-    return workflow_from_dict(raw, base_dir=path.parent.resolve(), overrides=overrides, source=str(path))
+    return workflow_from_text(read_config_text(path), path.parent.resolve(), overrides, str(path))
+
+
+def workflow_from_text(text: str, base_dir: Path | None, overrides: dict | None = None,
+                       source: str = "workflow") -> Workflow:
+    """Validate a workflow's YAML text (:func:`load_yaml_text`, then :func:`workflow_from_dict`)."""
+    return workflow_from_dict(load_yaml_text(text, source), base_dir=base_dir, overrides=overrides, source=source)
 
 
 # ------------------------------------------------------------------------------------------
