@@ -116,12 +116,13 @@ def _hdf5_frame_shape(wf: Workflow) -> tuple[int, int]:
     """The frame shape of an HDF5 source (opened: its file, dataset and links are checked)."""
     try:
         src = wf.frame_source()
-    except (OSError, ValueError, KeyError) as err:
-        raise WorkflowError(f"inputs.frames: {err}") from None
+        shape = tuple(src.frame_shape)  # a file per slice or line: the first one's, opened here
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise WorkflowError(f"inputs.frames: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if src.nframes is not None and src.nframes < wf.scan.nframes:
         log.warning("inputs.frames: %s holds %d frames, the scan %d: the others are flagged missing", src.spec,
                     src.nframes, wf.scan.nframes)
-    return tuple(src.frame_shape)
+    return shape
 
 
 def input_files(wf: Workflow) -> dict[str, Path]:
@@ -746,7 +747,7 @@ def frames_present(wf: Workflow):
         def present(i: int) -> bool:
             try:
                 return src.layout.local(i) < src.unit(src.file_of(i)).nframes
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, RuntimeError):
                 return False
         return present
     from .io.source import Hdf5Frames
@@ -754,10 +755,13 @@ def frames_present(wf: Workflow):
 
     try:
         src = Hdf5Frames(*split_spec(wf.inputs.frames))  # not the per-process cache: the file may have grown
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, RuntimeError):
         return lambda i: False
-    return lambda i: i < src.nframes and int(src.map.segment[i]) >= 0 and not src.segments[
-        int(src.map.segment[i])].missing
+
+    def there(i: int) -> bool:  # in a data file that is there and readable (a bad file: its frames only)
+        seg = src.segments[int(src.map.segment[i])] if i < src.nframes and int(src.map.segment[i]) >= 0 else None
+        return seg is not None and not seg.missing and not seg.flag
+    return there
 
 
 def reopen_retried(ctx: stages.RunContext, state: store.TaskState) -> tuple[int, int]:

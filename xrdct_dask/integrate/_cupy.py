@@ -61,7 +61,8 @@ def _compiled(fpt: int, *defines: str):
 class H5Batch:
     """A batch of HDF5 chunks for :meth:`CupyEngine._launch_h5`: chunk f is ``buffer[beg[f]:end[f]]``
     (``buffer`` pinned), ``filt`` its filter, ``plan`` the kernels' :class:`~xrdct_dask.io.gpu_hdf5.ChunkPlan`,
-    ``dtype`` the dataset's; or ``frames`` (n, ny, nx) int32 counts decoded on the host."""
+    ``dtype`` the dataset's; or ``frames`` (n, ny, nx) decoded on the host (int32 counts, or float32
+    of a float dataset: :func:`~xrdct_dask.io.source.as_counts`)."""
 
     buffer: np.ndarray | None
     beg: np.ndarray | None
@@ -540,9 +541,12 @@ class CupyEngine:
         with slot.stream:
             slot.dev_meta.set(meta, stream=slot.stream)
             d_mon = slot.dev_meta[3, :n].view(cp.float64)
-            frames = slot.frames[:n]
+            frames = slot.frames[:n]  # int32 counts, or (a float dataset) the same words as float32
             if batch.frames is not None:  # decoded on the host (a layout or filter the kernels do not take)
-                frames.set(np.ascontiguousarray(batch.frames.reshape(n, -1), np.int32), stream=slot.stream)
+                host = batch.frames.reshape(n, -1)
+                if host.dtype.kind == "f":
+                    frames = frames.view(cp.float32)
+                frames.set(np.ascontiguousarray(host, frames.dtype), stream=slot.stream)
                 status = cp.zeros(n, cp.int32)
                 return self._integrate_launched(slot, frames, status, d_mon, n)
             total = max(int(np.max(batch.end)), 1)
@@ -554,6 +558,8 @@ class CupyEngine:
             if slot.h5decoder is None:
                 slot.h5decoder = ChunkDecoder("cuda")
             dt = np.dtype(batch.dtype)
+            if dt.kind == "f":  # integrated as float32 (csr_*_f32: NaN, inf and negative pixels invalid)
+                frames = frames.view(cp.float32)
             raw = None
             if dt.itemsize != 4:  # int32 / uint32 decode in place; other types through a scratch buffer
                 key = ("h5raw", id(slot))
@@ -572,7 +578,7 @@ class CupyEngine:
         decoded on the host, said once in the log.  Fills ``status`` for missing frames, appends
         the rows of each engine batch to ``pending``; yields the pipeline's results."""
         from ..io.gpu_hdf5 import FILTER_NAMES_GPU, plan_chunks
-        from ..io.source import as_counts, read_batch
+        from ..io.source import as_counts, out_of_range, read_batch
         from ..io.status import FrameStatus
         from .files import prefetch
 
@@ -621,6 +627,7 @@ class CupyEngine:
                 sub = RawChunks(packed, offs, chunks.filter_id[cpu], chunks.status[cpu], chunks.shape, dt,
                                 [chunks.names[c] for c in cpu], {})
                 frames, cst = decode_chunks(sub)
+                cst[out_of_range(frames) & (cst == FrameStatus.OK)] = FrameStatus.OUT_OF_RANGE
                 st[cpu] = cst
                 host = (rows[cpu[cst == FrameStatus.OK]], as_counts(frames[cst == FrameStatus.OK]))
             return rows, st, (rows[good[plan.gpu]], gpu, int(chunks.offsets[-1])), host
@@ -637,7 +644,7 @@ class CupyEngine:
                     good, frames = host
                     stats["bytes"] += int(frames.nbytes)
                     pending.append(good)
-                    yield H5Batch(None, None, None, None, None, np.dtype(np.int32), frames=frames), norm[good]
+                    yield H5Batch(None, None, None, None, None, frames.dtype, frames=frames), norm[good]
 
         yield from self.integrate_batches(engine_batches())
         self.release_ring(ring)
