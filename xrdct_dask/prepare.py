@@ -686,8 +686,7 @@ def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | No
     """
     path = Path(wf.store.path)
     overwrite = wf.store.overwrite if overwrite is None else overwrite
-    for left in store.leftovers(path):
-        log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
+    report_leftovers(path)
     attrs = store.root_attrs(path) if store.is_store(path) else None
     if attrs is not None and attrs.get("template_complete") and not overwrite:
         if attrs.get("work_digest") != wf.work_digest():
@@ -713,6 +712,16 @@ def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | No
     except OSError as err:
         raise WorkflowError(f"store.path: cannot create {path}: {err.strerror or err}") from None
     return prepare_store(wf, ai, extra_attrs, client=client)
+
+
+def report_leftovers(path) -> None:
+    """Remove the half-built stores killed runs left beside ``path`` where they are provably this
+    program's and stale (:func:`store.clean_leftovers`), and say so; say what is left."""
+    removed, kept = store.clean_leftovers(path)
+    for left in removed:
+        log.warning("%s: removed (a half-built store of a run that was stopped)", left)
+    for left in kept:
+        log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
 
 
 def _resume(wf: Workflow, path: Path) -> stages.RunContext:
