@@ -499,7 +499,9 @@ def _one_line(err: ValidationError, source: str, overrides: dict | None = None) 
     not on the file."""
     parts = []
     for e in err.errors():
-        key = _shown_key(".".join(str(p) for p in e["loc"])) if e["loc"] else "(top level)"
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":  # a key of the file, not of the schema: quoted only if it is a name
+            key = _shown_key(key)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
