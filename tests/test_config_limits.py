@@ -8,7 +8,6 @@ import time
 import tracemalloc
 
 import pytest
-import yaml
 
 from xrdct_dask import config
 from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import sys
 import threading
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from xrdct_dask.config import load_workflow
 from xrdct_dask.service import JobService, make_server
 
 TOKEN = "a-test-token-of-32-characters-xx"

@@ -44,7 +44,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from . import stages
 from .config import Workflow
 from .resources import PROFILES_DIR

@@ -531,8 +531,8 @@ class _Status:
         fps = self.fps(now)
         self.history = (self.history + [(now, fps, self.lag_s)])[-HISTORY:]
         json_path, png = live_paths(self.path)
-        snap = {"written_by": LIVE_JSON_MARK, "store": str(self.path), "updated": now, "frames_total": self.total, "frames_whole": self.frames_whole,
-                "frames_integrated": self.frames_done, "frames_per_s": fps, "lag_s": self.lag_s,
+        snap = {"written_by": LIVE_JSON_MARK, "store": str(self.path), "updated": now, "frames_total": self.total,
+                "frames_whole": self.frames_whole, "frames_integrated": self.frames_done, "frames_per_s": fps, "lag_s": self.lag_s,
                 "slices_done": sorted(self.slices), "nz": self.nz, "finished": self.finished, "picture": str(png),
                 "history": [list(h) for h in self.history]}
         data = json.dumps(snap).encode()
