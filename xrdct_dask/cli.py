@@ -221,7 +221,7 @@ def serve(
         help="where relative paths of a submitted workflow start (default: the first --root)")] = None,
     root: Annotated[Optional[list[Path]], typer.Option(
         "--root", help="a folder jobs may read and write in (repeat for several); every path a job names must "
-                       "lie under one, symlinks resolved (default: this folder)")] = None,
+                       "lie under one, symlinks resolved (default: --base-dir, else this folder)")] = None,
     token_file: Annotated[Optional[Path], typer.Option(
         help="read the token from this file (a service started by a system unit) instead of generating one")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,

@@ -14,7 +14,7 @@ import os
 from .config import Workflow, WorkflowError
 
 FRAMES_PER_BATCH = 32  # frames an engine call holds (the GPU's 128 are on the device, counted by the plan)
-BYTES_PER_PIXEL = 200 + FRAMES_PER_BATCH * 12  # pyFAI's pixel corners building the matrix; a batch decoded + corrected
+BYTES_PER_PIXEL = 200 + FRAMES_PER_BATCH * 4  # pyFAI's pixel corners building the matrix; a batch decoded (int32)
 BYTES_PER_POINT = 64  # a slice's frame index, monitor, flags and the grid arithmetic, per scan point
 BYTES_PER_BIN = 64 + FRAMES_PER_BATCH * 40  # pyFAI's bin arrays; a batch's five float64 sums per bin
 WORKER_BYTES = 200 << 20  # the least a worker process takes (interpreter, numpy, dask)
