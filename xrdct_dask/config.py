@@ -444,12 +444,15 @@ def load_yaml_text(text: str, source: str) -> Any:
     ``source`` that quotes nothing of the text."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
         raise WorkflowError(f"{source}: over {MAX_CONFIG_BYTES:,} bytes: a workflow is a few kB, this is not one")
+    loader = _PlainLoader(text)  # what yaml's load does, with the safe loader that refuses aliases
     try:
-        value = yaml.load(text, Loader=_PlainLoader)  # noqa: S506 - a SafeLoader subclass
+        value = loader.get_single_data()
     except yaml.YAMLError as err:
         raise WorkflowError(f"{source}: not valid YAML ({_yaml_problem(err)})") from None
     except RecursionError:
         raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)") from None
+    finally:
+        loader.dispose()
     if nesting_depth(value) > MAX_NESTING:
         raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)")
     return value
