@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,7 @@ def test_a_full_tmpfs_gives_one_line_and_leaves_nothing(run_store, tmp_path):
 
 
 def test_two_exports_of_one_file_the_second_is_refused_and_the_first_completes(run_store, tmp_path, monkeypatch):
-    """While an export writes OUT.h5 (slowed here), a second export of the same file is refused in
+    """While an export writes OUT.h5 (held here until the second is answered), a second export of the same file is refused in
     one line and removes nothing; the first completes and its file reads back.  Before, both failed
     with tracebacks and the loser deleted the winner's partial file."""
     import h5py
@@ -90,11 +89,12 @@ def test_two_exports_of_one_file_the_second_is_refused_and_the_first_completes(r
 
     out = tmp_path / "run.h5"
     real = nexus._copy_array
-    started = threading.Event()
+    started, proceed = threading.Event(), threading.Event()
 
     def slow(*a, **k):
-        started.set()
-        time.sleep(1.0)
+        if not started.is_set():  # the first array waits until the second export has been answered
+            started.set()
+            proceed.wait(60)
         return real(*a, **k)
 
     monkeypatch.setattr(nexus, "_copy_array", slow)
@@ -104,8 +104,11 @@ def test_two_exports_of_one_file_the_second_is_refused_and_the_first_completes(r
     assert started.wait(30)
     partials = sorted(tmp_path.glob(".run.h5.*.partial"))
     assert len(partials) == 1
-    with pytest.raises(ExportError) as err:
-        export_nexus(run_store, out, groups=["reduced"])
+    try:
+        with pytest.raises(ExportError) as err:
+            export_nexus(run_store, out, groups=["reduced"])
+    finally:
+        proceed.set()
     assert "another export is writing it" in one_line(str(err.value))
     assert sorted(tmp_path.glob(".run.h5.*.partial")) == partials  # the first's work untouched
     t.join(60)
