@@ -282,9 +282,14 @@ def test_batch_rerun_reads_frames_that_were_partial_or_missing_when_first_run(ac
 # ------------------------------------------------------------------------------------------
 # the job service
 # ------------------------------------------------------------------------------------------
+SERVICE_TOKEN = "a-test-token-of-32-characters-xx"
+
+
 def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"token {SERVICE_TOKEN}"},
+                                 method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -301,8 +306,8 @@ def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, c
     refused in one line."""
     from xrdct_dask.runs.service import JobService, make_server
 
-    service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address)
-    server = make_server(service, "127.0.0.1", 0)
+    service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address, roots=[tmp_path, acq.root])
+    server = make_server(service, "127.0.0.1", 0, token=SERVICE_TOKEN)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:

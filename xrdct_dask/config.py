@@ -23,6 +23,9 @@ from xrdct_dask.io.spec import is_hdf5, split_spec
 from xrdct_dask.pdf.pdfgetx3 import WORKFLOW_KEYS, config_dataformat, read_config
 
 RADIAL_UNITS = ("q_nm^-1", "q_A^-1", "2th_deg")
+MAX_CONFIG_BYTES = 1 << 20  # a workflow (or a cluster profile) is a few kB: larger files are not read as one
+MAX_NESTING = 32  # mappings and lists within each other in a workflow: sections are 2 deep
+SECTIONS = ("inputs", "scan", "geometry", "integrate", "store", "sinogram", "recon", "pdf", "compute")
 
 
 
@@ -472,12 +475,114 @@ class Workflow(_Section):
         return bool(template_fields(split_spec(self.inputs.frames)[0]))
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*name`` (and so the "billion laughs" of nested
+    aliases, 1 kB of YAML expanding to GBs) is refused while the text is composed, before any
+    value is built."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "an alias (*name): YAML aliases are not allowed here, "
+                                              "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what of a YAML error, without quoting the text that failed (it may be a file that
+    is not a workflow at all: nothing of it is echoed)."""
+    import re
+
+    mark = getattr(err, "problem_mark", None)
+    problem = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", getattr(err, "problem", None) or "syntax error")
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep mappings and lists lie within each other in ``value`` (a scalar: 0), counted
+    without recursion (a body nested 5,000 deep must not exhaust Python's stack)."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        depth = max(depth, d)
+        stack.extend((c, d + 1) for c in children)
+    return depth
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse configuration YAML text: safe types only, no aliases, at most :data:`MAX_CONFIG_BYTES`
+    and :data:`MAX_NESTING` levels; any failure is a one-line :class:`WorkflowError` naming
+    ``source`` that quotes nothing of the text."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
+        raise WorkflowError(f"{source}: over {MAX_CONFIG_BYTES:,} bytes: a workflow is a few kB, this is not one")
+    loader = _PlainLoader(text)  # what yaml's load does, with the safe loader that refuses aliases
+    try:
+        value = loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{source}: not valid YAML ({_yaml_problem(err)})") from None
+    except RecursionError:
+        raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)") from None
+    finally:
+        loader.dispose()
+    if nesting_depth(value) > MAX_NESTING:
+        raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)")
+    return value
+
+
+def read_config_text(path: Path, source: str | None = None) -> str:
+    """The text of a configuration file, refused in one line when it is not a regular file or is
+    larger than :data:`MAX_CONFIG_BYTES` (checked before reading: a 500 MB file is never loaded)."""
+    import os
+    import stat as stat_
+
+    source = source or str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise WorkflowError(f"{source}: file not found") from None
+    except OSError as err:
+        raise WorkflowError(f"{source}: cannot be read ({err.strerror or err})") from None
+    if not stat_.S_ISREG(st.st_mode):
+        raise WorkflowError(f"{source}: not a regular file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise WorkflowError(f"{source}: {st.st_size:,} bytes: a workflow is a few kB; files over "
+                            f"{MAX_CONFIG_BYTES:,} bytes are not read as one")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # the file may have grown since stat
+    except OSError as err:
+        raise WorkflowError(f"{source}: cannot be read ({err.strerror or err})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise WorkflowError(f"{source}: over {MAX_CONFIG_BYTES:,} bytes: not read as a workflow")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WorkflowError(f"{source}: not UTF-8 text") from None
+
+
+def _shown_key(key: str) -> str:
+    """A key as an error message may quote it: a plain name, else (a line of some other file read
+    as YAML, a password...) not at all."""
+    import re
+
+    return key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", key) else "(a key that is not a name)"
+
+
 def _one_line(err: ValidationError, source: str, overrides: dict | None = None) -> WorkflowError:
     """One line naming every broken key; a key set on the command line is blamed on its ``--set``,
     not on the file."""
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":  # a key of the file, not of the schema: quoted only if it is a name
+            key = _shown_key(key)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key" + _did_you_mean(e["loc"])
@@ -515,14 +620,22 @@ def _did_you_mean(loc) -> str:
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    """``d[a][b][c] = value`` for ``dotted = "a.b.c"``; a part that holds a value, not a section
+    (``scan.nz.x``), is a one-line WorkflowError."""
+    if not isinstance(dotted, str) or not dotted or nesting_depth(value) > MAX_NESTING:
+        raise WorkflowError(f"--set {_shown_key(str(dotted))}: expected a dotted key (integrate.npt_rad) and a plain "
+                            "value")
     keys = dotted.split(".")
     cur = d
-    for k in keys[:-1]:
+    for n, k in enumerate(keys[:-1]):
         nxt = cur.get(k)
-        if nxt is None or isinstance(nxt, (str, Path)):
+        if nxt is None or (isinstance(nxt, (str, Path)) and k == "store" and n == 0):
             # `store: path` shorthand: expand before descending
             nxt = {"path": nxt} if isinstance(nxt, (str, Path)) else {}
             cur[k] = nxt
+        if not isinstance(nxt, dict):
+            raise WorkflowError(f"--set {_shown_key(dotted)}: {_shown_key('.'.join(keys[:n + 1]))} is a value, "
+                                f"not a section: it has no key {_shown_key(keys[n + 1])}")
         cur = nxt
     cur[keys[-1]] = value
 
@@ -531,10 +644,7 @@ def parse_value(text: str, option: str) -> Any:
     """A command-line value parsed as YAML (``3000``, ``true``, ``[1, 2]``, ``a string``), limited to
     plain data: YAML tags (``!!python/...``, ``!!binary``, ``!!set``) are refused in one line, and
     what YAML would read as a date stays the text given."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise WorkflowError(f"{option}: not valid YAML ({str(err).splitlines()[0]})") from None
+    value = load_yaml_text(text, option)
 
     def plain(v) -> bool:
         if isinstance(v, dict):
@@ -594,6 +704,11 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
     """Validate a plain dict (as read from YAML) into a :class:`Workflow`."""
     if not isinstance(raw, dict):
         raise WorkflowError(f"{source}: expected a mapping of sections (inputs, scan, ...), got {type(raw).__name__}")
+    if not any(isinstance(k, str) and k in SECTIONS for k in raw):
+        # not a workflow at all (some other file read as YAML): nothing of it is quoted back
+        raise WorkflowError(f"{source}: not a workflow (no {', '.join(SECTIONS[:2])} or store section)")
+    if nesting_depth(raw) > MAX_NESTING:
+        raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)")
     raw = json.loads(json.dumps(raw, default=str))  # deep copy, plain types
     for k, v in (overrides or {}).items():
         _set_dotted(raw, k, v)
@@ -616,8 +731,15 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
 def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
     """Read and validate a workflow YAML file (safe loader only; no Python objects are built)."""
     path = Path(path)
-    raw = _read_yaml(path, "workflow file")
-    return workflow_from_dict(raw, base_dir=path.parent.resolve(), overrides=overrides, source=str(path))
+    if not path.is_file():
+        raise WorkflowError(f"{path}: workflow file not found")
+    return workflow_from_text(read_config_text(path), path.parent.resolve(), overrides, str(path))
+
+
+def workflow_from_text(text: str, base_dir: Path | None, overrides: dict | None = None,
+                       source: str = "workflow") -> Workflow:
+    """Validate a workflow's YAML text (:func:`load_yaml_text`, then :func:`workflow_from_dict`)."""
+    return workflow_from_dict(load_yaml_text(text, source), base_dir=base_dir, overrides=overrides, source=source)
 
 
 # ------------------------------------------------------------------------------------------

@@ -149,6 +149,9 @@ def client_for(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: 
             jc.scale(jobs=n)
             log.info("cluster %s: %d jobs of %s", profile, n, describe(jc))
         return Client(jc), jc
+    from xrdct_dask.limits import check_local_workers
+
+    check_local_workers(wf)  # before any worker starts
     lc = local_cluster(wf)
     return Client(lc), lc
 

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import dask
 import dask_jobqueue
-import yaml
 from dask.utils import parse_bytes
 from distributed.deploy.local import nprocesses_nthreads
 
@@ -157,10 +156,12 @@ def load_profile(profile: str | Path | dict, **overrides) -> Profile:
     else:
         path = profile_path(profile)
         name = path.stem
+        from xrdct_dask.config import WorkflowError, load_yaml_text, read_config_text
+
         try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ProfileError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            raw = load_yaml_text(read_config_text(path), str(path))
+        except WorkflowError as err:
+            raise ProfileError(str(err)) from None
     src = str(path or name)
     if not isinstance(raw, dict) or not isinstance(raw.get("jobqueue"), dict):
         raise ProfileError(f"{src}: needs a 'jobqueue:' mapping with one of {', '.join(KINDS)}")

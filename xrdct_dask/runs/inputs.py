@@ -16,6 +16,7 @@ from xrdct_dask.io.cbf import CorruptFrameError, frame_complete, read_cbf_payloa
 from xrdct_dask.io.layout import FrameTemplate
 from xrdct_dask.io.source import Hdf5Frames
 from xrdct_dask.io.spec import split_spec
+from xrdct_dask.limits import check_run_sizes
 from xrdct_dask.pipeline.frames import frame_file, frame_path, frame_source
 from xrdct_dask.view.console import console
 
@@ -55,6 +56,7 @@ def check_inputs(wf: Workflow):
         raise WorkflowError(f"inputs.poni: {wf.inputs.poni} has {', '.join(bad)}: not a usable geometry")
     det_shape = ai.detector.max_shape
     shape = _hdf5_frame_shape(wf) if wf.frames_hdf5 else _cbf_frame_shape(wf, det_shape)
+    check_run_sizes(wf, shape)  # before anything of the scan's, the bins' or a frame's size is allocated
     if det_shape is not None and tuple(det_shape) != tuple(shape):
         raise WorkflowError(f"inputs.poni: the PONI's detector is {det_shape[0]} x {det_shape[1]} pixels but the "
                             f"frames are {shape[0]} x {shape[1]}")
@@ -122,14 +124,15 @@ def _hdf5_frame_shape(wf: Workflow) -> tuple[int, int]:
     """The frame shape of an HDF5 source (opened: its file, dataset and links are checked)."""
     try:
         src = frame_source(wf)
-    except (OSError, ValueError, KeyError) as err:
-        raise WorkflowError(f"inputs.frames: {err}") from None
+        shape = tuple(src.frame_shape)  # a file per slice or line: the first one's, opened here
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise WorkflowError(f"inputs.frames: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if src.nframes is not None and src.nframes < wf.scan.nframes:
         per_slice = wf.scan.nomega * wf.scan.nx
         console.warning("inputs.frames: %s holds %d frames (%d whole slices), the workflow %d (%d slices, scan.nz): "
                         "the others are flagged missing", src.spec, src.nframes, src.nframes // per_slice,
                         wf.scan.nframes, wf.scan.nz)
-    return tuple(src.frame_shape)
+    return shape
 
 
 def input_files(wf: Workflow) -> dict[str, Path]:
@@ -230,13 +233,16 @@ def frames_present(wf: Workflow):
         def present(i: int) -> bool:
             try:
                 return src.layout.local(i) < src.unit(src.file_of(i)).nframes
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, RuntimeError):
                 return False
         return present
 
     try:
         src = Hdf5Frames(*split_spec(wf.inputs.frames))  # not the per-process cache: the file may have grown
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, RuntimeError):
         return lambda i: False
-    return lambda i: i < src.nframes and int(src.map.segment[i]) >= 0 and not src.segments[
-        int(src.map.segment[i])].missing
+
+    def there(i: int) -> bool:  # in a data file that is there and readable (a bad file: its frames only)
+        seg = src.segments[int(src.map.segment[i])] if i < src.nframes and int(src.map.segment[i]) >= 0 else None
+        return seg is not None and not seg.missing and not seg.flag
+    return there

@@ -20,7 +20,7 @@ import numpy as np
 from xrdct_dask import store
 from xrdct_dask.backend import resolve_engine
 from xrdct_dask.config import Workflow, WorkflowError, changed_keys
-from xrdct_dask.io.status import PARTIAL, FrameStatus
+from xrdct_dask.io.status import REREAD_WHEN_WHOLE, FrameStatus
 from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
 from xrdct_dask.pdf.background import load_background
 from xrdct_dask.pipeline.context import RunContext
@@ -205,8 +205,7 @@ def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | No
     path = Path(wf.store.path)
     overwrite = wf.store.overwrite if overwrite is None else overwrite
     check_recon_engine(wf)
-    for left in store.leftovers(path):
-        log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
+    report_leftovers(path)
     attrs = store.root_attrs(path) if store.is_store(path) else None
     if attrs is not None and attrs.get("template_complete") and not overwrite:
         if attrs.get("work_digest") != wf.work_digest():
@@ -254,8 +253,8 @@ def _resume(wf: Workflow, path: Path) -> RunContext:
 
 def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
     """Clear the done-markers of integrated blocks holding frames worth reading again: an I/O error,
-    or a frame missing or partly written when it was read (a run during the acquisition) whose
-    file is whole now (:data:`~xrdct_dask.io.status.RETRIED`, :data:`~xrdct_dask.io.status.PARTIAL`).  The
+    or a frame missing, not a regular file or partly written when it was read (a run during the
+    acquisition) whose file is whole now (:data:`~xrdct_dask.io.status.REREAD_WHEN_WHOLE`).  The
     markers of the slice's later stages (centre, reconstruction, G(r)) are cleared too: they are
     made from those blocks.
     Returns ``(frames, blocks)`` reopened.  Read slice by slice."""
@@ -270,7 +269,7 @@ def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
     for z in np.nonzero(done.any(axis=1))[0]:
         st = status_arr[z]
         retry = st == FrameStatus.IO_ERROR
-        late = np.isin(st, [int(FrameStatus.MISSING), *(int(c) for c in PARTIAL)])
+        late = np.isin(st, [int(c) for c in REREAD_WHEN_WHOLE])
         missing = np.argwhere(late & done[z].repeat(wc)[:st.shape[0], None])
         if missing.size:
             idx = index_arr[z]
@@ -289,3 +288,15 @@ def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
         frames += int(retry.sum())
         blocks += len(reopen)
     return frames, blocks
+
+
+def report_leftovers(path) -> None:
+    """Remove the half-built stores killed runs left beside ``path`` where they are provably this
+    program's and stale (:func:`store.clean_leftovers`), and say so; say what is left."""
+    removed, kept = store.clean_leftovers(path)
+    for left in removed:
+        log.warning("%s: removed (a half-built store of a run that was stopped)", left)
+    for left in kept:
+        log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
+
+

@@ -104,6 +104,12 @@ def waves(unit_tasks: list[int], max_tasks: int) -> list[list[int]]:
     return out
 
 
+def count_waves(units: int, unit_tasks: int, max_tasks: int) -> int:
+    """``len(waves([unit_tasks] * units, max_tasks))`` without the list (a plan of 1e9 slices on paper)."""
+    per_wave = max(1, max(1, max_tasks // 2) // max(1, unit_tasks))
+    return -(-units // per_wave)
+
+
 @dataclass
 class StagePlan:
     tasks: int
@@ -325,7 +331,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         plans[st.name] = StagePlan(nz * per_slice[st.name], st.read(sizes), written(st.name), held[st.name])
     tasks = sum(p.tasks for p in plans.values())
     spw = max(1, (wf.compute.max_tasks // 2) // t_slice)
-    nwaves = len(waves([t_slice] * nz, wf.compute.max_tasks))
+    nwaves = count_waves(nz, t_slice, wf.compute.max_tasks)
     # chunk files a finished run holds
     chunks = {sp.path: sp.nchunks if sp in written_specs else 0 for sp in specs}
     # metadata: a zarr.json for the root, each group, each array, and each coordinate (+ its one chunk)

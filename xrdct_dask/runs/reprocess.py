@@ -38,6 +38,7 @@ from xrdct_dask.runs.open import (
     context_from_store,
     open_run,
     pdf_store_args,
+    report_leftovers,
     store_markers,
     view_store_args,
 )
@@ -112,6 +113,8 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
     if out is None:
         out = parent.with_name(f"{parent.stem}-{wf.work_digest()[:8]}.zarr")
     out = Path(out).resolve()
+    if out == parent.resolve() or parent.resolve() in out.parents:
+        raise WorkflowError(f"--out: {out} lies inside the parent store {parent}: choose a path outside it")
     wf = workflow_from_dict(old, overrides={**overrides, "store.path": str(out), "store.overwrite": False},
                             source=f"{parent} (stored workflow)")
     flat_old, flat_new = flatten(old), flatten(wf.model_dump(mode="json"))
@@ -159,6 +162,7 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
     """A new store whose upstream groups share the parent's chunks (start = recon or pdf): it takes
     the parent's layout, so that the shared arrays have the same chunks."""
     wf, parent, out = rp.workflow, rp.parent, rp.out
+    report_leftovers(out)  # a killed reprocess's half-built store: removed where provably stale, else said
     pattrs = store.read_attrs(parent)
     layout = store.layout_of(parent)
     coord = {n: store.open_array(parent, n, "r")[:] for n in ("q", "omega", "x", "z")}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from xrdct_dask import store
+from xrdct_dask.pipeline.stages import FRAMES_STAGE
 
 SOFTWARE = "xrdct-dask center"
 
@@ -63,7 +64,7 @@ def write_center_picture(path: str | Path, z: int | None = None, out: str | Path
     z = nz // 2 if z is None else int(z)
     if not 0 <= z < nz:
         raise CenterPictureError(f"--z {z}: the run has slices 0 to {nz - 1}")
-    if not store.task_state(path).integrate[z].all():
+    if not store.task_state(path)[FRAMES_STAGE][z].all():
         raise CenterPictureError(f"slice {z} of {path} is not integrated yet: nothing to centre")
     out = Path(out) if out is not None else center_picture_path(path, z)
     inside = Path(out).resolve()
