@@ -78,6 +78,9 @@ if os.environ.get("XRDCT_DOCS_INTERSPHINX") == "1":
         "pyFAI": ("https://www.silx.org/doc/pyFAI/latest", None),
     }
 
+# "--set" and "..." in command-line help stay as typed (no en dashes or ellipses)
+smartquotes = False
+
 html_theme = "pydata_sphinx_theme"
 html_title = f"xrdct-dask {version}"
 html_theme_options = {
