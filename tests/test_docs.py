@@ -9,6 +9,7 @@ without executing the notebooks (tests/test_notebooks.py does), and reads the bu
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import pkgutil
@@ -135,8 +136,9 @@ def test_api_reference_has_a_page_for_every_public_module():
 
 
 def test_store_page_lists_every_array_of_both_pdf_orders():
-    """The store page's arrays are those a store of either PDF order has (array_specs with the stage
-    table's markers), each with the units create_store gives it."""
+    """The store page's arrays are those a store of either PDF order can have (array_specs with the
+    stage table's markers and every optional array switched on), each with the units create_store
+    gives it."""
     from xrdct_dask.pipeline.stages import Sizes, marker_specs
     from xrdct_dask.store.budget import Layout
     from xrdct_dask.store.layout import VARIABLE_ATTRS, array_specs
@@ -146,8 +148,10 @@ def test_store_page_lists_every_array_of_both_pdf_orders():
     for order in ("recon-then-pdf", "pdf-then-recon"):
         wf = xrdct_docs._example_workflow(order)
         markers = marker_specs(wf, Sizes.of(wf, nq=4, nr=4, layout=layout))
+        switches = {n: True for n, p in inspect.signature(array_specs).parameters.items() if p.default is False}
         paths |= {s.path for s in array_specs(nz=1, nomega=4, nx=4, nq=4, nr=4, layout=layout, markers=markers,
-                                              pdf_sinograms=order == "pdf-then-recon", aux_channels=3)}
+                                              aux_channels=3, **switches)}
+    assert {"reduced/intensity", "recon/intensity", "pdf/G", "pdf/G_sinogram", "tasks/integrate"} <= paths
     text = xrdct_docs.store_page()
     listed = set(re.findall(r"^\| ``([\w/]+)`` \|", text, flags=re.M))
     assert listed == paths, listed ^ paths
@@ -158,12 +162,19 @@ def test_store_page_lists_every_array_of_both_pdf_orders():
 
 
 def test_errors_page_lists_every_error_class_with_what_to_do():
-    """Every exception class of xrdct_dask.errors has a row (and the troubleshooting page a section,
-    the row's link target); the examples are real messages, one line each."""
+    """Every exception class of xrdct_dask.errors, and every other subclass of its root a module of
+    the package defines, has a row (and the troubleshooting page a section, the row's link target);
+    the examples are real messages, one line each."""
+    import xrdct_dask
     from xrdct_dask import errors
 
     classes = [c for c in vars(errors).values() if inspect.isclass(c) and issubclass(c, BaseException)
                and c.__module__ == errors.__name__]
+    for m in pkgutil.walk_packages(xrdct_dask.__path__, "xrdct_dask."):
+        if not any(p.startswith("_") for p in m.name.split(".")):
+            module = importlib.import_module(m.name)
+            classes += [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, errors.XrdctError)
+                        and c.__module__ == m.name]
     text = xrdct_docs.errors_page()
     guide = (DOCS / "guide" / "troubleshooting.md").read_text()
     for c in classes:
@@ -251,13 +262,16 @@ def test_markdown_cells_render_as_written(text):
 
 
 def test_pages_link_only_to_pages_that_exist():
-    """Relative links of the hand-written pages point at files of docs/ (the build checks anchors)."""
+    """Relative links of the hand-written pages point at files of docs/ or at pages the generator
+    writes (the build checks anchors)."""
+    generated = {(DOCS / "api" / name).resolve() for name in xrdct_docs.api_pages()}
     broken = []
     for page in DOCS.rglob("*.md"):
         if "_build" in page.parts or page.name == "README-outline.md":
             continue
         for target in re.findall(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)", page.read_text()):
-            if not (page.parent / target).exists() and not target.endswith(".ipynb"):
+            there = (page.parent / target).resolve()
+            if not there.exists() and there not in generated and not target.endswith(".ipynb"):
                 broken.append(f"{page.relative_to(DOCS)} -> {target}")
             if target.endswith(".ipynb") and not (ROOT / "notebooks" / Path(target).name).exists():
                 broken.append(f"{page.relative_to(DOCS)} -> {target}")

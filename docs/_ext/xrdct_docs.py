@@ -365,32 +365,42 @@ def _marker_specs(order: str):
     from xrdct_dask.pipeline.stages import stages_of
     from xrdct_dask.store.layout import MarkerSpec
 
-    return [MarkerSpec(st.name, f"{st.unit}s", st.marker_dim, st.marker == "value", *st.marker_doc)
+    return [MarkerSpec(st.name, f"{st.name} tasks per slice", st.marker_dim, st.marker == "value", *st.marker_doc)
             for st in stages_of(_example_workflow(order)) if st.marker]
 
 
-def _symbolic_specs(order: str) -> list:
+def _flags(fn) -> list[str]:
+    """The keyword switches of ``fn`` (``bool``, default False): the optional arrays of a store
+    (``pdf_sinograms``, and whatever optional arrays come after it), all read from the signature."""
+    return [n for n, p in inspect.signature(fn).parameters.items() if p.default is False]
+
+
+def _symbolic_specs(order: str, on: set[str]) -> list:
+    """``array_specs`` with the sizes by name and the switches in ``on``; ``pdf_sinograms`` only
+    where ``order`` is pdf-then-recon (its arrays are that order's)."""
     from xrdct_dask.store.layout import array_specs
 
+    flags = {f: f in on and (f != "pdf_sinograms" or order == "pdf-then-recon") for f in _flags(array_specs)}
     return array_specs(nz="nz", nomega="nomega", nx="nx", nq="nq", nr="nr", layout=_SymbolicLayout(),
-                       markers=_marker_specs(order), pdf_sinograms=order == "pdf-then-recon",
-                       aux_channels="channels" if order == "pdf-then-recon" else 0)
+                       markers=_marker_specs(order), aux_channels="channels", **flags)
 
 
 def store_arrays() -> list[dict]:
-    """Every array a run's store can hold, for both PDF orders: ``path``, ``dims``, ``dtype``,
-    symbolic ``shape`` and ``chunks``, ``fill``, ``units``, ``long_name`` and ``orders`` (the
-    ``pdf.order`` values whose stores have it)."""
+    """Every array a run's store can hold: ``path``, ``dims``, ``dtype``, symbolic ``shape`` and
+    ``chunks``, ``fill``, ``units``, ``long_name`` and ``only`` (what a store needs to have it:
+    ``pdf.order: pdf-then-recon``, or a switch of ``array_specs``; empty for every store)."""
     import numpy as np
 
     from xrdct_dask.pipeline.stages import Sizes, marker_specs
     from xrdct_dask.store.budget import Layout
-    from xrdct_dask.store.layout import create_store
+    from xrdct_dask.store.layout import array_specs, create_store
 
+    switches = set(_flags(array_specs))
     rows: dict[str, dict] = {}
     for order in ("recon-then-pdf", "pdf-then-recon"):
         wf = _example_workflow(order)
-        # a tiny store as a run creates it: the units and long names are those create_store writes
+        # a tiny store as a run creates it, every optional array switched on: the units and long
+        # names are those create_store writes
         layout = Layout(omega_chunk=4, q_chunk=4, q_sub=4, y_chunk=3, r_chunk=5, budget=2**26)
         sizes = Sizes.of(wf, nq=8, nr=10, layout=layout)
         aux = ["scale", "g_low", "f_top"] if order == "pdf-then-recon" else None
@@ -398,15 +408,27 @@ def store_arrays() -> list[dict]:
             root = create_store(Path(tmp) / "run.zarr", nz=2, nomega=8, nx=6, radial=np.linspace(1, 40, 8),
                                 radial_unit="q_nm^-1", omega_deg=np.linspace(0, 180, 8, endpoint=False),
                                 x_mm=np.arange(6.0), z_mm=np.arange(2.0), r_A=np.linspace(0.5, 5, 10),
-                                layout=layout, attrs={}, markers=marker_specs(wf, sizes), aux_channels=aux)
+                                layout=layout, attrs={}, markers=marker_specs(wf, sizes), aux_channels=aux,
+                                **{f: True for f in _flags(create_store)})
             attrs = {f"{g}/{n}": dict(a.attrs) for g, grp in root.groups() for n, a in grp.arrays()}
-        for spec in _symbolic_specs(order):
+        base = {sp.path for sp in _symbolic_specs(order, set())}
+        needs = {sp.path: f for f in switches for sp in _symbolic_specs(order, {f}) if sp.path not in base}
+        for spec in _symbolic_specs(order, switches):
             a = attrs.get(spec.path, {})
             row = rows.setdefault(spec.path, {
                 "path": spec.path, "dims": spec.dims, "dtype": spec.dtype, "shape": spec.shape,
                 "chunks": spec.chunks, "fill": spec.fill, "units": a.get("units", ""),
-                "long_name": a.get("long_name", ""), "orders": []})
+                "long_name": a.get("long_name", ""), "orders": [], "switch": needs.get(spec.path)})
             row["orders"].append(order)
+            if a.get("long_name") and a["long_name"] not in row["long_name"]:  # a marker of another stage unit
+                row["long_name"] = f"{row['long_name']} ({row['orders'][0]}); {a['long_name']} ({order})"
+    for row in rows.values():
+        if row["switch"] == "pdf_sinograms" or len(row["orders"]) == 1:
+            row["only"] = f"pdf.order {row['orders'][0]} only"
+        elif row["switch"]:
+            row["only"] = f"stores with {row['switch']} only"
+        else:
+            row["only"] = ""
     return list(rows.values())
 
 
@@ -428,7 +450,7 @@ def store_page() -> str:
         lines.append(f"### `{g}/`\n")
         table = []
         for r in arrays:
-            only = "" if len(r["orders"]) == 2 else f" (pdf.order {r['orders'][0]} only)"
+            only = f" ({r['only']})" if r["only"] else ""
             fill = "NaN" if isinstance(r["fill"], float) and r["fill"] != r["fill"] else str(r["fill"])
             table.append([md_code(r["path"]), md_code(_tuple(r["dims"])), md_code(r["dtype"]),
                           md_code(_tuple(r["shape"])), md_code(_tuple(r["chunks"])), md_code(fill),
@@ -503,12 +525,21 @@ def stages_page() -> str:
 # errors: the classes, where they are raised, and real messages
 # ------------------------------------------------------------------------------------------
 def error_classes() -> list[type]:
-    """Every exception class defined in ``xrdct_dask.errors``, in file order."""
+    """Every error class of the package: those of ``xrdct_dask.errors`` in file order, then any
+    other subclass of its root, :class:`~xrdct_dask.errors.XrdctError`, that a public module
+    defines (an engine's own error beside its code), by module."""
     from xrdct_dask import errors
 
-    return [c for _, c in sorted(((inspect.getsourcelines(c)[1], c) for c in vars(errors).values()
-                                  if inspect.isclass(c) and issubclass(c, BaseException)
-                                  and c.__module__ == errors.__name__), key=lambda x: x[0])]
+    def defined_in(module) -> list[type]:
+        found = [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, BaseException)
+                 and c.__module__ == module.__name__]
+        return sorted(found, key=lambda c: inspect.getsourcelines(c)[1])
+
+    out = defined_in(errors)
+    for name in public_modules():
+        if name != errors.__name__:
+            out += [c for c in defined_in(importlib.import_module(name)) if issubclass(c, errors.XrdctError)]
+    return out
 
 
 def raised_in() -> dict[str, list[str]]:
