@@ -80,6 +80,7 @@ if os.environ.get("XRDCT_DOCS_INTERSPHINX") == "1":
 
 # "--set" and "..." in command-line help stay as typed (no en dashes or ellipses)
 smartquotes = False
+highlight_language = "text"  # the docstrings' indented blocks are diagrams and layouts, not Python
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"xrdct-dask {version}"
@@ -88,5 +89,6 @@ html_theme_options = {
     "show_toc_level": 2,
     "secondary_sidebar_items": ["page-toc"],
 }
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["xrdct.css"]
 html_last_updated_fmt = None
