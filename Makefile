@@ -16,7 +16,7 @@ export MPLCONFIGDIR   := $(HOMEDIR)/matplotlib
 export CUPY_CACHE_DIR := $(HOMEDIR)/cupy
 DIRS := $(TMPDIR) $(XDG_CACHE_HOME) $(XDG_DATA_HOME) $(IPYTHONDIR) $(MPLCONFIGDIR)
 
-.PHONY: demo test test-slurm test-browser quick install bench clean slurm-up slurm-down notebooks throughputs chromium
+.PHONY: demo test test-slurm test-browser quick install bench clean slurm-up slurm-down notebooks throughputs chromium docs
 
 $(DIRS):
 	@mkdir -p $@
@@ -97,8 +97,20 @@ throughputs: $(STAMP)
 	$(BIN)/python -c "import json; from xrdct_dask.runs.plan import read_throughputs; from xrdct_dask.resources import THROUGHPUTS; \
 		THROUGHPUTS.write_text(json.dumps({'source': 'benchmarks/RESULTS.md', **read_throughputs('benchmarks/RESULTS.md')}, indent=1) + '\n')"
 
+# the documentation site into docs/_build/html (docs/index.md, "About these pages"): warnings are
+# errors and the notebooks are executed (a few minutes); XRDCT_DOCS_EXECUTE=off builds it without
+# executing them, as tests/test_docs.py does in `make test`
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[test,docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu.py
 
 clean:
-	rm -rf demo .pytest_cache .hypothesis build/home build/tmp
+	rm -rf demo .pytest_cache .hypothesis build/home build/tmp docs/_build

@@ -358,7 +358,7 @@ class View(_Section):
     map_pixels: int = Field(512, ge=16, description="the view copy's maps have at most this many pixels a side "
                                                     "(larger slices: voxels averaged in s x s blocks)")
     phases: dict[str, list[Annotated[float, Field(gt=0)]]] = Field(
-        default_factory=dict, description="d-spacings (angstrom) marked on voxel patterns, by phase: "
+        {}, description="d-spacings (angstrom) marked on voxel patterns, by phase: "
                                           "{Ni: [2.034, 1.762, 1.246]}")
 
 
