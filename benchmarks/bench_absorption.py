@@ -2,7 +2,7 @@
 
 One slice of the simulator's phantom (``--nx`` voxels across, ``--nomega`` angles, ``--nq`` q bins
 spread over 2theta = 1..30 degrees, attenuation up to ``--mu`` per pixel) is reconstructed by FBP
-alone and by :func:`xrdct_dask.absorption.absorption_reconstruct` with ``--iterations`` updates,
+alone and by :func:`xrdct_dask.sinogram.absorption.absorption_reconstruct` with ``--iterations`` updates,
 on the CPU and, where cupy sees a GPU, on the GPU (CUDA-synchronised).  Prints the medians of
 ``--repeat`` runs and the ratio; ``--json`` writes them.
 
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xrdct_dask.absorption import absorption_reconstruct  # noqa: E402
+from xrdct_dask.sinogram.absorption import absorption_reconstruct  # noqa: E402
 from xrdct_dask.backend import cp, gpu_available  # noqa: E402
 from xrdct_dask.recon import fbp, project  # noqa: E402
 from xrdct_dask.simulate import make_phantom, omega_angles_deg

@@ -181,7 +181,7 @@ def main() -> int:
     try:  # the simulator's home since the layered package; testing.synthetic before (older checkouts)
         from xrdct_dask.simulate import make_integrator, simulate_scan
     except ImportError:
-        from xrdct_dask.testing.synthetic import make_integrator, simulate_scan
+        from xrdct_dask.simulate import make_integrator, simulate_scan
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_decode_"))
     nx = 8

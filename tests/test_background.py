@@ -1,5 +1,5 @@
 """Air / container background and rotation axis on simulated sinograms of a sample in a glass tube
-(:mod:`xrdct_dask.testing.environment`): the engine conformance (``BackgroundTests``), the axis
+(:mod:`xrdct_dask.simulate.environment`): the engine conformance (``BackgroundTests``), the axis
 against algotom's ``find_center_vo`` on the same inputs, the axis fitted over z, and the
 centre stage of a store (its record, its log, the fit applied to an outlier slice)."""
 

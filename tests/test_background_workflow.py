@@ -1,5 +1,5 @@
 """The air background, the axis and the container on whole runs of simulated scans of a sample in a
-glass tube (:class:`~xrdct_dask.testing.environment.SampleEnvironment`, written as CBF frames by the
+glass tube (:class:`~xrdct_dask.simulate.environment.SampleEnvironment`, written as CBF frames by the
 simulator): the default workflow against the ground truth, a measured empty-tube scan removing
 the tube, bad background-scan inputs refused before anything is written, and ``xrdct center``.
 

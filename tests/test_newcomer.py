@@ -174,7 +174,7 @@ def test_rerun_says_nothing_when_no_frame_is_read_again_and_one_line_when_some_a
     console line says how many frames and blocks are redone, and no raw ``WARNING module:`` log."""
     wf = wf_for(scan, tmp_path / "run.zarr")
     open_run(wf)  # the template, no task done
-    prepare_log = logging.getLogger("xrdct_dask.prepare")
+    prepare_log = logging.getLogger("xrdct_dask.runs")  # open, inputs, scanlayout
     with Said(console) as said, Said(prepare_log) as raw:
         open_run(wf)
     assert "read again" not in said.text + raw.text

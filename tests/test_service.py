@@ -374,7 +374,7 @@ def test_a_cancelled_run_keeps_its_done_tasks_and_resumes_when_submitted_again(s
             path = Path(job["store"])
             t0 = time.time()
             while not (store.is_store(path) and (store.root_attrs(path) or {}).get("template_complete")
-                       and store.task_state(path).integrate.any()):
+                       and store.task_state(path)["integrate"].any()):
                 assert time.time() - t0 < 120 and served.service.get(job["id"])["status"] in ("queued", "running")
                 time.sleep(0.1)
             assert served.http("DELETE", f"/jobs/{job['id']}")[0] == 202

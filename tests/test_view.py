@@ -1,4 +1,4 @@
-"""The viewer (xrdct_dask.view) and the run's view copy (xrdct_dask.viewcopy), without a browser.
+"""The viewer (xrdct_dask.view) and the run's view copy (xrdct_dask.store.viewcopy), without a browser.
 
 The stores are written straight in the run's layout from the simulator's ground truth
 (:mod:`xrdct_dask.testing.viewstores`: phase maps x Debye patterns, their projections, G(r) per

@@ -220,7 +220,7 @@ class Sinogram(_Section):
     jitter: bool = Field(False, description="per-projection shift correction from the centre of mass")
     max_jitter_px: float = Field(3.0, gt=0, description="largest jitter correction, pixels")
     absorption: Literal["off", "transmission", "scattering"] = Field(
-        "off", description="self-absorption correction (xrdct_dask.absorption): the attenuation map from "
+        "off", description="self-absorption correction (xrdct_dask.sinogram.absorption): the attenuation map from "
                            "inputs.transmission, or from the total scattering (absorption_mu_max_per_mm)")
     absorption_exit: Literal["scattering-angle", "beam"] = Field(
         "scattering-angle", description="exit path of the scattered beam: at 2theta(q), averaged over azimuth; or "

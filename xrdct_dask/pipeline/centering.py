@@ -2,13 +2,13 @@
 
 :func:`slice_geometry` (the ``center`` task of slice z) prepares the slice's q-summed sinogram as
 the q blocks will be (bad frames, zingers, measured background, air, stripes, jitter), finds the
-air columns (``sinogram.background: auto``, :mod:`xrdct_dask.air`) and the rotation axis by
-mirror matching (:mod:`xrdct_dask.axis`) twice: on the q sum, and on the most structured q bins
+air columns (``sinogram.background: auto``, :mod:`xrdct_dask.sinogram.air`) and the rotation axis by
+mirror matching (:mod:`xrdct_dask.sinogram.axis`) twice: on the q sum, and on the most structured q bins
 of the slice's most structured q block (its air removed per q); the estimate with the higher
 confidence is the slice's own.  Everything it found is written to ``recon/slice_info`` (a JSON per
 slice: its own chunk, so slices never share a write) and returned to the recon tasks.
 
-:func:`refit_axis` runs after a run's slices: a robust line through the slices' own estimates
+:func:`xrdct_dask.runs.refit.refit_axis` runs after a run's slices: a robust line through the slices' own estimates
 over z (a tilted axis moves linearly; :func:`xrdct_dask.sinogram.axis.fit_axis_over_z`), recorded in the
 ``recon`` group's attrs (``axis_fit``).  A slice the fit rejects (an outlier, or a confidence too
 low to weigh) and whose centre is off the line by more than ``REFIT_TOLERANCE_PX`` is reopened:
@@ -47,7 +47,7 @@ def stored_geometry(path, z: int) -> dict | None:
 
 
 def recorded_fit(path) -> dict | None:
-    """The ``axis_fit`` of a store's ``recon`` attrs (:func:`refit_axis`), None before any."""
+    """The ``axis_fit`` of a store's ``recon`` attrs (:func:`xrdct_dask.runs.refit.refit_axis`), None before any."""
     import zarr
 
     try:

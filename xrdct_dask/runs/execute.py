@@ -153,7 +153,7 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
 
 
 def _refit_axes(client, ctxs: list[RunContext], token: str, resources: dict, progress: bool):
-    """The axis fitted over z of every store (:func:`xrdct_dask.pipeline.centering.refit_axis`), and the
+    """The axis fitted over z of every store (:func:`xrdct_dask.runs.refit.refit_axis`), and the
     slices it reopens computed again, as one graph: yields ``(tag, stage, result)``."""
     from xrdct_dask.runs.refit import refit_axis
 

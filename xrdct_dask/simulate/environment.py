@@ -1,6 +1,6 @@
 """What surrounds a real XRD-CT sample, for the simulator: a glass tube, air, an off-centre axis.
 
-:class:`SampleEnvironment` describes it and gives the simulator (:func:`~xrdct_dask.testing.synthetic.simulate_scan`,
+:class:`SampleEnvironment` describes it and gives the simulator (:func:`~xrdct_dask.simulate.simulate_scan`,
 ``environment=``) what it needs, each with its ground truth:
 
 * **a glass tube** (a capillary or reactor wall) around the phantom: an annulus of amorphous

@@ -156,7 +156,7 @@ def _rotated_path_integrals(mu: np.ndarray, phi_deg: float, upsample: int = 2) -
     (x right, y up): ``mu`` upsampled, turned (skimage ``rotate``) so that ``e`` points down the rows,
     summed down each column (a cell's own half included), turned back and averaged over each
     pixel's sub-pixels.  (The simulator's own discretisation: the correction in
-    :mod:`xrdct_dask.absorption` samples along the rays instead.)"""
+    :mod:`xrdct_dask.sinogram.absorption` samples along the rays instead.)"""
     from skimage.transform import rotate
 
     fine = np.kron(mu, np.ones((upsample, upsample)))

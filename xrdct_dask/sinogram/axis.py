@@ -18,7 +18,7 @@ sinogram and its mirror agree best:
   background that does not rotate with the sample (air, a detector offset) is the same at every
   angle, and so drops out exactly.
 
-Both run on a background-corrected sinogram (:mod:`xrdct_dask.air`); a coarse search on whole
+Both run on a background-corrected sinogram (:mod:`xrdct_dask.sinogram.air`); a coarse search on whole
 half-pixel candidates (whole-pixel shifts of the mirror) over a range around the support's
 centre, then the sub-pixel minimisation around the best.  The **confidence** is the metric's
 contrast, ``1 - min / median`` over the coarse range: near 1 for a sharp minimum, near 0 where

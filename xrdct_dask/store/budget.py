@@ -114,7 +114,7 @@ def pdf_bytes(rows: int, nx: int, nq: int, nr: int, batch: int = PDF_BATCH["nump
 
 def center_bytes(nomega: int, nx: int, q_sub: int = 0, omega_chunk: int = 0, nq: int = 0) -> int:
     """The centre of a slice: its q-summed sinogram, frame_ok, and the preparation's temporaries;
-    with ``q_sub`` the axis on the structured q bins too (:mod:`xrdct_dask.centering`): the first
+    with ``q_sub`` the axis on the structured q bins too (:mod:`xrdct_dask.pipeline.centering`): the first
     ``omega_chunk`` projections of every q (intensity, sigma and their corrected copies) to choose
     a block of ``q_sub`` bins, then, those freed, that block of every projection read and prepared."""
     return int(4 * nomega * nx * (PREP_COPIES + 2) + max(SCORE_COPIES * 4 * omega_chunk * nx * nq,

@@ -3,7 +3,7 @@
 For the viewer's tests and benchmark (``benchmarks/bench_view.py``): a store of any size without
 simulating and reducing its frames, which at 1000 x 1000 voxels x 2000 q would take hours on a
 CPU.  The arrays are what a perfect run would hold: ``recon/intensity`` = the phantom's phase
-maps (:func:`~xrdct_dask.testing.synthetic.make_phantom`) times their Debye patterns,
+maps (:func:`~xrdct_dask.simulate.make_phantom`) times their Debye patterns,
 ``reduced/intensity`` = their pencil-beam projections (skimage ``radon``) times the patterns
 (then ``reduced/total``), ``pdf/G`` = G(r) of each voxel's pattern (:func:`xrdct_dask.pdf.compute_pdf`),
 with Gaussian noise of ``noise`` times the patterns' mean (so that the chunks compress as measured

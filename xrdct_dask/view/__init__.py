@@ -1,6 +1,6 @@
 """The display layer: what a person looks at.  It reads stores and never writes into a run's store.
 
-    console.py  the run's messages (the ``xrdct_dask.console`` logger the CLI and notebooks show)
+    console.py  the run's messages (the ``xrdct_dask.view.console`` logger the CLI and notebooks show)
     summary.py  the summary picture of a run (``RUN-summary.png``)
     live.py     a watch's status and live picture
     data.py     the viewer's data, read from a store (maps, patterns, sinograms, d-lines, .xy/.gr text;

@@ -2,7 +2,7 @@
 
 Everything is read with zarr in read mode, without locks and without writing (a store being
 filled by ``xrdct watch`` included: zarr replaces chunks by rename, so a read sees a chunk whole,
-old or new).  Each slice is read from its view copy (:mod:`xrdct_dask.viewcopy`) once the run
+old or new).  Each slice is read from its view copy (:mod:`xrdct_dask.store.viewcopy`) once the run
 has written it (``tasks/view``), else from the chunks the run computes with -- exact, and as fast
 as those chunks allow (fine for small slices; a 1000 x 1000 slice's q map then decodes a q
 block).  Files written for other programs (.xy, .gr) always hold the exact stored values.

@@ -1,7 +1,7 @@
-"""Conformance of the air / container background and the axis finder (:mod:`xrdct_dask.air`,
-:mod:`xrdct_dask.axis`), on every engine.
+"""Conformance of the air / container background and the axis finder (:mod:`xrdct_dask.sinogram.air`,
+:mod:`xrdct_dask.sinogram.axis`), on every engine.
 
-The data are the simulator's sample in its surroundings (:mod:`xrdct_dask.testing.environment`):
+The data are the simulator's sample in its surroundings (:mod:`xrdct_dask.simulate.environment`):
 the phantom in a glass tube, air whose scattering changes linearly along x, the rotation axis off
 the detector's centre, as sinogram blocks ``(nomega, nx, nq)`` on a coarse Q grid with Poisson
 noise, and their ground truth (the air part, the phases' maps, the axis).  Subclass

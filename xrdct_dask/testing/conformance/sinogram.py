@@ -95,7 +95,7 @@ ABSORPTION_TWO_THETA_DEG = (2.0, 15.0, 30.0)
 @functools.cache
 def absorbing_scan():
     """A dense 32 px phantom slice (48 angles) scanned with self-absorption by the simulator
-    (:func:`~xrdct_dask.testing.synthetic.attenuated_projections`): ``(sino (nomega, n, 6), truth
+    (:func:`~xrdct_dask.simulate.attenuated_projections`): ``(sino (nomega, n, 6), truth
     (n, n, 6), clean (nomega, n, 6), omega_deg, mu (n, n) per pixel, transmission (nomega, n),
     two_theta_deg (6,))``; q bins: the Ni disk's and the whole sample's scattering, each at
     2theta = 2, 15 and 30 degrees; ``clean`` the same without attenuation."""
@@ -282,7 +282,7 @@ class SinogramPrepTests(EngineTests):
     def test_stripes_of_any_width_are_found_and_no_clean_column_is_flagged(self, case):
         """1-, 2- and 4-column stripes (gain errors of 8-12 % or offsets of 2-3 % of the maximum) and
         partial ones (over 60 or 70 of 200 angles) on a noisy phantom scan with air (three noise
-        draws): :func:`~xrdct_dask.stripes.find_stripes` of the q-summed sinogram names exactly the
+        draws): :func:`~xrdct_dask.sinogram.stripes.find_stripes` of the q-summed sinogram names exactly the
         striped columns -- no clean column, whatever the seed -- and the clean scan none.  A whole
         stripe covers every row; a partial one at least 80 % of its rows and at most one window
         (25 rows) beyond each of its ends."""
