@@ -13,11 +13,14 @@ import os
 import shutil
 import signal
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from xrdct_dask.runs.service import interruptible  # SIGINT default in the child, as in a terminal
 
 from xrdct_dask import store
 from xrdct_dask.config import WorkflowError, load_workflow
@@ -126,6 +129,22 @@ def _a_worker_spawned(p) -> bool:
         return False
 
 
+def test_no_import_takes_ctrl_c_away():
+    """Every module of the package imported, Ctrl-C is still Python's KeyboardInterrupt.
+    dask_jobqueue's runner module sets SIGINT to ``sys.exit()`` when imported: a Ctrl-C during the
+    stages then ended ``xrdct run`` with exit status 0 and no message, as if it had finished."""
+    code = textwrap.dedent("""
+        import importlib, pkgutil, signal, xrdct_dask
+        for m in pkgutil.walk_packages(xrdct_dask.__path__, "xrdct_dask."):
+            if "cupy" not in m.name and "astra" not in m.name:
+                importlib.import_module(m.name)
+        import dask_jobqueue.runner
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGINT)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=interruptible)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 @pytest.mark.slow  # a real `xrdct run` started and interrupted: ~10-20 s each
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("moment", ["workers-starting", "stages-running"])
@@ -137,7 +156,8 @@ def test_ctrl_c_at_any_moment_stops_the_run_with_one_line(scan, tmp_path, moment
     Ctrl-C was lost, and the run went on to exit 0."""
     cmd = [sys.executable, "-m", "xrdct_dask.cli", "run", str(scan.workflow), "--set",
            f"store.path={tmp_path / 'run.zarr'}", "--set", "store.omega_chunk=1", "--set", "compute.n_workers=2"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                         preexec_fn=interruptible)
     seen = []
     try:
         if moment == "workers-starting":

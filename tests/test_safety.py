@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from xrdct_dask.runs.service import interruptible  # SIGINT default in the child, as in a terminal
 import zarr
 
 from xrdct_dask import store
@@ -356,7 +358,8 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
     sc = simulate_scan(tmp_path / "scan", nz=2, nomega=32, nx=16, seed=2)
     p = subprocess.Popen([sys.executable, "-m", "xrdct_dask.cli", "run", str(sc.workflow), "--set",
                           "store.omega_chunk=1", "--set", "compute.n_workers=2"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=interruptible)
     deadline = time.time() + 120
     while not (sc.root / "run.zarr" / "tasks" / "integrate" / "c").exists() and time.time() < deadline:
         time.sleep(0.1)

@@ -41,13 +41,31 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import signal
+import threading
+
 import dask
-import dask_jobqueue
 from dask.utils import parse_bytes
 from distributed.deploy.local import nprocesses_nthreads
 
 from xrdct_dask.errors import ProfileError
 from xrdct_dask.resources import PROFILES_DIR
+
+
+def _import_jobqueue():
+    """``import dask_jobqueue``, keeping the process's Ctrl-C.  Its ``runner`` module (imported by
+    ``dask_jobqueue/__init__``) sets SIGINT to ``sys.exit()`` when imported: a Ctrl-C then ends the
+    process with exit status 0 and no message, as if the run had finished."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    import dask_jobqueue
+
+    if main and before is not None:
+        signal.signal(signal.SIGINT, before)
+    return dask_jobqueue
+
+
+dask_jobqueue = _import_jobqueue()
 
 log = logging.getLogger(__name__)
 

@@ -78,6 +78,13 @@ from xrdct_dask.ownfiles import exclusive_tmp
 
 log = logging.getLogger(__name__)
 
+
+def interruptible() -> None:
+    """In a job's process before it starts: Ctrl-C (SIGINT) back to its default.  A service started
+    in the background of a shell (``xrdct serve &``, nohup) ignores SIGINT, and an ignored signal
+    stays ignored across exec: a cancel (SIGINT first, so the run keeps what is done) would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 MAX_BODY = MAX_CONFIG_BYTES + (64 << 10)  # bytes of a submission: a workflow's text at most, and the fields
 FINAL = ("done", "failed", "cancelled", "interrupted")
 FIELDS = ("workflow", "workflow_yaml", "base_dir", "set", "mode", "idle_timeout")
@@ -382,7 +389,7 @@ class JobService:
         logfile = Path(job["log"])
         with open(logfile, "ab") as out:
             proc = subprocess.Popen(self.command(job), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=job["folder"], start_new_session=True)
+                                    cwd=job["folder"], start_new_session=True, preexec_fn=interruptible)
             with self._lock:
                 self._procs[job_id] = proc
                 cancelling = self.jobs[job_id]["status"] == "cancelling"

@@ -125,7 +125,7 @@ def view_specs(nz: int, vl: ViewLayout) -> list[ArraySpec]:
            ArraySpec(f"{VIEW}/sino_scale", (nz, vl.nqs), (1, vl.nqs), "float32", ("z", "q_plane"), np.nan)]
     if vl.nr:
         nrv = vl.nr_view
-        out += [tiles("g", nrv, nrv),
+        out += [tiles("g", nrv, vl.q_shard),  # shards of q_shard r points too: a task holds one shard
                 ArraySpec(f"{VIEW}/g_scale", (nz, nrv), (1, nrv), "float32", ("z", "vr"), np.nan),
                 ArraySpec(f"{VIEW}/g_mean", (nz, nrv), (1, nrv), "float32", ("z", "vr"), np.nan)]
     return out
@@ -269,8 +269,10 @@ def _write_tiles(path: Path, z: int, src: str, name: str, vl: ViewLayout, c_bin:
                 np.divide(sums, counts, out=block[ys.start // vl.s:-(-ys.stop // vl.s)])
             del rows, sums, counts
         scale[c0:c1] = f16_scale(block)
+        block *= scale[c0]  # in place (a power of 2: exact both ways), no second shard-sized temporary
         store.write_region(path, f"{VIEW}/{name}", (z, slice(None), slice(None), slice(c0, c1)),
-                           (block * scale[c0]).astype(np.float16))
+                           block.astype(np.float16))
+        block /= scale[c0]
         if coarse:  # NaN counts as 0 in a sum over q (the block is not needed any more: in place)
             starts = np.arange(0, c1 - c0, TILE)
             block[np.isnan(block)] = 0
