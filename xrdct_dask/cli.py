@@ -10,11 +10,38 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from xrdct_dask.config import WorkflowError, load_changes, load_workflow, parse_overrides, parse_value
+from xrdct_dask.config import load_changes, load_workflow, parse_overrides, parse_value
+from xrdct_dask.errors import ExportExistsError, XrdctError
 from xrdct_dask.view.console import show_messages
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# what a command may raise that is the user's to fix: one red line and exit status 2 (-v adds the
+# traceback).  Everything else is a bug and keeps its traceback.
+USER_ERRORS = (XrdctError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def one_line(err: BaseException) -> str:
+    """The message a user reads for ``err``, in the command line's spelling of options."""
+    if isinstance(err, ExportExistsError):
+        return err.hint("--overwrite")
+    return str(err)
+
+
+class _Commands(TyperGroup):
+    """The command group: maps the errors of every command to one line (:data:`USER_ERRORS`), in
+    this one place, instead of a ``try``/``except`` of its own in each command."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as err:
+            if logging.getLogger().isEnabledFor(logging.INFO):  # -v: where it came from too
+                logging.getLogger(__name__).info("traceback", exc_info=err)
+            _fail(one_line(err))
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Commands,
                   help="XRD-CT / PDF-CT reduction: simulate a scan, run a workflow, look at the result.")
 
 
@@ -206,18 +233,14 @@ def run(
 ) -> None:
     """Run a workflow: decode + integrate -> sinograms -> reconstruction -> G(r), into one zarr store."""
     with _until_ctrl_c():
-        from xrdct_dask.cluster.profiles import ProfileError
         from xrdct_dask.runs import execute as wfmod
 
         _logging(verbose)
         if cluster is not None and scheduler_address is not None:
             _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
-        try:
-            wf = load_workflow(workflow, _with_allow_missing(parse_overrides(set_), allow_missing))
-            path = wfmod.run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
-                             cluster_options=_cluster_options(cluster_set))
-        except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
-            _fail(str(err))
+        wf = load_workflow(workflow, _with_allow_missing(parse_overrides(set_), allow_missing))
+        path = wfmod.run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
+                         cluster_options=_cluster_options(cluster_set))
     typer.echo(f"store: {path}")
     _refuse_missing_slices(path, wf)
 
@@ -258,8 +281,6 @@ def watch(
     """Follow an acquisition: integrate frames as the detector writes them, reconstruct each slice
     once its sinogram is complete, into the same store as `xrdct run` (RUN-live.png shows it)."""
     with _until_ctrl_c():
-        from xrdct_dask.cluster.profiles import ProfileError
-        from xrdct_dask.runs import execute as wfmod
         from xrdct_dask.runs import live
         from xrdct_dask.view.live import live_paths
 
@@ -268,13 +289,10 @@ def watch(
             _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
         if not idle_timeout > 0:
             _fail(f"--idle-timeout must be > 0 s (got {idle_timeout})")
-        try:
-            live.wait_for_workflow(workflow, idle_timeout)  # an acquisition may write it after the watch starts
-            wf = load_workflow(workflow, _with_allow_missing(parse_overrides(set_), allow_missing))
-            res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
-                             jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)
-        except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
-            _fail(str(err))
+        live.wait_for_workflow(workflow, idle_timeout)  # an acquisition may write it after the watch starts
+        wf = load_workflow(workflow, _with_allow_missing(parse_overrides(set_), allow_missing))
+        res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
+                         jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)
     if res.timed_out:
         typer.echo(f"idle timeout: {res.missing} frames never came (flagged missing; a rerun reads them if they come)")
     typer.echo(f"store: {res.store}\nlive picture: {live_paths(res.store)[1]}")
@@ -306,11 +324,8 @@ def serve(
     from xrdct_dask.runs.service import JobService, is_loopback, make_server, new_token, read_token_file
 
     _logging(verbose)
-    try:
-        token = read_token_file(token_file) if token_file is not None else new_token()
-        service = JobService(jobs_dir, scheduler_address=scheduler_address, base_dir=base_dir, roots=root)
-    except WorkflowError as err:
-        _fail(str(err))
+    token = read_token_file(token_file) if token_file is not None else new_token()
+    service = JobService(jobs_dir, scheduler_address=scheduler_address, base_dir=base_dir, roots=root)
     try:
         server = make_server(service, host, port, token=token)
     except OSError as err:
@@ -379,15 +394,11 @@ def reprocess(
 ) -> None:
     """Rerun old runs from their stored workflow with changes, recomputing only the stages downstream of them."""
     with _until_ctrl_c():
-        from xrdct_dask.runs import execute as wfmod
         from xrdct_dask.runs import reprocess as rp
 
         _logging(verbose)
-        try:
-            overrides = {**(load_changes(changes) if changes is not None else {}), **parse_overrides(set_)}
-            paths = rp.reprocess(_expand_runs(runs), overrides, from_, out, scheduler_address=scheduler_address)
-        except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
-            _fail(str(err))
+        overrides = {**(load_changes(changes) if changes is not None else {}), **parse_overrides(set_)}
+        paths = rp.reprocess(_expand_runs(runs), overrides, from_, out, scheduler_address=scheduler_address)
     for p in paths:
         typer.echo(f"store: {p}")
 
@@ -415,16 +426,12 @@ def plan(
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
     import json
 
-    from xrdct_dask.cluster.profiles import ProfileError
     from xrdct_dask.runs.plan import build_waves, format_plan, plan_workflow
 
-    try:
-        wf = load_workflow(workflow, parse_overrides(set_))
-        p = plan_workflow(wf, frame_bytes=frame_bytes, gpu_frames_per_s=gpu_frames_per_s,
-                          cpu_frames_per_s_per_core=cpu_frames_per_s_per_core, results=results, gpus=gpus,
-                          fs_gbps=fs_gbps, cluster=cluster, jobs=jobs)
-    except (WorkflowError, FileNotFoundError, ProfileError) as err:
-        _fail(str(err))
+    wf = load_workflow(workflow, parse_overrides(set_))
+    p = plan_workflow(wf, frame_bytes=frame_bytes, gpu_frames_per_s=gpu_frames_per_s,
+                      cpu_frames_per_s_per_core=cpu_frames_per_s_per_core, results=results, gpus=gpus,
+                      fs_gbps=fs_gbps, cluster=cluster, jobs=jobs)
     typer.echo(format_plan(p))
     out = p.to_dict()
     if graph:
@@ -467,10 +474,7 @@ def init(
     """Write the documented workflow (every key, its default and unit) to edit for your scan."""
     from xrdct_dask.resources import write_workflow_template
 
-    try:
-        out = write_workflow_template(path)
-    except (FileExistsError, NotADirectoryError, PermissionError) as err:
-        _fail(str(err))
+    out = write_workflow_template(path)
     typer.echo(f"wrote {out}: set inputs, scan and store, then `xrdct plan {out}` and `xrdct run {out}`")
 
 
@@ -495,39 +499,31 @@ def export(
     h5py), and/or --pdf-files OUTDIR in PDFgetX3's layout for voxels, a mask's or a region's mean."""
     from xrdct_dask.export import (
         DEFAULT_GROUPS,
-        ExportError,
-        ExportExistsError,
         export_nexus,
         export_pdf_files,
         parse_region,
         parse_voxels,
     )
-    from xrdct_dask.pdf import PDFParameterError
 
     if out is None and pdf_files is None:
         _fail("nothing to do: give OUT.h5 (NeXus) and/or --pdf-files OUTDIR (with --voxels, --mask or --region)")
-    try:
-        if out is not None:
-            client = None
-            if scheduler_address is not None:
-                from distributed import Client
+    if out is not None:
+        client = None
+        if scheduler_address is not None:
+            from distributed import Client
 
-                client = Client(scheduler_address)
-            try:
-                nexus = export_nexus(run_store, out, tuple(group) if group else DEFAULT_GROUPS,
-                                     compression=compression, overwrite=overwrite, client=client)
-            finally:
-                if client is not None:
-                    client.close()
-            typer.echo(f"nexus: {nexus}")
-        if pdf_files is not None:
-            for p in export_pdf_files(run_store, pdf_files, voxels=parse_voxels(voxels) if voxels else None,
-                                      mask=mask, region=parse_region(region) if region else None):
-                typer.echo(str(p))
-    except ExportExistsError as err:
-        _fail(err.hint("--overwrite"))  # the command line's spelling of the option
-    except (ExportError, PDFParameterError, FileExistsError) as err:
-        _fail(str(err))
+            client = Client(scheduler_address)
+        try:
+            nexus = export_nexus(run_store, out, tuple(group) if group else DEFAULT_GROUPS,
+                                 compression=compression, overwrite=overwrite, client=client)
+        finally:
+            if client is not None:
+                client.close()
+        typer.echo(f"nexus: {nexus}")
+    if pdf_files is not None:
+        for p in export_pdf_files(run_store, pdf_files, voxels=parse_voxels(voxels) if voxels else None,
+                                  mask=mask, region=parse_region(region) if region else None):
+            typer.echo(str(p))
 
 
 def _phases(pairs: list[str] | None) -> dict | None:
@@ -561,13 +557,10 @@ def view(
     """Look inside a run in the browser: maps at q or r, voxel patterns and G(r), sinograms, live
     while `xrdct watch` fills the store (127.0.0.1 only, with an access token in the URL)."""
     from xrdct_dask.view import INSTALL
-    from xrdct_dask.view.data import ViewError
     from xrdct_dask.view.server import start_server
 
     try:
         server, url = start_server(run_store, port, map_name=map_, poll_s=poll, phases=_phases(phase))
-    except ViewError as err:
-        _fail(str(err))
     except ImportError as err:  # bokeh (or tornado) missing
         _fail(f"xrdct view needs bokeh ({err}): {INSTALL}")
     typer.echo(f"xrdct view of {run_store}: {url}\n(from another machine: ssh -L {server.port}:127.0.0.1:"
@@ -590,13 +583,10 @@ def center(
     count: Annotated[int, typer.Option(help="candidate axes (the found one in the middle)")] = 9,
 ) -> None:
     """Picture of a slice reconstructed at candidate rotation axes around the one found, to check it."""
-    from xrdct_dask.view.center import CenterPictureError, write_center_picture
+    from xrdct_dask.view.center import write_center_picture
 
     _logging(False)
-    try:
-        png, geo = write_center_picture(run_store, z, out, step_px=step, count=count)
-    except CenterPictureError as err:
-        _fail(str(err))
+    png, geo = write_center_picture(run_store, z, out, step_px=step, count=count)
     axis = geo.get("axis") or {}
     conf = f" (confidence {axis['confidence']:.2f}, {geo['center_source']})" if axis else f" ({geo['center_source']})"
     typer.echo(f"axis {geo['center']:.3f} px{conf}: {png}")
@@ -632,7 +622,7 @@ def demo(
                f"total {time.perf_counter() - t0:.0f} s")
 
 
-cluster_app = typer.Typer(no_args_is_help=True, help="Batch-system profiles (dask-jobqueue keys) for --cluster.")
+cluster_app = typer.Typer(no_args_is_help=True, cls=_Commands, help="Batch-system profiles (dask-jobqueue keys) for --cluster.")
 app.add_typer(cluster_app, name="cluster")
 
 
@@ -643,10 +633,7 @@ def _cluster_options(pairs: list[str] | None) -> dict:
         if "=" not in p:
             _fail(f"--cluster-set {p!r}: expected key=value, e.g. queue=gpu")
         k, v = p.split("=", 1)
-        try:
-            out[k.strip().replace("-", "_")] = parse_value(v, f"--cluster-set {p}")
-        except WorkflowError as err:
-            _fail(str(err))
+        out[k.strip().replace("-", "_")] = parse_value(v, f"--cluster-set {p}")
     return out
 
 
@@ -656,12 +643,9 @@ def cluster_script(
     cluster_set: Annotated[Optional[list[str]], typer.Option("--cluster-set", help="override a key: queue=gpu")] = None,
 ) -> None:
     """Print the job script a worker job is submitted with (dask-jobqueue's dry run; starts nothing)."""
-    from xrdct_dask.cluster.profiles import ProfileError, job_script
+    from xrdct_dask.cluster.profiles import job_script
 
-    try:
-        typer.echo(job_script(profile, **_cluster_options(cluster_set)).rstrip())
-    except ProfileError as err:
-        _fail(str(err))
+    typer.echo(job_script(profile, **_cluster_options(cluster_set)).rstrip())
 
 
 @cluster_app.command("list")

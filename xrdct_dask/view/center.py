@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from xrdct_dask import store
+from xrdct_dask.errors import XrdctError
 from xrdct_dask.pipeline.stages import FRAMES_STAGE
 
 SOFTWARE = "xrdct-dask center"
 
 
-class CenterPictureError(ValueError):
+class CenterPictureError(XrdctError, ValueError):
     """The picture cannot be made (one line: the store, the slice, the output)."""
 
 
