@@ -16,7 +16,7 @@ export MPLCONFIGDIR   := $(HOMEDIR)/matplotlib
 export CUPY_CACHE_DIR := $(HOMEDIR)/cupy
 DIRS := $(TMPDIR) $(XDG_CACHE_HOME) $(XDG_DATA_HOME) $(IPYTHONDIR) $(MPLCONFIGDIR)
 
-.PHONY: demo test test-slurm test-browser quick install bench clean slurm-up slurm-down notebooks throughputs chromium docs
+.PHONY: demo test test-slow test-all test-slurm test-browser quick install bench clean slurm-up slurm-down notebooks throughputs chromium docs
 
 $(DIRS):
 	@mkdir -p $@
@@ -37,25 +37,40 @@ demo: $(STAMP) | $(DIRS)
 # pytest exits 5 when nothing was collected (e.g. a marker filter): not a failure here.  The
 # slurm-marked tests skip, saying how to run them, unless CI is set (then the one-node SLURM of
 # slurm-up is started first, as `make test-slurm` does).
+#   make test       every test but the end-to-end runs marked `slow` (under 8 minutes on 2 cores)
+#   make test-slow  the `slow` ones: whole workflows, notebooks, the wheel, kills and resumes,
+#                   live acquisitions, subprocesses of the command line (CI runs them after make test)
+#   make test-all   both, in one pytest session
+#   make quick      make test, stopping at the first failure, last failures first
 ifdef CI
 SLURM_FIRST := slurm-up
 endif
+PYTEST := $(BIN)/python -m pytest -q
+define pytest_ok
+rc=$$?; if [ $$rc -eq 0 ] || [ $$rc -eq 5 ]; then echo "make $(1): passed (skipped tests say why above)"; \
+else echo "make $(1): FAILED (pytest exit $$rc)"; exit $$rc; fi
+endef
+
 test: $(STAMP) $(SLURM_FIRST) | $(DIRS)
-	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 0 ] || [ $$rc -eq 5 ]; then echo "make test: passed (skipped tests say why above)"; \
-	else echo "make test: FAILED (pytest exit $$rc)"; exit $$rc; fi
+	@start=$$(date +%s); $(PYTEST) -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s"; (exit $$rc); $(call pytest_ok,test)
+
+test-slow: $(STAMP) $(SLURM_FIRST) | $(DIRS)
+	@start=$$(date +%s); $(PYTEST) -m slow $(PYTEST_ARGS); rc=$$?; \
+	echo "make test-slow: $$(( $$(date +%s) - start )) s"; (exit $$rc); $(call pytest_ok,test-slow)
+
+test-all: $(STAMP) $(SLURM_FIRST) | $(DIRS)
+	@$(PYTEST) $(PYTEST_ARGS); $(call pytest_ok,test-all)
 
 # the slurm-marked tests on a real one-node SLURM on this machine (needs root: see slurm-up)
 test-slurm: $(STAMP) slurm-up | $(DIRS)
 	$(BIN)/python -m pytest -q -m slurm $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-# the quick loop while editing: everything but the end-to-end runs marked `slow` (10 s and more
-# each: whole workflows, notebooks, the wheel, kills and resumes); `make test` runs them too
-quick: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+quick: $(STAMP) | $(DIRS)
+	$(PYTEST) -m "not slow" -x --ff $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # the viewer in a real browser (tests/test_view_browser.py): Debian's chromium driven by playwright (the test
-# extra); playwright never downloads a browser.  `make test` runs them too where chromium is installed.
+# extra); playwright never downloads a browser.  `make test-slow` (and CI) runs them too where chromium is installed.
 test-browser: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m browser $(PYTEST_ARGS) tests/test_view_browser.py
 

@@ -29,6 +29,7 @@ def _bad_transmission(tmp_path, sim_scan, text: str | None):
     return str(err.value)
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_bad_transmission_input_is_a_one_line_error_before_the_store(sim_scan, tmp_path):
     """A transmission file that is missing, of the wrong length, or holding a zero, a negative or a
     non-number reading stops the run with one line naming inputs.transmission, before the store

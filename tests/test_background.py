@@ -150,6 +150,7 @@ def test_center_stage_records_the_air_and_the_axis_and_applies_the_fit(tmp_path,
     assert refit_axis(ctx) == []  # done: the slice now sits on the line
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_center_stage_says_why_when_no_column_is_air(tmp_path, rng, caplog):
     """A sample filling the field of view: the centre task logs why nothing is subtracted and records
     the reason; the recon task subtracts nothing (its reconstruction equals the one with

@@ -157,6 +157,7 @@ def test_background_scan_of_the_wrong_shape_is_refused(background_case, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_center_command_draws_candidate_axes_beside_the_store(tmp_path, rng):
     """``xrdct center RUN.zarr --z 0``: a PNG of the slice at 9 axes around the one found, labelled,
     beside the store (its own Software text, so a second call may replace it); the store is only

@@ -66,6 +66,7 @@ def store_for(tmp_path: Path, nomega: int, nx: int, nq: int, task_memory: str):
     return ctx, plan
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 @pytest.mark.parametrize("nomega, nx, nq, task_memory", [(128, 96, 512, "40MB"), (256, 128, 1024, "200MB")])
 def test_plan_predicts_each_tasks_memory_within_25_percent(tmp_path, nomega, nx, nq, task_memory):
     ctx, plan = store_for(tmp_path, nomega, nx, nq, task_memory)

@@ -240,6 +240,7 @@ def _restrictions(client) -> dict:
         ts.key: ts.resource_restrictions for ts in dask_scheduler.tasks.values()})
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 @pytest.mark.parametrize("gpu_workers", [True, False])
 def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_path, gpu_workers):
     from distributed import Client, LocalCluster

@@ -231,6 +231,7 @@ def test_exported_gr_file_loads_in_diffpy_srfit(pdf_then_recon_run, tmp_path):
     assert parser._meta["qmax"] == pytest.approx(root["pdf"].attrs["qmax"])
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 @pytest.mark.parametrize("compression", ["gzip", "lz4"])
 def test_export_on_workers_reads_back_the_same(run_store, tmp_path, cluster, monkeypatch, compression):
     """The chunks read and compressed on two worker processes (tasks ``xrdct-export-*``, a piece of

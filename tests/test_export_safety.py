@@ -57,6 +57,7 @@ def test_a_disk_too_full_stops_the_export_in_one_line_leaving_nothing(run_store,
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 @pytest.mark.timeout(120)
 def test_a_full_tmpfs_gives_one_line_and_leaves_nothing(run_store, tmp_path):
     """The same on a real 600 kB tmpfs (root only: skipped where mounting is not permitted):

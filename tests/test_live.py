@@ -103,6 +103,7 @@ def test_a_cbf_file_is_whole_only_once_its_payload_and_trailer_are_written(acq, 
 # ------------------------------------------------------------------------------------------
 # xrdct watch while the frames are written
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_watch_during_the_acquisition_equals_the_batch_run_and_reconstructs_slice_0_before_the_scan_ends(
         acq, batch, cluster, tmp_path):
     """Frames renamed into place at 25 Hz; `watch` on a scheduler that stays up (the module's
@@ -204,6 +205,7 @@ def test_partial_files_are_never_read_as_complete(acq, batch, cluster, tmp_path)
     assert_same_stores(batch, res.store)
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_idle_timeout_flags_frames_that_never_came_and_a_restart_reads_them(acq, batch, cluster, tmp_path):
     """The detector stops after 100 of 160 frames: `watch` waits 1.5 s without a new frame, then
     integrates what is there (the 60 frames that never came flagged MISSING) and returns.  The
@@ -233,6 +235,7 @@ def test_idle_timeout_flags_frames_that_never_came_and_a_restart_reads_them(acq,
     assert_same_stores(batch, again.store)
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_a_frame_the_detector_skipped_does_not_hold_its_slice_to_the_idle_timeout(acq, cluster, tmp_path):
     """Every frame but 5 and 158 is there: once frames far beyond one (or the scan's last frame)
     are whole and it is still absent after ``settle_s``, its block goes without it (flagged
@@ -464,6 +467,7 @@ def test_a_failing_slice_warm_up_is_said_and_never_raises(acq, monkeypatch):
     assert warm_slice_stages(load_workflow(acq.workflow)) == {"error": "MemoryError: out of GPU memory"}
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_watch_warms_the_slice_stages_on_every_worker_before_the_first_frame(acq):
     """Before the first frame comes, every worker has run the reconstruction's kernels (numba's
     back-projector is compiled or loaded in the worker's process), so the first slice is

@@ -188,6 +188,7 @@ def test_ctrl_c_at_any_moment_stops_the_run_with_one_line(scan, tmp_path, moment
 # ------------------------------------------------------------------------------------------
 # 3. a rerun warns only when something is redone, as a console message
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_rerun_says_nothing_when_no_frame_is_read_again_and_one_line_when_some_are(scan, tmp_path):
     """Resuming a store where nothing was missing: no "0 frames ... read again" warning (the old
     code tested the tuple ``(0, 0)`` for truth).  Where a frame flagged missing is there now, one

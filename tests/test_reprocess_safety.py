@@ -90,4 +90,4 @@ def test_half_built_stores_of_killed_reprocesses_are_removed_when_provably_stale
     said = " ".join(r.getMessage() for r in caplog.records)
     assert str(stale) in said and all(str(k) in said for k in kept)
     assert (kept[2] / "notes.txt").read_text() == "a user's file"
-    np.testing.assert_array_equal(store.task_state(out).integrate, store.task_state(parent).integrate)
+    np.testing.assert_array_equal(store.task_state(out)["integrate"], store.task_state(parent)["integrate"])

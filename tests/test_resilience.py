@@ -271,6 +271,7 @@ def corrupted(tiny_scan, cluster, tmp_path_factory):
     return scan, c, path
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_every_corruption_gets_its_status_and_the_run_finishes(corrupted):
     scan, c, path = corrupted
     assert set(c.counts()) == {FRAME_KIND.name for FRAME_KIND in
@@ -428,6 +429,7 @@ def _read_path(raw: bytes, shape: tuple[int, int]):
     return int(status[0]), (np.frombuffer(bytes(p.data), np.uint8), p.size)
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=_mutations())
 def test_fuzz_read_path_of_mutated_cbf_never_crashes_or_reads_out_of_bounds(tiny_scan, ops):

@@ -114,6 +114,7 @@ def test_simulate_never_writes_over_a_folder_of_user_files(tmp_path):
     assert r.exit_code == 2 and "leave --frames out" in r.output
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_overwrite_refuses_a_store_holding_foreign_files(scan, cluster, tmp_path):
     path = go(scan, tmp_path / "run.zarr", cluster)
     (path / "my_notes.txt").write_text("do not delete")
@@ -124,6 +125,7 @@ def test_overwrite_refuses_a_store_holding_foreign_files(scan, cluster, tmp_path
     assert (path / "my_notes.txt").read_text() == "do not delete" and (path / "reduced" / "fit.npy").exists()
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_overwrite_replaces_a_store_of_this_program_whole(scan, cluster, tmp_path):
     path = go(scan, tmp_path / "run.zarr", cluster)
     old_chunk = path / "reduced" / "intensity" / "c" / "0" / "0" / "0" / "0"
@@ -266,6 +268,7 @@ def _cli(*args, cwd=None, **kw):
                                   ["--set", "integrate.npt_rad=!!binary aGVsbG8="],
                                   ["--cluster", "slurm-cpu", "--cluster-set", "cores=!!set {a}"],
                                   ["--set", "integrate.npt_rad=-3"]])
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_bad_command_line_values_are_one_line(scan, args):
     res = _cli("run", str(scan.workflow), *args)
     assert res.returncode == 2, res.stderr
@@ -394,6 +397,7 @@ def test_rerun_of_a_complete_store_reports_the_whole_run(scan, cluster, tmp_path
 # ------------------------------------------------------------------------------------------
 # 9. missing or unreadable frames are read again by a rerun
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_frames_missing_at_first_are_read_when_they_arrive(scan, cluster, tmp_path_factory):
     from xrdct_dask.testing import corrupt
 
@@ -420,6 +424,7 @@ def test_frames_missing_at_first_are_read_when_they_arrive(scan, cluster, tmp_pa
     assert store.read_attrs(again)["run_summary"]["tasks"]["integrate"]["executed"] == 0
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_io_errors_are_retried_and_truly_missing_frames_are_not(scan, cluster, tmp_path):
     from xrdct_dask.io.status import status_of as _status_of
     from xrdct_dask.runs.open import reopen_retried

@@ -33,6 +33,7 @@ def _pid(x):
     return os.getpid(), x * x
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_map_pieces_runs_on_the_workers_in_order(cluster):
     with Client(cluster) as client, get_task_stream(client) as ts:
         out = map_pieces(client, _pid, range(6), "xrdct-test-piece")

@@ -45,6 +45,7 @@ def same_arrays(a, b):
         assert np.array_equal(x, y, equal_nan=True), name
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_cbf_gzip_and_hdf5_scans_give_the_same_store(scans, cluster, tmp_path):
     cbf, h5, gz = scans
     assert str(load_workflow(h5.workflow).inputs.frames).endswith("scan_master.h5::/entry/data/data")
@@ -60,6 +61,7 @@ def test_cbf_gzip_and_hdf5_scans_give_the_same_store(scans, cluster, tmp_path):
     same_arrays(c, a)
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_a_missing_hdf5_data_file_is_flagged_then_read_when_it_arrives(scans, cluster, tmp_path):
     _, h5, _ = scans
     work = tmp_path / "scan"
@@ -92,6 +94,7 @@ def test_an_hdf5_source_that_cannot_be_opened_is_one_line(scans, tmp_path):
 # ------------------------------------------------------------------------------------------
 # scan metadata from the scan: frames placed by their measured positions
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_frames_placed_by_measured_positions_equal_the_grid_columns(scans, cluster, tmp_path):
     """The scan file gives each frame's measured omega, x and z (readings jittered by a motor's
     noise, no grid columns): every frame lands where the grid columns put it, the store's axes are
@@ -122,6 +125,7 @@ def test_frames_placed_by_measured_positions_equal_the_grid_columns(scans, clust
     assert pos["omega_deg"].endswith("measured.csv:omega_deg") and pos["frames placed by"].startswith("measured")
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_an_hdf5_scan_places_its_frames_by_its_positioners(scans, cluster, tmp_path):
     """No scan file: the HDF5 scan's own motors (measurement/omega, x, z) and counter place the
     frames and give the axes; the store equals the CBF run placed by grid columns."""

@@ -42,6 +42,7 @@ def order_scans(tmp_path_factory):
             for order in ("raster", "snake", "interlaced")}
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_raster_snake_and_interlaced_scans_reconstruct_to_the_same_volume(order_scans, tmp_path):
     """Frames land on the (omega, x) grid whatever the acquisition order (from the scan file, or
     from the scan section's arithmetic when there is none): the three volumes agree to 0.5% RMS

@@ -183,6 +183,7 @@ def test_units_as_they_read_on_a_plot(stored, shown):
     assert pretty_unit(stored) == shown
 
 
+@pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 def test_write_summary_saves_the_figure(run_store, tmp_path):
     from PIL import Image
 
