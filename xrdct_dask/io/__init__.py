@@ -8,7 +8,7 @@ schema's template checks) loads neither numba nor h5py.
 
 from __future__ import annotations
 
-import importlib
+from xrdct_dask._lazy import lazy_exports
 
 _EXPORTS = {
     "CbfPayload": "cbf", "CorruptFrameError": "cbf", "SizeMismatchError": "cbf", "TruncatedFrameError": "cbf",
@@ -19,11 +19,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

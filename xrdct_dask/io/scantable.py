@@ -33,7 +33,6 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from xrdct_dask.io.scan import POSITION_COLUMNS, SCAN_COLUMNS, check_scan_columns
-from xrdct_dask.store import ASIDE_SCAN
 
 BLOCK_ROWS = 1 << 18  # lines parsed at once (~30 MB of text and values)
 SAMPLE_MAX = 1 << 20  # readings per axis kept to find the groups of a scan without grid columns
@@ -45,6 +44,9 @@ FLOATS = ("omega_deg", "x_mm", "z_mm", "monitor")
 # ------------------------------------------------------------------------------------------
 # streamed readers
 # ------------------------------------------------------------------------------------------
+ASIDE_SCAN = ".xrdct-scan-"  # the scan table converted beside a store being prepared (store.safety cleans it)
+
+
 def scan_header(path: str | Path) -> list[str]:
     """Column names of a scan CSV, checked as :func:`~xrdct_dask.io.scan.read_scan_table` does."""
     with open(path, encoding="ascii", errors="replace") as f:

@@ -91,7 +91,9 @@ class Stage:
     ``"value"`` (one number per slice, NaN until set) or None (no marker); ``writes``: the store
     arrays its tasks fill; ``reprocess``: the reprocess step it belongs to, rerun when a workflow
     key under ``keys`` changes; ``held``: bytes one task holds; ``read``: bytes the stage reads in
-    a whole run; ``gpu``: it runs on the integration GPUs; ``when``: the workflows that have it."""
+    a whole run; ``gpu``: it runs on the integration GPUs; ``when``: the workflows that have it;
+    ``display``: it only writes a copy for looking at (the slice's results are final without it:
+    live mode shows a slice once only such stages are left of it)."""
 
     name: str
     unit: str
@@ -107,6 +109,7 @@ class Stage:
     gpu: bool = False
     when: Callable[[Workflow], bool] = _always
     marker_doc: tuple[str, str] = ("1", "")  # units and long name of its marker array
+    display: bool = False
 
     def count(self, s: Sizes) -> int:
         """Tasks of this stage per slice."""
@@ -187,7 +190,7 @@ STAGES: list[Stage] = [
           read=lambda s: s.frames * s.nr * 4),
     # the view copy of the slice, after its reconstruction and G(r) (rebuilt by a reprocess, never shared)
     Stage("view", "slice", tasks_view.add_tasks, after=("recon", "pdf"), marker="task", marker_dim="view_block",
-          writes=VIEW_ARRAYS, reprocess="pdf", keys=("view",), when=_view,
+          writes=VIEW_ARRAYS, reprocess="pdf", keys=("view",), when=_view, display=True,
           marker_doc=("1", "1 = this slice's view copy is completely written"),
           held=lambda s: view_bytes(s.view, s.layout.y_chunk, s.layout.omega_chunk) if s.view else 0,
           read=lambda s: s.nz * s.nx * s.nx * (s.nq + s.nr) * 4 + s.frames * s.nq * 4),  # recon/, pdf/G, reduced/

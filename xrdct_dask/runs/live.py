@@ -58,7 +58,7 @@ from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.pipeline.frames import frame_path
 from xrdct_dask.pipeline.graph import build_graph, timed
 from xrdct_dask.pipeline.integrator import IntegratorPlugin
-from xrdct_dask.pipeline.stages import FRAMES_STAGE
+from xrdct_dask.pipeline.stages import FRAMES_STAGE, stages_of
 from xrdct_dask.pipeline.tasks_integrate import integrate_block
 from xrdct_dask.pipeline.tasks_recon import warm_slice_stages
 from xrdct_dask.runs.execute import RunStopped, stop_message
@@ -324,6 +324,7 @@ class _Following:
         self.integrate = timed(integrate_block)
         self.inflight: dict = {}  # future -> (stage, z, block or None)
         self.slice_futures: dict[int, set] = {}
+        self.display = {st.name: st.display for st in stages_of(self.wf)}  # stages that only write a copy to look at
         self.tries: dict[tuple[int, int], int] = {}
         self.final = False  # the idle timeout passed: blocks go with what is there
         self.last_png = 0.0
@@ -423,8 +424,8 @@ class _Following:
         self.results.setdefault(stage, []).append(res)
         if stage != FRAMES_STAGE:
             self.slice_futures[z].discard(fut)
-            # reconstructed once only its view copy (if any) is left: that runs on, the slice is shown
-            if z in self.slice_open and all(self.inflight[f][0] == "view" for f in self.slice_futures[z]):
+            # reconstructed once only display stages (the view copy) are left: they run on, the slice is shown
+            if z in self.slice_open and all(self.display[self.inflight[f][0]] for f in self.slice_futures[z]):
                 self.slice_done(z)
             return
         wc = self.wc

@@ -13,12 +13,12 @@ import uuid
 from pathlib import Path
 
 from xrdct_dask.errors import StoreExistsError, StoreWriteError
+from xrdct_dask.io.scantable import ASIDE_SCAN  # the scan table converted beside a store (cleaned here)
 from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, ROOT_ENTRIES, TASKS, VIEW
 
 ASIDE_NEW, ASIDE_OLD = ".xrdct-new-", ".xrdct-old-"
 
 
-ASIDE_SCAN = ".xrdct-scan-"  # the scan table converted while a store is prepared (xrdct_dask.io.scantable)
 
 
 
