@@ -117,7 +117,7 @@ def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(s
     from pathlib import Path
 
     from xrdct_dask.config import load_workflow
-    from xrdct_dask.integrate import _cupy
+    from xrdct_dask.integrate import _cupy_sources
     from xrdct_dask.io import read_cbf_payload
 
     wf = load_workflow(sim_scan.workflow, {"integrate.engine": "cupy"})
@@ -128,8 +128,8 @@ def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(s
     payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(20)]
     cold = np.concatenate([r[0] for r in integ.integrate_batches([(payloads, None)])])
     reads = []
-    real = _cupy.read_into_pinned
-    monkeypatch.setattr(_cupy, "read_into_pinned",
+    real = _cupy_sources.read_into_pinned  # the cupy engine's file reads (its sources mixin)
+    monkeypatch.setattr(_cupy_sources, "read_into_pinned",
                         lambda paths, *a, **k: reads.append(paths) or real(paths, *a, **k))
     before = set(Path(tempfile.gettempdir()).glob("xrdct-warm-*"))
     integ.warm(frame_source(live), 2, live.scan.nframes)
