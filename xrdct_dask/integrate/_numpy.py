@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from xrdct_dask.integrate.files import host_hdf5_batches, payload_batches
-from xrdct_dask.integrate.sums import Sums, finish
+from xrdct_dask.integrate.sums import Sums, finish, kept_sums
 from xrdct_dask.io.decode import OK, SOURCE_DIGEST, decode_batch, decode_stream, pack_payloads
 from xrdct_dask.io.source import HDF5_SOURCES, refreshed
 
@@ -288,14 +288,16 @@ class NumpyEngine:
 
     def integrate_batches(self, batches):
         """``(payloads, monitor)`` batches, one after the other: ``(intensity, sigma, status)``
-        per batch, NaN where a payload did not decode whole (its status)."""
+        per batch, NaN where a payload did not decode whole (its status); the kept sums as a fourth
+        item where the options keep them."""
+        keep = getattr(self.options, "keep_sums", False)
         for datas, monitor in batches:
             s, status = self.sums_payloads(datas, np.asarray(monitor, np.float64))
             intensity, sigma = finish(s, self.error_model, np)
             bad = status != 0
             intensity[bad] = np.nan
             sigma[bad] = np.nan
-            yield intensity, sigma, status
+            yield (intensity, sigma, status, kept_sums(s, bad)) if keep else (intensity, sigma, status)
 
     def integrate_source(self, source, indices, monitor, *, read_threads: int = 8, check_md5: bool = False):
         """:class:`~xrdct_dask.integrate.engine.SourceBatch` es of frames ``indices`` of ``source``:
