@@ -133,6 +133,42 @@ class Integrate(_Section):
     percentile: tuple[float, float] = Field((40.0, 60.0), description="median: average between these percentiles")
     radial_range: tuple[float, float] | None = None
     engine: Literal["auto", "numpy", "cupy"] = "auto"
+    npt_azim: int = Field(1, ge=1, description="azimuthal sectors: 1 = one pattern per frame; more = (chi, q) bins "
+                                               "(reduced/ and recon/ get a chi axis; pyFAI's 2D integration)")
+    azimuth_range: tuple[float, float] | None = Field(
+        None, description="[lo, hi] chi in degrees (pyFAI's chi, within -180..180); null: the whole ring (sectors: "
+                          "-180..180); the sectors must divide it into widths on a 0.001 deg grid")
+    keep_sums: bool | None = Field(None, description="store the integrator's sums (signal, variance, normalization, "
+                                                     "its square, count) next to I and sigma, to re-bin and merge "
+                                                     "exactly (NXazint); null: with sectors")
+
+    @property
+    def sums_kept(self) -> bool:
+        """``keep_sums``, or where it is null, whether there are sectors."""
+        return self.npt_azim > 1 if self.keep_sums is None else self.keep_sums
+
+    @property
+    def chi_range(self) -> tuple[float, float] | None:
+        """The azimuth range the integrator gets: ``azimuth_range``, or -180..180 with sectors."""
+        return self.azimuth_range or ((-180.0, 180.0) if self.npt_azim > 1 else None)
+
+    @model_validator(mode="after")
+    def _sectors_divide_the_range(self):
+        if self.azimuth_range is not None:
+            lo, hi = self.azimuth_range
+            if not -180.0 <= lo < hi <= 180.0:
+                raise ValueError(f"azimuth_range: needs -180 <= lo < hi <= 180 degrees (pyFAI's chi), got [{lo}, {hi}]")
+        if self.npt_azim > 1:
+            lo, hi = self.chi_range
+            width = (hi - lo) / self.npt_azim
+            if abs(width * 1000 - round(width * 1000)) > 1e-6:
+                fits = sorted((n for n in range(max(2, self.npt_azim - 12), self.npt_azim + 13)
+                               if abs((hi - lo) / n * 1000 - round((hi - lo) / n * 1000)) <= 1e-6),
+                              key=lambda n: abs(n - self.npt_azim))
+                raise ValueError(f"npt_azim: {self.npt_azim} sectors do not divide the azimuth range {lo:g}..{hi:g} "
+                                 f"deg ({width:.6g} deg each, not on a 0.001 deg grid); "
+                                 f"e.g. {', '.join(map(str, fits[:2])) or 'another number'}")
+        return self
 
     @field_validator("unit")
     @classmethod
@@ -281,6 +317,40 @@ class PDF(_Section):
         return self
 
 
+class TexturePeak(_Section):
+    """A reflection followed sector by sector: named by its d-spacing (a window of ``d_window`` about
+    it) or by its radial range in ``integrate.unit``."""
+
+    name: str | None = Field(None, description="label (default: its d-spacing or range)")
+    d_angstrom: float | None = Field(None, gt=0, description="d-spacing of the reflection, angstrom")
+    d_window: float = Field(0.03, gt=0, lt=0.5, description="half-width of the window about d_angstrom, relative "
+                                                            "(0.03: d +- 3 %); background from its edges")
+    q_range: tuple[float, float] | None = Field(None, description="[lo, hi] in integrate.unit, instead of d_angstrom")
+    d0_angstrom: float | None = Field(None, gt=0, description="strain-free d (angstrom) of the strain (d - d0) / d0; "
+                                                              "null: each voxel's mean d over its sectors")
+
+    @model_validator(mode="after")
+    def _named_once(self):
+        if (self.d_angstrom is None) == (self.q_range is None):
+            raise ValueError("give d_angstrom or q_range (one of them)")
+        if self.q_range is not None and not self.q_range[0] < self.q_range[1]:
+            raise ValueError(f"q_range: needs lo < hi, got {list(self.q_range)}")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return f"d = {self.d_angstrom:g} A" if self.d_angstrom else f"{self.q_range[0]:g}..{self.q_range[1]:g}"
+
+
+class Texture(_Section):
+    """Texture and strain per voxel from the reconstructed sectors (``integrate.npt_azim > 1``)."""
+
+    peaks: list[TexturePeak] = Field(default_factory=list, description="reflections whose intensity and position "
+                                                                       "are followed over the sectors")
+
+
 class Compute(_Section):
     _sizes = field_validator("memory_limit", "task_memory", mode="before")(lambda v: _check_bytes(v))
 
@@ -325,6 +395,7 @@ class Workflow(_Section):
     sinogram: Sinogram = Sinogram()
     recon: Recon = Recon()
     pdf: PDF = PDF()
+    texture: Texture = Texture()
     compute: Compute = Compute()
 
     @field_validator("store", mode="before")
@@ -356,6 +427,15 @@ class Workflow(_Section):
         if a != "off" and self.pdf.enabled and self.pdf.order == "pdf-then-recon":
             raise ValueError("sinogram.absorption corrects the reconstruction of I(q): it needs pdf.order "
                              "recon-then-pdf")
+        return self
+
+    @model_validator(mode="after")
+    def _sectors(self):
+        if self.integrate.npt_azim > 1 and self.pdf.enabled:
+            raise ValueError("integrate.npt_azim: G(r) is made from one pattern per voxel: set pdf.enabled: false "
+                             "with azimuthal sectors (or npt_azim: 1)")
+        if self.texture.peaks and self.integrate.npt_azim < 2:
+            raise ValueError("texture.peaks: texture and strain need azimuthal sectors (integrate.npt_azim > 1)")
         return self
 
     @model_validator(mode="after")

@@ -37,6 +37,7 @@ from xrdct_dask.integrate.sums import SUM_NAMES, Integrated, Sums, finish, kept_
 
 ERROR_MODELS = ("poisson", "azimuthal", "none")
 OUTLIER_FILTERS = ("none", "sigma-clip", "median")
+FULL_CIRCLE = (-180.0, 180.0)  # chi (deg) of sectors where no azimuth range is given
 
 
 class Integrator:
@@ -62,9 +63,10 @@ class Integrator:
     plan : an :class:`IntegrationPlan` of these arguments built before (e.g. loaded from the plan
         cache, :func:`xrdct_dask.integrate.cache.cached_plan`): used instead of building one
     npt_azim : azimuthal sectors (1: one pattern per frame; more: ``(npt_azim, npt_rad)`` patterns)
-    azimuth_range : (lo, hi) chi in degrees (pyFAI's chi, within -180..180), None: pyFAI's default
+    azimuth_range : (lo, hi) chi in degrees (pyFAI's chi, within -180..180); None: the whole ring
+        (with sectors: -180..180, so that sector edges do not depend on the detector's extent)
     keep_sums : :meth:`integrate_source` also returns the five sums of every frame
-        (:func:`~xrdct_dask.integrate.sums.kept_sums`, the NXazint accumulators)
+        (:func:`~xrdct_dask.integrate.sums.kept_sums`, the NXazint accumulators); None: with sectors
 
     Patterns (intensity, sigma, sums) are ``(n, npt_rad)``, or ``(n, npt_azim, npt_rad)`` with sectors;
     :meth:`integrate_batches` (the engines' pipeline) gives them flat, ``(n, npt_azim * npt_rad)``.
@@ -81,7 +83,7 @@ class Integrator:
                  clip_threshold: float = 5.0, max_iter: int = 5, percentile: tuple[float, float] = (40.0, 60.0),
                  radial_range: tuple[float, float] | None = None, engine: str = "auto",
                  plan: IntegrationPlan | None = None, npt_azim: int = 1,
-                 azimuth_range: tuple[float, float] | None = None, keep_sums: bool = False):
+                 azimuth_range: tuple[float, float] | None = None, keep_sums: bool | None = None):
         if error_model not in ERROR_MODELS:
             raise ValueError(f"error_model must be one of {ERROR_MODELS}, got {error_model!r}")
         if outlier not in OUTLIER_FILTERS:
@@ -91,11 +93,13 @@ class Integrator:
         ai = load_poni(poni)
         mask, dark, flat = (load_image(a) if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__") else a
                             for a in (mask, dark, flat))
+        if azimuth_range is None and npt_azim > 1:
+            azimuth_range = FULL_CIRCLE
         self.plan: IntegrationPlan = plan if plan is not None else build_plan(
             ai, shape, npt_rad, unit, mask=mask, dark=dark, flat=flat, polarization_factor=polarization_factor,
             solid_angle=solid_angle, split=split, radial_range=radial_range, npt_azim=npt_azim,
             azimuth_range=azimuth_range)
-        self.keep_sums = bool(keep_sums)
+        self.keep_sums = npt_azim > 1 if keep_sums is None else bool(keep_sums)
         self.error_model = error_model
         self.outlier = outlier
         self.clip_threshold = float(clip_threshold)

@@ -37,6 +37,7 @@ from xrdct_dask.runs.inputs import (
     input_files,
 )
 from xrdct_dask.runs.scanlayout import ScanLayout, scan_layout, write_scan_arrays
+from xrdct_dask.runs.sectors import sector_store_args
 from xrdct_dask.store.budget import Layout, choose_layout, task_memory
 from xrdct_dask.store.layout import MarkerSpec
 
@@ -50,8 +51,10 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None
     per-frame arrays are written slab by slab on the workers of ``client`` (a client or a callable
     making one; None: here), :func:`write_scan_arrays`."""
 
-    radial = plan_for(wf).radial  # the plan is cached for the workers; no engine is built here
+    plan = plan_for(wf)  # the plan is cached for the workers; no engine is built here
+    radial = plan.radial
     wavelength_A = (ai.wavelength or 0) * 1e10
+    sectors = sector_store_args(wf, plan.azimuthal, radial, wavelength_A)  # texture peaks checked: nothing written yet
     r_A = op = None
     if wf.pdf.enabled:
 
@@ -71,12 +74,12 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None
     except ValueError as err:
         raise WorkflowError(f"inputs.scan_file: {err}") from None
     try:
-        return _prepare_store(wf, ai, lay, radial, wavelength_A, r_A, op, extra_attrs, client)
+        return _prepare_store(wf, ai, lay, radial, wavelength_A, r_A, op, extra_attrs, client, sectors)
     finally:
         lay.close()
 
 
-def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A, op, extra_attrs, client):
+def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A, op, extra_attrs, client, sectors):
     s = wf.scan
     path = Path(wf.store.path)
     if lay.grid is not None and lay.grid.duplicates():
@@ -104,7 +107,7 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, markers=store_markers(wf, layout, radial, r_A),
-                           **pdf_store_args(wf, op), **absorption_store_args(wf))
+                           **pdf_store_args(wf, op), **absorption_store_args(wf), **sectors)
         late = write_scan_arrays(tmp, wf, lay, client)
         if late:
             log.warning("%d frames arrived out of the scan's order; placed by the scan file", late)

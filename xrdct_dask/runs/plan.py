@@ -56,6 +56,7 @@ from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.graph import build_graph
 from xrdct_dask.pipeline.integrator import _plan_inputs
 from xrdct_dask.pipeline.stages import Sizes, marker_specs, stages_of, tasks_per_slice
+from xrdct_dask.runs.sectors import sector_spec_args
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
 from xrdct_dask.resources import shipped_throughputs
 from xrdct_dask.runs.open import absorption_store_args, layout_for
@@ -264,7 +265,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     held = {st.name: st.held(sizes) for st in table}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, markers=marker_specs(wf, sizes),
                               pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux,
-                              **absorption_store_args(wf))
+                              **absorption_store_args(wf), **sector_spec_args(wf))
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]

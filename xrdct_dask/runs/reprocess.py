@@ -34,6 +34,7 @@ from xrdct_dask.runs.execute import execute
 from xrdct_dask.runs.inputs import check_recon_engine, input_files
 from xrdct_dask.runs.links import link_group
 from xrdct_dask.runs.open import absorption_store_args, context_from_store, open_run, pdf_store_args, store_markers
+from xrdct_dask.runs.sectors import sector_store_args
 from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
     wf, parent, out = rp.workflow, rp.parent, rp.out
     pattrs = store.read_attrs(parent)
     layout = store.layout_of(parent)
-    coord = {n: store.open_array(parent, n, "r")[:] for n in ("q", "omega", "x", "z")}
+    coord = {n: store.open_array(parent, n, "r")[:] for n in ("q", "omega", "x", "z", "chi") if (parent / n).exists()}
     wavelength_A = float(pattrs["wavelength_angstrom"])
     r_A = op = None
     if wf.pdf.enabled:
@@ -178,7 +179,8 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
                            layout=layout, attrs=attrs, markers=store_markers(wf, layout, coord["q"], r_A),
-                           **pdf_store_args(wf, op), **absorption_store_args(wf))
+                           **pdf_store_args(wf, op), **absorption_store_args(wf),
+                           **sector_store_args(wf, coord.get("chi"), coord["q"], wavelength_A))
         n = sum(link_group(parent, tmp, group, client=client) for group in rp.reused)
         n += link_group(parent, tmp, store.TASKS, [st.name for st in rp.kept if st.marker], client=client)
         log.info("%s: %d chunk files shared with %s", out, n, parent)

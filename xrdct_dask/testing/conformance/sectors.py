@@ -93,12 +93,16 @@ class SectorTests(EngineTests):
             assert_pattern_close(res.intensity[f], ref.intensity, good, "intensity")
             assert_pattern_close(res.sigma[f], ref.sigma, good, "sigma")
 
-    def test_default_azimuth_range_is_pyfai_default(self, small_ai, frames, mask):
-        """Without azimuth_range the sectors span what pyFAI spans by default (the pixels' chi)."""
+    def test_default_azimuth_range_is_the_whole_circle(self, small_ai, frames, mask):
+        """Without azimuth_range the sectors split -180..180 deg (pyFAI's default would be the
+        pixels' chi extent: sector edges that move with the detector); kept sums by default."""
         integ = self.make(small_ai, mask, npt_azim=8, polarization_factor=None)
+        assert integ.keep_sums and not self.make(small_ai, mask, npt_azim=1).keep_sums
+        np.testing.assert_allclose(integ.azimuthal, np.arange(-157.5, 180, 45), atol=1e-5)
         res = integ.integrate(self.asarray(frames[:1]))
         ref = fresh_ai(small_ai).integrate2d_ng(frames[0], 200, 8, unit="q_nm^-1", method=("full", "csr", "cython"),
-                                                error_model="poisson", mask=(mask != 0) | (frames[0] < 0))
+                                                error_model="poisson", mask=(mask != 0) | (frames[0] < 0),
+                                                azimuth_range=FULL_CIRCLE)
         np.testing.assert_allclose(integ.azimuthal, ref.azimuthal, rtol=1e-12)
         assert_pattern_close(res.intensity[0], ref.intensity,
                              (ref.sum_normalization > 0) & ~first_pixel_bins(integ.plan), "intensity")
@@ -196,8 +200,7 @@ class SectorTests(EngineTests):
         """Two frames merged from their kept sums (signal, variance and normalisation added) equal
         pyFAI integrating the two as one exposure: their counts added, the variance given as the
         sum of the two Poisson variances, the monitor the sum of the two (1e-5)."""
-        integ = self.make(small_ai, mask, npt_rad=200, npt_azim=6, azimuth_range=FULL_CIRCLE, polarization_factor=0.99,
-                          keep_sums=True)
+        integ = self.make(small_ai, mask, npt_rad=200, npt_azim=6, azimuth_range=FULL_CIRCLE, polarization_factor=0.99)
         a, b = frames[0].astype(np.int64), frames[1].astype(np.int64)
         s = integ.sums(self.asarray(frames[:2]), monitor=MONITOR[:2])
         sig, var, nrm = (self.asnumpy(getattr(s, k)).sum(axis=0) for k in ("signal", "variance", "normalization"))
@@ -237,7 +240,7 @@ class SectorTests(EngineTests):
         np.testing.assert_allclose((np.sqrt(variance) / np.where(good, norm, 1))[good], sigma[ok][good], rtol=1e-6)
         assert (count[good] > 0).all() and (norm_sq[good] > 0).all()
         plain = Integrator(sim_scan.poni, SHAPE, 150, mask=sim_scan.mask, npt_azim=4, azimuth_range=FULL_CIRCLE,
-                           engine=self.engine).integrate_source(src, idx, np.linspace(0.9, 1.1, 5))
+                           keep_sums=False, engine=self.engine).integrate_source(src, idx, np.linspace(0.9, 1.1, 5))
         assert len(plain) == 4
         np.testing.assert_array_equal(plain[0], intensity)
 
