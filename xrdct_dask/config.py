@@ -323,8 +323,9 @@ class TexturePeak(_Section):
 
     name: str | None = Field(None, description="label (default: its d-spacing or range)")
     d_angstrom: float | None = Field(None, gt=0, description="d-spacing of the reflection, angstrom")
-    d_window: float = Field(0.03, gt=0, lt=0.5, description="half-width of the window about d_angstrom, relative "
-                                                            "(0.03: d +- 3 %); background from its edges")
+    d_window: float = Field(0.05, gt=0, lt=0.5, description="half-width of the window about d_angstrom, relative "
+                                                            "(0.05: d +- 5 %); it should reach ~3 peak widths "
+                                                            "beyond the peak (the background is fitted with it)")
     q_range: tuple[float, float] | None = Field(None, description="[lo, hi] in integrate.unit, instead of d_angstrom")
     d0_angstrom: float | None = Field(None, gt=0, description="strain-free d (angstrom) of the strain (d - d0) / d0; "
                                                               "null: each voxel's mean d over its sectors")

@@ -49,7 +49,8 @@ def plan_key(ai, shape, npt_rad: int, unit: str, *, mask=None, dark=None, flat=N
     config = {k: v for k, v in ai.get_config().items() if k not in ("poni_version",)}
     # sectors only where asked for: a 1D plan keeps the key (and the cached file) it had before them
     sectors = {} if npt_azim == 1 and azimuth_range is None else {
-        "npt_azim": int(npt_azim), "azimuth_range": None if azimuth_range is None else [float(v) for v in azimuth_range]}
+        "npt_azim": int(npt_azim),
+        "azimuth_range": None if azimuth_range is None else [float(v) for v in azimuth_range]}
     h.update(json.dumps({"format": FORMAT, "pyFAI": pyFAI.version, "geometry": config, "shape": list(shape),
                          "npt_rad": int(npt_rad), "unit": unit, "polarization": polarization_factor,
                          "solid_angle": bool(solid_angle), "split": split,

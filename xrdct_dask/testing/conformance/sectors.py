@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xrdct_dask.integrate import Integrator, IntegrationPlan
+from xrdct_dask.integrate import IntegrationPlan, Integrator
 from xrdct_dask.io import read_cbf_payload, read_frame
 from xrdct_dask.testing.conformance.base import EngineTests
 from xrdct_dask.testing.conformance.integrate import MONITOR, SHAPE, fresh_ai
@@ -76,7 +76,8 @@ class SectorTests(EngineTests):
         rng = np.random.default_rng(5)
         kw = {}
         if corrections == "dark+flat":
-            kw = dict(dark=rng.uniform(0, 5, SHAPE).astype(np.float32), flat=rng.uniform(0.9, 1.1, SHAPE).astype(np.float32))
+            kw = dict(dark=rng.uniform(0, 5, SHAPE).astype(np.float32),
+                      flat=rng.uniform(0.9, 1.1, SHAPE).astype(np.float32))
         integ = self.make(small_ai, mask, polarization_factor=0.99, error_model=error_model,
                           azimuth_range=FULL_CIRCLE, **kw)
         res = integ.integrate(self.asarray(frames), monitor=MONITOR[:3])
@@ -142,7 +143,8 @@ class SectorTests(EngineTests):
 
     def test_one_sector_is_the_1d_integration(self, small_ai, frames, mask):
         """npt_azim 1 with an azimuth range is pyFAI's integrate1d_ng over that range."""
-        integ = self.make(small_ai, mask, npt_rad=300, npt_azim=1, azimuth_range=(-90.0, 45.0), polarization_factor=0.99)
+        integ = self.make(small_ai, mask, npt_rad=300, npt_azim=1, azimuth_range=(-90.0, 45.0),
+                          polarization_factor=0.99)
         res = integ.integrate(self.asarray(frames), monitor=MONITOR[:3])
         assert res.intensity.shape == (3, 300) and integ.azimuthal is None
         for f in range(3):
