@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from dask.utils import parse_bytes
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from xrdct_dask.errors import WorkflowError
 from xrdct_dask.io.layout import ScanShape, check_for_scan, check_template, template_fields
@@ -54,10 +54,13 @@ class Inputs(_Section):
                                     "NeXus file: scan.h5 or scan.h5::/entry/data/data (an Eiger master, a BLISS "
                                     "scan's virtual dataset), or one per slice or line: "
                                     "slice_{z:04d}.h5::/entry/data/data")
-    poni: Path
+    poni: Path | None = Field(None, description="pyFAI geometry (.poni); may come from pyfai_config instead")
+    pyfai_config: Path | None = Field(None, description="an integration.json of pyFAI-calib2 / pyFAI-integrate (any "
+                                                        "version): geometry, mask, dark, flat, unit, bins, sectors, "
+                                                        "polarisation, error model; keys set here win")
     mask: Path | None = None
-    dark: Path | None = None
-    flat: Path | None = None
+    dark: Path | list[Path] | None = Field(None, description="dark image(s): several files or a stack, their median")
+    flat: Path | list[Path] | None = Field(None, description="flat field image(s): several files or a stack, their mean")
     monitor: Path | None = Field(None, description="text file, one I0 value per frame in acquisition order")
     transmission: Path | None = Field(None, description="text file, one transmission reading (a diode or monitor "
                                                         "after the sample) per frame in acquisition order, as "
@@ -70,6 +73,12 @@ class Inputs(_Section):
                                        description="names of the scan's motors and counters in an HDF5 scan")
     monitor_max_ratio: float = Field(100.0, gt=1, description="a monitor value more than this factor above or below "
                                                                "the scan's median flags its frame BAD_MONITOR")
+
+    @model_validator(mode="after")
+    def _geometry_given(self):
+        if self.poni is None:
+            raise ValueError("poni: required key is missing (a .poni file, or an integration.json as pyfai_config)")
+        return self
 
     @field_validator("frames")
     @classmethod
@@ -388,6 +397,7 @@ def _check_bytes(v):
 
 
 class Workflow(_Section):
+    _sources: list[str] = PrivateAttr(default_factory=list)  # where inputs.pyfai_config's keys came from
     inputs: Inputs
     scan: Scan
     geometry: Geometry = Geometry()
@@ -459,6 +469,11 @@ class Workflow(_Section):
         except ValueError as err:
             raise ValueError(f"inputs.frames: {err}") from None
         return self
+
+    @property
+    def sources(self) -> list[str]:
+        """Where the keys an ``inputs.pyfai_config`` gave came from (one line each), as loaded."""
+        return list(self._sources)
 
     @property
     def scan_shape(self):
@@ -576,8 +591,8 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
     return out
 
 
-_PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
-              ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
+_PATH_KEYS = (("inputs", "poni"), ("inputs", "pyfai_config"), ("inputs", "mask"), ("inputs", "dark"),
+              ("inputs", "flat"), ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
               ("store", "path"), ("pdf", "background_file"), ("pdf", "config"))
 
 
@@ -596,10 +611,23 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
             val = raw.get(sec, {}).get(key) if isinstance(raw.get(sec), dict) else None
             if isinstance(val, str) and val and not Path(val).is_absolute():
                 raw[sec][key] = str((base_dir / val))
+            elif isinstance(val, list):  # several files (dark, flat)
+                raw[sec][key] = [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v
+                                 for v in val]
+    sources: list[str] = []
+    if isinstance(raw.get("inputs"), dict) and raw["inputs"].get("pyfai_config"):
+        from xrdct_dask.io.pyfai_config import PyFAIConfigError, merge_pyfai_config
+
+        try:
+            raw, sources = merge_pyfai_config(raw)
+        except PyFAIConfigError as err:
+            raise WorkflowError(f"inputs.pyfai_config: {err}") from None
     try:
-        return Workflow.model_validate(raw)
+        wf = Workflow.model_validate(raw)
     except ValidationError as err:
         raise _one_line(err, source, overrides) from None
+    wf._sources = sources
+    return wf
 
 
 def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:

@@ -114,7 +114,8 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def load_poni(poni):
-    """An AzimuthalIntegrator from a PONI path (or an integrator, returned as is)."""
+    """An AzimuthalIntegrator from a PONI path, or an ``integration.json`` of pyFAI-calib2 /
+    pyFAI-integrate (its geometry; :mod:`xrdct_dask.io.pyfai_config`), or an integrator (returned as is)."""
 
     if isinstance(poni, AzimuthalIntegrator):
         return poni
@@ -122,6 +123,16 @@ def load_poni(poni):
     path = Path(poni)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: PONI file not found")
+    if path.suffix.lower() == ".json":
+        from xrdct_dask.io.pyfai_config import PyFAIConfigError, read_pyfai_config
+
+        try:
+            cfg = read_pyfai_config(path)
+        except PyFAIConfigError as err:
+            raise ValueError(str(err)) from None
+        if cfg.poni is None:
+            raise ValueError(f"{path}: the configuration holds no geometry (poni)")
+        return pyFAI.load(cfg.poni)
     try:
         return pyFAI.load(str(path))
     except Exception as err:  # pyFAI raises a zoo of types on garbage

@@ -13,6 +13,7 @@ from xrdct_dask.config import Workflow
 from xrdct_dask.integrate import Integrator
 from xrdct_dask.integrate.cache import cached_plan
 from xrdct_dask.integrate.csr import load_image, load_poni
+from xrdct_dask.io.images import combined_image
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ def _plan_inputs(wf: Workflow) -> tuple:
     ai = load_poni(i.poni)
     mask = load_image(i.mask) if i.mask else None
     shape = tuple(ai.detector.max_shape) if ai.detector.max_shape is not None else mask.shape
-    options = {"mask": mask, "dark": load_image(i.dark) if i.dark else None,
-               "flat": load_image(i.flat) if i.flat else None, "polarization_factor": g.polarization_factor,
+    options = {"mask": mask, "dark": combined_image(i.dark, "median") if i.dark else None,
+               "flat": combined_image(i.flat, "mean") if i.flat else None, "polarization_factor": g.polarization_factor,
                "solid_angle": g.solid_angle, "split": p.split, "radial_range": p.radial_range,
                **({"npt_azim": p.npt_azim, "azimuth_range": p.chi_range} if p.npt_azim > 1 or p.azimuth_range else {})}
     return ai, shape, options

@@ -40,6 +40,7 @@ from xrdct_dask.runs.scanlayout import ScanLayout, scan_layout, write_scan_array
 from xrdct_dask.runs.sectors import sector_store_args
 from xrdct_dask.store.budget import Layout, choose_layout, task_memory
 from xrdct_dask.store.layout import MarkerSpec
+from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None
     radial = plan.radial
     wavelength_A = (ai.wavelength or 0) * 1e10
     sectors = sector_store_args(wf, plan.azimuthal, radial, wavelength_A)  # texture peaks checked: nothing written yet
+    if wf.sources:  # keys an inputs.pyfai_config gave, and those the workflow set over it
+        console.info("from inputs.pyfai_config %s:\n  %s", wf.inputs.pyfai_config, "\n  ".join(wf.sources))
     r_A = op = None
     if wf.pdf.enabled:
 
@@ -99,6 +102,7 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         "poni": {k: v for k, v in ai.get_config().items() if k != "detector_config"} | {"detector": ai.detector.name},
         "positions": lay.positions,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"workflow_sources": wf.sources} if wf.sources else {}),
     } | (extra_attrs or {})
 
     layout = layout_for(wf, radial.size, 0 if r_A is None else r_A.size)

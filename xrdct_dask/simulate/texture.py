@@ -67,19 +67,25 @@ def parse_texture(spec: str) -> tuple[str, PhaseTexture]:
 
 
 def textured_profiles(ai, shape, q_grid_nm: np.ndarray, patterns: np.ndarray, textures: list[PhaseTexture | None],
-                      polarization_factor: float = 0.99) -> np.ndarray:
+                      polarization_factor: float = 0.99, oversample: int = 5) -> np.ndarray:
     """Each phase's expected counts per pixel for a unit amount of it, ``(nphase, ny * nx)``: its
-    pattern at the pixel centre's q scaled by its strain at the pixel's chi, times its texture
-    weight there, solid angle and polarisation (what pyFAI's ``calcfrom1d`` renders for an
-    untextured phase, exactly).  A frame is then ``sinogram weights @ profiles``."""
-    q = np.asarray(ai.center_array(shape, unit="q_nm^-1"), np.float64).ravel()
-    chi = np.rad2deg(np.asarray(ai.center_array(shape, unit="chi_rad"), np.float64)).ravel()
+    pattern at q scaled by its strain at chi, times its texture weight at chi, averaged over
+    ``oversample`` x ``oversample`` points of the pixel (a pixel counts what falls on its area;
+    pyFAI's ``calcfrom1d`` takes the pixel centre's value, which for a peak about a pixel wide
+    depends on where the centres fall on the ring, and so differs from sector to sector), times
+    solid angle and polarisation at its centre.  A frame is then ``sinogram weights @ profiles``."""
     corr = (ai.solidAngleArray(shape) * ai.polarization(shape, polarization_factor)).ravel()
-    out = np.empty((len(patterns), q.size))
-    for k, (pattern, tex) in enumerate(zip(patterns, textures)):
-        tex = tex or PhaseTexture()
-        out[k] = np.interp(q * (1 + tex.eps(chi)), q_grid_nm, pattern) * tex.weight(chi) * corr
-    return out
+    i, j = np.meshgrid(np.arange(shape[0], dtype=np.float64), np.arange(shape[1], dtype=np.float64), indexing="ij")
+    offsets = (np.arange(oversample) + 0.5) / oversample - 0.5  # pyFAI's pixel (i, j) is centred on (i, j)
+    out = np.zeros((len(patterns), i.size))
+    for a in offsets:
+        for b in offsets:
+            q = np.asarray(ai.qFunction(i + a, j + b), np.float64).ravel()
+            chi = np.rad2deg(np.asarray(ai.chi(i + a, j + b), np.float64)).ravel()
+            for k, (pattern, tex) in enumerate(zip(patterns, textures)):
+                tex = tex or PhaseTexture()
+                out[k] += np.interp(q * (1 + tex.eps(chi)), q_grid_nm, pattern) * tex.weight(chi)
+    return out * corr / oversample**2
 
 
 def sector_truth(tex: PhaseTexture | None, chi_deg: np.ndarray, width_deg: float) -> dict:
