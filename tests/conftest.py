@@ -61,3 +61,38 @@ def pdf_then_recon_run(sim_scan, tmp_path_factory):
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as cluster:
         path = run(wf, cluster=cluster, progress=False, summary=False)
     return path, wf, sim_scan
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here (None: they can): Debian's chromium and playwright."""
+    import importlib.util
+    import shutil
+
+    exe = os.environ.get("XRDCT_CHROMIUM", "/usr/bin/chromium")
+    if not (Path(exe).is_file() or shutil.which(exe)):
+        return f"no chromium at {exe}"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed"
+    return None
+
+
+_BROWSER_SKIPPED: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without chromium or playwright the browser tests are left out, and said so in one line
+    at the end of the run (:func:`pytest_terminal_summary`)."""
+    why = browser_missing()
+    if why is None:
+        return
+    left = [item for item in items if "browser" in item.keywords]
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = [item for item in items if "browser" not in item.keywords]
+        _BROWSER_SKIPPED[:] = [f"{len(left)} browser test{'s' if len(left) > 1 else ''} not run ({why}): "
+                               f"`make test-browser` installs Debian's chromium and runs them"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _BROWSER_SKIPPED:
+        terminalreporter.write_line(f"SKIPPED {line}", yellow=True)

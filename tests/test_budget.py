@@ -20,7 +20,7 @@ from xrdct_dask import store
 from xrdct_dask.config import load_workflow, workflow_from_dict
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.tasks_pdf import pdf_rows, pdf_scale
-from xrdct_dask.pipeline.tasks_recon import reconstruct_block
+from xrdct_dask.pipeline.tasks_recon import find_center, reconstruct_block
 from xrdct_dask.store import budget
 from xrdct_dask.testing.stores import run_markers
 
@@ -74,7 +74,8 @@ def test_plan_predicts_each_tasks_memory_within_25_percent(tmp_path, nomega, nx,
     geo = {"center": nx / 2}
     ys = slice(0, lay.y_chunk)
     shares = [pdf_scale(0, slice(a, a + lay.y_chunk), ctx) for a in range(0, nx, lay.y_chunk)]
-    measured = {"recon": traced_peak(reconstruct_block, 0, slice(0, lay.q_chunk), geo, ctx),
+    measured = {"center": traced_peak(find_center, 0, ctx),
+                "recon": traced_peak(reconstruct_block, 0, slice(0, lay.q_chunk), geo, ctx),
                 "pdf-scale": traced_peak(pdf_scale, 0, ys, ctx),
                 "pdf": traced_peak(pdf_rows, 0, ys, ctx, *shares)}
     for name, peak in measured.items():

@@ -1,7 +1,7 @@
 """Cluster profiles (xrdct_dask/profiles/, your own) -> dask-jobqueue job scripts, GPU resources, a real SLURM run.
 
 The job-script tests read what sbatch/qsub would be given; the slurm-marked tests submit to the
-one-node SLURM of cluster/local-slurm/start.sh (``make test`` starts it when run as root) and
+one-node SLURM of cluster/local-slurm/start.sh (``make test-slurm`` starts it, as root) and
 require the store written through SLURM jobs to equal the LocalCluster run's, array by array.
 """
 
@@ -292,7 +292,7 @@ def test_task_keys_name_the_stages(tiny_scan, tmp_path):
     wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
     ai, _ = check_inputs(wf)
     graph = build_graph(prepare_store(wf, ai))
-    assert list(graph) == ["integrate", "center", "recon", "pdf-scale", "pdf"]
+    assert list(graph) == ["integrate", "center", "recon", "pdf-scale", "pdf", "view"]
     for stage, ds in graph.items():
         assert ds and all(d.key[0] == stage for d in ds), stage
 
@@ -316,8 +316,8 @@ START_LOG = REPO / "build" / "local-slurm.log"
 @pytest.fixture(scope="module")
 def local_slurm():
     """Skips, saying why, unless the one-node SLURM of cluster/local-slurm/start.sh takes jobs."""
-    how = ("`make test` starts it when run as root; else run `sudo cluster/local-slurm/start.sh` "
-           "(Debian/Ubuntu: installs slurm-wlm + munge)")
+    how = ("run `make test-slurm` as root (or `CI=1 make test`, as CI does): it installs slurm-wlm + munge "
+           "(Debian/Ubuntu), writes /etc/slurm/slurm.conf and starts munged, slurmctld, slurmd; README: Tests")
     why = START_LOG.read_text().strip().splitlines()[-1] if START_LOG.is_file() and START_LOG.stat().st_size else ""
     why = f" (start.sh said: {why})" if why else ""
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:

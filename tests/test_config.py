@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides, workflow_from_dict
+from xrdct_dask.pipeline.frames import frame_path
 
 MINIMAL = {
     "inputs": {"frames": "frames/frame_{index:06d}.cbf", "poni": "geometry.poni"},
@@ -27,7 +28,7 @@ def test_minimal_workflow_gets_documented_defaults(tmp_path):
     # relative paths resolve against the workflow file's folder
     assert wf.inputs.poni == tmp_path / "geometry.poni"
     assert wf.store.path == tmp_path / "run.zarr"
-    assert wf.frame_path(7) == tmp_path / "frames" / "frame_000007.cbf"
+    assert frame_path(wf, 7) == tmp_path / "frames" / "frame_000007.cbf"
 
 
 def test_shipped_workflow_template_is_valid():

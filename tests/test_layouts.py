@@ -18,6 +18,7 @@ import zarr
 from xrdct_dask.config import WorkflowError, load_workflow, workflow_from_dict
 from xrdct_dask.io.layout import FrameTemplate, ScanShape, check_template
 from xrdct_dask.io.scan import acquisition_order, interlaced_lines
+from xrdct_dask.pipeline.frames import frame_source
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def test_a_missing_slice_file_flags_its_frames_missing(tiny):
 
     h5 = tiny["per_slice_h5"]
     wf = load_workflow(h5.workflow)
-    src = wf.frame_source()
+    src = frame_source(wf)
     per_slice = 4 * 3
     idx = np.array([0, 5, per_slice + 3, 2 * per_slice + 1, -1])  # slice 2 does not exist
     frames, status = read_batch(src, idx)

@@ -211,6 +211,7 @@ def test_idle_timeout_flags_frames_that_never_came_and_a_restart_reads_them(acq,
     lacked frames (slice 1's two blocks, frames 100-159 in snake order from index 80), and the
     store then equals the batch run's."""
     from xrdct_dask.runs.live import watch
+    from xrdct_dask.view.live import live_status
 
     folder = empty_copy(acq, tmp_path / "stopped")
     for p in frames_of(acq)[:100]:
@@ -218,6 +219,8 @@ def test_idle_timeout_flags_frames_that_never_came_and_a_restart_reads_them(acq,
     wf = load_workflow(folder / "workflow.yaml", OVERRIDES)
     res = watch(wf, cluster=cluster, idle_timeout_s=1.5, png_every_s=0, progress=False, summary=False)
     assert res.timed_out and res.missing == 60
+    # the frames that never came are flagged, never counted integrated (issue 25), live or in the summary
+    assert live_status(store_path=res.store)["frames_integrated"] == res.summary["frames_this_run"] == 100
     st = store.open_array(res.store, "reduced/frame_status", "r")[...]
     assert (st == FrameStatus.MISSING).sum() == 60 and (st[0] == FrameStatus.OK).all()
     assert store.task_state(res.store).complete  # slices reconstructed from what came (missing frames filled)
@@ -279,9 +282,14 @@ def test_batch_rerun_reads_frames_that_were_partial_or_missing_when_first_run(ac
 # ------------------------------------------------------------------------------------------
 # the job service
 # ------------------------------------------------------------------------------------------
+SERVICE_TOKEN = "a-test-token-of-32-characters-xx"
+
+
 def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"token {SERVICE_TOKEN}"},
+                                 method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -298,8 +306,8 @@ def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, c
     refused in one line."""
     from xrdct_dask.runs.service import JobService, make_server
 
-    service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address)
-    server = make_server(service, "127.0.0.1", 0)
+    service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address, roots=[tmp_path, acq.root])
+    server = make_server(service, "127.0.0.1", 0, token=SERVICE_TOKEN)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:

@@ -20,6 +20,7 @@ import zarr
 
 from xrdct_dask import store
 from xrdct_dask.config import load_workflow
+from xrdct_dask.pipeline.frames import frame_source
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def tiny_scan(tmp_path_factory):
 def chunk_files(path: Path) -> dict[str, int]:
     """Chunk files on disk per array (``group/name``), the run's truth."""
     out = {}
-    for group in (store.REDUCED, store.RECON, store.PDF, store.TASKS):
+    for group in (store.REDUCED, store.RECON, store.PDF, store.TASKS, store.VIEW):
         for arr in sorted((path / group).iterdir()) if (path / group).is_dir() else []:
             if (arr / "zarr.json").is_file() and arr.name not in store.COORDS:
                 out[f"{group}/{arr.name}"] = sum(len(f) for _, _, f in os.walk(arr / "c"))
@@ -65,17 +66,18 @@ def test_plan_counts_equal_the_graph_and_the_store(tiny_scan, cluster, tmp_path,
     assert p.chunks == grid  # every array of the store, chunk for chunk
     # on disk: at most that (zarr writes no chunk that is all fill value, e.g. figures of empty voxels)
     on_disk = chunk_files(path)
-    assert all(on_disk[k] <= n for k, n in p.chunks.items()) and on_disk["reduced/intensity"] == grid[
+    assert all(on_disk[k] <= n for k, n in p.chunk_files.items()) and on_disk["reduced/intensity"] == grid[
         "reduced/intensity"] and on_disk[f"{store.TASKS}/integrate"] == grid[f"{store.TASKS}/integrate"]
     files = sum(len(f) for _, _, f in os.walk(path))
-    assert p.files - (sum(p.chunks.values()) - sum(on_disk.values())) == files  # the rest: metadata and coordinates
+    # the rest: metadata and coordinates (a sharded array's chunks are files of its shards)
+    assert p.files - (sum(p.chunk_files.values()) - sum(on_disk.values())) == files
     assert store.read_attrs(path)["layout"] == lay  # the store took the plan's layout
 
 
 def store_arrays(path: Path) -> dict:
     """Every data array and done-marker of a store, found by walking its groups: ``{group/name: zarr.Array}``."""
     out = {}
-    for group in (store.REDUCED, store.RECON, store.PDF, store.TASKS):
+    for group in (store.REDUCED, store.RECON, store.PDF, store.TASKS, store.VIEW):
         if (path / group).is_dir():
             g = zarr.open_group(str(path / group), mode="r")
             out.update({f"{group}/{n}": a for n, a in g.arrays() if n not in store.COORDS})
@@ -85,13 +87,16 @@ def store_arrays(path: Path) -> dict:
 # what each stage writes, as the stages' code does it (integrate_block -> store.write_reduced, ...)
 WRITES = {"integrate": ["reduced/intensity", "reduced/sigma", "reduced/monitor", "reduced/total", "reduced/frame_ok",
                         "reduced/frame_status", "tasks/integrate"],
-          "center": ["tasks/center"], "recon": ["recon/intensity", "tasks/recon"],
+          "center": ["tasks/center", "recon/slice_info"],
+          "recon": ["recon/intensity", "recon/air_model", "tasks/recon"],
           "recon-then-pdf": {"pdf-scale": [], "pdf": ["pdf/G", "pdf/scale", "pdf/fq_highq_rms", "pdf/lowr_slope",
                                                       "pdf/lowr_residual", "pdf/ok", "tasks/pdf"]},
           "pdf-then-recon": {"pdf-frames": ["pdf/G_sinogram", "pdf/aux_sinogram"],
                              "pdf-aux": ["pdf/scale", "pdf/fq_highq_rms", "pdf/lowr_slope", "pdf/lowr_residual",
                                          "pdf/ok"], "pdf": ["pdf/G", "tasks/pdf"]},
-          "prepare": ["reduced/monitor", "reduced/frame_index", "reduced/scan_flag"]}
+          "prepare": ["reduced/monitor", "reduced/frame_index", "reduced/scan_flag"],
+          "view": ["view/recon", "view/recon_scale", "view/recon_coarse", "view/recon_mean", "view/sino",
+                   "view/sino_scale", "view/g", "view/g_scale", "view/g_mean", "tasks/view"]}
 
 
 @pytest.mark.parametrize("order", ["recon-then-pdf", "pdf-then-recon"])
@@ -160,6 +165,9 @@ def test_plan_of_a_1000_cubed_scan_in_seconds_within_budget_and_codec_limits(tmp
         assert p["max_tasks_held"] <= 20_000
         assert p["stages"]["integrate"]["bytes_read"] == p["read_bytes"] == p["frames"] * p["frame_bytes"]
         assert p["input_files"] == p["frames"]  # one CBF file per frame
+        # the view copy (xrdct view's maps and patterns): under 5 % of the bytes the run writes
+        view = p["stages"]["view"]["bytes_written"] / sum(s["bytes_written"] for s in p["stages"].values())
+        assert 0.01 < view < 0.05 and f"view copy: {100 * view:.1f} % of the bytes written" in res.output
         truth_at_scale(tmp_path / "big.yaml", order, p)
 
 
@@ -170,7 +178,7 @@ def truth_at_scale(workflow: Path, order: str, p: dict) -> None:
     from xrdct_dask.pipeline.context import RunContext
     from xrdct_dask.pipeline.graph import build_graph
     from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
-    from xrdct_dask.runs.open import layout_for, store_markers
+    from xrdct_dask.runs.open import layout_for, store_markers, view_store_args
     from xrdct_dask.runs.plan import _nr
 
     wf = load_workflow(workflow, {"pdf.order": order})
@@ -188,7 +196,8 @@ def truth_at_scale(workflow: Path, order: str, p: dict) -> None:
     store.create_store(path, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=q_nm, radial_unit="q_nm^-1",
                        omega_deg=np.arange(s.nomega) * 0.1, x_mm=np.arange(s.nx) * 1.0, z_mm=np.arange(s.nz) * 1.0,
                        r_A=op.r_A, layout=lay, attrs={}, markers=store_markers(wf, lay, q_nm, op.r_A),
-                       aux_channels=pdf_aux_channels(op) if order == "pdf-then-recon" else None)
+                       aux_channels=pdf_aux_channels(op) if order == "pdf-then-recon" else None,
+                       **view_store_args(wf, lay, q_nm, op.r_A))
     arrays = store_arrays(path)
     assert p["chunks"] == {k: 0 if k == "reduced/scan_flag" else a.nchunks for k, a in arrays.items()}  # no scan file
     chunk_bytes = {k: int(np.prod(a.chunks)) * a.dtype.itemsize for k, a in arrays.items()}
@@ -284,5 +293,5 @@ def test_input_files_of_an_hdf5_source_are_its_files(tmp_path):
 
     h5 = simulate_scan(tmp_path / "h5", nz=2, nomega=4, nx=5, seed=4, threads=2, fmt="h5", frames_per_file=16)
     wf = load_workflow(h5.workflow)
-    assert plan_workflow(wf).input_files == len(wf.frame_source().files()) == 4
+    assert plan_workflow(wf).input_files == len(frame_source(wf).files()) == 4
     assert plan_workflow(load_workflow(h5.workflow, {"scan.nz": 4})).input_files == 1 + 5

@@ -89,8 +89,9 @@ def executed(path) -> dict[str, dict]:
 def test_reference_run_is_complete_and_marked(reference):
     state = store.task_state(reference)
     assert state.complete
-    assert state.counts() == {"integrate": (24, 24), "center": (2, 2), "recon": (8, 8), "pdf": (2, 2)}
-    assert store.read_attrs(reference)["stage_status"] == {"reduced": "done", "recon": "done", "pdf": "done"}
+    assert state.counts() == {"integrate": (24, 24), "center": (2, 2), "recon": (8, 8), "pdf": (2, 2), "view": (2, 2)}
+    assert store.read_attrs(reference)["stage_status"] == {"reduced": "done", "recon": "done", "pdf": "done",
+                                                           "view": "done"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -562,7 +563,8 @@ def test_reprocess_many_runs_as_one_graph_from_pdf(reference, corrupted, cluster
     for parent, out in zip(parents, outs):
         assert out.parent == parent.parent and out.name.startswith("run-")
         ran = store.read_attrs(out)["run_summary"]["tasks"]
-        assert {k: v["executed"] for k, v in ran.items()} == {"integrate": 0, "center": 0, "recon": 0, "pdf": 2}
+        assert {k: v["executed"] for k, v in ran.items()} == {"integrate": 0, "center": 0, "recon": 0, "pdf": 2,
+                                                              "view": 2}  # the view copy of the new G
         assert_same_arrays(out, parent, ["recon/intensity", "reduced/intensity", "tasks/center"])
         r = zarr.open_array(str(out / "r"), mode="r")[...]
         assert r[-1] == pytest.approx(12.0) and zarr.open_array(str(out / "pdf" / "G")).shape[-1] == r.size

@@ -48,7 +48,7 @@ def scan(tmp_path_factory):
 
 
 def workflow(scan, path):
-    return load_workflow(scan.workflow, {"store.path": str(path), "pdf.enabled": False})
+    return load_workflow(scan.workflow, {"store.path": str(path), "pdf.enabled": False, "view.write_copy": False})
 
 
 def test_a_stage_added_to_the_table_is_in_the_graph_and_the_plan(with_toy, scan, tmp_path):

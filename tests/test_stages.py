@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from xrdct_dask.backend import gpu_available
+from xrdct_dask.pipeline.frames import frame_source
 from xrdct_dask.pipeline.integrator import clear_integrators, integrator_for
 
 
@@ -93,7 +94,7 @@ def test_worker_warm_up_readies_every_pipeline_and_changes_no_result(sim_scan):
     payloads = [read_cbf_payload(sim_scan.frame_path(i)) for i in range(40)]
     batches = [(payloads[a:a + 16], np.linspace(0.9, 1.1, len(payloads[a:a + 16]))) for a in range(0, 40, 16)]
     cold = np.concatenate([r[0] for r in integ.integrate_batches(batches)])
-    integ.warm(wf.frame_source(), 3, wf.scan.nframes)
+    integ.warm(frame_source(wf), 3, wf.scan.nframes)
     eng = integ.impl
     assert len(eng._pipelines) == 3 and len(eng._free_rings) == 3
     largest = max(sim_scan.frame_path(i).stat().st_size for i in range(wf.scan.nframes))
@@ -130,7 +131,7 @@ def test_warm_up_before_the_acquisition_runs_a_blank_frame_through_every_arena(s
     monkeypatch.setattr(_cupy, "read_into_pinned",
                         lambda paths, *a, **k: reads.append(paths) or real(paths, *a, **k))
     before = set(Path(tempfile.gettempdir()).glob("xrdct-warm-*"))
-    integ.warm(live.frame_source(), 2, live.scan.nframes)
+    integ.warm(frame_source(live), 2, live.scan.nframes)
     eng = integ.impl
     assert len(eng._pipelines) == 2 and len(eng._free_rings) == 2
     assert len(reads) == 2 * eng.RING and all(Path(p).name == "blank.cbf" for r in reads for p in r)

@@ -53,7 +53,7 @@ def test_store_is_xarray_readable_with_named_dims(result):
     assert {"inputs.poni", "inputs.mask", "inputs.monitor"} <= set(attrs["input_contents"])
     assert all(len(v["sha256"]) == 64 for v in attrs["input_contents"].values())
     assert len(attrs["frame_sample"]["files"]) == len(attrs["frame_sample"]["bytes"]) == 256  # of 2 x 32 x 24
-    assert attrs["stage_status"] == {"reduced": "done", "recon": "done", "pdf": "done"}
+    assert attrs["stage_status"] == {"reduced": "done", "recon": "done", "pdf": "done", "view": "done"}
     assert bool(red["frame_ok"].all())
     assert (path.parent / "run-summary.png").stat().st_size > 10_000
     import zarr

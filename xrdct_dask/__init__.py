@@ -7,7 +7,7 @@ Entry points: :func:`run` (a workflow YAML or :class:`~xrdct_dask.config.Workflo
 :func:`xrdct_dask.runs.live.watch` (follow an acquisition as it is written; :func:`~xrdct_dask.view.live.live_status`
 and :func:`~xrdct_dask.view.live.live_figure` from a notebook), :class:`~xrdct_dask.runs.service.JobService` (the
 ``xrdct serve`` job interface), :class:`~xrdct_dask.integrate.Integrator`,
-:func:`~xrdct_dask.io.read_frame`, the ``xrdct`` CLI.
+:func:`~xrdct_dask.io.read_frame`, ``xrdct_dask.view(store)`` (the viewer in a notebook), the ``xrdct`` CLI.
 """
 
 from __future__ import annotations
@@ -29,4 +29,13 @@ def run(workflow, **kwargs):
     return _run(workflow, **kwargs)
 
 
-__all__ = ["Workflow", "WorkflowError", "load_workflow", "run", "__version__"]
+def __getattr__(name: str):
+    # ``xrdct_dask.view(store)``: the viewer package (callable), imported when first asked for
+    if name == "view":
+        import importlib
+
+        return importlib.import_module(".view", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Workflow", "WorkflowError", "load_workflow", "run", "view", "__version__"]

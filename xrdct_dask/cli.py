@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -10,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides, parse_value
+from xrdct_dask.config import WorkflowError, load_changes, load_workflow, parse_overrides, parse_value
 from xrdct_dask.view.console import show_messages
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -84,6 +85,17 @@ def simulate(
              "e.g. --texture Ni:0.6:90 --texture Fe:0.3:0:0.003:90")] = None,
     distance_m: Annotated[float, typer.Option(help="sample-detector distance (m): larger, more pixels per azimuthal "
                                                    "sector and a smaller q range")] = 0.2,
+    axis_offset: Annotated[float, typer.Option(help="rotation axis this many pixels right of the detector's "
+                                                    "centre (nx // 2)")] = 0.0,
+    tube: Annotated[float, typer.Option(help="outer radius (pixels) of a glass tube around the sample "
+                                            "(0: none)")] = 0.0,
+    tube_wall: Annotated[float, typer.Option(help="the tube's wall thickness, pixels")] = 2.0,
+    air: Annotated[float, typer.Option(help="air scattering at the first x, in voxels of the sample's matrix "
+                                            "(0: none)")] = 0.0,
+    air_ratio: Annotated[float, typer.Option(help="air at the last x over air at the first (linear in x)")] = 1.0,
+    background_scan: Annotated[Optional[str], typer.Option(
+        help="also record an empty-tube / air scan: line (one line of x at omega 0) or slice (every angle), "
+             "named in workflow.yaml's inputs.background_scan")] = None,
 ) -> None:
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
     from rich.progress import Progress
@@ -120,47 +132,78 @@ def simulate(
             _fail(str(err))
     if not distance_m > 0:
         _fail(f"--distance-m must be > 0 (got {distance_m})")
-    t0 = time.perf_counter()
-    with Progress() as bar:
-        task = bar.add_task("simulating frames", total=nz * nomega * nx)
+    env = None
+    if axis_offset or tube or air or background_scan:
+        from xrdct_dask.simulate.environment import SampleEnvironment
+
         try:
-            scan = simulate_scan(out_dir, nz, nomega, nx, detector=detector, order=order, fast_axis=fast_axis,
-                                 omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed, fmt=format_,
-                                 frames_per_file=frames_per_file, frames=frames, mu_per_px=mu, texture=textures,
-                                 distance_m=distance_m, progress=lambda k, n: bar.update(task, completed=k))
+            env = SampleEnvironment(tube_outer_px=tube or None, tube_wall_px=tube_wall, axis_offset_px=axis_offset,
+                                    air_level=air, air_ratio=air_ratio, background_scan=background_scan)
         except ValueError as err:
             _fail(str(err))
-    typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {scan.root}")
-    if rate is None:
-        typer.echo(f"run it: xrdct run {scan.workflow}")
-        return
-    _acquire(scan, rate, in_place)
+    staging = None
+    if rate is not None:  # simulated aside; out_dir gets the workflow only when the acquisition starts
+        import uuid
 
+        from xrdct_dask.simulate import check_simulation_folder
 
-def _acquire(scan, rate: float, in_place: bool) -> None:
-    """Move the simulated frames aside and write them back into frames/ at ``rate`` per second."""
-    import os
-    import shutil
-    import uuid
-
-    from xrdct_dask.simulate import stream_frames
-
-    frames = scan.frame_path(0).parent
-    staged = frames.parent / f".frames-staged-{uuid.uuid4().hex[:8]}"
-    os.rename(frames, staged)
-    frames.mkdir()
-    n = scan.nz * scan.nomega * scan.nx
-    typer.echo(f"acquiring {n} frames at {rate:g} Hz ({n / rate:.1f} s){' in place' if in_place else ''}: "
-               f"follow it with `xrdct watch {scan.workflow}`")
+        try:
+            check_simulation_folder(out_dir)
+        except ValueError as err:
+            _fail(str(err))
+        staging = out_dir / f".xrdct-acquisition-{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
     try:
-        whole = stream_frames([staged / scan.frame_path(i).name for i in range(n)],
-                              [scan.frame_path(i) for i in range(n)], rate, in_place=in_place)
+        with Progress() as bar:
+            task = bar.add_task("simulating frames", total=nz * nomega * nx)
+            try:
+                scan = simulate_scan(staging or out_dir, nz, nomega, nx, detector=detector, order=order,
+                                     fast_axis=fast_axis, omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed,
+                                     fmt=format_, frames_per_file=frames_per_file, frames=frames, mu_per_px=mu,
+                                     environment=env, texture=textures, distance_m=distance_m,
+                                     progress=lambda k, n: bar.update(task, completed=k))
+            except ValueError as err:
+                _fail(str(err))
+        typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {out_dir}")
+        if staging is None:
+            typer.echo(f"run it: xrdct run {scan.workflow}")
+            return
+        _acquire(scan, out_dir, rate, in_place)
+    finally:
+        if staging is not None:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)  # this command's own folder
+
+
+def _acquire(scan, out_dir: Path, rate: float, in_place: bool) -> None:
+    """Publish a scan simulated aside (``scan.root``, inside ``out_dir``) as an acquisition: its
+    PONI, mask, monitor, scan file and truth, an empty frames/ and then, last, its workflow (a
+    `watch` that sees the workflow finds every file it names, and no frame it should not read);
+    then write the frames into frames/ at ``rate`` per second."""
+    from xrdct_dask.simulate import SIMULATION_MARKER, stream_frames
+
+    (out_dir / SIMULATION_MARKER).write_text((scan.root / SIMULATION_MARKER).read_text())
+    for f in sorted(scan.root.iterdir()):
+        if f.is_file() and f.name not in ("workflow.yaml", SIMULATION_MARKER):
+            f.replace(out_dir / f.name)
+    (out_dir / "frames").mkdir(exist_ok=True)
+    (scan.root / "workflow.yaml").replace(out_dir / "workflow.yaml")
+    n = scan.nz * scan.nomega * scan.nx
+    names = [scan.frame_path(i).name for i in range(n)]
+    typer.echo(f"acquiring {n} frames at {rate:g} Hz ({n / rate:.1f} s){' in place' if in_place else ''}: "
+               f"follow it with `xrdct watch {out_dir / 'workflow.yaml'}`")
+    try:
+        whole = stream_frames([scan.root / "frames" / f for f in names], [out_dir / "frames" / f for f in names],
+                              rate, in_place=in_place)
     except KeyboardInterrupt:
         typer.secho("acquisition stopped", fg="yellow", err=True)
         raise typer.Exit(130)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)  # this command's own copy
     typer.echo(f"{n} frames written in {whole[-1] - whole[0]:.1f} s")
+
+
+ALLOW_MISSING_HELP = ("run although whole slices of the workflow's grid have no frame (flagged missing): else "
+                      "refused before the run, or exit 1 after it (scan.allow_missing)")
 
 
 @app.command()
@@ -175,24 +218,42 @@ def run(
         "--adaptive/--no-adaptive", help="with --cluster: scale between 0 and --jobs jobs with the load")] = None,
     cluster_set: Annotated[Optional[list[str]], typer.Option(
         "--cluster-set", help="override a profile key: --cluster-set queue=gpu --cluster-set walltime=08:00:00")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help=ALLOW_MISSING_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a workflow: decode + integrate -> sinograms -> reconstruction -> G(r), into one zarr store."""
-    from xrdct_dask.cluster.profiles import ProfileError
-    from xrdct_dask.runs.execute import RunStopped, run
+    with _until_ctrl_c():
+        from xrdct_dask.cluster.profiles import ProfileError
+        from xrdct_dask.runs import execute as wfmod
 
-    _logging(verbose)
-    if cluster is not None and scheduler_address is not None:
-        _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
-    try:
-        wf = load_workflow(workflow, parse_overrides(set_))
-        path = run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
-                         cluster_options=_cluster_options(cluster_set))
-    except (WorkflowError, FileExistsError, ProfileError, RunStopped) as err:
-        _fail(str(err))
-    except KeyboardInterrupt:
-        _interrupted()
+        _logging(verbose)
+        if cluster is not None and scheduler_address is not None:
+            _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
+        try:
+            wf = load_workflow(workflow, _with_allow_missing(parse_overrides(set_), allow_missing))
+            path = wfmod.run(wf, scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, adaptive=adaptive,
+                             cluster_options=_cluster_options(cluster_set))
+        except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
+            _fail(str(err))
     typer.echo(f"store: {path}")
+    _refuse_missing_slices(path, wf)
+
+
+def _with_allow_missing(overrides: dict, allow: bool) -> dict:
+    return {**overrides, "scan.allow_missing": True} if allow else overrides
+
+
+def _refuse_missing_slices(path: Path, wf) -> None:
+    """Exit 1 with one line when a whole slice of the finished run has no frame (the scan is smaller
+    than the workflow says), unless missing slices are allowed."""
+    from xrdct_dask import store
+    from xrdct_dask.runs.report import missing_slices_message
+
+    msg = missing_slices_message(store.read_attrs(path).get("run_summary") or {}, wf.scan.nz)
+    if msg and not wf.scan.allow_missing:
+        typer.secho(f"error: {msg}; the store keeps what was integrated: fix scan.nz, or pass --allow-missing "
+                    f"to accept the missing slices", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -208,28 +269,29 @@ def watch(
     cluster_set: Annotated[Optional[list[str]], typer.Option(
         "--cluster-set", help="override a profile key: --cluster-set queue=gpu")] = None,
     png_every: Annotated[float, typer.Option(help="seconds between redraws of RUN-live.png (0: none)")] = 2.0,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help=ALLOW_MISSING_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Follow an acquisition: integrate frames as the detector writes them, reconstruct each slice
     once its sinogram is complete, into the same store as `xrdct run` (RUN-live.png shows it)."""
-    from xrdct_dask.cluster.profiles import ProfileError
-    from xrdct_dask.runs import live
-    from xrdct_dask.runs.execute import RunStopped
-    from xrdct_dask.view.live import live_paths
+    with _until_ctrl_c():
+        from xrdct_dask.cluster.profiles import ProfileError
+        from xrdct_dask.runs import execute as wfmod
+        from xrdct_dask.runs import live
+        from xrdct_dask.view.live import live_paths
 
-    _logging(verbose)
-    if cluster is not None and scheduler_address is not None:
-        _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
-    if not idle_timeout > 0:
-        _fail(f"--idle-timeout must be > 0 s (got {idle_timeout})")
-    try:
-        wf = load_workflow(workflow, parse_overrides(set_))
-        res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
-                         jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)
-    except (WorkflowError, FileExistsError, ProfileError, RunStopped) as err:
-        _fail(str(err))
-    except KeyboardInterrupt:
-        _interrupted()
+        _logging(verbose)
+        if cluster is not None and scheduler_address is not None:
+            _fail("give --cluster (start batch jobs) or --scheduler-address (use a running scheduler), not both")
+        if not idle_timeout > 0:
+            _fail(f"--idle-timeout must be > 0 s (got {idle_timeout})")
+        try:
+            live.wait_for_workflow(workflow, idle_timeout)  # an acquisition may write it after the watch starts
+            wf = load_workflow(workflow, _with_allow_missing(parse_overrides(set_), allow_missing))
+            res = live.watch(wf, idle_timeout_s=idle_timeout, scheduler_address=scheduler_address, cluster=cluster,
+                             jobs=jobs, cluster_options=_cluster_options(cluster_set), png_every_s=png_every)
+        except (WorkflowError, FileExistsError, ProfileError, wfmod.RunStopped) as err:
+            _fail(str(err))
     if res.timed_out:
         typer.echo(f"idle timeout: {res.missing} frames never came (flagged missing; a rerun reads them if they come)")
     typer.echo(f"store: {res.store}\nlive picture: {live_paths(res.store)[1]}")
@@ -237,29 +299,53 @@ def watch(
 
 @app.command()
 def serve(
-    jobs_dir: Annotated[Path, typer.Option(help="where every job's input, validated workflow and record are kept")] = Path(
+    jobs_dir: Annotated[Path, typer.Option(help="where every job's input, validated workflow, record and log are kept")] = Path(
         "xrdct-jobs"),
     host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free one)")] = 8765,
     scheduler_address: Annotated[Optional[str], typer.Option(
         help="run every job on this running dask scheduler (one warm cluster for the experiment)")] = None,
     base_dir: Annotated[Optional[Path], typer.Option(
-        help="where relative paths of a submitted workflow start (default: this folder)")] = None,
+        help="where relative paths of a submitted workflow start (default: the first --root)")] = None,
+    root: Annotated[Optional[list[Path]], typer.Option(
+        "--root", help="a folder jobs may read and write in (repeat for several); every path a job names must "
+                       "lie under one, symlinks resolved (default: --base-dir, else this folder)")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(
+        help="read the token from this file (a service started by a system unit) instead of generating one")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """A job service for the beamline control system: POST /jobs a workflow (path or YAML), GET
-    /jobs/<id> its status and output store; jobs run one at a time, each input kept for replay."""
-    from xrdct_dask.runs.service import JobService, make_server
+    /jobs/<id> its status and summary, DELETE /jobs/<id> to cancel; every request carries the
+    token printed at start (header 'Authorization: token T' or ?token=T); jobs run one at a time,
+    each input kept for replay, each log in its folder."""
+    import getpass
+
+    from xrdct_dask.runs.service import JobService, is_loopback, make_server, new_token, read_token_file
 
     _logging(verbose)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.secho(f"warning: listening on {host}: anyone who reaches it can run workflows here", fg="yellow", err=True)
-    service = JobService(jobs_dir, scheduler_address=scheduler_address, base_dir=base_dir)
     try:
-        server = make_server(service, host, port)
+        token = read_token_file(token_file) if token_file is not None else new_token()
+        service = JobService(jobs_dir, scheduler_address=scheduler_address, base_dir=base_dir, roots=root)
+    except WorkflowError as err:
+        _fail(str(err))
+    try:
+        server = make_server(service, host, port, token=token)
     except OSError as err:
         _fail(f"cannot listen on {host}:{port}: {err.strerror or err}")
-    typer.echo(f"xrdct job service on http://{host}:{server.server_address[1]}/jobs (jobs in {service.jobs_dir})")
+    if not is_loopback(host):
+        for line in (f"WARNING: xrdct serve listens on {host}, not only on this machine (127.0.0.1).",
+                     f"WARNING: whoever reaches {host}:{server.server_address[1]} with the token runs workflows as "
+                     f"{getpass.getuser()}, reading and writing under {', '.join(map(str, service.roots))}.",
+                     "WARNING: keep the token secret; prefer 127.0.0.1 and an SSH tunnel."):
+            typer.secho(line, fg="red", bold=True, err=True)
+    url = f"http://{host}:{server.server_address[1]}/"
+    typer.echo(f"xrdct job service on {url}jobs (jobs in {service.jobs_dir}; paths under "
+               f"{', '.join(map(str, service.roots))})")
+    if token_file is None:  # printed once, as Jupyter does
+        typer.echo(f"token (send it as the header 'Authorization: token <token>' or ?token=<token>): {token}\n"
+                   f"  {url}jobs?token={token}")
+    else:
+        typer.echo(f"token: the one in {token_file}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -272,6 +358,16 @@ def serve(
 def _interrupted() -> None:
     typer.secho("interrupted: what is marked done is kept; run the same command to resume", fg="yellow", err=True)
     raise typer.Exit(130)
+
+
+@contextlib.contextmanager
+def _until_ctrl_c():
+    """The body of a command that runs work: a Ctrl-C at any moment of it (its imports, the start of
+    the workers, the stages) stops it with the one line saying how to resume, exit status 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _interrupted()
 
 
 def _expand_runs(runs: list[str]) -> list[Path]:
@@ -291,23 +387,24 @@ def _expand_runs(runs: list[str]) -> list[Path]:
 def reprocess(
     runs: Annotated[list[str], typer.Argument(help="run stores (RUN.zarr), or quoted globs; several run as one graph")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="change a key: --set integrate.npt_rad=3000")] = None,
+    changes: Annotated[Optional[Path], typer.Option(
+        "--changes", help="a YAML file of changes in the workflow's sections (workflows/reprocess.yaml); --set wins")] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="rerun from this stage at least: integrate | recon | pdf")] = None,
     out: Annotated[Optional[Path], typer.Option(help="the new store (one run only); default RUN-<digest>.zarr beside it")] = None,
     scheduler_address: Annotated[Optional[str], typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Rerun old runs from their stored workflow with changes, recomputing only the stages downstream of them."""
-    from xrdct_dask.runs import reprocess as rp
-    from xrdct_dask.runs.execute import RunStopped
+    with _until_ctrl_c():
+        from xrdct_dask.runs import execute as wfmod
+        from xrdct_dask.runs import reprocess as rp
 
-    _logging(verbose)
-    try:
-        paths = rp.reprocess(_expand_runs(runs), parse_overrides(set_), from_, out,
-                             scheduler_address=scheduler_address)
-    except (WorkflowError, FileExistsError, RunStopped) as err:
-        _fail(str(err))
-    except KeyboardInterrupt:
-        _interrupted()
+        _logging(verbose)
+        try:
+            overrides = {**(load_changes(changes) if changes is not None else {}), **parse_overrides(set_)}
+            paths = rp.reprocess(_expand_runs(runs), overrides, from_, out, scheduler_address=scheduler_address)
+        except (WorkflowError, FileExistsError, wfmod.RunStopped) as err:
+            _fail(str(err))
     for p in paths:
         typer.echo(f"store: {p}")
 
@@ -324,21 +421,26 @@ def plan(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
     graph: Annotated[bool, typer.Option("--graph", help="also build every wave's graph (nothing computed): "
                                                         "tasks, seconds and the client's peak memory")] = False,
-    gpus: Annotated[int, typer.Option(min=1, help="GPUs the run integrates on (the read bandwidth they need)")] = 1,
+    gpus: Annotated[Optional[int], typer.Option(
+        min=1, help="GPUs the run integrates on (default: those of the cluster profile, else of this machine)")] = None,
     fs_gbps: Annotated[Optional[float], typer.Option(
         "--fs-gbps", min=0.001, help="GB/s the file system reads the frames at: bounds the run's frames/s and hours")] = None,
+    cluster: Annotated[Optional[str], typer.Option(
+        "--cluster", help="plan for this batch-system profile's jobs (default: compute.cluster, else this machine)")] = None,
+    jobs: Annotated[Optional[int], typer.Option(min=1, help="with a cluster profile: its jobs (default compute.jobs)")] = None,
 ) -> None:
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
     import json
 
+    from xrdct_dask.cluster.profiles import ProfileError
     from xrdct_dask.runs.plan import build_waves, format_plan, plan_workflow
 
     try:
         wf = load_workflow(workflow, parse_overrides(set_))
         p = plan_workflow(wf, frame_bytes=frame_bytes, gpu_frames_per_s=gpu_frames_per_s,
                           cpu_frames_per_s_per_core=cpu_frames_per_s_per_core, results=results, gpus=gpus,
-                          fs_gbps=fs_gbps)
-    except (WorkflowError, FileNotFoundError) as err:
+                          fs_gbps=fs_gbps, cluster=cluster, jobs=jobs)
+    except (WorkflowError, FileNotFoundError, ProfileError) as err:
         _fail(str(err))
     typer.echo(format_plan(p))
     out = p.to_dict()
@@ -350,6 +452,28 @@ def plan(
         out["graph"] = g
     if json_out is not None:
         json_out.write_text(json.dumps(out, indent=1))
+
+
+@app.command()
+def info(
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store to describe")],
+    as_json: Annotated[bool, typer.Option("--json", help="print it as JSON")] = False,
+    workflow: Annotated[bool, typer.Option("--workflow", help="print the whole stored workflow (YAML) instead")] = False,
+) -> None:
+    """What a run store holds: workflow, inputs and their digests, frames flagged, stages done,
+    timings and versions (nothing is written)."""
+    from xrdct_dask.runs.info import format_info, info_json, store_info
+
+    try:
+        found = store_info(run_store)
+    except ValueError as err:
+        _fail(str(err))
+    if workflow:
+        import yaml
+
+        typer.echo(yaml.safe_dump(found["workflow"], sort_keys=False).rstrip())
+    else:
+        typer.echo(info_json(found) if as_json else format_info(found))
 
 
 @app.command()
@@ -389,6 +513,7 @@ def export(
     from xrdct_dask.export import (
         DEFAULT_GROUPS,
         ExportError,
+        ExportExistsError,
         export_nexus,
         export_pdf_files,
         parse_region,
@@ -416,8 +541,82 @@ def export(
             for p in export_pdf_files(run_store, pdf_files, voxels=parse_voxels(voxels) if voxels else None,
                                       mask=mask, region=parse_region(region) if region else None):
                 typer.echo(str(p))
+    except ExportExistsError as err:
+        _fail(err.hint("--overwrite"))  # the command line's spelling of the option
     except (ExportError, PDFParameterError, FileExistsError) as err:
         _fail(str(err))
+
+
+def _phases(pairs: list[str] | None) -> dict | None:
+    """``["Ni=2.034,1.762"]`` -> ``{"Ni": [2.034, 1.762]}`` (None: none given)."""
+    if not pairs:
+        return None
+    out = {}
+    for p in pairs:
+        name, _, ds = p.partition("=")
+        try:
+            out[name.strip()] = [float(d) for d in ds.split(",")]
+            if not name.strip() or not all(d > 0 for d in out[name.strip()]):
+                raise ValueError
+        except ValueError:
+            _fail(f"--phase {p!r}: expected NAME=d1,d2,... with d-spacings in angstrom, e.g. Ni=2.034,1.762")
+    return out
+
+
+@app.command()
+def view(
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr",
+                                              help="the run store to look at (finished or being written)")],
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1 (0: any free one)")] = 5006,
+    map_: Annotated[Optional[str], typer.Option(
+        "--map", help="the map shown first: recon (at a q), pdf/G, or a per-voxel array such as pdf/scale")] = None,
+    poll: Annotated[float, typer.Option(help="seconds between looks at the store for new blocks and slices")] = 2.0,
+    phase: Annotated[Optional[list[str]], typer.Option(
+        help="d-spacings (angstrom) to mark on voxel patterns: --phase Ni=2.034,1.762,1.246 (repeat for more; "
+             "default: the workflow's view.phases)")] = None,
+) -> None:
+    """Look inside a run in the browser: maps at q or r, voxel patterns and G(r), sinograms, live
+    while `xrdct watch` fills the store (127.0.0.1 only, with an access token in the URL)."""
+    from xrdct_dask.view import INSTALL
+    from xrdct_dask.view.data import ViewError
+    from xrdct_dask.view.server import start_server
+
+    try:
+        server, url = start_server(run_store, port, map_name=map_, poll_s=poll, phases=_phases(phase))
+    except ViewError as err:
+        _fail(str(err))
+    except ImportError as err:  # bokeh (or tornado) missing
+        _fail(f"xrdct view needs bokeh ({err}): {INSTALL}")
+    typer.echo(f"xrdct view of {run_store}: {url}\n(from another machine: ssh -L {server.port}:127.0.0.1:"
+               f"{server.port} THIS_HOST, then open the same URL; Ctrl-C stops)")
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        server.stop()
+
+
+@app.command()
+def center(
+    run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store (only read)")],
+    z: Annotated[Optional[int], typer.Option("--z", help="slice (default: the middle one)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default RUN-center-zK.png beside the store; "
+                                                     "never a file this program did not write)")] = None,
+    step: Annotated[float, typer.Option(help="pixels between candidate axes")] = 0.5,
+    count: Annotated[int, typer.Option(help="candidate axes (the found one in the middle)")] = 9,
+) -> None:
+    """Picture of a slice reconstructed at candidate rotation axes around the one found, to check it."""
+    from xrdct_dask.view.center import CenterPictureError, write_center_picture
+
+    _logging(False)
+    try:
+        png, geo = write_center_picture(run_store, z, out, step_px=step, count=count)
+    except CenterPictureError as err:
+        _fail(str(err))
+    axis = geo.get("axis") or {}
+    conf = f" (confidence {axis['confidence']:.2f}, {geo['center_source']})" if axis else f" ({geo['center_source']})"
+    typer.echo(f"axis {geo['center']:.3f} px{conf}: {png}")
 
 
 @app.command()
@@ -428,15 +627,23 @@ def demo(
     nx: Annotated[int, typer.Option()] = 32,
 ) -> None:
     """Simulate a small scan and run the whole workflow on it (a few minutes on a laptop)."""
-    from xrdct_dask.simulate import simulate_scan
+    from xrdct_dask.runs import execute as wfmod
+    from xrdct_dask.simulate import simulate_scan, simulated_workflow
     from xrdct_dask.view.summary import summary_path
 
     _logging(False)
     t0 = time.perf_counter()
-    typer.echo(f"simulating {nz} x {nomega} x {nx} = {nz * nomega * nx} frames into {out_dir} ...")
-    scan = simulate_scan(out_dir, nz, nomega, nx)
-    typer.echo(f"  done in {time.perf_counter() - t0:.0f} s; running {scan.workflow}")
-    path = run(load_workflow(scan.workflow, {"store.overwrite": True}))
+    workflow = simulated_workflow(out_dir, nz, nomega, nx)
+    if workflow is not None:  # an earlier demo's scan: its store records it, so it is not simulated over
+        typer.echo(f"using the {nz} x {nomega} x {nx} scan simulated earlier in {out_dir}; running {workflow}")
+    else:
+        typer.echo(f"simulating {nz} x {nomega} x {nx} = {nz * nomega * nx} frames into {out_dir} ...")
+        try:
+            workflow = simulate_scan(out_dir, nz, nomega, nx).workflow
+        except ValueError as err:
+            _fail(str(err))
+        typer.echo(f"  done in {time.perf_counter() - t0:.0f} s; running {workflow}")
+    path = wfmod.run(load_workflow(workflow, {"store.overwrite": True}))
     typer.echo(f"\nstore:   {path}\npicture: {summary_path(path)}\n"
                f"open it: python -c \"import xarray as xr; print(xr.open_zarr('{path}', group='recon'))\"\n"
                f"total {time.perf_counter() - t0:.0f} s")

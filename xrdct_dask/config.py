@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from xrdct_dask.errors import WorkflowError
 from xrdct_dask.io.layout import ScanShape, check_for_scan, check_template, template_fields
 from xrdct_dask.io.scan import INTERLACE_PASSES
-from xrdct_dask.io.source import open_source
 from xrdct_dask.io.spec import is_hdf5, split_spec
 from xrdct_dask.pdf.pdfgetx3 import WORKFLOW_KEYS, config_dataformat, read_config
 
 RADIAL_UNITS = ("q_nm^-1", "q_A^-1", "2th_deg")
+MAX_CONFIG_BYTES = 1 << 20  # a workflow (or a cluster profile) is a few kB: larger files are not read as one
+MAX_NESTING = 32  # mappings and lists within each other in a workflow: sections are 2 deep
+SECTIONS = ("inputs", "scan", "geometry", "integrate", "store", "sinogram", "recon", "pdf", "compute")
 
 
 
@@ -69,6 +70,8 @@ class Inputs(_Section):
     check_md5: bool = Field(False, description="verify each frame's Content-MD5 (one md5 per frame); "
                                                "a mismatch flags the frame BAD_CHECKSUM")
 
+    background_scan: "BackgroundScan | None" = Field(None, description="a measured empty-container / air scan, "
+                                                                   "integrated as the frames and subtracted per q")
     positioners: "Positioners" = Field(default_factory=lambda: Positioners(),
                                        description="names of the scan's motors and counters in an HDF5 scan")
     monitor_max_ratio: float = Field(100.0, gt=1, description="a monitor value more than this factor above or below "
@@ -84,6 +87,33 @@ class Inputs(_Section):
     @classmethod
     def _has_index_field(cls, v: str) -> str:
 
+        check_frames_template(split_spec(v)[0] if is_hdf5(v) else v, hdf5=is_hdf5(v))
+        return v
+
+
+class BackgroundScan(_Section):
+    """A measured background: the empty container (tube, reactor) or air alone, recorded with the
+    beamline set as for the sample.  Integrated with the run's plan, normalised by its own monitor
+    (relative to the scan's monitor reference) and subtracted from every sinogram per q before the
+    other background corrections (xrdct_dask.sinogram.air.subtract_measured)."""
+
+    frames: str = Field(description="a CBF template with an {index} field, or an HDF5 file::/dataset; index 0.. in "
+                                    "the order below")
+    monitor: Path | None = Field(None, description="text file, one I0 value per background frame (none: every "
+                                                   "frame at the scan's monitor reference)")
+    extent: Literal["line", "slice"] = Field(
+        "line", description="line: scan.nx frames, one translation line at a fixed angle, subtracted from every "
+                            "projection (a container centred on the axis, or air); slice: scan.nomega x scan.nx "
+                            "frames in the scan's own order (scan.order, scan.fast_axis), subtracted projection by "
+                            "projection (any container)")
+
+    @field_validator("frames")
+    @classmethod
+    def _is_source(cls, v: str) -> str:
+        from xrdct_dask.io.spec import is_hdf5, split_spec
+
+        if not is_hdf5(v) and "{index" not in v:
+            raise ValueError(f"{v!r}: needs an {{index}} field (a CBF template) or an HDF5 file::/dataset")
         check_frames_template(split_spec(v)[0] if is_hdf5(v) else v, hdf5=is_hdf5(v))
         return v
 
@@ -112,6 +142,10 @@ class Scan(_Section):
                             "x_step_mm, ...), or auto: measured where the scan gives them")
     x_step_mm: float = Field(1.0, gt=0)
     z_step_mm: float = Field(1.0, gt=0)
+    allow_missing: bool = Field(False, description="run even when the scan leaves whole slices (angles, x steps) of "
+                                                   "this grid without a frame, their frames flagged missing; else "
+                                                   "that is refused (or `xrdct run` exits 1); not part of the "
+                                                   "run's identity (--allow-missing)")
 
     @property
     def nframes(self) -> int:
@@ -210,13 +244,24 @@ class Sinogram(_Section):
     fill_bad: bool = Field(True, description="fill frames flagged bad from their neighbours (else: zeros)")
     zingers: bool = Field(True, description="replace isolated spikes (one frame, one q bin) by their 3x3 median")
     zinger_threshold: float = Field(8.0, gt=0, description="spike: exceeds all 8 neighbours by this many noise levels")
-    background: bool = Field(False, description="subtract the mean of sample-free edge columns (air, container)")
+    background: bool | Literal["auto"] = Field(
+        "auto", description="auto: find the columns that are air in every projection and subtract the air modelled "
+                            "per q as a line in x (nothing where no column is air: the run's log says why); true: "
+                            "subtract the mean of background_columns fixed edge columns; false: none")
     background_columns: int = Field(2, ge=1, description="sample-free columns used at each edge")
     background_per_projection: bool = Field(False, description="one background per projection instead of per scan")
     stripes: bool = Field(False, description="stripe (ring artefact) removal: stripes of any width up to "
                                              "stripe_max_width_px, over all or part of omega, sorting-based")
     stripe_snr: float = Field(3.0, gt=0, description="stripe: a run of columns off all predictions from its neighbours by this many noise levels")
     stripe_max_width_px: int = Field(6, ge=1, description="widest stripe looked for, in columns (x steps)")
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _background_choice(cls, v):
+        words = ("auto", "true", "false", "yes", "no", "on", "off", "1", "0")
+        if isinstance(v, str) and v.strip().lower() not in words:
+            raise ValueError(f"must be true, false or auto (got {v!r})")
+        return v.strip().lower() if isinstance(v, str) and v.strip().lower() == "auto" else v
     jitter: bool = Field(False, description="per-projection shift correction from the centre of mass")
     max_jitter_px: float = Field(3.0, gt=0, description="largest jitter correction, pixels")
     absorption: Literal["off", "transmission", "scattering"] = Field(
@@ -357,7 +402,7 @@ class TexturePeak(_Section):
 class Texture(_Section):
     """Texture and strain per voxel from the reconstructed sectors (``integrate.npt_azim > 1``)."""
 
-    peaks: list[TexturePeak] = Field(default_factory=list, description="reflections whose intensity and position "
+    peaks: list[TexturePeak] = Field([], description="reflections whose intensity and position "
                                                                        "are followed over the sectors")
 
 
@@ -384,11 +429,26 @@ class Compute(_Section):
     adaptive: bool = Field(False, description="with a cluster profile: scale between 0 and `jobs` jobs with the load")
 
 
+class View(_Section):
+    """What ``xrdct view`` shows and the small copy the run writes for it (display only: not part
+    of the run's identity, so changing it never reruns anything)."""
+
+    write_copy: bool = Field(True, description="write the view copy (view/: maps and patterns binned for the browser) "
+                                         "of each slice after its recon and G(r)")
+    map_pixels: int = Field(512, ge=16, description="the view copy's maps have at most this many pixels a side "
+                                                    "(larger slices: voxels averaged in s x s blocks)")
+    phases: dict[str, list[Annotated[float, Field(gt=0)]]] = Field(
+        {}, description="d-spacings (angstrom) marked on voxel patterns, by phase: "
+                                          "{Ni: [2.034, 1.762, 1.246]}")
+
+
 def _check_bytes(v):
     if v is None or v == "auto":
         return v
 
     try:
+        from dask.utils import parse_bytes  # lazy: dask's import would double the CLI's start-up
+
         if parse_bytes(str(v).replace(" ", "")) <= 0:
             raise ValueError
     except (ValueError, TypeError):
@@ -408,6 +468,7 @@ class Workflow(_Section):
     pdf: PDF = PDF()
     texture: Texture = Texture()
     compute: Compute = Compute()
+    view: View = View()
 
     @field_validator("store", mode="before")
     @classmethod
@@ -445,6 +506,9 @@ class Workflow(_Section):
         if self.integrate.npt_azim > 1 and self.pdf.enabled:
             raise ValueError("integrate.npt_azim: G(r) is made from one pattern per voxel: set pdf.enabled: false "
                              "with azimuthal sectors (or npt_azim: 1)")
+        if self.integrate.npt_azim > 1 and self.inputs.background_scan is not None:
+            raise ValueError("inputs.background_scan: a measured background is subtracted from 1D patterns: leave it "
+                             "out with azimuthal sectors (integrate.npt_azim > 1)")
         if self.texture.peaks and self.integrate.npt_azim < 2:
             raise ValueError("texture.peaks: texture and strain need azimuthal sectors (integrate.npt_azim > 1)")
         return self
@@ -490,9 +554,11 @@ class Workflow(_Section):
 
     def work_digest(self) -> str:
         """sha256 of what determines the store's contents: the digest without ``compute`` (how
-        many workers) and ``store.path``/``store.overwrite`` (where).  A run resumes a store only
-        when its work digest matches the one the store records."""
-        data = json.loads(self.model_dump_json(exclude={"compute": True, "store": {"path", "overwrite"}}))
+        many workers), ``view`` (how it is shown), ``store.path``/``store.overwrite`` (where) and
+        ``scan.allow_missing`` (what a run accepts).  A run resumes a store only when its work
+        digest matches the one the store records."""
+        data = json.loads(self.model_dump_json(exclude={"compute": True, "view": True, "store": {"path", "overwrite"},
+                                                        "scan": {"allow_missing"}}))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -501,29 +567,111 @@ class Workflow(_Section):
 
         return is_hdf5(self.inputs.frames)
 
-    def frame_path(self, index: int) -> Path:
-        """The CBF file of frame ``index`` (a template source; an HDF5 source has no file per frame),
-        computed from the template and the scan (:mod:`xrdct_dask.io.layout`), nothing listed."""
-        if self.frames_hdf5:
-            raise ValueError(f"inputs.frames {self.inputs.frames!r} is an HDF5 source: frames have no file each")
-        return self.frame_source().path(index)
-
-    def frame_file(self, index: int) -> Path:
-        """The file holding frame ``index``: its CBF file, the HDF5 file of its slice or line, or the
-        one HDF5 file of the scan."""
-        src = self.frame_source()
-        return src.file_of(index) if hasattr(src, "file_of") else src.file
-
     @property
     def frames_templated(self) -> bool:
         """``inputs.frames`` names a file per frame, slice or line (a template), not one HDF5 source."""
 
         return bool(template_fields(split_spec(self.inputs.frames)[0]))
 
-    def frame_source(self):
-        """The :class:`~xrdct_dask.io.source.FrameSource` of ``inputs.frames`` (opened once per process)."""
 
-        return open_source(self.inputs.frames, scan=self.scan_shape)
+class _PlainLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*name`` (and so the "billion laughs" of nested
+    aliases, 1 kB of YAML expanding to GBs) is refused while the text is composed, before any
+    value is built."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "an alias (*name): YAML aliases are not allowed here, "
+                                              "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what of a YAML error, without quoting the text that failed (it may be a file that
+    is not a workflow at all: nothing of it is echoed)."""
+    import re
+
+    mark = getattr(err, "problem_mark", None)
+    problem = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", getattr(err, "problem", None) or "syntax error")
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep mappings and lists lie within each other in ``value`` (a scalar: 0), counted
+    without recursion (a body nested 5,000 deep must not exhaust Python's stack)."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        depth = max(depth, d)
+        stack.extend((c, d + 1) for c in children)
+    return depth
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse configuration YAML text: safe types only, no aliases, at most :data:`MAX_CONFIG_BYTES`
+    and :data:`MAX_NESTING` levels; any failure is a one-line :class:`WorkflowError` naming
+    ``source`` that quotes nothing of the text."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
+        raise WorkflowError(f"{source}: over {MAX_CONFIG_BYTES:,} bytes: a workflow is a few kB, this is not one")
+    loader = _PlainLoader(text)  # what yaml's load does, with the safe loader that refuses aliases
+    try:
+        value = loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{source}: not valid YAML ({_yaml_problem(err)})") from None
+    except RecursionError:
+        raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)") from None
+    finally:
+        loader.dispose()
+    if nesting_depth(value) > MAX_NESTING:
+        raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)")
+    return value
+
+
+def read_config_text(path: Path, source: str | None = None) -> str:
+    """The text of a configuration file, refused in one line when it is not a regular file or is
+    larger than :data:`MAX_CONFIG_BYTES` (checked before reading: a 500 MB file is never loaded)."""
+    import os
+    import stat as stat_
+
+    source = source or str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise WorkflowError(f"{source}: file not found") from None
+    except OSError as err:
+        raise WorkflowError(f"{source}: cannot be read ({err.strerror or err})") from None
+    if not stat_.S_ISREG(st.st_mode):
+        raise WorkflowError(f"{source}: not a regular file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise WorkflowError(f"{source}: {st.st_size:,} bytes: a workflow is a few kB; files over "
+                            f"{MAX_CONFIG_BYTES:,} bytes are not read as one")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # the file may have grown since stat
+    except OSError as err:
+        raise WorkflowError(f"{source}: cannot be read ({err.strerror or err})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise WorkflowError(f"{source}: over {MAX_CONFIG_BYTES:,} bytes: not read as a workflow")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WorkflowError(f"{source}: not UTF-8 text") from None
+
+
+def _shown_key(key: str) -> str:
+    """A key as an error message may quote it: a plain name, else (a line of some other file read
+    as YAML, a password...) not at all."""
+    import re
+
+    return key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", key) else "(a key that is not a name)"
 
 
 def _one_line(err: ValidationError, source: str, overrides: dict | None = None) -> WorkflowError:
@@ -532,9 +680,11 @@ def _one_line(err: ValidationError, source: str, overrides: dict | None = None) 
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":  # a key of the file, not of the schema: quoted only if it is a name
+            key = _shown_key(key)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(e["loc"])
         elif e["type"] == "missing":
             msg = "required key is missing"
         given = next((k for k in overrides or {} if key == k or key.startswith(k + ".") or k.startswith(key + ".")),
@@ -543,15 +693,48 @@ def _one_line(err: ValidationError, source: str, overrides: dict | None = None) 
     return WorkflowError("; ".join(parts))
 
 
+def _keys_of(model) -> list[str]:
+    """Every dotted key of a section model (``integrate.npt_rad``, ``inputs.positioners.omega``)."""
+    out = []
+    for name, f in model.model_fields.items():
+        sub = f.annotation if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) else None
+        out += [name] + ([f"{name}.{k}" for k in _keys_of(sub)] if sub is not None else [])
+    return out
+
+
+def _did_you_mean(loc) -> str:
+    """`` (did you mean integrate.npt_rad?)`` for an unknown key at ``loc``: the closest key of the
+    same section (difflib), else the section that has a key of that name; empty when none is close."""
+    import difflib
+
+    parts = [str(p) for p in loc]
+    section, leaf = ".".join(parts[:-1]), parts[-1]
+    known = _keys_of(Workflow)
+    siblings = [k for k in known if k.rpartition(".")[0] == section]
+    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {section + '.' if section else ''}{close[0]}?)"
+    elsewhere = [k for k in known if k.rpartition(".")[2] == leaf]
+    return f" (did you mean {elsewhere[0]}?)" if len(elsewhere) == 1 else ""
+
+
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    """``d[a][b][c] = value`` for ``dotted = "a.b.c"``; a part that holds a value, not a section
+    (``scan.nz.x``), is a one-line WorkflowError."""
+    if not isinstance(dotted, str) or not dotted or nesting_depth(value) > MAX_NESTING:
+        raise WorkflowError(f"--set {_shown_key(str(dotted))}: expected a dotted key (integrate.npt_rad) and a plain "
+                            "value")
     keys = dotted.split(".")
     cur = d
-    for k in keys[:-1]:
+    for n, k in enumerate(keys[:-1]):
         nxt = cur.get(k)
-        if nxt is None or isinstance(nxt, (str, Path)):
+        if nxt is None or (isinstance(nxt, (str, Path)) and k == "store" and n == 0):
             # `store: path` shorthand: expand before descending
             nxt = {"path": nxt} if isinstance(nxt, (str, Path)) else {}
             cur[k] = nxt
+        if not isinstance(nxt, dict):
+            raise WorkflowError(f"--set {_shown_key(dotted)}: {_shown_key('.'.join(keys[:n + 1]))} is a value, "
+                                f"not a section: it has no key {_shown_key(keys[n + 1])}")
         cur = nxt
     cur[keys[-1]] = value
 
@@ -560,10 +743,7 @@ def parse_value(text: str, option: str) -> Any:
     """A command-line value parsed as YAML (``3000``, ``true``, ``[1, 2]``, ``a string``), limited to
     plain data: YAML tags (``!!python/...``, ``!!binary``, ``!!set``) are refused in one line, and
     what YAML would read as a date stays the text given."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise WorkflowError(f"{option}: not valid YAML ({str(err).splitlines()[0]})") from None
+    value = load_yaml_text(text, option)
 
     def plain(v) -> bool:
         if isinstance(v, dict):
@@ -591,9 +771,31 @@ def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str,
     return out
 
 
+def _read_yaml(path: Path, what: str):
+    """The plain data of a YAML file (safe loader), or a one-line :class:`WorkflowError` naming it."""
+    if not path.is_file():
+        raise WorkflowError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def load_changes(path: str | Path) -> dict[str, Any]:
+    """A file of changes for ``xrdct reprocess --changes`` (workflows/reprocess.yaml): a YAML mapping
+    in the workflow's sections, ``{recon: {filter: hann}}``, as the dotted overrides ``--set`` gives
+    (``{"recon.filter": "hann"}``).  The keys are validated with the workflow they change."""
+    path = Path(path)
+    raw = _read_yaml(path, "changes file")
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise WorkflowError(f"{path}: expected sections of keys to change (recon: {{filter: hann}})")
+    return flatten(raw)
+
+
 _PATH_KEYS = (("inputs", "poni"), ("inputs", "pyfai_config"), ("inputs", "mask"), ("inputs", "dark"),
               ("inputs", "flat"), ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
-              ("store", "path"), ("pdf", "background_file"), ("pdf", "config"))
+              ("store", "path"), ("pdf", "background_file"), ("pdf", "config"), ("inputs", "background_scan", "frames"),
+              ("inputs", "background_scan", "monitor"))
 
 
 def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict | None = None,
@@ -601,19 +803,26 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
     """Validate a plain dict (as read from YAML) into a :class:`Workflow`."""
     if not isinstance(raw, dict):
         raise WorkflowError(f"{source}: expected a mapping of sections (inputs, scan, ...), got {type(raw).__name__}")
+    if not any(isinstance(k, str) and k in SECTIONS for k in raw):
+        # not a workflow at all (some other file read as YAML): nothing of it is quoted back
+        raise WorkflowError(f"{source}: not a workflow (no {', '.join(SECTIONS[:2])} or store section)")
+    if nesting_depth(raw) > MAX_NESTING:
+        raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)")
     raw = json.loads(json.dumps(raw, default=str))  # deep copy, plain types
     for k, v in (overrides or {}).items():
         _set_dotted(raw, k, v)
     if isinstance(raw.get("store"), str):
         raw["store"] = {"path": raw["store"]}
     if base_dir is not None:
-        for sec, key in _PATH_KEYS:
-            val = raw.get(sec, {}).get(key) if isinstance(raw.get(sec), dict) else None
+        for *where, key in _PATH_KEYS:
+            sec = raw
+            for k in where:
+                sec = sec.get(k) if isinstance(sec, dict) else None
+            val = sec.get(key) if isinstance(sec, dict) else None
             if isinstance(val, str) and val and not Path(val).is_absolute():
-                raw[sec][key] = str((base_dir / val))
+                sec[key] = str((base_dir / val))
             elif isinstance(val, list):  # several files (dark, flat)
-                raw[sec][key] = [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v
-                                 for v in val]
+                sec[key] = [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in val]
     sources: list[str] = []
     if isinstance(raw.get("inputs"), dict) and raw["inputs"].get("pyfai_config"):
         from xrdct_dask.io.pyfai_config import PyFAIConfigError, merge_pyfai_config
@@ -635,17 +844,19 @@ def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
     path = Path(path)
     if not path.is_file():
         raise WorkflowError(f"{path}: workflow file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return workflow_from_dict(raw, base_dir=path.parent.resolve(), overrides=overrides, source=str(path))
+    return workflow_from_text(read_config_text(path), path.parent.resolve(), overrides, str(path))
+
+
+def workflow_from_text(text: str, base_dir: Path | None, overrides: dict | None = None,
+                       source: str = "workflow") -> Workflow:
+    """Validate a workflow's YAML text (:func:`load_yaml_text`, then :func:`workflow_from_dict`)."""
+    return workflow_from_dict(load_yaml_text(text, source), base_dir=base_dir, overrides=overrides, source=source)
 
 
 # ------------------------------------------------------------------------------------------
 # comparing workflows (resume refuses other work; reprocess reruns what a change affects)
 # ------------------------------------------------------------------------------------------
-IGNORED = ("compute", "store.path", "store.overwrite")  # how and where, not what
+IGNORED = ("compute", "store.path", "store.overwrite", "view", "scan.allow_missing")  # how and where (and how it is shown), not what
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -14,7 +14,9 @@ error                       raised when                                         
 :class:`CorruptFrameError`  a frame file cannot be decoded (becomes its status)  io
 :class:`StoreExistsError`   ``store.path`` names what this program must keep     store
 :class:`StoreWriteError`    a chunk of the store cannot be written               store
+:class:`NotARunError`       a path is not a run's store                          store
 :class:`RunStopped`         a run cannot go on (its store cannot be written)     run
+:class:`TaskFailed`         a task of the run raised                             run
 :class:`ExportError`        an export cannot be done                             export
 ==========================  ===================================================  ==============
 """
@@ -66,6 +68,10 @@ class StoreExistsError(StoreError, FileExistsError):
     """``store.path`` names something this program must not replace; the message is one line."""
 
 
+class NotARunError(StoreError, ValueError):
+    """A path that is not a store this program wrote (no zarr group, or no stored workflow)."""
+
+
 class StoreWriteError(StoreError, OSError):
     """A chunk of the store could not be written (full disk, read-only or vanished file system).
 
@@ -78,5 +84,23 @@ class RunStopped(XrdctError, RuntimeError):
     """The run cannot go on (the store cannot be written); what is marked done is whole."""
 
 
+class TaskFailed(XrdctError, RuntimeError):
+    """A task of the run raised (its key and the error in one line; ``-v`` shows the traceback).
+    What other tasks wrote and marked is whole: the same command resumes after a fix."""
+
+
 class ExportError(XrdctError, ValueError):
     """An export that cannot be done, in one line naming the store, group, key or file."""
+
+
+class ExportExistsError(ExportError):
+    """The output file exists and replacing it was not asked for.  The message is in the
+    library's spelling (``overwrite=True``); the command line says ``--overwrite`` instead
+    (:meth:`hint` with the option's spelling), so no message mixes the two."""
+
+    def __init__(self, path, option: str = "overwrite=True"):
+        self.path = path
+        super().__init__(self.hint(option))
+
+    def hint(self, option: str) -> str:
+        return f"{self.path} exists: pass {option} to replace an earlier export of this program"

@@ -41,17 +41,50 @@ def workers_per_gpu_for(device: int) -> int:
 
 @contextlib.contextmanager
 def _workers_ignore_sigint():
-    """Worker processes started inside inherit an ignored SIGINT (Python keeps an ignored SIGINT
-    ignored): a Ctrl-C in the terminal reaches the client alone, which stops the run and closes the
-    workers in order, instead of every worker printing its own KeyboardInterrupt traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    """Worker processes started inside never see a Ctrl-C, and the client never loses one.
+
+    A Ctrl-C in the terminal goes to the whole foreground process group; it must reach the client
+    alone, which stops the run and closes the workers in order, instead of every worker printing
+    its own KeyboardInterrupt traceback.  SIGINT is *blocked* (not ignored) in this thread while
+    the workers start: the threads started meanwhile (the cluster's event loop, the ones that spawn
+    the worker processes) inherit the mask, and so do the processes (a signal mask survives fork
+    and exec), which thus never receive it.  An ignored SIGINT would be lost for the client too (a
+    Ctrl-C ~3 s after start was: the run went on and exited 0).  Here a Ctrl-C during the start is
+    kept: delivered to another thread, the handler notes it; pending here, it is delivered when the
+    mask is lifted.  Either way KeyboardInterrupt is raised once the cluster is up.
+
+    multiprocessing's resource tracker is started first: starting it unblocks SIGINT in the thread
+    that starts it (bpo-33613), which would otherwise be the loop thread spawning the workers."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield  # (ignored already, e.g. a background job of a shell: the workers inherit that)
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    came: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C pending here is handled now (noted)
         signal.signal(signal.SIGINT, previous)
+    if came:
+        raise KeyboardInterrupt
+
+
+def _start_workers(make):
+    """``make()`` (a local cluster) with its workers started under :func:`_workers_ignore_sigint`;
+    a Ctrl-C that came meanwhile closes the new cluster and raises KeyboardInterrupt."""
+    cluster = None
+    try:
+        with _workers_ignore_sigint():
+            cluster = make()
+    except KeyboardInterrupt:
+        if cluster is not None:
+            cluster.close()
+        raise
+    return cluster
 
 
 def local_cluster(wf: Workflow, gpus: list[int] | None = None):
@@ -74,9 +107,9 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
     ngpu = len(gpus)
     if ngpu == 0:
         nworkers = c.n_workers or max(1, ncores // c.threads_per_worker)
-        with _workers_ignore_sigint():
-            return LocalCluster(n_workers=nworkers, threads_per_worker=c.threads_per_worker,
-                                memory_limit=c.memory_limit, dashboard_address=c.dashboard_address, host="127.0.0.1")
+        return _start_workers(lambda: LocalCluster(
+            n_workers=nworkers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
+            dashboard_address=c.dashboard_address, host="127.0.0.1"))
     # GPU workers hold several GB of page-locked buffers, fixed at start-up (not growing with the
     # scan): the "auto" share of RAM would pause them for it, so they get no limit unless one is set
     gpu_limit = 0 if c.memory_limit == "auto" else c.memory_limit
@@ -91,8 +124,7 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
         "env": {"CUDA_VISIBLE_DEVICES": str(gpus[k % ngpu]) if aux_gpu else ""},
         "host": "127.0.0.1", "memory_limit": c.memory_limit}} for k in range(ncpu)}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": c.dashboard_address, "host": "127.0.0.1"}}
-    with _workers_ignore_sigint():
-        return SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu")
+    return _start_workers(lambda: SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu"))
 
 
 def client_for(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: int | None = None,
@@ -117,6 +149,9 @@ def client_for(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: 
             jc.scale(jobs=n)
             log.info("cluster %s: %d jobs of %s", profile, n, describe(jc))
         return Client(jc), jc
+    from xrdct_dask.limits import check_local_workers
+
+    check_local_workers(wf)  # before any worker starts
     lc = local_cluster(wf)
     return Client(lc), lc
 

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import dask
 import dask_jobqueue
-import yaml
 from dask.utils import parse_bytes
 from distributed.deploy.local import nprocesses_nthreads
 
@@ -157,10 +156,12 @@ def load_profile(profile: str | Path | dict, **overrides) -> Profile:
     else:
         path = profile_path(profile)
         name = path.stem
+        from xrdct_dask.config import WorkflowError, load_yaml_text, read_config_text
+
         try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ProfileError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            raw = load_yaml_text(read_config_text(path), str(path))
+        except WorkflowError as err:
+            raise ProfileError(str(err)) from None
     src = str(path or name)
     if not isinstance(raw, dict) or not isinstance(raw.get("jobqueue"), dict):
         raise ProfileError(f"{src}: needs a 'jobqueue:' mapping with one of {', '.join(KINDS)}")
@@ -323,6 +324,18 @@ def _granted(d: dict, kind: str, extra: list[str], gpus: int, skip: list) -> tup
     if m:
         return pbs_bytes(m.group(1)), f"resource-spec mem={m.group(1)}"
     return None, "no memory directive"
+
+
+def job_resources(p: Profile) -> tuple[int, int]:
+    """``(cores, GPUs)`` one job of a validated profile asks for (site settings filling what the
+    profile leaves out), as :func:`_complete` reads them."""
+    d = {**_defaults(p.kind), **p.options}
+    if p.kind == "slurm":
+        gpus = slurm_gpus([str(x) for x in d.get("job-extra-directives") or []])
+    else:
+        m = re.search(r"ngpus=(\d+)", d.get("resource-spec") or "")
+        gpus = int(m.group(1)) if m else 0
+    return int(d["cores"]), gpus
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ h5py) and PDFgetX3-layout I(Q), S(Q), F(Q), G(r) files (:mod:`.pdffiles`: PDFgui
 
 from __future__ import annotations
 
-from xrdct_dask.errors import ExportError
+from xrdct_dask.errors import ExportError, ExportExistsError
 from xrdct_dask.export.nexus import DEFAULT_GROUPS, export_nexus
 from xrdct_dask.export.pdffiles import export_pdf_files, parse_region, parse_voxels
 
-__all__ = ["DEFAULT_GROUPS", "ExportError", "export_nexus", "export_pdf_files", "parse_region", "parse_voxels"]
+__all__ = ["DEFAULT_GROUPS", "ExportError", "ExportExistsError", "ExportExistsError", "export_nexus", "export_pdf_files", "parse_region", "parse_voxels"]

@@ -22,13 +22,23 @@ time (HDF5 chunks divide the zarr chunks, so every write covers whole HDF5 chunk
 whole array in memory; given a dask client, the chunks are read and compressed on its workers
 in parallel and the client only writes the compressed bytes (``write_direct_chunk``).  Compression: gzip with byte shuffle (every HDF5 reader has it), or
 ``"lz4"`` (hdf5plugin, faster, needs the plugin to read).  The output file is never overwritten
-unless it is an earlier export of this program and ``overwrite`` is set.
+unless it is an earlier export of this program and ``overwrite`` is set.  It is written under a
+temporary name of its own (``.OUT.h5.<hex>.partial``, created exclusively: a user's file is never
+written over) and renamed when whole, with ``.OUT.h5.xrdct-lock`` held so that two exports of one
+file do not race (the second is refused); a disk too full for the next piece stops the export in
+one line before HDF5 sees the error, leaving nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import itertools
 import json
+import os
+import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -40,8 +50,9 @@ from distributed import as_completed
 
 from xrdct_dask import __version__ as version
 from xrdct_dask.cluster.sidework import resolve_client
-from xrdct_dask.export import ExportError
+from xrdct_dask.errors import ExportError, ExportExistsError
 from xrdct_dask.export.azint import write_azint
+from xrdct_dask.ownfiles import exclusive_tmp
 
 CREATOR = "xrdct_dask export"
 DEFAULT_GROUPS = ("reduced", "recon", "pdf", "texture")
@@ -87,7 +98,8 @@ EXPORT_PIECE_BYTES = 64 << 20  # uncompressed bytes of the zarr chunks one expor
 EXPORT_IN_FLIGHT = 8  # pieces per worker whose encoded chunks may wait for the client at once
 
 
-def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, source=None, kind: str = "none"):
+def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, source=None, kind: str = "none",
+                guard: "SpaceGuard | None" = None):
     """Copy a zarr array into a new HDF5 dataset one zarr chunk at a time.
 
     With a ``client``, the zarr chunks are read and encoded into HDF5 chunks (the filters of
@@ -97,6 +109,8 @@ def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, so
     runs in parallel, and the file reads back the same values.  ``source`` = (store path, array
     path) for the workers to open."""
     shape, zchunks = zarr_arr.shape, zarr_arr.chunks
+    if zarr_arr.dtype.kind == "T":  # variable-length text (recon/slice_info: a JSON per slice): HDF5 strings
+        return h5group.create_dataset(name, data=np.asarray(zarr_arr[...], dtype=object), dtype=h5py.string_dtype())
     dtype = np.dtype(bool) if zarr_arr.dtype == np.dtype(bool) else zarr_arr.dtype
     if not shape or 0 in shape:
         d = h5group.create_dataset(name, shape=shape, dtype=dtype)
@@ -111,6 +125,8 @@ def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, so
                for start in itertools.product(*grid)]
     if client is None or source is None:
         for region in regions:
+            if guard is not None:
+                guard.need(int(np.prod([r.stop - r.start for r in region])) * dtype.itemsize)
             d[region] = zarr_arr[region]
         return d
     per_piece = max(1, EXPORT_PIECE_BYTES // (int(np.prod([min(c, s) for c, s in zip(zchunks, shape)]))
@@ -118,11 +134,11 @@ def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, so
     spec = (*source, shape, chunks, dtype.str, fill, kind)
     pieces = [(spec, [[(r.start, r.stop) for r in region] for region in regions[k:k + per_piece]])
               for k in range(0, len(regions), per_piece)]
-    _write_encoded(client, d, pieces, f"xrdct-export-{source[1].replace('/', '-')}")
+    _write_encoded(client, d, pieces, f"xrdct-export-{source[1].replace('/', '-')}", guard)
     return d
 
 
-def _write_encoded(client, d, pieces, name: str) -> None:
+def _write_encoded(client, d, pieces, name: str, guard: "SpaceGuard | None" = None) -> None:
     """Encode ``pieces`` on the workers (a bounded number in flight) and write their chunks into ``d``."""
 
 
@@ -135,7 +151,10 @@ def _write_encoded(client, d, pieces, name: str) -> None:
 
     running = as_completed([submit(k, p) for k, p in itertools.islice(todo, window)])
     for fut in running:
-        for offset, mask, raw in fut.result():  # raises a failed piece's error
+        chunks = fut.result()  # raises a failed piece's error
+        if guard is not None:
+            guard.need(sum(len(raw) for _, _, raw in chunks))
+        for offset, mask, raw in chunks:
             d.id.write_direct_chunk(offset, raw, mask)
         fut.release()
         nxt = next(todo, None)
@@ -211,7 +230,7 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
     comp = _compression(compression)
     if out_h5.exists():
         if not overwrite:
-            raise ExportError(f"{out_h5} exists: pass overwrite=True (--overwrite) to replace an earlier export")
+            raise ExportExistsError(out_h5)
         try:
             with h5py.File(out_h5, "r") as f:
                 ours = f.attrs.get("creator") == CREATOR
@@ -219,20 +238,126 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
             ours = False
         if not ours:
             raise ExportError(f"{out_h5} exists and is not an export of this program: not overwritten")
-    tmp = out_h5.with_name(f".{out_h5.name}.partial")
 
-    try:
-
-        _write(tmp, root, run_zarr, out_h5, groups, comp, version, resolve_client(client), compression)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # our own partial file
-        raise
-    tmp.replace(out_h5)
+    with target_lock(out_h5):  # one export at a time writes OUT.h5; a second is refused in one line
+        remove_stale_partials(out_h5)
+        with exclusive_tmp(out_h5, "partial") as (_, tmp):  # a name of its own: never a user's file
+            guard = SpaceGuard(out_h5, _h5_chunk_count(root, groups))
+            try:
+                _write(tmp, root, run_zarr, out_h5, groups, comp, version, resolve_client(client), compression, guard)
+            except OSError as err:  # a write HDF5 could not do (a disk filled by someone else meanwhile)
+                raise ExportError(f"{out_h5}: cannot be written ({err.strerror or _first_line(err)}); nothing "
+                                  "was left") from None
+            tmp.replace(out_h5)
     return out_h5
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
+LOCK_MARK = b"xrdct-dask export lock\n"  # the contents of a lock file this program made (and may remove)
+
+
+@contextlib.contextmanager
+def target_lock(out_h5: Path):
+    """Hold ``.OUT.h5.xrdct-lock`` beside ``out_h5`` (``flock``, exclusive, not waiting) while an
+    export writes it: a second export of the same file is refused in one line, and neither can
+    remove the other's partial file.  The lock file is removed after, where it is this program's
+    (its contents say so); a file of that name that is not is only locked, never written."""
+    lock = out_h5.with_name(f".{out_h5.name}.xrdct-lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+            os.write(fd, LOCK_MARK)
+        except FileExistsError:
+            try:
+                fd = os.open(lock, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:  # removed by the export that just finished: try again
+                continue
+        except OSError as err:
+            raise ExportError(f"{out_h5}: cannot be written ({err.strerror or err})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ExportError(f"{out_h5}: another export is writing it now (it holds {lock.name}): wait for it "
+                              "to finish, or export to another file") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a lock file an export removed as we opened it: take the new one
+    try:
+        yield lock
+    finally:
+        try:
+            if os.pread(fd, len(LOCK_MARK) + 1, 0) == LOCK_MARK:
+                os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.partial$")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def remove_stale_partials(out_h5: Path) -> list[Path]:
+    """Remove the partial files of exports of ``out_h5`` that were killed (``.OUT.h5.<12 hex>.partial``
+    holding an HDF5 file, or nothing): called with the target's lock held, so no export is writing
+    them.  Nothing else is touched (a user's ``.OUT.h5.partial`` has no such name)."""
+    removed = []
+    for p in out_h5.parent.glob(f".{glob.escape(out_h5.name)}.*.partial"):
+        m = _PARTIAL.match(p.name)
+        if not m or m["name"] != out_h5.name or not p.is_file() or p.is_symlink():
+            continue
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(len(_HDF5_SIGNATURE))
+            if head in (b"", _HDF5_SIGNATURE):
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
+SPACE_MARGIN = 4 << 20  # bytes kept free for HDF5's metadata (object headers, chunk index, the close)
+
+
+class SpaceGuard:
+    """Refuse to write what the disk cannot take, before HDF5 tries: HDF5 hitting ENOSPC leaves its
+    handles unusable (hundreds of lines of errors as they are freed, then a segfault at exit).
+    Before each piece, the free space must hold its bytes (uncompressed: an upper bound for what
+    a filter writes, + 1 %) plus the metadata margin (4 MB + 256 B per HDF5 chunk of the export)."""
+
+    def __init__(self, out_h5: Path, nchunks: int):
+        self.out_h5 = out_h5
+        self.margin = SPACE_MARGIN + 256 * nchunks
+
+    def need(self, nbytes: int) -> None:
+        free = shutil.disk_usage(self.out_h5.parent).free
+        if free < int(nbytes * 1.01) + 1024 + self.margin:
+            raise ExportError(f"{self.out_h5}: no space left on the device ({free / 1e6:,.1f} MB free, the export "
+                              f"needs more): nothing was left")
+
+
+def _h5_chunk_count(root, groups) -> int:
+    """HDF5 chunks the export of ``groups`` writes (for :class:`SpaceGuard`'s metadata margin)."""
+    n = 0
+    for g in groups:
+        for _, arr in root[g].arrays():
+            if arr.ndim and 0 not in arr.shape:
+                c = _h5_chunks(tuple(min(c, s) for c, s in zip(arr.chunks, arr.shape)), arr.dtype.itemsize)
+                n += int(np.prod([-(-s // k) for s, k in zip(arr.shape, c)]))
+    return n
+
+
 def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, version: str, client=None,
-           kind: str = "none") -> None:
+           kind: str = "none", guard: "SpaceGuard | None" = None) -> None:
 
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"NX_class": "NXroot", "creator": CREATOR, "file_name": out_h5.name,
@@ -242,13 +367,13 @@ def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, ve
         for k, v in dict(root.attrs).items():
             f.attrs[f"xrdct_{k}"] = _attr_value(v)
         for gname in groups:
-            _export_group(root[gname], f.create_group(gname), gname, comp, version, client, run_zarr, kind)
+            _export_group(root[gname], f.create_group(gname), gname, comp, version, client, run_zarr, kind, guard)
         if "reduced" in groups:
             write_azint(f, root, version)
 
 
 def _export_group(zg, entry, gname: str, comp: dict, version: str, client=None, run_zarr: Path | None = None,
-                  kind: str = "none") -> None:
+                  kind: str = "none", guard: "SpaceGuard | None" = None) -> None:
     entry.attrs["NX_class"] = "NXentry"
     entry.attrs["title"] = f"xrdct_dask {gname}"
     entry.create_dataset("program_name", data="xrdct_dask").attrs["version"] = version
@@ -266,7 +391,7 @@ def _export_group(zg, entry, gname: str, comp: dict, version: str, client=None, 
         arr = zg[name]
         nxdata = entry.create_group(name)
         nxdata.attrs.update({"NX_class": "NXdata", "signal": name})
-        d = _copy_array(arr, nxdata, name, comp, client, (str(run_zarr), f"{gname}/{name}"), kind)
+        d = _copy_array(arr, nxdata, name, comp, client, (str(run_zarr), f"{gname}/{name}"), kind, guard)
         d.attrs.update({k: _attr_value(v) for k, v in dict(arr.attrs).items()})
         written_vars[name] = d
         dims = list(arr.metadata.dimension_names or [None] * arr.ndim)

@@ -310,9 +310,12 @@ class CupyEngine(SourcesMixin):
         with slot.stream:
             slot.dev_meta.set(meta, stream=slot.stream)
             d_mon = slot.dev_meta[3, :n].view(cp.float64)
-            frames = slot.frames[:n]
+            frames = slot.frames[:n]  # int32 counts, or (a float dataset) the same words as float32
             if batch.frames is not None:  # decoded on the host (a layout or filter the kernels do not take)
-                frames.set(np.ascontiguousarray(batch.frames.reshape(n, -1), np.int32), stream=slot.stream)
+                host = batch.frames.reshape(n, -1)
+                if host.dtype.kind == "f":
+                    frames = frames.view(cp.float32)
+                frames.set(np.ascontiguousarray(host, frames.dtype), stream=slot.stream)
                 status = cp.zeros(n, cp.int32)
                 return self._integrate_launched(slot, frames, status, d_mon, n)
             total = max(int(np.max(batch.end)), 1)
@@ -324,6 +327,8 @@ class CupyEngine(SourcesMixin):
             if slot.h5decoder is None:
                 slot.h5decoder = ChunkDecoder("cuda")
             dt = np.dtype(batch.dtype)
+            if dt.kind == "f":  # integrated as float32 (csr_*_f32: NaN, inf and negative pixels invalid)
+                frames = frames.view(cp.float32)
             raw = None
             if dt.itemsize != 4:  # int32 / uint32 decode in place; other types through a scratch buffer
                 key = ("h5raw", id(slot))

@@ -26,7 +26,7 @@ from xrdct_dask.io.cbf import CbfPayload, CorruptFrameError
 from xrdct_dask.io.gpu_decode import pinned_empty, read_into_pinned
 from xrdct_dask.io.gpu_hdf5 import FILTER_NAMES_GPU, plan_chunks
 from xrdct_dask.io.hdf5 import FILES, RawChunks, decode_chunks
-from xrdct_dask.io.source import HDF5_SOURCES, Hdf5Frames, as_counts, read_batch
+from xrdct_dask.io.source import HDF5_SOURCES, Hdf5Frames, as_counts, out_of_range, read_batch
 from xrdct_dask.io.status import FrameStatus, frame_message, status_of
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ BATCH_FRAMES = 128  # frames per launch (Integrator.batch_frames on a GPU)
 class H5Batch:
     """A batch of HDF5 chunks for :meth:`CupyEngine._launch_h5`: chunk f is ``buffer[beg[f]:end[f]]``
     (``buffer`` pinned), ``filt`` its filter, ``plan`` the kernels' :class:`~xrdct_dask.io.gpu_hdf5.ChunkPlan`,
-    ``dtype`` the dataset's; or ``frames`` (n, ny, nx) int32 counts decoded on the host."""
+    ``dtype`` the dataset's; or ``frames`` (n, ny, nx) decoded on the host (int32 counts, or float32
+    of a float dataset: :func:`~xrdct_dask.io.source.as_counts`)."""
 
     buffer: np.ndarray | None
     beg: np.ndarray | None
@@ -217,6 +218,7 @@ class SourcesMixin:
                 sub = RawChunks(packed, offs, chunks.filter_id[cpu], chunks.status[cpu], chunks.shape, dt,
                                 [chunks.names[c] for c in cpu], {})
                 frames, cst = decode_chunks(sub)
+                cst[out_of_range(frames) & (cst == FrameStatus.OK)] = FrameStatus.OUT_OF_RANGE
                 st[cpu] = cst
                 host = (rows[cpu[cst == FrameStatus.OK]], as_counts(frames[cst == FrameStatus.OK]))
             return rows, st, (rows[good[plan.gpu]], gpu, int(chunks.offsets[-1])), host
@@ -228,7 +230,7 @@ class SourcesMixin:
                 feeds.append((good, b, norm[good], nbytes))
             if host is not None and host[0].size:
                 good, frames = host
-                feeds.append((good, H5Batch(None, None, None, None, None, np.dtype(np.int32), frames=frames),
+                feeds.append((good, H5Batch(None, None, None, None, None, frames.dtype, frames=frames),
                               norm[good], int(frames.nbytes)))
             yield Read(rows, st, feeds)
 

@@ -1,42 +1,29 @@
 """Frame readers: raw compressed bytes + header (cbf.py), decoders (decode.py), scan tables (scan.py),
 the frame-source contract ``read_frames(source, indices)`` for CBF templates and HDF5 (source.py,
-hdf5.py; imported on first use: h5py stays out of a plain ``import xrdct_dask.io``)."""
+hdf5.py).
+
+The names below are imported on first use (PEP 562): ``import xrdct_dask.io.layout`` (the workflow
+schema's template checks) loads neither numba nor h5py.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
 
-import numpy as np
-
-from xrdct_dask.io import source
-from xrdct_dask.io.cbf import (
-    CbfPayload,
-    CorruptFrameError,
-    SizeMismatchError,
-    TruncatedFrameError,
-    parse_cbf,
-    read_cbf_payload,
-    read_header,
-)
-from xrdct_dask.io.decode import decode_batch, decode_payload, pack_payloads
-
-__all__ = ["CbfPayload", "CorruptFrameError", "FrameSource", "SizeMismatchError", "TruncatedFrameError", "decode_batch",
-           "decode_payload", "open_source", "pack_payloads", "parse_cbf", "read_cbf_payload", "read_frame",
-           "read_frames", "read_header"]
-_SOURCE = ("FrameSource", "open_source", "read_frames")
+_EXPORTS = {
+    "CbfPayload": "cbf", "CorruptFrameError": "cbf", "SizeMismatchError": "cbf", "TruncatedFrameError": "cbf",
+    "parse_cbf": "cbf", "read_cbf_payload": "cbf", "read_header": "cbf",
+    "decode_batch": "decode", "decode_payload": "decode", "pack_payloads": "decode", "read_frame": "decode",
+    "FrameSource": "source", "open_source": "source", "read_frames": "source",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in _SOURCE:
-
-        return getattr(source, name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def read_frame(path: str | Path) -> np.ndarray:
-    """Read and decode one byte-offset CBF frame.
-
-    Returns a 2D int32 array (slow, fast) = (ny, nx), exactly what fabio returns.  A missing file
-    raises FileNotFoundError, a malformed one :class:`CorruptFrameError`, each naming the file.
-    """
-    return decode_payload(read_cbf_payload(path), name=str(path))
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from xrdct_dask.io.cbf import CbfPayload, CorruptFrameError
+from xrdct_dask.io.cbf import CbfPayload, CorruptFrameError, read_cbf_payload
 
 OK, TRUNCATED = 0, 1
 STATUS_NAMES = {OK: "ok", TRUNCATED: "truncated payload"}
@@ -181,3 +181,12 @@ def decode_payload(payload: CbfPayload, out: np.ndarray | None = None, name: str
     if st != OK:
         raise CorruptFrameError(f"{name}: {STATUS_NAMES[st]} ({buf.size} bytes for {payload.size} pixels)")
     return out
+
+
+def read_frame(path) -> np.ndarray:
+    """Read and decode one byte-offset CBF frame.
+
+    Returns a 2D int32 array (slow, fast) = (ny, nx), exactly what fabio returns.  A missing file
+    raises FileNotFoundError, a malformed one :class:`CorruptFrameError`, each naming the file.
+    """
+    return decode_payload(read_cbf_payload(path), name=str(path))

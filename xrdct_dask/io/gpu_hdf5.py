@@ -245,20 +245,36 @@ class ChunkDecoder:
 
 def decode_into_counts(decoder: ChunkDecoder, buf, beg, end, filt, plan: ChunkPlan, dtype, counts, scratch=None,
                        stream=None):
-    """Decode chunks of a ``dtype`` dataset into ``counts`` (n, npix) int32 where the decoder runs,
-    as :func:`~xrdct_dask.io.source.as_counts` makes them: 4-byte types in place (uint32 read as
-    int32: an Eiger gap 2^32 - 1 is -1), others through ``scratch`` (uint8, >= n * npix * itemsize)
-    and converted (uint16's 65535 -> -1).  Returns the status (n,) where the decoder runs."""
+    """Decode chunks of a ``dtype`` dataset into ``counts`` (n, npix) where the decoder runs, as
+    :func:`~xrdct_dask.io.source.as_counts` makes them on the host: ``counts`` is of
+    :func:`~xrdct_dask.io.source.pixel_dtype` (float32 for a float dataset: its values as they are,
+    NaN included, for the engine to mask; int32 counts for integers).  4-byte types are decoded in
+    place (uint32 read as int32: an Eiger gap 2^32 - 1 is -1; float32 as float32), others through
+    ``scratch`` (uint8, >= n * npix * itemsize) and converted (uint16's 65535 and uint64's 2^64 - 1
+    -> -1; float64 / float16 -> float32).  A 64-bit integer frame with values beyond int32 gets
+    status OUT_OF_RANGE (:func:`~xrdct_dask.io.source.out_of_range`), never wrapped values.
+    Returns the status (n,) where the decoder runs."""
+    from xrdct_dask.io.source import out_of_range, pixel_dtype
+    from xrdct_dask.io.status import FrameStatus
+
     dt = np.dtype(dtype)
     n, npix = counts.shape
+    if np.dtype(counts.dtype) != pixel_dtype(dt):
+        raise ValueError(f"frames of {dt} are integrated as {pixel_dtype(dt)}, not {counts.dtype}")
     frame_bytes = npix * dt.itemsize
     out = counts.view(np.uint8).reshape(-1) if dt.itemsize == 4 else scratch[:n * frame_bytes]
     status = decoder.decode(buf, beg, end, filt, plan, frame_bytes, dt.itemsize, out, stream)
     if dt.itemsize != 4:
         vals = out.view(dt).reshape(n, npix)
-        counts[...] = vals.astype(np.int32)
-        if dt == np.uint16:
-            counts[vals == np.iinfo(np.uint16).max] = -1
+        if dt.kind == "f":
+            counts[...] = vals.astype(np.float32)
+        else:
+            if dt.itemsize == 8:  # values no int32 holds flag their frame (the status where it decoded OK)
+                bad = out_of_range(vals)
+                status[...] = decoder.xp.where((status == 0) & bad, np.int32(FrameStatus.OUT_OF_RANGE), status)
+            counts[...] = vals.astype(np.int32)
+            if dt in (np.uint16, np.uint64):
+                counts[vals == np.iinfo(dt).max] = -1
     return status
 
 

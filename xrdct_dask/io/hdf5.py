@@ -181,14 +181,36 @@ FILES = H5FileCache()
 # ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Segment:
-    """A dataset that holds real chunks: ``file::dataset`` (``missing``: its file is absent)."""
+    """A dataset that holds real chunks: ``file::dataset`` (``missing``: its file is absent;
+    ``flag``: the FrameStatus code of every frame of a file that is there but unusable,
+    CORRUPT_HEADER (not readable as HDF5, damaged metadata, half written) or WRONG_SHAPE (frames
+    of another shape or type than the scan's), ``why`` says what; 0: usable)."""
 
     file: Path
     dataset: str
     missing: bool = False
+    flag: int = 0
+    why: str = ""
 
     def __str__(self) -> str:
         return f"{self.file}::{self.dataset}"
+
+
+# what h5py raises for a file that is there but cannot be read as the scan's (not HDF5, cut short,
+# damaged metadata: h5py's RuntimeError, a dataset path gone)
+UNREADABLE = (CorruptFrameError, OSError, RuntimeError, KeyError, ValueError)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:300]
+
+
+def flagged_map(file: Path, dataset: str, nframes: int, flag: int, why: str) -> SegmentMap:
+    """``nframes`` frames of one unusable file, each with status ``flag`` (see :class:`Segment`);
+    the file is closed here, so that a later look opens it afresh (it may be whole by then)."""
+    FILES.forget(file)
+    return SegmentMap([Segment(file, dataset, flag=int(flag), why=why)], np.zeros(nframes, np.int32),
+                      np.arange(nframes, dtype=np.int64))
 
 
 def _linked_file(name: str, parent: Path) -> Path:
@@ -313,9 +335,17 @@ def _segment_map(d: h5py.Dataset, file: Path, path: str, depth: int):
                                sframes.astype(np.int64))
             sframes = np.arange(sframes.size)
         else:
-            child, cframe, _ = segment_map(src_file, vs.dset_name, depth + 1)
-            if cframe != frame:
-                raise ValueError(f"{where}: source frames are {cframe}, the VDS's {frame}")
+            try:
+                child, cframe, _ = segment_map(src_file, vs.dset_name, depth + 1)
+            except FileNotFoundError:
+                raise
+            except UNREADABLE as err:  # this file's frames are flagged, the others read
+                n_src = vframes.size if src_all else int(np.prod(vs.src_space.shape[:1]))
+                child, cframe = flagged_map(src_file, vs.dset_name, n_src, FrameStatus.CORRUPT_HEADER,
+                                            _first_line(err)), frame
+            if cframe != frame:  # frames of another shape: this file's are flagged
+                child = flagged_map(src_file, vs.dset_name, child.segment.size, FrameStatus.WRONG_SHAPE,
+                                    f"frames {cframe}, the VDS's {frame}")
             sframes = np.arange(child.segment.size) if src_all else \
                 _selected_frames(vs.src_space, vs.src_space.shape, where)
             if sframes.size and sframes.max() >= child.segment.size:
@@ -340,33 +370,51 @@ def eiger_segment_map(file: Path, group: str) -> tuple[SegmentMap, tuple[int, in
     """An Eiger master's ``data_000001, ...`` links concatenated in order.
 
     A link whose data file is missing is counted as holding as many frames as the first present
-    one (Eiger writes equal files, ``nimages_per_file``, but the last); its frames are MISSING.
+    one (Eiger writes equal files, ``nimages_per_file``, but the last); its frames are MISSING.  A
+    data file that is there but cannot be read (cut short, half written, damaged metadata) is
+    counted the same and its frames flagged CORRUPT_HEADER; one of frames of another shape or type
+    than the first readable file's has its frames flagged WRONG_SHAPE: one bad file flags its own
+    frames, never the scan's.
     """
     names = eiger_links(file, group)
-    parts: list[SegmentMap | str] = []
+    parts: list = []  # SegmentMap, or (name, flag, why) of a link whose file is missing or unusable
     frame = dtype = None
     per_file = None
     for name in names:
         try:
             m, fr, dt = segment_map(file, f"{group}/{name}")
         except FileNotFoundError:
-            parts.append(name)
+            parts.append((name, FrameStatus.MISSING, "file not found"))
+            continue
+        except UNREADABLE as err:
+            parts.append((name, FrameStatus.CORRUPT_HEADER, _first_line(err)))
             continue
         if frame is not None and (fr, dt) != (frame, dtype):
-            raise ValueError(f"{file}::{group}/{name}: frames {fr} {dt}, but the earlier links hold {frame} {dtype}")
+            parts.append((name, FrameStatus.WRONG_SHAPE, f"frames {fr} {dt}, the earlier links' {frame} {dtype}",
+                          m.segment.size))
+            continue
         frame, dtype = fr, dt
         per_file = per_file or m.segment.size
         parts.append(m)
     if frame is None:
+        if any(p[1] != FrameStatus.MISSING for p in parts):
+            raise CorruptFrameError(f"{file}::{group}: none of the data files of its {len(names)} links is readable "
+                                    f"({next(p[2] for p in parts if p[1] != FrameStatus.MISSING)})")
         raise FileNotFoundError(f"{file}::{group}: none of the data files of its {len(names)} links exists")
     maps = []
     for p in parts:
-        if isinstance(p, str):
-            link = FILES.file(file)[group].get(p, getlink=True)
-            missing = Segment(_linked_file(getattr(link, "filename", "?"), file), getattr(link, "path", p), True)
-            maps.append(SegmentMap([missing], np.zeros(per_file, np.int32), np.arange(per_file, dtype=np.int64)))
-        else:
+        if isinstance(p, SegmentMap):
             maps.append(p)
+            continue
+        name, flag, why, *count = p
+        link = FILES.file(file)[group].get(name, getlink=True)
+        target = _linked_file(getattr(link, "filename", "?"), file)
+        where = getattr(link, "path", name)
+        if flag == FrameStatus.MISSING:
+            maps.append(SegmentMap([Segment(target, where, True)], np.zeros(per_file, np.int32),
+                                   np.arange(per_file, dtype=np.int64)))
+        else:
+            maps.append(flagged_map(target, where, count[0] if count else per_file, flag, why))
     return SegmentMap.concat(maps), frame, dtype
 
 
@@ -545,21 +593,32 @@ def read_raw_chunks(m: SegmentMap, indices, shape: tuple[int, int], dtype, out: 
             status[k] = _MISSING
             reasons[k] = f"file not found (frame {i} of {name})"
             continue
+        if seg.flag:  # its file is there but unusable: flagged, not read
+            status[k] = seg.flag
+            reasons[k] = seg.why
+            continue
+        layout = None
         try:
             with FILES.using(seg.file, seg.dataset) as d:
                 if s not in fid_of:
                     fid_of[s] = dataset_filter(d)
                     if fid_of[s] is None:
-                        raise ValueError(f"{seg}: chunks {d.chunks} with filters {list(d._filters)}: the raw path "
-                                         "needs one frame per chunk, bitshuffle-LZ4 / LZ4 / deflate / none; "
-                                         "read with read_frames")
-                nlocal = d.shape[0] if d.ndim == 3 else 1
-                coord = (j, 0, 0) if d.ndim == 3 else (0, 0)
-                info = d.id.get_chunk_info_by_coord(coord) if j < nlocal else None
+                        layout = (f"{seg}: chunks {d.chunks} with filters {list(d._filters)}: the raw path needs one "
+                                  "frame per chunk, bitshuffle-LZ4 / LZ4 / deflate / none; read with read_frames")
+                if layout is None:
+                    nlocal = d.shape[0] if d.ndim == 3 else 1
+                    coord = (j, 0, 0) if d.ndim == 3 else (0, 0)
+                    info = d.id.get_chunk_info_by_coord(coord) if j < nlocal else None
         except FileNotFoundError:
             status[k] = _MISSING
             reasons[k] = "file not found"
             continue
+        except UNREADABLE as err:  # gone bad since it was opened (h5py's RuntimeError on damaged metadata)
+            status[k] = _CORRUPT
+            reasons[k] = _first_line(err)
+            continue
+        if layout is not None:
+            raise ValueError(layout)
         if info is None or info.byte_offset is None:
             status[k] = _MISSING
             reasons[k] = "chunk not written" if info is not None else f"past the dataset's {nlocal} frames"
@@ -840,9 +899,13 @@ def read_frames_h5(m: SegmentMap, indices, shape: tuple[int, int], dtype, name: 
         seg, j = m.segments[int(m.segment[i])], int(m.local[i])
         if seg.missing:
             raise FileNotFoundError(f"{seg} frame {j}: file not found")
+        if seg.flag:
+            raise CorruptFrameError(f"{seg} frame {j}: {seg.why}")
         try:
             with FILES.using(seg.file, seg.dataset) as d:
                 out[k] = d[j] if d.ndim == 3 else d[...]
-        except OSError as err:  # a filter failed on a corrupt chunk
-            raise CorruptFrameError(f"{seg} frame {j}: cannot be read ({err})") from None
+        except FileNotFoundError:
+            raise
+        except (OSError, RuntimeError, KeyError) as err:  # a filter failed on a corrupt chunk, damaged metadata
+            raise CorruptFrameError(f"{seg} frame {j}: cannot be read ({_first_line(err)})") from None
     return out

@@ -27,6 +27,7 @@ Only regular files are opened, so a FIFO or device in the frame folder cannot ha
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -44,6 +45,8 @@ from xrdct_dask.io.status import FrameStatus
 
 if TYPE_CHECKING:
     from xrdct_dask.io import hdf5
+
+log = logging.getLogger(__name__)
 
 
 def _hdf5():
@@ -88,24 +91,67 @@ class FrameSource(ABC):
 # ------------------------------------------------------------------------------------------
 # CBF templates, plain or compressed
 # ------------------------------------------------------------------------------------------
+def check_frame_dtype(dtype, where: str) -> None:
+    """Raise ValueError (one line) unless ``dtype`` is one frames can have: integers or floats.
+    A compound, string, boolean or complex dataset is not a detector's frames."""
+    dt = np.dtype(dtype)
+    if dt.kind not in "iuf" or dt.fields is not None or dt.subdtype is not None:
+        what = {"V": "compound records", "S": "byte strings", "U": "strings", "O": "objects (strings)",
+                "b": "booleans", "c": "complex numbers"}.get(dt.kind, str(dt))
+        raise ValueError(f"{where}: a dataset of {what} is not frames (integer counts or floats)")
+
+
+def pixel_dtype(dtype) -> np.dtype:
+    """What the engines integrate frames of ``dtype`` as: float32 for a float dataset (its values
+    as they are; NaN, infinite and negative pixels are invalid in that frame, as pyFAI masks
+    them), int32 counts for integers (:func:`as_counts`)."""
+    return np.dtype(np.float32) if np.dtype(dtype).kind == "f" else np.dtype(np.int32)
+
+
+_I32 = np.iinfo(np.int32)
+
+
+def out_of_range(frames) -> np.ndarray:
+    """bool ``(n,)``: frames of a 64-bit integer type holding values no int32 count holds (beyond
+    +-2^31; an unsigned type's all-ones gap value excepted): they are flagged
+    :attr:`~xrdct_dask.io.status.FrameStatus.OUT_OF_RANGE`, never wrapped.  numpy or cupy."""
+    from xrdct_dask.backend import get_array_module
+
+    dt = frames.dtype
+    n = frames.shape[0]
+    if dt.kind not in "iu" or dt.itemsize < 8:
+        return get_array_module(frames).zeros(n, bool)
+    flat = frames.reshape(n, -1)
+    if dt.kind == "u":
+        return ((flat > _I32.max) & (flat != np.iinfo(dt).max)).any(axis=1)
+    return ((flat > _I32.max) | (flat < _I32.min)).any(axis=1)
+
+
 def as_counts(frames: np.ndarray) -> np.ndarray:
-    """int32 counts of decoded frames, invalid pixels negative as in a Pilatus CBF: an Eiger's
-    unsigned gap / bad-pixel value (2^32 - 1, 2^16 - 1) becomes -1 (uint32 as a view, no copy)."""
+    """What the engines integrate (:func:`pixel_dtype`): int32 counts of decoded integer frames,
+    invalid pixels negative as in a Pilatus CBF (an Eiger's unsigned gap / bad-pixel value, 2^32 - 1,
+    2^16 - 1, 2^64 - 1, becomes -1; uint32 as a view, no copy; 64-bit values beyond int32 are for
+    frames :func:`out_of_range` flags), or float32 of float frames (NaN kept: the engines mask it)."""
+    if frames.dtype.kind == "f":
+        return frames.astype(np.float32, copy=False)
     if frames.dtype == np.int32:
         return frames
     if frames.dtype == np.uint32:
         return frames.view(np.int32)
     out = frames.astype(np.int32)
-    if frames.dtype == np.uint16:
-        out[frames == np.iinfo(np.uint16).max] = -1
+    if frames.dtype in (np.uint16, np.uint64):
+        out[frames == np.iinfo(frames.dtype).max] = -1
     return out
 
 
 def read_batch(source: "Hdf5Frames | Hdf5Template", indices: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Frames ``indices`` of an HDF5 source as int32 counts (:func:`as_counts`) and a FrameStatus
-    code per frame, never raising for a bad one: index < 0 or absent is MISSING, a bad chunk
-    TRUNCATED / SIZE_MISMATCH / CORRUPT_HEADER (the raw path: :func:`~xrdct_dask.io.hdf5.read_raw_chunks`
-    + :func:`~xrdct_dask.io.hdf5.decode_chunks`; layouts it does not take are read frame by frame)."""
+    """Frames ``indices`` of an HDF5 source as the engines take them (:func:`as_counts`: int32
+    counts, or float32 for a float dataset) and a FrameStatus code per frame, never raising for a
+    bad one: index < 0 or absent is MISSING, a bad chunk TRUNCATED / SIZE_MISMATCH / CORRUPT_HEADER
+    (the raw path: :func:`~xrdct_dask.io.hdf5.read_raw_chunks` + :func:`~xrdct_dask.io.hdf5.decode_chunks`;
+    layouts it does not take are read frame by frame), 64-bit values beyond int32 OUT_OF_RANGE,
+    damaged metadata (h5py's RuntimeError) CORRUPT_HEADER."""
+    from xrdct_dask.io.status import FrameStatus
 
     if isinstance(source, Hdf5Template):
         return source.read_batch(indices, threads)
@@ -125,8 +171,13 @@ def read_batch(source: "Hdf5Frames | Hdf5Template", indices: np.ndarray, threads
                     status[k] = FrameStatus.OK
                 except FileNotFoundError:
                     pass
-                except (CorruptFrameError, OSError):
+                except (CorruptFrameError, OSError, RuntimeError):  # h5py: RuntimeError on damaged metadata
                     status[k] = FrameStatus.CORRUPT_HEADER
+        except (OSError, RuntimeError, KeyError) as err:  # the file went bad since it was opened
+            log.warning("%s: %s", source.spec, str(err).splitlines()[0] if str(err) else
+                                                type(err).__name__)
+            status[present] = FrameStatus.CORRUPT_HEADER
+    status[out_of_range(frames) & (status == FrameStatus.OK)] = FrameStatus.OUT_OF_RANGE
     return as_counts(frames), status
 
 
@@ -194,8 +245,12 @@ class Hdf5Frames(FrameSource):
         self.file = Path(file)
         h5 = _hdf5()
         h5.check_regular(self.file)
-        self.map, self._shape, self._dtype, self.path = h5.open_frames(self.file, path)
+        try:
+            self.map, self._shape, self._dtype, self.path = h5.open_frames(self.file, path)
+        except RuntimeError as err:  # h5py on damaged metadata: one line, as a corrupt file
+            raise CorruptFrameError(f"{self.file}: damaged HDF5 metadata ({str(err).splitlines()[0]})") from None
         self.spec = f"{self.file}::{self.path}"
+        check_frame_dtype(self._dtype, self.spec)
 
     @property
     def nframes(self) -> int:
@@ -257,7 +312,7 @@ class Hdf5Template(FrameSource):
         key = str(path)
         with self._lock:
             src = self._files.pop(key, None)
-        if src is not None and any(s.missing and s.file.exists() for s in src.segments):
+        if src is not None and _stale(src):
             src = None
         if src is None:
             src = Hdf5Frames(path, self.dataset)
@@ -308,7 +363,7 @@ class Hdf5Template(FrameSource):
 
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         shape = self.frame_shape
-        frames = np.zeros((idx.size, *shape), np.int32)
+        frames = np.zeros((idx.size, *shape), pixel_dtype(self.dtype))
         status = np.full(idx.size, int(FrameStatus.MISSING), np.int8)
         present = np.flatnonzero(idx >= 0)
         for path, rows, local in self.groups(idx[present]):
@@ -316,13 +371,15 @@ class Hdf5Template(FrameSource):
                 src = self.unit(path)
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError, KeyError, CorruptFrameError):
+            except (OSError, ValueError, KeyError, RuntimeError, CorruptFrameError):  # this file only
                 status[present[rows]] = FrameStatus.CORRUPT_HEADER
                 continue
-            f, st = read_batch(src, local, threads)
-            if f.shape[1:] != shape:
+            if tuple(src.frame_shape) != tuple(shape):  # known from its metadata: nothing of it is read
                 status[present[rows]] = FrameStatus.WRONG_SHAPE
                 continue
+            f, st = read_batch(src, local, threads)
+            if f.dtype != frames.dtype and f.dtype.kind == "f":  # a float file among integer ones: floats for all
+                frames = frames.astype(np.float32)
             frames[present[rows]], status[present[rows]] = f, st
         return frames, status
 
@@ -341,14 +398,21 @@ def _open_cached(spec: str, scan: ScanShape | None, pid: int) -> FrameSource:
     return CbfTemplate(spec, scan)
 
 
+def _stale(source: "Hdf5Frames") -> bool:
+    """Whether an open HDF5 source may see more if opened again: a file it found missing is there
+    now, or one it found unusable (cut short, half written: its frames flagged) may be whole by now."""
+    return any((s.missing and s.file.exists()) or s.flag for s in source.segments)
+
+
 def refreshed(source: FrameSource, indices=None) -> FrameSource:
     """``source``, or a fresh open of it where a file it found missing has appeared since (a data
-    file copied in late, a scan still being written), or where frames ``indices`` lie past the
-    length it saw (a file an SWMR writer grows): the per-process cache keeps what it saw."""
+    file copied in late, a scan still being written) or one it found unusable may be whole now, or
+    where frames ``indices`` lie past the length it saw (a file an SWMR writer grows): the
+    per-process cache keeps what it saw."""
     grown = indices is not None and isinstance(source, Hdf5Frames) and \
         int(np.max(indices, initial=-1)) >= source.nframes
-    if isinstance(source, Hdf5Frames) and (grown or any(s.missing and s.file.exists() for s in source.segments)):
-        _open_cached.cache_clear()  # (open files stay: the one that was missing was never open)
+    if isinstance(source, Hdf5Frames) and (grown or _stale(source)):
+        _open_cached.cache_clear()  # (open files stay: the one that was missing was never open, an unusable one closed)
         return open_source(source.spec)
     return source
 

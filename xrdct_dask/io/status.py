@@ -1,6 +1,6 @@
 """Per-frame status codes, stored in ``reduced/frame_status`` (int8) and counted in run summaries.
 
-Codes 1-7, 10 and 11 mark frames that could not be used: their patterns are NaN, ``frame_ok`` is false and
+Codes 1-7 and 10-12 mark frames that could not be used: their patterns are NaN, ``frame_ok`` is false and
 every later stage treats them as missing.  DUPLICATE and OUT_OF_ORDER describe how the scan file
 placed a good frame: the frame is used (``frame_ok`` true) and the code is kept for the record.
 """
@@ -27,6 +27,7 @@ class FrameStatus(IntEnum):
     OUT_OF_ORDER = 9     # usable: the frame arrived at another acquisition index; placed by the scan file
     IO_ERROR = 10        # the file could not be read (EIO, permissions, a vanished mount): retried by a rerun
     NOT_A_FILE = 11      # a named pipe, device or folder in place of the frame file: never opened for reading
+    OUT_OF_RANGE = 12    # a 64-bit integer frame with values no int32 count holds: not integrated
 
     @property
     def label(self) -> str:
@@ -40,6 +41,9 @@ RETRIED = (FrameStatus.MISSING, FrameStatus.IO_ERROR)
 # what a file still being written reads as (an empty or half-written header, a payload short of its
 # size): a rerun reads such a frame again once its file is whole (io.cbf.frame_complete)
 PARTIAL = (FrameStatus.TRUNCATED, FrameStatus.CORRUPT_HEADER)
+# what a rerun reads again once the frame's file is there and whole now: no file then, a folder,
+# pipe or link to a device in its place then (a real file may have replaced it), or a partial file
+REREAD_WHEN_WHOLE = (FrameStatus.MISSING, FrameStatus.NOT_A_FILE, *PARTIAL)
 
 
 def usable(status) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrdct_dask.pdf.transform import PDFParameterError
+from xrdct_dask.errors import PDFParameterError
 
 #: PDFgetX3 ``dataformat`` -> this package's ``integrate.unit`` (the x column of a background file)
 DATAFORMAT_UNITS = {"twotheta": "2th_deg", "QA": "q_A^-1", "Qnm": "q_nm^-1"}

@@ -14,6 +14,7 @@ from xrdct_dask.integrate import Integrator
 from xrdct_dask.integrate.cache import cached_plan
 from xrdct_dask.integrate.csr import load_image, load_poni
 from xrdct_dask.io.images import combined_image
+from xrdct_dask.pipeline.frames import frame_source
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class IntegratorPlugin(WorkerPlugin):
             return  # a CPU worker beside GPU workers: it runs no decode-integrate task
         integ = build_integrator(self.workflow)
         try:
-            source = self.workflow.frame_source()
+            source = frame_source(self.workflow)
         except (OSError, ValueError) as err:  # not there yet: an Eiger master before its first data file (live mode)
             logging.getLogger("distributed.worker").info("xrdct: frames not readable yet (%s); warmed up without them",
                                                          err)

@@ -33,13 +33,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from xrdct_dask import store
 from xrdct_dask.config import Workflow
-from xrdct_dask.pipeline import tasks_integrate, tasks_pdf, tasks_recon, tasks_texture
+from xrdct_dask.pipeline import tasks_integrate, tasks_pdf, tasks_recon, tasks_texture, tasks_view
 from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.store import budget
 from xrdct_dask.store.budget import Layout
-from xrdct_dask.store.layout import MarkerSpec
+from xrdct_dask.store.specs import MarkerSpec
+from xrdct_dask.store.viewcopy import VIEW_ARRAYS, ViewLayout, view_bytes, view_layout
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Sizes:
     layout: Layout
     frame_bytes: int = 0
     aux_channels: int = 0
+    view: ViewLayout | None = None  # the view copy's sizes (view.write_copy)
+    center_auto: bool = True  # the axis is found (sinogram.center: auto), not given
     nchi: int = 1
     sums: bool = False
     peaks: int = 0
@@ -73,8 +78,17 @@ class Sizes:
     def of(cls, wf: Workflow, *, nq: int, nr: int, layout: Layout, frame_bytes: int = 0,
            aux_channels: int = 0) -> Sizes:
         s, i = wf.scan, wf.integrate
-        return cls(s.nz, s.nomega, s.nx, nq, nr, layout, frame_bytes, aux_channels, i.npt_azim, i.sums_kept,
-                   len(wf.texture.peaks))
+        return cls(s.nz, s.nomega, s.nx, nq, nr, layout, frame_bytes, aux_channels, view_layout_of(wf, layout, nq, nr),
+                   wf.sinogram.center == "auto", nchi=i.npt_azim, sums=i.sums_kept, peaks=len(wf.texture.peaks))
+
+
+def view_layout_of(wf: Workflow, layout: Layout, nq: int, nr: int) -> ViewLayout | None:
+    """The :class:`~xrdct_dask.store.viewcopy.ViewLayout` of a new store of ``wf`` (None: ``view.write_copy`` off,
+    or azimuthal sectors: the viewer reads their mean from the chunks)."""
+    if not _view(wf):
+        return None
+    return view_layout(nx=wf.scan.nx, nq=nq, nr=nr, nomega=wf.scan.nomega, q_chunk=layout.q_chunk,
+                       map_pixels=wf.view.map_pixels, r_step_A=wf.pdf.rstep if nr else None)
 
 
 def _never(s: Sizes) -> int:
@@ -120,8 +134,16 @@ class Stage:
                 "r block": math.ceil(max(s.nr, 1) / lay.r_chunk)}[self.unit]
 
 
-def _pdf(wf: Workflow) -> bool:
-    return wf.pdf.enabled
+def _axis_read(s: Sizes) -> int:
+    """What the centre reads to find the axis besides the q sum: the first omega chunk of every q
+    bin (intensity, sigma) and the most structured q block of every projection (read as the whole q
+    chunk holding it)."""
+    wc, qc = s.layout.omega_chunk, s.layout.q_chunk
+    return s.nz * (8 * min(wc, s.nomega) * s.nx * s.nq + 4 * s.nomega * s.nx * min(qc, s.nq))
+
+
+def _view(wf: Workflow) -> bool:
+    return wf.view.write_copy and wf.integrate.npt_azim == 1
 
 
 def _texture(wf: Workflow) -> bool:
@@ -152,10 +174,12 @@ STAGES: list[Stage] = [
           held=lambda s: budget.integrate_bytes(s.layout.omega_chunk * s.nx, s.bins, s.frame_bytes, sums=s.sums),
           read=lambda s: s.frames * s.frame_bytes),
     Stage("center", "slice", tasks_recon.add_center_tasks, after=("integrate",), marker="value",
-          writes=(f"{R}/mu",), reprocess="recon", keys=("sinogram",), marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
-          held=lambda s: budget.center_bytes(s.nomega, s.nx), read=lambda s: s.frames * 5),  # total f32 + frame_ok
+          writes=(f"{R}/slice_info", f"{R}/mu"), reprocess="recon", keys=("sinogram",), marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
+          held=lambda s: budget.center_bytes(s.nomega, s.nx, *((s.layout.q_sub, s.layout.omega_chunk, s.nq)
+                                                                if s.center_auto else ())),
+          read=lambda s: s.frames * 5 + (_axis_read(s) if s.center_auto else 0)),  # total f32 + frame_ok
     Stage("recon", "q block", tasks_recon.add_recon_tasks, after=("center",), marker="task", marker_dim="q_block",
-          writes=(f"{R}/intensity",), reprocess="recon", keys=("recon",),
+          writes=(f"{R}/intensity", f"{R}/air_model"), reprocess="recon", keys=("recon",),
           marker_doc=("1", "1 = this q block of recon/ is completely written"),
           held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.layout.q_chunk, s.layout.q_sub),
           read=lambda s: s.frames * (4 * s.bins + 1)),
@@ -190,6 +214,12 @@ STAGES: list[Stage] = [
           held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.layout.r_chunk, s.layout.q_sub)
           + 4 * s.nx * s.nx * s.layout.r_chunk,
           read=lambda s: s.frames * s.nr * 4),
+    # the view copy of the slice, after its reconstruction and G(r) (rebuilt by a reprocess, never shared)
+    Stage("view", "slice", tasks_view.add_tasks, after=("recon", "pdf"), marker="task", marker_dim="view_block",
+          writes=VIEW_ARRAYS, reprocess="pdf", keys=("view",), when=_view,
+          marker_doc=("1", "1 = this slice's view copy is completely written"),
+          held=lambda s: view_bytes(s.view, s.layout.y_chunk, s.layout.omega_chunk) if s.view else 0,
+          read=lambda s: s.nz * s.nx * s.nx * (s.nq + s.nr) * 4 + s.frames * s.nq * 4),  # recon/, pdf/G, reduced/
 ]
 
 
@@ -216,7 +246,7 @@ def tasks_per_slice(wf: Workflow, sizes: Sizes) -> dict[str, int]:
 
 
 def marker_specs(wf: Workflow, sizes: Sizes) -> list[MarkerSpec]:
-    """The done-markers of ``wf``'s stages, as a new store gets them (:func:`xrdct_dask.store.create_store`)."""
+    """The done-markers of ``wf``'s stages, as a new store gets them (:func:`xrdct_dask.store.layout.create_store`)."""
     return [MarkerSpec(st.name, st.count(sizes), st.marker_dim, st.marker == "value", *st.marker_doc)
             for st in stages_of(wf) if st.marker]
 
@@ -255,3 +285,11 @@ def before_step(wf: Workflow, step: str) -> list[Stage]:
     """The stages of ``wf`` that run before reprocess step ``step`` (their output is kept)."""
     steps = reprocess_steps()
     return [st for st in stages_of(wf) if steps.index(st.reprocess) < steps.index(step)]
+
+
+def reopen_slice(path, wf: Workflow, z: int, name: str) -> None:
+    """Clear the done-markers of slice ``z`` of stage ``name`` and of every stage made from it (a
+    value marker back to NaN): a resumed run redoes them."""
+    for st in [stage_of(wf, name), *downstream(wf, name)]:
+        if st.marker:
+            store.mark_done(path, st.name, (int(z),), np.nan if st.marker == "value" else 0)

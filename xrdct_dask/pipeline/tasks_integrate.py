@@ -12,6 +12,7 @@ from xrdct_dask import store
 from xrdct_dask.backend import engine_of
 from xrdct_dask.io.status import FrameStatus, usable
 from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.frames import frame_source
 from xrdct_dask.pipeline.integrator import integrator_for
 from xrdct_dask.pipeline.task import SliceTasks
 
@@ -49,7 +50,7 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
         bad_monitor = ~(np.isfinite(ratio) & (ratio > 0) & (ratio <= limit) & (ratio >= 1 / limit))
     t_engine = time.perf_counter()
     intensity, sigma, status, nbytes, *sums = integ.integrate_source(
-        ctx.workflow.frame_source(), flat_idx, np.where(bad_monitor, 1.0, ratio), read_threads=ctx.read_threads,
+        frame_source(ctx.workflow), flat_idx, np.where(bad_monitor, 1.0, ratio), read_threads=ctx.read_threads,
         check_md5=ctx.check_md5)
     sums = sums[0] if sums else None  # integrate.keep_sums: (5, frames, *pattern)
     t_write = time.perf_counter()

@@ -10,6 +10,7 @@ import numpy as np
 from xrdct_dask import store
 from xrdct_dask.backend import release, to_host
 from xrdct_dask.config import Workflow
+from xrdct_dask.pipeline.centering import measured_q, slice_geometry, stored_geometry
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.pipeline.tasks_integrate import _engine
@@ -21,27 +22,26 @@ from xrdct_dask.sinogram.absorption import (
     mu_from_transmission,
     two_theta_deg,
 )
+from xrdct_dask.sinogram.air import AirColumns
 
 log = logging.getLogger(__name__)
 
 
 def find_center(z: int, ctx: RunContext, *deps) -> dict:
-    """Geometry of slice ``z`` from its q-summed sinogram, prepared as the q blocks will be: the
-    rotation axis (pixels; or the workflow's value), with ``sinogram.jitter`` the shift of every
-    projection, with ``sinogram.stripes`` the stripe segments.  Every q block of the slice is then
-    corrected with these same numbers."""
+    """Geometry of slice ``z`` (:func:`xrdct_dask.pipeline.centering.slice_geometry`): the rotation
+    axis (pixels; or the workflow's value), the air columns (``sinogram.background: auto``), with
+    ``sinogram.jitter`` the shift of every projection, with ``sinogram.stripes`` the stripe
+    segments; with ``sinogram.absorption`` the slice's attenuation map (``recon/mu``).  Every q
+    block of the slice is then corrected with these same numbers."""
 
     t0 = time.perf_counter()
-    total = store.open_array(ctx.store_path, f"{store.REDUCED}/total", "r")[z]
-    ok = store.open_array(ctx.store_path, f"{store.REDUCED}/frame_ok", "r")[z]
-    omega = store.open_array(ctx.store_path, "omega", "r")[:]
-    prepared, info = prepare_sinogram(total[..., None], ok, omega, **prep_options(ctx.workflow.sinogram))
+    summed: list = []
+    geo = slice_geometry(ctx, z, sinogram_out=summed)
     if ctx.workflow.sinogram.absorption != "off":  # the slice's attenuation map, with its geometry
-        store.write_region(ctx.store_path, f"{store.RECON}/mu", (z,), slice_attenuation(z, ctx, prepared, info)[None])
-    store.mark_done(ctx.store_path, "center", (z,), float(info["center"]))
-    return {"stage": "center", "z": z, "center": info["center"], "shifts_px": info["shifts_px"],
-            "stripe_columns": info["stripe_columns"], "stripe_segments": info["stripe_segments"],
-            "filled": info["filled"], "seconds": time.perf_counter() - t0}
+        store.write_region(ctx.store_path, f"{store.RECON}/mu", (z,),
+                           slice_attenuation(z, ctx, summed[0][..., None], geo)[None])
+    store.mark_done(ctx.store_path, "center", (z,), float(geo["center"]))
+    return {"stage": "center", "z": z, **geo, "seconds": time.perf_counter() - t0}
 
 
 def slice_attenuation(z: int, ctx: RunContext, prepared_total, info: dict) -> np.ndarray:
@@ -81,6 +81,14 @@ def _geometry(center) -> dict:
     return center if isinstance(center, dict) else {"center": float(center)}
 
 
+def slice_backgrounds(ctx: RunContext, geo: dict, qs: slice) -> dict:
+    """:func:`~xrdct_dask.sinogram.prepare_sinogram` options of a q block from the slice's geometry:
+    the air columns its centre task found (``sinogram.background: auto``; None: found in the
+    block) and the measured background's bins ``qs``."""
+    air = geo.get("air")
+    return {"air_columns": AirColumns.from_dict(air) if air else None, "measured_background": measured_q(ctx, qs)}
+
+
 def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dict, xp, filter_only: bool = False,
                             absorption: dict | None = None):
     """Prepare (:func:`~xrdct_dask.sinogram.corrections.prepare_sinogram` with ``opts``) and reconstruct a
@@ -98,9 +106,14 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
     vol = np.empty((nx, nx, n), np.float32)
     info: dict = {}
     zingers = 0
+    air_model = np.full((2, n), np.nan, np.float32)  # the air subtracted per q (background auto)
+    measured = opts.pop("measured_background", None)
     for a in range(0, n, ctx.layout.q_sub):
         b = min(a + ctx.layout.q_sub, n)
-        prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, **opts)
+        sub = None if measured is None else measured[..., a:b]
+        prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, measured_background=sub, **opts)
+        if info.get("air_model") is not None:
+            air_model[:, a:b] = info["air_model"]
 
         def run(s, c=info["center"]):
             return reconstruct(s, omega, "fbp" if filter_only else r.algorithm, filter_name=r.filter, center=c,
@@ -117,7 +130,7 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
         vol[..., a:b] = to_host(out)
         zingers += info["zingers"]
         del prepared, out
-    return vol, info | {"zingers": zingers}
+    return vol, info | {"zingers": zingers, "air_model": air_model}
 
 
 def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict:
@@ -147,10 +160,13 @@ def reconstruct_sector_block(z: int, chi: int | None, qs: slice, center, ctx: Ru
                                         "known_stripes": geo.get("stripe_segments", geo.get("stripe_columns"))}
     if wf.sinogram.jitter and geo.get("shifts_px"):  # the slice's shifts, from its q-summed sinogram
         opts["jitter"] = np.asarray(geo["shifts_px"])
+    opts |= slice_backgrounds(ctx, geo, qs)
     vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp, absorption=_absorption_inputs(ctx, z, qs))
     del sino
     release(xp)
     store.write_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), *bins), vol, 0)
+    if info.get("air_model") is not None and chi is None:  # (z, 2, q): one model per q bin, of 1D runs only
+        store.write_region(ctx.store_path, f"{store.RECON}/air_model", (z, slice(None), qs), info["air_model"])
     nqb = 0 if chi is None else -(-store.open_array(ctx.store_path, "q", "r").shape[0] // ctx.layout.q_chunk)
     store.mark_done(ctx.store_path, "recon", (z, (chi or 0) * nqb + qs.start // ctx.layout.q_chunk))
     return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), **({} if chi is None else {"chi": int(chi)}),
@@ -203,8 +219,11 @@ def add_center_tasks(b: SliceTasks, st) -> None:
     wf = b.ctx.workflow
     deps = b.deps(st)
     stored = b.stored_value(st.name)
-    if not deps and stored is not None and not (wf.sinogram.jitter or wf.sinogram.stripes):
-        b.values[st.name] = stored
+    recorded = stored_geometry(b.ctx.store_path, b.z) if not deps and stored is not None else None
+    if recorded is not None:  # the geometry the slice's centre task recorded (centre, air, stripes, shifts)
+        b.values[st.name] = recorded
+    elif not deps and stored is not None and not (wf.sinogram.jitter or wf.sinogram.stripes):
+        b.values[st.name] = stored  # a store made before the geometry was recorded: its centre
     else:
         b.add(st.name, 0, find_center, b.z, b.ctx, *deps)
 

@@ -33,13 +33,14 @@ import functools
 import numpy as np
 
 from xrdct_dask.backend import to_host
+from xrdct_dask.errors import XrdctError
 from xrdct_dask.recon.fbp import angle_weights, block_angles
 
 ASTRA_FILTERS = {"ramp": "ram-lak", "shepp-logan": "shepp-logan", "cosine": "cosine", "hamming": "hamming",
                  "hann": "hann", "none": "none"}
 
 
-class AstraMissingError(RuntimeError):
+class AstraMissingError(XrdctError, RuntimeError):
     """recon.engine: astra without the ASTRA toolbox."""
 
 

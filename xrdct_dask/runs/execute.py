@@ -22,7 +22,7 @@ from xrdct_dask.cluster.local import stage_resources
 from xrdct_dask.cluster.logs import RunLogPlugin, worker_log_level
 from xrdct_dask.cluster.profiles import load_profile
 from xrdct_dask.config import Workflow, load_workflow, workflow_from_dict
-from xrdct_dask.errors import RunStopped
+from xrdct_dask.errors import RunStopped, TaskFailed
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.graph import build_graph, pending_by_stage
 from xrdct_dask.pipeline.integrator import IntegratorPlugin
@@ -142,12 +142,35 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
             for i, stage, res in compute_waves(client, [lambda k=k: wave(k) for k in range(len(groups))], totals,
                                                progress, stores=[c.store_path for c in ctxs]):
                 results[i].setdefault(stage, []).append(res)
+            for i, stage, res in _refit_axes(client, ctxs, token, resources, progress):
+                results[i].setdefault(stage, []).append(res)
         finally:
             if own:
                 conn.close()
     wall = time.perf_counter() - t0
     return [finish_run(c, results[i], states[i], wall, progress=progress, summary=summary)
             for i, c in enumerate(ctxs)]
+
+
+def _refit_axes(client, ctxs: list[RunContext], token: str, resources: dict, progress: bool):
+    """The axis fitted over z of every store (:func:`xrdct_dask.pipeline.centering.refit_axis`), and the
+    slices it reopens computed again, as one graph: yields ``(tag, stage, result)``."""
+    from xrdct_dask.runs.refit import refit_axis
+
+    redo = {i: zs for i, c in enumerate(ctxs) if (zs := refit_axis(c))}
+    if not redo:
+        return
+    items = []
+    for i, zs in redo.items():
+        st = store.task_state(ctxs[i].store_path)
+        g = build_graph(ctxs[i], zs=zs, done=st, token=f"{token}{i}-axis", resources=resources)
+        items += [(i, stage, d) for stage, ds in g.items() for d in ds]
+    counts: dict[str, int] = {}
+    for _, stage, _ in items:
+        counts[stage] = counts.get(stage, 0) + 1
+    if progress:
+        console.info("axis fitted over z: %d slices redone with it", sum(len(v) for v in redo.values()))
+    yield from compute_waves(client, [lambda: items], counts, progress, stores=[c.store_path for c in ctxs])
 
 
 def compute_waves(client, wave_builders: list, totals: dict[str, int], progress: bool = True, stores=()):
@@ -188,7 +211,7 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
                 exc = fut.exception()
                 if isinstance(exc, OSError):
                     raise RunStopped(stop_message(exc, fut.key, stores[tag] if stores else None)) from exc
-                raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
+                raise TaskFailed(f"task {fut.key} failed: {exc}") from exc
             yield tag, stage, fut.result()
             if bar is not None:
                 bar.advance(bars[stage])

@@ -17,6 +17,9 @@ from xrdct_dask.io.images import load_stack
 from xrdct_dask.io.layout import FrameTemplate
 from xrdct_dask.io.source import Hdf5Frames
 from xrdct_dask.io.spec import split_spec
+from xrdct_dask.limits import check_run_sizes
+from xrdct_dask.pipeline.frames import frame_file, frame_path, frame_source
+from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def check_inputs(wf: Workflow):
     """
 
     if not wf.frames_hdf5:
-        first = wf.frame_path(0)
+        first = frame_path(wf, 0)
         if not first.parent.is_dir():
             raise WorkflowError(f"inputs.frames: folder {first.parent} does not exist")
     # the geometry: a PONI file, or the integration.json of inputs.pyfai_config (parsed by pyFAI)
@@ -56,6 +59,7 @@ def check_inputs(wf: Workflow):
         raise WorkflowError(f"{key}: {wf.inputs.poni} has {', '.join(bad)}: not a usable geometry")
     det_shape = ai.detector.max_shape
     shape = _hdf5_frame_shape(wf) if wf.frames_hdf5 else _cbf_frame_shape(wf, det_shape)
+    check_run_sizes(wf, shape)  # before anything of the scan's, the bins' or a frame's size is allocated
     if det_shape is not None and tuple(det_shape) != tuple(shape):
         what = "the PONI's detector" if key == "inputs.poni" else f"its detector ({ai.detector.name})"
         raise WorkflowError(f"{key}: {what} is {det_shape[0]} x {det_shape[1]} pixels but the "
@@ -77,6 +81,9 @@ def check_inputs(wf: Workflow):
         p = getattr(wf.inputs, key)
         if p is not None and not Path(p).is_file():
             raise WorkflowError(f"inputs.{key}: {p} not found")
+    from xrdct_dask.runs.background import check_background_scan
+
+    check_background_scan(wf, shape)
     return ai, shape
 
 
@@ -99,11 +106,11 @@ def check_recon_engine(wf: Workflow) -> None:
 def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
     """The frame shape of a CBF template: the first readable frame of the PONI's shape (else the
     first readable one); a missing or broken frame among them is flagged by its task later."""
-    first = wf.frame_path(0)
+    first = frame_path(wf, 0)
     shape, first_err, seen = None, None, False
     for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
         try:
-            s = read_cbf_payload(wf.frame_path(i)).shape
+            s = read_cbf_payload(frame_path(wf, i)).shape
         except FileNotFoundError:
             continue
         except (CorruptFrameError, OSError) as err:
@@ -123,13 +130,16 @@ def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
 def _hdf5_frame_shape(wf: Workflow) -> tuple[int, int]:
     """The frame shape of an HDF5 source (opened: its file, dataset and links are checked)."""
     try:
-        src = wf.frame_source()
-    except (OSError, ValueError, KeyError) as err:
-        raise WorkflowError(f"inputs.frames: {err}") from None
+        src = frame_source(wf)
+        shape = tuple(src.frame_shape)  # a file per slice or line: the first one's, opened here
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise WorkflowError(f"inputs.frames: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if src.nframes is not None and src.nframes < wf.scan.nframes:
-        log.warning("inputs.frames: %s holds %d frames, the scan %d: the others are flagged missing", src.spec,
-                    src.nframes, wf.scan.nframes)
-    return tuple(src.frame_shape)
+        per_slice = wf.scan.nomega * wf.scan.nx
+        console.warning("inputs.frames: %s holds %d frames (%d whole slices), the workflow %d (%d slices, scan.nz): "
+                        "the others are flagged missing", src.spec, src.nframes, src.nframes // per_slice,
+                        wf.scan.nframes, wf.scan.nz)
+    return shape
 
 
 def input_files(wf: Workflow) -> dict[str, Path]:
@@ -146,7 +156,9 @@ def input_files(wf: Workflow) -> dict[str, Path]:
             out[f"inputs.{key}" + (f"[{k}]" if len(files) > 1 else "")] = Path(f)
     if wf.pdf.enabled and wf.pdf.background == "file" and wf.pdf.background_file is not None:
         out["pdf.background_file"] = Path(wf.pdf.background_file)
-    return out
+    from xrdct_dask.runs.background import input_files as background_files
+
+    return out | background_files(wf)
 
 
 def input_contents(wf: Workflow) -> dict[str, dict]:
@@ -166,11 +178,11 @@ def _frame_files(wf: Workflow) -> list[Path]:
     if wf.frames_hdf5 and not wf.frames_templated:
 
         try:
-            return wf.frame_source().files()
+            return frame_source(wf).files()
         except (OSError, ValueError, KeyError):
             return [Path(split_spec(wf.inputs.frames)[0])]
     n = wf.scan.nframes
-    files = [wf.frame_file(int(i)) for i in np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))]
+    files = [frame_file(wf, int(i)) for i in np.unique(np.linspace(0, n - 1, min(FRAMES_SAMPLED, n)).astype(np.int64))]
     return list(dict.fromkeys(files))
 
 
@@ -222,20 +234,23 @@ def frames_present(wf: Workflow):
     source holds it)."""
     if not wf.frames_hdf5:
 
-        return lambda i: frame_complete(wf.frame_path(i))
+        return lambda i: frame_complete(frame_path(wf, i))
     if wf.frames_templated:  # a file per slice or line: its file is there and holds the frame
-        src = wf.frame_source()
+        src = frame_source(wf)
 
         def present(i: int) -> bool:
             try:
                 return src.layout.local(i) < src.unit(src.file_of(i)).nframes
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, RuntimeError):
                 return False
         return present
 
     try:
         src = Hdf5Frames(*split_spec(wf.inputs.frames))  # not the per-process cache: the file may have grown
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, RuntimeError):
         return lambda i: False
-    return lambda i: i < src.nframes and int(src.map.segment[i]) >= 0 and not src.segments[
-        int(src.map.segment[i])].missing
+
+    def there(i: int) -> bool:  # in a data file that is there and readable (a bad file: its frames only)
+        seg = src.segments[int(src.map.segment[i])] if i < src.nframes and int(src.map.segment[i]) >= 0 else None
+        return seg is not None and not seg.missing and not seg.flag
+    return there

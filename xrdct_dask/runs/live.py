@@ -51,9 +51,11 @@ from xrdct_dask import store
 from xrdct_dask.cluster.local import client_for, stage_resources
 from xrdct_dask.cluster.logs import RunLogPlugin, worker_log_level
 from xrdct_dask.config import Workflow, WorkflowError, load_workflow, workflow_from_dict
+from xrdct_dask.errors import TaskFailed
 from xrdct_dask.io.cbf import frame_complete
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.pipeline.frames import frame_path
 from xrdct_dask.pipeline.graph import build_graph, timed
 from xrdct_dask.pipeline.integrator import IntegratorPlugin
 from xrdct_dask.pipeline.stages import FRAMES_STAGE
@@ -62,7 +64,7 @@ from xrdct_dask.pipeline.tasks_recon import warm_slice_stages
 from xrdct_dask.runs.execute import RunStopped, stop_message
 from xrdct_dask.runs.inputs import frames_present
 from xrdct_dask.runs.open import open_run
-from xrdct_dask.runs.report import finish_run
+from xrdct_dask.runs.report import USABLE_NAMES, finish_run
 from xrdct_dask.view.console import console
 from xrdct_dask.view.live import _Painter, _Status, _variables
 
@@ -128,7 +130,7 @@ class _Frames:
             if present is not None:
                 whole, size = present(int(i)), None
             else:
-                p = self.wf.frame_path(int(i))
+                p = frame_path(self.wf, int(i))
                 whole = frame_complete(p)
                 try:
                     size = None if whole else os.stat(p).st_size
@@ -215,11 +217,27 @@ def _wait_for_first_frame(wf: Workflow, idle_timeout_s: float, poll_s: float) ->
             present = frames_present(wf)
             if any(present(i) for i in first):
                 return
-        elif any(frame_complete(wf.frame_path(i)) for i in first):
+        elif any(frame_complete(frame_path(wf, i)) for i in first):
             return
         if time.time() - t0 > idle_timeout_s:
             raise WorkflowError(f"inputs.frames: no frame came in {idle_timeout_s:g} s ({wf.inputs.frames})")
         time.sleep(poll_s)
+
+
+def wait_for_workflow(path: str | Path, timeout_s: float, poll_s: float = 0.1) -> Path:
+    """Wait up to ``timeout_s`` for the workflow file ``path`` to appear (an acquisition, e.g.
+    ``xrdct simulate --rate``, writes it when it starts); a console line says the watch waits.
+    Raises :class:`WorkflowError` naming the file when none came."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    console.info("waiting for %s (up to %g s, the idle timeout)", path, timeout_s)
+    t0 = time.time()
+    while not path.is_file():
+        if time.time() - t0 > timeout_s:
+            raise WorkflowError(f"{path}: no workflow file came in {timeout_s:g} s")
+        time.sleep(poll_s)
+    return path
 
 
 def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idle_timeout_s: float = 600.0,
@@ -238,6 +256,8 @@ def watch(workflow: Workflow | str | Path, *, overrides: dict | None = None, idl
     """
 
 
+    if not isinstance(workflow, Workflow):
+        wait_for_workflow(workflow, idle_timeout_s, poll_s)
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow, overrides)
     if overrides and isinstance(workflow, Workflow):
         wf = workflow_from_dict(wf.model_dump(mode="json"), overrides=overrides)
@@ -398,12 +418,13 @@ class _Following:
             exc = fut.exception()
             if isinstance(exc, OSError):
                 raise RunStopped(stop_message(exc, fut.key, self.path)) from exc
-            raise RuntimeError(f"task {fut.key} failed: {exc}") from exc
+            raise TaskFailed(f"task {fut.key} failed: {exc}") from exc
         res = fut.result()
         self.results.setdefault(stage, []).append(res)
         if stage != FRAMES_STAGE:
             self.slice_futures[z].discard(fut)
-            if not self.slice_futures[z]:
+            # reconstructed once only its view copy (if any) is left: that runs on, the slice is shown
+            if z in self.slice_open and all(self.inflight[f][0] == "view" for f in self.slice_futures[z]):
                 self.slice_done(z)
             return
         wc = self.wc
@@ -425,7 +446,9 @@ class _Following:
             log.warning("block (z %d, omega %d): %d frames seen whole could not be read; read again "
                         "when they are back", z, b * wc, lost.size)
             return
-        self.status.integrated(res["frames"], rec["ready"], res["finished"])
+        # integrated: the frames whose pattern is used (a frame that never came is flagged, not integrated)
+        self.status.integrated(sum(n for k, n in res["status"].items() if k in USABLE_NAMES), rec["ready"],
+                               res["finished"])
         self.slice_left[z] -= 1
         if self.slice_left[z] == 0:
             self.submit_slice(z)

@@ -20,13 +20,21 @@ import numpy as np
 from xrdct_dask import store
 from xrdct_dask.backend import resolve_engine
 from xrdct_dask.config import Workflow, WorkflowError, changed_keys
-from xrdct_dask.io.status import PARTIAL, FrameStatus
+from xrdct_dask.io.status import REREAD_WHEN_WHOLE, FrameStatus
 from xrdct_dask.pdf import PDFParameterError, operator_for, radial_to_q_A
 from xrdct_dask.pdf.background import load_background
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.integrator import plan_for
-from xrdct_dask.pipeline.stages import FRAMES_STAGE, Sizes, downstream, marker_specs
+from xrdct_dask.pipeline.stages import (
+    FRAMES_STAGE,
+    Sizes,
+    downstream,
+    marker_specs,
+    reopen_slice,
+    view_layout_of,
+)
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
+from xrdct_dask.runs.background import background_rows, integrate_background_scan
 from xrdct_dask.runs.inputs import (
     check_inputs,
     check_recon_engine,
@@ -39,7 +47,8 @@ from xrdct_dask.runs.inputs import (
 from xrdct_dask.runs.scanlayout import ScanLayout, scan_layout, write_scan_arrays
 from xrdct_dask.runs.sectors import sector_store_args
 from xrdct_dask.store.budget import Layout, choose_layout, task_memory
-from xrdct_dask.store.layout import MarkerSpec
+from xrdct_dask.store.specs import MarkerSpec
+from xrdct_dask.store.viewcopy import view_group_attrs, view_specs
 from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
@@ -88,6 +97,8 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
     if lay.grid is not None and lay.grid.duplicates():
         log.warning("%d scan points recorded twice; the last record is used", lay.grid.duplicates())
     reference = lay.monitor_reference(wf)
+    # integrated before the store exists: a background frame that cannot be read stops the run here
+    background = integrate_background_scan(wf, reference) if wf.inputs.background_scan is not None else None
     attrs = {
         "workflow": wf.model_dump(mode="json"),
         "workflow_yaml": wf.to_yaml(),
@@ -111,7 +122,11 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, markers=store_markers(wf, layout, radial, r_A),
-                           **pdf_store_args(wf, op), **absorption_store_args(wf), **sectors)
+                           **pdf_store_args(wf, op), **absorption_store_args(wf), **sectors,
+                           **view_store_args(wf, layout, radial, r_A), background_rows=background_rows(wf))
+        if background is not None:
+            store.open_array(tmp, f"{store.REDUCED}/background")[...] = background
+            store.open_array(tmp, f"{store.REDUCED}/background_total")[...] = np.nansum(background, axis=-1)
         late = write_scan_arrays(tmp, wf, lay, client)
         if late:
             log.warning("%d frames arrived out of the scan's order; placed by the scan file", late)
@@ -138,6 +153,15 @@ def layout_for(wf: Workflow, nq: int, nr: int) -> Layout:
 def store_markers(wf: Workflow, layout: Layout, radial, r_A) -> list[MarkerSpec]:
     """The done-markers of a new store of ``wf`` (the stage table's, sized by its bins and blocks)."""
     return marker_specs(wf, Sizes.of(wf, nq=len(radial), nr=0 if r_A is None else len(r_A), layout=layout))
+
+
+def view_store_args(wf: Workflow, layout: Layout, radial, r_A) -> dict:
+    """:func:`store.create_store` arguments of the view copy (``view.write_copy``): its arrays and
+    the ``view`` group's attrs (its layout)."""
+    vl = view_layout_of(wf, layout, len(radial), 0 if r_A is None else len(r_A))
+    if vl is None:
+        return {}
+    return {"extra_specs": view_specs(wf.scan.nz, vl), "group_attrs": {store.VIEW: view_group_attrs(vl)}}
 
 
 def absorption_store_args(wf: Workflow) -> dict:
@@ -187,13 +211,12 @@ def open_run(wf: Workflow, overwrite: bool | None = None, extra_attrs: dict | No
     path = Path(wf.store.path)
     overwrite = wf.store.overwrite if overwrite is None else overwrite
     check_recon_engine(wf)
-    for left in store.leftovers(path):
-        log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
+    report_leftovers(path)
     attrs = store.root_attrs(path) if store.is_store(path) else None
     if attrs is not None and attrs.get("template_complete") and not overwrite:
         if attrs.get("work_digest") != wf.work_digest():
             changed = changed_keys(attrs.get("workflow", {}), wf.model_dump(mode="json"))
-            raise FileExistsError(
+            raise store.StoreExistsError(
                 f"{path} holds a run of another workflow (changed: {', '.join(changed) or 'unknown'}): pass "
                 f"store.overwrite=true to replace it, or `xrdct reprocess {path} --set ...` for a new run from it")
         check_same_inputs(wf, path, attrs)
@@ -223,10 +246,10 @@ def _resume(wf: Workflow, path: Path) -> RunContext:
         raise WorkflowError(f"store.path: {err.strerror}") from None
     ctx = context_from_store(wf, path)
     state = store.task_state(path)
-    retried = reopen_retried(ctx, state)
-    if retried:
-        log.warning("%s: %d frames missing or unreadable before are read again (%d blocks redone)", path,
-                    *retried)
+    frames, blocks = reopen_retried(ctx, state)
+    if blocks:  # said only when something is redone, as the run's other messages are
+        console.warning("%s: %d frames missing or unreadable before are there now: read again (%d blocks redone)",
+                        path, frames, blocks)
         state = store.task_state(path)
     if not state[FRAMES_STAGE].all():
         check_inputs(wf)
@@ -236,8 +259,8 @@ def _resume(wf: Workflow, path: Path) -> RunContext:
 
 def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
     """Clear the done-markers of integrated blocks holding frames worth reading again: an I/O error,
-    or a frame missing or partly written when it was read (a run during the acquisition) whose
-    file is whole now (:data:`~xrdct_dask.io.status.RETRIED`, :data:`~xrdct_dask.io.status.PARTIAL`).  The
+    or a frame missing, not a regular file or partly written when it was read (a run during the
+    acquisition) whose file is whole now (:data:`~xrdct_dask.io.status.REREAD_WHEN_WHOLE`).  The
     markers of the slice's later stages (centre, reconstruction, G(r)) are cleared too: they are
     made from those blocks.
     Returns ``(frames, blocks)`` reopened.  Read slice by slice."""
@@ -252,7 +275,7 @@ def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
     for z in np.nonzero(done.any(axis=1))[0]:
         st = status_arr[z]
         retry = st == FrameStatus.IO_ERROR
-        late = np.isin(st, [int(FrameStatus.MISSING), *(int(c) for c in PARTIAL)])
+        late = np.isin(st, [int(c) for c in REREAD_WHEN_WHOLE])
         missing = np.argwhere(late & done[z].repeat(wc)[:st.shape[0], None])
         if missing.size:
             idx = index_arr[z]
@@ -267,8 +290,19 @@ def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
         for b in reopen:
             store.mark_done(ctx.store_path, FRAMES_STAGE, (int(z), b), 0)
         for later in downstream(wf, FRAMES_STAGE):  # every marker of the slice made from those blocks
-            if later.marker:
-                store.mark_done(ctx.store_path, later.name, (int(z),), np.nan if later.marker == "value" else 0)
+            reopen_slice(ctx.store_path, wf, z, later.name)
         frames += int(retry.sum())
         blocks += len(reopen)
     return frames, blocks
+
+
+def report_leftovers(path) -> None:
+    """Remove the half-built stores killed runs left beside ``path`` where they are provably this
+    program's and stale (:func:`store.clean_leftovers`), and say so; say what is left."""
+    removed, kept = store.clean_leftovers(path)
+    for left in removed:
+        log.warning("%s: removed (a half-built store of a run that was stopped)", left)
+    for left in kept:
+        log.warning("%s: left by a run stopped while creating or replacing %s; remove it", left, path)
+
+

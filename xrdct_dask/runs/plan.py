@@ -13,19 +13,25 @@ Nothing is a second copy of the run's rules: the tasks per slice come from the s
 Bytes read and written are uncompressed upper bounds:
 
     integrate  read F frame_bytes                                 (F = nz nomega nx frames)
-    center     read nz nomega nx 5
+    center     read nz nomega nx 5 (+ the first omega chunk of every q, and one q block, with center: auto)
     recon      read nz nomega nx (4 nq + 1)
     pdf-scale  read nz nx^2 nq 4                                         (its shares, block by block)
     pdf        read nz nx^2 nq 4                                         (recon-then-pdf)
     pdf-frames read F nq 4; pdf-aux / pdf read what it wrote back        (pdf-then-recon)
+    view       read nz nx^2 (nq + nr) 4 + F nq 4                         (recon/, pdf/G and reduced/ once)
     written    the bytes of the store's arrays each stage writes (ArraySpec.writers), done-markers included
     waves      slices go in waves of S = max(1, floor(max_tasks / 2 / T)) slices (T tasks per slice),
                ceil(nz / S) waves, at most two in flight: <= max_tasks tasks held
     hours      GPU-hours F / (frames/s per GPU) / 3600; CPU core-hours likewise
+    hardware   the run's: ``--gpus N`` GPUs where given, else the named cluster profile's jobs (its
+               GPUs, else its cores, x jobs), else this machine (its GPUs where the engine may use
+               them, else the cores its local cluster uses); its rate R is N G frames/s on N GPUs
+               (G per GPU), else C c on C cores (c per core).  Where a profile is named, this
+               machine's rate is given too
     file system  F frame_bytes read from the input files (one per frame for CBF; an HDF5 source's
-               files scaled to the scan); at G frames/s per GPU on N GPUs the run reads
-               N G frame_bytes per second; with --fs-gbps B the file system delivers at most
-               B 1e9 / frame_bytes frames/s, and the run goes at the smaller of the two
+               files scaled to the scan); at the run's rate R it reads R frame_bytes per second;
+               with --fs-gbps B the file system delivers at most B 1e9 / frame_bytes frames/s, and
+               the run goes at the smaller of the two
 
 Throughputs come from options, else from a results file (``xrdct plan --results RESULTS.md``),
 else from the figures shipped with the package (``xrdct_dask/data/throughputs.json``, a copy of
@@ -37,6 +43,7 @@ when present) and ``cpu_frames_per_s_per_core = 45``; the last line of each key 
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import time
@@ -46,6 +53,8 @@ from pathlib import Path
 import numpy as np
 
 from xrdct_dask import store
+from xrdct_dask.cluster.local import gpu_count
+from xrdct_dask.cluster.profiles import job_resources, load_profile
 from xrdct_dask.config import Workflow
 from xrdct_dask.integrate.cache import cached_radial
 from xrdct_dask.integrate.csr import load_poni
@@ -53,15 +62,18 @@ from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
 from xrdct_dask.pdf import operator_for, radial_to_q_A
 from xrdct_dask.pdf.transform import r_grid
 from xrdct_dask.pipeline.context import RunContext
+from xrdct_dask.pipeline.frames import frame_path, frame_source
 from xrdct_dask.pipeline.graph import build_graph
 from xrdct_dask.pipeline.integrator import _plan_inputs
 from xrdct_dask.pipeline.stages import Sizes, marker_specs, stages_of, tasks_per_slice
 from xrdct_dask.runs.sectors import sector_spec_args
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
 from xrdct_dask.resources import shipped_throughputs
+from xrdct_dask.runs.background import background_rows
 from xrdct_dask.runs.open import absorption_store_args, layout_for
 from xrdct_dask.runs.scanlayout import frames_placed_by_scan
 from xrdct_dask.store import budget
+from xrdct_dask.store.viewcopy import view_specs
 
 PILATUS2M_SHAPE = (1679, 1475)
 CBF_OVERHEAD_BYTES = 8192  # imgCIF header + binary-section header + padding of a Pilatus CBF
@@ -91,6 +103,12 @@ def waves(unit_tasks: list[int], max_tasks: int) -> list[list[int]]:
     if cur:
         out.append(cur)
     return out
+
+
+def count_waves(units: int, unit_tasks: int, max_tasks: int) -> int:
+    """``len(waves([unit_tasks] * units, max_tasks))`` without the list (a plan of 1e9 slices on paper)."""
+    per_wave = max(1, max(1, max_tasks // 2) // max(1, unit_tasks))
+    return -(-units // per_wave)
 
 
 @dataclass
@@ -131,14 +149,16 @@ class RunPlan:
     input_files: int = 0  # files the frames are read from
     input_files_source: str = ""
     read_bytes: int = 0  # bytes of frames read from the file system
-    gpus: int = 1
-    read_gbps_needed: float | None = None  # GB/s the GPUs read at gpu_frames_per_s each
+    gpus: int = 1  # GPUs of the run's hardware
+    hardware: list = field(default_factory=list)  # [{"where", "gpus", "cores", "frames_per_s", "rate_of"}], the run's first
+    read_gbps_needed: float | None = None  # GB/s the run's hardware reads at its rate
     fs_gbps: float | None = None  # GB/s the file system reads (given)
     fs_frames_per_s: float | None = None  # frames/s the file system delivers
     frames_per_s: float | None = None  # the run's rate: the GPUs' or the file system's, the smaller
-    bound_by: str = ""  # "GPUs" or "file system"
+    bound_by: str = ""  # "GPUs", "CPU cores" or "file system"
     wall_hours: float | None = None
     notes: list[str] = field(default_factory=list)
+    chunk_files: dict[str, int] = field(default_factory=dict)  # files per array: its shards, else its chunks
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,12 +183,12 @@ def read_throughputs(path: str | Path) -> dict[str, float]:
 def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int]]:
     if wf.frames_hdf5 and not wf.frames_templated:  # the source's bytes over its frames, where it can be opened
         try:
-            src = wf.frame_source()
+            src = frame_source(wf)
             nbytes = sum(f.stat().st_size for f in src.files())
             return max(1, nbytes // max(1, src.nframes)), f"{src.spec}: bytes per frame", tuple(src.frame_shape)
         except (OSError, ValueError, KeyError):
             pass
-    first = None if wf.frames_hdf5 else wf.frame_path(0)
+    first = None if wf.frames_hdf5 else frame_path(wf, 0)
     if first is not None and first.is_file():
 
         try:
@@ -193,7 +213,7 @@ def _input_files(wf: Workflow, frames: int) -> tuple[int, str]:
     if not wf.frames_hdf5:
         return frames, "one CBF file per frame"
     try:
-        src = wf.frame_source()
+        src = frame_source(wf)
 
         seg = src.map.segment[src.map.segment >= 0]
         per_file = int(np.bincount(seg).max()) if seg.size else max(1, src.nframes)  # the fullest data file
@@ -242,11 +262,44 @@ def _nr(wf: Workflow) -> int:
     return int(r_grid(wf.pdf.rmin, wf.pdf.rmax, wf.pdf.rstep).size)
 
 
+def run_hardware(wf: Workflow, *, cluster: str | Path | None = None, jobs: int | None = None,
+                 gpus: int | None = None) -> list[dict]:
+    """What a run of ``wf`` will integrate on, first the run's own (see the module docstring):
+    ``[{"where", "gpus", "cores"}]``; this machine follows a named cluster profile where it differs."""
+    c = wf.compute
+    here = {"where": "this machine", "gpus": gpu_count() if wf.integrate.engine in ("auto", "cupy") else 0,
+            "cores": (c.n_workers * c.threads_per_worker) if c.n_workers else (os.cpu_count() or 1)}
+    if gpus is not None:
+        return [{"where": f"{gpus} GPU{'s' if gpus > 1 else ''} (--gpus)", "gpus": gpus, "cores": 0}]
+    profile = cluster if cluster is not None else c.cluster
+    if profile is None:
+        return [here]
+    p = load_profile(profile)
+    cores, per_job = job_resources(p)
+    n = jobs or c.jobs
+    run = {"where": f"cluster profile {p.name}, {n} job{'s' if n > 1 else ''} of {cores} cores"
+                    + (f" and {per_job} GPU{'s' if per_job > 1 else ''}" if per_job else ""),
+           "gpus": n * per_job if wf.integrate.engine != "numpy" else 0, "cores": n * cores}
+    return [run] + ([here] if (here["gpus"], here["cores"]) != (run["gpus"], run["cores"]) else [])
+
+
+def _rate(hw: dict, gpu: float | None, cpu: float | None) -> dict:
+    """``hw`` with its integration rate: its GPUs' at ``gpu`` frames/s each, else its cores' at ``cpu``."""
+    if hw["gpus"] and gpu:
+        return {**hw, "frames_per_s": hw["gpus"] * gpu, "rate_of": "GPUs"}
+    if hw["cores"] and cpu:
+        return {**hw, "frames_per_s": hw["cores"] * cpu, "rate_of": "CPU cores"}
+    return {**hw, "frames_per_s": None, "rate_of": ""}
+
+
 def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shape: tuple[int, int] | None = None,
                   gpu_frames_per_s: float | None = None, cpu_frames_per_s_per_core: float | None = None,
-                  results: str | Path | None = None, gpus: int = 1, fs_gbps: float | None = None) -> RunPlan:
-    """The figures of a run of ``wf`` (see the module docstring) on ``gpus`` GPUs reading from a
-    file system of ``fs_gbps`` GB/s (None: not known)."""
+                  results: str | Path | None = None, gpus: int | None = None, fs_gbps: float | None = None,
+                  cluster: str | Path | None = None, jobs: int | None = None) -> RunPlan:
+    """The figures of a run of ``wf`` (see the module docstring) on the hardware it will have
+    (:func:`run_hardware`: ``gpus`` GPUs where given, else the cluster profile ``cluster`` or
+    ``compute.cluster`` with ``jobs`` jobs, else this machine) reading from a file system of
+    ``fs_gbps`` GB/s (None: not known)."""
 
     s = wf.scan
     nz, nw, nx = s.nz, s.nomega, s.nx
@@ -265,7 +318,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     held = {st.name: st.held(sizes) for st in table}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, markers=marker_specs(wf, sizes),
                               pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux,
-                              **absorption_store_args(wf), **sector_spec_args(wf))
+                              **absorption_store_args(wf), **sector_spec_args(wf), background_rows=background_rows(wf)) + (view_specs(nz, sizes.view) if sizes.view else [])
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]
@@ -279,7 +332,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         plans[st.name] = StagePlan(nz * per_slice[st.name], st.read(sizes), written(st.name), held[st.name])
     tasks = sum(p.tasks for p in plans.values())
     spw = max(1, (wf.compute.max_tasks // 2) // t_slice)
-    nwaves = len(waves([t_slice] * nz, wf.compute.max_tasks))
+    nwaves = count_waves(nz, t_slice, wf.compute.max_tasks)
     # chunk files a finished run holds
     chunks = {sp.path: sp.nchunks if sp in written_specs else 0 for sp in specs}
     # metadata: a zarr.json for the root, each group, each array, and each coordinate (+ its one chunk)
@@ -314,30 +367,33 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         notes.append(f"{', '.join(over)} tasks hold more than compute.task_memory ({_b(lay.budget)}): give the "
                      f"workers more memory or set compute.task_memory")
     nfiles, files_source = _input_files(wf, F)
-    fs = _file_system(F, fb, gpu, gpus, fs_gbps)
-    if fs.get("bound_by") == "file system":
+    hardware = [_rate(h, gpu, cpu) for h in run_hardware(wf, cluster=cluster, jobs=jobs, gpus=gpus)]
+    fs = _file_system(F, fb, hardware[0]["frames_per_s"], hardware[0]["rate_of"], fs_gbps)
+    if fs.get("bound_by") == "file system" and hardware[0]["rate_of"] == "GPUs":
         notes.append(f"the file system ({fs_gbps:g} GB/s) feeds {fs['fs_frames_per_s'] / gpu:.2g} GPUs at "
                      f"{gpu:,.0f} frames/s: more GPUs wait on reads")
     return RunPlan(
-        input_files=nfiles, input_files_source=files_source, read_bytes=F * fb, gpus=gpus, fs_gbps=fs_gbps, **fs,
+        input_files=nfiles, input_files_source=files_source, read_bytes=F * fb, gpus=hardware[0]["gpus"],
+        hardware=hardware, fs_gbps=fs_gbps, **fs,
         scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
         nr=nr, stages=plans, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
         max_tasks_held=min(tasks, 2 * spw * t_slice) if nwaves > 1 else tasks, chunks=chunks,
-        files=sum(chunks.values()) + nmeta, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
+        files=sum(sp.nfiles for sp in written_specs) + nmeta,
+        chunk_files={sp.path: sp.nfiles if sp in written_specs else 0 for sp in specs}, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
         gpu_frames_per_s=gpu,
         cpu_frames_per_s_per_core=cpu, throughput_source=source, gpu_figure=gpu_figure if gpu else "",
         gpu_hours=F / gpu / 3600 if gpu else None, cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
 
 
-def _file_system(frames: int, frame_bytes: int, gpu_fps: float | None, gpus: int, fs_gbps: float | None) -> dict:
-    """The read bandwidth the GPUs need and the rate the file system allows (see the module doc)."""
+def _file_system(frames: int, frame_bytes: int, rate: float | None, rate_of: str, fs_gbps: float | None) -> dict:
+    """The read bandwidth the run's hardware needs at its ``rate`` (frames/s of its ``rate_of``:
+    GPUs or CPU cores) and the rate the file system allows (see the module doc)."""
     out: dict = {}
-    if gpu_fps:
-        out["read_gbps_needed"] = gpus * gpu_fps * frame_bytes / 1e9
+    if rate:
+        out["read_gbps_needed"] = rate * frame_bytes / 1e9
     if fs_gbps:
         out["fs_frames_per_s"] = fs_gbps * 1e9 / frame_bytes
-    rates = {k: v for k, v in (("GPUs", gpus * gpu_fps if gpu_fps else None),
-                               ("file system", out.get("fs_frames_per_s"))) if v}
+    rates = {k: v for k, v in ((rate_of, rate), ("file system", out.get("fs_frames_per_s"))) if v}
     if rates:
         out["bound_by"] = min(rates, key=rates.get)
         out["frames_per_s"] = rates[out["bound_by"]]
@@ -402,6 +458,10 @@ def format_plan(p: RunPlan) -> str:
     lines.append(f"blocks: {lay['omega_chunk']} omega rows per integrate task, {lay['q_chunk']} q bins per recon "
                  f"task (prepared {lay['q_sub']} at a time), {lay['y_chunk']} voxel rows per pdf task, "
                  f"{lay['r_chunk']} r points per chunk; at most {_b(lay['budget'])} per task (compute.task_memory)")
+    if "view" in p.stages:
+        v = p.stages["view"].bytes_written
+        lines.append(f"view copy: {100 * v / max(tot_w, 1):.1f} % of the bytes written ({_b(v)}: maps and patterns "
+                     f"for xrdct view)")
     biggest = max(p.chunk_bytes.values(), default=0)
     lines.append(f"store: {sum(p.chunks.values()):,} chunks, {p.files:,} files (written uncompressed at most); "
                  f"largest chunk {_b(biggest)}")
@@ -412,10 +472,19 @@ def format_plan(p: RunPlan) -> str:
     if p.cpu_core_hours is not None:
         lines.append(f"decode + integrate: {_h(p.cpu_core_hours)} CPU core-hours at "
                      f"{p.cpu_frames_per_s_per_core:,.1f} frames/s per core")
+    for k, h in enumerate(p.hardware):
+        kit = ", ".join(x for x in (f"{h['gpus']} GPU{'s' if h['gpus'] > 1 else ''}" if h["gpus"] else
+                                    "no GPU" if h["where"] == "this machine" else "",
+                                    f"{h['cores']} CPU cores" if h["cores"] else "") if x)
+        rate = (f"{h['frames_per_s']:,.0f} frames/s ({h['rate_of']}: "
+                + (f"{p.gpu_frames_per_s:,.0f} per GPU" if h["rate_of"] == "GPUs" else
+                   f"{p.cpu_frames_per_s_per_core:,.1f} per core") + ")") if h["frames_per_s"] else "no rate known"
+        lines.append(f"{'the run integrates on' if k == 0 else '  and'} {h['where']}"
+                     f"{' (' + kit + ')' if kit else ''}: {rate}")
     lines.append(f"file system: {_b(p.read_bytes)} of frames in {p.input_files:,} files ({p.input_files_source})")
     if p.read_gbps_needed is not None:
-        lines.append(f"  {p.gpus} GPU{'s' if p.gpus > 1 else ''} at {p.gpu_frames_per_s:,.0f} frames/s each read "
-                     f"{p.read_gbps_needed:,.1f} GB/s")
+        h = p.hardware[0]
+        lines.append(f"  the run's {h['rate_of']} at {h['frames_per_s']:,.0f} frames/s read {p.read_gbps_needed:,.1f} GB/s")
     if p.fs_gbps is not None:
         lines.append(f"  the file system reads {p.fs_gbps:g} GB/s (--fs-gbps): at most {p.fs_frames_per_s:,.0f} frames/s")
     elif p.read_gbps_needed is not None:

@@ -33,7 +33,15 @@ from xrdct_dask.runs.connect import Connection
 from xrdct_dask.runs.execute import execute
 from xrdct_dask.runs.inputs import check_recon_engine, input_files
 from xrdct_dask.runs.links import link_group
-from xrdct_dask.runs.open import absorption_store_args, context_from_store, open_run, pdf_store_args, store_markers
+from xrdct_dask.runs.open import (
+    absorption_store_args,
+    context_from_store,
+    open_run,
+    pdf_store_args,
+    report_leftovers,
+    store_markers,
+    view_store_args,
+)
 from xrdct_dask.runs.sectors import sector_store_args
 from xrdct_dask.view.console import console
 
@@ -106,6 +114,8 @@ def plan_reprocess(parent: str | Path, overrides: dict | None = None, from_stage
     if out is None:
         out = parent.with_name(f"{parent.stem}-{wf.work_digest()[:8]}.zarr")
     out = Path(out).resolve()
+    if out == parent.resolve() or parent.resolve() in out.parents:
+        raise WorkflowError(f"--out: {out} lies inside the parent store {parent}: choose a path outside it")
     wf = workflow_from_dict(old, overrides={**overrides, "store.path": str(out), "store.overwrite": False},
                             source=f"{parent} (stored workflow)")
     flat_old, flat_new = flatten(old), flatten(wf.model_dump(mode="json"))
@@ -138,7 +148,7 @@ def prepare_child(rp: Reprocess, client=None):
             and attrs.get("parent", {}).get("path") == str(rp.parent):
         return open_run(wf)  # an interrupted reprocess: resume it
     if out.exists() and (attrs is None or attrs.get("template_complete")):
-        raise FileExistsError(f"{out} exists: choose another --out or remove it")
+        raise store.StoreExistsError(f"{out} exists: choose another --out or remove it")
     pattrs = store.read_attrs(rp.parent)
     lineage = {"parent": {"path": str(rp.parent), "workflow_digest": pattrs.get("workflow_digest"),
                           "work_digest": pattrs.get("work_digest")},
@@ -153,6 +163,7 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
     """A new store whose upstream groups share the parent's chunks (start = recon or pdf): it takes
     the parent's layout, so that the shared arrays have the same chunks."""
     wf, parent, out = rp.workflow, rp.parent, rp.out
+    report_leftovers(out)  # a killed reprocess's half-built store: removed where provably stale, else said
     pattrs = store.read_attrs(parent)
     layout = store.layout_of(parent)
     coord = {n: store.open_array(parent, n, "r")[:] for n in ("q", "omega", "x", "z", "chi") if (parent / n).exists()}
@@ -175,12 +186,15 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
     except store.StoreWriteError as err:
         raise WorkflowError(f"--out: cannot create {out}: {err.strerror}") from None
 
+    rows = store.background_rows_of(parent)  # the parent's measured background is shared with the rest of reduced/
+
     def build(tmp):
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=coord["q"], radial_unit=wf.integrate.unit,
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
                            layout=layout, attrs=attrs, markers=store_markers(wf, layout, coord["q"], r_A),
                            **pdf_store_args(wf, op), **absorption_store_args(wf),
-                           **sector_store_args(wf, coord.get("chi"), coord["q"], wavelength_A))
+                           **sector_store_args(wf, coord.get("chi"), coord["q"], wavelength_A),
+                           **view_store_args(wf, layout, coord["q"], r_A), background_rows=rows)
         n = sum(link_group(parent, tmp, group, client=client) for group in rp.reused)
         n += link_group(parent, tmp, store.TASKS, [st.name for st in rp.kept if st.marker], client=client)
         log.info("%s: %d chunk files shared with %s", out, n, parent)

@@ -30,6 +30,8 @@ from xrdct_dask.io.scantable import (
 )
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.pipeline.frames import frame_source
+from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ def _scan_source(wf: Workflow):
         return (lambda: scan_table_blocks(path)), set(names), {c: f"{path}:{c}" for c in cols}, "iz" in names
     if wf.frames_hdf5 and not wf.frames_templated and wf.scan.positions != "nominal":
 
-        n = wf.frame_source().nframes
+        n = frame_source(wf).nframes
         names = wf.inputs.positioners
         file = split_spec(wf.inputs.frames)[0]
         columns = {}
@@ -194,8 +196,8 @@ def scan_layout(wf: Workflow) -> ScanLayout:
         if has_grid:
             lay.grid = _grid_from_columns(wf, blocks, measured, lay.monitor if mon_rows else None, folder)
             placed = "scan file columns iz, iomega, ix"
-            for k in measured:
-                axes[k] = _line_medians(lay.grid, k, AXIS_OF[k])
+            for k in measured:  # lines without a frame (allowed missing) take the nominal grid's place
+                axes[k] = _line_medians(lay.grid, k, AXIS_OF[k], nominal[k] if s.allow_missing else None)
         elif place:
             lay.grid, axes, off = _grid_from_positions(wf, blocks, measured, lay.monitor if mon_rows else None,
                                                        folder)
@@ -256,20 +258,49 @@ def _grid_from_columns(wf: Workflow, blocks, fields: list[str], monitor, folder:
     s = wf.scan
     grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx, fields)
     bad = 0
+    seen = [np.zeros(n, bool) for n in (s.nz, s.nomega, s.nx)]  # grid lines the file has a frame in
     for b in blocks():
         iz, iw, ix = b["iz"], b["iomega"], b["ix"]
         inside = (iz >= 0) & (iz < s.nz) & (iw >= 0) & (iw < s.nomega) & (ix >= 0) & (ix < s.nx)
         bad += int((~inside).sum())
         if bad:
             continue
+        for line, i in zip(seen, (iz, iw, ix)):
+            line[i] = True
         if monitor is not None:
             monitor.scatter(b["index"], b["monitor"])
         grid.add(iz, iw, ix, b["index"], {f: b[f] for f in fields})
     if bad:
         raise WorkflowError(f"inputs.scan_file: {wf.inputs.scan_file}: {bad} rows lie outside the scan grid "
                             f"{s.nz} x {s.nomega} x {s.nx}")
+    check_scan_extent(wf, seen, "the scan file")
     grid.finish()
     return grid
+
+
+EXTENT = (("scan.nz", "slices"), ("scan.nomega", "angles"), ("scan.nx", "x steps"))
+
+
+def check_scan_extent(wf: Workflow, seen: list[np.ndarray], what: str) -> None:
+    """Refuse, in one line saying what is wrong, a scan whose frames leave whole slices, angles
+    or x steps of the workflow's grid empty (``seen``: bool per grid line of z, omega and x, where
+    ``what`` has a frame): "the scan file has 2 slices, the workflow 3".  With
+    ``scan.allow_missing`` the run goes on (their frames flagged missing) and a console line says so."""
+    for (key, label), line in zip(EXTENT, seen):
+        if line.all():
+            continue
+        have = int(line.sum())
+        if line[:have].all():  # the last ones are empty: the workflow's grid is larger than the scan
+            msg, fix = f"{what} has {have} {label}, the workflow {line.size}", f"set {key}={have}"
+        else:
+            empty = np.flatnonzero(~line)
+            shown = ", ".join(str(int(i)) for i in empty[:8]) + (", ..." if empty.size > 8 else "")
+            msg, fix = f"{what} has no frame in {empty.size} of the workflow's {line.size} {label} ({shown})", \
+                f"check {key}"
+        if not wf.scan.allow_missing:
+            raise WorkflowError(f"{key}: {msg}: {fix}, or pass --allow-missing (scan.allow_missing: true) to run "
+                                f"with their frames flagged missing")
+        console.warning("%s: %s: their frames are flagged missing (scan.allow_missing)", key, msg)
 
 
 def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, folder: Path):
@@ -325,11 +356,16 @@ def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, fol
     return grid, axes, off
 
 
-def _line_medians(grid, field: str, axis: int) -> np.ndarray:
+def _line_medians(grid, field: str, axis: int, nominal: np.ndarray | None = None) -> np.ndarray:
     """The exact median of the per-frame ``field`` over each line of ``grid`` along ``axis`` (the
-    frames placed there), streamed slice by slice: a measured coordinate for each grid index."""
+    frames placed there), streamed slice by slice: a measured coordinate for each grid index.
+    ``nominal`` (the grid's values, given where missing lines are allowed): a line without a frame
+    takes its nominal value shifted by the median offset of the measured lines from theirs."""
 
     out = grouped_median(grid.stream(field, axis), grid.shape[axis])
+    empty = np.isnan(out)
+    if nominal is not None and empty.any() and not empty.all():
+        out[empty] = nominal[empty] + np.median(out[~empty] - nominal[~empty])
     if np.isnan(out).any():
         raise WorkflowError(f"scan: no frame measured at {int(np.isnan(out).sum())} grid lines: their positions are "
                             "unknown (scan.positions: nominal uses the grid)")

@@ -1,125 +1,282 @@
 """A job service for the beamline control system (``xrdct serve``): submit a workflow, get its
 status and output store back over HTTP + JSON (the standard library's ``ThreadingHTTPServer``).
 
-    POST /jobs          {"workflow": "/path/workflow.yaml"}   or   {"workflow_yaml": "<the YAML text>",
+    POST   /jobs        {"workflow": "/path/workflow.yaml"}   or   {"workflow_yaml": "<the YAML text>",
                         "base_dir": "/where/relative/paths/start"};  optional "set": {"store.path": ...},
                         "mode": "run" (default: the frames are written) | "watch" (follow the acquisition),
                         "idle_timeout": seconds (watch)
                         -> 201 {"id", "status": "queued", "store", "input", ...}; 400 {"error": one line}
-    GET  /jobs          -> {"jobs": [job, ...]}
-    GET  /jobs/<id>     -> job: id, status (queued | running | done | failed | interrupted), mode, store,
-                           submitted / started / finished (ISO times), error, folder, summary
-    GET  /health        -> {"ok": true, "jobs": n}
+    GET    /  or /jobs  -> {"jobs": [job, ...]}
+    GET    /jobs/<id>   -> job: id, status (queued | running | cancelling | done | failed | cancelled |
+                           interrupted), mode, store, submitted / started / finished (ISO times), error,
+                           folder, log, summary (the run's summary, as the store's ``run_summary``)
+    DELETE /jobs/<id>   cancel: a queued job never starts; a running one is stopped as Ctrl-C stops
+                        ``xrdct run`` (what is marked done is kept: the same job submitted again resumes)
+    GET    /health      -> {"ok": true, "jobs": n}
 
-Jobs run one after another, in the order submitted, on the service's scheduler
-(``--scheduler-address``: one warm cluster for the whole experiment) or each on a cluster of its
-own.  Every job keeps its input for replay, as dahu does: ``JOBS/<id>/input.yaml`` (what was
-submitted), ``JOBS/<id>/workflow.yaml`` (validated, paths absolute: ``xrdct run`` it to replay),
-``JOBS/<id>/job.json`` (the record); and the store's root attrs get ``job`` (id and input text).
+Every request carries the service's token, as Jupyter's server asks: the header
+``Authorization: token <token>`` (or ``Bearer <token>``), or ``?token=<token>`` in the URL.  It is
+generated at start and printed once, or read from ``--token-file`` (a service started by a
+system unit), and compared in constant time (:func:`hmac.compare_digest`).  A request without it
+is refused (403) before anything else is looked at.
+
+What a job may touch: the workflow it names (and the ``base_dir`` of a workflow given as text)
+and every path its workflow names (frames, PONI, mask, ..., the store) must lie, symlinks
+resolved, under the folders the service was started with (``roots``, ``--root``; default the
+current folder): a job cannot make the service read ``/etc/shadow`` or write beside it.  An error
+never quotes a file that is not a workflow (:func:`xrdct_dask.config.workflow_from_dict`).  A job
+may set ``store.overwrite`` only on a store an earlier job of this service created, and may open a
+dashboard only on this machine's loopback address.
+
+Jobs run one after another, in the order submitted, each as its own ``xrdct run`` / ``xrdct watch``
+process on the service's scheduler (``--scheduler-address``: one warm cluster for the whole
+experiment) or on a cluster of its own; that process's output (progress, warnings, dask's logs)
+goes to ``JOBS/<id>/log.txt``, not the service's console.  Every job keeps its input for replay,
+as dahu does: ``JOBS/<id>/input.yaml`` (what was submitted), ``JOBS/<id>/workflow.yaml``
+(validated, paths absolute: ``xrdct run`` it to replay), ``JOBS/<id>/job.json`` (the record); and
+the store's root attrs get ``job`` (id and input text).  Queued jobs stay queued across a restart
+of the service; a job running when it stopped is marked interrupted (its store resumes).
 The server binds to 127.0.0.1 unless told otherwise: it runs what it is sent, so it must not face
 an open network.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import math
+import os
 import queue
+import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
-import yaml
 import zarr
 
 from xrdct_dask import store
-from xrdct_dask.config import WorkflowError, load_workflow, workflow_from_dict
-from xrdct_dask.runs.execute import run
-from xrdct_dask.runs.live import watch
+from xrdct_dask.config import (
+    MAX_CONFIG_BYTES,
+    MAX_NESTING,
+    Workflow,
+    WorkflowError,
+    load_workflow,
+    nesting_depth,
+    read_config_text,
+    workflow_from_text,
+)
+from xrdct_dask.io.spec import split_spec
+from xrdct_dask.ownfiles import exclusive_tmp
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 20  # bytes of a submission (a workflow is a few kB)
-FINAL = ("done", "failed", "interrupted")
+MAX_BODY = MAX_CONFIG_BYTES + (64 << 10)  # bytes of a submission: a workflow's text at most, and the fields
+FINAL = ("done", "failed", "cancelled", "interrupted")
+FIELDS = ("workflow", "workflow_yaml", "base_dir", "set", "mode", "idle_timeout")
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+STOP_GRACE_S = 30.0  # a cancelled job's process has this long after its Ctrl-C, then SIGTERM, then SIGKILL
+MIN_TOKEN_CHARS = 16
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-class JobService:
-    """The jobs of one service: validated on submission, run one at a time in a thread, each
-    recorded in ``jobs_dir/<id>/`` (see the module's docstring).  ``runner(job, wf)`` runs one
-    job and returns its summary dict (default: :func:`xrdct_dask.runs.execute.run` or
-    :func:`xrdct_dask.runs.live.watch` on ``scheduler_address``)."""
+def new_token() -> str:
+    """A fresh random token (256 bits, URL-safe), as Jupyter generates one at start."""
 
-    def __init__(self, jobs_dir, scheduler_address: str | None = None, base_dir=None):
+    return secrets.token_urlsafe(32)
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token kept in ``path`` (its first line; a service started by a system unit): a one-line
+    WorkflowError when the file is missing, too large or holds fewer than 16 characters."""
+    text = read_config_text(Path(path), f"--token-file {path}")
+    token = (text.splitlines() or [""])[0].strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise WorkflowError(f"--token-file {path}: its first line must hold a token of at least {MIN_TOKEN_CHARS} "
+                            "characters")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    return host.strip() in LOOPBACK
+
+
+def _dashboard_host(address: str) -> str:
+    """The host part of a dask ``dashboard_address`` (``127.0.0.1:0``, ``[::1]:8787``, ``:8787`` =
+    every interface)."""
+    a = str(address).strip()
+    if a.startswith("["):
+        return a[: a.index("]") + 1] if "]" in a else a
+    return a.rpartition(":")[0] if ":" in a else a
+
+
+def workflow_paths(wf: Workflow) -> dict[str, Path]:
+    """``{workflow key: path}`` of every file or folder a workflow reads or writes: its inputs (the
+    frames by the fixed folder their template starts in), the PDF's files and the store."""
+
+    i = wf.inputs
+    frames = split_spec(i.frames)[0]
+    fixed = frames.split("{", 1)[0]  # the part no template field can change
+    out = {"inputs.frames": Path(fixed if "{" not in frames else (fixed.rsplit("/", 1)[0] or "/"))}
+    for key in ("poni", "mask", "dark", "flat", "monitor", "scan_file"):
+        if getattr(i, key) is not None:
+            out[f"inputs.{key}"] = Path(getattr(i, key))
+    for key in ("background_file", "config"):
+        if getattr(wf.pdf, key) is not None:
+            out[f"pdf.{key}"] = Path(getattr(wf.pdf, key))
+    out["store.path"] = Path(wf.store.path)
+    return out
+
+
+class JobService:
+    """The jobs of one service: validated on submission, run one at a time by a thread, each as a
+    process of its own, each recorded in ``jobs_dir/<id>/`` (see the module's docstring).
+
+    Parameters
+    ----------
+    jobs_dir : folder of the job records
+    scheduler_address : the dask scheduler every job runs on (None: each starts a LocalCluster)
+    base_dir : where relative paths of a submitted workflow start (default: the first root)
+    roots : folders every path a job names must lie in, symlinks resolved (default: the current folder)
+    command : ``command(job) -> argv`` of a job's process (default :meth:`xrdct_command`:
+        ``python -m xrdct_dask.cli run|watch JOBS/<id>/workflow.yaml ...``)
+    """
+
+    def __init__(self, jobs_dir, scheduler_address: str | None = None, base_dir=None, roots=None, command=None):
         self.jobs_dir = Path(jobs_dir).resolve()
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.scheduler_address = scheduler_address
-        self.base_dir = Path(base_dir or Path.cwd()).resolve()
+        self.roots = [Path(r).resolve() for r in (roots or [base_dir or Path.cwd()])]
+        for r in self.roots:
+            if not r.is_dir():
+                raise WorkflowError(f"--root {r}: not a folder")
+        self.base_dir = Path(base_dir).resolve() if base_dir else self.roots[0]
+        self.command = command or self.xrdct_command
         self.jobs: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
+        self._procs: dict[str, subprocess.Popen] = {}
+        requeue = []
         for rec in sorted(self.jobs_dir.glob("*/job.json")):  # jobs of an earlier service: kept, listed
             try:
                 job = json.loads(rec.read_text())
             except (OSError, ValueError):
                 continue
-            if job.get("status") not in FINAL:
-                job.update(status="interrupted", error="the service stopped before the job finished: resubmit it")
+            if not isinstance(job, dict) or "id" not in job:
+                continue
+            if job.get("status") == "queued":
+                requeue.append(job["id"])  # still to run, in the order submitted
+            elif job.get("status") not in FINAL:
+                job.update(status="interrupted", finished=_now(), error="the service stopped while the job ran: "
+                           "submit it again to resume its store")
                 self._save(job)
             self.jobs[job["id"]] = job
+        for job_id in sorted(requeue, key=lambda j: (self.jobs[j].get("submitted") or "", j)):
+            self._queue.put(job_id)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="xrdct-jobs")
         self._thread.start()
+
+    # -- what a job may touch ------------------------------------------------------------------
+    def _inside(self, path: Path) -> bool:
+        p = Path(path).resolve()
+        return any(p == r or r in p.parents for r in self.roots)
+
+    def _confine(self, key: str, path: Path) -> None:
+        if not self._inside(path):
+            raise WorkflowError(f"{key}: {path} is outside the folders this service serves "
+                                f"({', '.join(map(str, self.roots))}; --root)")
+
+    def _created_by_a_job(self, path: Path) -> bool:
+        """Whether the store at ``path`` was created by a job of this service (it did not exist when
+        that job started)."""
+
+        key = str(Path(path).resolve())
+        return store.is_store(path) and any(j.get("store") == key and j.get("store_existed") is False
+                                            for j in self.jobs.values())
+
+    def check_store(self, wf: Workflow) -> None:
+        """A job may replace (``store.overwrite``) only a store an earlier job of this service made."""
+        path = Path(wf.store.path)
+        if wf.store.overwrite and path.exists() and (not path.is_dir() or any(path.iterdir())) \
+                and not self._created_by_a_job(path):
+            raise WorkflowError(f"store.overwrite: {path} was not created by a job of this service: a job may not "
+                                "replace it (choose another store.path)")
+
+    def check_workflow(self, wf: Workflow) -> None:
+        """Every path under the roots, the store not someone else's, the dashboard on this machine."""
+        for key, p in workflow_paths(wf).items():
+            self._confine(key, p)
+        self.check_store(wf)
+        host = _dashboard_host(wf.compute.dashboard_address)
+        if not is_loopback(host):
+            raise WorkflowError(f"compute.dashboard_address: a job's dashboard stays on this machine "
+                                f"(127.0.0.1:PORT), not {wf.compute.dashboard_address!r}")
 
     # -- submission ----------------------------------------------------------------------------
     def submit(self, body: dict) -> dict:
         """Validate a submission and queue it; WorkflowError (one line) for a bad one."""
         if not isinstance(body, dict):
             raise WorkflowError("a job is a JSON object with 'workflow' (a path) or 'workflow_yaml' (the text)")
-        unknown = set(body) - {"workflow", "workflow_yaml", "base_dir", "set", "mode", "idle_timeout"}
+        unknown = set(body) - set(FIELDS)
         if unknown:
-            raise WorkflowError(f"unknown field(s) {', '.join(sorted(unknown))}: expected workflow or workflow_yaml, "
+            shown = sorted(k if len(k) <= 32 and k.isidentifier() else "(a field that is not a name)" for k in unknown)
+            raise WorkflowError(f"unknown field(s) {', '.join(shown)}: expected workflow or workflow_yaml, "
                                 "base_dir, set, mode, idle_timeout")
+        if nesting_depth(body) > MAX_NESTING:
+            raise WorkflowError(f"the job is nested too deeply (at most {MAX_NESTING} levels)")
         mode = body.get("mode", "run")
         if mode not in ("run", "watch"):
-            raise WorkflowError(f"mode must be run or watch (got {mode!r})")
+            raise WorkflowError("mode must be run or watch")
         overrides = body.get("set") or {}
         if not isinstance(overrides, dict):
             raise WorkflowError("set must be an object of workflow keys: {\"store.path\": \"/data/run.zarr\"}")
         idle = body.get("idle_timeout", 600)
-        if not isinstance(idle, (int, float)) or not idle > 0:
-            raise WorkflowError(f"idle_timeout must be a number of seconds > 0 (got {idle!r})")
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not math.isfinite(idle) or not idle > 0:
+            raise WorkflowError("idle_timeout must be a finite number of seconds > 0")
         if ("workflow" in body) == ("workflow_yaml" in body):
             raise WorkflowError("give either 'workflow' (the path of a workflow YAML) or 'workflow_yaml' (its text)")
         if "workflow" in body:
-            path = Path(str(body["workflow"]))
+            if not isinstance(body["workflow"], str):
+                raise WorkflowError("workflow must be the path of a workflow YAML file")
+            path = Path(body["workflow"])
             path = path if path.is_absolute() else self.base_dir / path
-            wf = load_workflow(path, overrides)
-            text = path.read_text()
+            self._confine("workflow", path)  # before the file is even looked at
+            if not path.is_file():
+                raise WorkflowError(f"{path}: workflow file not found")
+            text = read_config_text(path)
+            wf = workflow_from_text(text, path.parent.resolve(), overrides, str(path))
         else:
             text = body["workflow_yaml"]
             if not isinstance(text, str):
                 raise WorkflowError("workflow_yaml must be the YAML text of a workflow")
-            try:
-                raw = yaml.safe_load(text)
-            except yaml.YAMLError as err:
-                raise WorkflowError(f"workflow_yaml: not valid YAML ({str(err).splitlines()[0]})") from None
-            base = Path(str(body.get("base_dir") or self.base_dir))
-            wf = workflow_from_dict(raw, base_dir=base.resolve(), overrides=overrides, source="workflow_yaml")
-        job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            if not isinstance(body.get("base_dir", ""), str):
+                raise WorkflowError("base_dir must be the path of a folder")
+            base = Path(body.get("base_dir") or self.base_dir)
+            base = base if base.is_absolute() else self.base_dir / base
+            self._confine("base_dir", base)
+            wf = workflow_from_text(text, base.resolve(), overrides, "workflow_yaml")
+        self.check_workflow(wf)
+        now = time.time()  # ids sort in the order submitted: the time to the microsecond, then a random tag
+        job_id = time.strftime("%Y%m%d-%H%M%S-", time.localtime(now)) + f"{int(now * 1e6) % 1_000_000:06d}-" + \
+            uuid.uuid4().hex[:4]
         folder = self.jobs_dir / job_id
         folder.mkdir()
         (folder / "input.yaml").write_text(text)
         (folder / "workflow.yaml").write_text(wf.to_yaml())
         job = {"id": job_id, "status": "queued", "mode": mode, "store": str(Path(wf.store.path).resolve()),
                "input": str(folder / "input.yaml"), "workflow": str(folder / "workflow.yaml"), "folder": str(folder),
-               "set": overrides, "idle_timeout": idle, "submitted": _now(), "started": None, "finished": None,
-               "error": None, "summary": None}
+               "log": str(folder / "log.txt"), "set": overrides, "idle_timeout": idle, "submitted": _now(),
+               "started": None, "finished": None, "error": None, "summary": None}
         with self._lock:
             self.jobs[job_id] = job
             self._save(job)
@@ -136,53 +293,141 @@ class JobService:
         with self._lock:
             return [dict(j) for j in sorted(self.jobs.values(), key=lambda j: j["id"])]
 
+    def cancel(self, job_id: str) -> dict | None:
+        """Cancel a job: a queued one is marked cancelled and never starts; a running one gets the
+        Ctrl-C of ``xrdct run`` (SIGINT: its store keeps what is marked done), then SIGTERM and
+        SIGKILL to its process group if it is still there :data:`STOP_GRACE_S` later.  Returns the
+        job (None: no such job); a finished job is returned as it is."""
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return None
+            if job["status"] == "queued":
+                job.update(status="cancelled", finished=_now(), error="cancelled before it started")
+                self._save(job)
+            elif job["status"] == "running":
+                job.update(status="cancelling")
+                self._save(job)
+                proc = self._procs.get(job_id)
+                if proc is not None:
+                    threading.Thread(target=self._stop, args=(proc,), daemon=True,
+                                     name=f"xrdct-stop-{job_id}").start()
+            return dict(job)
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen) -> None:
+        for sig, wait_s in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+            try:
+                if sig == signal.SIGINT:
+                    proc.send_signal(sig)  # the job's own Ctrl-C: it closes its cluster
+                else:
+                    os.killpg(proc.pid, sig)  # what it left running too (its own session)
+            except (ProcessLookupError, PermissionError):
+                return
+            if wait_s is None:
+                return
+            try:
+                proc.wait(wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
     # -- running -------------------------------------------------------------------------------
     def _save(self, job: dict) -> None:
+
         folder = Path(job["folder"])
-        tmp = folder / ".job.json.part"
-        tmp.write_text(json.dumps(job, indent=1))
-        tmp.replace(folder / "job.json")
+        data = json.dumps(job, indent=1, allow_nan=False).encode()  # strict JSON: no Infinity, no NaN
+        with exclusive_tmp(folder / "job.json") as (fd, tmp):
+            os.write(fd, data)
+            os.replace(tmp, folder / "job.json")
 
     def _update(self, job_id: str, **kw) -> None:
         with self._lock:
             self.jobs[job_id].update(kw)
             self._save(self.jobs[job_id])
 
+    def xrdct_command(self, job: dict) -> list[str]:
+        """``python -m xrdct_dask.cli run|watch JOBS/<id>/workflow.yaml [--scheduler-address A]
+        [--idle-timeout S]``: the job as the command line runs it (its Ctrl-C keeps the store resumable)."""
+        argv = [sys.executable, "-m", "xrdct_dask.cli", job["mode"], job["workflow"]]
+        if self.scheduler_address:
+            argv += ["--scheduler-address", self.scheduler_address]
+        if job["mode"] == "watch":
+            argv += ["--idle-timeout", repr(float(job["idle_timeout"]))]
+        return argv
+
     def _loop(self) -> None:
         while True:
             job_id = self._queue.get()
             if job_id is None:
                 return
-            self._update(job_id, status="running", started=_now())
+            with self._lock:
+                job = self.jobs.get(job_id)
+                if job is None or job["status"] != "queued":  # cancelled while it waited
+                    continue
+                job.update(status="running", started=_now(), store_existed=Path(job["store"]).exists())
+                self._save(job)
             try:
-                summary = self.run_job(self.get(job_id))
-                self._update(job_id, status="done", finished=_now(), summary=summary)
+                self.run_job(self.get(job_id))
             except Exception as err:  # every failure is the job's, never the service's
                 log.warning("job %s failed: %s", job_id, err)
-                self._update(job_id, status="failed", finished=_now(), error=str(err).splitlines()[0] if str(err)
-                             else type(err).__name__)
+                self._update(job_id, status="failed", finished=_now(), error=(str(err).splitlines() or [""])[0]
+                             or type(err).__name__)
 
-    def run_job(self, job: dict) -> dict:
-        """Run one job from its stored workflow; record the job in the store's attrs; its summary."""
-
+    def run_job(self, job: dict) -> None:
+        """Run one job as its own process (output to its ``log.txt``); record how it ended."""
+        job_id = job["id"]
         wf = load_workflow(job["workflow"])
+        self.check_store(wf)  # a store may have appeared at its path since the job was submitted
+        logfile = Path(job["log"])
+        with open(logfile, "ab") as out:
+            proc = subprocess.Popen(self.command(job), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=job["folder"], start_new_session=True)
+            with self._lock:
+                self._procs[job_id] = proc
+                cancelling = self.jobs[job_id]["status"] == "cancelling"
+            if cancelling:  # cancelled between the start and here
+                threading.Thread(target=self._stop, args=(proc,), daemon=True).start()
+            code = proc.wait()
+        with self._lock:
+            self._procs.pop(job_id, None)
+            cancelled = self.jobs[job_id]["status"] == "cancelling"
+        if cancelled:
+            self._update(job_id, status="cancelled", finished=_now(), error="cancelled while it ran: what was marked "
+                         "done is kept in its store; submit it again to resume", summary=self._summary(job))
+            return
+        if code != 0:
+            self._update(job_id, status="failed", finished=_now(), error=_last_error(logfile, code),
+                         summary=self._summary(job))
+            return
+        self._record_job(job)
+        self._update(job_id, status="done", finished=_now(), summary=self._summary(job))
+
+    @staticmethod
+    def _summary(job: dict) -> dict | None:
+        """The run's summary as its store records it (``run_summary``: frames, their status, tasks,
+        wall time, what this run added; ``missing`` frames for a watch), None without a store."""
+
+        attrs = store.root_attrs(job["store"]) if store.is_store(job["store"]) else None
+        summary = (attrs or {}).get("run_summary")
+        if not isinstance(summary, dict):
+            return None
         if job["mode"] == "watch":
+            summary = {**summary, "missing": int((summary.get("frame_status") or {}).get("MISSING", 0))}
+        return json.loads(json.dumps(summary, default=str))
 
-            res = watch(wf, idle_timeout_s=job["idle_timeout"], scheduler_address=self.scheduler_address,
-                        progress=False)
-            path, summary = res.store, {"timed_out": res.timed_out, "missing": res.missing,
-                                        "frames": res.summary.get("frames")}
-        else:
-            path = run(wf, scheduler_address=self.scheduler_address, progress=False)
-            summary = {"frames": store.read_attrs(path).get("run_summary", {}).get("frames")}
+    @staticmethod
+    def _record_job(job: dict) -> None:
+        """The job's id and input in the store's root attrs (what replays it)."""
 
-        zarr.open_group(str(path), mode="r+").attrs["job"] = {"id": job["id"], "input_yaml": Path(
-            job["input"]).read_text(), "submitted": job["submitted"], "mode": job["mode"]}
-        store.consolidate(path)
-        return summary
+
+        zarr.open_group(job["store"], mode="r+").attrs["job"] = {
+            "id": job["id"], "input_yaml": Path(job["input"]).read_text(), "submitted": job["submitted"],
+            "mode": job["mode"]}
+        store.consolidate(job["store"])
 
     def wait(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.2) -> dict:
-        """Block until job ``job_id`` is done, failed or interrupted (TimeoutError after ``timeout_s``)."""
+        """Block until job ``job_id`` is done, failed, cancelled or interrupted (TimeoutError after ``timeout_s``)."""
         t0 = time.time()
         while (job := self.get(job_id)) is not None and job["status"] not in FINAL:
             if time.time() - t0 > timeout_s:
@@ -195,53 +440,128 @@ class JobService:
         self._queue.put(None)
 
 
-def make_server(service: JobService, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """The HTTP server of ``service`` (not started: ``serve_forever()``; port 0 picks a free one)."""
+def _last_error(logfile: Path, code: int) -> str:
+    """The command line's one-line ``error: ...`` from the end of a job's log, else its exit status."""
+    try:
+        with open(logfile, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    errors = [ln.strip()[len("error: "):] for ln in lines if ln.strip().startswith("error: ")]
+    if errors:
+        return errors[-1][:500]
+    what = "interrupted" if code in (130, -signal.SIGINT) else f"exit status {code}"
+    return f"the job's process ended: {what} (see {logfile.name})"
+
+
+def _authorized(handler: BaseHTTPRequestHandler, token: str) -> bool:
+    """The request carries ``token``: ``Authorization: token T`` / ``Bearer T``, or ``?token=T``;
+    compared in constant time."""
+    given = ""
+    auth = handler.headers.get("Authorization") or ""
+    scheme, _, value = auth.strip().partition(" ")
+    if scheme.lower() in ("token", "bearer"):
+        given = value.strip()
+    else:
+        q = parse_qs(urlsplit(handler.path).query).get("token")
+        given = q[0] if q else ""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode())
+
+
+def make_server(service: JobService, host: str = "127.0.0.1", port: int = 8765, *,
+                token: str) -> ThreadingHTTPServer:
+    """The HTTP server of ``service`` (not started: ``serve_forever()``; port 0 picks a free one);
+    every request must carry ``token`` (see the module's docstring)."""
+    if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"the service's token must be a string of at least {MIN_TOKEN_CHARS} characters")
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "xrdct-serve"
+        timeout = 30  # a connection that sends nothing for this long is closed: stalled clients hold no thread
 
-        def log_message(self, fmt, *args):  # to logging, not stderr
-            log.info("%s %s", self.address_string(), fmt % args)
+        def log_message(self, fmt, *args):  # to logging, not stderr; never the query (it may hold the token)
+            log.info("%s %s %s", self.address_string(), self.command, urlsplit(self.path).path)
 
         def _send(self, code: int, body: dict) -> None:
-            data = json.dumps(body, indent=1).encode()
+            data = json.dumps(body, indent=1, allow_nan=False, default=str).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
+        def _parts(self) -> list[str] | None:
+            if not _authorized(self, token):
+                self._send(HTTPStatus.FORBIDDEN, {"error": "a token is required: the header 'Authorization: token "
+                                                           "<token>' or ?token=<token> (printed when the service started)"})
+                return None
+            return [p for p in urlsplit(self.path).path.split("/") if p]
+
         def do_GET(self):
-            parts = [p for p in self.path.split("?")[0].split("/") if p]
+            parts = self._parts()
+            if parts is None:
+                return
             if parts == ["health"]:
                 return self._send(HTTPStatus.OK, {"ok": True, "jobs": len(service.jobs)})
-            if parts == ["jobs"]:
+            if parts in ([], ["jobs"]):
                 return self._send(HTTPStatus.OK, {"jobs": service.list()})
             if len(parts) == 2 and parts[0] == "jobs":
                 job = service.get(parts[1])
                 if job is None:
-                    return self._send(HTTPStatus.NOT_FOUND, {"error": f"no job {parts[1]}"})
+                    return self._send(HTTPStatus.NOT_FOUND, {"error": f"no job {parts[1][:64]}"})
                 return self._send(HTTPStatus.OK, job)
-            return self._send(HTTPStatus.NOT_FOUND, {"error": f"no such resource {self.path}: GET /jobs, /jobs/<id>"})
+            return self._send(HTTPStatus.NOT_FOUND, {"error": "no such resource: GET /jobs, /jobs/<id>, /health"})
+
+        def do_DELETE(self):
+            parts = self._parts()
+            if parts is None:
+                return
+            if len(parts) != 2 or parts[0] != "jobs":
+                return self._send(HTTPStatus.NOT_FOUND, {"error": "DELETE /jobs/<id> cancels a job"})
+            before = service.get(parts[1])
+            if before is None:
+                return self._send(HTTPStatus.NOT_FOUND, {"error": f"no job {parts[1][:64]}"})
+            if before["status"] in FINAL:
+                return self._send(HTTPStatus.CONFLICT, {"error": f"job {before['id']} is {before['status']}: nothing "
+                                                                 "to cancel"})
+            return self._send(HTTPStatus.ACCEPTED, service.cancel(parts[1]))
 
         def do_POST(self):
-            if [p for p in self.path.split("?")[0].split("/") if p] != ["jobs"]:
-                return self._send(HTTPStatus.NOT_FOUND, {"error": f"POST to /jobs, not {self.path}"})
+            parts = self._parts()
+            if parts is None:
+                return
+            if parts != ["jobs"]:
+                return self._send(HTTPStatus.NOT_FOUND, {"error": "POST to /jobs"})
             try:
                 n = int(self.headers.get("Content-Length") or 0)
             except ValueError:
                 n = -1
             if not 0 < n <= MAX_BODY:
-                return self._send(HTTPStatus.BAD_REQUEST, {"error": f"a job is a JSON body of 1 to {MAX_BODY} bytes"})
+                return self._send(HTTPStatus.BAD_REQUEST, {"error": f"a job is a JSON body of 1 to {MAX_BODY:,} bytes "
+                                                                    "(with its Content-Length)"})
             try:
-                body = json.loads(self.rfile.read(n))
+                body = json.loads(self.rfile.read(n), parse_constant=_no_constant)
+            except RecursionError:
+                return self._send(HTTPStatus.BAD_REQUEST, {"error": f"the body is nested too deeply (at most "
+                                                                    f"{MAX_NESTING} levels)"})
             except ValueError as err:
-                return self._send(HTTPStatus.BAD_REQUEST, {"error": f"the body is not JSON ({err})"})
+                return self._send(HTTPStatus.BAD_REQUEST, {"error": f"the body is not JSON ({_json_problem(err)})"})
             try:
                 job = service.submit(body)
             except (WorkflowError, OSError) as err:
-                return self._send(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+                return self._send(HTTPStatus.BAD_REQUEST, {"error": (str(err).splitlines() or ["refused"])[0]})
             return self._send(HTTPStatus.CREATED, job)
 
     return ThreadingHTTPServer((host, port), Handler)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_problem(err: ValueError) -> str:
+    """What is wrong with a body that is not JSON, without quoting it."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg} at line {err.lineno}, column {err.colno}"
+    return str(err).splitlines()[0][:100]

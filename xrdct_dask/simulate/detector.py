@@ -41,14 +41,16 @@ def detector_mask(detector: str) -> np.ndarray:
     return gaps[:shape[0] * b, :shape[1] * b].reshape(shape[0], b, shape[1], b).any(axis=(1, 3))
 
 
-def phase_patterns_as_measured(integrator, detector: str = "small") -> np.ndarray:
+def phase_patterns_as_measured(integrator, detector: str = "small", phases=None) -> np.ndarray:
     """Each phase's pattern as the instrument records it: rendered noise-free on the detector
     (solid angle, polarization, pixel size) and integrated by ``integrator``.  ``(nphase, nbins)``,
-    the basis to unmix reconstructed voxel patterns into phase fractions."""
+    the basis to unmix reconstructed voxel patterns into phase fractions.  ``phases`` default the
+    library's (a scan with a tube: ``SampleEnvironment.phases()``)."""
     ai = make_integrator(detector)
     shape = DETECTORS[detector][0]
     frames = np.stack([ai.calcfrom1d(Q_GRID_A * 10, p.intensity, shape=shape, dim1_unit="q_nm^-1",
-                                     correctSolidAngle=True, polarization_factor=0.99) for p in phase_library()])
+                                     correctSolidAngle=True, polarization_factor=0.99)
+                       for p in (phase_library() if phases is None else phases)])
     return integrator.integrate(frames).intensity
 
 

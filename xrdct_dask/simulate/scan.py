@@ -21,6 +21,8 @@ from xrdct_dask.io.layout import FrameTemplate, ScanShape
 from xrdct_dask.io.scan import acquisition_order
 from xrdct_dask.io.spec import is_hdf5, split_spec
 from xrdct_dask.simulate.detector import DETECTORS, _render, detector_mask, make_integrator
+from xrdct_dask.simulate.environment import air_pattern as env_air_pattern
+from xrdct_dask.simulate.environment import write_background_scan
 from xrdct_dask.simulate.files import write_hdf5_scan, write_hdf5_units
 from xrdct_dask.simulate.phantom import (
     ATTENUATION_NODE_DEG,
@@ -88,16 +90,51 @@ def check_simulation_folder(out: Path) -> None:
         return
     if not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
-    if (out / SIMULATION_MARKER).is_file() or (out / "truth.npz").is_file() or not any(out.iterdir()):
-        return
-    raise ValueError(f"{out} holds files that are not a simulated scan: simulate into a new or empty folder")
+    if not ((out / SIMULATION_MARKER).is_file() or (out / "truth.npz").is_file() or not any(out.iterdir())):
+        raise ValueError(f"{out} holds files that are not a simulated scan: simulate into a new or empty folder")
+    made = stores_made_from(out)
+    if made:  # new frames under the same names would orphan it: its recorded inputs changed under it
+        raise ValueError(f"{out} holds {made[0].name}, a store made from this simulated scan: simulating again would "
+                         f"change the inputs it records; remove the store, or simulate into another folder")
+
+
+def simulated_workflow(out: str | Path, nz: int, nomega: int, nx: int, seed: int = 0) -> Path | None:
+    """The ``workflow.yaml`` of a whole scan of this shape and seed that :func:`simulate_scan` wrote
+    into ``out`` (the workflow is its last file), else None: a demo rerun reuses it instead of
+    simulating over a folder whose store records it."""
+    try:
+        made = json.loads((Path(out) / "truth.json").read_text())
+    except (OSError, ValueError):
+        return None
+    scan = made.get("scan", {}) if isinstance(made, dict) else {}
+    same = (scan.get("nz"), scan.get("nomega"), scan.get("nx"), made.get("seed")) == (nz, nomega, nx, seed)
+    wf = Path(out) / "workflow.yaml"
+    return wf if same and wf.is_file() and (Path(out) / SIMULATION_MARKER).is_file() else None
+
+
+def stores_made_from(folder: Path) -> list[Path]:
+    """The stores of this program in ``folder`` (its entries, where a simulated scan's workflow puts
+    them) that record files under ``folder`` as their inputs (input contents or sampled frames)."""
+    from xrdct_dask.store import is_store, root_attrs
+
+    root = Path(folder).resolve()
+    found = []
+    for entry in sorted(Path(folder).iterdir()):
+        if not (entry.is_dir() and is_store(entry)):
+            continue
+        attrs = root_attrs(entry) or {}
+        recorded = [v.get("path") for v in (attrs.get("input_contents") or {}).values() if isinstance(v, dict)]
+        recorded += list((attrs.get("frame_sample") or {}).get("files", []))
+        if any(p and Path(p).resolve().is_relative_to(root) for p in recorded):
+            found.append(entry)
+    return found
 
 
 def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 24, *, detector: str = "small",
                   order: str = "snake", fast_axis: str = "x", omega_range_deg: int = 180, npt_rad: int = 1000,
                   seed: int = 0, peak_counts: float = 1.0e5, zinger_rate: float = 0.02, spot_rate: float = 0.02,
                   threads: int = 4, progress=None, fmt: str = "cbf", frames_per_file: int = 100,
-                  frames: str | None = None, mu_per_px=None, texture: dict | None = None,
+                  frames: str | None = None, mu_per_px=None, environment=None, texture: dict | None = None,
                   distance_m: float = 0.2) -> SimulatedScan:
     """Simulate a whole XRD-CT scan into ``out_dir`` and return its paths.
 
@@ -113,6 +150,11 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     layout of the same frames: ``slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf`` (CBF, may
     end ``.cbf.gz`` / ``.cbf.bz2``: compressed after writing), or ``slice_{z:04d}.h5::/entry/data/data``
     (``fmt="h5"``: a plain HDF5 file per slice or line, chunks of one frame, bitshuffle-LZ4).
+
+    ``environment`` (:class:`~xrdct_dask.simulate.environment.SampleEnvironment`): the sample in a
+    glass tube, air scattering varying along x, the rotation axis off centre, and an empty-tube
+    scan (``background/``, in the workflow's ``inputs.background_scan``); the truth then holds the
+    glass as a fifth phase and ``truth.json`` the axis and the air (``environment``).
 
     ``mu_per_px`` (one value per phase of the library, 1/pixel): a dense sample.  Its attenuation
     map ``mu = sum_p mu_p fraction_p`` attenuates the beam in to every voxel and the scattered beam
@@ -146,11 +188,16 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
             raise ValueError(f"frames {frames!r} is not a {fmt} template (--format {fmt})")
         layout = FrameTemplate(split_spec(frames)[0], ScanShape(nz, nomega, nx, fast_axis, order), hdf5=fmt == "h5")
     rng = np.random.default_rng(seed)
-    phases = phase_library()
-    maps = make_phantom(nz, nx)
+    env = environment
     omega = omega_angles_deg(nomega, omega_range_deg)
-    sinos = project(maps, omega)  # (nphase, nz, nomega, nx)
+    if env is None:
+        phases = phase_library()
+        maps = make_phantom(nz, nx)
+        sinos = project(maps, omega)  # (nphase, nz, nomega, nx)
+    else:
+        phases, maps, sinos = env.phases(), env.phantom(nz, nx), env.sinograms(nz, nx, omega)
     pat = np.stack([p.intensity for p in phases])  # (nphase, nq)
+    air = None if env is None else env.air_levels(nx)[:, None] * env_air_pattern()[None, :]  # (nx, nq)
     mu = att = None
     if mu_per_px is not None:
         mu_per_px = np.asarray(mu_per_px, np.float64)
@@ -200,7 +247,7 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
             return _render(ai, shape, q_nm, sinos[:, iz, iw, ix], scale * monitor[i] / 1e5,
                            np.random.default_rng(seeds[i]), gaps, bad, zinger_rate, spot_rate, profiles)
         if att is None:
-            pattern = np.tensordot(sinos[:, iz, iw, ix], pat, axes=1)
+            pattern = np.tensordot(sinos[:, iz, iw, ix], pat, axes=1) + (0 if air is None else air[ix])
         else:  # each node's attenuated pattern, linear in 2theta between nodes
             at_nodes = np.tensordot(att[:, :, iz, iw, ix], pat, axes=([0], [0]))  # (nnodes, nq)
             q = np.arange(pat.shape[1])
@@ -255,6 +302,12 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                         frames_per_file=frames_per_file, threads=threads, progress=progress,
                         pixel_size_m=DETECTORS[detector][1], wavelength_A=WAVELENGTH_A)
 
+    background = None
+    if env is not None and env.background_scan is not None:
+        background = write_background_scan(out, env, nomega, nx, omega, pat[-1:] if env.tube else None, air,
+                                           order_idx, lambda pattern, mon, s: _render(
+                                               ai, shape, q_nm, pattern, scale * mon / 1e5, np.random.default_rng(s),
+                                               gaps, bad, 0.0, 0.0), rng)
     np.savetxt(out / "monitor.txt", monitor, fmt="%.6e", header="I0 monitor, one value per frame in acquisition order")
     if mu is not None:
         line = project(mu[None], omega)[0]  # (nz, nomega, nx): -ln T of every scan point
@@ -276,7 +329,8 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
         **({"distance_m": distance_m} if distance_m != 0.2 else {}),
         **({"texture": {name: t.to_dict() for name, t in texture.items()}} if texture else {}),
         "scan": {"nz": nz, "nomega": nomega, "nx": nx, "order": order, "fast_axis": fast_axis,
-                 "omega_range_deg": omega_range_deg}}, indent=2))
+                 "omega_range_deg": omega_range_deg}}
+        | ({} if env is None else {"environment": env.truth(nx)}), indent=2))
 
     wf = {
         "inputs": {"frames": frames_template, "poni": "geometry.poni", "mask": "mask.edf",
@@ -290,9 +344,13 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                 "rstep": 0.01, "lorch": True},
         "store": {"path": "run.zarr", "omega_chunk": min(16, nomega)},
     }
+    if background is not None:
+        wf["inputs"]["background_scan"] = background
 
-    (out / "workflow.yaml").write_text("# written by `xrdct simulate`; paths are relative to this file\n"
-                                       + yaml.safe_dump(wf, sort_keys=False))
+    # last, and whole at once (renamed into place): a watcher that sees it finds every file it names
+    part = out / ".workflow.yaml.part"
+    part.write_text("# written by `xrdct simulate`; paths are relative to this file\n" + yaml.safe_dump(wf, sort_keys=False))
+    part.replace(out / "workflow.yaml")
     return SimulatedScan(root=out, workflow=out / "workflow.yaml", frames_template=frames_template,
                          poni=out / "geometry.poni", mask=out / "mask.edf", monitor=out / "monitor.txt",
                          scan_file=out / "scan.csv", truth=out / "truth.npz", nz=nz, nomega=nomega, nx=nx,
@@ -342,6 +400,7 @@ def stream_frames(sources: list[Path], targets: list[Path], rate_hz: float, *, i
         if data is None:
             data = src.read_bytes()
             if len(cache) < 256:  # a few distinct frames cycled over: read each once
+
                 cache[src] = data
         dst = Path(dst)
         if in_place:

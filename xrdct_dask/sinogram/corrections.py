@@ -11,12 +11,17 @@ grid order: row ``w`` is angle ``omega_deg[w]``, column ``x`` is translation ste
 1. monitor (I0) normalisation, when the integration did not apply it;
 2. bad frames (``frame_ok`` false, or no finite value) filled from their neighbours, and counted;
 3. zingers: isolated spikes (one frame, one q bin) replaced by their 3 x 3 median;
-4. air / container background: the mean of sample-free edge columns subtracted from every column;
-5. stripes (ring artefacts) of any width, over all or part of omega (:mod:`xrdct_dask.stripes`):
+4. air / container background: a measured empty-tube / air scan subtracted per q
+   (:func:`xrdct_dask.sinogram.air.subtract_measured`); then, with ``background="auto"``, the air found in
+   the columns that are air in every projection, modelled per q as a line in x
+   (:mod:`xrdct_dask.sinogram.air`), or with ``background=True`` the mean of fixed edge columns;
+5. stripes (ring artefacts) of any width, over all or part of omega (:mod:`xrdct_dask.sinogram.stripes`):
    found on the q-summed sinogram, their omega-sorted values interpolated from the nearest clean
    columns (after Vo et al., Opt. Express 26, 28396 (2018));
 6. jitter: each projection shifted so that its centre of mass follows the fitted sinusoid;
-7. centre of rotation: least-squares sinusoid through the projections' centres of mass.
+7. centre of rotation: mirror matching of each projection with its 180-degree mirror
+   (:func:`xrdct_dask.sinogram.axis.find_axis`; the centre of mass of the projections, :func:`estimate_center`,
+   is biased by any background that is not removed).
 
 The stripe columns, the shifts and the centre are estimated once per slice on the q-summed
 sinogram (the workflow's ``find_center``) and applied with the same numbers to every q block of
@@ -29,7 +34,8 @@ import numpy as np
 
 from xrdct_dask.backend import get_array_module, to_host
 
-PREP_STEPS = ("normalize_monitor", "fill_bad", "zingers", "background", "stripes", "jitter", "center")
+PREP_STEPS = ("normalize_monitor", "fill_bad", "zingers", "background_scan", "background", "stripes", "jitter",
+              "center")
 
 
 def _check_block(sino) -> None:
@@ -374,20 +380,26 @@ def shift_projections(sino, shifts_px):
 # --------------------------------------------------------------------------------------------
 def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monitor_flag: bool = False,
                      fill_bad: bool = True, zingers: bool = True, zinger_threshold: float = 8.0,
-                     background: bool = False, background_columns: int = 2, background_per_projection: bool = False,
+                     background: bool | str = "auto", background_columns: int = 2,
+                     background_per_projection: bool = False,
+                     air_columns=None, measured_background=None,
                      stripes: bool = False, stripe_snr: float = 3.0, stripe_max_width_px: int = 6, known_stripes=None,
                      jitter: bool | np.ndarray = False, max_jitter_px: float = 3.0, center: float | str = "auto"):
     """Apply the corrections switched on, in the order of the module docstring.
 
     sino (nomega, nx, nq) numpy or cupy; frame_ok (nomega, nx) bool; omega_deg (nomega,) degrees.
-    ``known_stripes`` the slice's stripe segments ``[[x0, x1, w0, w1], ...]`` or stripe columns (over
-    every row) (default: found in this block, :func:`xrdct_dask.stripes.find_stripes`); ``jitter`` False,
-    True (estimate here) or the slice's shifts ``(nomega,)``; ``center`` ``"auto"`` (estimate here,
-    after the other corrections) or a number of pixels.
+    ``background`` False, True (edge columns) or ``"auto"`` (the air columns: ``air_columns``, the
+    slice's :class:`~xrdct_dask.sinogram.air.AirColumns` or mask, default found on this block's q sum);
+    ``measured_background`` ``(1 or nomega, nx, nq)``: a measured empty-tube / air scan to subtract
+    first.  ``known_stripes`` the slice's stripe segments ``[[x0, x1, w0, w1], ...]`` or stripe
+    columns (over every row) (default: found in this block, :func:`xrdct_dask.sinogram.stripes.find_stripes`);
+    ``jitter`` False, True (estimate here) or the slice's shifts ``(nomega,)``; ``center``
+    ``"auto"`` (estimate here, after the other corrections) or a number of pixels.
 
     Returns ``(sino float32, info)``, ``info = {"center": float, "filled": int, "zingers": int,
-    "stripe_columns": list, "stripe_segments": list, "shifts_px": list | None, "steps": [names of the
-    steps applied]}``.
+    "stripe_columns": list, "stripe_segments": list, "shifts_px": list | None, "steps": [names of
+    the steps applied], "air": air columns found (dict) or None, "air_model": per-q model (2, nq) or
+    None, "axis": the axis estimate (dict) or None}``.
     """
     xp = get_array_module(sino)
     _check_block(sino)
@@ -408,11 +420,28 @@ def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monit
     if zingers:
         sino, nspikes = suppress_zingers(sino, zinger_threshold)
         steps.append("zingers")
-    if background:
+    air = air_coef = axis = None
+    if measured_background is not None:
+        from .air import subtract_measured
+
+        sino = subtract_measured(sino, measured_background)
+        steps.append("background_scan")
+    if background == "auto":
+        from .air import AirColumns, find_air_columns, subtract_air
+
+        air = find_air_columns(sino.sum(axis=-1)) if air_columns is None else air_columns
+        if not isinstance(air, AirColumns) or air.found:
+            sino, air_coef = subtract_air(sino, air)
+            steps.append("background")
+    elif background:
         sino, _ = subtract_background(sino, background_columns, background_per_projection)
         steps.append("background")
     if stripes:
-        from xrdct_dask.sinogram.stripes import find_stripes, remove_stripe_segments, stripe_segments
+        from xrdct_dask.sinogram.stripes import (
+            find_stripes,
+            remove_stripe_segments,
+            stripe_segments,
+        )
 
         segments = (find_stripes(sino, stripe_snr, stripe_max_width_px) if known_stripes is None
                     else stripe_segments(known_stripes, sino.shape[:2]))
@@ -425,12 +454,20 @@ def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monit
         sino = shift_projections(sino, shifts)
         steps.append("jitter")
     if center == "auto":
-        c = estimate_center(sino, omega_deg)
+        from .air import AirColumns
+        from .axis import find_axis
+
+        guess = (air.left + air.right - 1) / 2 if isinstance(air, AirColumns) and air.found else None
+        axis = find_axis(sino.sum(axis=-1), omega_deg, guess_px=guess)
+        c = axis.center_px
         steps.append("center")
     else:
         c = float(center)
     info = {"center": c, "filled": int(filled.sum()), "zingers": nspikes, "stripe_columns": stripe_cols,
-            "stripe_segments": segments, "shifts_px": None if shifts is None else [float(v) for v in shifts], "steps": steps}
+            "stripe_segments": segments, "shifts_px": None if shifts is None else [float(v) for v in shifts],
+            "steps": steps, "air": air.to_dict() if hasattr(air, "to_dict") else None,
+            "air_model": None if air_coef is None else air_coef.tolist(),
+            "axis": None if axis is None else axis.to_dict()}
     return xp.asarray(sino, dtype=xp.float32), info
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from xrdct_dask.errors import NotARunError
 from xrdct_dask.io.status import usable
 from xrdct_dask.store.budget import MIN_TASK_MEMORY, Layout
 from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, SUM_ARRAYS, FrameBlock, region_for
@@ -107,6 +108,12 @@ def write_reduced(path, block: FrameBlock, intensity, sigma, monitor, frame_stat
     write_region(path, f"{REDUCED}/frame_status", reg, frame_status.astype(np.int8)[None])
 
 
+def background_rows_of(path) -> int:
+    """Rows of a store's measured background (``reduced/background``), 0 where it has none."""
+    g = zarr.open_group(str(Path(path) / REDUCED), mode="r")
+    return int(g["background"].shape[0]) if "background" in g.array_keys() else 0
+
+
 def layout_of(path):
     """The :class:`~xrdct_dask.store.budget.Layout` of a store: recorded in its attrs, or (a store made
     before layouts were recorded) read off its arrays' chunks."""
@@ -137,9 +144,9 @@ def run_attrs(path) -> dict:
     try:
         attrs = read_attrs(path)
     except Exception:  # zarr raises several kinds for "not a store"
-        raise ValueError(f"{path}: not a zarr store") from None
+        raise NotARunError(f"{path}: not a zarr store") from None
     if attrs.get("format") != FORMAT or "workflow" not in attrs:
-        raise ValueError(f"{path}: not an xrdct-dask run (no stored workflow)")
+        raise NotARunError(f"{path}: not an xrdct-dask run (no stored workflow)")
     return attrs
 
 

@@ -52,6 +52,7 @@ PREP_COPIES = 8  # the sinogram preparation (fill, zinger neighbourhoods) per q 
 FBP_COPIES = 0.5  # FBP's padded filtering, beyond its input
 GEMM_COPIES = 2.5  # one GEMM batch: its float64 input, the linear output, G and the figures
 SCALE_COPIES = 4  # the pdf-scale pass: a block of rows, its NaN-free float64 copy
+SCORE_COPIES = 6  # the centre's choice of q block: a chunk of projections (intensity, sigma) and their copies
 ROW_TASKS_MIN = 8  # voxel-row blocks per slice at least (the pdf tasks of a slice run side by side)...
 ROWS_MIN = 32  # ... of this many rows at least, unless the budget asks for fewer
 PDF_EXTRA_COLUMNS = 81  # the transform's quality columns (xrdct_dask.pdf: at most 81)
@@ -127,9 +128,13 @@ def pdf_bytes(rows: int, nx: int, nq: int, nr: int, batch: int = PDF_BATCH["nump
     return int(4 * vox * nq + 4 * vox * (nr + PDF_FIGURES) + GEMM_COPIES * 8 * b * (nq + nr + PDF_EXTRA_COLUMNS))
 
 
-def center_bytes(nomega: int, nx: int) -> int:
-    """The centre of a slice: its q-summed sinogram, frame_ok, and the preparation's temporaries."""
-    return 4 * nomega * nx * (PREP_COPIES + 2)
+def center_bytes(nomega: int, nx: int, q_sub: int = 0, omega_chunk: int = 0, nq: int = 0) -> int:
+    """The centre of a slice: its q-summed sinogram, frame_ok, and the preparation's temporaries;
+    with ``q_sub`` the axis on the structured q bins too (:mod:`xrdct_dask.centering`): the first
+    ``omega_chunk`` projections of every q (intensity, sigma and their corrected copies) to choose
+    a block of ``q_sub`` bins, then, those freed, that block of every projection read and prepared."""
+    return int(4 * nomega * nx * (PREP_COPIES + 2) + max(SCORE_COPIES * 4 * omega_chunk * nx * nq,
+                                                         (READ_COPIES + PREP_COPIES) * 4 * nomega * nx * q_sub))
 
 
 def pdf_frames_bytes(frames: int, nq: int, nr: int, batch: int = PDF_BATCH["numpy"]) -> int:

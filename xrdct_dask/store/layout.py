@@ -14,7 +14,15 @@
       reduced/transmission f32 (z, omega, x)    inputs.transmission only: the reading after the sample
       reduced/sum_signal, sum_variance, sum_normalization, sum_normalization_squared, count
                          f32 like intensity     integrate.keep_sums only: the integrator's sums (NXazint)
+      reduced/background f32 (background_row, x, q)  a measured empty-container / air scan, integrated (only
+                                                with inputs.background_scan: 1 row for a line, nomega for a slice)
+      reduced/background_total f32 (background_row, x)  its sum over q
       recon/intensity    f32 (z, y, x, q)       chunks (1, nx, nx, q_chunk)
+      recon/slice_info   str (z)                JSON per slice from the centre stage: the air columns found
+                                                (or why none), the axis estimates and their confidence, the
+                                                centre used, the stripe columns and shifts
+      recon/air_model    f32 (z, 2, q)          the air subtracted per q: level and slope in x
+                                                (xrdct_dask.sinogram.air.air_model), NaN where none
       recon/mu           f32 (z, y, x)          sinogram.absorption only: attenuation per x step
       pdf/G              f32 (z, y, x, r)       chunks (1, nx, nx, r_chunk)
       pdf/scale, pdf/fq_highq_rms, pdf/lowr_slope, pdf/lowr_residual, pdf/ok   (z, y, x) per-voxel
@@ -55,6 +63,7 @@ from zarr.codecs import BloscCodec
 
 from xrdct_dask.integrate.sums import SUM_NAMES
 from xrdct_dask.io.status import USABLE, FrameStatus
+from xrdct_dask.store.specs import ArraySpec
 
 # Data arrays: byte-shuffled LZ4 in Blosc.  On float32 patterns it compresses better than zarr's
 # default (zstd, no shuffle) and several times faster: a decode-integrate task writes ~26 MB per
@@ -141,58 +150,20 @@ def _coord(group, name: str, values: np.ndarray, attrs: dict) -> None:
 COORDS = ("z", "omega", "x", "y", "q", "r", "channel", "chi", "peak")
 
 
-ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TEXTURE, TASKS, *COORDS})
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """One array of the store: ``path`` (``group/name``), shape, chunks, dtype, dimension names,
-    fill value, compressed or not (the one-element done-markers are not)."""
-
-    path: str
-    shape: tuple
-    chunks: tuple
-    dtype: str
-    dims: tuple
-    fill: object
-    compressed: bool = True
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-    @property
-    def nchunks(self) -> int:
-        return int(np.prod([-(-n // c) for n, c in zip(self.shape, self.chunks)], dtype=np.int64))
-
-    @property
-    def chunk_bytes(self) -> int:
-        return int(np.prod(self.chunks, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-
-@dataclass(frozen=True)
-class MarkerSpec:
-    """The done-markers of one stage: ``per_slice`` one-element markers per slice (one per task),
-    named by ``dim`` (``omega_block``, ``q_block``, ...); ``value``: the marker holds a number per
-    slice (NaN until set: the centre), not 0/1.  The stage table gives them
-    (:func:`xrdct_dask.pipeline.stages.marker_specs`)."""
-
-    name: str
-    per_slice: int
-    dim: str
-    value: bool = False
-    units: str = "1"
-    long_name: str = ""
+VIEW = "view"  # the view copy (xrdct_dask.store.viewcopy)
+ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TEXTURE, TASKS, VIEW, *COORDS})
 
 
 def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, markers=(),
                 pdf_sinograms: bool = False, aux_channels: int = 0, transmission: bool = False,
-                absorption: bool = False, nchi: int = 1, sums: bool = False, peaks: int = 0) -> list[ArraySpec]:
+                absorption: bool = False, background_rows: int = 0, nchi: int = 1, sums: bool = False,
+                peaks: int = 0) -> list[ArraySpec]:
     """Every data array and done-marker of a store: what :func:`create_store` creates and what
     ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays;
     ``markers``: the :class:`MarkerSpec` of each stage that records its tasks, in stage order;
     ``transmission``: ``reduced/transmission`` (a transmission reading per frame); ``absorption``:
-    ``recon/mu`` (the slices' attenuation maps of the self-absorption correction); ``nchi > 1``:
+    ``recon/mu`` (the slices' attenuation maps of the self-absorption correction);
+    ``background_rows``: the rows of a measured background scan (0: none); ``nchi > 1``:
     azimuthal sectors (a ``chi`` axis before q, one sector per chunk); ``sums``: the integrator's
     sums (:data:`SUM_ARRAYS`) next to I and sigma; ``peaks``: the ``texture/`` arrays of that many
     reflections."""
@@ -208,10 +179,17 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, mark
                                 ("frame_status", "int8", -1), ("scan_flag", "int8", -1))]
     if transmission:
         out.append(ArraySpec(f"{REDUCED}/transmission", (nz, nomega, nx), (1, wc, nx), "float32", frame, np.nan))
+    if background_rows:
+        out.append(ArraySpec(f"{REDUCED}/background", (background_rows, nx, nq), (min(background_rows, wc), nx, qc),
+                             "float32", ("background_row", "x", "q"), np.nan))
+        out.append(ArraySpec(f"{REDUCED}/background_total", (background_rows, nx), (background_rows, nx), "float32",
+                             ("background_row", "x"), np.nan))
     out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, *pat), (1, yc, nx, *pchunk), "float32",
                          ("z", "y", "x", *pdims), np.nan))
     if absorption:
         out.append(ArraySpec(f"{RECON}/mu", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan))
+    out.append(ArraySpec(f"{RECON}/slice_info", (nz,), (1,), "str", ("z",), "", compressed=False))
+    out.append(ArraySpec(f"{RECON}/air_model", (nz, 2, nq), (1, 2, qc), "float32", ("z", "air_term", "q"), np.nan))
     if nr:
         out.append(ArraySpec(f"{PDF}/G", (nz, nx, nx, nr), (1, yc, nx, rc), "float32", ("z", "y", "x", "r"), np.nan))
         out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan) for n in PDF_VOXEL_FIGURES]
@@ -239,8 +217,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
                  layout, attrs: dict, markers=(), aux_channels: list[str] | None = None,
                  pdf_attrs: dict | None = None, transmission: bool = False, absorption: bool = False,
-                 chi_deg: np.ndarray | None = None, sums: bool = False,
-                 peaks: list[dict] | None = None) -> zarr.Group:
+                 chi_deg: np.ndarray | None = None, sums: bool = False, peaks: list[dict] | None = None,
+                 background_rows: int = 0, extra_specs=(), group_attrs: dict | None = None) -> zarr.Group:
     """Create every array of :func:`array_specs` with its final shape, chunks, dims and
     coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
     through :func:`create_aside`).
@@ -251,7 +229,10 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
     (the transform's parameters) go to the ``pdf`` group; ``transmission``, ``absorption``, ``sums``: as
     :func:`array_specs`; ``chi_deg``: the sector centres (degrees) of a store with sectors; ``peaks``:
-    the texture reflections (``{"label", "d_angstrom", ...}`` each: the ``peak`` coordinate's attrs).
+    the texture reflections (``{"label", "d_angstrom", ...}`` each: the ``peak`` coordinate's attrs);
+    ``background_rows`` the rows of a measured background scan
+    (``reduced/background``; 0: none); ``extra_specs`` more arrays (the view copy's,
+    :func:`xrdct_dask.store.viewcopy.view_specs`) and ``group_attrs`` their groups' attrs.
 
     The root's ``zarr.json`` with the format marker (and ``template_complete: false``) is the
     first file written: whatever happens next, the folder is recognisably this program's."""
@@ -284,7 +265,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
                         layout=layout, markers=markers, pdf_sinograms=bool(aux_channels),
                         aux_channels=len(aux_channels or ()), transmission=transmission, absorption=absorption,
-                        nchi=1 if chi_deg is None else len(chi_deg), sums=sums, peaks=len(peaks or ()))
+                        background_rows=background_rows, nchi=1 if chi_deg is None else len(chi_deg), sums=sums,
+                        peaks=len(peaks or ())) + list(extra_specs)
     groups: dict[str, list[ArraySpec]] = {}
     for spec in specs:
         groups.setdefault(spec.path.split("/")[0], []).append(spec)
@@ -294,7 +276,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
             _coord(g, d, *coords[d])
         for spec in arrays:
             g.create_array(spec.path.split("/")[1], shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype,
-                           fill_value=spec.fill, dimension_names=list(spec.dims),
+                           fill_value=spec.fill, dimension_names=list(spec.dims), shards=spec.shards,
                            **({"compressors": COMPRESSORS} if spec.compressed else
                               # a marker's chunk file exists exactly while it is set (a reset deletes it)
                               {"config": {"write_empty_chunks": False}}))
@@ -305,6 +287,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     if PDF in groups:
         _pdf_attrs(root[PDF], aux_channels)
         root[PDF].attrs.update(pdf_attrs or {})
+    for gname, gattrs in (group_attrs or {}).items():
+        root[gname].attrs.update(gattrs)
     root.attrs.update({"stage_status": {REDUCED: "pending", RECON: "pending", PDF: "pending"}, **attrs,
                        "layout": layout.to_dict(), "format": FORMAT, "template_complete": False})
     describe_variables(root)
@@ -369,7 +353,11 @@ VARIABLE_ATTRS = {
     (TEXTURE, "strain"): ("1", "lattice strain (d - d0) / d0 in the sector"),
     (TEXTURE, "d0_angstrom"): ("angstrom", "strain-free d-spacing of the strain (given, or the voxel's mean d)"),
     "chi": ("deg", "azimuthal angle chi (pyFAI's), sector centre"), "peak": ("1", "texture reflection"),
+    (REDUCED, "background"): ("counts", "measured empty-container / air background (inputs.background_scan)"),
+    (REDUCED, "background_total"): ("counts", "measured background summed over the radial bins"),
     (RECON, "intensity"): ("counts/voxel", "reconstructed diffraction intensity per voxel"),
+    (RECON, "slice_info"): ("1", "JSON per slice: air columns, axis estimates, centre used (centre stage)"),
+    (RECON, "air_model"): ("counts", "air subtracted per q: level and slope terms (xrdct_dask.sinogram.air.air_model)"),
     (RECON, "mu"): ("1/pixel", "linear attenuation coefficient per x step (self-absorption correction)"),
     (PDF, "G"): ("1/angstrom^2", "G(r) = 4 pi r [rho(r) - rho0]"),
     (PDF, "ok"): ("1", "G computed (scattering strong enough)"),

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 
 from xrdct_dask.errors import StoreExistsError, StoreWriteError
-from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, ROOT_ENTRIES, TASKS, TEXTURE
+from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, ROOT_ENTRIES, TASKS, TEXTURE, VIEW
 
 ASIDE_NEW, ASIDE_OLD = ".xrdct-new-", ".xrdct-old-"
 
@@ -45,7 +47,7 @@ def foreign_entries(path) -> list[str]:
     out = []
     for e in path.iterdir():
         if e.name in ROOT_ENTRIES or e.name.endswith(".partial"):
-            if e.is_dir() and e.name in (REDUCED, RECON, PDF, TEXTURE, TASKS):
+            if e.is_dir() and e.name in (REDUCED, RECON, PDF, TEXTURE, TASKS, VIEW):
                 out += [f"{e.name}/{f.name}" for f in e.iterdir()
                         if not (f.name == "zarr.json" or f.name.endswith(".partial") or (f / "zarr.json").is_file())]
             continue
@@ -63,6 +65,9 @@ def check_replaceable(path, inputs: dict[str, Path] | None = None) -> None:
         q = Path(p).resolve()
         if q == full or full in q.parents:
             raise StoreExistsError(f"store.path: {path} holds the run's input {key} ({p}): choose another store.path")
+    inside = next((a for a in full.parents if is_store(a)), None)
+    if inside is not None:  # a store written into another would make that one foreign to its own program
+        raise StoreExistsError(f"store.path: {path} lies inside the store {inside}: choose a path outside it")
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_dir() or path.is_symlink():
@@ -79,12 +84,62 @@ def check_replaceable(path, inputs: dict[str, Path] | None = None) -> None:
                                f"{'it' if len(extra) == 1 else 'them'} out or choose another store.path")
 
 
+def _host_tag() -> str:
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+_ASIDE_OWNER = re.compile(r"^(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]{12}$")
+
+
 def aside_name(path, kind: str) -> Path:
-    """``.run.zarr.xrdct-new-<hex>`` beside ``run.zarr``: where a store is built before it is
-    renamed into place (``ASIDE_NEW``), or where the store it replaces waits for deletion."""
+    """``.run.zarr.xrdct-new-<host>-<pid>-<hex>`` beside ``run.zarr``: where a store is built before
+    it is renamed into place (``ASIDE_NEW``), or where the store it replaces waits for deletion.
+    The host (a digest of its name) and process id say who builds it (:func:`stale_aside`)."""
 
     path = Path(os.path.abspath(path))
-    return path.parent / f".{path.name}{kind}{uuid.uuid4().hex[:12]}"
+    return path.parent / f".{path.name}{kind}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def stale_aside(folder: Path, path) -> bool:
+    """True when ``folder`` (a leftover beside store ``path``) is provably a store this program was
+    building and no process is building any more: named by :func:`aside_name` on this host for a
+    process that is gone, and holding nothing but this program's entries (its format marker, or
+    nothing yet).  Anything else (another host's, a live process's, an older name, a folder with
+    other files) is not."""
+    path = Path(os.path.abspath(path))
+    prefix = f".{path.name}{ASIDE_NEW}"
+    m = _ASIDE_OWNER.match(folder.name[len(prefix):]) if folder.name.startswith(prefix) else None
+    if m is None or m["host"] != _host_tag() or int(m["pid"]) == os.getpid():
+        return False
+    try:
+        os.kill(int(m["pid"]), 0)
+        return False  # alive (or its number reused: kept either way)
+    except ProcessLookupError:
+        pass
+    except OSError:  # EPERM: alive, another user's
+        return False
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if not any(folder.iterdir()):
+        return True
+    return is_store(folder) and not foreign_entries(folder)
+
+
+def clean_leftovers(path) -> tuple[list[Path], list[Path]]:
+    """Remove the leftovers beside ``path`` that :func:`stale_aside` proves this program's and
+    stale (a killed run or reprocess's half-built store); ``(removed, kept)``: what is kept (another
+    host's, a running process's, one holding other files, an older store waiting for deletion) is
+    for the caller to report."""
+    removed, kept = [], []
+    for left in leftovers(path):
+        if stale_aside(left, path):
+            shutil.rmtree(left, ignore_errors=True)
+            (kept if left.exists() else removed).append(left)
+        else:
+            kept.append(left)
+    return removed, kept
 
 
 def create_aside(path, build, inputs: dict[str, Path] | None = None):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from distributed import Variable
 
 from xrdct_dask import store
+from xrdct_dask.ownfiles import is_own_json, replace_own
 from xrdct_dask.pipeline.stages import FRAMES_STAGE, writer_of
 from xrdct_dask.view.summary import SOFTWARE, _Axis, _map, is_our_picture, label
 
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 VARIABLE = "xrdct-live"  # the dask Variable the watcher publishes its status in (the latest watch's)
 
 
+LIVE_JSON_MARK = "xrdct-dask watch"  # RUN-live.json's "written_by": a status file this program may replace
 HISTORY = 600  # status points kept for the live picture's frames/s and lag curves
 
 
@@ -58,6 +59,7 @@ class _Status:
         self.block_lags: list[float] = []
         self.finished = False
         self.started = time.time()
+        self.refused = False  # RUN-live.json is a file of the user's: said once, never written over
 
     def integrated(self, n: int, ready: float, finished: float) -> None:
         self.frames_done += n
@@ -84,14 +86,17 @@ class _Status:
         fps = self.fps(now)
         self.history = (self.history + [(now, fps, self.lag_s)])[-HISTORY:]
         json_path, png = live_paths(self.path)
-        snap = {"store": str(self.path), "updated": now, "frames_total": self.total, "frames_whole": self.frames_whole,
-                "frames_integrated": self.frames_done, "frames_per_s": fps, "lag_s": self.lag_s,
-                "slices_done": sorted(self.slices), "nz": self.nz, "finished": self.finished, "picture": str(png),
-                "history": [list(h) for h in self.history]}
-        tmp = json_path.with_name(f".{json_path.name}.part")
+        snap = {"written_by": LIVE_JSON_MARK, "store": str(self.path), "updated": now, "frames_total": self.total,
+                "frames_whole": self.frames_whole, "frames_integrated": self.frames_done, "frames_per_s": fps,
+                "lag_s": self.lag_s, "slices_done": sorted(self.slices), "nz": self.nz, "finished": self.finished,
+                "picture": str(png), "history": [list(h) for h in self.history]}
+        data = json.dumps(snap).encode()
         try:
-            tmp.write_text(json.dumps(snap))
-            os.replace(tmp, json_path)
+            if not replace_own(json_path, lambda fh: fh.write(data),
+                               lambda p: is_own_json(p, "written_by", LIVE_JSON_MARK)) and not self.refused:
+                self.refused = True
+                log.warning("%s exists and was not written by xrdct-dask: the live status is not written over it",
+                            json_path)
         except OSError as err:
             log.warning("%s: cannot write the live status (%s)", json_path, err)
         return snap
@@ -241,13 +246,12 @@ def live_figure(store_path, z_sino: int | None = None, z_recon: int | None = Non
 def write_live_picture(store_path, out=None, **kw) -> Path | None:
     """Draw :func:`live_figure` into ``out`` (default ``RUN-live.png`` beside the store) by
     write-then-rename (a viewer never sees half a PNG); never over a file this program did not write."""
-
     out = Path(out) if out else live_paths(store_path)[1]
     if out.exists() and not is_our_picture(out):
         log.warning("%s exists and was not written by xrdct-dask: the live picture is not drawn over it", out)
         return None
     fig = live_figure(store_path, **kw)
-    tmp = out.with_name(f".{out.name}.part")
-    fig.savefig(tmp, dpi=80, format="png", metadata={"Software": SOFTWARE})
-    os.replace(tmp, out)
+    if not replace_own(out, lambda fh: fig.savefig(fh, dpi=80, format="png", metadata={"Software": SOFTWARE}),
+                       is_our_picture):
+        return None
     return out

@@ -140,12 +140,12 @@ def summary_path(path: str | Path) -> Path:
     return path.parent / f"{path.stem}-summary.png"
 
 
-def is_our_picture(png: Path) -> bool:
-    """True for a PNG this program wrote (its Software text), which it may overwrite."""
+def is_our_picture(png: Path, software: str = SOFTWARE) -> bool:
+    """True for a PNG this program wrote (its Software text ``software``), which it may overwrite."""
     try:
 
         with Image.open(png) as im:
-            return im.text.get("Software", "") == SOFTWARE
+            return im.text.get("Software", "") == software
     except Exception:  # not a PNG, unreadable
         return False
 

@@ -1,21 +1,21 @@
 """Conformance test classes: one per engine contract, run on every engine (as zarr's StoreTests).
 
-==========================  ==========================================  ==============================
-class                       contract                                    oracle
-==========================  ==========================================  ==============================
-:class:`DecoderTests`       byte-offset payloads -> int32 pixels        fabio (``decByteOffset``,
-                            (``io.decode`` / ``io.gpu_decode``)          ``fabio.open``)
-:class:`IntegratorTests`    frames or payloads -> I(q), sigma(q)        pyFAI ``integrate1d_ng``,
-                            (``integrate.Integrator``)                  ``sigma_clip_ng``, ``medfilt1d_ng``
-:class:`SectorTests`        frames -> I(chi, q), sigma, the kept sums   pyFAI ``integrate2d_ng``, its 1D
-                            (``Integrator(npt_azim=..., keep_sums)``)   results over one sector
-:class:`ReconstructorTests` sinogram blocks -> images per q bin          skimage ``iradon`` / ``radon``,
-                            (``recon``: fbp, sirt, cgls, projectors)    the simulator's phantom
-:class:`PDFTests`           I(Q) -> G(r) per voxel                      PyStoG, fcc Ni shells of the
-                            (``pdf``: compute_pdf, linear_transform)    simulator's Debye pattern
-:class:`SinogramPrepTests`  prepare_sinogram and each of its steps      the simulator's phantom and its
-                            (``sinogram``)                              Radon transform (ground truth)
-==========================  ==========================================  ==============================
+===========================  ==========================================  ==============================
+class                        contract                                    oracle
+===========================  ==========================================  ==============================
+:class:`DecoderTests`        byte-offset payloads -> int32 pixels        fabio (``decByteOffset``,
+                             (``io.decode`` / ``io.gpu_decode``)          ``fabio.open``)
+:class:`IntegratorTests`     frames or payloads -> I(q), sigma(q)        pyFAI ``integrate1d_ng``,
+                             (``integrate.Integrator``)                  ``sigma_clip_ng``, ``medfilt1d_ng``
+:class:`SectorTests`         frames -> I(chi, q), sigma, the kept sums   pyFAI ``integrate2d_ng``, its 1D
+                             (``Integrator(npt_azim=..., keep_sums)``)   results over one sector
+:class:`ReconstructorTests`  sinogram blocks -> images per q bin         skimage ``iradon`` / ``radon``,
+                             (``recon``: fbp, sirt, cgls, projectors)    the simulator's phantom
+:class:`PDFTests`            I(Q) -> G(r) per voxel                      PyStoG, fcc Ni shells of the
+                             (``pdf``: compute_pdf, linear_transform)    simulator's Debye pattern
+:class:`SinogramPrepTests`   prepare_sinogram and each of its steps      the simulator's phantom and its
+                             (``sinogram``)                              Radon transform (ground truth)
+===========================  ==========================================  ==============================
 
 Every class is parametrized by the class attribute ``engine`` (``"numpy"`` or ``"cupy"``; the array
 module is :func:`xrdct_dask.backend.xp_for_engine` of it, property ``xp``).  Inputs are made on the

@@ -169,7 +169,7 @@ class SinogramPrepTests(EngineTests):
         damaged = self.asarray(np.where(ok[..., None], sino, np.nan))
         # filling alone (the default chain also replaces zingers; this noiseless phantom's sharp edges
         # would look like some)
-        out, info = sg.prepare_sinogram(damaged, ok, omega, zingers=False, center=PREP_NX // 2)
+        out, info = sg.prepare_sinogram(damaged, ok, omega, zingers=False, background=False, center=PREP_NX // 2)
         assert info["filled"] == 2 and info["steps"] == ["fill_bad"] and info["center"] == PREP_NX // 2
         out, info = sg.prepare_sinogram(damaged, ok, omega, fill_bad=False, center=32)
         out = self.asnumpy(out)
