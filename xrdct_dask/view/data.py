@@ -245,8 +245,10 @@ class RunData:
         if not self._use_copy(z, copy):
             out = np.zeros((self.ny, self.nx), np.float64)
             arr = store.open_array(self.path, f"{store.RECON}/intensity", "r")
-            for a in range(q0, q1, arr.chunks[-1]):  # one q chunk at a time
-                b = min(q1, (a // arr.chunks[-1] + 1) * arr.chunks[-1])
+            qc = arr.chunks[-1]
+            # one q chunk at a time: from q0 to the end of its chunk, then whole chunks (q0 need not start one)
+            for a in [q0, *range((q0 // qc + 1) * qc, q1, qc)]:
+                b = min(q1, (a // qc + 1) * qc)
                 out += np.nansum(self._sector_mean(f"{store.RECON}/intensity",
                                                    (z, slice(None), slice(None), slice(a, b)), 0), axis=-1)
             return out.astype(np.float32)
