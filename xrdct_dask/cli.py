@@ -74,7 +74,7 @@ def simulate(
                            "(a reader sees partial files)")] = False,
     frames: Annotated[Optional[str], typer.Option(
         help="frames template relative to OUT_DIR, a beamline's layout: slice_{z:04d}/line_{line:05d}/"
-             "frame_{index:06d}.cbf (.cbf.gz, .cbf.bz2), or with --format h5 a file per slice or line: "
+             "frame_{index:06d}.cbf (.cbf.gz, .cbf.bz2; .tif, .edf, .edf.gz: TIFF / EDF files), or with --format h5 a file per slice or line: "
              "slice_{z:04d}.h5::/entry/data/data")] = None,
     mu_per_px: Annotated[Optional[str], typer.Option(
         help="a dense sample: attenuation per pixel of each phase (Ni,Fe,NaCl,aSi), e.g. 0.02,0.018,0.01,0.006; "

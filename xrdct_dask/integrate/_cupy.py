@@ -28,7 +28,7 @@ from xrdct_dask.io.gpu_decode import (
     pinned_empty,
 )
 from xrdct_dask.io.gpu_hdf5 import ChunkDecoder, decode_into_counts
-from xrdct_dask.io.source import HDF5_SOURCES, Hdf5Frames, refreshed
+from xrdct_dask.io.source import Hdf5Frames, decoded_on_host, refreshed
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class CupyEngine(SourcesMixin):
         idx = np.asarray(indices, np.int64).reshape(-1)
         if isinstance(source, Hdf5Frames):
             return self._h5_source(refreshed(source, idx), idx, monitor, read_threads)
-        if isinstance(source, HDF5_SOURCES):
+        if decoded_on_host(source):  # a file per slice or line, TIFF / EDF files
             return host_hdf5_batches(self, refreshed(source, idx), idx, monitor, read_threads=read_threads)
         if compressed(source):
             return payload_batches(self, source, idx, monitor, self.plan.shape, read_threads=read_threads,

@@ -24,7 +24,7 @@ import numpy as np
 from xrdct_dask.integrate.files import host_hdf5_batches, payload_batches
 from xrdct_dask.integrate.sums import Sums, finish, kept_sums
 from xrdct_dask.io.decode import OK, SOURCE_DIGEST, decode_batch, decode_stream, pack_payloads
-from xrdct_dask.io.source import HDF5_SOURCES, refreshed
+from xrdct_dask.io.source import decoded_on_host, refreshed
 
 TILE = 4096  # pixels per tile: TILE * batch * 4 bytes stays in L2
 
@@ -303,7 +303,7 @@ class NumpyEngine:
         """:class:`~xrdct_dask.integrate.engine.SourceBatch` es of frames ``indices`` of ``source``:
         CBF payloads decoded tile by tile inside the integration, HDF5 frames decoded on the host."""
         idx = np.asarray(indices, np.int64).reshape(-1)
-        if isinstance(source, HDF5_SOURCES):
+        if decoded_on_host(source):  # HDF5, TIFF / EDF
             return host_hdf5_batches(self, refreshed(source, idx), idx, monitor, read_threads=read_threads)
         return payload_batches(self, source, idx, monitor, self.plan.shape, read_threads=read_threads,
                                check_md5=check_md5)

@@ -12,7 +12,8 @@ import numpy as np
 from xrdct_dask import store
 from xrdct_dask.config import Workflow, WorkflowError
 from xrdct_dask.integrate.csr import load_image, load_poni
-from xrdct_dask.io.cbf import CorruptFrameError, frame_complete, read_cbf_payload
+from xrdct_dask.io.cbf import CorruptFrameError
+from xrdct_dask.io.fabio_frames import frame_file_complete, frame_file_shape
 from xrdct_dask.io.images import load_stack
 from xrdct_dask.io.layout import FrameTemplate
 from xrdct_dask.io.source import Hdf5Frames
@@ -110,7 +111,7 @@ def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
     shape, first_err, seen = None, None, False
     for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
         try:
-            s = read_cbf_payload(frame_path(wf, i)).shape
+            s = frame_file_shape(frame_path(wf, i))
         except FileNotFoundError:
             continue
         except (CorruptFrameError, OSError) as err:
@@ -196,7 +197,7 @@ def frame_sample(wf: Workflow) -> dict:
     for f in files:
         try:
             size = os.stat(f).st_size
-            sizes.append(size if wf.frames_hdf5 or frame_complete(f) else -1)
+            sizes.append(size if wf.frames_hdf5 or frame_file_complete(f) else -1)
         except OSError:
             sizes.append(-1)
     return {"files": [str(f) for f in files], "bytes": sizes}
@@ -234,7 +235,7 @@ def frames_present(wf: Workflow):
     source holds it)."""
     if not wf.frames_hdf5:
 
-        return lambda i: frame_complete(frame_path(wf, i))
+        return lambda i: frame_file_complete(frame_path(wf, i))
     if wf.frames_templated:  # a file per slice or line: its file is there and holds the frame
         src = frame_source(wf)
 

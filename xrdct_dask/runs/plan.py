@@ -58,7 +58,8 @@ from xrdct_dask.cluster.profiles import job_resources, load_profile
 from xrdct_dask.config import Workflow
 from xrdct_dask.integrate.cache import cached_radial
 from xrdct_dask.integrate.csr import load_poni
-from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
+from xrdct_dask.io.cbf import CorruptFrameError
+from xrdct_dask.io.fabio_frames import frame_file_shape
 from xrdct_dask.pdf import operator_for, radial_to_q_A
 from xrdct_dask.pdf.transform import r_grid
 from xrdct_dask.pipeline.context import RunContext
@@ -192,7 +193,7 @@ def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int
     if first is not None and first.is_file():
 
         try:
-            shape = read_cbf_payload(first).shape
+            shape = frame_file_shape(first)
         except (CorruptFrameError, OSError):
             shape = detector_shape
         return first.stat().st_size, f"size of {first.name}", tuple(shape) if shape else PILATUS2M_SHAPE

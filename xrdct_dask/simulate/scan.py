@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 from fabio.cbfimage import CbfImage
 from fabio.edfimage import EdfImage
+from fabio.tifimage import TifImage
 
 from xrdct_dask.io.layout import FrameTemplate, ScanShape
 from xrdct_dask.io.scan import acquisition_order
@@ -130,6 +131,18 @@ def stores_made_from(folder: Path) -> list[Path]:
     return found
 
 
+def _frame_image(name: str, frame: np.ndarray, header: dict):
+    """The fabio image a frame file ``name`` is written with: TIFF (``.tif`` / ``.tiff``: the pixels
+    only), EDF (``.edf[.gz|.bz2]``: the CBF header's lines as keys), else CBF."""
+    lower = name.lower()
+    if lower.endswith((".tif", ".tiff")):
+        return TifImage(data=frame)
+    if ".edf" in lower:
+        lines = header["_array_data.header_contents"].split("\r\n")
+        return EdfImage(data=frame, header={f"line_{k}": v.lstrip("# ") for k, v in enumerate(lines)})
+    return CbfImage(data=frame, header=header)
+
+
 def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 24, *, detector: str = "small",
                   order: str = "snake", fast_axis: str = "x", omega_range_deg: int = 180, npt_rad: int = 1000,
                   seed: int = 0, peak_counts: float = 1.0e5, zinger_rate: float = 0.02, spot_rate: float = 0.02,
@@ -148,7 +161,8 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
 
     ``frames``, a template relative to ``out_dir`` (:mod:`xrdct_dask.io.layout`), writes another
     layout of the same frames: ``slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf`` (CBF, may
-    end ``.cbf.gz`` / ``.cbf.bz2``: compressed after writing), or ``slice_{z:04d}.h5::/entry/data/data``
+    end ``.cbf.gz`` / ``.cbf.bz2``: compressed after writing; or ``.tif`` / ``.edf`` (``.edf.gz``): TIFF or EDF
+    files of the same pixels, written by fabio), or ``slice_{z:04d}.h5::/entry/data/data``
     (``fmt="h5"``: a plain HDF5 file per slice or line, chunks of one frame, bitshuffle-LZ4).
 
     ``environment`` (:class:`~xrdct_dask.simulate.environment.SampleEnvironment`): the sample in a
@@ -274,15 +288,16 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                       f"# Sample_z_mm {z_mm[iz]:.4f}"])}
         path = out / (layout.format(i) if layout is not None else f"frames/frame_{i:06d}.cbf")
         path.parent.mkdir(parents=True, exist_ok=True)
+        image = _frame_image(path.name, frame, header)  # CBF, or TIFF / EDF (a flat panel's, an older beamline's)
         if path.suffix in (".gz", ".bz2"):  # an archive of compressed frames
 
-            tmp = path.with_name(path.name + ".tmp.cbf")
-            CbfImage(data=frame, header=header).write(str(tmp))
+            tmp = path.with_name(path.name + ".tmp")
+            image.write(str(tmp))
             with (gzip if path.suffix == ".gz" else bz2).open(path, "wb") as fh:
                 fh.write(tmp.read_bytes())
             tmp.unlink()
         else:
-            CbfImage(data=frame, header=header).write(str(path))
+            image.write(str(path))
 
     if fmt == "cbf":
         frames_template = frames or "frames/frame_{index:06d}.cbf"
