@@ -9,17 +9,21 @@ import pytest
 from xrdct_dask.config import WorkflowError, load_workflow
 from xrdct_dask.integrate import Integrator
 from xrdct_dask.simulate import DETECTORS, Q_GRID_A, PhaseTexture, make_integrator, phase_library, sector_truth
-from xrdct_dask.simulate.texture import axis_difference_deg, textured_profiles, texture_report
+from xrdct_dask.simulate.texture import (
+    DEMO_DISTANCE_M,
+    DEMO_PEAKS,
+    DEMO_SCAN,
+    DEMO_SECTORS,
+    DEMO_TEXTURES,
+    axis_difference_deg,
+    demo_checks,
+    textured_profiles,
+    texture_report,
+)
 from xrdct_dask.texture import d_and_strain, fit_peaks, peak_range, peak_window, texture_figures
 
-# the textured sample of the notebook 04_texture_strain: a fibre texture of Ni along the rotation
-# axis with a compressive strain along it, Fe textured across it and stretched along the axis,
-# NaCl a random powder; seen by the 8x8-binned Pilatus at 0.8 m (rings of 28 to 70 pixels)
-TEXTURES = {"Ni": PhaseTexture(0.5, 90.0, -0.002, 90.0), "Fe": PhaseTexture(0.3, 0.0, 0.003, 90.0)}
-PEAKS = [{"d_angstrom": 1.762, "name": "Ni 200", "d_window": 0.06},
-         {"d_angstrom": 1.1703, "name": "Fe 211", "d_window": 0.06},
-         {"d_angstrom": 1.994, "name": "NaCl 220", "d_window": 0.06}]
-DISTANCE_M = 0.8
+# the textured sample of the notebook 04_texture_strain (xrdct_dask.simulate.texture: DEMO_*)
+TEXTURES, PEAKS, DISTANCE_M = DEMO_TEXTURES, DEMO_PEAKS, DEMO_DISTANCE_M
 
 
 def test_fit_finds_a_gaussian_on_a_sloped_background():
@@ -135,9 +139,8 @@ def textured_run(tmp_path_factory):
     from xrdct_dask.simulate import simulate_scan
 
     root = tmp_path_factory.mktemp("textured")
-    scan = simulate_scan(root / "scan", nz=1, nomega=32, nx=24, npt_rad=600, seed=3, texture=TEXTURES,
-                         distance_m=DISTANCE_M)
-    wf = load_workflow(scan.workflow, {"store.path": str(root / "run.zarr"), "integrate.npt_azim": 12,
+    scan = simulate_scan(root / "scan", **DEMO_SCAN, texture=TEXTURES, distance_m=DISTANCE_M)
+    wf = load_workflow(scan.workflow, {"store.path": str(root / "run.zarr"), "integrate.npt_azim": DEMO_SECTORS,
                                        "pdf.enabled": False, "texture.peaks": PEAKS})
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as cluster:
         path = run(wf, cluster=cluster, progress=False, summary=True)
@@ -161,6 +164,9 @@ def test_texture_and_strain_maps_find_the_simulated_sample(textured_run):
         np.testing.assert_allclose(r["strain"], r["strain_truth"], atol=3e-4, err_msg=phase)
     assert report["NaCl"]["index"] < 0.06, report["NaCl"]  # noise: a fifth of Fe's
     np.testing.assert_allclose(report["NaCl"]["strain"], 0.0, atol=3e-4, err_msg="NaCl")
+    # the notebook's checks (DEMO_TOLERANCES) are these
+    checks = demo_checks(list(report.values()))
+    assert len(checks) == 8 and all(c["ok"] for c in checks), checks
     import zarr
 
     g = zarr.open_group(str(path), mode="r")

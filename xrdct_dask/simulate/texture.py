@@ -149,3 +149,47 @@ def texture_report(store_path, scan_root, z: int = 0, erode: int = 1) -> list[di
                     "strain": np.nanmedian(np.asarray(g["texture/strain"][z, :, :, :, k])[core], axis=0),
                     "strain_truth": truth["strain"], "chi_deg": chi})
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# the textured sample of notebooks/04_texture_strain.ipynb and of its test (tests/test_texture.py)
+# ------------------------------------------------------------------------------------------
+# a fibre texture of Ni along the rotation axis with a compressive strain along it, Fe textured
+# across it and stretched along the axis, NaCl a random powder; seen by the 8x8-binned Pilatus at
+# 0.8 m (rings of 28 to 70 pixels), 1 slice of 32 angles x 24 steps, 12 sectors of 30 degrees
+DEMO_TEXTURES = {"Ni": PhaseTexture(0.5, 90.0, -0.002, 90.0), "Fe": PhaseTexture(0.3, 0.0, 0.003, 90.0)}
+DEMO_PEAKS = [{"d_angstrom": 1.762, "name": "Ni 200", "d_window": 0.06},
+              {"d_angstrom": 1.1703, "name": "Fe 211", "d_window": 0.06},
+              {"d_angstrom": 1.994, "name": "NaCl 220", "d_window": 0.06}]  # its window holds Ni 111 and Fe 110 too
+DEMO_DISTANCE_M = 0.8
+DEMO_SCAN = {"nz": 1, "nomega": 32, "nx": 24, "npt_rad": 600, "seed": 3}
+DEMO_SECTORS = 12
+# what the maps must find, over each phase's pure voxels: the texture index within 0.015 of the
+# truth (a powder's below 0.06, its noise), the orientation within 2 deg, the strain of every sector
+# within 3e-4 (a tenth of the largest strain: the strains are +-1.65e-3 and +-2.5e-3 as 30-degree
+# sectors see them)
+DEMO_TOLERANCES = {"index": 0.015, "orientation_deg": 2.0, "strain": 3e-4, "powder_index": 0.06}
+
+
+def demo_checks(report: list[dict]) -> list[dict]:
+    """The checks of :data:`DEMO_TOLERANCES` on a :func:`texture_report` of the demo sample: one row
+    per reflection and figure, ``{"peak", "figure", "found", "truth", "tolerance", "ok"}`` (strain:
+    the largest error over the sectors; a powder's index: found below its tolerance)."""
+    tol = DEMO_TOLERANCES
+    rows = []
+    for r in report:
+        textured = r["phase"] in DEMO_TEXTURES
+        strain_err = float(np.max(np.abs(np.asarray(r["strain"]) - np.asarray(r["strain_truth"]))))
+        if textured:
+            rows.append({"peak": r["peak"], "figure": "texture index", "found": r["index"], "truth": r["index_truth"],
+                         "tolerance": tol["index"], "ok": abs(r["index"] - r["index_truth"]) < tol["index"]})
+            d = float(axis_difference_deg(r["orientation_deg"], r["orientation_truth_deg"]))
+            rows.append({"peak": r["peak"], "figure": "orientation (deg)", "found": r["orientation_deg"],
+                         "truth": r["orientation_truth_deg"], "tolerance": tol["orientation_deg"],
+                         "ok": abs(d) < tol["orientation_deg"]})
+        else:
+            rows.append({"peak": r["peak"], "figure": "texture index (powder)", "found": r["index"], "truth": 0.0,
+                         "tolerance": tol["powder_index"], "ok": r["index"] < tol["powder_index"]})
+        rows.append({"peak": r["peak"], "figure": "strain, worst sector error", "found": strain_err, "truth": 0.0,
+                     "tolerance": tol["strain"], "ok": strain_err < tol["strain"] and bool(r["voxels"] >= 8)})
+    return rows
