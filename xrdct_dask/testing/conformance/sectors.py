@@ -9,7 +9,7 @@ import pytest
 from xrdct_dask.integrate import IntegrationPlan, Integrator
 from xrdct_dask.io import read_cbf_payload, read_frame
 from xrdct_dask.testing.conformance.base import EngineTests
-from xrdct_dask.testing.conformance.integrate import MONITOR, SHAPE, fresh_ai
+from xrdct_dask.testing.conformance.integrate import MONITOR, SHAPE, fresh_ai, gap_mask, synthetic_frames
 
 RTOL = 1e-6  # float32 patterns from the same float32 matrix, sums in double: a few float32 ulps
 FULL_CIRCLE = (-180.0, 180.0)
@@ -50,19 +50,12 @@ class SectorTests(EngineTests):
     @pytest.fixture(scope="class")
     @classmethod
     def frames(cls):
-        rng = np.random.default_rng(11)
-        f = rng.poisson(300, (3,) + SHAPE).astype(np.int32)
-        f[:, 100:104] = -1          # a module gap (also in the static mask)
-        f[1, 50, 50] = -2           # a pixel bad in one frame only
-        f[2, 60, 90] = 400000       # a zinger
-        return f
+        return synthetic_frames(3, 11)
 
     @pytest.fixture(scope="class")
     @classmethod
     def mask(cls):
-        m = np.zeros(SHAPE, np.uint8)
-        m[100:104] = 1
-        return m
+        return gap_mask()
 
     def make(self, ai, mask, npt_rad=200, npt_azim=12, **kw):
         return Integrator(ai, SHAPE, npt_rad, "q_nm^-1", mask=mask, npt_azim=npt_azim, engine=self.engine, **kw)
