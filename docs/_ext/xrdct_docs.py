@@ -532,6 +532,8 @@ def stages_page() -> str:
 
     def when(st) -> str:
         orders = [o for o in ("recon-then-pdf", "pdf-then-recon") if st.when(_example_workflow(o))]
+        if not orders:  # in neither order's graph (the texture stage): its condition, as its docstring says
+            return inspect.getdoc(st.when) or "when its keys ask for it"
         return "always" if len(orders) == 2 else f"pdf.order {orders[0]}"
 
     rows = [[md_code(st.name), md_text(st.unit, True), md_text(", ".join(st.after) or "-", True),

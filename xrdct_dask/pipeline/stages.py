@@ -147,6 +147,7 @@ def _view(wf: Workflow) -> bool:
 
 
 def _texture(wf: Workflow) -> bool:
+    """integrate.npt_azim > 1 with texture.peaks"""
     return wf.integrate.npt_azim > 1 and bool(wf.texture.peaks)
 
 
