@@ -45,15 +45,18 @@ def _one_run(client, wf, token: str) -> dict:
 
 def graph_rate(scan, frames_dir: Path | str, nframes: int, npt: int, store_path: Path, *,
                gpus: list[int] | None = None, workers_per_gpu: int | None = None, read_threads: int | None = None,
-               nx: int = 100, omega_chunk: int = 16, repeats: int = 1, profile: Path | None = None) -> dict:
-    """Frames/s of the decode-integrate stage (cupy engine) for a 1 x nframes/nx x nx scan of the
+               nx: int = 100, omega_chunk: int = 16, repeats: int = 1, profile: Path | None = None,
+               nz: int = 1, overrides: dict | None = None) -> dict:
+    """Frames/s of the decode-integrate stage (cupy engine) for a nz x nframes/nx x nx scan of the
     frames in ``frames_dir`` (a folder of CBF files, :func:`link_frames`; or a string: an HDF5
     source as ``inputs.frames`` takes it), on :func:`xrdct_dask.cluster.local.local_cluster` with ``gpus``, timed from
     submission (the workers are up and their integrator plugin set up) to the last result.
 
     ``repeats`` > 1 runs the same scan again on the same cluster (a beamline's cluster that stays up
     between scans): ``warm_frames_per_s`` is the median of those later runs.  ``profile``: write
-    dask's statistical profile of the task threads during the first run there (JSON)."""
+    dask's statistical profile of the task threads during the first run there (JSON).  ``nz``: slices
+    of ``nframes`` each (the folder holds ``nz * nframes`` frames); ``overrides``: more workflow keys
+    (``integrate.npt_azim``, ...)."""
     import statistics
 
     from distributed import Client
@@ -65,11 +68,11 @@ def graph_rate(scan, frames_dir: Path | str, nframes: int, npt: int, store_path:
     wf = load_workflow(scan.workflow, {
         "inputs.frames": frames_dir if isinstance(frames_dir, str) else str(frames_dir / "frame_{index:06d}.cbf"),
         "inputs.monitor": None,
-        "inputs.scan_file": None, "scan.nz": 1, "scan.nomega": nframes // nx, "scan.nx": nx,
+        "inputs.scan_file": None, "scan.nz": nz, "scan.nomega": nframes // nx, "scan.nx": nx,
         "store.path": str(store_path), "store.overwrite": True, "store.omega_chunk": omega_chunk,
         "integrate.npt_rad": npt, "integrate.engine": "cupy", "pdf.enabled": False,
         **({"compute.workers_per_gpu": workers_per_gpu} if workers_per_gpu else {}),
-        **({"compute.read_threads": read_threads} if read_threads else {})})
+        **({"compute.read_threads": read_threads} if read_threads else {}), **(overrides or {})})
     cluster = local_cluster(wf, gpus=gpus)
     try:
         with Client(cluster) as client:

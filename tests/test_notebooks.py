@@ -18,13 +18,13 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 # figures each notebook must show (image/png outputs), i.e. every plotting cell produced one
-MIN_FIGURES = {"01_attach_and_run": 3, "02_reprocess_compare": 2, "03_pdf_ct_maps": 3}
+MIN_FIGURES = {"01_attach_and_run": 3, "02_reprocess_compare": 2, "03_pdf_ct_maps": 3, "04_texture_strain": 3}
 # what the stand-in's last figure must show in notebook 03 (a probe cell run after the notebook)
 PROBE = ("import json\nprint(json.dumps([{'colorbar': hasattr(a, '_colorbar'), 'label': a.get_ylabel(), "
          "'title': a.get_title(), 'xlabel': a.get_xlabel()} for a in fig.axes]))")
 
 
-def test_the_three_notebooks_exist():
+def test_the_four_notebooks_exist():
     assert [p.stem for p in NOTEBOOKS] == sorted(MIN_FIGURES)
 
 
@@ -70,6 +70,30 @@ def test_notebook_01_names_the_stages_the_dashboard_shows():
     said = re.search(r"task names[^)]*\)", text, re.S)
     assert said, "notebook 01 no longer says which task names the dashboard shows"
     assert re.findall(r"`([a-z-]+)`", said.group(0)) == stage_names(load_workflow(WORKFLOW_TEMPLATE)), said.group(0)
+
+
+def test_notebook_04_finds_the_texture_and_strain_within_its_tolerances():
+    """Notebook 04 runs the demo sample of :mod:`xrdct_dask.simulate.texture` (the one
+    tests/test_texture.py checks with the same :func:`demo_checks`) and its stored output shows
+    every check of the stated tolerances passed: texture index, orientation and strain of Ni 200
+    and Fe 211, index and strain of the NaCl 220 powder (8 rows)."""
+    from xrdct_dask.simulate.texture import DEMO_TOLERANCES
+
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem == "04_texture_strain"), as_version=4)
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for name in ("DEMO_TEXTURES", "DEMO_PEAKS", "DEMO_SCAN", "DEMO_SECTORS", "demo_checks", "texture_report"):
+        assert name in source, name
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o.get("name") == "stdout")
+    rows = re.findall(r"^(\w+ \d+) +(.+?) +found ([-+.\d]+) +truth ([-+.\d]+) +tolerance ([.\de-]+) +(ok|OUTSIDE)$",
+                      text, flags=re.M)
+    assert len(rows) == 8 and all(r[-1] == "ok" for r in rows), rows
+    assert {float(r[4]) for r in rows} <= set(DEMO_TOLERANCES.values())
+    for peak, figure, found, truth, tol, _ in rows:
+        assert abs(float(found) - float(truth)) < float(tol) or (figure.startswith("orientation")
+                                                                  and abs(abs(float(found) - float(truth)) - 180) < float(tol))
+    assert "all 8 within the stated tolerances: True" in text
 
 
 def test_notebook_03_writes_angstrom():

@@ -159,7 +159,7 @@ def test_profile_search_order_is_cwd_cluster_then_env_then_shipped(tmp_path, mon
 # the pytest support of xrdct_dask.testing (conformance classes, their fixtures' plugin) runs under
 # pytest only: what it imports besides the dependencies comes with the `test` extra
 TEST_SUPPORT = ("testing/fixtures.py", *(f"testing/conformance/{m}.py" for m in
-                                          ("__init__", "base", "decode", "integrate", "recon", "pdf", "sinogram",
+                                          ("__init__", "base", "decode", "integrate", "sectors", "recon", "pdf", "sinogram",
                                            "background")))
 
 

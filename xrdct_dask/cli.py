@@ -101,11 +101,17 @@ def simulate(
                            "(a reader sees partial files)")] = False,
     frames: Annotated[Optional[str], typer.Option(
         help="frames template relative to OUT_DIR, a beamline's layout: slice_{z:04d}/line_{line:05d}/"
-             "frame_{index:06d}.cbf (.cbf.gz, .cbf.bz2), or with --format h5 a file per slice or line: "
+             "frame_{index:06d}.cbf (.cbf.gz, .cbf.bz2; .tif, .edf, .edf.gz: TIFF / EDF files), or with --format h5 a file per slice or line: "
              "slice_{z:04d}.h5::/entry/data/data")] = None,
     mu_per_px: Annotated[Optional[str], typer.Option(
         help="a dense sample: attenuation per pixel of each phase (Ni,Fe,NaCl,aSi), e.g. 0.02,0.018,0.01,0.006; "
              "the beam is attenuated in to and out of every voxel and transmission.txt is recorded")] = None,
+    texture: Annotated[Optional[list[str]], typer.Option(
+        help="a textured, strained phase: PHASE:AMPLITUDE:ORIENTATION_DEG[:STRAIN:STRAIN_AXIS_DEG], intensity "
+             "1 + AMPLITUDE cos 2(chi - ORIENTATION), d = d0 (1 + STRAIN cos 2(chi - AXIS)); repeat per phase, "
+             "e.g. --texture Ni:0.6:90 --texture Fe:0.3:0:0.003:90")] = None,
+    distance_m: Annotated[float, typer.Option(help="sample-detector distance (m): larger, more pixels per azimuthal "
+                                                   "sector and a smaller q range")] = 0.2,
     axis_offset: Annotated[float, typer.Option(help="rotation axis this many pixels right of the detector's "
                                                     "centre (nx // 2)")] = 0.0,
     tube: Annotated[float, typer.Option(help="outer radius (pixels) of a glass tube around the sample "
@@ -143,6 +149,16 @@ def simulate(
             mu = [float(v) for v in mu_per_px.split(",")]
         except ValueError:
             _fail(f"--mu-per-px must be numbers separated by commas (got {mu_per_px!r})")
+    textures = None
+    if texture:
+        from xrdct_dask.simulate import parse_texture
+
+        try:
+            textures = dict(parse_texture(t) for t in texture)
+        except ValueError as err:
+            _fail(str(err))
+    if not distance_m > 0:
+        _fail(f"--distance-m must be > 0 (got {distance_m})")
     env = None
     if axis_offset or tube or air or background_scan:
         from xrdct_dask.simulate.environment import SampleEnvironment
@@ -171,7 +187,8 @@ def simulate(
                 scan = simulate_scan(staging or out_dir, nz, nomega, nx, detector=detector, order=order,
                                      fast_axis=fast_axis, omega_range_deg=omega_range, npt_rad=npt_rad, seed=seed,
                                      fmt=format_, frames_per_file=frames_per_file, frames=frames, mu_per_px=mu,
-                                     environment=env, progress=lambda k, n: bar.update(task, completed=k))
+                                     environment=env, texture=textures, distance_m=distance_m,
+                                     progress=lambda k, n: bar.update(task, completed=k))
             except ValueError as err:
                 _fail(str(err))
         typer.echo(f"{nz * nomega * nx} frames in {time.perf_counter() - t0:.1f} s -> {out_dir}")

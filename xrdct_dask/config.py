@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from xrdct_dask.errors import WorkflowError
 from xrdct_dask.io.layout import ScanShape, check_for_scan, check_template, template_fields
@@ -55,10 +55,13 @@ class Inputs(_Section):
                                     "NeXus file: scan.h5 or scan.h5::/entry/data/data (an Eiger master, a BLISS "
                                     "scan's virtual dataset), or one per slice or line: "
                                     "slice_{z:04d}.h5::/entry/data/data")
-    poni: Path
+    poni: Path | None = Field(None, description="pyFAI geometry (.poni); may come from pyfai_config instead")
+    pyfai_config: Path | None = Field(None, description="an integration.json of pyFAI-calib2 / pyFAI-integrate (any "
+                                                        "version): geometry, mask, dark, flat, unit, bins, sectors, "
+                                                        "polarisation, error model; keys set here win")
     mask: Path | None = None
-    dark: Path | None = None
-    flat: Path | None = None
+    dark: Path | list[Path] | None = Field(None, description="dark image(s): several files or a stack, their median")
+    flat: Path | list[Path] | None = Field(None, description="flat field image(s): several files or a stack, their mean")
     monitor: Path | None = Field(None, description="text file, one I0 value per frame in acquisition order")
     transmission: Path | None = Field(None, description="text file, one transmission reading (a diode or monitor "
                                                         "after the sample) per frame in acquisition order, as "
@@ -73,6 +76,12 @@ class Inputs(_Section):
                                        description="names of the scan's motors and counters in an HDF5 scan")
     monitor_max_ratio: float = Field(100.0, gt=1, description="a monitor value more than this factor above or below "
                                                                "the scan's median flags its frame BAD_MONITOR")
+
+    @model_validator(mode="after")
+    def _geometry_given(self):
+        if self.poni is None:
+            raise ValueError("poni: required key is missing (a .poni file, or an integration.json as pyfai_config)")
+        return self
 
     @field_validator("frames")
     @classmethod
@@ -167,6 +176,42 @@ class Integrate(_Section):
     percentile: tuple[float, float] = Field((40.0, 60.0), description="median: average between these percentiles")
     radial_range: tuple[float, float] | None = None
     engine: Literal["auto", "numpy", "cupy"] = "auto"
+    npt_azim: int = Field(1, ge=1, description="azimuthal sectors: 1 = one pattern per frame; more = (chi, q) bins "
+                                               "(reduced/ and recon/ get a chi axis; pyFAI's 2D integration)")
+    azimuth_range: tuple[float, float] | None = Field(
+        None, description="[lo, hi] chi in degrees (pyFAI's chi, within -180..180); null: the whole ring (sectors: "
+                          "-180..180); the sectors must divide it into widths on a 0.001 deg grid")
+    keep_sums: bool | None = Field(None, description="store the integrator's sums (signal, variance, normalization, "
+                                                     "its square, count) next to I and sigma, to re-bin and merge "
+                                                     "exactly (NXazint); null: with sectors")
+
+    @property
+    def sums_kept(self) -> bool:
+        """``keep_sums``, or where it is null, whether there are sectors."""
+        return self.npt_azim > 1 if self.keep_sums is None else self.keep_sums
+
+    @property
+    def chi_range(self) -> tuple[float, float] | None:
+        """The azimuth range the integrator gets: ``azimuth_range``, or -180..180 with sectors."""
+        return self.azimuth_range or ((-180.0, 180.0) if self.npt_azim > 1 else None)
+
+    @model_validator(mode="after")
+    def _sectors_divide_the_range(self):
+        if self.azimuth_range is not None:
+            lo, hi = self.azimuth_range
+            if not -180.0 <= lo < hi <= 180.0:
+                raise ValueError(f"azimuth_range: needs -180 <= lo < hi <= 180 degrees (pyFAI's chi), got [{lo}, {hi}]")
+        if self.npt_azim > 1:
+            lo, hi = self.chi_range
+            width = (hi - lo) / self.npt_azim
+            if abs(width * 1000 - round(width * 1000)) > 1e-6:
+                fits = sorted((n for n in range(max(2, self.npt_azim - 12), self.npt_azim + 13)
+                               if abs((hi - lo) / n * 1000 - round((hi - lo) / n * 1000)) <= 1e-6),
+                              key=lambda n: abs(n - self.npt_azim))
+                raise ValueError(f"npt_azim: {self.npt_azim} sectors do not divide the azimuth range {lo:g}..{hi:g} "
+                                 f"deg ({width:.6g} deg each, not on a 0.001 deg grid); "
+                                 f"e.g. {', '.join(map(str, fits[:2])) or 'another number'}")
+        return self
 
     @field_validator("unit")
     @classmethod
@@ -326,6 +371,41 @@ class PDF(_Section):
         return self
 
 
+class TexturePeak(_Section):
+    """A reflection followed sector by sector: named by its d-spacing (a window of ``d_window`` about
+    it) or by its radial range in ``integrate.unit``."""
+
+    name: str | None = Field(None, description="label (default: its d-spacing or range)")
+    d_angstrom: float | None = Field(None, gt=0, description="d-spacing of the reflection, angstrom")
+    d_window: float = Field(0.05, gt=0, lt=0.5, description="half-width of the window about d_angstrom, relative "
+                                                            "(0.05: d +- 5 %); it should reach ~3 peak widths "
+                                                            "beyond the peak (the background is fitted with it)")
+    q_range: tuple[float, float] | None = Field(None, description="[lo, hi] in integrate.unit, instead of d_angstrom")
+    d0_angstrom: float | None = Field(None, gt=0, description="strain-free d (angstrom) of the strain (d - d0) / d0; "
+                                                              "null: each voxel's mean d over its sectors")
+
+    @model_validator(mode="after")
+    def _named_once(self):
+        if (self.d_angstrom is None) == (self.q_range is None):
+            raise ValueError("give d_angstrom or q_range (one of them)")
+        if self.q_range is not None and not self.q_range[0] < self.q_range[1]:
+            raise ValueError(f"q_range: needs lo < hi, got {list(self.q_range)}")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return f"d = {self.d_angstrom:g} A" if self.d_angstrom else f"{self.q_range[0]:g}..{self.q_range[1]:g}"
+
+
+class Texture(_Section):
+    """Texture and strain per voxel from the reconstructed sectors (``integrate.npt_azim > 1``)."""
+
+    peaks: list[TexturePeak] = Field([], description="reflections whose intensity and position "
+                                                                       "are followed over the sectors")
+
+
 class Compute(_Section):
     _sizes = field_validator("memory_limit", "task_memory", mode="before")(lambda v: _check_bytes(v))
 
@@ -377,6 +457,7 @@ def _check_bytes(v):
 
 
 class Workflow(_Section):
+    _sources: list[str] = PrivateAttr(default_factory=list)  # where inputs.pyfai_config's keys came from
     inputs: Inputs
     scan: Scan
     geometry: Geometry = Geometry()
@@ -385,6 +466,7 @@ class Workflow(_Section):
     sinogram: Sinogram = Sinogram()
     recon: Recon = Recon()
     pdf: PDF = PDF()
+    texture: Texture = Texture()
     compute: Compute = Compute()
     view: View = View()
 
@@ -420,6 +502,18 @@ class Workflow(_Section):
         return self
 
     @model_validator(mode="after")
+    def _sectors(self):
+        if self.integrate.npt_azim > 1 and self.pdf.enabled:
+            raise ValueError("integrate.npt_azim: G(r) is made from one pattern per voxel: set pdf.enabled: false "
+                             "with azimuthal sectors (or npt_azim: 1)")
+        if self.integrate.npt_azim > 1 and self.inputs.background_scan is not None:
+            raise ValueError("inputs.background_scan: a measured background is subtracted from 1D patterns: leave it "
+                             "out with azimuthal sectors (integrate.npt_azim > 1)")
+        if self.texture.peaks and self.integrate.npt_azim < 2:
+            raise ValueError("texture.peaks: texture and strain need azimuthal sectors (integrate.npt_azim > 1)")
+        return self
+
+    @model_validator(mode="after")
     def _interlace_layout(self):
         # workflow.prepare_store lays the grid out with io.scan's default number of passes
 
@@ -439,6 +533,11 @@ class Workflow(_Section):
         except ValueError as err:
             raise ValueError(f"inputs.frames: {err}") from None
         return self
+
+    @property
+    def sources(self) -> list[str]:
+        """Where the keys an ``inputs.pyfai_config`` gave came from (one line each), as loaded."""
+        return list(self._sources)
 
     @property
     def scan_shape(self):
@@ -693,8 +792,8 @@ def load_changes(path: str | Path) -> dict[str, Any]:
     return flatten(raw)
 
 
-_PATH_KEYS = (("inputs", "poni"), ("inputs", "mask"), ("inputs", "dark"), ("inputs", "flat"),
-              ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
+_PATH_KEYS = (("inputs", "poni"), ("inputs", "pyfai_config"), ("inputs", "mask"), ("inputs", "dark"),
+              ("inputs", "flat"), ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
               ("store", "path"), ("pdf", "background_file"), ("pdf", "config"), ("inputs", "background_scan", "frames"),
               ("inputs", "background_scan", "monitor"))
 
@@ -722,10 +821,22 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
             val = sec.get(key) if isinstance(sec, dict) else None
             if isinstance(val, str) and val and not Path(val).is_absolute():
                 sec[key] = str((base_dir / val))
+            elif isinstance(val, list):  # several files (dark, flat)
+                sec[key] = [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in val]
+    sources: list[str] = []
+    if isinstance(raw.get("inputs"), dict) and raw["inputs"].get("pyfai_config"):
+        from xrdct_dask.io.pyfai_config import PyFAIConfigError, merge_pyfai_config
+
+        try:
+            raw, sources = merge_pyfai_config(raw)
+        except PyFAIConfigError as err:
+            raise WorkflowError(f"inputs.pyfai_config: {err}") from None
     try:
-        return Workflow.model_validate(raw)
+        wf = Workflow.model_validate(raw)
     except ValidationError as err:
         raise _one_line(err, source, overrides) from None
+    wf._sources = sources
+    return wf
 
 
 def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:

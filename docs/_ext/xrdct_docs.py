@@ -397,13 +397,15 @@ def _switched(fn, on, value=True) -> dict:
 
 def _symbolic_specs(order: str, on: set[str]) -> list:
     """``array_specs`` with the sizes by name and the switches in ``on``; ``pdf_sinograms`` only
-    where ``order`` is pdf-then-recon (its arrays are that order's)."""
+    where ``order`` is pdf-then-recon (its arrays are that order's).  The texture arrays are those
+    of a store with sectors (``nchi``); the other arrays are shown as a store without sectors has them."""
     from xrdct_dask.store import array_specs
 
     on = {f for f in on if f != "pdf_sinograms" or order == "pdf-then-recon"}
-    return array_specs(nz="nz", nomega="nomega", nx="nx", nq="nq", nr="nr", layout=_SymbolicLayout(),
-                       markers=_marker_specs(order), aux_channels="channels",
-                       **_switched(array_specs, on, "symbolic"))
+    args = dict(nz="nz", nomega="nomega", nx="nx", nq="nq", nr="nr", layout=_SymbolicLayout(),
+                markers=_marker_specs(order), aux_channels="channels", **_switched(array_specs, on, "symbolic"))
+    sectors = {sp.path: sp for sp in array_specs(**args, nchi="nchi") if sp.path.startswith("texture/")}
+    return [sectors.get(sp.path, sp) for sp in array_specs(**args)]
 
 
 def store_arrays() -> list[dict]:
@@ -430,7 +432,8 @@ def store_arrays() -> list[dict]:
                                 radial_unit="q_nm^-1", omega_deg=np.linspace(0, 180, 8, endpoint=False),
                                 x_mm=np.arange(6.0), z_mm=np.arange(2.0), r_A=np.linspace(0.5, 5, 10),
                                 layout=layout, attrs={}, markers=marker_specs(wf, sizes), aux_channels=aux,
-                                **_switched(create_store, set(_flags(create_store))))
+                                **_switched(create_store, set(_flags(create_store))),
+                                chi_deg=np.array([-90.0, 90.0]), peaks=[{"label": "d = 2 A", "d_angstrom": 2.0}])
             attrs = {f"{g}/{n}": dict(a.attrs) for g, grp in root.groups() for n, a in grp.arrays()}
         base = {sp.path for sp in _symbolic_specs(order, set())}
         needs = {sp.path: f for f in switches for sp in _symbolic_specs(order, {f}) if sp.path not in base}
@@ -529,6 +532,8 @@ def stages_page() -> str:
 
     def when(st) -> str:
         orders = [o for o in ("recon-then-pdf", "pdf-then-recon") if st.when(_example_workflow(o))]
+        if not orders:  # in neither order's graph (the texture stage): its condition, as its docstring says
+            return inspect.getdoc(st.when) or "when its keys ask for it"
         return "always" if len(orders) == 2 else f"pdf.order {orders[0]}"
 
     rows = [[md_code(st.name), md_text(st.unit, True), md_text(", ".join(st.after) or "-", True),

@@ -12,6 +12,10 @@ silx, PyMca, DAWN, nDTomo and pyFAI's viewers open HDF5 / NeXus, not zarr.  The 
         program_name                     "xrdct_dask" + version; the store group's attrs as attributes
       recon/ ...                         NXentry, default -> intensity
       pdf/ ...                           NXentry, default -> G
+      texture/ ...                       NXentry, default -> index (sectors with texture.peaks)
+      azint/            NXentry          NXazint1d / NXazint2d: I, I_errors, the integrator's sums and
+                                         the NXprocess (workflow, versions, input digests), linked to
+                                         reduced/ (:mod:`xrdct_dask.export.azint`)
 
 Every dataset keeps the store's ``units`` and ``long_name``; data are copied one zarr chunk at a
 time (HDF5 chunks divide the zarr chunks, so every write covers whole HDF5 chunks) and never a
@@ -47,11 +51,12 @@ from distributed import as_completed
 from xrdct_dask import __version__ as version
 from xrdct_dask.cluster.sidework import resolve_client
 from xrdct_dask.errors import ExportError, ExportExistsError
+from xrdct_dask.export.azint import write_azint
 from xrdct_dask.ownfiles import exclusive_tmp
 
 CREATOR = "xrdct_dask export"
-DEFAULT_GROUPS = ("reduced", "recon", "pdf")
-MAIN_SIGNAL = {"reduced": "intensity", "recon": "intensity", "pdf": "G"}
+DEFAULT_GROUPS = ("reduced", "recon", "pdf", "texture")
+MAIN_SIGNAL = {"reduced": "intensity", "recon": "intensity", "pdf": "G", "texture": "index"}
 ERRORS = {("reduced", "intensity"): "sigma"}
 H5_CHUNK_BYTES = 1 << 20  # HDF5 chunks of ~1 MiB at most: viewers read them whole
 
@@ -363,6 +368,8 @@ def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, ve
             f.attrs[f"xrdct_{k}"] = _attr_value(v)
         for gname in groups:
             _export_group(root[gname], f.create_group(gname), gname, comp, version, client, run_zarr, kind, guard)
+        if "reduced" in groups:
+            write_azint(f, root, version)
 
 
 def _export_group(zg, entry, gname: str, comp: dict, version: str, client=None, run_zarr: Path | None = None,

@@ -12,6 +12,12 @@ keeps the four sums pyFAI keeps (plus the squared normalisation):
 
 and returns ``I = S / N`` and ``sigma = sqrt(V) / N`` (pyFAI's standard error of the mean), over
 the valid pixels: not masked, finite, and with a non-negative count in that frame.
+
+With azimuthal sectors (``npt_azim > 1``) a bin is a (chi, q) bin of pyFAI's 2D full-split matrix
+(``integrate2d_ng``): each pattern is ``(npt_azim, npt_rad)``, chi-major.  Everything that is per
+bin in 1D is per (chi, q) bin here: the Poisson and the azimuthal error models (the spread of the
+sector's own pixels about their mean), sigma-clipping and the median (a sector's pixels of that
+ring, as a 1D integration over that sector's azimuth range would clip them).
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from xrdct_dask.integrate._numpy import NumpyEngine
 from xrdct_dask.integrate.csr import IntegrationPlan, build_plan, load_image, load_poni
 from xrdct_dask.integrate.engine import Engine
 from xrdct_dask.integrate.files import assemble
-from xrdct_dask.integrate.sums import Integrated, Sums, finish
+from xrdct_dask.integrate.sums import SUM_NAMES, Integrated, Sums, finish, kept_sums
 
 ERROR_MODELS = ("poisson", "azimuthal", "none")
 OUTLIER_FILTERS = ("none", "sigma-clip", "median")
+FULL_CIRCLE = (-180.0, 180.0)  # chi (deg) of sectors where no azimuth range is given
 
 
 class Integrator:
@@ -55,6 +62,14 @@ class Integrator:
     engine : ``auto|numpy|cupy``
     plan : an :class:`IntegrationPlan` of these arguments built before (e.g. loaded from the plan
         cache, :func:`xrdct_dask.integrate.cache.cached_plan`): used instead of building one
+    npt_azim : azimuthal sectors (1: one pattern per frame; more: ``(npt_azim, npt_rad)`` patterns)
+    azimuth_range : (lo, hi) chi in degrees (pyFAI's chi, within -180..180); None: the whole ring
+        (with sectors: -180..180, so that sector edges do not depend on the detector's extent)
+    keep_sums : :meth:`integrate_source` also returns the five sums of every frame
+        (:func:`~xrdct_dask.integrate.sums.kept_sums`, the NXazint accumulators); None: with sectors
+
+    Patterns (intensity, sigma, sums) are ``(n, npt_rad)``, or ``(n, npt_azim, npt_rad)`` with sectors;
+    :meth:`integrate_batches` (the engines' pipeline) gives them flat, ``(n, npt_azim * npt_rad)``.
 
     Examples
     --------
@@ -67,7 +82,8 @@ class Integrator:
                  split: str = "full", error_model: str = "poisson", outlier: str = "none",
                  clip_threshold: float = 5.0, max_iter: int = 5, percentile: tuple[float, float] = (40.0, 60.0),
                  radial_range: tuple[float, float] | None = None, engine: str = "auto",
-                 plan: IntegrationPlan | None = None):
+                 plan: IntegrationPlan | None = None, npt_azim: int = 1,
+                 azimuth_range: tuple[float, float] | None = None, keep_sums: bool | None = None):
         if error_model not in ERROR_MODELS:
             raise ValueError(f"error_model must be one of {ERROR_MODELS}, got {error_model!r}")
         if outlier not in OUTLIER_FILTERS:
@@ -77,9 +93,13 @@ class Integrator:
         ai = load_poni(poni)
         mask, dark, flat = (load_image(a) if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__") else a
                             for a in (mask, dark, flat))
+        if azimuth_range is None and npt_azim > 1:
+            azimuth_range = FULL_CIRCLE
         self.plan: IntegrationPlan = plan if plan is not None else build_plan(
             ai, shape, npt_rad, unit, mask=mask, dark=dark, flat=flat, polarization_factor=polarization_factor,
-            solid_angle=solid_angle, split=split, radial_range=radial_range)
+            solid_angle=solid_angle, split=split, radial_range=radial_range, npt_azim=npt_azim,
+            azimuth_range=azimuth_range)
+        self.keep_sums = npt_azim > 1 if keep_sums is None else bool(keep_sums)
         self.error_model = error_model
         self.outlier = outlier
         self.clip_threshold = float(clip_threshold)
@@ -106,22 +126,33 @@ class Integrator:
         return self.plan.radial
 
     @property
+    def azimuthal(self) -> np.ndarray | None:
+        """Sector centres chi (degrees), None without sectors."""
+        return self.plan.azimuthal
+
+    @property
     def unit(self) -> str:
         return self.plan.unit
+
+    def _shaped(self, a):
+        """Flat ``(..., nbins)`` engine rows as patterns ``(..., npt_azim, npt_rad)`` (with sectors)."""
+        return a if self.plan.azimuthal is None else a.reshape(*a.shape[:-1], *self.plan.pattern_shape)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.plan.shape
 
     def sums(self, frames, monitor=None) -> Sums:
-        """The five sums for frames ``(n, ny, nx)`` (host or device array), monitor ``(n,)`` or None."""
+        """The five sums for frames ``(n, ny, nx)`` (host or device array), monitor ``(n,)`` or None;
+        each ``(n, npt_rad)`` or ``(n, npt_azim, npt_rad)``, float64, on the engine's device."""
         frames = self._check_frames(frames)
-        return self.impl.sums(frames, self._monitor(monitor, frames.shape[0]))
+        return Sums(*(self._shaped(a) for a in self.impl.sums(frames, self._monitor(monitor, frames.shape[0]))))
 
     def integrate(self, frames, monitor=None) -> Integrated:
         """Integrate ``(n, ny, nx)`` or ``(ny, nx)`` frames.
 
-        Returns radial ``(nbins,)`` and intensity, sigma ``(n, nbins)`` float32, on the host.
+        Returns radial ``(npt_rad,)`` and intensity, sigma ``(n, npt_rad)`` float32, on the host (with
+        sectors ``(n, npt_azim, npt_rad)``, chi in :attr:`azimuthal`).
         """
         single = np.ndim(frames) == 2
         s = self.sums(frames[None] if single else frames, monitor)
@@ -142,7 +173,7 @@ class Integrator:
             if tuple(shape) != self.shape:
                 raise ValueError(f"a payload decodes to {shape} but the integrator expects {self.shape}")
         s, status = self.impl.sums_payloads(datas, self._monitor(monitor, len(datas)))
-        intensity, sigma = (to_host(a) for a in finish(s, self.error_model, self.impl.xp))
+        intensity, sigma = (self._shaped(to_host(a)) for a in finish(s, self.error_model, self.impl.xp))
         bad = to_host(status) != 0
         intensity[bad] = np.nan
         sigma[bad] = np.nan
@@ -159,11 +190,15 @@ class Integrator:
         """Read and integrate frames ``indices`` (-1: none) of a frame source (a CBF template or an
         HDF5 source, :mod:`xrdct_dask.io.source`): ``(intensity, sigma, status, bytes_read)``, bad
         frames NaN with their :class:`~xrdct_dask.io.status.FrameStatus` (the engine's
-        :meth:`~xrdct_dask.integrate.engine.Engine.integrate_source`)."""
+        :meth:`~xrdct_dask.integrate.engine.Engine.integrate_source`); with ``keep_sums``
+        ``(intensity, sigma, status, bytes_read, sums)``, sums float32 ``(5, n, *pattern)`` in the
+        order of :data:`~xrdct_dask.integrate.sums.SUM_NAMES`."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         batches = self.impl.integrate_source(source, idx, self._monitor(monitor, idx.size), read_threads=read_threads,
                                              check_md5=check_md5)
-        return assemble(batches, idx.size, self.plan.nbins)
+        intensity, sigma, status, nbytes, sums = assemble(batches, idx.size, self.plan.nbins, self.keep_sums)
+        out = (self._shaped(intensity), self._shaped(sigma), status, nbytes)
+        return out + (self._shaped(sums),) if self.keep_sums else out
 
     def warm(self, source, tasks: int, nframes: int, hdf5: bool = False) -> None:
         """Compile the kernels and, on a GPU, set up the read arenas and pipelines of ``tasks``
@@ -176,7 +211,8 @@ class Integrator:
 
     def integrate_batches(self, batches, packed: bool = False):
         """Integrate an iterable of ``(payloads, monitor)`` batches; yields ``(intensity, sigma,
-        status)`` host arrays per batch, in order.  The GPU engine pipelines the batches (upload of
+        status)`` host arrays per batch, in order (patterns flat, ``(n, nbins)``; with ``keep_sums``
+        a fourth item, the float32 sums ``(5, n, nbins)``).  The GPU engine pipelines the batches (upload of
         the next overlaps compute of the current); the CPU engine takes them one by one.
 
         ``packed=True`` (GPU engine): each batch is ``((pinned buffer, begin, end), monitor)``."""
@@ -201,4 +237,4 @@ class Integrator:
         return monitor
 
 
-__all__ = ["Integrated", "Integrator", "IntegrationPlan", "Sums", "build_plan", "finish"]
+__all__ = ["Integrated", "Integrator", "IntegrationPlan", "SUM_NAMES", "Sums", "build_plan", "finish", "kept_sums"]

@@ -19,7 +19,7 @@ import numpy as np
 from xrdct_dask.backend import cp
 from xrdct_dask.integrate._cupy_sources import BATCH_FRAMES, H5Batch, SourcesMixin
 from xrdct_dask.integrate.files import compressed, host_hdf5_batches, payload_batches
-from xrdct_dask.integrate.sums import Sums, finish
+from xrdct_dask.integrate.sums import Sums, finish, kept_sums
 from xrdct_dask.io.gpu_decode import (
     GpuDecoder,
     aligned_layout,
@@ -28,7 +28,7 @@ from xrdct_dask.io.gpu_decode import (
     pinned_empty,
 )
 from xrdct_dask.io.gpu_hdf5 import ChunkDecoder, decode_into_counts
-from xrdct_dask.io.source import HDF5_SOURCES, Hdf5Frames, refreshed
+from xrdct_dask.io.source import Hdf5Frames, decoded_on_host, refreshed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,15 @@ FPT = 2  # frames per lane in the Poisson kernel: a block column covers 32 * FPT
 CHUNK_ENTRIES = 1024  # matrix entries per row chunk of the Poisson kernel (rows hold 0..~2x the mean)
 TILE_WIDTH = 2  # transpose tiles: 32 frames x 32*TILE_WIDTH pixels per block
 GROUP = 256  # frames per Poisson launch: bounds its scratch of partial sums (6 x chunks x GROUP doubles)
+PART_BYTES = 256 * 2**20  # ... and so does this: a 2D plan (36 x 2000 bins) has ~8x the row chunks of a 1D one
+
+
+def launch_group(nchunks: int, fpt: int = FPT) -> int:
+    """Frames per Poisson launch: :data:`GROUP`, fewer where its partial sums (6 doubles per row
+    chunk and frame) would pass :data:`PART_BYTES`; a multiple of a block column (32 * fpt frames)."""
+    col = 32 * fpt
+    fit = PART_BYTES // (48 * max(nchunks, 1))
+    return int(max(col, min(GROUP, fit // col * col)))
 
 
 def row_chunks(indptr: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,7 +78,7 @@ def _compiled(fpt: int, *defines: str):
 class _Slot:
     """One pipeline slot: pinned host in/out buffers, device buffers, a stream and its event."""
 
-    def __init__(self, npix: int, nbins: int):
+    def __init__(self, npix: int, nbins: int, nout: int = 2):
 
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.decoder = GpuDecoder()  # its scratch is this slot's: the two streams never share it
@@ -80,6 +89,7 @@ class _Slot:
         self.frames = None
         self.host_out = None
         self.npix, self.nbins = npix, nbins
+        self.nout = nout  # float32 rows per frame downloaded: intensity, sigma (and the five kept sums)
 
     def reserve(self, nbytes: int, nframes: int):
 
@@ -89,9 +99,9 @@ class _Slot:
             self.dev_in = cp.empty(cap, dtype=cp.uint8)
         if self.frames is None or self.frames.shape[0] < nframes:
             self.frames = cp.empty((nframes, self.npix), dtype=cp.int32)
-            out = cp.cuda.alloc_pinned_memory(2 * nframes * self.nbins * 4)
-            self.host_out = np.frombuffer(out, dtype=np.float32, count=2 * nframes * self.nbins).reshape(
-                2, nframes, self.nbins)
+            out = cp.cuda.alloc_pinned_memory(self.nout * nframes * self.nbins * 4)
+            self.host_out = np.frombuffer(out, dtype=np.float32, count=self.nout * nframes * self.nbins).reshape(
+                self.nout, nframes, self.nbins)
             st = cp.cuda.alloc_pinned_memory(nframes * 4)
             self.host_status = np.frombuffer(st, dtype=np.int32, count=nframes)
             # small per-batch arrays (begin, end, out_off, monitor) go up from pinned memory,
@@ -121,7 +131,7 @@ class CupyEngine(SourcesMixin):
         idx = np.asarray(indices, np.int64).reshape(-1)
         if isinstance(source, Hdf5Frames):
             return self._h5_source(refreshed(source, idx), idx, monitor, read_threads)
-        if isinstance(source, HDF5_SOURCES):
+        if decoded_on_host(source):  # a file per slice or line, TIFF / EDF files
             return host_hdf5_batches(self, refreshed(source, idx), idx, monitor, read_threads=read_threads)
         if compressed(source):
             return payload_batches(self, source, idx, monitor, self.plan.shape, read_threads=read_threads,
@@ -134,6 +144,7 @@ class CupyEngine(SourcesMixin):
         self.error_model = options.error_model
         self.outlier = options.outlier
         self.options = options
+        self.keep_sums = bool(getattr(options, "keep_sums", False))
         self.d_data = cp.asarray(plan.csr_data)
         self.d_indices = cp.asarray(plan.csr_indices)
         self.d_indptr = cp.asarray(plan.csr_indptr)
@@ -143,6 +154,7 @@ class CupyEngine(SourcesMixin):
         self.d_static = cp.asarray(plan.static_sums)  # (4, nbins): c, c n, (c n)^2, c dark
         lo, hi, row_chunk = row_chunks(plan.csr_indptr, CHUNK_ENTRIES)
         self.nchunks = int(lo.size)
+        self.group = launch_group(self.nchunks)
         self.d_lo, self.d_hi, self.d_row_chunk = cp.asarray(lo), cp.asarray(hi), cp.asarray(row_chunk)
         m = _module()
         self.fpt = FPT
@@ -167,7 +179,7 @@ class CupyEngine(SourcesMixin):
         with self._arena_lock:
             if self._pipelines:
                 return self._pipelines.pop()
-        return [_Slot(self.plan.npix, self.plan.nbins) for _ in range(2)]
+        return [_Slot(self.plan.npix, self.plan.nbins, 7 if self.keep_sums else 2) for _ in range(2)]
 
     def _give_pipeline(self, pipe: list[_Slot]) -> None:
         with self._arena_lock:
@@ -213,9 +225,9 @@ class CupyEngine(SourcesMixin):
             pix_major = self._pixel_major(cp.ascontiguousarray(d_frames), stream)
             if self.outlier == "none" and self.error_model in ("poisson", "none"):
                 out = self._buf(("p", n, id(stream)), (6, n, nb))
-                part = self._buf(("part", id(stream)), (6 * self.nchunks * GROUP,))
-                for g0 in range(0, n, GROUP):
-                    g = min(GROUP, n - g0)
+                part = self._buf(("part", id(stream)), (6 * self.nchunks * self.group,))
+                for g0 in range(0, n, self.group):
+                    g = min(self.group, n - g0)
                     pgrid = ((self.nchunks + _ROWS - 1) // _ROWS, (g + 32 * self.fpt - 1) // (32 * self.fpt))
                     self._k[f"csr_poisson_{kind}"](pgrid, block, (
                         self.d_data, self.d_indices, self.d_lo, self.d_hi, np.int32(self.nchunks), pix_major[g0:],
@@ -340,6 +352,10 @@ class CupyEngine(SourcesMixin):
             host = slot.host_out[:, :n]
             intensity.get(out=host[0], stream=slot.stream, blocking=False)
             sigma.get(out=host[1], stream=slot.stream, blocking=False)
+            if self.keep_sums:  # the five sums as float32, NaN for frames that did not decode
+                kept = cp.where(bad[None], cp.float32(np.nan), kept_sums(s, None, cp))
+                for k in range(5):  # row by row: each host row is contiguous, host[2:7] is not
+                    kept[k].get(out=host[2 + k], stream=slot.stream, blocking=False)
             status.get(out=slot.host_status[:n], stream=slot.stream, blocking=False)
             slot.event = slot.stream.record()
         return slot, n
@@ -372,7 +388,8 @@ class CupyEngine(SourcesMixin):
     @staticmethod
     def _collect(slot: _Slot, n: int):
         slot.wait()
-        return slot.host_out[0, :n].copy(), slot.host_out[1, :n].copy(), slot.host_status[:n].copy()
+        out = slot.host_out[0, :n].copy(), slot.host_out[1, :n].copy(), slot.host_status[:n].copy()
+        return out + (slot.host_out[2:7, :n].copy(),) if slot.nout == 7 else out
 
     def sums_payloads(self, datas, monitor):
         """Decode + integrate one batch; returns (Sums on device, status on device)."""

@@ -26,7 +26,7 @@ from xrdct_dask.io.cbf import CbfPayload, CorruptFrameError
 from xrdct_dask.io.gpu_decode import pinned_empty, read_into_pinned
 from xrdct_dask.io.gpu_hdf5 import FILTER_NAMES_GPU, plan_chunks
 from xrdct_dask.io.hdf5 import FILES, RawChunks, decode_chunks
-from xrdct_dask.io.source import HDF5_SOURCES, Hdf5Frames, as_counts, out_of_range, read_batch
+from xrdct_dask.io.source import Hdf5Frames, as_counts, decoded_on_host, out_of_range, read_batch
 from xrdct_dask.io.status import FrameStatus, frame_message, status_of
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class SourcesMixin:
             self.warm_blank(tasks, hdf5=hdf5)
         elif isinstance(source, Hdf5Frames):  # arenas sized from the first chunk, every pipeline run once
             self.warm_h5(source, tasks)
-        elif isinstance(source, HDF5_SOURCES) or compressed(source):  # decoded on the host: no file arenas
+        elif decoded_on_host(source) or compressed(source):  # decoded on the host: no file arenas
             self._allocate(self.batch_frames, self.slot_bytes, rings=tasks)
         else:
             self.warm_files(source, tasks, nframes)

@@ -22,9 +22,9 @@ import numba
 import numpy as np
 
 from xrdct_dask.integrate.files import host_hdf5_batches, payload_batches
-from xrdct_dask.integrate.sums import Sums, finish
+from xrdct_dask.integrate.sums import Sums, finish, kept_sums
 from xrdct_dask.io.decode import OK, SOURCE_DIGEST, decode_batch, decode_stream, pack_payloads
-from xrdct_dask.io.source import HDF5_SOURCES, refreshed
+from xrdct_dask.io.source import decoded_on_host, refreshed
 
 TILE = 4096  # pixels per tile: TILE * batch * 4 bytes stays in L2
 
@@ -288,20 +288,22 @@ class NumpyEngine:
 
     def integrate_batches(self, batches):
         """``(payloads, monitor)`` batches, one after the other: ``(intensity, sigma, status)``
-        per batch, NaN where a payload did not decode whole (its status)."""
+        per batch, NaN where a payload did not decode whole (its status); the kept sums as a fourth
+        item where the options keep them."""
+        keep = getattr(self.options, "keep_sums", False)
         for datas, monitor in batches:
             s, status = self.sums_payloads(datas, np.asarray(monitor, np.float64))
             intensity, sigma = finish(s, self.error_model, np)
             bad = status != 0
             intensity[bad] = np.nan
             sigma[bad] = np.nan
-            yield intensity, sigma, status
+            yield (intensity, sigma, status, kept_sums(s, bad)) if keep else (intensity, sigma, status)
 
     def integrate_source(self, source, indices, monitor, *, read_threads: int = 8, check_md5: bool = False):
         """:class:`~xrdct_dask.integrate.engine.SourceBatch` es of frames ``indices`` of ``source``:
         CBF payloads decoded tile by tile inside the integration, HDF5 frames decoded on the host."""
         idx = np.asarray(indices, np.int64).reshape(-1)
-        if isinstance(source, HDF5_SOURCES):
+        if decoded_on_host(source):  # HDF5, TIFF / EDF
             return host_hdf5_batches(self, refreshed(source, idx), idx, monitor, read_threads=read_threads)
         return payload_batches(self, source, idx, monitor, self.plan.shape, read_threads=read_threads,
                                check_md5=check_md5)

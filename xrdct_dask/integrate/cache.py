@@ -41,16 +41,21 @@ def cache_dir(configured: str | Path | None = None) -> Path:
 
 
 def plan_key(ai, shape, npt_rad: int, unit: str, *, mask=None, dark=None, flat=None,
-             polarization_factor=None, solid_angle: bool = True, split: str = "full", radial_range=None) -> str:
+             polarization_factor=None, solid_angle: bool = True, split: str = "full", radial_range=None,
+             npt_azim: int = 1, azimuth_range=None) -> str:
     """sha256 (hex) of everything :func:`~xrdct_dask.integrate.csr.build_plan` depends on."""
 
     h = hashlib.sha256()
     config = {k: v for k, v in ai.get_config().items() if k not in ("poni_version",)}
+    # sectors only where asked for: a 1D plan keeps the key (and the cached file) it had before them
+    sectors = {} if npt_azim == 1 and azimuth_range is None else {
+        "npt_azim": int(npt_azim),
+        "azimuth_range": None if azimuth_range is None else [float(v) for v in azimuth_range]}
     h.update(json.dumps({"format": FORMAT, "pyFAI": pyFAI.version, "geometry": config, "shape": list(shape),
                          "npt_rad": int(npt_rad), "unit": unit, "polarization": polarization_factor,
                          "solid_angle": bool(solid_angle), "split": split,
-                         "radial_range": None if radial_range is None else [float(v) for v in radial_range]},
-                        sort_keys=True, default=str).encode())
+                         "radial_range": None if radial_range is None else [float(v) for v in radial_range]}
+                        | sectors, sort_keys=True, default=str).encode())
     for name, image in (("mask", mask), ("dark", dark), ("flat", flat)):
         h.update(name.encode())
         if image is not None:

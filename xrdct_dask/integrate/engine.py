@@ -8,7 +8,8 @@ way in and chooses the engine once (:func:`xrdct_dask.backend.resolve_engine`). 
 
 * :meth:`Engine.sums` of frames, :meth:`Engine.sums_payloads` of compressed payloads: the five sums;
 * :meth:`Engine.integrate_batches`: ``(payloads, monitor)`` batches -> ``(intensity, sigma, status)``
-  per batch, in order (the GPU pipelines them);
+  per batch, in order (the GPU pipelines them); where the options ask to keep the sums
+  (``keep_sums``), ``(intensity, sigma, status, sums)`` with the float32 sums ``(5, n, nbins)``;
 * :meth:`Engine.integrate_source`: a frame source (CBF template, HDF5 source), frame indices and
   their monitor -> :class:`SourceBatch` es: each row's :class:`~xrdct_dask.io.status.FrameStatus`
   and, for the rows that are OK, its patterns.  How the frames are read (threads, pinned arenas,
@@ -41,13 +42,15 @@ class SourceBatch(NamedTuple):
     (:class:`~xrdct_dask.io.status.FrameStatus`), and where the batch carries patterns
     ``intensity`` and ``sigma`` float32 ``(k, nbins)`` (NaN for rows not OK) with the ``nbytes``
     read for them.  A row may be reported twice: first as read, then with its patterns (whose
-    status, e.g. a payload that decodes short, wins)."""
+    status, e.g. a payload that decodes short, wins).  ``sums``: float32 ``(5, k, nbins)`` where the
+    engine keeps them (:func:`~xrdct_dask.integrate.sums.kept_sums`)."""
 
     rows: np.ndarray
     status: np.ndarray
     intensity: np.ndarray | None = None
     sigma: np.ndarray | None = None
     nbytes: int = 0
+    sums: np.ndarray | None = None
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Read:
 
 def pipeline_batches(run: Callable[[Iterable[tuple]], Iterator[tuple]], reads: Iterable[Read]) -> Iterator[SourceBatch]:
     """:class:`SourceBatch` es of ``reads`` run through ``run`` (an engine pipeline: ``(item,
-    monitor)`` pairs in, ``(intensity, sigma, decoder status)`` per pair out, in order; the pairs are
+    monitor)`` pairs in, ``(intensity, sigma, decoder status[, sums])`` per pair out, in order; the pairs are
     pulled as the pipeline needs them, so reading runs ahead of it only as far as it asks).  Each
     read's statuses come before its patterns; a decoder status > 0 is a
     :class:`~xrdct_dask.io.status.FrameStatus` code, < 0 a payload that ended early (TRUNCATED)."""
@@ -77,13 +80,13 @@ def pipeline_batches(run: Callable[[Iterable[tuple]], Iterator[tuple]], reads: I
                 fed.append((np.asarray(rows, np.int64), nbytes))
                 yield item, monitor
 
-    for intensity, sigma, dec in run(items()):
+    for intensity, sigma, dec, *sums in run(items()):
         while said:
             yield said.popleft()
         rows, nbytes = fed.popleft()
         dec = np.asarray(dec)
         status = np.where(dec > 0, dec, np.where(dec < 0, FrameStatus.TRUNCATED, FrameStatus.OK)).astype(np.int8)
-        yield SourceBatch(rows, status, intensity, sigma, nbytes)
+        yield SourceBatch(rows, status, intensity, sigma, nbytes, sums[0] if sums else None)
     while said:
         yield said.popleft()
 
@@ -103,7 +106,8 @@ class Engine(Protocol):
         """``(Sums, decoder status (n,))`` of byte-offset payloads (bytes), monitor ``(n,)``."""
 
     def integrate_batches(self, batches: Iterable[tuple]) -> Iterator[tuple]:
-        """``(payloads, monitor)`` batches -> host ``(intensity, sigma, decoder status)`` per batch, in order."""
+        """``(payloads, monitor)`` batches -> host ``(intensity, sigma, decoder status)`` per batch, in order
+        (and the float32 sums ``(5, n, nbins)`` as a fourth item where the options keep them)."""
 
     def integrate_source(self, source, indices: np.ndarray, monitor: np.ndarray, *, read_threads: int = 8,
                          check_md5: bool = False) -> Iterator[SourceBatch]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from xrdct_dask.backend import to_host
 from xrdct_dask.integrate.engine import Read, SourceBatch, pipeline_batches
-from xrdct_dask.integrate.sums import finish
+from xrdct_dask.integrate.sums import finish, kept_sums
 from xrdct_dask.io.source import read_batch
 from xrdct_dask.io.status import FrameStatus, frame_message, status_of
 
@@ -104,12 +104,15 @@ def payload_batches(engine, source, idx: np.ndarray, norm: np.ndarray, shape: tu
 
 def counts_pipeline(engine):
     """An engine pipeline of decoded counts: ``(frames (n, ny, nx), monitor)`` in, ``(intensity, sigma,
-    status 0)`` host arrays out (the sums on the engine, uploaded where it is a GPU)."""
+    status 0[, sums])`` host arrays out (the sums on the engine, uploaded where it is a GPU)."""
+    keep = getattr(engine.options, "keep_sums", False)
 
     def run(items):
         for frames, monitor in items:
-            intensity, sigma = finish(engine.sums(frames, monitor), engine.error_model, engine.xp)
-            yield to_host(intensity), to_host(sigma), np.zeros(len(frames), np.int32)
+            s = engine.sums(frames, monitor)
+            intensity, sigma = finish(s, engine.error_model, engine.xp)
+            out = to_host(intensity), to_host(sigma), np.zeros(len(frames), np.int32)
+            yield out + (to_host(kept_sums(s, None, engine.xp)),) if keep else out
 
     return run
 
@@ -139,11 +142,13 @@ def host_hdf5_batches(engine, source, idx: np.ndarray, norm: np.ndarray, *, read
                             host_hdf5_reads(source, idx, batches_of(idx.size, engine.batch_frames), norm, read_threads))
 
 
-def assemble(batches, n: int, nbins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def assemble(batches, n: int, nbins: int, sums: bool = False):
     """A task's arrays from an engine's :class:`SourceBatch` es: ``intensity``, ``sigma`` float32
-    ``(n, nbins)`` (NaN where not OK), ``status`` int8 ``(n,)`` and the bytes read."""
+    ``(n, nbins)`` (NaN where not OK), ``status`` int8 ``(n,)``, the bytes read, and with ``sums``
+    the kept sums float32 ``(5, n, nbins)`` (NaN where not OK), else None."""
     intensity = np.full((n, nbins), np.nan, np.float32)
     sigma = np.full((n, nbins), np.nan, np.float32)
+    kept = np.full((5, n, nbins), np.nan, np.float32) if sums else None
     status = np.zeros(n, np.int8)
     nbytes = 0
     for b in batches:
@@ -152,5 +157,7 @@ def assemble(batches, n: int, nbins: int) -> tuple[np.ndarray, np.ndarray, np.nd
         if b.intensity is not None:
             intensity[b.rows] = b.intensity
             sigma[b.rows] = b.sigma
+            if kept is not None:
+                kept[:, b.rows] = b.sums
         nbytes += b.nbytes
-    return intensity, sigma, status, nbytes
+    return intensity, sigma, status, nbytes, kept

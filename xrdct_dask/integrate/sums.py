@@ -7,6 +7,12 @@
     norm_sq       M_q = monitor^2 * sum_p (c_qp n_p)^2
 
 ``I = S / N`` and ``sigma = sqrt(V) / N`` (pyFAI's standard error of the mean).
+
+Kept (``Integrator(keep_sums=True)``, the store's ``integrate.keep_sums``) they are the NXazint
+accumulators, stacked in the order of :data:`SUM_NAMES`: bins and frames merge exactly by adding
+them (``I = sum S / sum N``), which averaging intensities does not.  The Poisson variance adds
+too; the azimuthal one (pyFAI's weighted spread about each bin's own mean) adds only where the
+merged bins have the same mean.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ class Integrated(NamedTuple):
     radial: np.ndarray
     intensity: np.ndarray
     sigma: np.ndarray
+
+
+# the kept sums, in the order they are stacked and stored (pyFAI's result names; NXazint's)
+SUM_NAMES = ("sum_signal", "sum_variance", "sum_normalization", "sum_normalization_squared", "count")
 
 
 class Sums(NamedTuple):
@@ -45,3 +55,13 @@ def finish(sums: Sums, error_model: str, xp=np, empty: float = 0.0):
         else:
             sigma = xp.where(good, xp.sqrt(xp.maximum(sums.variance, 0.0)) / safe, empty)
     return intensity.astype(xp.float32), sigma.astype(xp.float32)
+
+
+def kept_sums(sums: Sums, bad=None, xp=np):
+    """The sums stacked as stored: float32 ``(5, n, nbins)`` in the order of :data:`SUM_NAMES`
+    (signal, variance, normalization, norm_sq, count), NaN for the frames ``bad`` (n,) flags.
+    float32 loses nothing that matters: the matrix coefficients they are made of are float32."""
+    out = xp.stack([sums.signal, sums.variance, sums.normalization, sums.norm_sq, sums.count]).astype(xp.float32)
+    if bad is not None:
+        out[:, xp.asarray(bad, dtype=bool)] = xp.float32(np.nan)
+    return out

@@ -14,7 +14,10 @@
 * an HDF5 / NeXus file, ``scan.h5`` or ``scan.h5::/entry/data/data``: a plain frames dataset, a
   virtual dataset over many files (BLISS), or an Eiger master with external links to its data
   files (name the ``/entry/data`` group, or give the file alone); see :mod:`xrdct_dask.io.hdf5`;
-* an HDF5 file per slice or per line, ``slice_{z:04d}.h5::/entry/data/data`` (:class:`Hdf5Template`).
+* an HDF5 file per slice or per line, ``slice_{z:04d}.h5::/entry/data/data`` (:class:`Hdf5Template`);
+* a TIFF or EDF file per frame, the same templates ending ``.tif`` / ``.tiff`` / ``.edf``
+  (``.edf.gz``, ``.edf.bz2``), read with fabio and decoded on the host
+  (:class:`~xrdct_dask.io.fabio_frames.FabioTemplate`).
 
 Index i is the i-th frame of the dataset (HDF5), the file the template names for i (CBF), or the
 frame of its slice / line in the file named for it (HDF5 template); paths are computed from i and
@@ -153,8 +156,8 @@ def read_batch(source: "Hdf5Frames | Hdf5Template", indices: np.ndarray, threads
     damaged metadata (h5py's RuntimeError) CORRUPT_HEADER."""
     from xrdct_dask.io.status import FrameStatus
 
-    if isinstance(source, Hdf5Template):
-        return source.read_batch(indices, threads)
+    if isinstance(source, Hdf5Template) or decoded_on_host(source) and not isinstance(source, Hdf5Frames):
+        return source.read_batch(indices, threads)  # a file per slice or line, or TIFF / EDF files
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     frames = np.zeros((idx.size, *source.frame_shape), source.dtype)
     status = np.full(idx.size, int(FrameStatus.MISSING), np.int8)
@@ -390,12 +393,22 @@ class Hdf5Template(FrameSource):
 HDF5_SOURCES = (Hdf5Frames, Hdf5Template)
 
 
+def decoded_on_host(source) -> bool:
+    """Whether the engines take ``source``'s frames decoded (HDF5 sources; TIFF / EDF files through
+    fabio, :mod:`xrdct_dask.io.fabio_frames`), not as CBF payloads they decode themselves."""
+    from xrdct_dask.io.fabio_frames import FabioTemplate
+
+    return isinstance(source, (*HDF5_SOURCES, FabioTemplate))
+
+
 @functools.lru_cache(maxsize=64)
 def _open_cached(spec: str, scan: ScanShape | None, pid: int) -> FrameSource:
     file, path = split_spec(spec)
     if is_hdf5(spec):
         return Hdf5Template(spec, scan) if template_fields(file) else Hdf5Frames(file, path)
-    return CbfTemplate(spec, scan)
+    from xrdct_dask.io.fabio_frames import FabioTemplate, is_fabio_series
+
+    return FabioTemplate(spec, scan) if is_fabio_series(spec) else CbfTemplate(spec, scan)
 
 
 def _stale(source: "Hdf5Frames") -> bool:

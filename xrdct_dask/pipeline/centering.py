@@ -35,6 +35,20 @@ def _host_read(ctx, name: str, index):
     return store.open_array(ctx.store_path, name, "r")[index]
 
 
+def _pattern_read(ctx, name: str, z: int, omegas: slice, qs: slice = slice(None)) -> np.ndarray:
+    """``reduced/intensity`` (or ``sigma``) of slice ``z``, angles ``omegas``, q bins ``qs``:
+    ``(nomega, nx, nq)``; with azimuthal sectors their mean over chi (sigma: of the mean), so that
+    the axis is found on the whole ring as without sectors."""
+    arr = store.open_array(ctx.store_path, name, "r")
+    if arr.ndim == 4:
+        return store.read_chunked(ctx.store_path, name, (z, omegas, slice(None), qs), 0)
+    block = store.read_chunked(ctx.store_path, name, (z, omegas, slice(None), slice(None), qs), 0)
+    with np.errstate(all="ignore"):
+        if name.endswith("sigma"):
+            return (np.sqrt(np.nansum(block ** 2, axis=2)) / np.isfinite(block).sum(axis=2)).astype(np.float32)
+        return np.nanmean(block, axis=2).astype(np.float32)
+
+
 def stored_geometry(path, z: int) -> dict | None:
     """The geometry a slice's centre task recorded (``recon/slice_info``), None where there is none
     (not yet run, or a store made before it was recorded)."""
@@ -65,8 +79,8 @@ def _choose_q_block(ctx, z: int, air, measured) -> slice:
     from xrdct_dask.sinogram.air import subtract_air, subtract_measured
 
     wc, qc = ctx.layout.omega_chunk, ctx.layout.q_sub
-    rows = _host_read(ctx, f"{store.REDUCED}/intensity", (z, slice(0, wc)))  # (wc, nx, nq)
-    sig = _host_read(ctx, f"{store.REDUCED}/sigma", (z, slice(0, wc)))
+    rows = _pattern_read(ctx, f"{store.REDUCED}/intensity", z, slice(0, wc))  # (wc, nx, nq)
+    sig = _pattern_read(ctx, f"{store.REDUCED}/sigma", z, slice(0, wc))
     rows = np.where(np.isfinite(rows), rows, 0.0).astype(np.float32)
     if measured is not None:  # the background's rows of these projections (a line: its one row)
         nb = store.background_rows_of(ctx.store_path)
@@ -95,7 +109,7 @@ def _selected_axis(ctx, z: int, ok, omega, geo: dict, measured, air):
     from xrdct_dask.sinogram.axis import find_axis, structured_bins, weighted_sum
 
     qs = _choose_q_block(ctx, z, air, measured)
-    block = store.read_chunked(ctx.store_path, f"{store.REDUCED}/intensity", (z, slice(None), slice(None), qs), 0)
+    block = _pattern_read(ctx, f"{store.REDUCED}/intensity", z, slice(None), qs)
     opts = prep_options(ctx.workflow.sinogram) | {"center": 0.0, "known_stripes": geo["stripe_segments"],
                                                   "air_columns": air,
                                                   "measured_background": None if measured is None else

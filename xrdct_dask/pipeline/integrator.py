@@ -13,6 +13,7 @@ from xrdct_dask.config import Workflow
 from xrdct_dask.integrate import Integrator
 from xrdct_dask.integrate.cache import cached_plan
 from xrdct_dask.integrate.csr import load_image, load_poni
+from xrdct_dask.io.images import combined_image
 from xrdct_dask.pipeline.frames import frame_source
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,10 @@ def _plan_inputs(wf: Workflow) -> tuple:
     ai = load_poni(i.poni)
     mask = load_image(i.mask) if i.mask else None
     shape = tuple(ai.detector.max_shape) if ai.detector.max_shape is not None else mask.shape
-    options = {"mask": mask, "dark": load_image(i.dark) if i.dark else None,
-               "flat": load_image(i.flat) if i.flat else None, "polarization_factor": g.polarization_factor,
-               "solid_angle": g.solid_angle, "split": p.split, "radial_range": p.radial_range}
+    options = {"mask": mask, "dark": combined_image(i.dark, "median") if i.dark else None,
+               "flat": combined_image(i.flat, "mean") if i.flat else None, "polarization_factor": g.polarization_factor,
+               "solid_angle": g.solid_angle, "split": p.split, "radial_range": p.radial_range,
+               **({"npt_azim": p.npt_azim, "azimuth_range": p.chi_range} if p.npt_azim > 1 or p.azimuth_range else {})}
     return ai, shape, options
 
 
@@ -64,7 +66,7 @@ def build_integrator(wf: Workflow):
     ai, shape, options = inputs
     integ = Integrator(ai, shape, p.npt_rad, p.unit, **options, error_model=p.error_model, outlier=p.outlier,
                        clip_threshold=p.clip_threshold, max_iter=p.max_iter, percentile=p.percentile,
-                       engine=p.engine, plan=plan_for(wf, inputs))
+                       engine=p.engine, plan=plan_for(wf, inputs), keep_sums=p.sums_kept)
     log.info("integrator ready: %d bins, %d nnz, engine %s", integ.plan.nbins, integ.plan.nnz, integ.engine)
     return integ
 

@@ -17,6 +17,14 @@ the reconstruction, or r blocks of reconstructed G(r) sinograms before it).
 
     integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf-scale (z, voxel rows) --> pdf (z, voxel rows)
     integrate --> pdf-frames (z, omega block) --> pdf-aux (z) --> pdf (z, r block)      (pdf.order: pdf-then-recon)
+    ... recon (z, sector x q block) --> texture (z, voxel rows)                          (integrate.npt_azim > 1)
+
+With azimuthal sectors a recon task is one q block of one sector (its unit, "q block", counts
+``npt_azim`` blocks per q block): a task holds what a 1D task holds, so the budget and the q
+chunks stay those of 1D.  A q block covering every sector would instead shrink the q chunk by
+``npt_azim`` to stay in the budget, and with it every chunk of ``reduced/`` (36 sectors: 36x the
+chunk files, ~0.9e9 at 1000^3); one sector per task keeps ``reduced/`` at 36x the 1D files'
+count (its chunks are those of 1D) and lets a slice's sectors reconstruct side by side.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import numpy as np
 
 from xrdct_dask import store
 from xrdct_dask.config import Workflow
-from xrdct_dask.pipeline import tasks_integrate, tasks_pdf, tasks_recon, tasks_view
+from xrdct_dask.pipeline import tasks_integrate, tasks_pdf, tasks_recon, tasks_texture, tasks_view
 from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.store import budget
 from xrdct_dask.store.budget import Layout
@@ -40,7 +48,8 @@ from xrdct_dask.store.viewcopy import VIEW_ARRAYS, ViewLayout, view_bytes, view_
 @dataclass(frozen=True)
 class Sizes:
     """What a run's tasks are sized by: the scan, the radial and r bins, the store's blocks, the
-    bytes of one frame as read and the channels of ``pdf/aux_sinogram`` (pdf-then-recon)."""
+    bytes of one frame as read and the channels of ``pdf/aux_sinogram`` (pdf-then-recon), the
+    azimuthal sectors, whether the integrator's sums are kept and the texture reflections."""
 
     nz: int
     nomega: int
@@ -52,22 +61,31 @@ class Sizes:
     aux_channels: int = 0
     view: ViewLayout | None = None  # the view copy's sizes (view.write_copy)
     center_auto: bool = True  # the axis is found (sinogram.center: auto), not given
+    nchi: int = 1
+    sums: bool = False
+    peaks: int = 0
 
     @property
     def frames(self) -> int:
         return self.nz * self.nomega * self.nx
 
+    @property
+    def bins(self) -> int:
+        """Bins of one frame's pattern: sectors x q."""
+        return self.nchi * self.nq
+
     @classmethod
     def of(cls, wf: Workflow, *, nq: int, nr: int, layout: Layout, frame_bytes: int = 0,
            aux_channels: int = 0) -> Sizes:
-        s = wf.scan
+        s, i = wf.scan, wf.integrate
         return cls(s.nz, s.nomega, s.nx, nq, nr, layout, frame_bytes, aux_channels, view_layout_of(wf, layout, nq, nr),
-                   wf.sinogram.center == "auto")
+                   wf.sinogram.center == "auto", nchi=i.npt_azim, sums=i.sums_kept, peaks=len(wf.texture.peaks))
 
 
 def view_layout_of(wf: Workflow, layout: Layout, nq: int, nr: int) -> ViewLayout | None:
-    """The :class:`~xrdct_dask.store.viewcopy.ViewLayout` of a new store of ``wf`` (None: ``view.write_copy`` off)."""
-    if not wf.view.write_copy:
+    """The :class:`~xrdct_dask.store.viewcopy.ViewLayout` of a new store of ``wf`` (None: ``view.write_copy`` off,
+    or azimuthal sectors: the viewer reads their mean from the chunks)."""
+    if not _view(wf):
         return None
     return view_layout(nx=wf.scan.nx, nq=nq, nr=nr, nomega=wf.scan.nomega, q_chunk=layout.q_chunk,
                        map_pixels=wf.view.map_pixels, r_step_A=wf.pdf.rstep if nr else None)
@@ -115,7 +133,7 @@ class Stage:
         """Tasks of this stage per slice."""
         lay = s.layout
         return {"omega block": math.ceil(s.nomega / lay.omega_chunk), "slice": 1,
-                "q block": math.ceil(s.nq / lay.q_chunk), "voxel rows": math.ceil(s.nx / lay.y_chunk),
+                "q block": s.nchi * math.ceil(s.nq / lay.q_chunk), "voxel rows": math.ceil(s.nx / lay.y_chunk),
                 "r block": math.ceil(max(s.nr, 1) / lay.r_chunk)}[self.unit]
 
 
@@ -128,7 +146,12 @@ def _axis_read(s: Sizes) -> int:
 
 
 def _view(wf: Workflow) -> bool:
-    return wf.view.write_copy
+    return wf.view.write_copy and wf.integrate.npt_azim == 1
+
+
+def _texture(wf: Workflow) -> bool:
+    """integrate.npt_azim > 1 with texture.peaks"""
+    return wf.integrate.npt_azim > 1 and bool(wf.texture.peaks)
 
 
 def _recon_then_pdf(wf: Workflow) -> bool:
@@ -142,7 +165,8 @@ def _pdf_then_recon(wf: Workflow) -> bool:
 FRAMES_STAGE = "integrate"  # the stage that reads the frames: a resumed run reads its blocks again where frames came late
 R, P = store.RECON, store.PDF
 REDUCED_ARRAYS = tuple(f"{store.REDUCED}/{n}" for n in ("intensity", "sigma", "monitor", "total", "frame_ok",
-                                                         "frame_status"))
+                                                         "frame_status", *store.SUM_ARRAYS))
+TEXTURE_ARRAYS = tuple(f"{store.TEXTURE}/{n}" for n in (*store.TEXTURE_VOXEL, *store.TEXTURE_SECTOR))
 PDF_FIGURES = tuple(f"{P}/{n}" for n in (*store.PDF_VOXEL_FIGURES, "ok"))
 
 # The table, in dependency order.  Keys are dotted workflow prefixes, checked in table order.
@@ -151,7 +175,7 @@ STAGES: list[Stage] = [
           writes=REDUCED_ARRAYS, reprocess="integrate", gpu=True,
           marker_doc=("1", "1 = this block of reduced/ is completely written"),
           keys=("store.omega_chunk", "store.q_chunk", "inputs", "scan", "geometry", "integrate"),
-          held=lambda s: budget.integrate_bytes(s.layout.omega_chunk * s.nx, s.nq, s.frame_bytes),
+          held=lambda s: budget.integrate_bytes(s.layout.omega_chunk * s.nx, s.bins, s.frame_bytes, sums=s.sums),
           read=lambda s: s.frames * s.frame_bytes),
     Stage("center", "slice", tasks_recon.add_center_tasks, after=("integrate",), marker="value",
           writes=(f"{R}/slice_info", f"{R}/mu"), reprocess="recon", keys=("sinogram",), marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
@@ -162,7 +186,13 @@ STAGES: list[Stage] = [
           writes=(f"{R}/intensity", f"{R}/air_model"), reprocess="recon", keys=("recon",),
           marker_doc=("1", "1 = this q block of recon/ is completely written"),
           held=lambda s: budget.recon_bytes(s.nomega, s.nx, s.layout.q_chunk, s.layout.q_sub),
-          read=lambda s: s.frames * (4 * s.nq + 1)),
+          read=lambda s: s.frames * (4 * s.bins + 1)),
+    # sectors: each reflection's intensity, position, d and strain per voxel and sector (its q window)
+    Stage("texture", "voxel rows", tasks_texture.add_tasks, after=("recon",), marker="task", marker_dim="texture_block",
+          writes=TEXTURE_ARRAYS, reprocess="texture", keys=("texture",), when=_texture,
+          marker_doc=("1", "1 = this block of voxel rows of texture/ is completely written"),
+          held=lambda s: budget.texture_bytes(s.layout.y_chunk, s.nx, s.nchi, s.peaks),
+          read=lambda s: s.nz * s.nx * s.nx * s.nchi * s.peaks * budget.TEXTURE_WINDOW_BINS * 4),
     # recon-then-pdf: each row block's share of the edge background and the largest scale, then G(r)
     Stage("pdf-scale", "voxel rows", tasks_pdf.add_scale_tasks, after=("recon",), reprocess="pdf", keys=("pdf",),
           when=_recon_then_pdf, held=lambda s: budget.pdf_scale_bytes(s.layout.y_chunk, s.nx, s.nq),

@@ -38,7 +38,7 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     integ = integrator_for(ctx.workflow)
     idx = block_indices(ctx, block)
     nw, nx = idx.shape
-    nq = integ.plan.nbins
+    pattern = integ.plan.pattern_shape  # (nq,), or (nchi, nq) with sectors
     flat_idx = idx.reshape(-1)
     monitor = store.open_array(ctx.store_path, f"{store.REDUCED}/monitor", "r")[
         block.z, block.omega_start:block.omega_stop].reshape(-1).astype(np.float64)
@@ -49,9 +49,10 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     with np.errstate(invalid="ignore"):
         bad_monitor = ~(np.isfinite(ratio) & (ratio > 0) & (ratio <= limit) & (ratio >= 1 / limit))
     t_engine = time.perf_counter()
-    intensity, sigma, status, nbytes = integ.integrate_source(
+    intensity, sigma, status, nbytes, *sums = integ.integrate_source(
         frame_source(ctx.workflow), flat_idx, np.where(bad_monitor, 1.0, ratio), read_threads=ctx.read_threads,
         check_md5=ctx.check_md5)
+    sums = sums[0] if sums else None  # integrate.keep_sums: (5, frames, *pattern)
     t_write = time.perf_counter()
     status[(status == FrameStatus.OK) & bad_monitor] = FrameStatus.BAD_MONITOR
     # a good frame the scan file placed (recorded twice, or out of acquisition order) keeps that note
@@ -61,8 +62,11 @@ def integrate_block(block: store.FrameBlock, ctx: RunContext) -> dict:
     bad = ~usable(status)
     intensity[bad] = np.nan
     sigma[bad] = np.nan
-    store.write_reduced(ctx.store_path, block, intensity.reshape(nw, nx, nq), sigma.reshape(nw, nx, nq),
-                        monitor.reshape(nw, nx).astype(np.float32), status.reshape(nw, nx))
+    if sums is not None:
+        sums[:, bad] = np.nan
+    store.write_reduced(ctx.store_path, block, intensity.reshape(nw, nx, *pattern), sigma.reshape(nw, nx, *pattern),
+                        monitor.reshape(nw, nx).astype(np.float32), status.reshape(nw, nx),
+                        sums=None if sums is None else sums.reshape(5, nw, nx, *pattern))
     store.mark_done(ctx.store_path, "integrate", (block.z, block.omega_start // ctx.layout.omega_chunk))
     counts = {FrameStatus(s).name: int(n) for s, n in zip(*np.unique(status, return_counts=True))}
     return {"stage": "integrate", "z": block.z, "omega_start": block.omega_start, "frames": int(flat_idx.size),

@@ -134,7 +134,14 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
 
 
 def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict:
-    """Prepare the sinograms of slice ``z``, q bins ``qs``, reconstruct them, write ``recon/``.
+    """Prepare the sinograms of slice ``z``, q bins ``qs``, reconstruct them, write ``recon/``
+    (:func:`reconstruct_sector_block` with no sectors)."""
+    return reconstruct_sector_block(z, None, qs, center, ctx)
+
+
+def reconstruct_sector_block(z: int, chi: int | None, qs: slice, center, ctx: RunContext, *deps) -> dict:
+    """Prepare the sinograms of slice ``z``, sector ``chi`` (None: no sectors), q bins ``qs``,
+    reconstruct them, write ``recon/``.
 
     ``center`` is :func:`find_center`'s result (or a number of pixels).  The block is prepared and
     reconstructed ``layout.q_sub`` bins at a time, so the task holds the block's sinogram and
@@ -147,7 +154,8 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     geo = _geometry(center)
     xp = array_module(wf.recon.engine)
     # (nomega, nx, nq_block), one omega chunk at a time
-    sino = store.read_chunked(ctx.store_path, f"{store.REDUCED}/intensity", (z, slice(None), slice(None), qs), 0)
+    bins = (qs,) if chi is None else (int(chi), qs)  # the block's (chi, q) index in reduced/ and recon/
+    sino = store.read_chunked(ctx.store_path, f"{store.REDUCED}/intensity", (z, slice(None), slice(None), *bins), 0)
     opts = prep_options(wf.sinogram) | {"center": geo["center"],
                                         "known_stripes": geo.get("stripe_segments", geo.get("stripe_columns"))}
     if wf.sinogram.jitter and geo.get("shifts_px"):  # the slice's shifts, from its q-summed sinogram
@@ -156,11 +164,13 @@ def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict
     vol, info = _reconstruct_sub_blocks(ctx, z, sino, opts, xp, absorption=_absorption_inputs(ctx, z, qs))
     del sino
     release(xp)
-    store.write_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qs), vol, 0)
-    if info.get("air_model") is not None:
+    store.write_chunked(ctx.store_path, f"{store.RECON}/intensity", (z, slice(None), slice(None), *bins), vol, 0)
+    if info.get("air_model") is not None and chi is None:  # (z, 2, q): one model per q bin, of 1D runs only
         store.write_region(ctx.store_path, f"{store.RECON}/air_model", (z, slice(None), qs), info["air_model"])
-    store.mark_done(ctx.store_path, "recon", (z, qs.start // ctx.layout.q_chunk))
-    return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), "center": info["center"], "filled": info["filled"],
+    nqb = 0 if chi is None else -(-store.open_array(ctx.store_path, "q", "r").shape[0] // ctx.layout.q_chunk)
+    store.mark_done(ctx.store_path, "recon", (z, (chi or 0) * nqb + qs.start // ctx.layout.q_chunk))
+    return {"stage": "recon", "z": z, "q": (qs.start, qs.stop), **({} if chi is None else {"chi": int(chi)}),
+            "center": info["center"], "filled": info["filled"],
             "zingers": info["zingers"], "steps": info["steps"], "algorithm": wf.recon.algorithm,
             "engine": "astra" if wf.recon.engine == "astra" else _engine(xp), "seconds": time.perf_counter() - t0}
 
@@ -219,9 +229,15 @@ def add_center_tasks(b: SliceTasks, st) -> None:
 
 
 def add_recon_tasks(b: SliceTasks, st) -> None:
-    """The recon tasks of slice ``b.z`` still to do: one per block of ``layout.q_chunk`` bins, with
-    the slice's centre."""
+    """The recon tasks of slice ``b.z`` still to do: one per block of ``layout.q_chunk`` bins (of each
+    sector: task ``k * nqb + j`` is sector k, q block j), with the slice's centre."""
     nq, qc = b.nq, b.ctx.layout.q_chunk
+    nqb, nchi = -(-nq // qc), b.ctx.workflow.integrate.npt_azim
     center = b.result(st.after[0])
-    for i in b.pending(st.name, -(-nq // qc)):
-        b.add(st.name, i * qc, reconstruct_block, b.z, slice(i * qc, min((i + 1) * qc, nq)), center, b.ctx)
+    for i in b.pending(st.name, nchi * nqb):
+        k, j = divmod(i, nqb)
+        qs = slice(j * qc, min((j + 1) * qc, nq))
+        if nchi == 1:
+            b.add(st.name, j * qc, reconstruct_block, b.z, qs, center, b.ctx)
+        else:  # keyed by the block's first (chi, q) bin, flat
+            b.add(st.name, k * nq + j * qc, reconstruct_sector_block, b.z, k, qs, center, b.ctx)

@@ -12,7 +12,9 @@ import numpy as np
 from xrdct_dask import store
 from xrdct_dask.config import Workflow, WorkflowError
 from xrdct_dask.integrate.csr import load_image, load_poni
-from xrdct_dask.io.cbf import CorruptFrameError, frame_complete, read_cbf_payload
+from xrdct_dask.io.cbf import CorruptFrameError
+from xrdct_dask.io.fabio_frames import frame_file_complete, frame_file_shape
+from xrdct_dask.io.images import load_stack
 from xrdct_dask.io.layout import FrameTemplate
 from xrdct_dask.io.source import Hdf5Frames
 from xrdct_dask.io.spec import split_spec
@@ -36,14 +38,16 @@ def check_inputs(wf: Workflow):
         first = frame_path(wf, 0)
         if not first.parent.is_dir():
             raise WorkflowError(f"inputs.frames: folder {first.parent} does not exist")
+    # the geometry: a PONI file, or the integration.json of inputs.pyfai_config (parsed by pyFAI)
+    key = "inputs.pyfai_config" if wf.inputs.pyfai_config and wf.inputs.poni == wf.inputs.pyfai_config else "inputs.poni"
     try:
         ai = load_poni(wf.inputs.poni)
     except (FileNotFoundError, ValueError) as err:
-        raise WorkflowError(f"inputs.poni: {err}") from None
+        raise WorkflowError(f"{key}: {err}") from None
     # pyFAI reads any text as a PONI with default geometry: insist on the keys a calibration writes
     text = Path(wf.inputs.poni).read_text(errors="replace").lower()
     lacking = [k for k in ("distance", "poni1", "poni2") if f"{k}:" not in text]
-    if lacking:
+    if lacking and key == "inputs.poni":
         raise WorkflowError(f"inputs.poni: {wf.inputs.poni} is not a PONI file (no {', '.join(lacking)} key)")
     numbers = {"Distance": ai.dist, "Poni1": ai.poni1, "Poni2": ai.poni2, "Rot1": ai.rot1, "Rot2": ai.rot2,
                "Rot3": ai.rot3} | ({"Wavelength": ai.wavelength} if ai.wavelength is not None else {})
@@ -53,28 +57,27 @@ def check_inputs(wf: Workflow):
     if not bad and ai.wavelength is not None and not ai.wavelength > 0:
         bad = [f"Wavelength = {ai.wavelength} (must be > 0)"]
     if bad:
-        raise WorkflowError(f"inputs.poni: {wf.inputs.poni} has {', '.join(bad)}: not a usable geometry")
+        raise WorkflowError(f"{key}: {wf.inputs.poni} has {', '.join(bad)}: not a usable geometry")
     det_shape = ai.detector.max_shape
     shape = _hdf5_frame_shape(wf) if wf.frames_hdf5 else _cbf_frame_shape(wf, det_shape)
     check_run_sizes(wf, shape)  # before anything of the scan's, the bins' or a frame's size is allocated
     if det_shape is not None and tuple(det_shape) != tuple(shape):
-        raise WorkflowError(f"inputs.poni: the PONI's detector is {det_shape[0]} x {det_shape[1]} pixels but the "
+        what = "the PONI's detector" if key == "inputs.poni" else f"its detector ({ai.detector.name})"
+        raise WorkflowError(f"{key}: {what} is {det_shape[0]} x {det_shape[1]} pixels but the "
                             f"frames are {shape[0]} x {shape[1]}")
     if ai.wavelength is None and wf.integrate.unit != "2th_deg":
-        raise WorkflowError("inputs.poni: no wavelength in the PONI, needed for q units")
+        raise WorkflowError(f"{key}: no wavelength in the geometry, needed for q units")
     for key in ("mask", "dark", "flat"):
-        p = getattr(wf.inputs, key)
-        if p is None:
-            continue
-        if not Path(p).is_file():
-            raise WorkflowError(f"inputs.{key}: {p} not found")
-        try:
-            img = load_image(p)
-        except Exception as err:
-            raise WorkflowError(f"inputs.{key}: {p} is not a readable image ({err})") from None
-        if img.shape != tuple(shape):
-            raise WorkflowError(f"inputs.{key}: {p} is {img.shape[0]} x {img.shape[1]} but the frames are "
-                                f"{shape[0]} x {shape[1]}")
+        for p in _files(getattr(wf.inputs, key)):  # dark, flat: several files or a stack
+            if not Path(p).is_file():
+                raise WorkflowError(f"inputs.{key}: {p} not found")
+            try:
+                img = load_image(p) if key == "mask" else load_stack(p)[0]
+            except Exception as err:
+                raise WorkflowError(f"inputs.{key}: {p} is not a readable image ({err})") from None
+            if img.shape != tuple(shape):
+                raise WorkflowError(f"inputs.{key}: {p} is {img.shape[0]} x {img.shape[1]} but the frames are "
+                                    f"{shape[0]} x {shape[1]}")
     for key in ("monitor", "transmission", "scan_file"):
         p = getattr(wf.inputs, key)
         if p is not None and not Path(p).is_file():
@@ -83,6 +86,11 @@ def check_inputs(wf: Workflow):
 
     check_background_scan(wf, shape)
     return ai, shape
+
+
+def _files(value) -> list:
+    """An input key's files: none, one, or a list (dark, flat)."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def check_recon_engine(wf: Workflow) -> None:
@@ -103,7 +111,7 @@ def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
     shape, first_err, seen = None, None, False
     for i in range(min(wf.scan.nframes, FRAMES_PROBED)):
         try:
-            s = read_cbf_payload(frame_path(wf, i)).shape
+            s = frame_file_shape(frame_path(wf, i))
         except FileNotFoundError:
             continue
         except (CorruptFrameError, OSError) as err:
@@ -143,9 +151,10 @@ def input_files(wf: Workflow) -> dict[str, Path]:
 
         out["inputs.frames (root)"] = Path(FrameTemplate(split_spec(wf.inputs.frames)[0], wf.scan_shape,
                                                          wf.frames_hdf5).root() or ".")
-    for key in ("poni", "mask", "dark", "flat", "monitor", "transmission", "scan_file"):
-        if getattr(i, key) is not None:
-            out[f"inputs.{key}"] = Path(getattr(i, key))
+    for key in ("poni", "pyfai_config", "mask", "dark", "flat", "monitor", "transmission", "scan_file"):
+        files = _files(getattr(i, key))
+        for k, f in enumerate(files):  # several dark or flat files: inputs.dark[0], ...
+            out[f"inputs.{key}" + (f"[{k}]" if len(files) > 1 else "")] = Path(f)
     if wf.pdf.enabled and wf.pdf.background == "file" and wf.pdf.background_file is not None:
         out["pdf.background_file"] = Path(wf.pdf.background_file)
     from xrdct_dask.runs.background import input_files as background_files
@@ -188,7 +197,7 @@ def frame_sample(wf: Workflow) -> dict:
     for f in files:
         try:
             size = os.stat(f).st_size
-            sizes.append(size if wf.frames_hdf5 or frame_complete(f) else -1)
+            sizes.append(size if wf.frames_hdf5 or frame_file_complete(f) else -1)
         except OSError:
             sizes.append(-1)
     return {"files": [str(f) for f in files], "bytes": sizes}
@@ -226,7 +235,7 @@ def frames_present(wf: Workflow):
     source holds it)."""
     if not wf.frames_hdf5:
 
-        return lambda i: frame_complete(frame_path(wf, i))
+        return lambda i: frame_file_complete(frame_path(wf, i))
     if wf.frames_templated:  # a file per slice or line: its file is there and holds the frame
         src = frame_source(wf)
 

@@ -52,7 +52,7 @@ from xrdct_dask.cluster.local import client_for, stage_resources
 from xrdct_dask.cluster.logs import RunLogPlugin, worker_log_level
 from xrdct_dask.config import Workflow, WorkflowError, load_workflow, workflow_from_dict
 from xrdct_dask.errors import TaskFailed
-from xrdct_dask.io.cbf import frame_complete
+from xrdct_dask.io.fabio_frames import frame_file_complete
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.pipeline.frames import frame_path
@@ -131,7 +131,7 @@ class _Frames:
                 whole, size = present(int(i)), None
             else:
                 p = frame_path(self.wf, int(i))
-                whole = frame_complete(p)
+                whole = frame_file_complete(p)
                 try:
                     size = None if whole else os.stat(p).st_size
                 except OSError:
@@ -217,7 +217,7 @@ def _wait_for_first_frame(wf: Workflow, idle_timeout_s: float, poll_s: float) ->
             present = frames_present(wf)
             if any(present(i) for i in first):
                 return
-        elif any(frame_complete(frame_path(wf, i)) for i in first):
+        elif any(frame_file_complete(frame_path(wf, i)) for i in first):
             return
         if time.time() - t0 > idle_timeout_s:
             raise WorkflowError(f"inputs.frames: no frame came in {idle_timeout_s:g} s ({wf.inputs.frames})")

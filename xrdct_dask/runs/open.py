@@ -45,6 +45,7 @@ from xrdct_dask.runs.inputs import (
     input_files,
 )
 from xrdct_dask.runs.scanlayout import ScanLayout, scan_layout, write_scan_arrays
+from xrdct_dask.runs.sectors import sector_store_args
 from xrdct_dask.store.budget import Layout, choose_layout, task_memory
 from xrdct_dask.store.specs import MarkerSpec
 from xrdct_dask.store.viewcopy import view_group_attrs, view_specs
@@ -60,8 +61,12 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None
     per-frame arrays are written slab by slab on the workers of ``client`` (a client or a callable
     making one; None: here), :func:`write_scan_arrays`."""
 
-    radial = plan_for(wf).radial  # the plan is cached for the workers; no engine is built here
+    plan = plan_for(wf)  # the plan is cached for the workers; no engine is built here
+    radial = plan.radial
     wavelength_A = (ai.wavelength or 0) * 1e10
+    sectors = sector_store_args(wf, plan.azimuthal, radial, wavelength_A)  # texture peaks checked: nothing written yet
+    if wf.sources:  # keys an inputs.pyfai_config gave, and those the workflow set over it
+        console.info("from inputs.pyfai_config %s:\n  %s", wf.inputs.pyfai_config, "\n  ".join(wf.sources))
     r_A = op = None
     if wf.pdf.enabled:
 
@@ -81,12 +86,12 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None
     except ValueError as err:
         raise WorkflowError(f"inputs.scan_file: {err}") from None
     try:
-        return _prepare_store(wf, ai, lay, radial, wavelength_A, r_A, op, extra_attrs, client)
+        return _prepare_store(wf, ai, lay, radial, wavelength_A, r_A, op, extra_attrs, client, sectors)
     finally:
         lay.close()
 
 
-def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A, op, extra_attrs, client):
+def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A, op, extra_attrs, client, sectors):
     s = wf.scan
     path = Path(wf.store.path)
     if lay.grid is not None and lay.grid.duplicates():
@@ -108,6 +113,7 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         "poni": {k: v for k, v in ai.get_config().items() if k != "detector_config"} | {"detector": ai.detector.name},
         "positions": lay.positions,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"workflow_sources": wf.sources} if wf.sources else {}),
     } | (extra_attrs or {})
 
     layout = layout_for(wf, radial.size, 0 if r_A is None else r_A.size)
@@ -116,7 +122,7 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
         store.create_store(tmp, nz=s.nz, nomega=s.nomega, nx=s.nx, radial=radial, radial_unit=wf.integrate.unit,
                            omega_deg=lay.omega_deg, x_mm=lay.x_mm, z_mm=lay.z_mm,
                            r_A=r_A, layout=layout, attrs=attrs, markers=store_markers(wf, layout, radial, r_A),
-                           **pdf_store_args(wf, op), **absorption_store_args(wf),
+                           **pdf_store_args(wf, op), **absorption_store_args(wf), **sectors,
                            **view_store_args(wf, layout, radial, r_A), background_rows=background_rows(wf))
         if background is not None:
             store.open_array(tmp, f"{store.REDUCED}/background")[...] = background

@@ -58,7 +58,8 @@ from xrdct_dask.cluster.profiles import job_resources, load_profile
 from xrdct_dask.config import Workflow
 from xrdct_dask.integrate.cache import cached_radial
 from xrdct_dask.integrate.csr import load_poni
-from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
+from xrdct_dask.io.cbf import CorruptFrameError
+from xrdct_dask.io.fabio_frames import frame_file_shape
 from xrdct_dask.pdf import operator_for, radial_to_q_A
 from xrdct_dask.pdf.transform import r_grid
 from xrdct_dask.pipeline.context import RunContext
@@ -66,6 +67,7 @@ from xrdct_dask.pipeline.frames import frame_path, frame_source
 from xrdct_dask.pipeline.graph import build_graph
 from xrdct_dask.pipeline.integrator import _plan_inputs
 from xrdct_dask.pipeline.stages import Sizes, marker_specs, stages_of, tasks_per_slice
+from xrdct_dask.runs.sectors import sector_spec_args
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
 from xrdct_dask.resources import shipped_throughputs
 from xrdct_dask.runs.background import background_rows
@@ -191,7 +193,7 @@ def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int
     if first is not None and first.is_file():
 
         try:
-            shape = read_cbf_payload(first).shape
+            shape = frame_file_shape(first)
         except (CorruptFrameError, OSError):
             shape = detector_shape
         return first.stat().st_size, f"size of {first.name}", tuple(shape) if shape else PILATUS2M_SHAPE
@@ -317,7 +319,7 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     held = {st.name: st.held(sizes) for st in table}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, markers=marker_specs(wf, sizes),
                               pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux,
-                              **absorption_store_args(wf), background_rows=background_rows(wf)) + (view_specs(nz, sizes.view) if sizes.view else [])
+                              **absorption_store_args(wf), **sector_spec_args(wf), background_rows=background_rows(wf)) + (view_specs(nz, sizes.view) if sizes.view else [])
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]

@@ -42,6 +42,7 @@ from xrdct_dask.runs.open import (
     store_markers,
     view_store_args,
 )
+from xrdct_dask.runs.sectors import sector_store_args
 from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
     report_leftovers(out)  # a killed reprocess's half-built store: removed where provably stale, else said
     pattrs = store.read_attrs(parent)
     layout = store.layout_of(parent)
-    coord = {n: store.open_array(parent, n, "r")[:] for n in ("q", "omega", "x", "z")}
+    coord = {n: store.open_array(parent, n, "r")[:] for n in ("q", "omega", "x", "z", "chi") if (parent / n).exists()}
     wavelength_A = float(pattrs["wavelength_angstrom"])
     r_A = op = None
     if wf.pdf.enabled:
@@ -192,6 +193,7 @@ def _derive_store(rp: Reprocess, lineage: dict, client=None):
                            omega_deg=coord["omega"], x_mm=coord["x"], z_mm=coord["z"], r_A=r_A,
                            layout=layout, attrs=attrs, markers=store_markers(wf, layout, coord["q"], r_A),
                            **pdf_store_args(wf, op), **absorption_store_args(wf),
+                           **sector_store_args(wf, coord.get("chi"), coord["q"], wavelength_A),
                            **view_store_args(wf, layout, coord["q"], r_A), background_rows=rows)
         n = sum(link_group(parent, tmp, group, client=client) for group in rp.reused)
         n += link_group(parent, tmp, store.TASKS, [st.name for st in rp.kept if st.marker], client=client)

@@ -54,9 +54,12 @@ def phase_patterns_as_measured(integrator, detector: str = "small", phases=None)
     return integrator.integrate(frames).intensity
 
 
-def _render(ai, shape, q_nm, pattern, scale, rng, gaps, bad, zinger_rate, spot_rate):
-    expected = ai.calcfrom1d(q_nm, pattern * scale, shape=shape, dim1_unit="q_nm^-1", correctSolidAngle=True,
-                             polarization_factor=0.99)
+def _render(ai, shape, q_nm, pattern, scale, rng, gaps, bad, zinger_rate, spot_rate, profiles=None):
+    if profiles is None:
+        expected = ai.calcfrom1d(q_nm, pattern * scale, shape=shape, dim1_unit="q_nm^-1", correctSolidAngle=True,
+                                 polarization_factor=0.99)
+    else:  # textured phases: ``pattern`` holds the phases' amounts, ``profiles`` their counts per pixel
+        expected = (scale * (pattern @ profiles)).reshape(shape)
     frame = rng.poisson(np.maximum(expected, 0)).astype(np.int32)
     if rng.random() < zinger_rate:  # cosmic rays / zingers: single hot pixels
         k = rng.integers(1, 4)

@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 from fabio.cbfimage import CbfImage
 from fabio.edfimage import EdfImage
+from fabio.tifimage import TifImage
 
 from xrdct_dask.io.layout import FrameTemplate, ScanShape
 from xrdct_dask.io.scan import acquisition_order
@@ -37,6 +38,7 @@ from xrdct_dask.simulate.phantom import (
     project,
     two_theta_of_q_deg,
 )
+from xrdct_dask.simulate.texture import textured_profiles
 
 
 @dataclass
@@ -129,11 +131,24 @@ def stores_made_from(folder: Path) -> list[Path]:
     return found
 
 
+def _frame_image(name: str, frame: np.ndarray, header: dict):
+    """The fabio image a frame file ``name`` is written with: TIFF (``.tif`` / ``.tiff``: the pixels
+    only), EDF (``.edf[.gz|.bz2]``: the CBF header's lines as keys), else CBF."""
+    lower = name.lower()
+    if lower.endswith((".tif", ".tiff")):
+        return TifImage(data=frame)
+    if ".edf" in lower:
+        lines = header["_array_data.header_contents"].split("\r\n")
+        return EdfImage(data=frame, header={f"line_{k}": v.lstrip("# ") for k, v in enumerate(lines)})
+    return CbfImage(data=frame, header=header)
+
+
 def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 24, *, detector: str = "small",
                   order: str = "snake", fast_axis: str = "x", omega_range_deg: int = 180, npt_rad: int = 1000,
                   seed: int = 0, peak_counts: float = 1.0e5, zinger_rate: float = 0.02, spot_rate: float = 0.02,
                   threads: int = 4, progress=None, fmt: str = "cbf", frames_per_file: int = 100,
-                  frames: str | None = None, mu_per_px=None, environment=None) -> SimulatedScan:
+                  frames: str | None = None, mu_per_px=None, environment=None, texture: dict | None = None,
+                  distance_m: float = 0.2) -> SimulatedScan:
     """Simulate a whole XRD-CT scan into ``out_dir`` and return its paths.
 
     Writes the frames in acquisition order -- ``fmt="cbf"``: ``frames/frame_{index:06d}.cbf``;
@@ -146,7 +161,8 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
 
     ``frames``, a template relative to ``out_dir`` (:mod:`xrdct_dask.io.layout`), writes another
     layout of the same frames: ``slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf`` (CBF, may
-    end ``.cbf.gz`` / ``.cbf.bz2``: compressed after writing), or ``slice_{z:04d}.h5::/entry/data/data``
+    end ``.cbf.gz`` / ``.cbf.bz2``: compressed after writing; or ``.tif`` / ``.edf`` (``.edf.gz``): TIFF or EDF
+    files of the same pixels, written by fabio), or ``slice_{z:04d}.h5::/entry/data/data``
     (``fmt="h5"``: a plain HDF5 file per slice or line, chunks of one frame, bitshuffle-LZ4).
 
     ``environment`` (:class:`~xrdct_dask.simulate.environment.SampleEnvironment`): the sample in a
@@ -161,12 +177,19 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
     channel is recorded:
     ``transmission.txt``, one reading per frame (a diode after the sample: 0.8 x monitor x
     exp(-P[mu]), Poisson), named ``inputs.transmission`` in the workflow; ``truth.npz`` gains ``mu``.
+
+    ``texture`` (``{phase name: PhaseTexture}``, :mod:`xrdct_dask.simulate.texture`): those phases
+    scatter with a preferred orientation and a lattice strain that vary with the azimuth chi (the
+    same at every omega); ``truth.json`` records them.  ``distance_m``: sample-detector distance
+    (larger: bigger rings, more pixels per azimuthal sector, a smaller q range).
     """
 
     if fmt not in ("cbf", "h5"):
         raise ValueError(f"fmt must be cbf or h5, got {fmt!r}")
     if frames_per_file < 1:
         raise ValueError(f"frames_per_file must be >= 1, got {frames_per_file}")
+    if texture and mu_per_px is not None:
+        raise ValueError("a textured sample is simulated without attenuation (mu_per_px)")
 
     out = Path(out_dir)
     check_simulation_folder(out)
@@ -202,8 +225,14 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
         node_k = np.clip(np.searchsorted(nodes, tt_q, side="right") - 1, 0, nodes.size - 2)
         node_t = (tt_q - nodes[node_k]) / ATTENUATION_NODE_DEG
 
-    ai = make_integrator(detector)
+    ai = make_integrator(detector, distance_m)
     shape = DETECTORS[detector][0]
+    profiles = None
+    if texture:
+        unknown = sorted(set(texture) - {p.name for p in phases})
+        if unknown:
+            raise ValueError(f"texture names phases {unknown}; the phantom's are {[p.name for p in phases]}")
+        profiles = textured_profiles(ai, shape, Q_GRID_A * 10, pat, [texture.get(p.name) for p in phases])
     # beamstop shadow: no counts below BEAMSTOP_Q_A (the nanoclusters' small-angle scattering)
     q_pix_A = ai.center_array(shape, unit="q_nm^-1") / 10
     gaps = detector_mask(detector) | (q_pix_A < BEAMSTOP_Q_A)
@@ -228,6 +257,9 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
 
     def render(i):
         iz, iw, ix = order_idx[i]
+        if profiles is not None:  # the phases' amounts along the beam; their counts per pixel are in profiles
+            return _render(ai, shape, q_nm, sinos[:, iz, iw, ix], scale * monitor[i] / 1e5,
+                           np.random.default_rng(seeds[i]), gaps, bad, zinger_rate, spot_rate, profiles)
         if att is None:
             pattern = np.tensordot(sinos[:, iz, iw, ix], pat, axes=1) + (0 if air is None else air[ix])
         else:  # each node's attenuated pattern, linear in 2theta between nodes
@@ -256,15 +288,16 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
                       f"# Sample_z_mm {z_mm[iz]:.4f}"])}
         path = out / (layout.format(i) if layout is not None else f"frames/frame_{i:06d}.cbf")
         path.parent.mkdir(parents=True, exist_ok=True)
+        image = _frame_image(path.name, frame, header)  # CBF, or TIFF / EDF (a flat panel's, an older beamline's)
         if path.suffix in (".gz", ".bz2"):  # an archive of compressed frames
 
-            tmp = path.with_name(path.name + ".tmp.cbf")
-            CbfImage(data=frame, header=header).write(str(tmp))
+            tmp = path.with_name(path.name + ".tmp")
+            image.write(str(tmp))
             with (gzip if path.suffix == ".gz" else bz2).open(path, "wb") as fh:
                 fh.write(tmp.read_bytes())
             tmp.unlink()
         else:
-            CbfImage(data=frame, header=header).write(str(path))
+            image.write(str(path))
 
     if fmt == "cbf":
         frames_template = frames or "frames/frame_{index:06d}.cbf"
@@ -308,6 +341,8 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
         "phases": [{"name": p.name, "composition": p.composition, "kind": p.kind, "lattice_a_angstrom": p.lattice_a}
                    for p in phases],
         "energy_kev": ENERGY_KEV, "wavelength_angstrom": WAVELENGTH_A, "detector": detector, "seed": seed,
+        **({"distance_m": distance_m} if distance_m != 0.2 else {}),
+        **({"texture": {name: t.to_dict() for name, t in texture.items()}} if texture else {}),
         "scan": {"nz": nz, "nomega": nomega, "nx": nx, "order": order, "fast_axis": fast_axis,
                  "omega_range_deg": omega_range_deg}}
         | ({} if env is None else {"environment": env.truth(nx)}), indent=2))

@@ -15,7 +15,7 @@ import zarr
 from xrdct_dask.errors import NotARunError
 from xrdct_dask.io.status import usable
 from xrdct_dask.store.budget import MIN_TASK_MEMORY, Layout
-from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, FrameBlock, region_for
+from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, SUM_ARRAYS, FrameBlock, region_for
 from xrdct_dask.store.safety import StoreWriteError
 
 
@@ -86,19 +86,24 @@ def write_region(path, name: str, region, value) -> None:
                               f"{Path(path) / name}: cannot write {region} ({err.strerror or err})") from None
 
 
-def write_reduced(path, block: FrameBlock, intensity, sigma, monitor, frame_status) -> None:
-    """Write one block: intensity, sigma ``(nw, nx, nq)``; monitor, frame_status ``(nw, nx)``.
+def write_reduced(path, block: FrameBlock, intensity, sigma, monitor, frame_status, sums=None) -> None:
+    """Write one block: intensity, sigma ``(nw, nx, nq)`` (with sectors ``(nw, nx, nchi, nq)``);
+    monitor, frame_status ``(nw, nx)``; ``sums`` (the kept sums, ``(5, nw, nx, ...)`` in the order of
+    :data:`~xrdct_dask.store.layout.SUM_ARRAYS`) or None.
 
     ``frame_status`` is written last: a block whose status reads -1 was not (completely) written.
-    ``frame_ok`` is :func:`~xrdct_dask.io.status.usable` of the status.
+    ``frame_ok`` is :func:`~xrdct_dask.io.status.usable` of the status; ``total`` sums every bin.
     """
 
     reg = region_for(block)
     ok = usable(frame_status)
     write_region(path, f"{REDUCED}/intensity", reg, intensity[None])
     write_region(path, f"{REDUCED}/sigma", reg, sigma[None])
+    for name, values in zip(SUM_ARRAYS, () if sums is None else sums):
+        write_region(path, f"{REDUCED}/{name}", reg, values[None])
     write_region(path, f"{REDUCED}/monitor", reg, monitor[None])
-    write_region(path, f"{REDUCED}/total", reg, np.where(ok, np.nansum(intensity, axis=-1), np.nan)[None])
+    bins = -1 if intensity.ndim == 3 else tuple(range(2, intensity.ndim))
+    write_region(path, f"{REDUCED}/total", reg, np.where(ok, np.nansum(intensity, axis=bins), np.nan)[None])
     write_region(path, f"{REDUCED}/frame_ok", reg, ok[None])
     write_region(path, f"{REDUCED}/frame_status", reg, frame_status.astype(np.int8)[None])
 

@@ -19,7 +19,10 @@ q bins, ``nr`` r points, ``B`` voxels per GEMM batch; the copy factors are const
 written once here, used both to choose the layout and by ``xrdct plan``, and checked against
 tracemalloc's peak of the real task functions (tests/test_budget.py):
 
-    integrate   wc nx (8 nq + 21) + 2 min(128, wc nx) frame_bytes      (its output block + reads ahead)
+    integrate   wc nx (8 nb + 21) + 2 min(128, wc nx) frame_bytes      (its output block + reads ahead)
+                + 20 wc nx nb (kept sums) + 48 * 32 nb (the CPU engine's accumulators of a batch)
+                                                                   (nb = npt_azim * nq bins per frame)
+    texture     y nx nchi (peaks WINDOW + 8 peaks) 4               (the rows' q windows, their figures)
     recon       READ nw nx qc 4 (sinogram block) + nx^2 qc 4 (volume) + PREP nw nx q_sub 4
                 + FBP nw nfft min(32, q_sub) 4                             (nfft ~ 2 nx)
     pdf         y nx nq 4 (rows) + y nx (nr + 5) 4 (G, figures) + GEMM B (nq + nr + 81) 8
@@ -91,10 +94,23 @@ def fft_length(nx: int) -> int:
     return detector_window(nx, nx // 2, nx)[2]
 
 
-def integrate_bytes(frames: int, nq: int, frame_bytes: int, batch: int = 128) -> int:
-    """A decode-integrate task of ``frames`` frames: its output block (intensity, sigma, status,
-    monitor) and two batches of files read ahead."""
-    return frames * (8 * nq + 21) + 2 * min(batch, frames) * frame_bytes
+def integrate_bytes(frames: int, nbins: int, frame_bytes: int, batch: int = 128, *, sums: bool = False) -> int:
+    """A decode-integrate task of ``frames`` frames of ``nbins`` bins each (sectors x q): its output
+    block (intensity, sigma, status, monitor; the five float32 sums where kept), two batches of
+    files read ahead, and the CPU engine's double accumulators of one batch (signal, variance and
+    four for pixels bad in a frame: 48 bytes per bin and frame of 32)."""
+    return frames * (8 * nbins + 21 + (20 * nbins if sums else 0)) + 2 * min(batch, frames) * frame_bytes \
+        + 48 * 32 * nbins
+
+
+TEXTURE_WINDOW_BINS = 24  # q bins a reflection's window holds, about (what a texture task reads per voxel and sector)
+
+
+def texture_bytes(rows: int, nx: int, nchi: int, peaks: int, window: int = TEXTURE_WINDOW_BINS) -> int:
+    """A texture task of ``rows`` rows of voxels: each reflection's q window in every sector (as
+    read, and in float64 for the fit) and its seven figures per sector."""
+    vox = rows * nx * nchi
+    return int(vox * peaks * (4 * READ_COPIES * window + 8 * window + 4 * 7))
 
 
 def recon_bytes(nomega: int, nx: int, q_chunk: int, q_sub: int, q_fbp: int = 32) -> int:

@@ -12,6 +12,8 @@
       reduced/frame_status int8 (z, omega, x)   xrdct_dask.io.status.FrameStatus code (-1 = not yet written)
       reduced/scan_flag  int8 (z, omega, x)     DUPLICATE / OUT_OF_ORDER where the scan file placed the frame, else 0
       reduced/transmission f32 (z, omega, x)    inputs.transmission only: the reading after the sample
+      reduced/sum_signal, sum_variance, sum_normalization, sum_normalization_squared, count
+                         f32 like intensity     integrate.keep_sums only: the integrator's sums (NXazint)
       reduced/background f32 (background_row, x, q)  a measured empty-container / air scan, integrated (only
                                                 with inputs.background_scan: 1 row for a line, nomega for a slice)
       reduced/background_total f32 (background_row, x)  its sum over q
@@ -27,11 +29,18 @@
                                                 S(Q) scale and quality figures (see xrdct_dask.pdf)
       pdf/G_sinogram     f32 (z, omega, x, r)   pdf-then-recon only: G(r) of every frame
       pdf/aux_sinogram   f32 (z, omega, x, channel)  pdf-then-recon only: scale + quality inputs
+      texture/...        f32 (z, y, x, [chi,] peak)  texture.peaks only: intensity, index, orientation,
+                                                position, d, strain per voxel (and sector) of each reflection
       tasks/integrate    u8 (z, omega_block)    1 = that block of reduced/ is completely written
       tasks/center       f64 (z)                rotation axis of the slice (pixels); NaN = not yet found
       tasks/recon        u8 (z, q_block)        1 = that q block of recon/ is completely written
       tasks/pdf          u8 (z)                 1 = that slice of pdf/ is completely written
       attrs: workflow, versions, input digest, engine, stage status, template_complete
+
+With azimuthal sectors (``integrate.npt_azim > 1``) the patterns get a ``chi`` axis (degrees, pyFAI's
+chi) before q: ``reduced/intensity`` (z, omega, x, chi, q) in chunks (1, omega_chunk, nx, 1, q_chunk)
+and ``recon/intensity`` (z, y, x, chi, q) in chunks (1, y_chunk, nx, 1, q_chunk), so that one
+sector's sinogram (or volume) of a q block reads without the others'.
 
 Data arrays are compressed with Blosc LZ4 and byte shuffle (``COMPRESSORS``).  The store is
 created whole before any compute (template first); every task writes only its own
@@ -52,6 +61,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from xrdct_dask.integrate.sums import SUM_NAMES
 from xrdct_dask.io.status import USABLE, FrameStatus
 from xrdct_dask.store.specs import ArraySpec
 
@@ -62,6 +72,12 @@ COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
 REDUCED, RECON, PDF = "reduced", "recon", "pdf"
+TEXTURE = "texture"
+# the integrator's sums kept next to I and sigma (integrate.keep_sums), pyFAI's / NXazint's names, in its order
+SUM_ARRAYS = SUM_NAMES
+# texture/ per voxel and reflection ((z, y, x, peak)) and per voxel, sector and reflection ((z, y, x, chi, peak))
+TEXTURE_VOXEL = ("index", "orientation_deg", "d0_angstrom")
+TEXTURE_SECTOR = ("intensity", "position", "d_angstrom", "strain")
 
 
 TASKS = "tasks"
@@ -131,25 +147,32 @@ def _coord(group, name: str, values: np.ndarray, attrs: dict) -> None:
 # what is ours: a store is recognised by the format marker in its root zarr.json (written first),
 # and replaced only whole, only when it holds nothing but what this program writes there
 # ------------------------------------------------------------------------------------------
-COORDS = ("z", "omega", "x", "y", "q", "r", "channel")
+COORDS = ("z", "omega", "x", "y", "q", "r", "channel", "chi", "peak")
 
 
 VIEW = "view"  # the view copy (xrdct_dask.store.viewcopy)
-ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TASKS, VIEW, *COORDS})
+ROOT_ENTRIES = frozenset({"zarr.json", REDUCED, RECON, PDF, TEXTURE, TASKS, VIEW, *COORDS})
 
 
 def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, markers=(),
                 pdf_sinograms: bool = False, aux_channels: int = 0, transmission: bool = False,
-                absorption: bool = False, background_rows: int = 0) -> list[ArraySpec]:
+                absorption: bool = False, background_rows: int = 0, nchi: int = 1, sums: bool = False,
+                peaks: int = 0) -> list[ArraySpec]:
     """Every data array and done-marker of a store: what :func:`create_store` creates and what
     ``xrdct plan`` counts.  ``nr = 0``: no PDF; ``pdf_sinograms``: the pdf-then-recon arrays;
     ``markers``: the :class:`MarkerSpec` of each stage that records its tasks, in stage order;
     ``transmission``: ``reduced/transmission`` (a transmission reading per frame); ``absorption``:
     ``recon/mu`` (the slices' attenuation maps of the self-absorption correction);
-    ``background_rows``: the rows of a measured background scan (0: none)."""
+    ``background_rows``: the rows of a measured background scan (0: none); ``nchi > 1``:
+    azimuthal sectors (a ``chi`` axis before q, one sector per chunk); ``sums``: the integrator's
+    sums (:data:`SUM_ARRAYS`) next to I and sigma; ``peaks``: the ``texture/`` arrays of that many
+    reflections."""
     wc, qc, yc, rc = layout.omega_chunk, layout.q_chunk, layout.y_chunk, layout.r_chunk
     frame = ("z", "omega", "x")
-    out = [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx, nq), (1, wc, nx, qc), "float32", (*frame, "q"), np.nan) for n in ("intensity", "sigma")]
+    # a pattern: (q,), or (chi, q) with sectors; one sector per chunk
+    pat, pchunk, pdims = ((nq,), (qc,), ("q",)) if nchi == 1 else ((nchi, nq), (1, qc), ("chi", "q"))
+    out = [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx, *pat), (1, wc, nx, *pchunk), "float32", (*frame, *pdims),
+                     np.nan) for n in ("intensity", "sigma", *(SUM_ARRAYS if sums else ()))]
     out += [ArraySpec(f"{REDUCED}/{n}", (nz, nomega, nx), (1, wc, nx), dt, frame, fill)
             for n, dt, fill in (("monitor", "float32", np.nan), ("total", "float32", np.nan),
                                 ("frame_index", "int64", -1), ("frame_ok", "bool", False),
@@ -161,8 +184,8 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, mark
                              "float32", ("background_row", "x", "q"), np.nan))
         out.append(ArraySpec(f"{REDUCED}/background_total", (background_rows, nx), (background_rows, nx), "float32",
                              ("background_row", "x"), np.nan))
-    out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, nq), (1, yc, nx, qc), "float32", ("z", "y", "x", "q"),
-                         np.nan))
+    out.append(ArraySpec(f"{RECON}/intensity", (nz, nx, nx, *pat), (1, yc, nx, *pchunk), "float32",
+                         ("z", "y", "x", *pdims), np.nan))
     if absorption:
         out.append(ArraySpec(f"{RECON}/mu", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan))
     out.append(ArraySpec(f"{RECON}/slice_info", (nz,), (1,), "str", ("z",), "", compressed=False))
@@ -176,6 +199,12 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, mark
                                  (*frame, "r"), np.nan))
             out.append(ArraySpec(f"{PDF}/aux_sinogram", (nz, nomega, nx, aux_channels), (1, wc, nx, aux_channels),
                                  "float32", (*frame, "channel"), np.nan))
+    if peaks:  # one chunk per texture task (a block of voxel rows), all sectors and reflections
+        vox = ("z", "y", "x")
+        out += [ArraySpec(f"{TEXTURE}/{n}", (nz, nx, nx, peaks), (1, yc, nx, peaks), "float32", (*vox, "peak"), np.nan)
+                for n in TEXTURE_VOXEL]
+        out += [ArraySpec(f"{TEXTURE}/{n}", (nz, nx, nx, nchi, peaks), (1, yc, nx, nchi, peaks), "float32",
+                          (*vox, "chi", "peak"), np.nan) for n in TEXTURE_SECTOR]
     # done-markers: one element (and one chunk) per task, written after the task's data
     for m in markers:
         shape, dims = ((nz,), ("z",)) if m.value else ((nz, m.per_slice), ("z", m.dim))
@@ -188,6 +217,7 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
                  omega_deg: np.ndarray, x_mm: np.ndarray, z_mm: np.ndarray, r_A: np.ndarray | None,
                  layout, attrs: dict, markers=(), aux_channels: list[str] | None = None,
                  pdf_attrs: dict | None = None, transmission: bool = False, absorption: bool = False,
+                 chi_deg: np.ndarray | None = None, sums: bool = False, peaks: list[dict] | None = None,
                  background_rows: int = 0, extra_specs=(), group_attrs: dict | None = None) -> zarr.Group:
     """Create every array of :func:`array_specs` with its final shape, chunks, dims and
     coordinates (no data yet) at a new ``path`` (an existing one is refused: replacing goes
@@ -197,8 +227,10 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     attrs, where the tasks read their block sizes); ``markers`` the done-markers of the stages
     (:class:`MarkerSpec`, in stage order: ``tasks/`` records the order);
     ``aux_channels`` (pdf-then-recon) names the channels of ``pdf/aux_sinogram``; ``pdf_attrs``
-    (the transform's parameters) go to the ``pdf`` group; ``transmission``, ``absorption``: as
-    :func:`array_specs`; ``background_rows`` the rows of a measured background scan
+    (the transform's parameters) go to the ``pdf`` group; ``transmission``, ``absorption``, ``sums``: as
+    :func:`array_specs`; ``chi_deg``: the sector centres (degrees) of a store with sectors; ``peaks``:
+    the texture reflections (``{"label", "d_angstrom", ...}`` each: the ``peak`` coordinate's attrs);
+    ``background_rows`` the rows of a measured background scan
     (``reduced/background``; 0: none); ``extra_specs`` more arrays (the view copy's,
     :func:`xrdct_dask.store.viewcopy.view_specs`) and ``group_attrs`` their groups' attrs.
 
@@ -221,13 +253,20 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
     if aux_channels:
         coords["channel"] = (np.arange(len(aux_channels)), {"long_name": "aux_sinogram channel",
                                                             "names": list(aux_channels)})
-    for name in ("z", "omega", "x", "y", "q", "r"):
+    if chi_deg is not None:
+        coords["chi"] = (np.asarray(chi_deg, np.float64), {"units": "deg", "long_name": "azimuthal angle chi "
+                                                           "(pyFAI's), sector centre"})
+    if peaks:
+        coords["peak"] = (np.arange(len(peaks)), {"long_name": "texture reflection", "names": [p["label"] for p in peaks],
+                                                  "peaks": list(peaks)})
+    for name in ("z", "omega", "x", "y", "q", "r", "chi", "peak"):
         if name in coords:
             _coord(root, name, *coords[name])
     specs = array_specs(nz=nz, nomega=len(omega_deg), nx=nx, nq=radial.size, nr=0 if r_A is None else r_A.size,
                         layout=layout, markers=markers, pdf_sinograms=bool(aux_channels),
-                        aux_channels=len(aux_channels or ()), transmission=transmission,
-                        absorption=absorption, background_rows=background_rows) + list(extra_specs)
+                        aux_channels=len(aux_channels or ()), transmission=transmission, absorption=absorption,
+                        background_rows=background_rows, nchi=1 if chi_deg is None else len(chi_deg), sums=sums,
+                        peaks=len(peaks or ())) + list(extra_specs)
     groups: dict[str, list[ArraySpec]] = {}
     for spec in specs:
         groups.setdefault(spec.path.split("/")[0], []).append(spec)
@@ -299,6 +338,21 @@ VARIABLE_ATTRS = {
     (REDUCED, "frame_status"): ("1", "frame status code (xrdct_dask.io.status.FrameStatus; -1: not yet written)"),
     (REDUCED, "scan_flag"): ("1", "how the scan file placed the frame (FrameStatus code; 0: as planned)"),
     (REDUCED, "transmission"): ("counts", "transmission reading (diode or monitor after the sample) of the frame"),
+    (REDUCED, "sum_signal"): ("counts", "sum over the bin's pixels of c (raw - dark), c = pixel share (pyFAI)"),
+    (REDUCED, "sum_variance"): ("counts^2", "propagated variance before normalisation (sum of c^2 max(raw, 1) "
+                                            "for the Poisson model)"),
+    (REDUCED, "sum_normalization"): ("1", "sum of c flat solid-angle polarisation times the relative monitor"),
+    (REDUCED, "sum_normalization_squared"): ("1", "sum of the squared normalisation terms"),
+    (REDUCED, "count"): ("pixels", "sum of the pixel shares c in the bin"),
+    (TEXTURE, "intensity"): ("counts/voxel", "integrated intensity of the reflection in the sector, above a linear "
+                                             "background, times the radial bin width"),
+    (TEXTURE, "index"): ("1", "texture index: spread (std / mean) of the reflection's intensity over the sectors"),
+    (TEXTURE, "orientation_deg"): ("deg", "chi of the strongest intensity (second harmonic over the sectors)"),
+    (TEXTURE, "position"): ("radial unit", "fitted peak position of the reflection in the sector (integrate.unit)"),
+    (TEXTURE, "d_angstrom"): ("angstrom", "d-spacing of the fitted peak position in the sector"),
+    (TEXTURE, "strain"): ("1", "lattice strain (d - d0) / d0 in the sector"),
+    (TEXTURE, "d0_angstrom"): ("angstrom", "strain-free d-spacing of the strain (given, or the voxel's mean d)"),
+    "chi": ("deg", "azimuthal angle chi (pyFAI's), sector centre"), "peak": ("1", "texture reflection"),
     (REDUCED, "background"): ("counts", "measured empty-container / air background (inputs.background_scan)"),
     (REDUCED, "background_total"): ("counts", "measured background summed over the radial bins"),
     (RECON, "intensity"): ("counts/voxel", "reconstructed diffraction intensity per voxel"),

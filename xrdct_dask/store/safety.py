@@ -14,7 +14,7 @@ from pathlib import Path
 
 from xrdct_dask.errors import StoreExistsError, StoreWriteError
 from xrdct_dask.io.scantable import ASIDE_SCAN  # the scan table converted beside a store (cleaned here)
-from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, ROOT_ENTRIES, TASKS, VIEW
+from xrdct_dask.store.layout import FORMAT, PDF, RECON, REDUCED, ROOT_ENTRIES, TASKS, TEXTURE, VIEW
 
 ASIDE_NEW, ASIDE_OLD = ".xrdct-new-", ".xrdct-old-"
 
@@ -47,7 +47,7 @@ def foreign_entries(path) -> list[str]:
     out = []
     for e in path.iterdir():
         if e.name in ROOT_ENTRIES or e.name.endswith(".partial"):
-            if e.is_dir() and e.name in (REDUCED, RECON, PDF, TASKS, VIEW):
+            if e.is_dir() and e.name in (REDUCED, RECON, PDF, TEXTURE, TASKS, VIEW):
                 out += [f"{e.name}/{f.name}" for f in e.iterdir()
                         if not (f.name == "zarr.json" or f.name.endswith(".partial") or (f / "zarr.json").is_file())]
             continue

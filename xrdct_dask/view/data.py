@@ -7,6 +7,11 @@ has written it (``tasks/view``), else from the chunks the run computes with -- e
 as those chunks allow (fine for small slices; a 1000 x 1000 slice's q map then decodes a q
 block).  Files written for other programs (.xy, .gr) always hold the exact stored values.
 
+A run with azimuthal sectors (``integrate.npt_azim > 1``: ``recon/intensity`` (z, y, x, chi, q))
+is shown as the mean over its sectors (the whole ring, as a 1D run shows it) and has no view copy;
+its ``texture/`` arrays are maps of their own, one per reflection (and per sector where the array
+has a chi axis): ``texture/index [Ni 111]``, ``texture/strain [Ni 111, chi -85°]``.
+
 Map images are ``(ny, nx)`` float32 with row 0 at the lowest y (drawn y up, as the notebooks
 draw them); patterns are ``(nq,)`` on the store's radial axis (``q`` coordinate, its unit), G(r)
 ``(nr,)`` on ``r`` (angstrom).
@@ -28,6 +33,8 @@ from xrdct_dask.store import viewcopy
 from xrdct_dask.view.summary import pretty_unit
 
 VOXEL_MAP_DIMS = ("z", "y", "x")
+# texture/ arrays: a map per reflection (and per sector)
+INDEXED_MAP_DIMS = {("z", "y", "x", "peak"): ("peak",), ("z", "y", "x", "chi", "peak"): ("chi", "peak")}
 
 
 class ViewError(XrdctError, ValueError):
@@ -98,7 +105,10 @@ class RunData:
         if not (self.path / store.RECON / "intensity" / "zarr.json").is_file():
             raise ViewError(f"{self.path}: an xrdct-dask store without recon/intensity")
         rec = store.open_array(self.path, f"{store.RECON}/intensity", "r")
-        self.nz, self.ny, self.nx, self.nq = rec.shape
+        # with sectors (z, y, x, chi, q): shown as their mean over chi
+        self.nz, self.ny, self.nx, self.nq = (*rec.shape[:3], rec.shape[-1])
+        self.nchi = rec.shape[3] if rec.ndim == 5 else 1
+        self._map_index: dict[str, tuple[str, tuple]] | None = None
         self.has_pdf = (self.path / store.PDF / "G" / "zarr.json").is_file()
         self.has_copy = viewcopy.has_copy(self.path)
         self._state: store.TaskState | None = None
@@ -156,8 +166,19 @@ class RunData:
         return viewcopy.block_mean(self.r.values, (self.view.r_bin,)).astype(np.float64)
 
     def units(self, name: str) -> str:
-        """The pretty unit of array ``name`` (``recon/intensity``, ``pdf/G``, ...)."""
-        return pretty_unit(store.open_array(self.path, name, "r").attrs.get("units"))
+        """The pretty unit of array ``name`` (``recon/intensity``, ``pdf/G``, a map of :meth:`voxel_maps`, ...)."""
+        return pretty_unit(store.open_array(self.path, name.split(" [")[0], "r").attrs.get("units"))
+
+    def _sector_mean(self, name: str, index: tuple, axis: int) -> np.ndarray:
+        """``store[name][index]`` (read as :func:`store.read_chunked` along ``axis``), of a store
+        with sectors the mean over chi of ``index`` with every sector (chi comes before the last
+        dimension: ``index`` names the others)."""
+        if self.nchi == 1:
+            return store.read_chunked(self.path, name, index, axis)
+        block = store.read_chunked(self.path, name, (*index[:-1], slice(None), index[-1]), axis)
+        chi = sum(not isinstance(i, (int, np.integer)) for i in index[:-1])  # chi's axis in the block
+        with np.errstate(all="ignore"):
+            return np.nanmean(block, axis=chi).astype(np.float32)
 
     # ---- what is done -----------------------------------------------------------------------
     def state(self, refresh: bool = False) -> store.TaskState:
@@ -173,19 +194,39 @@ class RunData:
         return self.has_copy and copied is not None and bool(copied[z].all())
 
     def voxel_maps(self) -> list[str]:
-        """Every other per-voxel map of the store, ``group/name`` of (z, y, x) arrays (pdf/scale,
-        pdf/ok, and texture or strain maps where a run wrote them)."""
-        import zarr
+        """Every other per-voxel map of the store: ``group/name`` of (z, y, x) arrays (pdf/scale,
+        pdf/ok), and of the texture arrays one per reflection, ``texture/index [Ni 111]``, and
+        per reflection and sector, ``texture/strain [Ni 111, chi -85°]``."""
+        return list(self._maps())
 
-        out = []
-        root = zarr.open_group(str(self.path), mode="r")
-        for gname, group in sorted(root.groups()):
-            if gname in (store.TASKS, viewcopy.VIEW):
-                continue
-            for name, arr in sorted(group.arrays()):
-                if tuple(arr.metadata.dimension_names or ()) == VOXEL_MAP_DIMS:
-                    out.append(f"{gname}/{name}")
-        return out
+    def _maps(self) -> dict[str, tuple[str, tuple]]:
+        """``{map name: (array path, index after (z, y, x))}`` of :meth:`voxel_maps` (read once:
+        the arrays of a store are made with it)."""
+        if self._map_index is None:
+            import zarr
+
+            out: dict[str, tuple[str, tuple]] = {}
+            root = zarr.open_group(str(self.path), mode="r")
+            for gname, group in sorted(root.groups()):
+                if gname in (store.TASKS, viewcopy.VIEW):
+                    continue
+                for name, arr in sorted(group.arrays()):
+                    dims = tuple(arr.metadata.dimension_names or ())
+                    if dims == VOXEL_MAP_DIMS:
+                        out[f"{gname}/{name}"] = (f"{gname}/{name}", ())
+                    elif dims in INDEXED_MAP_DIMS:
+                        out |= self._indexed_maps(f"{gname}/{name}", arr, INDEXED_MAP_DIMS[dims])
+            self._map_index = out
+        return self._map_index
+
+    def _indexed_maps(self, path: str, arr, extra: tuple) -> dict[str, tuple[str, tuple]]:
+        names = store.open_array(self.path, "peak", "r").attrs.get("names") or []
+        labels = [names[p] if p < len(names) else f"peak {p}" for p in range(arr.shape[-1])]
+        if extra == ("peak",):
+            return {f"{path} [{labels[p]}]": (path, (p,)) for p in range(arr.shape[-1])}
+        chi = store.open_array(self.path, "chi", "r")[:]
+        return {f"{path} [{labels[p]}, chi {chi[k]:g}°]": (path, (k, p))
+                for p in range(arr.shape[-1]) for k in range(arr.shape[-2])}
 
     # ---- maps -------------------------------------------------------------------------------
     def q_map(self, z: int, qi: int, copy: bool | None = None) -> np.ndarray:
@@ -193,7 +234,7 @@ class RunData:
         if self._use_copy(z, copy):
             scale = store.open_array(self.path, f"{viewcopy.VIEW}/recon_scale", "r")[z, qi]
             return store.open_array(self.path, f"{viewcopy.VIEW}/recon", "r")[z, :, :, qi].astype(np.float32) / scale
-        return store.read_chunked(self.path, f"{store.RECON}/intensity", (z, slice(None), slice(None), qi), 0)
+        return self._sector_mean(f"{store.RECON}/intensity", (z, slice(None), slice(None), qi), 0)
 
     def q_range_map(self, z: int, q0: int, q1: int, copy: bool | None = None) -> np.ndarray:
         """The reconstruction of slice ``z`` summed over q bins ``q0 .. q1 - 1`` (NaN counted as 0):
@@ -204,10 +245,12 @@ class RunData:
         if not self._use_copy(z, copy):
             out = np.zeros((self.ny, self.nx), np.float64)
             arr = store.open_array(self.path, f"{store.RECON}/intensity", "r")
-            for a in range(q0, q1, arr.chunks[3]):  # one q chunk at a time
-                b = min(q1, (a // arr.chunks[3] + 1) * arr.chunks[3])
-                out += np.nansum(store.read_chunked(self.path, f"{store.RECON}/intensity",
-                                                    (z, slice(None), slice(None), slice(a, b)), 0), axis=-1)
+            qc = arr.chunks[-1]
+            # one q chunk at a time: from q0 to the end of its chunk, then whole chunks (q0 need not start one)
+            for a in [q0, *range((q0 // qc + 1) * qc, q1, qc)]:
+                b = min(q1, (a // qc + 1) * qc)
+                out += np.nansum(self._sector_mean(f"{store.RECON}/intensity",
+                                                   (z, slice(None), slice(None), slice(a, b)), 0), axis=-1)
             return out.astype(np.float32)
         t = viewcopy.TILE
         full0, full1 = -(-q0 // t), q1 // t  # whole tiles in the range
@@ -231,9 +274,10 @@ class RunData:
 
     def voxel_map(self, name: str, z: int) -> np.ndarray:
         """A (z, y, x) array of the store at slice ``z`` (``pdf/scale``, ``texture/...``), float32."""
-        if name not in self.voxel_maps():
+        if name not in self._maps():
             raise ViewError(f"{self.path}: no map {name!r} (there are: {', '.join(self.voxel_maps()) or 'none'})")
-        return store.open_array(self.path, name, "r")[z].astype(np.float32)
+        path, index = self._maps()[name]
+        return store.open_array(self.path, path, "r")[(z, slice(None), slice(None), *index)].astype(np.float32)
 
     def _use_copy(self, z: int, copy: bool | None) -> bool:
         if copy is False or not self.has_copy:
@@ -252,7 +296,11 @@ class RunData:
             scale = store.open_array(self.path, f"{viewcopy.VIEW}/recon_scale", "r")[z]
             return store.open_array(self.path, f"{viewcopy.VIEW}/recon", "r")[z, iy // s, ix // s].astype(
                 np.float32) / scale
-        return store.open_array(self.path, f"{store.RECON}/intensity", "r")[z, iy, ix]
+        pattern = store.open_array(self.path, f"{store.RECON}/intensity", "r")[z, iy, ix]
+        if self.nchi > 1:  # (nchi, nq): the mean over the sectors
+            with np.errstate(all="ignore"):
+                pattern = np.nanmean(pattern, axis=0).astype(np.float32)
+        return pattern
 
     def voxel_g(self, z: int, iy: int, ix: int, copy: bool | None = None) -> np.ndarray | None:
         """G(r) of voxel (iy, ix) (from the copy: of its s x s block, on :attr:`r_view`); None without PDF."""
@@ -292,15 +340,15 @@ class RunData:
             a, b = p * vl.sino_q, min((p + 1) * vl.sino_q, self.nq) - 1
             what = f"q bins {a}-{b} averaged" if b > a else f"q bin {a}"
             return img, what
-        return (store.read_chunked(self.path, f"{store.REDUCED}/intensity", (z, slice(None), slice(None), qi), 0),
-                f"q bin {qi}")
+        return (self._sector_mean(f"{store.REDUCED}/intensity", (z, slice(None), slice(None), qi), 0),
+                f"q bin {qi}" + (f", mean of {self.nchi} sectors" if self.nchi > 1 else ""))
 
     @functools.cached_property
     def sinogram_cheap(self) -> bool:
         """Whether a sinogram at one q read from reduced/ decodes little (its q chunks of every
         angle: at most 64 MB), so that it is shown without a view copy."""
         arr = store.open_array(self.path, f"{store.REDUCED}/intensity", "r")
-        return arr.shape[1] * arr.shape[2] * arr.chunks[3] * 4 <= 64 * 2**20
+        return arr.shape[1] * arr.shape[2] * arr.chunks[-1] * self.nchi * 4 <= 64 * 2**20
 
     def total_sinogram(self, z: int) -> np.ndarray:
         """The q-summed sinogram ``(nomega, nx)`` of slice ``z`` (``reduced/total``: what is integrated so far)."""
@@ -353,12 +401,13 @@ class RunData:
 def _mean_over_rows(path: Path, name: str, z: int) -> np.ndarray:
     """Mean over the voxels of slice ``z`` of a (z, y, x, c) array, NaN ignored, a chunk of rows at a time."""
     arr = store.open_array(path, name, "r")
-    total = np.zeros(arr.shape[3])
-    count = np.zeros(arr.shape[3])
+    total = np.zeros(arr.shape[-1])
+    count = np.zeros(arr.shape[-1])
     for a in range(0, arr.shape[1], arr.chunks[1]):
-        rows = arr[z, a:a + arr.chunks[1]]
+        rows = arr[z, a:a + arr.chunks[1]]  # with sectors (rows, nx, nchi, nq): their mean too
         good = np.isfinite(rows)
-        total += np.where(good, rows, 0).sum(axis=(0, 1))
-        count += good.sum(axis=(0, 1))
+        axes = tuple(range(rows.ndim - 1))
+        total += np.where(good, rows, 0).sum(axis=axes)
+        count += good.sum(axis=axes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (total / count).astype(np.float32)

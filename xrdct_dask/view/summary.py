@@ -3,8 +3,11 @@
 Top row: the q-summed sinogram of a slice as measured and after the workflow's sinogram
 preparation (side by side, one colour scale), the mean reconstructed voxel pattern with the q of
 its strongest peaks marked, and which frames of the slice were flagged.  Middle row: the
-reconstructed maps at those peaks, each titled with its q and d-spacing.  Bottom row (when the PDF
-stage ran): G(r) of the few voxels whose diffraction patterns differ most (a phase each, as a rule;
+reconstructed maps at those peaks, each titled with its q and d-spacing (with azimuthal sectors:
+of the sectors' mean pattern).  With sectors a texture row follows: the slice's mean intensity at
+those peaks in each sector (normalised by its mean over the sectors: flat for a powder), and where
+the texture stage ran the first reflection's texture index map and its strain map in the sector
+where the slice's strain is largest.  Bottom row (when the PDF stage ran): G(r) of the few voxels whose diffraction patterns differ most (a phase each, as a rule;
 marked on the map beside), a G map at the r where the slice's |G| is largest (diverging colours centred on G = 0), and the
 slice's mean G(r).
 
@@ -191,7 +194,8 @@ def summary_figure(path: str | Path, z: int | None = None):
     if has_pdf:
         picks = [candidates[i] for i in distinct_curves(recon.kept, strength.ravel()[candidates], N_VOXEL_CURVES)]
     peaks = strongest_peaks(recon.mean, 3)
-    rows = 3 if has_pdf else 2
+    sectors = recon.sector_mean is not None
+    rows = 2 + has_pdf + sectors
     fig = Figure(figsize=(14, 3.9 * rows), layout="constrained")
     grid = fig.add_gridspec(rows, 3)
 
@@ -241,6 +245,8 @@ def summary_figure(path: str | Path, z: int | None = None):
         fig.colorbar(im, ax=ax, label=label("intensity", recon_units))
     for k in range(len(peaks), 3):
         fig.add_subplot(grid[1, k]).axis("off")
+    if sectors:
+        _texture_row(fig, grid, 2, path, z, recon.sector_mean, peaks, qa, xa, ya)
 
     # -- bottom: G(r)
     if has_pdf:
@@ -249,8 +255,8 @@ def summary_figure(path: str | Path, z: int | None = None):
         g_label = label("G", _units(path, f"{store.PDF}/G"))
         g = _slice_pass(path, f"{store.PDF}/G", z, keep=picks)
         ri = int(np.nanargmax(g.mean_abs))
-        ax_g = fig.add_subplot(grid[2, 0])
-        ax_map = fig.add_subplot(grid[2, 1])
+        ax_g = fig.add_subplot(grid[rows - 1, 0])
+        ax_map = fig.add_subplot(grid[rows - 1, 1])
         plane = shrink(_plane(path, f"{store.PDF}/G", z, ri))
         lim = float(np.nanmax(np.abs(plane))) if np.isfinite(plane).any() else 0.0
         lim = lim if lim > 0 else 1.0
@@ -265,7 +271,7 @@ def summary_figure(path: str | Path, z: int | None = None):
         ax_g.set(title="G(r) of the voxels whose patterns differ most", xlabel=r_label, ylabel=g_label)
         if picks:
             ax_g.legend(fontsize=7)
-        ax = fig.add_subplot(grid[2, 2])
+        ax = fig.add_subplot(grid[rows - 1, 2])
         ax.plot(r, g.mean, lw=0.8, color="k")
         ax.axvline(r[ri], color="0.5", lw=0.6, ls="--")
         ax.axhline(0, color="0.8", lw=0.5)
@@ -279,8 +285,48 @@ def _units(path, name: str) -> str | None:
     return store.open_array(path, name, "r").attrs.get("units")
 
 
+def _texture_row(fig, grid, row: int, path: Path, z: int, sector_mean: np.ndarray, peaks: list[int], qa, xa, ya):
+    """The texture row: each marked peak's slice-mean intensity per sector over its mean (flat
+    for a powder); where ``texture/`` was written, the first reflection's texture index map and its
+    strain map in the sector of the slice's largest mean |strain|."""
+    chi = _Axis(path, "chi")
+    ax = fig.add_subplot(grid[row, 0])
+    for n, qi in enumerate(peaks):
+        curve = sector_mean[:, qi]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ax.plot(chi.values, curve / np.nanmean(curve), marker="o", ms=3, lw=0.8, color=f"C{n}", label=qa.at(qi))
+    ax.axhline(1.0, color="0.8", lw=0.5)
+    ax.set(title=f"intensity per sector over its mean, slice {z}", xlabel=chi.label, ylabel="relative intensity")
+    if peaks:
+        ax.legend(fontsize=7)
+    done = (path / store.TEXTURE).exists() and store.read_attrs(path).get("stage_status", {}).get(store.TEXTURE) == "done"
+    if not done:
+        for k in (1, 2):
+            fig.add_subplot(grid[row, k]).axis("off")
+        return
+    names = store.open_array(path, "peak", "r").attrs.get("names", [])
+    name = names[0] if names else "reflection 0"
+    index = store.read_chunked(path, f"{store.TEXTURE}/index", (z, slice(None), slice(None), 0), 0)
+    ax = fig.add_subplot(grid[row, 1])
+    top = float(np.nanpercentile(index, 98)) if np.isfinite(index).any() else 1.0  # weak rim voxels: any spread
+    im = _map(ax, index, xa.values, ya.values, cmap="viridis", aspect="equal", vmin=0, vmax=top if top > 0 else 1.0)
+    fig.colorbar(im, ax=ax, label="texture index (std / mean over χ)")
+    ax.set(title=f"texture of {name}", xlabel=xa.label, ylabel=ya.label)
+    strain = store.read_chunked(path, f"{store.TEXTURE}/strain", (z, slice(None), slice(None), slice(None), 0), 0)
+    with np.errstate(invalid="ignore"):
+        mean_abs = np.nanmean(np.abs(strain), axis=(0, 1)) if np.isfinite(strain).any() else np.zeros(strain.shape[-1])
+    k = int(np.nanargmax(np.nan_to_num(mean_abs, nan=-1.0)))
+    plane = strain[..., k]
+    lim = float(np.nanpercentile(np.abs(plane), 99)) if np.isfinite(plane).any() else 0.0
+    lim = lim if lim > 0 else 1e-3
+    ax = fig.add_subplot(grid[row, 2])
+    im = _map(ax, plane, xa.values, ya.values, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="equal")
+    fig.colorbar(im, ax=ax, label="strain (d - d0) / d0")
+    ax.set(title=f"strain of {name} at {chi.at(k, 1)}", xlabel=xa.label, ylabel=ya.label)
+
+
 RADIAL_NAMES = {"q": "q", "2th": "2θ", "chi": "χ", "r": "radius", "d*2": "d*²"}  # pyFAI unit kinds
-AXIS_NAMES = {"omega": "ω"}
+AXIS_NAMES = {"omega": "ω", "chi": "χ"}
 
 
 class _Axis:
@@ -371,10 +417,12 @@ def _candidates(strength: np.ndarray) -> list[int]:
 class _Pass:
     """What one pass over a slice gives: ``mean``, ``mean_abs`` over voxels per channel (NaN
     ignored), ``per_voxel`` sum over channels ``(y, x)``, ``kept`` the channels of the voxels asked
-    for ``(len(keep), c)``."""
+    for ``(len(keep), c)``; with sectors (a (z, y, x, chi, c) array) these are of the sectors' mean,
+    and ``sector_mean`` ``(nchi, c)`` is the mean over voxels per sector (else None)."""
 
-    def __init__(self, mean, mean_abs, per_voxel, kept):
+    def __init__(self, mean, mean_abs, per_voxel, kept, sector_mean=None):
         self.mean, self.mean_abs, self.per_voxel, self.kept = mean, mean_abs, per_voxel, kept
+        self.sector_mean = sector_mean
 
 
 def _row_blocks(path, name: str) -> list[slice]:
@@ -389,13 +437,19 @@ def _slice_pass(path, name: str, z: int, keep=()) -> _Pass:
     channels per voxel ``(y, x)``, and the channels of the voxels ``keep`` (flat indices into
     (y, x)), at most a few hundred of them."""
     arr = store.open_array(path, name, "r")
-    ny, nx, nc = arr.shape[1:]
+    ny, nx, nc = arr.shape[1], arr.shape[2], arr.shape[-1]
+    sectors = arr.ndim == 5  # (z, y, x, chi, c): the sectors' mean pattern of each voxel
+    by_sector = np.zeros(arr.shape[3:]) if sectors else None
     total, total_abs, count = np.zeros(nc), np.zeros(nc), np.zeros(nc)
     per_voxel = np.zeros((ny, nx))
     keep = np.asarray(keep, dtype=np.int64)
     kept = np.full((keep.size, nc), np.nan)
     for ys in _row_blocks(path, name):
-        rows = store.read_chunked(path, name, (z, ys, slice(None), slice(None)), 2)
+        rows = store.read_chunked(path, name, (z, ys, *(slice(None),) * (arr.ndim - 2)), 2)
+        if sectors:
+            by_sector += np.nansum(rows, axis=(0, 1))
+            with np.errstate(invalid="ignore"):
+                rows = np.nanmean(rows, axis=2)
         good = np.isfinite(rows)
         v = np.where(good, rows, 0)
         total += v.sum(axis=(0, 1))
@@ -405,9 +459,12 @@ def _slice_pass(path, name: str, z: int, keep=()) -> _Pass:
         mine = (keep // nx >= ys.start) & (keep // nx < ys.stop)
         kept[mine] = rows[keep[mine] // nx - ys.start, keep[mine] % nx]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _Pass(total / count, total_abs / count, per_voxel, kept)
+        return _Pass(total / count, total_abs / count, per_voxel, kept, None if by_sector is None else by_sector / (ny * nx))
 
 
 def _plane(path, name: str, z: int, channel: int) -> np.ndarray:
-    """``array[z, :, :, channel]`` read a chunk of rows at a time."""
+    """``array[z, :, :, channel]`` read a chunk of rows at a time (with sectors: their mean)."""
+    if store.open_array(path, name, "r").ndim == 5:
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(store.read_chunked(path, name, (z, slice(None), slice(None), slice(None), channel), 0), -1)
     return store.read_chunked(path, name, (z, slice(None), slice(None), channel), 0)

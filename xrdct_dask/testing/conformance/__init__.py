@@ -7,6 +7,8 @@ class                        contract                                    oracle
                              (``io.decode`` / ``io.gpu_decode``)          ``fabio.open``)
 :class:`IntegratorTests`     frames or payloads -> I(q), sigma(q)        pyFAI ``integrate1d_ng``,
                              (``integrate.Integrator``)                  ``sigma_clip_ng``, ``medfilt1d_ng``
+:class:`SectorTests`         frames -> I(chi, q), sigma, the kept sums   pyFAI ``integrate2d_ng``, its 1D
+                             (``Integrator(npt_azim=..., keep_sums)``)   results over one sector
 :class:`ReconstructorTests`  sinogram blocks -> images per q bin         skimage ``iradon`` / ``radon``,
                              (``recon``: fbp, sirt, cgls, projectors)    the simulator's phantom
 :class:`PDFTests`            I(Q) -> G(r) per voxel                      PyStoG, fcc Ni shells of the
@@ -48,6 +50,8 @@ from xrdct_dask.testing.conformance.decode import DecoderTests
 from xrdct_dask.testing.conformance.integrate import IntegratorTests
 from xrdct_dask.testing.conformance.pdf import PDFTests
 from xrdct_dask.testing.conformance.recon import ReconstructorTests
+from xrdct_dask.testing.conformance.sectors import SectorTests
 from xrdct_dask.testing.conformance.sinogram import SinogramPrepTests
 
-__all__ = ["EngineTests", "DecoderTests", "IntegratorTests", "ReconstructorTests", "PDFTests", "SinogramPrepTests"]
+__all__ = ["EngineTests", "DecoderTests", "IntegratorTests", "SectorTests", "ReconstructorTests", "PDFTests",
+           "SinogramPrepTests"]

@@ -25,6 +25,24 @@ RTOL = 1e-4
 MONITOR = np.array([1.0, 2.0, 0.5, 1.5, 0.8])
 
 
+def synthetic_frames(n: int, seed: int) -> np.ndarray:
+    """``(n, *SHAPE)`` int32 Poisson(300) counts with what a detector's frames hold: a module gap
+    (rows 100-103, -1 in every frame: static), a pixel bad in frame 1 only (-2) and a zinger in frame 2."""
+    rng = np.random.default_rng(seed)
+    f = rng.poisson(300, (n,) + SHAPE).astype(np.int32)
+    f[:, 100:104] = -1
+    f[1, 50, 50] = -2
+    f[2, 60, 90] = 400000
+    return f
+
+
+def gap_mask() -> np.ndarray:
+    """The static mask of :func:`synthetic_frames`: the module gap."""
+    m = np.zeros(SHAPE, np.uint8)
+    m[100:104] = 1
+    return m
+
+
 def fresh_ai(ai):
     """A new integrator with the same geometry: pyFAI caches engines per mask, keep oracles clean."""
 
@@ -52,19 +70,15 @@ class IntegratorTests(EngineTests):
     @pytest.fixture(scope="class")
     @classmethod
     def frames(cls):
-        rng = np.random.default_rng(7)
-        f = rng.poisson(300, (5,) + SHAPE).astype(np.int32)
-        f[:, 100:104] = -1                    # a module gap (also in the static mask)
-        f[1, 50, 50] = -2                     # a pixel bad in one frame only
-        f[2, 60, 90] = f[2, 150, 120] = 400000  # zingers
-        f[3, 60:63, 60:63] = 90000            # a single-crystal spot
+        f = synthetic_frames(5, 7)
+        f[2, 150, 120] = 400000     # a second zinger
+        f[3, 60:63, 60:63] = 90000  # a single-crystal spot
         return f
 
     @pytest.fixture(scope="class")
     @classmethod
     def mask(cls):
-        m = np.zeros(SHAPE, np.uint8)
-        m[100:104] = 1
+        m = gap_mask()
         m[:3, :5] = 1
         return m
 
