@@ -14,6 +14,8 @@ export XDG_DATA_HOME  := $(HOMEDIR)/share
 export IPYTHONDIR     := $(HOMEDIR)/ipython
 export MPLCONFIGDIR   := $(HOMEDIR)/matplotlib
 export CUPY_CACHE_DIR := $(HOMEDIR)/cupy
+# dask-jobqueue writes its jobqueue.yaml into dask's config folder when imported
+export DASK_CONFIG    := $(HOMEDIR)/dask
 DIRS := $(TMPDIR) $(XDG_CACHE_HOME) $(XDG_DATA_HOME) $(IPYTHONDIR) $(MPLCONFIGDIR)
 
 .PHONY: demo test test-slow test-all test-slurm test-browser quick install bench clean slurm-up slurm-down notebooks throughputs chromium docs

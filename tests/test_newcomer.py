@@ -88,14 +88,16 @@ def test_make_test_starts_slurm_only_when_asked():
 
 
 def test_ci_runs_make_test_with_ci_set(tmp_path):
-    """.ci/run runs the README's ``make test`` with CI set, so CI keeps running the SLURM tests."""
+    """.ci/run runs the README's ``make test`` with CI set, so CI keeps running the SLURM tests,
+    then the slow end-to-end tests (``make test-slow``), so CI runs every test."""
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "make").write_text(f'#!/bin/sh\necho "CI=$CI $*" > {tmp_path / "called"}\n')
+    (fake / "make").write_text(f'#!/bin/sh\necho "CI=$CI $*" >> {tmp_path / "called"}\n')
     (fake / "make").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "CI"} | {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(["bash", str(REPO / ".ci" / "run")], env=env, check=True, timeout=60)
-    assert (tmp_path / "called").read_text().split() == ["CI=1", "test"]
+    called = (tmp_path / "called").read_text().splitlines()
+    assert [c for c in called if "test" in c] == ["CI=1 test", "CI=1 test-slow"], called
 
 
 @pytest.mark.slow  # a whole (tiny) demo through make: ~20-40 s
