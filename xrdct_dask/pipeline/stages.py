@@ -42,7 +42,7 @@ from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.store import budget
 from xrdct_dask.store.budget import Layout
 from xrdct_dask.store.specs import MarkerSpec
-from xrdct_dask.store.viewcopy import VIEW_ARRAYS, ViewLayout, view_bytes, view_layout
+from xrdct_dask.store.viewcopy import VIEW_ARRAYS, ViewLayout, has_view_copy, view_bytes, view_layout_for, view_parts
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,8 @@ class Sizes:
 
 
 def view_layout_of(wf: Workflow, layout: Layout, nq: int, nr: int) -> ViewLayout | None:
-    """The :class:`~xrdct_dask.store.viewcopy.ViewLayout` of a new store of ``wf`` (None: ``view.write_copy`` off,
-    or azimuthal sectors: the viewer reads their mean from the chunks)."""
-    if not _view(wf):
-        return None
-    return view_layout(nx=wf.scan.nx, nq=nq, nr=nr, nomega=wf.scan.nomega, q_chunk=layout.q_chunk,
-                       map_pixels=wf.view.map_pixels, r_step_A=wf.pdf.rstep if nr else None)
+    """The :class:`~xrdct_dask.store.viewcopy.ViewLayout` of a new store of ``wf`` (None: ``view.write_copy`` off)."""
+    return view_layout_for(wf, layout, nq, nr)
 
 
 def _never(s: Sizes) -> int:
@@ -134,7 +130,8 @@ class Stage:
         lay = s.layout
         return {"omega block": math.ceil(s.nomega / lay.omega_chunk), "slice": 1,
                 "q block": s.nchi * math.ceil(s.nq / lay.q_chunk), "voxel rows": math.ceil(s.nx / lay.y_chunk),
-                "r block": math.ceil(max(s.nr, 1) / lay.r_chunk)}[self.unit]
+                "r block": math.ceil(max(s.nr, 1) / lay.r_chunk),
+                "view part": len(view_parts(s.view)) if s.view else 1}[self.unit]
 
 
 def _axis_read(s: Sizes) -> int:
@@ -145,8 +142,7 @@ def _axis_read(s: Sizes) -> int:
     return s.nz * (8 * min(wc, s.nomega) * s.nx * s.nq + 4 * s.nomega * s.nx * min(qc, s.nq))
 
 
-def _view(wf: Workflow) -> bool:
-    return wf.view.write_copy and wf.integrate.npt_azim == 1
+_view = has_view_copy
 
 
 def _texture(wf: Workflow) -> bool:
@@ -219,9 +215,10 @@ STAGES: list[Stage] = [
           + 4 * s.nx * s.nx * s.layout.r_chunk,
           read=lambda s: s.frames * s.nr * 4),
     # the view copy of the slice, after its reconstruction and G(r) (rebuilt by a reprocess, never shared)
-    Stage("view", "slice", tasks_view.add_tasks, after=("recon", "pdf"), marker="task", marker_dim="view_block",
+    Stage("view", "view part", tasks_view.add_tasks, after=("recon", "pdf"), marker="task", marker_dim="view_part",
           writes=VIEW_ARRAYS, reprocess="pdf", keys=("view",), when=_view, display=True,
-          marker_doc=("1", "1 = this slice's view copy is completely written"),
+          marker_doc=("1", "1 = this part of the slice's view copy (a shard of view/recon or view/g, or the "
+                                "sinogram) is completely written"),
           held=lambda s: view_bytes(s.view, s.layout.y_chunk, s.layout.omega_chunk) if s.view else 0,
           read=lambda s: s.nz * s.nx * s.nx * (s.nq + s.nr) * 4 + s.frames * s.nq * 4),  # recon/, pdf/G, reduced/
 ]

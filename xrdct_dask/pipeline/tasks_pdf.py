@@ -267,8 +267,13 @@ def add_rows_tasks(b: SliceTasks, st) -> None:
         b.add(st.name, ys[i].start, pdf_rows, b.z, ys[i], b.ctx, *b.deps(st))
 
 
+def pdf_points(b: SliceTasks) -> int:
+    """The r points of G(r) of the run (the store's, else the operator's)."""
+    return b.ctx.extra.get("nr") or pdf_operator(b.ctx).r_A.size
+
+
 def _r_blocks(b: SliceTasks) -> list[slice]:
-    nr = b.ctx.extra.get("nr") or pdf_operator(b.ctx).r_A.size
+    nr = pdf_points(b)
     rc = b.ctx.layout.r_chunk
     return [slice(a, min(a + rc, nr)) for a in range(0, nr, rc)]
 

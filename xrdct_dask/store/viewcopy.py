@@ -24,7 +24,9 @@ copy instead (:mod:`xrdct_dask.view`), made of tiles that serve both questions:
 The copy's own layout (:class:`ViewLayout`) is recorded in the ``view`` group's attrs.  Float16
 keeps 3 significant digits: plenty for a colour map, and the viewer reads exact values from
 ``recon/`` and ``pdf/`` where it writes files (.xy, .gr).  :func:`write_view_copy` is a pure
-function of the store and one slice; its done-marker ``tasks/view`` is set by the stage.
+function of the store and one slice, written in parts (:func:`view_parts`: a shard of ``view/recon``
+or ``view/g`` with its scale, mean and coarse sums, or the sinogram) that the stage runs as tasks of
+their own; each part's done-marker is an element of ``tasks/view``.
 """
 
 from __future__ import annotations
@@ -99,8 +101,40 @@ def view_layout(*, nx: int, nq: int, nr: int, nomega: int, q_chunk: int, map_pix
                       sino_w=-(-nomega // map_pixels), sino_q=-(-nq // SINO_PLANES_MAX))
 
 
+def has_view_copy(wf) -> bool:
+    """Whether a run of ``wf`` writes the view copy: ``view.write_copy``, and no azimuthal sectors
+    (the viewer reads their mean from the chunks)."""
+    return wf.view.write_copy and wf.integrate.npt_azim == 1
+
+
+def view_layout_for(wf, layout, nq: int, nr: int) -> ViewLayout | None:
+    """The :class:`ViewLayout` of a new store of workflow ``wf`` with block sizes ``layout``,
+    ``nq`` radial bins and ``nr`` r points (None: no view copy, :func:`has_view_copy`)."""
+    if not has_view_copy(wf):
+        return None
+    return view_layout(nx=wf.scan.nx, nq=nq, nr=nr, nomega=wf.scan.nomega, q_chunk=layout.q_chunk,
+                       map_pixels=wf.view.map_pixels, r_step_A=wf.pdf.rstep if nr else None)
+
+
 def _tiles(ny: int) -> int:
     return min(TILE, ny)
+
+
+def _shard(vl: ViewLayout, name: str) -> int:
+    """Points of ``view/<name>`` per shard along its last axis: ``q_shard`` (a multiple of the
+    64-point tile), or all of them where there are fewer; the shard's scale, mean and coarse sums
+    are chunked alike, so that each shard is written by a task of its own."""
+    return min(vl.q_shard, vl.nq if name == "recon" else vl.nr_view)
+
+
+def view_parts(vl: ViewLayout) -> list[tuple[str, int]]:
+    """The view stage's tasks of one slice: ``("recon", c0)`` / ``("g", c0)`` for each shard of
+    ``view/recon`` / ``view/g`` starting at point ``c0``, and ``("sino", 0)`` for the sinogram.
+    Each writes chunks no other one writes, so a slice's copy is written in parallel."""
+    parts = [("recon", c0) for c0 in range(0, vl.nq, _shard(vl, "recon"))]
+    if vl.nr:
+        parts += [("g", c0) for c0 in range(0, vl.nr_view, _shard(vl, "g"))]
+    return parts + [("sino", 0)]
 
 
 def view_specs(nz: int, vl: ViewLayout) -> list[ArraySpec]:
@@ -115,19 +149,20 @@ def view_specs(nz: int, vl: ViewLayout) -> list[ArraySpec]:
                                ("z", "vy", "vx", name_dim(name)), np.nan,
                                shards=(1, pad, pad, -(-min(shard_c, nc) // tc) * tc))
 
-    out = [tiles("recon", vl.nq, vl.q_shard),
-           ArraySpec(f"{VIEW}/recon_scale", (nz, vl.nq), (1, vl.nq), "float32", ("z", "q"), np.nan),
-           ArraySpec(f"{VIEW}/recon_coarse", (nz, ny, ny, -(-vl.nq // TILE)), (1, ny, ny, -(-vl.nq // TILE)),
-                           "float32", ("z", "vy", "vx", "q_tile"), np.nan),
-           ArraySpec(f"{VIEW}/recon_mean", (nz, vl.nq), (1, vl.nq), "float32", ("z", "q"), np.nan),
+    qs, gs = _shard(vl, "recon"), _shard(vl, "g")
+    out = [tiles("recon", vl.nq, qs),
+           ArraySpec(f"{VIEW}/recon_scale", (nz, vl.nq), (1, qs), "float32", ("z", "q"), np.nan),
+           ArraySpec(f"{VIEW}/recon_coarse", (nz, ny, ny, -(-vl.nq // TILE)), (1, ny, ny, -(-qs // TILE)),
+                     "float32", ("z", "vy", "vx", "q_tile"), np.nan),
+           ArraySpec(f"{VIEW}/recon_mean", (nz, vl.nq), (1, qs), "float32", ("z", "q"), np.nan),
            ArraySpec(f"{VIEW}/sino", (nz, vl.nqs, vl.nw, ny), (1, 1, vl.nw, ny), "float16",
-                           ("z", "q_plane", "vomega", "vx"), np.nan, shards=(1, vl.nqs, vl.nw, ny)),
+                     ("z", "q_plane", "vomega", "vx"), np.nan, shards=(1, vl.nqs, vl.nw, ny)),
            ArraySpec(f"{VIEW}/sino_scale", (nz, vl.nqs), (1, vl.nqs), "float32", ("z", "q_plane"), np.nan)]
     if vl.nr:
         nrv = vl.nr_view
-        out += [tiles("g", nrv, vl.q_shard),  # shards of q_shard r points too: a task holds one shard
-                ArraySpec(f"{VIEW}/g_scale", (nz, nrv), (1, nrv), "float32", ("z", "vr"), np.nan),
-                ArraySpec(f"{VIEW}/g_mean", (nz, nrv), (1, nrv), "float32", ("z", "vr"), np.nan)]
+        out += [tiles("g", nrv, gs),
+                ArraySpec(f"{VIEW}/g_scale", (nz, nrv), (1, gs), "float32", ("z", "vr"), np.nan),
+                ArraySpec(f"{VIEW}/g_mean", (nz, nrv), (1, gs), "float32", ("z", "vr"), np.nan)]
     return out
 
 
@@ -240,50 +275,44 @@ def _bands(n: int, chunk: int, factor: int) -> list[slice]:
     return [slice(a, min(a + step, n)) for a in range(0, n, step)]
 
 
-def _write_tiles(path: Path, z: int, src: str, name: str, vl: ViewLayout, c_bin: int, coarse: bool) -> None:
-    """``view/<name>`` (and its scale, mean and, for ``coarse``, 64-bin sums) of slice ``z`` from
-    ``src`` (z, y, x, c), its c points averaged ``c_bin`` at a time; a shard (q block) at a time,
-    read a band of whole row chunks at a time."""
+def _write_shard(path: Path, z: int, name: str, vl: ViewLayout, c0: int) -> None:
+    """The shard of ``view/<name>`` (``recon`` from recon/intensity, with its 64-point coarse sums;
+    ``g`` from pdf/G, r points averaged ``r_bin`` at a time) of slice ``z`` that starts at point
+    ``c0``, with its scale and mean: recon row chunks read a band at a time."""
+    src, c_bin, coarse = ((f"{store.RECON}/intensity", 1, True) if name == "recon"
+                          else (f"{store.PDF}/G", vl.r_bin, False))
     arr = store.open_array(path, src, "r")
-    dst = store.open_array(path, f"{VIEW}/{name}")
     nc_src = arr.shape[3]
-    nc = dst.shape[3]
-    shard_c = dst.shards[3] if dst.shards else nc
-    scale = np.ones(nc, np.float32)
-    total = np.zeros(nc, np.float64)
-    count = np.zeros(nc, np.int64)
-    coarse_sums = np.zeros((vl.ny, vl.ny, -(-nc // TILE)), np.float32) if coarse else None
-    for c0 in range(0, nc, shard_c):
-        c1 = min(c0 + shard_c, nc)
-        block = np.empty((vl.ny, vl.ny, c1 - c0), np.float32)
-        for ys in _bands(vl.nx, arr.chunks[1], vl.s):
-            rows = bin_last(arr[z, ys, :, c0 * c_bin:min(c1 * c_bin, nc_src)], c_bin)  # (band, nx, c1 - c0)
-            sums, counts = block_sums(rows, vl.s)
-            if counts is None:
-                counts = block_counts(rows.shape[0], rows.shape[1], vl.s)
-                count[c0:c1] += rows.shape[0] * rows.shape[1]
-            else:
-                count[c0:c1] += counts.sum(axis=(0, 1), dtype=np.int64)
-            total[c0:c1] += sums.sum(axis=(0, 1), dtype=np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0: an all-NaN block stays NaN
-                np.divide(sums, counts, out=block[ys.start // vl.s:-(-ys.stop // vl.s)])
-            del rows, sums, counts
-        scale[c0:c1] = f16_scale(block)
-        block *= scale[c0]  # in place (a power of 2: exact both ways), no second shard-sized temporary
-        store.write_region(path, f"{VIEW}/{name}", (z, slice(None), slice(None), slice(c0, c1)),
-                           block.astype(np.float16))
-        block /= scale[c0]
-        if coarse:  # NaN counts as 0 in a sum over q (the block is not needed any more: in place)
-            starts = np.arange(0, c1 - c0, TILE)
-            block[np.isnan(block)] = 0
-            coarse_sums[..., c0 // TILE:c0 // TILE + starts.size] = np.add.reduceat(block, starts, axis=2)
-        del block
-    store.write_region(path, f"{VIEW}/{name}_scale", (z,), scale)
+    nc = vl.nq if name == "recon" else vl.nr_view
+    c1 = min(c0 + _shard(vl, name), nc)
+    total = np.zeros(c1 - c0, np.float64)
+    count = np.zeros(c1 - c0, np.int64)
+    block = np.empty((vl.ny, vl.ny, c1 - c0), np.float32)
+    for ys in _bands(vl.nx, arr.chunks[1], vl.s):
+        rows = bin_last(arr[z, ys, :, c0 * c_bin:min(c1 * c_bin, nc_src)], c_bin)  # (band, nx, c1 - c0)
+        sums, counts = block_sums(rows, vl.s)
+        if counts is None:
+            counts = block_counts(rows.shape[0], rows.shape[1], vl.s)
+            count += rows.shape[0] * rows.shape[1]
+        else:
+            count += counts.sum(axis=(0, 1), dtype=np.int64)
+        total += sums.sum(axis=(0, 1), dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0: an all-NaN block stays NaN
+            np.divide(sums, counts, out=block[ys.start // vl.s:-(-ys.stop // vl.s)])
+        del rows, sums, counts
+    scale = f16_scale(block)
+    block *= scale  # in place (a power of 2: exact both ways), no second shard-sized temporary
+    store.write_region(path, f"{VIEW}/{name}", (z, slice(None), slice(None), slice(c0, c1)), block.astype(np.float16))
+    block /= scale
+    store.write_region(path, f"{VIEW}/{name}_scale", (z, slice(c0, c1)), np.full(c1 - c0, scale, np.float32))
     with np.errstate(invalid="ignore", divide="ignore"):
-        store.write_region(path, f"{VIEW}/{name}_mean", (z,), np.where(count > 0, total / np.maximum(count, 1),
-                                                                      np.nan).astype(np.float32))
-    if coarse:
-        store.write_region(path, f"{VIEW}/{name}_coarse", (z,), coarse_sums)
+        store.write_region(path, f"{VIEW}/{name}_mean", (z, slice(c0, c1)),
+                           np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32))
+    if coarse:  # NaN counts as 0 in a sum over q
+        block[np.isnan(block)] = 0
+        sums = np.add.reduceat(block, np.arange(0, c1 - c0, TILE), axis=2)
+        store.write_region(path, f"{VIEW}/{name}_coarse",
+                           (z, slice(None), slice(None), slice(c0 // TILE, c0 // TILE + sums.shape[2])), sums)
 
 
 def _write_sinogram(path: Path, z: int, vl: ViewLayout) -> None:
@@ -301,30 +330,38 @@ def _write_sinogram(path: Path, z: int, vl: ViewLayout) -> None:
     store.write_region(path, f"{VIEW}/sino_scale", (z,), np.full(vl.nqs, scale, np.float32))
 
 
-def write_view_copy(path, z: int) -> dict:
-    """Write the view copy of slice ``z`` of store ``path`` (the ``view`` group made with the
-    store) from its ``recon/``, ``pdf/G`` and ``reduced/`` arrays; returns sizes and seconds.
+def write_view_part(path, z: int, part: int) -> dict:
+    """Write part ``part`` (of :func:`view_parts`) of the view copy of slice ``z`` of store
+    ``path`` (the ``view`` group made with the store) from its ``recon/``, ``pdf/G`` and
+    ``reduced/`` arrays; returns what was written and the seconds it took.
 
-    Holds one shard of the copy (``ny^2 q_shard`` floats), a band of whole recon row chunks of
-    it, and the slice's binned sinogram (``nw ny nqs`` floats): never a whole slice of a big
-    array."""
+    Holds one shard of the copy (``ny^2 q_shard`` floats) and a band of whole recon row chunks of
+    it, or the slice's binned sinogram (``nw ny nqs`` floats): never a whole slice of a big array."""
     import time
 
     t0 = time.perf_counter()
     path = Path(path)
     vl = layout_of(path)
-    _write_tiles(path, z, f"{store.RECON}/intensity", "recon", vl, 1, coarse=True)
-    if vl.nr:
-        _write_tiles(path, z, f"{store.PDF}/G", "g", vl, vl.r_bin, coarse=False)
-    _write_sinogram(path, z, vl)
-    return {"stage": "view", "z": z, "pixels": vl.ny, "seconds": time.perf_counter() - t0}
+    name, c0 = view_parts(vl)[part]
+    if name == "sino":
+        _write_sinogram(path, z, vl)
+    else:
+        _write_shard(path, z, name, vl, c0)
+    return {"stage": "view", "z": z, "part": f"{name}@{c0}", "pixels": vl.ny, "seconds": time.perf_counter() - t0}
+
+
+def write_view_copy(path, z: int) -> dict:
+    """The whole view copy of slice ``z`` in this process, part after part (the run writes the
+    parts as tasks of their own, :func:`write_view_part`)."""
+    parts = [write_view_part(path, z, i) for i in range(len(view_parts(layout_of(path))))]
+    return {"stage": "view", "z": z, "pixels": parts[0]["pixels"], "seconds": sum(p["seconds"] for p in parts)}
 
 
 def view_bytes(vl: ViewLayout, y_chunk: int, omega_chunk: int) -> int:
-    """Bytes a view task holds at most: a shard (float32 + float16), a band of recon rows (of
-    ``y_chunk`` row chunks), the binned sinogram and its float16 copy with a band of reduced/
-    (of ``omega_chunk`` angle chunks), the coarse sums."""
+    """Bytes a view task holds at most: a shard (float32 + float16) with a band of recon rows (of
+    ``y_chunk`` row chunks) and its coarse sums, or the binned sinogram and its float16 copy with a
+    band of reduced/ (of ``omega_chunk`` angle chunks)."""
     band = min(vl.nx, math.lcm(y_chunk, vl.s)) * vl.nx * vl.q_shard * 4
-    shard = vl.ny * vl.ny * vl.q_shard * 6
+    shard = vl.ny * vl.ny * vl.q_shard * 6 + vl.ny * vl.ny * -(-vl.q_shard // TILE) * 4
     sino = vl.nw * vl.ny * vl.nqs * 6 + min(vl.nomega, math.lcm(omega_chunk, vl.sino_w)) * vl.nx * vl.nq * 4
-    return int(band + shard + max(sino, vl.ny * vl.ny * -(-vl.nq // TILE) * 4))
+    return int(max(band + shard, sino))

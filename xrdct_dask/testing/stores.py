@@ -48,18 +48,19 @@ def assert_same_stores(a: str | Path, b: str | Path, required=("reduced/intensit
 
 
 def run_markers(nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_order: str = "recon-then-pdf",
-                view: bool = False):
+                view=None):
     """The done-markers a run of this size and layout gets (the stage table's,
     :func:`xrdct_dask.pipeline.stages.marker_specs`), for tests that create a store by hand with
-    :func:`xrdct_dask.store.layout.create_store`; ``nr = 0``: no PDF; ``view``: with the view copy's."""
+    :func:`xrdct_dask.store.layout.create_store`; ``nr = 0``: no PDF; ``view``: the view copy's
+    :class:`~xrdct_dask.store.viewcopy.ViewLayout` (None: no copy)."""
     from xrdct_dask.config import workflow_from_dict
     from xrdct_dask.pipeline.stages import Sizes, marker_specs
 
     wf = workflow_from_dict({"inputs": {"frames": "frame_{index}.cbf", "poni": "g.poni"},
                              "scan": {"nz": nz, "nomega": nomega, "nx": nx}, "store": "run.zarr",
-                             "pdf": {"enabled": nr > 0, "order": pdf_order}, "view": {"write_copy": view}},
+                             "pdf": {"enabled": nr > 0, "order": pdf_order}, "view": {"write_copy": view is not None}},
                             base_dir=Path("."))
-    return marker_specs(wf, Sizes(nz, nomega, nx, nq, nr, layout))
+    return marker_specs(wf, Sizes(nz, nomega, nx, nq, nr, layout, view=view))
 
 
 def block_store(folder, sinograms: np.ndarray, omega_deg, *, sinogram: dict | None = None, nq_chunk: int | None = None,

@@ -46,7 +46,7 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
     ``phases``: the workflow's ``view.phases``; ``data_slices``: only the first this many slices
     get recon/, pdf/G and reduced/intensity (the others their per-frame arrays and markers only)."""
     from xrdct_dask.pdf import build_operator, compute_pdf
-    from xrdct_dask.store.viewcopy import view_layout, write_view_copy
+    from xrdct_dask.store.viewcopy import view_layout, view_parts, write_view_copy
 
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -63,7 +63,7 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
           "scan": {"nz": nz, "nomega": nomega, "nx": nx},
           "pdf": {"composition": "Ni", "enabled": bool(nr)}, "view": {"phases": phases or {}}}
     pdf_blocks = -(-nx // lay.y_chunk) if nr else 0
-    markers = run_markers(nz, nomega, nx, nq, nr, lay, view=vl is not None)
+    markers = run_markers(nz, nomega, nx, nq, nr, lay, view=vl)
     extra = {"extra_specs": view_specs(nz, vl), "group_attrs": {store.VIEW: view_group_attrs(vl)}} if vl else {}
     store.create_store(path, nz=nz, nomega=nomega, nx=nx, radial=q_nm, radial_unit="q_nm^-1", omega_deg=omega,
                        x_mm=np.arange(nx) * 0.05, z_mm=np.arange(nz) * 0.05, r_A=op.r_A if op is not None else None,
@@ -118,7 +118,8 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
         store.mark_done(path, "center", (z,), nx / 2)
         if vl is not None and fill_view:
             write_view_copy(path, z)
-            store.mark_done(path, "view", (z, 0))
+            for part in range(len(view_parts(vl))):
+                store.mark_done(path, "view", (z, part))
     store.mark_template_complete(path)
     store.consolidate(path)
     return path
