@@ -38,11 +38,10 @@ import logging
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import signal
 import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import dask
 from dask.utils import parse_bytes

@@ -22,8 +22,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from xrdct_dask import store
+from xrdct_dask.sinogram import prep_options, prepare_sinogram
+from xrdct_dask.sinogram.air import AirColumns, subtract_air, subtract_measured
+from xrdct_dask.sinogram.axis import find_axis, structured_bins, weighted_sum
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,6 @@ def stored_geometry(path, z: int) -> dict | None:
 
 def recorded_fit(path) -> dict | None:
     """The ``axis_fit`` of a store's ``recon`` attrs (:func:`xrdct_dask.runs.refit.refit_axis`), None before any."""
-    import zarr
 
     try:
         return dict(zarr.open_group(str(Path(path) / store.RECON), mode="r").attrs).get("axis_fit")
@@ -76,7 +79,6 @@ def _choose_q_block(ctx, z: int, air, measured) -> slice:
     projections: cheap to read): per q bin, the spread of the air-corrected values over the
     sample's columns over the median ``sigma`` there; a block scores the sum of its best
     ``SELECTED_BINS`` bins."""
-    from xrdct_dask.sinogram.air import subtract_air, subtract_measured
 
     wc, qc = ctx.layout.omega_chunk, ctx.layout.q_sub
     rows = _pattern_read(ctx, f"{store.REDUCED}/intensity", z, slice(0, wc))  # (wc, nx, nq)
@@ -105,8 +107,6 @@ def _choose_q_block(ctx, z: int, air, measured) -> slice:
 def _selected_axis(ctx, z: int, ok, omega, geo: dict, measured, air):
     """The axis found on the most structured q bins of the slice's most structured q block, prepared
     with the slice's geometry (air, stripes, shifts); ``(estimate, q block, bins)``."""
-    from xrdct_dask.sinogram import prep_options, prepare_sinogram
-    from xrdct_dask.sinogram.axis import find_axis, structured_bins, weighted_sum
 
     qs = _choose_q_block(ctx, z, air, measured)
     block = _pattern_read(ctx, f"{store.REDUCED}/intensity", z, slice(None), qs)
@@ -136,9 +136,6 @@ def slice_geometry(ctx, z: int, record: bool = True, sinogram_out: list | None =
     block of the slice is prepared with (``center``, ``air``, ``stripe_columns``, ``shifts_px``)
     and what was found, and (``record``) writes it to ``recon/slice_info``.  ``sinogram_out`` (a
     list) receives the prepared q-summed sinogram ``(nomega, nx)`` the axis was found on."""
-    from xrdct_dask.sinogram import prep_options, prepare_sinogram
-    from xrdct_dask.sinogram.air import AirColumns
-    from xrdct_dask.sinogram.axis import find_axis
 
     wf = ctx.workflow
     sec = wf.sinogram

@@ -24,13 +24,20 @@ from pathlib import Path
 import numpy as np
 
 from xrdct_dask.config import Workflow, WorkflowError
+from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
+from xrdct_dask.io.layout import ScanShape
+from xrdct_dask.io.scan import grid_index
+from xrdct_dask.io.scantable import monitor_blocks
+from xrdct_dask.io.source import CbfTemplate, open_source
+from xrdct_dask.io.spec import split_spec
+from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.pipeline.integrator import integrator_for
 
 KEY = "inputs.background_scan"
 
 
 def background_shape(wf: Workflow):
     """The :class:`~xrdct_dask.io.layout.ScanShape` of the background scan's frames (one slice)."""
-    from xrdct_dask.io.layout import ScanShape
 
     b, s = wf.inputs.background_scan, wf.scan
     if b.extent == "line":
@@ -40,7 +47,6 @@ def background_shape(wf: Workflow):
 
 def background_indices(wf: Workflow) -> np.ndarray:
     """int64 ``(rows, nx)``: the acquisition index of the background frame at each (row, x)."""
-    from xrdct_dask.io.scan import grid_index
 
     shape = background_shape(wf)
     iw, ix = np.indices((shape.nomega, shape.nx))
@@ -54,7 +60,6 @@ def background_rows(wf: Workflow) -> int:
 
 
 def _source(wf: Workflow):
-    from xrdct_dask.io.source import open_source
 
     return open_source(wf.inputs.background_scan.frames, scan=background_shape(wf))
 
@@ -63,7 +68,6 @@ def read_monitor(wf: Workflow) -> np.ndarray | None:
     """The background frames' monitor, one value per frame in acquisition order (None: not given).
     Raises :class:`WorkflowError` (one line) for a missing file, a wrong count, or a value that
     is not finite and > 0 (a frame that cannot be normalised)."""
-    from xrdct_dask.io.scantable import monitor_blocks
 
     path = wf.inputs.background_scan.monitor
     if path is None:
@@ -97,7 +101,6 @@ def check_background_scan(wf: Workflow, frame_shape: tuple[int, int]) -> None:
         src = _source(wf)
     except (OSError, ValueError, KeyError) as err:
         raise WorkflowError(f"{KEY}.frames: {err}") from None
-    from xrdct_dask.io.source import CbfTemplate
 
     if not isinstance(src, CbfTemplate):  # HDF5: one dataset, or a file per line
         try:
@@ -112,7 +115,6 @@ def check_background_scan(wf: Workflow, frame_shape: tuple[int, int]) -> None:
         if missing:
             raise WorkflowError(f"{KEY}.frames: {len(missing)} of {idx.size} background frames missing, the first "
                                 f"{src.path(missing[0])}")
-        from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
 
         try:
             shape = tuple(read_cbf_payload(src.path(int(idx[0]))).shape)
@@ -129,8 +131,6 @@ def integrate_background_scan(wf: Workflow, monitor_reference: float, integrator
     ``reduced/intensity`` (monitor / ``monitor_reference`` applied as the frames' is).  A frame
     that cannot be read or decoded is a :class:`WorkflowError` naming it (a background is
     subtracted from every sinogram: no frame of it may be missing)."""
-    from xrdct_dask.io.status import FrameStatus
-    from xrdct_dask.pipeline.integrator import integrator_for
 
     integ = integrator if integrator is not None else integrator_for(wf)
     idx = background_indices(wf)
@@ -152,7 +152,6 @@ def input_files(wf: Workflow) -> dict[str, Path]:
     b = wf.inputs.background_scan
     if b is None:
         return {}
-    from xrdct_dask.io.spec import split_spec
 
     out = {f"{KEY}.frames": Path(split_spec(b.frames)[0]).parent}
     if b.monitor is not None:

@@ -20,6 +20,9 @@ from xrdct_dask.io.source import Hdf5Frames
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.limits import check_run_sizes
 from xrdct_dask.pipeline.frames import frame_file, frame_path, frame_source
+from xrdct_dask.recon.astra import AstraMissingError, check_astra
+from xrdct_dask.runs.background import check_background_scan
+from xrdct_dask.runs.background import input_files as background_files
 from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,6 @@ def check_inputs(wf: Workflow):
         p = getattr(wf.inputs, key)
         if p is not None and not Path(p).is_file():
             raise WorkflowError(f"inputs.{key}: {p} not found")
-    from xrdct_dask.runs.background import check_background_scan
 
     check_background_scan(wf, shape)
     return ai, shape
@@ -96,7 +98,6 @@ def _files(value) -> list:
 def check_recon_engine(wf: Workflow) -> None:
     """``recon.engine: astra`` needs the ASTRA toolbox here: a one-line error before anything is written."""
     if wf.recon.engine == "astra":
-        from xrdct_dask.recon.astra import AstraMissingError, check_astra
 
         try:
             check_astra()
@@ -157,7 +158,6 @@ def input_files(wf: Workflow) -> dict[str, Path]:
             out[f"inputs.{key}" + (f"[{k}]" if len(files) > 1 else "")] = Path(f)
     if wf.pdf.enabled and wf.pdf.background == "file" and wf.pdf.background_file is not None:
         out["pdf.background_file"] = Path(wf.pdf.background_file)
-    from xrdct_dask.runs.background import input_files as background_files
 
     return out | background_files(wf)
 

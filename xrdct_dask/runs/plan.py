@@ -67,12 +67,12 @@ from xrdct_dask.pipeline.frames import frame_path, frame_source
 from xrdct_dask.pipeline.graph import build_graph
 from xrdct_dask.pipeline.integrator import _plan_inputs
 from xrdct_dask.pipeline.stages import Sizes, marker_specs, stages_of, tasks_per_slice
-from xrdct_dask.runs.sectors import sector_spec_args
 from xrdct_dask.pipeline.tasks_pdf import pdf_aux_channels
 from xrdct_dask.resources import shipped_throughputs
 from xrdct_dask.runs.background import background_rows
 from xrdct_dask.runs.open import absorption_store_args, layout_for
 from xrdct_dask.runs.scanlayout import frames_placed_by_scan
+from xrdct_dask.runs.sectors import sector_spec_args
 from xrdct_dask.store import budget
 from xrdct_dask.store.viewcopy import view_specs
 

@@ -16,8 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from xrdct_dask import store
+from xrdct_dask.config import WorkflowError, workflow_from_dict
 from xrdct_dask.errors import XrdctError
+from xrdct_dask.pipeline.centering import slice_geometry
 from xrdct_dask.pipeline.stages import FRAMES_STAGE
+from xrdct_dask.recon import fbp
+from xrdct_dask.runs.open import context_from_store
+from xrdct_dask.view.summary import is_our_picture
 
 SOFTWARE = "xrdct-dask center"
 
@@ -45,11 +50,6 @@ def write_center_picture(path: str | Path, z: int | None = None, out: str | Path
     axis, its confidence, the air columns).  Raises :class:`CenterPictureError` for a store that
     is not a run, a slice not integrated, a bad ``step_px``/``count``, or an ``out`` that is inside
     the store or a file this program did not write."""
-    from xrdct_dask.config import WorkflowError, workflow_from_dict
-    from xrdct_dask.pipeline.centering import slice_geometry
-    from xrdct_dask.recon import fbp
-    from xrdct_dask.runs.open import context_from_store
-    from xrdct_dask.view.summary import is_our_picture
 
     path = Path(path)
     if not store.is_store(path):

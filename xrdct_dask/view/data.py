@@ -25,12 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from xrdct_dask import store
 from xrdct_dask.errors import XrdctError
+from xrdct_dask.io.status import usable
+from xrdct_dask.pdf.transform import radial_to_q_A
 from xrdct_dask.pipeline.stages import writer_of
 from xrdct_dask.store import viewcopy
-from xrdct_dask.view.summary import pretty_unit
+from xrdct_dask.view.summary import RADIAL_NAMES, pretty_unit
 
 VOXEL_MAP_DIMS = ("z", "y", "x")
 # texture/ arrays: a map per reflection (and per sector)
@@ -85,7 +88,6 @@ def d_to_radial(d_A, unit: str, wavelength_A: float) -> np.ndarray:
 
 def radial_to_d(x, unit: str, wavelength_A: float) -> np.ndarray:
     """d (angstrom) of radial positions ``x`` in a pyFAI unit (the inverse of :func:`d_to_radial`)."""
-    from xrdct_dask.pdf.transform import radial_to_q_A
 
     with np.errstate(divide="ignore", invalid="ignore"):
         return 2 * np.pi / radial_to_q_A(np.asarray(x, np.float64), unit, wavelength_A)
@@ -123,7 +125,6 @@ class RunData:
     # ---- axes -------------------------------------------------------------------------------
     @functools.cached_property
     def q(self) -> Axis:
-        from xrdct_dask.view.summary import RADIAL_NAMES
 
         arr = store.open_array(self.path, "q", "r")
         return Axis(arr[:], RADIAL_NAMES.get(self.unit.split("_")[0], "radial"), pretty_unit(arr.attrs.get("units")))
@@ -203,7 +204,6 @@ class RunData:
         """``{map name: (array path, index after (z, y, x))}`` of :meth:`voxel_maps` (read once:
         the arrays of a store are made with it)."""
         if self._map_index is None:
-            import zarr
 
             out: dict[str, tuple[str, tuple]] = {}
             root = zarr.open_group(str(self.path), mode="r")
@@ -357,7 +357,6 @@ class RunData:
     def frame_flags(self, z: int) -> np.ndarray:
         """int8 ``(nomega, nx)``: 1 where the frame is flagged (missing, corrupt, ...), 0 where it
         is used, -1 where it is not written yet."""
-        from xrdct_dask.io.status import usable
 
         st = store.open_array(self.path, f"{store.REDUCED}/frame_status", "r")[z]
         return np.where(st < 0, -1, (~usable(st)).astype(np.int8)).astype(np.int8)
