@@ -43,7 +43,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
-exclude_patterns = ["_build", "_generated", "_ext", "README-outline.md", "**.ipynb_checkpoints"]
+exclude_patterns = ["_build", "_generated", "_ext", "**.ipynb_checkpoints"]
 
 # MyST: ::: fences, definition lists, heading anchors for [text](#section) links
 myst_enable_extensions = ["colon_fence", "deflist"]
