@@ -88,8 +88,9 @@ def waves(unit_tasks: list[int], max_tasks: int) -> list[list[int]]:
     """Group consecutive units (z slices) into waves of at most ``max_tasks // 2`` tasks.
 
     Returns lists of unit positions.  A unit larger than half the budget is a wave by itself.  The
-    runner keeps two waves in flight, so the scheduler holds at most ``max_tasks`` tasks while the
-    next wave is already queued when the last tasks of the previous one finish.
+    runner keeps two waves in flight, so the scheduler computes at most ``max_tasks`` tasks while the
+    next wave is already queued when the last tasks of the previous one finish (it also holds the
+    keys of the wave just finished for the few ms until the client's release of them reaches it).
     """
     budget = max(1, max_tasks // 2)
     out: list[list[int]] = []
