@@ -42,9 +42,12 @@ def test_run_writes_the_view_copy(viewed_run):
     counts the stage); at 24 x 24 voxels it is the reconstruction itself, in float16 (rtol 1e-3)."""
     from xrdct_dask.view.data import RunData
 
+    from xrdct_dask.store.viewcopy import layout_of, view_parts
+
     path, scan = viewed_run
     state = store.task_state(path)
-    assert "view" in state and state["view"].all() and state.counts()["view"] == (scan.nz, scan.nz)
+    parts = scan.nz * len(view_parts(layout_of(path)))  # a task per shard and the sinogram, every slice
+    assert "view" in state and state["view"].all() and state.counts()["view"] == (parts, parts)
     d = RunData(path)
     assert d.view.s == 1 and d.view.nq == d.nq
     for z in range(scan.nz):
