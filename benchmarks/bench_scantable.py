@@ -9,8 +9,9 @@ client's peak resident memory (VmHWM of this process: the workers are other proc
 
     python benchmarks/bench_scantable.py --rows 100000000 --workers 1 2 4 8 16
 
-Prints one JSON line per N: rows, seconds, rows/s, rows/s per worker, client peak MB.  Also the
-file's sequential read rate (the disk's ceiling for any number of workers).
+Prints one JSON line per N: rows, seconds, rows/s, rows/s per worker, the workers' CPU seconds
+(rows per worker CPU second: the per-core rate on a shared machine), the client's CPU seconds and
+peak MB.  Also the file's sequential read rate (the disk's ceiling for any number of workers).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from pathlib import Path
 
 def _status(key: str) -> int:
     return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith(key))
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process: on a shared machine, the per-core rate is rows
+    per CPU second (the wall clock counts the other jobs' turns too)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def main() -> None:
@@ -78,15 +86,20 @@ def main() -> None:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
                 rss0 = _status("VmRSS")
+                cpu = lambda: sum(client.run(_cpu_s).values())  # noqa: E731  (the workers' CPU seconds)
+                w0, c0 = cpu(), _cpu_s()
                 t = time.perf_counter()
                 lay = scan_layout(wf, client)
                 t_layout = time.perf_counter() - t
                 ref = lay.monitor_reference(wf, client)
                 dt = time.perf_counter() - t
                 peak = _status("VmHWM")
+                w_cpu, c_cpu = cpu() - w0, _cpu_s() - c0
                 lay.close()
             print(json.dumps({"workers": n, "rows": rows, "layout_s": round(t_layout, 1), "total_s": round(dt, 1),
                               "rows_per_s": round(rows / dt), "rows_per_s_per_worker": round(rows / dt / n),
+                              "worker_cpu_s": round(w_cpu, 1), "rows_per_worker_cpu_s": round(rows / w_cpu),
+                              "client_cpu_s": round(c_cpu, 1),
                               "client_peak_above_start_MB": round((peak - rss0) / 1e6, 1),
                               "client_rss_before_MB": round(base / 1e6, 1), "monitor_reference": ref,
                               "load_avg": os.getloadavg()[0]}), flush=True)

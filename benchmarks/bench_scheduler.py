@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--waves", type=int, default=2, help="waves run (of the full plan's); 0: all")
     ap.add_argument("--sleep-ms", type=float, default=5.0)
     ap.add_argument("--max-tasks", type=int, default=None, help="compute.max_tasks (default: the workflow's)")
+    ap.add_argument("--omega-chunk", type=int, default=16, help="store.omega_chunk (the default workflow's: 16)")
     ap.add_argument("--folder", default="/tmp")
     args = ap.parse_args()
 
@@ -128,6 +129,7 @@ def main() -> None:
     try:
         tiny = simulate_scan(work / "tiny", nz=1, nomega=4, nx=5, seed=1, threads=1, npt_rad=100)
         sets = {"scan.nz": args.nz, "scan.nomega": args.nomega, "scan.nx": args.nx, "integrate.npt_rad": args.nq,
+                "store.omega_chunk": args.omega_chunk,
                 "store.path": str(work / "run.zarr")}
         if args.max_tasks:
             sets["compute.max_tasks"] = args.max_tasks
