@@ -84,7 +84,8 @@ def main() -> None:
                 w = cpu() - w0
             parts = sorted((work / f"parts{n}.h5.parts").glob("part-*.h5"))
             print(json.dumps({"layout": "parts", "workers": n, "parts": len(parts), "s": round(dt, 1),
-                              "MB_per_s": round(nbytes / 1e6 / dt, 1), "MB_per_s_per_worker": round(nbytes / 1e6 / dt / n, 1),
+                              "MB_per_s": round(nbytes / 1e6 / dt, 1),
+                              "MB_per_s_per_worker": round(nbytes / 1e6 / dt / n, 1),
                               "worker_cpu_s": round(w, 1), "MB_per_worker_cpu_s": round(nbytes / 1e6 / w, 1),
                               "master_kB": round(out.stat().st_size / 1e3, 1), "load_avg": os.getloadavg()[0]}),
                   flush=True)

@@ -118,7 +118,7 @@ def main() -> None:
 
     from xrdct_dask.config import load_workflow
     from xrdct_dask.pipeline.context import RunContext
-    from xrdct_dask.pipeline.stages import Sizes, marker_specs, stages_of, tasks_per_slice
+    from xrdct_dask.pipeline.stages import Sizes, marker_specs, tasks_per_slice
     from xrdct_dask.runs.execute import compute_waves
     from xrdct_dask.runs.open import layout_for
     from xrdct_dask.runs.plan import _nr, waves
@@ -175,7 +175,7 @@ def main() -> None:
         # warm: every worker process has imported the store layer and opened the marker store once
         client.run(lambda: __import__("xrdct_dask.store") and zarr.open_group(ms, mode="r") and None)
         t = time.perf_counter()
-        for i in range(50):
+        for _ in range(50):
             _null(markers[0].name, ms, (0, 0) if not markers[0].value else (0,), 0.0)
         mark_s = (time.perf_counter() - t) / 50
         sched = psutil.Process(procs[0].pid)
@@ -201,13 +201,7 @@ def main() -> None:
         s_cpu0, c_cpu0 = sum(sched.cpu_times()[:2]), sum(me.cpu_times()[:2])
         t0 = time.perf_counter()
         done = 0
-        finished_at: dict[int, float] = {}
-        wave_of = {}
-        for k, zs in enumerate(run_groups):
-            for z in zs:
-                wave_of[z] = k
-        for _, stage, res in compute_waves(client, [builder(k, zs) for k, zs in enumerate(run_groups)], totals,
-                                           progress=False):
+        for _ in compute_waves(client, [builder(k, zs) for k, zs in enumerate(run_groups)], totals, progress=False):
             done += 1
         wall = time.perf_counter() - t0
         s_cpu, c_cpu = sum(sched.cpu_times()[:2]) - s_cpu0, sum(me.cpu_times()[:2]) - c_cpu0

@@ -95,7 +95,7 @@ EXPORT_IN_FLIGHT = 8  # pieces per worker whose encoded chunks may wait for the 
 
 
 def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, source=None, kind: str = "none",
-                guard: "SpaceGuard | None" = None, parts: "PartsPlan | None" = None):
+                guard: SpaceGuard | None = None, parts: PartsPlan | None = None):
     """Copy a zarr array into a new HDF5 dataset one zarr chunk at a time.
 
     With a ``client``, the zarr chunks are read and encoded into HDF5 chunks (the filters of
@@ -136,7 +136,7 @@ def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, so
     return d
 
 
-def _write_encoded(client, d, pieces, name: str, guard: "SpaceGuard | None" = None) -> None:
+def _write_encoded(client, d, pieces, name: str, guard: SpaceGuard | None = None) -> None:
     """Encode ``pieces`` on the workers (a bounded number in flight) and write their chunks into ``d``."""
 
 
@@ -381,7 +381,7 @@ def _h5_chunk_count(root, groups) -> int:
 
 
 def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, version: str, client=None,
-           kind: str = "none", guard: "SpaceGuard | None" = None, parts: "PartsPlan | None" = None) -> None:
+           kind: str = "none", guard: SpaceGuard | None = None, parts: PartsPlan | None = None) -> None:
 
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"NX_class": "NXroot", "creator": CREATOR, "file_name": out_h5.name,
@@ -398,7 +398,7 @@ def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, ve
 
 
 def _export_group(zg, entry, gname: str, comp: dict, version: str, client=None, run_zarr: Path | None = None,
-                  kind: str = "none", guard: "SpaceGuard | None" = None, parts: "PartsPlan | None" = None) -> None:
+                  kind: str = "none", guard: SpaceGuard | None = None, parts: PartsPlan | None = None) -> None:
     entry.attrs["NX_class"] = "NXentry"
     entry.attrs["title"] = f"xrdct_dask {gname}"
     entry.create_dataset("program_name", data="xrdct_dask").attrs["version"] = version

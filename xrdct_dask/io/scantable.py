@@ -28,9 +28,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -83,15 +83,20 @@ def parse_table_lines(path: str | Path, names: list[str], lines: list[str]) -> I
         raise ValueError(f"{path}: column {col!r} holds values that are not numbers") from None
     if not len(a):
         return
+    yield typed_columns(path, {c: a[:, k] for k, c in enumerate(wanted)})
+
+
+def typed_columns(path: str | Path, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Parsed float64 columns as the readers give them: the grid and index columns as int64 (a
+    value that is not whole is a one-line ValueError naming the column), the others float64."""
     out = {}
-    for k, c in enumerate(wanted):
-        v = a[:, k]
+    for c, v in columns.items():
         if c in SCAN_COLUMNS:
             if not np.array_equal(v, np.round(v)):
                 raise ValueError(f"{path}: column {c!r} holds values that are not whole numbers")
             v = v.astype(np.int64)
         out[c] = np.ascontiguousarray(v)
-    yield out
+    return out
 
 
 def monitor_blocks(path: str | Path, rows: int | None = None) -> Iterator[np.ndarray]:
@@ -287,7 +292,7 @@ class SlabFrames:
     def duplicates(self) -> int:
         return sum(self._file(z, "dup").stat().st_size // 8 for z in range(self.shape[0]))
 
-    def stream(self, field: str, axis: int, z0: int = 0, z1: int | None = None) -> "SliceStream":
+    def stream(self, field: str, axis: int, z0: int = 0, z1: int | None = None) -> SliceStream:
         """For :func:`grouped_median`: ``(grid index along axis, value of field)`` of every
         winning row of slices ``z0 .. z1 - 1`` (default all), slice by slice (``axis`` 0 = z,
         1 = omega, 2 = x).  A picklable callable: it can run on a worker."""

@@ -86,15 +86,7 @@ def read_table_slab(path: str | Path, start: int, stop: int, names: list[str] | 
         blocks = list(scantable.parse_table_lines(path, names, lines))
         return {c: np.concatenate([b[c] for b in blocks]) for c in wanted} if blocks else \
             {c: np.empty(0, np.int64 if c in SCAN_COLUMNS else np.float64) for c in wanted}
-    out = {}
-    for c in wanted:
-        v = cols[c]
-        if c in SCAN_COLUMNS:
-            if not np.array_equal(v, np.round(v)):
-                raise ValueError(f"{path}: column {c!r} holds values that are not whole numbers")
-            v = v.astype(np.int64)
-        out[c] = np.ascontiguousarray(v)
-    return out
+    return scantable.typed_columns(path, cols)
 
 
 def read_monitor_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
