@@ -347,8 +347,9 @@ def grouped_median(stream, ngroups: int, *, bins: int | None = None, collect: in
 
     ``stream()`` starts a new pass over the data (it is called a few times); ``stream`` may also be
     a list of such callables (parts of the data, e.g. slabs of slices), each pass then reduced
-    part by part through ``mapper(fn, parts) -> [fn(part), ...]`` (default :func:`serial_map`;
-    on workers, :func:`xrdct_dask.cluster.sidework.map_pieces`) and merged here: counts add,
+    part by part through ``mapper(fn, parts)``, an iterable of ``fn(part)`` in any order
+    (default :func:`serial_map`; on workers, :func:`xrdct_dask.runs.scanslabs.mapper_for`), each
+    merged here as it comes (one part's result held at a time): counts add,
     minima and maxima are taken, gathered values are joined, so the result does not depend on
     how the data are cut or where the parts run.  Each group's two middle ranks are found by
     narrowing: a pass histograms the values inside each rank's current interval into ``bins``
