@@ -396,15 +396,16 @@ def _overhead(frames: int, tasks: int, written: int, hw: dict, figures: dict) ->
     many workers (the store's bytes), and the scheduler's CPU time for every task (one core: the
     scheduler is one process)."""
     cores = max(1, int(hw.get("cores") or 1))
+    unknown = " (the run's cores unknown: divide by them)" if not hw.get("cores") else ""
     out = {}
     if figures.get("scan_table_rows_per_s_per_core"):
         r = figures["scan_table_rows_per_s_per_core"]
         out["scan table"] = {"hours": frames / (r * cores) / 3600, "rate": f"{r:,.0f} rows/s per core",
-                             "on": f"{cores} cores"}
+                             "on": f"{cores} core{'s' if cores > 1 else ''}{unknown}"}
     if figures.get("export_mb_per_s_per_worker"):
         r = figures["export_mb_per_s_per_worker"]
         out["NeXus export"] = {"hours": written / (r * 1e6 * cores) / 3600, "rate": f"{r:,.0f} MB/s per worker",
-                               "on": f"{cores} workers"}
+                               "on": f"{cores} worker{'s' if cores > 1 else ''}{unknown}"}
     if figures.get("scheduler_ms_per_task"):
         r = figures["scheduler_ms_per_task"]
         out["scheduler"] = {"hours": tasks * r / 1e3 / 3600, "rate": f"{r:g} ms CPU per task", "on": "one core"}
