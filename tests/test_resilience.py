@@ -692,7 +692,8 @@ def test_task_state_of_a_hundred_thousand_markers_is_read_in_under_a_second(tmp_
 @pytest.mark.timeout(600)
 def test_workers_sigkilled_every_few_seconds_the_run_completes_identical(tiny_scan, reference, tmp_path):
     """On a local cluster of 4 worker processes, a worker process is SIGKILLed every 2 s while tasks
-    run (3 kills at most; the nannies start new ones): the run completes, its store is byte for
+    run (3 kills at most, the first while the store is prepared on the workers (the scan table's
+    medians) or the stages run; the nannies start new ones): the run completes, its store is byte for
     byte the undisturbed reference run's (so every marked task has its chunks, and retried tasks
     rewrote the same bytes), and the run's log says how many workers were lost and tasks retried."""
     import logging

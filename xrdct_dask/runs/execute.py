@@ -130,7 +130,7 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
         client = conn.get()
         local = conn.local
         try:
-            since = scheduler_time(client)
+            since = conn.since if conn.since is not None else scheduler_time(client)  # store preparation included
             log.info("dashboard: %s", client.dashboard_link)
             if progress:
                 console.info("dask dashboard: %s", client.dashboard_link)
