@@ -132,14 +132,14 @@ def test_layout_on_the_workers_equals_the_serial_one(tiny, tmp_path, monkeypatch
 MEASURE_ON_WORKERS = textwrap.dedent("""
     import json, sys
     from distributed import Client, LocalCluster
-    from xrdct_dask import stages
     from xrdct_dask.config import load_workflow
     from xrdct_dask.io import tableslabs
+    from xrdct_dask.pipeline.integrator import plan_for
     from xrdct_dask.runs.open import check_inputs, open_run
 
     tableslabs.SLAB_BYTES = 8 << 20  # tens of slabs at 1e7 rows: the client's share per slab shows
     wf = load_workflow(sys.argv[1], json.loads(sys.argv[2]))
-    check_inputs(wf); stages.plan_for(wf)
+    check_inputs(wf); plan_for(wf)
 
     def status(key):
         return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith(key))
