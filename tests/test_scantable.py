@@ -163,12 +163,12 @@ def test_a_word_in_the_scan_table_or_monitor_is_one_line(tmp_path):
 
 MEASURE = textwrap.dedent("""
     import json, sys
-    from xrdct_dask import stages
+    from xrdct_dask.pipeline.integrator import plan_for
     from xrdct_dask.config import load_workflow
     from xrdct_dask.runs.open import check_inputs, open_run
 
     wf = load_workflow(sys.argv[1], json.loads(sys.argv[2]))
-    check_inputs(wf); stages.plan_for(wf)  # imports and the integration plan: the same at any scan size
+    check_inputs(wf); plan_for(wf)  # imports and the integration plan: the same at any scan size
 
     def status(key):
         return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith(key))
