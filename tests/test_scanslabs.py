@@ -12,8 +12,6 @@ two slabs, a monitor index read in two slabs).
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 import pytest
 
@@ -128,68 +126,3 @@ def test_layout_on_the_workers_equals_the_serial_one(tiny, tmp_path, monkeypatch
         np.testing.assert_array_equal(parallel[k], v, err_msg=k)
     assert not any(p.name.startswith(".run.zarr.xrdct-scan-") for p in tmp_path.iterdir())  # scratch removed
 
-
-MEASURE_ON_WORKERS = textwrap.dedent("""
-    import json, sys
-    from distributed import Client, LocalCluster
-    from xrdct_dask.config import load_workflow
-    from xrdct_dask.io import tableslabs
-    from xrdct_dask.pipeline.integrator import plan_for
-    from xrdct_dask.runs.open import check_inputs, open_run
-
-    tableslabs.SLAB_BYTES = 8 << 20  # tens of slabs at 1e7 rows: the client's share per slab shows
-    wf = load_workflow(sys.argv[1], json.loads(sys.argv[2]))
-    check_inputs(wf); plan_for(wf)
-
-    def status(key):
-        return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith(key))
-
-    if __name__ == "__main__":
-        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as cluster, \\
-                Client(cluster) as client:
-            client.run(lambda: setattr(tableslabs, "SLAB_BYTES", 8 << 20))
-            before = status("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            ctx = open_run(wf, client=client)
-            print(json.dumps({"before": before, "peak": status("VmHWM")}))
-""")
-
-
-@pytest.mark.slow  # writes and converts a 1e7-row scan table and monitor on two workers: minutes
-@pytest.mark.timeout(900)
-def test_client_memory_is_flat_when_the_workers_convert_the_table(tiny, tmp_path):
-    """open_run with a client of two worker processes, a scan of 1e6 and of 1e7 frames (scan table
-    with grid columns and readings, monitor file): the client's peak resident memory while the
-    workers convert the table (the client process also holds the local scheduler) grows by less
-    than 1.5x and stays under 200 MB above the imports; the store holds every frame where the
-    table put it (benchmarks/RESULTS.md: the same at 1e8 rows)."""
-    import json
-    import subprocess
-    import sys
-
-    import zarr
-
-    from xrdct_dask.io.scan import grid_index
-    from xrdct_dask.simulate import write_scan_table
-
-    grown = {}
-    for nz in (10, 100):  # one after the other: two clusters at once would fight for the 2 cores
-        folder = tmp_path / f"nz{nz}"
-        folder.mkdir()
-        write_scan_table(folder / "scan.csv", nz, 1000, 100, monitor_path=folder / "monitor.txt", seed=nz)
-        sets = {"scan.nz": nz, "scan.nomega": 1000, "scan.nx": 100, "store.omega_chunk": 100, "pdf.enabled": False,
-                "inputs.scan_file": str(folder / "scan.csv"), "inputs.monitor": str(folder / "monitor.txt"),
-                "store.path": str(folder / "run.zarr")}
-        script = folder / "measure.py"
-        script.write_text(MEASURE_ON_WORKERS)
-        out = subprocess.run([sys.executable, str(script), str(tiny.workflow), json.dumps(sets)], capture_output=True,
-                             text=True, timeout=800)
-        assert out.returncode == 0, out.stderr[-3000:]
-        m = json.loads(out.stdout.strip().splitlines()[-1])
-        grown[nz] = m["peak"] - m["before"]
-        z = nz - 1
-        idx = zarr.open_array(str(folder / "run.zarr" / "reduced/frame_index"), mode="r")
-        np.testing.assert_array_equal(idx[z], grid_index(z, *np.indices((1000, 100)), 1000, 100))
-        (folder / "scan.csv").unlink()
-    assert grown[100] < 200e6 and grown[100] < 1.5 * max(grown[10], 50e6), grown
