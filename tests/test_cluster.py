@@ -406,3 +406,52 @@ def test_gpu_worker_runs_decode_integrate_with_the_cupy_engine(tiny_scan, tmp_pa
     info = zarr.open_group(str(path), mode="r").attrs["run_summary"]
     assert "engine cupy: 1 integrate tasks on 1 worker(s) (127.0.0.1)" in info["engine_report"], info
     assert info["engines"] == ["cupy"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow  # two whole runs, one through SLURM jobs, one job cancelled along the way
+def test_a_slurm_job_cancelled_mid_run_the_run_completes_identical(local_slurm, tiny_scan, tmp_path):
+    """`xrdct run --cluster local-slurm --jobs 2`, one of the two worker jobs cancelled (scancel) once
+    tasks run: the other job finishes the run, the store equals the local run's exactly, and the
+    run's messages say a worker was lost and how many tasks ran again."""
+    import threading
+    import time
+
+    from distributed import LocalCluster
+    from typer.testing import CliRunner
+
+    from xrdct_dask import load_workflow, run
+    from xrdct_dask.cli import app
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as lc:
+        local = run(load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "local.zarr"),
+                                                       "store.omega_chunk": 1}), cluster=lc,
+                    progress=False, summary=False)
+    slurm = tmp_path / "slurm.zarr"
+    cancelled: list[str] = []
+    stop = threading.Event()
+
+    def cancel_one():
+        """Once both worker jobs run and the store has a written block, scancel the first job."""
+        while not stop.is_set():
+            out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", "xrdct-test-worker", "-o", "%i"],
+                                 capture_output=True, text=True, timeout=20).stdout.split()
+            if len(out) >= 2 and any((slurm / "tasks" / "integrate").glob("c/*/*")):
+                subprocess.run(["scancel", out[0]], timeout=20)
+                cancelled.append(out[0])
+                return
+            time.sleep(0.5)
+
+    t = threading.Thread(target=cancel_one, daemon=True)
+    t.start()
+    try:
+        r = CliRunner().invoke(app, ["run", str(tiny_scan.workflow), "--set", f"store.path={slurm}", "--set",
+                                     "store.omega_chunk=1", "--cluster", "local-slurm", "--jobs", "2",
+                                     "--cluster-set", f"log_directory={tmp_path / 'logs'}"])
+    finally:
+        stop.set()
+        t.join()
+    assert r.exit_code == 0, r.output
+    assert cancelled, "no job was cancelled (the run ended first)"
+    assert "1 worker lost; " in r.output and "retried on the others" in r.output, r.output
+    assert_same_stores(local, slurm)

@@ -245,7 +245,8 @@ def test_export_on_workers_reads_back_the_same(run_store, tmp_path, cluster, mon
     monkeypatch.setattr(nexus, "EXPORT_PIECE_BYTES", 2 * NX * 5 * 16 * 4)  # two (1, 5, NX, 16) float32 chunks
     here = export_nexus(run_store, tmp_path / "here.h5", compression=compression)
     with Client(cluster) as client, get_task_stream(client) as ts:
-        there = export_nexus(run_store, tmp_path / "there.h5", compression=compression, client=client)
+        there = export_nexus(run_store, tmp_path / "there.h5", compression=compression, client=client,
+                             single_file=True)
         workers = set(client.scheduler_info()["workers"])
     ran = [t for t in ts.data if str(t["key"]).startswith("xrdct-export-reduced-intensity-")]
     # (2, 12, 10, 40) in chunks (1, 5, 10, 16): 2 x 3 x 3 = 18 zarr chunks, 9 pieces of two
@@ -257,3 +258,106 @@ def test_export_on_workers_reads_back_the_same(run_store, tmp_path, cluster, mon
         for n in names:
             assert a[n].chunks == b[n].chunks and a[n].compression == b[n].compression, n
             np.testing.assert_array_equal(a[n][...], b[n][...], err_msg=n)
+
+
+@pytest.fixture()
+def parts_export(run_store, tmp_path, cluster, monkeypatch):
+    """``run_store`` exported in parts by two worker processes (every array of 2+ dims in parts:
+    the size threshold set to 0 for this small store): ``(master, task keys that ran)``."""
+    from distributed import Client, get_task_stream
+
+    import xrdct_dask.export.parts as parts
+
+    monkeypatch.setattr(parts, "PART_MIN_BYTES", 0)
+    with Client(cluster) as client, get_task_stream(client) as ts:
+        out = export_nexus(run_store, tmp_path / "run.h5", client=client)
+    return out, [str(t["key"]) for t in ts.data]
+
+
+def test_parts_export_opens_in_silx_and_equals_the_store(run_store, parts_export):
+    """Written by the workers as 2 part files (2 per worker asked, but only NZ = 2 slices of one
+    zarr chunk each to share; tasks ``xrdct-export-part``) tied by
+    a master of virtual datasets: silx finds the default NXdata, every dataset of the master
+    reads back equal to its zarr array (a copy: exact, NaN fill of the slice not computed
+    included), with its units, axes and the uncertainty link as in a single-file export."""
+    import silx.io
+    from silx.io.nxdata import NXdata, get_default
+
+    out, keys = parts_export
+    assert sum(k.startswith("xrdct-export-part-") for k in keys) == NZ
+    assert sorted(p.name for p in (out.parent / "run.h5.parts").iterdir()) == \
+        [f"part-{k:05d}.h5" for k in range(NZ)] + ["xrdct-export.json"]
+    root = zarr.open_group(str(run_store), mode="r")
+    with silx.io.open(str(out)) as f:
+        default = get_default(f)
+        assert default is not None and default.group.name == "/reduced/intensity"
+        assert default.axes_dataset_names == ["z", "omega", "x", "q"]
+        np.testing.assert_array_equal(default.errors[...], root["reduced/sigma"][...])
+        for group, name, dims in (("recon", "intensity", ["z", "y", "x", "q"]), ("pdf", "G", ["z", "y", "x", "r"]),
+                                  ("reduced", "frame_status", ["z", "omega", "x"])):
+            nx = NXdata(f[f"{group}/{name}"])
+            assert nx.is_valid and nx.axes_dataset_names == dims, (group, name, nx.issues)
+    with h5py.File(out, "r") as f:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.ndim >= 2 else None)
+        assert len(names) >= 10
+        for n in names:
+            group, _, var = n.split("/")
+            if group == "azint":  # the NXazint entry: hard links to reduced/'s (virtual) datasets
+                assert f[n].is_virtual, n
+                continue
+            var = {"intensity_errors": "sigma"}.get(var, var)  # the uncertainties' link
+            np.testing.assert_array_equal(f[n][...], root[f"{group}/{var}"][...], err_msg=n)
+            assert f[n].is_virtual, n
+        assert f["reduced/intensity/intensity"].attrs["units"] == "counts"
+        assert np.isnan(f["pdf/G/G"][1]).all()
+
+
+def test_a_missing_or_partial_part_is_one_line_naming_it(parts_export):
+    """HDF5 reads a missing source as fill values without a word: check_parts (run by the export
+    itself) names the missing part, a truncated part, and a part of another export, in one line."""
+    from xrdct_dask.export import check_parts
+
+    out, _ = parts_export
+    check_parts(out)  # whole: nothing to say
+    folder = out.parent / "run.h5.parts"
+    part = folder / "part-00001.h5"
+    data = part.read_bytes()
+    part.unlink()
+    with pytest.raises(ExportError, match=r"part-00001\.h5: part file of run\.h5 is missing") as err:
+        check_parts(out)
+    assert "\n" not in str(err.value)
+    part.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExportError, match=r"part-00001\.h5: part file of run\.h5 is not a whole HDF5 file") as err:
+        check_parts(out)
+    assert "\n" not in str(err.value)
+    part.write_bytes(data)
+    with h5py.File(part, "r+") as f:
+        f.attrs["xrdct_export_token"] = "another export"
+    with pytest.raises(ExportError, match=r"part-00001\.h5: part file of run\.h5 is partial or from another"):
+        check_parts(out)
+
+
+def test_parts_export_never_writes_over_a_users_folder(run_store, tmp_path, cluster, monkeypatch):
+    """A folder OUT.h5.parts that is not this program's stops the export before anything is
+    written; an earlier parts export of this program is replaced with --overwrite only."""
+    from distributed import Client
+
+    import xrdct_dask.export.parts as parts
+
+    monkeypatch.setattr(parts, "PART_MIN_BYTES", 0)
+    (tmp_path / "run.h5.parts").mkdir()
+    (tmp_path / "run.h5.parts" / "mine.txt").write_text("a user's file")
+    with Client(cluster) as client:
+        with pytest.raises(ExportError, match="run.h5.parts exists and is not the parts folder"):
+            export_nexus(run_store, tmp_path / "run.h5", client=client)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5.parts", "run.zarr"]
+        assert (tmp_path / "run.h5.parts" / "mine.txt").read_text() == "a user's file"
+        export_nexus(run_store, tmp_path / "b.h5", client=client)
+        with pytest.raises(ExportError):
+            export_nexus(run_store, tmp_path / "b.h5", client=client)
+        export_nexus(run_store, tmp_path / "b.h5", client=client, overwrite=True)
+    from xrdct_dask.export import check_parts
+
+    check_parts(tmp_path / "b.h5")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

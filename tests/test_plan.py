@@ -295,3 +295,38 @@ def test_input_files_of_an_hdf5_source_are_its_files(tmp_path):
     wf = load_workflow(h5.workflow)
     assert plan_workflow(wf).input_files == len(frame_source(wf).files()) == 4
     assert plan_workflow(load_workflow(h5.workflow, {"scan.nz": 4})).input_files == 1 + 5
+
+
+def test_plan_states_scan_table_export_and_scheduler_hours(tmp_path):
+    """At 1000 x 1571 x 1000, from a results file's measured figures (scan-table rows/s per core,
+    export MB/s per worker, scheduler CPU ms per task) and a 16-core machine: the scan table is
+    1.571e9 rows / (rate x 16 cores), the export the store's bytes / (rate x 16 workers), the
+    scheduler the plan's tasks x ms per task on one core; each stated in hours next to the
+    compute hours (exact arithmetic: rel 1e-9)."""
+    from xrdct_dask.cli import app  # noqa: F401  (the command exists)
+    from xrdct_dask.runs.plan import format_plan
+    from xrdct_dask.simulate import make_integrator
+
+    make_integrator("pilatus2m").write(str(tmp_path / "p2m.poni"))
+    (tmp_path / "big.yaml").write_text(
+        "inputs: {frames: 'frames/f_{index:010d}.cbf', poni: p2m.poni}\n"
+        "scan: {nz: 1000, nomega: 1571, nx: 1000}\nintegrate: {npt_rad: 2000}\nstore: big.zarr\n")
+    (tmp_path / "results.md").write_text("gpu_frames_per_s = 9700\nscan_table_rows_per_s_per_core = 400000\n"
+                                         "export_mb_per_s_per_worker = 120\nscheduler_ms_per_task = 0.8\n")
+    wf = load_workflow(tmp_path / "big.yaml")
+    import xrdct_dask.runs.plan as plan
+
+    real = plan.run_hardware
+    plan.run_hardware = lambda *a, **k: [{"where": "a node", "gpus": 4, "cores": 16}]
+    try:
+        p = plan.plan_workflow(wf, results=tmp_path / "results.md")
+    finally:
+        plan.run_hardware = real
+    o = p.overhead
+    assert o["scan table"]["hours"] == pytest.approx(1_571_000_000 / (400_000 * 16) / 3600, rel=1e-9)
+    written = sum(s.bytes_written for s in p.stages.values())
+    assert o["NeXus export"]["hours"] == pytest.approx(written / (120e6 * 16) / 3600, rel=1e-9)
+    assert o["scheduler"]["hours"] == pytest.approx(p.tasks * 0.8e-3 / 3600, rel=1e-9)
+    text = format_plan(p)
+    assert "scan table: 0.068 hours on 16 cores at 400,000 rows/s per core" in text, text
+    assert "scheduler: " in text and "0.8 ms CPU per task" in text and "NeXus export: " in text

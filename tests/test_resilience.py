@@ -708,3 +708,56 @@ def test_task_state_of_a_hundred_thousand_markers_is_read_in_under_a_second(tmp_
     np.testing.assert_array_equal(state["integrate"], done)
     np.testing.assert_array_equal(marks[:50].astype(bool), done[:50])  # zarr reads the same markers
     assert seconds < 1.0, seconds
+
+
+@pytest.mark.slow  # a run of its own on 4 worker processes, 3 of them SIGKILLed along the way (~30 s)
+@pytest.mark.timeout(600)
+def test_workers_sigkilled_every_few_seconds_the_run_completes_identical(tiny_scan, reference, tmp_path):
+    """On a local cluster of 4 worker processes, a worker process is SIGKILLed every 2 s while tasks
+    run (3 kills at most, the first while the store is prepared on the workers (the scan table's
+    medians) or the stages run; the nannies start new ones): the run completes, its store is byte for
+    byte the undisturbed reference run's (so every marked task has its chunks, and retried tasks
+    rewrote the same bytes), and the run's log says how many workers were lost and tasks retried."""
+    import logging
+    import random
+
+    from distributed import LocalCluster
+
+    kills = []
+    stop = threading.Event()
+    with LocalCluster(n_workers=4, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as cluster:
+        def killer():
+            rng = random.Random(7)
+            with cluster.get_client() as client:
+                while not stop.is_set() and len(kills) < 3:
+                    busy = [t for t in list(cluster.scheduler.tasks.values()) if t.state == "processing"]
+                    if not busy:
+                        time.sleep(0.05)
+                        continue
+                    try:
+                        pids = client.run(os.getpid, on_error="ignore")
+                    except Exception:
+                        continue
+                    pid = pids[rng.choice(sorted(pids))]
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+                    stop.wait(2.0)
+
+        t = threading.Thread(target=killer, daemon=True)
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = records.append
+        console = logging.getLogger("xrdct_dask.view.console")  # the run's messages to its user
+        console.addHandler(handler)
+        t.start()
+        try:
+            path = run(workflow_for(tiny_scan, tmp_path / "run.zarr"), cluster=cluster, progress=False, summary=False)
+        finally:
+            stop.set()
+            t.join()
+            console.removeHandler(handler)
+    assert len(kills) >= 2, kills
+    assert_same_arrays(path, reference)
+    said = [r.getMessage() for r in records if "lost;" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{len(kills)} workers lost; "), said
+    assert int(said[0].split("; ")[1].split()[0]) >= 1, said  # at least the task each kill interrupted

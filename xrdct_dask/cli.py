@@ -511,6 +511,9 @@ def export(
     scheduler_address: Annotated[Optional[str], typer.Option(
         help="read and compress the NeXus chunks on the workers of a running dask scheduler (tcp://...); "
              "default: here")] = None,
+    single_file: Annotated[bool, typer.Option(
+        "--single-file", help="with --scheduler-address: one HDF5 file written here (today's layout) instead "
+                              "of part files written by the workers (OUT.h5.parts/) tied by OUT.h5")] = False,
 ) -> None:
     """Export a run: OUT.h5 as NeXus (NXentry / NXdata with axes and units, for silx, PyMca, DAWN,
     h5py), and/or --pdf-files OUTDIR in PDFgetX3's layout for voxels, a mask's or a region's mean."""
@@ -532,7 +535,8 @@ def export(
             client = Client(scheduler_address)
         try:
             nexus = export_nexus(run_store, out, tuple(group) if group else DEFAULT_GROUPS,
-                                 compression=compression, overwrite=overwrite, client=client)
+                                 compression=compression, overwrite=overwrite, client=client,
+                                 single_file=True if single_file else None)
         finally:
             if client is not None:
                 client.close()

@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 import uuid
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from distributed import as_completed
 
@@ -38,37 +38,44 @@ def map_pieces(client, fn: Callable[..., T], pieces: Iterable, name: str, in_fli
     the next one as soon as one finishes, so a generator that reads its pieces from disk keeps the
     client's memory bounded by ``in_flight`` pieces."""
     t0 = time.perf_counter()
+    done = dict(imap_pieces(client, fn, pieces, name, in_flight))
+    out = [done[i] for i in range(len(done))]
+    where = "client" if resolve_client(client) is None else "workers"
+    log.info("%s: %d pieces on the %s in %.2f s", name, len(out), where, time.perf_counter() - t0)
+    return out
+
+
+def imap_pieces(client, fn: Callable[..., T], pieces: Iterable, name: str,
+                in_flight: int = MAX_IN_FLIGHT) -> Iterator[tuple[int, T]]:
+    """``(k, fn(piece k))`` as each finishes (in any order on workers; in order here without a
+    client): a caller that merges the results as they come holds one at a time, not all of them
+    (:func:`map_pieces` gathers them in order)."""
     client = resolve_client(client)
     it = iter(pieces)
     if client is None:
-        out = [fn(p) for p in it]
-        where = "client"
-    else:
+        yield from ((k, fn(p)) for k, p in enumerate(it))
+        return
+    token = uuid.uuid4().hex[:8]
+    order: dict[str, int] = {}
+    running = as_completed()
 
-        token = uuid.uuid4().hex[:8]
-        done: dict[int, T] = {}
-        order: dict[str, int] = {}
-        running = as_completed()
+    def submit(k: int, piece) -> None:
+        f = client.submit(fn, piece, key=f"{name}-{k}-{token}", pure=False)
+        order[f.key] = k
+        running.add(f)
 
-        def submit(k: int, piece) -> None:
-            f = client.submit(fn, piece, key=f"{name}-{k}-{token}", pure=False)
-            order[f.key] = k
-            running.add(f)
-
-        k = 0
-        for piece in itertools.islice(it, max(1, in_flight)):
+    k = 0
+    for piece in itertools.islice(it, max(1, in_flight)):
+        submit(k, piece)
+        k += 1
+    for f in running:
+        result = f.result()  # raises the failed piece's own exception
+        f.release()
+        yield order.pop(f.key), result
+        piece = next(it, _END)
+        if piece is not _END:
             submit(k, piece)
             k += 1
-        for f in running:
-            done[order.pop(f.key)] = f.result()  # raises the failed piece's own exception
-            piece = next(it, _END)
-            if piece is not _END:
-                submit(k, piece)
-                k += 1
-        out = [done[i] for i in range(k)]
-        where = "workers"
-    log.info("%s: %d pieces on the %s in %.2f s", name, len(out), where, time.perf_counter() - t0)
-    return out
 
 
 def slabs(n: int, pieces: int) -> list[tuple[int, int]]:

@@ -52,7 +52,8 @@ from xrdct_dask import __version__ as version
 from xrdct_dask.cluster.sidework import resolve_client
 from xrdct_dask.errors import ExportError, ExportExistsError
 from xrdct_dask.export.azint import write_azint
-from xrdct_dask.ownfiles import exclusive_tmp
+from xrdct_dask.export.parts import PartsPlan, check_parts, is_own_parts, nparts_for, parts_folder, place_parts
+from xrdct_dask.ownfiles import exclusive_tmp, own_tmp_name
 
 CREATOR = "xrdct_dask export"
 DEFAULT_GROUPS = ("reduced", "recon", "pdf", "texture")
@@ -99,7 +100,7 @@ EXPORT_IN_FLIGHT = 8  # pieces per worker whose encoded chunks may wait for the 
 
 
 def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, source=None, kind: str = "none",
-                guard: "SpaceGuard | None" = None):
+                guard: SpaceGuard | None = None, parts: PartsPlan | None = None):
     """Copy a zarr array into a new HDF5 dataset one zarr chunk at a time.
 
     With a ``client``, the zarr chunks are read and encoded into HDF5 chunks (the filters of
@@ -119,6 +120,8 @@ def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, so
         return d
     chunks = _h5_chunks(tuple(min(c, s) for c, s in zip(zchunks, shape)), dtype.itemsize)
     fill = None if dtype == np.dtype(bool) or zarr_arr.fill_value is None else zarr_arr.fill_value
+    if parts is not None and source is not None and parts.wants(zarr_arr):
+        return parts.virtual(h5group, name, zarr_arr, source[1], chunks, dtype, fill)
     d = h5group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, **compression)
     grid = [range(0, s, c) for s, c in zip(shape, zchunks)]
     regions = [tuple(slice(a, min(a + c, s)) for a, c, s in zip(start, zchunks, shape))
@@ -194,7 +197,7 @@ def _coordinates(group) -> dict:
 
 
 def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS, *, compression: str = "gzip",
-                 overwrite: bool = False, client=None) -> Path:
+                 overwrite: bool = False, client=None, single_file: bool | None = None) -> Path:
     """Write the groups of a run store as NeXus (NXentry / NXdata) to ``out_h5``.
 
     Parameters
@@ -208,6 +211,10 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
     client : a dask client (or a callable making one): the chunks are read and compressed on its
         workers in parallel, the client writes the compressed bytes; None: all here.  The file
         reads back the same either way.
+    single_file : one HDF5 file (today's layout).  False: every large array is written by the
+        workers into part files ``OUT.h5.parts/part-*.h5`` (whole zarr chunks along its first axis)
+        and ``OUT.h5`` holds the NeXus tree with a virtual dataset per array
+        (:mod:`xrdct_dask.export.parts`).  Default: parts with a client, one file without.
 
     Returns the path written.  Raises :class:`ExportError` (one line) for a missing store or group,
     an existing output file, or a bad compression name.
@@ -228,6 +235,12 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
     if not groups:
         raise ExportError(f"{run_zarr}: none of the groups {', '.join(DEFAULT_GROUPS)} is in the store")
     comp = _compression(compression)
+    in_parts = (client is not None) if single_file is None else not single_file
+    folder = parts_folder(out_h5)
+    if (folder.exists() or folder.is_symlink()) and not (overwrite and is_own_parts(folder)):
+        raise ExportError(f"{folder} exists and is not the parts folder of an export of this program being "
+                          "overwritten: nothing was written" if not is_own_parts(folder) else
+                          f"{folder} exists (an earlier export's parts): pass overwrite to replace it")
     if out_h5.exists():
         if not overwrite:
             raise ExportExistsError(out_h5)
@@ -243,12 +256,28 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
         remove_stale_partials(out_h5)
         with exclusive_tmp(out_h5, "partial") as (_, tmp):  # a name of its own: never a user's file
             guard = SpaceGuard(out_h5, _h5_chunk_count(root, groups))
+            client = resolve_client(client)
+            plan = None
+            if in_parts:
+                ptmp = own_tmp_name(folder, "partial")
+                ptmp.mkdir()  # exclusive: a new folder of this export's own
+                plan = PartsPlan(run_zarr, out_h5, ptmp, nparts_for(client), compression)
             try:
-                _write(tmp, root, run_zarr, out_h5, groups, comp, version, resolve_client(client), compression, guard)
+                _write(tmp, root, run_zarr, out_h5, groups, comp, version, client, compression, guard, plan)
+                if plan is not None:
+                    plan.write(client, guard)
+                    place_parts(plan.folder, folder)
+                elif overwrite and is_own_parts(folder):  # a parts export replaced by one file: its parts go
+                    shutil.rmtree(folder)
             except OSError as err:  # a write HDF5 could not do (a disk filled by someone else meanwhile)
                 raise ExportError(f"{out_h5}: cannot be written ({err.strerror or _first_line(err)}); nothing "
                                   "was left") from None
+            finally:
+                if plan is not None and plan.folder.exists():
+                    shutil.rmtree(plan.folder, ignore_errors=True)  # this export's own unfinished parts
             tmp.replace(out_h5)
+        if plan is not None:
+            check_parts(out_h5)
     return out_h5
 
 
@@ -357,7 +386,7 @@ def _h5_chunk_count(root, groups) -> int:
 
 
 def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, version: str, client=None,
-           kind: str = "none", guard: "SpaceGuard | None" = None) -> None:
+           kind: str = "none", guard: SpaceGuard | None = None, parts: PartsPlan | None = None) -> None:
 
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"NX_class": "NXroot", "creator": CREATOR, "file_name": out_h5.name,
@@ -367,13 +396,16 @@ def _write(tmp: Path, root, run_zarr: Path, out_h5: Path, groups, comp: dict, ve
         for k, v in dict(root.attrs).items():
             f.attrs[f"xrdct_{k}"] = _attr_value(v)
         for gname in groups:
-            _export_group(root[gname], f.create_group(gname), gname, comp, version, client, run_zarr, kind, guard)
+            _export_group(root[gname], f.create_group(gname), gname, comp, version, client, run_zarr, kind, guard,
+                          parts)
+        if parts is not None:
+            f.attrs["xrdct_parts"] = json.dumps(parts.manifest())
         if "reduced" in groups:
             write_azint(f, root, version)
 
 
 def _export_group(zg, entry, gname: str, comp: dict, version: str, client=None, run_zarr: Path | None = None,
-                  kind: str = "none", guard: "SpaceGuard | None" = None) -> None:
+                  kind: str = "none", guard: SpaceGuard | None = None, parts: PartsPlan | None = None) -> None:
     entry.attrs["NX_class"] = "NXentry"
     entry.attrs["title"] = f"xrdct_dask {gname}"
     entry.create_dataset("program_name", data="xrdct_dask").attrs["version"] = version
@@ -391,7 +423,7 @@ def _export_group(zg, entry, gname: str, comp: dict, version: str, client=None, 
         arr = zg[name]
         nxdata = entry.create_group(name)
         nxdata.attrs.update({"NX_class": "NXdata", "signal": name})
-        d = _copy_array(arr, nxdata, name, comp, client, (str(run_zarr), f"{gname}/{name}"), kind, guard)
+        d = _copy_array(arr, nxdata, name, comp, client, (str(run_zarr), f"{gname}/{name}"), kind, guard, parts)
         d.attrs.update({k: _attr_value(v) for k, v in dict(arr.attrs).items()})
         written_vars[name] = d
         dims = list(arr.metadata.dimension_names or [None] * arr.ndim)

@@ -22,13 +22,15 @@ each group's median, are then exact over every reading.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -60,29 +62,43 @@ def scan_table_blocks(path: str | Path, rows: int | None = None) -> Iterator[dic
     z_mm, monitor`` as float64, those present), ``rows`` lines at a time, in file order."""
     rows = rows or BLOCK_ROWS
     names = scan_header(path)
-    wanted = [c for c in names if c in SCAN_COLUMNS + POSITION_COLUMNS]
-    cols = [names.index(c) for c in wanted]
     with open(path, encoding="ascii", errors="replace") as f:
         f.readline()
         while True:
             lines = list(itertools.islice(f, rows))
             if not lines:
                 return
-            try:
-                a = np.loadtxt(lines, delimiter=",", usecols=cols, dtype=np.float64, ndmin=2, comments="#")
-            except ValueError as err:
-                m = re.search(r"column (\d+)", str(err))
-                col = names[int(m.group(1)) - 1] if m and 0 < int(m.group(1)) <= len(names) else "?"
-                raise ValueError(f"{path}: column {col!r} holds values that are not numbers") from None
-            out = {}
-            for k, c in enumerate(wanted):
-                v = a[:, k]
-                if c in SCAN_COLUMNS:
-                    if not np.array_equal(v, np.round(v)):
-                        raise ValueError(f"{path}: column {c!r} holds values that are not whole numbers")
-                    v = v.astype(np.int64)
-                out[c] = np.ascontiguousarray(v)
-            yield out
+            yield from parse_table_lines(path, names, lines)
+
+
+def parse_table_lines(path: str | Path, names: list[str], lines: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """The known columns of some lines of a scan CSV whose header is ``names`` (one block; none
+    when the lines hold no row), checked: a value that is not a number, or not whole in an integer
+    column, is a one-line ValueError naming the column."""
+    wanted = [c for c in names if c in SCAN_COLUMNS + POSITION_COLUMNS]
+    cols = [names.index(c) for c in wanted]
+    try:
+        a = np.loadtxt(lines, delimiter=",", usecols=cols, dtype=np.float64, ndmin=2, comments="#")
+    except ValueError as err:
+        m = re.search(r"column (\d+)", str(err))
+        col = names[int(m.group(1)) - 1] if m and 0 < int(m.group(1)) <= len(names) else "?"
+        raise ValueError(f"{path}: column {col!r} holds values that are not numbers") from None
+    if not len(a):
+        return
+    yield typed_columns(path, {c: a[:, k] for k, c in enumerate(wanted)})
+
+
+def typed_columns(path: str | Path, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Parsed float64 columns as the readers give them: the grid and index columns as int64 (a
+    value that is not whole is a one-line ValueError naming the column), the others float64."""
+    out = {}
+    for c, v in columns.items():
+        if c in SCAN_COLUMNS:
+            if not np.array_equal(v, np.round(v)):
+                raise ValueError(f"{path}: column {c!r} holds values that are not whole numbers")
+            v = v.astype(np.int64)
+        out[c] = np.ascontiguousarray(v)
+    return out
 
 
 def monitor_blocks(path: str | Path, rows: int | None = None) -> Iterator[np.ndarray]:
@@ -94,14 +110,21 @@ def monitor_blocks(path: str | Path, rows: int | None = None) -> Iterator[np.nda
             lines = list(itertools.islice(f, rows))
             if not lines:
                 return
-            try:
-                v = np.loadtxt(lines, dtype=np.float64, ndmin=1, comments="#")
-            except ValueError as err:
-                raise ValueError(f"{path}: {_first_bad(lines, start) or err}") from None
+            v = parse_monitor_lines(path, lines, start)
             start += len(lines)
-            if v.ndim != 1:
-                raise ValueError(f"{path}: {v.shape[1]} numbers on a line; one monitor value per line")
             yield v
+
+
+def parse_monitor_lines(path: str | Path, lines: list[str], start: int) -> np.ndarray:
+    """float64 values of some lines of a monitor file, the first of them line ``start`` (1-based):
+    anything but one number per line (or a comment) is a one-line ValueError naming the line."""
+    try:
+        v = np.loadtxt(lines, dtype=np.float64, ndmin=1, comments="#")
+    except ValueError as err:
+        raise ValueError(f"{path}: {_first_bad(lines, start) or err}") from None
+    if v.ndim != 1:
+        raise ValueError(f"{path}: {v.shape[1]} numbers on a line; one monitor value per line")
+    return v
 
 
 def _first_bad(lines: list[str], start: int) -> str | None:
@@ -199,9 +222,20 @@ class SlabFrames:
     def _file(self, z: int, kind: str) -> Path:
         return self.folder / f"{kind}-{z:06d}.bin"
 
+    def _rows(self, z: int) -> np.ndarray:
+        """The rows added to slice ``z``, in table order: the slabs' parts in slab order, then
+        the rows added without a part.  The files are removed once read."""
+        files = sorted(self.folder.glob(f"rows-part*-{z:06d}.bin")) + [self._file(z, "rows")]
+        rows = [np.fromfile(f, self.dtype) for f in files if f.exists()]
+        for f in files:
+            f.unlink(missing_ok=True)
+        return np.concatenate(rows) if rows else np.empty(0, self.dtype)
+
     def add(self, iz: np.ndarray, iomega: np.ndarray, ix: np.ndarray, index: np.ndarray,
-            values: dict[str, np.ndarray]) -> None:
-        """Append rows (all inside the grid) to their slices' files, in the order given."""
+            values: dict[str, np.ndarray], part: int | None = None) -> None:
+        """Append rows (all inside the grid) to their slices' files, in the order given.  ``part``:
+        the slab of the table they come from (several slabs are added at once, each to files of
+        its own; :meth:`finish` reads a slice's parts in slab order, so the last record still wins)."""
         if not len(iz):
             return
         rec = np.empty(len(iz), self.dtype)
@@ -211,19 +245,21 @@ class SlabFrames:
         order = np.argsort(iz, kind="stable")
         zs, starts = np.unique(iz[order], return_index=True)
         for z, a, b in zip(zs, starts, [*starts[1:], len(order)]):
-            with open(self._file(int(z), "rows"), "ab") as fh:
+            kind = "rows" if part is None else f"rows-part{part:06d}"
+            with open(self._file(int(z), kind), "ab") as fh:
                 rec[order[a:b]].tofile(fh)
         self.max_index = max(self.max_index, int(index.max()))
         self.placed += len(iz)
 
-    def finish(self) -> None:
-        """Per slice: the winning row of each point (grid order) and the points recorded twice;
-        :attr:`max_index` becomes the largest acquisition index placed."""
+    def finish(self, zs: Iterable[int] | None = None) -> int:
+        """Per slice (``zs``, default all): the winning row of each point (grid order) and the points
+        recorded twice.  Returns the largest acquisition index placed in those slices (-1: none);
+        finishing all of them sets :attr:`max_index` to it.  Slices are independent: slabs of them
+        may be finished at once by different processes (:mod:`xrdct_dask.runs.scanslabs`)."""
         nw, nx = self.shape[1:]
-        self.max_index = -1
-        for z in range(self.shape[0]):
-            src = self._file(z, "rows")
-            rows = np.fromfile(src, self.dtype) if src.exists() else np.empty(0, self.dtype)
+        top = -1
+        for z in (range(self.shape[0]) if zs is None else zs):
+            rows = self._rows(z)
             flat = rows["iomega"].astype(np.int64) * nx + rows["ix"]
             seen = np.bincount(flat, minlength=nw * nx)
             last = np.full(nw * nx, -1, np.int64)
@@ -231,10 +267,12 @@ class SlabFrames:
             win = rows[last[last >= 0]]
             win.tofile(self._file(z, "win"))
             if win.size:
-                self.max_index = max(self.max_index, int(win["index"].max()))
+                top = max(top, int(win["index"].max()))
             np.flatnonzero(seen > 1).astype(np.int64).tofile(self._file(z, "dup"))
-            src.unlink(missing_ok=True)
-        self._finished = True
+        if zs is None:
+            self.max_index = top
+            self._finished = True
+        return top
 
     def winners(self, z: int) -> np.ndarray:
         """The rows at the points of slice ``z`` (one per recorded point, in grid order)."""
@@ -256,15 +294,29 @@ class SlabFrames:
     def duplicates(self) -> int:
         return sum(self._file(z, "dup").stat().st_size // 8 for z in range(self.shape[0]))
 
-    def stream(self, field: str, axis: int) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
+    def stream(self, field: str, axis: int, z0: int = 0, z1: int | None = None) -> SliceStream:
         """For :func:`grouped_median`: ``(grid index along axis, value of field)`` of every
-        winning row, slice by slice (``axis`` 0 = z, 1 = omega, 2 = x)."""
-        def gen():
-            for z in range(self.shape[0]):
-                w = self.winners(z)
-                g = np.full(len(w), z, np.int64) if axis == 0 else w["iomega" if axis == 1 else "ix"].astype(np.int64)
-                yield g, w[field]
-        return gen
+        winning row of slices ``z0 .. z1 - 1`` (default all), slice by slice (``axis`` 0 = z,
+        1 = omega, 2 = x).  A picklable callable: it can run on a worker."""
+        return SliceStream(self, field, axis, z0, self.shape[0] if z1 is None else z1)
+
+
+@dataclass(frozen=True)
+class SliceStream:
+    """The ``(group, value)`` blocks of :meth:`SlabFrames.stream`: one block per slice."""
+
+    grid: SlabFrames
+    field: str
+    axis: int
+    z0: int
+    z1: int
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for z in range(self.z0, self.z1):
+            w = self.grid.winners(z)
+            g = np.full(len(w), z, np.int64) if self.axis == 0 else \
+                w["iomega" if self.axis == 1 else "ix"].astype(np.int64)
+            yield g, w[self.field]
 
 
 def scratch_folder(near: str | Path | None) -> tempfile.TemporaryDirectory:
@@ -286,28 +338,40 @@ def remove_scratch(tmp: tempfile.TemporaryDirectory | None) -> None:
 # ------------------------------------------------------------------------------------------
 # statistics in bounded memory
 # ------------------------------------------------------------------------------------------
-def grouped_median(stream: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], ngroups: int, *,
-                   bins: int | None = None, collect: int | None = None) -> np.ndarray:
+def serial_map(fn: Callable, parts: Iterable) -> list:
+    """``[fn(p) for p in parts]``: the mapper of :func:`grouped_median` when no workers are given."""
+    return [fn(p) for p in parts]
+
+
+def grouped_median(stream, ngroups: int, *, bins: int | None = None, collect: int | None = None,
+                   mapper: Callable | None = None) -> np.ndarray:
     """The exact median of each group's finite values, streamed as ``(group, value)`` blocks.
 
-    ``stream()`` starts a new pass over the data (it is called a few times).  Each group's two
-    middle ranks are found by narrowing: a pass histograms the values inside each rank's
-    current interval into ``bins`` bins (default: as many as :data:`MEDIAN_CELLS` allows, 16 to
-    1024) and keeps the bin holding the rank (its smallest to its largest value), until at most
-    ``collect`` (:data:`MEDIAN_COLLECT`) values are left, which a last pass gathers and sorts.
-    Memory ``O(ngroups x bins)``; a group without values gets NaN.
+    ``stream()`` starts a new pass over the data (it is called a few times); ``stream`` may also be
+    a list of such callables (parts of the data, e.g. slabs of slices), each pass then reduced
+    part by part through ``mapper(fn, parts)``, an iterable of ``fn(part)`` in any order
+    (default :func:`serial_map`; on workers, :func:`xrdct_dask.runs.scanslabs.mapper_for`), each
+    merged here as it comes (one part's result held at a time): counts add,
+    minima and maxima are taken, gathered values are joined, so the result does not depend on
+    how the data are cut or where the parts run.  Each group's two middle ranks are found by
+    narrowing: a pass histograms the values inside each rank's current interval into ``bins``
+    bins (default: as many as :data:`MEDIAN_CELLS` allows, 16 to 1024) and keeps the bin holding
+    the rank (its smallest to its largest value), until at most ``collect``
+    (:data:`MEDIAN_COLLECT`) values are left, which a last pass gathers and sorts.
+    Memory ``O(ngroups x bins)`` here and in each part (a part returns its non-empty cells only);
+    a group without values gets NaN.
     Returns float64 ``(ngroups,)``: the mean of the two middle values (``np.median``)."""
     bins = bins or int(np.clip(MEDIAN_CELLS // (2 * ngroups), 16, 1024))
     collect = collect or MEDIAN_COLLECT
+    parts = list(stream) if isinstance(stream, (list, tuple)) else [stream]
+    mapper = mapper or serial_map
     n = np.zeros(ngroups, np.int64)
     lo = np.full(ngroups, np.inf)
     hi = np.full(ngroups, -np.inf)
-    for g, v in stream():
-        ok = np.isfinite(v)
-        g, v = g[ok], v[ok]
-        n += np.bincount(g, minlength=ngroups)
-        np.minimum.at(lo, g, v)
-        np.maximum.at(hi, g, v)
+    for pn, plo, phi in mapper(functools.partial(_range_part, ngroups=ngroups), parts):
+        n += pn
+        np.minimum(lo, plo, out=lo)
+        np.maximum(hi, phi, out=hi)
     # selections s = j * ngroups + g: rank (n-1)//2 (j = 0) and n//2 (j = 1) of group g
     rank = np.concatenate([(n - 1) // 2, n // 2])
     slo, shi = np.tile(lo, 2), np.tile(hi, 2)
@@ -325,13 +389,12 @@ def grouped_median(stream: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
         bmin = np.full(S * bins, np.inf)
         bmax = np.full(S * bins, -np.inf)
         nbelow = np.zeros(S, np.int64)
-        for sm, vm in _within(stream, ngroups, active, slo, shi, nbelow):
-            lm, hm = slo[sm], shi[sm]
-            b = np.minimum(((vm - lm) / (hm - lm) * bins).astype(np.int64), bins - 1)
-            cell = sm * bins + b
-            hist += np.bincount(cell, minlength=S * bins)
-            np.minimum.at(bmin, cell, vm)
-            np.maximum.at(bmax, cell, vm)
+        fn = functools.partial(_hist_part, ngroups=ngroups, bins=bins, active=active, slo=slo, shi=shi)
+        for below, cell, count, cmin, cmax in mapper(fn, parts):
+            nbelow += below
+            hist[cell] += count  # cells are unique within a part
+            np.minimum.at(bmin, cell, cmin)
+            np.maximum.at(bmax, cell, cmax)
         for s in np.flatnonzero(active):
             h = hist[s * bins:(s + 1) * bins]
             r = rank[s] - nbelow[s]  # rank inside the interval
@@ -345,15 +408,62 @@ def grouped_median(stream: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
         nbelow = np.zeros(S, np.int64)
         want = np.zeros(S, bool)
         want[left] = True
-        for sm, vm in _within(stream, ngroups, want, slo, shi, nbelow):
-            order = np.argsort(sm, kind="stable")
-            keys, starts = np.unique(sm[order], return_index=True)
-            for ss, part in zip(keys, np.split(vm[order], starts[1:])):
+        fn = functools.partial(_collect_part, ngroups=ngroups, want=want, slo=slo, shi=shi)
+        for below, sel, vals in mapper(fn, parts):
+            nbelow += below
+            for ss, part in zip(sel, vals):
                 got[int(ss)].append(part)
         for s in left:
             vals = np.sort(np.concatenate(got[int(s)]))
             value[s] = vals[rank[s] - nbelow[s]]
     return np.where(n > 0, (value[:ngroups] + value[ngroups:]) / 2, np.nan)
+
+
+def _range_part(stream, ngroups: int):
+    """First pass of :func:`grouped_median` over one part: count, smallest and largest finite value per group."""
+    n = np.zeros(ngroups, np.int64)
+    lo = np.full(ngroups, np.inf)
+    hi = np.full(ngroups, -np.inf)
+    for g, v in stream():
+        ok = np.isfinite(v)
+        g, v = g[ok], v[ok]
+        n += np.bincount(g, minlength=ngroups)
+        np.minimum.at(lo, g, v)
+        np.maximum.at(hi, g, v)
+    return n, lo, hi
+
+
+def _hist_part(stream, ngroups: int, bins: int, active: np.ndarray, slo: np.ndarray, shi: np.ndarray):
+    """A narrowing pass of :func:`grouped_median` over one part: the values below each active
+    interval counted, those inside histogrammed.  Returns ``(nbelow (S,), cells, count, min, max)``
+    of the part's non-empty cells ``s * bins + bin`` only (a few per selection once narrowed)."""
+    S = active.size
+    hist = np.zeros(S * bins, np.int64)
+    bmin = np.full(S * bins, np.inf)
+    bmax = np.full(S * bins, -np.inf)
+    nbelow = np.zeros(S, np.int64)
+    for sm, vm in _within(stream, ngroups, active, slo, shi, nbelow):
+        lm, hm = slo[sm], shi[sm]
+        b = np.minimum(((vm - lm) / (hm - lm) * bins).astype(np.int64), bins - 1)
+        cell = sm * bins + b
+        hist += np.bincount(cell, minlength=S * bins)
+        np.minimum.at(bmin, cell, vm)
+        np.maximum.at(bmax, cell, vm)
+    cells = np.flatnonzero(hist)
+    return nbelow, cells, hist[cells], bmin[cells], bmax[cells]
+
+
+def _collect_part(stream, ngroups: int, want: np.ndarray, slo: np.ndarray, shi: np.ndarray):
+    """The last pass of :func:`grouped_median` over one part: ``(nbelow, selections, [values of each])``."""
+    nbelow = np.zeros(want.size, np.int64)
+    sel, vals = [], []
+    for sm, vm in _within(stream, ngroups, want, slo, shi, nbelow):
+        order = np.argsort(sm, kind="stable")
+        keys, starts = np.unique(sm[order], return_index=True)
+        for k, part in zip(keys, np.split(vm[order], starts[1:])):  # zip: no keys, no part
+            sel.append(int(k))
+            vals.append(part)
+    return nbelow, sel, vals
 
 
 def _within(stream, ngroups: int, selected: np.ndarray, slo: np.ndarray, shi: np.ndarray, nbelow: np.ndarray):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from xrdct_dask.cluster.local import client_for
+from xrdct_dask.cluster.lostwork import scheduler_time
 from xrdct_dask.config import Workflow
 
 log = logging.getLogger(__name__)
@@ -18,10 +19,12 @@ class Connection:
                  adaptive: bool | None = None, cluster_options: dict | None = None):
         self.args = (wf, scheduler_address, cluster, jobs, adaptive, cluster_options)
         self.client = self.local = None
+        self.since: float | None = None  # the scheduler's clock when this run connected (lost workers counted from it)
 
     def get(self):
         if self.client is None:
             self.client, self.local = client_for(*self.args)
+            self.since = scheduler_time(self.client)
         return self.client
 
     def close(self) -> None:

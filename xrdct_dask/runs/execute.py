@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from xrdct_dask import store
 from xrdct_dask.cluster.local import stage_resources
 from xrdct_dask.cluster.logs import RunLogPlugin, worker_log_level
+from xrdct_dask.cluster.lostwork import lost_work, scheduler_time
 from xrdct_dask.cluster.profiles import load_profile
 from xrdct_dask.config import Workflow, load_workflow, workflow_from_dict
 from xrdct_dask.errors import RunStopped, TaskFailed
@@ -129,6 +130,7 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
         client = conn.get()
         local = conn.local
         try:
+            since = conn.since if conn.since is not None else scheduler_time(client)  # store preparation included
             log.info("dashboard: %s", client.dashboard_link)
             if progress:
                 console.info("dask dashboard: %s", client.dashboard_link)
@@ -144,6 +146,9 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
                 results[i].setdefault(stage, []).append(res)
             for i, stage, res in _refit_axes(client, ctxs, token, resources, progress):
                 results[i].setdefault(stage, []).append(res)
+            lost = lost_work(client, since)
+            if lost.workers:  # the run completed: the run's log says what it survived
+                console.warning("%s", lost)
         finally:
             if own:
                 conn.close()

@@ -80,7 +80,7 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None
             raise WorkflowError(str(err)) from None
         r_A = op.r_A
     try:
-        lay = scan_layout(wf)
+        lay = scan_layout(wf, client)
     except WorkflowError:
         raise
     except ValueError as err:
@@ -96,7 +96,7 @@ def _prepare_store(wf: Workflow, ai, lay: ScanLayout, radial, wavelength_A, r_A,
     path = Path(wf.store.path)
     if lay.grid is not None and lay.grid.duplicates():
         log.warning("%d scan points recorded twice; the last record is used", lay.grid.duplicates())
-    reference = lay.monitor_reference(wf)
+    reference = lay.monitor_reference(wf, client)
     # integrated before the store exists: a background frame that cannot be read stops the run here
     background = integrate_background_scan(wf, reference) if wf.inputs.background_scan is not None else None
     attrs = {

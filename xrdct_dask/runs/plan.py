@@ -79,7 +79,11 @@ from xrdct_dask.store.viewcopy import view_specs
 PILATUS2M_SHAPE = (1679, 1475)
 CBF_OVERHEAD_BYTES = 8192  # imgCIF header + binary-section header + padding of a Pilatus CBF
 BYTES_PER_PIXEL_ESTIMATE = 1.0  # byte-offset at diffraction count rates: nearly all deltas fit one byte
-RESULTS_KEYS = ("gpu_frames_per_s", "whole_workflow_frames_per_s", "cpu_frames_per_s_per_core")
+RESULTS_KEYS = ("gpu_frames_per_s", "whole_workflow_frames_per_s", "cpu_frames_per_s_per_core",
+                # the serial-free steps around the compute (issue 30; benchmarks/bench_scantable.py,
+                # bench_export_parts.py, bench_scheduler.py): scan-table rows/s per core, export MB/s
+                # per worker, scheduler CPU ms per task
+                "scan_table_rows_per_s_per_core", "export_mb_per_s_per_worker", "scheduler_ms_per_task")
 #: the figure of a results file the GPU-hours use, first found
 GPU_FIGURES = ("whole_workflow_frames_per_s", "gpu_frames_per_s")
 
@@ -161,6 +165,7 @@ class RunPlan:
     wall_hours: float | None = None
     notes: list[str] = field(default_factory=list)
     chunk_files: dict[str, int] = field(default_factory=dict)  # files per array: its shards, else its chunks
+    overhead: dict = field(default_factory=dict)  # the steps around the compute: {step: {"hours", "rate", "on"}}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -374,8 +379,9 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     if fs.get("bound_by") == "file system" and hardware[0]["rate_of"] == "GPUs":
         notes.append(f"the file system ({fs_gbps:g} GB/s) feeds {fs['fs_frames_per_s'] / gpu:.2g} GPUs at "
                      f"{gpu:,.0f} frames/s: more GPUs wait on reads")
+    overhead = _overhead(F, tasks, sum(written(k) for k in plans), hardware[0], figures)
     return RunPlan(
-        input_files=nfiles, input_files_source=files_source, read_bytes=F * fb, gpus=hardware[0]["gpus"],
+        overhead=overhead, input_files=nfiles, input_files_source=files_source, read_bytes=F * fb, gpus=hardware[0]["gpus"],
         hardware=hardware, fs_gbps=fs_gbps, **fs,
         scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
         nr=nr, stages=plans, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
@@ -385,6 +391,28 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         gpu_frames_per_s=gpu,
         cpu_frames_per_s_per_core=cpu, throughput_source=source, gpu_figure=gpu_figure if gpu else "",
         gpu_hours=F / gpu / 3600 if gpu else None, cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
+
+
+def _overhead(frames: int, tasks: int, written: int, hw: dict, figures: dict) -> dict:
+    """Hours of the steps around the compute, from the measured figures (:data:`RESULTS_KEYS`):
+    the scan table converted on the run's cores (one row per frame), the export written by as
+    many workers (the store's bytes), and the scheduler's CPU time for every task (one core: the
+    scheduler is one process)."""
+    cores = max(1, int(hw.get("cores") or 1))
+    unknown = " (the run's cores unknown: divide by them)" if not hw.get("cores") else ""
+    out = {}
+    if figures.get("scan_table_rows_per_s_per_core"):
+        r = figures["scan_table_rows_per_s_per_core"]
+        out["scan table"] = {"hours": frames / (r * cores) / 3600, "rate": f"{r:,.0f} rows/s per core",
+                             "on": f"{cores} core{'s' if cores > 1 else ''}{unknown}"}
+    if figures.get("export_mb_per_s_per_worker"):
+        r = figures["export_mb_per_s_per_worker"]
+        out["NeXus export"] = {"hours": written / (r * 1e6 * cores) / 3600, "rate": f"{r:,.0f} MB/s per worker",
+                               "on": f"{cores} worker{'s' if cores > 1 else ''}{unknown}"}
+    if figures.get("scheduler_ms_per_task"):
+        r = figures["scheduler_ms_per_task"]
+        out["scheduler"] = {"hours": tasks * r / 1e3 / 3600, "rate": f"{r:g} ms CPU per task", "on": "one core"}
+    return out
 
 
 def _file_system(frames: int, frame_bytes: int, rate: float | None, rate_of: str, fs_gbps: float | None) -> dict:
@@ -483,6 +511,8 @@ def format_plan(p: RunPlan) -> str:
                    f"{p.cpu_frames_per_s_per_core:,.1f} per core") + ")") if h["frames_per_s"] else "no rate known"
         lines.append(f"{'the run integrates on' if k == 0 else '  and'} {h['where']}"
                      f"{' (' + kit + ')' if kit else ''}: {rate}")
+    for step, o in p.overhead.items():
+        lines.append(f"{step}: {_h(o['hours'])} hours on {o['on']} at {o['rate']} (measured: benchmarks/RESULTS.md)")
     lines.append(f"file system: {_b(p.read_bytes)} of frames in {p.input_files:,} files ({p.input_files_source})")
     if p.read_gbps_needed is not None:
         h = p.hardware[0]

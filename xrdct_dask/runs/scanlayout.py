@@ -31,6 +31,7 @@ from xrdct_dask.io.scantable import (
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.pipeline.frames import frame_source
+from xrdct_dask.runs import scanslabs
 from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
@@ -71,26 +72,16 @@ class ScanLayout:
             return np.ones(idx.shape)
         return self.monitor.take(idx)
 
-    def monitor_reference(self, wf: Workflow) -> float:
+    def monitor_reference(self, wf: Workflow, client=None) -> float:
         """The median of the positive monitor values of the frames used (every frame of the scan
-        arithmetic, or those placed on the grid), exact, streamed slice by slice; 1 without one."""
+        arithmetic, or those placed on the grid), exact, over slabs of slices (or of frames), each
+        pass's parts on the workers of ``client`` (None: here); 1 without one."""
 
         if self.monitor is None:
             return 1.0
-
-        def stream():
-            if self.grid is None:
-                for v in self.monitor.blocks(wf.scan.nframes):
-                    v = v[v > 0]
-                    yield np.zeros(v.size, np.int64), v
-                return
-            for z in range(wf.scan.nz):
-                idx = self.grid.index(z)
-                v = self.monitor.take(idx[idx >= 0])
-                v = v[v > 0]
-                yield np.zeros(v.size, np.int64), v
-
-        ref = float(grouped_median(stream, 1)[0])
+        parts = scanslabs.monitor_streams(self.monitor, self.grid, wf.scan.nframes, wf.scan.nz)
+        where = client if len(parts) > 1 else None
+        ref = float(grouped_median(parts, 1, mapper=scanslabs.mapper_for(where, "xrdct-monitor-median"))[0])
         return ref if np.isfinite(ref) else 1.0
 
     def close(self) -> None:
@@ -153,7 +144,7 @@ def frames_placed_by_scan(wf: Workflow) -> bool:
     return src is not None and _places_frames(wf, src[1], src[3])
 
 
-def scan_layout(wf: Workflow) -> ScanLayout:
+def scan_layout(wf: Workflow, client=None) -> ScanLayout:
     """The frames' places and the axes of a scan (see :class:`ScanLayout`), read in bounded memory.
 
     The scan's table is streamed once (:mod:`xrdct_dask.io.scantable`) into a scratch folder
@@ -164,7 +155,11 @@ def scan_layout(wf: Workflow) -> ScanLayout:
     median exact; each frame at the nearest, frames that fit none left out and counted); else
     the scan arithmetic.  The axes are the measured values (the exact median reading of each grid
     line) where the scan gives them and ``scan.positions`` allows, else the nominal grid, and the
-    store records which (``positions`` attr)."""
+    store records which (``positions`` attr).
+
+    A scan file and a monitor file are converted slab by slab on the workers of ``client`` (a
+    client, a callable making one, or None: here; :mod:`xrdct_dask.runs.scanslabs`), the medians
+    merged from per-slab histograms: the layout is the same either way."""
 
     s = wf.scan
     nominal = {"omega_deg": np.arange(s.nomega) * (s.omega_range_deg / s.nomega),
@@ -184,8 +179,7 @@ def scan_layout(wf: Workflow) -> ScanLayout:
         if wf.inputs.monitor is not None:
             lay.monitor = FlatColumn(folder / "monitor.f8")
             try:
-                for v in monitor_blocks(wf.inputs.monitor):
-                    lay.monitor.append(v)
+                scanslabs.read_monitor_file(wf.inputs.monitor, lay.monitor, client)
             except ValueError as err:
                 raise WorkflowError(f"inputs.monitor: {err}") from None
         elif "monitor" in columns:
@@ -194,14 +188,17 @@ def scan_layout(wf: Workflow) -> ScanLayout:
         placed = "scan arithmetic (scan.order, scan.fast_axis)"
         axes: dict[str, np.ndarray] = {}
         if has_grid:
-            lay.grid = _grid_from_columns(wf, blocks, measured, lay.monitor if mon_rows else None, folder)
+            lay.grid = _grid_from_columns(wf, measured, lay.monitor if mon_rows else None, folder, client)
             placed = "scan file columns iz, iomega, ix"
             for k in measured:  # lines without a frame (allowed missing) take the nominal grid's place
-                axes[k] = _line_medians(lay.grid, k, AXIS_OF[k], nominal[k] if s.allow_missing else None)
+                axes[k] = _line_medians(lay.grid, k, AXIS_OF[k], nominal[k] if s.allow_missing else None, client)
         elif place:
             lay.grid, axes, off = _grid_from_positions(wf, blocks, measured, lay.monitor if mon_rows else None,
                                                        folder)
             placed = f"measured positions ({off} frames fit no grid point and are left out)"
+        elif mon_rows and wf.inputs.scan_file is not None:
+            scanslabs.convert_scan_file(wf.inputs.scan_file, scan_header(wf.inputs.scan_file), None, lay.monitor,
+                                        client)
         elif mon_rows:
             for b in blocks():
                 lay.monitor.scatter(b["index"], b["monitor"])
@@ -250,31 +247,20 @@ def read_transmission(wf: Workflow, path: Path, need: int):
 
 
 
-def _grid_from_columns(wf: Workflow, blocks, fields: list[str], monitor, folder: Path):
+def _grid_from_columns(wf: Workflow, fields: list[str], monitor, folder: Path, client=None):
     """The frames placed by a scan file's ``iz, iomega, ix`` columns, per slice
     (:class:`~xrdct_dask.io.scantable.SlabFrames`, with the ``fields`` read), the monitor column
-    scattered into ``monitor`` on the way."""
+    scattered into ``monitor`` on the way; the file read slab by slab on the workers of ``client``
+    (:func:`xrdct_dask.runs.scanslabs.convert_scan_file`)."""
 
     s = wf.scan
+    path = wf.inputs.scan_file
     grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx, fields)
-    bad = 0
-    seen = [np.zeros(n, bool) for n in (s.nz, s.nomega, s.nx)]  # grid lines the file has a frame in
-    for b in blocks():
-        iz, iw, ix = b["iz"], b["iomega"], b["ix"]
-        inside = (iz >= 0) & (iz < s.nz) & (iw >= 0) & (iw < s.nomega) & (ix >= 0) & (ix < s.nx)
-        bad += int((~inside).sum())
-        if bad:
-            continue
-        for line, i in zip(seen, (iz, iw, ix)):
-            line[i] = True
-        if monitor is not None:
-            monitor.scatter(b["index"], b["monitor"])
-        grid.add(iz, iw, ix, b["index"], {f: b[f] for f in fields})
-    if bad:
-        raise WorkflowError(f"inputs.scan_file: {wf.inputs.scan_file}: {bad} rows lie outside the scan grid "
+    got = scanslabs.convert_scan_file(path, scan_header(path), grid, monitor, client)
+    if got["bad"]:
+        raise WorkflowError(f"inputs.scan_file: {wf.inputs.scan_file}: {got['bad']} rows lie outside the scan grid "
                             f"{s.nz} x {s.nomega} x {s.nx}")
-    check_scan_extent(wf, seen, "the scan file")
-    grid.finish()
+    check_scan_extent(wf, got["seen"], "the scan file")
     return grid
 
 
@@ -356,13 +342,16 @@ def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, fol
     return grid, axes, off
 
 
-def _line_medians(grid, field: str, axis: int, nominal: np.ndarray | None = None) -> np.ndarray:
+def _line_medians(grid, field: str, axis: int, nominal: np.ndarray | None = None, client=None) -> np.ndarray:
     """The exact median of the per-frame ``field`` over each line of ``grid`` along ``axis`` (the
-    frames placed there), streamed slice by slice: a measured coordinate for each grid index.
-    ``nominal`` (the grid's values, given where missing lines are allowed): a line without a frame
-    takes its nominal value shifted by the median offset of the measured lines from theirs."""
+    frames placed there), over slabs of slices on the workers of ``client`` (None: here): a
+    measured coordinate for each grid index.  ``nominal`` (the grid's values, given where missing
+    lines are allowed): a line without a frame takes its nominal value shifted by the median
+    offset of the measured lines from theirs."""
 
-    out = grouped_median(grid.stream(field, axis), grid.shape[axis])
+    parts = scanslabs.slice_streams(grid, field, axis)
+    out = grouped_median(parts, grid.shape[axis],
+                         mapper=scanslabs.mapper_for(client if len(parts) > 1 else None, f"xrdct-scan-median-{field}"))
     empty = np.isnan(out)
     if nominal is not None and empty.any() and not empty.all():
         out[empty] = nominal[empty] + np.median(out[~empty] - nominal[~empty])
@@ -375,47 +364,50 @@ def _line_medians(grid, field: str, axis: int, nominal: np.ndarray | None = None
 SLAB_POINTS = 1 << 21  # scan points a template-writing task covers (whole slices: z chunks are 1)
 
 
-SLABS_IN_FLIGHT = 16  # slabs read ahead by the client while the workers write: ~16 x 25 MB at most
+SLABS_IN_FLIGHT = 64  # slab tasks submitted at once (each a few numbers: the workers read their slices)
 
 
 def write_scan_arrays(path: Path, wf: Workflow, lay: ScanLayout, client=None) -> int:
     """Fill ``reduced/monitor``, ``reduced/frame_index`` (and ``scan_flag`` where a scan file or
-    measured positions place the frames, ``transmission`` where the scan has one) of the new store at ``path``, in slabs of whole slices,
-    each a task on the workers of ``client`` (:func:`xrdct_dask.cluster.sidework.map_pieces`; None: here,
-    one after the other; the arrays are the same).  The client reads each slab's frame indices and
-    monitor from the scan layout (:class:`ScanLayout`, slice by slice) as the tasks run, a few
-    slabs ahead: it never holds the scan's ``(nz, nomega, nx)`` arrays.  Returns the frames that
-    arrived out of the scan's order."""
+    measured positions place the frames, ``transmission`` where the scan has one) of the new store
+    at ``path``, in slabs of whole slices, each a task on the workers of ``client``
+    (:func:`xrdct_dask.cluster.sidework.map_pieces`; None: here, one after the other; the arrays
+    are the same).  Each task reads its slices' frame indices, monitor and flags from the scan
+    layout's files itself (:class:`ScanLayout`, slice by slice): the client holds none of the
+    scan's ``(nz, nomega, nx)`` arrays and reads nothing of them.  Returns the frames that arrived
+    out of the scan's order."""
 
     s = wf.scan
-    late = 0
+    view = ScanLayout(grid=lay.grid, omega_deg=lay.omega_deg[:0], x_mm=lay.x_mm[:0], z_mm=lay.z_mm[:0],
+                      monitor=lay.monitor, positions={}, transmission=lay.transmission)  # no scratch handle: picklable
+    pieces = ((str(path), z0, z1, s, view)
+              for z0, z1 in slabs(s.nz, -(-s.nz * s.nomega * s.nx // SLAB_POINTS)))
+    return sum(map_pieces(client, _write_scan_slab, pieces, "xrdct-template-slab", in_flight=SLABS_IN_FLIGHT))
 
-    def pieces():
-        nonlocal late
-        for z0, z1 in slabs(s.nz, -(-s.nz * s.nomega * s.nx // SLAB_POINTS)):
-            idx = np.stack([lay.index(wf, z) for z in range(z0, z1)])
-            mon = lay.monitor_of(idx).astype(np.float32)
-            flags = None
-            if lay.grid is not None:
-                flags = np.stack([_scan_flags(z, idx[z - z0], lay.grid.duplicate(z), s) for z in range(z0, z1)])
-                late += int((flags == FrameStatus.OUT_OF_ORDER).sum())
-            trans = None if lay.transmission is None else lay.transmission.take(idx).astype(np.float32)
-            yield str(path), z0, z1, idx, mon, flags, trans
 
-    map_pieces(client, _write_scan_slab, pieces(), "xrdct-template-slab", in_flight=SLABS_IN_FLIGHT)
-    return late
+class _ScanOnly:
+    """The ``scan`` of a workflow, for :meth:`ScanLayout.index` on a worker."""
+
+    def __init__(self, scan):
+        self.scan = scan
 
 
 def _write_scan_slab(piece) -> int:
-    """One slab of :func:`write_scan_arrays`: slices ``z0 .. z1 - 1``; returns the points written."""
-    path, z0, z1, idx, mon, flags, trans = piece
-    store.open_array(path, f"{store.REDUCED}/monitor")[z0:z1] = mon
+    """One slab of :func:`write_scan_arrays`: slices ``z0 .. z1 - 1`` read from the layout and
+    written; returns the frames of the slab that arrived out of the scan's order."""
+    path, z0, z1, s, lay = piece
+    wf = _ScanOnly(s)
+    idx = np.stack([lay.index(wf, z) for z in range(z0, z1)])
+    store.open_array(path, f"{store.REDUCED}/monitor")[z0:z1] = lay.monitor_of(idx).astype(np.float32)
     store.open_array(path, f"{store.REDUCED}/frame_index")[z0:z1] = idx
-    if flags is not None:
+    late = 0
+    if lay.grid is not None:
+        flags = np.stack([_scan_flags(z, idx[z - z0], lay.grid.duplicate(z), s) for z in range(z0, z1)])
+        late = int((flags == FrameStatus.OUT_OF_ORDER).sum())
         store.open_array(path, f"{store.REDUCED}/scan_flag")[z0:z1] = flags
-    if trans is not None:
-        store.open_array(path, f"{store.REDUCED}/transmission")[z0:z1] = trans
-    return int(idx.size)
+    if lay.transmission is not None:
+        store.open_array(path, f"{store.REDUCED}/transmission")[z0:z1] = lay.transmission.take(idx).astype(np.float32)
+    return late
 
 
 def _scan_flags(z: int, idx: np.ndarray, dup: np.ndarray, s) -> np.ndarray:
