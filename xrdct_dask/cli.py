@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -93,20 +93,20 @@ def simulate(
     format_: Annotated[str, typer.Option("--format", help="cbf (one file per frame) | h5 (Eiger-like master + "
                                                           "bitshuffle-LZ4 data files)")] = "cbf",
     frames_per_file: Annotated[int, typer.Option(help="--format h5: frames per data file")] = 100,
-    rate: Annotated[Optional[float], typer.Option(
+    rate: Annotated[float | None, typer.Option(
         help="write the frames at this many per second, as an acquisition (each under a temporary name, then "
              "renamed); follow it with `xrdct watch OUT_DIR/workflow.yaml`")] = None,
     in_place: Annotated[bool, typer.Option(
         "--in-place", help="with --rate: write each frame under its final name, in parts over its 1/rate "
                            "(a reader sees partial files)")] = False,
-    frames: Annotated[Optional[str], typer.Option(
+    frames: Annotated[str | None, typer.Option(
         help="frames template relative to OUT_DIR, a beamline's layout: slice_{z:04d}/line_{line:05d}/"
              "frame_{index:06d}.cbf (.cbf.gz, .cbf.bz2; .tif, .edf, .edf.gz: TIFF / EDF files), or with --format h5 a file per slice or line: "
              "slice_{z:04d}.h5::/entry/data/data")] = None,
-    mu_per_px: Annotated[Optional[str], typer.Option(
+    mu_per_px: Annotated[str | None, typer.Option(
         help="a dense sample: attenuation per pixel of each phase (Ni,Fe,NaCl,aSi), e.g. 0.02,0.018,0.01,0.006; "
              "the beam is attenuated in to and out of every voxel and transmission.txt is recorded")] = None,
-    texture: Annotated[Optional[list[str]], typer.Option(
+    texture: Annotated[list[str] | None, typer.Option(
         help="a textured, strained phase: PHASE:AMPLITUDE:ORIENTATION_DEG[:STRAIN:STRAIN_AXIS_DEG], intensity "
              "1 + AMPLITUDE cos 2(chi - ORIENTATION), d = d0 (1 + STRAIN cos 2(chi - AXIS)); repeat per phase, "
              "e.g. --texture Ni:0.6:90 --texture Fe:0.3:0:0.003:90")] = None,
@@ -120,7 +120,7 @@ def simulate(
     air: Annotated[float, typer.Option(help="air scattering at the first x, in voxels of the sample's matrix "
                                             "(0: none)")] = 0.0,
     air_ratio: Annotated[float, typer.Option(help="air at the last x over air at the first (linear in x)")] = 1.0,
-    background_scan: Annotated[Optional[str], typer.Option(
+    background_scan: Annotated[str | None, typer.Option(
         help="also record an empty-tube / air scan: line (one line of x at omega 0) or slice (every angle), "
              "named in workflow.yaml's inputs.background_scan")] = None,
 ) -> None:
@@ -236,14 +236,14 @@ ALLOW_MISSING_HELP = ("run although whole slices of the workflow's grid have no 
 @app.command()
 def run(
     workflow: Annotated[Path, typer.Argument(help="workflow YAML")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set integrate.npt_rad=2000")] = None,
-    scheduler_address: Annotated[Optional[str], typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
-    cluster: Annotated[Optional[str], typer.Option(
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set integrate.npt_rad=2000")] = None,
+    scheduler_address: Annotated[str | None, typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
+    cluster: Annotated[str | None, typer.Option(
         "--cluster", help="batch-system profile: a name from `xrdct cluster list` (slurm-cpu, slurm-gpu, pbs) or a path")] = None,
-    jobs: Annotated[Optional[int], typer.Option(help="batch jobs to start with --cluster (adaptive: the maximum)")] = None,
-    adaptive: Annotated[Optional[bool], typer.Option(
+    jobs: Annotated[int | None, typer.Option(help="batch jobs to start with --cluster (adaptive: the maximum)")] = None,
+    adaptive: Annotated[bool | None, typer.Option(
         "--adaptive/--no-adaptive", help="with --cluster: scale between 0 and --jobs jobs with the load")] = None,
-    cluster_set: Annotated[Optional[list[str]], typer.Option(
+    cluster_set: Annotated[list[str] | None, typer.Option(
         "--cluster-set", help="override a profile key: --cluster-set queue=gpu --cluster-set walltime=08:00:00")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help=ALLOW_MISSING_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -282,14 +282,14 @@ def _refuse_missing_slices(path: Path, wf) -> None:
 @app.command()
 def watch(
     workflow: Annotated[Path, typer.Argument(help="workflow YAML of the acquisition being written")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set store.omega_chunk=2")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set store.omega_chunk=2")] = None,
     idle_timeout: Annotated[float, typer.Option(
         help="seconds without a new frame after which the frames still missing are flagged and the watch ends")] = 600.0,
-    scheduler_address: Annotated[Optional[str], typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
-    cluster: Annotated[Optional[str], typer.Option(
+    scheduler_address: Annotated[str | None, typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
+    cluster: Annotated[str | None, typer.Option(
         "--cluster", help="batch-system profile: a name from `xrdct cluster list` or a path")] = None,
-    jobs: Annotated[Optional[int], typer.Option(help="batch jobs to start with --cluster")] = None,
-    cluster_set: Annotated[Optional[list[str]], typer.Option(
+    jobs: Annotated[int | None, typer.Option(help="batch jobs to start with --cluster")] = None,
+    cluster_set: Annotated[list[str] | None, typer.Option(
         "--cluster-set", help="override a profile key: --cluster-set queue=gpu")] = None,
     png_every: Annotated[float, typer.Option(help="seconds between redraws of RUN-live.png (0: none)")] = 2.0,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help=ALLOW_MISSING_HELP)] = False,
@@ -321,14 +321,14 @@ def serve(
         "xrdct-jobs"),
     host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free one)")] = 8765,
-    scheduler_address: Annotated[Optional[str], typer.Option(
+    scheduler_address: Annotated[str | None, typer.Option(
         help="run every job on this running dask scheduler (one warm cluster for the experiment)")] = None,
-    base_dir: Annotated[Optional[Path], typer.Option(
+    base_dir: Annotated[Path | None, typer.Option(
         help="where relative paths of a submitted workflow start (default: the first --root)")] = None,
-    root: Annotated[Optional[list[Path]], typer.Option(
+    root: Annotated[list[Path] | None, typer.Option(
         "--root", help="a folder jobs may read and write in (repeat for several); every path a job names must "
                        "lie under one, symlinks resolved (default: --base-dir, else this folder)")] = None,
-    token_file: Annotated[Optional[Path], typer.Option(
+    token_file: Annotated[Path | None, typer.Option(
         help="read the token from this file (a service started by a system unit) instead of generating one")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -401,12 +401,12 @@ def _expand_runs(runs: list[str]) -> list[Path]:
 @app.command()
 def reprocess(
     runs: Annotated[list[str], typer.Argument(help="run stores (RUN.zarr), or quoted globs; several run as one graph")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="change a key: --set integrate.npt_rad=3000")] = None,
-    changes: Annotated[Optional[Path], typer.Option(
+    set_: Annotated[list[str] | None, typer.Option("--set", help="change a key: --set integrate.npt_rad=3000")] = None,
+    changes: Annotated[Path | None, typer.Option(
         "--changes", help="a YAML file of changes in the workflow's sections (workflows/reprocess.yaml); --set wins")] = None,
-    from_: Annotated[Optional[str], typer.Option("--from", help="rerun from this stage at least: integrate | recon | pdf")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="the new store (one run only); default RUN-<digest>.zarr beside it")] = None,
-    scheduler_address: Annotated[Optional[str], typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="rerun from this stage at least: integrate | recon | pdf")] = None,
+    out: Annotated[Path | None, typer.Option(help="the new store (one run only); default RUN-<digest>.zarr beside it")] = None,
+    scheduler_address: Annotated[str | None, typer.Option(help="attach to a running dask scheduler (tcp://...)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Rerun old runs from their stored workflow with changes, recomputing only the stages downstream of them."""
@@ -423,22 +423,22 @@ def reprocess(
 @app.command()
 def plan(
     workflow: Annotated[Path, typer.Argument(help="workflow YAML")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set scan.nz=1000")] = None,
-    gpu_frames_per_s: Annotated[Optional[float], typer.Option(help="decode + integrate frames/s of one GPU")] = None,
-    cpu_frames_per_s_per_core: Annotated[Optional[float], typer.Option(help="frames/s of one CPU core")] = None,
-    frame_bytes: Annotated[Optional[int], typer.Option(help="bytes per frame file (default: the first frame's size)")] = None,
-    results: Annotated[Optional[Path], typer.Option(
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set scan.nz=1000")] = None,
+    gpu_frames_per_s: Annotated[float | None, typer.Option(help="decode + integrate frames/s of one GPU")] = None,
+    cpu_frames_per_s_per_core: Annotated[float | None, typer.Option(help="frames/s of one CPU core")] = None,
+    frame_bytes: Annotated[int | None, typer.Option(help="bytes per frame file (default: the first frame's size)")] = None,
+    results: Annotated[Path | None, typer.Option(
         help="read throughputs from this RESULTS.md (default: the benchmarks/RESULTS.md figures shipped with the package)")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures as JSON")] = None,
     graph: Annotated[bool, typer.Option("--graph", help="also build every wave's graph (nothing computed): "
                                                         "tasks, seconds and the client's peak memory")] = False,
-    gpus: Annotated[Optional[int], typer.Option(
+    gpus: Annotated[int | None, typer.Option(
         min=1, help="GPUs the run integrates on (default: those of the cluster profile, else of this machine)")] = None,
-    fs_gbps: Annotated[Optional[float], typer.Option(
+    fs_gbps: Annotated[float | None, typer.Option(
         "--fs-gbps", min=0.001, help="GB/s the file system reads the frames at: bounds the run's frames/s and hours")] = None,
-    cluster: Annotated[Optional[str], typer.Option(
+    cluster: Annotated[str | None, typer.Option(
         "--cluster", help="plan for this batch-system profile's jobs (default: compute.cluster, else this machine)")] = None,
-    jobs: Annotated[Optional[int], typer.Option(min=1, help="with a cluster profile: its jobs (default compute.jobs)")] = None,
+    jobs: Annotated[int | None, typer.Option(min=1, help="with a cluster profile: its jobs (default compute.jobs)")] = None,
 ) -> None:
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
     import json
@@ -498,17 +498,17 @@ def init(
 @app.command()
 def export(
     run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store to export")],
-    out: Annotated[Optional[Path], typer.Argument(metavar="[OUT.h5]", help="NeXus / HDF5 file to write")] = None,
-    group: Annotated[Optional[list[str]], typer.Option(
+    out: Annotated[Path | None, typer.Argument(metavar="[OUT.h5]", help="NeXus / HDF5 file to write")] = None,
+    group: Annotated[list[str] | None, typer.Option(
         "--group", help="store group to export (repeat: --group recon --group pdf); default: reduced, recon, pdf")] = None,
     compression: Annotated[str, typer.Option(help="gzip (every reader) | lz4 (hdf5plugin) | none")] = "gzip",
     overwrite: Annotated[bool, typer.Option(help="replace OUT.h5 if it is an earlier export of this program")] = False,
-    pdf_files: Annotated[Optional[Path], typer.Option(
+    pdf_files: Annotated[Path | None, typer.Option(
         "--pdf-files", help="folder for PDFgetX3-layout .iq .sq .fq .gr files (PDFgui, diffpy.srfit)")] = None,
-    voxels: Annotated[Optional[str], typer.Option(help="--pdf-files of voxels z,y,x;z,y,x... (one file set each)")] = None,
-    mask: Annotated[Optional[Path], typer.Option(help="--pdf-files of a .npy bool (z,y,x) or (y,x) mask's mean")] = None,
-    region: Annotated[Optional[str], typer.Option(help="--pdf-files of a box z0:z1,y0:y1,x0:x1's mean")] = None,
-    scheduler_address: Annotated[Optional[str], typer.Option(
+    voxels: Annotated[str | None, typer.Option(help="--pdf-files of voxels z,y,x;z,y,x... (one file set each)")] = None,
+    mask: Annotated[Path | None, typer.Option(help="--pdf-files of a .npy bool (z,y,x) or (y,x) mask's mean")] = None,
+    region: Annotated[str | None, typer.Option(help="--pdf-files of a box z0:z1,y0:y1,x0:x1's mean")] = None,
+    scheduler_address: Annotated[str | None, typer.Option(
         help="read and compress the NeXus chunks on the workers of a running dask scheduler (tcp://...); "
              "default: here")] = None,
     single_file: Annotated[bool, typer.Option(
@@ -568,10 +568,10 @@ def view(
     run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr",
                                               help="the run store to look at (finished or being written)")],
     port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1 (0: any free one)")] = 5006,
-    map_: Annotated[Optional[str], typer.Option(
+    map_: Annotated[str | None, typer.Option(
         "--map", help="the map shown first: recon (at a q), pdf/G, or a per-voxel array such as pdf/scale")] = None,
     poll: Annotated[float, typer.Option(help="seconds between looks at the store for new blocks and slices")] = 2.0,
-    phase: Annotated[Optional[list[str]], typer.Option(
+    phase: Annotated[list[str] | None, typer.Option(
         help="d-spacings (angstrom) to mark on voxel patterns: --phase Ni=2.034,1.762,1.246 (repeat for more; "
              "default: the workflow's view.phases)")] = None,
 ) -> None:
@@ -597,8 +597,8 @@ def view(
 @app.command()
 def center(
     run_store: Annotated[Path, typer.Argument(metavar="RUN.zarr", help="the run store (only read)")],
-    z: Annotated[Optional[int], typer.Option("--z", help="slice (default: the middle one)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default RUN-center-zK.png beside the store; "
+    z: Annotated[int | None, typer.Option("--z", help="slice (default: the middle one)")] = None,
+    out: Annotated[Path | None, typer.Option(help="PNG to write (default RUN-center-zK.png beside the store; "
                                                      "never a file this program did not write)")] = None,
     step: Annotated[float, typer.Option(help="pixels between candidate axes")] = 0.5,
     count: Annotated[int, typer.Option(help="candidate axes (the found one in the middle)")] = 9,
@@ -661,7 +661,7 @@ def _cluster_options(pairs: list[str] | None) -> dict:
 @cluster_app.command("script")
 def cluster_script(
     profile: Annotated[str, typer.Option("--profile", "-p", help="profile name (xrdct cluster list) or path")],
-    cluster_set: Annotated[Optional[list[str]], typer.Option("--cluster-set", help="override a key: queue=gpu")] = None,
+    cluster_set: Annotated[list[str] | None, typer.Option("--cluster-set", help="override a key: queue=gpu")] = None,
 ) -> None:
     """Print the job script a worker job is submitted with (dask-jobqueue's dry run; starts nothing)."""
     from xrdct_dask.cluster.profiles import job_script

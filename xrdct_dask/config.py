@@ -70,9 +70,9 @@ class Inputs(_Section):
     check_md5: bool = Field(False, description="verify each frame's Content-MD5 (one md5 per frame); "
                                                "a mismatch flags the frame BAD_CHECKSUM")
 
-    background_scan: "BackgroundScan | None" = Field(None, description="a measured empty-container / air scan, "
+    background_scan: BackgroundScan | None = Field(None, description="a measured empty-container / air scan, "
                                                                    "integrated as the frames and subtracted per q")
-    positioners: "Positioners" = Field(default_factory=lambda: Positioners(),
+    positioners: Positioners = Field(default_factory=lambda: Positioners(),
                                        description="names of the scan's motors and counters in an HDF5 scan")
     monitor_max_ratio: float = Field(100.0, gt=1, description="a monitor value more than this factor above or below "
                                                                "the scan's median flags its frame BAD_MONITOR")
@@ -820,7 +820,7 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
                 sec = sec.get(k) if isinstance(sec, dict) else None
             val = sec.get(key) if isinstance(sec, dict) else None
             if isinstance(val, str) and val and not Path(val).is_absolute():
-                sec[key] = str((base_dir / val))
+                sec[key] = str(base_dir / val)
             elif isinstance(val, list):  # several files (dark, flat)
                 sec[key] = [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in val]
     sources: list[str] = []

@@ -15,7 +15,8 @@ import itertools
 import logging
 import time
 import uuid
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from distributed import as_completed
 

@@ -141,7 +141,7 @@ def _copy_array(zarr_arr, h5group, name: str, compression: dict, client=None, so
     return d
 
 
-def _write_encoded(client, d, pieces, name: str, guard: "SpaceGuard | None" = None) -> None:
+def _write_encoded(client, d, pieces, name: str, guard: SpaceGuard | None = None) -> None:
     """Encode ``pieces`` on the workers (a bounded number in flight) and write their chunks into ``d``."""
 
 

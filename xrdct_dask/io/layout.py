@@ -104,7 +104,7 @@ class ScanShape:
     passes: int = 2
 
     @classmethod
-    def of(cls, scan) -> "ScanShape":
+    def of(cls, scan) -> ScanShape:
         """From a workflow's :class:`~xrdct_dask.config.Scan`."""
         return cls(scan.nz, scan.nomega, scan.nx, scan.fast_axis, scan.order, scan.interlace_passes)
 

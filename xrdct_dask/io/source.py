@@ -147,7 +147,7 @@ def as_counts(frames: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_batch(source: "Hdf5Frames | Hdf5Template", indices: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def read_batch(source: Hdf5Frames | Hdf5Template, indices: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``indices`` of an HDF5 source as the engines take them (:func:`as_counts`: int32
     counts, or float32 for a float dataset) and a FrameStatus code per frame, never raising for a
     bad one: index < 0 or absent is MISSING, a bad chunk TRUNCATED / SIZE_MISMATCH / CORRUPT_HEADER
@@ -411,7 +411,7 @@ def _open_cached(spec: str, scan: ScanShape | None, pid: int) -> FrameSource:
     return FabioTemplate(spec, scan) if is_fabio_series(spec) else CbfTemplate(spec, scan)
 
 
-def _stale(source: "Hdf5Frames") -> bool:
+def _stale(source: Hdf5Frames) -> bool:
     """Whether an open HDF5 source may see more if opened again: a file it found missing is there
     now, or one it found unusable (cut short, half written: its frames flagged) may be whole by now."""
     return any((s.missing and s.file.exists()) or s.flag for s in source.segments)

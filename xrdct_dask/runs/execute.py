@@ -83,7 +83,7 @@ def run(workflow: Workflow | str | Path, *, overrides: dict | None = None, sched
 def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, cluster=None,
             jobs: int | None = None, adaptive: bool | None = None, cluster_options: dict | None = None,
             progress: bool = True, summary: bool = True, t0: float | None = None,
-            connection: "Connection | None" = None) -> list[dict]:
+            connection: Connection | None = None) -> list[dict]:
     """Compute what is not yet done in one or more prepared stores, as one graph, and finish them.
 
     Slices with pending tasks (of every store together) are grouped into waves of at most

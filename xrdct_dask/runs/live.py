@@ -34,7 +34,6 @@ again it resumes: blocks marked done are not read again.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -196,7 +195,7 @@ def _warm_slice_stages(client, wf: Workflow, timeout_s: float = 180.0) -> None:
     try:
         if futs:
             dask_wait(list(futs), timeout=timeout_s)
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         pass
     for fut, w in futs.items():
         if not fut.done():
@@ -366,7 +365,7 @@ class _Following:
         if self.inflight:
             try:
                 dask_wait(list(self.inflight), timeout=poll_s, return_when="FIRST_COMPLETED")
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
             return [f for f in self.inflight if f.done()]
         if self.pending:

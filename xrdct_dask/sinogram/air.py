@@ -86,7 +86,7 @@ class AirColumns:
         return asdict(self) | {"columns": self.columns, "found": self.found}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AirColumns":
+    def from_dict(cls, d: dict) -> AirColumns:
         """The inverse of :meth:`to_dict` (its derived keys ignored)."""
         return cls(**{k: d[k] for k in ("nx", "left", "right", "noise", "threshold", "reason", "notes") if k in d})
 

@@ -113,7 +113,7 @@ class MirrorSeries:
         return np.pad(a, ((0, 0), (nx + 2, nx + 2)), mode="edge")
 
     @classmethod
-    def vo(cls, half_turn: np.ndarray, radius_px: float) -> "MirrorSeries":
+    def vo(cls, half_turn: np.ndarray, radius_px: float) -> MirrorSeries:
         n, nx = half_turn.shape
         sp = cls._pad(half_turn)
         fp = cls._pad(half_turn[:, ::-1])
@@ -126,7 +126,7 @@ class MirrorSeries:
         return cls(nx, const, 2 * coef, np.fft.fftfreq(sp.shape[1]))
 
     @classmethod
-    def mirror(cls, first: np.ndarray, second: np.ndarray) -> "MirrorSeries":
+    def mirror(cls, first: np.ndarray, second: np.ndarray) -> MirrorSeries:
         nx = first.shape[1]
         p = np.fft.fft(cls._pad(first), axis=1)
         q = np.fft.fft(cls._pad(second[:, ::-1]), axis=1)

@@ -172,7 +172,7 @@ class Layout:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Layout":
+    def from_dict(cls, d: dict) -> Layout:
         return cls(**{k: int(d[k]) for k in cls.__dataclass_fields__})
 
 

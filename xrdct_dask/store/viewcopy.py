@@ -87,7 +87,7 @@ class ViewLayout:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ViewLayout":
+    def from_dict(cls, d: dict) -> ViewLayout:
         return cls(**{k: int(d[k]) for k in cls.__dataclass_fields__})
 
 

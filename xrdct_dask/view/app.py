@@ -46,7 +46,7 @@ setTimeout(() => URL.revokeObjectURL(url), 10000);
 """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def palette(name: str) -> tuple[str, ...]:
     """256 hex colours of a matplotlib colour map."""
     from matplotlib import colormaps
