@@ -30,6 +30,30 @@ def plan_cache(tmp_path_factory):
         os.environ["XRDCT_CACHE_DIR"] = old
 
 
+@pytest.fixture(autouse=True)
+def dask_scheduler_restored(request):
+    """Each test starts with the dask ``scheduler`` setting the suite started with.  A test whose
+    own clients close out of order (dask restores the setting only when the last default client
+    closes) would otherwise leave ``dask.distributed`` set with no client, and an unrelated later
+    test's ``.compute()`` fails; the guard names the test that left it in the warnings summary."""
+    import warnings
+
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    yield
+    after = dask.config.get("scheduler", None)
+    if after != before:
+        from distributed import default_client
+
+        try:
+            default_client()
+        except ValueError:  # no client left open: the setting leaked
+            dask.config.set(scheduler=before)
+            warnings.warn(f"{request.node.nodeid} left dask's scheduler set to {after!r} with no client open",
+                          stacklevel=1)
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The real detector files of ../shared/data (README.md there), or $XRDCT_SHARED_DATA."""

@@ -455,3 +455,27 @@ def test_a_slurm_job_cancelled_mid_run_the_run_completes_identical(local_slurm, 
     assert cancelled, "no job was cancelled (the run ended first)"
     assert "1 worker lost; " in r.output and "retried on the others" in r.output, r.output
     assert_same_stores(local, slurm)
+
+
+def test_a_runs_client_never_changes_the_callers_dask_scheduler(tiny_scan):
+    """The run computes through its own client.  It must not become the process's default: dask
+    restores ``scheduler`` only when the last default client closes, so a run's client closed
+    before a notebook's client (opened after it) left ``scheduler: dask.distributed`` behind, and
+    the next ``xr.open_zarr(...).compute()`` failed with "no Client active"."""
+    import dask
+    from distributed import Client, LocalCluster, default_client
+
+    from xrdct_dask import load_workflow
+    from xrdct_dask.cluster.local import client_for
+
+    wf = load_workflow(tiny_scan.workflow)
+    before = dask.config.get("scheduler", None)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc:
+        runs, started = client_for(wf, None, lc)
+        assert started is None and dask.config.get("scheduler", None) == before
+        with pytest.raises(ValueError):
+            default_client()
+        user = Client(lc)  # a notebook's client, opened while the run is on
+        runs.close()
+        user.close()
+    assert dask.config.get("scheduler", None) == before

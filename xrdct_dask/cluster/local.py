@@ -127,6 +127,13 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
     return _start_workers(lambda: SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu"))
 
 
+def _client(target) -> Client:
+    """A client of the run's own, not the process's default: the run computes through it
+    explicitly, so the caller's dask configuration (``scheduler``) is never changed, even when
+    clients are closed in another order than they were opened."""
+    return Client(target, set_as_default=False)
+
+
 def client_for(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: int | None = None,
             adaptive: bool | None = None, cluster_options: dict | None = None):
     """``(client, cluster started here or None)``: a given cluster object, a running scheduler, a
@@ -134,9 +141,9 @@ def client_for(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: 
     machine (:func:`local_cluster`)."""
 
     if cluster is not None and not isinstance(cluster, (str, Path)):
-        return Client(cluster), None
+        return _client(cluster), None
     if scheduler_address:
-        return Client(scheduler_address), None
+        return _client(scheduler_address), None
     c = wf.compute
     profile = cluster if cluster is not None else c.cluster
     if profile is not None:
@@ -148,12 +155,12 @@ def client_for(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: 
         else:
             jc.scale(jobs=n)
             log.info("cluster %s: %d jobs of %s", profile, n, describe(jc))
-        return Client(jc), jc
+        return _client(jc), jc
     from xrdct_dask.limits import check_local_workers
 
     check_local_workers(wf)  # before any worker starts
     lc = local_cluster(wf)
-    return Client(lc), lc
+    return _client(lc), lc
 
 
 def stage_resources(client, wf: Workflow | None = None, cluster=None) -> dict[str, dict]:
