@@ -24,7 +24,7 @@ What a job may touch: the workflow it names (and the ``base_dir`` of a workflow 
 and every path its workflow names (frames, PONI, mask, ..., the store) must lie, symlinks
 resolved, under the folders the service was started with (``roots``, ``--root``; default the
 current folder): a job cannot make the service read ``/etc/shadow`` or write beside it.  An error
-never quotes a file that is not a workflow (:func:`xrdct_dask.config.workflow_from_dict`).  A job
+never quotes a file that is not a workflow (:func:`xrdct_dask.config.load.workflow_from_dict`).  A job
 may set ``store.overwrite`` only on a store an earlier job of this service created, and may open a
 dashboard only on this machine's loopback address.
 
