@@ -2,4 +2,5 @@
 
 from xrdct_dask.cli import main
 
-main()
+if __name__ == "__main__":  # not when a walk of the package imports this module
+    main()
