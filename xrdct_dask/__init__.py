@@ -3,9 +3,9 @@
     frames (CBF) -> decode -> integrate (pyFAI geometry) -> reduced/ (zarr)
                  -> sinograms -> reconstruction per q -> recon/ -> G(r) per voxel -> pdf/
 
-Entry points: :func:`run` (a workflow YAML or :class:`~xrdct_dask.config.Workflow`),
+Entry points: :func:`run` (a workflow YAML or :class:`~xrdct_dask.config.workflow.Workflow`),
 :func:`xrdct_dask.runs.live.watch` (follow an acquisition as it is written; :func:`~xrdct_dask.view.live.live_status`
-and :func:`~xrdct_dask.view.live.live_figure` from a notebook), :class:`~xrdct_dask.runs.service.JobService` (the
+and :func:`~xrdct_dask.view.live.live_figure` from a notebook), :class:`~xrdct_dask.runs.jobs.JobService` (the
 ``xrdct serve`` job interface), :class:`~xrdct_dask.integrate.Integrator`,
 :func:`~xrdct_dask.io.read_frame`, ``xrdct_dask.view(store)`` (the viewer in a notebook), the ``xrdct`` CLI.
 """

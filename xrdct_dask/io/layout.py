@@ -105,7 +105,7 @@ class ScanShape:
 
     @classmethod
     def of(cls, scan) -> ScanShape:
-        """From a workflow's :class:`~xrdct_dask.config.Scan`."""
+        """From a workflow's :class:`~xrdct_dask.config.sections.Scan`."""
         return cls(scan.nz, scan.nomega, scan.nx, scan.fast_axis, scan.order, scan.interlace_passes)
 
     @property

@@ -6,6 +6,7 @@
     data.py     the viewer's data, read from a store (maps, patterns, sinograms, d-lines, .xy/.gr text;
                 the run's view copy, :mod:`xrdct_dask.store.viewcopy`, where there is one)
     app.py      the viewer's page: one Bokeh document (widgets, figures, callbacks, live polling)
+    figure.py   the page as a matplotlib figure (its "save PNG")
     server.py   ``xrdct view RUN.zarr``: the page on 127.0.0.1 behind a token
 
 Bokeh, whose server dask's dashboard runs on, draws the viewer (``pip install "xrdct-dask[view]"``).

@@ -1,33 +1,22 @@
-"""Workflow schema: a YAML file validated on load into frozen pydantic models.
+"""The workflow's sections: one frozen pydantic model per YAML section (``inputs``, ``scan``, ...).
 
-A wrong key, type or unit is a :class:`WorkflowError` whose one-line message names the key
-(``integrate.unit: must be one of q_nm^-1, q_A^-1, 2th_deg (got 'q_nm')``).  Relative paths are
-resolved against the YAML file's folder, so a run folder can be moved as a whole.  The models are
-the single source of the defaults; ``xrdct_dask/data/workflow.yaml`` documents them (``xrdct init`` writes it).
+Each model holds its keys, their defaults, bounds and descriptions (the single source of the
+defaults and of the workflow-key reference) and the checks of one section; checks that need two
+sections are on :class:`~xrdct_dask.config.workflow.Workflow`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from xrdct_dask.errors import WorkflowError
-from xrdct_dask.io.layout import ScanShape, check_for_scan, check_template, template_fields
-from xrdct_dask.io.scan import INTERLACE_PASSES
+from xrdct_dask.io.layout import check_template
 from xrdct_dask.io.spec import is_hdf5, split_spec
-from xrdct_dask.pdf.pdfgetx3 import WORKFLOW_KEYS, config_dataformat, read_config
+from xrdct_dask.pdf.pdfgetx3 import WORKFLOW_KEYS, read_config
 
 RADIAL_UNITS = ("q_nm^-1", "q_A^-1", "2th_deg")
-MAX_CONFIG_BYTES = 1 << 20  # a workflow (or a cluster profile) is a few kB: larger files are not read as one
-MAX_NESTING = 32  # mappings and lists within each other in a workflow: sections are 2 deep
-SECTIONS = ("inputs", "scan", "geometry", "integrate", "store", "sinogram", "recon", "pdf", "compute")
-
-
 
 
 class _Section(BaseModel):
@@ -61,7 +50,8 @@ class Inputs(_Section):
                                                         "polarisation, error model; keys set here win")
     mask: Path | None = None
     dark: Path | list[Path] | None = Field(None, description="dark image(s): several files or a stack, their median")
-    flat: Path | list[Path] | None = Field(None, description="flat field image(s): several files or a stack, their mean")
+    flat: Path | list[Path] | None = Field(None, description="flat field image(s): several files or a stack, "
+                                                            "their mean")
     monitor: Path | None = Field(None, description="text file, one I0 value per frame in acquisition order")
     transmission: Path | None = Field(None, description="text file, one transmission reading (a diode or monitor "
                                                         "after the sample) per frame in acquisition order, as "
@@ -134,7 +124,8 @@ class Scan(_Section):
     nx: int = Field(gt=1)
     fast_axis: Literal["x", "omega"] = "x"
     order: Literal["raster", "snake", "interlaced"] = "snake"
-    interlace_passes: int = Field(2, ge=1, description="interlaced order: omega lines visited in this many interleaved passes")
+    interlace_passes: int = Field(2, ge=1, description="interlaced order: omega lines visited in this many "
+                                                       "interleaved passes")
     omega_range_deg: Literal[180, 360] = 180
     positions: Literal["auto", "measured", "nominal"] = Field(
         "auto", description="where omega, x and z come from: measured (scan file columns omega_deg, x_mm, z_mm, or "
@@ -231,7 +222,8 @@ class Integrate(_Section):
 class Store(_Section):
     path: Path
     omega_chunk: int = Field(16, gt=0, description="omega rows per chunk (and per decode-integrate task)")
-    q_chunk: Annotated[int, Field(gt=0)] | Literal["auto"] = Field("auto", description="q bins per chunk of reduced/ and recon/ (and per "
+    q_chunk: Annotated[int, Field(gt=0)] | Literal["auto"] = Field("auto", description="q bins per chunk of "
+                                                               "reduced/ and recon/ (and per "
                                                                "recon task); auto: up to 256, within "
                                                                "compute.task_memory")
     overwrite: bool = False
@@ -252,7 +244,8 @@ class Sinogram(_Section):
     background_per_projection: bool = Field(False, description="one background per projection instead of per scan")
     stripes: bool = Field(False, description="stripe (ring artefact) removal: stripes of any width up to "
                                              "stripe_max_width_px, over all or part of omega, sorting-based")
-    stripe_snr: float = Field(3.0, gt=0, description="stripe: a run of columns off all predictions from its neighbours by this many noise levels")
+    stripe_snr: float = Field(3.0, gt=0, description="stripe: a run of columns off all predictions from its "
+                                                     "neighbours by this many noise levels")
     stripe_max_width_px: int = Field(6, ge=1, description="widest stripe looked for, in columns (x steps)")
 
     @field_validator("background", mode="before")
@@ -424,7 +417,8 @@ class Compute(_Section):
                                                    "GPU worker shared by its tasks)")
     max_tasks: int = Field(20_000, ge=10, description="tasks the scheduler holds at once: larger runs go in "
                                                        "waves of z-slabs, two waves of max_tasks/2 in flight")
-    cluster: str | None = Field(None, description="cluster profile (a name from `xrdct cluster list`, or a path) instead of a LocalCluster")
+    cluster: str | None = Field(None, description="cluster profile (a name from `xrdct cluster list`, or a path) "
+                                                  "instead of a LocalCluster")
     jobs: int = Field(1, gt=0, description="batch jobs to start with a cluster profile (adaptive: the maximum)")
     adaptive: bool = Field(False, description="with a cluster profile: scale between 0 and `jobs` jobs with the load")
 
@@ -454,428 +448,3 @@ def _check_bytes(v):
     except (ValueError, TypeError):
         raise ValueError(f"must be a size such as 2GB or 1500MB (got {v!r})") from None
     return str(v)
-
-
-class Workflow(_Section):
-    _sources: list[str] = PrivateAttr(default_factory=list)  # where inputs.pyfai_config's keys came from
-    inputs: Inputs
-    scan: Scan
-    geometry: Geometry = Geometry()
-    integrate: Integrate = Integrate()
-    store: Store
-    sinogram: Sinogram = Sinogram()
-    recon: Recon = Recon()
-    pdf: PDF = PDF()
-    texture: Texture = Texture()
-    compute: Compute = Compute()
-    view: View = View()
-
-    @field_validator("store", mode="before")
-    @classmethod
-    def _store_as_path(cls, v):
-        return {"path": v} if isinstance(v, (str, Path)) else v
-
-    @model_validator(mode="after")
-    def _pdfgetx3_background_unit(self):
-        # a background file named by a PDFgetX3 configuration is in that file's dataformat
-        p = self.pdf
-        if p.config is not None and Path(p.config).is_file() and p.background == "file" and p.background_file:
-
-            from_cfg = read_config(p.config, p.config_section).get("background_file")
-            unit = config_dataformat(p.config, p.config_section)
-            if from_cfg is not None and Path(from_cfg) == Path(p.background_file) and unit not in (None, self.integrate.unit):
-                raise ValueError(f"pdf.config: its backgroundfile is in {unit} (dataformat) but integrate.unit is "
-                                 f"{self.integrate.unit}; integrate in {unit} or give pdf.background_file in "
-                                 f"{self.integrate.unit}")
-        return self
-
-    @model_validator(mode="after")
-    def _absorption_inputs(self):
-        a = self.sinogram.absorption
-        if a == "transmission" and self.inputs.transmission is None:
-            raise ValueError("sinogram.absorption: transmission needs inputs.transmission (one reading per frame)")
-        if a == "scattering" and self.sinogram.absorption_mu_max_per_mm is None:
-            raise ValueError("sinogram.absorption: scattering needs sinogram.absorption_mu_max_per_mm")
-        if a != "off" and self.pdf.enabled and self.pdf.order == "pdf-then-recon":
-            raise ValueError("sinogram.absorption corrects the reconstruction of I(q): it needs pdf.order "
-                             "recon-then-pdf")
-        return self
-
-    @model_validator(mode="after")
-    def _sectors(self):
-        if self.integrate.npt_azim > 1 and self.pdf.enabled:
-            raise ValueError("integrate.npt_azim: G(r) is made from one pattern per voxel: set pdf.enabled: false "
-                             "with azimuthal sectors (or npt_azim: 1)")
-        if self.integrate.npt_azim > 1 and self.inputs.background_scan is not None:
-            raise ValueError("inputs.background_scan: a measured background is subtracted from 1D patterns: leave it "
-                             "out with azimuthal sectors (integrate.npt_azim > 1)")
-        if self.texture.peaks and self.integrate.npt_azim < 2:
-            raise ValueError("texture.peaks: texture and strain need azimuthal sectors (integrate.npt_azim > 1)")
-        return self
-
-    @model_validator(mode="after")
-    def _interlace_layout(self):
-        # workflow.prepare_store lays the grid out with io.scan's default number of passes
-
-        s = self.scan
-        if s.order == "interlaced" and s.interlace_passes != INTERLACE_PASSES and self.inputs.scan_file is None:
-            raise ValueError(f"scan.interlace_passes: {s.interlace_passes} passes need inputs.scan_file "
-                             f"(index,iz,iomega,ix per frame); without it the layout uses {INTERLACE_PASSES}")
-        return self
-
-    @model_validator(mode="after")
-    def _frames_layout(self):
-        # {line} / {omega} / {z} are computed from the scan's shape: check they can name its frames
-
-        v = self.inputs.frames
-        try:
-            check_for_scan(split_spec(v)[0] if is_hdf5(v) else v, ScanShape.of(self.scan), is_hdf5(v))
-        except ValueError as err:
-            raise ValueError(f"inputs.frames: {err}") from None
-        return self
-
-    @property
-    def sources(self) -> list[str]:
-        """Where the keys an ``inputs.pyfai_config`` gave came from (one line each), as loaded."""
-        return list(self._sources)
-
-    @property
-    def scan_shape(self):
-        """The :class:`~xrdct_dask.io.layout.ScanShape` the frames template's fields count in."""
-
-        return ScanShape.of(self.scan)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
-
-    def digest(self) -> str:
-        """sha256 of the canonical JSON form: two runs with the same digest do the same work."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
-
-    def work_digest(self) -> str:
-        """sha256 of what determines the store's contents: the digest without ``compute`` (how
-        many workers), ``view`` (how it is shown), ``store.path``/``store.overwrite`` (where) and
-        ``scan.allow_missing`` (what a run accepts).  A run resumes a store only when its work
-        digest matches the one the store records."""
-        data = json.loads(self.model_dump_json(exclude={"compute": True, "view": True, "store": {"path", "overwrite"},
-                                                        "scan": {"allow_missing"}}))
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-    @property
-    def frames_hdf5(self) -> bool:
-        """``inputs.frames`` is an HDF5 / NeXus source, not a file per frame."""
-
-        return is_hdf5(self.inputs.frames)
-
-    @property
-    def frames_templated(self) -> bool:
-        """``inputs.frames`` names a file per frame, slice or line (a template), not one HDF5 source."""
-
-        return bool(template_fields(split_spec(self.inputs.frames)[0]))
-
-
-class _PlainLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases: ``*name`` (and so the "billion laughs" of nested
-    aliases, 1 kB of YAML expanding to GBs) is refused while the text is composed, before any
-    value is built."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "an alias (*name): YAML aliases are not allowed here, "
-                                              "write the value out", event.start_mark)
-        return super().compose_node(parent, index)
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """Where and what of a YAML error, without quoting the text that failed (it may be a file that
-    is not a workflow at all: nothing of it is echoed)."""
-    import re
-
-    mark = getattr(err, "problem_mark", None)
-    problem = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", getattr(err, "problem", None) or "syntax error")
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return f"{where}{problem}"
-
-
-def nesting_depth(value: Any) -> int:
-    """How deep mappings and lists lie within each other in ``value`` (a scalar: 0), counted
-    without recursion (a body nested 5,000 deep must not exhaust Python's stack)."""
-    depth, stack = 0, [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict):
-            children = v.values()
-        elif isinstance(v, list):
-            children = v
-        else:
-            continue
-        depth = max(depth, d)
-        stack.extend((c, d + 1) for c in children)
-    return depth
-
-
-def load_yaml_text(text: str, source: str) -> Any:
-    """Parse configuration YAML text: safe types only, no aliases, at most :data:`MAX_CONFIG_BYTES`
-    and :data:`MAX_NESTING` levels; any failure is a one-line :class:`WorkflowError` naming
-    ``source`` that quotes nothing of the text."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
-        raise WorkflowError(f"{source}: over {MAX_CONFIG_BYTES:,} bytes: a workflow is a few kB, this is not one")
-    loader = _PlainLoader(text)  # what yaml's load does, with the safe loader that refuses aliases
-    try:
-        value = loader.get_single_data()
-    except yaml.YAMLError as err:
-        raise WorkflowError(f"{source}: not valid YAML ({_yaml_problem(err)})") from None
-    except RecursionError:
-        raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)") from None
-    finally:
-        loader.dispose()
-    if nesting_depth(value) > MAX_NESTING:
-        raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)")
-    return value
-
-
-def read_config_text(path: Path, source: str | None = None) -> str:
-    """The text of a configuration file, refused in one line when it is not a regular file or is
-    larger than :data:`MAX_CONFIG_BYTES` (checked before reading: a 500 MB file is never loaded)."""
-    import os
-    import stat as stat_
-
-    source = source or str(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise WorkflowError(f"{source}: file not found") from None
-    except OSError as err:
-        raise WorkflowError(f"{source}: cannot be read ({err.strerror or err})") from None
-    if not stat_.S_ISREG(st.st_mode):
-        raise WorkflowError(f"{source}: not a regular file")
-    if st.st_size > MAX_CONFIG_BYTES:
-        raise WorkflowError(f"{source}: {st.st_size:,} bytes: a workflow is a few kB; files over "
-                            f"{MAX_CONFIG_BYTES:,} bytes are not read as one")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)  # the file may have grown since stat
-    except OSError as err:
-        raise WorkflowError(f"{source}: cannot be read ({err.strerror or err})") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise WorkflowError(f"{source}: over {MAX_CONFIG_BYTES:,} bytes: not read as a workflow")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise WorkflowError(f"{source}: not UTF-8 text") from None
-
-
-def _shown_key(key: str) -> str:
-    """A key as an error message may quote it: a plain name, else (a line of some other file read
-    as YAML, a password...) not at all."""
-    import re
-
-    return key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", key) else "(a key that is not a name)"
-
-
-def _one_line(err: ValidationError, source: str, overrides: dict | None = None) -> WorkflowError:
-    """One line naming every broken key; a key set on the command line is blamed on its ``--set``,
-    not on the file."""
-    parts = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":  # a key of the file, not of the schema: quoted only if it is a name
-            key = _shown_key(key)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key" + _did_you_mean(e["loc"])
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        given = next((k for k in overrides or {} if key == k or key.startswith(k + ".") or k.startswith(key + ".")),
-                     None)
-        parts.append(f"--set {given}={json.dumps(overrides[given])}: {key}: {msg}" if given else f"{source}: {key}: {msg}")
-    return WorkflowError("; ".join(parts))
-
-
-def _keys_of(model) -> list[str]:
-    """Every dotted key of a section model (``integrate.npt_rad``, ``inputs.positioners.omega``)."""
-    out = []
-    for name, f in model.model_fields.items():
-        sub = f.annotation if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) else None
-        out += [name] + ([f"{name}.{k}" for k in _keys_of(sub)] if sub is not None else [])
-    return out
-
-
-def _did_you_mean(loc) -> str:
-    """`` (did you mean integrate.npt_rad?)`` for an unknown key at ``loc``: the closest key of the
-    same section (difflib), else the section that has a key of that name; empty when none is close."""
-    import difflib
-
-    parts = [str(p) for p in loc]
-    section, leaf = ".".join(parts[:-1]), parts[-1]
-    known = _keys_of(Workflow)
-    siblings = [k for k in known if k.rpartition(".")[0] == section]
-    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean {section + '.' if section else ''}{close[0]}?)"
-    elsewhere = [k for k in known if k.rpartition(".")[2] == leaf]
-    return f" (did you mean {elsewhere[0]}?)" if len(elsewhere) == 1 else ""
-
-
-def _set_dotted(d: dict, dotted: str, value: Any) -> None:
-    """``d[a][b][c] = value`` for ``dotted = "a.b.c"``; a part that holds a value, not a section
-    (``scan.nz.x``), is a one-line WorkflowError."""
-    if not isinstance(dotted, str) or not dotted or nesting_depth(value) > MAX_NESTING:
-        raise WorkflowError(f"--set {_shown_key(str(dotted))}: expected a dotted key (integrate.npt_rad) and a plain "
-                            "value")
-    keys = dotted.split(".")
-    cur = d
-    for n, k in enumerate(keys[:-1]):
-        nxt = cur.get(k)
-        if nxt is None or (isinstance(nxt, (str, Path)) and k == "store" and n == 0):
-            # `store: path` shorthand: expand before descending
-            nxt = {"path": nxt} if isinstance(nxt, (str, Path)) else {}
-            cur[k] = nxt
-        if not isinstance(nxt, dict):
-            raise WorkflowError(f"--set {_shown_key(dotted)}: {_shown_key('.'.join(keys[:n + 1]))} is a value, "
-                                f"not a section: it has no key {_shown_key(keys[n + 1])}")
-        cur = nxt
-    cur[keys[-1]] = value
-
-
-def parse_value(text: str, option: str) -> Any:
-    """A command-line value parsed as YAML (``3000``, ``true``, ``[1, 2]``, ``a string``), limited to
-    plain data: YAML tags (``!!python/...``, ``!!binary``, ``!!set``) are refused in one line, and
-    what YAML would read as a date stays the text given."""
-    value = load_yaml_text(text, option)
-
-    def plain(v) -> bool:
-        if isinstance(v, dict):
-            return all(isinstance(k, str) and plain(x) for k, x in v.items())
-        if isinstance(v, list):
-            return all(plain(x) for x in v)
-        return v is None or isinstance(v, (str, bool, int, float))
-
-    if not plain(value) and "!" not in text:  # an implicit YAML date or time: the text itself
-        return text.strip()
-    if not plain(value):
-        raise WorkflowError(f"{option}: a value must be a number, true/false, a string or a list of them "
-                            f"(YAML gave a {type(value).__name__})")
-    return value
-
-
-def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str, Any]:
-    """``["integrate.npt_rad=3000", ...]`` -> ``{"integrate.npt_rad": 3000}`` (values parsed as YAML)."""
-    out = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise WorkflowError(f"{option} {p!r}: expected key=value, e.g. integrate.npt_rad=2000")
-        k, v = p.split("=", 1)
-        out[k.strip()] = parse_value(v, f"{option} {p}")
-    return out
-
-
-def _read_yaml(path: Path, what: str):
-    """The plain data of a YAML file (safe loader), or a one-line :class:`WorkflowError` naming it."""
-    if not path.is_file():
-        raise WorkflowError(f"{path}: {what} not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise WorkflowError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-
-
-def load_changes(path: str | Path) -> dict[str, Any]:
-    """A file of changes for ``xrdct reprocess --changes`` (workflows/reprocess.yaml): a YAML mapping
-    in the workflow's sections, ``{recon: {filter: hann}}``, as the dotted overrides ``--set`` gives
-    (``{"recon.filter": "hann"}``).  The keys are validated with the workflow they change."""
-    path = Path(path)
-    raw = _read_yaml(path, "changes file")
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise WorkflowError(f"{path}: expected sections of keys to change (recon: {{filter: hann}})")
-    return flatten(raw)
-
-
-_PATH_KEYS = (("inputs", "poni"), ("inputs", "pyfai_config"), ("inputs", "mask"), ("inputs", "dark"),
-              ("inputs", "flat"), ("inputs", "monitor"), ("inputs", "transmission"), ("inputs", "scan_file"), ("inputs", "frames"),
-              ("store", "path"), ("pdf", "background_file"), ("pdf", "config"), ("inputs", "background_scan", "frames"),
-              ("inputs", "background_scan", "monitor"))
-
-
-def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict | None = None,
-                       source: str = "workflow") -> Workflow:
-    """Validate a plain dict (as read from YAML) into a :class:`Workflow`."""
-    if not isinstance(raw, dict):
-        raise WorkflowError(f"{source}: expected a mapping of sections (inputs, scan, ...), got {type(raw).__name__}")
-    if not any(isinstance(k, str) and k in SECTIONS for k in raw):
-        # not a workflow at all (some other file read as YAML): nothing of it is quoted back
-        raise WorkflowError(f"{source}: not a workflow (no {', '.join(SECTIONS[:2])} or store section)")
-    if nesting_depth(raw) > MAX_NESTING:
-        raise WorkflowError(f"{source}: nested too deeply (at most {MAX_NESTING} levels)")
-    raw = json.loads(json.dumps(raw, default=str))  # deep copy, plain types
-    for k, v in (overrides or {}).items():
-        _set_dotted(raw, k, v)
-    if isinstance(raw.get("store"), str):
-        raw["store"] = {"path": raw["store"]}
-    if base_dir is not None:
-        for *where, key in _PATH_KEYS:
-            sec = raw
-            for k in where:
-                sec = sec.get(k) if isinstance(sec, dict) else None
-            val = sec.get(key) if isinstance(sec, dict) else None
-            if isinstance(val, str) and val and not Path(val).is_absolute():
-                sec[key] = str(base_dir / val)
-            elif isinstance(val, list):  # several files (dark, flat)
-                sec[key] = [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in val]
-    sources: list[str] = []
-    if isinstance(raw.get("inputs"), dict) and raw["inputs"].get("pyfai_config"):
-        from xrdct_dask.io.pyfai_config import PyFAIConfigError, merge_pyfai_config
-
-        try:
-            raw, sources = merge_pyfai_config(raw)
-        except PyFAIConfigError as err:
-            raise WorkflowError(f"inputs.pyfai_config: {err}") from None
-    try:
-        wf = Workflow.model_validate(raw)
-    except ValidationError as err:
-        raise _one_line(err, source, overrides) from None
-    wf._sources = sources
-    return wf
-
-
-def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:
-    """Read and validate a workflow YAML file (safe loader only; no Python objects are built)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WorkflowError(f"{path}: workflow file not found")
-    return workflow_from_text(read_config_text(path), path.parent.resolve(), overrides, str(path))
-
-
-def workflow_from_text(text: str, base_dir: Path | None, overrides: dict | None = None,
-                       source: str = "workflow") -> Workflow:
-    """Validate a workflow's YAML text (:func:`load_yaml_text`, then :func:`workflow_from_dict`)."""
-    return workflow_from_dict(load_yaml_text(text, source), base_dir=base_dir, overrides=overrides, source=source)
-
-
-# ------------------------------------------------------------------------------------------
-# comparing workflows (resume refuses other work; reprocess reruns what a change affects)
-# ------------------------------------------------------------------------------------------
-IGNORED = ("compute", "store.path", "store.overwrite", "view", "scan.allow_missing")  # how and where (and how it is shown), not what
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _ignored(key: str) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in IGNORED)
-
-
-def changed_keys(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose value differs between two workflow dicts (how/where keys left out)."""
-    a, b = flatten(old), flatten(new)
-    return sorted(k for k in set(a) | set(b) if not _ignored(k) and a.get(k) != b.get(k))
