@@ -91,6 +91,32 @@ def test_workflow_pdf_config(tmp_path):
     assert "none.cfg not found" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_pdfgetx3_configuration_is_read_by_the_loader_not_the_schema(tmp_path, monkeypatch):
+    """The schema does no I/O: validating a section never opens the PDFgetX3 file (a stored
+    workflow names a file that may be gone); loading reads it once, and its errors blame the key,
+    or the --set that gave it.  A background file the configuration names is in the file's
+    dataformat (QA here): integrating in q_nm^-1 with it is a one-line error."""
+    from xrdct_dask.config.sections import PDF
+    from xrdct_dask.pdf import pdfgetx3
+
+    cfg = tmp_path / "bg.cfg"
+    (tmp_path / "air.chi").write_text("1 1\n2 1\n")
+    cfg.write_text((Path(__file__).parent / "data" / "pdfgetx3.cfg").read_text().replace(
+        "outputtypes = gr", "outputtypes = gr\nbackgroundfile = air.chi"))
+    opened = []
+    monkeypatch.setattr(pdfgetx3, "_parser", lambda p, f=pdfgetx3._parser: opened.append(p) or f(p))
+    PDF.model_validate({"config": str(tmp_path / "gone.cfg"), "composition": "Ni"})
+    assert opened == []
+    wf = workflow_from_dict(MINIMAL | {"integrate": {"unit": "q_A^-1"}, "pdf": {"config": str(cfg)}})
+    assert (wf.pdf.composition, wf.pdf.background, Path(wf.pdf.background_file)) == ("Ni", "file", tmp_path / "air.chi")
+    with pytest.raises(WorkflowError) as err:
+        workflow_from_dict(MINIMAL | {"integrate": {"unit": "q_nm^-1"}, "pdf": {"config": str(cfg)}})
+    assert str(err.value) == ("workflow: pdf.config: its backgroundfile is in q_A^-1 (dataformat) but integrate.unit "
+                              "is q_nm^-1; integrate in q_A^-1 or give pdf.background_file in q_nm^-1")
+    with pytest.raises(WorkflowError, match=r"^--set pdf.config=\S+: pdf.config: \S+none.cfg not found$"):
+        workflow_from_dict(MINIMAL, overrides={"pdf.config": str(tmp_path / "none.cfg"), "pdf.rmax": 3.0})
+
+
 def test_interlaced_config_is_validated():
     from xrdct_dask.config import WorkflowError, workflow_from_dict
 

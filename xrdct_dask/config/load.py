@@ -12,7 +12,9 @@ from pydantic import BaseModel, ValidationError
 
 from xrdct_dask.config.compare import flatten
 from xrdct_dask.config.workflow import Workflow
-from xrdct_dask.errors import WorkflowError
+from xrdct_dask.errors import PDFParameterError, WorkflowError
+from xrdct_dask.pdf.pdfgetx3 import background_unit_error
+from xrdct_dask.pdf.pdfgetx3 import merge_config as merge_pdfgetx3_config
 
 MAX_CONFIG_BYTES = 1 << 20  # a workflow (or a cluster profile) is a few kB: larger files are not read as one
 MAX_NESTING = 32  # mappings and lists within each other in a workflow: sections are 2 deep
@@ -278,12 +280,28 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
             raw, sources = merge_pyfai_config(raw)
         except PyFAIConfigError as err:
             raise WorkflowError(f"inputs.pyfai_config: {err}") from None
+    if isinstance(raw.get("pdf"), dict):
+        try:
+            raw["pdf"] = merge_pdfgetx3_config(raw["pdf"])
+        except PDFParameterError as err:
+            raise _blamed(str(err), source, overrides) from None
     try:
         wf = Workflow.model_validate(raw)
     except ValidationError as err:
         raise _one_line(err, source, overrides) from None
+    if (why := background_unit_error(wf.pdf, wf.integrate.unit)) is not None:
+        raise _blamed(why, source, overrides)
     wf._sources = sources
     return wf
+
+
+def _blamed(message: str, source: str, overrides: dict | None) -> WorkflowError:
+    """``message`` (which starts with the key it is about) as a one-line error of ``source``, or of
+    the ``--set`` that gave that key."""
+    key = message.split(":", 1)[0]
+    if key in (overrides or {}):
+        return WorkflowError(f"--set {key}={json.dumps(overrides[key])}: {message}")
+    return WorkflowError(f"{source}: {message}")
 
 
 def load_workflow(path: str | Path, overrides: dict | None = None) -> Workflow:

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from xrdct_dask.io.layout import check_template
 from xrdct_dask.io.spec import is_hdf5, split_spec
-from xrdct_dask.pdf.pdfgetx3 import WORKFLOW_KEYS, read_config
 
 RADIAL_UNITS = ("q_nm^-1", "q_A^-1", "2th_deg")
 
@@ -336,16 +335,6 @@ class PDF(_Section):
                                                                     "fraction of the slice's strongest get G = 0")
     r_chunk: int = Field(512, gt=0, description="r bins per chunk of pdf/G (and per pdf-then-recon task)")
     engine: Literal["auto", "numpy", "cupy"] = "auto"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_pdfgetx3_config(cls, data):
-        # the file is read only for keys the section does not give (a stored workflow gives all)
-        if isinstance(data, dict) and data.get("config"):
-
-            if any(k not in data for k in WORKFLOW_KEYS if k != "background_file"):
-                data = {**read_config(data["config"], data.get("config_section")), **data}
-        return data
 
     @model_validator(mode="after")
     def _ranges(self):

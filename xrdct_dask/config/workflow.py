@@ -27,7 +27,6 @@ from xrdct_dask.config.sections import (
 from xrdct_dask.io.layout import ScanShape, check_for_scan, template_fields
 from xrdct_dask.io.scan import INTERLACE_PASSES
 from xrdct_dask.io.spec import is_hdf5, split_spec
-from xrdct_dask.pdf.pdfgetx3 import config_dataformat, read_config
 
 
 class Workflow(_Section):
@@ -48,21 +47,6 @@ class Workflow(_Section):
     @classmethod
     def _store_as_path(cls, v):
         return {"path": v} if isinstance(v, (str, Path)) else v
-
-    @model_validator(mode="after")
-    def _pdfgetx3_background_unit(self):
-        # a background file named by a PDFgetX3 configuration is in that file's dataformat
-        p = self.pdf
-        if p.config is not None and Path(p.config).is_file() and p.background == "file" and p.background_file:
-
-            from_cfg = read_config(p.config, p.config_section).get("background_file")
-            unit = config_dataformat(p.config, p.config_section)
-            if from_cfg is not None and Path(from_cfg) == Path(p.background_file) \
-                    and unit not in (None, self.integrate.unit):
-                raise ValueError(f"pdf.config: its backgroundfile is in {unit} (dataformat) but integrate.unit is "
-                                 f"{self.integrate.unit}; integrate in {unit} or give pdf.background_file in "
-                                 f"{self.integrate.unit}")
-        return self
 
     @model_validator(mode="after")
     def _absorption_inputs(self):

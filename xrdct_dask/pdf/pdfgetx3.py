@@ -104,6 +104,30 @@ def config_dataformat(path: str | Path, section: str | None = None) -> str | Non
     return DATAFORMAT_UNITS.get(values.get("dataformat", "").strip())
 
 
+def merge_config(pdf: dict) -> dict:
+    """A ``pdf`` workflow section (a plain dict, as read from YAML) with ``config`` (and maybe
+    ``config_section``) filled in from that PDFgetX3 configuration: the file's values for the keys
+    the section does not give, the section's own keys winning.  A section that gives every key (a
+    stored workflow) is returned as it is, and the file is not read."""
+    if not pdf.get("config") or all(k in pdf for k in WORKFLOW_KEYS if k != "background_file"):
+        return pdf
+    return {**read_config(pdf["config"], pdf.get("config_section")), **pdf}
+
+
+def background_unit_error(pdf, unit: str) -> str | None:
+    """Why ``pdf`` (a validated section) cannot use its background file with data integrated in
+    ``unit``, or None: a background file named by a PDFgetX3 configuration is in that file's
+    ``dataformat``."""
+    if pdf.config is None or not Path(pdf.config).is_file() or pdf.background != "file" or not pdf.background_file:
+        return None
+    from_cfg = read_config(pdf.config, pdf.config_section).get("background_file")
+    fmt = config_dataformat(pdf.config, pdf.config_section)
+    if from_cfg is None or Path(from_cfg) != Path(pdf.background_file) or fmt in (None, unit):
+        return None
+    return (f"pdf.config: its backgroundfile is in {fmt} (dataformat) but integrate.unit is {unit}; "
+            f"integrate in {fmt} or give pdf.background_file in {unit}")
+
+
 def _fmt(value) -> str:
     if value is None:
         return ""
