@@ -18,7 +18,8 @@ export CUPY_CACHE_DIR := $(HOMEDIR)/cupy
 export DASK_CONFIG    := $(HOMEDIR)/dask
 DIRS := $(TMPDIR) $(XDG_CACHE_HOME) $(XDG_DATA_HOME) $(IPYTHONDIR) $(MPLCONFIGDIR)
 
-.PHONY: demo test test-slow test-all test-slurm test-browser quick install bench clean slurm-up slurm-down notebooks throughputs chromium docs
+.PHONY: demo test test-slow test-all test-slurm test-browser quick lint install bench clean slurm-up slurm-down notebooks \
+	throughputs chromium docs
 
 $(DIRS):
 	@mkdir -p $@
@@ -70,6 +71,14 @@ test-slurm: $(STAMP) slurm-up | $(DIRS)
 
 quick: $(STAMP) | $(DIRS)
 	$(PYTEST) -m "not slow" -x --ff $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# the linter (ruff, pyproject.toml's [tool.ruff] rules) and the type checker (mypy on the files of
+# [tool.mypy]: the store, pipeline and run layers); both run, and it fails if either finds anything.
+# Their caches go under build/home/cache.  Not yet part of `make test`.
+lint: $(STAMP) | $(DIRS)
+	@rc=0; RUFF_CACHE_DIR=$(XDG_CACHE_HOME)/ruff $(BIN)/ruff check xrdct_dask tests benchmarks || rc=1; \
+	$(BIN)/mypy --cache-dir $(XDG_CACHE_HOME)/mypy || rc=1; \
+	if [ $$rc -eq 0 ]; then echo "make lint: passed"; else echo "make lint: FAILED (ruff or mypy, above)"; fi; exit $$rc
 
 # the viewer in a real browser (tests/test_view_browser.py): Debian's chromium driven by playwright (the test
 # extra); playwright never downloads a browser.  `make test-slow` (and CI) runs them too where chromium is installed.

@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xrdct_dask.sinogram.absorption import absorption_reconstruct  # noqa: E402
 from xrdct_dask.backend import cp, gpu_available  # noqa: E402
 from xrdct_dask.recon import fbp, project  # noqa: E402
 from xrdct_dask.simulate import make_phantom, omega_angles_deg
+from xrdct_dask.sinogram.absorption import absorption_reconstruct  # noqa: E402
 
 
 def _timed(fn, xp, repeat: int) -> float:

@@ -213,7 +213,8 @@ def main() -> int:
         except Exception as err:
             out["integrate_pyfai_error"] = repr(err)
         print(f"integrate (on device, with variance): ours {out['integrate_fps']:,.0f} frames/s; pyFAI OpenCL "
-              f"{out.get('integrate_pyfai_ocl_fps', float('nan')):,.0f} -> {out.get('integrate_ratio', float('nan')):.0f}x; "
+              f"{out.get('integrate_pyfai_ocl_fps', float('nan')):,.0f} -> "
+              f"{out.get('integrate_ratio', float('nan')):.0f}x; "
               f"max rel diff vs CPU {out['integrate_max_rel_diff_vs_cpu']:.1e}, vs pyFAI "
               f"{out.get('integrate_max_rel_diff_vs_pyfai', float('nan')):.1e}")
         del frames
@@ -234,7 +235,7 @@ def main() -> int:
         # (file reads straight into the pinned buffer), so no host copy precedes the upload
         nbuf = 3
         arenas = []
-        for a in range(nbuf):
+        for _ in range(nbuf):
             b = batch_of(args.batch)
             begin, end, total = aligned_layout([len(d) for d in b])
             arena = pinned_empty(total)

@@ -5,8 +5,9 @@
                                     [--workdir DIR] [--json out.json]
 
 A writer process "acquires" ``slices x nomega x nx`` frames at ``--rate`` Hz: each frame is a hard
-link to one of ``--distinct`` full-size frames (Poisson counts of powder rings, :func:`make_frames`), made under a temporary name and renamed
-into place (as a detector or data mover does), and the writer records when each rename happened.
+link to one of ``--distinct`` full-size frames (Poisson counts of powder rings, :func:`make_frames`),
+made under a temporary name and renamed into place (as a detector or data mover does), and the
+writer records when each rename happened.
 ``xrdct_dask.runs.live.watch`` follows it on the default local cluster of this machine (GPU workers
 integrate where a GPU is visible: the same cluster as ``xrdct run``), armed before the first frame
 comes (workers started, integration plan built and cached, engine warmed with a blank frame,

@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from xrdct_dask.pdf import build_operator, compute_pdf, finish, linear_transform  # noqa: E402
-from xrdct_dask.simulate import phase_library
+from xrdct_dask.simulate import phase_library  # noqa: E402
 
 BATCH = 4096  # voxels per GEMM on the CPU, as stages.PDF_BATCH_VOXELS["numpy"]
 

@@ -101,7 +101,8 @@ def bench_cpu(args) -> dict:
     res["speedup_per_core_vs_iradon"] = res["fbp_gups_per_core"] / res["iradon_gups"]
     b = res["best_of_repeats"]
     b["speedup_per_core_vs_iradon"] = b["fbp_gups_per_core"] / b["iradon_gups"]
-    print(f"CPU  {n}x{n} voxels, {na} angles, {nq} q bins, {threads} thread(s) [{platform.processor() or platform.machine()}]")
+    cpu = platform.processor() or platform.machine()
+    print(f"CPU  {n}x{n} voxels, {na} angles, {nq} q bins, {threads} thread(s) [{cpu}]")
     print(f"  xrdct FBP (filter + back-projection): median {t_fbp:.3f} s = {res['fbp_gups']:.2f} GUPS "
           f"= {res['fbp_gups_per_core']:.2f} GUPS/core ({res['seconds_per_slice_2000q']:.0f} s per 2000-q slice)")
     print(f"  xrdct back-projection alone:          {res['backproject_gups_per_core']:.2f} GUPS/core")

@@ -218,7 +218,8 @@ def main() -> None:
             "client_cpu_ms_per_task": round(1e3 * c_cpu / done, 3),
             "client_peak_rss_MB": round(me.memory_info().rss / 1e6, 1),
             "wave_build_s": [s["build_s"] for s in stamps], "wave_tasks": [s["tasks"] for s in stamps],
-            "marker_write_ms_here": round(1e3 * mark_s, 2), "ideal_tasks_per_s": round(args.procs * args.threads / (args.sleep_ms / 1e3), 1),
+            "marker_write_ms_here": round(1e3 * mark_s, 2),
+            "ideal_tasks_per_s": round(args.procs * args.threads / (args.sleep_ms / 1e3), 1),
             "load_avg": os.getloadavg()[0], "cores": os.cpu_count(),
         }
         full_tasks = per_slice * args.nz

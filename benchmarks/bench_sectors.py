@@ -205,7 +205,8 @@ def gpu_part(args, out: dict) -> None:
         stored = sum(f.stat().st_size for f in (store / "reduced").rglob("*") if f.is_file())
         res |= {"graph_frames": g["frames"], "graph_fps": g["frames_per_s"], "graph_tasks": g["tasks"],
                 "graph_fraction_of_engine": g["frames_per_s"] / r2, "graph_timeline": g["timeline"],
-                "stored_bytes_per_frame": stored / g["frames"], "goal_70_percent_met": bool(g["frames_per_s"] >= 0.7 * r2)}
+                "stored_bytes_per_frame": stored / g["frames"],
+                "goal_70_percent_met": bool(g["frames_per_s"] >= 0.7 * r2)}
         if "warm_frames_per_s" in g:
             res["graph_warm_fps"] = g["warm_frames_per_s"]
         print(f"dask graph into zarr ({g['frames']} frames, {args.slices} slices, 1 GPU, 2D): "

@@ -80,7 +80,7 @@ def build(out: Path, nz: int, nx: int, nq: int, nomega: int, full: int) -> dict:
             print(f"  view copy of slice {z}: {copy_s[-1]:.1f} s", flush=True)
         else:  # the same bytes in slice z's place (the disk holds `full` slices of the run's arrays)
             g = zarr.open_group(str(path / VIEW), mode="r+")
-            for name, arr in g.arrays():
+            for _name, arr in g.arrays():
                 if "z" in (arr.metadata.dimension_names or ()) and arr.ndim > 1:
                     arr[z] = arr[z % full]
         store.mark_done(path, "view", (z,))
@@ -246,7 +246,8 @@ def main() -> None:
     print(f"store: {total / 1e9:.1f} GB on disk, view copy {copy / 1e9:.2f} GB ({100 * copy / total:.1f} %)",
           flush=True)
     rec["plan_view_share"] = plan_share(out)
-    print(f"plan of 1000 x 1571 x 1000: view copy {100 * rec['plan_view_share']:.2f} % of the bytes written", flush=True)
+    print(f"plan of 1000 x 1571 x 1000: view copy {100 * rec['plan_view_share']:.2f} % of the bytes written",
+          flush=True)
     from xrdct_dask.view.server import serve_in_thread
 
     server, url = serve_in_thread(path, poll_s=0)

@@ -192,7 +192,8 @@ def main() -> int:
     r = result["run"]
     print(f"\nwhole workflow: {r['frames']:,} frames, {args.slices} slices of {args.nomega} x {args.nx}, "
           f"{args.npt} q, G(r) to {args.rmax} A on {result['device']}")
-    print(f"  start-up {r['startup_s']:.1f} s (plan built); again with the plan cached {result['again']['startup_s']:.1f} s")
+    print(f"  start-up {r['startup_s']:.1f} s (plan built); "
+          f"again with the plan cached {result['again']['startup_s']:.1f} s")
     for name, s in r["stages"].items():
         print(f"  {name:>10}: {s['tasks']:4d} tasks, {r['task_seconds'].get(name, 0):8.1f} task-s, "
               f"{s['first_start'] - r['stages']['integrate']['first_start']:7.1f} .. "

@@ -11,6 +11,7 @@ import argparse
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def main():
         first = chunk_layout(begin, end, chunk)
         d_in, d_b, d_e, d_f = cp.asarray(host), cp.asarray(begin), cp.asarray(end), cp.asarray(first)
         dec = GpuDecoder(chunk)
-        t = timed(lambda: dec.decode(d_in, d_b, d_e, d_f, int(first[-1]), d_off, d_out, n), reps)
+        t = timed(partial(dec.decode, d_in, d_b, d_e, d_f, int(first[-1]), d_off, d_out, n), reps)
         print(f"decode chunk {chunk:5d}: {t * 1e3:7.2f} ms per {n} frames = {n / t:9,.0f} frames/s")
     mask = fabio.open(str(scan_dir / "mask.edf")).data != 0
     integ = Integrator(scan_dir / "geometry.poni", (1679, 1475), 2000, mask=mask, polarization_factor=0.99,
@@ -87,7 +88,7 @@ def main():
             _c.TILE_WIDTH = tw
             eng._k[f"transpose32x{tw}"] = _c._module().get_function(f"transpose32x{tw}")
             for name, src, kw in (("rows of npix", frames, {}), ("rows padded to 32", padded, {"npix": npix})):
-                t = timed(lambda: eng._pixel_major(src, stream, **kw), reps)
+                t = timed(partial(eng._pixel_major, src, stream, **kw), reps)
                 ok = bool(cp.array_equal(eng._pixel_major(src, stream, **kw), ref_t))
                 print(f"transpose tile 32x{32 * tw:3d}, {name:17s}: {t * 1e3:.2f} ms = {gb / t / 1e3:.2f} TB/s, "
                       f"{'equal' if ok else 'DIFFERENT'}")
@@ -96,8 +97,8 @@ def main():
     ref = [x.get() for x in eng._sums_device(frames, np.ones(n))[:2]]
 
     length = np.diff(eng.plan.csr_indptr)
-    print(f"{eng.plan.nnz / 1e6:.2f} M nnz in {length.size} rows: mean {length.mean():.0f}, max {length.max()} entries; "
-          f"transpose {t_tr * 1e3:.2f} ms per {n} frames")
+    print(f"{eng.plan.nnz / 1e6:.2f} M nnz in {length.size} rows: mean {length.mean():.0f}, "
+          f"max {length.max()} entries; transpose {t_tr * 1e3:.2f} ms per {n} frames")
     variants = [(_cupy.FPT, _cupy.CHUNK_ENTRIES, ())] if args.once else [
         (fpt, ch, d) for fpt in (2, 4) for ch in (256, 512, 1024) for d in ((), ("F64SUMS",))]
     fpt0, ch0 = _cupy.FPT, _cupy.CHUNK_ENTRIES
@@ -109,7 +110,7 @@ def main():
             e2._k = {k: m.get_function(k) for k in e2._k}
         got = e2._sums_device(frames, np.ones(n))
         err = max(float(np.max(np.abs(g.get() - r) / np.maximum(np.abs(r), 1e-30))) for g, r in zip(got[:2], ref))
-        t_all = timed(lambda: e2._sums_device(frames, np.ones(n)), reps)
+        t_all = timed(lambda e2=e2: e2._sums_device(frames, np.ones(n)), reps)
         print(f"FPT {fpt} chunk {min(ch, 99999):5d} {'+'.join(defines) or 'f32+f64':8s}: {e2.nchunks:6d} chunks; "
               f"transpose+integrate {t_all * 1e3:.2f} ms per {n} frames = {n / t_all:,.0f} frames/s "
               f"(kernels {(t_all - t_tr) * 1e3:.2f} ms); max rel diff vs default {err:.1e}")

@@ -79,7 +79,8 @@ def main():
             for threads in args.threads:
                 barrier, out = ctx.Barrier(procs), ctx.Queue()
                 share = [(args.frames, files[i::procs]) if h5 else files[i::procs] for i in range(procs)]
-                ps = [ctx.Process(target=_worker, args=(share[i], threads, method, barrier, out, memory)) for i in range(procs)]
+                ps = [ctx.Process(target=_worker, args=(share[i], threads, method, barrier, out, memory))
+                      for i in range(procs)]
                 for p in ps:
                     p.start()
                 dt = max(out.get() for _ in ps)

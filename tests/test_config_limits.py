@@ -149,3 +149,25 @@ def test_a_dotted_key_through_a_value_is_one_line_in_the_cli(scan, dotted):
     assert "is a value, not a section" in res.output and "Traceback" not in res.output
     with pytest.raises(WorkflowError, match="is a value, not a section"):
         load_workflow(scan.workflow, {dotted: 1})
+
+
+def test_a_detector_without_shape_and_no_mask_is_one_line_before_the_store(scan, tmp_path):
+    """A PONI whose detector has no ``max_shape`` and a workflow with no mask leave the frames' size
+    known from neither (it was an AttributeError traceback while the integration plan was built);
+    open_run refuses it in one line naming ``inputs.poni``, with no store created.  With the mask
+    back, the mask gives the shape and the plan is built (209 x 184 pixels, the simulator's)."""
+    from xrdct_dask.pipeline.integrator import _plan_inputs
+    from xrdct_dask.runs.open import open_run
+
+    poni = tmp_path / "noshape.poni"
+    text = scan.poni.read_text()
+    assert ', "max_shape": [209, 184]' in text
+    poni.write_text(text.replace(', "max_shape": [209, 184]', ""))
+    wf = load_workflow(scan.workflow, {"inputs.poni": str(poni), "inputs.mask": None,
+                                       "store.path": str(tmp_path / "run.zarr")})
+    with pytest.raises(WorkflowError) as err:
+        open_run(wf)
+    assert one_line(err).startswith("inputs.poni:") and "max_shape" in one_line(err), one_line(err)
+    assert not (tmp_path / "run.zarr").exists()
+    with_mask = load_workflow(scan.workflow, {"inputs.poni": str(poni)})
+    assert _plan_inputs(with_mask)[1] == (209, 184)

@@ -92,12 +92,13 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
 
     Without GPUs (or with ``integrate.engine: numpy``): a LocalCluster of single-threaded workers.
     With GPUs: ``compute.workers_per_gpu`` (default :func:`workers_per_gpu_for`) worker processes
-    per GPU (``CUDA_VISIBLE_DEVICES`` = its GPU, resource ``GPU=1``, two threads so that one task reads and writes while another holds the
-    GPU pipeline; several processes because reading and parsing frames is Python work under one
-    GIL per process) plus workers (resource ``CPU=1``) on the remaining cores for the centre,
-    reconstruction and PDF.  Those see a GPU too (round robin) unless both ``recon.engine`` and
-    ``pdf.engine`` are ``numpy``: FBP and the PDF's GEMM then run on the GPU, while the reading
-    and integration keep their own processes.  ``gpus``: the device numbers to use (default: all).
+    per GPU (``CUDA_VISIBLE_DEVICES`` = its GPU, resource ``GPU=1``, two threads so that one task
+    reads and writes while another holds the GPU pipeline; several processes because reading and
+    parsing frames is Python work under one GIL per process) plus workers (resource ``CPU=1``) on
+    the remaining cores for the centre, reconstruction and PDF.  Those see a GPU too (round robin)
+    unless both ``recon.engine`` and ``pdf.engine`` are ``numpy``: FBP and the PDF's GEMM then run
+    on the GPU, while the reading and integration keep their own processes.  ``gpus``: the device
+    numbers to use (default: all).
     """
 
     c = wf.compute

@@ -73,8 +73,8 @@ KINDS = ("slurm", "pbs")
 
 
 #: keys dask-jobqueue still reads but has renamed: accepting them would only buy a FutureWarning
-DEPRECATED_KEYS = {"extra": "worker-extra-args", "env-extra": "job-script-prologue", "job-extra": "job-extra-directives",
-                   "header-skip": "job-directives-skip", "project": "account"}
+DEPRECATED_KEYS = {"extra": "worker-extra-args", "env-extra": "job-script-prologue",
+                   "job-extra": "job-extra-directives", "header-skip": "job-directives-skip", "project": "account"}
 
 
 #: keyword spellings that are not just the config key with '_' for '-'
@@ -187,7 +187,8 @@ def load_profile(profile: str | Path | dict, **overrides) -> Profile:
         raise ProfileError(f"{src}: {sorted(extra)[0]}: unknown top-level key (allowed: description, jobqueue)")
     kinds = list(raw["jobqueue"])
     if len(kinds) != 1 or kinds[0] not in KINDS:
-        raise ProfileError(f"{src}: jobqueue must hold exactly one of {', '.join(KINDS)} (got {', '.join(kinds) or 'none'})")
+        raise ProfileError(f"{src}: jobqueue must hold exactly one of {', '.join(KINDS)} "
+                           f"(got {', '.join(kinds) or 'none'})")
     kind = kinds[0]
     options = dict(raw["jobqueue"][kind] or {})
     _check_keys(options, kind, f"{src}: jobqueue.{kind}")

@@ -8,4 +8,7 @@ from xrdct_dask.export.nexus import DEFAULT_GROUPS, export_nexus
 from xrdct_dask.export.parts import check_parts
 from xrdct_dask.export.pdffiles import export_pdf_files, parse_region, parse_voxels
 
-__all__ = ["DEFAULT_GROUPS", "ExportError", "ExportExistsError", "ExportExistsError", "check_parts", "export_nexus", "export_pdf_files", "parse_region", "parse_voxels"]
+__all__ = [
+    "DEFAULT_GROUPS", "ExportError", "ExportExistsError", "check_parts", "export_nexus",
+    "export_pdf_files", "parse_region", "parse_voxels",
+]

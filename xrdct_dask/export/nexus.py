@@ -20,8 +20,9 @@ silx, PyMca, DAWN, nDTomo and pyFAI's viewers open HDF5 / NeXus, not zarr.  The 
 Every dataset keeps the store's ``units`` and ``long_name``; data are copied one zarr chunk at a
 time (HDF5 chunks divide the zarr chunks, so every write covers whole HDF5 chunks) and never a
 whole array in memory; given a dask client, the chunks are read and compressed on its workers
-in parallel and the client only writes the compressed bytes (``write_direct_chunk``).  Compression: gzip with byte shuffle (every HDF5 reader has it), or
-``"lz4"`` (hdf5plugin, faster, needs the plugin to read).  The output file is never overwritten
+in parallel and the client only writes the compressed bytes (``write_direct_chunk``).
+Compression: gzip with byte shuffle (every HDF5 reader has it), or ``"lz4"`` (hdf5plugin,
+faster, needs the plugin to read).  The output file is never overwritten
 unless it is an earlier export of this program and ``overwrite`` is set.  It is written under a
 temporary name of its own (``.OUT.h5.<hex>.partial``, created exclusively: a user's file is never
 written over) and renamed when whole, with ``.OUT.h5.xrdct-lock`` held so that two exports of one

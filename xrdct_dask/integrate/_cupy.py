@@ -2,8 +2,9 @@
 
 Resident per engine (built once per worker through the integrator cache / worker plugin): the
 CSR matrix, norm and dark, the static sums, and a pool of pipelines (each two slots of pinned
-host buffers, device buffers and a CUDA stream; one pipeline per running task).  :meth:`CupyEngine.integrate_batches` overlaps
-the host packing and upload of batch k+1 with the decode + integration of batch k.
+host buffers, device buffers and a CUDA stream; one pipeline per running task).
+:meth:`CupyEngine.integrate_batches` overlaps the host packing and upload of batch k+1 with the
+decode + integration of batch k.
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ class CupyEngine(SourcesMixin):
         block = (32, _ROWS)
         stream = stream or cp.cuda.get_current_stream()
         with stream:
-            d_mon = (monitor if isinstance(monitor, cp.ndarray) else cp.asarray(np.asarray(monitor, np.float64)))[:, None]
+            d_mon = (monitor if isinstance(monitor, cp.ndarray)
+                     else cp.asarray(np.asarray(monitor, np.float64)))[:, None]
         with stream:
             pix_major = self._pixel_major(cp.ascontiguousarray(d_frames), stream)
             if self.outlier == "none" and self.error_model in ("poisson", "none"):

@@ -99,7 +99,7 @@ class SourcesMixin:
             for k in range(self.RING):
                 self.arena(ring, k, nframes * bytes_per_frame)
             if fill is not None:
-                batches = (fill(lambda nbytes, k=k: self.arena(ring, k, nbytes)) for k in range(self.RING))
+                batches = (fill(lambda nbytes, k=k, ring=ring: self.arena(ring, k, nbytes)) for k in range(self.RING))
                 for _ in self.integrate_batches(((b, np.ones(b.nframes if isinstance(b, H5Batch) else len(b[1])))
                                                  for b in batches), packed=True, pipeline=pipe):
                     pass

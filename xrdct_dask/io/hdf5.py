@@ -461,7 +461,7 @@ def find_frames(file: Path) -> str:
     found = _nx_signal(file, "/")
     if found:
         return found
-    for name, obj in f.items():
+    for obj in f.values():
         if isinstance(obj, h5py.Group) and _attr_str(obj, "NX_class") == "NXentry":
             for sub in obj.values():
                 if isinstance(sub, h5py.Group) and _attr_str(sub, "NX_class") == "NXdata":

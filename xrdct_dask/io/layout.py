@@ -62,13 +62,14 @@ def template_fields(template: str) -> tuple[str, ...]:
     out: list[str] = []
     for f, spec, conv in parts:
         if f not in FIELDS:
-            raise ValueError(f"unknown field {{{f}}}: a template takes {', '.join('{%s}' % k for k in FIELDS)}, "
+            raise ValueError(f"unknown field {{{f}}}: a template takes {', '.join(f'{{{k}}}' for k in FIELDS)}, "
                              f"{EXAMPLES} (got {template!r})")
         m = _INT_SPEC.fullmatch(spec or "")
         if conv is not None or m is None or "{" in (spec or ""):
             raise ValueError(f"the {{{f}}} field must have an integer format such as {{{f}:06d}} (got {template!r})")
         if m["width"] and int(m["width"]) > MAX_FIELD_WIDTH:
-            raise ValueError(f"the {{{f}}} field's width {int(m['width'])} is above {MAX_FIELD_WIDTH} (got {template!r})")
+            raise ValueError(f"the {{{f}}} field's width {int(m['width'])} is above {MAX_FIELD_WIDTH} "
+                             f"(got {template!r})")
         if f not in out:
             out.append(f)
     try:

@@ -147,7 +147,8 @@ def as_counts(frames: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_batch(source: Hdf5Frames | Hdf5Template, indices: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def read_batch(source: Hdf5Frames | Hdf5Template, indices: np.ndarray,
+               threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``indices`` of an HDF5 source as the engines take them (:func:`as_counts`: int32
     counts, or float32 for a float dataset) and a FrameStatus code per frame, never raising for a
     bad one: index < 0 or absent is MISSING, a bad chunk TRUNCATED / SIZE_MISMATCH / CORRUPT_HEADER
@@ -436,9 +437,9 @@ def open_source(source: str | Path | FrameSource, base_dir: str | Path | None = 
 
     Relative paths are taken relative to ``base_dir`` when given.  ``scan`` (the scan's shape and
     order) computes the ``{z}``, ``{line}``, ``{omega}`` fields of a template
-    (:mod:`xrdct_dask.io.layout`); a flat ``{index}`` template or a single HDF5 file needs none.  Raises ValueError (one line)
-    for a spec that is neither a CBF template nor an HDF5 file with frames, FileNotFoundError when
-    the HDF5 file is absent.
+    (:mod:`xrdct_dask.io.layout`); a flat ``{index}`` template or a single HDF5 file needs none.
+    Raises ValueError (one line) for a spec that is neither a CBF template nor an HDF5 file with
+    frames, FileNotFoundError when the HDF5 file is absent.
     """
     if isinstance(source, FrameSource):
         return source

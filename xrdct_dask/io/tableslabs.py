@@ -22,7 +22,8 @@ import pandas as pd
 from xrdct_dask.io import scantable
 from xrdct_dask.io.scan import POSITION_COLUMNS, SCAN_COLUMNS
 
-SLAB_BYTES = 16 << 20  # bytes of text one slab covers (~3e5 scan-table lines): what a task parses at once (~100 MB held)
+# bytes of text one slab covers (~3e5 scan-table lines): what a task parses at once (~100 MB held)
+SLAB_BYTES = 16 << 20
 
 
 def line_slabs(path: str | Path, slab_bytes: int | None = None, header: bool = False) -> list[tuple[int, int]]:

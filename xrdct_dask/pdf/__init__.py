@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from xrdct_dask._lazy import lazy_exports
 
-__all__ = ["PDFOperator", "PDFParameterError", "PDFResult", "build_operator", "compute_pdf", "finish", "finish_parts", "g_from_fq", "g_from_sq", "gemm_dtype", "linear_transform", "operator_for", "parse_composition", "pattern_scale", "radial_to_q_A", "rescale_fixed", "structure_functions"]
+__all__ = [
+    "PDFOperator", "PDFParameterError", "PDFResult", "build_operator", "compute_pdf", "finish", "finish_parts",
+    "g_from_fq", "g_from_sq", "gemm_dtype", "linear_transform", "operator_for", "parse_composition", "pattern_scale",
+    "radial_to_q_A", "rescale_fixed", "structure_functions",
+]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(__all__, "transform"))

@@ -40,7 +40,8 @@ def timed(fn):
         started = time.time()
         out = fn(*args)
         finished = time.time()
-        return {"started": started, "finished": finished, "worker": worker_address(), "seconds": finished - started} | out
+        timing = {"started": started, "finished": finished, "worker": worker_address(), "seconds": finished - started}
+        return timing | out
 
     task.__name__ = task.__qualname__ = getattr(fn, "__name__", "task")
     return task

@@ -10,6 +10,7 @@ import threading
 from distributed import WorkerPlugin, get_worker
 
 from xrdct_dask.config import Workflow
+from xrdct_dask.errors import WorkflowError
 from xrdct_dask.integrate import Integrator
 from xrdct_dask.integrate.cache import cached_plan
 from xrdct_dask.integrate.csr import load_image, load_poni
@@ -34,7 +35,13 @@ def _plan_inputs(wf: Workflow) -> tuple:
     i, g, p = wf.inputs, wf.geometry, wf.integrate
     ai = load_poni(i.poni)
     mask = load_image(i.mask) if i.mask else None
-    shape = tuple(ai.detector.max_shape) if ai.detector.max_shape is not None else mask.shape
+    if ai.detector.max_shape is not None:
+        shape = tuple(ai.detector.max_shape)
+    elif mask is not None:
+        shape = mask.shape
+    else:  # the frame shape is then known from neither (it was an AttributeError traceback)
+        raise WorkflowError(f"inputs.poni: the detector of {i.poni} has no shape (max_shape) and there is no "
+                            "inputs.mask: give either, to say the frames' size")
     options = {"mask": mask, "dark": combined_image(i.dark, "median") if i.dark else None,
                "flat": combined_image(i.flat, "mean") if i.flat else None, "polarization_factor": g.polarization_factor,
                "solid_angle": g.solid_angle, "split": p.split, "radial_range": p.radial_range,

@@ -15,9 +15,10 @@ done-marker array ``tasks/<name>`` (where it has one) and its key in the run rep
 may share a name when their ``when`` never hold together (``pdf`` is voxel rows of G(r) after
 the reconstruction, or r blocks of reconstructed G(r) sinograms before it).
 
-    integrate (z, omega block) --> center (z) --> recon (z, q block) --> pdf-scale (z, voxel rows) --> pdf (z, voxel rows)
-    integrate --> pdf-frames (z, omega block) --> pdf-aux (z) --> pdf (z, r block)      (pdf.order: pdf-then-recon)
-    ... recon (z, sector x q block) --> texture (z, voxel rows)                          (integrate.npt_azim > 1)
+    integrate (z, omega block) --> center (z) --> recon (z, q block)
+        --> pdf-scale (z, voxel rows) --> pdf (z, voxel rows)
+    integrate --> pdf-frames (z, omega block) --> pdf-aux (z) --> pdf (z, r block)   (pdf.order: pdf-then-recon)
+    ... recon (z, sector x q block) --> texture (z, voxel rows)                       (integrate.npt_azim > 1)
 
 With azimuthal sectors a recon task is one q block of one sector (its unit, "q block", counts
 ``npt_azim`` blocks per q block): a task holds what a 1D task holds, so the budget and the q
@@ -158,7 +159,8 @@ def _pdf_then_recon(wf: Workflow) -> bool:
     return wf.pdf.enabled and wf.pdf.order == "pdf-then-recon"
 
 
-FRAMES_STAGE = "integrate"  # the stage that reads the frames: a resumed run reads its blocks again where frames came late
+# the stage that reads the frames: a resumed run reads its blocks again where frames came late
+FRAMES_STAGE = "integrate"
 R, P = store.RECON, store.PDF
 REDUCED_ARRAYS = tuple(f"{store.REDUCED}/{n}" for n in ("intensity", "sigma", "monitor", "total", "frame_ok",
                                                          "frame_status", *store.SUM_ARRAYS))
@@ -174,7 +176,8 @@ STAGES: list[Stage] = [
           held=lambda s: budget.integrate_bytes(s.layout.omega_chunk * s.nx, s.bins, s.frame_bytes, sums=s.sums),
           read=lambda s: s.frames * s.frame_bytes),
     Stage("center", "slice", tasks_recon.add_center_tasks, after=("integrate",), marker="value",
-          writes=(f"{R}/slice_info", f"{R}/mu"), reprocess="recon", keys=("sinogram",), marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
+          writes=(f"{R}/slice_info", f"{R}/mu"), reprocess="recon", keys=("sinogram",),
+          marker_doc=("pixel", "rotation axis of the slice (NaN: not yet found)"),
           held=lambda s: budget.center_bytes(s.nomega, s.nx, *((s.layout.q_sub, s.layout.omega_chunk, s.nq)
                                                                 if s.center_auto else ())),
           read=lambda s: s.frames * 5 + (_axis_read(s) if s.center_auto else 0)),  # total f32 + frame_ok

@@ -54,6 +54,7 @@ def _pdf_file_background(ctx: RunContext):
     p = ctx.workflow.pdf
     if p.background != "file":
         return None
+    assert p.background_file is not None  # the schema: background: file needs background_file
     return load_background(p.background_file, store.open_array(ctx.store_path, "q", "r")[:])
 
 
@@ -150,10 +151,10 @@ def pdf_rows(z: int, ys: slice, ctx: RunContext, *shares) -> dict:
     del rows, flat
     release(xp)
     store.write_chunked(ctx.store_path, f"{store.PDF}/G", (z, ys, slice(None), slice(None)), g.reshape(ny, nx, -1), 2)
-    figures = {k: np.concatenate(v) for k, v in figures.items()}
-    _write_pdf_figures(ctx, z, ys, figures, (ny, nx))
+    maps = {k: np.concatenate(v) for k, v in figures.items()}  # each figure: (ny * nx,)
+    _write_pdf_figures(ctx, z, ys, maps, (ny, nx))
     store.mark_done(ctx.store_path, "pdf", (z, ys.start // ctx.layout.y_chunk))
-    return {"stage": "pdf", "z": z, "y": (ys.start, ys.stop), "voxels_ok": int(figures["ok"].sum()),
+    return {"stage": "pdf", "z": z, "y": (ys.start, ys.stop), "voxels_ok": int(maps["ok"].sum()),
             "seconds": time.perf_counter() - t0, "engine": _engine(xp)}
 
 

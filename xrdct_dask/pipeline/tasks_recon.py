@@ -62,6 +62,7 @@ def slice_attenuation(z: int, ctx: RunContext, prepared_total, info: dict) -> np
     else:
         x = store.open_array(ctx.store_path, "x", "r")[:]
         step_mm = float(np.median(np.abs(np.diff(x)))) if x.size > 1 else 1.0
+        assert sg.absorption_mu_max_per_mm is not None  # the schema: absorption: scattering needs it
         mu = mu_from_scattering(np.asarray(to_host(prepared_total))[..., 0], omega, info["center"],
                                 sg.absorption_mu_max_per_mm * step_mm)
     return np.asarray(to_host(mu), np.float32)

@@ -29,6 +29,8 @@ def parts(b: SliceTasks) -> int:
         wf = b.ctx.workflow
         vl = (layout_of(b.ctx.store_path) if has_copy(b.ctx.store_path)
               else view_layout_for(wf, b.ctx.layout, b.nq, pdf_points(b) if wf.pdf.enabled else 0))
+        # the stage table adds view tasks only when has_view_copy(wf), where the layout is never None
+        assert vl is not None, "view tasks of a workflow that writes no view copy"
         n = b.ctx.extra["view_parts"] = len(view_parts(vl))
     return n
 

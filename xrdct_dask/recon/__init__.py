@@ -54,4 +54,7 @@ def reconstruct(sino, omega_deg, algorithm: str = "fbp", *, filter_name: str = "
     raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
 
 
-__all__ = ["ALGORITHMS", "FILTERS", "array_module", "backproject", "cgls", "fbp", "fourier_filter", "project", "reconstruct", "sirt"]
+__all__ = [
+    "ALGORITHMS", "FILTERS", "array_module", "backproject", "cgls", "fbp", "fourier_filter", "project", "reconstruct",
+    "sirt",
+]

@@ -24,7 +24,8 @@ LANES = 32  # q lanes per warp: 32 float32 = one 128-byte transaction
 def _module():
     if cp is None:
         raise RuntimeError("the GPU projectors need cupy, which is not importable here")
-    return cp.RawModule(code=KERNEL_SOURCE.read_text(), options=("--std=c++14", f"-DBP_PIX_PER_THREAD={BP_PIX_PER_THREAD}"))
+    return cp.RawModule(code=KERNEL_SOURCE.read_text(),
+                        options=("--std=c++14", f"-DBP_PIX_PER_THREAD={BP_PIX_PER_THREAD}"))
 
 
 def _angles(cos_t, sin_t):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrdct_dask.config import Workflow, WorkflowError
+from xrdct_dask.config import BackgroundScan, Workflow, WorkflowError
 from xrdct_dask.io.cbf import CorruptFrameError, read_cbf_payload
 from xrdct_dask.io.layout import ScanShape
 from xrdct_dask.io.scan import grid_index
@@ -36,10 +36,17 @@ from xrdct_dask.pipeline.integrator import integrator_for
 KEY = "inputs.background_scan"
 
 
+def _scan_of(wf: Workflow) -> BackgroundScan:
+    """``inputs.background_scan`` of a workflow that has one (the functions below are called only then)."""
+    b = wf.inputs.background_scan
+    assert b is not None, f"{KEY}: the workflow has no background scan"
+    return b
+
+
 def background_shape(wf: Workflow):
     """The :class:`~xrdct_dask.io.layout.ScanShape` of the background scan's frames (one slice)."""
 
-    b, s = wf.inputs.background_scan, wf.scan
+    b, s = _scan_of(wf), wf.scan
     if b.extent == "line":
         return ScanShape(1, 1, s.nx, "x", "raster")
     return ScanShape(1, s.nomega, s.nx, s.fast_axis, s.order, s.interlace_passes)
@@ -61,7 +68,7 @@ def background_rows(wf: Workflow) -> int:
 
 def _source(wf: Workflow):
 
-    return open_source(wf.inputs.background_scan.frames, scan=background_shape(wf))
+    return open_source(_scan_of(wf).frames, scan=background_shape(wf))
 
 
 def read_monitor(wf: Workflow) -> np.ndarray | None:
@@ -69,7 +76,7 @@ def read_monitor(wf: Workflow) -> np.ndarray | None:
     Raises :class:`WorkflowError` (one line) for a missing file, a wrong count, or a value that
     is not finite and > 0 (a frame that cannot be normalised)."""
 
-    path = wf.inputs.background_scan.monitor
+    path = _scan_of(wf).monitor
     if path is None:
         return None
     if not Path(path).is_file():
@@ -81,7 +88,7 @@ def read_monitor(wf: Workflow) -> np.ndarray | None:
     n = background_indices(wf).size
     if values.size != n:
         raise WorkflowError(f"{KEY}.monitor: {path} has {values.size} values for {n} background frames "
-                            f"(extent {wf.inputs.background_scan.extent})")
+                            f"(extent {_scan_of(wf).extent})")
     bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
     if bad.size:
         raise WorkflowError(f"{KEY}.monitor: {path}: frame {int(bad[0])} has monitor {values[bad[0]]:g} "

@@ -42,7 +42,9 @@ def check_inputs(wf: Workflow):
         if not first.parent.is_dir():
             raise WorkflowError(f"inputs.frames: folder {first.parent} does not exist")
     # the geometry: a PONI file, or the integration.json of inputs.pyfai_config (parsed by pyFAI)
-    key = "inputs.pyfai_config" if wf.inputs.pyfai_config and wf.inputs.poni == wf.inputs.pyfai_config else "inputs.poni"
+    assert wf.inputs.poni is not None  # the schema requires it (given, or from inputs.pyfai_config)
+    key = ("inputs.pyfai_config" if wf.inputs.pyfai_config and wf.inputs.poni == wf.inputs.pyfai_config
+           else "inputs.poni")
     try:
         ai = load_poni(wf.inputs.poni)
     except (FileNotFoundError, ValueError) as err:
@@ -126,7 +128,7 @@ def _cbf_frame_shape(wf: Workflow, det_shape) -> tuple[int, int]:
         raise WorkflowError(f"inputs.frames: first frame {first} not found")
     if shape is None:
         raise WorkflowError(f"inputs.frames: none of the first {FRAMES_PROBED} frames is readable ({first_err})")
-    return tuple(shape)
+    return shape  # frame_file_shape's (ny, nx) tuple
 
 
 def _hdf5_frame_shape(wf: Workflow) -> tuple[int, int]:

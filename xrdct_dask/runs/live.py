@@ -1,8 +1,8 @@
 """Live mode: follow an acquisition while the detector writes it (``xrdct watch``).
 
-The store, its blocks, done-markers and tasks are those of a batch run (:func:`~xrdct_dask.runs.open.open_run`,
-:func:`~xrdct_dask.pipeline.graph.build_graph`, :func:`~xrdct_dask.pipeline.tasks_integrate.integrate_block`); what differs is
-when a task is submitted:
+The store, its blocks, done-markers and tasks are those of a batch run
+(:func:`~xrdct_dask.runs.open.open_run`, :func:`~xrdct_dask.pipeline.graph.build_graph`,
+:func:`~xrdct_dask.pipeline.tasks_integrate.integrate_block`); what differs is when a task is submitted:
 
 * an integration block (one omega chunk of a slice, every x) goes to the cluster once every
   frame file of it is whole (:func:`~xrdct_dask.io.cbf.frame_complete`: its header promise met,
@@ -100,8 +100,9 @@ class _Frames:
     the scan.  A file that is there but incomplete and has not
     changed size for ``settle_s`` is taken as final (the reader will flag it).  A frame the
     detector skipped (no file, while frames more than ``window / 2`` acquisition steps later, or
-    the scan's last frame, are whole) is given up after ``settle_s`` (its block goes without it, flagged missing; a later
-    run reads it if it comes): one dropped frame does not hold its slice to the idle timeout."""
+    the scan's last frame, are whole) is given up after ``settle_s`` (its block goes without it,
+    flagged missing; a later run reads it if it comes): one dropped frame does not hold its slice
+    to the idle timeout."""
 
     def __init__(self, wf: Workflow, needed: np.ndarray, window: int, settle_s: float):
         self.wf = wf
@@ -153,13 +154,13 @@ class _Frames:
             elif now - was[1] >= self.settle_s:  # stopped growing: read as it is
                 new.append(i)
         if new:
-            new = np.asarray(new)
-            self.ready_at[new] = now
-            self.todo = np.setdiff1d(self.todo, new, assume_unique=True)
-            for i in new:
+            ready = np.asarray(new)
+            self.ready_at[ready] = now
+            self.todo = np.setdiff1d(self.todo, ready, assume_unique=True)
+            for i in ready:
                 self.seen.pop(int(i), None)
                 self.passed.pop(int(i), None)
-            self.newest = max(self.newest, int(new.max()))
+            self.newest = max(self.newest, int(ready.max()))
             self.last_new = now
         return len(new)
 

@@ -75,6 +75,7 @@ def prepare_store(wf: Workflow, ai, extra_attrs: dict | None = None, client=None
         try:
             op = operator_for(radial_to_q_A(radial, wf.integrate.unit, wavelength_A), wf.pdf)
             if wf.pdf.background == "file":
+                assert wf.pdf.background_file is not None  # the schema: background: file needs background_file
                 load_background(wf.pdf.background_file, radial)
         except PDFParameterError as err:
             raise WorkflowError(str(err)) from None
@@ -290,7 +291,7 @@ def reopen_retried(ctx: RunContext, state: store.TaskState) -> tuple[int, int]:
         for b in reopen:
             store.mark_done(ctx.store_path, FRAMES_STAGE, (int(z), b), 0)
         for later in downstream(wf, FRAMES_STAGE):  # every marker of the slice made from those blocks
-            reopen_slice(ctx.store_path, wf, z, later.name)
+            reopen_slice(ctx.store_path, wf, int(z), later.name)
         frames += int(retry.sum())
         blocks += len(reopen)
     return frames, blocks

@@ -30,8 +30,9 @@ def refit_axis(ctx) -> list[int]:
     nz = wf.scan.nz
     if wf.sinogram.center != "auto" or nz < 3:
         return []
-    geos = [stored_geometry(ctx.store_path, z) for z in range(nz)]
-    if any(g is None or "axis" not in g for g in geos):
+    stored = [stored_geometry(ctx.store_path, z) for z in range(nz)]
+    geos = [g for g in stored if g is not None and "axis" in g]
+    if len(geos) < nz:  # a slice whose centre task has not run
         return []
     own = np.array([g["axis"]["center_px"] for g in geos])
     conf = np.array([g["axis"]["confidence"] for g in geos])

@@ -5,6 +5,7 @@ written into a new store's per-frame arrays slab by slab."""
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,15 +48,15 @@ class ScanLayout:
     None), ``positions`` (what was measured, from where: recorded in the store) and
     ``monitor_source`` (the workflow key it came from).  :meth:`close` removes the scratch folder."""
 
-    grid: object | None
+    grid: SlabFrames | None
     omega_deg: np.ndarray
     x_mm: np.ndarray
     z_mm: np.ndarray
-    monitor: object | None
+    monitor: FlatColumn | None
     positions: dict
     monitor_source: str = "inputs.monitor"
-    scratch: object | None = None
-    transmission: object | None = None  # inputs.transmission by acquisition index (a FlatColumn), or None
+    scratch: tempfile.TemporaryDirectory | None = None
+    transmission: FlatColumn | None = None  # inputs.transmission by acquisition index, or None
 
     def index(self, wf: Workflow, z: int) -> np.ndarray:
         """int64 ``(nomega, nx)``: acquisition index of the frame at each point of slice ``z`` (-1 none)."""
@@ -108,11 +109,11 @@ def _scan_source(wf: Workflow):
     if wf.frames_hdf5 and not wf.frames_templated and wf.scan.positions != "nominal":
 
         n = frame_source(wf).nframes
-        names = wf.inputs.positioners
+        motors = wf.inputs.positioners
         file = split_spec(wf.inputs.frames)[0]
         columns = {}
-        for attr, name in (("omega_deg", names.omega), ("x_mm", names.x), ("z_mm", names.z),
-                           ("monitor", names.monitor)):
+        for attr, name in (("omega_deg", motors.omega), ("x_mm", motors.x), ("z_mm", motors.z),
+                           ("monitor", motors.monitor)):
             if name is None:
                 continue
             try:  # each name on its own: a scan without a z motor still gives omega and x
@@ -173,8 +174,10 @@ def scan_layout(wf: Workflow, client=None) -> ScanLayout:
         raise WorkflowError("scan.positions: measured, but the scan gives no omega and x per frame (scan file "
                             "columns omega_deg, x_mm, or the HDF5 scan's inputs.positioners)")
     place = not has_grid and _places_frames(wf, measured, False)
-    lay = ScanLayout(grid=None, monitor=None, positions={}, scratch=scratch_folder(wf.store.path), **nominal)
-    folder = Path(lay.scratch.name)
+    scratch = scratch_folder(wf.store.path)
+    lay = ScanLayout(grid=None, monitor=None, positions={}, scratch=scratch, omega_deg=nominal["omega_deg"],
+                     x_mm=nominal["x_mm"], z_mm=nominal["z_mm"])
+    folder = Path(scratch.name)
     try:
         if wf.inputs.monitor is not None:
             lay.monitor = FlatColumn(folder / "monitor.f8")
@@ -184,24 +187,24 @@ def scan_layout(wf: Workflow, client=None) -> ScanLayout:
                 raise WorkflowError(f"inputs.monitor: {err}") from None
         elif "monitor" in columns:
             lay.monitor, lay.monitor_source = FlatColumn(folder / "monitor.f8"), "the scan's monitor"
-        mon_rows = "monitor" in columns and wf.inputs.monitor is None
+        # the monitor the scan's own rows fill (None: an inputs.monitor file, or no monitor)
+        row_monitor = lay.monitor if "monitor" in columns and wf.inputs.monitor is None else None
         placed = "scan arithmetic (scan.order, scan.fast_axis)"
         axes: dict[str, np.ndarray] = {}
         if has_grid:
-            lay.grid = _grid_from_columns(wf, measured, lay.monitor if mon_rows else None, folder, client)
+            grid = lay.grid = _grid_from_columns(wf, measured, row_monitor, folder, client)
             placed = "scan file columns iz, iomega, ix"
             for k in measured:  # lines without a frame (allowed missing) take the nominal grid's place
-                axes[k] = _line_medians(lay.grid, k, AXIS_OF[k], nominal[k] if s.allow_missing else None, client)
+                axes[k] = _line_medians(grid, k, AXIS_OF[k], nominal[k] if s.allow_missing else None, client)
         elif place:
-            lay.grid, axes, off = _grid_from_positions(wf, blocks, measured, lay.monitor if mon_rows else None,
-                                                       folder)
+            lay.grid, axes, off = _grid_from_positions(wf, blocks, measured, row_monitor, folder)
             placed = f"measured positions ({off} frames fit no grid point and are left out)"
-        elif mon_rows and wf.inputs.scan_file is not None:
-            scanslabs.convert_scan_file(wf.inputs.scan_file, scan_header(wf.inputs.scan_file), None, lay.monitor,
+        elif row_monitor is not None and wf.inputs.scan_file is not None:
+            scanslabs.convert_scan_file(wf.inputs.scan_file, scan_header(wf.inputs.scan_file), None, row_monitor,
                                         client)
-        elif mon_rows:
+        elif row_monitor is not None:
             for b in blocks():
-                lay.monitor.scatter(b["index"], b["monitor"])
+                row_monitor.scatter(b["index"], b["monitor"])
         if lay.monitor is not None and lay.monitor_source == "inputs.monitor":
             need = s.nframes if lay.grid is None else lay.grid.max_index + 1
             if lay.monitor.size < need:
@@ -226,6 +229,7 @@ def read_transmission(wf: Workflow, path: Path, need: int):
     transmission's logarithm is taken); anything else is a one-line WorkflowError naming the key."""
 
     src = wf.inputs.transmission
+    assert src is not None  # called only for a workflow that gives inputs.transmission
     col = FlatColumn(path)
     bad, first = 0, None
     try:
@@ -255,6 +259,7 @@ def _grid_from_columns(wf: Workflow, fields: list[str], monitor, folder: Path, c
 
     s = wf.scan
     path = wf.inputs.scan_file
+    assert path is not None  # grid columns come only from a scan file
     grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx, fields)
     got = scanslabs.convert_scan_file(path, scan_header(path), grid, monitor, client)
     if got["bad"]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def convert_scan_file(path: str | Path, names: list[str], grid: SlabFrames | Non
     where a frame is)}``; where no row is outside the grid, ``grid`` is finished (winners per
     slice, points recorded twice, ``max_index``)."""
     ranges = tableslabs.line_slabs(path, header=True)
-    folder = (grid.folder if grid is not None else monitor.path.parent) if (grid or monitor) else None
+    folder = grid.folder if grid is not None else monitor.path.parent if monitor is not None else None
     pieces = [(str(path), names, a, b, k, grid, monitor is not None, str(folder)) for k, (a, b) in enumerate(ranges)]
     where = _client_if_many(client, len(pieces))
     stats = map_pieces(where, _convert_slab, pieces, "xrdct-scan-table")
@@ -88,8 +89,9 @@ def _convert_slab(piece) -> dict:
     path, names, start, stop, k, grid, monitor, folder = piece
     b = tableslabs.read_table_slab(path, start, stop, names)
     n = len(b["index"]) if b else 0
-    stat = {"rows": n, "bad": 0, "imin": int(b["index"].min()) if n else 0,
-            "imax": int(b["index"].max()) if n else -1}
+    # counts and the index range; "seen": a bool array per grid axis where the slab placed a frame
+    stat: dict[str, Any] = {"rows": n, "bad": 0, "imin": int(b["index"].min()) if n else 0,
+                            "imax": int(b["index"].max()) if n else -1}
     if grid is not None:
         nz, nw, nx = grid.shape
         iz, iw, ix = (b.get(c, np.empty(0, np.int64)) for c in ("iz", "iomega", "ix"))

@@ -17,7 +17,8 @@ def texture_peaks(wf: Workflow, radial: np.ndarray, wavelength_A: float) -> list
     out = []
     unit = wf.integrate.unit
     for k, p in enumerate(wf.texture.peaks):
-        what = f"d = {p.d_angstrom:g} A" if p.d_angstrom is not None else f"q_range {list(p.q_range)}"
+        # the schema: exactly one of d_angstrom and q_range
+        what = f"q_range {list(p.q_range)}" if p.q_range is not None else f"d = {p.d_angstrom:g} A"
         try:
             if p.d_angstrom is not None and unit == "2th_deg" and not wavelength_A > 0:
                 raise ValueError("no wavelength in the PONI to place a d-spacing in 2th_deg")

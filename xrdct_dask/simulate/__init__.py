@@ -35,5 +35,11 @@ from xrdct_dask.simulate.scan import (
 )
 from xrdct_dask.simulate.texture import PhaseTexture, axis_difference_deg, parse_texture, sector_truth
 
-__all__ = ["ATTENUATION_NODE_DEG", "attenuated_projections", "two_theta_of_q_deg", "ENERGY_KEV", "WAVELENGTH_A", "Q_GRID_A", "BEAMSTOP_Q_A", "Phase", "cubic_cluster", "random_packed_cluster", "form_factor", "debye_pattern", "phase_library", "make_phantom", "omega_angles_deg", "project", "DETECTORS", "make_integrator", "detector_mask", "phase_patterns_as_measured", "SimulatedScan", "SIMULATION_MARKER", "check_simulation_folder", "simulate_scan", "simulated_workflow", "stream_frames", "write_hdf5_units", "write_hdf5_scan", "write_scan_table", "PhaseTexture", "parse_texture",
-           "sector_truth", "axis_difference_deg"]
+__all__ = [
+    "ATTENUATION_NODE_DEG", "attenuated_projections", "two_theta_of_q_deg", "ENERGY_KEV", "WAVELENGTH_A", "Q_GRID_A",
+    "BEAMSTOP_Q_A", "Phase", "cubic_cluster", "random_packed_cluster", "form_factor", "debye_pattern", "phase_library",
+    "make_phantom", "omega_angles_deg", "project", "DETECTORS", "make_integrator", "detector_mask",
+    "phase_patterns_as_measured", "SimulatedScan", "SIMULATION_MARKER", "check_simulation_folder", "simulate_scan",
+    "simulated_workflow", "stream_frames", "write_hdf5_units", "write_hdf5_scan", "write_scan_table", "PhaseTexture",
+    "parse_texture", "sector_truth", "axis_difference_deg",
+]

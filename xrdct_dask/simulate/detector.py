@@ -63,7 +63,8 @@ def _render(ai, shape, q_nm, pattern, scale, rng, gaps, bad, zinger_rate, spot_r
     frame = rng.poisson(np.maximum(expected, 0)).astype(np.int32)
     if rng.random() < zinger_rate:  # cosmic rays / zingers: single hot pixels
         k = rng.integers(1, 4)
-        frame[rng.integers(0, shape[0], k), rng.integers(0, shape[1], k)] += rng.integers(10**5, 10**6, k, dtype=np.int32)
+        rows, cols = rng.integers(0, shape[0], k), rng.integers(0, shape[1], k)
+        frame[rows, cols] += rng.integers(10**5, 10**6, k, dtype=np.int32)
     if rng.random() < spot_rate:  # a single-crystal reflection: a small bright blob
         cy, cx = rng.integers(5, shape[0] - 5), rng.integers(5, shape[1] - 5)
         yy, xx = np.mgrid[-3:4, -3:4]

@@ -21,7 +21,7 @@ def _frames_dataset(f, path: str, n: int, shape: tuple[int, int]):
     group, _, name = path.strip("/").rpartition("/")
     f.attrs["default"] = "entry"
     g = f.require_group(group) if group else f
-    for k, part in enumerate(group.split("/") if group else []):
+    for k, _ in enumerate(group.split("/") if group else []):
         sub = f["/".join(group.split("/")[:k + 1])]
         sub.attrs["NX_class"] = "NXentry" if k == 0 else "NXdata"
     if group:
@@ -180,7 +180,7 @@ def write_scan_table(path: str | Path, nz: int, nomega: int, nx: int, *, order: 
                 iz, k = line // nomega, line % nomega
                 ix = np.where(line % 2 == 1, nx - 1 - fast, fast) if order != "raster" else fast
                 iw = lines[k]
-                jit = lambda: rng.uniform(-jitter, jitter, i.size)  # noqa: E731
+                jit = lambda size=i.size: rng.uniform(-jitter, jitter, size)  # noqa: E731
                 omega = (iw + 1 + jit()) * omega_step
                 x = (ix + 1 + jit()) * x_step_mm
                 z = (iz + 1 + jit()) * z_step_mm

@@ -364,7 +364,8 @@ def simulate_scan(out_dir: str | Path, nz: int = 2, nomega: int = 32, nx: int = 
 
     # last, and whole at once (renamed into place): a watcher that sees it finds every file it names
     part = out / ".workflow.yaml.part"
-    part.write_text("# written by `xrdct simulate`; paths are relative to this file\n" + yaml.safe_dump(wf, sort_keys=False))
+    part.write_text("# written by `xrdct simulate`; paths are relative to this file\n"
+                    + yaml.safe_dump(wf, sort_keys=False))
     part.replace(out / "workflow.yaml")
     return SimulatedScan(root=out, workflow=out / "workflow.yaml", frames_template=frames_template,
                          poni=out / "geometry.poni", mask=out / "mask.edf", monitor=out / "monitor.txt",
@@ -382,8 +383,8 @@ def stream_frames(sources: list[Path], targets: list[Path], rate_hz: float, *, i
     (``.NAME.part``) and renamed into place when whole, as a Pilatus or a data mover does; with
     ``in_place`` it is written under its final name in ``pieces`` parts spread over the frame's
     1 / rate_hz, so that a reader sees partial files.  ``link``: the temporary name is a hard link
-    to the source (no bytes written: a long scan cycling over a few distinct frames).  ``stop`` (a ``threading.Event``) ends
-    the stream early; ``on_written(i, epoch)`` is called after each frame.  Returns the epoch
+    to the source (no bytes written: a long scan cycling over a few distinct frames).  ``stop`` (a
+    ``threading.Event``) ends the stream early; ``on_written(i, epoch)`` is called after each frame.  Returns the epoch
     seconds at which each frame became whole under its final name (NaN: not written).
     """
 

@@ -137,7 +137,8 @@ def texture_report(store_path, scan_root, z: int = 0, erode: int = 1) -> list[di
         phase = next((n for n in names if str(label).split()[0] == n), None)
         if phase is None:
             continue
-        core = binary_erosion(maps[names.index(phase)] > 0.99, iterations=erode) if erode else maps[names.index(phase)] > 0.99
+        pure = maps[names.index(phase)] > 0.99  # voxels of this phase alone
+        core = binary_erosion(pure, iterations=erode) if erode else pure
         truth = sector_truth(textures.get(phase), chi, width)
         orient = np.asarray(g["texture/orientation_deg"][z, :, :, k])[core]
         orient = orient[np.isfinite(orient)]

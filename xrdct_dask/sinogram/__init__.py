@@ -21,4 +21,8 @@ from xrdct_dask.sinogram.corrections import (
     suppress_zingers,
 )
 
-__all__ = ["PREP_STEPS", "normalize_monitor", "fill_bad_frames", "suppress_zingers", "edge_background", "subtract_background", "stripe_columns", "remove_stripes", "centers_of_mass", "fit_sinusoid", "estimate_center", "estimate_jitter", "shift_projections", "prepare_sinogram", "prep_options"]
+__all__ = [
+    "PREP_STEPS", "normalize_monitor", "fill_bad_frames", "suppress_zingers", "edge_background", "subtract_background",
+    "stripe_columns", "remove_stripes", "centers_of_mass", "fit_sinusoid", "estimate_center", "estimate_jitter",
+    "shift_projections", "prepare_sinogram", "prep_options",
+]

@@ -182,7 +182,8 @@ def transmission_of(mu, omega_deg, center: float, nx: int):
 
 
 def absorption_reconstruct(sino, omega_deg, mu, two_theta, reconstruct, *, center: float, iterations: int = 2,
-                           exit: str = "scattering-angle", azimuths: int = AZIMUTHS, node_step_deg: float = NODE_STEP_DEG):
+                           exit: str = "scattering-angle", azimuths: int = AZIMUTHS,
+                           node_step_deg: float = NODE_STEP_DEG):
     """Reconstruct a sinogram block corrected for self-absorption (module docstring).
 
     Parameters

@@ -478,5 +478,6 @@ def prep_options(section) -> dict:
     return {"fill_bad": section.fill_bad, "zingers": section.zingers, "zinger_threshold": section.zinger_threshold,
             "background": section.background, "background_columns": section.background_columns,
             "background_per_projection": section.background_per_projection, "stripes": section.stripes,
-            "stripe_snr": section.stripe_snr, "stripe_max_width_px": section.stripe_max_width_px, "jitter": section.jitter, "max_jitter_px": section.max_jitter_px,
+            "stripe_snr": section.stripe_snr, "stripe_max_width_px": section.stripe_max_width_px,
+            "jitter": section.jitter, "max_jitter_px": section.max_jitter_px,
             "center": section.center}

@@ -66,4 +66,13 @@ from xrdct_dask.store.safety import (
 )
 from xrdct_dask.store.specs import ArraySpec, MarkerSpec
 
-__all__ = ["COMPRESSORS", "REDUCED", "RECON", "PDF", "TEXTURE", "SUM_ARRAYS", "TEXTURE_VOXEL", "TEXTURE_SECTOR", "TASKS", "FORMAT", "TEMPLATE_WRITES", "MarkerSpec", "FrameBlock", "frame_blocks", "region_for", "q_blocks", "versions", "file_digest", "COORDS", "ROOT_ENTRIES", "VIEW", "ArraySpec", "array_specs", "create_store", "PDF_VOXEL_FIGURES", "VARIABLE_ATTRS", "frame_status_attrs", "describe_variables", "StoreWriteError", "ASIDE_NEW", "ASIDE_OLD", "ASIDE_SCAN", "StoreExistsError", "root_attrs", "is_store", "foreign_entries", "check_replaceable", "aside_name", "create_aside", "leftovers", "check_writable", "clean_leftovers", "stale_aside", "TaskState", "task_state", "mark_done", "mark_template_complete", "set_stage_status", "open_array", "read_chunked", "write_chunked", "write_region", "write_reduced", "layout_of", "background_rows_of", "consolidate", "run_attrs", "read_attrs"]
+__all__ = [
+    "COMPRESSORS", "REDUCED", "RECON", "PDF", "TEXTURE", "SUM_ARRAYS", "TEXTURE_VOXEL", "TEXTURE_SECTOR", "TASKS",
+    "FORMAT", "TEMPLATE_WRITES", "MarkerSpec", "FrameBlock", "frame_blocks", "region_for", "q_blocks", "versions",
+    "file_digest", "COORDS", "ROOT_ENTRIES", "VIEW", "ArraySpec", "array_specs", "create_store", "PDF_VOXEL_FIGURES",
+    "VARIABLE_ATTRS", "frame_status_attrs", "describe_variables", "StoreWriteError", "ASIDE_NEW", "ASIDE_OLD",
+    "ASIDE_SCAN", "StoreExistsError", "root_attrs", "is_store", "foreign_entries", "check_replaceable", "aside_name",
+    "create_aside", "leftovers", "check_writable", "clean_leftovers", "stale_aside", "TaskState", "task_state",
+    "mark_done", "mark_template_complete", "set_stage_status", "open_array", "read_chunked", "write_chunked",
+    "write_region", "write_reduced", "layout_of", "background_rows_of", "consolidate", "run_attrs", "read_attrs",
+]

@@ -56,6 +56,7 @@ import hashlib
 import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -192,7 +193,8 @@ def array_specs(*, nz: int, nomega: int, nx: int, nq: int, nr: int, layout, mark
     out.append(ArraySpec(f"{RECON}/air_model", (nz, 2, nq), (1, 2, qc), "float32", ("z", "air_term", "q"), np.nan))
     if nr:
         out.append(ArraySpec(f"{PDF}/G", (nz, nx, nx, nr), (1, yc, nx, rc), "float32", ("z", "y", "x", "r"), np.nan))
-        out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan) for n in PDF_VOXEL_FIGURES]
+        out += [ArraySpec(f"{PDF}/{n}", (nz, nx, nx), (1, yc, nx), "float32", ("z", "y", "x"), np.nan)
+                for n in PDF_VOXEL_FIGURES]
         out.append(ArraySpec(f"{PDF}/ok", (nz, nx, nx), (1, yc, nx), "bool", ("z", "y", "x"), False))
         if pdf_sinograms:
             out.append(ArraySpec(f"{PDF}/G_sinogram", (nz, nomega, nx, nr), (1, wc, nx, rc), "float32",
@@ -241,7 +243,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
         raise FileExistsError(f"{path} exists: a store is created in a new folder")
     root = zarr.open_group(str(path), mode="w-", zarr_format=3,
                            attributes={"format": FORMAT, "template_complete": False})
-    coords = {
+    # each coordinate: its values and its attrs (strings, plus the names/peaks lists of the label axes)
+    coords: dict[str, tuple[np.ndarray, dict[str, Any]]] = {
         "z": (np.asarray(z_mm, np.float64), {"units": "mm", "long_name": "slice position"}),
         "omega": (np.asarray(omega_deg, np.float64), {"units": "deg", "long_name": "rotation angle"}),
         "x": (np.asarray(x_mm, np.float64), {"units": "mm", "long_name": "translation / voxel column"}),
@@ -257,8 +260,8 @@ def create_store(path: str | Path, *, nz: int, nomega: int, nx: int, radial: np.
         coords["chi"] = (np.asarray(chi_deg, np.float64), {"units": "deg", "long_name": "azimuthal angle chi "
                                                            "(pyFAI's), sector centre"})
     if peaks:
-        coords["peak"] = (np.arange(len(peaks)), {"long_name": "texture reflection", "names": [p["label"] for p in peaks],
-                                                  "peaks": list(peaks)})
+        coords["peak"] = (np.arange(len(peaks)), {"long_name": "texture reflection",
+                                                  "names": [p["label"] for p in peaks], "peaks": list(peaks)})
     for name in ("z", "omega", "x", "y", "q", "r", "chi", "peak"):
         if name in coords:
             _coord(root, name, *coords[name])
@@ -391,7 +394,8 @@ def describe_variables(root) -> None:
             if name == "q" and "radial_unit" in arr.attrs:
                 kind, _, unit = str(arr.attrs["radial_unit"]).partition("_")
                 units, long_name = unit, _RADIAL_NAMES.get(kind, f"radial coordinate ({arr.attrs['radial_unit']})")
-            new = {k: v for k, v in (("units", units), ("long_name", long_name)) if v is not None and k not in arr.attrs}
+            new = {k: v for k, v in (("units", units), ("long_name", long_name))
+                   if v is not None and k not in arr.attrs}
             if gname == REDUCED and name in ("frame_status", "scan_flag") and "flag_values" not in arr.attrs:
                 new.update(frame_status_attrs())
             if new:

@@ -132,7 +132,8 @@ def clean_leftovers(path) -> tuple[list[Path], list[Path]]:
     stale (a killed run or reprocess's half-built store); ``(removed, kept)``: what is kept (another
     host's, a running process's, one holding other files, an older store waiting for deletion) is
     for the caller to report."""
-    removed, kept = [], []
+    removed: list[Path] = []
+    kept: list[Path] = []
     for left in leftovers(path):
         if stale_aside(left, path):
             shutil.rmtree(left, ignore_errors=True)

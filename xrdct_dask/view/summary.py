@@ -7,8 +7,9 @@ reconstructed maps at those peaks, each titled with its q and d-spacing (with az
 of the sectors' mean pattern).  With sectors a texture row follows: the slice's mean intensity at
 those peaks in each sector (normalised by its mean over the sectors: flat for a powder), and where
 the texture stage ran the first reflection's texture index map and its strain map in the sector
-where the slice's strain is largest.  Bottom row (when the PDF stage ran): G(r) of the few voxels whose diffraction patterns differ most (a phase each, as a rule;
-marked on the map beside), a G map at the r where the slice's |G| is largest (diverging colours centred on G = 0), and the
+where the slice's strain is largest.  Bottom row (when the PDF stage ran): G(r) of the few voxels
+whose diffraction patterns differ most (a phase each, as a rule; marked on the map beside), a G
+map at the r where the slice's |G| is largest (diverging colours centred on G = 0), and the
 slice's mean G(r).
 
 Orientation as in the notebooks (xarray's ``.plot()``): the first dimension up, the second to the
@@ -81,8 +82,8 @@ def distinct_curves(curves: np.ndarray, strength: np.ndarray, n: int, iterations
     one: r > 0.999) and are refined by assigning every row to its most similar group centre
     (k-means on the correlation sphere); each group is then represented by its purest row (the one
     whose likeness to its own centre exceeds that to any other centre most; the strongest among
-    equals), so a row that mixes two groups (a voxel on a boundary) stands for none.  Groups in the order found, the strongest row's
-    first; never a row twice; rows without spread are left out."""
+    equals), so a row that mixes two groups (a voxel on a boundary) stands for none.  Groups in the
+    order found, the strongest row's first; never a row twice; rows without spread are left out."""
     c = np.nan_to_num(np.asarray(curves, dtype=np.float64))
     c = c - c.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(c, axis=1)
@@ -299,7 +300,8 @@ def _texture_row(fig, grid, row: int, path: Path, z: int, sector_mean: np.ndarra
     ax.set(title=f"intensity per sector over its mean, slice {z}", xlabel=chi.label, ylabel="relative intensity")
     if peaks:
         ax.legend(fontsize=7)
-    done = (path / store.TEXTURE).exists() and store.read_attrs(path).get("stage_status", {}).get(store.TEXTURE) == "done"
+    done = ((path / store.TEXTURE).exists()
+            and store.read_attrs(path).get("stage_status", {}).get(store.TEXTURE) == "done")
     if not done:
         for k in (1, 2):
             fig.add_subplot(grid[row, k]).axis("off")
@@ -459,12 +461,14 @@ def _slice_pass(path, name: str, z: int, keep=()) -> _Pass:
         mine = (keep // nx >= ys.start) & (keep // nx < ys.stop)
         kept[mine] = rows[keep[mine] // nx - ys.start, keep[mine] % nx]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _Pass(total / count, total_abs / count, per_voxel, kept, None if by_sector is None else by_sector / (ny * nx))
+        return _Pass(total / count, total_abs / count, per_voxel, kept,
+                     None if by_sector is None else by_sector / (ny * nx))
 
 
 def _plane(path, name: str, z: int, channel: int) -> np.ndarray:
     """``array[z, :, :, channel]`` read a chunk of rows at a time (with sectors: their mean)."""
     if store.open_array(path, name, "r").ndim == 5:
         with np.errstate(invalid="ignore"):
-            return np.nanmean(store.read_chunked(path, name, (z, slice(None), slice(None), slice(None), channel), 0), -1)
+            sectors = store.read_chunked(path, name, (z, slice(None), slice(None), slice(None), channel), 0)
+            return np.nanmean(sectors, -1)
     return store.read_chunked(path, name, (z, slice(None), slice(None), channel), 0)

@@ -98,7 +98,8 @@ class IntegratorTests(EngineTests):
         rng = np.random.default_rng(3)
         kw = {}
         if corrections == "dark+flat":
-            kw = dict(dark=rng.uniform(0, 5, SHAPE).astype(np.float32), flat=rng.uniform(0.9, 1.1, SHAPE).astype(np.float32))
+            kw = dict(dark=rng.uniform(0, 5, SHAPE).astype(np.float32),
+                      flat=rng.uniform(0.9, 1.1, SHAPE).astype(np.float32))
         integ = self.make(small_ai, mask, polarization_factor=0.99, error_model=error_model, **kw)
         res = integ.integrate(frames, monitor=MONITOR)
         for f in range(len(frames)):

@@ -91,8 +91,9 @@ def rms_in_circle(a: np.ndarray) -> float:
 
 class ReconstructorTests(EngineTests):
     """Reconstruction batched over q: FBP equals skimage's iradon with the same filter (the oracle)
-    and ASTRA's FBP once its axis convention is mapped, the projector pair is adjoint and matches skimage's radon, the iterative methods beat FBP on an
-    under-sampled scan of the simulator's phantom; another engine equals the numpy one to 1e-4."""
+    and ASTRA's FBP once its axis convention is mapped, the projector pair is adjoint and matches
+    skimage's radon, the iterative methods beat FBP on an under-sampled scan of the simulator's
+    phantom; another engine equals the numpy one to 1e-4."""
 
     @pytest.mark.parametrize("n", [48, 49])
     @pytest.mark.parametrize("filt", ["ramp", "shepp-logan", "cosine", "hamming", "hann", "none"])

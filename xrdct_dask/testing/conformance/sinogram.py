@@ -200,7 +200,8 @@ class SinogramPrepTests(EngineTests):
         ok = np.ones(sino.shape[:2], bool)
         _, auto = sg.prepare_sinogram(self.asarray(sino), ok, omega)
         _, manual = sg.prepare_sinogram(self.asarray(sino), ok, omega, center=30.5)
-        assert abs(auto["center"] - PREP_NX // 2) < 0.25 and manual["center"] == 30.5 and "center" not in manual["steps"]
+        assert abs(auto["center"] - PREP_NX // 2) < 0.25
+        assert manual["center"] == 30.5 and "center" not in manual["steps"]
 
     def test_jitter_is_measured_and_removed(self, rng):
         """Random projection shifts (sd 1 px, without the part that is a sinusoid of omega, which is
@@ -317,7 +318,8 @@ class SinogramPrepTests(EngineTests):
         # the workflow's chain finds and reports the same columns
         _, info = sg.prepare_sinogram(self.asarray(striped), np.ones(striped.shape[:2], bool), omega, zingers=False,
                                       stripes=True, center=striped.shape[1] // 2)
-        assert info["stripe_columns"] == sorted({x for x0, x1, *_ in true for x in range(x0, x1)}), info["stripe_columns"]
+        true_columns = sorted({x for x0, x1, *_ in true for x in range(x0, x1)})
+        assert info["stripe_columns"] == true_columns, info["stripe_columns"]
         ours = self.asnumpy(st.remove_stripe_segments(self.asarray(striped), found))
         n = clean.shape[1]
         inside = circle(n)
