@@ -89,8 +89,9 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
     Slices with pending tasks (of every store together) are grouped into waves of at most
     ``compute.max_tasks / 2`` tasks (:func:`xrdct_dask.runs.plan.waves`); two waves are in flight at a
     time.  Returns each store's run summary.  ``connection`` (:class:`Connection`): a client the
-    caller made (and closes); else one is made from the other arguments and closed here.  A task that cannot write the store stops the run
-    with :class:`RunStopped`; every other task failure raises RuntimeError naming the task.
+    caller made (and closes); else one is made from the other arguments and closed here.  A task
+    that cannot write the store stops the run with :class:`RunStopped`; every other task failure
+    raises RuntimeError naming the task.
     """
 
 
@@ -124,8 +125,8 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
     results: list[dict[str, list]] = [{} for _ in ctxs]
     resources: dict = {}
     own = connection is None
-    conn = Connection(ctxs[0].workflow, scheduler_address, cluster, jobs, adaptive, cluster_options) if own \
-        else connection
+    conn = (connection if connection is not None
+            else Connection(ctxs[0].workflow, scheduler_address, cluster, jobs, adaptive, cluster_options))
     if units:
         client = conn.get()
         local = conn.local
