@@ -5,6 +5,7 @@ submission, confined to the service's folders, run one at a time as its own ``xr
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import math
@@ -292,7 +293,7 @@ class JobService:
             self.jobs[job_id].update(kw)
             self._save(self.jobs[job_id])
 
-    def xrdct_command(self, job: dict) -> list[str]:
+    def xrdct_command(self, job: dict) -> builtins.list[str]:
         """``python -m xrdct_dask.cli run|watch JOBS/<id>/workflow.yaml [--scheduler-address A]
         [--idle-timeout S]``: the job as the command line runs it (its Ctrl-C keeps the store resumable)."""
         argv = [sys.executable, "-m", "xrdct_dask.cli", job["mode"], job["workflow"]]
@@ -314,7 +315,7 @@ class JobService:
                 job.update(status="running", started=_now(), store_existed=Path(job["store"]).exists())
                 self._save(job)
             try:
-                self.run_job(self.get(job_id))
+                self.run_job(dict(job))
             except Exception as err:  # every failure is the job's, never the service's
                 log.warning("job %s failed: %s", job_id, err)
                 self._update(job_id, status="failed", finished=_now(), error=(str(err).splitlines() or [""])[0]
@@ -379,6 +380,8 @@ class JobService:
             if time.time() - t0 > timeout_s:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s:g} s")
             time.sleep(poll_s)
+        if job is None:
+            raise KeyError(f"no job {job_id}")
         return job
 
     def close(self) -> None:

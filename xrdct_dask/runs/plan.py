@@ -161,7 +161,8 @@ class RunPlan:
     input_files_source: str = ""
     read_bytes: int = 0  # bytes of frames read from the file system
     gpus: int = 1  # GPUs of the run's hardware
-    hardware: list = field(default_factory=list)  # [{"where", "gpus", "cores", "frames_per_s", "rate_of"}], the run's first
+    # [{"where", "gpus", "cores", "frames_per_s", "rate_of"}], the run's first
+    hardware: list = field(default_factory=list)
     read_gbps_needed: float | None = None  # GB/s the run's hardware reads at its rate
     fs_gbps: float | None = None  # GB/s the file system reads (given)
     fs_frames_per_s: float | None = None  # frames/s the file system delivers
@@ -197,7 +198,8 @@ def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int
         try:
             src = frame_source(wf)
             nbytes = sum(f.stat().st_size for f in src.files())
-            return max(1, nbytes // max(1, src.nframes)), f"{src.spec}: bytes per frame", tuple(src.frame_shape)
+            ny, nx = src.frame_shape
+            return max(1, nbytes // max(1, src.nframes)), f"{src.spec}: bytes per frame", (ny, nx)
         except (OSError, ValueError, KeyError):
             pass
     first = None if wf.frames_hdf5 else frame_path(wf, 0)
@@ -207,7 +209,7 @@ def _frame_bytes(wf: Workflow, detector_shape) -> tuple[int, str, tuple[int, int
             shape = frame_file_shape(first)
         except (CorruptFrameError, OSError):
             shape = detector_shape
-        return first.stat().st_size, f"size of {first.name}", tuple(shape) if shape else PILATUS2M_SHAPE
+        return first.stat().st_size, f"size of {first.name}", (shape[0], shape[1]) if shape else PILATUS2M_SHAPE
     shape, source = detector_shape, "given detector shape"
     if shape is None:
         try:
@@ -330,7 +332,9 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     held = {st.name: st.held(sizes) for st in table}
     specs = store.array_specs(nz=nz, nomega=nw, nx=nx, nq=nq, nr=nr, layout=lay, markers=marker_specs(wf, sizes),
                               pdf_sinograms=wf.pdf.order == "pdf-then-recon", aux_channels=aux,
-                              **absorption_store_args(wf), **sector_spec_args(wf), background_rows=background_rows(wf)) + (view_specs(nz, sizes.view) if sizes.view else [])
+                              **absorption_store_args(wf), **sector_spec_args(wf),
+                              background_rows=background_rows(wf))
+    specs += view_specs(nz, sizes.view) if sizes.view else []
     # scan_flag is written only where the scan places the frames (its file's grid columns or its measured positions)
     placed = _frames_placed(wf)
     written_specs = [sp for sp in specs if not (sp.path.endswith("scan_flag") and not placed)]
@@ -368,7 +372,8 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
     source = " and ".join(sources)
     notes = []
     if fb_source.startswith("estimated"):
-        notes.append(f"frame bytes {fb_source}: {BYTES_PER_PIXEL_ESTIMATE:g} byte/pixel + {CBF_OVERHEAD_BYTES} B header")
+        notes.append(f"frame bytes {fb_source}: {BYTES_PER_PIXEL_ESTIMATE:g} byte/pixel"
+                     f" + {CBF_OVERHEAD_BYTES} B header")
     if not aux_exact:
         notes.append(f"pdf/aux_sinogram counted with its most channels ({aux}): the integration plan is not "
                      f"cached yet (its q bins give the exact number)")
@@ -386,13 +391,15 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
                      f"{gpu:,.0f} frames/s: more GPUs wait on reads")
     overhead = _overhead(F, tasks, sum(written(k) for k in plans), hardware[0], figures)
     return RunPlan(
-        overhead=overhead, input_files=nfiles, input_files_source=files_source, read_bytes=F * fb, gpus=hardware[0]["gpus"],
+        overhead=overhead, input_files=nfiles, input_files_source=files_source, read_bytes=F * fb,
+        gpus=hardware[0]["gpus"],
         hardware=hardware, fs_gbps=fs_gbps, **fs,
         scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
         nr=nr, stages=plans, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,
         max_tasks_held=min(tasks, 2 * spw * t_slice) if nwaves > 1 else tasks, chunks=chunks,
         files=sum(sp.nfiles for sp in written_specs) + nmeta,
-        chunk_files={sp.path: sp.nfiles if sp in written_specs else 0 for sp in specs}, layout=lay.to_dict(), chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
+        chunk_files={sp.path: sp.nfiles if sp in written_specs else 0 for sp in specs}, layout=lay.to_dict(),
+        chunk_bytes={sp.path: sp.chunk_bytes for sp in specs},
         gpu_frames_per_s=gpu,
         cpu_frames_per_s_per_core=cpu, throughput_source=source, gpu_figure=gpu_figure if gpu else "",
         gpu_hours=F / gpu / 3600 if gpu else None, cpu_core_hours=F / cpu / 3600 if cpu else None, notes=notes)
@@ -430,7 +437,7 @@ def _file_system(frames: int, frame_bytes: int, rate: float | None, rate_of: str
         out["fs_frames_per_s"] = fs_gbps * 1e9 / frame_bytes
     rates = {k: v for k, v in ((rate_of, rate), ("file system", out.get("fs_frames_per_s"))) if v}
     if rates:
-        out["bound_by"] = min(rates, key=rates.get)
+        out["bound_by"] = min(rates, key=lambda k: rates[k])
         out["frames_per_s"] = rates[out["bound_by"]]
         out["wall_hours"] = frames / out["frames_per_s"] / 3600
     return out
