@@ -69,6 +69,15 @@ def cluster():
         yield c
 
 
+@pytest.fixture(scope="module")
+def one_slice_scan(tmp_path_factory):
+    """A simulated scan of 1 slice x 16 angles x 12 steps (seed 3), made once per module: the
+    graph's and the cluster's tests."""
+    from xrdct_dask.simulate import simulate_scan
+
+    return simulate_scan(tmp_path_factory.mktemp("tiny"), nz=1, nomega=16, nx=12, seed=3)
+
+
 @pytest.fixture(scope="session")
 def pdf_then_recon_run(sim_scan, tmp_path_factory):
     """The simulated scan run with ``pdf.order: pdf-then-recon`` (G to 8 A, no summary picture):
