@@ -1,4 +1,7 @@
-"""The workflow's stages run in this process (no cluster) on simulated scans: frames land on the
+"""The stages' task functions (``pipeline/tasks_*.py``) and the worker's integrator
+(:mod:`xrdct_dask.pipeline.integrator`); the stage table and the graph are ``tests/test_graph.py``'s.
+
+The workflow's stages run in this process (no cluster) on simulated scans: frames land on the
 (omega, x) grid whatever the acquisition order, and every switched-on sinogram correction is
 applied with the slice's own centre, shifts and stripe columns; on a GPU worker the warm-up readies
 the engine without changing a result."""
