@@ -1,7 +1,7 @@
 """Shared fixtures.  The simulated scan (made once per session, in tmp dirs), the small pyFAI
 integrator, ``rng`` and the real CBF frame come from the plugin the conformance classes use
-(:mod:`xrdct_dask.testing.fixtures`); here: where the real detector files are, the plan cache and
-the local cluster of a module's tests."""
+(:mod:`xrdct_dask.testing.fixtures`); here: where the real detector files are, the plan cache,
+the local cluster of a module's tests, and the scans and stores that tests of two files share."""
 
 from __future__ import annotations
 
@@ -76,6 +76,23 @@ def one_slice_scan(tmp_path_factory):
     from xrdct_dask.simulate import simulate_scan
 
     return simulate_scan(tmp_path_factory.mktemp("tiny"), nz=1, nomega=16, nx=12, seed=3)
+
+
+NI_D_A = [2.0346, 1.7620, 1.2459, 1.0625]  # fcc Ni a = 3.524 A: (111), (200), (220), (311)
+PHANTOM_NX, PHANTOM_NQ = 40, 300
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory):
+    """Two slices of 40 x 40 voxels, 300 q, G to 10 A, one frame flagged; the copy at 3 x 3 blocks.
+    Written straight in the run's layout from the simulator's ground truth; read only (the view
+    copy's tests in test_store.py, the viewer's in test_view.py), so made once per session."""
+    from xrdct_dask.testing.viewstores import write_phantom_store
+
+    path = tmp_path_factory.mktemp("view") / "run.zarr"
+    write_phantom_store(path, nz=2, nx=PHANTOM_NX, nomega=30, nq=PHANTOM_NQ, flagged=[(0, 3, 4)], view_pixels=16,
+                        phases={"Ni": NI_D_A}, noise=0.01)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -166,26 +166,6 @@ def test_bad_inputs_fail_before_compute_with_one_line(sim_scan, tmp_path):
     assert "detector is 1679 x 1475 pixels but the frames are 209 x 184" in msg
 
 
-def test_open_array_is_reused_until_the_array_is_recreated(tmp_path):
-    """Tasks open the same arrays again and again: one open per process while the array's
-    metadata file is unchanged, a fresh open when the store is recreated in its place."""
-    import zarr
-
-    from xrdct_dask import store
-
-    zarr.create_array(str(tmp_path / "a"), shape=(4,), dtype="f4", fill_value=0)
-    first = store.open_array(tmp_path, "a")
-    assert store.open_array(tmp_path, "a") is first
-    assert store.open_array(tmp_path, "a", "r") is not first  # read-only is its own entry
-    first[:] = 1
-    import shutil
-
-    shutil.rmtree(tmp_path / "a")
-    zarr.create_array(str(tmp_path / "a"), shape=(6,), dtype="f4", fill_value=2)
-    again = store.open_array(tmp_path, "a")
-    assert again is not first and again.shape == (6,) and again[:].tolist() == [2.0] * 6
-
-
 # ------------------------------------------------------------------------------------------
 # pdf-then-recon: a branch of the same graph; pdf errors before compute
 # ------------------------------------------------------------------------------------------
