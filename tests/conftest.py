@@ -78,6 +78,39 @@ def one_slice_scan(tmp_path_factory):
     return simulate_scan(tmp_path_factory.mktemp("tiny"), nz=1, nomega=16, nx=12, seed=3)
 
 
+@pytest.fixture(scope="module")
+def tiny_layouts(tmp_path_factory):
+    """The per-line (compressed CBF) and per-slice (HDF5) layouts of ``inputs.frames`` on a scan of
+    2 x 4 x 3 frames (quick tests of the layouts and of the run's identity)."""
+    from xrdct_dask.simulate import simulate_scan
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "per_line": simulate_scan(root / "per_line", nz=2, nomega=4, nx=3,
+                                  frames="data/slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf.bz2"),
+        "per_slice_h5": simulate_scan(root / "per_slice_h5", nz=2, nomega=4, nx=3, fmt="h5",
+                                      frames="data/slice_{z:04d}.h5::/entry/data/data"),
+    }
+
+
+class Listings:
+    """Records the folders listed in this process (os.listdir / os.scandir: Path.iterdir, glob)."""
+
+    def __init__(self, monkeypatch):
+        self.paths: list[str] = []
+        listdir, scandir = os.listdir, os.scandir
+
+        def rec_listdir(p="."):
+            self.paths.append(os.path.abspath(os.fspath(p)))
+            return listdir(p)
+
+        def rec_scandir(p="."):
+            self.paths.append(os.path.abspath(os.fspath(p)) if not isinstance(p, int) else str(p))
+            return scandir(p)
+        monkeypatch.setattr(os, "listdir", rec_listdir)
+        monkeypatch.setattr(os, "scandir", rec_scandir)
+
+
 NI_D_A = [2.0346, 1.7620, 1.2459, 1.0625]  # fcc Ni a = 3.524 A: (111), (200), (220), (311)
 PHANTOM_NX, PHANTOM_NQ = 40, 300
 
