@@ -111,6 +111,29 @@ class Listings:
         monkeypatch.setattr(os, "scandir", rec_scandir)
 
 
+LIVE_OVERRIDES = {"store.omega_chunk": 4}  # blocks of 4 angles x 10 steps: 1.6 s of acquisition each
+
+
+@pytest.fixture(scope="module")
+def acq(tmp_path_factory):
+    """The live tests' acquisition (2 slices x 8 angles x 10 steps, seed 5): written again frame by
+    frame by tests/test_live.py, submitted as a job by tests/test_service.py."""
+    from xrdct_dask.simulate import simulate_scan
+
+    return simulate_scan(tmp_path_factory.mktemp("acq") / "scan", nz=2, nomega=8, nx=10, seed=5)
+
+
+@pytest.fixture(scope="module")
+def batch(acq, cluster, tmp_path_factory):
+    """The batch run of the whole scan, once written: the reference store."""
+    from xrdct_dask import run
+    from xrdct_dask.config import load_workflow
+
+    out = tmp_path_factory.mktemp("batch") / "run.zarr"
+    wf = load_workflow(acq.workflow, LIVE_OVERRIDES | {"store.path": str(out)})
+    return run(wf, cluster=cluster, progress=False, summary=False)
+
+
 NI_D_A = [2.0346, 1.7620, 1.2459, 1.0625]  # fcc Ni a = 3.524 A: (111), (200), (220), (311)
 PHANTOM_NX, PHANTOM_NQ = 40, 300
 
