@@ -259,7 +259,8 @@ def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(one_slice_scan, t
         restr = _restrictions(client)
     integ = {k: v for k, v in restr.items() if k[0] == "integrate"}
     assert integ and all(v == ({"GPU": 0.5} if gpu_workers else None) for v in integ.values())
-    assert all(v is None for k, v in restr.items() if isinstance(k, tuple) and k[0] in ("center", "recon", "pdf-scale", "pdf"))
+    assert all(v is None for k, v in restr.items()
+               if isinstance(k, tuple) and k[0] in ("center", "recon", "pdf-scale", "pdf"))
     # a dask-jobqueue GPU cluster is read from its job's worker command; a CPU engine never needs the GPU
     assert stage_resources(None, wf, make_fake_gpu_cluster())["integrate"] == {"resources": {"GPU": 0.5}}
     wf_cpu = load_workflow(one_slice_scan.workflow, {"integrate.engine": "numpy"})

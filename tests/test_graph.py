@@ -30,7 +30,7 @@ def toy_task(z: int, ctx, *deps) -> dict:
 
 
 def add_toy_tasks(b, st) -> None:
-    for i in b.pending(st.name, 1):
+    for _ in b.pending(st.name, 1):
         b.add(st.name, 0, toy_task, b.z, b.ctx, *b.deps(st))
 
 

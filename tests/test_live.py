@@ -41,7 +41,8 @@ def frames_of(scan) -> list[Path]:
     return [scan.frame_path(i) for i in range(scan.nz * scan.nomega * scan.nx)]
 
 
-def stream(scan, folder: Path, rate_hz: float = RATE_HZ, in_place: bool = False, start: int = 0, stop: int | None = None):
+def stream(scan, folder: Path, rate_hz: float = RATE_HZ, in_place: bool = False, start: int = 0,
+           stop: int | None = None):
     """Start a thread writing frames ``start:stop`` of ``scan`` into ``folder/frames`` at ``rate_hz``;
     returns ``(thread, out)`` with ``out["whole"]``: when each frame was whole under its name."""
     from xrdct_dask.simulate import stream_frames
@@ -238,9 +239,9 @@ def test_a_frame_the_detector_skipped_does_not_hold_its_slice_to_the_idle_timeou
 @pytest.mark.slow  # two batch runs (~11 s)
 def test_batch_rerun_reads_frames_that_were_partial_or_missing_when_first_run(acq, batch, cluster, tmp_path):
     """A batch `run` during the acquisition: frame 120 half written, frame 121 an empty file just
-    created, frames 122- not there (all in slice 1, angles 4-7: one block).  They are flagged (truncated, corrupt header, missing); once
-    the acquisition is whole a rerun of the same command reads them again (not "all tasks already
-    done") and the store equals the batch run's."""
+    created, frames 122- not there (all in slice 1, angles 4-7: one block).  They are flagged
+    (truncated, corrupt header, missing); once the acquisition is whole a rerun of the same command
+    reads them again (not "all tasks already done") and the store equals the batch run's."""
     from xrdct_dask import run
 
     folder = empty_copy(acq, tmp_path / "during")

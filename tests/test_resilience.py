@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from xrdct_dask.store.viewcopy import layout_of, view_parts
 import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,6 +30,7 @@ from xrdct_dask.io import CorruptFrameError, SizeMismatchError, TruncatedFrameEr
 from xrdct_dask.io.cbf import parse_cbf
 from xrdct_dask.io.status import FrameStatus, usable
 from xrdct_dask.runs.execute import RunStopped, run
+from xrdct_dask.store.viewcopy import layout_of, view_parts
 from xrdct_dask.testing import corrupt
 
 REPO = Path(__file__).resolve().parents[1]
