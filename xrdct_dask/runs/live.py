@@ -182,6 +182,13 @@ def _frames_folder(wf: Workflow) -> Path:
     return Path(*fixed[:-1]) if len(fixed) == len(parts) else Path(*fixed)
 
 
+def _wait_on(client, futs: list, **kw) -> None:
+    """``distributed.wait(futs, **kw)`` through ``client``: ``wait`` asks for the process's default
+    client, and a run's client is not the default one (it said "No clients found")."""
+    with client.as_current():
+        dask_wait(futs, **kw)
+
+
 def _warm_slice_stages(client, wf: Workflow, timeout_s: float = 180.0) -> None:
     """Every worker connected now runs the slice stages once on a synthetic slice
     (:func:`~xrdct_dask.pipeline.tasks_recon.warm_slice_stages`) before the first frame comes, so that the
@@ -194,7 +201,7 @@ def _warm_slice_stages(client, wf: Workflow, timeout_s: float = 180.0) -> None:
             for w in workers}
     try:
         if futs:
-            dask_wait(list(futs), timeout=timeout_s)
+            _wait_on(client, list(futs), timeout=timeout_s)
     except TimeoutError:
         pass
     for fut, w in futs.items():
@@ -364,7 +371,7 @@ class _Following:
 
         if self.inflight:
             try:
-                dask_wait(list(self.inflight), timeout=poll_s, return_when="FIRST_COMPLETED")
+                _wait_on(self.client, list(self.inflight), timeout=poll_s, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 pass
             return [f for f in self.inflight if f.done()]
