@@ -1,7 +1,7 @@
 """Shared fixtures.  The simulated scan (made once per session, in tmp dirs), the small pyFAI
 integrator, ``rng`` and the real CBF frame come from the plugin the conformance classes use
-(:mod:`xrdct_dask.testing.fixtures`); here: where the real detector files are, the plan cache and
-the local cluster of a module's tests."""
+(:mod:`xrdct_dask.testing.fixtures`); here: where the real detector files are, the plan cache,
+the local cluster of a module's tests, and the scans and stores that tests of two files share."""
 
 from __future__ import annotations
 
@@ -67,6 +67,88 @@ def cluster():
 
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def one_slice_scan(tmp_path_factory):
+    """A simulated scan of 1 slice x 16 angles x 12 steps (seed 3), made once per module: the
+    graph's and the cluster's tests."""
+    from xrdct_dask.simulate import simulate_scan
+
+    return simulate_scan(tmp_path_factory.mktemp("tiny"), nz=1, nomega=16, nx=12, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_layouts(tmp_path_factory):
+    """The per-line (compressed CBF) and per-slice (HDF5) layouts of ``inputs.frames`` on a scan of
+    2 x 4 x 3 frames (quick tests of the layouts and of the run's identity)."""
+    from xrdct_dask.simulate import simulate_scan
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "per_line": simulate_scan(root / "per_line", nz=2, nomega=4, nx=3,
+                                  frames="data/slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf.bz2"),
+        "per_slice_h5": simulate_scan(root / "per_slice_h5", nz=2, nomega=4, nx=3, fmt="h5",
+                                      frames="data/slice_{z:04d}.h5::/entry/data/data"),
+    }
+
+
+class Listings:
+    """Records the folders listed in this process (os.listdir / os.scandir: Path.iterdir, glob)."""
+
+    def __init__(self, monkeypatch):
+        self.paths: list[str] = []
+        listdir, scandir = os.listdir, os.scandir
+
+        def rec_listdir(p="."):
+            self.paths.append(os.path.abspath(os.fspath(p)))
+            return listdir(p)
+
+        def rec_scandir(p="."):
+            self.paths.append(os.path.abspath(os.fspath(p)) if not isinstance(p, int) else str(p))
+            return scandir(p)
+        monkeypatch.setattr(os, "listdir", rec_listdir)
+        monkeypatch.setattr(os, "scandir", rec_scandir)
+
+
+LIVE_OVERRIDES = {"store.omega_chunk": 4}  # blocks of 4 angles x 10 steps: 1.6 s of acquisition each
+
+
+@pytest.fixture(scope="module")
+def acq(tmp_path_factory):
+    """The live tests' acquisition (2 slices x 8 angles x 10 steps, seed 5): written again frame by
+    frame by tests/test_live.py, submitted as a job by tests/test_service.py."""
+    from xrdct_dask.simulate import simulate_scan
+
+    return simulate_scan(tmp_path_factory.mktemp("acq") / "scan", nz=2, nomega=8, nx=10, seed=5)
+
+
+@pytest.fixture(scope="module")
+def batch(acq, cluster, tmp_path_factory):
+    """The batch run of the whole scan, once written: the reference store."""
+    from xrdct_dask import run
+    from xrdct_dask.config import load_workflow
+
+    out = tmp_path_factory.mktemp("batch") / "run.zarr"
+    wf = load_workflow(acq.workflow, LIVE_OVERRIDES | {"store.path": str(out)})
+    return run(wf, cluster=cluster, progress=False, summary=False)
+
+
+NI_D_A = [2.0346, 1.7620, 1.2459, 1.0625]  # fcc Ni a = 3.524 A: (111), (200), (220), (311)
+PHANTOM_NX, PHANTOM_NQ = 40, 300
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory):
+    """Two slices of 40 x 40 voxels, 300 q, G to 10 A, one frame flagged; the copy at 3 x 3 blocks.
+    Written straight in the run's layout from the simulator's ground truth; read only (the view
+    copy's tests in test_store.py, the viewer's in test_view.py), so made once per session."""
+    from xrdct_dask.testing.viewstores import write_phantom_store
+
+    path = tmp_path_factory.mktemp("view") / "run.zarr"
+    write_phantom_store(path, nz=2, nx=PHANTOM_NX, nomega=30, nq=PHANTOM_NQ, flagged=[(0, 3, 4)], view_pixels=16,
+                        phases={"Ni": NI_D_A}, noise=0.01)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,8 @@ def test_bad_transmission_input_is_a_one_line_error_before_the_store(sim_scan, t
     n = sim_scan.nz * sim_scan.nomega * sim_scan.nx
     good = np.full(n, 8e4)
     lines = lambda v: "\n".join(f"{x:.1f}" for x in v) + "\n"  # noqa: E731
-    assert _bad_transmission(tmp_path, sim_scan, None) == f"inputs.transmission: {tmp_path / 'transmission.txt'} not found"
+    assert (_bad_transmission(tmp_path, sim_scan, None)
+            == f"inputs.transmission: {tmp_path / 'transmission.txt'} not found")
     assert _bad_transmission(tmp_path, sim_scan, lines(good[:-1])).endswith(
         f"{n - 1} values for a scan of {n} frames (one reading per frame, in acquisition order)")
     v = good.copy()
@@ -55,7 +56,8 @@ def test_bad_transmission_input_is_a_one_line_error_before_the_store(sim_scan, t
                         (np.r_[good[:-1], np.nan], "1 values are zero, negative or not a number (the first is "
                                                    f"value {n})")):
         (tmp_path / "t.txt").write_text(lines(values))
-        with pytest.raises(WorkflowError, match=r"^inputs.transmission: .*" + end.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(WorkflowError,
+                           match=r"^inputs.transmission: .*" + end.replace("(", r"\(").replace(")", r"\)")):
             read_transmission(wf, tmp_path / "column.f8", n)
     with pytest.raises(WorkflowError, match="sinogram.absorption: transmission needs inputs.transmission"):
         load_workflow(sim_scan.workflow, {"sinogram.absorption": "transmission"})

@@ -22,7 +22,8 @@ def make_store(path, rng, sectors: bool):
     intensity and sigma made from them as the integrator makes them."""
     layout = Layout(omega_chunk=3, q_chunk=8, q_sub=8, y_chunk=NX, r_chunk=1, budget=2**30)
     chi = np.linspace(-135, 135, NCHI) if sectors else None
-    attrs = {"workflow": {"integrate": {"npt_azim": NCHI if sectors else 1}}, "workflow_yaml": "integrate:\n  npt_azim: 4\n",
+    attrs = {"workflow": {"integrate": {"npt_azim": NCHI if sectors else 1}},
+             "workflow_yaml": "integrate:\n  npt_azim: 4\n",
              "engine": "numpy", "wavelength_angstrom": 0.1378, "created": "2026-01-02T03:04:05",
              "input_contents": {"inputs.poni": {"path": "/data/geometry.poni", "sha256": "ab" * 32}},
              "versions": {"pyFAI": "2026.9.0"}, "poni": {"dist": 0.2}}
@@ -61,7 +62,8 @@ def test_azint_entry_has_the_accumulators_and_the_process(tmp_path, rng, sectors
         np.testing.assert_array_equal(nx.errors[...], root["reduced/sigma"][...])
     with h5py.File(out, "r") as f:
         e = f["azint"]
-        assert e.attrs["NX_class"] == "NXentry" and e["definition"][()].decode() == ("NXazint2d" if sectors else "NXazint1d")
+        assert e.attrs["NX_class"] == "NXentry" and (
+            e["definition"][()].decode() == ("NXazint2d" if sectors else "NXazint1d"))
         d = e["data"]
         for n in store.SUM_ARRAYS:
             np.testing.assert_array_equal(d[n][...], root[f"reduced/{n}"][...])

@@ -81,7 +81,8 @@ def test_plan_predicts_each_tasks_memory_within_25_percent(tmp_path, nomega, nx,
                 "pdf": traced_peak(pdf_rows, 0, ys, ctx, *shares)}
     for name, peak in measured.items():
         predicted = plan.stages[name].bytes_per_task
-        assert abs(predicted - peak) <= 0.25 * peak, f"{name}: plan {predicted / 1e6:.1f} MB, traced {peak / 1e6:.1f} MB"
+        assert abs(predicted - peak) <= 0.25 * peak, (
+            f"{name}: plan {predicted / 1e6:.1f} MB, traced {peak / 1e6:.1f} MB")
         assert peak <= 1.1 * lay.budget, f"{name} holds {peak / 1e6:.1f} MB, over its budget {lay.budget / 1e6:.1f} MB"
 
 

@@ -50,11 +50,11 @@ def test_no_command_catches_the_packages_errors_itself():
 
 
 @pytest.mark.parametrize("args, says", [
-    (["center", "{tmp}/nothing.zarr"], "is not a run store of xrdct-dask"),               # CenterPictureError
-    (["export", "{tmp}/nothing.zarr", "{tmp}/out.h5"], "nothing.zarr"),                    # ExportError
-    (["plan", "{tmp}/missing.yaml"], "missing.yaml"),                                       # FileNotFoundError / WorkflowError
-    (["cluster", "script", "--profile", "no-such-profile"], "no-such-profile"),            # ProfileError
-    (["run", "{tmp}/missing.yaml", "--set", "scan.nz=2"], "missing.yaml"),                 # WorkflowError
+    (["center", "{tmp}/nothing.zarr"], "is not a run store of xrdct-dask"),      # CenterPictureError
+    (["export", "{tmp}/nothing.zarr", "{tmp}/out.h5"], "nothing.zarr"),          # ExportError
+    (["plan", "{tmp}/missing.yaml"], "missing.yaml"),                            # FileNotFoundError / WorkflowError
+    (["cluster", "script", "--profile", "no-such-profile"], "no-such-profile"),  # ProfileError
+    (["run", "{tmp}/missing.yaml", "--set", "scan.nz=2"], "missing.yaml"),       # WorkflowError
 ])
 def test_a_users_error_is_one_line_and_exit_2_from_any_command(tmp_path, args, says):
     r = CliRunner().invoke(cli.app, [a.format(tmp=tmp_path) for a in args])

@@ -209,13 +209,13 @@ def test_cli_cluster_script_and_list():
     assert r.exit_code == 0 and "slurm-gpu" in r.output and "invalid" not in r.output
 
 
-def test_cli_run_with_a_broken_profile_fails_before_anything_is_written(tiny_scan, tmp_path):
+def test_cli_run_with_a_broken_profile_fails_before_anything_is_written(one_slice_scan, tmp_path):
     from typer.testing import CliRunner
 
     from xrdct_dask.cli import app
 
     store = tmp_path / "never.zarr"
-    base = ["run", str(tiny_scan.workflow), "--set", f"store.path={store}"]
+    base = ["run", str(one_slice_scan.workflow), "--set", f"store.path={store}"]
     r = CliRunner().invoke(app, base + ["--cluster", "slurm-gpu", "--cluster-set", "gres=gpu:1"])
     assert r.exit_code == 2 and "override.gres: unknown key" in r.output
     r = CliRunner().invoke(app, base + ["--cluster", "no-such-profile"])
@@ -228,13 +228,6 @@ def test_cli_run_with_a_broken_profile_fails_before_anything_is_written(tiny_sca
 # ------------------------------------------------------------------------------------------
 # GPU stages ask for the GPU only where the cluster offers it
 # ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_scan(tmp_path_factory):
-    from xrdct_dask.simulate import simulate_scan
-
-    return simulate_scan(tmp_path_factory.mktemp("tiny"), nz=1, nomega=16, nx=12, seed=3)
-
-
 def _restrictions(client) -> dict:
     return client.run_on_scheduler(lambda dask_scheduler: {
         ts.key: ts.resource_restrictions for ts in dask_scheduler.tasks.values()})
@@ -242,7 +235,7 @@ def _restrictions(client) -> dict:
 
 @pytest.mark.slow  # a whole run or a subprocess: >= 15 s (setup + call) on a loaded 2-core machine
 @pytest.mark.parametrize("gpu_workers", [True, False])
-def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_path, gpu_workers):
+def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(one_slice_scan, tmp_path, gpu_workers):
     from distributed import Client, LocalCluster
 
     from xrdct_dask import load_workflow
@@ -252,7 +245,7 @@ def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_pa
     from xrdct_dask.runs.inputs import check_inputs
     from xrdct_dask.runs.open import prepare_store
 
-    wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
+    wf = load_workflow(one_slice_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
     ai, _ = check_inputs(wf)
     ctx = prepare_store(wf, ai)
     kw = {"resources": {"GPU": 1}} if gpu_workers else {}
@@ -266,10 +259,11 @@ def test_gpu_stages_ask_for_the_gpu_resource_only_when_offered(tiny_scan, tmp_pa
         restr = _restrictions(client)
     integ = {k: v for k, v in restr.items() if k[0] == "integrate"}
     assert integ and all(v == ({"GPU": 0.5} if gpu_workers else None) for v in integ.values())
-    assert all(v is None for k, v in restr.items() if isinstance(k, tuple) and k[0] in ("center", "recon", "pdf-scale", "pdf"))
+    assert all(v is None for k, v in restr.items()
+               if isinstance(k, tuple) and k[0] in ("center", "recon", "pdf-scale", "pdf"))
     # a dask-jobqueue GPU cluster is read from its job's worker command; a CPU engine never needs the GPU
     assert stage_resources(None, wf, make_fake_gpu_cluster())["integrate"] == {"resources": {"GPU": 0.5}}
-    wf_cpu = load_workflow(tiny_scan.workflow, {"integrate.engine": "numpy"})
+    wf_cpu = load_workflow(one_slice_scan.workflow, {"integrate.engine": "numpy"})
     assert stage_resources(None, wf_cpu, make_fake_gpu_cluster())["integrate"] == {}
 
 
@@ -282,20 +276,6 @@ def make_fake_gpu_cluster():
         _dummy_job = _Job()
 
     return _Cluster()
-
-
-def test_task_keys_name_the_stages(tiny_scan, tmp_path):
-    from xrdct_dask import load_workflow
-    from xrdct_dask.pipeline.graph import build_graph
-    from xrdct_dask.runs.inputs import check_inputs
-    from xrdct_dask.runs.open import prepare_store
-
-    wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
-    ai, _ = check_inputs(wf)
-    graph = build_graph(prepare_store(wf, ai))
-    assert list(graph) == ["integrate", "center", "recon", "pdf-scale", "pdf", "view"]
-    for stage, ds in graph.items():
-        assert ds and all(d.key[0] == stage for d in ds), stage
 
 
 def test_engine_report_says_which_engine_ran_where():
@@ -349,7 +329,7 @@ def test_sbatch_accepts_the_memory_directives_of_every_slurm_profile(local_slurm
 
 @pytest.mark.slurm
 @pytest.mark.slow  # two whole runs, one through SLURM jobs
-def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan, tmp_path):
+def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, one_slice_scan, tmp_path):
     """The same workflow on LocalCluster and on SLURM jobs (`xrdct run --cluster local-slurm`): identical stores.
 
     Same code, same inputs, single-threaded BLAS in every dask worker: every array must match
@@ -360,7 +340,7 @@ def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan
     from xrdct_dask import load_workflow, run
 
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as lc:
-        local = run(load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "local.zarr")}), cluster=lc,
+        local = run(load_workflow(one_slice_scan.workflow, {"store.path": str(tmp_path / "local.zarr")}), cluster=lc,
                     progress=False, summary=False)
     # through the command line, as a user would: profile by name, adaptive up to 2 jobs
     from typer.testing import CliRunner
@@ -368,7 +348,7 @@ def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan
     from xrdct_dask.cli import app
 
     logs, slurm = tmp_path / "slurm-logs", tmp_path / "slurm.zarr"
-    r = CliRunner().invoke(app, ["run", str(tiny_scan.workflow), "--set", f"store.path={slurm}", "--cluster",
+    r = CliRunner().invoke(app, ["run", str(one_slice_scan.workflow), "--set", f"store.path={slurm}", "--cluster",
                                  "local-slurm", "--jobs", "2", "--adaptive", "--cluster-set", f"log_directory={logs}"])
     assert r.exit_code == 0, r.output
     assert "engine numpy: 1 integrate tasks on 1 worker(s) (127.0.0.1)" in r.output
@@ -386,7 +366,7 @@ def test_workflow_through_slurm_jobs_equals_the_local_run(local_slurm, tiny_scan
 # ------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.slow  # a whole run on a GPU worker
-def test_gpu_worker_runs_decode_integrate_with_the_cupy_engine(tiny_scan, tmp_path):
+def test_gpu_worker_runs_decode_integrate_with_the_cupy_engine(one_slice_scan, tmp_path):
     cp = pytest.importorskip("cupy")
     try:
         if cp.cuda.runtime.getDeviceCount() < 1:
@@ -399,7 +379,7 @@ def test_gpu_worker_runs_decode_integrate_with_the_cupy_engine(tiny_scan, tmp_pa
 
     from xrdct_dask import load_workflow, run
 
-    wf = load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "gpu.zarr"), "integrate.engine": "auto"})
+    wf = load_workflow(one_slice_scan.workflow, {"store.path": str(tmp_path / "gpu.zarr"), "integrate.engine": "auto"})
     with LocalCluster(n_workers=1, threads_per_worker=4, resources={"GPU": 1}, dashboard_address=":0",
                       host="127.0.0.1") as lc:
         path = run(wf, cluster=lc, summary=False)
@@ -410,7 +390,7 @@ def test_gpu_worker_runs_decode_integrate_with_the_cupy_engine(tiny_scan, tmp_pa
 
 @pytest.mark.slurm
 @pytest.mark.slow  # two whole runs, one through SLURM jobs, one job cancelled along the way
-def test_a_slurm_job_cancelled_mid_run_the_run_completes_identical(local_slurm, tiny_scan, tmp_path):
+def test_a_slurm_job_cancelled_mid_run_the_run_completes_identical(local_slurm, one_slice_scan, tmp_path):
     """`xrdct run --cluster local-slurm --jobs 2`, one of the two worker jobs cancelled (scancel) once
     tasks run: the other job finishes the run, the store equals the local run's exactly, and the
     run's messages say a worker was lost and how many tasks ran again."""
@@ -424,7 +404,7 @@ def test_a_slurm_job_cancelled_mid_run_the_run_completes_identical(local_slurm, 
     from xrdct_dask.cli import app
 
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1") as lc:
-        local = run(load_workflow(tiny_scan.workflow, {"store.path": str(tmp_path / "local.zarr"),
+        local = run(load_workflow(one_slice_scan.workflow, {"store.path": str(tmp_path / "local.zarr"),
                                                        "store.omega_chunk": 1}), cluster=lc,
                     progress=False, summary=False)
     slurm = tmp_path / "slurm.zarr"
@@ -445,7 +425,7 @@ def test_a_slurm_job_cancelled_mid_run_the_run_completes_identical(local_slurm, 
     t = threading.Thread(target=cancel_one, daemon=True)
     t.start()
     try:
-        r = CliRunner().invoke(app, ["run", str(tiny_scan.workflow), "--set", f"store.path={slurm}", "--set",
+        r = CliRunner().invoke(app, ["run", str(one_slice_scan.workflow), "--set", f"store.path={slurm}", "--set",
                                      "store.omega_chunk=1", "--cluster", "local-slurm", "--jobs", "2",
                                      "--cluster-set", f"log_directory={tmp_path / 'logs'}"])
     finally:
@@ -457,7 +437,7 @@ def test_a_slurm_job_cancelled_mid_run_the_run_completes_identical(local_slurm, 
     assert_same_stores(local, slurm)
 
 
-def test_a_runs_client_never_changes_the_callers_dask_scheduler(tiny_scan):
+def test_a_runs_client_never_changes_the_callers_dask_scheduler(one_slice_scan):
     """The run computes through its own client.  It must not become the process's default: dask
     restores ``scheduler`` only when the last default client closes, so a run's client closed
     before a notebook's client (opened after it) left ``scheduler: dask.distributed`` behind, and
@@ -468,7 +448,7 @@ def test_a_runs_client_never_changes_the_callers_dask_scheduler(tiny_scan):
     from xrdct_dask import load_workflow
     from xrdct_dask.cluster.local import client_for
 
-    wf = load_workflow(tiny_scan.workflow)
+    wf = load_workflow(one_slice_scan.workflow)
     before = dask.config.get("scheduler", None)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc:
         runs, started = client_for(wf, None, lc)

@@ -80,8 +80,9 @@ def test_compiled_locate_agrees_with_locate_payload(sim_scan, shared_data_dir):
     if real_frame_path is not None:
         images.append(real_frame_path.read_bytes())
     rng = np.random.default_rng(11)
-    edits = [b"\r\n", b"\n", b" ", b";", b'"', b"0", b"9", b":", b"=", b"X", b"x", b"-", b"\x00", b"\t", b"\x0c\x1a\x04\xd5",
-             b"--CIF-BINARY-FORMAT-SECTION--", b"--CIF-BINARY-FORMAT-SECTION----", b"BYTE_OFFSET", b"32-bit"]
+    edits = [b"\r\n", b"\n", b" ", b";", b'"', b"0", b"9", b":", b"=", b"X", b"x", b"-", b"\x00", b"\t",
+             b"\x0c\x1a\x04\xd5", b"--CIF-BINARY-FORMAT-SECTION--", b"--CIF-BINARY-FORMAT-SECTION----",
+             b"BYTE_OFFSET", b"32-bit"]
     cases = []
     for raw in images:
         cases.append(raw)

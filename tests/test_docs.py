@@ -140,8 +140,8 @@ def test_store_page_lists_every_array_of_both_pdf_orders():
     stage table's markers and every optional array switched on), each with the units create_store
     gives it."""
     from xrdct_dask.pipeline.stages import Sizes, marker_specs
-    from xrdct_dask.store.budget import Layout
     from xrdct_dask.store import VARIABLE_ATTRS, array_specs
+    from xrdct_dask.store.budget import Layout
 
     layout = Layout(omega_chunk=2, q_chunk=2, q_sub=2, y_chunk=2, r_chunk=2, budget=2**26)
     paths = set()

@@ -205,7 +205,8 @@ def test_export_pdfgetx3_files(pdf_then_recon_run, tmp_path):
         export_pdf_files(path, tmp_path / "x", voxels=[(z, 999, x)])
     res = CliRunner().invoke(app, ["export", str(path)])
     assert res.exit_code == 2 and "nothing to do: give OUT.h5 (NeXus) and/or --pdf-files OUTDIR" in res.output
-    res = CliRunner().invoke(app, ["export", str(path), "--pdf-files", str(tmp_path / "cli"), "--voxels", f"{z},{y},{x}"])
+    res = CliRunner().invoke(app, ["export", str(path), "--pdf-files", str(tmp_path / "cli"),
+                                   "--voxels", f"{z},{y},{x}"])
     assert res.exit_code == 0 and res.output.count(".gr") == 1
 
 

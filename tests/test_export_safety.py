@@ -81,9 +81,9 @@ def test_a_full_tmpfs_gives_one_line_and_leaves_nothing(run_store, tmp_path):
 
 
 def test_two_exports_of_one_file_the_second_is_refused_and_the_first_completes(run_store, tmp_path, monkeypatch):
-    """While an export writes OUT.h5 (held here until the second is answered), a second export of the same file is refused in
-    one line and removes nothing; the first completes and its file reads back.  Before, both failed
-    with tracebacks and the loser deleted the winner's partial file."""
+    """While an export writes OUT.h5 (held here until the second is answered), a second export of the
+    same file is refused in one line and removes nothing; the first completes and its file reads
+    back.  Before, both failed with tracebacks and the loser deleted the winner's partial file."""
     import h5py
 
     import xrdct_dask.export.nexus as nexus

@@ -210,8 +210,8 @@ def _pack(bufs, like):
     offs = np.zeros(len(bufs) + 1, np.int64)
     np.cumsum([b.size for b in bufs], out=offs[1:])
     return hdf5.RawChunks(np.concatenate(bufs), offs, np.full(len(bufs), like.filter_id[0], np.int32),
-                          np.zeros(len(bufs), np.int8), like.shape, like.dtype, [f"trial {k}" for k in range(len(bufs))],
-                          {})
+                          np.zeros(len(bufs), np.int8), like.shape, like.dtype,
+                          [f"trial {k}" for k in range(len(bufs))], {})
 
 
 def _mutants(good: np.ndarray, n: int, seed: int) -> list[np.ndarray]:

@@ -9,8 +9,6 @@ computed from the template and the scan's shape, so nothing on the client lists 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import zarr
@@ -19,6 +17,8 @@ from xrdct_dask.config import WorkflowError, load_workflow, workflow_from_dict
 from xrdct_dask.io.layout import FrameTemplate, ScanShape, check_template
 from xrdct_dask.io.scan import acquisition_order, interlaced_lines
 from xrdct_dask.pipeline.frames import frame_source
+
+from .conftest import Listings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,38 +108,6 @@ def layouts(tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The two layouts on a scan of 2 x 4 x 3 frames (quick tests)."""
-    from xrdct_dask.simulate import simulate_scan
-
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "per_line": simulate_scan(root / "per_line", nz=2, nomega=4, nx=3,
-                                  frames="data/slice_{z:04d}/line_{line:05d}/frame_{index:06d}.cbf.bz2"),
-        "per_slice_h5": simulate_scan(root / "per_slice_h5", nz=2, nomega=4, nx=3, fmt="h5",
-                                      frames="data/slice_{z:04d}.h5::/entry/data/data"),
-    }
-
-
-class _Listings:
-    """Records the folders listed in this process (os.listdir / os.scandir: Path.iterdir, glob)."""
-
-    def __init__(self, monkeypatch):
-        self.paths: list[str] = []
-        listdir, scandir = os.listdir, os.scandir
-
-        def rec_listdir(p="."):
-            self.paths.append(os.path.abspath(os.fspath(p)))
-            return listdir(p)
-
-        def rec_scandir(p="."):
-            self.paths.append(os.path.abspath(os.fspath(p)) if not isinstance(p, int) else str(p))
-            return scandir(p)
-        monkeypatch.setattr(os, "listdir", rec_listdir)
-        monkeypatch.setattr(os, "scandir", rec_scandir)
-
-
 @pytest.mark.slow
 def test_per_slice_and_per_line_layouts_give_the_flat_layouts_store(layouts, cluster, tmp_path, monkeypatch):
     from xrdct_dask.runs.execute import run
@@ -149,7 +117,7 @@ def test_per_slice_and_per_line_layouts_give_the_flat_layouts_store(layouts, clu
     assert sorted(p.name for p in (h5.root / "data").iterdir()) == ["slice_0000.h5", "slice_0001.h5"]
     stores = {}
     for name, scan in layouts.items():
-        listed = _Listings(monkeypatch)
+        listed = Listings(monkeypatch)
         stores[name] = run(load_workflow(scan.workflow, {"store.path": str(tmp_path / f"{name}.zarr")}),
                            cluster=cluster, progress=False, summary=False)
         frames_root = str(scan.root / ("frames" if name == "flat" else "data"))
@@ -164,12 +132,12 @@ def test_per_slice_and_per_line_layouts_give_the_flat_layouts_store(layouts, clu
             assert np.array_equal(a, b, equal_nan=True), f"{name}: {arr}"
 
 
-def test_a_missing_slice_file_flags_its_frames_missing(tiny):
+def test_a_missing_slice_file_flags_its_frames_missing(tiny_layouts):
     """An HDF5 file per slice that is absent: its frames are MISSING, the others read (never raises)."""
     from xrdct_dask.io.source import read_batch
     from xrdct_dask.io.status import FrameStatus
 
-    h5 = tiny["per_slice_h5"]
+    h5 = tiny_layouts["per_slice_h5"]
     wf = load_workflow(h5.workflow)
     src = frame_source(wf)
     per_slice = 4 * 3
@@ -180,21 +148,3 @@ def test_a_missing_slice_file_flags_its_frames_missing(tiny):
     assert (frames[3:] == 0).all()
 
 
-def test_frame_sample_names_files_of_the_layout_without_listing(tiny, monkeypatch):
-    """The run's identity samples at most 256 frame files, computed from the template: for an HDF5
-    file per slice, each slice's file once."""
-    from xrdct_dask.runs.inputs import FRAMES_SAMPLED, frame_sample, input_files
-
-    listed = _Listings(monkeypatch)
-    layouts = tiny
-    line = load_workflow(layouts["per_line"].workflow, {"scan.nz": 1000, "scan.nomega": 1571, "scan.nx": 1000})
-    sample = frame_sample(line)
-    assert len(sample["files"]) == FRAMES_SAMPLED
-    assert sample["files"][-1].endswith("data/slice_0999/line_01570/frame_000999.cbf.bz2")
-    h5 = load_workflow(layouts["per_slice_h5"].workflow)
-    sample = frame_sample(h5)
-    assert [os.path.basename(f) for f in sample["files"]] == ["slice_0000.h5", "slice_0001.h5"]
-    assert all(b > 0 for b in sample["bytes"])
-    assert input_files(h5)["inputs.frames (root)"] == layouts["per_slice_h5"].root / "data"
-    roots = [str(layouts[k].root) for k in ("per_line", "per_slice_h5")]
-    assert not [p for p in listed.paths if p.startswith(tuple(roots))]

@@ -1,5 +1,6 @@
-"""Live mode (issue 17): `xrdct watch` follows frames while they are written, the job service,
-`xrdct simulate --rate`, and batch reruns of a scan run during its acquisition.
+"""Live mode (issue 17): `xrdct watch` follows frames while they are written, `xrdct simulate
+--rate`, and batch reruns of a scan run during its acquisition (the job service's run and watch
+jobs: tests/test_service.py).
 
 The acquisition is the project's simulated scan (2 slices x 8 angles x 10 steps, the 8x8-binned
 Pilatus) written again, frame by frame, at a steady rate by a thread
@@ -11,12 +12,9 @@ live store must equal the batch store's exactly (NaN where NaN).
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -28,27 +26,9 @@ from xrdct_dask.io.cbf import frame_complete
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.testing.stores import assert_same_stores
 
+from .conftest import LIVE_OVERRIDES as OVERRIDES
+
 RATE_HZ = 25.0  # frames/s: ~6 s for the 160 frames; a 2-core CI machine integrates several times that
-OVERRIDES = {"store.omega_chunk": 4}  # blocks of 4 angles x 10 steps: 1.6 s of acquisition each
-
-
-@pytest.fixture(scope="module")
-def acq(tmp_path_factory):
-    from xrdct_dask.simulate import simulate_scan
-
-    return simulate_scan(tmp_path_factory.mktemp("acq") / "scan", nz=2, nomega=8, nx=10, seed=5)
-
-
-@pytest.fixture(scope="module")
-def batch(acq, cluster, tmp_path_factory):
-    """The batch run of the whole scan, once written: the reference store."""
-    from xrdct_dask import run
-
-    out = tmp_path_factory.mktemp("batch") / "run.zarr"
-    wf = load_workflow(acq.workflow, OVERRIDES | {"store.path": str(out)})
-    return run(wf, cluster=cluster, progress=False, summary=False)
-
-
 def empty_copy(scan, folder: Path) -> Path:
     """The scan's folder (PONI, mask, monitor, scan file, workflow) without its frames: where an
     acquisition is written again."""
@@ -61,7 +41,8 @@ def frames_of(scan) -> list[Path]:
     return [scan.frame_path(i) for i in range(scan.nz * scan.nomega * scan.nx)]
 
 
-def stream(scan, folder: Path, rate_hz: float = RATE_HZ, in_place: bool = False, start: int = 0, stop: int | None = None):
+def stream(scan, folder: Path, rate_hz: float = RATE_HZ, in_place: bool = False, start: int = 0,
+           stop: int | None = None):
     """Start a thread writing frames ``start:stop`` of ``scan`` into ``folder/frames`` at ``rate_hz``;
     returns ``(thread, out)`` with ``out["whole"]``: when each frame was whole under its name."""
     from xrdct_dask.simulate import stream_frames
@@ -258,9 +239,9 @@ def test_a_frame_the_detector_skipped_does_not_hold_its_slice_to_the_idle_timeou
 @pytest.mark.slow  # two batch runs (~11 s)
 def test_batch_rerun_reads_frames_that_were_partial_or_missing_when_first_run(acq, batch, cluster, tmp_path):
     """A batch `run` during the acquisition: frame 120 half written, frame 121 an empty file just
-    created, frames 122- not there (all in slice 1, angles 4-7: one block).  They are flagged (truncated, corrupt header, missing); once
-    the acquisition is whole a rerun of the same command reads them again (not "all tasks already
-    done") and the store equals the batch run's."""
+    created, frames 122- not there (all in slice 1, angles 4-7: one block).  They are flagged
+    (truncated, corrupt header, missing); once the acquisition is whole a rerun of the same command
+    reads them again (not "all tasks already done") and the store equals the batch run's."""
     from xrdct_dask import run
 
     folder = empty_copy(acq, tmp_path / "during")
@@ -280,77 +261,6 @@ def test_batch_rerun_reads_frames_that_were_partial_or_missing_when_first_run(ac
     path = run(wf, cluster=cluster, progress=False, summary=False)
     assert store.read_attrs(path)["run_summary"]["tasks"]["integrate"]["executed"] == 1  # slice 1, angles 4-7
     assert_same_stores(batch, path)
-
-
-# ------------------------------------------------------------------------------------------
-# the job service
-# ------------------------------------------------------------------------------------------
-SERVICE_TOKEN = "a-test-token-of-32-characters-xx"
-
-
-def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": f"token {SERVICE_TOKEN}"},
-                                 method="GET" if body is None else "POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-@pytest.mark.slow  # a run and a watch through the service (~15 s)
-def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, cluster, tmp_path):
-    """`xrdct serve`'s server on 127.0.0.1 (a free port), jobs on the module's scheduler: a
-    workflow submitted as YAML text is validated, queued, run; polling its job gives the status
-    and the output store, which equals the batch run's; the input is kept beside the job
-    record and in the store's attrs for replay; a watch job does the same.  A bad submission is
-    refused in one line."""
-    from xrdct_dask.runs.service import JobService, make_server
-
-    service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address, roots=[tmp_path, acq.root])
-    server = make_server(service, "127.0.0.1", 0, token=SERVICE_TOKEN)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        assert _http(f"{url}/health") == (200, {"ok": True, "jobs": 0})
-        code, err = _http(f"{url}/jobs", {"workflow": str(tmp_path / "nowhere.yaml")})
-        assert code == 400 and "workflow file not found" in err["error"] and "\n" not in err["error"]
-        code, err = _http(f"{url}/jobs", {"workflow": str(acq.workflow), "set": {"integrate.npt_rad": -3}})
-        assert code == 400 and "integrate.npt_rad" in err["error"]
-        text = acq.workflow.read_text()
-        out = tmp_path / "job.zarr"
-        code, job = _http(f"{url}/jobs", {"workflow_yaml": text, "base_dir": str(acq.root),
-                                          "set": OVERRIDES | {"store.path": str(out)}})
-        assert code == 201 and job["status"] in ("queued", "running") and job["store"] == str(out)
-        t0 = time.time()
-        while job["status"] not in ("done", "failed"):
-            assert time.time() - t0 < 120, job
-            time.sleep(0.3)
-            code, job = _http(f"{url}/jobs/{job['id']}")
-        assert job["status"] == "done", job["error"]
-        assert _http(f"{url}/jobs/nope")[0] == 404
-        assert [j["id"] for j in _http(f"{url}/jobs")[1]["jobs"]] == [job["id"]]  # the refused ones are not jobs
-        assert_same_stores(batch, out)
-        folder = Path(job["folder"])
-        assert (folder / "input.yaml").read_text() == text
-        assert json.loads((folder / "job.json").read_text())["status"] == "done"
-        replay = load_workflow(folder / "workflow.yaml")  # the validated workflow: what `xrdct run` replays
-        assert replay.work_digest() == load_workflow(acq.workflow, OVERRIDES).work_digest()
-        assert store.read_attrs(out)["job"]["input_yaml"] == text
-        # a watch job (the acquisition already whole here): same store contents again
-        out2 = tmp_path / "watched.zarr"
-        code, job = _http(f"{url}/jobs", {"workflow": str(acq.workflow), "mode": "watch", "idle_timeout": 30,
-                                          "set": OVERRIDES | {"store.path": str(out2)}})
-        assert code == 201
-        assert service.wait(job["id"], timeout_s=120)["status"] == "done"
-        assert _http(f"{url}/jobs/{job['id']}")[1]["summary"]["missing"] == 0
-        assert_same_stores(batch, out2)
-    finally:
-        server.shutdown()
-        server.server_close()
-        service.close()
 
 
 # ------------------------------------------------------------------------------------------

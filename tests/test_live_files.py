@@ -1,7 +1,7 @@
 """Live mode and reruns against the files around them (issue 25, items 15, 16, 20): the watcher's
-status files never replace what the user put there, frames once flagged "not a file" are read
-again when real files replace them, and polling a big file that is not a CBF frame reads only its
-head and tail."""
+status files never replace what the user put there, and polling a big file that is not a CBF frame
+reads only its head and tail (frames once flagged "not a file" read again when real files replace
+them: tests/test_open.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ import json
 import logging
 import os
 
-import numpy as np
-import pytest
-
 from xrdct_dask.io.cbf import frame_complete
-from xrdct_dask.pipeline.frames import frame_path
 
 
 def test_frame_complete_reads_only_the_head_and_the_tail(tmp_path, monkeypatch):
@@ -27,49 +23,6 @@ def test_frame_complete_reads_only_the_head_and_the_tail(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "pread", lambda fd, n, off: read.append(n) or real(fd, n, off))
     assert not frame_complete(p)
     assert sum(read) <= 2 * 16384, read
-
-
-@pytest.fixture(scope="module")
-def small_scan(tmp_path_factory):
-    from xrdct_dask.simulate import simulate_scan
-
-    return simulate_scan(tmp_path_factory.mktemp("live-files") / "scan", nz=1, nomega=8, nx=6, seed=11)
-
-
-def test_frames_flagged_not_a_file_are_read_again_once_real_files_replace_them(small_scan, tmp_path):
-    """A block whose frame was a folder (or a link to /dev/zero) when it was read has that frame
-    flagged NOT_A_FILE.  Once a real, whole frame file is there, a rerun clears the block's
-    done-marker and its slice's reconstruction (so they are redone), as for a missing or partly
-    written frame; while the thing in its place is still not a file, nothing is reopened."""
-    from xrdct_dask import store
-    from xrdct_dask.config import load_workflow
-    from xrdct_dask.io.status import FrameStatus
-    from xrdct_dask.runs.open import open_run, reopen_retried
-
-    wf = load_workflow(small_scan.workflow, {"store.path": str(tmp_path / "run.zarr"), "store.omega_chunk": 4})
-    ctx = open_run(wf)
-    path = ctx.store_path
-    index = store.open_array(path, "reduced/frame_index", "r")[0]
-    status = store.open_array(path, "reduced/frame_status")
-    st = np.zeros(status.shape[1:], np.int8)
-    w, x = 5, 2  # omega row 5: the second block of 4 rows
-    st[w, x] = FrameStatus.NOT_A_FILE
-    status[0] = st
-    for b in range(2):
-        store.mark_done(path, "integrate", (0, b), 1)
-    store.mark_done(path, "center", (0,), 3.0)
-    frame = frame_path(wf, int(index[w, x]))
-    kept = frame.read_bytes()
-    frame.unlink()
-    frame.mkdir()  # still a folder: nothing to read again
-    try:
-        assert reopen_retried(ctx, store.task_state(path)) == (0, 0)
-    finally:
-        frame.rmdir()
-        frame.write_bytes(kept)  # the real file is back
-    assert reopen_retried(ctx, store.task_state(path)) == (1, 1)
-    state = store.task_state(path)
-    assert state["integrate"].tolist() == [[True, False]] and np.isnan(state.value("center")[0])
 
 
 def test_watch_never_replaces_a_users_live_json_or_part_file(tmp_path, caplog):

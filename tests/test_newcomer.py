@@ -13,19 +13,18 @@ import os
 import shutil
 import signal
 import subprocess
-import textwrap
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from xrdct_dask.runs.service import interruptible  # SIGINT default in the child, as in a terminal
-
 from xrdct_dask import store
 from xrdct_dask.config import WorkflowError, load_workflow
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.runs.open import open_run
+from xrdct_dask.runs.service import interruptible  # SIGINT default in the child, as in a terminal
 from xrdct_dask.view.console import console
 
 from .test_safety import wf_for  # the scan's workflow with its store elsewhere, blocks of 4 angles
@@ -441,7 +440,8 @@ def test_xrdct_info_summarises_a_store(scan, tmp_path):
     assert "stages: integrate 1/4, center 0/2" in r.output and "the same `xrdct run` resumes it" in r.output
     assert f"zarr {zarr.__version__}" in r.output
     data = json.loads(CliRunner().invoke(app, ["info", str(path), "--json"]).output)
-    assert data["stages"]["integrate"] == {"done": 1, "total": 4} and data["inputs"]["inputs.poni"]["sha256"] == poni_sha
+    assert data["stages"]["integrate"] == {"done": 1, "total": 4} and (
+        data["inputs"]["inputs.poni"]["sha256"] == poni_sha)
     assert data["frames_flagged"] == {"MISSING": 1, "TRUNCATED": 1} and data["frames_integrated"] == 30
     wf = CliRunner().invoke(app, ["info", str(path), "--workflow"]).output
     assert "npt_rad: 1000" in wf and "nomega: 8" in wf

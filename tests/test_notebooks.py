@@ -90,9 +90,9 @@ def test_notebook_04_finds_the_texture_and_strain_within_its_tolerances():
                       text, flags=re.M)
     assert len(rows) == 8 and all(r[-1] == "ok" for r in rows), rows
     assert {float(r[4]) for r in rows} <= set(DEMO_TOLERANCES.values())
-    for peak, figure, found, truth, tol, _ in rows:
-        assert abs(float(found) - float(truth)) < float(tol) or (figure.startswith("orientation")
-                                                                  and abs(abs(float(found) - float(truth)) - 180) < float(tol))
+    for _peak, figure, found, truth, tol, _ in rows:
+        assert abs(float(found) - float(truth)) < float(tol) or (
+            figure.startswith("orientation") and abs(abs(float(found) - float(truth)) - 180) < float(tol))
     assert "all 8 within the stated tolerances: True" in text
 
 

@@ -159,8 +159,8 @@ def test_profile_search_order_is_cwd_cluster_then_env_then_shipped(tmp_path, mon
 # the pytest support of xrdct_dask.testing (conformance classes, their fixtures' plugin) runs under
 # pytest only: what it imports besides the dependencies comes with the `test` extra
 TEST_SUPPORT = ("testing/fixtures.py", *(f"testing/conformance/{m}.py" for m in
-                                          ("__init__", "base", "decode", "integrate", "sectors", "recon", "pdf", "sinogram",
-                                           "background")))
+                                          ("__init__", "base", "decode", "integrate", "sectors", "recon", "pdf",
+                                           "sinogram", "background")))
 
 
 def _third_party_imports(paths) -> set[str]:
@@ -181,7 +181,8 @@ def test_declared_dependencies_are_exactly_the_third_party_imports():
     support = [REPO / "xrdct_dask" / f for f in TEST_SUPPORT]
     assert all(p.is_file() for p in support), support
     third_party = _third_party_imports(p for p in (REPO / "xrdct_dask").rglob("*.py") if p not in support)
-    optional = {"cupy": "gpu", "cupyx": "gpu", "astra": "astra", "bokeh": "view", "tornado": "view"}  # recon.engine: astra imports it only when asked; the viewer: an extra
+    # recon.engine: astra imports it only when asked; the viewer: an extra
+    optional = {"cupy": "gpu", "cupyx": "gpu", "astra": "astra", "bokeh": "view", "tornado": "view"}
     ships = {"cupyx": "cupy"}  # cupyx comes in the cupy wheel
     dists = packages_distributions()
 
@@ -196,7 +197,8 @@ def test_declared_dependencies_are_exactly_the_third_party_imports():
     for mod, extra in optional.items():
         assert mod in third_party and any(r.startswith(ships.get(mod, mod)) for r in extras[extra]), (mod, extra)
     testing = distributions(_third_party_imports(support))
-    assert testing - declared - _requirement_names(extras["test"]) == set(), "imported by the pytest support, not in the test extra"
+    assert testing - declared - _requirement_names(extras["test"]) == set(), (
+        "imported by the pytest support, not in the test extra")
 
 
 # ------------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ def test_any_change_of_what_makes_the_plan_changes_its_key(small_ai):
                                rot1=small_ai.rot1, rot2=small_ai.rot2, detector=small_ai.detector,
                                wavelength=small_ai.wavelength)
     variants = [plan_key(small_ai, shape, 301, "q_nm^-1"), plan_key(small_ai, shape, 300, "2th_deg"),
-                plan_key(small_ai, shape, 300, "q_nm^-1", mask=mask), plan_key(small_ai, shape, 300, "q_nm^-1", dark=dark),
+                plan_key(small_ai, shape, 300, "q_nm^-1", mask=mask),
+                plan_key(small_ai, shape, 300, "q_nm^-1", dark=dark),
                 plan_key(small_ai, shape, 300, "q_nm^-1", polarization_factor=0.9),
                 plan_key(small_ai, shape, 300, "q_nm^-1", split="bbox"), plan_key(moved, shape, 300, "q_nm^-1")]
     assert len({base, *variants}) == 1 + len(variants)

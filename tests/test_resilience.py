@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from xrdct_dask.store.viewcopy import layout_of, view_parts
 import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,8 +30,8 @@ from xrdct_dask.io import CorruptFrameError, SizeMismatchError, TruncatedFrameEr
 from xrdct_dask.io.cbf import parse_cbf
 from xrdct_dask.io.status import FrameStatus, usable
 from xrdct_dask.runs.execute import RunStopped, run
+from xrdct_dask.store.viewcopy import layout_of, view_parts
 from xrdct_dask.testing import corrupt
-from xrdct_dask.testing.stores import run_markers
 
 REPO = Path(__file__).resolve().parents[1]
 OMEGA_CHUNK = 1  # one task per projection row: many small tasks, so a kill lands mid-run
@@ -676,38 +674,6 @@ def test_many_waves_hold_at_most_the_bound_and_equal_one_wave(cluster, tmp_path)
     t0 = time.perf_counter()
     assert store.task_state(many).complete
     assert time.perf_counter() - t0 < 1.0
-
-
-@pytest.mark.slow
-def test_task_state_of_a_hundred_thousand_markers_is_read_in_under_a_second(tmp_path):
-    """1000 slices x 100 blocks of done-markers (a 1000^3 run has ~1e5 tasks): the state comes from
-    the markers' file names in one listing, in under a second, equal to zarr's own reading."""
-    from xrdct_dask.store.budget import Layout
-
-    lay = Layout(omega_chunk=16, q_chunk=20, q_sub=20, y_chunk=10, r_chunk=10, budget=2**30)
-    path = tmp_path / "big.zarr"
-    store.create_store(path, nz=1000, nomega=1600, nx=10, radial=np.linspace(1, 2, 40), radial_unit="q_nm^-1",
-                       omega_deg=np.arange(1600) * 0.1, x_mm=np.arange(10.0), z_mm=np.arange(1000.0), r_A=None,
-                       layout=lay, attrs={}, markers=run_markers(1000, 1600, 10, 40, 0, lay))
-    marks = zarr.open_array(str(path / "tasks" / "integrate"), mode="r+")
-    assert marks.shape == (1000, 100)
-    marks[0, 0] = 1  # one marker written by zarr; the others are that chunk file's bytes
-    first = path / "tasks" / "integrate" / "c" / "0" / "0"
-    chunk = first.read_bytes()
-    rng = np.random.default_rng(0)
-    done = rng.random((1000, 100)) < 0.9
-    done[0, 0] = True
-    for z, b in zip(*np.nonzero(done)):
-        f = path / "tasks" / "integrate" / "c" / str(z) / str(b)
-        if f != first:
-            f.parent.mkdir(exist_ok=True)
-            f.write_bytes(chunk)
-    t0 = time.perf_counter()
-    state = store.task_state(path)
-    seconds = time.perf_counter() - t0
-    np.testing.assert_array_equal(state["integrate"], done)
-    np.testing.assert_array_equal(marks[:50].astype(bool), done[:50])  # zarr reads the same markers
-    assert seconds < 1.0, seconds
 
 
 @pytest.mark.slow  # a run of its own on 4 worker processes, 3 of them SIGKILLed along the way (~30 s)

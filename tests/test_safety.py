@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from xrdct_dask.runs.service import interruptible  # SIGINT default in the child, as in a terminal
 import zarr
 
 from xrdct_dask import store
@@ -36,6 +34,7 @@ from xrdct_dask.config import WorkflowError, load_workflow, parse_overrides
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.runs.execute import run
 from xrdct_dask.runs.open import open_run
+from xrdct_dask.runs.service import interruptible  # SIGINT default in the child, as in a terminal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -440,6 +439,7 @@ def test_io_errors_are_retried_and_truly_missing_frames_are_not(scan, cluster, t
     status[0] = st
     assert reopen_retried(ctx, store.task_state(path)) == (2, 2)
     state = store.task_state(path)
-    assert state["integrate"].tolist() == [[False, False]] and np.isnan(state.value("center")[0]) and not state["recon"].any()
+    assert (state["integrate"].tolist() == [[False, False]] and np.isnan(state.value("center")[0])
+            and not state["recon"].any())
     go(scan, path, cluster)
     assert (store.open_array(path, "reduced/frame_status", "r")[...] == FrameStatus.OK).all()

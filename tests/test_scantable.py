@@ -33,7 +33,7 @@ def test_grouped_median_is_numpys_median(rng):
              np.where(rng.random(n) < 0.5, -1e6, 1e6) + rng.normal(size=n)][trial % 3]
         v[rng.random(n) < 0.05] = np.nan
 
-        def stream():
+        def stream(g=g, v=v, n=n):  # this trial's readings (bound now: the loop rebinds them)
             for a in range(0, n, 101):
                 yield g[a:a + 101], v[a:a + 101]
 

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from xrdct_dask import store
+from xrdct_dask.config import load_workflow
 from xrdct_dask.runs.service import JobService, make_server
+from xrdct_dask.testing.stores import assert_same_stores
+
+from .conftest import LIVE_OVERRIDES as OVERRIDES
 
 TOKEN = "a-test-token-of-32-characters-xx"
 STAND_IN = r"""
@@ -392,3 +397,69 @@ def test_a_cancelled_run_keeps_its_done_tasks_and_resumes_when_submitted_again(s
         finally:
             served.close()
             client.unregister_worker_plugin(Plugin.name)
+
+
+# ------------------------------------------------------------------------------------------
+# a run job and a watch job on a scheduler, against the batch run
+# ------------------------------------------------------------------------------------------
+def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"token {TOKEN}"},
+                                 method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.slow  # a run and a watch through the service (~15 s)
+def test_job_service_runs_a_submitted_workflow_and_keeps_its_input(acq, batch, cluster, tmp_path):
+    """`xrdct serve`'s server on 127.0.0.1 (a free port), jobs on the module's scheduler: a
+    workflow submitted as YAML text is validated, queued, run; polling its job gives the status
+    and the output store, which equals the batch run's; the input is kept beside the job
+    record and in the store's attrs for replay; a watch job does the same.  A bad submission is
+    refused in one line."""
+    service = JobService(tmp_path / "jobs", scheduler_address=cluster.scheduler_address, roots=[tmp_path, acq.root])
+    server = make_server(service, "127.0.0.1", 0, token=TOKEN)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert _http(f"{url}/health") == (200, {"ok": True, "jobs": 0})
+        code, err = _http(f"{url}/jobs", {"workflow": str(tmp_path / "nowhere.yaml")})
+        assert code == 400 and "workflow file not found" in err["error"] and "\n" not in err["error"]
+        code, err = _http(f"{url}/jobs", {"workflow": str(acq.workflow), "set": {"integrate.npt_rad": -3}})
+        assert code == 400 and "integrate.npt_rad" in err["error"]
+        text = acq.workflow.read_text()
+        out = tmp_path / "job.zarr"
+        code, job = _http(f"{url}/jobs", {"workflow_yaml": text, "base_dir": str(acq.root),
+                                          "set": OVERRIDES | {"store.path": str(out)}})
+        assert code == 201 and job["status"] in ("queued", "running") and job["store"] == str(out)
+        t0 = time.time()
+        while job["status"] not in ("done", "failed"):
+            assert time.time() - t0 < 120, job
+            time.sleep(0.3)
+            code, job = _http(f"{url}/jobs/{job['id']}")
+        assert job["status"] == "done", job["error"]
+        assert _http(f"{url}/jobs/nope")[0] == 404
+        assert [j["id"] for j in _http(f"{url}/jobs")[1]["jobs"]] == [job["id"]]  # the refused ones are not jobs
+        assert_same_stores(batch, out)
+        folder = Path(job["folder"])
+        assert (folder / "input.yaml").read_text() == text
+        assert json.loads((folder / "job.json").read_text())["status"] == "done"
+        replay = load_workflow(folder / "workflow.yaml")  # the validated workflow: what `xrdct run` replays
+        assert replay.work_digest() == load_workflow(acq.workflow, OVERRIDES).work_digest()
+        assert store.read_attrs(out)["job"]["input_yaml"] == text
+        # a watch job (the acquisition already whole here): same store contents again
+        out2 = tmp_path / "watched.zarr"
+        code, job = _http(f"{url}/jobs", {"workflow": str(acq.workflow), "mode": "watch", "idle_timeout": 30,
+                                          "set": OVERRIDES | {"store.path": str(out2)}})
+        assert code == 201
+        assert service.wait(job["id"], timeout_s=120)["status"] == "done"
+        assert _http(f"{url}/jobs/{job['id']}")[1]["summary"]["missing"] == 0
+        assert_same_stores(batch, out2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        service.close()

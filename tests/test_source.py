@@ -132,7 +132,8 @@ def test_raw_chunks_land_in_the_given_buffer(tmp_path, frames):
     chunks = src.read_raw_chunks([4, 5], out=buf)
     assert np.shares_memory(chunks.buffer, buf) and chunks.offsets[0] == 0
     with h5py.File(src.file) as f:
-        assert bytes(buf[chunks.offsets[1]:chunks.offsets[2]]) == f["entry/data/data"].id.read_direct_chunk((5, 0, 0))[1]
+        assert (bytes(buf[chunks.offsets[1]:chunks.offsets[2]])
+                == f["entry/data/data"].id.read_direct_chunk((5, 0, 0))[1])
 
 
 @pytest.mark.parametrize("userblock", [0, 1024])

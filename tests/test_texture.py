@@ -8,7 +8,7 @@ import pytest
 
 from xrdct_dask.config import WorkflowError, load_workflow
 from xrdct_dask.integrate import Integrator
-from xrdct_dask.simulate import DETECTORS, Q_GRID_A, PhaseTexture, make_integrator, phase_library, sector_truth
+from xrdct_dask.simulate import DETECTORS, Q_GRID_A, make_integrator, phase_library, sector_truth
 from xrdct_dask.simulate.texture import (
     DEMO_DISTANCE_M,
     DEMO_PEAKS,
@@ -17,8 +17,8 @@ from xrdct_dask.simulate.texture import (
     DEMO_TEXTURES,
     axis_difference_deg,
     demo_checks,
-    textured_profiles,
     texture_report,
+    textured_profiles,
 )
 from xrdct_dask.texture import d_and_strain, fit_peaks, peak_range, peak_window, texture_figures
 
@@ -96,7 +96,8 @@ def test_one_textured_frame_in_sectors(name, peak):
     integ = Integrator(ai, shape, 600, npt_azim=12, engine="numpy", polarization_factor=0.99)
     patterns = integ.integrate((frame / frame.max() * 1e5).astype(np.float32)).intensity
     spec = PEAKS[peak]
-    win = peak_window(integ.radial, *peak_range(spec["d_angstrom"], spec["d_window"], None, "q_nm^-1", ai.wavelength * 1e10))
+    win = peak_window(integ.radial, *peak_range(spec["d_angstrom"], spec["d_window"], None, "q_nm^-1",
+                                                ai.wavelength * 1e10))
     area, pos = fit_peaks(patterns[:, win], integ.radial[win])
     index, orient = texture_figures(area, integ.azimuthal)
     _, strain, _ = d_and_strain(pos, "q_nm^-1", ai.wavelength * 1e10)
@@ -125,7 +126,8 @@ def test_bad_sector_input_is_refused_before_anything_is_written(sim_scan, tmp_pa
     with pytest.raises(WorkflowError) as err:
         open_run(wf)
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("texture.peaks[0] (d = 0.1 A, q_nm^-1): ") and "outside the integrated" in msg
+    assert ("\n" not in msg and msg.startswith("texture.peaks[0] (d = 0.1 A, q_nm^-1): ")
+            and "outside the integrated" in msg)
     assert not store.exists() and not list(tmp_path.iterdir())
 
 

@@ -1,12 +1,11 @@
-"""The viewer (xrdct_dask.view) and the run's view copy (xrdct_dask.store.viewcopy), without a browser.
+"""The viewer (xrdct_dask.view), without a browser.
 
 The stores are written straight in the run's layout from the simulator's ground truth
 (:mod:`xrdct_dask.testing.viewstores`: phase maps x Debye patterns, their projections, G(r) per
-phase), so every value the viewer shows has a known source.  The view copy holds float16 block
-means: it must equal the block means of the exact arrays to float16's precision (3 significant
-digits: rtol 2e-3 of the slice's largest magnitude).  The page is a real Bokeh document whose
-callbacks are driven here as a browser would drive them; the server is checked over HTTP
-(tests/test_view_browser.py drives a real Chromium).
+phase; conftest's ``phantom``), so every value the viewer shows has a known source.  The view copy
+it reads (:mod:`xrdct_dask.store.viewcopy`) is checked in tests/test_store.py.  The page is a real
+Bokeh document whose callbacks are driven here as a browser would drive them; the server is checked
+over HTTP (tests/test_view_browser.py drives a real Chromium).
 """
 
 from __future__ import annotations
@@ -22,22 +21,12 @@ import pytest
 
 from xrdct_dask import store
 from xrdct_dask.simulate import make_phantom
-from xrdct_dask.store import viewcopy
-from xrdct_dask.testing.viewstores import write_phantom_store
 from xrdct_dask.view.data import RunData, ViewError, d_to_radial, radial_to_d, robust_limits
 
-NI_D_A = [2.0346, 1.7620, 1.2459, 1.0625]  # fcc Ni a = 3.524 A: (111), (200), (220), (311)
+from .conftest import NI_D_A
+from .conftest import PHANTOM_NX as NX
+
 FE_D_A = [2.0270, 1.4333, 1.1703]  # bcc Fe a = 2.8665 A: (110), (200), (211)
-NX, NQ = 40, 300
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    """Two slices of 40 x 40 voxels, 300 q, G to 10 A, one frame flagged; the copy at 3 x 3 blocks."""
-    path = tmp_path_factory.mktemp("view") / "run.zarr"
-    write_phantom_store(path, nz=2, nx=NX, nomega=30, nq=NQ, flagged=[(0, 3, 4)], view_pixels=16,
-                        phases={"Ni": NI_D_A}, noise=0.01)
-    return path
 
 
 def ni_voxel(z: int = 0, nz: int = 2) -> tuple[int, int]:
@@ -45,48 +34,6 @@ def ni_voxel(z: int = 0, nz: int = 2) -> tuple[int, int]:
     ni = make_phantom(nz, NX)[0, z]
     ys, xs = np.nonzero(ni)
     return int(round(ys.mean())), int(round(xs.mean()))
-
-
-def test_view_copy_equals_block_means_of_the_run(phantom):
-    """Every part of the copy is the s x s block mean of the exact arrays (float16: rtol 2e-3 of
-    the slice's largest value), the q-range sum from tiles + coarse sums equals the exact sum,
-    the means are the slice's, and the copy is what RunData reads once tasks/view is set."""
-    d = RunData(phantom)
-    vl = d.view
-    assert (vl.s, vl.ny, vl.r_bin) == (3, 14, 1) and d.copy_done(0) and d.copy_done(1)
-    for z in (0, 1):
-        exact = store.open_array(phantom, "recon/intensity", "r")[z]
-        top = np.nanmax(np.abs(exact))
-        for qi in (0, 100, 299):
-            np.testing.assert_allclose(d.q_map(z, qi), viewcopy.block_mean(exact[..., qi], (3, 3)), atol=2e-3 * top)
-        want = viewcopy.block_mean(exact[..., 10:250].sum(axis=-1), (3, 3))
-        np.testing.assert_allclose(d.q_range_map(z, 10, 250), want, atol=2e-3 * top * 240 / 10)
-        np.testing.assert_allclose(d.q_range_map(z, 70, 120), viewcopy.block_mean(exact[..., 70:120].sum(-1), (3, 3)),
-                                   atol=2e-3 * top * 5)
-        np.testing.assert_allclose(d.voxel_pattern(z, 20, 20), viewcopy.block_mean(exact[18:21, 18:21], (3, 3))[0, 0],
-                                   atol=2e-3 * top)
-        np.testing.assert_allclose(d.mean_pattern(z), np.nanmean(exact, axis=(0, 1)), rtol=1e-5)
-        g = store.open_array(phantom, "pdf/G", "r")[z]
-        gtop = np.nanmax(np.abs(g))
-        np.testing.assert_allclose(d.g_map(z, 50), viewcopy.block_mean(g[..., 50], (3, 3)), atol=2e-3 * gtop)
-        np.testing.assert_allclose(d.mean_g(z), g.mean(axis=(0, 1)), rtol=1e-4, atol=1e-6 * gtop)  # float32 sums
-        red = store.open_array(phantom, "reduced/intensity", "r")[z]
-        assert d.sinogram(z, 101)[1] == "q bin 101"  # a small slice: the exact sinogram, from reduced/
-        sino, what = d.sinogram(z, 101, copy=True)
-        assert what == "q bins 100-101 averaged"
-        np.testing.assert_allclose(sino, viewcopy.block_mean(red[..., 100:102], (2, 3, 2))[..., 0],
-                                   atol=2e-3 * np.nanmax(np.abs(red)))
-    # read without the copy: the exact chunks
-    np.testing.assert_array_equal(d.q_map(0, 7, copy=False),
-                                  store.open_array(phantom, "recon/intensity", "r")[0, :, :, 7])
-
-
-def test_view_copy_scale_keeps_float16_in_range(tmp_path):
-    """Intensities far beyond float16's 65504 are scaled by a power of 2 per q block: no inf."""
-    vals = np.array([3.0e9, -1.0e7, np.nan, 1.0])
-    s = viewcopy.f16_scale(vals)
-    assert np.log2(s) == np.round(np.log2(s)) and np.isfinite((vals * s).astype(np.float16)[[0, 1, 3]]).all()
-    assert abs(vals[0] * s) <= viewcopy.F16_TOP and abs(vals[0] * s) > viewcopy.F16_TOP / 2
 
 
 def test_robust_limits_ignore_hot_voxels():

@@ -40,9 +40,8 @@ def viewed_run(pdf_then_recon_run):
 def test_run_writes_the_view_copy(viewed_run):
     """Every slice's view copy is written after its recon and G(r) (tasks/view set; the report
     counts the stage); at 24 x 24 voxels it is the reconstruction itself, in float16 (rtol 1e-3)."""
-    from xrdct_dask.view.data import RunData
-
     from xrdct_dask.store.viewcopy import layout_of, view_parts
+    from xrdct_dask.view.data import RunData
 
     path, scan = viewed_run
     state = store.task_state(path)

@@ -22,7 +22,8 @@ def sector_store(path):
     store.create_store(path, nz=NZ, nomega=NOMEGA, nx=NX, radial=np.linspace(10, 40, NQ), radial_unit="q_nm^-1",
                        omega_deg=np.linspace(0, 180, NOMEGA, endpoint=False), x_mm=np.arange(NX) * 0.1,
                        z_mm=np.arange(NZ) * 0.1, r_A=None, layout=lay, chi_deg=chi, peaks=peaks,
-                       attrs={"workflow": {"integrate": {"unit": "q_nm^-1", "npt_azim": NCHI}}, "wavelength_angstrom": 0.2})
+                       attrs={"workflow": {"integrate": {"unit": "q_nm^-1", "npt_azim": NCHI}},
+                              "wavelength_angstrom": 0.2})
     z, y, x, k, q = np.meshgrid(*(np.arange(n) for n in (NZ, NX, NX, NCHI, NQ)), indexing="ij")
     store.open_array(path, f"{store.RECON}/intensity")[...] = ((k + 1) * (q + 1) + 100 * z).astype(np.float32)
     z, y, x, p = np.meshgrid(*(np.arange(n) for n in (NZ, NX, NX, 2)), indexing="ij")

@@ -1,4 +1,7 @@
-"""The workflow's stages run in this process (no cluster) on simulated scans: frames land on the
+"""The stages' task functions (``pipeline/tasks_*.py``) and the worker's integrator
+(:mod:`xrdct_dask.pipeline.integrator`); the stage table and the graph are ``tests/test_graph.py``'s.
+
+The workflow's stages run in this process (no cluster) on simulated scans: frames land on the
 (omega, x) grid whatever the acquisition order, and every switched-on sinogram correction is
 applied with the slice's own centre, shifts and stripe columns; on a GPU worker the warm-up readies
 the engine without changing a result."""
@@ -100,7 +103,8 @@ def test_worker_warm_up_readies_every_pipeline_and_changes_no_result(sim_scan):
     assert len(eng._pipelines) == 3 and len(eng._free_rings) == 3
     largest = max(sim_scan.frame_path(i).stat().st_size for i in range(wf.scan.nframes))
     assert eng.slot_bytes >= largest  # sized from the scan's files, not from frame 0 alone
-    assert all(a is not None and a.size >= integ.batch_frames * eng.slot_bytes for ring in eng._free_rings for a in ring)
+    assert all(a is not None and a.size >= integ.batch_frames * eng.slot_bytes
+               for ring in eng._free_rings for a in ring)
     warm = np.concatenate([r[0] for r in integ.integrate_batches(batches)])
     np.testing.assert_array_equal(warm, cold)
     clear_integrators()
@@ -158,8 +162,8 @@ def test_astra_engine_fills_the_same_store(order_scans, tmp_path):
     pytest.importorskip("astra")
     ref, geo, _ = _reduce_and_reconstruct(order_scans["snake"], tmp_path, {"recon.engine": "numpy"})
     path = tmp_path / "run.zarr"  # the same reduced data, reconstructed again by the astra engine
-    ctx = context_from_store(workflow_from_dict(store.read_attrs(path)["workflow"], overrides={"recon.engine": "astra"}),
-                             path)
+    ctx = context_from_store(workflow_from_dict(store.read_attrs(path)["workflow"],
+                                                overrides={"recon.engine": "astra"}), path)
     nq = store.open_array(path, "q", "r").shape[0]
     results = [reconstruct_block(0, qs, geo, ctx) for qs in store.q_blocks(nq, ctx.layout.q_chunk)]
     vol = store.open_array(path, "recon/intensity", "r")[0]

@@ -1,6 +1,13 @@
-"""Reprocess and the stores beside it (issue 25, item 18): ``--out`` inside the parent store is
+"""Reprocess (:mod:`xrdct_dask.runs.reprocess`): where its output may go, and the stores beside it.
+
+Reprocess and the stores beside it (issue 25, item 18): ``--out`` inside the parent store is
 refused (as is any store inside another), and the half-built stores killed reprocesses leave
-beside their output are removed when provably this program's and stale, and reported otherwise."""
+beside their output are removed when provably this program's and stale, and reported otherwise.
+
+Which stages a change reruns is checked on the resilience suite's reference run
+(``tests/test_resilience.py``: the step each key starts from, a change of nothing refused, from
+recon against a fresh run, many runs as one graph), and on a stage added to the table in
+``tests/test_graph.py``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The stage table drives everything: a stage added as one table entry plus its task function is
+"""The run's graph (:mod:`xrdct_dask.pipeline.graph`) and the stage table it is built from
+(:mod:`xrdct_dask.pipeline.stages`): task keys name their stages, in the table's order.
+
+The stage table drives everything: a stage added as one table entry plus its task function is
 built into the graph, counted by the plan, given done-markers in a new store, skipped when done on
 resume, rerun when its marker is cleared, and rerun by a reprocess from an earlier step.
 
@@ -27,7 +30,7 @@ def toy_task(z: int, ctx, *deps) -> dict:
 
 
 def add_toy_tasks(b, st) -> None:
-    for i in b.pending(st.name, 1):
+    for _ in b.pending(st.name, 1):
         b.add(st.name, 0, toy_task, b.z, b.ctx, *b.deps(st))
 
 
@@ -94,3 +97,15 @@ def test_a_stage_added_to_the_table_runs_resumes_and_reprocesses(with_toy, scan,
         tasks = store.read_attrs(child)["run_summary"]["tasks"]
         assert tasks["toy"]["executed"] == 2 and tasks["integrate"]["executed"] == 0
         assert np.isfinite(store.task_state(child).value("center")).all()
+
+
+def test_task_keys_name_the_stages(one_slice_scan, tmp_path):
+    from xrdct_dask.runs.inputs import check_inputs
+    from xrdct_dask.runs.open import prepare_store
+
+    wf = load_workflow(one_slice_scan.workflow, {"store.path": str(tmp_path / "r.zarr")})
+    ai, _ = check_inputs(wf)
+    graph = build_graph(prepare_store(wf, ai))
+    assert list(graph) == ["integrate", "center", "recon", "pdf-scale", "pdf", "view"]
+    for stage, ds in graph.items():
+        assert ds and all(d.key[0] == stage for d in ds), stage
