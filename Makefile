@@ -40,7 +40,8 @@ demo: $(STAMP) | $(DIRS)
 # pytest exits 5 when nothing was collected (e.g. a marker filter): not a failure here.  The
 # slurm-marked tests skip, saying how to run them, unless CI is set (then the one-node SLURM of
 # slurm-up is started first, as `make test-slurm` does).
-#   make test       every test but the end-to-end runs marked `slow` (under 8 minutes on 2 cores)
+#   make test       make lint, then every test but the end-to-end runs marked `slow` (under 8
+#                   minutes on 2 cores)
 #   make test-slow  the `slow` ones: whole workflows, notebooks, the wheel, kills and resumes,
 #                   live acquisitions, subprocesses of the command line (CI runs them after make test)
 #   make test-all   both, in one pytest session
@@ -54,7 +55,7 @@ rc=$$?; if [ $$rc -eq 0 ] || [ $$rc -eq 5 ]; then echo "make $(1): passed (skipp
 else echo "make $(1): FAILED (pytest exit $$rc)"; exit $$rc; fi
 endef
 
-test: $(STAMP) $(SLURM_FIRST) | $(DIRS)
+test: $(STAMP) $(SLURM_FIRST) lint | $(DIRS)
 	@start=$$(date +%s); $(PYTEST) -m "not slow" $(PYTEST_ARGS); rc=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s"; (exit $$rc); $(call pytest_ok,test)
 
@@ -74,11 +75,11 @@ quick: $(STAMP) | $(DIRS)
 
 # the linter (ruff, pyproject.toml's [tool.ruff] rules) and the type checker (mypy on the files of
 # [tool.mypy]: the store, pipeline and run layers); both run, and it fails if either finds anything.
-# Their caches go under build/home/cache.  Not yet part of `make test`.
+# Their caches go under build/home/cache.  `make test` runs it first.
 lint: $(STAMP) | $(DIRS)
-	@rc=0; RUFF_CACHE_DIR=$(XDG_CACHE_HOME)/ruff $(BIN)/ruff check xrdct_dask tests benchmarks || rc=1; \
+	@start=$$(date +%s); rc=0; RUFF_CACHE_DIR=$(XDG_CACHE_HOME)/ruff $(BIN)/ruff check xrdct_dask tests benchmarks || rc=1; \
 	$(BIN)/mypy --cache-dir $(XDG_CACHE_HOME)/mypy || rc=1; \
-	if [ $$rc -eq 0 ]; then echo "make lint: passed"; else echo "make lint: FAILED (ruff or mypy, above)"; fi; exit $$rc
+	if [ $$rc -eq 0 ]; then echo "make lint: passed ($$(( $$(date +%s) - start )) s)"; else echo "make lint: FAILED (ruff or mypy, above)"; fi; exit $$rc
 
 # the viewer in a real browser (tests/test_view_browser.py): Debian's chromium driven by playwright (the test
 # extra); playwright never downloads a browser.  `make test-slow` (and CI) runs them too where chromium is installed.
