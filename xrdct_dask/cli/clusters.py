@@ -31,6 +31,7 @@ def cluster_script(
     cluster_set: Annotated[list[str] | None, typer.Option("--cluster-set", help="override a key: queue=gpu")] = None,
 ) -> None:
     """Print the job script a worker job is submitted with (dask-jobqueue's dry run; starts nothing)."""
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.cluster.profiles import job_script
 
     typer.echo(job_script(profile, **_cluster_options(cluster_set)).rstrip())
@@ -39,6 +40,7 @@ def cluster_script(
 @cluster_app.command("list")
 def cluster_list() -> None:
     """The profiles found (./cluster, $XRDCT_CLUSTER_PROFILES, those shipped with the package; first wins)."""
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.cluster.profiles import ProfileError, list_profiles, load_profile
 
     for name, path in list_profiles().items():

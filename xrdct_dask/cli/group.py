@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 
@@ -46,8 +47,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Commands,
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import PackageNotFoundError, version
-
         try:
             v = version("xrdct-dask")
         except PackageNotFoundError:

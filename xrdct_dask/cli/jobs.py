@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated
 
@@ -30,8 +31,7 @@ def serve(
     /jobs/<id> its status and summary, DELETE /jobs/<id> to cancel; every request carries the
     token printed at start (header 'Authorization: token T' or ?token=T); jobs run one at a time,
     each input kept for replay, each log in its folder."""
-    import getpass
-
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.runs.service import JobService, is_loopback, make_server, new_token, read_token_file
 
     _logging(verbose)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import glob
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +13,7 @@ import typer
 from xrdct_dask.cli.clusters import _cluster_options
 from xrdct_dask.cli.group import _fail, _logging, _until_ctrl_c
 from xrdct_dask.config import load_changes, load_workflow, parse_overrides
+from xrdct_dask.resources import write_workflow_template
 
 ALLOW_MISSING_HELP = ("run although whole slices of the workflow's grid have no frame (flagged missing): else "
                       "refused before the run, or exit 1 after it (scan.allow_missing)")
@@ -36,6 +39,7 @@ def run(
 ) -> None:
     """Run a workflow: decode + integrate -> sinograms -> reconstruction -> G(r), into one zarr store."""
     with _until_ctrl_c():
+        # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
         from xrdct_dask.runs import execute as wfmod
 
         _logging(verbose)
@@ -55,6 +59,7 @@ def _with_allow_missing(overrides: dict, allow: bool) -> dict:
 def _refuse_missing_slices(path: Path, wf) -> None:
     """Exit 1 with one line when a whole slice of the finished run has no frame (the scan is smaller
     than the workflow says), unless missing slices are allowed."""
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask import store
     from xrdct_dask.runs.report import missing_slices_message
 
@@ -85,6 +90,7 @@ def watch(
     """Follow an acquisition: integrate frames as the detector writes them, reconstruct each slice
     once its sinogram is complete, into the same store as `xrdct run` (RUN-live.png shows it)."""
     with _until_ctrl_c():
+        # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
         from xrdct_dask.runs import live
         from xrdct_dask.view.live import live_paths
 
@@ -104,8 +110,6 @@ def watch(
 
 def _expand_runs(runs: list[str]) -> list[Path]:
     """Run stores named on the command line; quoted globs (``'scans/*/run.zarr'``) are expanded here."""
-    import glob
-
     out: list[Path] = []
     for r in runs:
         hits = sorted(glob.glob(r)) if any(c in r for c in "*?[") else [r]
@@ -131,6 +135,7 @@ def reprocess(
 ) -> None:
     """Rerun old runs from their stored workflow with changes, recomputing only the stages downstream of them."""
     with _until_ctrl_c():
+        # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
         from xrdct_dask.runs import reprocess as rp
 
         _logging(verbose)
@@ -165,8 +170,7 @@ def plan(
         min=1, help="with a cluster profile: its jobs (default compute.jobs)")] = None,
 ) -> None:
     """Print what a run will do (frames, tasks, waves, bytes, files, hours) without building its graph."""
-    import json
-
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.runs.plan import build_waves, format_plan, plan_workflow
 
     wf = load_workflow(workflow, parse_overrides(set_))
@@ -191,7 +195,5 @@ def init(
         help="file to write (a folder: PATH/workflow.yaml); never overwritten")] = Path("workflow.yaml"),
 ) -> None:
     """Write the documented workflow (every key, its default and unit) to edit for your scan."""
-    from xrdct_dask.resources import write_workflow_template
-
     out = write_workflow_template(path)
     typer.echo(f"wrote {out}: set inputs, scan and store, then `xrdct plan {out}` and `xrdct run {out}`")

@@ -3,11 +3,14 @@ demo`` (simulate a small scan and run it)."""
 
 from __future__ import annotations
 
+import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import Progress
 
 from xrdct_dask.cli.group import _fail, _logging
 from xrdct_dask.config import load_workflow
@@ -61,8 +64,7 @@ def simulate(
              "named in workflow.yaml's inputs.background_scan")] = None,
 ) -> None:
     """Simulate an XRD-CT scan with ground truth, ready for `xrdct run OUT_DIR/workflow.yaml`."""
-    from rich.progress import Progress
-
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.simulate import simulate_scan
 
     if omega_range not in (180, 360):
@@ -87,6 +89,7 @@ def simulate(
             _fail(f"--mu-per-px must be numbers separated by commas (got {mu_per_px!r})")
     textures = None
     if texture:
+        # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
         from xrdct_dask.simulate import parse_texture
 
         try:
@@ -97,6 +100,7 @@ def simulate(
         _fail(f"--distance-m must be > 0 (got {distance_m})")
     env = None
     if axis_offset or tube or air or background_scan:
+        # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
         from xrdct_dask.simulate.environment import SampleEnvironment
 
         try:
@@ -106,8 +110,7 @@ def simulate(
             _fail(str(err))
     staging = None
     if rate is not None:  # simulated aside; out_dir gets the workflow only when the acquisition starts
-        import uuid
-
+        # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
         from xrdct_dask.simulate import check_simulation_folder
 
         try:
@@ -134,8 +137,6 @@ def simulate(
         _acquire(scan, out_dir, rate, in_place)
     finally:
         if staging is not None:
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)  # this command's own folder
 
 
@@ -144,6 +145,7 @@ def _acquire(scan, out_dir: Path, rate: float, in_place: bool) -> None:
     PONI, mask, monitor, scan file and truth, an empty frames/ and then, last, its workflow (a
     `watch` that sees the workflow finds every file it names, and no frame it should not read);
     then write the frames into frames/ at ``rate`` per second."""
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.simulate import SIMULATION_MARKER, stream_frames
 
     (out_dir / SIMULATION_MARKER).write_text((scan.root / SIMULATION_MARKER).read_text())
@@ -172,6 +174,7 @@ def demo(
     nx: Annotated[int, typer.Option()] = 32,
 ) -> None:
     """Simulate a small scan and run the whole workflow on it (a few minutes on a laptop)."""
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.runs import execute as wfmod
     from xrdct_dask.simulate import simulate_scan, simulated_workflow
     from xrdct_dask.view.summary import summary_path

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 
 from xrdct_dask.cli.group import _fail, _logging
+from xrdct_dask.view import INSTALL
 
 
 def info(
@@ -19,6 +21,7 @@ def info(
 ) -> None:
     """What a run store holds: workflow, inputs and their digests, frames flagged, stages done,
     timings and versions (nothing is written)."""
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.runs.info import format_info, info_json, store_info
 
     try:
@@ -26,8 +29,6 @@ def info(
     except ValueError as err:
         _fail(str(err))
     if workflow:
-        import yaml
-
         typer.echo(yaml.safe_dump(found["workflow"], sort_keys=False).rstrip())
     else:
         typer.echo(info_json(found) if as_json else format_info(found))
@@ -55,6 +56,7 @@ def export(
 ) -> None:
     """Export a run: OUT.h5 as NeXus (NXentry / NXdata with axes and units, for silx, PyMca, DAWN,
     h5py), and/or --pdf-files OUTDIR in PDFgetX3's layout for voxels, a mask's or a region's mean."""
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.export import (
         DEFAULT_GROUPS,
         export_nexus,
@@ -68,6 +70,7 @@ def export(
     if out is not None:
         client = None
         if scheduler_address is not None:
+            # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
             from distributed import Client
 
             client = Client(scheduler_address)
@@ -114,7 +117,7 @@ def view(
 ) -> None:
     """Look inside a run in the browser: maps at q or r, voxel patterns and G(r), sinograms, live
     while `xrdct watch` fills the store (127.0.0.1 only, with an access token in the URL)."""
-    from xrdct_dask.view import INSTALL
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.view.server import start_server
 
     try:
@@ -140,6 +143,7 @@ def center(
     count: Annotated[int, typer.Option(help="candidate axes (the found one in the middle)")] = 9,
 ) -> None:
     """Picture of a slice reconstructed at candidate rotation axes around the one found, to check it."""
+    # lazy: --help stays fast (no dask, zarr or pyFAI at start-up)
     from xrdct_dask.view.center import write_center_picture
 
     _logging(False)
