@@ -12,6 +12,7 @@ and :func:`~xrdct_dask.view.live.live_figure` from a notebook), :class:`~xrdct_d
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -24,6 +25,7 @@ from xrdct_dask.config import Workflow, WorkflowError, load_workflow
 
 def run(workflow, **kwargs):
     """Run a workflow and return the store path (see :func:`xrdct_dask.runs.execute.run`)."""
+    # lazy: `import xrdct_dask` (and so --help) stays light: runs pulls in dask and zarr
     from xrdct_dask.runs.execute import run as _run
 
     return _run(workflow, **kwargs)
@@ -32,8 +34,6 @@ def run(workflow, **kwargs):
 def __getattr__(name: str):
     # ``xrdct_dask.view(store)``: the viewer package (callable), imported when first asked for
     if name == "view":
-        import importlib
-
         return importlib.import_module(".view", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

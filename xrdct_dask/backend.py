@@ -13,6 +13,7 @@ import logging
 import types
 
 import numpy as np
+import scipy.ndimage
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,8 @@ def get_array_module(*arrays) -> types.ModuleType:
 def ndimage_of(xp) -> types.ModuleType:
     """``scipy.ndimage`` for numpy, ``cupyx.scipy.ndimage`` for cupy (the same functions on the device)."""
     if xp is np:
-        import scipy.ndimage
-
         return scipy.ndimage
+    # lazy: cupy is optional (the gpu extra)
     import cupyx.scipy.ndimage
 
     return cupyx.scipy.ndimage

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from distributed.system import MEMORY_LIMIT
+
 from xrdct_dask.config import Workflow, WorkflowError
 
 FRAMES_PER_BATCH = 32  # frames an engine call holds (the GPU's 128 are on the device, counted by the plan)
@@ -23,8 +25,6 @@ THREADS_PER_CORE = 4  # local threads allowed per core (reader threads and the l
 
 def machine_memory() -> int:
     """Bytes of memory this process may use (the machine's, or its cgroup's limit: dask's figure)."""
-    from distributed.system import MEMORY_LIMIT
-
     return int(MEMORY_LIMIT)
 
 

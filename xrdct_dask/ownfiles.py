@@ -10,6 +10,7 @@ write removes only its own temporary file.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import uuid
@@ -66,8 +67,6 @@ def replace_own(path: Path, write: Callable[[object], None], ours: Callable[[Pat
 
 def is_own_json(path: Path, key: str, value: str) -> bool:
     """True when ``path`` is a JSON object whose ``key`` is ``value`` (how a program marks its own)."""
-    import json
-
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError, UnicodeDecodeError):

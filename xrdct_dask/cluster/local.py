@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
@@ -15,6 +16,7 @@ from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 from xrdct_dask.backend import cp, gpu_available
 from xrdct_dask.cluster.profiles import declared_resources, describe, make_cluster
 from xrdct_dask.config import Workflow
+from xrdct_dask.limits import check_local_workers
 from xrdct_dask.pipeline.stages import STAGES
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,6 @@ def _workers_ignore_sigint():
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield  # (ignored already, e.g. a background job of a shell: the workers inherit that)
         return
-    from multiprocessing import resource_tracker
 
     resource_tracker.ensure_running()
     came: list[int] = []
@@ -157,7 +158,6 @@ def client_for(wf: Workflow, scheduler_address: str | None, cluster=None, jobs: 
             jc.scale(jobs=n)
             log.info("cluster %s: %d jobs of %s", profile, n, describe(jc))
         return _client(jc), jc
-    from xrdct_dask.limits import check_local_workers
 
     check_local_workers(wf)  # before any worker starts
     lc = local_cluster(wf)

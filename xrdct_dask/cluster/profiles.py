@@ -47,6 +47,7 @@ import dask
 from dask.utils import parse_bytes
 from distributed.deploy.local import nprocesses_nthreads
 
+from xrdct_dask.config import WorkflowError, load_yaml_text, read_config_text
 from xrdct_dask.errors import ProfileError
 from xrdct_dask.resources import PROFILES_DIR
 
@@ -57,6 +58,7 @@ def _import_jobqueue():
     process with exit status 0 and no message, as if the run had finished."""
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGINT) if main else None
+    # lazy: here, to put back the SIGINT handler its import replaces
     import dask_jobqueue
 
     if main and before is not None:
@@ -173,7 +175,6 @@ def load_profile(profile: str | Path | dict, **overrides) -> Profile:
     else:
         path = profile_path(profile)
         name = path.stem
-        from xrdct_dask.config import WorkflowError, load_yaml_text, read_config_text
 
         try:
             raw = load_yaml_text(read_config_text(path), str(path))

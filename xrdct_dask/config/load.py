@@ -3,7 +3,11 @@ validation, and the one-line :class:`~xrdct_dask.errors.WorkflowError` naming th
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
+import stat as stat_
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from xrdct_dask.config.compare import flatten
 from xrdct_dask.config.workflow import Workflow
 from xrdct_dask.errors import PDFParameterError, WorkflowError
+from xrdct_dask.io.pyfai_config import PyFAIConfigError, merge_pyfai_config
 from xrdct_dask.pdf.pdfgetx3 import background_unit_error
 from xrdct_dask.pdf.pdfgetx3 import merge_config as merge_pdfgetx3_config
 
@@ -37,8 +42,6 @@ class _PlainLoader(yaml.SafeLoader):
 def _yaml_problem(err: yaml.YAMLError) -> str:
     """Where and what of a YAML error, without quoting the text that failed (it may be a file that
     is not a workflow at all: nothing of it is echoed)."""
-    import re
-
     mark = getattr(err, "problem_mark", None)
     problem = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", getattr(err, "problem", None) or "syntax error")
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -85,9 +88,6 @@ def load_yaml_text(text: str, source: str) -> Any:
 def read_config_text(path: Path, source: str | None = None) -> str:
     """The text of a configuration file, refused in one line when it is not a regular file or is
     larger than :data:`MAX_CONFIG_BYTES` (checked before reading: a 500 MB file is never loaded)."""
-    import os
-    import stat as stat_
-
     source = source or str(path)
     try:
         st = os.stat(path)
@@ -116,8 +116,6 @@ def read_config_text(path: Path, source: str | None = None) -> str:
 def _shown_key(key: str) -> str:
     """A key as an error message may quote it: a plain name, else (a line of some other file read
     as YAML, a password...) not at all."""
-    import re
-
     return key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", key) else "(a key that is not a name)"
 
 
@@ -153,8 +151,6 @@ def _keys_of(model) -> list[str]:
 def _did_you_mean(loc) -> str:
     """`` (did you mean integrate.npt_rad?)`` for an unknown key at ``loc``: the closest key of the
     same section (difflib), else the section that has a key of that name; empty when none is close."""
-    import difflib
-
     parts = [str(p) for p in loc]
     section, leaf = ".".join(parts[:-1]), parts[-1]
     known = _keys_of(Workflow)
@@ -274,8 +270,6 @@ def workflow_from_dict(raw: dict, base_dir: Path | None = None, overrides: dict 
                 sec[key] = [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in val]
     sources: list[str] = []
     if isinstance(raw.get("inputs"), dict) and raw["inputs"].get("pyfai_config"):
-        from xrdct_dask.io.pyfai_config import PyFAIConfigError, merge_pyfai_config
-
         try:
             raw, sources = merge_pyfai_config(raw)
         except PyFAIConfigError as err:

@@ -99,8 +99,6 @@ class BackgroundScan(_Section):
     @field_validator("frames")
     @classmethod
     def _is_source(cls, v: str) -> str:
-        from xrdct_dask.io.spec import is_hdf5, split_spec
-
         if not is_hdf5(v) and "{index" not in v:
             raise ValueError(f"{v!r}: needs an {{index}} field (a CBF template) or an HDF5 file::/dataset")
         check_frames_template(split_spec(v)[0] if is_hdf5(v) else v, hdf5=is_hdf5(v))

@@ -25,7 +25,10 @@ import numpy as np
 import pyFAI
 import pyFAI.units
 import scipy.sparse as sp
+from pyFAI.ext.splitPixelFullCSR import FullSplitCSR_2d
 from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+from xrdct_dask.io.pyfai_config import PyFAIConfigError, read_pyfai_config
 
 PIXEL_SPLITS = ("no", "bbox", "full")
 
@@ -124,8 +127,6 @@ def load_poni(poni):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: PONI file not found")
     if path.suffix.lower() == ".json":
-        from xrdct_dask.io.pyfai_config import PyFAIConfigError, read_pyfai_config
-
         try:
             cfg = read_pyfai_config(path)
         except PyFAIConfigError as err:
@@ -278,8 +279,6 @@ def _first_pixel_fixed(ai, shape, csr, engine, radial_unit):
     run to run (seen: 0.77/0.23, -0.0047/1.0047, 5e-24/1.0 for one pixel; NaN is possible), and so
     does every plan's checksum.  That pixel's coefficients are asked of pyFAI again, as the second
     of two copies of it in a matrix of the same bins (the first copy takes the stale buffer)."""
-    from pyFAI.ext.splitPixelFullCSR import FullSplitCSR_2d
-
     if csr.nnz == 0:
         return csr
     first = int(csr.indices.min())  # every pixel pyFAI handles gets entries (zeros included)

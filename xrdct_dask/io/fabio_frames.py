@@ -24,9 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from fabio.edfimage import EdfImage
+from fabio.fabioutils import BytesIO
+from fabio.tifimage import TifImage
 
 from xrdct_dask.errors import CorruptFrameError, TruncatedFrameError
-from xrdct_dask.io.cbf import decompress_frame, frame_complete, read_file
+from xrdct_dask.io.cbf import decompress_frame, frame_complete, read_cbf_payload, read_file
 from xrdct_dask.io.layout import FrameTemplate, ScanShape
 from xrdct_dask.io.source import FrameSource, as_counts, check_frame_dtype, out_of_range
 from xrdct_dask.io.status import FrameStatus, frame_message, status_of
@@ -47,10 +50,6 @@ def decode_image(raw: bytes, name: str) -> np.ndarray:
     """The one 2D image of a TIFF or EDF file's bytes ``raw`` (``name``: the file, its suffix the
     format), as fabio decodes it.  Raises TruncatedFrameError for an EDF (or compressed stream)
     that ends early, CorruptFrameError for anything fabio cannot read or a file of several frames."""
-    from fabio.edfimage import EdfImage
-    from fabio.fabioutils import BytesIO
-    from fabio.tifimage import TifImage
-
     tiff = name.lower().endswith(TIFF_SUFFIXES)
     raw = decompress_frame(raw, name)  # an .edf.gz / .edf.bz2: inflated (a stream cut short raises)
     try:
@@ -98,8 +97,6 @@ def frame_file_complete(path: str | Path) -> bool:
 def frame_file_shape(path: str | Path) -> tuple[int, int]:
     """``(ny, nx)`` of the frame file at ``path``: a TIFF / EDF image decoded, a CBF file's header
     read (:func:`~xrdct_dask.io.cbf.read_cbf_payload`).  Raises as those readers do."""
-    from xrdct_dask.io.cbf import read_cbf_payload
-
     return tuple(read_image(path).shape) if is_fabio_series(path) else tuple(read_cbf_payload(path).shape)
 
 

@@ -35,6 +35,8 @@ import numpy as np
 from xrdct_dask.backend import cp
 from xrdct_dask.io import hdf5
 from xrdct_dask.io.gpu_decode import pinned_empty
+from xrdct_dask.io.source import out_of_range, pixel_dtype
+from xrdct_dask.io.status import FrameStatus
 
 KERNEL = Path(__file__).parent / "kernels" / "h5_decode.cu"
 FILTER_NONE, FILTER_LZ4, FILTER_BSLZ4 = 0, 32004, 32008
@@ -254,9 +256,6 @@ def decode_into_counts(decoder: ChunkDecoder, buf, beg, end, filt, plan: ChunkPl
     -> -1; float64 / float16 -> float32).  A 64-bit integer frame with values beyond int32 gets
     status OUT_OF_RANGE (:func:`~xrdct_dask.io.source.out_of_range`), never wrapped values.
     Returns the status (n,) where the decoder runs."""
-    from xrdct_dask.io.source import out_of_range, pixel_dtype
-    from xrdct_dask.io.status import FrameStatus
-
     dt = np.dtype(dtype)
     n, npix = counts.shape
     if np.dtype(counts.dtype) != pixel_dtype(dt):

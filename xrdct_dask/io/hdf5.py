@@ -770,6 +770,7 @@ def _bshuf_c():
     its extension module), called through ctypes: no GIL held while it runs, output written in
     place.  None when the symbol is not there (then its Python API decodes, plus one copy)."""
 
+    # lazy: an h5py plugin, loaded at the first bitshuffle-LZ4 chunk
     import bitshuffle.ext
 
     try:
@@ -790,6 +791,7 @@ def _decode_one(buf: np.ndarray, fid: int, dest: np.ndarray, block: int, frame_b
             if c is not None and dest.flags.c_contiguous:
                 got = c(buf[12:].ctypes.data, dest.ctypes.data, dest.size, dest.itemsize, block)
                 return _OK if got == buf.size - 12 else (_SIZE if got >= 0 else _CORRUPT)
+            # lazy: an h5py plugin, loaded at the first bitshuffle-LZ4 chunk
             import bitshuffle
 
             dest[...] = bitshuffle.decompress_lz4(buf[12:], dest.shape, dest.dtype, block)

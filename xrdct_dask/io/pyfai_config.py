@@ -39,6 +39,7 @@ class PyFAIConfigError(ValueError):
 
 def read_pyfai_config(path):
     """pyFAI's :class:`WorkerConfig` of an ``integration.json`` (any version pyFAI reads)."""
+    # lazy: --help stays fast (config.load imports this module; pyFAI is slow to import)
     from pyFAI.io.integration_config import WorkerConfig
 
     path = Path(path)

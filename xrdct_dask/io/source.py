@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xrdct_dask.backend import get_array_module
 from xrdct_dask.io import hdf5
 from xrdct_dask.io.cbf import CbfPayload, CorruptFrameError, decompress_frame, parse_cbf, read_file
 from xrdct_dask.io.decode import decode_payload
@@ -118,8 +119,6 @@ def out_of_range(frames) -> np.ndarray:
     """bool ``(n,)``: frames of a 64-bit integer type holding values no int32 count holds (beyond
     +-2^31; an unsigned type's all-ones gap value excepted): they are flagged
     :attr:`~xrdct_dask.io.status.FrameStatus.OUT_OF_RANGE`, never wrapped.  numpy or cupy."""
-    from xrdct_dask.backend import get_array_module
-
     dt = frames.dtype
     n = frames.shape[0]
     if dt.kind not in "iu" or dt.itemsize < 8:
@@ -155,8 +154,6 @@ def read_batch(source: Hdf5Frames | Hdf5Template, indices: np.ndarray,
     (the raw path: :func:`~xrdct_dask.io.hdf5.read_raw_chunks` + :func:`~xrdct_dask.io.hdf5.decode_chunks`;
     layouts it does not take are read frame by frame), 64-bit values beyond int32 OUT_OF_RANGE,
     damaged metadata (h5py's RuntimeError) CORRUPT_HEADER."""
-    from xrdct_dask.io.status import FrameStatus
-
     if isinstance(source, Hdf5Template) or decoded_on_host(source) and not isinstance(source, Hdf5Frames):
         return source.read_batch(indices, threads)  # a file per slice or line, or TIFF / EDF files
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -397,6 +394,7 @@ HDF5_SOURCES = (Hdf5Frames, Hdf5Template)
 def decoded_on_host(source) -> bool:
     """Whether the engines take ``source``'s frames decoded (HDF5 sources; TIFF / EDF files through
     fabio, :mod:`xrdct_dask.io.fabio_frames`), not as CBF payloads they decode themselves."""
+    # lazy: import cycle io.fabio_frames -> io.source
     from xrdct_dask.io.fabio_frames import FabioTemplate
 
     return isinstance(source, (*HDF5_SOURCES, FabioTemplate))
@@ -407,6 +405,7 @@ def _open_cached(spec: str, scan: ScanShape | None, pid: int) -> FrameSource:
     file, path = split_spec(spec)
     if is_hdf5(spec):
         return Hdf5Template(spec, scan) if template_fields(file) else Hdf5Frames(file, path)
+    # lazy: import cycle io.fabio_frames -> io.source
     from xrdct_dask.io.fabio_frames import FabioTemplate, is_fabio_series
 
     return FabioTemplate(spec, scan) if is_fabio_series(spec) else CbfTemplate(spec, scan)

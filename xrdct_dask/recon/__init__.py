@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from xrdct_dask.backend import xp_for_engine
+from xrdct_dask.recon.astra import astra_reconstruct
 from xrdct_dask.recon.fbp import FILTERS, fbp, fourier_filter
 from xrdct_dask.recon.iterative import cgls, sirt
 from xrdct_dask.recon.projector import backproject, project
@@ -25,8 +27,6 @@ ALGORITHMS = ("fbp", "sirt", "cgls")
 def array_module(engine: str):
     """The array module a recon engine takes its sinograms in: numpy for ``astra`` (ASTRA copies
     host arrays to its GPU itself), else :func:`xrdct_dask.backend.xp_for_engine`."""
-    from xrdct_dask.backend import xp_for_engine
-
     return np if engine == "astra" else xp_for_engine(engine)
 
 
@@ -41,8 +41,6 @@ def reconstruct(sino, omega_deg, algorithm: str = "fbp", *, filter_name: str = "
     project's projectors on the sinogram's array module (the caller chose it: :func:`array_module`).
     """
     if engine == "astra":
-        from xrdct_dask.recon.astra import astra_reconstruct
-
         return astra_reconstruct(sino, omega_deg, algorithm, filter_name=filter_name, center=center,
                                  iterations=iterations, nonneg=nonneg)
     if algorithm == "fbp":

@@ -46,6 +46,7 @@ class AstraMissingError(XrdctError, RuntimeError):
 
 def _astra():
     try:
+        # lazy: astra is optional (the astra extra)
         import astra
     except ImportError:
         raise AstraMissingError("recon.engine: astra needs the ASTRA toolbox (pip install astra-toolbox), "

@@ -31,6 +31,7 @@ from xrdct_dask.pipeline.stages import FRAMES_STAGE
 from xrdct_dask.runs.connect import Connection
 from xrdct_dask.runs.open import open_run
 from xrdct_dask.runs.plan import waves
+from xrdct_dask.runs.refit import refit_axis
 from xrdct_dask.runs.report import finish_run
 from xrdct_dask.view.console import console
 
@@ -161,8 +162,6 @@ def execute(ctxs: list[RunContext], *, scheduler_address: str | None = None, clu
 def _refit_axes(client, ctxs: list[RunContext], token: str, resources: dict, progress: bool):
     """The axis fitted over z of every store (:func:`xrdct_dask.runs.refit.refit_axis`), and the
     slices it reopens computed again, as one graph: yields ``(tag, stage, result)``."""
-    from xrdct_dask.runs.refit import refit_axis
-
     redo = {i: zs for i, c in enumerate(ctxs) if (zs := refit_axis(c))}
     if not redo:
         return

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 from xrdct_dask import store
+from xrdct_dask.io.status import USABLE
+from xrdct_dask.runs.report import frame_status_summary
 
 
 def store_info(path: str | Path) -> dict:
@@ -23,9 +25,6 @@ def store_info(path: str | Path) -> dict:
     finished, frames integrated, wall seconds), ``stage_seconds`` (task seconds per stage of the
     last run), ``engines``, ``versions``, ``parent`` and ``reprocess`` (a reprocessed run's lineage).
     Raises ValueError (one line) for a path that is not a run store of this program."""
-    from xrdct_dask.io.status import USABLE
-    from xrdct_dask.runs.report import frame_status_summary
-
     path = Path(path)
     attrs = store.run_attrs(path)
     summary = attrs.get("run_summary") or {}

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
@@ -85,8 +86,6 @@ def check_replaceable(path, inputs: dict[str, Path] | None = None) -> None:
 
 
 def _host_tag() -> str:
-    import socket
-
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 

@@ -32,10 +32,12 @@ their own; each part's done-marker is an element of ``tasks/view``.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from xrdct_dask import store
 from xrdct_dask.store.specs import ArraySpec
@@ -182,8 +184,6 @@ def has_copy(path) -> bool:
 
 
 def layout_of(path) -> ViewLayout:
-    import zarr
-
     return ViewLayout.from_dict(dict(zarr.open_group(str(Path(path) / VIEW), mode="r").attrs)["layout"])
 
 
@@ -337,8 +337,6 @@ def write_view_part(path, z: int, part: int) -> dict:
 
     Holds one shard of the copy (``ny^2 q_shard`` floats) and a band of whole recon row chunks of
     it, or the slice's binned sinogram (``nw ny nqs`` floats): never a whole slice of a big array."""
-    import time
-
     t0 = time.perf_counter()
     path = Path(path)
     vl = layout_of(path)
