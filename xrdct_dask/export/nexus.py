@@ -88,6 +88,7 @@ def _compression(kind: str) -> dict:
     if kind == "gzip":
         return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
     if kind == "lz4":
+        # lazy: an h5py plugin, needed only for lz4
         import hdf5plugin
 
         return dict(hdf5plugin.LZ4())

@@ -19,6 +19,7 @@ truncated or foreign part is a one-line :class:`~xrdct_dask.errors.ExportError` 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import zarr
 
 from xrdct_dask.cluster.sidework import map_pieces, resolve_client, slabs
 from xrdct_dask.errors import ExportError
+from xrdct_dask.ownfiles import is_own_json
 
 PARTS_SUFFIX = ".parts"  # OUT.h5 -> OUT.h5.parts/
 PART_MARK = "xrdct-export.json"
@@ -44,8 +46,8 @@ def parts_folder(out_h5: Path) -> Path:
 
 def is_own_parts(folder: Path) -> bool:
     """Whether ``folder`` is a parts folder this program wrote (its mark file says so)."""
+    # lazy: import cycle export.nexus -> export.parts
     from xrdct_dask.export.nexus import CREATOR
-    from xrdct_dask.ownfiles import is_own_json
 
     return folder.is_dir() and not folder.is_symlink() and is_own_json(folder / PART_MARK, "creator", CREATOR)
 
@@ -107,6 +109,7 @@ def _write_part(piece) -> int:
     """One part file (a task): slab ``[a, b)`` of each listed array, zarr chunk by zarr chunk,
     with the export's HDF5 chunks and filters; the export's token written last (a part without
     it was not finished).  Returns the file's size in bytes."""
+    # lazy: import cycle export.nexus -> export.parts
     from xrdct_dask.export.nexus import _compression
 
     store_path, out, todo, kind, token, guard = piece
@@ -131,8 +134,6 @@ def _write_part(piece) -> int:
 
 
 def _product(grid):
-    import itertools
-
     return itertools.product(*grid)
 
 
@@ -180,6 +181,7 @@ def _first(err: BaseException) -> str:
 def place_parts(tmp_folder: Path, final: Path) -> None:
     """Rename the finished parts folder into place, first removing an earlier export's folder of
     that name (only one this program wrote: the caller checked)."""
+    # lazy: import cycle export.nexus -> export.parts
     from xrdct_dask.export.nexus import CREATOR
 
     (tmp_folder / PART_MARK).write_text(json.dumps({"creator": CREATOR}))

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fabio.cbfimage import CbfImage
+from scipy.ndimage import shift
 
 from xrdct_dask.simulate.phantom import (
     Q_GRID_A,
@@ -166,8 +168,6 @@ class SampleEnvironment:
         return self._maps(nz, nx)[..., h - nx // 2:h - nx // 2 + nx, h - nx // 2:h - nx // 2 + nx]
 
     def _project(self, maps: np.ndarray, omega_deg: np.ndarray, nx: int) -> np.ndarray:
-        from scipy.ndimage import shift
-
         h = maps.shape[-1] // 2
         big = project(maps, omega_deg)  # axis at column h
         # detector column j sees the projection-grid column j - nx // 2 - offset + h
@@ -260,8 +260,6 @@ def write_background_scan(out, env: SampleEnvironment, nomega: int, nx: int, ome
     Frames ``frame_{index:06d}.cbf``, their monitor ``monitor.txt`` (its own fluctuations) and
     ``truth.npz``: ``patterns`` (rows, nx, nq) the expected background per atom-units frame, and
     ``rows`` (1 or nomega)."""
-    from fabio.cbfimage import CbfImage
-
     folder = Path(out) / BACKGROUND_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     tube = env.empty_sinograms(1, nx, omega_deg)[0, 0]  # (nomega, nx) glass line integrals

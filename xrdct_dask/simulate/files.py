@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
+import hdf5plugin
 import numpy as np
 
 from xrdct_dask.io.scan import INTERLACE_PASSES, interlaced_lines
@@ -16,8 +17,6 @@ from xrdct_dask.simulate.phantom import WAVELENGTH_A
 def _frames_dataset(f, path: str, n: int, shape: tuple[int, int]):
     """An int32 ``(n, ny, nx)`` frames dataset at ``path`` of open file ``f``: chunks of one frame,
     bitshuffle + LZ4 (HDF5 filter 32008), in NXentry / NXdata groups as a detector writes."""
-    import hdf5plugin
-
     group, _, name = path.strip("/").rpartition("/")
     f.attrs["default"] = "entry"
     g = f.require_group(group) if group else f
@@ -78,8 +77,6 @@ def write_hdf5_scan(folder: str | Path, render, nframes: int, shape: tuple[int, 
     positions : dict
         ``{name: (values (nframes,), units)}``.
     """
-    import hdf5plugin
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ny, nx = shape

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xraydb
 from scipy.spatial.distance import cdist, pdist
-from skimage.transform import radon
+from skimage.transform import radon, rotate
 
 ENERGY_KEV = 90.0
 
@@ -159,8 +159,6 @@ def _rotated_path_integrals(mu: np.ndarray, phi_deg: float, upsample: int = 2) -
     summed down each column (a cell's own half included), turned back and averaged over each
     pixel's sub-pixels.  (The simulator's own discretisation: the correction in
     :mod:`xrdct_dask.sinogram.absorption` samples along the rays instead.)"""
-    from skimage.transform import rotate
-
     fine = np.kron(mu, np.ones((upsample, upsample)))
     turn = -90.0 - phi_deg  # counter-clockwise turn bringing the direction phi onto -y (down the rows)
     r = rotate(fine, turn, order=1, mode="constant", cval=0.0, preserve_range=True)
@@ -182,8 +180,6 @@ def attenuated_projections(maps: np.ndarray, mu: np.ndarray, omega_deg: np.ndarr
     part, its length ``rho``; the 3D path ``1 / rho`` times longer, the slice unchanged along z),
     averaged over ``azimuths`` values of eta; the attenuated map is then projected (skimage
     ``radon``) at that angle alone."""
-    from skimage.transform import radon
-
     nphase, n, _ = maps.shape
     tts = np.deg2rad(np.atleast_1d(np.asarray(two_theta_deg, np.float64)))
     eta = (np.arange(azimuths) + 0.5) * np.pi / azimuths

@@ -39,6 +39,7 @@ from xrdct_dask.simulate.phantom import (
     two_theta_of_q_deg,
 )
 from xrdct_dask.simulate.texture import textured_profiles
+from xrdct_dask.store import is_store, root_attrs
 
 
 @dataclass
@@ -116,8 +117,6 @@ def simulated_workflow(out: str | Path, nz: int, nomega: int, nx: int, seed: int
 def stores_made_from(folder: Path) -> list[Path]:
     """The stores of this program in ``folder`` (its entries, where a simulated scan's workflow puts
     them) that record files under ``folder`` as their inputs (input contents or sampled frames)."""
-    from xrdct_dask.store import is_store, root_attrs
-
     root = Path(folder).resolve()
     found = []
     for entry in sorted(Path(folder).iterdir()):

@@ -16,9 +16,13 @@ averages to 0 over sectors evenly spread on the circle).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import zarr
+from scipy.ndimage import binary_erosion
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,6 @@ def texture_report(store_path, scan_root, z: int = 0, erode: int = 1) -> list[di
     A reflection belongs to the textured phase whose name starts its label (``"Ni 200"``), else it
     is skipped.  Returns ``[{"peak", "phase", "voxels", "index", "index_truth", "orientation_deg",
     "orientation_truth_deg", "strain" (nchi,), "strain_truth" (nchi,), "chi_deg" (nchi,)}]``."""
-    import json
-    from pathlib import Path
-
-    import zarr
-    from scipy.ndimage import binary_erosion
 
     root = Path(scan_root)
     info = json.loads((root / "truth.json").read_text())

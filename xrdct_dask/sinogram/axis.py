@@ -36,8 +36,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.optimize import minimize_scalar
 
-from xrdct_dask.backend import to_host
+from xrdct_dask.backend import get_array_module, to_host
 
 FULL_TURN_DEG = 270.0  # an omega range wider than this is a 360-degree scan (mirror pairs exist)
 
@@ -156,9 +158,6 @@ def find_axis(sino, omega_deg, *, guess_px: float | None = None, search_px: floa
 
     Returns an :class:`AxisEstimate`; the centre is clipped to the search range.
     """
-    from scipy.ndimage import gaussian_filter1d
-    from scipy.optimize import minimize_scalar
-
     s = np.asarray(to_host(sino), dtype=np.float64)
     om = np.asarray(omega_deg, dtype=np.float64)
     if s.ndim != 2:
@@ -277,8 +276,6 @@ def structured_bins(sino, support=None, nbins: int = 16) -> tuple[np.ndarray, np
     Returns ``(bins, weights)``: the ``nbins`` best bins by structure / noise, strongest first,
     and ``1 / noise`` of each (summed with these weights every bin's noise counts alike and its
     structure by its signal-to-noise ratio)."""
-    from xrdct_dask.backend import get_array_module
-
     xp = get_array_module(sino)
     nx = sino.shape[1]
     cols = np.flatnonzero(np.ones(nx, bool) if support is None else np.asarray(support, bool))
@@ -295,8 +292,6 @@ def structured_bins(sino, support=None, nbins: int = 16) -> tuple[np.ndarray, np
 
 def weighted_sum(sino, bins, weights):
     """``sum_k weights[k] * sino[..., bins[k]]`` ``(nomega, nx)`` on the host (float64)."""
-    from xrdct_dask.backend import get_array_module
-
     xp = get_array_module(sino)
     sel = xp.asarray(sino[..., xp.asarray(np.asarray(bins))], dtype=xp.float64)
     return np.asarray(to_host(sel @ xp.asarray(np.asarray(weights, np.float64))))

@@ -33,6 +33,9 @@ from __future__ import annotations
 import numpy as np
 
 from xrdct_dask.backend import get_array_module, to_host
+from xrdct_dask.sinogram.air import AirColumns, find_air_columns, subtract_air, subtract_measured
+from xrdct_dask.sinogram.axis import find_axis
+from xrdct_dask.sinogram.stripes import find_stripes, remove_stripe_segments, stripe_segments
 
 PREP_STEPS = ("normalize_monitor", "fill_bad", "zingers", "background_scan", "background", "stripes", "jitter",
               "center")
@@ -422,13 +425,9 @@ def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monit
         steps.append("zingers")
     air = air_coef = axis = None
     if measured_background is not None:
-        from .air import subtract_measured
-
         sino = subtract_measured(sino, measured_background)
         steps.append("background_scan")
     if background == "auto":
-        from .air import AirColumns, find_air_columns, subtract_air
-
         air = find_air_columns(sino.sum(axis=-1)) if air_columns is None else air_columns
         if not isinstance(air, AirColumns) or air.found:
             sino, air_coef = subtract_air(sino, air)
@@ -437,12 +436,6 @@ def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monit
         sino, _ = subtract_background(sino, background_columns, background_per_projection)
         steps.append("background")
     if stripes:
-        from xrdct_dask.sinogram.stripes import (
-            find_stripes,
-            remove_stripe_segments,
-            stripe_segments,
-        )
-
         segments = (find_stripes(sino, stripe_snr, stripe_max_width_px) if known_stripes is None
                     else stripe_segments(known_stripes, sino.shape[:2]))
         sino = remove_stripe_segments(sino, segments)
@@ -454,9 +447,6 @@ def prepare_sinogram(sino, frame_ok, omega_deg, *, monitor=None, normalize_monit
         sino = shift_projections(sino, shifts)
         steps.append("jitter")
     if center == "auto":
-        from .air import AirColumns
-        from .axis import find_axis
-
         guess = (air.left + air.right - 1) / 2 if isinstance(air, AirColumns) and air.found else None
         axis = find_axis(sino.sum(axis=-1), omega_deg, guess_px=guess)
         c = axis.center_px

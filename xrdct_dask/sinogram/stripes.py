@@ -212,9 +212,8 @@ def remove_stripe_segments(sino, segments):
     of the slice's q-summed sinogram).  The neighbours of a segment are the nearest columns outside
     every segment over its rows.  Returns the cleaned block, float32, on the input's device.
     """
-    from xrdct_dask.sinogram.corrections import (
-        _interp_plan,  # here: corrections imports this module in its chain
-    )
+    # lazy: import cycle sinogram.corrections -> sinogram.stripes (corrections runs this step in its chain)
+    from xrdct_dask.sinogram.corrections import _interp_plan
 
     xp = get_array_module(sino)
     if sino.ndim != 3:
