@@ -53,9 +53,6 @@ def run_markers(nz: int, nomega: int, nx: int, nq: int, nr: int, layout, pdf_ord
     :func:`xrdct_dask.pipeline.stages.marker_specs`), for tests that create a store by hand with
     :func:`xrdct_dask.store.layout.create_store`; ``nr = 0``: no PDF; ``view``: the view copy's
     :class:`~xrdct_dask.store.viewcopy.ViewLayout` (None: no copy)."""
-    from xrdct_dask.config import workflow_from_dict
-    from xrdct_dask.pipeline.stages import Sizes, marker_specs
-
     wf = workflow_from_dict({"inputs": {"frames": "frame_{index}.cbf", "poni": "g.poni"},
                              "scan": {"nz": nz, "nomega": nomega, "nx": nx}, "store": "run.zarr",
                              "pdf": {"enabled": nr > 0, "order": pdf_order}, "view": {"write_copy": view is not None}},

@@ -21,9 +21,10 @@ import numpy as np
 
 from xrdct_dask import store
 from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.pdf import build_operator, compute_pdf
 from xrdct_dask.simulate import WAVELENGTH_A, make_phantom, omega_angles_deg, phase_library, project
 from xrdct_dask.store.budget import choose_layout
-from xrdct_dask.store.viewcopy import view_group_attrs, view_specs
+from xrdct_dask.store.viewcopy import view_group_attrs, view_layout, view_parts, view_specs, write_view_copy
 from xrdct_dask.testing.stores import run_markers
 
 PHASES = ("Ni", "Fe", "NaCl", "aSi")
@@ -45,9 +46,6 @@ def write_phantom_store(path, *, nz: int = 1, nx: int = 24, nomega: int = 24, nq
     copy's ``map_pixels`` (None: no copy), written for every slice when ``fill_view``;
     ``phases``: the workflow's ``view.phases``; ``data_slices``: only the first this many slices
     get recon/, pdf/G and reduced/intensity (the others their per-frame arrays and markers only)."""
-    from xrdct_dask.pdf import build_operator, compute_pdf
-    from xrdct_dask.store.viewcopy import view_layout, view_parts, write_view_copy
-
     path = Path(path)
     rng = np.random.default_rng(seed)
     q_nm = np.linspace(8.0, 250.0, nq)

@@ -34,6 +34,7 @@ def show(store, *, z: int = 0, map_name: str | None = None, poll_s: float = 2.0,
     store; ``phases`` (``{"Ni": [2.034, 1.762]}``, angstrom) marks d-spacings (default: the
     workflow's ``view.phases``).  A store that is not a run of this program is refused
     (ViewError) before anything shows."""
+    # lazy: bokeh is optional (the view extra); app and data would pull zarr and dask into --help (view.console)
     from bokeh.io import output_notebook
     from bokeh.io import show as bokeh_show
 

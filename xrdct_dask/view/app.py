@@ -27,6 +27,7 @@ from xrdct_dask import store
 from xrdct_dask.pipeline.stages import FRAMES_STAGE, writer_of
 from xrdct_dask.view.data import RunData, ViewError, robust_limits
 from xrdct_dask.view.figure import view_figure
+from xrdct_dask.view.live import live_status
 
 RECONSTRUCTED = writer_of(f"{store.RECON}/intensity")  # the stage whose markers say a slice is reconstructed
 G_DONE = writer_of(f"{store.PDF}/G")  # ... and its G(r) computed
@@ -50,6 +51,7 @@ setTimeout(() => URL.revokeObjectURL(url), 10000);
 @functools.cache
 def palette(name: str) -> tuple[str, ...]:
     """256 hex colours of a matplotlib colour map."""
+    # lazy: matplotlib takes a second to import; only drawing needs it
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
@@ -66,6 +68,7 @@ class Viewer:
     """The widgets, figures and callbacks of one page on the store of ``data``."""
 
     def __init__(self, data: RunData, *, z: int = 0, map_name: str | None = None, poll_s: float = 2.0):
+        # lazy: bokeh is optional (the view extra)
         from bokeh.layouts import column, row
         from bokeh.models import (
             BoxAnnotation,
@@ -201,6 +204,7 @@ class Viewer:
         self.download.js_on_change("data", CustomJS(args={"source": self.download}, code=_DOWNLOAD_JS))
 
         # ---- callbacks ----
+        # lazy: bokeh is optional (the view extra)
         from bokeh.events import Tap
 
         self.w_kind.on_change("value", lambda a, o, n: self._set(kind=n))
@@ -409,8 +413,6 @@ class Viewer:
     # ---- live -------------------------------------------------------------------------------
     def _poll(self, force: bool = False) -> None:
         """Read the markers (and the live status) and redraw what changed; every ``poll_s``."""
-        from xrdct_dask.view.live import live_status
-
         try:
             state = self.data.state(refresh=True)
         except Exception as err:  # a store being replaced: try again next time

@@ -85,6 +85,7 @@ def write_center_picture(path: str | Path, z: int | None = None, out: str | Path
 
 
 def _draw(out: Path, images: list, axes: np.ndarray, found: float, used: float, z: int, path: Path, geo: dict) -> None:
+    # lazy: matplotlib takes a second to import; only drawing needs it
     from matplotlib.figure import Figure
 
     n = len(images)

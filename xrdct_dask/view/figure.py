@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xrdct_dask import store
+from xrdct_dask.view.summary import _extent
 
 if TYPE_CHECKING:  # the page builds this figure of itself: no import at run time
     from xrdct_dask.view.app import Viewer
@@ -16,9 +17,8 @@ if TYPE_CHECKING:  # the page builds this figure of itself: no import at run tim
 
 def view_figure(v: Viewer):
     """The page's map, patterns, G(r) and sinogram as a matplotlib Figure (the PNG 'save' writes)."""
+    # lazy: matplotlib takes a second to import; only drawing needs it
     from matplotlib.figure import Figure
-
-    from xrdct_dask.view.summary import _extent
 
     d = v.data
     fig = Figure(figsize=(13, 8.5), layout="constrained")

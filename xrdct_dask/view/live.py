@@ -188,6 +188,7 @@ def live_figure(store_path, z_sino: int | None = None, z_recon: int | None = Non
     of slice ``z_sino`` as far as it is integrated (blank: not yet), the q-summed reconstruction
     of slice ``z_recon``, and frames/s and lag over time (``status``, :func:`live_status`).
     Slices default to the latest integrated and the latest reconstructed."""
+    # lazy: matplotlib takes a second to import; only drawing needs it
     from matplotlib.figure import Figure
 
 

@@ -9,6 +9,7 @@ only: reach it from another machine through an SSH tunnel (``ssh -L PORT:127.0.0
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hmac
 import secrets
@@ -16,6 +17,7 @@ import socket
 import threading
 from functools import partial
 
+from xrdct_dask.view.app import make_document
 from xrdct_dask.view.data import RunData, ViewError
 
 REFUSED = "refused: open the page with the URL `xrdct view` printed (it carries the access token)"
@@ -41,6 +43,7 @@ def next_free_port(port: int, host: str = "127.0.0.1", tries: int = 100) -> int 
 def make_auth(token: str, port: int):
     """A Bokeh ``AuthProvider``: the user is known when the request carries ``token`` (query
     argument) or the cookie it set; else the request goes to a page that answers 403."""
+    # lazy: bokeh is optional (the view extra)
     from bokeh.server.auth_provider import AuthProvider
     from tornado.web import RequestHandler
 
@@ -89,11 +92,10 @@ def start_server(path, port: int = 5006, *, token: str | None = None, map_name: 
     Raises :class:`ViewError` (one line) for a store that is not a run of this program, an
     unknown map, or a port in use (naming the next free one).  ``phases``: d-spacings to mark
     (``{name: [d, ...]}``, angstrom; default: the workflow's ``view.phases``)."""
+    # lazy: bokeh is optional (the view extra)
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
-
-    from xrdct_dask.view.app import make_document
 
     data = RunData(path)  # refuses what is not a run, before anything listens
     if map_name is not None:
@@ -139,8 +141,6 @@ def serve_in_thread(path, timeout_s: float = 120.0, **kwargs):
     """:func:`start_server` (port 0 unless given) in a daemon thread of its own IO loop, for
     tests, benchmarks and notebooks that keep their main thread: ``(server, url)``; stop it with
     ``server.io_loop.add_callback(server.io_loop.stop)``.  Its errors are raised here."""
-    import asyncio
-
     box: dict = {}
     ready = threading.Event()
 

@@ -169,6 +169,7 @@ def summary_figure(path: str | Path, z: int | None = None):
     """The summary picture of store ``path`` (slice ``z``, default the middle one) as a matplotlib
     ``Figure`` (drawn with Agg, pyplot's backend untouched): what :func:`write_summary` saves."""
     # a bare Figure draws with Agg without touching pyplot's backend (inline plots in Jupyter stay)
+    # lazy: matplotlib takes a second to import; only drawing needs it
     from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch

@@ -14,7 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from xrdct_dask import sinogram as sg
 from xrdct_dask.simulate.environment import SampleEnvironment, environment_block, poisson
+from xrdct_dask.sinogram.air import find_air_columns, subtract_air, subtract_measured
+from xrdct_dask.sinogram.axis import find_axis
 from xrdct_dask.testing.conformance.base import EngineTests
 from xrdct_dask.testing.conformance.sinogram import fbp_host, rms
 
@@ -49,8 +52,6 @@ class BackgroundTests(EngineTests):
         """The columns found are all air (the sample and the tube add less than 3 noise levels there at
         every angle: a centred glass wall, constant over omega, is sample), and they reach to within
         3 columns of the true edges of the support on each side that has 4 or more air columns."""
-        from xrdct_dask.sinogram.air import find_air_columns
-
         nx, nomega = 40, 64
         s, _ = environment_block(env, nx, nomega)
         air = find_air_columns(self.asarray(poisson(s, COUNTS, rng).sum(axis=-1)))
@@ -71,9 +72,6 @@ class BackgroundTests(EngineTests):
     def test_a_sample_filling_the_field_of_view_is_left_untouched(self, env, rng):
         """No column is air in every projection: nothing is subtracted (the prepared sinogram equals the
         one without a background step), and the reason is returned."""
-        from xrdct_dask import sinogram as sg
-        from xrdct_dask.sinogram.air import find_air_columns
-
         s, truth = environment_block(env, 40, 64)
         noisy = poisson(s, COUNTS, rng)
         air = find_air_columns(self.asarray(noisy.sum(axis=-1)))
@@ -88,8 +86,6 @@ class BackgroundTests(EngineTests):
         """Air doubling along x, a different pattern per q: after the auto background the sinogram's
         error against the air-free one is < 1.5 % of the air's largest value per q bin on average
         (noise: ~0.8 %), and the reconstruction's error against the air-free one drops at least 8x."""
-        from xrdct_dask import sinogram as sg
-
         env = SampleEnvironment(axis_offset_px=5, **ISSUE)
         s, truth = environment_block(env, 40, 64)
         noisy = poisson(s, 20 * COUNTS, rng)
@@ -110,8 +106,6 @@ class BackgroundTests(EngineTests):
         """A measured empty-tube scan (its tube and air, every angle; or one line, for a tube centred on
         the axis) subtracted per q leaves the sample alone: within the measurement's noise of the
         tube-free, air-free sinogram; a background of the wrong shape is refused in one line."""
-        from xrdct_dask.sinogram.air import subtract_measured
-
         env = SampleEnvironment(axis_offset_px=2.5, **ISSUE)
         s, truth = environment_block(env, 40, 64)
         bg = truth["tube"] + truth["air"][None]
@@ -133,9 +127,6 @@ class BackgroundTests(EngineTests):
     def test_axis_found_to_a_tenth_of_a_pixel(self, env, nomega, omega_range, rng):
         """Whole-pixel offsets 0 to 10 px, half and full turns: the axis of the background-corrected
         q sum is within 0.1 px of the truth, with a confidence above 0.8."""
-        from xrdct_dask.sinogram.air import find_air_columns, subtract_air
-        from xrdct_dask.sinogram.axis import find_axis
-
         s, truth = environment_block(env, 40, nomega, omega_range)
         noisy = self.asarray(poisson(s, COUNTS, rng))
         air = find_air_columns(noisy.sum(axis=-1))
@@ -148,9 +139,6 @@ class BackgroundTests(EngineTests):
     def test_equals_numpy_twin(self, rng):
         """The engine's air columns, air model, corrected sinogram and axis equal numpy's (1e-4 of the
         largest value; the axis to 1e-3 px)."""
-        from xrdct_dask.sinogram.air import find_air_columns, subtract_air
-        from xrdct_dask.sinogram.axis import find_axis
-
         self.skip_on_twin()
         s, truth = environment_block(SampleEnvironment(axis_offset_px=3.4, **ISSUE), 40, 64)
         noisy = poisson(s, COUNTS, rng)

@@ -61,6 +61,7 @@ def astra_cpu_fbp(sino: np.ndarray, omega_deg, n: int, project_volume: bool = Tr
     ``n x n`` image.  ``project_volume``: the volume window that places ASTRA's voxel (i, j) at the
     project's ``x = j - n // 2``, ``y = n // 2 - i``; False: ASTRA's default volume, centred on
     ``(n - 1) / 2`` (half a pixel off on an even grid)."""
+    # lazy: astra is an optional oracle (the astra extra)
     import astra
 
     r = n // 2
@@ -126,7 +127,6 @@ class ReconstructorTests(EngineTests):
         geometry).  Without the mapping (ASTRA's default volume and detector against the project's
         default centre) an even grid is off by far more than the tolerance, an odd one is not."""
         pytest.importorskip("astra")
-        from xrdct_dask.recon import fbp
 
         theta = np.linspace(0, 180, 2 * n, endpoint=False)
         inside = circle(n)

@@ -3,11 +3,15 @@ and its 1D integrations over one sector's azimuth range."""
 
 from __future__ import annotations
 
+import fabio
 import numpy as np
 import pytest
 
-from xrdct_dask.integrate import IntegrationPlan, Integrator
+from xrdct_dask.integrate import SUM_NAMES, IntegrationPlan, Integrator
 from xrdct_dask.io import read_cbf_payload, read_frame
+from xrdct_dask.io.source import open_source
+from xrdct_dask.io.status import FrameStatus
+from xrdct_dask.simulate import make_integrator
 from xrdct_dask.testing.conformance.base import EngineTests
 from xrdct_dask.testing.conformance.integrate import MONITOR, SHAPE, fresh_ai, gap_mask, synthetic_frames
 
@@ -151,9 +155,6 @@ class SectorTests(EngineTests):
         """The real Pilatus 2M frame (gaps -1, bad pixels -2, mostly empty: a single-crystal
         frame), 36 sectors x 500 q bins, decoded and integrated in one pass: pyFAI's integrate2d_ng
         of fabio's pixels to 1e-6."""
-        import fabio
-
-        from xrdct_dask.simulate import make_integrator
 
         ai = make_integrator("pilatus2m")
         frame = fabio.open(str(real_cbf)).data
@@ -217,10 +218,6 @@ class SectorTests(EngineTests):
     def test_kept_sums_come_with_the_patterns(self, sim_scan):
         """integrate_source with keep_sums: the five float32 sums of every frame, in SUM_NAMES order,
         give back its intensity (S / N) and sigma (sqrt(V) / N); a missing frame's are NaN."""
-        from xrdct_dask.integrate import SUM_NAMES
-        from xrdct_dask.io.source import open_source
-        from xrdct_dask.io.status import FrameStatus
-
         integ = Integrator(sim_scan.poni, SHAPE, 150, mask=sim_scan.mask, npt_azim=4, azimuth_range=FULL_CIRCLE,
                            keep_sums=True, engine=self.engine)
         src = open_source(sim_scan.frames)

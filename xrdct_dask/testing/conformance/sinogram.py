@@ -12,6 +12,8 @@ from xrdct_dask import sinogram as sg
 from xrdct_dask.backend import to_host
 from xrdct_dask.recon import fbp
 from xrdct_dask.simulate import attenuated_projections, make_phantom, omega_angles_deg, project
+from xrdct_dask.sinogram import absorption as ab
+from xrdct_dask.sinogram import stripes as st
 from xrdct_dask.testing.conformance.base import EngineTests
 
 # ==========================================================================================
@@ -287,8 +289,6 @@ class SinogramPrepTests(EngineTests):
         striped columns -- no clean column, whatever the seed -- and the clean scan none.  A whole
         stripe covers every row; a partial one at least 80 % of its rows and at most one window
         (25 rows) beyond each of its ends."""
-        from xrdct_dask.sinogram import stripes as st
-
         for seed in range(3):
             clean, striped, true, _, _ = striped_scan(case, seed)
             assert st.find_stripes(self.asarray(clean)) == [], (seed, "clean scan")
@@ -308,10 +308,8 @@ class SinogramPrepTests(EngineTests):
         scaled to this 128 px scan (11, 5), the better of the two taken: algotom smooths every
         column, this removal touches the found ones only."""
         pytest.importorskip("algotom")
+        # lazy: algotom is an optional oracle (skipped above without it)
         from algotom.prep.removal import remove_all_stripe
-
-        from xrdct_dask import sinogram as sg
-        from xrdct_dask.sinogram import stripes as st
 
         clean, striped, true, _, omega = striped_scan("all", 0)
         found = st.find_stripes(self.asarray(striped))
@@ -342,8 +340,6 @@ class SinogramPrepTests(EngineTests):
         exp(-mu R / rho(eta))`` (entry and exit paths of length R, the exit's 3D length 1 / rho
         longer; 2 % for the pixelated disc); at 2theta = 0
         every voxel of a ray attenuates as the ray's transmission exp(-P[mu]) (within 3 %)."""
-        from xrdct_dask.sinogram import absorption as ab
-
         n, mu0, radius = 65, 0.04, 25.25
         i, j = np.mgrid[:n, :n]
         r = n // 2
@@ -370,9 +366,6 @@ class SinogramPrepTests(EngineTests):
         scan, and what the attenuation adds to that error is cut at least 10x; at 30 degrees the
         exit path matters: what it adds is at most half of what dividing every frame by its
         transmission (the small-angle limit) leaves."""
-        from xrdct_dask.recon import fbp
-        from xrdct_dask.sinogram import absorption as ab
-
         sino, truth, clean, omega, mu, trans, tt = absorbing_scan()
         n = sino.shape[1]
         inside = circle(n) & (np.hypot(*np.mgrid[-n // 2:n - n // 2, -n // 2:n - n // 2]) < n // 2 - 2)
