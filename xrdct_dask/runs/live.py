@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 from distributed import LocalCluster
-from distributed import wait as dask_wait
+from distributed import as_completed
 
 from xrdct_dask import store
 from xrdct_dask.cluster.local import client_for, stage_resources
@@ -182,6 +182,18 @@ def _frames_folder(wf: Workflow) -> Path:
     return Path(*fixed[:-1]) if len(fixed) == len(parts) else Path(*fixed)
 
 
+def _wait_for(client, futures: list, timeout_s: float, first: bool = False) -> None:
+    """Return once every one of ``futures`` is done (``first``: one of them), or after ``timeout_s``.
+    Through the run's own client: dask's ``wait()`` asks for the process's default client, and a
+    run sets none (cluster/local.py ``_client``)."""
+    try:
+        for _ in as_completed(futures, loop=client.loop, timeout=timeout_s):
+            if first:
+                return
+    except TimeoutError:
+        pass
+
+
 def _warm_slice_stages(client, wf: Workflow, timeout_s: float = 180.0) -> None:
     """Every worker connected now runs the slice stages once on a synthetic slice
     (:func:`~xrdct_dask.pipeline.tasks_recon.warm_slice_stages`) before the first frame comes, so that the
@@ -192,11 +204,8 @@ def _warm_slice_stages(client, wf: Workflow, timeout_s: float = 180.0) -> None:
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
     futs = {client.submit(warm_slice_stages, wf, workers=[w], allow_other_workers=False, pure=False): w
             for w in workers}
-    try:
-        if futs:
-            dask_wait(list(futs), timeout=timeout_s)
-    except TimeoutError:
-        pass
+    if futs:
+        _wait_for(client, list(futs), timeout_s)
     for fut, w in futs.items():
         if not fut.done():
             log.warning("worker %s: slice stages' warm-up still running after %g s; going on", w, timeout_s)
@@ -363,10 +372,7 @@ class _Following:
         """Sleep until a task finishes, or ``poll_s``; the tasks finished."""
 
         if self.inflight:
-            try:
-                dask_wait(list(self.inflight), timeout=poll_s, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                pass
+            _wait_for(self.client, list(self.inflight), poll_s, first=True)
             return [f for f in self.inflight if f.done()]
         if self.pending:
             time.sleep(poll_s)
