@@ -44,9 +44,10 @@ def _writer(path: str, rate_hz: float, started, stop) -> None:
 
 def test_frames_inside_the_seen_length_are_readable_while_sources_are_opened_beside(tmp_path):
     """One thread reads the newest frames the (refreshed) dataset holds, raw, as a task does (its
-    source opened again where they lie past the length it saw), while another opens the source again and again, as each task does in a growing file:
-    every frame inside the length seen has its chunk and its values (frame k = base + k), at
-    least 300 reads and 50 opens (a 30 s deadline)."""
+    source opened again where they lie past the length it saw), while another opens the source
+    again and again, as each task does in a growing file: every frame inside the length seen has
+    its chunk and its values (frame k = base + k), over at least 300 reads and 50 opens (a 30 s
+    deadline)."""
     from xrdct_dask.io.hdf5 import FILES, decode_chunks
     from xrdct_dask.io.source import Hdf5Frames, open_source, refreshed
 
