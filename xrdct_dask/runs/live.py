@@ -43,8 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from distributed import LocalCluster
-from distributed import as_completed
+from distributed import LocalCluster, as_completed
 
 from xrdct_dask import store
 from xrdct_dask.cluster.local import client_for, stage_resources
