@@ -33,6 +33,7 @@ simulated on a larger one, or ``xrdct plan`` of a GPU not on this machine.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -223,11 +224,11 @@ def gpu_demand(wf: Workflow, npix: int, frame_bytes: int) -> GpuDemand:
 
     p, s, r, f = wf.integrate, wf.scan, wf.recon, wf.pdf
     nnz = NNZ_PER_PIXEL[p.split] * npix * (2 if p.npt_azim > 1 else 1)
-    base = dict(npix=int(npix), nbins=p.npt_rad * p.npt_azim, frame_bytes=int(frame_bytes), nnz=int(nnz),
-                keep_sums=p.sums_kept, hdf5=wf.frames_hdf5)
+    base = GpuDemand(npix=int(npix), nbins=p.npt_rad * p.npt_azim, frame_bytes=int(frame_bytes), nnz=int(nnz),
+                     keep_sums=p.sums_kept, hdf5=wf.frames_hdf5)
     recon, pdf = r.engine != "numpy", f.enabled and f.engine != "numpy"
     if not (recon or pdf):
-        return GpuDemand(**base)
+        return base
     nq, nr = p.npt_rad, int(r_grid(f.rmin, f.rmax, f.rstep).size) if f.enabled else 0
     lay = budget.choose_layout(nomega=s.nomega, nx=s.nx, nq=nq, nr=nr, omega_chunk=wf.store.omega_chunk,
                                q_chunk=wf.store.q_chunk, r_chunk=f.r_chunk, budget=budget.task_memory(wf.compute),
@@ -248,7 +249,7 @@ def gpu_demand(wf: Workflow, npix: int, frame_bytes: int) -> GpuDemand:
 
     least = max(recon_bytes(min(budget.GPU_RECON_BINS_LEAST, lay.q_sub)), pdf_bytes(budget.GPU_PDF_BATCH_LEAST))
     want = max(recon_bytes(lay.q_sub), pdf_bytes(budget.PDF_BATCH["cupy"]))
-    return GpuDemand(**base, task_least=least, task_want=max(want, least))
+    return dataclasses.replace(base, task_least=least, task_want=max(want, least))
 
 
 def card_bytes_of(wf: Workflow, device: int = 0) -> int | None:
