@@ -37,9 +37,10 @@ class TestGroup:
 
 
 def _pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """pytest in ``folder`` with the plugin alone (the installed plugins' loading takes seconds)."""
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "xrdct_dask.testing.quicktier", "-p",
                            "no:cacheprovider", *args], cwd=folder, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})  # (hypothesis, playwright...: seconds)
+                          env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
 
 
 def test_the_tier_is_measured_then_run_by_name(tmp_path):
