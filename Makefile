@@ -18,8 +18,8 @@ export CUPY_CACHE_DIR := $(HOMEDIR)/cupy
 export DASK_CONFIG    := $(HOMEDIR)/dask
 DIRS := $(TMPDIR) $(XDG_CACHE_HOME) $(XDG_DATA_HOME) $(IPYTHONDIR) $(MPLCONFIGDIR)
 
-.PHONY: demo test test-slow test-all test-slurm test-browser quick lint install bench clean slurm-up slurm-down notebooks \
-	throughputs chromium docs
+.PHONY: demo test test-slow test-all test-slurm test-browser quick quick-tier lint install bench clean slurm-up \
+	slurm-down notebooks throughputs chromium docs
 
 $(DIRS):
 	@mkdir -p $@
@@ -45,7 +45,9 @@ demo: $(STAMP) | $(DIRS)
 #   make test-slow  the `slow` ones: whole workflows, notebooks, the wheel, kills and resumes,
 #                   live acquisitions, subprocesses of the command line (CI runs them after make test)
 #   make test-all   both, in one pytest session
-#   make quick      make test, stopping at the first failure, last failures first
+#   make quick      the quick tier (tests/quick.txt: the not-slow tests of <= 1.5 s that start no cluster and
+#                   simulate no scan), stopping at the first failure, last failures first (under 3 minutes)
+#   make quick-tier measure the not-slow tests again and rewrite tests/quick.txt
 ifdef CI
 SLURM_FIRST := slurm-up
 endif
@@ -71,7 +73,11 @@ test-slurm: $(STAMP) slurm-up | $(DIRS)
 	$(BIN)/python -m pytest -q -m slurm $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 quick: $(STAMP) | $(DIRS)
-	$(PYTEST) -m "not slow" -x --ff $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	@start=$$(date +%s); $(PYTEST) -m "not slow" --quick -x --ff $(PYTEST_ARGS); rc=$$?; \
+	echo "make quick: $$(( $$(date +%s) - start )) s"; (exit $$rc); $(call pytest_ok,quick)
+
+quick-tier: $(STAMP) | $(DIRS)
+	$(PYTEST) -m "not slow" --quick-tier-out tests/quick.txt $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # the linter (ruff, pyproject.toml's [tool.ruff] rules) and the type checker (mypy on the files of
 # [tool.mypy]: the store, pipeline and run layers); both run, and it fails if either finds anything.

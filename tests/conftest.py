@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["xrdct_dask.testing.fixtures"]
+pytest_plugins = ["xrdct_dask.testing.fixtures", "xrdct_dask.testing.quicktier"]  # (`make quick`: --quick)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("XRDCT_SHARED_DATA", REPO.parent / "shared" / "data"))

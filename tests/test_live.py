@@ -12,6 +12,7 @@ live store must equal the batch store's exactly (NaN where NaN).
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -292,9 +293,11 @@ def test_simulate_rate_then_watch_from_the_command_line(cluster, tmp_path):
     assert bad.exit_code == 2 and "--rate must be > 0" in bad.output
 
 
-def _swmr_writer(frames_npy: str, path: str, rate_hz: float, started) -> None:
+def _swmr_writer(frames_npy: str, path: str, rate_hz: float, started, resume=None, pause_after: int = 0) -> None:
     """A detector's SWMR file writer (another process, as HDF5 wants): the frames appended one by
-    one at ``rate_hz`` to ``path::/entry/data/data`` (one frame per chunk, no filter), each flushed."""
+    one at ``rate_hz`` to ``path::/entry/data/data`` (one frame per chunk, no filter), each flushed;
+    after ``pause_after`` frames it waits for ``resume`` (at most 120 s); the time of its last
+    frame goes to ``path + ".last"``."""
     import h5py
 
     frames = np.load(frames_npy)
@@ -308,17 +311,25 @@ def _swmr_writer(frames_npy: str, path: str, rate_hz: float, started) -> None:
         started.set()
         t0 = time.perf_counter()
         for k, frame in enumerate(frames):
+            if resume is not None and k == pause_after:
+                resume.wait(120)
+                t0 = time.perf_counter() - k / rate_hz
             time.sleep(max(0.0, t0 + k / rate_hz - time.perf_counter()))
             d.resize(k + 1, axis=0)
             d[k] = frame
             d.flush()
+    with open(path + ".last", "w") as f:
+        f.write(repr(time.time()))
 
 
 @pytest.mark.slow  # an acquisition of 160 frames at 20 Hz (~15 s)
 def test_watch_follows_a_file_an_swmr_writer_grows(acq, batch, cluster, tmp_path):
     """One HDF5 file that the detector's writer holds open in SWMR mode and appends to at 20 Hz
     (a plain reader may not even open it): `watch` reads it as an SWMR reader, sees its length
-    grow, integrates each block once its frames are flushed, and the store equals the batch run's."""
+    grow, integrates each block once its frames are flushed, and the store equals the batch run's.
+    The writer holds after the first block's 40 frames until that block is integrated (its
+    done-marker in the store): so the first block is read while the file is still written, however
+    slowly the watch starts on a loaded machine."""
     import multiprocessing
 
     from xrdct_dask.io.source import open_source, read_frames
@@ -328,23 +339,40 @@ def test_watch_follows_a_file_an_swmr_writer_grows(acq, batch, cluster, tmp_path
     np.save(tmp_path / "frames.npy", raw)
     target = tmp_path / "scan.h5"
     ctx = multiprocessing.get_context("spawn")
-    started = ctx.Event()
-    writer = ctx.Process(target=_swmr_writer, args=(str(tmp_path / "frames.npy"), str(target), 20.0, started))
+    started, resume = ctx.Event(), ctx.Event()
+    writer = ctx.Process(target=_swmr_writer, args=(str(tmp_path / "frames.npy"), str(target), 20.0, started, resume,
+                                                    40))
     writer.start()
+    marks = tmp_path / "live.zarr" / store.TASKS / "integrate" / "c"
+    stop = threading.Event()
+
+    def resume_after_the_first_block():
+        deadline = time.monotonic() + 300
+        while not stop.is_set() and time.monotonic() < deadline:
+            if marks.is_dir() and any(f for _, _, fs in os.walk(marks) for f in fs if not f.endswith(".partial")):
+                break
+            stop.wait(0.05)
+        resume.set()
+
+    t = threading.Thread(target=resume_after_the_first_block, daemon=True)
+    t.start()
     try:
         assert started.wait(60)
-        t_started = time.time()
         wf = load_workflow(acq.workflow, OVERRIDES | {"store.path": str(tmp_path / "live.zarr"),
                                                       "inputs.frames": f"{target}::/entry/data/data"})
-        res = watch(wf, cluster=cluster, idle_timeout_s=30, png_every_s=0, progress=False, summary=False)
+        # (the idle timeout is a bound, never reached: the writer's pause ends with the first block)
+        res = watch(wf, cluster=cluster, idle_timeout_s=120, png_every_s=0, progress=False, summary=False)
     finally:
-        writer.join(60)
+        stop.set()
+        t.join(10)
+        writer.join(150)
     assert writer.exitcode == 0
     st = store.open_array(res.store, "reduced/frame_status", "r")[...]
     assert (st == FrameStatus.OK).all(), {FrameStatus(c).name: int((st == c).sum()) for c in np.unique(st)}
     assert not res.timed_out and len(res.blocks) == 4
     first = min(b["submitted"] for b in res.blocks)
-    assert first < t_started + 160 / 20.0 - 1.0, "the first block was not read while the file was written"
+    last_frame = float(Path(str(target) + ".last").read_text())
+    assert first < last_frame, "the first block was not read while the file was written"
     assert_same_stores(batch, res.store)
 
 

@@ -32,6 +32,7 @@ from xrdct_dask.io.status import FrameStatus, usable
 from xrdct_dask.runs.execute import RunStopped, run
 from xrdct_dask.store.viewcopy import layout_of, view_parts
 from xrdct_dask.testing import corrupt
+from xrdct_dask.testing.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 OMEGA_CHUNK = 1  # one task per projection row: many small tasks, so a kill lands mid-run
@@ -211,8 +212,8 @@ def test_full_disk_stops_with_a_clear_message_and_only_whole_blocks_marked(tiny_
         with pytest.raises(RunStopped) as err:
             run(wf, cluster=lc, progress=False, summary=False)
         # tasks already running when the run stopped go on (and fail: the disk is still full)
-        while any(w.state.executing_count for w in lc.workers.values()):
-            time.sleep(0.01)
+        wait_until(lambda: not any(w.state.executing_count for w in lc.workers.values()), 60,
+                   "the tasks running when the run stopped")
         monkeypatch.setattr(local, "_put", real_put)
         msg = str(err.value)
         assert "No space left on device" in msg and "rerun the same command to resume" in msg and "\n" not in msg

@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.runs.execute import run
 from xrdct_dask.runs.open import open_run
 from xrdct_dask.runs.service import interruptible  # SIGINT default in the child, as in a terminal
+from xrdct_dask.testing.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -346,8 +346,8 @@ def test_store_write_failure_gives_no_worker_traceback(scan, tmp_path, monkeypat
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc:
         with caplog.at_level(logging.WARNING), pytest.raises(RunStopped) as err:
             run(wf, cluster=lc, progress=False, summary=False)
-        while any(w.state.executing_count for w in lc.workers.values()):
-            time.sleep(0.01)
+        wait_until(lambda: not any(w.state.executing_count for w in lc.workers.values()), 60,
+                   "the tasks running when the run stopped")
     assert "No space left on device" in one_line(err)
     assert "Compute Failed" not in caplog.text
 
@@ -362,9 +362,8 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
                           "store.omega_chunk=1", "--set", "compute.n_workers=2"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          preexec_fn=interruptible)
-    deadline = time.time() + 120
-    while not (sc.root / "run.zarr" / "tasks" / "integrate" / "c").exists() and time.time() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: (sc.root / "run.zarr" / "tasks" / "integrate" / "c").exists(), 120, "a block marked done",
+               poll_s=0.1)
     os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err

@@ -24,6 +24,7 @@ from xrdct_dask import store
 from xrdct_dask.config import load_workflow
 from xrdct_dask.runs.service import JobService, make_server
 from xrdct_dask.testing.stores import assert_same_stores
+from xrdct_dask.testing.waits import wait_until
 
 from .conftest import LIVE_OVERRIDES as OVERRIDES
 
@@ -325,7 +326,8 @@ def test_queued_jobs_stay_queued_across_a_restart(scan, tmp_path):
     try:
         jobs = [submit(first, scan, tmp_path, f"r{k}") for k in range(3)]
         first.wait_status(jobs[0]["id"], ("running",))
-        time.sleep(0.2)
+        record = Path(jobs[0]["folder"]) / "job.json"  # saved just after the status changes in memory
+        wait_until(lambda: json.loads(record.read_text())["status"] == "running", 30, "the running job's record")
         shutil.copytree(tmp_path / "jobs", tmp_path / "kept")  # the records as the stopped service left them
     finally:
         first.close()

@@ -14,8 +14,15 @@ from pathlib import Path
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
 from xrdct_dask.backend import cp, gpu_available
+from xrdct_dask.cluster.gpulayout import (
+    GPU_WORKER_THREADS,
+    GpuLayout,
+    card_bytes_of,
+    describe_layout,
+    layout_of,
+)
 from xrdct_dask.cluster.profiles import declared_resources, describe, make_cluster
-from xrdct_dask.config import Workflow
+from xrdct_dask.config import Workflow, WorkflowError
 from xrdct_dask.limits import check_local_workers
 from xrdct_dask.pipeline.stages import STAGES
 
@@ -26,19 +33,6 @@ def gpu_count() -> int:
     """CUDA devices visible here (0 without cupy or a driver)."""
 
     return int(cp.cuda.runtime.getDeviceCount()) if gpu_available() else 0
-
-
-GPU_GB_PER_WORKER = 20  # a GPU worker's engine holds ~13 GB: two pipelines of 128-frame batches
-
-
-def workers_per_gpu_for(device: int) -> int:
-    """Default GPU worker processes for a device: one per ``GPU_GB_PER_WORKER`` GB of its memory,
-    1 to 6 (four on an H100, six on an H200).  Several processes read frames side by side (one GIL
-    each): on the H200 the whole workflow integrated 10.1k frames/s with six, 9.4k with four
-    (benchmarks/RESULTS.md, bench_workflow.py)."""
-
-    total = cp.cuda.runtime.getDeviceProperties(device)["totalGlobalMem"]
-    return int(min(6, max(1, total // (GPU_GB_PER_WORKER * 10**9))))
 
 
 @contextlib.contextmanager
@@ -92,41 +86,66 @@ def local_cluster(wf: Workflow, gpus: list[int] | None = None):
     """A cluster on this machine for one run.
 
     Without GPUs (or with ``integrate.engine: numpy``): a LocalCluster of single-threaded workers.
-    With GPUs: ``compute.workers_per_gpu`` (default :func:`workers_per_gpu_for`) worker processes
-    per GPU (``CUDA_VISIBLE_DEVICES`` = its GPU, resource ``GPU=1``, two threads so that one task
-    reads and writes while another holds the GPU pipeline; several processes because reading and
-    parsing frames is Python work under one GIL per process) plus workers (resource ``CPU=1``) on
-    the remaining cores for the centre, reconstruction and PDF.  Those see a GPU too (round robin)
-    unless both ``recon.engine`` and ``pdf.engine`` are ``numpy``: FBP and the PDF's GEMM then run
-    on the GPU, while the reading and integration keep their own processes.  ``gpus``: the device
-    numbers to use (default: all).
-    """
+    With GPUs: GPU workers and CPU workers sized to the card together
+    (:func:`~xrdct_dask.cluster.gpulayout.gpu_layout`, :func:`gpu_worker_specs`).
+    ``gpus``: the device numbers to use (default: all)."""
 
     c = wf.compute
     ncores = os.cpu_count() or 1
     if gpus is None:
         gpus = list(range(gpu_count())) if wf.integrate.engine in ("auto", "cupy") else []
-    ngpu = len(gpus)
-    if ngpu == 0:
+    if not gpus:
         nworkers = c.n_workers or max(1, ncores // c.threads_per_worker)
         return _start_workers(lambda: LocalCluster(
             n_workers=nworkers, threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
             dashboard_address=c.dashboard_address, host="127.0.0.1"))
+    workers = gpu_worker_specs(wf, gpus, local_gpu_layout(wf, gpus, ncores))
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": c.dashboard_address, "host": "127.0.0.1"}}
+    return _start_workers(lambda: SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu"))
+
+
+def local_gpu_layout(wf: Workflow, gpus: list[int], cores: int) -> GpuLayout:
+    """The :class:`~xrdct_dask.cluster.gpulayout.GpuLayout` of a local run on ``gpus`` (sized to the
+    first one's memory, or ``compute.gpu_memory``) and ``cores`` cores; a one-line
+    :class:`~xrdct_dask.errors.WorkflowError` where it cannot fit, before any worker starts."""
+    card = card_bytes_of(wf, gpus[0])
+    if card is None:
+        raise WorkflowError(f"compute.gpu_memory: auto, but no GPU is visible here to size the workers of GPUs "
+                            f"{gpus} to: give its size (e.g. 80GB)")
+    lay = layout_of(wf, len(gpus), cores, card)
+    log.info("GPU layout: %s", "; ".join(s.strip() for s in describe_layout(lay.to_dict())))
+    return lay
+
+
+def gpu_worker_specs(wf: Workflow, gpus: list[int], lay: GpuLayout) -> dict[str, dict]:
+    """The SpecCluster workers of a local GPU run laid out as ``lay`` says.
+
+    ``lay.workers_per_gpu`` worker processes per GPU (``CUDA_VISIBLE_DEVICES`` = its GPU, resource
+    ``GPU=1``, two threads so that one task reads and writes while another holds the GPU pipeline;
+    several processes because reading and parsing frames is Python work under one GIL per
+    process) plus ``lay.cpu_workers`` workers (resource ``CPU=1``) for the centre,
+    reconstruction and PDF.  Those see a GPU too (round robin) unless both ``recon.engine`` and
+    ``pdf.engine`` are ``numpy``: FBP and the PDF's GEMM then run on the GPU, while the reading
+    and integration keep their own processes.  Each process finds its share of its GPU in its
+    environment (:class:`~xrdct_dask.gpushare.GpuShare`): the GPU workers their batches, the others
+    their tasks' device bytes."""
+    c = wf.compute
     # GPU workers hold several GB of page-locked buffers, fixed at start-up (not growing with the
     # scan): the "auto" share of RAM would pause them for it, so they get no limit unless one is set
     gpu_limit = 0 if c.memory_limit == "auto" else c.memory_limit
-    per_gpu = c.workers_per_gpu or workers_per_gpu_for(gpus[0])
+    share, aux_share = lay.worker_share().env(), lay.aux_share().env()
     workers = {f"gpu-{i}-{k}": {"cls": Nanny, "options": {
-        "nthreads": 2, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}, "host": "127.0.0.1",
-        "memory_limit": gpu_limit}} for i in gpus for k in range(per_gpu)}
-    ncpu = c.n_workers or max(1, (ncores - 2 * ngpu * per_gpu) // c.threads_per_worker)
-    aux_gpu = wf.recon.engine != "numpy" or wf.pdf.engine != "numpy"
+        "nthreads": GPU_WORKER_THREADS, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i), **share},
+        "host": "127.0.0.1", "memory_limit": gpu_limit}} for i in gpus for k in range(lay.workers_per_gpu)}
+
+    def aux_env(k: int) -> dict:  # recon and pdf on the GPU: round robin; else none seen
+        return {"CUDA_VISIBLE_DEVICES": str(gpus[k % len(gpus)]), **aux_share} if lay.aux_per_gpu else \
+            {"CUDA_VISIBLE_DEVICES": ""}
+
     workers |= {f"cpu-{k}": {"cls": Nanny, "options": {
-        "nthreads": c.threads_per_worker, "resources": {"CPU": 1},
-        "env": {"CUDA_VISIBLE_DEVICES": str(gpus[k % ngpu]) if aux_gpu else ""},
-        "host": "127.0.0.1", "memory_limit": c.memory_limit}} for k in range(ncpu)}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": c.dashboard_address, "host": "127.0.0.1"}}
-    return _start_workers(lambda: SpecCluster(workers=workers, scheduler=scheduler, name="xrdct-local-gpu"))
+        "nthreads": c.threads_per_worker, "resources": {"CPU": 1}, "env": aux_env(k),
+        "host": "127.0.0.1", "memory_limit": c.memory_limit}} for k in range(lay.cpu_workers)}
+    return workers
 
 
 def _client(target) -> Client:

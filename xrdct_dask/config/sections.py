@@ -387,7 +387,7 @@ class Texture(_Section):
 
 
 class Compute(_Section):
-    _sizes = field_validator("memory_limit", "task_memory", mode="before")(lambda v: _check_bytes(v))
+    _sizes = field_validator("memory_limit", "task_memory", "gpu_memory", mode="before")(lambda v: _check_bytes(v))
 
     n_workers: int | None = Field(None, gt=0, description="LocalCluster workers (default: cores / threads_per_worker)")
     threads_per_worker: int = Field(1, gt=0)
@@ -397,7 +397,11 @@ class Compute(_Section):
     dashboard_address: str = "127.0.0.1:0"
     workers_per_gpu: int | None = Field(None, ge=1, description="local GPU runs: worker processes sharing each GPU "
                                                              "(each its own engine and GIL for reading frames); "
-                                                             "default: one per 20 GB of GPU memory, 1 to 6")
+                                                             "default: as many as fit (one per 20 GB of the card, "
+                                                             "1 to 6; compute.gpu_memory)")
+    gpu_memory: str = Field("auto", description="local GPU runs: the GPU memory every process on a card is sized "
+                                                "to together (70 % of it): auto (the card's), or a size such as "
+                                                "24GB (a smaller card simulated)")
     cache_dir: str | None = Field(None, description="where integration plans are kept between runs and shared by "
                                                     "workers (default $XRDCT_CACHE_DIR, else ~/.cache/xrdct-dask)")
     read_threads: int = Field(8, gt=0, description="threads per worker process reading frame files (on a "

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from xrdct_dask.backend import cp
+from xrdct_dask.gpushare import fence_pool, process_share
 from xrdct_dask.integrate._cupy_sources import BATCH_FRAMES, H5Batch, SourcesMixin
 from xrdct_dask.integrate.files import compressed, host_hdf5_batches, payload_batches
 from xrdct_dask.integrate.sums import Sums, finish, kept_sums
@@ -47,6 +48,29 @@ def launch_group(nchunks: int, fpt: int = FPT) -> int:
     col = 32 * fpt
     fit = PART_BYTES // (48 * max(nchunks, 1))
     return int(max(col, min(GROUP, fit // col * col)))
+
+
+def engine_gpu_bytes(batch_frames: int, npix: int, nbins: int, frame_bytes: int, nnz: int, *, pipelines: int = 2,
+                     keep_sums: bool = False, hdf5: bool = False) -> int:
+    """Device bytes a :class:`CupyEngine` holds running ``pipelines`` tasks at once on batches of
+    ``batch_frames`` frames of ``npix`` pixels (``frame_bytes`` compressed) into ``nbins`` bins,
+    with a plan of ``nnz`` matrix entries.
+
+    Resident: the CSR matrix (float32 data, int32 indices), norm and dark per pixel, the static
+    sums and the row chunks.  Per pipeline, two slots (:class:`_Slot`), each: the frames decoded
+    (int32) and their pixel-major copy (``_pixel_major``), the compressed bytes uploaded (x 1.25
+    for the arena's file slot, x 1.25 for the slot's growth) and the decoder's scratch (half of
+    that), the Poisson kernel's partial sums (:func:`launch_group`), the sums and their finished
+    rows; an HDF5 source's chunks of 16-bit counts through a scratch of their own."""
+    b = int(batch_frames)
+    nchunks = nnz // CHUNK_ENTRIES + nbins
+    resident = 8 * nnz + 8 * npix + 4 * (nbins + 1) + 32 * nbins + 12 * nchunks
+    upload = int(1.5625 * b * frame_bytes)
+    part = 48 * nchunks * launch_group(nchunks)
+    sums = b * nbins * (48 + 80 + 4 * (7 if keep_sums else 2))  # (6, n, nb) doubles, finish's temporaries, rows
+    raw = int(1.25 * b * npix * 2) if hdf5 else 0
+    slot = 8 * b * npix + upload + upload // 2 + part + sums + raw
+    return int(resident + pipelines * 2 * slot)
 
 
 def row_chunks(indptr: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,6 +166,10 @@ class CupyEngine(SourcesMixin):
     def __init__(self, plan, options):
 
         self.plan = plan
+        share = process_share()  # this worker's share of its GPU (the local cluster's layout), or None
+        fence_pool(share)
+        if share is not None and share.batch_frames:
+            self.batch_frames = share.batch_frames
         self.error_model = options.error_model
         self.outlier = options.outlier
         self.options = options
@@ -188,11 +216,13 @@ class CupyEngine(SourcesMixin):
 
     # -------------------------------------------------------------------------------- sums
     def _buf(self, key, shape):
+        """A float64 device array of ``shape`` kept per ``key`` (a stream's), grown, never one per
+        batch size: the last batch of every task has its own size."""
+        size = int(np.prod(shape))
         a = self._out.get(key)
-        if a is None or a.shape != shape:
-            a = cp.empty(shape, dtype=cp.float64)
-            self._out[key] = a
-        return a
+        if a is None or a.size < size:
+            a = self._out[key] = cp.empty(size, dtype=cp.float64)
+        return a[:size].reshape(shape)
 
     def _pixel_major(self, d_frames, stream, npix: int | None = None):
         """(n, npix) -> (npix, n) into a buffer kept per stream (4-byte words).  ``d_frames`` may be
@@ -226,7 +256,7 @@ class CupyEngine(SourcesMixin):
         with stream:
             pix_major = self._pixel_major(cp.ascontiguousarray(d_frames), stream)
             if self.outlier == "none" and self.error_model in ("poisson", "none"):
-                out = self._buf(("p", n, id(stream)), (6, n, nb))
+                out = self._buf(("p", id(stream)), (6, n, nb))
                 part = self._buf(("part", id(stream)), (6 * self.nchunks * self.group,))
                 for g0 in range(0, n, self.group):
                     g = min(self.group, n - g0)
@@ -244,7 +274,7 @@ class CupyEngine(SourcesMixin):
             common = (self.d_data, self.d_indices, self.d_indptr, np.int32(nb), pix_major, np.int64(d_frames.shape[1]),
                       np.int32(n), self.d_norm, self.d_dark, np.int32(self.has_dark))
             cycles = self.options.max_iter if self.outlier == "sigma-clip" else 0
-            out = self._buf(("c", n, id(stream)), (5, n, nb))
+            out = self._buf(("c", id(stream)), (5, n, nb))
             self._k[f"csr_clip_{kind}"](grid, block, common + (np.int32(self.error_model == "azimuthal"),
                                                                np.float64(self.options.clip_threshold),
                                                                np.int32(cycles), out))

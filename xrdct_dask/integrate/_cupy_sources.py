@@ -246,7 +246,7 @@ class SourcesMixin:
         into every arena of its ring: buffers allocated and used once before the first task
         (before the acquisition, with no frame yet, a blank frame of the detector's shape)."""
 
-        n = BATCH_FRAMES
+        n = self.batch_frames
         paths = [source.path(int(i)) for i in np.unique(np.linspace(0, max(nframes - 1, 0), sample).astype(np.int64))]
         sizes = [p.stat().st_size for p in paths if os.path.isfile(p)]
         first = source.path(0)
@@ -264,7 +264,7 @@ class SourcesMixin:
         the first block finds nothing to compile or allocate.  ``hdf5``: the frame is stored
         unfiltered in an HDF5 file (read raw, the chunk kernels), else written as a CBF by fabio."""
 
-        n = BATCH_FRAMES
+        n = self.batch_frames
         with tempfile.TemporaryDirectory(prefix="xrdct-warm-") as tmp:
             if not hdf5:
 
@@ -307,7 +307,7 @@ class SourcesMixin:
         the batches are a blank frame of the detector stored unfiltered in a temporary file, which
         takes the same path (raw read, upload, chunk kernels, integration)."""
 
-        n = BATCH_FRAMES
+        n = self.batch_frames
         try:
             first = source.read_raw_chunks([0])
         except (OSError, ValueError):  # an unreadable file, or a layout h5py reads (not one frame per chunk)

@@ -255,8 +255,11 @@ def resolve_path(file: Path, path: str, depth: int = 0) -> tuple[Path, str, str]
                                         f"does not exist ({target})")
             return resolve_path(target, f"{link.path}/{rest}", depth + 1)
         done.append(name)
-    obj = f["/" + "/".join(done)]
-    return file, "/" + "/".join(done), "dataset" if isinstance(obj, h5py.Dataset) else "group"
+    # the object's class, not a handle of it: a second handle of a dataset open while another
+    # thread refreshes the cached one (an SWMR file) leaves that one's chunk index stale, and
+    # frames inside the length it sees read as never written (tests/test_swmr_reads.py)
+    kind = f.get("/" + "/".join(done), getclass=True)
+    return file, "/" + "/".join(done), "dataset" if kind is h5py.Dataset else "group"
 
 
 def _selected_frames(space, shape: tuple[int, ...], where: str) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 
 from xrdct_dask import store
 from xrdct_dask.backend import release, to_host, xp_for_engine
+from xrdct_dask.gpushare import device_share
 from xrdct_dask.pdf import (
     compute_pdf,
     finish_parts,
@@ -26,7 +27,7 @@ from xrdct_dask.pipeline.task import SliceTasks
 from xrdct_dask.pipeline.tasks_integrate import _engine
 from xrdct_dask.pipeline.tasks_recon import _geometry, _reconstruct_sub_blocks
 from xrdct_dask.recon import array_module
-from xrdct_dask.store.budget import PDF_BATCH
+from xrdct_dask.store.budget import PDF_BATCH, gpu_pdf_batch
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ def _pdf_file_background(ctx: RunContext):
         return None
     assert p.background_file is not None  # the schema: background: file needs background_file
     return load_background(p.background_file, store.open_array(ctx.store_path, "q", "r")[:])
+
+
+def _batch(xp, nq: int, nr: int) -> int:
+    """Voxels (or frames) per GEMM: the engine's :data:`~xrdct_dask.store.budget.PDF_BATCH`, on a GPU
+    no more than this worker's share of it lets a task hold (:func:`~xrdct_dask.store.budget.gpu_pdf_batch`)."""
+    share = device_share(xp)
+    if share is None:
+        return PDF_BATCH[_engine(xp)]
+    return gpu_pdf_batch(share.task_bytes, nq, nr, PDF_BATCH[_engine(xp)])
 
 
 def _row_blocks(nx: int, rows: int) -> list[slice]:
@@ -138,7 +148,7 @@ def pdf_rows(z: int, ys: slice, ctx: RunContext, *shares) -> dict:
     flat = rows.reshape(-1, nq)
     g = np.empty((flat.shape[0], op.nr), np.float32)
     figures: dict[str, list] = {}
-    batch = PDF_BATCH[_engine(xp)]
+    batch = _batch(xp, nq, op.nr)
     dtype = gemm_dtype(xp)
     for a in range(0, flat.shape[0], batch):  # NaN (never-reconstructed voxels) -> 0, on the device
         patterns = xp.nan_to_num(xp.asarray(flat[a:a + batch]), nan=0.0).astype(dtype, copy=False)
@@ -179,7 +189,7 @@ def pdf_frames_block(block: store.FrameBlock, ctx: RunContext, *deps) -> dict:
         bg = _pdf_file_background(ctx)
     flat = frames.reshape(-1, nq)
     lin = np.empty((flat.shape[0], op.matrix.shape[1]), np.float32)
-    batch = PDF_BATCH[_engine(xp)]
+    batch = _batch(xp, nq, op.nr)
     for a in range(0, flat.shape[0], batch):
         lin[a:a + batch] = to_host(linear_transform(xp.asarray(flat[a:a + batch]), op, bg, p.bgscale,
                                                     dtype=gemm_dtype(xp)))

@@ -10,6 +10,7 @@ import numpy as np
 from xrdct_dask import store
 from xrdct_dask.backend import release, to_host
 from xrdct_dask.config import Workflow
+from xrdct_dask.gpushare import device_share
 from xrdct_dask.pipeline.centering import measured_q, slice_geometry, stored_geometry
 from xrdct_dask.pipeline.context import RunContext
 from xrdct_dask.pipeline.task import SliceTasks
@@ -23,6 +24,7 @@ from xrdct_dask.sinogram.absorption import (
     two_theta_deg,
 )
 from xrdct_dask.sinogram.air import AirColumns
+from xrdct_dask.store.budget import gpu_q_sub
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +111,9 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
     zingers = 0
     air_model = np.full((2, n), np.nan, np.float32)  # the air subtracted per q (background auto)
     measured = opts.pop("measured_background", None)
-    for a in range(0, n, ctx.layout.q_sub):
-        b = min(a + ctx.layout.q_sub, n)
+    step = _device_q_sub(ctx, xp, omega.size, nx)
+    for a in range(0, n, step):
+        b = min(a + step, n)
         sub = None if measured is None else measured[..., a:b]
         prepared, info = prepare_sinogram(xp.asarray(sino[..., a:b]), ok, omega, measured_background=sub, **opts)
         if info.get("air_model") is not None:
@@ -132,6 +135,15 @@ def _reconstruct_sub_blocks(ctx: RunContext, z: int, sino: np.ndarray, opts: dic
         zingers += info["zingers"]
         del prepared, out
     return vol, info | {"zingers": zingers, "air_model": air_model}
+
+
+def _device_q_sub(ctx: RunContext, xp, nomega: int, nx: int) -> int:
+    """q bins prepared and reconstructed at once: the layout's ``q_sub``, on a GPU no more than
+    this worker's share of it lets a task hold (:func:`~xrdct_dask.store.budget.gpu_q_sub`)."""
+    share = device_share(xp)
+    if share is None or not share.task_bytes:
+        return ctx.layout.q_sub
+    return gpu_q_sub(share.task_bytes, nomega, nx, ctx.layout.q_sub, iterative=ctx.workflow.recon.algorithm != "fbp")
 
 
 def reconstruct_block(z: int, qs: slice, center, ctx: RunContext, *deps) -> dict:

@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from xrdct_dask import store
+from xrdct_dask.cluster.gpulayout import plan_layout
 from xrdct_dask.cluster.local import gpu_count
 from xrdct_dask.cluster.profiles import job_resources, load_profile
 from xrdct_dask.config import Workflow
@@ -172,6 +173,7 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)
     chunk_files: dict[str, int] = field(default_factory=dict)  # files per array: its shards, else its chunks
     overhead: dict = field(default_factory=dict)  # the steps around the compute: {step: {"hours", "rate", "on"}}
+    gpu_layout: dict = field(default_factory=dict)  # the processes on each GPU of a local run (cluster.gpulayout)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -390,9 +392,13 @@ def plan_workflow(wf: Workflow, *, frame_bytes: int | None = None, detector_shap
         notes.append(f"the file system ({fs_gbps:g} GB/s) feeds {fs['fs_frames_per_s'] / gpu:.2g} GPUs at "
                      f"{gpu:,.0f} frames/s: more GPUs wait on reads")
     overhead = _overhead(F, tasks, sum(written(k) for k in plans), hardware[0], figures)
+    local = cluster is None and wf.compute.cluster is None
+    gpu_layout, note = plan_layout(wf, hardware[0]["gpus"], os.cpu_count() or 1, (shape[0] * shape[1], fb)) \
+        if local else ({}, None)
+    notes += [note] if note else []
     return RunPlan(
-        overhead=overhead, input_files=nfiles, input_files_source=files_source, read_bytes=F * fb,
-        gpus=hardware[0]["gpus"],
+        gpu_layout=gpu_layout, overhead=overhead, input_files=nfiles, input_files_source=files_source,
+        read_bytes=F * fb, gpus=hardware[0]["gpus"],
         hardware=hardware, fs_gbps=fs_gbps, **fs,
         scan=(nz, nw, nx), frames=F, frame_bytes=fb, frame_bytes_source=fb_source, detector_shape=shape, nq=nq,
         nr=nr, stages=plans, tasks=tasks, tasks_per_slice=t_slice, slices_per_wave=spw, waves=nwaves,

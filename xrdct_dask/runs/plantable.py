@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from xrdct_dask.cluster.gpulayout import describe_layout
+
 if TYPE_CHECKING:  # the plan's module imports this one: its type only for the signature
     from xrdct_dask.runs.plan import RunPlan
 
@@ -64,6 +66,7 @@ def format_plan(p: RunPlan) -> str:
                    f"{p.cpu_frames_per_s_per_core:,.1f} per core") + ")") if h["frames_per_s"] else "no rate known"
         lines.append(f"{'the run integrates on' if k == 0 else '  and'} {h['where']}"
                      f"{' (' + kit + ')' if kit else ''}: {rate}")
+    lines += describe_layout(p.gpu_layout) if p.gpu_layout else []
     for step, o in p.overhead.items():
         lines.append(f"{step}: {_h(o['hours'])} hours on {o['on']} at {o['rate']} (measured: benchmarks/RESULTS.md)")
     lines.append(f"file system: {_b(p.read_bytes)} of frames in {p.input_files:,} files ({p.input_files_source})")

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import psutil
 from dask.utils import parse_bytes as _parse
 
-from xrdct_dask.recon.fbp import detector_window
+from xrdct_dask.recon.fbp import GPU_Q_CHUNK, detector_window
 
 CHUNK_BYTES_MAX = 256 * 2**20  # far under Blosc's 2 GiB, and a task's read granularity
 BUDGET_FRACTION = 0.5  # of a worker thread's memory: the rest is dask's, zarr's and the interpreter's
@@ -148,6 +148,51 @@ def pdf_frames_bytes(frames: int, nq: int, nr: int, batch: int = PDF_BATCH["nump
 def pdf_scale_bytes(rows: int, nx: int, nq: int) -> int:
     """A pdf-scale task: its block of rows, NaN-free and in float64."""
     return SCALE_COPIES * 4 * rows * nx * nq
+
+
+# ------------------------------------------------------------------------------------------
+# what one task holds on a GPU (its worker's share: xrdct_dask.gpushare, sized by
+# xrdct_dask.cluster.gpulayout); the host's blocks stay as the layout says, the device takes them
+# in pieces that fit
+# ------------------------------------------------------------------------------------------
+GPU_FBP_COPIES = 5  # one FBP pass on the GPU: the padded rows, their spectrum, cuFFT's work area, the
+#                     filtered rows and their window, per q bin of the pass
+GPU_ITER_COPIES = 4  # SIRT / CGLS: residual, projections, update and image copies, per sinogram + image
+GPU_RECON_BINS_LEAST = 32  # q bins a recon task takes at once on the GPU at least (a warp's lanes)
+GPU_PDF_BATCH_LEAST = PDF_BATCH["numpy"]  # voxels per GEMM on the GPU at least
+
+
+def recon_gpu_bytes(nomega: int, nx: int, q: int, *, iterative: bool = False) -> int:
+    """Device bytes of a recon task that prepares and reconstructs ``q`` bins at once on the GPU:
+    the sub-block uploaded and the preparation's copies of it, the volume of those bins, and one
+    FBP pass of ``min(q, GPU_Q_CHUNK)`` bins (iterative: the projections and images it updates)."""
+    sino, vol = 4 * nomega * nx * q, 4 * nx * nx * q
+    fbp = GPU_FBP_COPIES * 4 * nomega * fft_length(nx) * min(q, GPU_Q_CHUNK)
+    return int((PREP_COPIES + 1) * sino + vol + fbp + (GPU_ITER_COPIES * (sino + vol) if iterative else 0))
+
+
+def pdf_gpu_bytes(voxels: int, nq: int, nr: int) -> int:
+    """Device bytes of one GEMM batch of ``voxels`` patterns on the GPU (float32): the patterns as
+    uploaded and made NaN-free, and the transform's output, G and the figures."""
+    return int(voxels * (8 * nq + GEMM_COPIES * 4 * (nq + nr + PDF_EXTRA_COLUMNS + 1)))
+
+
+def gpu_q_sub(task_bytes: int, nomega: int, nx: int, q_sub: int, *, iterative: bool = False) -> int:
+    """Bins a recon task prepares and reconstructs at once on the GPU: the layout's ``q_sub``, fewer
+    where they would pass ``task_bytes`` (0: no bound), never under one bin."""
+    q = max(1, int(q_sub))
+    if task_bytes:
+        while q > 1 and recon_gpu_bytes(nomega, nx, q, iterative=iterative) > task_bytes:
+            q = (q + 1) // 2
+    return q
+
+
+def gpu_pdf_batch(task_bytes: int, nq: int, nr: int, batch: int = PDF_BATCH["cupy"]) -> int:
+    """Voxels per GEMM batch on the GPU: ``batch``, fewer where it would pass ``task_bytes`` (0: no
+    bound), never under one voxel."""
+    if not task_bytes:
+        return batch
+    return int(max(1, min(batch, task_bytes // max(1, pdf_gpu_bytes(1, nq, nr)))))
 
 
 # ------------------------------------------------------------------------------------------
