@@ -41,6 +41,9 @@ from xrdct_dask.backend import cp, gpu_available
 from xrdct_dask.config import Workflow, WorkflowError
 from xrdct_dask.gpushare import GpuShare
 from xrdct_dask.integrate._cupy import engine_gpu_bytes
+from xrdct_dask.integrate.csr import load_poni
+from xrdct_dask.pdf.transform import r_grid
+from xrdct_dask.pipeline.frames import frame_source
 from xrdct_dask.store import budget
 
 GPU_MEMORY_FRACTION = 0.70  # of the card's memory, for every process on it together
@@ -198,8 +201,6 @@ def frame_facts(wf: Workflow) -> tuple[int, int]:
     """``(pixels, bytes)`` of one frame as the engines read it: the PONI detector's pixels (else the
     source's frame shape) and the first frame file's size (CBF), else about a byte a pixel and a
     header (byte-offset at diffraction count rates; HDF5 chunks are smaller)."""
-    from xrdct_dask.integrate.csr import load_poni
-    from xrdct_dask.pipeline.frames import frame_source
 
     shape = src = None
     with contextlib.suppress(Exception):  # no readable PONI: the frames say
@@ -220,7 +221,6 @@ def gpu_demand(wf: Workflow, npix: int, frame_bytes: int) -> GpuDemand:
     integration's bins and matrix (:data:`NNZ_PER_PIXEL`, twice with sectors), and where the recon
     or pdf engine is not numpy, their tasks' device bytes at the least and at the store layout's
     blocks (:func:`~xrdct_dask.store.budget.choose_layout` within ``compute.task_memory``)."""
-    from xrdct_dask.pdf.transform import r_grid
 
     p, s, r, f = wf.integrate, wf.scan, wf.recon, wf.pdf
     nnz = NNZ_PER_PIXEL[p.split] * npix * (2 if p.npt_azim > 1 else 1)
