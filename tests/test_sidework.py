@@ -44,6 +44,20 @@ def test_map_pieces_runs_on_the_workers_in_order(cluster):
     assert map_pieces(None, _pid, range(3), "here") == [(os.getpid(), k * k) for k in range(3)]
 
 
+def test_map_pieces_works_through_a_client_that_is_not_the_default(cluster):
+    """A run's client is never the process's default (cluster/local.py ``_client``): map_pieces
+    must go through that client alone, with no default client to fall back on (before, dask's
+    ``as_completed()`` asked for the default one: "No clients found", and every run with a scan
+    file failed)."""
+    from distributed import default_client
+
+    with Client(cluster, set_as_default=False) as client:
+        with pytest.raises(ValueError, match="No clients found"):
+            default_client()  # there is none to fall back on
+        out = map_pieces(client, _pid, range(4), "xrdct-test-nondefault")
+    assert [v for _, v in out] == [k * k for k in range(4)]
+
+
 def _started_at(k):
     import time
 

@@ -58,7 +58,9 @@ def imap_pieces(client, fn: Callable[..., T], pieces: Iterable, name: str,
         return
     token = uuid.uuid4().hex[:8]
     order: dict[str, int] = {}
-    running = as_completed()
+    # the client's own loop: a run's client is not the process's default (as_completed() alone
+    # asks for the default client, and there is none)
+    running = as_completed(loop=client.loop)
 
     def submit(k: int, piece) -> None:
         f = client.submit(fn, piece, key=f"{name}-{k}-{token}", pure=False)
