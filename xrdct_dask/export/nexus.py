@@ -152,7 +152,7 @@ def _write_encoded(client, d, pieces, name: str, guard: SpaceGuard | None = None
     def submit(k, piece):
         return client.submit(_encode_piece, piece, key=f"{name}-{k}-{token}", pure=False)
 
-    running = as_completed([submit(k, p) for k, p in itertools.islice(todo, window)])
+    running = as_completed([submit(k, p) for k, p in itertools.islice(todo, window)], loop=client.loop)
     for fut in running:
         chunks = fut.result()  # raises a failed piece's error
         if guard is not None:

@@ -189,7 +189,7 @@ def compute_waves(client, wave_builders: list, totals: dict[str, int], progress:
     queue = deque(wave_builders)
     meta: dict = {}
     inflight: list[set] = []
-    ac = as_completed()
+    ac = as_completed(loop=client.loop)  # the run's client is not the default one
 
     def submit():
         items = queue.popleft()()
