@@ -56,6 +56,7 @@ class ScanLayout:
     monitor_source: str = "inputs.monitor"
     scratch: object | None = None
     transmission: object | None = None  # inputs.transmission by acquisition index (a FlatColumn), or None
+    monitor_used: list | None = None  # files of the positive monitor readings of the frames placed, where kept
 
     def index(self, wf: Workflow, z: int) -> np.ndarray:
         """int64 ``(nomega, nx)``: acquisition index of the frame at each point of slice ``z`` (-1 none)."""
@@ -79,7 +80,8 @@ class ScanLayout:
 
         if self.monitor is None:
             return 1.0
-        parts = scanslabs.monitor_streams(self.monitor, self.grid, wf.scan.nframes, wf.scan.nz)
+        parts = scanslabs.value_streams(self.monitor_used) if self.monitor_used is not None else \
+            scanslabs.monitor_streams(self.monitor, self.grid, wf.scan.nframes, wf.scan.nz)
         where = client if len(parts) > 1 else None
         ref = float(grouped_median(parts, 1, mapper=scanslabs.mapper_for(where, "xrdct-monitor-median"))[0])
         return ref if np.isfinite(ref) else 1.0
@@ -188,10 +190,12 @@ def scan_layout(wf: Workflow, client=None) -> ScanLayout:
         placed = "scan arithmetic (scan.order, scan.fast_axis)"
         axes: dict[str, np.ndarray] = {}
         if has_grid:
-            lay.grid = _grid_from_columns(wf, measured, lay.monitor if mon_rows else None, folder, client)
+            lay.grid, got = _grid_from_columns(wf, measured, lay.monitor if mon_rows else None, folder, client,
+                                               reference=lay.monitor)
+            lay.monitor_used = got["monitor_used"]
             placed = "scan file columns iz, iomega, ix"
             for k in measured:  # lines without a frame (allowed missing) take the nominal grid's place
-                axes[k] = _line_medians(lay.grid, k, AXIS_OF[k], nominal[k] if s.allow_missing else None, client)
+                axes[k] = _line_medians(got["medians"][k], nominal[k] if s.allow_missing else None)
         elif place:
             lay.grid, axes, off = _grid_from_positions(wf, blocks, measured, lay.monitor if mon_rows else None,
                                                        folder)
@@ -247,21 +251,24 @@ def read_transmission(wf: Workflow, path: Path, need: int):
 
 
 
-def _grid_from_columns(wf: Workflow, fields: list[str], monitor, folder: Path, client=None):
+def _grid_from_columns(wf: Workflow, fields: list[str], monitor, folder: Path, client=None, reference=None):
     """The frames placed by a scan file's ``iz, iomega, ix`` columns, per slice
     (:class:`~xrdct_dask.io.scantable.SlabFrames`, with the ``fields`` read), the monitor column
     scattered into ``monitor`` on the way; the file read slab by slab on the workers of ``client``
-    (:func:`xrdct_dask.runs.scanslabs.convert_scan_file`)."""
+    (:func:`xrdct_dask.runs.scanslabs.convert_scan_file`).  Returns the grid and what the conversion
+    found: the exact median of each field over its grid lines (``"medians"``), the files of the
+    ``reference`` monitor's readings of the frames placed (``"monitor_used"``)."""
 
     s = wf.scan
     path = wf.inputs.scan_file
     grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx, fields)
-    got = scanslabs.convert_scan_file(path, scan_header(path), grid, monitor, client)
+    got = scanslabs.convert_scan_file(path, scan_header(path), grid, monitor, client,
+                                      axes={k: AXIS_OF[k] for k in fields}, reference=reference)
     if got["bad"]:
         raise WorkflowError(f"inputs.scan_file: {wf.inputs.scan_file}: {got['bad']} rows lie outside the scan grid "
                             f"{s.nz} x {s.nomega} x {s.nx}")
     check_scan_extent(wf, got["seen"], "the scan file")
-    return grid
+    return grid, got
 
 
 EXTENT = (("scan.nz", "slices"), ("scan.nomega", "angles"), ("scan.nx", "x steps"))
@@ -342,16 +349,14 @@ def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, fol
     return grid, axes, off
 
 
-def _line_medians(grid, field: str, axis: int, nominal: np.ndarray | None = None, client=None) -> np.ndarray:
-    """The exact median of the per-frame ``field`` over each line of ``grid`` along ``axis`` (the
-    frames placed there), over slabs of slices on the workers of ``client`` (None: here): a
-    measured coordinate for each grid index.  ``nominal`` (the grid's values, given where missing
-    lines are allowed): a line without a frame takes its nominal value shifted by the median
-    offset of the measured lines from theirs."""
+def _line_medians(medians: np.ndarray, nominal: np.ndarray | None = None) -> np.ndarray:
+    """A measured coordinate for each grid index: ``medians``, the exact median of the per-frame
+    value over each grid line (the frames placed there; NaN: none,
+    :func:`xrdct_dask.runs.scanslabs.finish_grid`).  ``nominal`` (the grid's values, given where
+    missing lines are allowed): a line without a frame takes its nominal value shifted by the
+    median offset of the measured lines from theirs."""
 
-    parts = scanslabs.slice_streams(grid, field, axis)
-    out = grouped_median(parts, grid.shape[axis],
-                         mapper=scanslabs.mapper_for(client if len(parts) > 1 else None, f"xrdct-scan-median-{field}"))
+    out = np.array(medians, np.float64)
     empty = np.isnan(out)
     if nominal is not None and empty.any() and not empty.all():
         out[empty] = nominal[empty] + np.median(out[~empty] - nominal[~empty])
@@ -361,7 +366,7 @@ def _line_medians(grid, field: str, axis: int, nominal: np.ndarray | None = None
     return out
 
 
-SLAB_POINTS = 1 << 21  # scan points a template-writing task covers (whole slices: z chunks are 1)
+SLAB_POINTS = 1 << 20  # scan points a template-writing task covers (whole slices: z chunks are 1; ~40 MB held)
 
 
 SLABS_IN_FLIGHT = 64  # slab tasks submitted at once (each a few numbers: the workers read their slices)
