@@ -14,8 +14,8 @@ Global statistics are exact and held in bounded memory: :func:`grouped_median` (
 each group, e.g. the omega readings of every grid angle over all slices, by histogram
 narrowing over repeated streamed passes: memory ``O(groups x bins)``, not ``O(rows)``).  Only
 :func:`sample_grid_cuts` works on a sample: where a scan gives no grid columns, the groups of
-readings along an axis are told apart on a random (seeded) sample of at most
-:data:`SAMPLE_MAX` readings (all of them in a smaller scan: then exactly as
+readings along an axis are told apart on a random sample of at most :data:`SAMPLE_MAX`
+readings, chosen by their acquisition indices (:func:`sample_keys`; all of them in a smaller scan: then exactly as
 :func:`~xrdct_dask.io.positioners.grid_from_positions`); which reading falls in which group, and
 each group's median, are then exact over every reading.
 """
@@ -479,32 +479,68 @@ def _collect_part(stream, ngroups: int, want: np.ndarray, slo: np.ndarray, shi: 
     return nbelow, sel, vals
 
 
-class Sample:
-    """A random sample of a stream of readings, at most ``size`` (:data:`SAMPLE_MAX`) of them:
-    each reading kept with probability ``p`` (1 until the sample is full, then halved, each kept
-    reading dropped with probability 1/2, as often as needed).  Random, not strided: a stride can
-    alias with the scan's own period and miss whole grid values.  Seeded: the same scan gives the
-    same sample; a scan of at most ``size`` readings keeps them all."""
+def sample_keys(index: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint64 ``(n,)``: a pseudo-random key for each acquisition index (splitmix64 of index and
+    ``seed``).  A reading is in the sample of level ``L`` when its key is below ``2^(64 - L)``
+    (:func:`in_sample`): the sample depends on the readings' indices only, not on how the table is
+    cut into slabs or in what order they are read.  Random, not strided: a stride can alias with
+    the scan's own period and miss whole grid values."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(index, np.int64).astype(np.uint64) + np.uint64((0x9E3779B97F4A7C15 * (seed + 1)) % (1 << 64))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
-    def __init__(self, size: int | None = None, seed: int = 0):
+
+def in_sample(keys: np.ndarray, level: int) -> np.ndarray:
+    """bool: the readings of keys ``keys`` (:func:`sample_keys`) in the sample of ``level`` (each kept
+    with probability ``2^-level``; level 0: all of them)."""
+    if level <= 0:
+        return np.ones(keys.shape, bool)
+    return keys < np.uint64(1 << (64 - level))
+
+
+def sample_level(n: int, size: int | None = None) -> int:
+    """The level whose sample of ``n`` readings holds about ``size`` (:data:`SAMPLE_MAX`) at most:
+    0 (every reading) while they fit."""
+    size = size or SAMPLE_MAX
+    level = 0
+    while n > size << level:
+        level += 1
+    return level
+
+
+class IndexSample:
+    """The sample of some columns' readings (:func:`sample_keys`), merged from parts in any cut:
+    each part gives its readings at level :attr:`level` or finer (:meth:`add`); while more than
+    ``size`` (:data:`SAMPLE_MAX`) are held, the level rises (each kept reading dropped unless its
+    key is in the finer sample).  The result is the readings of the sample of the smallest level
+    at or above the first one that holds at most ``size``, whatever the parts."""
+
+    def __init__(self, level: int, size: int | None = None):
+        self.level = level
         self.size = size or SAMPLE_MAX
-        self.p = 1.0
-        self.rng = np.random.default_rng(seed)
-        self.parts: list[np.ndarray] = []
+        self.keys: list[np.ndarray] = []
+        self.values: dict[str, list[np.ndarray]] = {}
         self.count = 0
 
-    def add(self, v: np.ndarray) -> None:
-        v = np.asarray(v, np.float64)
-        kept = v if self.p == 1.0 else v[self.rng.random(v.size) < self.p]
-        self.parts.append(kept)
-        self.count += kept.size
+    def add(self, keys: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        keep = in_sample(keys, self.level)
+        self.keys.append(keys[keep])
+        for k, v in values.items():
+            self.values.setdefault(k, []).append(np.asarray(v, np.float64)[keep])
+        self.count += int(keep.sum())
         while self.count > self.size:
-            values = self.values()
-            self.parts = [values[self.rng.random(values.size) < 0.5]]
-            self.count, self.p = self.parts[0].size, self.p / 2
+            self.level += 1
+            keys = np.concatenate(self.keys)
+            keep = in_sample(keys, self.level)
+            self.keys = [keys[keep]]
+            self.values = {k: [np.concatenate(v)[keep]] for k, v in self.values.items()}
+            self.count = int(keep.sum())
 
-    def values(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.empty(0)
+    def column(self, name: str) -> np.ndarray:
+        parts = self.values.get(name, [])
+        return np.concatenate(parts) if parts else np.empty(0)
 
 
 def sample_grid_cuts(sample: np.ndarray, n: int) -> np.ndarray:
