@@ -21,6 +21,14 @@ _POW10 = np.array([10.0 ** k for k in range(23)])  # 1e0 .. 1e22: each an exact 
 _MANT_MAX = 1 << 53
 
 
+@numba.njit(nogil=True, inline="always")
+def _sign(buf, i):  # pragma: no cover - compiled
+    """``(negative, index after the sign)`` of an optional ``+`` / ``-`` at ``buf[i]``."""
+    if i < buf.size and (buf[i] == 45 or buf[i] == 43):
+        return buf[i] == 45, i + 1
+    return False, i
+
+
 @numba.njit(nogil=True, cache=True)
 def _parse(buf, ncols, keep, out, pow10):  # pragma: no cover - compiled
     """Rows parsed into ``out`` (``keep[c]``: the column of ``out`` field ``c`` goes to, -1: none);
@@ -52,36 +60,29 @@ def _parse(buf, ncols, keep, out, pow10):  # pragma: no cover - compiled
                         return -1
                     i += 1
             else:
-                neg = False
-                if i < n and (buf[i] == 45 or buf[i] == 43):
-                    neg = buf[i] == 45
-                    i += 1
+                neg, i = _sign(buf, i)
                 m = 0
                 digits = 0
                 e10 = 0
-                while i < n and 48 <= buf[i] <= 57:
-                    m = m * 10 + (buf[i] - 48)
-                    if digits >= 15 and m > _MANT_MAX:  # 15 digits stay below 2^53; past them, check
-                        return -1
-                    digits += 1
-                    i += 1
-                if i < n and buf[i] == 46:  # '.'
-                    i += 1
-                    while i < n and 48 <= buf[i] <= 57:
-                        m = m * 10 + (buf[i] - 48)
-                        if digits >= 15 and m > _MANT_MAX:
+                dot = False
+                while i < n:  # the significand's digits, one '.' among them
+                    c = buf[i]
+                    if 48 <= c <= 57:
+                        m = m * 10 + (c - 48)
+                        if digits >= 15 and m > _MANT_MAX:  # 15 digits stay below 2^53; past them, check
                             return -1
                         digits += 1
-                        e10 -= 1
-                        i += 1
+                        if dot:
+                            e10 -= 1
+                    elif c == 46 and not dot:
+                        dot = True
+                    else:
+                        break
+                    i += 1
                 if digits == 0:
                     return -1
                 if i < n and (buf[i] == 101 or buf[i] == 69):  # 'e', 'E'
-                    i += 1
-                    eneg = False
-                    if i < n and (buf[i] == 45 or buf[i] == 43):
-                        eneg = buf[i] == 45
-                        i += 1
+                    eneg, i = _sign(buf, i + 1)
                     e = 0
                     ed = 0
                     while i < n and 48 <= buf[i] <= 57:
@@ -121,6 +122,15 @@ def _parse(buf, ncols, keep, out, pow10):  # pragma: no cover - compiled
     return row
 
 
+@numba.njit(nogil=True, cache=True)
+def _count_lines(buf):  # pragma: no cover - compiled
+    n = 1
+    for c in buf:
+        if c == 10:
+            n += 1
+    return n
+
+
 def parse_numbers(raw: bytes, ncols: int, keep: list[int]) -> np.ndarray | None:
     """float64 ``(rows, len(keep))``: fields ``keep`` (column numbers, in the order wanted) of the
     lines of ``raw`` (``ncols`` fields each), exactly as :func:`float` reads them; None where the
@@ -129,7 +139,7 @@ def parse_numbers(raw: bytes, ncols: int, keep: list[int]) -> np.ndarray | None:
     where = np.full(ncols, -1, np.int64)
     for j, c in enumerate(keep):
         where[c] = j
-    rows = int(np.count_nonzero(buf == 10)) + 1
+    rows = _count_lines(buf)  # an upper bound of the rows (no temporary the size of the text)
     out = np.empty((rows, len(keep)), np.float64)
     got = _parse(buf, ncols, where, out, _POW10)
     return None if got < 0 else out[:got]

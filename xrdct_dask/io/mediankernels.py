@@ -14,19 +14,22 @@ import numba
 import numpy as np
 
 
+@numba.njit(nogil=True, inline="always")
+def _tally(k, x, n, lo, hi):  # pragma: no cover - compiled
+    """Cell ``k`` takes value ``x``: counted, its smallest and largest value updated."""
+    n[k] += 1
+    if x < lo[k]:
+        lo[k] = x
+    if x > hi[k]:
+        hi[k] = x
+
+
 @numba.njit(nogil=True, cache=True)
 def range_pass(g, v, n, lo, hi):  # pragma: no cover - compiled
     """Per group: ``n[g] += 1``, ``lo[g] = min``, ``hi[g] = max`` of the finite values."""
     for i in range(v.size):
-        x = v[i]
-        if not np.isfinite(x):
-            continue
-        k = g[i]
-        n[k] += 1
-        if x < lo[k]:
-            lo[k] = x
-        if x > hi[k]:
-            hi[k] = x
+        if np.isfinite(v[i]):
+            _tally(g[i], v[i], n, lo, hi)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -54,12 +57,7 @@ def hist_pass(g, v, ngroups, selected, slo, shi, scale, bins, nbelow, hist, bmin
             b = int((x - a) * scale[s])
             if b > bins - 1:
                 b = bins - 1
-            cell = s * bins + b
-            hist[cell] += 1
-            if x < bmin[cell]:
-                bmin[cell] = x
-            if x > bmax[cell]:
-                bmax[cell] = x
+            _tally(s * bins + b, x, hist, bmin, bmax)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -67,17 +65,8 @@ def collect_pass(g, v, ngroups, selected, slo, shi, nbelow):  # pragma: no cover
     """The ``(selection, value)`` pairs of the finite values inside ``[slo[s], shi[s]]`` of a
     selected selection ``s`` of their group (two arrays, in stream order); those below counted
     into ``nbelow``."""
-    m = 0
-    for i in range(v.size):
-        x = v[i]
-        if not np.isfinite(x):
-            continue
-        for j in range(2):
-            s = g[i] + j * ngroups
-            if selected[s] and x >= slo[s] and x <= shi[s]:
-                m += 1
-    sel = np.empty(m, np.int64)
-    val = np.empty(m, np.float64)
+    sel = np.empty(64, np.int64)
+    val = np.empty(64, np.float64)
     m = 0
     for i in range(v.size):
         x = v[i]
@@ -90,10 +79,13 @@ def collect_pass(g, v, ngroups, selected, slo, shi, nbelow):  # pragma: no cover
             if x < slo[s]:
                 nbelow[s] += 1
             elif x <= shi[s]:
+                if m == sel.size:  # a pass gathers few values (narrowed to them): grow by doubling
+                    sel = np.concatenate((sel, np.empty(m, np.int64)))
+                    val = np.concatenate((val, np.empty(m, np.float64)))
                 sel[m] = s
                 val[m] = x
                 m += 1
-    return sel, val
+    return sel[:m].copy(), val[:m].copy()
 
 
 def as_pair(g, v) -> tuple[np.ndarray, np.ndarray]:
