@@ -78,3 +78,27 @@ def test_azint_entry_has_the_accumulators_and_the_process(tmp_path, rng, sectors
         assert p["input_digests/inputs.poni"].attrs["path"] == "/data/geometry.poni"
         assert p["date"][()].decode() == "2026-01-02T03:04:05"
         assert abs(e["instrument/monochromator/energy"][()] - 90.0) < 0.05
+
+
+def test_a_parts_export_has_the_workers_write_the_accumulators(tmp_path, rng, monkeypatch):
+    """In a parts export the five accumulators of the azint entry are written into the part files
+    (by the tasks that write the parts: on the workers with a client) and the master holds them as
+    virtual datasets, links to the reduced entry's: no accumulator byte is stored in the master,
+    and the azint entry adds only its metadata (< 64 kB; 21 kB at 1000^3, bench_azint_master.py)
+    to it.  Every accumulator reads back equal to the store's."""
+    import xrdct_dask.export.parts as parts
+
+    monkeypatch.setattr(parts, "PART_MIN_BYTES", 0)  # this store is small: every array of 2+ dims in parts
+    path = make_store(tmp_path / "run.zarr", rng, sectors=False)
+    out = export_nexus(path, tmp_path / "run.h5", single_file=False)
+    root = zarr.open_group(str(path), mode="r")
+    with h5py.File(out, "r") as f:
+        d = f["azint/data"]
+        for n in store.SUM_ARRAYS:
+            assert d[n].is_virtual and d[n].id == f[f"reduced/{n}/{n}"].id, n
+            assert {s.file_name for s in d[n].virtual_sources()} == {"run.h5.parts/part-00000.h5"}, n
+            assert d[n].id.get_storage_size() == 0, n
+            np.testing.assert_array_equal(d[n][...], root[f"reduced/{n}"][...])
+    monkeypatch.setattr("xrdct_dask.export.nexus.write_azint", lambda *a, **k: None)
+    without = export_nexus(path, tmp_path / "without.h5", single_file=False)
+    assert out.stat().st_size - without.stat().st_size < 64 << 10

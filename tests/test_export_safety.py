@@ -132,3 +132,85 @@ def test_a_users_partial_file_is_never_written_over_and_stale_ones_of_killed_exp
     export_nexus(run_store, out, groups=["reduced"])
     assert mine.read_text() == "my notes" and lock_like.read_text() == "not an HDF5 file: not ours"
     assert not stale.exists() and out.is_file()
+
+
+KILLED_PARTS_EXPORT = """
+import sys, time
+from pathlib import Path
+import h5py
+import xrdct_dask.export.parts as parts
+from xrdct_dask.export import export_nexus
+
+def stuck(piece):  # writes the start of its part, says so, and hangs: killed there
+    with h5py.File(piece[1], "x") as f:
+        f.create_dataset("half", data=[1, 2, 3])
+    Path(sys.argv[3]).write_text("writing")
+    time.sleep(600)
+
+parts._write_part = stuck
+parts.PART_MIN_BYTES = 0  # every array of 2+ dims in parts: this store is small
+export_nexus(sys.argv[1], sys.argv[2], single_file=False)
+"""
+
+
+def test_the_parts_folder_of_a_killed_export_goes_with_one_line_and_nothing_else(run_store, tmp_path, monkeypatch):
+    """An export in parts SIGKILLed while its part file is being written leaves
+    ``.run.h5.parts.<hex>.partial`` (its mark, a half part file): the next export of run.h5
+    removes it, saying so in one console line, and completes.  Folders of the same name pattern
+    that are not certainly an interrupted export's keep every byte: one without the mark, one
+    whose mark is another file's export, one holding a file this program does not write."""
+    import logging
+    import signal
+    import time
+
+    import xrdct_dask.export.parts as parts
+    from xrdct_dask.export.parts import PART_MARK
+    from xrdct_dask.view.console import console
+
+    monkeypatch.setattr(parts, "PART_MIN_BYTES", 0)
+
+    out, ready = tmp_path / "run.h5", tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PARTS_EXPORT, str(run_store), str(out), str(ready)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() - t0 < 120
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stale = [p for p in tmp_path.iterdir() if p.name.startswith(".run.h5.parts.") and p.name.endswith(".partial")]
+    assert len(stale) == 1 and sorted(q.name for q in stale[0].iterdir()) == ["part-00000.h5", PART_MARK]
+    keep = {}
+    for hexname, files in (("0123456789ab", {"notes.txt": "no mark: not certainly ours"}),
+                           ("0123456789ac", {PART_MARK: '{"creator": "xrdct_dask export", '
+                                                        '"partial_export_of": "other.h5"}'}),
+                           ("0123456789ad", {PART_MARK: stale[0].joinpath(PART_MARK).read_text(),
+                                             "part-00000.h5": "", "mine.txt": "a user's file put there"})):
+        folder = tmp_path / f".run.h5.parts.{hexname}.partial"
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        keep[folder] = files
+    lines: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lines.append
+    level = console.level
+    console.addHandler(handler)
+    console.setLevel(logging.INFO)
+    try:
+        export_nexus(run_store, out, single_file=False)
+    finally:
+        console.removeHandler(handler)
+        console.setLevel(level)
+    assert not stale[0].exists() and not stale[0].with_name(stale[0].name + ".removing").exists()
+    said = [r.getMessage() for r in lines if stale[0].name in r.getMessage()]
+    assert len(said) == 1 and "interrupted export" in said[0] and f"pid {proc.pid}" in said[0], said
+    for folder, files in keep.items():
+        assert {p.name: p.read_text() for p in folder.iterdir()} == files, folder
+    from xrdct_dask.export import check_parts
+
+    check_parts(out)
+    assert (tmp_path / "run.h5.parts").is_dir()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.h5.") and p.name.endswith(".partial")
+                and p not in keep]  # the killed export's master partial went too (remove_stale_partials)

@@ -43,18 +43,31 @@ def test_grouped_median_is_numpys_median(rng):
             np.testing.assert_array_equal(scantable.grouped_median(stream, ngroups, **kw), want)
 
 
-def test_sample_is_random_bounded_and_whole_when_small():
+def test_sample_is_random_bounded_whole_when_small_and_the_same_however_cut():
     """At most its size; every reading kept while they fit; a fair sample of a periodic stream
-    (a strided one of period 8 out of 16 values would see only two)."""
-    s = scantable.Sample(100)
-    for a in range(0, 10_000, 37):
-        s.add(np.arange(a, min(a + 37, 10_000), dtype=float) % 16)
-    assert 25 < len(s.values()) <= 100 and s.p == 1 / 128
-    assert set(s.values()) == set(range(16))
-    whole = scantable.Sample(100)
-    whole.add(np.arange(60.0))
-    whole.add(np.arange(40.0))
-    np.testing.assert_array_equal(whole.values(), np.r_[np.arange(60.0), np.arange(40.0)])
+    (a strided one of period 8 out of 16 values would see only two); the same readings whatever
+    the parts the table is cut into and their order (the keys of the acquisition indices decide)."""
+    index = np.arange(10_000)
+    values = {"v": (index % 16).astype(float)}
+    keys = scantable.sample_keys(index)
+
+    def sample(cuts, order=1):
+        s = scantable.IndexSample(scantable.sample_level(10_000, 100), 100)
+        parts = list(zip(cuts[:-1], cuts[1:]))[::order]
+        for a, b in parts:
+            s.add(keys[a:b], {"v": values["v"][a:b]})
+        return s
+
+    s = sample([0, 10_000])
+    assert 25 < s.count <= 100 and s.count == s.column("v").size and s.level >= 7
+    assert set(s.column("v")) == set(range(16))
+    for cuts, order in (([0, 37, 5000, 9999, 10_000], 1), (list(range(0, 10_001, 1000)), -1)):
+        other = sample(cuts, order)
+        assert other.level == s.level and sorted(other.column("v")) == sorted(s.column("v"))
+    whole = scantable.IndexSample(scantable.sample_level(100, 100), 100)
+    whole.add(keys[:60], {"v": np.arange(60.0)})
+    whole.add(keys[60:100], {"v": np.arange(40.0)})
+    np.testing.assert_array_equal(whole.column("v"), np.r_[np.arange(60.0), np.arange(40.0)])
 
 
 @pytest.fixture(scope="module")

@@ -53,8 +53,17 @@ from xrdct_dask import __version__ as version
 from xrdct_dask.cluster.sidework import resolve_client
 from xrdct_dask.errors import ExportError, ExportExistsError
 from xrdct_dask.export.azint import write_azint
-from xrdct_dask.export.parts import PartsPlan, check_parts, is_own_parts, nparts_for, parts_folder, place_parts
-from xrdct_dask.ownfiles import exclusive_tmp, own_tmp_name
+from xrdct_dask.export.parts import (
+    PartsPlan,
+    check_parts,
+    is_own_parts,
+    nparts_for,
+    parts_folder,
+    place_parts,
+    remove_stale_parts,
+    start_parts_folder,
+)
+from xrdct_dask.ownfiles import exclusive_tmp
 
 CREATOR = "xrdct_dask export"
 DEFAULT_GROUPS = ("reduced", "recon", "pdf", "texture")
@@ -256,13 +265,13 @@ def export_nexus(run_zarr: str | Path, out_h5: str | Path, groups=DEFAULT_GROUPS
 
     with target_lock(out_h5):  # one export at a time writes OUT.h5; a second is refused in one line
         remove_stale_partials(out_h5)
+        remove_stale_parts(out_h5)
         with exclusive_tmp(out_h5, "partial") as (_, tmp):  # a name of its own: never a user's file
             guard = SpaceGuard(out_h5, _h5_chunk_count(root, groups))
             client = resolve_client(client)
             plan = None
             if in_parts:
-                ptmp = own_tmp_name(folder, "partial")
-                ptmp.mkdir()  # exclusive: a new folder of this export's own
+                ptmp = start_parts_folder(out_h5)  # exclusive: a new folder of this export's own
                 plan = PartsPlan(run_zarr, out_h5, ptmp, nparts_for(client), compression)
             try:
                 _write(tmp, root, run_zarr, out_h5, groups, comp, version, client, compression, guard, plan)

@@ -10,6 +10,12 @@ along the first axis of every large array) and the client writes only the master
     run.h5.parts/part-00001.h5     ...
     run.h5.parts/xrdct-export.json who wrote this folder (an overwrite replaces only such a folder)
 
+The parts are written into ``.run.h5.parts.<12 hex>.partial`` (its mark file, written first, names
+the export, its process and host) and the folder renamed into place when whole.  An export killed
+meanwhile leaves that folder behind; the next export of the same file, holding the file's lock (so
+no export of it is alive), removes it (:func:`remove_stale_parts`, one line saying so) -- only a
+folder of that name holding that mark and nothing but part files.
+
 The virtual datasets name their sources relative to the master (HDF5 looks for them beside it),
 so the master and its folder can be moved together.  HDF5 fills a missing source with the fill
 value without a word, so :func:`check_parts` opens every part the master lists and compares its
@@ -22,7 +28,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -32,7 +41,8 @@ import zarr
 
 from xrdct_dask.cluster.sidework import map_pieces, resolve_client, slabs
 from xrdct_dask.errors import ExportError
-from xrdct_dask.ownfiles import is_own_json
+from xrdct_dask.ownfiles import is_own_json, own_tmp_name
+from xrdct_dask.view.console import console
 
 PARTS_SUFFIX = ".parts"  # OUT.h5 -> OUT.h5.parts/
 PART_MARK = "xrdct-export.json"
@@ -176,6 +186,65 @@ def check_parts(master: str | Path) -> None:
 
 def _first(err: BaseException) -> str:
     return (str(err).splitlines() or [type(err).__name__])[0]
+
+
+def start_parts_folder(out_h5: Path) -> Path:
+    """A new folder ``.OUT.h5.parts.<12 hex>.partial`` for an export's parts (created exclusively),
+    its mark file written first: this program's, for ``OUT.h5``, by this process on this host (what
+    :func:`remove_stale_parts` recognises)."""
+    from xrdct_dask.export.nexus import CREATOR
+
+    folder = own_tmp_name(parts_folder(out_h5), "partial")
+    folder.mkdir()
+    (folder / PART_MARK).write_text(json.dumps({"creator": CREATOR, "partial_export_of": out_h5.name,
+                                                "pid": os.getpid(), "host": socket.gethostname(),
+                                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    return folder
+
+
+_STALE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.(?P<kind>partial|old)(\.removing)?$")
+_PART_FILE = re.compile(r"^part-\d{5}\.h5$")
+
+
+def remove_stale_parts(out_h5: Path) -> list[Path]:
+    """Remove the parts folders that exports of ``out_h5`` left behind: ``.OUT.h5.parts.<12 hex>.partial``
+    of an export killed while writing (its mark names ``OUT.h5``) and ``.OUT.h5.parts.<12 hex>.old``
+    of one killed while replacing its predecessor's (the mark of a finished parts folder).  Call it
+    holding the target's lock (:func:`~xrdct_dask.export.nexus.target_lock`): no export of ``OUT.h5``
+    is alive then.  A folder is removed only if it holds its mark and part files, nothing else; it
+    is renamed first, so that a part task the killed export left running cannot write into it again.
+    One console line per folder removed."""
+    from xrdct_dask.export.nexus import CREATOR
+
+    removed = []
+    want = parts_folder(out_h5).name
+    for p in sorted(out_h5.parent.glob(f".{want}.*")):
+        m = _STALE.match(p.name)
+        if not m or m["name"] != want or p.is_symlink() or not p.is_dir():
+            continue
+        try:
+            mark = json.loads((p / PART_MARK).read_text())
+            names = [q.name for q in p.iterdir()]
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if not isinstance(mark, dict) or mark.get("creator") != CREATOR:
+            continue
+        if m["kind"] == "partial" and mark.get("partial_export_of") != out_h5.name:
+            continue
+        if any(n != PART_MARK and not _PART_FILE.match(n) for n in names):
+            continue  # something this program does not write: not touched
+        gone = p if p.name.endswith(".removing") else p.with_name(f"{p.name}.removing")
+        try:
+            p.rename(gone)
+            for n in sorted(names, key=lambda n: n == PART_MARK):  # the mark last: a folder half removed
+                (gone / n).unlink(missing_ok=True)  # is still recognised by the next export
+            gone.rmdir()
+        except OSError:
+            continue
+        removed.append(p)
+        who = f" (export by pid {mark['pid']} on {mark['host']}, started {mark['started']})" if "pid" in mark else ""
+        console.info("%s: removed %s, the parts folder an interrupted export left%s", out_h5, p.name, who)
+    return removed
 
 
 def place_parts(tmp_folder: Path, final: Path) -> None:

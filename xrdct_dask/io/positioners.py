@@ -184,25 +184,29 @@ def hdf5_column(path: str | Path, name: str, kind: str, nframes: int) -> Hdf5Col
         return Hdf5Column(file, d.name, where, factor)
 
 
-def hdf5_column_blocks(columns: dict[str, Hdf5Column], nframes: int, rows: int):
-    """``{"index", <kind>: values}`` blocks of ``rows`` frames of the columns (float64, converted)."""
+def read_hdf5_slab(columns: dict[str, Hdf5Column], start: int, stop: int) -> dict[str, np.ndarray]:
+    """``{"index", <kind>: values}`` of frames ``start .. stop - 1`` of the columns (float64,
+    converted; a motor that did not move repeated): only those frames are read (a dataset of
+    several dimensions, flattened in C order, by the rows that hold them)."""
 
-    files = {c.file: h5py.File(c.file, "r") for c in columns.values()}
+    out = {"index": np.arange(start, stop, dtype=np.int64)}
+    files: dict[str, h5py.File] = {}
     try:
-        for a in range(0, nframes, rows):
-            b = min(a + rows, nframes)
-            out = {"index": np.arange(a, b, dtype=np.int64)}
-            for kind, c in columns.items():
-                if c.scalar is not None:
-                    v = np.full(b - a, c.scalar)
-                else:
-                    d = files[c.file][c.path]
-                    v = np.asarray(d[a:b] if d.ndim == 1 else d[()].reshape(-1)[a:b], np.float64)
-                out[kind] = v if c.factor is None else v * c.factor
-            yield out
+        for kind, c in columns.items():
+            if c.scalar is not None:
+                v = np.full(stop - start, c.scalar)
+            else:
+                if c.file not in files:
+                    files[c.file] = h5py.File(c.file, "r")
+                d = files[c.file][c.path]
+                row = int(np.prod(d.shape[1:], dtype=np.int64))
+                r0, r1 = start // row, -(-stop // row)
+                v = np.asarray(d[r0:r1], np.float64).reshape(-1)[start - r0 * row:stop - r0 * row]
+            out[kind] = v if c.factor is None else v * c.factor
     finally:
         for f in files.values():
             f.close()
+    return out
 
 
 def _per_frame(values: np.ndarray, nframes: int | None, where: str) -> np.ndarray:

@@ -14,8 +14,8 @@ Global statistics are exact and held in bounded memory: :func:`grouped_median` (
 each group, e.g. the omega readings of every grid angle over all slices, by histogram
 narrowing over repeated streamed passes: memory ``O(groups x bins)``, not ``O(rows)``).  Only
 :func:`sample_grid_cuts` works on a sample: where a scan gives no grid columns, the groups of
-readings along an axis are told apart on a random (seeded) sample of at most
-:data:`SAMPLE_MAX` readings (all of them in a smaller scan: then exactly as
+readings along an axis are told apart on a random sample of at most :data:`SAMPLE_MAX`
+readings, chosen by their acquisition indices (:func:`sample_keys`; all of them in a smaller scan: then exactly as
 :func:`~xrdct_dask.io.positioners.grid_from_positions`); which reading falls in which group, and
 each group's median, are then exact over every reading.
 """
@@ -34,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from xrdct_dask.io import mediankernels
 from xrdct_dask.io.scan import POSITION_COLUMNS, SCAN_COLUMNS, check_scan_columns
 
 BLOCK_ROWS = 1 << 18  # lines parsed at once (~30 MB of text and values)
 SAMPLE_MAX = 1 << 20  # readings per axis kept to find the groups of a scan without grid columns
 MEDIAN_CELLS = 1 << 20  # histogram cells of grouped_median (x 24 bytes): its bins per group follow
-MEDIAN_COLLECT = 64  # values per rank grouped_median gathers and sorts once narrowed to them
+MEDIAN_COLLECT = 4096  # values per rank grouped_median gathers and sorts once narrowed to them (a pass saved)
 FLOATS = ("omega_deg", "x_mm", "z_mm", "monitor")
 
 
@@ -214,10 +215,17 @@ class SlabFrames:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.shape = (nz, nomega, nx)
         self.fields = tuple(fields)
-        self.dtype = _record_dtype(self.fields)
         self.max_index = -1
         self.placed = 0
         self._finished = False
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The rows' record dtype, built where it is used: a dtype that came through pickle (a
+        task's argument on a worker) has field dtypes that are not numpy's own float64/int64
+        instances, and numpy's ``ufunc.at`` then leaves its fast loop for the buffered one,
+        ~20x slower (measured: ``np.minimum.at`` of 1e6 values 0.07 s against 0.004 s)."""
+        return _record_dtype(self.fields)
 
     def _file(self, z: int, kind: str) -> Path:
         return self.folder / f"{kind}-{z:06d}.bin"
@@ -242,20 +250,24 @@ class SlabFrames:
         rec["index"], rec["iomega"], rec["ix"] = index, iomega, ix
         for f in self.fields:
             rec[f] = values[f]
-        order = np.argsort(iz, kind="stable")
-        zs, starts = np.unique(iz[order], return_index=True)
-        for z, a, b in zip(zs, starts, [*starts[1:], len(order)]):
+        order = np.argsort(iz, kind="stable") if np.any(iz[1:] < iz[:-1]) else None  # a table in scan order: sorted
+        zsorted = iz if order is None else iz[order]
+        starts = np.concatenate([[0], np.flatnonzero(zsorted[1:] != zsorted[:-1]) + 1])
+        for a, b in zip(starts, [*starts[1:], len(iz)]):
             kind = "rows" if part is None else f"rows-part{part:06d}"
-            with open(self._file(int(z), kind), "ab") as fh:
-                rec[order[a:b]].tofile(fh)
+            with open(self._file(int(zsorted[a]), kind), "ab") as fh:
+                (rec[a:b] if order is None else rec[order[a:b]]).tofile(fh)
         self.max_index = max(self.max_index, int(index.max()))
         self.placed += len(iz)
 
-    def finish(self, zs: Iterable[int] | None = None) -> int:
+    def finish(self, zs: Iterable[int] | None = None,
+               each: Callable[[int, np.ndarray], None] | None = None) -> int:
         """Per slice (``zs``, default all): the winning row of each point (grid order) and the points
         recorded twice.  Returns the largest acquisition index placed in those slices (-1: none);
         finishing all of them sets :attr:`max_index` to it.  Slices are independent: slabs of them
-        may be finished at once by different processes (:mod:`xrdct_dask.runs.scanslabs`)."""
+        may be finished at once by different processes (:mod:`xrdct_dask.runs.scanslabs`).
+        ``each(z, winners)``: called with each slice's winning rows while they are in memory (what
+        else is taken from them is taken without reading them back)."""
         nw, nx = self.shape[1:]
         top = -1
         for z in (range(self.shape[0]) if zs is None else zs):
@@ -266,6 +278,8 @@ class SlabFrames:
             last[flat] = np.arange(len(rows))  # fancy assignment: the last row of a repeated point wins
             win = rows[last[last >= 0]]
             win.tofile(self._file(z, "win"))
+            if each is not None:
+                each(z, win)
             if win.size:
                 top = max(top, int(win["index"].max()))
             np.flatnonzero(seen > 1).astype(np.int64).tofile(self._file(z, "dup"))
@@ -355,13 +369,13 @@ def grouped_median(stream, ngroups: int, *, bins: int | None = None, collect: in
     minima and maxima are taken, gathered values are joined, so the result does not depend on
     how the data are cut or where the parts run.  Each group's two middle ranks are found by
     narrowing: a pass histograms the values inside each rank's current interval into ``bins``
-    bins (default: as many as :data:`MEDIAN_CELLS` allows, 16 to 1024) and keeps the bin holding
+    bins (default: as many as :data:`MEDIAN_CELLS` allows, 16 to 65536) and keeps the bin holding
     the rank (its smallest to its largest value), until at most ``collect``
     (:data:`MEDIAN_COLLECT`) values are left, which a last pass gathers and sorts.
     Memory ``O(ngroups x bins)`` here and in each part (a part returns its non-empty cells only);
     a group without values gets NaN.
     Returns float64 ``(ngroups,)``: the mean of the two middle values (``np.median``)."""
-    bins = bins or int(np.clip(MEDIAN_CELLS // (2 * ngroups), 16, 1024))
+    bins = bins or int(np.clip(MEDIAN_CELLS // (2 * ngroups), 16, 1 << 16))
     collect = collect or MEDIAN_COLLECT
     parts = list(stream) if isinstance(stream, (list, tuple)) else [stream]
     mapper = mapper or serial_map
@@ -425,11 +439,7 @@ def _range_part(stream, ngroups: int):
     lo = np.full(ngroups, np.inf)
     hi = np.full(ngroups, -np.inf)
     for g, v in stream():
-        ok = np.isfinite(v)
-        g, v = g[ok], v[ok]
-        n += np.bincount(g, minlength=ngroups)
-        np.minimum.at(lo, g, v)
-        np.maximum.at(hi, g, v)
+        mediankernels.range_pass(*mediankernels.as_pair(g, v), n, lo, hi)
     return n, lo, hi
 
 
@@ -442,13 +452,12 @@ def _hist_part(stream, ngroups: int, bins: int, active: np.ndarray, slo: np.ndar
     bmin = np.full(S * bins, np.inf)
     bmax = np.full(S * bins, -np.inf)
     nbelow = np.zeros(S, np.int64)
-    for sm, vm in _within(stream, ngroups, active, slo, shi, nbelow):
-        lm, hm = slo[sm], shi[sm]
-        b = np.minimum(((vm - lm) / (hm - lm) * bins).astype(np.int64), bins - 1)
-        cell = sm * bins + b
-        hist += np.bincount(cell, minlength=S * bins)
-        np.minimum.at(bmin, cell, vm)
-        np.maximum.at(bmax, cell, vm)
+    active, slo, shi = (np.ascontiguousarray(a) for a in (active, slo, shi))
+    with np.errstate(divide="ignore", invalid="ignore"):  # selections not active: no interval
+        scale = np.where(active, bins / (shi - slo), 0.0)
+    for g, v in stream():
+        mediankernels.hist_pass(*mediankernels.as_pair(g, v), ngroups, active, slo, shi, scale, bins, nbelow, hist,
+                                bmin, bmax)
     cells = np.flatnonzero(hist)
     return nbelow, cells, hist[cells], bmin[cells], bmax[cells]
 
@@ -456,58 +465,82 @@ def _hist_part(stream, ngroups: int, bins: int, active: np.ndarray, slo: np.ndar
 def _collect_part(stream, ngroups: int, want: np.ndarray, slo: np.ndarray, shi: np.ndarray):
     """The last pass of :func:`grouped_median` over one part: ``(nbelow, selections, [values of each])``."""
     nbelow = np.zeros(want.size, np.int64)
+    want, slo, shi = (np.ascontiguousarray(a) for a in (want, slo, shi))
     sel, vals = [], []
-    for sm, vm in _within(stream, ngroups, want, slo, shi, nbelow):
+    for g, v in stream():
+        sm, vm = mediankernels.collect_pass(*mediankernels.as_pair(g, v), ngroups, want, slo, shi, nbelow)
+        if not sm.size:
+            continue
         order = np.argsort(sm, kind="stable")
         keys, starts = np.unique(sm[order], return_index=True)
-        for k, part in zip(keys, np.split(vm[order], starts[1:])):  # zip: no keys, no part
+        for k, part in zip(keys, np.split(vm[order], starts[1:])):
             sel.append(int(k))
             vals.append(part)
     return nbelow, sel, vals
 
 
-def _within(stream, ngroups: int, selected: np.ndarray, slo: np.ndarray, shi: np.ndarray, nbelow: np.ndarray):
-    """One pass of :func:`grouped_median`: for each block, the (selection, value) pairs of the
-    selected selections (``s = j * ngroups + group``, both middle ranks of a group) whose finite
-    value lies in ``[slo[s], shi[s]]``; the values below each interval are counted into ``nbelow``."""
-    S = selected.size
-    for g, v in stream():
-        ok = np.isfinite(v)
-        g, v = g[ok], v[ok]
-        for j in (0, 1):
-            s = g + j * ngroups
-            a, lo, hi = selected[s], slo[s], shi[s]
-            nbelow += np.bincount(s[a & (v < lo)], minlength=S)
-            m = a & (v >= lo) & (v <= hi)
-            yield s[m], v[m]
+def sample_keys(index: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint64 ``(n,)``: a pseudo-random key for each acquisition index (splitmix64 of index and
+    ``seed``).  A reading is in the sample of level ``L`` when its key is below ``2^(64 - L)``
+    (:func:`in_sample`): the sample depends on the readings' indices only, not on how the table is
+    cut into slabs or in what order they are read.  Random, not strided: a stride can alias with
+    the scan's own period and miss whole grid values."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(index, np.int64).astype(np.uint64) + np.uint64((0x9E3779B97F4A7C15 * (seed + 1)) % (1 << 64))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
-class Sample:
-    """A random sample of a stream of readings, at most ``size`` (:data:`SAMPLE_MAX`) of them:
-    each reading kept with probability ``p`` (1 until the sample is full, then halved, each kept
-    reading dropped with probability 1/2, as often as needed).  Random, not strided: a stride can
-    alias with the scan's own period and miss whole grid values.  Seeded: the same scan gives the
-    same sample; a scan of at most ``size`` readings keeps them all."""
+def in_sample(keys: np.ndarray, level: int) -> np.ndarray:
+    """bool: the readings of keys ``keys`` (:func:`sample_keys`) in the sample of ``level`` (each kept
+    with probability ``2^-level``; level 0: all of them)."""
+    if level <= 0:
+        return np.ones(keys.shape, bool)
+    return keys < np.uint64(1 << (64 - level))
 
-    def __init__(self, size: int | None = None, seed: int = 0):
+
+def sample_level(n: int, size: int | None = None) -> int:
+    """The level whose sample of ``n`` readings holds about ``size`` (:data:`SAMPLE_MAX`) at most:
+    0 (every reading) while they fit."""
+    size = size or SAMPLE_MAX
+    level = 0
+    while n > size << level:
+        level += 1
+    return level
+
+
+class IndexSample:
+    """The sample of some columns' readings (:func:`sample_keys`), merged from parts in any cut:
+    each part gives its readings at level :attr:`level` or finer (:meth:`add`); while more than
+    ``size`` (:data:`SAMPLE_MAX`) are held, the level rises (each kept reading dropped unless its
+    key is in the finer sample).  The result is the readings of the sample of the smallest level
+    at or above the first one that holds at most ``size``, whatever the parts."""
+
+    def __init__(self, level: int, size: int | None = None):
+        self.level = level
         self.size = size or SAMPLE_MAX
-        self.p = 1.0
-        self.rng = np.random.default_rng(seed)
-        self.parts: list[np.ndarray] = []
+        self.keys: list[np.ndarray] = []
+        self.values: dict[str, list[np.ndarray]] = {}
         self.count = 0
 
-    def add(self, v: np.ndarray) -> None:
-        v = np.asarray(v, np.float64)
-        kept = v if self.p == 1.0 else v[self.rng.random(v.size) < self.p]
-        self.parts.append(kept)
-        self.count += kept.size
+    def add(self, keys: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        keep = in_sample(keys, self.level)
+        self.keys.append(keys[keep])
+        for k, v in values.items():
+            self.values.setdefault(k, []).append(np.asarray(v, np.float64)[keep])
+        self.count += int(keep.sum())
         while self.count > self.size:
-            values = self.values()
-            self.parts = [values[self.rng.random(values.size) < 0.5]]
-            self.count, self.p = self.parts[0].size, self.p / 2
+            self.level += 1
+            keys = np.concatenate(self.keys)
+            keep = in_sample(keys, self.level)
+            self.keys = [keys[keep]]
+            self.values = {k: [np.concatenate(v)[keep]] for k, v in self.values.items()}
+            self.count = int(keep.sum())
 
-    def values(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.empty(0)
+    def column(self, name: str) -> np.ndarray:
+        parts = self.values.get(name, [])
+        return np.concatenate(parts) if parts else np.empty(0)
 
 
 def sample_grid_cuts(sample: np.ndarray, n: int) -> np.ndarray:

@@ -6,8 +6,9 @@ every ``slab_bytes`` and moves on to the next line start (it reads one line per 
 the table, not the table), and :func:`read_table_slab` / :func:`read_monitor_slab` parse one slab
 each, wherever they run.  The values are those of the streamed readers of
 :mod:`xrdct_dask.io.scantable` (the same columns, dtypes, checks and one-line errors; the
-numbers parsed by pandas' C reader, checked against :func:`numpy.loadtxt` by the tests), so a
-table read slab by slab, in any order, equals the table read from the top.
+numbers parsed exactly on the raw bytes where the text is plain (:mod:`xrdct_dask.io.fastcsv`),
+else by pandas' C reader, both checked against :func:`numpy.loadtxt` by the tests), so a table
+read slab by slab, in any order, equals the table read from the top.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xrdct_dask.io import scantable
+from xrdct_dask.io import fastcsv, scantable
 from xrdct_dask.io.scan import POSITION_COLUMNS, SCAN_COLUMNS
 
 # bytes of text one slab covers (~3e5 scan-table lines): what a task parses at once (~100 MB held)
@@ -75,6 +76,9 @@ def read_table_slab(path: str | Path, start: int, stop: int, names: list[str] | 
     names = names or scantable.scan_header(path)
     wanted = [c for c in names if c in SCAN_COLUMNS + POSITION_COLUMNS]
     raw = _slab_text(path, start, stop)
+    fast = fastcsv.parse_numbers(raw, len(names), [names.index(c) for c in wanted])
+    if fast is not None:  # plain numbers, read exactly: the general readers would give the same
+        return scantable.typed_columns(path, {c: fast[:, k] for k, c in enumerate(wanted)})
     try:
         frame = pd.read_csv(io.BytesIO(raw), header=None, names=names, usecols=wanted, dtype=np.float64,
                             comment="#", skip_blank_lines=True, engine="c")
@@ -96,6 +100,9 @@ def read_monitor_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
     :func:`~xrdct_dask.io.scantable.monitor_blocks` reads them, with its one-line errors (the
     line numbers counted from the top of the file)."""
     raw = _slab_text(path, start, stop)
+    fast = fastcsv.parse_numbers(raw, 1, [0])
+    if fast is not None:
+        return np.ascontiguousarray(fast[:, 0])
     try:
         frame = pd.read_csv(io.BytesIO(raw), header=None, sep=r"\s+", dtype=np.float64, comment="#",
                             skip_blank_lines=True, engine="c")

@@ -14,25 +14,21 @@ import numpy as np
 from xrdct_dask import store
 from xrdct_dask.cluster.sidework import map_pieces, slabs
 from xrdct_dask.config import Workflow, WorkflowError
-from xrdct_dask.io import scantable
-from xrdct_dask.io.positioners import hdf5_column, hdf5_column_blocks, nearest_points
+from xrdct_dask.io.positioners import hdf5_column
 from xrdct_dask.io.scan import grid_index
 from xrdct_dask.io.scantable import (
     FlatColumn,
-    Sample,
     SlabFrames,
     grouped_median,
     monitor_blocks,
     remove_scratch,
-    sample_grid_cuts,
     scan_header,
-    scan_table_blocks,
     scratch_folder,
 )
 from xrdct_dask.io.spec import split_spec
 from xrdct_dask.io.status import FrameStatus
 from xrdct_dask.pipeline.frames import frame_source
-from xrdct_dask.runs import scanslabs
+from xrdct_dask.runs import positionslabs, scanslabs
 from xrdct_dask.view.console import console
 
 log = logging.getLogger(__name__)
@@ -57,6 +53,7 @@ class ScanLayout:
     monitor_source: str = "inputs.monitor"
     scratch: tempfile.TemporaryDirectory | None = None
     transmission: FlatColumn | None = None  # inputs.transmission by acquisition index, or None
+    monitor_used: list | None = None  # files of the positive monitor readings of the frames placed, where kept
 
     def index(self, wf: Workflow, z: int) -> np.ndarray:
         """int64 ``(nomega, nx)``: acquisition index of the frame at each point of slice ``z`` (-1 none)."""
@@ -80,7 +77,8 @@ class ScanLayout:
 
         if self.monitor is None:
             return 1.0
-        parts = scanslabs.monitor_streams(self.monitor, self.grid, wf.scan.nframes, wf.scan.nz)
+        parts = scanslabs.value_streams(self.monitor_used) if self.monitor_used is not None else \
+            scanslabs.monitor_streams(self.monitor, self.grid, wf.scan.nframes, wf.scan.nz)
         where = client if len(parts) > 1 else None
         ref = float(grouped_median(parts, 1, mapper=scanslabs.mapper_for(where, "xrdct-monitor-median"))[0])
         return ref if np.isfinite(ref) else 1.0
@@ -92,11 +90,11 @@ class ScanLayout:
 
 
 def _scan_source(wf: Workflow):
-    """The scan's own per-frame table: ``(blocks, columns, sources, has_grid)`` where ``blocks()``
-    streams it (:func:`~xrdct_dask.io.scantable.scan_table_blocks`: ``index``, grid columns,
-    ``omega_deg``, ``x_mm``, ``z_mm``, ``monitor``), from the scan file, else from an HDF5
-    source's scan (``inputs.positioners``, read a block of frames at a time:
-    :func:`~xrdct_dask.io.positioners.hdf5_column_blocks`); None when the scan gives nothing per frame."""
+    """The scan's own per-frame table: ``(slabs, columns, sources, has_grid)`` where ``slabs()``
+    lists its slabs, each read on its own (``.read()``: ``index``, grid columns, ``omega_deg``,
+    ``x_mm``, ``z_mm``, ``monitor``; :mod:`xrdct_dask.runs.positionslabs`), from the scan file,
+    else from an HDF5 source's scan (``inputs.positioners``: the datasets' extents and units read
+    here, their values by the slabs); None when the scan gives nothing per frame."""
 
     if wf.inputs.scan_file is not None:
         path = wf.inputs.scan_file
@@ -105,7 +103,8 @@ def _scan_source(wf: Workflow):
         except ValueError as err:
             raise WorkflowError(f"inputs.scan_file: {err}") from None
         cols = [c for c in ("omega_deg", "x_mm", "z_mm", "monitor") if c in names]
-        return (lambda: scan_table_blocks(path)), set(names), {c: f"{path}:{c}" for c in cols}, "iz" in names
+        return (lambda: positionslabs.table_slabs(path, names)), set(names), {c: f"{path}:{c}" for c in cols}, \
+            "iz" in names
     if wf.frames_hdf5 and not wf.frames_templated and wf.scan.positions != "nominal":
 
         n = frame_source(wf).nframes
@@ -123,7 +122,7 @@ def _scan_source(wf: Workflow):
                     raise WorkflowError(f"inputs.positioners.monitor: {err}") from None
                 continue
 
-        return ((lambda: hdf5_column_blocks(columns, n, scantable.BLOCK_ROWS)), {"index", *columns},
+        return ((lambda: positionslabs.hdf5_slabs(columns, n)), {"index", *columns},
                 {k: c.where for k, c in columns.items()}, False)
     return None
 
@@ -166,7 +165,7 @@ def scan_layout(wf: Workflow, client=None) -> ScanLayout:
     nominal = {"omega_deg": np.arange(s.nomega) * (s.omega_range_deg / s.nomega),
                "x_mm": np.arange(s.nx) * s.x_step_mm, "z_mm": np.arange(s.nz) * s.z_step_mm}
     src = _scan_source(wf)
-    blocks, columns, sources, has_grid = src if src is not None else (None, set(), {}, False)
+    pieces, columns, sources, has_grid = src if src is not None else (None, set(), {}, False)
     measured = [k for k in ("omega_deg", "x_mm", "z_mm") if k in columns]
     if s.positions == "nominal":
         measured = []
@@ -192,19 +191,21 @@ def scan_layout(wf: Workflow, client=None) -> ScanLayout:
         placed = "scan arithmetic (scan.order, scan.fast_axis)"
         axes: dict[str, np.ndarray] = {}
         if has_grid:
-            grid = lay.grid = _grid_from_columns(wf, measured, row_monitor, folder, client)
+            lay.grid, got = _grid_from_columns(wf, measured, row_monitor, folder, client,
+                                               reference=lay.monitor)
+            lay.monitor_used = got["monitor_used"]
             placed = "scan file columns iz, iomega, ix"
             for k in measured:  # lines without a frame (allowed missing) take the nominal grid's place
-                axes[k] = _line_medians(grid, k, AXIS_OF[k], nominal[k] if s.allow_missing else None, client)
+                axes[k] = _line_medians(got["medians"][k], nominal[k] if s.allow_missing else None)
         elif place:
-            lay.grid, axes, off = _grid_from_positions(wf, blocks, measured, row_monitor, folder)
+            lay.grid, axes, off, lay.monitor_used = _grid_from_positions(wf, pieces(), measured, row_monitor,
+                                                                         folder, client, lay.monitor)
             placed = f"measured positions ({off} frames fit no grid point and are left out)"
         elif row_monitor is not None and wf.inputs.scan_file is not None:
             scanslabs.convert_scan_file(wf.inputs.scan_file, scan_header(wf.inputs.scan_file), None, row_monitor,
                                         client)
         elif row_monitor is not None:
-            for b in blocks():
-                row_monitor.scatter(b["index"], b["monitor"])
+            positionslabs.convert_monitor(pieces(), row_monitor, client)
         if lay.monitor is not None and lay.monitor_source == "inputs.monitor":
             need = s.nframes if lay.grid is None else lay.grid.max_index + 1
             if lay.monitor.size < need:
@@ -251,22 +252,25 @@ def read_transmission(wf: Workflow, path: Path, need: int):
 
 
 
-def _grid_from_columns(wf: Workflow, fields: list[str], monitor, folder: Path, client=None):
+def _grid_from_columns(wf: Workflow, fields: list[str], monitor, folder: Path, client=None, reference=None):
     """The frames placed by a scan file's ``iz, iomega, ix`` columns, per slice
     (:class:`~xrdct_dask.io.scantable.SlabFrames`, with the ``fields`` read), the monitor column
     scattered into ``monitor`` on the way; the file read slab by slab on the workers of ``client``
-    (:func:`xrdct_dask.runs.scanslabs.convert_scan_file`)."""
+    (:func:`xrdct_dask.runs.scanslabs.convert_scan_file`).  Returns the grid and what the conversion
+    found: the exact median of each field over its grid lines (``"medians"``), the files of the
+    ``reference`` monitor's readings of the frames placed (``"monitor_used"``)."""
 
     s = wf.scan
     path = wf.inputs.scan_file
     assert path is not None  # grid columns come only from a scan file
     grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx, fields)
-    got = scanslabs.convert_scan_file(path, scan_header(path), grid, monitor, client)
+    got = scanslabs.convert_scan_file(path, scan_header(path), grid, monitor, client,
+                                      axes={k: AXIS_OF[k] for k in fields}, reference=reference)
     if got["bad"]:
         raise WorkflowError(f"inputs.scan_file: {wf.inputs.scan_file}: {got['bad']} rows lie outside the scan grid "
                             f"{s.nz} x {s.nomega} x {s.nx}")
     check_scan_extent(wf, got["seen"], "the scan file")
-    return grid
+    return grid, got
 
 
 EXTENT = (("scan.nz", "slices"), ("scan.nomega", "angles"), ("scan.nx", "x steps"))
@@ -294,69 +298,35 @@ def check_scan_extent(wf: Workflow, seen: list[np.ndarray], what: str) -> None:
         console.warning("%s: %s: their frames are flagged missing (scan.allow_missing)", key, msg)
 
 
-def _grid_from_positions(wf: Workflow, blocks, measured: list[str], monitor, folder: Path):
-    """Frames placed by their measured positions: one pass keeps the readings (flat files) and a
-    random sample per axis; the sample tells the groups of each axis apart, every reading is
-    grouped by those cuts and each group's median is exact (:func:`grouped_median`); a second
-    pass places each frame at its nearest grid point (:func:`~xrdct_dask.io.positioners.nearest_points`).
-    Returns ``(SlabFrames, axes, frames off grid)``."""
+def _grid_from_positions(wf: Workflow, pieces: list, measured: list[str], monitor, folder: Path, client=None,
+                         reference=None):
+    """Frames placed by their measured positions, the table's slabs read on the workers of
+    ``client`` (:func:`xrdct_dask.runs.positionslabs.place_by_positions`: a sample of the readings
+    tells the groups of each axis apart, each group's median is exact, each frame goes to its
+    nearest grid point), ``monitor`` (the table's monitor column) filled on the way.
+    Returns ``(SlabFrames, axes, frames off grid, files of the reference monitor's readings used)``."""
 
     s = wf.scan
-    flat = {k: FlatColumn(folder / f"{k}.f8") for k in ("index", *measured)}
-    samples = {k: Sample() for k in measured}
-    for b in blocks():
-        flat["index"].append(b["index"])
-        for k in measured:
-            flat[k].append(b[k])
-            samples[k].add(b[k])
-        if monitor is not None:
-            monitor.scatter(b["index"], b["monitor"])
-    sizes = {"omega_deg": s.nomega, "x_mm": s.nx, "z_mm": s.nz}
-    axes = {}
+    if "z_mm" not in measured and s.nz > 1:
+        raise WorkflowError("scan: omega and x are measured but not z, and the scan has several slices: name "
+                            "inputs.positioners.z or give the scan file a z_mm column")
     try:
-        for k in measured:
-            cuts = sample_grid_cuts(samples[k].values(), sizes[k])
-
-            def stream(k=k, cuts=cuts):
-                for v in flat[k].blocks():
-                    yield np.searchsorted(cuts, v, side="right"), v
-
-            axes[k] = grouped_median(stream, sizes[k])
-    except ValueError as err:
+        got = positionslabs.place_by_positions(pieces, (s.nz, s.nomega, s.nx), measured, s.nframes, folder, client,
+                                               monitor=monitor, reference=reference)
+    except positionslabs.GridCutError as err:
         raise WorkflowError(f"scan: the measured positions do not make a {s.nz} x {s.nomega} x {s.nx} grid "
                             f"({err})") from None
-    if "z_mm" not in measured:
-        if s.nz > 1:
-            raise WorkflowError("scan: omega and x are measured but not z, and the scan has several slices: name "
-                                "inputs.positioners.z or give the scan file a z_mm column")
-        axes["z_mm"] = np.zeros(1)
-    grid = SlabFrames(folder / "slabs", s.nz, s.nomega, s.nx)
-    off = total = 0
-    readers = {k: flat[k].blocks() for k in flat}
-    for idx in readers["index"]:
-        v = {k: next(readers[k]) for k in measured}
-        z = v.get("z_mm", np.zeros(idx.size))
-        iz, iw, ix, out, _ = nearest_points(v["omega_deg"], v["x_mm"], z, axes["omega_deg"], axes["x_mm"],
-                                            axes["z_mm"], omega_period_deg=360.0)
-        on = ~out
-        off, total = off + int(out.sum()), total + idx.size
-        grid.add(iz[on], iw[on], ix[on], idx[on].astype(np.int64), {})
-    grid.finish()
-    if off:
-        log.warning("%d of %d frames fit no grid point (flagged off grid)", off, total)
-    return grid, axes, off
+    return got["grid"], got["axes"], got["off"], got["monitor_used"]
 
 
-def _line_medians(grid, field: str, axis: int, nominal: np.ndarray | None = None, client=None) -> np.ndarray:
-    """The exact median of the per-frame ``field`` over each line of ``grid`` along ``axis`` (the
-    frames placed there), over slabs of slices on the workers of ``client`` (None: here): a
-    measured coordinate for each grid index.  ``nominal`` (the grid's values, given where missing
-    lines are allowed): a line without a frame takes its nominal value shifted by the median
-    offset of the measured lines from theirs."""
+def _line_medians(medians: np.ndarray, nominal: np.ndarray | None = None) -> np.ndarray:
+    """A measured coordinate for each grid index: ``medians``, the exact median of the per-frame
+    value over each grid line (the frames placed there; NaN: none,
+    :func:`xrdct_dask.runs.scanslabs.finish_grid`).  ``nominal`` (the grid's values, given where
+    missing lines are allowed): a line without a frame takes its nominal value shifted by the
+    median offset of the measured lines from theirs."""
 
-    parts = scanslabs.slice_streams(grid, field, axis)
-    out = grouped_median(parts, grid.shape[axis],
-                         mapper=scanslabs.mapper_for(client if len(parts) > 1 else None, f"xrdct-scan-median-{field}"))
+    out = np.array(medians, np.float64)
     empty = np.isnan(out)
     if nominal is not None and empty.any() and not empty.all():
         out[empty] = nominal[empty] + np.median(out[~empty] - nominal[~empty])
@@ -366,7 +336,7 @@ def _line_medians(grid, field: str, axis: int, nominal: np.ndarray | None = None
     return out
 
 
-SLAB_POINTS = 1 << 21  # scan points a template-writing task covers (whole slices: z chunks are 1)
+SLAB_POINTS = 1 << 20  # scan points a template-writing task covers (whole slices: z chunks are 1; ~40 MB held)
 
 
 SLABS_IN_FLIGHT = 64  # slab tasks submitted at once (each a few numbers: the workers read their slices)

@@ -27,14 +27,15 @@ from typing import Any
 import numpy as np
 
 from xrdct_dask.cluster.sidework import imap_pieces, map_pieces, slabs
-from xrdct_dask.io import tableslabs
-from xrdct_dask.io.scantable import FlatColumn, SlabFrames
+from xrdct_dask.io import linemedians, tableslabs
+from xrdct_dask.io.scantable import FlatColumn, SlabFrames, grouped_median
 
 log = logging.getLogger(__name__)
 
 SLICE_PARTS_PER_SLAB = 1  # slices per median part are chosen so that there are about as many parts as table slabs
 MEDIAN_PARTS_MAX = 256  # parts a median pass is cut into at most (each pass one task per part)
 MEDIAN_IN_FLIGHT = 64  # median parts submitted at once: their results wait on the workers, not here
+VALUE_BLOCK = 1 << 17  # readings a median pass takes from a file at once (1 MB; its temporaries ~10x that)
 
 _MON = np.dtype([("index", "<i8"), ("value", "<f8")])
 
@@ -57,14 +58,15 @@ def _client_if_many(client, n: int):
 # the scan file
 # ------------------------------------------------------------------------------------------
 def convert_scan_file(path: str | Path, names: list[str], grid: SlabFrames | None, monitor: FlatColumn | None,
-                      client=None) -> dict:
+                      client=None, axes: dict[str, int] | None = None, reference: FlatColumn | None = None) -> dict:
     """Read the scan CSV at ``path`` (header ``names``) slab by slab on the workers: its rows added
     to ``grid`` (its ``iz, iomega, ix`` columns, the fields ``grid.fields``; None: not placed) and
     its ``monitor`` column scattered into ``monitor`` by acquisition index (None: not read).
 
     Returns ``{"rows", "bad" (rows outside the grid), "seen" (bool per grid line of z, omega, x,
     where a frame is)}``; where no row is outside the grid, ``grid`` is finished (winners per
-    slice, points recorded twice, ``max_index``)."""
+    slice, points recorded twice, ``max_index``), with what :func:`finish_grid` gives for ``axes``
+    and ``reference`` (``"medians"``, ``"monitor_used"``)."""
     ranges = tableslabs.line_slabs(path, header=True)
     folder = grid.folder if grid is not None else monitor.path.parent if monitor is not None else None
     pieces = [(str(path), names, a, b, k, grid, monitor is not None, str(folder)) for k, (a, b) in enumerate(ranges)]
@@ -80,7 +82,7 @@ def convert_scan_file(path: str | Path, names: list[str], grid: SlabFrames | Non
         scatter_monitor(monitor, [(k, s["imin"], s["imax"]) for k, s in enumerate(stats) if s["rows"]], folder,
                         where)
     if grid is not None:
-        finish_grid(grid, where)
+        out.update(finish_grid(grid, where, axes, reference))
     return out
 
 
@@ -143,17 +145,99 @@ def _scatter_part(piece) -> int:
     return len(rec)
 
 
-def finish_grid(grid: SlabFrames, client=None) -> None:
-    """:meth:`SlabFrames.finish` slab of slices by slab of slices on the workers."""
-    parts = [(grid, z0, z1) for z0, z1 in slabs(grid.shape[0], _median_parts(grid.shape[0]))]
-    tops = map_pieces(client if len(parts) > 1 else None, _finish_part, parts, "xrdct-scan-slices")
-    grid.max_index = max(tops, default=-1)
+def finish_grid(grid: SlabFrames, client=None, axes: dict[str, int] | None = None,
+                reference: FlatColumn | None = None) -> dict:
+    """:meth:`SlabFrames.finish` slab of slices by slab of slices on the workers, taking from each
+    slice's winning rows while they are in memory (no pass reads them back):
+
+    * ``axes`` (``{field: grid axis}``): the exact median of ``field`` over each grid line along
+      the axis -- a slice's (axis 0) right there, an omega or x line's from the readings each slab
+      writes grouped by line (:class:`~xrdct_dask.io.linemedians.LineValues`), merged by a task per
+      range of lines (:func:`~xrdct_dask.io.linemedians.medians_of_lines`); a line of more than
+      :data:`~xrdct_dask.io.linemedians.LINE_VALUES_MAX` readings by histogram narrowing instead;
+    * ``reference`` (the monitor by acquisition index): the positive readings of the frames placed,
+      one file a slab, for the monitor reference (:func:`value_streams`).
+
+    Returns ``{"medians": {field: float64 (n lines,)}, "monitor_used": [files] or None}``."""
+    axes = axes or {}
+    parts = [(grid, k, z0, z1, axes, reference) for k, (z0, z1) in enumerate(slabs(grid.shape[0],
+                                                                                 _median_parts(grid.shape[0])))]
+    where = client if len(parts) > 1 else None
+    got = map_pieces(where, _finish_part, parts, "xrdct-scan-slices")
+    grid.max_index = max((g["top"] for g in got), default=-1)
     grid._finished = True
+    medians = {}
+    for field, axis in axes.items():
+        if axis == 0:
+            medians[field] = np.concatenate([g["medians"][field] for g in got])
+            continue
+        stems = [g["stems"][field] for g in got]
+        counts = np.sum([g["counts"][field] for g in got], axis=0)
+        if counts.max(initial=0) > linemedians.LINE_VALUES_MAX:  # a line too long for one task's memory
+            medians[field] = grouped_median(slice_streams(grid, field, axis), grid.shape[axis],
+                                            mapper=mapper_for(where, f"xrdct-scan-median-{field}"))
+        else:  # merged where the slabs were finished: here, a task holds what the client may hold
+            ranges = linemedians.line_ranges(counts, None if where is not None else linemedians.MERGE_VALUES_HERE)
+            medians[field] = np.concatenate(map_pieces(where, _line_medians_part,
+                                                       [(stems, g0, g1) for g0, g1 in ranges],
+                                                       f"xrdct-scan-median-{field}"))
+        for stem in stems:
+            for f in (stem + ".f8", stem + ".off.npy"):
+                Path(f).unlink(missing_ok=True)
+    used = [g["monitor_used"] for g in got] if reference is not None else None
+    return {"medians": medians, "monitor_used": used}
 
 
-def _finish_part(piece) -> int:
-    grid, z0, z1 = piece
-    return grid.finish(range(z0, z1))
+def _finish_part(piece) -> dict:
+    """One slab of slices of :func:`finish_grid` (a task)."""
+    grid, k, z0, z1, axes, reference = piece
+    lines = {f: linemedians.LineValues(grid.folder / f"line-{f}-part{k:06d}", grid.shape[a])
+             for f, a in axes.items() if a}
+    slice_medians: dict[str, list[float]] = {f: [] for f, a in axes.items() if not a}
+    used = grid.folder / f"monitor-used-part{k:06d}.f8"
+    if reference is not None:
+        used.write_bytes(b"")
+
+    def each(z: int, win: np.ndarray) -> None:
+        for f, a in axes.items():
+            if a:
+                lines[f].add(win["iomega" if a == 1 else "ix"], win[f])
+            else:
+                slice_medians[f].append(linemedians.exact_median(win[f]))
+        if reference is not None:
+            v = reference.take(win["index"])
+            with open(used, "ab") as fh:
+                v[v > 0].tofile(fh)  # NaN (an index past the monitor's end) is not > 0: left out
+
+    top = grid.finish(range(z0, z1), each)
+    return {"top": top, "medians": {f: np.asarray(v, np.float64) for f, v in slice_medians.items()},
+            "stems": {f: w.stem for f, w in lines.items()}, "counts": {f: w.close() for f, w in lines.items()},
+            "monitor_used": str(used)}
+
+
+def _line_medians_part(piece) -> np.ndarray:
+    stems, g0, g1 = piece
+    return linemedians.medians_of_lines(stems, g0, g1)
+
+
+class ValueStream:
+    """``(0, value)`` blocks of a float64 file (the monitor readings :func:`finish_grid` kept): a
+    part of the monitor reference's median."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self):
+        with open(self.path, "rb") as f:
+            while True:
+                v = np.fromfile(f, np.float64, VALUE_BLOCK)
+                if not v.size:
+                    return
+                yield np.zeros(v.size, np.int64), v
+
+
+def value_streams(paths: list[str]) -> list[ValueStream]:
+    return [ValueStream(p) for p in paths]
 
 
 def _median_parts(nz: int) -> int:
