@@ -192,7 +192,7 @@ def start_parts_folder(out_h5: Path) -> Path:
     """A new folder ``.OUT.h5.parts.<12 hex>.partial`` for an export's parts (created exclusively),
     its mark file written first: this program's, for ``OUT.h5``, by this process on this host (what
     :func:`remove_stale_parts` recognises)."""
-    from xrdct_dask.export.nexus import CREATOR
+    from xrdct_dask.export.nexus import CREATOR  # lazy: import cycle export.nexus -> export.parts
 
     folder = own_tmp_name(parts_folder(out_h5), "partial")
     folder.mkdir()
@@ -214,7 +214,7 @@ def remove_stale_parts(out_h5: Path) -> list[Path]:
     is alive then.  A folder is removed only if it holds its mark and part files, nothing else; it
     is renamed first, so that a part task the killed export left running cannot write into it again.
     One console line per folder removed."""
-    from xrdct_dask.export.nexus import CREATOR
+    from xrdct_dask.export.nexus import CREATOR  # lazy: import cycle export.nexus -> export.parts
 
     removed = []
     want = parts_folder(out_h5).name
