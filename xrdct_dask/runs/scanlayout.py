@@ -172,7 +172,8 @@ def scan_layout(wf: Workflow, client=None) -> ScanLayout:
         raise WorkflowError("scan.positions: measured, but the scan gives no omega and x per frame (scan file "
                             "columns omega_deg, x_mm, or the HDF5 scan's inputs.positioners)")
     place = not has_grid and _places_frames(wf, measured, False)
-    lay = ScanLayout(grid=None, monitor=None, positions={}, scratch=scratch_folder(wf.store.path), **nominal)
+    lay = ScanLayout(grid=None, monitor=None, positions={}, scratch=scratch_folder(wf.store.path),
+                     omega_deg=nominal["omega_deg"], x_mm=nominal["x_mm"], z_mm=nominal["z_mm"])
     folder = Path(lay.scratch.name)
     try:
         if wf.inputs.monitor is not None:
