@@ -395,7 +395,6 @@ def test_a_slurm_job_cancelled_mid_run_the_run_completes_identical(local_slurm, 
     tasks run: the other job finishes the run, the store equals the local run's exactly, and the
     run's messages say a worker was lost and how many tasks ran again."""
     import threading
-    import time
 
     from distributed import LocalCluster
     from typer.testing import CliRunner
@@ -420,7 +419,7 @@ def test_a_slurm_job_cancelled_mid_run_the_run_completes_identical(local_slurm, 
                 subprocess.run(["scancel", out[0]], timeout=20)
                 cancelled.append(out[0])
                 return
-            time.sleep(0.5)
+            stop.wait(0.5)  # until the run ends, polling squeue
 
     t = threading.Thread(target=cancel_one, daemon=True)
     t.start()

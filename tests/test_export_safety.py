@@ -161,10 +161,10 @@ def test_the_parts_folder_of_a_killed_export_goes_with_one_line_and_nothing_else
     whose mark is another file's export, one holding a file this program does not write."""
     import logging
     import signal
-    import time
 
     import xrdct_dask.export.parts as parts
     from xrdct_dask.export.parts import PART_MARK
+    from xrdct_dask.testing.waits import wait_until
     from xrdct_dask.view.console import console
 
     monkeypatch.setattr(parts, "PART_MIN_BYTES", 0)
@@ -172,11 +172,8 @@ def test_the_parts_folder_of_a_killed_export_goes_with_one_line_and_nothing_else
     out, ready = tmp_path / "run.h5", tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-c", KILLED_PARTS_EXPORT, str(run_store), str(out), str(ready)],
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
-    t0 = time.time()
-    while not ready.exists():
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.time() - t0 < 120
-        time.sleep(0.1)
+    wait_until(lambda: ready.exists() or proc.poll() is not None, 120, "the export writing its part")
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     stale = [p for p in tmp_path.iterdir() if p.name.startswith(".run.h5.parts.") and p.name.endswith(".partial")]

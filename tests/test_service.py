@@ -379,11 +379,11 @@ def test_a_cancelled_run_keeps_its_done_tasks_and_resumes_when_submitted_again(s
             code, job = served.http("POST", "/jobs", body)
             assert code == 201, job
             path = Path(job["store"])
-            t0 = time.time()
-            while not (store.is_store(path) and (store.root_attrs(path) or {}).get("template_complete")
-                       and store.task_state(path)["integrate"].any()):
-                assert time.time() - t0 < 120 and served.service.get(job["id"])["status"] in ("queued", "running")
-                time.sleep(0.1)
+            wait_until(lambda: (store.is_store(path) and (store.root_attrs(path) or {}).get("template_complete")
+                                and store.task_state(path)["integrate"].any())
+                       or served.service.get(job["id"])["status"] not in ("queued", "running"),
+                       120, "the job's first integrated block")
+            assert served.service.get(job["id"])["status"] in ("queued", "running")
             assert served.http("DELETE", f"/jobs/{job['id']}")[0] == 202
             job = served.wait_status(job["id"], ("cancelled", "done", "failed"), timeout_s=120)
             assert job["status"] == "cancelled", job
